@@ -1,0 +1,55 @@
+"""sb-otel: shell session tracking as first-class OpenTelemetry data.
+
+The public API lives here; everything else is private (``sb_otel._*``) and may change without notice.
+"""
+
+from sb_otel._exceptions import ConfigError, SbOtelError, StoreError
+from sb_otel._lifecycle import LifecycleManager, SessionLifecycleManager
+from sb_otel._models import (
+    EnvironmentInfo,
+    SessionEndEvent,
+    SessionEndResult,
+    SessionStartEvent,
+    SessionStartResult,
+    UserInfo,
+)
+from sb_otel._outcome import Outcome, end_outcome
+from sb_otel._sqlite_store import SqliteSessionStore
+from sb_otel._store import (
+    InMemorySessionStore,
+    NewSession,
+    SessionEnding,
+    SessionRecord,
+    SessionStatus,
+    SessionStore,
+    open_store,
+)
+from sb_otel._tracker import SessionTracker
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "ConfigError",
+    "EnvironmentInfo",
+    "InMemorySessionStore",
+    "LifecycleManager",
+    "NewSession",
+    "Outcome",
+    "SbOtelError",
+    "SessionEndEvent",
+    "SessionEndResult",
+    "SessionEnding",
+    "SessionLifecycleManager",
+    "SessionRecord",
+    "SessionStartEvent",
+    "SessionStartResult",
+    "SessionStatus",
+    "SessionStore",
+    "SessionTracker",
+    "SqliteSessionStore",
+    "StoreError",
+    "UserInfo",
+    "__version__",
+    "end_outcome",
+    "open_store",
+)

@@ -1,0 +1,227 @@
+"""The session store: durable records of every session, narrow enough for SQLite, memory or PostgreSQL.
+
+A record holds everything a later process needs to finish a session — the start event as sent, times, status,
+the end event, and an opaque ``telemetry`` mapping the instrumentation layer uses for span ids. The store
+assigns session ids (see :mod:`sb_otel._identity`) and enforces one record per start ``event_id``, atomically,
+so concurrent and retried starts can never produce two sessions.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from sb_otel._identity import numbered_session_id, session_id_base
+from sb_otel._settings import SB_OTEL_STORE, data_dir
+
+SessionStatus = Literal["open", "exited", "crashed", "abnormal"]
+"""``open`` until ended; then ``exited`` (normal), ``crashed`` (end reported failure) or ``abnormal`` (reaped)."""
+
+SESSION_STATUSES: tuple[SessionStatus, ...] = ("open", "exited", "crashed", "abnormal")
+
+
+@dataclass(frozen=True)
+class NewSession:
+    """What the tracker knows when a start is accepted; the store adds the id."""
+
+    event_id: str
+    """The start event's UUID: one record per event id, so retries find the same session."""
+    component_name: str
+    hostname: str
+    pid: int
+    cwd: str
+    started_at: datetime
+    """The start event's timestamp (UTC): the session id's time and the session span's start."""
+    received_at: datetime
+    """When this process handled the start, to detect shells whose clocks are off."""
+    start_event: Mapping[str, Any]
+    """The validated start event as JSON-ready data."""
+    telemetry: Mapping[str, Any] = field(default_factory=dict)
+    """Opaque state for the instrumentation layer (span ids, sampling), stored alongside."""
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """One session as stored."""
+
+    session_id: str
+    event_id: str
+    component_name: str
+    hostname: str
+    pid: int
+    cwd: str
+    status: SessionStatus
+    started_at: datetime
+    received_at: datetime
+    start_event: Mapping[str, Any]
+    telemetry: Mapping[str, Any]
+    ended_at: datetime | None = None
+    end_event: Mapping[str, Any] | None = None
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the session still waits for its end."""
+        return self.status == "open"
+
+
+@dataclass(frozen=True)
+class SessionEnding:
+    """How a session ended, as the tracker (or the reaper) decided."""
+
+    status: SessionStatus
+    ended_at: datetime
+    end_event: Mapping[str, Any] | None = None
+
+
+@runtime_checkable
+class SessionStore(Protocol):
+    """Where sessions live. Every method is atomic and durable before it returns."""
+
+    def create(self, new: NewSession) -> tuple[SessionRecord, bool]:
+        """Store a new session with a fresh id; if ``new.event_id`` is known, return that record instead.
+
+        Returns the record and whether this call created it.
+        """
+        ...
+
+    def get(self, session_id: str) -> SessionRecord | None:
+        """The session with this id, or ``None``."""
+        ...
+
+    def get_by_event_id(self, event_id: str) -> SessionRecord | None:
+        """The session started by this start event, or ``None``."""
+        ...
+
+    def finish(self, session_id: str, ending: SessionEnding) -> tuple[SessionRecord, bool] | None:
+        """End an open session. Returns the record and whether this call ended it; ``None`` if unknown.
+
+        Ending a session that is already ended changes nothing and returns ``(record, False)``.
+        """
+        ...
+
+    def update_telemetry(self, session_id: str, telemetry: Mapping[str, Any]) -> None:
+        """Merge ``telemetry`` into the session's telemetry state."""
+        ...
+
+    def list_sessions(
+        self,
+        *,
+        status: SessionStatus | None = None,
+        component_name: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[SessionRecord]:
+        """Sessions matching every given filter, newest start first."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the store must not be used afterwards."""
+        ...
+
+
+class InMemorySessionStore:
+    """A process-local store for tests and ``SB_OTEL_STORE=memory``: same semantics, no durability."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sessions: dict[str, SessionRecord] = {}
+        self._by_event: dict[str, str] = {}
+        self._counters: dict[str, int] = {}
+
+    def create(self, new: NewSession) -> tuple[SessionRecord, bool]:
+        with self._lock:
+            existing = self._by_event.get(new.event_id)
+            if existing is not None:
+                return self._sessions[existing], False
+            base = session_id_base(new.component_name, new.started_at)
+            ordinal = self._counters.get(base, 0) + 1
+            self._counters[base] = ordinal
+            record = SessionRecord(
+                session_id=numbered_session_id(base, ordinal),
+                event_id=new.event_id,
+                component_name=new.component_name,
+                hostname=new.hostname,
+                pid=new.pid,
+                cwd=new.cwd,
+                status="open",
+                started_at=new.started_at,
+                received_at=new.received_at,
+                start_event=copy.deepcopy(dict(new.start_event)),
+                telemetry=copy.deepcopy(dict(new.telemetry)),
+            )
+            self._sessions[record.session_id] = record
+            self._by_event[new.event_id] = record.session_id
+            return record, True
+
+    def get(self, session_id: str) -> SessionRecord | None:
+        with self._lock:
+            return self._sessions.get(session_id)
+
+    def get_by_event_id(self, event_id: str) -> SessionRecord | None:
+        with self._lock:
+            session_id = self._by_event.get(event_id)
+            return None if session_id is None else self._sessions[session_id]
+
+    def finish(self, session_id: str, ending: SessionEnding) -> tuple[SessionRecord, bool] | None:
+        with self._lock:
+            record = self._sessions.get(session_id)
+            if record is None:
+                return None
+            if not record.is_open:
+                return record, False
+            ended = replace(
+                record,
+                status=ending.status,
+                ended_at=ending.ended_at,
+                end_event=None if ending.end_event is None else copy.deepcopy(dict(ending.end_event)),
+            )
+            self._sessions[session_id] = ended
+            return ended, True
+
+    def update_telemetry(self, session_id: str, telemetry: Mapping[str, Any]) -> None:
+        with self._lock:
+            record = self._sessions.get(session_id)
+            if record is not None:
+                merged = {**record.telemetry, **copy.deepcopy(dict(telemetry))}
+                self._sessions[session_id] = replace(record, telemetry=merged)
+
+    def list_sessions(
+        self,
+        *,
+        status: SessionStatus | None = None,
+        component_name: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[SessionRecord]:
+        with self._lock:
+            found = [
+                record
+                for record in self._sessions.values()
+                if (status is None or record.status == status)
+                and (component_name is None or record.component_name == component_name)
+                and (since is None or record.started_at >= since)
+            ]
+        found.sort(key=lambda record: (record.started_at, record.session_id), reverse=True)
+        return found if limit is None else found[:limit]
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def open_store(location: str | Path | None = None) -> SessionStore:
+    """Open the store at ``location``: ``"memory"``, a SQLite file path, or ``None`` for ``SB_OTEL_STORE``.
+
+    Without either, the SQLite file ``sessions.db`` in the platform data directory is used.
+    """
+    from sb_otel._sqlite_store import SqliteSessionStore
+
+    spec = str(location) if location is not None else SB_OTEL_STORE.read()
+    if spec == "memory":
+        return InMemorySessionStore()
+    path = Path(spec).expanduser() if spec else data_dir() / "sessions.db"
+    return SqliteSessionStore(path)

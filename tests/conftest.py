@@ -1,0 +1,67 @@
+"""Shared fixtures: every test runs with a process-local store and a private data directory.
+
+No test may touch the user's real data directory; tests that need SQLite pass an explicit path under tmp_path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sb_otel import EnvironmentInfo, SessionStartEvent, UserInfo
+
+SEED_EVENT_ID = "550e8400-e29b-41d4-a716-446655440000"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SB_OTEL_STORE", "memory")
+    monkeypatch.setenv("SB_OTEL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("SB_OTEL_STORE_SYNC", raising=False)
+
+
+def start_payload(**overrides: Any) -> dict[str, Any]:
+    """The seed's example start event as a JSON-ready dict, with overrides."""
+    payload: dict[str, Any] = {
+        "event_version": "1.0",
+        "event_id": SEED_EVENT_ID,
+        "component_name": "mahavishnu",
+        "shell_type": "MahavishnuShell",
+        "timestamp": "2026-02-06T12:34:56.789Z",
+        "pid": 12345,
+        "user": {"username": "john", "home": "/home/john"},
+        "hostname": "server01",
+        "environment": {"python_version": "3.13.0", "platform": "Linux-6.5.0-x86_64", "cwd": "/home/john/projects"},
+        "metadata": {"key": "value"},
+    }
+    payload.update(overrides)
+    return payload
+
+
+def seed_start_event(**overrides: Any) -> SessionStartEvent:
+    """The seed's "Handle Session Start" example, built with the model classes as the seed does."""
+    fields: dict[str, Any] = {
+        "event_version": "1.0",
+        "event_id": SEED_EVENT_ID,
+        "component_name": "mahavishnu",
+        "shell_type": "MahavishnuShell",
+        "timestamp": "2026-02-06T12:34:56.789Z",
+        "pid": 12345,
+        "user": UserInfo(username="john", home="/home/john"),
+        "hostname": "server01",
+        "environment": EnvironmentInfo(
+            python_version="3.13.0", platform="Linux-6.5.0-x86_64", cwd="/home/john/projects"
+        ),
+        "metadata": {"key": "value"},
+    }
+    fields.update(overrides)
+    return SessionStartEvent(**fields)
+
+
+@pytest.fixture
+def make_start_event() -> Callable[..., SessionStartEvent]:
+    """Factory for start events: the seed's example with any field overridden."""
+    return seed_start_event

@@ -1,0 +1,55 @@
+"""Settings: declared once, all documented in the README's configuration table, and read as documented."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from sb_otel._settings import SB_OTEL_DATA_DIR, SETTINGS, data_dir
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _readme_table() -> dict[str, tuple[str, str]]:
+    section = README.read_text(encoding="utf-8").split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([A-Z0-9_]+)` \| (.+?) \| (.+?) \|$", section, flags=re.MULTILINE)
+    return {env: (default, meaning) for env, default, meaning in rows}
+
+
+def test_readme_documents_exactly_the_declared_settings() -> None:
+    """Every setting has a README row with its default and meaning; the README lists nothing extra."""
+    table = _readme_table()
+    assert sorted(table) == sorted(setting.env for setting in SETTINGS)
+    for setting in SETTINGS:
+        assert table[setting.env] == (setting.default, setting.description)
+
+
+def test_every_setting_the_code_reads_is_declared() -> None:
+    """No module reads an SB_OTEL_* variable that the settings table does not declare."""
+    declared = {setting.env for setting in SETTINGS}
+    package = Path(__file__).resolve().parent.parent / "sb_otel"
+    read = set()
+    for module in package.glob("*.py"):
+        read |= set(re.findall(r"\b(SB_OTEL_[A-Z0-9_]+)\b", module.read_text(encoding="utf-8")))
+    assert read <= declared
+
+
+def test_blank_values_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exported-but-empty variable falls back to the default instead of meaning ''."""
+    monkeypatch.setenv("SB_OTEL_DATA_DIR", "   ")
+    assert SB_OTEL_DATA_DIR.read() is None
+
+
+def test_data_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without SB_OTEL_DATA_DIR the platform convention applies: $XDG_DATA_HOME/sb-otel on Linux."""
+    monkeypatch.delenv("SB_OTEL_DATA_DIR")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert data_dir() == tmp_path / "xdg" / "sb-otel"
+
+
+def test_data_dir_override_expands_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SB_OTEL_DATA_DIR wins and may start with ~."""
+    monkeypatch.setenv("SB_OTEL_DATA_DIR", "~/sbo")
+    assert data_dir() == Path("~/sbo").expanduser()

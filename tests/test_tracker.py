@@ -1,0 +1,456 @@
+"""SessionTracker: the seed's API, patterns, log lines and failure rules, plus identity and idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import socket
+import sys
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from unittest.mock import AsyncMock, MagicMock
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sb_otel import (
+    EnvironmentInfo,
+    InMemorySessionStore,
+    SessionEndEvent,
+    SessionLifecycleManager,
+    SessionStartEvent,
+    SessionTracker,
+    SqliteSessionStore,
+    UserInfo,
+)
+from tests.conftest import start_payload
+
+OK = {"success": True, "project": "test"}
+
+
+def make_manager(start: Any = OK, end: Any = OK) -> MagicMock:
+    """A lifecycle manager double exactly as the seed's Testing section builds one."""
+    manager = MagicMock(spec=SessionLifecycleManager)
+    manager.initialize_session = AsyncMock(return_value=start) if not callable(start) else start
+    manager.end_session = AsyncMock(return_value=end) if not callable(end) else end
+    return manager
+
+
+@pytest.fixture
+def store() -> InMemorySessionStore:
+    return InMemorySessionStore()
+
+
+@pytest.fixture
+def manager() -> MagicMock:
+    return make_manager()
+
+
+@pytest.fixture
+def tracker(manager: MagicMock, store: InMemorySessionStore) -> SessionTracker:
+    return SessionTracker(manager, store=store)
+
+
+def end_event(session_id: str, timestamp: str = "2026-02-06T13:45:07.890Z", **metadata: Any) -> SessionEndEvent:
+    return SessionEndEvent(session_id=session_id, timestamp=timestamp, metadata=metadata or None)
+
+
+# -- the seed, as written ----------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_session_start():
+    # The seed's "Testing" snippet, verbatim.
+    # Mock lifecycle manager
+    lifecycle_mgr = MagicMock(spec=SessionLifecycleManager)
+    lifecycle_mgr.initialize_session = AsyncMock(return_value={"success": True, "project": "test"})
+
+    # Create tracker
+    tracker = SessionTracker(lifecycle_mgr)
+
+    # Create event
+    event = SessionStartEvent(
+        event_version="1.0",
+        event_id="550e8400-e29b-41d4-a716-446655440000",
+        component_name="test",
+        shell_type="TestShell",
+        timestamp="2026-02-06T12:34:56.789Z",
+        pid=12345,
+        user=UserInfo(username="test", home="/home/test"),
+        hostname="testhost",
+        environment=EnvironmentInfo(python_version="3.13.0", platform="Linux", cwd="/home/test"),
+    )
+
+    # Handle event
+    result = await tracker.handle_session_start(event)
+
+    # Assert
+    assert result.status == "tracked"
+    assert result.session_id is not None
+
+
+async def test_seed_initialization_with_default_manager_and_custom_logger() -> None:
+    """The seed's Initialization section works with the real default manager and a custom logger."""
+    lifecycle_mgr = SessionLifecycleManager()
+    logger = logging.getLogger("my_app")
+    tracker = SessionTracker(lifecycle_mgr, logger=logger)
+    assert tracker.logger is logger
+    assert tracker.session_manager is lifecycle_mgr
+
+
+async def test_pattern_1_basic_session_tracking(
+    tracker: SessionTracker, manager: MagicMock, make_start_event: Callable[..., SessionStartEvent]
+) -> None:
+    """Start gives the seed-shaped id; ending it with Pattern 1's timestamp form gives ``ended``."""
+    start_result = await tracker.handle_session_start(make_start_event())
+    assert start_result.status == "tracked"
+    assert start_result.session_id == "mahavishnu-20260206-123456"
+    end_result = await tracker.handle_session_end(
+        SessionEndEvent(
+            session_id=start_result.session_id,
+            timestamp=datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+        )
+    )
+    assert end_result.model_dump() == {"session_id": start_result.session_id, "status": "ended", "error": None}
+    manager.initialize_session.assert_awaited_once_with(working_directory="/home/john/projects")
+    manager.end_session.assert_awaited_once_with(working_directory="/home/john/projects")
+
+
+async def test_pattern_2_error_handling_returns_none_on_error(
+    make_start_event: Callable[..., SessionStartEvent], store: InMemorySessionStore
+) -> None:
+    """Pattern 2: an error result (never an exception) lets the caller bail out cleanly."""
+    tracker = SessionTracker(make_manager(start={"success": False, "error": "disk full"}), store=store)
+    caught: list[Exception] = []
+
+    async def safe_session_start(tracker: SessionTracker, event: SessionStartEvent) -> str | None:
+        try:
+            result = await tracker.handle_session_start(event)
+            if result.status == "error":
+                return None
+            return result.session_id
+        except Exception as e:  # the seed's guard; must never trigger
+            caught.append(e)
+            return None
+
+    assert await safe_session_start(tracker, make_start_event()) is None
+    assert caught == []
+
+
+async def test_pattern_3_event_creation_helper(tracker: SessionTracker, tmp_path: Path) -> None:
+    """Pattern 3's helper (uuid.UUID event id, real host facts) builds an event the tracker accepts."""
+
+    def create_start_event(component_name: str, shell_type: str, pid: int, cwd: str) -> SessionStartEvent:
+        return SessionStartEvent(
+            event_version="1.0",
+            event_id=uuid.uuid4(),
+            component_name=component_name,
+            shell_type=shell_type,
+            timestamp=datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+            pid=pid,
+            user=UserInfo(username=os.getenv("USER", "unknown"), home=os.path.expanduser("~")),
+            hostname=socket.gethostname(),
+            environment=EnvironmentInfo(
+                python_version=f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}",
+                platform=platform.platform(),
+                cwd=cwd,
+            ),
+        )
+
+    result = await tracker.handle_session_start(
+        create_start_event("oneiric", "OneiricShell", os.getpid(), str(tmp_path))
+    )
+    assert result.status == "tracked"
+    assert result.session_id is not None
+    assert result.session_id.startswith("oneiric-")
+
+
+# -- logging -----------------------------------------------------------------------------------------------
+
+
+async def test_info_lines_match_the_seed(
+    manager: MagicMock,
+    store: InMemorySessionStore,
+    make_start_event: Callable[..., SessionStartEvent],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """INFO: 'Session started' with the seven listed fields, 'Session ended' with id and timestamp."""
+    logger = logging.getLogger("my_app")
+    tracker = SessionTracker(manager, logger=logger, store=store)
+    with caplog.at_level(logging.INFO, logger="my_app"):
+        start = await tracker.handle_session_start(make_start_event())
+        await tracker.handle_session_end(end_event(start.session_id or ""))
+    messages = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
+    assert messages == [
+        (
+            "my_app",
+            "INFO",
+            "Session started: session_id=mahavishnu-20260206-123456, component=mahavishnu, "
+            "shell_type=MahavishnuShell, pid=12345, user=john, hostname=server01, cwd=/home/john/projects",
+        ),
+        ("my_app", "INFO", "Session ended: session_id=mahavishnu-20260206-123456, timestamp=2026-02-06T13:45:07.890Z"),
+    ]
+    assert getattr(caplog.records[0], "session.id") == "mahavishnu-20260206-123456"
+
+
+async def test_start_failure_logs_the_seed_error_line(
+    store: InMemorySessionStore, make_start_event: Callable[..., SessionStartEvent], caplog: pytest.LogCaptureFixture
+) -> None:
+    """ERROR 'Session start failed' carries component, shell_type, pid and the manager's error."""
+    tracker = SessionTracker(make_manager(start={"success": False, "error": "no such project"}), store=store)
+    with caplog.at_level(logging.ERROR, logger="sb_otel"):
+        result = await tracker.handle_session_start(make_start_event())
+    assert result.model_dump() == {
+        "session_id": None,
+        "status": "error",
+        "error": "lifecycle manager's initialize_session failed: no such project",
+    }
+    assert [r.getMessage() for r in caplog.records] == [
+        "Session start failed: component=mahavishnu, shell_type=MahavishnuShell, pid=12345, "
+        "error=lifecycle manager's initialize_session failed: no such project"
+    ]
+    assert store.list_sessions() == []
+
+
+async def test_manager_exception_becomes_error_with_full_traceback(
+    store: InMemorySessionStore, make_start_event: Callable[..., SessionStartEvent], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception inside the manager is an error result, logged at ERROR with its traceback."""
+    tracker = SessionTracker(make_manager(start=AsyncMock(side_effect=RuntimeError("boom"))), store=store)
+    with caplog.at_level(logging.ERROR, logger="sb_otel"):
+        result = await tracker.handle_session_start(make_start_event())
+    assert result.status == "error"
+    assert result.error == "RuntimeError: boom"
+    (record,) = caplog.records
+    assert record.getMessage().startswith("Session start failed: component=mahavishnu")
+    assert record.exc_info is not None
+    assert record.exc_info[0] is RuntimeError
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        pytest.param({"success": False}, "initialize_session failed: no reason given", id="failure-without-reason"),
+        pytest.param({"project": "x"}, "initialize_session failed: no reason given", id="success-missing"),
+        pytest.param(None, "initialize_session returned NoneType, expected a dict", id="not-a-dict"),
+    ],
+)
+async def test_odd_manager_answers_become_clear_errors(
+    answer: Any, expected: str, store: InMemorySessionStore, make_start_event: Callable[..., SessionStartEvent]
+) -> None:
+    """Whatever the manager returns, the result is an error whose message explains it."""
+    result = await SessionTracker(make_manager(start=answer), store=store).handle_session_start(make_start_event())
+    assert result.status == "error"
+    assert expected in (result.error or "")
+
+
+async def test_end_failure_logs_the_seed_error_line_and_keeps_session_open(
+    store: InMemorySessionStore, make_start_event: Callable[..., SessionStartEvent], caplog: pytest.LogCaptureFixture
+) -> None:
+    """ERROR 'Session end failed' names the session; the session stays open so a retry can end it."""
+    manager = make_manager(end=AsyncMock(side_effect=[{"success": False, "error": "locked"}, OK]))
+    tracker = SessionTracker(manager, store=store)
+    start = await tracker.handle_session_start(make_start_event())
+    with caplog.at_level(logging.ERROR, logger="sb_otel"):
+        failed = await tracker.handle_session_end(end_event(start.session_id or ""))
+    assert failed.status == "error"
+    assert [r.getMessage() for r in caplog.records] == [
+        "Session end failed: session_id=mahavishnu-20260206-123456, "
+        "error=lifecycle manager's end_session failed: locked"
+    ]
+    assert store.get("mahavishnu-20260206-123456").status == "open"  # type: ignore[union-attr]
+    retried = await tracker.handle_session_end(end_event(start.session_id or ""))
+    assert retried.status == "ended"
+
+
+# -- identity and idempotency ------------------------------------------------------------------------------
+
+
+async def test_retried_start_returns_the_same_session(
+    tracker: SessionTracker, manager: MagicMock, store: InMemorySessionStore, make_start_event: Callable[..., Any]
+) -> None:
+    """Same event_id twice: one lifecycle call, one record, the same session id."""
+    first = await tracker.handle_session_start(make_start_event())
+    second = await tracker.handle_session_start(make_start_event())
+    assert first == second
+    assert manager.initialize_session.await_count == 1
+    assert len(store.list_sessions()) == 1
+
+
+async def test_concurrent_retries_of_one_start_make_one_session(
+    tracker: SessionTracker, manager: MagicMock, store: InMemorySessionStore, make_start_event: Callable[..., Any]
+) -> None:
+    """Ten copies of one start in flight at once still make exactly one session."""
+    results = await asyncio.gather(*(tracker.handle_session_start(make_start_event()) for _ in range(10)))
+    assert {r.session_id for r in results} == {"mahavishnu-20260206-123456"}
+    assert manager.initialize_session.await_count == 1
+    assert len(store.list_sessions()) == 1
+    assert tracker._locks == {}  # no lock left behind per event id
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
+async def test_thousand_shells_in_one_second_get_distinct_ids(
+    store_kind: str, tmp_path: Path, make_start_event: Callable[..., SessionStartEvent]
+) -> None:
+    """1,000 concurrent starts of one component in the same second: 1,000 distinct seed-shaped ids."""
+    store = InMemorySessionStore() if store_kind == "memory" else SqliteSessionStore(tmp_path / "s.db")
+    tracker = SessionTracker(make_manager(), store=store)
+    events = [make_start_event(event_id=uuid.uuid4(), pid=1000 + i) for i in range(1000)]
+    results = await asyncio.gather(*(tracker.handle_session_start(e) for e in events))
+    ids = [r.session_id for r in results]
+    assert all(r.status == "tracked" for r in results)
+    assert len(set(ids)) == 1000
+    base = "mahavishnu-20260206-123456"
+    assert set(ids) == {base} | {f"{base}-{n}" for n in range(2, 1001)}
+    store.close()
+
+
+async def test_unknown_session_end_is_not_found(
+    tracker: SessionTracker, manager: MagicMock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An end for an id nobody started returns ``not_found`` and never calls the manager."""
+    with caplog.at_level(logging.WARNING, logger="sb_otel"):
+        result = await tracker.handle_session_end(end_event("mahavishnu-20990101-000000"))
+    assert result.model_dump() == {"session_id": "mahavishnu-20990101-000000", "status": "not_found", "error": None}
+    manager.end_session.assert_not_awaited()
+    assert "unknown session" in caplog.text
+
+
+async def test_repeated_end_returns_ended_without_a_second_end(
+    tracker: SessionTracker, manager: MagicMock, make_start_event: Callable[..., SessionStartEvent]
+) -> None:
+    """Ending twice (a client retry) answers ``ended`` again; the manager's end runs once."""
+    start = await tracker.handle_session_start(make_start_event())
+    first = await tracker.handle_session_end(end_event(start.session_id or ""))
+    second = await tracker.handle_session_end(end_event(start.session_id or ""))
+    assert first.status == second.status == "ended"
+    assert manager.end_session.await_count == 1
+
+
+async def test_end_records_status_times_and_uses_the_sessions_own_directory(
+    tracker: SessionTracker, manager: MagicMock, store: InMemorySessionStore, make_start_event: Callable[..., Any]
+) -> None:
+    """A crash reported at end is stored as ``crashed``; the end call gets the session's own cwd."""
+    start = await tracker.handle_session_start(make_start_event())
+    await tracker.handle_session_end(end_event(start.session_id or "", exit_reason="signal", exit_code=137))
+    record = store.get(start.session_id or "")
+    assert record is not None
+    assert record.status == "crashed"
+    assert record.started_at == datetime(2026, 2, 6, 12, 34, 56, 789000, tzinfo=timezone.utc)
+    assert record.ended_at == datetime(2026, 2, 6, 13, 45, 7, 890000, tzinfo=timezone.utc)
+    assert record.end_event is not None
+    assert record.end_event["metadata"] == {"exit_reason": "signal", "exit_code": 137}
+    assert record.telemetry["lifecycle"] == OK
+    manager.end_session.assert_awaited_once_with(working_directory="/home/john/projects")
+
+
+async def test_end_before_start_never_stores_a_negative_duration(
+    tracker: SessionTracker, store: InMemorySessionStore, make_start_event: Callable[..., SessionStartEvent]
+) -> None:
+    """A shell whose clock runs behind cannot end a session before it started."""
+    start = await tracker.handle_session_start(make_start_event())
+    await tracker.handle_session_end(end_event(start.session_id or "", timestamp="2026-02-06T12:00:00Z"))
+    record = store.get(start.session_id or "")
+    assert record is not None
+    assert record.ended_at == record.started_at
+    assert record.end_event is not None
+    assert record.end_event["timestamp"] == "2026-02-06T12:00:00Z"  # what the shell said is kept
+
+
+# -- bad input and broken stores ---------------------------------------------------------------------------
+
+
+async def test_invalid_start_payload_is_an_error_naming_the_field(tracker: SessionTracker) -> None:
+    """A raw payload with a bad pid and timestamp: an error naming both fields and their rules."""
+    result = await tracker.handle_session_start(start_payload(pid=0, timestamp="2026-13-45T25:61:61Z"))
+    assert result.status == "error"
+    assert result.error is not None
+    assert result.error.startswith("invalid session start event: ")
+    assert "timestamp: Value error, is not a real date-time" in result.error
+    assert "pid: Input should be greater than or equal to 1" in result.error
+
+
+async def test_valid_start_payload_dict_is_accepted(tracker: SessionTracker) -> None:
+    """MCP/JSON callers may pass the event as a plain dict."""
+    result = await tracker.handle_session_start(start_payload())
+    assert result.session_id == "mahavishnu-20260206-123456"
+
+
+async def test_invalid_end_cannot_forge_a_log_line(tracker: SessionTracker, caplog: pytest.LogCaptureFixture) -> None:
+    """A session id smuggling a newline is rejected, and the ERROR line stays one line."""
+    payload = {"session_id": "x\nINFO Session ended: session_id=forged", "timestamp": "2026-02-06T12:00:00Z"}
+    with caplog.at_level(logging.ERROR, logger="sb_otel"):
+        result = await tracker.handle_session_end(payload)
+    assert result.status == "error"
+    assert "session_id: Value error, may contain only" in (result.error or "")
+    (record,) = caplog.records
+    assert "\n" not in record.getMessage()
+
+
+async def test_unopenable_store_gives_error_results(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, make_start_event: Callable[..., SessionStartEvent]
+) -> None:
+    """SB_OTEL_STORE pointing at a directory: the tracker answers with an error that names the store."""
+    monkeypatch.setenv("SB_OTEL_STORE", str(tmp_path))
+    tracker = SessionTracker(make_manager())
+    start = await tracker.handle_session_start(make_start_event())
+    end = await tracker.handle_session_end(end_event("mahavishnu-20260206-123456"))
+    assert start.status == end.status == "error"
+    assert "StoreError: cannot open session store" in (start.error or "")
+    assert "StoreError" in (end.error or "")
+
+
+async def test_store_failing_mid_flight_gives_error_results(
+    tmp_path: Path, make_start_event: Callable[..., SessionStartEvent]
+) -> None:
+    """A store that fails after opening (here: closed underneath) yields error results, not exceptions."""
+    store = SqliteSessionStore(tmp_path / "s.db")
+    tracker = SessionTracker(make_manager(), store=store)
+    store.close()
+    result = await tracker.handle_session_start(make_start_event())
+    assert result.status == "error"
+    assert "ProgrammingError" in (result.error or "")
+
+
+async def test_sqlite_store_by_path_survives_a_new_tracker(
+    tmp_path: Path, make_start_event: Callable[..., SessionStartEvent]
+) -> None:
+    """A session started by one tracker is ended by another tracker on the same file (a restart)."""
+    path = tmp_path / "sessions.db"
+    first = SessionTracker(make_manager(), store=path)
+    start = await first.handle_session_start(make_start_event())
+    first.store.close()
+    second = SessionTracker(make_manager(), store=str(path))
+    assert (await second.handle_session_end(end_event(start.session_id or ""))).status == "ended"
+    second.store.close()
+
+
+_json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=30)
+_json_values = st.recursive(
+    _json_scalars, lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children)
+)
+_start_like = st.fixed_dictionaries(
+    {},
+    optional={key: _json_values for key in start_payload()},
+) | st.builds(lambda k, v: start_payload(**{k: v}), st.sampled_from(sorted(start_payload())), _json_values)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=_start_like | _json_values)
+async def test_arbitrary_payloads_never_raise(payload: Any, tracker: SessionTracker) -> None:
+    """Any JSON-ish payload: a result, never an exception; an error always says what is wrong."""
+    result = await tracker.handle_session_start(payload)
+    if result.status == "error":
+        assert result.error
+        assert result.error.startswith("invalid session start event: ")
+    else:
+        assert result.session_id
+    end = await tracker.handle_session_end(payload)
+    assert end.status in {"error", "not_found"}
+    assert (end.error is not None) == (end.status == "error")
