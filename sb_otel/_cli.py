@@ -83,7 +83,7 @@ async def _example(store_location: str | None) -> int:
 def _start_event(component: str, shell_type: str, started: datetime) -> SessionStartEvent:
     return SessionStartEvent(
         event_version="1.0",
-        event_id=uuid.uuid4(),
+        event_id=str(uuid.uuid4()),
         component_name=component,
         shell_type=shell_type,
         timestamp=started.isoformat().replace("+00:00", "Z"),
