@@ -13,7 +13,9 @@ from datetime import datetime, timezone
 
 def session_id_base(component_name: str, started_at: datetime) -> str:
     """The seed-shaped id for a session of ``component_name`` started at ``started_at``."""
-    return f"{component_name}-{started_at.astimezone(timezone.utc):%Y%m%d-%H%M%S}"
+    utc = started_at.astimezone(timezone.utc)
+    # Explicit zero padding: strftime's %Y is not padded to four digits before year 1000 on every platform.
+    return f"{component_name}-{utc.year:04d}{utc.month:02d}{utc.day:02d}-{utc.hour:02d}{utc.minute:02d}{utc.second:02d}"
 
 
 def numbered_session_id(base: str, ordinal: int) -> str:

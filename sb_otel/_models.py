@@ -45,7 +45,8 @@ _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ISO_8601 = re.compile(
     r"(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})[Tt ]"
     r"(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?:[.,](?P<fraction>\d{1,9}))?)?"
-    r"(?P<offset>[Zz]|[+-]\d{2}:?\d{2})?"
+    r"(?P<offset>[Zz]|[+-]\d{2}:?\d{2})?",
+    re.ASCII,  # \d must not match non-ASCII digits such as full-width ones
 )
 
 
@@ -80,9 +81,9 @@ def parse_timestamp(value: str) -> datetime:
             int(fraction),
             tzinfo=_offset(parts["offset"]),
         )
-    except ValueError as exc:
+        return parsed.astimezone(timezone.utc)
+    except (ValueError, OverflowError) as exc:
         raise ValueError(f"is not a real date-time ({exc})") from None
-    return parsed.astimezone(timezone.utc)
 
 
 def _offset(text: str | None) -> timezone:
