@@ -185,7 +185,9 @@ class SqliteSessionStore:
 
     # -- SessionStore -------------------------------------------------------------------------------------
 
-    def create(self, new: NewSession) -> tuple[SessionRecord, bool]:
+    def create(self, new: NewSession, *, session_id: str | None = None) -> tuple[SessionRecord, bool]:
+        if session_id is not None:
+            return self._adopt(new, session_id)
         base = session_id_base(new.component_name, new.started_at)
         try:
             with self._write() as db:
@@ -194,17 +196,7 @@ class SqliteSessionStore:
                 # makes the read-then-insert atomic across processes; the hint only saves the scan.
                 ordinal = self._ordinal_hints.get(base, 0) + 1
                 session_id = numbered_session_id(base, ordinal)
-                values = (
-                    new.event_id,
-                    new.component_name,
-                    new.hostname,
-                    new.pid,
-                    new.cwd,
-                    _iso(new.started_at),
-                    _iso(new.received_at),
-                    _json(new.start_event),
-                    _json(new.telemetry),
-                )
+                values = _insert_values(new)
                 if db.execute(_INSERT, (session_id, *values)).fetchone() is None:
                     ordinal = _highest_ordinal(db, base) + 1
                     session_id = numbered_session_id(base, ordinal)
@@ -216,20 +208,21 @@ class SqliteSessionStore:
             if existing is None:
                 raise
             return existing, False
-        record = SessionRecord(
-            session_id=session_id,
-            event_id=new.event_id,
-            component_name=new.component_name,
-            hostname=new.hostname,
-            pid=new.pid,
-            cwd=new.cwd,
-            status="open",
-            started_at=new.started_at,
-            received_at=new.received_at,
-            start_event=dict(new.start_event),
-            telemetry=dict(new.telemetry),
-        )
-        return record, True
+        return _new_record(new, session_id), True
+
+    def _adopt(self, new: NewSession, session_id: str) -> tuple[SessionRecord, bool]:
+        """Record a session under an id another tracker assigned; an id or event id seen before wins."""
+        try:
+            with self._write() as db:
+                inserted = db.execute(_INSERT, (session_id, *_insert_values(new))).fetchone()
+        except sqlite3.IntegrityError:
+            inserted = None
+        if inserted is not None:
+            return _new_record(new, session_id), True
+        existing = self.get(session_id) or self.get_by_event_id(new.event_id)
+        if existing is None:
+            raise StoreError(f"session {session_id} could neither be stored nor found")
+        return existing, False
 
     def get(self, session_id: str) -> SessionRecord | None:
         return self._one("session_id", session_id)
@@ -298,6 +291,37 @@ class SqliteSessionStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _insert_values(new: NewSession) -> tuple[Any, ...]:
+    """The ``_INSERT`` parameters after the session id."""
+    return (
+        new.event_id,
+        new.component_name,
+        new.hostname,
+        new.pid,
+        new.cwd,
+        _iso(new.started_at),
+        _iso(new.received_at),
+        _json(new.start_event),
+        _json(new.telemetry),
+    )
+
+
+def _new_record(new: NewSession, session_id: str) -> SessionRecord:
+    return SessionRecord(
+        session_id=session_id,
+        event_id=new.event_id,
+        component_name=new.component_name,
+        hostname=new.hostname,
+        pid=new.pid,
+        cwd=new.cwd,
+        status="open",
+        started_at=new.started_at,
+        received_at=new.received_at,
+        start_event=dict(new.start_event),
+        telemetry=dict(new.telemetry),
+    )
 
 
 def _iso(moment: datetime) -> str:

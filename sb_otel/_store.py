@@ -82,10 +82,12 @@ class SessionEnding:
 class SessionStore(Protocol):
     """Where sessions live. Every method is atomic and durable before it returns."""
 
-    def create(self, new: NewSession) -> tuple[SessionRecord, bool]:
+    def create(self, new: NewSession, *, session_id: str | None = None) -> tuple[SessionRecord, bool]:
         """Store a new session with a fresh id; if ``new.event_id`` is known, return that record instead.
 
-        Returns the record and whether this call created it.
+        ``session_id`` records a session whose id another tracker assigned (session-buddy's, when sb-otel
+        only instruments it); if that id is already stored, its record is returned. Returns the record and
+        whether this call created it.
         """
         ...
 
@@ -133,16 +135,20 @@ class InMemorySessionStore:
         self._by_event: dict[str, str] = {}
         self._counters: dict[str, int] = {}
 
-    def create(self, new: NewSession) -> tuple[SessionRecord, bool]:
+    def create(self, new: NewSession, *, session_id: str | None = None) -> tuple[SessionRecord, bool]:
         with self._lock:
             existing = self._by_event.get(new.event_id)
+            if existing is None and session_id is not None and session_id in self._sessions:
+                existing = session_id
             if existing is not None:
                 return self._sessions[existing], False
-            base = session_id_base(new.component_name, new.started_at)
-            ordinal = self._counters.get(base, 0) + 1
-            self._counters[base] = ordinal
+            if session_id is None:
+                base = session_id_base(new.component_name, new.started_at)
+                ordinal = self._counters.get(base, 0) + 1
+                self._counters[base] = ordinal
+                session_id = numbered_session_id(base, ordinal)
             record = SessionRecord(
-                session_id=numbered_session_id(base, ordinal),
+                session_id=session_id,
                 event_id=new.event_id,
                 component_name=new.component_name,
                 hostname=new.hostname,

@@ -27,7 +27,7 @@ from sb_otel._models import (
     SessionStartResult,
 )
 from sb_otel._outcome import end_outcome
-from sb_otel._store import NewSession, SessionEnding, SessionStore, open_store
+from sb_otel._store import NewSession, SessionEnding, SessionRecord, SessionStore, open_store
 
 _Event = TypeVar("_Event", bound=BaseModel)
 _MAX_REPORTED_ERRORS = 5
@@ -75,15 +75,24 @@ class SessionTracker:
 
     async def handle_session_start(self, event: SessionStartEvent | Mapping[str, Any]) -> SessionStartResult:
         """Track a session start. Returns ``tracked`` with the session id, or ``error`` with a message."""
+        result, _ = await self._handle_start(event)
+        return result
+
+    async def _handle_start(
+        self, event: SessionStartEvent | Mapping[str, Any], telemetry: Mapping[str, Any] | None = None
+    ) -> tuple[SessionStartResult, SessionRecord | None]:
+        """Start handling for the instrumentation layer: stores ``telemetry`` with a new session (one write)
+        and returns the session's record with a ``tracked`` result (the existing one for a retry)."""
         try:
             start = _as_event(SessionStartEvent, event)
         except ValidationError as exc:
-            return self._start_failed(event, f"invalid session start event: {_describe(exc)}")
+            return self._start_failed(event, f"invalid session start event: {_describe(exc)}"), None
         try:
             async with self._exclusive(f"start:{start.event_id}"):
-                return await self._start(start)
+                record = await self._start(start, telemetry or {})
+                return SessionStartResult(session_id=record.session_id, status="tracked"), record
         except _LifecycleFailure as exc:
-            return self._start_failed(start, str(exc))
+            return self._start_failed(start, str(exc)), None
         except Exception as exc:
             self.logger.exception(
                 "Session start failed: component=%s, shell_type=%s, pid=%d, error=%s",
@@ -92,12 +101,12 @@ class SessionTracker:
                 start.pid,
                 _exception_text(exc),
             )
-            return SessionStartResult(session_id=None, status="error", error=_exception_text(exc))
+            return SessionStartResult(session_id=None, status="error", error=_exception_text(exc)), None
 
-    async def _start(self, event: SessionStartEvent) -> SessionStartResult:
+    async def _start(self, event: SessionStartEvent, telemetry: Mapping[str, Any]) -> SessionRecord:
         known = self.store.get_by_event_id(event.event_id)
         if known is not None:  # a client retry: same session, no second lifecycle call
-            return SessionStartResult(session_id=known.session_id, status="tracked")
+            return known
         cwd = event.environment.cwd
         answer = await self._call_manager("initialize_session", cwd)
         record, _ = self.store.create(
@@ -110,7 +119,7 @@ class SessionTracker:
                 started_at=event.started_at,
                 received_at=self._clock(),
                 start_event=event.model_dump(mode="json"),
-                telemetry={"lifecycle": _json_safe(answer)},
+                telemetry={**telemetry, "lifecycle": _json_safe(answer)},
             )
         )
         self.logger.info(
@@ -124,7 +133,7 @@ class SessionTracker:
             cwd,
             extra={"session.id": record.session_id, "sb.component.name": event.component_name},
         )
-        return SessionStartResult(session_id=record.session_id, status="tracked")
+        return record
 
     def _start_failed(self, event: SessionStartEvent | object, error: str) -> SessionStartResult:
         component, shell_type, pid = _start_identity(event)
@@ -141,29 +150,47 @@ class SessionTracker:
 
     async def handle_session_end(self, event: SessionEndEvent | Mapping[str, Any]) -> SessionEndResult:
         """Track a session end. Returns ``ended``, ``not_found`` (unknown id) or ``error`` with a message."""
+        result, _ = await self._handle_end(event)
+        return result
+
+    async def _handle_end(
+        self, event: SessionEndEvent | Mapping[str, Any]
+    ) -> tuple[SessionEndResult, SessionRecord | None]:
+        """End handling for the instrumentation layer: also returns the ended record, but only to the one
+        call that actually ended the session (so its span is exported exactly once)."""
         try:
             end = _as_event(SessionEndEvent, event)
         except ValidationError as exc:
-            return self._end_failed(_raw_session_id(event), f"invalid session end event: {_describe(exc)}")
+            return self._end_failed(_raw_session_id(event), f"invalid session end event: {_describe(exc)}"), None
         try:
             async with self._exclusive(f"end:{end.session_id}"):
                 return await self._end(end)
         except _LifecycleFailure as exc:
-            return self._end_failed(end.session_id, str(exc))
+            return self._end_failed(end.session_id, str(exc)), None
         except Exception as exc:
-            self.logger.exception("Session end failed: session_id=%s, error=%s", end.session_id, _exception_text(exc))
-            return SessionEndResult(session_id=end.session_id, status="error", error=_exception_text(exc))
+            self.logger.exception(
+                "Session end failed: session_id=%s, error=%s",
+                end.session_id,
+                _exception_text(exc),
+                extra={"session.id": end.session_id},
+            )
+            error = SessionEndResult(session_id=end.session_id, status="error", error=_exception_text(exc))
+            return error, None
 
-    async def _end(self, event: SessionEndEvent) -> SessionEndResult:
+    async def _end(self, event: SessionEndEvent) -> tuple[SessionEndResult, SessionRecord | None]:
         record = self.store.get(event.session_id)
         if record is None:
-            self.logger.warning("Session end for unknown session: session_id=%s", event.session_id)
-            return SessionEndResult(session_id=event.session_id, status="not_found")
+            self.logger.warning(
+                "Session end for unknown session: session_id=%s",
+                event.session_id,
+                extra={"session.id": event.session_id},
+            )
+            return SessionEndResult(session_id=event.session_id, status="not_found"), None
         if not record.is_open:  # a retried end: already done, nothing ends twice
-            return SessionEndResult(session_id=event.session_id, status="ended")
+            return SessionEndResult(session_id=event.session_id, status="ended"), None
         await self._call_manager("end_session", record.cwd)
         outcome = end_outcome(event.metadata)
-        self.store.finish(
+        finished = self.store.finish(
             record.session_id,
             SessionEnding(
                 status=outcome.status,
@@ -177,10 +204,13 @@ class SessionTracker:
             event.timestamp,
             extra={"session.id": event.session_id, "sb.session.status": outcome.status},
         )
-        return SessionEndResult(session_id=event.session_id, status="ended")
+        ended = finished[0] if finished is not None and finished[1] else None
+        return SessionEndResult(session_id=event.session_id, status="ended"), ended
 
     def _end_failed(self, session_id: str, error: str) -> SessionEndResult:
-        self.logger.error("Session end failed: session_id=%s, error=%s", session_id, error)
+        self.logger.error(
+            "Session end failed: session_id=%s, error=%s", session_id, error, extra={"session.id": session_id}
+        )
         return SessionEndResult(session_id=session_id, status="error", error=error)
 
     # -- helpers ------------------------------------------------------------------------------------------
