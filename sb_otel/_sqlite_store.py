@@ -114,9 +114,19 @@ class SqliteSessionStore:
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
             )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open session store {self.path}: {exc}") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot create the directory for session store {self.path}: {exc}") from exc
+        try:
+            self._prepare(sync)
+        except BaseException:
+            self._db.close()  # a half-opened store must not leak its connection
+            raise
+
+    def _prepare(self, sync: str) -> None:
+        try:
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self._db.execute("")
-            self._db.execute("")
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise StoreError(f"{self.path}: SQLite could not switch to WAL mode (got {mode!r})")
@@ -128,8 +138,6 @@ class SqliteSessionStore:
             self._migrate()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open session store {self.path}: {exc}") from exc
-        except OSError as exc:
-            raise StoreError(f"cannot create the directory for session store {self.path}: {exc}") from exc
 
     def _remember_ordinal(self, base: str, ordinal: int) -> None:
         self._ordinal_hints.pop(base, None)

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -148,7 +149,7 @@ def test_sqlite_uses_wal_and_records_named_migrations(tmp_path: Path) -> None:
     store = SqliteSessionStore(tmp_path / "s.db")
     assert store.applied_migrations() == [name for name, _ in MIGRATIONS]
     store.close()
-    with sqlite3.connect(tmp_path / "s.db") as db:
+    with closing(sqlite3.connect(tmp_path / "s.db")) as db, db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -166,7 +167,7 @@ def test_sqlite_reopen_is_idempotent_and_keeps_data(tmp_path: Path) -> None:
 def test_sqlite_refuses_a_file_from_a_newer_version(tmp_path: Path) -> None:
     """A migration this version does not know means a newer writer: refuse with advice."""
     SqliteSessionStore(tmp_path / "s.db").close()
-    with sqlite3.connect(tmp_path / "s.db") as db:
+    with closing(sqlite3.connect(tmp_path / "s.db")) as db, db:
         db.execute("INSERT INTO schema_migrations VALUES (99, '0099_future', '2030-01-01')")
     with pytest.raises(StoreError, match=r"0099_future.*newer version"):
         SqliteSessionStore(tmp_path / "s.db")
@@ -176,7 +177,7 @@ def test_sqlite_commit_is_visible_to_another_connection_at_once(tmp_path: Path) 
     """Durable before return: a second connection sees the session the moment create() returns."""
     store = SqliteSessionStore(tmp_path / "s.db")
     record, _ = store.create(new_session())
-    with sqlite3.connect(tmp_path / "s.db") as other:
+    with closing(sqlite3.connect(tmp_path / "s.db")) as other:
         row = other.execute("SELECT status, telemetry FROM sessions WHERE session_id = ?", (record.session_id,))
         status, telemetry = row.fetchone()
     assert (status, json.loads(telemetry)) == ("open", dict(record.telemetry))
