@@ -4,6 +4,7 @@ The public API lives here; everything else is private (``sb_otel._*``) and may c
 """
 
 from sb_otel._exceptions import ConfigError, SbOtelError, StoreError
+from sb_otel._instrumentation import InstrumentedSessionTracker, TracedLifecycleManager, instrument
 from sb_otel._lifecycle import LifecycleManager, SessionLifecycleManager
 from sb_otel._models import (
     EnvironmentInfo,
@@ -25,13 +26,13 @@ from sb_otel._store import (
     open_store,
 )
 from sb_otel._tracker import SessionTracker
-
-__version__ = "0.1.0"
+from sb_otel._version import __version__
 
 __all__ = (
     "ConfigError",
     "EnvironmentInfo",
     "InMemorySessionStore",
+    "InstrumentedSessionTracker",
     "LifecycleManager",
     "NewSession",
     "Outcome",
@@ -48,8 +49,10 @@ __all__ = (
     "SessionTracker",
     "SqliteSessionStore",
     "StoreError",
+    "TracedLifecycleManager",
     "UserInfo",
     "__version__",
     "end_outcome",
+    "instrument",
     "open_store",
 )

@@ -16,11 +16,11 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
-from sb_otel import __version__
 from sb_otel._lifecycle import SessionLifecycleManager
 from sb_otel._models import EnvironmentInfo, SessionEndEvent, SessionStartEvent, UserInfo
 from sb_otel._store import SessionRecord, open_store
 from sb_otel._tracker import SessionTracker
+from sb_otel._version import __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:

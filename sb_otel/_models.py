@@ -236,6 +236,9 @@ class SessionStartResult(BaseModel):
     session_id: str | None
     status: Literal["tracked", "error"]
     error: str | None = None
+    traceparent: str | None = Field(default=None, exclude_if=lambda value: value is None)
+    """The session span's W3C ``traceparent`` when sb-otel instruments the tracker, so the shell can parent
+    its own spans under the session. Left out of ``model_dump()`` when unset, so the seed's shape holds."""
 
     @model_validator(mode="after")
     def _consistent(self) -> SessionStartResult:

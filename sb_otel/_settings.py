@@ -50,7 +50,14 @@ SB_OTEL_STORE_SYNC = Setting(
     description="SQLite durability: `normal` survives a killed process; `full` also a power cut (slower).",
 )
 
-SETTINGS: tuple[Setting, ...] = (SB_OTEL_DATA_DIR, SB_OTEL_STORE, SB_OTEL_STORE_SYNC)
+SB_OTEL_REDACT = Setting(
+    env="SB_OTEL_REDACT",
+    default="(none)",
+    description="Comma-separated attributes to drop before export, e.g. `user.home,process.working_directory`; "
+    "append `:hash` to a name to export a SHA-256 prefix instead.",
+)
+
+SETTINGS: tuple[Setting, ...] = (SB_OTEL_DATA_DIR, SB_OTEL_STORE, SB_OTEL_STORE_SYNC, SB_OTEL_REDACT)
 """All settings, in README order."""
 
 

@@ -5,7 +5,8 @@ No test may touch the user's real data directory; tests that need SQLite pass an
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,19 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.setenv("SB_OTEL_STORE", "memory")
     monkeypatch.setenv("SB_OTEL_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("SB_OTEL_STORE_SYNC", raising=False)
+    monkeypatch.delenv("SB_OTEL_REDACT", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _restore_loggers() -> Iterator[None]:
+    """instrument() bridges tracker loggers to OTel and may raise them to INFO; undo that after each test."""
+    names = ("sb_otel", "my_app", "session_buddy.mcp.session_tracker")
+    saved = {name: (logging.getLogger(name).level, list(logging.getLogger(name).handlers)) for name in names}
+    yield
+    for name, (level, handlers) in saved.items():
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
 
 
 def start_payload(**overrides: Any) -> dict[str, Any]:

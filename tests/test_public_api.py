@@ -8,6 +8,7 @@ EXPECTED = (
     "ConfigError",
     "EnvironmentInfo",
     "InMemorySessionStore",
+    "InstrumentedSessionTracker",
     "LifecycleManager",
     "NewSession",
     "Outcome",
@@ -24,9 +25,11 @@ EXPECTED = (
     "SessionTracker",
     "SqliteSessionStore",
     "StoreError",
+    "TracedLifecycleManager",
     "UserInfo",
     "__version__",
     "end_outcome",
+    "instrument",
     "open_store",
 )
 

@@ -7,9 +7,9 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from contextlib import closing
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 

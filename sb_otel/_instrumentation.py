@@ -1,0 +1,482 @@
+"""``instrument(tracker)``: every session one span, lifecycle calls as child spans, metrics and logs.
+
+Works around our :class:`~sb_otel.SessionTracker` and around any object with the seed's API (session-buddy's
+own tracker: ``handle_session_start/end`` plus a lifecycle manager at ``.session_manager``). What it adds
+(DESIGN.md, "The session span"):
+
+* at start: the session span is *planned* (ids, sampling, parent from the event's ``traceparent``, the ambient
+  span as a link) and stored with the session; ``session.start <component>`` is exported at once beneath it,
+  with ``initialize_session`` beneath that; the result carries the session's ``traceparent``;
+* at end: ``session.end <component>`` (with ``end_session``) and the session span itself, rebuilt from the
+  store by whichever process handles the end, exactly once;
+* the five session metrics, the tracker's log lines with trace context, and ``session.start``/``session.end``
+  log events.
+
+Telemetry never changes a tracking result: every telemetry step is guarded, and a failure is logged and
+skipped. Only the wrapped tracker's own answer is returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import copy
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from opentelemetry import trace
+from opentelemetry.context import Context, attach, detach
+from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.util.types import AttributeValue
+from pydantic import ValidationError
+
+from sb_otel import _otel_logs as otel_logs
+from sb_otel import _semconv as sc
+from sb_otel._attributes import Redaction, end_attributes, start_attributes
+from sb_otel._metrics import SessionMetrics
+from sb_otel._models import SessionEndEvent, SessionEndResult, SessionStartEvent, SessionStartResult
+from sb_otel._outcome import Outcome, end_outcome
+from sb_otel._propagation import extract
+from sb_otel._session_span import STATE_KEY, SessionSpanPlan, export_session_span, plan_session_span
+from sb_otel._store import NewSession, SessionEnding, SessionRecord, SessionStore, open_store
+from sb_otel._tracker import SessionTracker, _as_event
+from sb_otel._version import __version__
+
+_log = logging.getLogger("sb_otel.instrumentation")
+_T = TypeVar("_T")
+
+CLOCK_SKEW_TOLERANCE = timedelta(seconds=1)
+"""A shell clock ahead of ours by more than this moves the span start to when we received the event."""
+
+_active_redaction: contextvars.ContextVar[Redaction | None] = contextvars.ContextVar("sb_otel_redaction", default=None)
+
+
+class InstrumentedSessionTracker:
+    """A tracker with the seed's API whose sessions become OpenTelemetry spans, metrics and logs.
+
+    Create it with :func:`sb_otel.instrument`. Attributes not defined here are read from the wrapped tracker.
+    """
+
+    def __init__(
+        self,
+        tracker: Any,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: Any = None,
+        logger_provider: Any = None,
+        store: SessionStore | str | Path | None = None,
+        redact: str | None = None,
+    ) -> None:
+        self.wrapped = tracker
+        self._ours = isinstance(tracker, SessionTracker)
+        self._store_location = None if isinstance(store, SessionStore) else store
+        self._own_store: SessionStore | None = store if isinstance(store, SessionStore) else None
+        self._tracer_provider = tracer_provider or trace.get_tracer_provider()
+        self._tracer = self._tracer_provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
+        self._metrics = SessionMetrics(meter_provider)
+        provider = logger_provider or otel_logs.get_logger_provider()
+        self._events = provider.get_logger(sc.INSTRUMENTATION_SCOPE, __version__)
+        self._redaction = Redaction.parse(redact)
+        self._manager = getattr(tracker, "session_manager", None)
+        if self._manager is not None:
+            tracker.session_manager = TracedLifecycleManager(self._manager, self._tracer, self._metrics)
+        logger = getattr(tracker, "logger", None)
+        self._logger_level = logger.level if isinstance(logger, logging.Logger) else None
+        self._log_handler = _attach_log_handler(logger, logger_provider)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+    @property
+    def store(self) -> SessionStore:
+        """Where session state (including the span plan) lives: the tracker's own store when it is ours."""
+        if self._ours:
+            store: SessionStore = self.wrapped.store
+            return store
+        if self._own_store is None:
+            self._own_store = open_store(self._store_location)
+        return self._own_store
+
+    def uninstrument(self) -> None:
+        """Give the wrapped tracker back its own lifecycle manager and logger."""
+        if self._manager is not None:
+            self.wrapped.session_manager = self._manager
+        if self._log_handler is not None:
+            self.wrapped.logger.removeHandler(self._log_handler)
+            self.wrapped.logger.setLevel(self._logger_level or logging.NOTSET)
+            self._log_handler = None
+
+    # -- start --------------------------------------------------------------------------------------------
+
+    async def handle_session_start(self, event: SessionStartEvent | Mapping[str, Any]) -> SessionStartResult:
+        """The wrapped tracker's start, as the session span's first child; adds ``traceparent`` to the result."""
+        try:
+            start = _as_event(SessionStartEvent, event)
+        except ValidationError:
+            result: SessionStartResult = (await self._inner_start(event, None))[0]
+            self._guard(self._metrics.started.add, 1, {sc.RESULT: "error"})
+            return result
+        raw = start.model_dump(mode="json")
+        plan, retry = self._guard(self._plan_start, start, raw) or (None, False)
+        if plan is None:  # telemetry could not even plan: track without it
+            return (await self._inner_start(start, None))[0]
+        span_attributes = {sc.COMPONENT_NAME: start.component_name, sc.SHELL_TYPE: start.shell_type}
+        with self._child_span(f"session.start {start.component_name}", plan, span_attributes, raw) as span:
+            result, record = await self._inner_start(start, plan)
+            self._guard(_annotate_child, span, result.session_id, result.status, result.error)
+        if result.status == "tracked" and result.session_id is not None:
+            stored = self._guard(_plan_of, record) or plan
+            if not retry and stored.span_id == plan.span_id:  # not a retry that raced us to the store
+                self._guard(self._announce_start, start, raw, result.session_id, span)
+            return result.model_copy(update={"traceparent": stored.traceparent})
+        self._guard(self._record_failed_start, start, raw, plan, result.error or "start failed")
+        return result
+
+    def _plan_start(self, start: SessionStartEvent, raw: Mapping[str, Any]) -> tuple[SessionSpanPlan, bool]:
+        known = self.store.get_by_event_id(start.event_id)
+        if known is not None and STATE_KEY in known.telemetry:  # a retry: same session, same span
+            return SessionSpanPlan.from_json(known.telemetry[STATE_KEY]), True
+        ambient = trace.get_current_span().get_span_context()
+        plan = plan_session_span(
+            self._tracer_provider,
+            f"session {start.component_name}",
+            extract(start.metadata),
+            start_attributes(raw, ""),
+            links=[ambient] if ambient.is_valid else [],
+        )
+        return plan, False
+
+    async def _inner_start(
+        self, event: Any, plan: SessionSpanPlan | None
+    ) -> tuple[SessionStartResult, SessionRecord | None]:
+        """Exactly one call into the wrapped tracker; the plan is stored with the session in the same write.
+
+        Returns the result and the stored record (whose plan wins over ours if a retry got there first)."""
+        telemetry = {STATE_KEY: plan.to_json()} if plan is not None else None
+        if self._ours:
+            result, record = await self.wrapped._handle_start(event, telemetry)
+            return result, record
+        result = await self.wrapped.handle_session_start(event)
+        if telemetry is not None and result.status == "tracked" and result.session_id:
+            return result, self._guard(self._adopt, event, result.session_id, telemetry)
+        return result, None
+
+    def _adopt(self, start: SessionStartEvent, session_id: str, telemetry: Mapping[str, Any]) -> SessionRecord:
+        """Record a session another tracker started, so any process can finish its span later."""
+        record, _ = self.store.create(
+            NewSession(
+                event_id=start.event_id,
+                component_name=start.component_name,
+                hostname=start.hostname,
+                pid=start.pid,
+                cwd=start.environment.cwd,
+                started_at=start.started_at,
+                received_at=datetime.now(timezone.utc),
+                start_event=start.model_dump(mode="json"),
+                telemetry=telemetry,
+            ),
+            session_id=session_id,
+        )
+        return record
+
+    def _announce_start(self, start: SessionStartEvent, raw: Mapping[str, Any], session_id: str, span: Any) -> None:
+        component = {sc.COMPONENT_NAME: start.component_name}
+        self._metrics.started.add(1, {**component, sc.SHELL_TYPE: start.shell_type, sc.RESULT: "tracked"})
+        self._metrics.active.add(1, component)
+        attributes = self._redaction.apply(start_attributes(raw, session_id))
+        self._emit_event(sc.EVENT_SESSION_START, "Session started", attributes, span)
+
+    def _record_failed_start(
+        self, start: SessionStartEvent, raw: Mapping[str, Any], plan: SessionSpanPlan, error: str
+    ) -> None:
+        """A rejected start still gets its (short, ERROR) session span, so its child is not an orphan."""
+        self._metrics.started.add(
+            1, {sc.COMPONENT_NAME: start.component_name, sc.SHELL_TYPE: start.shell_type, sc.RESULT: "error"}
+        )
+        attributes = self._redaction.apply(start_attributes(raw, ""))
+        attributes.pop(sc.SESSION_ID, None)
+        attributes[sc.SESSION_STATUS] = "error"
+        attributes[sc.ERROR_TYPE] = "start_failed"
+        now = datetime.now(timezone.utc)
+        export_session_span(
+            self._tracer_provider,
+            plan,
+            f"session {start.component_name}",
+            attributes,
+            min(start.started_at, now),
+            now,
+            Status(StatusCode.ERROR, error[:200]),
+            "",
+        )
+
+    # -- end ----------------------------------------------------------------------------------------------
+
+    async def handle_session_end(self, event: SessionEndEvent | Mapping[str, Any]) -> SessionEndResult:
+        """The wrapped tracker's end, as a child of the session span; then the session span itself, once."""
+        try:
+            end = _as_event(SessionEndEvent, event)
+        except ValidationError:
+            result: SessionEndResult = (await self._inner_end(event, None))[0]
+            self._guard(self._metrics.ended.add, 1, {sc.SESSION_STATUS: "error"})
+            return result
+        record = self._guard(self.store.get, end.session_id)
+        plan = None
+        if record is not None and STATE_KEY in record.telemetry:
+            plan = self._guard(SessionSpanPlan.from_json, record.telemetry[STATE_KEY])
+        if record is None or plan is None:
+            result, ended = await self._inner_end(end, record)
+        else:
+            name = f"session.end {record.component_name}"
+            attributes = {sc.COMPONENT_NAME: record.component_name}
+            with self._child_span(name, plan, attributes, record.start_event) as span:
+                result, ended = await self._inner_end(end, record)
+                self._guard(_annotate_child, span, end.session_id, result.status, result.error)
+        if ended is not None:
+            self._guard(self.finish_session_telemetry, ended, end_outcome(end.metadata))
+        elif result.status in ("not_found", "error"):
+            component = {sc.COMPONENT_NAME: record.component_name} if record is not None else {}
+            self._guard(self._metrics.ended.add, 1, {**component, sc.SESSION_STATUS: result.status})
+        return result
+
+    async def _inner_end(
+        self, event: Any, record: SessionRecord | None
+    ) -> tuple[SessionEndResult, SessionRecord | None]:
+        """Exactly one call into the wrapped tracker; returns the ended record only to the call that ended it."""
+        if self._ours:
+            result, ended = await self.wrapped._handle_end(event)
+            return result, ended
+        result = await self.wrapped.handle_session_end(event)
+        if result.status != "ended" or record is None or not isinstance(event, SessionEndEvent):
+            return result, None
+        outcome = end_outcome(event.metadata)
+        ending = SessionEnding(outcome.status, max(event.ended_at, record.started_at), event.model_dump(mode="json"))
+        finished = self._guard(self.store.finish, record.session_id, ending)
+        return result, (finished[0] if finished is not None and finished[1] else None)
+
+    def finish_session_telemetry(self, record: SessionRecord, outcome: Outcome) -> None:
+        """Export the session span and its end metrics and log event for an ended session record.
+
+        Called once per session: by ``handle_session_end`` for the call that ended it, and by the reaper
+        for sessions that never ended (``outcome`` = abandoned).
+        """
+        component = {sc.COMPONENT_NAME: record.component_name}
+        start, end, skew = _span_times(record)
+        self._metrics.ended.add(1, {**component, sc.SESSION_STATUS: outcome.status})
+        self._metrics.active.add(-1, component)
+        self._metrics.duration.record((end - start).total_seconds(), {**component, sc.SESSION_STATUS: outcome.status})
+        attributes = start_attributes(record.start_event, record.session_id) | end_attributes(outcome)
+        if skew is not None:
+            attributes[sc.CLOCK_SKEW] = skew
+        attributes = self._redaction.apply(attributes)
+        state = record.telemetry.get(STATE_KEY)
+        if state is not None:
+            plan = SessionSpanPlan.from_json(state)
+            status = Status(StatusCode.UNSET) if outcome.status == "exited" else _error_status(outcome)
+            export_session_span(
+                self._tracer_provider,
+                plan,
+                f"session {record.component_name}",
+                attributes,
+                start,
+                end,
+                status,
+                record.session_id,
+            )
+            with _current(plan.child_context()):
+                self._emit_event(sc.EVENT_SESSION_END, "Session ended", attributes, None)
+        else:
+            self._emit_event(sc.EVENT_SESSION_END, "Session ended", attributes, None)
+
+    # -- helpers ------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _child_span(
+        self,
+        name: str,
+        plan: SessionSpanPlan,
+        attributes: Mapping[str, AttributeValue],
+        start_event: Mapping[str, Any],
+    ) -> Iterator[Any]:
+        """A child of the session span, current while the wrapped tracker works (so its logs and lifecycle
+        spans attach to it), exported when it ends. Log lines written meanwhile are scrubbed of the values
+        ``SB_OTEL_REDACT`` hides."""
+        redaction = self._redaction.for_values(start_attributes(start_event, "")) if self._redaction else None
+        token = _active_redaction.set(redaction)
+        try:
+            with self._tracer.start_as_current_span(
+                name, context=plan.child_context(), kind=SpanKind.INTERNAL, attributes=attributes
+            ) as span:
+                yield span
+        finally:
+            _active_redaction.reset(token)
+
+    def _emit_event(self, name: str, body: str, attributes: Mapping[str, AttributeValue], span: Any) -> None:
+        context = trace.set_span_in_context(span) if span is not None else None
+        self._events.emit(
+            event_name=name,
+            body=body,
+            attributes=dict(attributes),
+            severity_number=otel_logs.SeverityNumber.INFO,
+            severity_text="INFO",
+            context=context,
+        )
+
+    def _guard(self, step: Callable[..., _T], *args: Any) -> _T | None:
+        """Run one telemetry step; a failure is logged and skipped, never passed to the caller."""
+        try:
+            return step(*args)
+        except Exception:
+            _log.warning("sb-otel telemetry step %s failed; tracking is unaffected", _name(step), exc_info=True)
+            return None
+
+
+class TracedLifecycleManager:
+    """Wraps a lifecycle manager so each call is a span and a ``sb.lifecycle.duration`` measurement.
+
+    Everything else is passed through, so code holding the tracker's ``session_manager`` keeps working.
+    """
+
+    def __init__(self, manager: Any, tracer: trace.Tracer, metrics: SessionMetrics) -> None:
+        self.wrapped = manager
+        self._tracer = tracer
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+    async def initialize_session(self, working_directory: str | None = None, **kwargs: Any) -> Any:
+        """Traced ``initialize_session``."""
+        return await self._traced("initialize_session", working_directory, kwargs)
+
+    async def end_session(self, working_directory: str | None = None, **kwargs: Any) -> Any:
+        """Traced ``end_session``."""
+        return await self._traced("end_session", working_directory, kwargs)
+
+    async def _traced(self, operation: str, working_directory: str | None, kwargs: dict[str, Any]) -> Any:
+        call: Callable[..., Awaitable[Any]] = getattr(self.wrapped, operation)
+        attributes: dict[str, AttributeValue] = {sc.LIFECYCLE_OPERATION: operation}
+        began = time.perf_counter()
+        with self._tracer.start_as_current_span(operation, kind=SpanKind.INTERNAL, attributes=attributes) as span:
+            try:
+                answer = await call(working_directory=working_directory, **kwargs)
+            except Exception as exc:
+                attributes[sc.ERROR_TYPE] = type(exc).__qualname__
+                span.set_attribute(sc.ERROR_TYPE, attributes[sc.ERROR_TYPE])
+                raise
+            finally:
+                self._metrics.lifecycle_duration.record(time.perf_counter() - began, attributes)
+            if not (isinstance(answer, Mapping) and answer.get("success")):
+                error = answer.get("error") if isinstance(answer, Mapping) else None
+                span.set_attribute(sc.ERROR_TYPE, "lifecycle_failure")
+                span.set_status(Status(StatusCode.ERROR, str(error or "lifecycle manager reported failure")[:200]))
+            elif isinstance(project := answer.get("project"), str):
+                span.set_attribute(sc.PROJECT, project[:200])
+            return answer
+
+
+def instrument(
+    tracker: Any,
+    *,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: Any = None,
+    logger_provider: Any = None,
+    store: SessionStore | str | Path | None = None,
+    redact: str | None = None,
+) -> InstrumentedSessionTracker:
+    """Make every session ``tracker`` handles an OpenTelemetry span, with metrics and logs.
+
+    Args:
+        tracker: our :class:`~sb_otel.SessionTracker`, or any object with the seed's API (session-buddy's).
+        tracer_provider, meter_provider, logger_provider: where telemetry goes (default: the global ones,
+            which :func:`sb_otel.configure` sets up).
+        store: where span plans live for a tracker that is not ours (ours uses its own store); a store,
+            ``"memory"``, a SQLite path, or ``None`` for ``SB_OTEL_STORE``.
+        redact: attributes to drop or hash before export (default ``SB_OTEL_REDACT``).
+
+    Returns an object with the tracker's API. ``uninstrument()`` on it restores the tracker.
+    """
+    return InstrumentedSessionTracker(
+        tracker,
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        logger_provider=logger_provider,
+        store=store,
+        redact=redact,
+    )
+
+
+class _RedactingLoggingHandler(otel_logs.LoggingHandler):
+    """The OTel logging bridge, scrubbing redacted values out of message text before export.
+
+    It scrubs a copy of the record: other handlers (the console) still see the original line.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        redaction = _active_redaction.get()
+        if redaction is not None and redaction.secret_values:
+            record = copy.copy(record)
+            record.msg, record.args = redaction.scrub(record.getMessage()), None
+        super().emit(record)
+
+
+def _attach_log_handler(logger: logging.Logger | None, logger_provider: Any) -> logging.Handler | None:
+    """Bridge the tracker's log lines to OTel logs, once per logger and provider."""
+    provider = logger_provider or otel_logs.get_logger_provider()
+    if not isinstance(logger, logging.Logger) or not isinstance(provider, otel_logs.SdkLoggerProvider):
+        return None
+    for existing in logger.handlers:
+        if isinstance(existing, _RedactingLoggingHandler) and getattr(existing, "_sb_provider", None) is provider:
+            return None
+    handler = _RedactingLoggingHandler(level=logging.NOTSET, logger_provider=provider)
+    handler._sb_provider = provider  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)  # the seed's INFO lines are telemetry; uninstrument() restores the level
+    return handler
+
+
+def _plan_of(record: SessionRecord | None) -> SessionSpanPlan | None:
+    state = None if record is None else record.telemetry.get(STATE_KEY)
+    return None if state is None else SessionSpanPlan.from_json(state)
+
+
+def _annotate_child(span: Any, session_id: str | None, status: str, error: str | None) -> None:
+    if session_id:
+        span.set_attribute(sc.SESSION_ID, session_id)
+    span.set_attribute(sc.RESULT, status)
+    if status == "error":
+        span.set_attribute(sc.ERROR_TYPE, "tracker_error")
+        span.set_status(Status(StatusCode.ERROR, (error or "")[:200]))
+
+
+def _span_times(record: SessionRecord) -> tuple[datetime, datetime, float | None]:
+    """Start and end of the session span, corrected for a shell clock running ahead of ours."""
+    start = record.started_at
+    skew: float | None = None
+    if start - record.received_at > CLOCK_SKEW_TOLERANCE:
+        skew = round((start - record.received_at).total_seconds(), 3)
+        start = record.received_at
+    end = max(record.ended_at or start, start)
+    return start, end, skew
+
+
+def _error_status(outcome: Outcome) -> Status:
+    detail = outcome.error_type or outcome.status
+    return Status(StatusCode.ERROR, f"session {outcome.status}: {detail}")
+
+
+@contextlib.contextmanager
+def _current(context: Context) -> Iterator[None]:
+    token = attach(context)
+    try:
+        yield
+    finally:
+        detach(token)
+
+
+def _name(step: Callable[..., Any]) -> str:
+    return getattr(step, "__qualname__", None) or getattr(step, "__name__", None) or repr(step)

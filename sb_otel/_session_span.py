@@ -1,0 +1,210 @@
+"""The session span: ids fixed at start and persisted, the span itself rebuilt and exported at end.
+
+A session can last hours and end in another process (or after a restart), and 100k open sessions must not
+cost 100k live span objects. So at start we only *plan* the span — trace id, span id, sampling decision,
+parent, links — and store that plan with the session. Children (``session.start …``) are exported at once,
+parented on the planned span id. At end, any process rebuilds the span from the plan and exports it through
+the host's own pipeline (processors, exporters, resource, limits), with the original ids and start time.
+
+How the rebuild works: a shallow copy of our SDK ``Tracer`` with an id generator that returns the planned
+ids and a sampler that repeats the decision made at start. Everything else — span processors, resource,
+limits, scope — is shared with the real tracer. The SDK is pinned to a minor series (``pyproject.toml``) and
+``tests/test_session_span.py`` guards this on every upgrade.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from opentelemetry import baggage
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import Decision, StaticSampler
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    TraceFlags,
+    TracerProvider,
+    TraceState,
+    get_current_span,
+    set_span_in_context,
+)
+from opentelemetry.util.types import AttributeValue
+
+from sb_otel import _semconv as sc
+from sb_otel._version import __version__
+
+STATE_KEY = "span"
+"""Where the plan lives in a session record's ``telemetry`` mapping."""
+
+
+@dataclass(frozen=True)
+class SessionSpanPlan:
+    """Everything needed to export the session span later, in any process. JSON round-trips."""
+
+    trace_id: int
+    span_id: int
+    sampled: bool
+    trace_state: str = ""
+    parent_span_id: int | None = None
+    parent_remote: bool = True
+    links: tuple[tuple[int, int, int], ...] = ()
+    """(trace id, span id, trace flags) of spans that were current when the session started."""
+
+    @property
+    def span_context(self) -> SpanContext:
+        """The session span's own context, as children and the shell see it."""
+        return SpanContext(
+            self.trace_id,
+            self.span_id,
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED if self.sampled else TraceFlags.DEFAULT),
+            trace_state=TraceState.from_header([self.trace_state]) if self.trace_state else TraceState(),
+        )
+
+    @property
+    def traceparent(self) -> str:
+        """The W3C ``traceparent`` a shell uses to parent its own spans under the session."""
+        flags = "01" if self.sampled else "00"
+        return f"00-{self.trace_id:032x}-{self.span_id:016x}-{flags}"
+
+    def child_context(self) -> Context:
+        """A context whose current span is the (not yet exported) session span."""
+        return set_span_in_context(NonRecordingSpan(self.span_context), Context())
+
+    def to_json(self) -> dict[str, Any]:
+        """Hex ids and plain values, for the session store."""
+        return {
+            "trace_id": f"{self.trace_id:032x}",
+            "span_id": f"{self.span_id:016x}",
+            "sampled": self.sampled,
+            "trace_state": self.trace_state,
+            "parent_span_id": None if self.parent_span_id is None else f"{self.parent_span_id:016x}",
+            "parent_remote": self.parent_remote,
+            "links": [[f"{t:032x}", f"{s:016x}", f] for t, s, f in self.links],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SessionSpanPlan:
+        """The inverse of :meth:`to_json`."""
+        parent = data.get("parent_span_id")
+        return cls(
+            trace_id=int(data["trace_id"], 16),
+            span_id=int(data["span_id"], 16),
+            sampled=bool(data["sampled"]),
+            trace_state=str(data.get("trace_state") or ""),
+            parent_span_id=None if parent is None else int(parent, 16),
+            parent_remote=bool(data.get("parent_remote", True)),
+            links=tuple((int(t, 16), int(s, 16), int(f)) for t, s, f in data.get("links", [])),
+        )
+
+
+def plan_session_span(
+    tracer_provider: TracerProvider,
+    name: str,
+    parent: Context,
+    attributes: Mapping[str, AttributeValue],
+    links: Sequence[SpanContext] = (),
+) -> SessionSpanPlan:
+    """Decide the session span's ids and sampling now, without creating a span.
+
+    The trace id is the parent's when the shell sent one, else a new one from the provider's id generator
+    (so custom id formats are respected). The provider's sampler decides, exactly as it would for a real
+    span; a no-op or disabled provider yields valid ids with ``sampled=False`` (the shell still gets a
+    ``traceparent``).
+    """
+    tracer = tracer_provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
+    id_generator: IdGenerator = getattr(tracer, "id_generator", None) or RandomIdGenerator()
+    sampler = getattr(tracer, "sampler", None)
+    parent_context = get_current_span(parent).get_span_context()
+    has_parent = parent_context.is_valid
+    trace_id = parent_context.trace_id if has_parent else id_generator.generate_trace_id()
+    span_links = [Link(context) for context in links if context.is_valid]
+    sampled = False
+    trace_state = parent_context.trace_state if has_parent else TraceState()
+    if sampler is not None:
+        decision = sampler.should_sample(parent, trace_id, name, SpanKind.INTERNAL, dict(attributes), span_links)
+        sampled = decision.decision.is_sampled()
+        trace_state = decision.trace_state or trace_state
+    return SessionSpanPlan(
+        trace_id=trace_id,
+        span_id=id_generator.generate_span_id(),
+        sampled=sampled,
+        trace_state=trace_state.to_header() if trace_state else "",
+        parent_span_id=parent_context.span_id if has_parent else None,
+        parent_remote=parent_context.is_remote if has_parent else True,
+        links=tuple((c.trace_id, c.span_id, int(c.trace_flags)) for c in links if c.is_valid),
+    )
+
+
+class _PlannedIds(IdGenerator):
+    """Hands out the ids planned at start, so the rebuilt span is the one children already point at."""
+
+    def __init__(self, plan: SessionSpanPlan) -> None:
+        self._plan = plan
+
+    def generate_trace_id(self) -> int:
+        return self._plan.trace_id
+
+    def generate_span_id(self) -> int:
+        return self._plan.span_id
+
+
+def export_session_span(
+    tracer_provider: TracerProvider,
+    plan: SessionSpanPlan,
+    name: str,
+    attributes: Mapping[str, AttributeValue],
+    start: datetime,
+    end: datetime,
+    status: Status,
+    session_id: str,
+) -> bool:
+    """Export the session span as planned: original ids, parent, links and start time. Returns whether a
+    span was handed to the pipeline (not when the plan was unsampled or telemetry is disabled)."""
+    if not plan.sampled:
+        return False
+    base = tracer_provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
+    if not hasattr(base, "id_generator") or not hasattr(base, "sampler"):
+        return False  # a no-op / disabled / non-SDK tracer: nothing to export through
+    tracer = copy.copy(base)
+    tracer.id_generator = _PlannedIds(plan)
+    tracer.sampler = StaticSampler(Decision.RECORD_AND_SAMPLE)
+    context = Context()
+    if plan.parent_span_id is not None:
+        parent = SpanContext(
+            plan.trace_id,
+            plan.parent_span_id,
+            is_remote=plan.parent_remote,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            trace_state=plan.span_context.trace_state,
+        )
+        context = set_span_in_context(NonRecordingSpan(parent), context)
+    context = baggage.set_baggage(sc.SESSION_ID, session_id, context)
+    links = [Link(SpanContext(t, s, is_remote=True, trace_flags=TraceFlags(f))) for t, s, f in plan.links]
+    span = tracer.start_span(
+        name,
+        context=context,
+        kind=SpanKind.INTERNAL,
+        attributes=dict(attributes),
+        links=links,
+        start_time=_nanos(start),
+    )
+    span.set_status(status)
+    span.end(end_time=_nanos(end))
+    return True
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _nanos(moment: datetime) -> int:
+    """Exact nanoseconds since the epoch (``timestamp()`` goes through a float and can be off by 1 µs)."""
+    return (moment - _EPOCH) // timedelta(microseconds=1) * 1_000

@@ -1,0 +1,381 @@
+"""instrument(): the session span, its children, metrics, logs and trace context (in-memory exporters)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any
+from unittest.mock import AsyncMock, MagicMock
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+from opentelemetry.trace import SpanKind, StatusCode
+
+from sb_otel import (
+    InMemorySessionStore,
+    SessionEndEvent,
+    SessionEndResult,
+    SessionLifecycleManager,
+    SessionStartResult,
+    SessionTracker,
+    instrument,
+)
+from sb_otel.testing import CapturedTelemetry, capture_telemetry
+from tests.conftest import seed_start_event, start_payload
+
+PARENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
+PARENT_SPAN = "b7ad6b7169203331"
+TRACEPARENT = f"00-{PARENT_TRACE}-{PARENT_SPAN}-01"
+SESSION_ID = "mahavishnu-20260206-123456"
+T_START = datetime(2026, 2, 6, 12, 34, 56, 789000, tzinfo=timezone.utc)
+T_END = datetime(2026, 2, 6, 13, 45, 7, 890000, tzinfo=timezone.utc)
+
+
+def ns(moment: datetime) -> int:
+    return int(moment.timestamp() * 1_000_000) * 1_000
+
+
+def manager(start: Any = None, end: Any = None) -> MagicMock:
+    mock = MagicMock(spec=SessionLifecycleManager)
+    mock.initialize_session = AsyncMock(return_value=start or {"success": True, "project": "demo"})
+    mock.end_session = AsyncMock(return_value=end or {"success": True})
+    return mock
+
+
+@pytest.fixture
+def telemetry() -> Iterator[CapturedTelemetry]:
+    with capture_telemetry() as captured:
+        yield captured
+
+
+@pytest.fixture
+def store() -> InMemorySessionStore:
+    return InMemorySessionStore()
+
+
+@pytest.fixture
+def tracker(telemetry: CapturedTelemetry, store: InMemorySessionStore) -> Any:
+    instrumented = instrument(SessionTracker(manager(), store=store), redact="", **telemetry.providers)
+    yield instrumented
+    instrumented.uninstrument()
+
+
+async def run_session(tracker: Any, **end_metadata: Any) -> tuple[SessionStartResult, SessionEndResult]:
+    start = await tracker.handle_session_start(seed_start_event(metadata={"traceparent": TRACEPARENT, "key": "v"}))
+    end = await tracker.handle_session_end(
+        SessionEndEvent(session_id=start.session_id, timestamp="2026-02-06T13:45:07.890Z", metadata=end_metadata)
+    )
+    return start, end
+
+
+def hex_ids(span: ReadableSpan) -> tuple[str, str, str | None]:
+    context = span.get_span_context()
+    parent = f"{span.parent.span_id:016x}" if span.parent else None
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}", parent
+
+
+async def test_a_session_is_one_trace_with_the_session_span_at_its_root(
+    tracker: Any, telemetry: CapturedTelemetry
+) -> None:
+    """Root ``session X`` under the shell's span; start/end children beneath it; lifecycle calls beneath those."""
+    start, end = await run_session(tracker, exit_reason="user_exit")
+    assert (start.status, end.status) == ("tracked", "ended")
+    root = telemetry.span("session mahavishnu")
+    trace_id, root_id, root_parent = hex_ids(root)
+    assert (trace_id, root_parent) == (PARENT_TRACE, PARENT_SPAN)
+    tree = {span.name: hex_ids(span) for span in telemetry.spans()}
+    assert tree["session.start mahavishnu"][2] == root_id
+    assert tree["session.end mahavishnu"][2] == root_id
+    assert tree["initialize_session"][2] == tree["session.start mahavishnu"][1]
+    assert tree["end_session"][2] == tree["session.end mahavishnu"][1]
+    assert {ids[0] for ids in tree.values()} == {PARENT_TRACE}
+    assert len(telemetry.spans()) == 5
+
+
+async def test_session_span_carries_the_design_attributes_and_event_times(
+    tracker: Any, telemetry: CapturedTelemetry
+) -> None:
+    """Every attribute of DESIGN.md's table, start/end = the events' timestamps, status UNSET when exited."""
+    await run_session(tracker, exit_reason="user_exit", exit_code=0)
+    root = telemetry.span("session mahavishnu")
+    assert root.kind is SpanKind.INTERNAL
+    assert (root.start_time, root.end_time) == (ns(T_START), ns(T_END))
+    assert root.status.status_code is StatusCode.UNSET
+    assert dict(root.attributes or {}) == {
+        "session.id": SESSION_ID,
+        "sb.component.name": "mahavishnu",
+        "sb.shell.type": "MahavishnuShell",
+        "sb.event.id": "550e8400-e29b-41d4-a716-446655440000",
+        "sb.event.version": "1.0",
+        "process.pid": 12345,
+        "process.owner": "john",
+        "user.name": "john",
+        "sb.user.home": "/home/john",
+        "host.name": "server01",
+        "process.runtime.name": "python",
+        "process.runtime.version": "3.13.0",
+        "os.description": "Linux-6.5.0-x86_64",
+        "os.type": "linux",
+        "process.working_directory": "/home/john/projects",
+        "sb.session.metadata.key": "v",
+        "sb.session.status": "exited",
+        "sb.session.exit_reason": "user_exit",
+        "process.exit.code": 0,
+    }
+    for child in ("session.start mahavishnu", "session.end mahavishnu"):
+        assert telemetry.span(child).attributes["session.id"] == SESSION_ID  # type: ignore[index]
+
+
+async def test_start_result_returns_the_session_traceparent(tracker: Any, telemetry: CapturedTelemetry) -> None:
+    """The shell gets a traceparent naming the session span, so its own spans can sit beneath it."""
+    start, _ = await run_session(tracker)
+    trace_id, span_id, _ = hex_ids(telemetry.span("session mahavishnu"))
+    assert start.traceparent == f"00-{trace_id}-{span_id}-01"
+    assert start.model_dump() == {
+        "session_id": SESSION_ID,
+        "status": "tracked",
+        "error": None,
+        "traceparent": start.traceparent,
+    }
+
+
+async def test_crash_is_an_error_span_with_error_type(tracker: Any, telemetry: CapturedTelemetry) -> None:
+    """An end reporting a crash: status ERROR, ``error.type`` and ``sb.session.status=crashed``."""
+    await run_session(tracker, exit_reason="signal", exit_code=137)
+    root = telemetry.span("session mahavishnu")
+    assert root.status.status_code is StatusCode.ERROR
+    assert root.attributes["error.type"] == "signal"  # type: ignore[index]
+    assert root.attributes["sb.session.status"] == "crashed"  # type: ignore[index]
+    assert root.attributes["process.exit.code"] == 137  # type: ignore[index]
+
+
+async def test_no_parent_means_a_new_trace_and_the_ambient_span_becomes_a_link(
+    tracker: Any, telemetry: CapturedTelemetry
+) -> None:
+    """Without a traceparent the session starts its own trace; a span current at the call is linked."""
+    ambient_tracer = telemetry.tracer_provider.get_tracer("mcp-server")
+    with ambient_tracer.start_as_current_span("tools/call track_session_start") as ambient:
+        start = await tracker.handle_session_start(seed_start_event(metadata=None))
+    await tracker.handle_session_end(SessionEndEvent(session_id=start.session_id, timestamp="2026-02-06T13:00:00Z"))
+    root = telemetry.span("session mahavishnu")
+    assert root.parent is None
+    assert root.context.trace_id != ambient.get_span_context().trace_id
+    assert [link.context.span_id for link in root.links] == [ambient.get_span_context().span_id]
+
+
+async def test_tracestate_from_the_shell_is_kept(tracker: Any, telemetry: CapturedTelemetry) -> None:
+    """``tracestate`` sent with the traceparent travels on the session span's context."""
+    metadata = {"traceparent": TRACEPARENT, "tracestate": "vendor=abc"}
+    start = await tracker.handle_session_start(seed_start_event(metadata=metadata))
+    await tracker.handle_session_end(SessionEndEvent(session_id=start.session_id, timestamp="2026-02-06T13:00:00Z"))
+    assert telemetry.span("session mahavishnu").context.trace_state.to_header() == "vendor=abc"
+    assert "sb.session.metadata.tracestate" not in (telemetry.span("session mahavishnu").attributes or {})
+
+
+async def test_retried_start_and_end_export_nothing_twice(tracker: Any, telemetry: CapturedTelemetry) -> None:
+    """A retried start returns the same traceparent and counts once; a retried end exports no second root."""
+    first = await tracker.handle_session_start(seed_start_event())
+    again = await tracker.handle_session_start(seed_start_event())
+    assert again.traceparent == first.traceparent
+    end = SessionEndEvent(session_id=first.session_id, timestamp="2026-02-06T13:00:00Z")
+    await tracker.handle_session_end(end)
+    await tracker.handle_session_end(end)
+    assert len([s for s in telemetry.spans() if s.name == "session mahavishnu"]) == 1
+    started = {"sb.component.name": "mahavishnu", "sb.shell.type": "MahavishnuShell", "sb.result": "tracked"}
+    assert telemetry.metric_value("sb.session.started", started) == 1
+    assert (
+        telemetry.metric_value("sb.session.ended", {"sb.component.name": "mahavishnu", "sb.session.status": "exited"})
+        == 1
+    )
+
+
+async def test_metrics_follow_the_design_table(tracker: Any, telemetry: CapturedTelemetry) -> None:
+    """Started, ended, active, duration and lifecycle latency, with their attribute sets."""
+    await run_session(tracker, exit_code=3)
+    component = {"sb.component.name": "mahavishnu"}
+    crashed = {**component, "sb.session.status": "crashed"}
+    assert telemetry.metric_value("sb.session.active", component) == 0
+    assert telemetry.metric_value("sb.session.ended", crashed) == 1
+    ((_, duration),) = telemetry.metric_points("sb.session.duration")
+    assert duration.count == 1
+    assert duration.sum == pytest.approx((T_END - T_START).total_seconds())
+    assert duration.explicit_bounds[0] == 1.0
+    assert duration.explicit_bounds[-1] == 86400.0
+    operations = {attrs["sb.lifecycle.operation"] for attrs, _ in telemetry.metric_points("sb.lifecycle.duration")}
+    assert operations == {"initialize_session", "end_session"}
+    await tracker.handle_session_end(
+        SessionEndEvent(session_id="nobody-20260206-000000", timestamp="2026-02-06T13:00:00Z")
+    )
+    assert telemetry.metric_value("sb.session.ended", {"sb.session.status": "not_found"}) == 1
+
+
+async def test_seed_log_lines_are_otel_logs_in_the_span_context(tracker: Any, telemetry: CapturedTelemetry) -> None:
+    """The tracker's INFO lines arrive as log records with trace/span ids and ``session.id``; plus the events."""
+    await run_session(tracker)
+    records = [record.log_record for record in telemetry.logs()]
+    started = next(r for r in records if str(r.body).startswith("Session started:"))
+    start_span = telemetry.span("session.start mahavishnu").get_span_context()
+    assert (started.trace_id, started.span_id) == (start_span.trace_id, start_span.span_id)
+    assert started.attributes["session.id"] == SESSION_ID  # type: ignore[index]
+    events = {r.event_name: r for r in records if r.event_name}
+    assert set(events) == {"session.start", "session.end"}
+    root = telemetry.span("session mahavishnu").get_span_context()
+    assert events["session.end"].trace_id == root.trace_id
+    assert events["session.end"].attributes["sb.session.status"] == "exited"  # type: ignore[index]
+
+
+async def test_rejected_start_is_a_short_error_session_span(telemetry: CapturedTelemetry) -> None:
+    """The manager says no: an ``error`` result, and an ERROR root span so the start child is not orphaned."""
+    failing = manager(start={"success": False, "error": "no such project"})
+    tracker = instrument(SessionTracker(failing, store="memory"), redact="", **telemetry.providers)
+    result = await tracker.handle_session_start(seed_start_event())
+    assert result.status == "error"
+    assert result.traceparent is None
+    root = telemetry.span("session mahavishnu")
+    assert root.status.status_code is StatusCode.ERROR
+    assert root.attributes["sb.session.status"] == "error"  # type: ignore[index]
+    child = telemetry.span("session.start mahavishnu")
+    assert child.parent is not None
+    assert child.parent.span_id == root.context.span_id
+    assert child.status.status_code is StatusCode.ERROR
+    assert telemetry.span("initialize_session").status.status_code is StatusCode.ERROR
+
+
+async def test_invalid_events_pass_through_as_errors_and_are_counted(
+    tracker: Any, telemetry: CapturedTelemetry
+) -> None:
+    """Bad payloads still get the tracker's error results, and count as errors."""
+    start = await tracker.handle_session_start(start_payload(pid=0))
+    end = await tracker.handle_session_end({"session_id": "bad id", "timestamp": "x"})
+    assert (start.status, end.status) == ("error", "error")
+    assert telemetry.metric_value("sb.session.started", {"sb.result": "error"}) == 1
+    assert telemetry.metric_value("sb.session.ended", {"sb.session.status": "error"}) == 1
+
+
+@pytest.mark.parametrize(
+    ("sampler", "metadata"),
+    [
+        pytest.param(ALWAYS_OFF, None, id="sampler-drops"),
+        pytest.param(
+            ParentBased(TraceIdRatioBased(1.0)), {"traceparent": TRACEPARENT[:-2] + "00"}, id="parent-unsampled"
+        ),
+    ],
+)
+async def test_unsampled_sessions_export_no_spans_but_still_track(sampler: Any, metadata: Any) -> None:
+    """The decision made at start holds at end: nothing exported, traceparent flags 00, tracking unaffected."""
+    with capture_telemetry(sampler=sampler) as telemetry:
+        tracker = instrument(SessionTracker(manager(), store="memory"), redact="", **telemetry.providers)
+        start = await tracker.handle_session_start(seed_start_event(metadata=metadata))
+        end = await tracker.handle_session_end(
+            SessionEndEvent(session_id=start.session_id, timestamp="2026-02-06T13:00:00Z")
+        )
+        assert (start.status, end.status) == ("tracked", "ended")
+        assert start.traceparent is not None
+        assert start.traceparent.endswith("-00")
+        assert telemetry.spans() == []
+        ended = {"sb.component.name": "mahavishnu", "sb.session.status": "exited"}
+        assert telemetry.metric_value("sb.session.ended", ended) == 1  # metrics are not sampled
+
+
+async def test_shell_clock_ahead_starts_the_span_at_receipt(telemetry: CapturedTelemetry) -> None:
+    """A start stamped in the future (shell clock ahead): the span starts when we received it, flagged."""
+    received = datetime(2026, 2, 6, 12, 0, 0, tzinfo=timezone.utc)
+    inner = SessionTracker(manager(), store="memory", clock=lambda: received)
+    tracker = instrument(inner, redact="", **telemetry.providers)
+    start = await tracker.handle_session_start(seed_start_event())
+    await tracker.handle_session_end(SessionEndEvent(session_id=start.session_id, timestamp="2026-02-06T13:00:00Z"))
+    root = telemetry.span("session mahavishnu")
+    assert root.start_time == ns(received)
+    assert root.attributes["sb.clock_skew_s"] == pytest.approx((T_START - received).total_seconds())  # type: ignore[index]
+
+
+async def test_redaction_keeps_values_out_of_spans_and_logs(telemetry: CapturedTelemetry) -> None:
+    """SB_OTEL_REDACT-style settings drop or hash attributes and scrub them from exported log text."""
+    tracker = instrument(
+        SessionTracker(manager(), store="memory"),
+        redact="sb.user.home,process.working_directory,process.owner:hash,user.name",
+        **telemetry.providers,
+    )
+    start = await tracker.handle_session_start(seed_start_event())
+    await tracker.handle_session_end(SessionEndEvent(session_id=start.session_id, timestamp="2026-02-06T13:00:00Z"))
+    root = dict(telemetry.span("session mahavishnu").attributes or {})
+    assert "sb.user.home" not in root
+    assert "process.working_directory" not in root
+    assert "user.name" not in root
+    assert str(root["process.owner"]).startswith("sha256:")
+    exported_text = " ".join(
+        str(r.log_record.body) + str(dict(r.log_record.attributes or {})) for r in telemetry.logs()
+    )
+    assert "/home/john" not in exported_text
+    assert "user=[REDACTED]" in exported_text
+
+
+async def test_telemetry_failure_never_changes_a_result(store: InMemorySessionStore) -> None:
+    """An exporter that raises on every span: tracking answers exactly as without telemetry."""
+
+    class Exploding(Exception):
+        pass
+
+    with capture_telemetry() as telemetry:
+        telemetry.span_exporter.export = MagicMock(side_effect=Exploding("collector on fire"))  # type: ignore[method-assign]
+        tracker = instrument(SessionTracker(manager(), store=store), redact="", **telemetry.providers)
+        start, end = await run_session(tracker)
+    assert (start.status, end.status) == ("tracked", "ended")
+    assert store.get(SESSION_ID).status == "exited"  # type: ignore[union-attr]
+
+
+async def test_wrapper_passes_other_attributes_through_and_uninstruments(telemetry: CapturedTelemetry) -> None:
+    """Attributes of the wrapped tracker stay reachable; uninstrument() gives back the original manager."""
+    original = manager()
+    inner = SessionTracker(original, store="memory", logger=logging.getLogger("my_app"))
+    tracker = instrument(inner, redact="", **telemetry.providers)
+    assert tracker.logger is inner.logger
+    assert inner.session_manager is not original
+    assert inner.session_manager.wrapped is original
+    handlers = list(inner.logger.handlers)
+    tracker.uninstrument()
+    assert inner.session_manager is original
+    assert len(inner.logger.handlers) == len(handlers) - 1
+
+
+class ForeignTracker:
+    """Shaped like session-buddy's tracker: seed API, manager at ``.session_manager``, its own ids."""
+
+    def __init__(self, session_manager: Any) -> None:
+        self.session_manager = session_manager
+        self.logger = logging.getLogger("session_buddy.mcp.session_tracker")
+        self.ended: list[str] = []
+
+    async def handle_session_start(self, event: Any) -> SessionStartResult:
+        answer = await self.session_manager.initialize_session(working_directory=event.environment.cwd)
+        if not answer.get("success"):
+            return SessionStartResult(session_id=None, status="error", error=answer.get("error"))
+        return SessionStartResult(session_id=f"sb-{event.event_id[:8]}", status="tracked")
+
+    async def handle_session_end(self, event: Any) -> SessionEndResult:
+        await self.session_manager.end_session(working_directory=None)
+        self.ended.append(event.session_id)
+        return SessionEndResult(session_id=event.session_id, status="ended")
+
+
+async def test_a_tracker_that_is_not_ours_gets_the_same_trace(
+    telemetry: CapturedTelemetry, store: InMemorySessionStore
+) -> None:
+    """Duck-typed wrapping: child spans for its manager calls, and the session span from our store at end."""
+    foreign = ForeignTracker(manager())
+    tracker = instrument(foreign, store=store, redact="", **telemetry.providers)
+    start = await tracker.handle_session_start(seed_start_event(metadata={"traceparent": TRACEPARENT}))
+    assert start.session_id == "sb-550e8400"
+    assert store.get("sb-550e8400") is not None
+    end = SessionEndEvent(session_id=start.session_id, timestamp="2026-02-06T13:45:07.890Z")
+    await tracker.handle_session_end(end)
+    await tracker.handle_session_end(end)  # session-buddy's tracker does not dedupe ends: we still export once
+    roots = [s for s in telemetry.spans() if s.name == "session mahavishnu"]
+    assert len(roots) == 1
+    assert hex_ids(roots[0])[2] == PARENT_SPAN
+    assert roots[0].attributes["session.id"] == "sb-550e8400"  # type: ignore[index]
+    assert {s.name for s in telemetry.spans()} >= {"initialize_session", "end_session", "session.start mahavishnu"}
+    assert foreign.ended == ["sb-550e8400", "sb-550e8400"]
+    assert store.get("sb-550e8400").status == "exited"  # type: ignore[union-attr]
