@@ -197,21 +197,25 @@ class SqliteSessionStore:
         if session_id is not None:
             return self._adopt(new, session_id)
         base = session_id_base(new.component_name, new.started_at)
+        values = _insert_values(new)
         try:
-            with self._write() as db:
-                # Try the next id this process expects to be free (the bare id for a new second); if another
-                # process took it, number after the highest stored ordinal. The write lock (BEGIN IMMEDIATE)
-                # makes the read-then-insert atomic across processes; the hint only saves the scan.
-                ordinal = self._ordinal_hints.get(base, 0) + 1
-                session_id = numbered_session_id(base, ordinal)
-                values = _insert_values(new)
-                if db.execute(_INSERT, (session_id, *values)).fetchone() is None:
+            # Fast path: the next id this process expects to be free (the bare id for a new second). One
+            # INSERT is one atomic transaction in autocommit mode, so it needs no explicit BEGIN.
+            ordinal = self._ordinal_hints.get(base, 0) + 1
+            session_id = numbered_session_id(base, ordinal)
+            with self._lock:
+                # fetchall() runs the statement to completion, so it is committed before we go on.
+                inserted = self._db.execute(_INSERT, (session_id, *values)).fetchall()
+            if not inserted:
+                # Another process (or an older run) took it: number after the highest stored ordinal. The
+                # write lock (BEGIN IMMEDIATE) makes this read-then-insert atomic across processes.
+                with self._write() as db:
                     ordinal = _highest_ordinal(db, base) + 1
                     session_id = numbered_session_id(base, ordinal)
-                    db.execute(_INSERT, (session_id, *values)).fetchone()
+                    db.execute(_INSERT, (session_id, *values)).fetchall()
             self._remember_ordinal(base, ordinal)
         except sqlite3.IntegrityError:
-            # A retried start: its event id is stored already (the transaction rolled back).
+            # A retried start: its event id is stored already (the statement or transaction rolled back).
             existing = self.get_by_event_id(new.event_id)
             if existing is None:
                 raise
@@ -222,10 +226,10 @@ class SqliteSessionStore:
         """Record a session under an id another tracker assigned; an id or event id seen before wins."""
         try:
             with self._write() as db:
-                inserted = db.execute(_INSERT, (session_id, *_insert_values(new))).fetchone()
+                inserted = db.execute(_INSERT, (session_id, *_insert_values(new))).fetchall()
         except sqlite3.IntegrityError:
-            inserted = None
-        if inserted is not None:
+            inserted = []
+        if inserted:
             return _new_record(new, session_id), True
         existing = self.get(session_id) or self.get_by_event_id(new.event_id)
         if existing is None:
@@ -246,7 +250,7 @@ class SqliteSessionStore:
     def finish(self, session_id: str, ending: SessionEnding) -> tuple[SessionRecord, bool] | None:
         # One statement is one atomic transaction in autocommit mode: no explicit BEGIN needed.
         with self._lock:
-            row = self._db.execute(
+            rows = self._db.execute(
                 "UPDATE sessions SET status = ?, ended_at = ?, end_event = ? "
                 f"WHERE session_id = ? AND status = 'open' RETURNING {_COLUMNS}",
                 (
@@ -255,9 +259,9 @@ class SqliteSessionStore:
                     None if ending.end_event is None else _json(ending.end_event),
                     session_id,
                 ),
-            ).fetchone()
-        if row is not None:
-            return _record(row), True
+            ).fetchall()  # run to completion: committed before we answer
+        if rows:
+            return _record(rows[0]), True
         record = self.get(session_id)
         return None if record is None else (record, False)
 
