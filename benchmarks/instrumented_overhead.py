@@ -1,0 +1,483 @@
+"""What instrumentation costs: plain tracker vs instrumented tracker vs the raw OpenTelemetry SDK floor.
+
+All figures come from one run, on one event loop (one core for the tracker; the OTLP receiver runs in a
+separate process, as a collector would):
+
+* **plain**: ``SessionTracker`` on a SQLite store, start+end pairs, no telemetry.
+* **floor**: the raw SDK (batch processors, OTLP/gRPC exporters) emitting exactly the spans, log records and
+  metric measurements that one instrumented lifecycle emits (counted from a real lifecycle first), with no
+  sb-otel code around it.
+* **instrumented**: ``instrument(SessionTracker(...))`` with the same providers, collector up; then again with
+  nothing listening on the endpoint.
+
+The instrumentation's own overhead is what exceeds plain + floor. Each phase's time includes flushing its
+telemetry, so background export work is counted (except with nothing listening, where a flush only waits for
+export timeouts; that phase's shutdown time is printed on its own). Then: RSS growth while
+``--open-sessions`` sessions are open (no live span is held per session), and how long a new process on that
+store takes to answer its first call.
+
+    python benchmarks/instrumented_overhead.py [--lifecycles 5000] [--open-sessions 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from sb_otel import (
+    EnvironmentInfo,
+    SessionEndEvent,
+    SessionStartEvent,
+    SessionTracker,
+    SqliteSessionStore,
+    UserInfo,
+    instrument,
+)
+from sb_otel import _otel_logs as otel_logs
+from sb_otel.testing import capture_telemetry
+
+REPO = Path(__file__).resolve().parent.parent
+T0 = datetime(2026, 2, 6, 12, 0, tzinfo=timezone.utc)
+EXPORT_TIMEOUT_S = 2.0
+
+
+class NoOpLifecycle:
+    """A manager that answers instantly, so the figures are sb-otel's and the SDK's own."""
+
+    async def initialize_session(self, working_directory: str | None = None) -> dict[str, Any]:
+        return {"success": True, "project": "bench"}
+
+    async def end_session(self, working_directory: str | None = None) -> dict[str, Any]:
+        return {"success": True}
+
+
+def _start_event(i: int) -> SessionStartEvent:
+    return SessionStartEvent(
+        event_version="1.0",
+        event_id=uuid.uuid4(),
+        component_name="mahavishnu",
+        shell_type="MahavishnuShell",
+        timestamp=(T0 + timedelta(milliseconds=i)).isoformat().replace("+00:00", "Z"),
+        pid=1000 + i % 4_000_000,
+        user=UserInfo(username="john", home="/home/john"),
+        hostname="server01",
+        environment=EnvironmentInfo(python_version="3.13.0", platform="Linux-6.5.0-x86_64", cwd="/home/john/work"),
+        metadata={"term": "xterm-256color"},
+    )
+
+
+def _end_event(session_id: str, i: int) -> SessionEndEvent:
+    ended = T0 + timedelta(milliseconds=i, minutes=5)
+    return SessionEndEvent(session_id=session_id, timestamp=ended.isoformat(), metadata={"exit_reason": "user_exit"})
+
+
+# -- what one lifecycle emits --------------------------------------------------------------------------------
+
+
+@dataclass
+class Census:
+    """The telemetry of one instrumented lifecycle, replayed by the floor phase."""
+
+    spans: list[tuple[str, dict[str, Any], int | None]] = field(default_factory=list)  # name, attrs, parent index
+    logs: list[tuple[str | None, str, dict[str, Any]]] = field(default_factory=list)  # event name, body, attrs
+    measurements: list[tuple[str, float, dict[str, Any]]] = field(default_factory=list)  # instrument, value, attrs
+
+
+class _Recording:
+    """Stands in for one instrument during the census and notes each measurement."""
+
+    def __init__(self, name: str, real: Any, census: Census) -> None:
+        self._name, self._real, self._census = name, real, census
+
+    def add(self, amount: float, attributes: Any = None) -> None:
+        self._census.measurements.append((self._name, amount, dict(attributes or {})))
+        self._real.add(amount, attributes)
+
+    def record(self, amount: float, attributes: Any = None) -> None:
+        self._census.measurements.append((self._name, amount, dict(attributes or {})))
+        self._real.record(amount, attributes)
+
+
+def take_census() -> Census:
+    census = Census()
+    with capture_telemetry() as telemetry:
+        tracker = instrument(SessionTracker(NoOpLifecycle(), store="memory"), **telemetry.providers)
+        metrics = tracker._metrics  # the benchmark's one peek inside: count what the instruments record
+        for name in ("started", "ended", "active", "duration", "lifecycle_duration"):
+            setattr(metrics, name, _Recording(name, getattr(metrics, name), census))
+
+        async def one() -> None:
+            started = await tracker.handle_session_start(_start_event(0))
+            await tracker.handle_session_end(_end_event(started.session_id or "", 0))
+
+        asyncio.run(one())
+        tracker.uninstrument()
+        spans = telemetry.spans()
+        index = {span.context.span_id: i for i, span in enumerate(spans)}
+        for span in spans:
+            parent = index.get(span.parent.span_id) if span.parent is not None else None
+            census.spans.append((span.name, dict(span.attributes or {}), parent))
+        for log in telemetry.logs():
+            record = log.log_record
+            census.logs.append((record.event_name, str(record.body), dict(record.attributes or {})))
+    return census
+
+
+# -- providers ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Providers:
+    tracer_provider: TracerProvider
+    meter_provider: MeterProvider
+    logger_provider: Any
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {
+            "tracer_provider": self.tracer_provider,
+            "meter_provider": self.meter_provider,
+            "logger_provider": self.logger_provider,
+        }
+
+    def flush(self) -> None:
+        self.tracer_provider.force_flush()
+        self.logger_provider.force_flush()
+        self.meter_provider.force_flush()
+
+    def shutdown(self) -> None:
+        self.tracer_provider.shutdown()
+        self.logger_provider.shutdown()
+        self.meter_provider.shutdown()
+
+
+def make_providers(endpoint: str | None) -> Providers:
+    """Batch processors and OTLP/gRPC exporters, as ``configure()`` sets them up; no endpoint discards spans."""
+    resource = Resource.create({"service.name": "sb-otel-bench"})
+    span_exporter: SpanExporter = (
+        OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=EXPORT_TIMEOUT_S) if endpoint else _Discard()
+    )
+    tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    readers = []
+    logger_provider = otel_logs.SdkLoggerProvider(resource=resource, shutdown_on_exit=False)
+    if endpoint:
+        metric_exporter = OTLPMetricExporter(endpoint=endpoint, insecure=True, timeout=EXPORT_TIMEOUT_S)
+        readers.append(PeriodicExportingMetricReader(metric_exporter, export_interval_millis=5_000))
+        log_exporter = otel_logs.GrpcLogExporter(endpoint=endpoint, insecure=True, timeout=EXPORT_TIMEOUT_S)
+        logger_provider.add_log_record_processor(otel_logs.BatchLogRecordProcessor(log_exporter))
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+    return Providers(tracer_provider, meter_provider, logger_provider)
+
+
+class _Discard(SpanExporter):
+    """Accepts and drops spans: for the memory phase, where only sb-otel's own footprint is measured."""
+
+    def export(self, spans: Sequence[Any]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+@contextmanager
+def receiver() -> Iterator[tuple[str, Callable[[], dict[str, int]]]]:
+    """The tests' real OTLP receiver in a child process; yields its endpoint and a 'what arrived' reader."""
+    code = textwrap.dedent(
+        """
+        import json, sys
+        sys.path.insert(0, sys.argv[1])
+        from tests.otlp_receiver import OtlpReceiver
+        with OtlpReceiver() as rx:
+            print(rx.grpc_port, flush=True)
+            for line in sys.stdin:
+                counts = {"spans": len(rx.spans()), "logs": len(rx.logs())}
+                print(json.dumps(counts), flush=True)
+                rx.clear()
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(REPO)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdin is not None
+    assert child.stdout is not None
+    port = int(child.stdout.readline())
+
+    def arrived() -> dict[str, int]:
+        assert child.stdin is not None
+        assert child.stdout is not None
+        child.stdin.write("count\n")
+        child.stdin.flush()
+        counts: dict[str, int] = json.loads(child.stdout.readline())
+        return counts
+
+    try:
+        yield f"http://127.0.0.1:{port}", arrived
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- phases ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: float
+    count: int
+    start_ms: list[float] = field(default_factory=list)
+    end_ms: list[float] = field(default_factory=list)
+    arrived: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def per_lifecycle_us(self) -> float:
+        return self.seconds / self.count * 1e6
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+
+async def _lifecycles(tracker: Any, count: int, phase: Phase) -> None:
+    for i in range(count):
+        t = time.perf_counter()
+        started = await tracker.handle_session_start(_start_event(i))
+        phase.start_ms.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        ended = await tracker.handle_session_end(_end_event(started.session_id or "", i))
+        phase.end_ms.append((time.perf_counter() - t) * 1000)
+        if started.status != "tracked" or ended.status != "ended":
+            raise SystemExit(f"unexpected result: {started} / {ended}")
+
+
+def run_tracker(name: str, count: int, tmp: Path, providers: Providers | None, *, flush: bool = True) -> Phase:
+    """Lifecycles through a (possibly instrumented) tracker; ``flush`` counts exporting in the phase's time."""
+    store = SqliteSessionStore(tmp / f"{name.replace(' ', '-')}.db")
+    tracker: Any = SessionTracker(NoOpLifecycle(), store=store)
+    if providers is not None:
+        tracker = instrument(tracker, **providers.as_kwargs())
+    phase = Phase(name, 0.0, count)
+    began = time.perf_counter()
+    asyncio.run(_lifecycles(tracker, count, phase))
+    if providers is not None and flush:
+        providers.flush()
+    phase.seconds = time.perf_counter() - began
+    if providers is not None:
+        tracker.uninstrument()
+    store.close()
+    return phase
+
+
+def run_floor(census: Census, count: int, providers: Providers) -> Phase:
+    """The same spans (same names, attributes and nesting), log records and measurements, SDK only."""
+    tracer = providers.tracer_provider.get_tracer("floor")
+    logger = providers.logger_provider.get_logger("floor")
+    meter = providers.meter_provider.get_meter("floor")
+    instruments: dict[str, Callable[[float, dict[str, Any]], None]] = {
+        "started": meter.create_counter("sb.session.started").add,
+        "ended": meter.create_counter("sb.session.ended").add,
+        "active": meter.create_up_down_counter("sb.session.active").add,
+        "duration": meter.create_histogram("sb.session.duration").record,
+        "lifecycle_duration": meter.create_histogram("sb.lifecycle.duration").record,
+    }
+    order = sorted(range(len(census.spans)), key=lambda i: _depth(census, i))  # parents before children
+    began = time.perf_counter()
+    for _ in range(count):
+        made: dict[int, Any] = {}
+        for i in order:
+            name, attributes, parent = census.spans[i]
+            context = trace.set_span_in_context(made[parent]) if parent is not None else None
+            made[i] = tracer.start_span(name, context=context, attributes=attributes)
+        for span in made.values():
+            span.end()
+        for event_name, body, attributes in census.logs:
+            logger.emit(
+                event_name=event_name, body=body, attributes=attributes, severity_number=otel_logs.SeverityNumber.INFO
+            )
+        for instrument_name, value, attributes in census.measurements:
+            instruments[instrument_name](value, attributes)
+    providers.flush()
+    return Phase("SDK floor", time.perf_counter() - began, count)
+
+
+def _depth(census: Census, index: int) -> int:
+    parent = census.spans[index][2]
+    return 0 if parent is None else 1 + _depth(census, parent)
+
+
+def measure_open_sessions(count: int, path: Path) -> dict[str, float]:
+    """RSS growth while ``count`` instrumented sessions are open (run in a child so RSS is its own)."""
+    code = textwrap.dedent(
+        f"""
+        import asyncio, json, sys
+        sys.path.insert(0, {str(REPO / "benchmarks")!r})
+        import instrumented_overhead as bench
+        print(json.dumps(bench._open_sessions_child({count}, {str(path)!r})))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _open_sessions_child(count: int, path: str) -> dict[str, float]:
+    providers = make_providers(None)
+    store = SqliteSessionStore(path)
+    tracker = instrument(SessionTracker(NoOpLifecycle(), store=store), **providers.as_kwargs())
+
+    async def start(first: int, n: int) -> None:
+        for i in range(first, first + n):
+            await tracker.handle_session_start(_start_event(i))
+
+    warmup = 1_000
+    asyncio.run(start(0, warmup))
+    providers.flush()
+    before = _rss_mb()
+    began = time.perf_counter()
+    asyncio.run(start(warmup, count))
+    providers.flush()
+    seconds = time.perf_counter() - began
+    after = _rss_mb()
+    providers.shutdown()
+    store.close()
+    return {"rss_before_mb": before, "rss_after_mb": after, "starts_per_s": count / seconds}
+
+
+def measure_restart(path: Path) -> dict[str, float]:
+    """A new process on a store full of open sessions: time from process start and from tracker creation."""
+    code = textwrap.dedent(
+        f"""
+        import time
+        process_began = time.perf_counter()
+        import asyncio, json, sys
+        sys.path.insert(0, {str(REPO / "benchmarks")!r})
+        import instrumented_overhead as bench
+        from sb_otel import SessionTracker, instrument, SqliteSessionStore
+        imported = time.perf_counter()
+        providers = bench.make_providers(None)
+        store = SqliteSessionStore({str(path)!r})
+        tracker = instrument(SessionTracker(bench.NoOpLifecycle(), store=store), **providers.as_kwargs())
+        session_id = store.list_sessions(status="open", limit=1)[0].session_id
+        result = asyncio.run(tracker.handle_session_end(bench._end_event(session_id, 0)))
+        answered = time.perf_counter()
+        assert result.status == "ended", result
+        print(json.dumps({{"import_s": imported - process_began, "first_call_s": answered - imported}}))
+        providers.shutdown()
+        store.close()
+        """
+    )
+    began = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    wall = time.perf_counter() - began
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    result["process_wall_s"] = wall
+    return result
+
+
+def _pct(values: list[float], pct: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lifecycles", type=int, default=5_000, help="start+end pairs per phase (default 5000)")
+    parser.add_argument("--open-sessions", type=int, default=100_000, help="open sessions for RSS (default 100000)")
+    args = parser.parse_args()
+    census = take_census()
+    print(
+        f"one lifecycle emits {len(census.spans)} spans, {len(census.logs)} log records, "
+        f"{len(census.measurements)} metric measurements\n"
+    )
+    n = args.lifecycles
+    with tempfile.TemporaryDirectory() as tmp_name, receiver() as (endpoint, arrived):
+        tmp = Path(tmp_name)
+        run_tracker("warm-up", min(n, 500), tmp, None)
+        plain = run_tracker("plain", n, tmp, None)
+
+        providers = make_providers(endpoint)
+        floor = run_floor(census, n, providers)
+        providers.shutdown()
+        floor.arrived = arrived()
+
+        providers = make_providers(endpoint)
+        up = run_tracker("instrumented, collector up", n, tmp, providers)
+        providers.shutdown()
+        up.arrived = arrived()
+
+        providers = make_providers(f"http://127.0.0.1:{closed_port()}")
+        logging.getLogger("opentelemetry.exporter.otlp").setLevel(logging.CRITICAL)  # one failure per batch
+        down = run_tracker("instrumented, nothing listening", n, tmp, providers, flush=False)
+        shutdown_began = time.perf_counter()
+        providers.shutdown()
+        shutdown_s = time.perf_counter() - shutdown_began
+
+        print(f"{n} lifecycles per phase, SQLite store, no-op lifecycle manager, OTLP/gRPC batch export\n")
+        header = f"{'phase':<34}{'µs/lifecycle':>13}{'lifecycles/s':>14}{'p50 ms':>8}{'p99 ms':>8}{'spans in':>10}"
+        print(header)
+        for phase in (plain, floor, up, down):
+            latencies = phase.start_ms + phase.end_ms
+            p50 = f"{_pct(latencies, 50):8.3f}" if latencies else f"{'':>8}"
+            p99 = f"{_pct(latencies, 99):8.3f}" if latencies else f"{'':>8}"
+            spans = f"{phase.arrived.get('spans', 0):>10,}" if phase.arrived else f"{'':>10}"
+            print(f"{phase.name:<34}{phase.per_lifecycle_us:>13,.1f}{phase.rate:>14,.0f}{p50}{p99}{spans}")
+        budget = plain.per_lifecycle_us + floor.per_lifecycle_us
+        print(f"\nexpected spans per phase: {n * len(census.spans):,}; logs: {n * len(census.logs):,}")
+        print(f"logs in: floor {floor.arrived.get('logs', 0):,}, instrumented {up.arrived.get('logs', 0):,}")
+        print(f"ratio instrumented / (plain + floor): {up.per_lifecycle_us / budget:.2f}  (target ≤ 1.30)")
+        print(f"sb-otel's own overhead: {up.per_lifecycle_us - budget:,.1f} µs per lifecycle")
+        print(
+            f"worst handle call: {max(up.start_ms + up.end_ms):.3f} ms collector up, "
+            f"{max(down.start_ms + down.end_ms):.3f} ms nothing listening (shutdown then took {shutdown_s:.2f} s)"
+        )
+
+        if args.open_sessions:
+            path = tmp / "open.db"
+            memory = measure_open_sessions(args.open_sessions, path)
+            growth = memory["rss_after_mb"] - memory["rss_before_mb"]
+            print(
+                f"\n{args.open_sessions:,} open sessions: RSS {memory['rss_before_mb']:.0f} → "
+                f"{memory['rss_after_mb']:.0f} MB (growth {growth:.1f} MB; {memory['starts_per_s']:,.0f} starts/s)"
+            )
+            restart = measure_restart(path)
+            print(
+                f"restart on that store: first call answered {restart['first_call_s'] * 1000:.0f} ms after imports "
+                f"(imports {restart['import_s']:.2f} s; whole new process {restart['process_wall_s']:.2f} s)"
+            )
+
+
+if __name__ == "__main__":
+    main()
