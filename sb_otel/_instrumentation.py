@@ -142,7 +142,7 @@ class InstrumentedSessionTracker:
             return SessionSpanPlan.from_json(known.telemetry[STATE_KEY]), True
         ambient = trace.get_current_span().get_span_context()
         plan = plan_session_span(
-            self._tracer_provider,
+            self._tracer,
             f"session {start.component_name}",
             extract(start.metadata),
             start_attributes(raw, ""),
@@ -203,7 +203,7 @@ class InstrumentedSessionTracker:
         attributes[sc.ERROR_TYPE] = "start_failed"
         now = datetime.now(timezone.utc)
         export_session_span(
-            self._tracer_provider,
+            self._tracer,
             plan,
             f"session {start.component_name}",
             attributes,
@@ -277,7 +277,7 @@ class InstrumentedSessionTracker:
             plan = SessionSpanPlan.from_json(state)
             status = Status(StatusCode.UNSET) if outcome.status == "exited" else _error_status(outcome)
             export_session_span(
-                self._tracer_provider,
+                self._tracer,
                 plan,
                 f"session {record.component_name}",
                 attributes,

@@ -27,11 +27,12 @@ from opentelemetry.sdk.trace.sampling import Decision, StaticSampler
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
+    ProxyTracer,
     SpanContext,
     SpanKind,
     Status,
     TraceFlags,
-    TracerProvider,
+    Tracer,
     TraceState,
     get_current_span,
     set_span_in_context,
@@ -39,7 +40,6 @@ from opentelemetry.trace import (
 from opentelemetry.util.types import AttributeValue
 
 from sb_otel import _semconv as sc
-from sb_otel._version import __version__
 
 STATE_KEY = "span"
 """Where the plan lives in a session record's ``telemetry`` mapping."""
@@ -107,7 +107,7 @@ class SessionSpanPlan:
 
 
 def plan_session_span(
-    tracer_provider: TracerProvider,
+    tracer: Tracer,
     name: str,
     parent: Context,
     attributes: Mapping[str, AttributeValue],
@@ -115,12 +115,15 @@ def plan_session_span(
 ) -> SessionSpanPlan:
     """Decide the session span's ids and sampling now, without creating a span.
 
+    ``tracer`` is the instrumentation's own tracer (one per provider, made once: ``get_tracer`` per session
+    would cost as much as a span).
+
     The trace id is the parent's when the shell sent one, else a new one from the provider's id generator
     (so custom id formats are respected). The provider's sampler decides, exactly as it would for a real
     span; a no-op or disabled provider yields valid ids with ``sampled=False`` (the shell still gets a
     ``traceparent``).
     """
-    tracer = tracer_provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
+    tracer = _resolved(tracer)
     id_generator: IdGenerator = getattr(tracer, "id_generator", None) or RandomIdGenerator()
     sampler = getattr(tracer, "sampler", None)
     parent_context = get_current_span(parent).get_span_context()
@@ -144,6 +147,11 @@ def plan_session_span(
     )
 
 
+def _resolved(tracer: Tracer) -> Tracer:
+    """The SDK tracer behind a global ``ProxyTracer`` (made before ``configure()`` set the real provider)."""
+    return tracer._tracer if isinstance(tracer, ProxyTracer) else tracer
+
+
 class _PlannedIds(IdGenerator):
     """Hands out the ids planned at start, so the rebuilt span is the one children already point at."""
 
@@ -158,7 +166,7 @@ class _PlannedIds(IdGenerator):
 
 
 def export_session_span(
-    tracer_provider: TracerProvider,
+    base: Tracer,
     plan: SessionSpanPlan,
     name: str,
     attributes: Mapping[str, AttributeValue],
@@ -168,10 +176,12 @@ def export_session_span(
     session_id: str,
 ) -> bool:
     """Export the session span as planned: original ids, parent, links and start time. Returns whether a
-    span was handed to the pipeline (not when the plan was unsampled or telemetry is disabled)."""
+    span was handed to the pipeline (not when the plan was unsampled or telemetry is disabled).
+
+    ``base`` is the instrumentation's tracer; a shallow copy of it replays the planned ids."""
     if not plan.sampled:
         return False
-    base = tracer_provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
+    base = _resolved(base)
     if not hasattr(base, "id_generator") or not hasattr(base, "sampler"):
         return False  # a no-op / disabled / non-SDK tracer: nothing to export through
     tracer = copy.copy(base)
