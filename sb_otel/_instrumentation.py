@@ -43,7 +43,13 @@ from sb_otel._outcome import Outcome, end_outcome
 from sb_otel._propagation import extract
 from sb_otel._session_span import STATE_KEY, SessionSpanPlan, export_session_span, plan_session_span
 from sb_otel._store import NewSession, SessionEnding, SessionRecord, SessionStore, open_store
-from sb_otel._tracker import SessionTracker, _as_event
+from sb_otel._tracker import (
+    EVENT_LINE_MARKER,
+    SESSION_ENDED_LINE,
+    SESSION_STARTED_LINE,
+    SessionTracker,
+    _as_event,
+)
 from sb_otel._version import __version__
 
 _log = logging.getLogger("sb_otel.instrumentation")
@@ -121,7 +127,8 @@ class InstrumentedSessionTracker:
             self._guard(self._metrics.started.add, 1, {sc.RESULT: "error"})
             return result
         raw = start.model_dump(mode="json")
-        plan, retry = self._guard(self._plan_start, start, raw) or (None, False)
+        described = self._guard(start_attributes, raw, "") or {}
+        plan, retry = self._guard(self._plan_start, start, described) or (None, False)
         if plan is None:  # telemetry could not even plan: track without it
             return (await self._inner_start(start, None))[0]
         span_attributes = {sc.COMPONENT_NAME: start.component_name, sc.SHELL_TYPE: start.shell_type}
@@ -131,12 +138,14 @@ class InstrumentedSessionTracker:
         if result.status == "tracked" and result.session_id is not None:
             stored = self._guard(_plan_of, record) or plan
             if not retry and stored.span_id == plan.span_id:  # not a retry that raced us to the store
-                self._guard(self._announce_start, start, raw, result.session_id, span)
+                self._guard(self._announce_start, start, described, result.session_id, span)
             return result.model_copy(update={"traceparent": stored.traceparent})
         self._guard(self._record_failed_start, start, raw, plan, result.error or "start failed")
         return result
 
-    def _plan_start(self, start: SessionStartEvent, raw: Mapping[str, Any]) -> tuple[SessionSpanPlan, bool]:
+    def _plan_start(
+        self, start: SessionStartEvent, described: Mapping[str, AttributeValue]
+    ) -> tuple[SessionSpanPlan, bool]:
         known = self.store.get_by_event_id(start.event_id)
         if known is not None and STATE_KEY in known.telemetry:  # a retry: same session, same span
             return SessionSpanPlan.from_json(known.telemetry[STATE_KEY]), True
@@ -145,7 +154,7 @@ class InstrumentedSessionTracker:
             self._tracer,
             f"session {start.component_name}",
             extract(start.metadata),
-            start_attributes(raw, ""),
+            described,
             links=[ambient] if ambient.is_valid else [],
         )
         return plan, False
@@ -183,12 +192,23 @@ class InstrumentedSessionTracker:
         )
         return record
 
-    def _announce_start(self, start: SessionStartEvent, raw: Mapping[str, Any], session_id: str, span: Any) -> None:
+    def _announce_start(
+        self, start: SessionStartEvent, described: Mapping[str, AttributeValue], session_id: str, span: Any
+    ) -> None:
         component = {sc.COMPONENT_NAME: start.component_name}
         self._metrics.started.add(1, {**component, sc.SHELL_TYPE: start.shell_type, sc.RESULT: "tracked"})
         self._metrics.active.add(1, component)
-        attributes = self._redaction.apply(start_attributes(raw, session_id))
-        self._emit_event(sc.EVENT_SESSION_START, "Session started", attributes, span)
+        attributes = {**described, sc.SESSION_ID: session_id}
+        line = SESSION_STARTED_LINE % (
+            session_id,
+            start.component_name,
+            start.shell_type,
+            start.pid,
+            start.user.username,
+            start.hostname,
+            start.environment.cwd,
+        )
+        self._emit_event(sc.EVENT_SESSION_START, line, attributes, span)
 
     def _record_failed_start(
         self, start: SessionStartEvent, raw: Mapping[str, Any], plan: SessionSpanPlan, error: str
@@ -271,25 +291,24 @@ class InstrumentedSessionTracker:
         attributes = start_attributes(record.start_event, record.session_id) | end_attributes(outcome)
         if skew is not None:
             attributes[sc.CLOCK_SKEW] = skew
-        attributes = self._redaction.apply(attributes)
+        ended = (record.end_event or {}).get("timestamp") or end.isoformat()
+        line = SESSION_ENDED_LINE % (record.session_id, ended)
         state = record.telemetry.get(STATE_KEY)
-        if state is not None:
-            plan = SessionSpanPlan.from_json(state)
+        plan = SessionSpanPlan.from_json(state) if state is not None else None
+        if plan is not None:
             status = Status(StatusCode.UNSET) if outcome.status == "exited" else _error_status(outcome)
             export_session_span(
                 self._tracer,
                 plan,
                 f"session {record.component_name}",
-                attributes,
+                self._redaction.apply(attributes),
                 start,
                 end,
                 status,
                 record.session_id,
             )
-            with _current(plan.child_context()):
-                self._emit_event(sc.EVENT_SESSION_END, "Session ended", attributes, None)
-        else:
-            self._emit_event(sc.EVENT_SESSION_END, "Session ended", attributes, None)
+        with _current(plan.child_context()) if plan is not None else contextlib.nullcontext():
+            self._emit_event(sc.EVENT_SESSION_END, line, attributes, None)
 
     # -- helpers ------------------------------------------------------------------------------------------
 
@@ -314,11 +333,16 @@ class InstrumentedSessionTracker:
         finally:
             _active_redaction.reset(token)
 
-    def _emit_event(self, name: str, body: str, attributes: Mapping[str, AttributeValue], span: Any) -> None:
+    def _emit_event(self, name: str, line: str, attributes: Mapping[str, AttributeValue], span: Any) -> None:
+        """One log record per session start/end: the seed's INFO line as body, the session's attributes, in
+        the session's trace; ``SB_OTEL_REDACT`` applies to both."""
+        if self._redaction:
+            line = self._redaction.for_values(attributes).scrub(line)
+            attributes = self._redaction.apply(attributes)
         context = trace.set_span_in_context(span) if span is not None else None
         self._events.emit(
             event_name=name,
-            body=body,
+            body=line,
             attributes=dict(attributes),
             severity_number=otel_logs.SeverityNumber.INFO,
             severity_text="INFO",
@@ -416,6 +440,8 @@ class _RedactingLoggingHandler(otel_logs.LoggingHandler):
     """
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, EVENT_LINE_MARKER, None) is not None:
+            return  # the instrumentation emits this line itself, as the session.start/session.end event
         redaction = _active_redaction.get()
         if redaction is not None and redaction.secret_values:
             record = copy.copy(record)

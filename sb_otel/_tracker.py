@@ -32,6 +32,16 @@ from sb_otel._store import NewSession, SessionEnding, SessionRecord, SessionStor
 _Event = TypeVar("_Event", bound=BaseModel)
 _MAX_REPORTED_ERRORS = 5
 
+SESSION_STARTED_LINE = (
+    "Session started: session_id=%s, component=%s, shell_type=%s, pid=%d, user=%s, hostname=%s, cwd=%s"
+)
+SESSION_ENDED_LINE = "Session ended: session_id=%s, timestamp=%s"
+EVENT_LINE_MARKER = "sb_otel_event"
+"""``LogRecord`` attribute naming the OTel log event an INFO line stands for (``session.start``/``session.end``).
+
+When instrumented, that event *is* the line (same text, plus structured attributes), so the OTel logging bridge
+skips lines carrying this marker: one log record per start and per end, not two."""
+
 
 class _LifecycleFailure(Exception):
     """The lifecycle manager answered, but not with success."""
@@ -123,7 +133,7 @@ class SessionTracker:
             )
         )
         self.logger.info(
-            "Session started: session_id=%s, component=%s, shell_type=%s, pid=%d, user=%s, hostname=%s, cwd=%s",
+            SESSION_STARTED_LINE,
             record.session_id,
             event.component_name,
             event.shell_type,
@@ -131,7 +141,11 @@ class SessionTracker:
             event.user.username,
             event.hostname,
             cwd,
-            extra={"session.id": record.session_id, "sb.component.name": event.component_name},
+            extra={
+                "session.id": record.session_id,
+                "sb.component.name": event.component_name,
+                EVENT_LINE_MARKER: "session.start",
+            },
         )
         return record
 
@@ -199,10 +213,14 @@ class SessionTracker:
             ),
         )
         self.logger.info(
-            "Session ended: session_id=%s, timestamp=%s",
+            SESSION_ENDED_LINE,
             event.session_id,
             event.timestamp,
-            extra={"session.id": event.session_id, "sb.session.status": outcome.status},
+            extra={
+                "session.id": event.session_id,
+                "sb.session.status": outcome.status,
+                EVENT_LINE_MARKER: "session.end",
+            },
         )
         ended = finished[0] if finished is not None and finished[1] else None
         return SessionEndResult(session_id=event.session_id, status="ended"), ended

@@ -212,10 +212,19 @@ async def test_metrics_follow_the_design_table(tracker: Any, telemetry: Captured
 
 
 async def test_seed_log_lines_are_otel_logs_in_the_span_context(tracker: Any, telemetry: CapturedTelemetry) -> None:
-    """The tracker's INFO lines arrive as log records with trace/span ids and ``session.id``; plus the events."""
+    """Each INFO line arrives once, as the ``session.start``/``session.end`` event, with trace/span ids."""
     await run_session(tracker)
     records = [record.log_record for record in telemetry.logs()]
-    started = next(r for r in records if str(r.body).startswith("Session started:"))
+    assert [(r.event_name, str(r.body).split(":")[0]) for r in records] == [
+        ("session.start", "Session started"),
+        ("session.end", "Session ended"),
+    ]
+    started = records[0]
+    assert str(started.body) == (
+        f"Session started: session_id={SESSION_ID}, component=mahavishnu, shell_type=MahavishnuShell, pid=12345, "
+        "user=john, hostname=server01, cwd=/home/john/projects"
+    )
+    assert str(records[1].body) == f"Session ended: session_id={SESSION_ID}, timestamp=2026-02-06T13:45:07.890Z"
     start_span = telemetry.span("session.start mahavishnu").get_span_context()
     assert (started.trace_id, started.span_id) == (start_span.trace_id, start_span.span_id)
     assert started.attributes["session.id"] == SESSION_ID  # type: ignore[index]
