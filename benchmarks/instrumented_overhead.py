@@ -65,6 +65,9 @@ from sb_otel.testing import capture_telemetry
 REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 2, 6, 12, 0, tzinfo=timezone.utc)
 EXPORT_TIMEOUT_S = 2.0
+QUEUE = 200_000
+"""Batch queues big enough that no phase with the collector up drops telemetry: each pays for exporting all of
+it. With nothing listening the SDK's default queue (2048) applies, as in production."""
 
 
 class NoOpLifecycle:
@@ -176,21 +179,24 @@ class Providers:
         self.meter_provider.shutdown()
 
 
-def make_providers(endpoint: str | None) -> Providers:
-    """Batch processors and OTLP/gRPC exporters, as ``configure()`` sets them up; no endpoint discards spans."""
+def make_providers(endpoint: str | None, queue: int = QUEUE) -> Providers:
+    """Batch processors and OTLP/gRPC exporters, as ``configure()`` sets them up; no endpoint discards spans.
+
+    ``queue``: the batch processors' queue size (the SDK's default is 2048; bounded queues are what keep
+    memory flat while a collector is down)."""
     resource = Resource.create({"service.name": "sb-otel-bench"})
     span_exporter: SpanExporter = (
         OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=EXPORT_TIMEOUT_S) if endpoint else _Discard()
     )
     tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-    tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter, max_queue_size=queue))
     readers = []
     logger_provider = otel_logs.SdkLoggerProvider(resource=resource, shutdown_on_exit=False)
     if endpoint:
         metric_exporter = OTLPMetricExporter(endpoint=endpoint, insecure=True, timeout=EXPORT_TIMEOUT_S)
         readers.append(PeriodicExportingMetricReader(metric_exporter, export_interval_millis=5_000))
         log_exporter = otel_logs.GrpcLogExporter(endpoint=endpoint, insecure=True, timeout=EXPORT_TIMEOUT_S)
-        logger_provider.add_log_record_processor(otel_logs.BatchLogRecordProcessor(log_exporter))
+        logger_provider.add_log_record_processor(otel_logs.BatchLogRecordProcessor(log_exporter, max_queue_size=queue))
     meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
     return Providers(tracer_provider, meter_provider, logger_provider)
 
@@ -416,7 +422,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lifecycles", type=int, default=5_000, help="start+end pairs per phase (default 5000)")
     parser.add_argument("--open-sessions", type=int, default=100_000, help="open sessions for RSS (default 100000)")
+    parser.add_argument(
+        "--switch-interval", type=float, default=None, help="sys.setswitchinterval() in seconds (default: Python's)"
+    )
     args = parser.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
+    print(f"GIL switch interval: {sys.getswitchinterval() * 1000:g} ms")
     census = take_census()
     print(
         f"one lifecycle emits {len(census.spans)} spans, {len(census.logs)} log records, "
@@ -438,7 +450,7 @@ def main() -> None:
         providers.shutdown()
         up.arrived = arrived()
 
-        providers = make_providers(f"http://127.0.0.1:{closed_port()}")
+        providers = make_providers(f"http://127.0.0.1:{closed_port()}", queue=2048)
         logging.getLogger("opentelemetry.exporter.otlp").setLevel(logging.CRITICAL)  # one failure per batch
         down = run_tracker("instrumented, nothing listening", n, tmp, providers, flush=False)
         shutdown_began = time.perf_counter()
