@@ -342,7 +342,40 @@ def _iso(moment: datetime) -> str:
 
 
 def _json(value: Mapping[str, Any]) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    if isinstance(value, _JsonObject):
+        return value.text
+    return json.dumps(value, separators=(",", ":"))
+
+
+class _JsonObject(Mapping[str, Any]):
+    """A JSON object column, parsed on first use.
+
+    Most reads need only the plain columns (the tracker's end path reads status, cwd and times), so parsing the
+    event and telemetry documents up front would cost more than the SQL itself.
+    """
+
+    __slots__ = ("_value", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._value: dict[str, Any] | None = None
+
+    def _parsed(self) -> dict[str, Any]:
+        if self._value is None:
+            self._value = json.loads(self.text)
+        return self._value
+
+    def __getitem__(self, key: str) -> Any:
+        return self._parsed()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parsed())
+
+    def __len__(self) -> int:
+        return len(self._parsed())
+
+    def __repr__(self) -> str:
+        return repr(self._parsed())
 
 
 def _record(row: tuple[Any, ...]) -> SessionRecord:
@@ -358,7 +391,7 @@ def _record(row: tuple[Any, ...]) -> SessionRecord:
         started_at=datetime.fromisoformat(started),
         received_at=datetime.fromisoformat(received),
         ended_at=None if ended is None else datetime.fromisoformat(ended),
-        start_event=json.loads(start),
-        end_event=None if end is None else json.loads(end),
-        telemetry=json.loads(tel),
+        start_event=_JsonObject(start),
+        end_event=None if end is None else _JsonObject(end),
+        telemetry=_JsonObject(tel),
     )
