@@ -40,7 +40,7 @@ from sb_otel._attributes import Redaction, end_attributes, start_attributes
 from sb_otel._metrics import SessionMetrics
 from sb_otel._models import SessionEndEvent, SessionEndResult, SessionStartEvent, SessionStartResult
 from sb_otel._outcome import Outcome, end_outcome
-from sb_otel._propagation import extract
+from sb_otel._propagation import extract, session_baggage
 from sb_otel._session_span import STATE_KEY, SessionSpanPlan, export_session_span, plan_session_span
 from sb_otel._store import NewSession, SessionEnding, SessionRecord, SessionStore, open_store
 from sb_otel._tracker import (
@@ -119,7 +119,9 @@ class InstrumentedSessionTracker:
     # -- start --------------------------------------------------------------------------------------------
 
     async def handle_session_start(self, event: SessionStartEvent | Mapping[str, Any]) -> SessionStartResult:
-        """The wrapped tracker's start, as the session span's first child; adds ``traceparent`` to the result."""
+        """The wrapped tracker's start, as the session span's first child.
+
+        Adds the session's ``traceparent`` and ``baggage`` (with ``session.id``) to the result."""
         try:
             start = _as_event(SessionStartEvent, event)
         except ValidationError:
@@ -139,7 +141,11 @@ class InstrumentedSessionTracker:
             stored = self._guard(_plan_of, record) or plan
             if not retry and stored.span_id == plan.span_id:  # not a retry that raced us to the store
                 self._guard(self._announce_start, start, described, result.session_id, span)
-            return result.model_copy(update={"traceparent": stored.traceparent})
+            context = {
+                "traceparent": stored.traceparent,
+                "baggage": self._guard(session_baggage, result.session_id, start.metadata),
+            }
+            return result.model_copy(update=context)
         self._guard(self._record_failed_start, start, raw, plan, result.error or "start failed")
         return result
 

@@ -239,6 +239,9 @@ class SessionStartResult(BaseModel):
     traceparent: str | None = Field(default=None, exclude_if=lambda value: value is None)
     """The session span's W3C ``traceparent`` when sb-otel instruments the tracker, so the shell can parent
     its own spans under the session. Left out of ``model_dump()`` when unset, so the seed's shape holds."""
+    baggage: str | None = Field(default=None, exclude_if=lambda value: value is None)
+    """W3C ``baggage`` for the shell: ``session.id`` plus any baggage the shell sent, so the id travels with
+    the shell's own requests (and a baggage span processor can stamp it on the shell's spans)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> SessionStartResult:

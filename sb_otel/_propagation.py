@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from opentelemetry import baggage
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, get_current_span, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from sb_otel._semconv import SESSION_ID
 
 _PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
 TRACE_CONTEXT_KEYS = ("traceparent", "tracestate", "baggage")
@@ -31,6 +34,14 @@ def extract(carrier: Mapping[str, Any] | None) -> Context:
         if isinstance(value := (carrier or {}).get(key), str) and len(value) <= _MAX_HEADER[key]
     }
     return _PROPAGATOR.extract(headers, context=Context()) if headers else Context()
+
+
+def session_baggage(session_id: str, carrier: Mapping[str, Any] | None) -> str:
+    """The W3C ``baggage`` header a shell should carry: what it sent (if anything) plus ``session.id``."""
+    context = baggage.set_baggage(SESSION_ID, session_id, extract(carrier))
+    headers: dict[str, str] = {}
+    W3CBaggagePropagator().inject(headers, context=context)
+    return headers["baggage"]
 
 
 def parent_span_context(context: Context) -> SpanContext | None:

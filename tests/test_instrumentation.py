@@ -133,12 +133,24 @@ async def test_start_result_returns_the_session_traceparent(tracker: Any, teleme
     start, _ = await run_session(tracker)
     trace_id, span_id, _ = hex_ids(telemetry.span("session mahavishnu"))
     assert start.traceparent == f"00-{trace_id}-{span_id}-01"
+    assert start.baggage == f"session.id={start.session_id}"
     assert start.model_dump() == {
         "session_id": SESSION_ID,
         "status": "tracked",
         "error": None,
         "traceparent": start.traceparent,
+        "baggage": start.baggage,
     }
+
+
+async def test_start_result_baggage_adds_the_session_id_to_the_shells_baggage(
+    tracker: Any, telemetry: CapturedTelemetry
+) -> None:
+    """Baggage the shell sent comes back with ``session.id`` added, ready for its next requests."""
+    metadata = {"traceparent": TRACEPARENT, "baggage": "tenant=acme,region=eu"}
+    start = await tracker.handle_session_start(seed_start_event(metadata=metadata))
+    entries = dict(item.split("=", 1) for item in (start.baggage or "").split(","))
+    assert entries == {"tenant": "acme", "region": "eu", "session.id": SESSION_ID}
 
 
 async def test_crash_is_an_error_span_with_error_type(tracker: Any, telemetry: CapturedTelemetry) -> None:
