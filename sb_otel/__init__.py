@@ -3,6 +3,7 @@
 The public API lives here; everything else is private (``sb_otel._*``) and may change without notice.
 """
 
+from sb_otel._configure import Telemetry, configure
 from sb_otel._exceptions import ConfigError, SbOtelError, StoreError
 from sb_otel._instrumentation import InstrumentedSessionTracker, TracedLifecycleManager, instrument
 from sb_otel._lifecycle import LifecycleManager, SessionLifecycleManager
@@ -49,9 +50,11 @@ __all__ = (
     "SessionTracker",
     "SqliteSessionStore",
     "StoreError",
+    "Telemetry",
     "TracedLifecycleManager",
     "UserInfo",
     "__version__",
+    "configure",
     "end_outcome",
     "instrument",
     "open_store",

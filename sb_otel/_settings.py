@@ -57,7 +57,50 @@ SB_OTEL_REDACT = Setting(
     "append `:hash` to a name to export a SHA-256 prefix instead.",
 )
 
-SETTINGS: tuple[Setting, ...] = (SB_OTEL_DATA_DIR, SB_OTEL_STORE, SB_OTEL_STORE_SYNC, SB_OTEL_REDACT)
+OTEL_EXPORTER_OTLP_ENDPOINT = Setting(
+    env="OTEL_EXPORTER_OTLP_ENDPOINT",
+    default="(none: OTLP JSON files in `<data dir>/telemetry`)",
+    description="Where `configure()` sends traces, metrics and logs, e.g. `http://localhost:4318` "
+    "(per-signal `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` etc. override it for one signal).",
+)
+OTEL_EXPORTER_OTLP_PROTOCOL = Setting(
+    env="OTEL_EXPORTER_OTLP_PROTOCOL",
+    default="`http/protobuf`",
+    description="`grpc` (port 4317) or `http/protobuf` (port 4318).",
+)
+OTEL_EXPORTER_OTLP_HEADERS = Setting(
+    env="OTEL_EXPORTER_OTLP_HEADERS",
+    default="(none)",
+    description="Headers for every OTLP request, `key=value,key2=value2` (e.g. an API key).",
+)
+OTEL_SERVICE_NAME = Setting(
+    env="OTEL_SERVICE_NAME",
+    default="`sb-otel`",
+    description="`service.name` of everything sb-otel exports.",
+)
+OTEL_RESOURCE_ATTRIBUTES = Setting(
+    env="OTEL_RESOURCE_ATTRIBUTES",
+    default="(none)",
+    description="More resource attributes, `key=value,…` (e.g. `deployment.environment.name=prod`).",
+)
+OTEL_SDK_DISABLED = Setting(
+    env="OTEL_SDK_DISABLED",
+    default="`false`",
+    description="`true` turns all export off; tracking works as before.",
+)
+
+SETTINGS: tuple[Setting, ...] = (
+    SB_OTEL_DATA_DIR,
+    SB_OTEL_STORE,
+    SB_OTEL_STORE_SYNC,
+    SB_OTEL_REDACT,
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_EXPORTER_OTLP_PROTOCOL,
+    OTEL_EXPORTER_OTLP_HEADERS,
+    OTEL_SERVICE_NAME,
+    OTEL_RESOURCE_ATTRIBUTES,
+    OTEL_SDK_DISABLED,
+)
 """All settings, in README order."""
 
 
