@@ -15,6 +15,7 @@ them (its own pipeline is added once, however often it is called).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import threading
 import time
@@ -49,6 +50,7 @@ Protocol = Literal["grpc", "http/protobuf"]
 DEFAULT_SERVICE_NAME = "sb-otel"
 SHUTDOWN_TIMEOUT_S = 5.0
 """How long ``Telemetry.shutdown()`` (and so interpreter exit) waits for the last exports."""
+_ABANDON_GRACE_S = 1.0
 _SIGNAL_PATHS = {"traces": "v1/traces", "metrics": "v1/metrics", "logs": "v1/logs"}
 _log = logging.getLogger("sb_otel.configure")
 _lock = threading.Lock()
@@ -67,6 +69,8 @@ class Telemetry:
     redact: str | None = None
     owned: bool = True
     """Whether sb-otel made these providers (and so may shut them down)."""
+    exporters: tuple[Any, ...] = field(default=(), repr=False)
+    """The exporters behind the providers, stopped outright when a shutdown runs out of time."""
     _closed: bool = field(default=False, repr=False)
 
     def instrument(self, tracker: Any, **kwargs: Any) -> InstrumentedSessionTracker:
@@ -114,6 +118,11 @@ class Telemetry:
             stop.join(max(0.0, deadline - time.monotonic()))
         flushed = not any(stop.is_alive() for stop in stops)
         if not flushed:
+            for exporter in self.exporters:  # stops their retry loops, so no thread outlives the deadline by much
+                with contextlib.suppress(Exception):
+                    exporter.shutdown()
+            for stop in stops:
+                stop.join(_ABANDON_GRACE_S)
             _log.warning(
                 "sb-otel: telemetry not flushed within %.1f s (%s unreachable?); the rest was dropped",
                 timeout_s,
@@ -221,7 +230,9 @@ def _build(
     meter_provider = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
     logger_provider = otel_logs.SdkLoggerProvider(resource=resource, shutdown_on_exit=False)
     logger_provider.add_log_record_processor(otel_logs.BatchLogRecordProcessor(logs))
-    telemetry = Telemetry(tracer_provider, meter_provider, logger_provider, destination, redact)
+    telemetry = Telemetry(
+        tracer_provider, meter_provider, logger_provider, destination, redact, exporters=(spans, metric_exporter, logs)
+    )
     atexit.register(telemetry.shutdown)
     return telemetry
 

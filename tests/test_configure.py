@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,7 @@ async def test_collector_down_changes_no_result(made: list[Telemetry]) -> None:
     assert (start.status, end.status) == ("tracked", "ended")
     assert start.traceparent is not None
     assert telemetry.shutdown(timeout_s=0.5) is False  # the exporters still retry: not flushed, not waited for
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("sb-otel-shutdown")]
     assert telemetry.shutdown() is True  # and a second call is a no-op
 
 
