@@ -261,9 +261,10 @@ _PROCESS_A = textwrap.dedent(
 )
 
 
-async def test_session_started_by_a_killed_process_is_ended_by_another(receiver: OtlpReceiver, tmp_path: Path) -> None:
-    """Start in process A, SIGKILL it, end in this process: one root span with A's ids and start time."""
-    store = tmp_path / "sessions.db"
+def start_in_a_process_then_kill_it(receiver: OtlpReceiver, store: Path) -> tuple[str, str, dict[str, Any]]:
+    """Process A starts the session and exports its ``session.start`` child; then it gets SIGKILL.
+
+    Returns the session id and traceparent A answered, and the child span the receiver got from A."""
     a = subprocess.Popen(
         [sys.executable, "-c", _PROCESS_A, str(REPO), receiver.grpc_endpoint, str(store)],
         stdin=subprocess.PIPE,
@@ -285,6 +286,13 @@ async def test_session_started_by_a_killed_process_is_ended_by_another(receiver:
             a.stdin.close()
         if a.stdout is not None:
             a.stdout.close()
+    return session_id, traceparent, child
+
+
+async def test_session_started_by_a_killed_process_is_ended_by_another(receiver: OtlpReceiver, tmp_path: Path) -> None:
+    """Start in process A, SIGKILL it, end in this process: one root span with A's ids and start time."""
+    store = tmp_path / "sessions.db"
+    session_id, traceparent, child = start_in_a_process_then_kill_it(receiver, store)
 
     telemetry = otlp(receiver, "grpc")
     tracker = telemetry.instrument(SessionTracker(OkManager(), store=store))
