@@ -1,7 +1,8 @@
 """The ``sb-otel`` command line.
 
-For now it has one job, ``sb-otel example``: a short scripted run of the real tracker that shows what
-tracking produces. (The full CLI — demo, serve, sessions, emit, reap, doctor — is planned; see the README.)
+For now it has one job, ``sb-otel example``: a short scripted run of the real, instrumented tracker that shows
+what tracking produces and where its telemetry went. (The full CLI — demo, serve, sessions, emit, reap,
+doctor — is planned; see the README.)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
+from sb_otel._configure import configure
 from sb_otel._lifecycle import SessionLifecycleManager
 from sb_otel._models import EnvironmentInfo, SessionEndEvent, SessionStartEvent, UserInfo
 from sb_otel._store import SessionRecord, open_store
@@ -44,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _example(store_location: str | None) -> int:
     store = open_store(store_location)
-    tracker = SessionTracker(SessionLifecycleManager(), store=store)
+    telemetry = configure(set_global=False)
+    tracker = telemetry.instrument(SessionTracker(SessionLifecycleManager(), store=store))
     now = datetime.now(timezone.utc).replace(microsecond=0)
     components = [("mahavishnu", "MahavishnuShell"), ("oneiric", "OneiricShell"), ("session-buddy", "AdminShell")]
     starts = await asyncio.gather(
@@ -73,9 +76,16 @@ async def _example(store_location: str | None) -> int:
     print(f"\nSessions in the store ({getattr(store, 'path', 'memory')}):")
     ids = {result.session_id for result in starts}
     records = [record for record in store.list_sessions(limit=50) if record.session_id in ids]
-    print(f"  {'SESSION':<32} {'STATUS':<8} {'DURATION':>9}  PROJECT")
+    print(f"  {'SESSION':<32} {'STATUS':<8} {'DURATION':>9}  {'TRACE ID':<32}  PROJECT")
     for record in records:
-        print(f"  {record.session_id:<32} {record.status:<8} {_duration(record):>9}  {_project(record)}")
+        trace_id = record.telemetry.get("span", {}).get("trace_id", "-")
+        print(
+            f"  {record.session_id:<32} {record.status:<8} {_duration(record):>9}  {trace_id:<32}  {_project(record)}"
+        )
+    flushed = telemetry.shutdown()
+    print(f"\nTelemetry (one span per ended session, its children, logs and metrics): {telemetry.destination}")
+    if not flushed:
+        print("  (not all of it could be delivered in time: is the endpoint reachable?)")
     store.close()
     return 0
 
