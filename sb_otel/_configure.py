@@ -8,8 +8,9 @@ endpoints), an unset argument is passed on as ``None`` so the SDK's exporters re
 With no OTLP endpoint anywhere, telemetry goes to OTLP JSON Lines files under the data directory: nothing is
 lost, and the collector's ``otlpjsonfile`` receiver can ingest the files later.
 
-Providers the host application already installed are used as they are; configure adds no second pipeline to
-them (its own pipeline is added once, however often it is called).
+Providers the host application already installed are used as they are, signal by signal: an application that
+set up its own tracing keeps it, and gets sb-otel's pipeline for metrics and logs only. configure adds no exporter
+to the application's providers, and its own pipeline is set up once, however often it is called.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,10 +28,10 @@ from typing import Any, Literal
 from opentelemetry import metrics, trace
 from opentelemetry.exporter.otlp.json.file import FileMetricExporter, FileSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricExporter, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from sb_otel import _otel_logs as otel_logs
 from sb_otel._exceptions import ConfigError
@@ -51,7 +52,9 @@ DEFAULT_SERVICE_NAME = "sb-otel"
 SHUTDOWN_TIMEOUT_S = 5.0
 """How long ``Telemetry.shutdown()`` (and so interpreter exit) waits for the last exports."""
 _ABANDON_GRACE_S = 1.0
+_SIGNALS = ("traces", "metrics", "logs")
 _SIGNAL_PATHS = {"traces": "v1/traces", "metrics": "v1/metrics", "logs": "v1/logs"}
+_HOST_DESTINATION = "the application's own OpenTelemetry providers"
 _log = logging.getLogger("sb_otel.configure")
 _lock = threading.Lock()
 _configured: Telemetry | None = None
@@ -67,11 +70,26 @@ class Telemetry:
     destination: str
     """Where telemetry goes, for people: ``OTLP grpc → http://…``, ``OTLP JSON files in …``, ``disabled``."""
     redact: str | None = None
-    owned: bool = True
-    """Whether sb-otel made these providers (and so may shut them down)."""
+    reused: frozenset[str] = frozenset()
+    """Signals (``traces``, ``metrics``, ``logs``) whose providers the application installed itself: used as
+    they are, and never shut down by sb-otel."""
     exporters: tuple[Any, ...] = field(default=(), repr=False)
     """The exporters behind the providers, stopped outright when a shutdown runs out of time."""
     _closed: bool = field(default=False, repr=False)
+
+    @property
+    def owned(self) -> bool:
+        """Whether sb-otel made all three providers (and so may shut them all down)."""
+        return not self.reused
+
+    def _own_providers(self) -> list[Any]:
+        """The providers sb-otel made, in shutdown order (traces, logs, metrics)."""
+        providers = {"traces": self.tracer_provider, "logs": self.logger_provider, "metrics": self.meter_provider}
+        return [
+            provider
+            for signal, provider in providers.items()
+            if signal not in self.reused and hasattr(provider, "shutdown")
+        ]
 
     def instrument(self, tracker: Any, **kwargs: Any) -> InstrumentedSessionTracker:
         """:func:`sb_otel.instrument` with these providers (and this redaction unless given)."""
@@ -100,16 +118,16 @@ class Telemetry:
         providers the host application owns are left alone.
         """
         global _configured
-        if self._closed or not self.owned:
+        if self._closed:
             return True
         self._closed = True
+        atexit.unregister(self.shutdown)  # a shut-down pipeline is not kept alive until exit
         with _lock:
             if _configured is self:
                 _configured = None
         stops = [
             threading.Thread(target=provider.shutdown, name=f"sb-otel-shutdown-{index}", daemon=True)
-            for index, provider in enumerate((self.tracer_provider, self.logger_provider, self.meter_provider))
-            if hasattr(provider, "shutdown")
+            for index, provider in enumerate(self._own_providers())
         ]
         for stop in stops:
             stop.start()
@@ -154,9 +172,10 @@ def configure(
         telemetry_dir: where the JSON files go (default ``<data dir>/telemetry``).
         redact: attributes to drop or hash before export (else ``SB_OTEL_REDACT``).
         disabled: export nothing (else ``OTEL_SDK_DISABLED=true``).
-        set_global: install the providers as OpenTelemetry's global ones (only if none is installed yet).
+        set_global: use the SDK providers the application installed globally, and install sb-otel's own as
+            the global ones for the other signals. ``False`` leaves global state alone: a private pipeline.
 
-    Returns the :class:`Telemetry` in use. A second call returns the first call's pipeline unchanged.
+    Returns the :class:`Telemetry` in use. With ``set_global``, a second call returns the first call's unchanged.
     """
     global _configured
     redact = redact if redact is not None else SB_OTEL_REDACT.read()
@@ -171,27 +190,29 @@ def configure(
     with _lock:
         if _configured is not None and set_global:
             return _configured
-        host = _host_providers() if set_global else None
-        if host is not None:
-            _configured = Telemetry(*host, "the application's own OpenTelemetry providers", redact, owned=False)
-            return _configured
-        telemetry = _build(service_name, endpoint, protocol, headers, resource_attributes, telemetry_dir, redact=redact)
+        host = _host_providers() if set_global else {}
+        telemetry = _build(
+            service_name, endpoint, protocol, headers, resource_attributes, telemetry_dir, redact=redact, host=host
+        )
         if set_global:
-            trace.set_tracer_provider(telemetry.tracer_provider)
-            metrics.set_meter_provider(telemetry.meter_provider)
-            otel_logs.set_logger_provider(telemetry.logger_provider)
+            if "traces" not in host:
+                trace.set_tracer_provider(telemetry.tracer_provider)
+            if "metrics" not in host:
+                metrics.set_meter_provider(telemetry.meter_provider)
+            if "logs" not in host:
+                otel_logs.set_logger_provider(telemetry.logger_provider)
             _configured = telemetry
         return telemetry
 
 
-def _host_providers() -> tuple[Any, Any, Any] | None:
-    """The global SDK providers when the host application installed them (all three, or tracing at least)."""
-    tracer_provider = trace.get_tracer_provider()
-    if not isinstance(tracer_provider, TracerProvider):
-        return None
-    meter_provider = metrics.get_meter_provider()
-    logger_provider = otel_logs.get_logger_provider()
-    return tracer_provider, meter_provider, logger_provider
+def _host_providers() -> dict[str, Any]:
+    """The global SDK providers the host application installed, by signal (those it did not are left out)."""
+    found = {
+        "traces": (trace.get_tracer_provider(), TracerProvider),
+        "metrics": (metrics.get_meter_provider(), MeterProvider),
+        "logs": (otel_logs.get_logger_provider(), otel_logs.SdkLoggerProvider),
+    }
+    return {signal: provider for signal, (provider, sdk_type) in found.items() if isinstance(provider, sdk_type)}
 
 
 def _build(
@@ -203,64 +224,100 @@ def _build(
     telemetry_dir: str | Path | None,
     *,
     redact: str | None,
+    host: Mapping[str, Any],
 ) -> Telemetry:
+    """Providers for the signals ``host`` lacks, each with a batching pipeline to one exporter."""
+    needed = [signal for signal in _SIGNALS if signal not in host]
+    if not needed:
+        return Telemetry(
+            host["traces"], host["metrics"], host["logs"], _HOST_DESTINATION, redact, reused=frozenset(host)
+        )
+    exporters, where = _exporters(needed, endpoint, protocol, headers, telemetry_dir)
     resource = _resource(service_name, resource_attributes)
+    # Our own bounded shutdown runs at exit instead of the providers' unbounded ones.
+    tracer_provider = host.get("traces")
+    if tracer_provider is None:
+        tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        tracer_provider.add_span_processor(BatchSpanProcessor(exporters["traces"]))
+    meter_provider = host.get("metrics")
+    if meter_provider is None:
+        reader = PeriodicExportingMetricReader(exporters["metrics"])
+        meter_provider = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
+    logger_provider = host.get("logs")
+    if logger_provider is None:
+        logger_provider = otel_logs.SdkLoggerProvider(resource=resource, shutdown_on_exit=False)
+        logger_provider.add_log_record_processor(otel_logs.BatchLogRecordProcessor(exporters["logs"]))
+    if host:  # e.g. "metrics, logs: OTLP grpc → …; traces: the application's own OpenTelemetry providers"
+        where = f"{', '.join(needed)}: {where}; {', '.join(sorted(host, key=_SIGNALS.index))}: {_HOST_DESTINATION}"
+    telemetry = Telemetry(
+        tracer_provider,
+        meter_provider,
+        logger_provider,
+        where,
+        redact,
+        reused=frozenset(host),
+        exporters=tuple(exporters.values()),
+    )
+    atexit.register(telemetry.shutdown)
+    return telemetry
+
+
+def _exporters(
+    signals: list[str],
+    endpoint: str | None,
+    protocol: Protocol | None,
+    headers: Mapping[str, str] | None,
+    telemetry_dir: str | Path | None,
+) -> tuple[dict[str, Any], str]:
+    """One exporter per signal in ``signals``, and where they send, for people."""
     explicit_endpoint = endpoint  # None: the exporters read OTEL_EXPORTER_OTLP_* themselves
     endpoint = endpoint or OTEL_EXPORTER_OTLP_ENDPOINT.read()
     if endpoint:
         chosen = protocol or OTEL_EXPORTER_OTLP_PROTOCOL.read() or "http/protobuf"
         if chosen not in ("grpc", "http/protobuf"):
             raise ConfigError(f"OTLP protocol must be 'grpc' or 'http/protobuf', not {chosen!r}")
-        spans, metric_exporter, logs = _otlp_exporters(chosen, explicit_endpoint, dict(headers) if headers else None)
-        destination = f"OTLP {chosen} → {endpoint}"
-    else:
-        folder = Path(telemetry_dir) if telemetry_dir is not None else data_dir() / "telemetry"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot create the telemetry directory {folder}: {exc}; set SB_OTEL_DATA_DIR") from exc
-        spans = FileSpanExporter(folder / "traces.jsonl")
-        metric_exporter = FileMetricExporter(folder / "metrics.jsonl")
-        logs = otel_logs.FileLogExporter(folder / "logs.jsonl")
-        destination = f"OTLP JSON files in {folder}"
-    # Our own bounded shutdown runs at exit instead of the providers' unbounded ones.
-    tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-    tracer_provider.add_span_processor(BatchSpanProcessor(spans))
-    reader = PeriodicExportingMetricReader(metric_exporter)
-    meter_provider = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
-    logger_provider = otel_logs.SdkLoggerProvider(resource=resource, shutdown_on_exit=False)
-    logger_provider.add_log_record_processor(otel_logs.BatchLogRecordProcessor(logs))
-    telemetry = Telemetry(
-        tracer_provider, meter_provider, logger_provider, destination, redact, exporters=(spans, metric_exporter, logs)
-    )
-    atexit.register(telemetry.shutdown)
-    return telemetry
+        otlp = _otlp_exporter_factories(chosen, explicit_endpoint, dict(headers) if headers else None)
+        return {signal: otlp[signal]() for signal in signals}, f"OTLP {chosen} → {endpoint}"
+    folder = Path(telemetry_dir) if telemetry_dir is not None else data_dir() / "telemetry"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the telemetry directory {folder}: {exc}; set SB_OTEL_DATA_DIR") from exc
+    files: dict[str, Callable[[], Any]] = {
+        "traces": lambda: FileSpanExporter(folder / "traces.jsonl"),
+        "metrics": lambda: FileMetricExporter(folder / "metrics.jsonl"),
+        "logs": lambda: otel_logs.FileLogExporter(folder / "logs.jsonl"),
+    }
+    return {signal: files[signal]() for signal in signals}, f"OTLP JSON files in {folder}"
 
 
-def _otlp_exporters(
+def _otlp_exporter_factories(
     protocol: str, endpoint: str | None, headers: dict[str, str] | None
-) -> tuple[SpanExporter, MetricExporter, Any]:
-    """The SDK's OTLP exporters. ``endpoint=None`` lets them read ``OTEL_EXPORTER_OTLP_*`` themselves."""
+) -> dict[str, Callable[[], Any]]:
+    """The SDK's OTLP exporters, made on demand (a gRPC exporter opens its channel at once).
+
+    ``endpoint=None`` lets them read ``OTEL_EXPORTER_OTLP_*`` themselves.
+    """
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        return (
-            OTLPSpanExporter(endpoint=endpoint, headers=headers),
-            OTLPMetricExporter(endpoint=endpoint, headers=headers),
-            otel_logs.GrpcLogExporter(endpoint=endpoint, headers=headers),
-        )
+        return {
+            "traces": lambda: OTLPSpanExporter(endpoint=endpoint, headers=headers),
+            "metrics": lambda: OTLPMetricExporter(endpoint=endpoint, headers=headers),
+            "logs": lambda: otel_logs.GrpcLogExporter(endpoint=endpoint, headers=headers),
+        }
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 
     def url(signal: str) -> str | None:  # an explicit base endpoint gets the signal's path, as the spec says
         return None if endpoint is None else f"{endpoint.rstrip('/')}/{_SIGNAL_PATHS[signal]}"
 
-    return (
-        HttpSpanExporter(endpoint=url("traces"), headers=headers),
-        HttpMetricExporter(endpoint=url("metrics"), headers=headers),
-        otel_logs.HttpLogExporter(endpoint=url("logs"), headers=headers),
-    )
+    return {
+        "traces": lambda: HttpSpanExporter(endpoint=url("traces"), headers=headers),
+        "metrics": lambda: HttpMetricExporter(endpoint=url("metrics"), headers=headers),
+        "logs": lambda: otel_logs.HttpLogExporter(endpoint=url("logs"), headers=headers),
+    }
 
 
 def _resource(service_name: str | None, extra: Mapping[str, Any] | None) -> Resource:
