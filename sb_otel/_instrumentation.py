@@ -393,13 +393,16 @@ class TracedLifecycleManager:
         with self._tracer.start_as_current_span(operation, kind=SpanKind.INTERNAL, attributes=attributes) as span:
             try:
                 answer = await call(working_directory=working_directory, **kwargs)
+                failed = not (isinstance(answer, Mapping) and answer.get("success"))
+                if failed:  # before the measurement below: the failure class belongs on the metric too
+                    attributes[sc.ERROR_TYPE] = "lifecycle_failure"
             except Exception as exc:
                 attributes[sc.ERROR_TYPE] = type(exc).__qualname__
                 span.set_attribute(sc.ERROR_TYPE, attributes[sc.ERROR_TYPE])
                 raise
             finally:
                 self._metrics.lifecycle_duration.record(time.perf_counter() - began, attributes)
-            if not (isinstance(answer, Mapping) and answer.get("success")):
+            if failed:
                 error = answer.get("error") if isinstance(answer, Mapping) else None
                 span.set_attribute(sc.ERROR_TYPE, "lifecycle_failure")
                 span.set_status(Status(StatusCode.ERROR, str(error or "lifecycle manager reported failure")[:200]))
