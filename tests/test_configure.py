@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from sb_otel import ConfigError, SessionEndEvent, SessionTracker, Telemetry
 from tests.conftest import seed_start_event
 from tests.otlp_receiver import OtlpReceiver
 
+REPOSITORY = Path(__file__).resolve().parent.parent
 OTEL_VARIABLES = (
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -201,9 +204,10 @@ async def test_sdk_disabled_exports_nothing_and_tracking_still_works(
     assert not (tmp_path / "telemetry").exists()
 
 
-async def test_collector_down_changes_no_result(made: list[Telemetry]) -> None:
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+async def test_collector_down_changes_no_result(protocol: str, made: list[Telemetry]) -> None:
     """Nothing listens on the endpoint: results are unchanged, and shutdown gives up at its deadline."""
-    telemetry = configure(made, endpoint=f"http://127.0.0.1:{free_port()}", protocol="grpc")
+    telemetry = configure(made, endpoint=f"http://127.0.0.1:{free_port()}", protocol=protocol)  # type: ignore[arg-type]
     start, end = await run_session(telemetry)
     assert (start.status, end.status) == ("tracked", "ended")
     assert start.traceparent is not None
@@ -219,42 +223,122 @@ def test_redaction_argument_reaches_instrumented_trackers(made: list[Telemetry])
     assert tracker._redaction.dropped == frozenset({"user.home"})
 
 
+def run_script(script: str, data_dir: Path) -> str:
+    """Run ``script`` in a fresh interpreter (global providers are set once per process), return its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPOSITORY,
+        env={"PATH": "/usr/bin:/bin", "SB_OTEL_DATA_DIR": str(data_dir)},
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def test_host_providers_are_used_as_they_are_and_configure_is_idempotent(tmp_path: Path) -> None:
-    """An application with its own SDK providers keeps them: configure adds no exporter, twice or once."""
-    script = textwrap.dedent(
+    """An application with all three SDK providers keeps them: no exporter added, twice or once, none shut down."""
+    output = run_script(
         """
-        from opentelemetry import trace
+        from opentelemetry import metrics, trace
+        from opentelemetry._logs import set_logger_provider
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
         import sb_otel
 
+        spans = InMemorySpanExporter()
         host = TracerProvider()
+        host.add_span_processor(SimpleSpanProcessor(spans))
+        host_meters, host_loggers = MeterProvider(), LoggerProvider()
         trace.set_tracer_provider(host)
+        metrics.set_meter_provider(host_meters)
+        set_logger_provider(host_loggers)
         processors_before = list(host._active_span_processor._span_processors)
         first = sb_otel.configure()
         second = sb_otel.configure()
         assert first is second, (first, second)
         assert first.tracer_provider is host
-        assert not first.owned
+        assert first.meter_provider is host_meters
+        assert first.logger_provider is host_loggers
+        assert (first.reused, first.owned, first.exporters) == ({"traces", "metrics", "logs"}, False, ())
         assert list(host._active_span_processor._span_processors) == processors_before
+        assert first.shutdown() is True
+        with trace.get_tracer("app").start_as_current_span("still exported"):
+            pass
+        assert [span.name for span in spans.get_finished_spans()] == ["still exported"]
         print(first.destination)
+        """,
+        tmp_path,
+    )
+    assert output == "the application's own OpenTelemetry providers"
+    assert not (tmp_path / "telemetry").exists()
+
+
+def test_host_tracing_is_kept_and_configure_adds_metrics_and_logs(tmp_path: Path) -> None:
+    """Only the host's tracer provider exists: sessions' spans go to it, sb-otel's own metrics and logs to files."""
+    output = run_script(
         """
+        import asyncio, json
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        import sb_otel
+        from sb_otel import SessionEndEvent, SessionTracker
+        from tests.conftest import seed_start_event
+
+        spans = InMemorySpanExporter()
+        host = TracerProvider()
+        host.add_span_processor(SimpleSpanProcessor(spans))
+        trace.set_tracer_provider(host)
+        telemetry = sb_otel.configure()
+        assert telemetry is sb_otel.configure()
+        assert telemetry.tracer_provider is host
+        assert len(host._active_span_processor._span_processors) == 1
+        assert telemetry.reused == {"traces"}
+        assert isinstance(telemetry.meter_provider, MeterProvider)
+        assert metrics.get_meter_provider() is telemetry.meter_provider
+
+        class OkManager:
+            async def initialize_session(self, working_directory=None):
+                return {"success": True}
+
+            async def end_session(self, working_directory=None):
+                return {"success": True}
+
+        async def session():
+            tracker = telemetry.instrument(SessionTracker(OkManager(), store="memory"))
+            start = await tracker.handle_session_start(seed_start_event())
+            end = SessionEndEvent(session_id=start.session_id, timestamp="2026-02-06T13:45:07.890Z")
+            assert (await tracker.handle_session_end(end)).status == "ended"
+
+        asyncio.run(session())
+        assert telemetry.shutdown() is True
+        assert "session mahavishnu" in [span.name for span in spans.get_finished_spans()]
+        print(telemetry.destination)
+        """,
+        tmp_path,
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "SB_OTEL_DATA_DIR": str(tmp_path)},
+    folder = tmp_path / "telemetry"
+    assert (
+        output == f"metrics, logs: OTLP JSON files in {folder}; traces: the application's own OpenTelemetry providers"
     )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "the application's own OpenTelemetry providers"
+    assert not (folder / "traces.jsonl").exists()
+    assert "sb.session.started" in (folder / "metrics.jsonl").read_text(encoding="utf-8")
+    assert "session.end" in (folder / "logs.jsonl").read_text(encoding="utf-8")
 
 
 def test_configure_installs_global_providers_once(tmp_path: Path) -> None:
     """Without host providers, configure() installs its own globally, and a second call reuses them."""
-    script = textwrap.dedent(
+    output = run_script(
         """
         from opentelemetry import trace, metrics
+        from opentelemetry._logs import get_logger_provider
         import sb_otel
 
         first = sb_otel.configure()
@@ -262,17 +346,109 @@ def test_configure_installs_global_providers_once(tmp_path: Path) -> None:
         assert first is second
         assert trace.get_tracer_provider() is first.tracer_provider
         assert metrics.get_meter_provider() is first.meter_provider
+        assert get_logger_provider() is first.logger_provider
+        assert first.owned
         assert len(first.tracer_provider._active_span_processor._span_processors) == 1
         first.shutdown()
         print(first.destination)
-        """
+        """,
+        tmp_path,
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "SB_OTEL_DATA_DIR": str(tmp_path)},
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"OTLP JSON files in {tmp_path / 'telemetry'}"
+    assert output == f"OTLP JSON files in {tmp_path / 'telemetry'}"
+
+
+async def test_environment_endpoint_and_headers_reach_a_real_receiver(
+    monkeypatch: pytest.MonkeyPatch, made: list[Telemetry]
+) -> None:
+    """OTEL_EXPORTER_OTLP_ENDPOINT gets the /v1/<signal> paths, and OTEL_EXPORTER_OTLP_HEADERS is parsed."""
+    with OtlpReceiver() as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.http_endpoint)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=from-env,x-team=sre%20blue")
+        telemetry = configure(made)
+        assert telemetry.destination == f"OTLP http/protobuf → {rx.http_endpoint}"
+        start, _ = await run_session(telemetry)
+        telemetry.force_flush()
+        root = rx.wait_for(lambda r: [s for s in r.spans() if s["name"] == "session mahavishnu"], timeout=10)[0]
+        assert root["attributes"]["session.id"] == start.session_id
+        assert rx.wait_for_metric("sb.session.started")
+        assert rx.wait_for_logs(2)
+        for request in rx.requests():
+            assert request["transport"] == "http"
+            assert (request["headers"]["x-api-key"], request["headers"]["x-team"]) == ("from-env", "sre blue")
+        assert {request["signal"] for request in rx.requests()} == {"traces", "metrics", "logs"}
+        telemetry.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("protocol", "package", "urls"),
+    [
+        pytest.param("grpc", "opentelemetry.exporter.otlp.proto.grpc", None, id="grpc"),
+        pytest.param(
+            "http/protobuf",
+            "opentelemetry.exporter.otlp.proto.http",
+            [f"http://127.0.0.1:4318/base/v1/{signal}" for signal in ("traces", "metrics", "logs")],
+            id="http-protobuf",
+        ),
+    ],
+)
+def test_protocol_picks_the_sdk_exporters(
+    protocol: str, package: str, urls: list[str] | None, made: list[Telemetry]
+) -> None:
+    """One SDK OTLP exporter per signal for the protocol; over HTTP each gets its /v1/<signal> path."""
+    telemetry = configure(made, endpoint="http://127.0.0.1:4318/base/", protocol=protocol)  # type: ignore[arg-type]
+    assert [type(exporter).__module__.rsplit(".", 1)[0] for exporter in telemetry.exporters] == [package] * 3
+    if urls is not None:
+        assert [exporter._endpoint for exporter in telemetry.exporters] == urls
+
+
+@pytest.mark.parametrize(
+    ("environment", "argument", "disabled"),
+    [
+        pytest.param("true", None, True, id="env-true"),
+        pytest.param("TRUE", None, True, id="env-case-insensitive"),
+        pytest.param("false", None, False, id="env-false"),
+        pytest.param("true", False, False, id="argument-beats-env"),
+        pytest.param(None, True, True, id="argument-alone"),
+    ],
+)
+def test_disabled_argument_then_otel_sdk_disabled(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    made: list[Telemetry],
+    environment: str | None,
+    argument: bool | None,
+    disabled: bool,
+) -> None:
+    """``disabled=`` wins over OTEL_SDK_DISABLED; disabled means the API's no-op providers and no files."""
+    if environment is not None:
+        monkeypatch.setenv("OTEL_SDK_DISABLED", environment)
+    telemetry = configure(made, disabled=argument, telemetry_dir=tmp_path / "telemetry")
+    assert telemetry.destination.startswith("disabled") is disabled
+    assert (type(telemetry.tracer_provider).__name__ == "NoOpTracerProvider") is disabled
+    assert (tmp_path / "telemetry").exists() is not disabled
+
+
+def test_redaction_comes_from_sb_otel_redact_unless_given(
+    monkeypatch: pytest.MonkeyPatch, made: list[Telemetry]
+) -> None:
+    """SB_OTEL_REDACT applies when ``redact=`` is not given; the argument wins when it is."""
+    monkeypatch.setenv("SB_OTEL_REDACT", "process.owner:hash")
+    assert configure(made).redact == "process.owner:hash"
+    assert configure(made, redact="user.home").redact == "user.home"
+
+
+def test_a_shut_down_pipeline_is_not_kept_alive_until_exit() -> None:
+    """Shutdown runs at exit, but a pipeline already shut down is released rather than held until then."""
+    telemetry = sb_otel.configure(set_global=False)
+    reference = weakref.ref(telemetry)
+    telemetry.shutdown()
+    del telemetry
+    gc.collect()
+    assert reference() is None
+
+
+def test_readme_example_runs_and_reports_where_telemetry_goes(tmp_path: Path) -> None:
+    """The README's "Export telemetry" example works as printed, against the embedded default."""
+    readme = (REPOSITORY / "README.md").read_text(encoding="utf-8")
+    example = readme.split("<!-- export-telemetry -->\n```python\n", 1)[1].split("```", 1)[0]
+    assert run_script(example, tmp_path) == f"OTLP JSON files in {tmp_path / 'telemetry'}"

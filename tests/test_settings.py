@@ -36,6 +36,26 @@ def test_every_setting_the_code_reads_is_declared() -> None:
     assert read <= declared
 
 
+def test_standard_settings_are_the_sdks_own_variables() -> None:
+    """Every OTEL_* row names a variable the OpenTelemetry SDK defines, so a misspelt one cannot be documented."""
+    import opentelemetry.sdk.environment_variables as sdk_variables
+
+    standard = [setting.env for setting in SETTINGS if setting.env.startswith("OTEL_")]
+    assert standard
+    assert [getattr(sdk_variables, env, None) for env in standard] == standard
+
+
+def test_readme_lists_every_configure_argument() -> None:
+    """The "Export telemetry" part of the configuration section names each of configure()'s settings arguments."""
+    import inspect
+
+    import sb_otel
+
+    section = README.read_text(encoding="utf-8").split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    arguments = set(inspect.signature(sb_otel.configure).parameters) - {"set_global"}
+    assert {argument for argument in arguments if f"`{argument}`" not in section} == set()
+
+
 def test_blank_values_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     """An exported-but-empty variable falls back to the default instead of meaning ''."""
     monkeypatch.setenv("SB_OTEL_DATA_DIR", "   ")
