@@ -75,6 +75,25 @@ def end_attributes(outcome: Outcome) -> dict[str, AttributeValue]:
     return attributes
 
 
+EVENT_ATTRIBUTES = (
+    sc.SESSION_ID,
+    sc.COMPONENT_NAME,
+    sc.SHELL_TYPE,
+    sc.SESSION_STATUS,
+    sc.EXIT_REASON,
+    sc.EXIT_CODE,
+    sc.ERROR_TYPE,
+)
+"""What the ``session.start``/``session.end`` log records carry: enough to filter and group by in a log backend.
+The rest of the session's description is on the session span, one click away through the trace id; copying
+it onto every log record would double what each session costs to export."""
+
+
+def event_attributes(attributes: Mapping[str, AttributeValue]) -> dict[str, AttributeValue]:
+    """The subset of a session's attributes its log records carry (:data:`EVENT_ATTRIBUTES`)."""
+    return {name: attributes[name] for name in EVENT_ATTRIBUTES if name in attributes}
+
+
 def metadata_attributes(metadata: Mapping[str, Any] | None) -> dict[str, AttributeValue]:
     """``sb.session.metadata.<key>``: primitives as they are, everything else JSON-encoded; bounded.
 

@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from sb_otel import _otel_logs as otel_logs
 from sb_otel import _semconv as sc
-from sb_otel._attributes import Redaction, end_attributes, start_attributes
+from sb_otel._attributes import Redaction, end_attributes, event_attributes, start_attributes
 from sb_otel._metrics import SessionMetrics
 from sb_otel._models import SessionEndEvent, SessionEndResult, SessionStartEvent, SessionStartResult
 from sb_otel._outcome import Outcome, end_outcome
@@ -92,7 +92,7 @@ class InstrumentedSessionTracker:
             tracker.session_manager = TracedLifecycleManager(self._manager, self._tracer, self._metrics)
         logger = getattr(tracker, "logger", None)
         self._logger_level = logger.level if isinstance(logger, logging.Logger) else None
-        self._log_handler = _attach_log_handler(logger, logger_provider)
+        self._log_handler = _attach_log_handler(logger, logger_provider, foreign=not self._ours)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.wrapped, name)
@@ -340,16 +340,19 @@ class InstrumentedSessionTracker:
             _active_redaction.reset(token)
 
     def _emit_event(self, name: str, line: str, attributes: Mapping[str, AttributeValue], span: Any) -> None:
-        """One log record per session start/end: the seed's INFO line as body, the session's attributes, in
-        the session's trace; ``SB_OTEL_REDACT`` applies to both."""
+        """One log record per session start/end: the seed's INFO line as body, a few of the session's
+        attributes (:func:`event_attributes`), in the session's trace; ``SB_OTEL_REDACT`` applies to both.
+
+        ``attributes`` is the session's whole description, so redacted values can be scrubbed from the line."""
+        exported = event_attributes(attributes)
         if self._redaction:
             line = self._redaction.for_values(attributes).scrub(line)
-            attributes = self._redaction.apply(attributes)
+            exported = self._redaction.apply(exported)
         context = trace.set_span_in_context(span) if span is not None else None
         self._events.emit(
             event_name=name,
             body=line,
-            attributes=dict(attributes),
+            attributes=exported,
             severity_number=otel_logs.SeverityNumber.INFO,
             severity_text="INFO",
             context=context,
@@ -458,8 +461,13 @@ class _RedactingLoggingHandler(otel_logs.LoggingHandler):
         super().emit(record)
 
 
-def _attach_log_handler(logger: logging.Logger | None, logger_provider: Any) -> logging.Handler | None:
-    """Bridge the tracker's log lines to OTel logs, once per logger and provider."""
+def _attach_log_handler(logger: logging.Logger | None, logger_provider: Any, *, foreign: bool) -> logging.Handler | None:
+    """Bridge the tracker's log lines to OTel logs, once per logger and provider.
+
+    A tracker that is not ours may log useful INFO lines of its own, so its logger is opened to INFO
+    (``uninstrument()`` restores the level). Ours logs only the seed's lines at INFO, which the instrumentation
+    exports itself as events; its logger keeps the host's level, so those lines cost nothing unless wanted.
+    """
     provider = logger_provider or otel_logs.get_logger_provider()
     if not isinstance(logger, logging.Logger) or not isinstance(provider, otel_logs.SdkLoggerProvider):
         return None
@@ -469,8 +477,8 @@ def _attach_log_handler(logger: logging.Logger | None, logger_provider: Any) -> 
     handler = _RedactingLoggingHandler(level=logging.NOTSET, logger_provider=provider)
     handler._sb_provider = provider  # type: ignore[attr-defined]
     logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)  # the seed's INFO lines are telemetry; uninstrument() restores the level
+    if foreign and logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
     return handler
 
 
