@@ -24,6 +24,7 @@ import copy
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,7 +42,13 @@ from sb_otel._metrics import SessionMetrics
 from sb_otel._models import SessionEndEvent, SessionEndResult, SessionStartEvent, SessionStartResult
 from sb_otel._outcome import Outcome, end_outcome
 from sb_otel._propagation import extract, session_baggage
-from sb_otel._session_span import STATE_KEY, SessionSpanPlan, export_session_span, plan_session_span
+from sb_otel._session_span import (
+    ATTRIBUTES_KEY,
+    STATE_KEY,
+    SessionSpanPlan,
+    export_session_span,
+    plan_session_span,
+)
 from sb_otel._store import NewSession, SessionEnding, SessionRecord, SessionStore, open_store
 from sb_otel._tracker import (
     EVENT_LINE_MARKER,
@@ -130,27 +137,29 @@ class InstrumentedSessionTracker:
             return result
         raw = start.model_dump(mode="json")
         described = self._guard(start_attributes, raw, "") or {}
-        plan, retry = self._guard(self._plan_start, start, described) or (None, False)
+        shell_context = self._guard(extract, start.metadata) or Context()
+        plan, retry = self._guard(self._plan_start, start, described, shell_context) or (None, False)
         if plan is None:  # telemetry could not even plan: track without it
             return (await self._inner_start(start, None))[0]
         span_attributes = {sc.COMPONENT_NAME: start.component_name, sc.SHELL_TYPE: start.shell_type}
-        with self._child_span(f"session.start {start.component_name}", plan, span_attributes, raw) as span:
-            result, record = await self._inner_start(start, plan)
+        telemetry = {STATE_KEY: plan.to_json(), ATTRIBUTES_KEY: described}
+        with self._child_span(f"session.start {start.component_name}", plan, span_attributes, described) as span:
+            result, record = await self._inner_start(start, telemetry)
             self._guard(_annotate_child, span, result.session_id, result.status, result.error)
         if result.status == "tracked" and result.session_id is not None:
-            stored = self._guard(_plan_of, record) or plan
-            if not retry and stored.span_id == plan.span_id:  # not a retry that raced us to the store
+            stored = self._guard(_stored_plan, record, telemetry[STATE_KEY]) or plan
+            if not retry and stored is plan:  # not a retry that raced us to the store
                 self._guard(self._announce_start, start, described, result.session_id, span)
             context = {
                 "traceparent": stored.traceparent,
-                "baggage": self._guard(session_baggage, result.session_id, start.metadata),
+                "baggage": self._guard(session_baggage, result.session_id, shell_context),
             }
             return result.model_copy(update=context)
-        self._guard(self._record_failed_start, start, raw, plan, result.error or "start failed")
+        self._guard(self._record_failed_start, start, described, plan, result.error or "start failed")
         return result
 
     def _plan_start(
-        self, start: SessionStartEvent, described: Mapping[str, AttributeValue]
+        self, start: SessionStartEvent, described: Mapping[str, AttributeValue], shell_context: Context
     ) -> tuple[SessionSpanPlan, bool]:
         known = self.store.get_by_event_id(start.event_id)
         if known is not None and STATE_KEY in known.telemetry:  # a retry: same session, same span
@@ -159,19 +168,19 @@ class InstrumentedSessionTracker:
         plan = plan_session_span(
             self._tracer,
             f"session {start.component_name}",
-            extract(start.metadata),
+            shell_context,
             described,
             links=[ambient] if ambient.is_valid else [],
         )
         return plan, False
 
     async def _inner_start(
-        self, event: Any, plan: SessionSpanPlan | None
+        self, event: Any, telemetry: Mapping[str, Any] | None
     ) -> tuple[SessionStartResult, SessionRecord | None]:
-        """Exactly one call into the wrapped tracker; the plan is stored with the session in the same write.
+        """Exactly one call into the wrapped tracker; ``telemetry`` (the span plan and start attributes) is
+        stored with the session in the same write.
 
         Returns the result and the stored record (whose plan wins over ours if a retry got there first)."""
-        telemetry = {STATE_KEY: plan.to_json()} if plan is not None else None
         if self._ours:
             result, record = await self.wrapped._handle_start(event, telemetry)
             return result, record
@@ -217,13 +226,13 @@ class InstrumentedSessionTracker:
         self._emit_event(sc.EVENT_SESSION_START, line, attributes, span)
 
     def _record_failed_start(
-        self, start: SessionStartEvent, raw: Mapping[str, Any], plan: SessionSpanPlan, error: str
+        self, start: SessionStartEvent, described: Mapping[str, AttributeValue], plan: SessionSpanPlan, error: str
     ) -> None:
         """A rejected start still gets its (short, ERROR) session span, so its child is not an orphan."""
         self._metrics.started.add(
             1, {sc.COMPONENT_NAME: start.component_name, sc.SHELL_TYPE: start.shell_type, sc.RESULT: "error"}
         )
-        attributes = self._redaction.apply(start_attributes(raw, ""))
+        attributes = self._redaction.apply(described)
         attributes.pop(sc.SESSION_ID, None)
         attributes[sc.SESSION_STATUS] = "error"
         attributes[sc.ERROR_TYPE] = "start_failed"
@@ -250,19 +259,18 @@ class InstrumentedSessionTracker:
             self._guard(self._metrics.ended.add, 1, {sc.SESSION_STATUS: "error"})
             return result
         record = self._guard(self.store.get, end.session_id)
-        plan = None
-        if record is not None and STATE_KEY in record.telemetry:
-            plan = self._guard(SessionSpanPlan.from_json, record.telemetry[STATE_KEY])
-        if record is None or plan is None:
+        planned = self._guard(_SessionTelemetry.of, record) if record is not None else None
+        if record is None or planned is None:
             result, ended = await self._inner_end(end, record)
         else:
             name = f"session.end {record.component_name}"
             attributes = {sc.COMPONENT_NAME: record.component_name}
-            with self._child_span(name, plan, attributes, record.start_event) as span:
+            with self._child_span(name, planned.plan, attributes, planned.attributes) as span:
                 result, ended = await self._inner_end(end, record)
                 self._guard(_annotate_child, span, end.session_id, result.status, result.error)
         if ended is not None:
-            self._guard(self.finish_session_telemetry, ended, end_outcome(end.metadata))
+            outcome = end_outcome(end.metadata)
+            self._guard(self._finish_telemetry, ended, outcome, planned, end.timestamp)
         elif result.status in ("not_found", "error"):
             component = {sc.COMPONENT_NAME: record.component_name} if record is not None else {}
             self._guard(self._metrics.ended.add, 1, {**component, sc.SESSION_STATUS: result.status})
@@ -289,23 +297,28 @@ class InstrumentedSessionTracker:
         Called once per session: by ``handle_session_end`` for the call that ended it, and by the reaper
         for sessions that never ended (``outcome`` = abandoned).
         """
+        ended = (record.end_event or {}).get("timestamp") or None
+        self._finish_telemetry(record, outcome, _SessionTelemetry.of(record), ended)
+
+    def _finish_telemetry(
+        self, record: SessionRecord, outcome: Outcome, planned: _SessionTelemetry | None, ended_text: str | None
+    ) -> None:
+        """:meth:`finish_session_telemetry` with what the caller already read from the store."""
         component = {sc.COMPONENT_NAME: record.component_name}
         start, end, skew = _span_times(record)
         self._metrics.ended.add(1, {**component, sc.SESSION_STATUS: outcome.status})
         self._metrics.active.add(-1, component)
         self._metrics.duration.record((end - start).total_seconds(), {**component, sc.SESSION_STATUS: outcome.status})
-        attributes = start_attributes(record.start_event, record.session_id) | end_attributes(outcome)
+        described = planned.attributes if planned is not None else start_attributes(record.start_event, "")
+        attributes = {**described, sc.SESSION_ID: record.session_id, **end_attributes(outcome)}
         if skew is not None:
             attributes[sc.CLOCK_SKEW] = skew
-        ended = (record.end_event or {}).get("timestamp") or end.isoformat()
-        line = SESSION_ENDED_LINE % (record.session_id, ended)
-        state = record.telemetry.get(STATE_KEY)
-        plan = SessionSpanPlan.from_json(state) if state is not None else None
-        if plan is not None:
+        line = SESSION_ENDED_LINE % (record.session_id, ended_text or end.isoformat())
+        if planned is not None:
             status = Status(StatusCode.UNSET) if outcome.status == "exited" else _error_status(outcome)
             export_session_span(
                 self._tracer,
-                plan,
+                planned.plan,
                 f"session {record.component_name}",
                 self._redaction.apply(attributes),
                 start,
@@ -313,7 +326,7 @@ class InstrumentedSessionTracker:
                 status,
                 record.session_id,
             )
-        with _current(plan.child_context()) if plan is not None else contextlib.nullcontext():
+        with _current(planned.plan.child_context()) if planned is not None else contextlib.nullcontext():
             self._emit_event(sc.EVENT_SESSION_END, line, attributes, None)
 
     # -- helpers ------------------------------------------------------------------------------------------
@@ -324,12 +337,12 @@ class InstrumentedSessionTracker:
         name: str,
         plan: SessionSpanPlan,
         attributes: Mapping[str, AttributeValue],
-        start_event: Mapping[str, Any],
+        described: Mapping[str, AttributeValue],
     ) -> Iterator[Any]:
         """A child of the session span, current while the wrapped tracker works (so its logs and lifecycle
         spans attach to it), exported when it ends. Log lines written meanwhile are scrubbed of the values
-        ``SB_OTEL_REDACT`` hides."""
-        redaction = self._redaction.for_values(start_attributes(start_event, "")) if self._redaction else None
+        ``SB_OTEL_REDACT`` hides (``described``: the session's start attributes)."""
+        redaction = self._redaction.for_values(described) if self._redaction else None
         token = _active_redaction.set(redaction)
         try:
             with self._tracer.start_as_current_span(
@@ -461,7 +474,9 @@ class _RedactingLoggingHandler(otel_logs.LoggingHandler):
         super().emit(record)
 
 
-def _attach_log_handler(logger: logging.Logger | None, logger_provider: Any, *, foreign: bool) -> logging.Handler | None:
+def _attach_log_handler(
+    logger: logging.Logger | None, logger_provider: Any, *, foreign: bool
+) -> logging.Handler | None:
     """Bridge the tracker's log lines to OTel logs, once per logger and provider.
 
     A tracker that is not ours may log useful INFO lines of its own, so its logger is opened to INFO
@@ -482,9 +497,33 @@ def _attach_log_handler(logger: logging.Logger | None, logger_provider: Any, *, 
     return handler
 
 
-def _plan_of(record: SessionRecord | None) -> SessionSpanPlan | None:
+def _stored_plan(record: SessionRecord | None, ours: Mapping[str, Any]) -> SessionSpanPlan | None:
+    """The plan stored with ``record``: ``None`` when it is the one we just wrote (``ours``), else the plan
+    of the start that got there first (a retry)."""
     state = None if record is None else record.telemetry.get(STATE_KEY)
-    return None if state is None else SessionSpanPlan.from_json(state)
+    if state is None or state.get("span_id") == ours.get("span_id"):
+        return None
+    return SessionSpanPlan.from_json(state)
+
+
+@dataclass(frozen=True)
+class _SessionTelemetry:
+    """What a session record keeps for its span: the plan made at start and the start attributes."""
+
+    plan: SessionSpanPlan
+    attributes: Mapping[str, AttributeValue]
+
+    @classmethod
+    def of(cls, record: SessionRecord) -> _SessionTelemetry | None:
+        """``None`` for a session started without telemetry (nothing to export for it)."""
+        telemetry = record.telemetry
+        state = telemetry.get(STATE_KEY)
+        if state is None:
+            return None
+        attributes = telemetry.get(ATTRIBUTES_KEY)
+        if attributes is None:  # stored before start attributes were kept with the plan
+            attributes = start_attributes(record.start_event, "")
+        return cls(SessionSpanPlan.from_json(state), attributes)
 
 
 def _annotate_child(span: Any, session_id: str | None, status: str, error: str | None) -> None:

@@ -36,11 +36,14 @@ def extract(carrier: Mapping[str, Any] | None) -> Context:
     return _PROPAGATOR.extract(headers, context=Context()) if headers else Context()
 
 
-def session_baggage(session_id: str, carrier: Mapping[str, Any] | None) -> str:
-    """The W3C ``baggage`` header a shell should carry: what it sent (if anything) plus ``session.id``."""
-    context = baggage.set_baggage(SESSION_ID, session_id, extract(carrier))
+_BAGGAGE = W3CBaggagePropagator()
+
+
+def session_baggage(session_id: str, shell_context: Context) -> str:
+    """The W3C ``baggage`` header a shell should carry: what it sent (``shell_context``, from :func:`extract`)
+    plus ``session.id``."""
     headers: dict[str, str] = {}
-    W3CBaggagePropagator().inject(headers, context=context)
+    _BAGGAGE.inject(headers, context=baggage.set_baggage(SESSION_ID, session_id, shell_context))
     return headers["baggage"]
 
 

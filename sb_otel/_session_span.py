@@ -43,6 +43,9 @@ from sb_otel import _semconv as sc
 
 STATE_KEY = "span"
 """Where the plan lives in a session record's ``telemetry`` mapping."""
+ATTRIBUTES_KEY = "attributes"
+"""Where the session span's start attributes live in ``telemetry``: computed once at start, so the process that
+exports the span at end neither re-reads the start event nor depends on how this version derives them."""
 
 
 @dataclass(frozen=True)
