@@ -16,6 +16,7 @@ from sb_otel._models import (
     UserInfo,
 )
 from sb_otel._outcome import Outcome, end_outcome
+from sb_otel._reaper import ReapedSession, reap
 from sb_otel._sqlite_store import SqliteSessionStore
 from sb_otel._store import (
     InMemorySessionStore,
@@ -37,6 +38,7 @@ __all__ = (
     "LifecycleManager",
     "NewSession",
     "Outcome",
+    "ReapedSession",
     "SbOtelError",
     "SessionEndEvent",
     "SessionEndResult",
@@ -58,4 +60,5 @@ __all__ = (
     "end_outcome",
     "instrument",
     "open_store",
+    "reap",
 )
