@@ -3,6 +3,7 @@
 The public API lives here; everything else is private (``sb_otel._*``) and may change without notice.
 """
 
+from sb_otel._auth import session_token
 from sb_otel._configure import Telemetry, configure
 from sb_otel._exceptions import ConfigError, SbOtelError, StoreError
 from sb_otel._instrumentation import InstrumentedSessionTracker, TracedLifecycleManager, instrument
@@ -61,4 +62,5 @@ __all__ = (
     "instrument",
     "open_store",
     "reap",
+    "session_token",
 )

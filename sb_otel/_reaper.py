@@ -30,6 +30,7 @@ from sb_otel._instrumentation import InstrumentedSessionTracker
 from sb_otel._outcome import ABANDONED, Outcome
 from sb_otel._settings import SB_OTEL_SESSION_TTL, parse_duration
 from sb_otel._store import SessionEnding, SessionRecord, SessionStore
+from sb_otel._tracker import SessionTracker
 
 DEFAULT_TTL = timedelta(hours=24)
 ReapReason = Literal["ttl_expired", "process_gone"]
@@ -94,7 +95,7 @@ def abandon_reason(
 
 
 def reap(
-    target: InstrumentedSessionTracker | SessionStore,
+    target: InstrumentedSessionTracker | SessionTracker | SessionStore,
     *,
     ttl: str | timedelta | None = None,
     now: datetime | None = None,
@@ -107,7 +108,7 @@ def reap(
 
     Args:
         target: an instrumented tracker (its store is reaped and the session spans, metrics and log events are
-            exported) or a bare store (records only).
+            exported), or a plain tracker or a bare store (records only).
         ttl: how long a session may stay open (default ``SB_OTEL_SESSION_TTL``, else 24 h).
         now: the current time (default: the clock).
         hostname: this host's name, to decide whose pids can be checked (default ``socket.gethostname()``).
@@ -116,8 +117,7 @@ def reap(
         dry_run: report what would be reaped, change nothing.
     """
     tracker = target if isinstance(target, InstrumentedSessionTracker) else None
-    store = tracker.store if tracker is not None else target
-    assert isinstance(store, SessionStore)
+    store = target.store if isinstance(target, (InstrumentedSessionTracker, SessionTracker)) else target
     limit = session_ttl(ttl)
     moment = now or datetime.now(timezone.utc)
     host = hostname or this_host()

@@ -67,6 +67,27 @@ SB_OTEL_SESSION_TTL = Setting(
     description="How long a session may stay open before the reaper ends it as `abnormal` "
     "(`90s`, `30m`, `24h`, `7d`, or seconds).",
 )
+SB_OTEL_REAP_INTERVAL = Setting(
+    env="SB_OTEL_REAP_INTERVAL",
+    default="`5m`",
+    description="How often `sb-otel serve` looks for abandoned sessions (it also does at start-up).",
+)
+SB_OTEL_SECRET = Setting(
+    env="SB_OTEL_SECRET",
+    default="(none: no auth)",
+    description="Shared secret of `sb-otel serve`: each tool call then needs `token` = hex HMAC-SHA256 of "
+    '`session_start:<event_id>` or `session_end:<session_id>` (see "MCP server").',
+)
+SB_OTEL_SESSION_ID = Setting(
+    env="SB_OTEL_SESSION_ID",
+    default="(none)",
+    description='Set in a bash/zsh shell by `eval "$(sb-otel emit start ...)"`; the session `sb-otel emit end` ends.',
+)
+SB_OTEL_JAEGER_URL = Setting(
+    env="SB_OTEL_JAEGER_URL",
+    default="`http://localhost:16686`",
+    description="Jaeger UI that `sb-otel demo` and `sb-otel show` link traces to when exporting over OTLP.",
+)
 
 OTEL_EXPORTER_OTLP_ENDPOINT = Setting(
     env="OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -106,6 +127,10 @@ SETTINGS: tuple[Setting, ...] = (
     SB_OTEL_STORE_SYNC,
     SB_OTEL_REDACT,
     SB_OTEL_SESSION_TTL,
+    SB_OTEL_REAP_INTERVAL,
+    SB_OTEL_SECRET,
+    SB_OTEL_SESSION_ID,
+    SB_OTEL_JAEGER_URL,
     OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_EXPORTER_OTLP_PROTOCOL,
     OTEL_EXPORTER_OTLP_HEADERS,

@@ -35,6 +35,7 @@ EXPECTED = (
     "instrument",
     "open_store",
     "reap",
+    "session_token",
 )
 
 
