@@ -3,6 +3,7 @@
 The public API lives here; everything else is private (``sb_otel._*``) and may change without notice.
 """
 
+from sb_otel._auth import session_token
 from sb_otel._configure import Telemetry, configure
 from sb_otel._exceptions import ConfigError, SbOtelError, StoreError
 from sb_otel._instrumentation import InstrumentedSessionTracker, TracedLifecycleManager, instrument
@@ -16,6 +17,7 @@ from sb_otel._models import (
     UserInfo,
 )
 from sb_otel._outcome import Outcome, end_outcome
+from sb_otel._reaper import ReapedSession, reap
 from sb_otel._sqlite_store import SqliteSessionStore
 from sb_otel._store import (
     InMemorySessionStore,
@@ -37,6 +39,7 @@ __all__ = (
     "LifecycleManager",
     "NewSession",
     "Outcome",
+    "ReapedSession",
     "SbOtelError",
     "SessionEndEvent",
     "SessionEndResult",
@@ -58,4 +61,6 @@ __all__ = (
     "end_outcome",
     "instrument",
     "open_store",
+    "reap",
+    "session_token",
 )

@@ -7,11 +7,15 @@ documented (or documented and not read) fails the build.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import platformdirs
+
+from sb_otel._exceptions import ConfigError
 
 _APP_NAME = "sb-otel"
 
@@ -57,6 +61,34 @@ SB_OTEL_REDACT = Setting(
     "append `:hash` to a name to export a SHA-256 prefix instead.",
 )
 
+SB_OTEL_SESSION_TTL = Setting(
+    env="SB_OTEL_SESSION_TTL",
+    default="`24h`",
+    description="How long a session may stay open before the reaper ends it as `abnormal` "
+    "(`90s`, `30m`, `24h`, `7d`, or seconds).",
+)
+SB_OTEL_REAP_INTERVAL = Setting(
+    env="SB_OTEL_REAP_INTERVAL",
+    default="`5m`",
+    description="How often `sb-otel serve` looks for abandoned sessions (it also does at start-up).",
+)
+SB_OTEL_SECRET = Setting(
+    env="SB_OTEL_SECRET",
+    default="(none: no auth)",
+    description="Shared secret of `sb-otel serve`: each tool call then needs `token` = hex HMAC-SHA256 of "
+    '`session_start:<event_id>` or `session_end:<session_id>` (see "MCP server").',
+)
+SB_OTEL_SESSION_ID = Setting(
+    env="SB_OTEL_SESSION_ID",
+    default="(none)",
+    description='Set in a bash/zsh shell by `eval "$(sb-otel emit start ...)"`; the session `sb-otel emit end` ends.',
+)
+SB_OTEL_JAEGER_URL = Setting(
+    env="SB_OTEL_JAEGER_URL",
+    default="`http://localhost:16686`",
+    description="Jaeger UI that `sb-otel demo` and `sb-otel show` link traces to when exporting over OTLP.",
+)
+
 OTEL_EXPORTER_OTLP_ENDPOINT = Setting(
     env="OTEL_EXPORTER_OTLP_ENDPOINT",
     default="(none: OTLP JSON files in `<data dir>/telemetry`)",
@@ -94,6 +126,11 @@ SETTINGS: tuple[Setting, ...] = (
     SB_OTEL_STORE,
     SB_OTEL_STORE_SYNC,
     SB_OTEL_REDACT,
+    SB_OTEL_SESSION_TTL,
+    SB_OTEL_REAP_INTERVAL,
+    SB_OTEL_SECRET,
+    SB_OTEL_SESSION_ID,
+    SB_OTEL_JAEGER_URL,
     OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_EXPORTER_OTLP_PROTOCOL,
     OTEL_EXPORTER_OTLP_HEADERS,
@@ -110,3 +147,20 @@ def data_dir(environ: Mapping[str, str] | None = None) -> Path:
     if override:
         return Path(override).expanduser()
     return Path(platformdirs.user_data_dir(_APP_NAME, appauthor=False))
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.ASCII)
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, *, name: str = "duration") -> timedelta:
+    """``90``, ``90s``, ``30m``, ``24h`` or ``7d`` as a positive :class:`~datetime.timedelta`.
+
+    Raises :class:`~sb_otel.ConfigError` naming ``name`` and the accepted forms, so a typo in an environment
+    variable or a command-line option reads as a fix rather than a traceback.
+    """
+    match = _DURATION.fullmatch(text.strip().lower())
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)] if match else 0.0
+    if seconds <= 0:
+        raise ConfigError(f"{name} must be a positive duration such as 90s, 30m, 24h or 7d, not {text!r}")
+    return timedelta(seconds=seconds)

@@ -1,46 +1,217 @@
-"""The ``sb-otel`` command line, run in-process."""
+"""The ``sb-otel`` command line, run in-process with click's CliRunner: every command, exit codes, --json parsed."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from click.testing import CliRunner, Result
 
-from sb_otel._cli import main
+from sb_otel._cli import cli, main
 
 
 @pytest.fixture(autouse=True)
-def _no_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_endpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
     monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+    monkeypatch.delenv("SB_OTEL_SESSION_ID", raising=False)
+    monkeypatch.delenv("TRACEPARENT", raising=False)
+    monkeypatch.setenv("SB_OTEL_STORE", str(tmp_path / "sessions.db"))
+    monkeypatch.setenv("COLUMNS", "200")
 
 
-def test_example_tracks_shells_and_says_where_the_telemetry_went(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Three sessions (exited, crashed, open), a retried end and an unknown id; spans land in the JSON files."""
-    assert main(["example", "--store", str(tmp_path / "sessions.db")]) == 0
-    out = capsys.readouterr().out
-    assert "not_found" in out
-    assert "retried end: no second end" in out
-    rows = re.findall(r"^  (\S+-\d{8}-\d{6})\s+(exited|crashed|open)\s+\S+\s+([0-9a-f]{32})", out, flags=re.MULTILINE)
-    assert sorted(status for _, status, _ in rows) == ["crashed", "exited", "open"]
+def run(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(cli, list(args), env=env)
+
+
+def data(result: Result) -> Any:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_every_command_has_help() -> None:
+    """--help works on the group and on every command, with exit code 0."""
+    commands = [[], ["demo"], ["serve"], ["sessions"], ["show"], ["emit"], ["emit", "start"], ["emit", "end"]]
+    for command in [*commands, ["reap"], ["doctor"]]:
+        result = run(*command, "--help")
+        assert result.exit_code == 0, (command, result.output)
+        assert "Usage: sb-otel" in result.output
+
+
+def test_demo_runs_the_scenario_and_says_where_the_telemetry_went(tmp_path: Path) -> None:
+    """Six sessions: exited, crashed, abandoned-and-reaped; an unknown end; a trace tree; OTLP JSON files."""
+    result = run("demo")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    rows = re.findall(r"^\s*(\S+-\d{8}-\d{6}(?:-\d+)?)\s+(exited|crashed|abnormal|open)\s", out, flags=re.MULTILINE)
+    assert sorted(status for _, status in rows) == ["abnormal", "crashed", "exited", "exited", "exited", "exited"]
+    assert "(process_gone)" in out
+    assert "oneiric-19990101-000000: not_found" in out
+    assert re.search(r"session oneiric\s+3m00s ERROR", out)
+    assert "└── initialize_session" in out
     telemetry = tmp_path / "data" / "telemetry"
     assert f"OTLP JSON files in {telemetry}" in out
+    sessions = data(run("sessions", "--json"))
     traces = (telemetry / "traces.jsonl").read_text(encoding="utf-8")
-    for _, status, trace_id in rows:
-        # ended sessions have their root span in the file; the open one has only its start child so far
-        assert trace_id in traces, status
+    assert len(sessions) == 6
+    for session in sessions:
+        assert session["trace_id"] in traces
+        assert session["status"] != "open"
 
 
-def test_unusable_store_is_one_readable_line_and_exit_code_1(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_example_is_an_alias_of_demo() -> None:
+    """The old command still works."""
+    assert run("example").exit_code == 0
+    assert len(data(run("sessions", "--json"))) == 6
+
+
+def test_sessions_filters() -> None:
+    """--open, --status, --component and --since narrow the list; a table without --json."""
+    assert run("demo").exit_code == 0
+    assert [s["status"] for s in data(run("sessions", "--status", "crashed", "--json"))] == ["crashed"]
+    assert {s["component_name"] for s in data(run("sessions", "--component", "oneiric", "--json"))} == {"oneiric"}
+    assert data(run("sessions", "--open", "--json")) == []
+    assert len(data(run("sessions", "--since", "1h", "--json"))) == 4  # started 55, 47, 30 and 8 minutes ago
+    assert data(run("sessions", "--since", "2099-01-01T00:00:00Z", "--json")) == []
+    table = run("sessions")
+    assert table.exit_code == 0
+    assert "trace id" in table.output
+
+
+def test_since_with_a_bad_value_is_one_line() -> None:
+    """A mistake is one line naming the option and the fix, exit code 2."""
+    result = run("sessions", "--since", "yesterday")
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1
+    assert "use a duration (30m, 2h, 7d) or an ISO time" in result.stderr
+
+
+def test_show_prints_every_field_and_a_jaeger_link(monkeypatch: pytest.MonkeyPatch) -> None:
+    """show --json has the record, its events, the trace id and the Jaeger link."""
+    assert run("demo").exit_code == 0
+    crashed = data(run("sessions", "--status", "crashed", "--json"))[0]
+    monkeypatch.setenv("SB_OTEL_JAEGER_URL", "http://jaeger.example:16686/")
+    detail = data(run("show", crashed["session_id"], "--json"))
+    assert detail["trace_id"] == crashed["trace_id"]
+    assert detail["jaeger"] == f"http://jaeger.example:16686/trace/{crashed['trace_id']}"
+    assert detail["end_event"]["metadata"] == {"exit_reason": "signal", "exit_code": 139}
+    assert detail["start_event"]["component_name"] == "oneiric"
+    assert len(detail["span_id"]) == 16
+    text = run("show", crashed["session_id"])
+    assert text.exit_code == 0
+    assert crashed["trace_id"] in text.output
+
+
+def test_show_unknown_session_is_one_line_with_the_fix() -> None:
+    """An unknown id: exit 1, one line that says how to list sessions."""
+    result = run("show", "nobody-20260101-000000")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "sb-otel: no session 'nobody-20260101-000000' in this store; list them with 'sb-otel sessions'\n"
+    )
+
+
+def test_emit_start_prints_lines_to_eval_and_end_ends_it(tmp_path: Path) -> None:
+    """emit start prints export lines a shell can eval; emit end (from SB_OTEL_SESSION_ID) ends the session."""
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    started = run(
+        "emit", "start", "--component", "bash", "--pid", "4242", "-m", "tty=/dev/pts/1", env={"TRACEPARENT": parent}
+    )
+    assert started.exit_code == 0, started.output
+    variables = dict(re.findall(r"^export (\w+)='([^']*)'$", started.stdout, flags=re.MULTILINE))
+    assert set(variables) == {"SB_OTEL_SESSION_ID", "TRACEPARENT"}
+    assert variables["SB_OTEL_SESSION_ID"].startswith("bash-")
+    assert variables["TRACEPARENT"].split("-")[1] == "4bf92f3577b34da6a3ce929d0e0e4736"  # the session is a child
+    shell = subprocess.run(
+        ["bash", "-c", 'eval "$1"; printf "%s %s" "$SB_OTEL_SESSION_ID" "$TRACEPARENT"', "-", started.stdout],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shell.stdout == f"{variables['SB_OTEL_SESSION_ID']} {variables['TRACEPARENT']}"
+    detail = data(run("show", variables["SB_OTEL_SESSION_ID"], "--json"))
+    assert (detail["pid"], detail["status"], detail["start_event"]["metadata"]["tty"]) == (4242, "open", "/dev/pts/1")
+    ended = run("emit", "end", "--exit-code", "3", env={"SB_OTEL_SESSION_ID": variables["SB_OTEL_SESSION_ID"]})
+    assert ended.exit_code == 0, ended.output
+    assert ended.stdout == f"{variables['SB_OTEL_SESSION_ID']} ended\n"
+    assert data(run("show", variables["SB_OTEL_SESSION_ID"], "--json"))["status"] == "crashed"
+    traces = (tmp_path / "data" / "telemetry" / "traces.jsonl").read_text(encoding="utf-8")
+    assert variables["TRACEPARENT"].split("-")[2] in traces  # the session span, exported by the end's process
+
+
+def test_emit_json_and_errors() -> None:
+    """--json answers are the result models; a bad component or unknown id is one line and exit 1."""
+    started = data(run("emit", "start", "--json", "--pid", "4242"))
+    assert started["status"] == "tracked"
+    ended = run("emit", "end", started["session_id"], "--json")
+    assert json.loads(ended.stdout)["status"] == "ended"
+    bad = run("emit", "start", "--component", "no spaces")
+    assert bad.exit_code == 1
+    assert bad.stderr.startswith("sb-otel: session start failed: invalid session start event: component_name")
+    assert bad.stdout == ""  # nothing for eval to run
+    unknown = run("emit", "end", "nobody-1")
+    assert unknown.exit_code == 1
+    assert "no session 'nobody-1' in this store" in unknown.stderr
+    missing = run("emit", "end")
+    assert missing.exit_code == 2
+    assert "no session id: pass one, or eval the output of 'sb-otel emit start' first" in missing.stderr
+
+
+def test_reap_ends_dead_shells_and_dry_run_does_not() -> None:
+    """reap --dry-run lists without ending; reap ends; both as JSON."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    started = data(run("emit", "start", "--json", "--pid", str(child.pid)))
+    alive = data(run("emit", "start", "--json", "--pid", "1"))
+    planned = data(run("reap", "--dry-run", "--json"))
+    assert [(r["session_id"], r["reason"]) for r in planned] == [(started["session_id"], "process_gone")]
+    assert data(run("show", started["session_id"], "--json"))["status"] == "open"
+    reaped = run("reap")
+    assert reaped.exit_code == 0
+    assert "Reaped 1 abandoned session(s)." in reaped.output
+    assert data(run("show", started["session_id"], "--json"))["status"] == "abnormal"
+    assert data(run("show", alive["session_id"], "--json"))["status"] == "open"
+    assert data(run("reap", "--ttl", "1s", "--json", "--dry-run")) == []  # nothing is older than a second yet…
+    assert run("reap", "--ttl", "soon").exit_code == 1
+
+
+def test_doctor_reports_each_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """doctor --json lists settings, store, telemetry and MCP checks; an unreachable endpoint fails with advice."""
+    checks = {check["name"]: check for check in data(run("doctor", "--json"))}
+    assert [checks[name]["status"] for name in ("settings", "store", "telemetry", "mcp server")] == ["ok"] * 4
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
+    monkeypatch.setenv("SB_OTEL_SECRET", "hunter2")
+    result = run("doctor", "--json")
+    assert result.exit_code == 1
+    checks = {check["name"]: check for check in json.loads(result.stdout)}
+    assert checks["telemetry"]["status"] == "fail"
+    assert "start the collector" in checks["telemetry"]["advice"]
+    assert "hunter2" not in result.stdout
+    assert "token required" in checks["mcp server"]["detail"]
+    text = run("doctor")
+    assert text.exit_code == 1
+    assert "FAIL" in text.output
+
+
+def test_unusable_store_is_one_readable_line_and_exit_code_1(tmp_path: Path) -> None:
     """A user mistake is a one-line error, not a traceback."""
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    assert main(["example", "--store", str(blocker / "sessions.db")]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("sb-otel: StoreError: cannot create the directory for session store")
-    assert "Traceback" not in err
+    result = run("sessions", "--store", str(blocker / "sessions.db"))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("sb-otel: StoreError: cannot create the directory for session store")
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output
+
+
+def test_usage_errors_are_one_line_with_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """Unknown commands and bad option values: one line pointing at --help, through main() as the script runs it."""
+    assert main(["bogus"]) == 2
+    assert capsys.readouterr().err == "sb-otel: No such command 'bogus'. (see 'sb-otel --help')\n"
+    assert main(["sessions", "--status", "nope"]) == 2
+    assert "(see 'sb-otel sessions --help')" in capsys.readouterr().err

@@ -12,6 +12,7 @@ EXPECTED = (
     "LifecycleManager",
     "NewSession",
     "Outcome",
+    "ReapedSession",
     "SbOtelError",
     "SessionEndEvent",
     "SessionEndResult",
@@ -33,6 +34,8 @@ EXPECTED = (
     "end_outcome",
     "instrument",
     "open_store",
+    "reap",
+    "session_token",
 )
 
 

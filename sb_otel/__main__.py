@@ -1,0 +1,3 @@
+from sb_otel._cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,323 @@
+"""The MCP server: a real ``mcp.ClientSession`` over streamable HTTP (in-process server) and over stdio (against
+``sb-otel serve`` in a subprocess, exporting to the real OTLP receiver)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from opentelemetry.trace import StatusCode
+
+from sb_otel import InstrumentedSessionTracker, NewSession, SessionTracker, SqliteSessionStore, instrument
+from sb_otel._auth import session_token
+from sb_otel._server import SessionService, build_server, http_server
+from sb_otel.testing import CapturedTelemetry, capture_telemetry
+from tests.conftest import start_payload
+from tests.otlp_receiver import OtlpReceiver
+
+SHELL_TRACE, SHELL_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+SHELL_TRACEPARENT = f"00-{SHELL_TRACE}-{SHELL_SPAN}-01"
+SECRET = "s3cret-for-tests"
+SERVER_KIND = 2  # OTLP Span.kind SERVER
+
+
+class AgreeingManager:
+    async def initialize_session(self, working_directory: str | None = None) -> dict[str, Any]:
+        return {"success": True}
+
+    async def end_session(self, working_directory: str | None = None) -> dict[str, Any]:
+        return {"success": True}
+
+
+def payload(**overrides: Any) -> dict[str, Any]:
+    return start_payload(**{"event_id": str(uuid.uuid4()), "metadata": None, **overrides})
+
+
+@pytest.fixture
+def telemetry() -> Iterator[CapturedTelemetry]:
+    with capture_telemetry() as captured:
+        yield captured
+
+
+@pytest.fixture
+def tracker(telemetry: CapturedTelemetry) -> InstrumentedSessionTracker:
+    return instrument(SessionTracker(AgreeingManager(), store="memory"), **telemetry.providers)
+
+
+@asynccontextmanager
+async def http_session(tracker: Any, secret: str = "") -> AsyncIterator[ClientSession]:
+    """An MCP client session to an sb-otel server listening on a real local port."""
+    web = http_server(build_server(SessionService(tracker, secret=secret)))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    serving = asyncio.create_task(web.serve(sockets=[sock]))
+    try:
+        await asyncio.wait_for(web.listening.wait(), 10)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
+        async with streamable_http_client(url) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            yield session
+    finally:
+        web.should_exit = True
+        await asyncio.wait_for(serving, 10)
+
+
+async def call(session: ClientSession, tool: str, arguments: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """Call a tool; the answer must be a result dict, never a tool error."""
+    result = await session.call_tool(tool, arguments, **kwargs)
+    assert not result.is_error, result.content
+    assert isinstance(result.structured_content, dict)
+    return result.structured_content
+
+
+async def test_tools_have_session_buddys_names_and_parameters(tracker: InstrumentedSessionTracker) -> None:
+    """The advertised tools are session-buddy's, with the same parameters and required ones."""
+    async with http_session(tracker) as session:
+        tools = {tool.name: tool.input_schema for tool in (await session.list_tools()).tools}
+    assert sorted(tools) == ["track_session_end", "track_session_start"]
+    start = tools["track_session_start"]
+    assert list(start["properties"]) == [
+        "event_version",
+        "event_id",
+        "event_type",
+        "component_name",
+        "shell_type",
+        "timestamp",
+        "pid",
+        "user",
+        "hostname",
+        "environment",
+        "metadata",
+        "token",
+    ]
+    assert set(start["required"]) == set(start["properties"]) - {"metadata", "token"}
+    assert start["properties"]["pid"]["type"] == "integer"
+    end = tools["track_session_end"]
+    assert list(end["properties"]) == ["session_id", "timestamp", "event_type", "metadata", "token"]
+    assert end["required"] == ["session_id", "timestamp"]
+
+
+async def test_start_and_end_over_http_return_result_dicts(
+    tracker: InstrumentedSessionTracker, telemetry: CapturedTelemetry
+) -> None:
+    """A good start is tracked, its end ended, an unknown end not_found — as the seed's result dicts."""
+    async with http_session(tracker) as session:
+        started = await call(session, "track_session_start", payload())
+        ended = await call(
+            session,
+            "track_session_end",
+            {"session_id": started["session_id"], "timestamp": "2026-02-06T13:00:00Z", "metadata": {"exit_code": 0}},
+        )
+        unknown = await call(session, "track_session_end", {"session_id": "nobody-1", "timestamp": "2026-02-06T13:00Z"})
+    assert started["status"] == "tracked"
+    assert started["session_id"] == "mahavishnu-20260206-123456"
+    assert started["error"] is None
+    assert started["traceparent"].startswith("00-")
+    assert ended == {"session_id": "mahavishnu-20260206-123456", "status": "ended", "error": None}
+    assert unknown == {"session_id": "nobody-1", "status": "not_found", "error": None}
+    root = telemetry.span("session mahavishnu")
+    assert root.attributes is not None
+    assert root.attributes["sb.session.status"] == "exited"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        pytest.param(payload(pid="12345"), "pid: Input should be a valid integer", id="pid-as-string"),
+        pytest.param(payload(event_id="not-a-uuid"), "event_id", id="bad-event-id"),
+        pytest.param({"component_name": "mahavishnu"}, "event_version: Field required", id="missing-fields"),
+        pytest.param(payload(user="john"), "user", id="user-not-an-object"),
+        pytest.param(payload(metadata=[1, 2]), "metadata", id="metadata-not-an-object"),
+    ],
+)
+async def test_bad_start_payloads_are_error_dicts(
+    tracker: InstrumentedSessionTracker, arguments: dict[str, Any], message: str
+) -> None:
+    """Validation problems come back as {"status": "error", "error": ...}, not as a tool or protocol error."""
+    async with http_session(tracker) as session:
+        answer = await call(session, "track_session_start", arguments)
+    assert answer["status"] == "error"
+    assert answer["session_id"] is None
+    assert message in answer["error"]
+
+
+async def test_bad_end_payload_is_an_error_dict(tracker: InstrumentedSessionTracker) -> None:
+    """An end without a timestamp is an error result naming the field."""
+    async with http_session(tracker) as session:
+        answer = await call(session, "track_session_end", {"session_id": "x-1"})
+    assert answer == {"session_id": "x-1", "status": "error", "error": answer["error"]}
+    assert "timestamp: Field required" in answer["error"]
+
+
+async def test_meta_trace_context_parents_the_session_span(
+    tracker: InstrumentedSessionTracker, telemetry: CapturedTelemetry
+) -> None:
+    """``params._meta.traceparent`` makes the session span (and its children) part of the shell's trace."""
+    async with http_session(tracker) as session:
+        started = await call(session, "track_session_start", payload(), meta={"traceparent": SHELL_TRACEPARENT})
+        await call(
+            session, "track_session_end", {"session_id": started["session_id"], "timestamp": "2026-02-06T13:00:00Z"}
+        )
+    root = telemetry.span("session mahavishnu")
+    assert root.context is not None
+    assert root.parent is not None
+    assert (f"{root.context.trace_id:032x}", f"{root.parent.span_id:016x}") == (SHELL_TRACE, SHELL_SPAN)
+    assert started["traceparent"] == f"00-{SHELL_TRACE}-{root.context.span_id:016x}-01"
+
+
+async def test_metadata_trace_context_wins_over_meta(
+    tracker: InstrumentedSessionTracker, telemetry: CapturedTelemetry
+) -> None:
+    """The shell's own metadata names its span; an injected ``_meta`` context does not replace it."""
+    other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with http_session(tracker) as session:
+        started = await call(
+            session,
+            "track_session_start",
+            payload(metadata={"traceparent": other}),
+            meta={"traceparent": SHELL_TRACEPARENT},
+        )
+    assert started["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+
+
+async def test_with_a_secret_calls_need_a_valid_token(tracker: InstrumentedSessionTracker) -> None:
+    """Missing and wrong tokens get error dicts; the HMAC of the event's identity is accepted."""
+    event = payload()
+    async with http_session(tracker, secret=SECRET) as session:
+        missing = await call(session, "track_session_start", event)
+        wrong = await call(session, "track_session_start", {**event, "token": "0" * 64})
+        other_event = await call(
+            session,
+            "track_session_start",
+            {**event, "token": session_token(SECRET, "session_start", str(uuid.uuid4()))},
+        )
+        non_ascii = await call(session, "track_session_start", {**event, "token": "ü" * 64})
+        good = await call(
+            session,
+            "track_session_start",
+            {**event, "token": session_token(SECRET, "session_start", event["event_id"])},
+        )
+        end = {"session_id": good["session_id"], "timestamp": "2026-02-06T13:00:00Z"}
+        end_refused = await call(session, "track_session_end", end)
+        end_with_start_token = await call(
+            session, "track_session_end", {**end, "token": session_token(SECRET, "session_start", event["event_id"])}
+        )
+        ended = await call(
+            session, "track_session_end", {**end, "token": session_token(SECRET, "session_end", good["session_id"])}
+        )
+    assert missing["status"] == "error"
+    assert missing["error"].startswith("unauthorized: this server requires a token")
+    for refused in (wrong, other_event, non_ascii, end_refused, end_with_start_token):
+        assert refused["status"] == "error", refused
+        assert refused["error"].startswith("unauthorized"), refused
+    assert good["status"] == "tracked"
+    assert ended["status"] == "ended"
+    assert tracker.store.get(good["session_id"]) is not None
+
+
+# -- stdio, against `sb-otel serve` in a subprocess ---------------------------------------------------------
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def left_open_by_a_crashed_server(path: Path) -> str:
+    """A session whose shell died while no server was running: the next server's start-up reaper ends it."""
+    store = SqliteSessionStore(path)
+    started = datetime.now(timezone.utc) - timedelta(minutes=10)
+    event = payload(component_name="oneiric", hostname=socket.gethostname(), pid=dead_pid())
+    record, _ = store.create(
+        NewSession(
+            event_id=event["event_id"],
+            component_name="oneiric",
+            hostname=event["hostname"],
+            pid=event["pid"],
+            cwd="/tmp",
+            started_at=started,
+            received_at=started,
+            start_event={**event, "timestamp": started.isoformat()},
+            telemetry={
+                "span": {
+                    "trace_id": "5b8efff798038103d269b633813fc60c",
+                    "span_id": "eee19b7ec3c1b174",
+                    "sampled": True,
+                    "trace_state": None,
+                    "parent_span_id": None,
+                    "parent_remote": False,
+                    "links": [],
+                }
+            },
+        )
+    )
+    store.close()
+    return record.session_id
+
+
+async def test_stdio_server_subprocess_end_to_end(tmp_path: Path) -> None:
+    """`sb-otel serve` over stdio: start-up reaper, tools over a real client, and the spans on the OTLP wire."""
+    store_path = tmp_path / "sessions.db"
+    orphan = left_open_by_a_crashed_server(store_path)
+    with OtlpReceiver() as receiver:
+        env = {
+            **os.environ,
+            "SB_OTEL_STORE": str(store_path),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
+            "OTEL_SERVICE_NAME": "sb-otel-serve-test",
+        }
+        params = StdioServerParameters(command=sys.executable, args=["-m", "sb_otel", "serve"], env=env)
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            started = await call(
+                session,
+                "track_session_start",
+                payload(environment={"python_version": "3.13.0", "platform": "Linux", "cwd": str(tmp_path)}),
+                meta={"traceparent": SHELL_TRACEPARENT},
+            )
+            bad = await call(session, "track_session_start", payload(pid=-1))
+            ended = await call(
+                session, "track_session_end", {"session_id": started["session_id"], "timestamp": "2026-02-06T13:00Z"}
+            )
+            names = {"session mahavishnu", "tools/call track_session_start", "session oneiric"}
+            receiver.wait_for(lambda rx: names <= {span["name"] for span in rx.spans()}, 20, str(names))
+    assert (started["status"], ended["status"], bad["status"]) == ("tracked", "ended", "error")
+    assert "pid" in bad["error"]
+    root = receiver.span("session mahavishnu")
+    request = next(
+        span
+        for span in receiver.spans()
+        if span["name"] == "tools/call track_session_start" and span["trace_id"] == SHELL_TRACE
+    )
+    assert request["kind"] == SERVER_KIND
+    assert request["attributes"]["mcp.method.name"] == "tools/call"
+    assert request["attributes"]["gen_ai.tool.name"] == "track_session_start"
+    assert request["parent_span_id"] == SHELL_SPAN
+    assert (root["trace_id"], root["parent_span_id"]) == (SHELL_TRACE, SHELL_SPAN)  # the shell, not the request
+    assert {"trace_id": SHELL_TRACE, "span_id": request["span_id"]} in [
+        {"trace_id": link["trace_id"], "span_id": link["span_id"]} for link in root["links"]
+    ]
+    reaped = receiver.span("session oneiric")
+    assert reaped["attributes"]["session.id"] == orphan
+    assert reaped["attributes"]["error.type"] == "abandoned"
+    assert reaped["status_code"] == StatusCode.ERROR.value
+    store = SqliteSessionStore(store_path)
+    record = store.get(orphan)
+    store.close()
+    assert record is not None
+    assert record.status == "abnormal"
