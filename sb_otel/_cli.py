@@ -109,7 +109,12 @@ def _json_option(fn: _F) -> _F:
 
 
 def _console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    """Rich output; piped output (logs, CI) is laid out 120 columns wide instead of rich's 80, so a session
+    row with its 32-digit trace id stays on one line."""
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = max(console.width, 120)
+    return console
 
 
 @click.group("sb-otel", cls=_Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -615,7 +620,7 @@ _STATUS_STYLE = {"open": "cyan", "exited": "green", "crashed": "red", "abnormal"
 def _sessions_table(records: Sequence[SessionRecord]) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("session", no_wrap=True)
-    table.add_column("status")
+    table.add_column("status", no_wrap=True)
     table.add_column("started (UTC)", no_wrap=True)
     table.add_column("duration", justify="right")
     table.add_column("trace id", overflow="fold")
