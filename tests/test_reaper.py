@@ -173,7 +173,8 @@ async def test_a_real_end_before_the_reaper_wins(
 async def test_two_reapers_racing_end_a_session_once(tmp_path: Path, telemetry: CapturedTelemetry) -> None:
     """Two processes' reapers see the same open session; the store lets one of them end it, and only it exports."""
     path = tmp_path / "sessions.db"
-    first = instrument(SessionTracker(AgreeingManager(), store=SqliteSessionStore(path)), **telemetry.providers)
+    first_store = SqliteSessionStore(path)
+    first = instrument(SessionTracker(AgreeingManager(), store=first_store), **telemetry.providers)
     session_id = await start(first, pid=dead_pid())
     second_store = SqliteSessionStore(path)
     stale = second_store.list_sessions(status="open")  # the second reaper read this before the first one wrote
@@ -192,6 +193,7 @@ async def test_two_reapers_racing_end_a_session_once(tmp_path: Path, telemetry: 
     second.wrapped._store = StaleListing()
     assert reap(second, now=SOON, hostname=HOST) == []
     assert len([span for span in telemetry.spans() if span.name == "session mahavishnu"]) == 1
+    first_store.close()
     second_store.close()
 
 
