@@ -7,6 +7,8 @@ separate process, as a collector would):
 * **floor**: the raw SDK (batch processors, OTLP/gRPC exporters) emitting exactly the spans, log records and
   metric measurements that one instrumented lifecycle emits (counted from a real lifecycle first), with no
   sb-otel code around it.
+* **plain + floor, one loop**: the plain tracker, emitting the floor's telemetry after each end, exported the
+  same way: what no instrumentation can beat (throughput ceiling, latency floor) for this much telemetry.
 * **instrumented**: ``instrument(SessionTracker(...))`` with the same providers, collector up; then again with
   nothing listening on the endpoint.
 
@@ -303,36 +305,77 @@ def run_tracker(name: str, count: int, tmp: Path, providers: Providers | None, *
     return phase
 
 
-def run_floor(census: Census, count: int, providers: Providers) -> Phase:
-    """The same spans (same names, attributes and nesting), log records and measurements, SDK only."""
-    tracer = providers.tracer_provider.get_tracer("floor")
-    logger = providers.logger_provider.get_logger("floor")
-    meter = providers.meter_provider.get_meter("floor")
-    instruments: dict[str, Callable[[float, dict[str, Any]], None]] = {
-        "started": meter.create_counter("sb.session.started").add,
-        "ended": meter.create_counter("sb.session.ended").add,
-        "active": meter.create_up_down_counter("sb.session.active").add,
-        "duration": meter.create_histogram("sb.session.duration").record,
-        "lifecycle_duration": meter.create_histogram("sb.lifecycle.duration").record,
-    }
-    order = sorted(range(len(census.spans)), key=lambda i: _depth(census, i))  # parents before children
-    began = time.perf_counter()
-    for _ in range(count):
+class FloorEmitter:
+    """Emits one lifecycle's telemetry (the census: same spans, nesting, attributes, log records and
+    measurements) through the raw SDK, with no sb-otel code around it."""
+
+    def __init__(self, census: Census, providers: Providers) -> None:
+        self._census = census
+        self._tracer = providers.tracer_provider.get_tracer("floor")
+        self._logger = providers.logger_provider.get_logger("floor")
+        meter = providers.meter_provider.get_meter("floor")
+        self._instruments: dict[str, Callable[[float, dict[str, Any]], None]] = {
+            "started": meter.create_counter("sb.session.started").add,
+            "ended": meter.create_counter("sb.session.ended").add,
+            "active": meter.create_up_down_counter("sb.session.active").add,
+            "duration": meter.create_histogram("sb.session.duration").record,
+            "lifecycle_duration": meter.create_histogram("sb.lifecycle.duration").record,
+        }
+        self._order = sorted(range(len(census.spans)), key=lambda i: _depth(census, i))  # parents first
+
+    def emit_one(self) -> None:
         made: dict[int, Any] = {}
-        for i in order:
-            name, attributes, parent = census.spans[i]
+        for i in self._order:
+            name, attributes, parent = self._census.spans[i]
             context = trace.set_span_in_context(made[parent]) if parent is not None else None
-            made[i] = tracer.start_span(name, context=context, attributes=attributes)
+            made[i] = self._tracer.start_span(name, context=context, attributes=attributes)
         for span in made.values():
             span.end()
-        for event_name, body, attributes in census.logs:
-            logger.emit(
+        for event_name, body, attributes in self._census.logs:
+            self._logger.emit(
                 event_name=event_name, body=body, attributes=attributes, severity_number=otel_logs.SeverityNumber.INFO
             )
-        for instrument_name, value, attributes in census.measurements:
-            instruments[instrument_name](value, attributes)
+        for instrument_name, value, attributes in self._census.measurements:
+            self._instruments[instrument_name](value, attributes)
+
+
+def run_floor(census: Census, count: int, providers: Providers) -> Phase:
+    """The same spans (same names, attributes and nesting), log records and measurements, SDK only."""
+    emitter = FloorEmitter(census, providers)
+    began = time.perf_counter()
+    for _ in range(count):
+        emitter.emit_one()
     providers.flush()
     return Phase("SDK floor", time.perf_counter() - began, count)
+
+
+class _PlainThenFloor:
+    """The plain tracker, and after each end the floor's telemetry: the best any instrumentation could do."""
+
+    def __init__(self, tracker: SessionTracker, emitter: FloorEmitter) -> None:
+        self._tracker, self._emitter = tracker, emitter
+
+    async def handle_session_start(self, event: SessionStartEvent) -> Any:
+        return await self._tracker.handle_session_start(event)
+
+    async def handle_session_end(self, event: SessionEndEvent) -> Any:
+        result = await self._tracker.handle_session_end(event)
+        self._emitter.emit_one()
+        return result
+
+
+def run_plain_then_floor(census: Census, count: int, tmp: Path, providers: Providers) -> Phase:
+    """Plain tracker + floor telemetry in one loop, exported as the instrumented phase exports: the ceiling on
+    throughput and the floor under handle latency for the telemetry one lifecycle emits."""
+    store = SqliteSessionStore(tmp / "plain-then-floor.db")
+    tracker = _PlainThenFloor(SessionTracker(NoOpLifecycle(), store=store), FloorEmitter(census, providers))
+    phase = Phase("plain + floor, one loop", 0.0, count)
+    began = time.perf_counter()
+    asyncio.run(_lifecycles(tracker, count, phase))
+    providers.flush()
+    phase.seconds = time.perf_counter() - began
+    store.close()
+    return phase
 
 
 def _depth(census: Census, index: int) -> int:
@@ -446,6 +489,11 @@ def main() -> None:
         floor.arrived = arrived()
 
         providers = make_providers(endpoint)
+        ceiling = run_plain_then_floor(census, n, tmp, providers)
+        providers.shutdown()
+        ceiling.arrived = arrived()
+
+        providers = make_providers(endpoint)
         up = run_tracker("instrumented, collector up", n, tmp, providers)
         providers.shutdown()
         up.arrived = arrived()
@@ -460,7 +508,7 @@ def main() -> None:
         print(f"{n} lifecycles per phase, SQLite store, no-op lifecycle manager, OTLP/gRPC batch export\n")
         header = f"{'phase':<34}{'µs/lifecycle':>13}{'lifecycles/s':>14}{'p50 ms':>8}{'p99 ms':>8}{'spans in':>10}"
         print(header)
-        for phase in (plain, floor, up, down):
+        for phase in (plain, floor, ceiling, up, down):
             latencies = phase.start_ms + phase.end_ms
             p50 = f"{_pct(latencies, 50):8.3f}" if latencies else f"{'':>8}"
             p99 = f"{_pct(latencies, 99):8.3f}" if latencies else f"{'':>8}"
@@ -471,6 +519,10 @@ def main() -> None:
         print(f"logs in: floor {floor.arrived.get('logs', 0):,}, instrumented {up.arrived.get('logs', 0):,}")
         print(f"ratio instrumented / (plain + floor): {up.per_lifecycle_us / budget:.2f}  (target ≤ 1.30)")
         print(f"sb-otel's own overhead: {up.per_lifecycle_us - budget:,.1f} µs per lifecycle")
+        print(
+            f"ceiling with no sb-otel code (plain + floor in one loop): {ceiling.rate:,.0f} lifecycles/s, "
+            f"handle p99 {_pct(ceiling.start_ms + ceiling.end_ms, 99):.2f} ms (targets: 2,000/s, p99 ≤ 2 ms)"
+        )
         print(
             f"worst handle call: {max(up.start_ms + up.end_ms):.3f} ms collector up, "
             f"{max(down.start_ms + down.end_ms):.3f} ms nothing listening (shutdown then took {shutdown_s:.2f} s)"
