@@ -371,3 +371,13 @@ def test_no_secrets_in_the_compose_file(services: dict[str, dict[str, Any]]) -> 
             assert not re.search(r"PASSWORD|SECRET|TOKEN|API_KEY|CREDENTIAL", key), f"{name} sets {key}"
     text = COMPOSE.read_text()
     assert not re.search(r"(?i)password\s*[:=]", text)
+
+
+def test_readme_lists_every_published_url(services: dict[str, dict[str, Any]]) -> None:
+    """The README's stack section names each URL the compose file publishes, and the command that starts it."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Run the observability stack\n", 1)[1].split("\n## ", 1)[0]
+    assert "docker compose up -d --build" in section
+    for service in services.values():
+        for _, port, _ in published(service):
+            assert f"http://localhost:{port}" in section, port
