@@ -167,9 +167,9 @@ class PrometheusServer:
             raise PrometheusError(f"{path} {params}: {body.get('errorType')}: {body.get('error')}")
         return body["data"]
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """An instant query at the current time: the result vector (``[{"metric": {...}, "value": [t, "v"]}]``)."""
-        data = self.api("query", query=expr)
+    def query(self, expr: str, *, at: float | None = None) -> list[dict[str, Any]]:
+        """An instant query, at ``at`` (Unix seconds) or now: ``[{"metric": {...}, "value": [t, "v"]}]``."""
+        data = self.api("query", query=expr, **({"time": f"{at:.3f}"} if at is not None else {}))
         if data["resultType"] == "scalar":
             return [{"metric": {}, "value": data["result"]}]
         result: list[dict[str, Any]] = data["result"]

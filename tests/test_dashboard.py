@@ -11,6 +11,7 @@ import asyncio
 import json
 import math
 import re
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -531,9 +532,11 @@ def check_every_query(prometheus: PrometheusServer, tracker: InstrumentedSession
     assert set(components) == set(COMPONENTS)
     values["component"] = found["component"]["allValue"]  # "All", the default selection
 
+    # One evaluation instant for every panel, as one dashboard refresh: a later scrape cannot change the answers.
+    at = time.time()
     results: dict[str, list[dict[str, Any]]] = {}
     for title, expr in promql_targets(dashboard):
-        result = prometheus.query(substitute(expr, values))
+        result = prometheus.query(substitute(expr, values), at=at)
         numbers = values_of(result)
         assert numbers, f"{title}: no data for {substitute(expr, values)}"
         assert all(math.isfinite(number) for number in numbers), f"{title}: {numbers}"
