@@ -210,8 +210,9 @@ class InstrumentedSessionTracker:
     def _announce_start(
         self, start: SessionStartEvent, described: Mapping[str, AttributeValue], session_id: str, span: Any
     ) -> None:
-        component = {sc.COMPONENT_NAME: start.component_name}
-        self._metrics.started.add(1, {**component, sc.SHELL_TYPE: start.shell_type, sc.RESULT: "tracked"})
+        component = {sc.COMPONENT_NAME: self._metrics.component(start.component_name)}
+        shell = self._metrics.shell(start.shell_type)
+        self._metrics.started.add(1, {**component, sc.SHELL_TYPE: shell, sc.RESULT: "tracked"})
         self._metrics.active.add(1, component)
         attributes = {**described, sc.SESSION_ID: session_id}
         line = SESSION_STARTED_LINE % (
@@ -230,7 +231,12 @@ class InstrumentedSessionTracker:
     ) -> None:
         """A rejected start still gets its (short, ERROR) session span, so its child is not an orphan."""
         self._metrics.started.add(
-            1, {sc.COMPONENT_NAME: start.component_name, sc.SHELL_TYPE: start.shell_type, sc.RESULT: "error"}
+            1,
+            {
+                sc.COMPONENT_NAME: self._metrics.component(start.component_name),
+                sc.SHELL_TYPE: self._metrics.shell(start.shell_type),
+                sc.RESULT: "error",
+            },
         )
         attributes = self._redaction.apply(described)
         attributes.pop(sc.SESSION_ID, None)
@@ -272,7 +278,8 @@ class InstrumentedSessionTracker:
             outcome = end_outcome(end.metadata)
             self._guard(self._finish_telemetry, ended, outcome, planned, end.timestamp)
         elif result.status in ("not_found", "error"):
-            component = {sc.COMPONENT_NAME: record.component_name} if record is not None else {}
+            folded = None if record is None else self._metrics.component(record.component_name)
+            component = {sc.COMPONENT_NAME: folded} if folded is not None else {}
             self._guard(self._metrics.ended.add, 1, {**component, sc.SESSION_STATUS: result.status})
         return result
 
@@ -304,7 +311,7 @@ class InstrumentedSessionTracker:
         self, record: SessionRecord, outcome: Outcome, planned: _SessionTelemetry | None, ended_text: str | None
     ) -> None:
         """:meth:`finish_session_telemetry` with what the caller already read from the store."""
-        component = {sc.COMPONENT_NAME: record.component_name}
+        component = {sc.COMPONENT_NAME: self._metrics.component(record.component_name)}
         start, end, skew = _span_times(record)
         self._metrics.ended.add(1, {**component, sc.SESSION_STATUS: outcome.status})
         self._metrics.active.add(-1, component)

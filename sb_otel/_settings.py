@@ -57,6 +57,13 @@ SB_OTEL_REDACT = Setting(
     "append `:hash` to a name to export a SHA-256 prefix instead.",
 )
 
+SB_OTEL_METRIC_LABEL_LIMIT = Setting(
+    env="SB_OTEL_METRIC_LABEL_LIMIT",
+    default="`100`",
+    description="Distinct `sb.component.name` (and `sb.shell.type`) values metrics carry per process; later ones "
+    "are counted as `_other` (spans and logs keep the real value).",
+)
+
 OTEL_EXPORTER_OTLP_ENDPOINT = Setting(
     env="OTEL_EXPORTER_OTLP_ENDPOINT",
     default="(none: OTLP JSON files in `<data dir>/telemetry`)",
@@ -94,6 +101,7 @@ SETTINGS: tuple[Setting, ...] = (
     SB_OTEL_STORE,
     SB_OTEL_STORE_SYNC,
     SB_OTEL_REDACT,
+    SB_OTEL_METRIC_LABEL_LIMIT,
     OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_EXPORTER_OTLP_PROTOCOL,
     OTEL_EXPORTER_OTLP_HEADERS,
