@@ -264,7 +264,7 @@ class InstrumentedSessionTracker:
             result: SessionEndResult = (await self._inner_end(event, None))[0]
             self._guard(self._metrics.ended.add, 1, {sc.SESSION_STATUS: "error"})
             return result
-        record = self._guard(self.store.get, end.session_id)
+        record = self._guard(self._stored, end.session_id)
         planned = self._guard(_SessionTelemetry.of, record) if record is not None else None
         if record is None or planned is None:
             result, ended = await self._inner_end(end, record)
@@ -295,8 +295,15 @@ class InstrumentedSessionTracker:
             return result, None
         outcome = end_outcome(event.metadata)
         ending = SessionEnding(outcome.status, max(event.ended_at, record.started_at), event.model_dump(mode="json"))
-        finished = self._guard(self.store.finish, record.session_id, ending)
+        finished = self._guard(self._finish_stored, record.session_id, ending)
         return result, (finished[0] if finished is not None and finished[1] else None)
+
+    def _stored(self, session_id: str) -> SessionRecord | None:
+        """The session's record; inside a guard, so a store that cannot even open only costs the telemetry."""
+        return self.store.get(session_id)
+
+    def _finish_stored(self, session_id: str, ending: SessionEnding) -> tuple[SessionRecord, bool] | None:
+        return self.store.finish(session_id, ending)
 
     def finish_session_telemetry(self, record: SessionRecord, outcome: Outcome) -> None:
         """Export the session span and its end metrics and log event for an ended session record.
