@@ -54,6 +54,8 @@ SHUTDOWN_TIMEOUT_S = 5.0
 _ABANDON_GRACE_S = 1.0
 _SIGNALS = ("traces", "metrics", "logs")
 _SIGNAL_PATHS = {"traces": "v1/traces", "metrics": "v1/metrics", "logs": "v1/logs"}
+_ExporterFactory = Callable[[Any], Any]
+"""Makes one exporter, given the meter provider for its own health metrics (``None`` or ignored where unused)."""
 _HOST_DESTINATION = "the application's own OpenTelemetry providers"
 _log = logging.getLogger("sb_otel.configure")
 _lock = threading.Lock()
@@ -232,21 +234,29 @@ def _build(
         return Telemetry(
             host["traces"], host["metrics"], host["logs"], _HOST_DESTINATION, redact, reused=frozenset(host)
         )
-    exporters, where = _exporters(needed, endpoint, protocol, headers, telemetry_dir)
+    factories, where = _exporters(needed, endpoint, protocol, headers, telemetry_dir)
     resource = _resource(service_name, resource_attributes)
-    # Our own bounded shutdown runs at exit instead of the providers' unbounded ones.
-    tracer_provider = host.get("traces")
-    if tracer_provider is None:
-        tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-        tracer_provider.add_span_processor(BatchSpanProcessor(exporters["traces"]))
+    exporters: dict[str, Any] = {}
+    # Our own bounded shutdown runs at exit instead of the providers' unbounded ones. The meter provider comes
+    # first: the span and log pipelines report their own health (spans exported, failed, dropped) to it when
+    # OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED=true, also when it is not the global one (set_global=False).
     meter_provider = host.get("metrics")
     if meter_provider is None:
+        exporters["metrics"] = factories["metrics"](None)
         reader = PeriodicExportingMetricReader(exporters["metrics"])
         meter_provider = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
+    tracer_provider = host.get("traces")
+    if tracer_provider is None:
+        exporters["traces"] = factories["traces"](meter_provider)
+        tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        tracer_provider.add_span_processor(BatchSpanProcessor(exporters["traces"], meter_provider=meter_provider))
     logger_provider = host.get("logs")
     if logger_provider is None:
+        exporters["logs"] = factories["logs"](meter_provider)
         logger_provider = otel_logs.SdkLoggerProvider(resource=resource, shutdown_on_exit=False)
-        logger_provider.add_log_record_processor(otel_logs.BatchLogRecordProcessor(exporters["logs"]))
+        logger_provider.add_log_record_processor(
+            otel_logs.BatchLogRecordProcessor(exporters["logs"], meter_provider=meter_provider)
+        )
     if host:  # e.g. "metrics, logs: OTLP grpc → …; traces: the application's own OpenTelemetry providers"
         where = f"{', '.join(needed)}: {where}; {', '.join(sorted(host, key=_SIGNALS.index))}: {_HOST_DESTINATION}"
     telemetry = Telemetry(
@@ -256,7 +266,7 @@ def _build(
         where,
         redact,
         reused=frozenset(host),
-        exporters=tuple(exporters.values()),
+        exporters=tuple(exporters[signal] for signal in _SIGNALS if signal in exporters),
     )
     atexit.register(telemetry.shutdown)
     return telemetry
@@ -268,8 +278,9 @@ def _exporters(
     protocol: Protocol | None,
     headers: Mapping[str, str] | None,
     telemetry_dir: str | Path | None,
-) -> tuple[dict[str, Any], str]:
-    """One exporter per signal in ``signals``, and where they send, for people."""
+) -> tuple[dict[str, _ExporterFactory], str]:
+    """A way to make one exporter per signal in ``signals`` (given the meter provider for the exporter's own
+    metrics), and where they send, for people."""
     explicit_endpoint = endpoint  # None: the exporters read OTEL_EXPORTER_OTLP_* themselves
     endpoint = endpoint or OTEL_EXPORTER_OTLP_ENDPOINT.read()
     if endpoint:
@@ -277,23 +288,23 @@ def _exporters(
         if chosen not in ("grpc", "http/protobuf"):
             raise ConfigError(f"OTLP protocol must be 'grpc' or 'http/protobuf', not {chosen!r}")
         otlp = _otlp_exporter_factories(chosen, explicit_endpoint, dict(headers) if headers else None)
-        return {signal: otlp[signal]() for signal in signals}, f"OTLP {chosen} → {endpoint}"
+        return {signal: otlp[signal] for signal in signals}, f"OTLP {chosen} → {endpoint}"
     folder = Path(telemetry_dir) if telemetry_dir is not None else data_dir() / "telemetry"
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create the telemetry directory {folder}: {exc}; set SB_OTEL_DATA_DIR") from exc
-    files: dict[str, Callable[[], Any]] = {
-        "traces": lambda: FileSpanExporter(folder / "traces.jsonl"),
-        "metrics": lambda: FileMetricExporter(folder / "metrics.jsonl"),
-        "logs": lambda: otel_logs.FileLogExporter(folder / "logs.jsonl"),
+    files: dict[str, _ExporterFactory] = {
+        "traces": lambda _: FileSpanExporter(folder / "traces.jsonl"),
+        "metrics": lambda _: FileMetricExporter(folder / "metrics.jsonl"),
+        "logs": lambda _: otel_logs.FileLogExporter(folder / "logs.jsonl"),
     }
-    return {signal: files[signal]() for signal in signals}, f"OTLP JSON files in {folder}"
+    return {signal: files[signal] for signal in signals}, f"OTLP JSON files in {folder}"
 
 
 def _otlp_exporter_factories(
     protocol: str, endpoint: str | None, headers: dict[str, str] | None
-) -> dict[str, Callable[[], Any]]:
+) -> dict[str, _ExporterFactory]:
     """The SDK's OTLP exporters, made on demand (a gRPC exporter opens its channel at once).
 
     ``endpoint=None`` lets them read ``OTEL_EXPORTER_OTLP_*`` themselves.
@@ -303,9 +314,9 @@ def _otlp_exporter_factories(
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         return {
-            "traces": lambda: OTLPSpanExporter(endpoint=endpoint, headers=headers),
-            "metrics": lambda: OTLPMetricExporter(endpoint=endpoint, headers=headers),
-            "logs": lambda: otel_logs.GrpcLogExporter(endpoint=endpoint, headers=headers),
+            "traces": lambda meters: OTLPSpanExporter(endpoint=endpoint, headers=headers, meter_provider=meters),
+            "metrics": lambda _: OTLPMetricExporter(endpoint=endpoint, headers=headers),
+            "logs": lambda meters: otel_logs.GrpcLogExporter(endpoint=endpoint, headers=headers, meter_provider=meters),
         }
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
@@ -314,9 +325,9 @@ def _otlp_exporter_factories(
         return None if endpoint is None else f"{endpoint.rstrip('/')}/{_SIGNAL_PATHS[signal]}"
 
     return {
-        "traces": lambda: HttpSpanExporter(endpoint=url("traces"), headers=headers),
-        "metrics": lambda: HttpMetricExporter(endpoint=url("metrics"), headers=headers),
-        "logs": lambda: otel_logs.HttpLogExporter(endpoint=url("logs"), headers=headers),
+        "traces": lambda meters: HttpSpanExporter(endpoint=url("traces"), headers=headers, meter_provider=meters),
+        "metrics": lambda _: HttpMetricExporter(endpoint=url("metrics"), headers=headers),
+        "logs": lambda meters: otel_logs.HttpLogExporter(endpoint=url("logs"), headers=headers, meter_provider=meters),
     }
 
 

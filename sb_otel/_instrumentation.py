@@ -210,8 +210,9 @@ class InstrumentedSessionTracker:
     def _announce_start(
         self, start: SessionStartEvent, described: Mapping[str, AttributeValue], session_id: str, span: Any
     ) -> None:
-        component = {sc.COMPONENT_NAME: start.component_name}
-        self._metrics.started.add(1, {**component, sc.SHELL_TYPE: start.shell_type, sc.RESULT: "tracked"})
+        component = {sc.COMPONENT_NAME: self._metrics.component(start.component_name)}
+        shell = self._metrics.shell(start.shell_type)
+        self._metrics.started.add(1, {**component, sc.SHELL_TYPE: shell, sc.RESULT: "tracked"})
         self._metrics.active.add(1, component)
         attributes = {**described, sc.SESSION_ID: session_id}
         line = SESSION_STARTED_LINE % (
@@ -230,7 +231,12 @@ class InstrumentedSessionTracker:
     ) -> None:
         """A rejected start still gets its (short, ERROR) session span, so its child is not an orphan."""
         self._metrics.started.add(
-            1, {sc.COMPONENT_NAME: start.component_name, sc.SHELL_TYPE: start.shell_type, sc.RESULT: "error"}
+            1,
+            {
+                sc.COMPONENT_NAME: self._metrics.component(start.component_name),
+                sc.SHELL_TYPE: self._metrics.shell(start.shell_type),
+                sc.RESULT: "error",
+            },
         )
         attributes = self._redaction.apply(described)
         attributes.pop(sc.SESSION_ID, None)
@@ -258,7 +264,7 @@ class InstrumentedSessionTracker:
             result: SessionEndResult = (await self._inner_end(event, None))[0]
             self._guard(self._metrics.ended.add, 1, {sc.SESSION_STATUS: "error"})
             return result
-        record = self._guard(self.store.get, end.session_id)
+        record = self._guard(self._stored, end.session_id)
         planned = self._guard(_SessionTelemetry.of, record) if record is not None else None
         if record is None or planned is None:
             result, ended = await self._inner_end(end, record)
@@ -272,7 +278,8 @@ class InstrumentedSessionTracker:
             outcome = end_outcome(end.metadata)
             self._guard(self._finish_telemetry, ended, outcome, planned, end.timestamp)
         elif result.status in ("not_found", "error"):
-            component = {sc.COMPONENT_NAME: record.component_name} if record is not None else {}
+            folded = None if record is None else self._metrics.component(record.component_name)
+            component = {sc.COMPONENT_NAME: folded} if folded is not None else {}
             self._guard(self._metrics.ended.add, 1, {**component, sc.SESSION_STATUS: result.status})
         return result
 
@@ -288,8 +295,15 @@ class InstrumentedSessionTracker:
             return result, None
         outcome = end_outcome(event.metadata)
         ending = SessionEnding(outcome.status, max(event.ended_at, record.started_at), event.model_dump(mode="json"))
-        finished = self._guard(self.store.finish, record.session_id, ending)
+        finished = self._guard(self._finish_stored, record.session_id, ending)
         return result, (finished[0] if finished is not None and finished[1] else None)
+
+    def _stored(self, session_id: str) -> SessionRecord | None:
+        """The session's record; inside a guard, so a store that cannot even open only costs the telemetry."""
+        return self.store.get(session_id)
+
+    def _finish_stored(self, session_id: str, ending: SessionEnding) -> tuple[SessionRecord, bool] | None:
+        return self.store.finish(session_id, ending)
 
     def finish_session_telemetry(self, record: SessionRecord, outcome: Outcome) -> None:
         """Export the session span and its end metrics and log event for an ended session record.
@@ -304,7 +318,7 @@ class InstrumentedSessionTracker:
         self, record: SessionRecord, outcome: Outcome, planned: _SessionTelemetry | None, ended_text: str | None
     ) -> None:
         """:meth:`finish_session_telemetry` with what the caller already read from the store."""
-        component = {sc.COMPONENT_NAME: record.component_name}
+        component = {sc.COMPONENT_NAME: self._metrics.component(record.component_name)}
         start, end, skew = _span_times(record)
         self._metrics.ended.add(1, {**component, sc.SESSION_STATUS: outcome.status})
         self._metrics.active.add(-1, component)

@@ -1,17 +1,86 @@
-"""The five session instruments (DESIGN.md's metrics table), created once per meter provider."""
+"""The five session instruments (DESIGN.md's metrics table), created once per meter provider.
+
+Clients choose component names (and shell types), so those attribute values are bounded here: the first
+``SB_OTEL_METRIC_LABEL_LIMIT`` distinct values of each are used as they are, later ones are counted as
+``_other``. Spans and logs keep the real value. The SDK's own per-reader cardinality limit (2000 attribute sets,
+then one ``otel.metric.overflow`` point) stays as the backstop; folding only the client-chosen value first keeps
+the result and status dimensions intact, which the SDK's overflow point would lose.
+"""
 
 from __future__ import annotations
+
+import threading
 
 from opentelemetry.metrics import MeterProvider, get_meter_provider
 
 from sb_otel import _semconv as sc
+from sb_otel._exceptions import ConfigError
+from sb_otel._settings import SB_OTEL_METRIC_LABEL_LIMIT
 from sb_otel._version import __version__
+
+OTHER = "_other"
+"""The metric attribute value standing for every value past the limit."""
+
+DEFAULT_LABEL_LIMIT = 100
+
+
+class BoundedValues:
+    """Admits the first ``limit`` distinct values it is asked about; every later one becomes :data:`OTHER`.
+
+    An admitted value stays admitted for the life of the process, so a session's start and end land on the same
+    series (``sb.session.active`` returns to zero per component).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+        self.folded = 0
+        """How many measurements were folded into :data:`OTHER` (for tests and diagnostics)."""
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        with self._lock:
+            if value in self._seen:
+                return value
+            if len(self._seen) < self.limit:
+                self._seen.add(value)
+                return value
+            self.folded += 1
+            return OTHER
+
+
+def label_limit(limit: int | None = None) -> int:
+    """``limit``, else ``SB_OTEL_METRIC_LABEL_LIMIT``, else :data:`DEFAULT_LABEL_LIMIT`."""
+    if limit is None:
+        text = SB_OTEL_METRIC_LABEL_LIMIT.read()
+        if text is None:
+            return DEFAULT_LABEL_LIMIT
+        try:
+            limit = int(text)
+        except ValueError:
+            limit = -1
+    if limit < 1:
+        raise ConfigError(
+            f"SB_OTEL_METRIC_LABEL_LIMIT must be a whole number of at least 1, not {limit!r}; "
+            f"unset it for the default ({DEFAULT_LABEL_LIMIT})"
+        )
+    return limit
 
 
 class SessionMetrics:
-    """Counters and histograms the dashboards query; attribute sets stay low-cardinality by design."""
+    """Counters and histograms the dashboards query; attribute sets stay low-cardinality by design.
 
-    def __init__(self, meter_provider: MeterProvider | None = None) -> None:
+    Use :attr:`component` and :attr:`shell` for the client-chosen attribute values before recording.
+    """
+
+    def __init__(self, meter_provider: MeterProvider | None = None, *, limit: int | None = None) -> None:
+        bound = label_limit(limit)
+        self.component = BoundedValues(bound)
+        """Maps ``sb.component.name`` values to the ones metrics may carry."""
+        self.shell = BoundedValues(bound)
+        """Maps ``sb.shell.type`` values to the ones metrics may carry."""
         meter = (meter_provider or get_meter_provider()).get_meter(sc.INSTRUMENTATION_SCOPE, __version__)
         self.started = meter.create_counter(
             sc.METRIC_STARTED, unit="{session}", description="Session start events handled, by result."

@@ -88,6 +88,12 @@ SB_OTEL_JAEGER_URL = Setting(
     default="`http://localhost:16686`",
     description="Jaeger UI that `sb-otel demo` and `sb-otel show` link traces to when exporting over OTLP.",
 )
+SB_OTEL_METRIC_LABEL_LIMIT = Setting(
+    env="SB_OTEL_METRIC_LABEL_LIMIT",
+    default="`100`",
+    description="Distinct `sb.component.name` (and `sb.shell.type`) values metrics carry per process; later ones "
+    "are counted as `_other` (spans and logs keep the real value).",
+)
 
 OTEL_EXPORTER_OTLP_ENDPOINT = Setting(
     env="OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -131,6 +137,7 @@ SETTINGS: tuple[Setting, ...] = (
     SB_OTEL_SECRET,
     SB_OTEL_SESSION_ID,
     SB_OTEL_JAEGER_URL,
+    SB_OTEL_METRIC_LABEL_LIMIT,
     OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_EXPORTER_OTLP_PROTOCOL,
     OTEL_EXPORTER_OTLP_HEADERS,

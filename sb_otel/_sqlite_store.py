@@ -97,6 +97,51 @@ def _highest_ordinal(db: sqlite3.Connection, base: str) -> int:
     return 0
 
 
+_TROUBLE: tuple[tuple[tuple[str, ...], str], ...] = (
+    (
+        ("SQLITE_READONLY", "SQLITE_CANTOPEN", "readonly", "unable to open"),
+        "cannot be written (read-only file or directory?): make both writable for this user, "
+        "or point SB_OTEL_STORE at a writable path",
+    ),
+    (
+        ("SQLITE_FULL", "disk is full"),
+        "is full (no space left, or a size limit): free space on its disk; tracking resumes by itself",
+    ),
+    (
+        ("SQLITE_NOTADB", "SQLITE_CORRUPT", "not a database", "malformed"),
+        "is not a readable SQLite database (corrupt?): move the file and its -wal/-shm files aside to start "
+        "a new store, or point SB_OTEL_STORE elsewhere",
+    ),
+    (
+        ("SQLITE_BUSY", "SQLITE_LOCKED", "is locked"),
+        f"stayed locked by another process for over {BUSY_TIMEOUT_MS // 1000} s: find the process holding it "
+        "(e.g. `fuser`) and retry",
+    ),
+)
+"""SQLite error names (Python 3.11+) or message fragments, and what the user should do about them."""
+
+
+def _explain(path: Path, exc: sqlite3.Error) -> StoreError:
+    """A :class:`StoreError` saying what is wrong with the store at ``path`` and what fixes it."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc)
+    for needles, advice in _TROUBLE:
+        if any(needle in name or needle in text for needle in needles):
+            return StoreError(f"session store {path} {advice} (SQLite: {text})")
+    return StoreError(f"session store {path} failed: {text}")
+
+
+@contextmanager
+def _translated(path: Path) -> Iterator[None]:
+    """Turn SQLite's runtime errors into :class:`StoreError` with a fix; programming errors pass through."""
+    try:
+        yield
+    except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+        raise
+    except sqlite3.DatabaseError as exc:
+        raise _explain(path, exc) from exc
+
+
 class SqliteSessionStore:
     """A :class:`~sb_otel._store.SessionStore` in one SQLite file."""
 
@@ -109,13 +154,18 @@ class SqliteSessionStore:
             raise StoreError(f"SQLite {sqlite3.sqlite_version} is too old: sb-otel needs 3.35 or newer")
         self._lock = threading.Lock()
         self._ordinal_hints: dict[str, int] = {}
+        if self.path.is_dir():
+            raise StoreError(
+                f"session store {self.path} is a directory: point SB_OTEL_STORE at a file in it, "
+                f"e.g. {self.path / 'sessions.db'}"
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
             )
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open session store {self.path}: {exc}") from exc
+            raise _explain(self.path, exc) from exc
         except OSError as exc:
             raise StoreError(f"cannot create the directory for session store {self.path}: {exc}") from exc
         try:
@@ -137,7 +187,7 @@ class SqliteSessionStore:
             self._db.execute("PRAGMA foreign_keys = ON")
             self._migrate()
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open session store {self.path}: {exc}") from exc
+            raise _explain(self.path, exc) from exc
 
     def _remember_ordinal(self, base: str, ordinal: int) -> None:
         self._ordinal_hints.pop(base, None)
@@ -174,19 +224,20 @@ class SqliteSessionStore:
 
     def applied_migrations(self) -> list[str]:
         """Names of the migrations this file has, in order."""
-        with self._lock:
+        with self._lock, _translated(self.path):
             rows = self._db.execute("SELECT name FROM schema_migrations ORDER BY id").fetchall()
         return [name for (name,) in rows]
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction holding SQLite's write lock from the start (no lock upgrade deadlocks)."""
-        with self._lock:
+        with self._lock, _translated(self.path):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite may have rolled back already (e.g. on SQLITE_FULL)
+                    self._db.execute("ROLLBACK")
                 raise
             else:
                 self._db.execute("COMMIT")
@@ -203,7 +254,7 @@ class SqliteSessionStore:
             # INSERT is one atomic transaction in autocommit mode, so it needs no explicit BEGIN.
             ordinal = self._ordinal_hints.get(base, 0) + 1
             session_id = numbered_session_id(base, ordinal)
-            with self._lock:
+            with self._lock, _translated(self.path):
                 # fetchall() runs the statement to completion, so it is committed before we go on.
                 inserted = self._db.execute(_INSERT, (session_id, *values)).fetchall()
             if not inserted:
@@ -243,13 +294,13 @@ class SqliteSessionStore:
         return self._one("event_id", event_id)
 
     def _one(self, column: str, value: str) -> SessionRecord | None:
-        with self._lock:
+        with self._lock, _translated(self.path):
             row = self._db.execute(f"SELECT {_COLUMNS} FROM sessions WHERE {column} = ?", (value,)).fetchone()
         return None if row is None else _record(row)
 
     def finish(self, session_id: str, ending: SessionEnding) -> tuple[SessionRecord, bool] | None:
         # One statement is one atomic transaction in autocommit mode: no explicit BEGIN needed.
-        with self._lock:
+        with self._lock, _translated(self.path):
             rows = self._db.execute(
                 "UPDATE sessions SET status = ?, ended_at = ?, end_event = ? "
                 f"WHERE session_id = ? AND status = 'open' RETURNING {_COLUMNS}",
@@ -296,7 +347,7 @@ class SqliteSessionStore:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        with self._lock:
+        with self._lock, _translated(self.path):
             rows = self._db.execute(sql, params).fetchall()
         return [_record(row) for row in rows]
 

@@ -402,7 +402,7 @@ async def test_unopenable_store_gives_error_results(
     start = await tracker.handle_session_start(make_start_event())
     end = await tracker.handle_session_end(end_event("mahavishnu-20260206-123456"))
     assert start.status == end.status == "error"
-    assert "StoreError: cannot open session store" in (start.error or "")
+    assert f"StoreError: session store {tmp_path} is a directory: point SB_OTEL_STORE at a file" in (start.error or "")
     assert "StoreError" in (end.error or "")
 
 

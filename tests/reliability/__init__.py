@@ -1,0 +1,1 @@
+"""Reliability suite: real faults (store trouble, concurrent processes, a collector that goes away)."""

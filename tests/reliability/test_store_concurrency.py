@@ -1,0 +1,74 @@
+"""Several OS processes tracking sessions in one SQLite file at once: distinct ids, no 'database is locked'."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+from sb_otel import SqliteSessionStore
+
+_WORKER = textwrap.dedent(
+    """
+    import asyncio, json, sys, uuid
+    from sb_otel import SessionEndEvent, SessionLifecycleManager, SessionTracker
+    from tests.conftest import seed_start_event
+
+    async def main(path, cwd, count):
+        tracker = SessionTracker(SessionLifecycleManager(), store=path)  # opens (and migrates) on first use
+        sys.stdin.readline()  # start together
+        for _ in range(count):
+            event = seed_start_event(event_id=str(uuid.uuid4()))
+            event = event.model_copy(update={"environment": event.environment.model_copy(update={"cwd": cwd})})
+            start = await tracker.handle_session_start(event)
+            print(json.dumps(["start", start.session_id, start.status, start.error]), flush=True)
+            if start.session_id is not None:
+                end = await tracker.handle_session_end(
+                    SessionEndEvent(session_id=start.session_id, timestamp="2026-02-06T13:45:07.890Z")
+                )
+                print(json.dumps(["end", end.session_id, end.status, end.error]), flush=True)
+
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+    """
+)
+PROCESSES = 3
+SESSIONS = 150
+
+
+def test_processes_sharing_a_new_store_never_share_an_id_nor_see_a_lock(tmp_path: Path) -> None:
+    """Three processes on a file none has created yet (so they also race to create and migrate it), each
+    starting and ending sessions in the same second: every start tracked, every end ended, ids distinct."""
+    path = tmp_path / "shared.db"
+    repo = Path(__file__).resolve().parents[2]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(path), str(tmp_path), str(SESSIONS)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=repo,
+        )
+        for _ in range(PROCESSES)
+    ]
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    outputs = [worker.communicate(timeout=120) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0] * PROCESSES, [err for _, err in outputs]
+    results = [json.loads(line) for out, _ in outputs for line in out.splitlines()]
+    problems = [r for r in results if r[2] not in ("tracked", "ended")]
+    assert problems == []
+    assert all("locked" not in err and "Traceback" not in err for _, err in outputs)
+    started = [session_id for kind, session_id, _, _ in results if kind == "start"]
+    assert len(started) == PROCESSES * SESSIONS
+    assert [sid for sid, n in Counter(started).items() if n > 1] == []
+    store = SqliteSessionStore(path)
+    stored = store.list_sessions()
+    assert sorted(record.session_id for record in stored) == sorted(started)
+    assert {record.status for record in stored} == {"exited"}
+    store.close()

@@ -1,0 +1,137 @@
+"""Session metrics: client-chosen attribute values (component, shell type) are bounded; spans keep them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from unittest.mock import AsyncMock, MagicMock
+
+import pytest
+
+from sb_otel import ConfigError, SessionEndEvent, SessionLifecycleManager, SessionTracker, instrument
+from sb_otel._metrics import OTHER, BoundedValues, label_limit
+from sb_otel.testing import CapturedTelemetry, capture_telemetry
+from tests.conftest import seed_start_event
+
+
+def manager() -> MagicMock:
+    mock = MagicMock(spec=SessionLifecycleManager)
+    mock.initialize_session = AsyncMock(return_value={"success": True})
+    mock.end_session = AsyncMock(return_value={"success": True})
+    return mock
+
+
+@pytest.fixture
+def telemetry() -> Iterator[CapturedTelemetry]:
+    with capture_telemetry() as captured:
+        yield captured
+
+
+async def run(tracker: Any, component: str, shell: str = "Shell") -> str:
+    start = await tracker.handle_session_start(
+        seed_start_event(event_id=str(uuid.uuid4()), component_name=component, shell_type=shell)
+    )
+    assert start.status == "tracked", start.error
+    end = await tracker.handle_session_end(
+        SessionEndEvent(session_id=start.session_id, timestamp="2026-02-06T13:45:07.890Z")
+    )
+    assert end.status == "ended", end.error
+    return str(start.session_id)
+
+
+def test_bounded_values_admit_the_first_n_and_fold_the_rest() -> None:
+    """Values seen before the limit stay themselves for good; new ones after it become _other."""
+    bounded = BoundedValues(2)
+    assert [bounded(v) for v in ("a", "b", "c", "a", "d", "b")] == ["a", "b", OTHER, "a", OTHER, "b"]
+    assert bounded.folded == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [pytest.param(None, 100, id="default"), pytest.param("7", 7, id="set"), pytest.param(" 3 ", 3, id="spaces")],
+)
+def test_the_limit_comes_from_the_setting(monkeypatch: pytest.MonkeyPatch, value: str | None, expected: int) -> None:
+    """SB_OTEL_METRIC_LABEL_LIMIT sets the bound; unset means 100."""
+    if value is not None:
+        monkeypatch.setenv("SB_OTEL_METRIC_LABEL_LIMIT", value)
+    assert label_limit() == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "many", "2.5"])
+def test_an_unusable_limit_is_a_config_error_naming_the_fix(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """A limit that is not a positive whole number is refused at instrument() time, saying what to do."""
+    monkeypatch.setenv("SB_OTEL_METRIC_LABEL_LIMIT", value)
+    with pytest.raises(ConfigError, match=r"SB_OTEL_METRIC_LABEL_LIMIT must be a whole number.*unset it"):
+        instrument(SessionTracker(manager(), store="memory"))
+
+
+async def test_components_past_the_limit_are_counted_as_other(
+    monkeypatch: pytest.MonkeyPatch, telemetry: CapturedTelemetry
+) -> None:
+    """With a limit of 3, five components give three real series and one _other series on every metric."""
+    monkeypatch.setenv("SB_OTEL_METRIC_LABEL_LIMIT", "3")
+    tracker = instrument(SessionTracker(manager(), store="memory"), redact="", **telemetry.providers)
+    components = [f"comp{i}" for i in range(5)]
+    for component in components:
+        await run(tracker, component, shell=f"{component}Shell")
+    await run(tracker, "comp0", shell="comp0Shell")  # admitted before: stays itself
+
+    started = {
+        (attrs["sb.component.name"], attrs["sb.shell.type"]): point.value
+        for attrs, point in telemetry.metric_points("sb.session.started")
+    }
+    assert started == {
+        ("comp0", "comp0Shell"): 2,
+        ("comp1", "comp1Shell"): 1,
+        ("comp2", "comp2Shell"): 1,
+        (OTHER, OTHER): 2,
+    }
+    for metric in ("sb.session.ended", "sb.session.duration", "sb.session.active"):
+        names = {attrs["sb.component.name"] for attrs, _ in telemetry.metric_points(metric)}
+        assert names == {"comp0", "comp1", "comp2", OTHER}, metric
+    assert telemetry.metric_value("sb.session.active", {"sb.component.name": OTHER}) == 0
+    assert telemetry.metric_value("sb.session.ended", {"sb.component.name": OTHER, "sb.session.status": "exited"}) == 2
+    tracker.uninstrument()
+
+
+async def test_spans_and_logs_keep_the_real_component_past_the_limit(
+    monkeypatch: pytest.MonkeyPatch, telemetry: CapturedTelemetry
+) -> None:
+    """Folding is for metric attributes only: the session span and log events name the real component."""
+    monkeypatch.setenv("SB_OTEL_METRIC_LABEL_LIMIT", "1")
+    tracker = instrument(SessionTracker(manager(), store="memory"), redact="", **telemetry.providers)
+    await run(tracker, "first")
+    await run(tracker, "second")
+    span = telemetry.span("session second")
+    assert span.attributes is not None
+    assert span.attributes["sb.component.name"] == "second"
+    assert span.attributes["sb.shell.type"] == "Shell"
+    logged = {(log.log_record.attributes or {}).get("sb.component.name") for log in telemetry.logs()}
+    assert {"first", "second"} <= logged
+    assert OTHER not in logged
+    names = {attrs["sb.component.name"] for attrs, _ in telemetry.metric_points("sb.session.started")}
+    assert names == {"first", OTHER}
+    tracker.uninstrument()
+
+
+async def test_a_failed_start_and_an_unknown_end_are_bounded_too(
+    monkeypatch: pytest.MonkeyPatch, telemetry: CapturedTelemetry
+) -> None:
+    """Error paths record metrics with the same fold as the success paths."""
+    monkeypatch.setenv("SB_OTEL_METRIC_LABEL_LIMIT", "1")
+    failing = manager()
+    failing.initialize_session = AsyncMock(return_value={"success": False, "error": "nope"})
+    tracker = instrument(SessionTracker(failing, store="memory"), redact="", **telemetry.providers)
+    for component in ("a", "b", "c"):
+        result = await tracker.handle_session_start(
+            seed_start_event(event_id=str(uuid.uuid4()), component_name=component)
+        )
+        assert result.status == "error"
+    errors = {
+        attrs["sb.component.name"]: point.value
+        for attrs, point in telemetry.metric_points("sb.session.started")
+        if attrs["sb.result"] == "error"
+    }
+    assert errors == {"a": 1, OTHER: 2}
+    tracker.uninstrument()
