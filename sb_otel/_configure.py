@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -39,6 +40,7 @@ from sb_otel._instrumentation import InstrumentedSessionTracker, instrument
 from sb_otel._settings import (
     OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_EXPORTER_OTLP_PROTOCOL,
+    OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED,
     OTEL_RESOURCE_ATTRIBUTES,
     OTEL_SDK_DISABLED,
     OTEL_SERVICE_NAME,
@@ -234,6 +236,10 @@ def _build(
         return Telemetry(
             host["traces"], host["metrics"], host["logs"], _HOST_DESTINATION, redact, reused=frozenset(host)
         )
+    # Telemetry lost while a collector is down must never be silent: the SDK counts it (spans and log records
+    # exported, failed, dropped) only with its internal metrics on, which it reads from the environment when an
+    # exporter or batch processor is built. Ours default to on; an explicit setting wins.
+    os.environ.setdefault(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED.env, "true")
     factories, where = _exporters(needed, endpoint, protocol, headers, telemetry_dir)
     resource = _resource(service_name, resource_attributes)
     exporters: dict[str, Any] = {}

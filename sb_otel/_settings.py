@@ -126,6 +126,12 @@ OTEL_SDK_DISABLED = Setting(
     default="`false`",
     description="`true` turns all export off; tracking works as before.",
 )
+OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED = Setting(
+    env="OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED",
+    default="`true` with `configure()` (the SDK's own default is `false`)",
+    description="The SDK's counts of exported, failed and dropped spans and log records "
+    "(`otel.sdk.exporter.*`, `otel.sdk.processor.*`), exported with sb-otel's metrics; `false` turns them off.",
+)
 
 SETTINGS: tuple[Setting, ...] = (
     SB_OTEL_DATA_DIR,
@@ -144,6 +150,7 @@ SETTINGS: tuple[Setting, ...] = (
     OTEL_SERVICE_NAME,
     OTEL_RESOURCE_ATTRIBUTES,
     OTEL_SDK_DISABLED,
+    OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED,
 )
 """All settings, in README order."""
 

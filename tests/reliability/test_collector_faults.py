@@ -37,7 +37,7 @@ def receiver() -> Iterator[OtlpReceiver]:
 @pytest.fixture(autouse=True)
 def _fast_failing_exporters(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "0.5")
-    monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
+    monkeypatch.delenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", raising=False)  # configure() turns it on
     monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
 
 
