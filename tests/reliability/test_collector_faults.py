@@ -1,5 +1,6 @@
-"""A collector that is down at start, or flaps: tracking stays correct and fast, nothing sent while it is up
-is lost, and what was dropped while it was down is counted by the SDK's own metrics.
+"""A collector that is down at start, flaps, or accepts and then stalls: tracking stays correct and fast,
+memory stays bounded, nothing sent while it is up is lost, and what was dropped meanwhile is counted by the
+SDK's own metrics.
 
 Everything is real: ``sb_otel.configure()``'s pipeline (batch processors, the SDK's OTLP exporters) and the tests'
 OTLP receiver on 127.0.0.1, stopped and restarted on the same ports. The exporters' timeout is cut to 0.5 s (below
@@ -8,6 +9,13 @@ their first retry backoff), so a batch sent into a dead port fails at once inste
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -178,3 +186,153 @@ async def test_flapping_collector(transport: str, receiver: OtlpReceiver, tmp_pa
     assert logs.pop(None) >= 2 * len(sent_up)  # session.start and session.end events, at least
     assert sum(logs.values()) >= 2 * len(sent_down), logs
     assert shells.slowest < HANDLE_BOUND_S
+
+
+class Tarpit:
+    """A collector that accepts connections and never answers: the stalled (slow) collector."""
+
+    def __init__(self, port: int) -> None:
+        self._listener = socket.create_server(("127.0.0.1", port), reuse_port=False)
+        self._listener.settimeout(0.05)
+        self._held: list[socket.socket] = []
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="tarpit", daemon=True)
+        self._thread.start()
+
+    @property
+    def accepted(self) -> int:
+        return len(self._held)
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self._held.append(connection)  # read nothing, answer nothing
+
+    def close(self) -> None:
+        self._closing.set()
+        self._thread.join()
+        for connection in self._held:
+            connection.close()
+        self._listener.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_stalled_collector_then_a_real_one(transport: str, receiver: OtlpReceiver, tmp_path: Path) -> None:
+    """A collector that takes the connection and then says nothing: calls answer as usual and never wait for it,
+    its batches time out and are counted, and once a real collector is reachable again every session sent
+    arrives. Every span is either delivered or counted as dropped."""
+    telemetry = pipeline(transport, receiver)
+    tracker = telemetry.instrument(SessionTracker(SessionLifecycleManager(), store="memory"))
+    shells = Shells(tracker, tmp_path)
+    port = receiver.grpc_port if transport == "grpc" else receiver.http_port
+    receiver.stop()
+    tarpit = Tarpit(port)
+    try:
+        while_stalled = await shells.run(10)
+        flush(telemetry)  # each export waits out the exporter's 0.5 s timeout in its own thread, then gives up
+        accepted = tarpit.accepted  # the exporter really reached a listener that took the connection
+    finally:
+        tarpit.close()
+    try:
+        receiver.start()
+        await reconnected(shells, telemetry, receiver)  # gRPC redials after its backoff
+        while_up = await shells.run(10)
+        flush(telemetry)
+        receiver.wait_for(
+            lambda rx: set(arrived(rx, while_up).values()) == {SPANS_PER_SESSION}, message="sessions sent while up"
+        )
+        assert telemetry.meter_provider.force_flush(FLUSH_MILLIS)
+        receiver.wait_for(
+            lambda rx: (
+                sum(sdk_counts(rx, "otel.sdk.exporter.span.exported").values())
+                == len(shells.session_ids) * SPANS_PER_SESSION
+            ),
+            message="the SDK's count of every span sent, delivered or not",
+        )
+        spans = sdk_counts(receiver, "otel.sdk.exporter.span.exported")
+    finally:
+        tracker.uninstrument()
+        telemetry.shutdown()
+    assert accepted >= 1
+    assert set(arrived(receiver, while_stalled).values()) == {0}
+    delivered = sum(arrived(receiver, shells.session_ids).values())
+    assert spans.pop(None) == delivered
+    assert sum(spans.values()) == len(shells.session_ids) * SPANS_PER_SESSION - delivered, spans
+    assert shells.slowest < HANDLE_BOUND_S
+
+
+async def reconnected(shells: Shells, telemetry: sb_otel.Telemetry, receiver: OtlpReceiver) -> None:
+    """Send one session at a time until one arrives: the exporter reaches the collector again."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        probe = await shells.run(1)
+        flush(telemetry)
+        try:
+            receiver.wait_for(lambda rx, probe=probe: set(arrived(rx, probe).values()) == {5}, timeout=1.0, message="")
+            return
+        except AssertionError:
+            continue
+    raise AssertionError("the exporter did not reach the restarted collector within 15 s")
+
+
+_MEMORY_CHILD = textwrap.dedent(
+    """
+    import asyncio, json, sys, uuid
+    sys.path.insert(0, sys.argv[1])
+    import sb_otel
+    from sb_otel import SessionEndEvent, SessionLifecycleManager, SessionTracker
+    from tests.conftest import seed_start_event
+
+    def rss_mb():
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * 4096 / 2**20
+
+    async def sessions(tracker, count):
+        for _ in range(count):
+            event = seed_start_event(event_id=str(uuid.uuid4()))
+            event = event.model_copy(update={"environment": event.environment.model_copy(update={"cwd": sys.argv[1]})})
+            start = await tracker.handle_session_start(event)
+            end = SessionEndEvent(session_id=start.session_id, timestamp="2026-02-06T13:45:07.890Z")
+            ended = await tracker.handle_session_end(end)
+            assert (start.status, ended.status) == ("tracked", "ended"), (start, ended)
+
+    telemetry = sb_otel.configure(endpoint=sys.argv[2], protocol="grpc", set_global=False)
+    # A SQLite store, as shipped: the in-memory one keeps every session in this process by design.
+    tracker = telemetry.instrument(SessionTracker(SessionLifecycleManager(), store="sessions.db"))
+    checkpoints = []
+    for count in (int(n) for n in sys.argv[3:]):
+        asyncio.run(sessions(tracker, count))
+        checkpoints.append(rss_mb())
+    print(json.dumps(checkpoints))
+    """
+)
+
+
+def test_memory_stays_bounded_while_the_collector_stalls(tmp_path: Path) -> None:
+    """A collector that accepts and never answers drains nothing: the batch queues fill, then drop. A process
+    handling thousands more sessions does not grow with them (unbounded queues would keep every span)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tarpit = Tarpit(port)
+    try:
+        # 3,000 sessions fill the 2,048-span queues many times over (and warm the allocator); 3,000 more are
+        # measured.
+        repository = str(Path(__file__).resolve().parents[2])
+        child = subprocess.run(
+            [sys.executable, "-c", _MEMORY_CHILD, repository, f"http://127.0.0.1:{port}", "3000", "3000"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env={**os.environ, "OTEL_EXPORTER_OTLP_TIMEOUT": "0.5"},
+        )
+    finally:
+        tarpit.close()
+    assert child.returncode == 0, child.stderr[-2000:]
+    warm, after = json.loads(child.stdout.strip().splitlines()[-1])
+    # Unbounded queues would keep 3,000 x 5 spans of ~2 kB: about 30 MB.
+    assert after - warm < 10, f"RSS grew {after - warm:.1f} MB over 3,000 sessions while the collector stalled"
