@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import platform
+import signal
 import socket
 import sys
 import uuid
@@ -186,9 +187,30 @@ cli.add_command(
 @click.option(
     "--reap-interval", default=None, metavar="DURATION", help="Reaper interval (default SB_OTEL_REAP_INTERVAL, 5m)."
 )
+@click.option(
+    "--http-mode",
+    type=click.Choice(["stateless", "session"]),
+    default="stateless",
+    show_default=True,
+    help="http: 'stateless' answers each call with one JSON body (fast); 'session' keeps MCP sessions (SSE).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+    default="WARNING",
+    show_default=True,
+    help="Server log lines on stderr (INFO: one line per call).",
+)
 @_store_option
 def serve(
-    transport: str, host: str, port: int, path: str, reap_interval: str | None, store_location: str | None
+    transport: str,
+    host: str,
+    port: int,
+    path: str,
+    reap_interval: str | None,
+    http_mode: str,
+    log_level: str,
+    store_location: str | None,
 ) -> int:
     """Serve track_session_start / track_session_end over MCP (stdio or streamable HTTP).
 
@@ -196,7 +218,13 @@ def serve(
     """
     if importlib.util.find_spec("mcp") is None:
         raise click.ClickException("the MCP server needs the mcp extra: pip install 'sb-otel[mcp]'")
+    from sb_otel._server import LOG_LEVELS, configure_server_logging
     from sb_otel._server import serve as serve_mcp
+
+    configure_server_logging(next(level for level in LOG_LEVELS if level == log_level.upper()))
+    # SIGTERM (systemd, docker stop, kill) ends the server like Ctrl-C, so the finally below flushes telemetry;
+    # uvicorn re-raises the signal after its own shutdown, and SIGTERM's default action would kill the process.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     interval = parse_duration(reap_interval, name="--reap-interval") if reap_interval else None
     session_ttl()  # a bad SB_OTEL_SESSION_TTL fails now, as one line, not in the reaper later
@@ -216,6 +244,7 @@ def serve(
                 port=port,
                 path=path,
                 reap_interval=interval,
+                http_mode="session" if http_mode == "session" else "stateless",
                 on_ready=ready,
             )
         )

@@ -15,6 +15,7 @@ Needs the ``mcp`` extra: ``pip install 'sb-otel[mcp]'``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from collections.abc import Callable, Mapping
@@ -35,6 +36,10 @@ from sb_otel._settings import SB_OTEL_REAP_INTERVAL, SB_OTEL_SECRET, parse_durat
 from sb_otel._version import __version__
 
 Transport = Literal["stdio", "http"]
+HttpMode = Literal["stateless", "session"]
+HTTP_MODES: tuple[HttpMode, ...] = ("stateless", "session")
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LOG_LEVELS: tuple[LogLevel, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SERVER_NAME = "sb-otel"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -209,11 +214,26 @@ class HttpServer(uvicorn.Server):
 
 
 def http_server(
-    server: MCPServer[Any], *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, path: str = DEFAULT_PATH
+    server: MCPServer[Any],
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    path: str = DEFAULT_PATH,
+    http_mode: HttpMode = "stateless",
 ) -> HttpServer:
-    """A uvicorn server for ``server``'s streamable-HTTP app."""
-    app = server.streamable_http_app(streamable_http_path=path, host=host)
-    return HttpServer(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    """A uvicorn server for ``server``'s streamable-HTTP app.
+
+    ``stateless`` (the default) answers each POST with one JSON body and keeps no per-client MCP session: the
+    two tools need neither server-initiated messages nor streaming, and a session per client costs a stream
+    pair, a task group and an SSE response per call. ``session`` is the SDK's default mode (``Mcp-Session-Id``,
+    SSE answers), for clients that insist on it.
+    """
+    stateless = http_mode == "stateless"
+    app = server.streamable_http_app(
+        streamable_http_path=path, host=host, stateless_http=stateless, json_response=stateless
+    )
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+    return HttpServer(config)
 
 
 async def serve(
@@ -225,6 +245,7 @@ async def serve(
     path: str = DEFAULT_PATH,
     secret: str | None = None,
     reap_interval: timedelta | None = None,
+    http_mode: HttpMode = "stateless",
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serve ``tracker`` over MCP until the transport closes (stdin ends) or the process is interrupted.
@@ -242,14 +263,35 @@ async def serve(
                 on_ready("stdio")
             await server.run_stdio_async()
         else:
-            web = http_server(server, host=host, port=port, path=path)
-            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            web = http_server(server, host=host, port=port, path=path, http_mode=http_mode)
+            # IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets that name it, and with
+            # Nagle on, a response's body waits for the client's delayed ACK of its headers (~40 ms per call).
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
             url = f"http://{host}:{sock.getsockname()[1]}{path}"
             tasks.start_soon(_announce_when_started, web, url, on_ready)
-            await web.serve(sockets=[sock])
+            with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises SIGINT/SIGTERM once it has stopped
+                await web.serve(sockets=[sock])
         tasks.cancel_scope.cancel()
+
+
+def configure_server_logging(level: LogLevel = "WARNING") -> None:
+    """Log to stderr at ``level`` (one plain line per record), before the ``mcp`` SDK configures logging.
+
+    ``MCPServer`` calls ``logging.basicConfig`` with a rich handler on the root logger, which then formats every
+    record that reaches the root, whatever the root's level: the tracker's INFO line per call (its logger is
+    raised to INFO so the OTel log bridge sees it) was drawn through rich on every call. A handler set here
+    first, with its own level, makes the SDK's ``basicConfig`` a no-op; OTel export of those records is
+    unaffected (it has its own handler on the tracker's logger).
+    """
+    handler = logging.StreamHandler()
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
 
 
 def reap_interval_setting() -> timedelta:
