@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import sys
@@ -84,8 +85,16 @@ class _Cli(click.Group):
         return code
 
 
+_MAX_ERROR_LINE = 1000
+_LINE_BREAKING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def _fail(message: str, code: int) -> int:
-    click.echo(f"sb-otel: {message}", err=True)
+    """One line, whatever the message echoes back (a mistyped option value may hold newlines or megabytes)."""
+    line = _LINE_BREAKING.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), message)
+    if len(line) > _MAX_ERROR_LINE:
+        line = f"{line[: _MAX_ERROR_LINE // 2]} … {line[-_MAX_ERROR_LINE // 2 :]}"
+    click.echo(f"sb-otel: {line}", err=True)
     return code
 
 

@@ -88,7 +88,8 @@ class SessionService:
         try:
             problem = token_problem(self.secret, "session_start", _text(arguments.get("event_id")), token)
             if problem is not None:
-                _log.warning("Refused session start: component=%r, %s", arguments.get("component_name"), problem)
+                component = _loggable(arguments.get("component_name"))
+                _log.warning("Refused session start: component=%s, %s", component, problem)
                 return SessionStartResult(session_id=None, status="error", error=problem).model_dump(mode="json")
             payload = dict(arguments)
             payload["metadata"] = with_trace_context(payload.get("metadata"), meta)
@@ -107,7 +108,7 @@ class SessionService:
         try:
             problem = token_problem(self.secret, "session_end", session_id, token)
             if problem is not None:
-                _log.warning("Refused session end: session_id=%r, %s", session_id[:128], problem)
+                _log.warning("Refused session end: session_id=%s, %s", _loggable(session_id), problem)
                 return SessionEndResult(session_id=session_id[:128], status="error", error=problem).model_dump(
                     mode="json"
                 )
@@ -333,6 +334,12 @@ def _tool(fn: Callable[..., Any], required: tuple[str, ...]) -> Tool:
 def _request_meta(ctx: Context) -> Mapping[str, Any] | None:
     meta = ctx.request_context.meta
     return meta if isinstance(meta, Mapping) else None
+
+
+def _loggable(value: Any, limit: int = 80) -> str:
+    """A client's value for a log line: ``repr`` (which escapes line breaks and escapes), cut to ``limit``."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}…"
 
 
 def _text(value: Any) -> str:
