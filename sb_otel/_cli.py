@@ -227,7 +227,7 @@ def serve(
     """
     if importlib.util.find_spec("mcp") is None:
         raise click.ClickException("the MCP server needs the mcp extra: pip install 'sb-otel[mcp]'")
-    from sb_otel._server import LOG_LEVELS, configure_server_logging
+    from sb_otel._server import LOG_LEVELS, configure_server_logging, token_max_age_setting
     from sb_otel._server import serve as serve_mcp
 
     configure_server_logging(next(level for level in LOG_LEVELS if level == log_level.upper()))
@@ -237,6 +237,7 @@ def serve(
 
     interval = parse_duration(reap_interval, name="--reap-interval") if reap_interval else None
     session_ttl()  # a bad SB_OTEL_SESSION_TTL fails now, as one line, not in the reaper later
+    token_max_age_setting()  # likewise SB_OTEL_TOKEN_MAX_AGE, before the first call
     store = open_store(store_location)
     telemetry = configure()  # global: the mcp SDK's request spans go to the same pipeline
 

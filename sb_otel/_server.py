@@ -32,7 +32,7 @@ from sb_otel._auth import token_problem
 from sb_otel._models import SessionEndResult, SessionStartResult
 from sb_otel._propagation import TRACE_CONTEXT_KEYS
 from sb_otel._reaper import reap
-from sb_otel._settings import SB_OTEL_REAP_INTERVAL, SB_OTEL_SECRET, parse_duration
+from sb_otel._settings import SB_OTEL_REAP_INTERVAL, SB_OTEL_SECRET, SB_OTEL_TOKEN_MAX_AGE, parse_duration
 from sb_otel._version import __version__
 
 Transport = Literal["stdio", "http"]
@@ -77,16 +77,18 @@ class SessionService:
         secret: the shared secret tokens are checked against (default ``SB_OTEL_SECRET``; empty: no auth).
     """
 
-    def __init__(self, tracker: Any, *, secret: str | None = None) -> None:
+    def __init__(self, tracker: Any, *, secret: str | None = None, token_max_age: timedelta | None = None) -> None:
         self.tracker = tracker
         self.secret = secret if secret is not None else SB_OTEL_SECRET.read()
+        self.token_max_age = token_max_age if token_max_age is not None else token_max_age_setting()
 
     async def track_session_start(
         self, arguments: Mapping[str, Any], token: Any = None, meta: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
         """Handle a start; always a dict shaped like ``SessionStartResult``."""
         try:
-            problem = token_problem(self.secret, "session_start", _text(arguments.get("event_id")), token)
+            event_id = _text(arguments.get("event_id"))
+            problem = token_problem(self.secret, "session_start", event_id, token, max_age=self.token_max_age)
             if problem is not None:
                 component = _loggable(arguments.get("component_name"))
                 _log.warning("Refused session start: component=%s, %s", component, problem)
@@ -106,7 +108,7 @@ class SessionService:
         """Handle an end; always a dict shaped like ``SessionEndResult``."""
         session_id = _text(arguments.get("session_id"))
         try:
-            problem = token_problem(self.secret, "session_end", session_id, token)
+            problem = token_problem(self.secret, "session_end", session_id, token, max_age=self.token_max_age)
             if problem is not None:
                 _log.warning("Refused session end: session_id=%s, %s", _loggable(session_id), problem)
                 return SessionEndResult(session_id=session_id[:128], status="error", error=problem).model_dump(
@@ -293,6 +295,12 @@ def configure_server_logging(level: LogLevel = "WARNING") -> None:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)
+
+
+def token_max_age_setting() -> timedelta | None:
+    """``SB_OTEL_TOKEN_MAX_AGE``, or ``None``: tokens do not expire."""
+    text = SB_OTEL_TOKEN_MAX_AGE.read()
+    return None if text is None else parse_duration(text, name="SB_OTEL_TOKEN_MAX_AGE")
 
 
 def reap_interval_setting() -> timedelta:
