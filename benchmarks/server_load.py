@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +218,7 @@ def start_event(n: int, cwd: str) -> dict[str, Any]:
         "event_type": "session_start",
         "component_name": ("mahavishnu", "oneiric", "session-buddy")[n % 3],
         "shell_type": "LoadShell",
-        "timestamp": "2026-02-06T12:34:56.789Z",
+        "timestamp": datetime.now(timezone.utc).isoformat(),  # now: the reaper's TTL must not end open ones
         "pid": 1 + n % 4_000_000,
         "user": {"username": "load", "home": "/home/load"},
         "hostname": "load-host",  # not this host: the reaper's pid check leaves them alone
@@ -250,9 +251,8 @@ async def shell(url: str, stop_at: float, tally: Tally, number: int, cwd: str) -
             if started.get("status") != "tracked":
                 tally.errors[f"start: {started.get('error')}"] += 1
                 continue
-            ended = await connection.call_tool(
-                "track_session_end", {"session_id": started["session_id"], "timestamp": "2026-02-06T13:00:00Z"}
-            )
+            end = {"session_id": started["session_id"], "timestamp": datetime.now(timezone.utc).isoformat()}
+            ended = await connection.call_tool("track_session_end", end)
             tally.calls += 1
             tally.latencies.append(time.perf_counter() - middle)
             if ended.get("status") != "ended":
