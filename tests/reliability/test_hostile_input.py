@@ -307,3 +307,43 @@ def assert_clean_cli(result: Any) -> None:
         assert len(lines) == 1, result.output[-500:]
         assert lines[0].startswith("sb-otel: "), result.output[-500:]
         assert len(result.output) <= 4 * MAX_ERROR, len(result.output)
+
+
+def test_hostile_calls_do_not_accumulate_memory() -> None:
+    """Hundreds of oversized, deep and invalid calls on one service: memory afterwards is what it was before."""
+    import gc
+    import tracemalloc
+
+    payloads = [
+        {**start_arguments(str(Path.cwd())), "shell_type": "s" * 1_000_000},
+        {**start_arguments(str(Path.cwd())), "metadata": _nest(400)},
+        {**start_arguments(str(Path.cwd())), "metadata": {f"k{i}": "v" * 200 for i in range(5000)}},
+        {**start_arguments(str(Path.cwd())), "x\n" * 1000: "unknown field"},
+    ]
+    with capture_telemetry() as telemetry:
+        tool = service(telemetry)
+
+        async def round_of_calls() -> None:
+            for payload in payloads:
+                assert (await tool.track_session_start(payload))["status"] == "error"
+            ended = await tool.track_session_end({"session_id": "n" * 100_000, "timestamp": "2026-02-06T13:00Z"})
+            assert ended["status"] == "error"
+
+        asyncio.run(round_of_calls())  # warm caches and lazy imports first
+        telemetry.clear()
+        gc.collect()
+        root, kept = logging.getLogger(), logging.getLogger().handlers[:]
+        # pytest's log capture keeps every record of the test: the harness, not the service; off meanwhile
+        root.handlers = [handler for handler in kept if not type(handler).__module__.startswith("_pytest")]
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(50):
+                asyncio.run(round_of_calls())
+                telemetry.clear()  # the in-memory exporter keeps what it captured; only what sb-otel keeps counts
+            gc.collect()
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+            root.handlers = kept
+    assert grown < 100_000, f"{grown:,} bytes kept after 250 hostile calls"
