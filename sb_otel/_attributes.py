@@ -22,6 +22,15 @@ from sb_otel._settings import SB_OTEL_REDACT
 MAX_METADATA_ATTRIBUTES = 32
 MAX_METADATA_VALUE = 1024
 REDACTED = "[REDACTED]"
+DERIVED_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    sc.USER_NAME: (sc.PROCESS_OWNER,),
+    sc.PROCESS_OWNER: (sc.USER_NAME,),
+    sc.WORKING_DIRECTORY: (sc.PROJECT,),
+    "user.home": (sc.USER_HOME,),
+}
+"""Attributes that carry (part of) another's value: redacting the key redacts them too (the username is also
+the process owner; the project name is the working directory's last component). ``user.home``, the name the
+configuration table's example uses, stands for ``sb.user.home``."""
 
 _OS_TYPES = (
     ("windows", "windows"),
@@ -136,27 +145,40 @@ class Redaction:
         if spec is None:
             spec = SB_OTEL_REDACT.read() or ""
         items = spec.split(",") if isinstance(spec, str) else list(spec)
-        dropped: set[str] = set()
-        hashed: set[str] = set()
+        explicit: dict[str, bool] = {}  # name -> hashed
         for item in (i.strip() for i in items):
             if not item:
                 continue
             name, _, mode = item.partition(":")
-            (hashed if mode.strip().lower() == "hash" else dropped).add(name.strip())
-        return cls(frozenset(dropped), frozenset(hashed))
+            explicit[name.strip()] = mode.strip().lower() == "hash"
+        modes = dict(explicit)
+        for name, hashed in explicit.items():  # a derived attribute follows its source unless named itself
+            for derived in DERIVED_ATTRIBUTES.get(name, ()):
+                if derived not in explicit:
+                    modes[derived] = modes.get(derived, True) and hashed
+        return cls(
+            frozenset(name for name, hashed in modes.items() if not hashed),
+            frozenset(name for name, hashed in modes.items() if hashed),
+        )
 
     def __bool__(self) -> bool:
         return bool(self.dropped or self.hashed)
 
     def apply(self, attributes: Mapping[str, AttributeValue]) -> dict[str, AttributeValue]:
-        """A copy of ``attributes`` with redacted names removed or hashed."""
+        """A copy of ``attributes`` with redacted names removed or hashed, and remembered secret values
+        (:meth:`for_values`) scrubbed from the other string values (free-form metadata may quote them)."""
         if not self:
             return dict(attributes)
         result: dict[str, AttributeValue] = {}
         for name, value in attributes.items():
             if name in self.dropped:
                 continue
-            result[name] = _digest(value) if name in self.hashed else value
+            if name in self.hashed:
+                result[name] = _digest(value)
+            elif isinstance(value, str) and self.secret_values:
+                result[name] = self.scrub(value)
+            else:
+                result[name] = value
         return result
 
     def for_values(self, attributes: Mapping[str, AttributeValue]) -> Redaction:

@@ -12,6 +12,8 @@ import importlib.util
 import json
 import os
 import platform
+import re
+import signal
 import socket
 import sys
 import uuid
@@ -83,8 +85,16 @@ class _Cli(click.Group):
         return code
 
 
+_MAX_ERROR_LINE = 1000
+_LINE_BREAKING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def _fail(message: str, code: int) -> int:
-    click.echo(f"sb-otel: {message}", err=True)
+    """One line, whatever the message echoes back (a mistyped option value may hold newlines or megabytes)."""
+    line = _LINE_BREAKING.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), message)
+    if len(line) > _MAX_ERROR_LINE:
+        line = f"{line[: _MAX_ERROR_LINE // 2]} … {line[-_MAX_ERROR_LINE // 2 :]}"
+    click.echo(f"sb-otel: {line}", err=True)
     return code
 
 
@@ -186,9 +196,30 @@ cli.add_command(
 @click.option(
     "--reap-interval", default=None, metavar="DURATION", help="Reaper interval (default SB_OTEL_REAP_INTERVAL, 5m)."
 )
+@click.option(
+    "--http-mode",
+    type=click.Choice(["stateless", "session"]),
+    default="stateless",
+    show_default=True,
+    help="http: 'stateless' answers each call with one JSON body (fast); 'session' keeps MCP sessions (SSE).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+    default="WARNING",
+    show_default=True,
+    help="Server log lines on stderr (INFO: one line per call).",
+)
 @_store_option
 def serve(
-    transport: str, host: str, port: int, path: str, reap_interval: str | None, store_location: str | None
+    transport: str,
+    host: str,
+    port: int,
+    path: str,
+    reap_interval: str | None,
+    http_mode: str,
+    log_level: str,
+    store_location: str | None,
 ) -> int:
     """Serve track_session_start / track_session_end over MCP (stdio or streamable HTTP).
 
@@ -196,10 +227,17 @@ def serve(
     """
     if importlib.util.find_spec("mcp") is None:
         raise click.ClickException("the MCP server needs the mcp extra: pip install 'sb-otel[mcp]'")
+    from sb_otel._server import LOG_LEVELS, configure_server_logging, token_max_age_setting
     from sb_otel._server import serve as serve_mcp
+
+    configure_server_logging(next(level for level in LOG_LEVELS if level == log_level.upper()))
+    # SIGTERM (systemd, docker stop, kill) ends the server like Ctrl-C, so the finally below flushes telemetry;
+    # uvicorn re-raises the signal after its own shutdown, and SIGTERM's default action would kill the process.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     interval = parse_duration(reap_interval, name="--reap-interval") if reap_interval else None
     session_ttl()  # a bad SB_OTEL_SESSION_TTL fails now, as one line, not in the reaper later
+    token_max_age_setting()  # likewise SB_OTEL_TOKEN_MAX_AGE, before the first call
     store = open_store(store_location)
     telemetry = configure()  # global: the mcp SDK's request spans go to the same pipeline
 
@@ -216,6 +254,7 @@ def serve(
                 port=port,
                 path=path,
                 reap_interval=interval,
+                http_mode="session" if http_mode == "session" else "stateless",
                 on_ready=ready,
             )
         )

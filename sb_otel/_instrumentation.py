@@ -238,7 +238,7 @@ class InstrumentedSessionTracker:
                 sc.RESULT: "error",
             },
         )
-        attributes = self._redaction.apply(described)
+        attributes = self._redaction.for_values(described).apply(described)
         attributes.pop(sc.SESSION_ID, None)
         attributes[sc.SESSION_STATUS] = "error"
         attributes[sc.ERROR_TYPE] = "start_failed"
@@ -334,7 +334,7 @@ class InstrumentedSessionTracker:
                 self._tracer,
                 planned.plan,
                 f"session {record.component_name}",
-                self._redaction.apply(attributes),
+                self._redaction.for_values(attributes).apply(attributes),
                 start,
                 end,
                 status,
@@ -373,8 +373,8 @@ class InstrumentedSessionTracker:
         ``attributes`` is the session's whole description, so redacted values can be scrubbed from the line."""
         exported = event_attributes(attributes)
         if self._redaction:
-            line = self._redaction.for_values(attributes).scrub(line)
-            exported = self._redaction.apply(exported)
+            redaction = self._redaction.for_values(attributes)
+            line, exported = redaction.scrub(line), redaction.apply(exported)
         context = trace.set_span_in_context(span) if span is not None else None
         self._events.emit(
             event_name=name,
@@ -432,12 +432,15 @@ class TracedLifecycleManager:
                 raise
             finally:
                 self._metrics.lifecycle_duration.record(time.perf_counter() - began, attributes)
+            redaction = _active_redaction.get()  # the session's SB_OTEL_REDACT, with its values to scrub
             if failed:
-                error = answer.get("error") if isinstance(answer, Mapping) else None
+                error = str((answer.get("error") if isinstance(answer, Mapping) else None) or "")
+                error = redaction.scrub(error) if redaction is not None else error
                 span.set_attribute(sc.ERROR_TYPE, "lifecycle_failure")
-                span.set_status(Status(StatusCode.ERROR, str(error or "lifecycle manager reported failure")[:200]))
+                span.set_status(Status(StatusCode.ERROR, (error or "lifecycle manager reported failure")[:200]))
             elif isinstance(project := answer.get("project"), str):
-                span.set_attribute(sc.PROJECT, project[:200])
+                shown = {sc.PROJECT: project[:200]}
+                span.set_attributes(redaction.apply(shown) if redaction is not None else shown)
             return answer
 
 

@@ -15,6 +15,7 @@ Needs the ``mcp`` extra: ``pip install 'sb-otel[mcp]'``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from collections.abc import Callable, Mapping
@@ -31,10 +32,14 @@ from sb_otel._auth import token_problem
 from sb_otel._models import SessionEndResult, SessionStartResult
 from sb_otel._propagation import TRACE_CONTEXT_KEYS
 from sb_otel._reaper import reap
-from sb_otel._settings import SB_OTEL_REAP_INTERVAL, SB_OTEL_SECRET, parse_duration
+from sb_otel._settings import SB_OTEL_REAP_INTERVAL, SB_OTEL_SECRET, SB_OTEL_TOKEN_MAX_AGE, parse_duration
 from sb_otel._version import __version__
 
 Transport = Literal["stdio", "http"]
+HttpMode = Literal["stateless", "session"]
+HTTP_MODES: tuple[HttpMode, ...] = ("stateless", "session")
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LOG_LEVELS: tuple[LogLevel, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SERVER_NAME = "sb-otel"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -72,18 +77,21 @@ class SessionService:
         secret: the shared secret tokens are checked against (default ``SB_OTEL_SECRET``; empty: no auth).
     """
 
-    def __init__(self, tracker: Any, *, secret: str | None = None) -> None:
+    def __init__(self, tracker: Any, *, secret: str | None = None, token_max_age: timedelta | None = None) -> None:
         self.tracker = tracker
         self.secret = secret if secret is not None else SB_OTEL_SECRET.read()
+        self.token_max_age = token_max_age if token_max_age is not None else token_max_age_setting()
 
     async def track_session_start(
         self, arguments: Mapping[str, Any], token: Any = None, meta: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
         """Handle a start; always a dict shaped like ``SessionStartResult``."""
         try:
-            problem = token_problem(self.secret, "session_start", _text(arguments.get("event_id")), token)
+            event_id = _text(arguments.get("event_id"))
+            problem = token_problem(self.secret, "session_start", event_id, token, max_age=self.token_max_age)
             if problem is not None:
-                _log.warning("Refused session start: component=%r, %s", arguments.get("component_name"), problem)
+                component = _loggable(arguments.get("component_name"))
+                _log.warning("Refused session start: component=%s, %s", component, problem)
                 return SessionStartResult(session_id=None, status="error", error=problem).model_dump(mode="json")
             payload = dict(arguments)
             payload["metadata"] = with_trace_context(payload.get("metadata"), meta)
@@ -100,9 +108,9 @@ class SessionService:
         """Handle an end; always a dict shaped like ``SessionEndResult``."""
         session_id = _text(arguments.get("session_id"))
         try:
-            problem = token_problem(self.secret, "session_end", session_id, token)
+            problem = token_problem(self.secret, "session_end", session_id, token, max_age=self.token_max_age)
             if problem is not None:
-                _log.warning("Refused session end: session_id=%r, %s", session_id[:128], problem)
+                _log.warning("Refused session end: session_id=%s, %s", _loggable(session_id), problem)
                 return SessionEndResult(session_id=session_id[:128], status="error", error=problem).model_dump(
                     mode="json"
                 )
@@ -209,11 +217,26 @@ class HttpServer(uvicorn.Server):
 
 
 def http_server(
-    server: MCPServer[Any], *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, path: str = DEFAULT_PATH
+    server: MCPServer[Any],
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    path: str = DEFAULT_PATH,
+    http_mode: HttpMode = "stateless",
 ) -> HttpServer:
-    """A uvicorn server for ``server``'s streamable-HTTP app."""
-    app = server.streamable_http_app(streamable_http_path=path, host=host)
-    return HttpServer(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    """A uvicorn server for ``server``'s streamable-HTTP app.
+
+    ``stateless`` (the default) answers each POST with one JSON body and keeps no per-client MCP session: the
+    two tools need neither server-initiated messages nor streaming, and a session per client costs a stream
+    pair, a task group and an SSE response per call. ``session`` is the SDK's default mode (``Mcp-Session-Id``,
+    SSE answers), for clients that insist on it.
+    """
+    stateless = http_mode == "stateless"
+    app = server.streamable_http_app(
+        streamable_http_path=path, host=host, stateless_http=stateless, json_response=stateless
+    )
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+    return HttpServer(config)
 
 
 async def serve(
@@ -225,6 +248,7 @@ async def serve(
     path: str = DEFAULT_PATH,
     secret: str | None = None,
     reap_interval: timedelta | None = None,
+    http_mode: HttpMode = "stateless",
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serve ``tracker`` over MCP until the transport closes (stdin ends) or the process is interrupted.
@@ -242,14 +266,41 @@ async def serve(
                 on_ready("stdio")
             await server.run_stdio_async()
         else:
-            web = http_server(server, host=host, port=port, path=path)
-            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            web = http_server(server, host=host, port=port, path=path, http_mode=http_mode)
+            # IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets that name it, and with
+            # Nagle on, a response's body waits for the client's delayed ACK of its headers (~40 ms per call).
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
             url = f"http://{host}:{sock.getsockname()[1]}{path}"
             tasks.start_soon(_announce_when_started, web, url, on_ready)
-            await web.serve(sockets=[sock])
+            with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises SIGINT/SIGTERM once it has stopped
+                await web.serve(sockets=[sock])
         tasks.cancel_scope.cancel()
+
+
+def configure_server_logging(level: LogLevel = "WARNING") -> None:
+    """Log to stderr at ``level`` (one plain line per record), before the ``mcp`` SDK configures logging.
+
+    ``MCPServer`` calls ``logging.basicConfig`` with a rich handler on the root logger, which then formats every
+    record that reaches the root, whatever the root's level: the tracker's INFO line per call (its logger is
+    raised to INFO so the OTel log bridge sees it) was drawn through rich on every call. A handler set here
+    first, with its own level, makes the SDK's ``basicConfig`` a no-op; OTel export of those records is
+    unaffected (it has its own handler on the tracker's logger).
+    """
+    handler = logging.StreamHandler()
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def token_max_age_setting() -> timedelta | None:
+    """``SB_OTEL_TOKEN_MAX_AGE``, or ``None``: tokens do not expire."""
+    text = SB_OTEL_TOKEN_MAX_AGE.read()
+    return None if text is None else parse_duration(text, name="SB_OTEL_TOKEN_MAX_AGE")
 
 
 def reap_interval_setting() -> timedelta:
@@ -291,6 +342,12 @@ def _tool(fn: Callable[..., Any], required: tuple[str, ...]) -> Tool:
 def _request_meta(ctx: Context) -> Mapping[str, Any] | None:
     meta = ctx.request_context.meta
     return meta if isinstance(meta, Mapping) else None
+
+
+def _loggable(value: Any, limit: int = 80) -> str:
+    """A client's value for a log line: ``repr`` (which escapes line breaks and escapes), cut to ``limit``."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}…"
 
 
 def _text(value: Any) -> str:

@@ -78,6 +78,12 @@ SB_OTEL_SECRET = Setting(
     description="Shared secret of `sb-otel serve`: each tool call then needs `token` = hex HMAC-SHA256 of "
     '`session_start:<event_id>` or `session_end:<session_id>` (see "MCP server").',
 )
+SB_OTEL_TOKEN_MAX_AGE = Setting(
+    env="SB_OTEL_TOKEN_MAX_AGE",
+    default="(none: tokens do not expire)",
+    description="With `SB_OTEL_SECRET`: how old a token may be (`5m`, `1h`); tokens must then carry an issue time, "
+    '`<unix seconds>.<hex HMAC-SHA256 of session_start:<event_id>:<unix seconds>>` (see "MCP server").',
+)
 SB_OTEL_SESSION_ID = Setting(
     env="SB_OTEL_SESSION_ID",
     default="(none)",
@@ -141,6 +147,7 @@ SETTINGS: tuple[Setting, ...] = (
     SB_OTEL_SESSION_TTL,
     SB_OTEL_REAP_INTERVAL,
     SB_OTEL_SECRET,
+    SB_OTEL_TOKEN_MAX_AGE,
     SB_OTEL_SESSION_ID,
     SB_OTEL_JAEGER_URL,
     SB_OTEL_METRIC_LABEL_LIMIT,

@@ -30,6 +30,7 @@ from sb_otel._outcome import end_outcome
 from sb_otel._store import NewSession, SessionEnding, SessionRecord, SessionStore, open_store
 
 _Event = TypeVar("_Event", bound=BaseModel)
+_MAX_LOC_PART = 64
 _MAX_REPORTED_ERRORS = 5
 
 SESSION_STARTED_LINE = (
@@ -273,12 +274,19 @@ def _as_event(model: type[_Event], event: object) -> _Event:
 def _describe(exc: ValidationError) -> str:
     """``field: rule`` for each problem, without echoing the (possibly huge or hostile) input."""
     problems = [
-        f"{'.'.join(str(part) for part in error['loc']) or 'event'}: {error['msg']}"
+        f"{'.'.join(_loc_part(part) for part in error['loc']) or 'event'}: {error['msg']}"
         for error in exc.errors(include_url=False, include_input=False)
     ]
     more = len(problems) - _MAX_REPORTED_ERRORS
     text = "; ".join(problems[:_MAX_REPORTED_ERRORS])
     return f"{text}; and {more} more" if more > 0 else text
+
+
+def _loc_part(part: object) -> str:
+    """A field name from the error's location; client-chosen keys (unknown fields, metadata) are escaped and cut
+    so that they cannot forge a log line or blow up the error message."""
+    text = part.encode("unicode_escape").decode("ascii") if isinstance(part, str) else str(part)
+    return text if len(text) <= _MAX_LOC_PART else f"{text[:_MAX_LOC_PART]}…"
 
 
 def _exception_text(exc: BaseException) -> str:

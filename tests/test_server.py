@@ -22,7 +22,7 @@ from opentelemetry.trace import StatusCode
 
 from sb_otel import InstrumentedSessionTracker, NewSession, SessionTracker, SqliteSessionStore, instrument
 from sb_otel._auth import session_token
-from sb_otel._server import SessionService, build_server, http_server
+from sb_otel._server import HttpMode, SessionService, build_server, http_server
 from sb_otel.testing import CapturedTelemetry, capture_telemetry
 from tests.conftest import start_payload
 from tests.otlp_receiver import OtlpReceiver
@@ -31,6 +31,7 @@ SHELL_TRACE, SHELL_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 SHELL_TRACEPARENT = f"00-{SHELL_TRACE}-{SHELL_SPAN}-01"
 SECRET = "s3cret-for-tests"
 SERVER_KIND = 2  # OTLP Span.kind SERVER
+NOW = "2099-01-01T00:00:00Z"  # an end after any start
 
 
 class AgreeingManager:
@@ -321,3 +322,45 @@ async def test_stdio_server_subprocess_end_to_end(tmp_path: Path) -> None:
     store.close()
     assert record is not None
     assert record.status == "abnormal"
+
+
+@pytest.mark.parametrize("mode", ["stateless", "session"])
+async def test_both_http_modes_serve_the_tools(tracker: InstrumentedSessionTracker, mode: HttpMode) -> None:
+    """``--http-mode stateless`` (JSON answers, no MCP session) and ``session`` (the SDK's default) both work
+    with the SDK's client."""
+    web = http_server(build_server(SessionService(tracker, secret="")), http_mode=mode)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    serving = asyncio.create_task(web.serve(sockets=[sock]))
+    try:
+        await asyncio.wait_for(web.listening.wait(), 10)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
+        async with streamable_http_client(url) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            started = await call(session, "track_session_start", payload())
+            ended = await call(session, "track_session_end", {"session_id": started["session_id"], "timestamp": NOW})
+    finally:
+        web.should_exit = True
+        await asyncio.wait_for(serving, 10)
+    assert (started["status"], ended["status"]) == ("tracked", "ended")
+
+
+def test_serve_logs_at_warning_by_default_and_per_call_at_info(tmp_path: Path) -> None:
+    """The server's stderr holds no line per call by default; ``--log-level INFO`` adds them."""
+    from tests.reliability._mcp_helpers import mcp_session, start_arguments, start_server
+
+    async def one_session(url: str) -> None:
+        async with mcp_session(url) as session:
+            started = await call(session, "track_session_start", start_arguments(str(tmp_path)))
+            await call(session, "track_session_end", {"session_id": started["session_id"], "timestamp": NOW})
+
+    env = {"SB_OTEL_STORE": str(tmp_path / "s.db"), "SB_OTEL_DATA_DIR": str(tmp_path / "data")}
+    logs = {}
+    for level in ("WARNING", "INFO"):
+        server = start_server(tmp_path, env, "--log-level", level, name=level)
+        asyncio.run(one_session(server.url))
+        assert server.stop() == 0
+        logs[level] = server.log.read_text()
+    assert "Session started" not in logs["WARNING"]
+    assert len(logs["WARNING"].splitlines()) == 1  # the ready line
+    assert "INFO sb_otel" in logs["INFO"]
