@@ -8,8 +8,10 @@ code; never a traceback. Rich output stays in this module; the work happens in t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
+import logging
 import os
 import platform
 import re
@@ -17,7 +19,7 @@ import signal
 import socket
 import sys
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -152,12 +154,13 @@ def demo(store_location: str | None) -> int:
     from sb_otel._demo import run_demo
 
     store = open_store(store_location)
-    telemetry = configure(set_global=False)
-    try:
-        run = asyncio.run(run_demo(store, telemetry))
-    finally:
-        flushed = telemetry.shutdown()
-        store.close()
+    with _quiet_exporters():  # the demo says itself whether its telemetry got out
+        telemetry = configure(set_global=False)
+        try:
+            run = asyncio.run(run_demo(store, telemetry))
+        finally:
+            flushed = telemetry.shutdown()
+            store.close()
     console = _console()
     console.print(f"[bold]{len(run.sessions)} shells[/] started concurrently; here is how their sessions ended:")
     console.print(_sessions_table(run.sessions))
@@ -564,16 +567,42 @@ def _check_mcp() -> dict[str, Any]:
 # -- helpers ----------------------------------------------------------------------------------------------------
 
 
+EMIT_FLUSH_TIMEOUT_S = 1.0
+"""How long ``emit`` waits to hand its telemetry to the collector: it runs as a shell starts and exits, which
+must not hang on a collector that is down. The session itself is already in the store; what is not out in
+time is dropped (and the session span is exported whole when the session ends)."""
+
+
 def _with_tracker(store_location: str | None, call: Callable[[Any], Any]) -> Any:
-    """Run one tracker call on the shared store with this process's own telemetry pipeline, flushed at the end."""
+    """Run one tracker call on the shared store with this process's own telemetry pipeline, flushed at the end.
+
+    The exporters' retry messages are held back (a shell prints this at every start); one line says it instead."""
     store: SessionStore = open_store(store_location)
-    telemetry: Telemetry = configure(set_global=False)
+    with _quiet_exporters():
+        telemetry: Telemetry = configure(set_global=False)
+        try:
+            tracker = telemetry.instrument(SessionTracker(SessionLifecycleManager(), store=store))
+            return asyncio.run(call(tracker))
+        finally:
+            if not telemetry.shutdown(timeout_s=EMIT_FLUSH_TIMEOUT_S):
+                click.echo(
+                    f"sb-otel: telemetry not delivered ({telemetry.destination}); the session is tracked. "
+                    "Check the collector with 'sb-otel doctor'.",
+                    err=True,
+                )
+            store.close()
+
+
+@contextlib.contextmanager
+def _quiet_exporters() -> Iterator[None]:
+    """Hold back the OpenTelemetry SDK's own log lines (export retries, failures) for a short CLI command."""
+    sdk = logging.getLogger("opentelemetry")
+    level = sdk.level
+    sdk.setLevel(logging.CRITICAL)
     try:
-        tracker = telemetry.instrument(SessionTracker(SessionLifecycleManager(), store=store))
-        return asyncio.run(call(tracker))
+        yield
     finally:
-        telemetry.shutdown()
-        store.close()
+        sdk.setLevel(level)
 
 
 def _since(text: str | None) -> datetime | None:

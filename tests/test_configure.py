@@ -48,11 +48,14 @@ def _clean_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def made() -> Iterator[list[Telemetry]]:
-    """Telemetry set up by a test, shut down after it (exporters hold files and channels)."""
+    """Telemetry set up by a test, shut down after it (exporters hold files and channels).
+
+    Tests flush what they check themselves; many point at endpoints where nothing listens, so the teardown does
+    not wait out the full shutdown bound for the SDK's own metrics to fail there."""
     telemetries: list[Telemetry] = []
     yield telemetries
     for telemetry in telemetries:
-        telemetry.shutdown()
+        telemetry.shutdown(timeout_s=1.0)
 
 
 def configure(made: list[Telemetry], **kwargs: Any) -> Telemetry:
