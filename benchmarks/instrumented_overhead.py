@@ -36,13 +36,13 @@ import tempfile
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from _harness import REPO, otlp_receiver
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -64,7 +64,6 @@ from sb_otel import (
 from sb_otel import _otel_logs as otel_logs
 from sb_otel.testing import capture_telemetry
 
-REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 2, 6, 12, 0, tzinfo=timezone.utc)
 EXPORT_TIMEOUT_S = 2.0
 QUEUE = 200_000
@@ -208,44 +207,6 @@ class _Discard(SpanExporter):
 
     def export(self, spans: Sequence[Any]) -> SpanExportResult:
         return SpanExportResult.SUCCESS
-
-
-@contextmanager
-def receiver() -> Iterator[tuple[str, Callable[[], dict[str, int]]]]:
-    """The tests' real OTLP receiver in a child process; yields its endpoint and a 'what arrived' reader."""
-    code = textwrap.dedent(
-        """
-        import json, sys
-        sys.path.insert(0, sys.argv[1])
-        from tests.otlp_receiver import OtlpReceiver
-        with OtlpReceiver() as rx:
-            print(rx.grpc_port, flush=True)
-            for line in sys.stdin:
-                counts = {"spans": len(rx.spans()), "logs": len(rx.logs())}
-                print(json.dumps(counts), flush=True)
-                rx.clear()
-        """
-    )
-    child = subprocess.Popen(
-        [sys.executable, "-c", code, str(REPO)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert child.stdin is not None
-    assert child.stdout is not None
-    port = int(child.stdout.readline())
-
-    def arrived() -> dict[str, int]:
-        assert child.stdin is not None
-        assert child.stdout is not None
-        child.stdin.write("count\n")
-        child.stdin.flush()
-        counts: dict[str, int] = json.loads(child.stdout.readline())
-        return counts
-
-    try:
-        yield f"http://127.0.0.1:{port}", arrived
-    finally:
-        child.stdin.close()
-        child.wait(timeout=30)
 
 
 def closed_port() -> int:
@@ -478,7 +439,8 @@ def main() -> None:
         f"{len(census.measurements)} metric measurements\n"
     )
     n = args.lifecycles
-    with tempfile.TemporaryDirectory() as tmp_name, receiver() as (endpoint, arrived):
+    with tempfile.TemporaryDirectory() as tmp_name, otlp_receiver() as receiver:
+        endpoint = receiver.endpoint
         tmp = Path(tmp_name)
         run_tracker("warm-up", min(n, 500), tmp, None)
         plain = run_tracker("plain", n, tmp, None)
@@ -486,17 +448,17 @@ def main() -> None:
         providers = make_providers(endpoint)
         floor = run_floor(census, n, providers)
         providers.shutdown()
-        floor.arrived = arrived()
+        floor.arrived = receiver.arrived(clear=True)
 
         providers = make_providers(endpoint)
         ceiling = run_plain_then_floor(census, n, tmp, providers)
         providers.shutdown()
-        ceiling.arrived = arrived()
+        ceiling.arrived = receiver.arrived(clear=True)
 
         providers = make_providers(endpoint)
         up = run_tracker("instrumented, collector up", n, tmp, providers)
         providers.shutdown()
-        up.arrived = arrived()
+        up.arrived = receiver.arrived(clear=True)
 
         providers = make_providers(f"http://127.0.0.1:{closed_port()}", queue=2048)
         logging.getLogger("opentelemetry.exporter.otlp").setLevel(logging.CRITICAL)  # one failure per batch

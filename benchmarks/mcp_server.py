@@ -17,17 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
+from _harness import start_server
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
@@ -93,27 +89,6 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def start_server(tmp: str) -> tuple[subprocess.Popen[bytes], str]:
-    """``sb-otel serve --transport http --port 0`` on a fresh SQLite store; returns it and its URL."""
-    env = {**os.environ, "SB_OTEL_DATA_DIR": tmp, "SB_OTEL_STORE": f"{tmp}/server.db"}
-    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-    log = Path(tmp, "serve.log")
-    with log.open("w") as stderr:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "sb_otel", "serve", "--transport", "http", "--port", "0"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    deadline = time.monotonic() + 30
-    while not (found := re.search(r"MCP server on (\S+);", log.read_text())):
-        if time.monotonic() > deadline or server.poll() is not None:
-            server.kill()
-            raise SystemExit(f"server did not start: {log.read_text()}")
-        time.sleep(0.05)  # a benchmark script waiting for a subprocess's ready line, not a test
-    return server, found.group(1)
-
-
 async def over_mcp(url: str, clients: int, sessions: int, cwd: str) -> tuple[list[float], list[list[float]], float]:
     alone = await client_run(url, sessions * 2, cwd)
     barrier = asyncio.Barrier(clients)
@@ -124,7 +99,7 @@ async def over_mcp(url: str, clients: int, sessions: int, cwd: str) -> tuple[lis
 
 def main(clients: int, sessions: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        server, url = start_server(tmp)
+        server, url, _ = start_server(tmp, {"OTEL_EXPORTER_OTLP_ENDPOINT": None})
         try:
             alone, together, wall = asyncio.run(over_mcp(url, clients, sessions, tmp))
         finally:

@@ -22,94 +22,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import shlex
-import subprocess
-import sys
 import tempfile
-import textwrap
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from _harness import otlp_receiver, start_server
+
 PROTOCOL_VERSION = "2025-06-18"
-
-
-# -- the OTLP receiver, in its own process ---------------------------------------------------------------------
-
-
-@contextmanager
-def receiver() -> Iterator[tuple[str, Callable[[], dict[str, int]]]]:
-    """The tests' OTLP receiver in a child process; yields its gRPC endpoint and a 'spans by name' reader."""
-    code = textwrap.dedent(
-        """
-        import json, sys
-        from collections import Counter
-        sys.path.insert(0, sys.argv[1])
-        from tests.otlp_receiver import OtlpReceiver
-        with OtlpReceiver() as rx:
-            print(rx.grpc_port, flush=True)
-            for line in sys.stdin:
-                names = Counter(span["name"] for span in rx.spans())
-                print(json.dumps(names), flush=True)
-        """
-    )
-    child = subprocess.Popen(
-        [sys.executable, "-c", code, str(REPO)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert child.stdin is not None
-    assert child.stdout is not None
-    port = int(child.stdout.readline())
-
-    def spans_by_name() -> dict[str, int]:
-        assert child.stdin is not None
-        assert child.stdout is not None
-        child.stdin.write("count\n")
-        child.stdin.flush()
-        counts: dict[str, int] = json.loads(child.stdout.readline())
-        return counts
-
-    try:
-        yield f"http://127.0.0.1:{port}", spans_by_name
-    finally:
-        child.stdin.close()
-        child.wait(timeout=30)
-
-
-# -- the server, in its own process -----------------------------------------------------------------------------
-
-
-def start_server(tmp: str, endpoint: str, extra: list[str]) -> tuple[subprocess.Popen[bytes], str, Path]:
-    env = {
-        **os.environ,
-        "SB_OTEL_DATA_DIR": tmp,
-        "SB_OTEL_STORE": f"{tmp}/server.db",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-    }
-    log = Path(tmp, "serve.log")
-    with log.open("w") as stderr:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "sb_otel", "serve", "--transport", "http", "--port", "0", *extra],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    deadline = time.monotonic() + 30
-    while not (found := re.search(r"MCP server on (\S+);", log.read_text())):
-        if time.monotonic() > deadline or server.poll() is not None:
-            server.kill()
-            raise SystemExit(f"server did not start: {log.read_text()}")
-        time.sleep(0.05)  # a benchmark waiting for a subprocess's ready line, not a test
-    return server, found.group(1), log
 
 
 def rss_mb(pid: int) -> float:
@@ -287,8 +213,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main(seconds: float, shells: int, server_args: list[str]) -> None:
-    with tempfile.TemporaryDirectory() as tmp, receiver() as (endpoint, spans_by_name):
-        server, url, log = start_server(tmp, endpoint, server_args)
+    with tempfile.TemporaryDirectory() as tmp, otlp_receiver() as receiver:
+        otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+        server, url, log = start_server(tmp, otlp, server_args)
         try:
             tally, wall, rss = asyncio.run(drive(url, shells, seconds, server.pid, tmp))
         finally:
@@ -296,7 +223,7 @@ def main(seconds: float, shells: int, server_args: list[str]) -> None:
             server.terminate()  # SIGTERM: uvicorn stops, the CLI flushes telemetry (5 s cap)
             server.wait(30)
             stop_seconds = time.perf_counter() - stopping
-        names = spans_by_name()
+        names = receiver.arrived()["names"]
         stderr_lines = len(log.read_text().splitlines())
         if stderr_lines > 1:
             print(log.read_text()[-3000:])
