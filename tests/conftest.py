@@ -17,6 +17,16 @@ from sb_otel import EnvironmentInfo, SessionStartEvent, UserInfo
 SEED_EVENT_ID = "550e8400-e29b-41d4-a716-446655440000"
 
 
+class AgreeingManager:
+    """A lifecycle manager that says yes at once, for tests about everything but the manager."""
+
+    async def initialize_session(self, working_directory: str | None = None) -> dict[str, Any]:
+        return {"success": True}
+
+    async def end_session(self, working_directory: str | None = None) -> dict[str, Any]:
+        return {"success": True}
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SB_OTEL_STORE", "memory")

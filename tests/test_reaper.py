@@ -17,19 +17,11 @@ from opentelemetry.trace import StatusCode
 from sb_otel import ConfigError, InstrumentedSessionTracker, SessionTracker, SqliteSessionStore, instrument
 from sb_otel._reaper import abandon_reason, pid_alive, reap, session_ttl
 from sb_otel.testing import CapturedTelemetry, capture_telemetry
-from tests.conftest import start_payload
+from tests.conftest import AgreeingManager, start_payload
 
 HOST = "server01"
 STARTED = datetime(2026, 2, 6, 12, 34, 56, 789000, tzinfo=timezone.utc)
 SOON = STARTED + timedelta(hours=1)
-
-
-class AgreeingManager:
-    async def initialize_session(self, working_directory: str | None = None) -> dict[str, Any]:
-        return {"success": True}
-
-    async def end_session(self, working_directory: str | None = None) -> dict[str, Any]:
-        return {"success": True}
 
 
 @pytest.fixture

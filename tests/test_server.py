@@ -24,7 +24,7 @@ from sb_otel import InstrumentedSessionTracker, NewSession, SessionTracker, Sqli
 from sb_otel._auth import session_token
 from sb_otel._server import HttpMode, SessionService, build_server, http_server
 from sb_otel.testing import CapturedTelemetry, capture_telemetry
-from tests.conftest import start_payload
+from tests.conftest import AgreeingManager, start_payload
 from tests.otlp_receiver import OtlpReceiver
 
 SHELL_TRACE, SHELL_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
@@ -32,14 +32,6 @@ SHELL_TRACEPARENT = f"00-{SHELL_TRACE}-{SHELL_SPAN}-01"
 SECRET = "s3cret-for-tests"
 SERVER_KIND = 2  # OTLP Span.kind SERVER
 NOW = "2099-01-01T00:00:00Z"  # an end after any start
-
-
-class AgreeingManager:
-    async def initialize_session(self, working_directory: str | None = None) -> dict[str, Any]:
-        return {"success": True}
-
-    async def end_session(self, working_directory: str | None = None) -> dict[str, Any]:
-        return {"success": True}
 
 
 def payload(**overrides: Any) -> dict[str, Any]:
