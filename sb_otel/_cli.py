@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -482,10 +483,11 @@ def doctor(as_json: bool, store_location: str | None) -> int:
     else:
         console = _console()
         for check in checks:
-            mark = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}[check["status"]]
-            console.print(f"{mark:<18} [bold]{check['name']}[/]: {check['detail']}")
+            style = {"ok": "green", "warn": "yellow", "fail": "red"}[check["status"]]
+            mark = check["status"].upper() if check["status"] == "fail" else check["status"]
+            console.print(f"[{style}]{mark:<6}[/] [bold]{check['name']}[/]: {check['detail']}")
             if check.get("advice"):
-                console.print(f"{'':<8}→ {check['advice']}")
+                console.print(f"{'':<7}→ {check['advice']}")
     return 1 if any(check["status"] == "fail" for check in checks) else 0
 
 
@@ -508,6 +510,10 @@ def _check_settings() -> dict[str, Any]:
     return {"name": "settings", "status": "ok", "detail": detail, "advice": ""}
 
 
+LOW_DISK_MB = 100
+"""Below this much free space on the store's disk, ``doctor`` warns: a full disk turns every start into an error."""
+
+
 def _check_store(location: str | None) -> dict[str, Any]:
     try:
         store = open_store(location)
@@ -517,10 +523,20 @@ def _check_store(location: str | None) -> dict[str, Any]:
         finally:
             store.close()
     except SbOtelError as exc:
-        advice = "point SB_OTEL_STORE (or --store) at a writable file, or SB_OTEL_DATA_DIR at a writable directory"
+        # Store errors name their own fix; the generic one is for the rest.
+        advice = (
+            ""
+            if "SB_OTEL_STORE" in str(exc)
+            else ("point SB_OTEL_STORE (or --store) at a writable file, or SB_OTEL_DATA_DIR at a writable directory")
+        )
         return {"name": "store", "status": "fail", "detail": str(exc), "advice": advice}
     where = getattr(store, "path", "memory")
     detail = f"{where}: {total} session(s), {open_count} open"
+    if isinstance(where, Path):
+        free_mb = shutil.disk_usage(where.parent).free / 2**20
+        if free_mb < LOW_DISK_MB:
+            advice = "free space on that disk: when it is full, starts and ends answer status=error until it is not"
+            return {"name": "store", "status": "warn", "detail": f"{detail}; {free_mb:.0f} MB free", "advice": advice}
     return {"name": "store", "status": "ok", "detail": detail, "advice": ""}
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from sb_otel import _cli as cli_module
 from sb_otel._cli import cli, main
 
 
@@ -216,6 +217,24 @@ def test_doctor_reports_each_check(monkeypatch: pytest.MonkeyPatch) -> None:
     text = run("doctor")
     assert text.exit_code == 1
     assert "FAIL" in text.output
+
+
+def test_doctor_names_store_trouble_and_low_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A corrupt store fails with its own fix; a store on a nearly full disk is a warning (exit 0)."""
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"not a database, " * 512)
+    result = run("doctor", "--json", "--store", str(corrupt))
+    assert result.exit_code == 1
+    store = {check["name"]: check for check in json.loads(result.stdout)}["store"]
+    assert store["status"] == "fail"
+    assert "move the file and its -wal/-shm files aside" in store["detail"]
+    assert store["advice"] == ""  # the message already says what to do
+    monkeypatch.setattr(cli_module, "LOW_DISK_MB", 10**12)  # every real disk is "nearly full" by this bar
+    result = run("doctor", "--json", "--store", str(tmp_path / "fine.db"))
+    assert result.exit_code == 0
+    store = {check["name"]: check for check in json.loads(result.stdout)}["store"]
+    assert (store["status"], store["detail"].endswith("MB free")) == ("warn", True)
+    assert "free space" in store["advice"]
 
 
 def test_unusable_store_is_one_readable_line_and_exit_code_1(tmp_path: Path) -> None:
