@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -71,4 +72,59 @@ def test_processes_sharing_a_new_store_never_share_an_id_nor_see_a_lock(tmp_path
     stored = store.list_sessions()
     assert sorted(record.session_id for record in stored) == sorted(started)
     assert {record.status for record in stored} == {"exited"}
+    store.close()
+
+
+_EMIT_WORKER = textwrap.dedent(
+    """
+    import json, sys
+    from click.testing import CliRunner
+    from sb_otel._cli import cli
+
+    runner = CliRunner()
+    sys.stdin.readline()  # start together
+    for _ in range(int(sys.argv[2])):
+        started = runner.invoke(cli, ["emit", "start", "--json", "--component", "bash", "--store", sys.argv[1]])
+        start = json.loads(started.stdout) if started.exit_code == 0 else {"status": "exit", "error": started.stderr}
+        print(json.dumps(["start", start.get("session_id"), start["status"], start.get("error")]), flush=True)
+        if start.get("session_id"):
+            ended = runner.invoke(cli, ["emit", "end", start["session_id"], "--json", "--store", sys.argv[1]])
+            end = json.loads(ended.stdout) if ended.exit_code == 0 else {"status": "exit", "error": ended.stderr}
+            print(json.dumps(["end", start["session_id"], end["status"], end.get("error")]), flush=True)
+    """
+)
+EMIT_SESSIONS = 40
+
+
+def test_emit_processes_sharing_a_store_never_share_an_id_nor_see_a_lock(tmp_path: Path) -> None:
+    """`sb-otel emit` as bash profiles run it, from two processes at once on one store: every start tracked,
+    every end ended, no id twice, no 'database is locked'. (Each worker runs the command line in-process, so the
+    run takes seconds, not a Python start-up per call.)"""
+    path = tmp_path / "shared.db"
+    repo = Path(__file__).resolve().parents[2]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _EMIT_WORKER, str(path), str(EMIT_SESSIONS)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=repo,
+            env={**os.environ, "SB_OTEL_DATA_DIR": str(tmp_path / "data")},
+        )
+        for _ in range(2)
+    ]
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    outputs = [worker.communicate(timeout=120) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], [err for _, err in outputs]
+    results = [json.loads(line) for out, _ in outputs for line in out.splitlines()]
+    assert [r for r in results if r[2] not in ("tracked", "ended")] == []
+    started = [session_id for kind, session_id, _, _ in results if kind == "start"]
+    assert len(started) == 2 * EMIT_SESSIONS
+    assert [sid for sid, n in Counter(started).items() if n > 1] == []
+    store = SqliteSessionStore(path)
+    assert {record.status for record in store.list_sessions()} == {"exited"}
     store.close()
