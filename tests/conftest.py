@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from sb_otel import EnvironmentInfo, SessionStartEvent, UserInfo
+from sb_otel.testing import CapturedTelemetry, capture_telemetry
 
 SEED_EVENT_ID = "550e8400-e29b-41d4-a716-446655440000"
 
@@ -36,6 +37,13 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     # configure() defaults this one in os.environ; recording it first makes teardown remove it again.
     monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "")
     monkeypatch.delenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED")
+
+
+@pytest.fixture
+def telemetry() -> Iterator[CapturedTelemetry]:
+    """Spans, metrics and logs captured in memory (``sb_otel.testing``); pass ``telemetry.providers`` on."""
+    with capture_telemetry() as captured:
+        yield captured
 
 
 @pytest.fixture(autouse=True)

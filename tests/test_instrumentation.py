@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 from unittest.mock import AsyncMock, MagicMock
@@ -42,12 +41,6 @@ def manager(start: Any = None, end: Any = None) -> MagicMock:
     mock.initialize_session = AsyncMock(return_value=start or {"success": True, "project": "demo"})
     mock.end_session = AsyncMock(return_value=end or {"success": True})
     return mock
-
-
-@pytest.fixture
-def telemetry() -> Iterator[CapturedTelemetry]:
-    with capture_telemetry() as captured:
-        yield captured
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 
 from sb_otel import InMemorySessionStore, SessionEndEvent, SessionLifecycleManager
 from sb_otel._instrumentor import SessionBuddyInstrumentor
-from sb_otel.testing import CapturedTelemetry, capture_telemetry
+from sb_otel.testing import CapturedTelemetry
 from tests.conftest import seed_start_event
 
 STAND_IN = textwrap.dedent(
@@ -62,12 +62,6 @@ def session_buddy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[A
     yield module
     for name in ("session_buddy.mcp", "session_buddy"):
         sys.modules.pop(name, None)
-
-
-@pytest.fixture
-def telemetry() -> Iterator[CapturedTelemetry]:
-    with capture_telemetry() as captured:
-        yield captured
 
 
 def manager() -> MagicMock:

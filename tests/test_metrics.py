@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 from unittest.mock import AsyncMock, MagicMock
 
@@ -11,7 +10,7 @@ import pytest
 
 from sb_otel import ConfigError, SessionEndEvent, SessionLifecycleManager, SessionTracker, instrument
 from sb_otel._metrics import OTHER, BoundedValues, label_limit
-from sb_otel.testing import CapturedTelemetry, capture_telemetry
+from sb_otel.testing import CapturedTelemetry
 from tests.conftest import seed_start_event
 
 
@@ -20,12 +19,6 @@ def manager() -> MagicMock:
     mock.initialize_session = AsyncMock(return_value={"success": True})
     mock.end_session = AsyncMock(return_value={"success": True})
     return mock
-
-
-@pytest.fixture
-def telemetry() -> Iterator[CapturedTelemetry]:
-    with capture_telemetry() as captured:
-        yield captured
 
 
 async def run(tracker: Any, component: str, shell: str = "Shell") -> str:

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -16,18 +15,12 @@ from opentelemetry.trace import StatusCode
 
 from sb_otel import ConfigError, InstrumentedSessionTracker, SessionTracker, SqliteSessionStore, instrument
 from sb_otel._reaper import abandon_reason, pid_alive, reap, session_ttl
-from sb_otel.testing import CapturedTelemetry, capture_telemetry
+from sb_otel.testing import CapturedTelemetry
 from tests.conftest import AgreeingManager, start_payload
 
 HOST = "server01"
 STARTED = datetime(2026, 2, 6, 12, 34, 56, 789000, tzinfo=timezone.utc)
 SOON = STARTED + timedelta(hours=1)
-
-
-@pytest.fixture
-def telemetry() -> Iterator[CapturedTelemetry]:
-    with capture_telemetry() as captured:
-        yield captured
 
 
 @pytest.fixture

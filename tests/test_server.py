@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -23,7 +23,7 @@ from opentelemetry.trace import StatusCode
 from sb_otel import InstrumentedSessionTracker, NewSession, SessionTracker, SqliteSessionStore, instrument
 from sb_otel._auth import session_token
 from sb_otel._server import HttpMode, SessionService, build_server, http_server
-from sb_otel.testing import CapturedTelemetry, capture_telemetry
+from sb_otel.testing import CapturedTelemetry
 from tests.conftest import AgreeingManager, start_payload
 from tests.otlp_receiver import OtlpReceiver
 
@@ -39,20 +39,16 @@ def payload(**overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def telemetry() -> Iterator[CapturedTelemetry]:
-    with capture_telemetry() as captured:
-        yield captured
-
-
-@pytest.fixture
 def tracker(telemetry: CapturedTelemetry) -> InstrumentedSessionTracker:
     return instrument(SessionTracker(AgreeingManager(), store="memory"), **telemetry.providers)
 
 
 @asynccontextmanager
-async def http_session(tracker: Any, secret: str = "") -> AsyncIterator[ClientSession]:
+async def http_session(
+    tracker: Any, secret: str = "", http_mode: HttpMode = "stateless"
+) -> AsyncIterator[ClientSession]:
     """An MCP client session to an sb-otel server listening on a real local port."""
-    web = http_server(build_server(SessionService(tracker, secret=secret)))
+    web = http_server(build_server(SessionService(tracker, secret=secret)), http_mode=http_mode)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     serving = asyncio.create_task(web.serve(sockets=[sock]))
@@ -320,20 +316,9 @@ async def test_stdio_server_subprocess_end_to_end(tmp_path: Path) -> None:
 async def test_both_http_modes_serve_the_tools(tracker: InstrumentedSessionTracker, mode: HttpMode) -> None:
     """``--http-mode stateless`` (JSON answers, no MCP session) and ``session`` (the SDK's default) both work
     with the SDK's client."""
-    web = http_server(build_server(SessionService(tracker, secret="")), http_mode=mode)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    serving = asyncio.create_task(web.serve(sockets=[sock]))
-    try:
-        await asyncio.wait_for(web.listening.wait(), 10)
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
-        async with streamable_http_client(url) as (read, write), ClientSession(read, write) as session:
-            await session.initialize()
-            started = await call(session, "track_session_start", payload())
-            ended = await call(session, "track_session_end", {"session_id": started["session_id"], "timestamp": NOW})
-    finally:
-        web.should_exit = True
-        await asyncio.wait_for(serving, 10)
+    async with http_session(tracker, http_mode=mode) as session:
+        started = await call(session, "track_session_start", payload())
+        ended = await call(session, "track_session_end", {"session_id": started["session_id"], "timestamp": NOW})
     assert (started["status"], ended["status"]) == ("tracked", "ended")
 
 

@@ -13,7 +13,6 @@ import hmac
 import inspect
 import json
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,19 +23,13 @@ import sb_otel._auth
 from sb_otel import SessionLifecycleManager, SessionTracker, instrument, session_token
 from sb_otel._auth import token_problem
 from sb_otel._server import SessionService
-from sb_otel.testing import CapturedTelemetry, capture_telemetry
+from sb_otel.testing import CapturedTelemetry
 from tests.otlp_receiver import OtlpReceiver
 from tests.reliability._mcp_helpers import call_tool, mcp_session, server_env, start_arguments, start_server
 from tests.reliability.test_hostile_input import captured_logs
 
 SECRET = "correct-horse-battery-staple-7f3a9c"
 HOUR = timedelta(hours=1)
-
-
-@pytest.fixture
-def telemetry() -> Iterator[CapturedTelemetry]:
-    with capture_telemetry() as captured:
-        yield captured
 
 
 def tools(telemetry: CapturedTelemetry, max_age: timedelta | None = None) -> SessionService:
