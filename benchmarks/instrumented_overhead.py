@@ -61,7 +61,7 @@ from sb_otel import (
     UserInfo,
     instrument,
 )
-from sb_otel import _otel_logs as otel_logs
+from sb_otel._telemetry import otel_logs as otel_logs
 from sb_otel.testing import capture_telemetry
 
 T0 = datetime(2026, 2, 6, 12, 0, tzinfo=timezone.utc)

@@ -3,12 +3,13 @@
 The public API lives here; everything else is private (``sb_otel._*``) and may change without notice.
 """
 
-from sb_otel._auth import session_token
-from sb_otel._configure import Telemetry, configure
 from sb_otel._exceptions import ConfigError, SbOtelError, StoreError
-from sb_otel._instrumentation import InstrumentedSessionTracker, TracedLifecycleManager, instrument
-from sb_otel._lifecycle import LifecycleManager, SessionLifecycleManager
-from sb_otel._models import (
+from sb_otel._service.auth import session_token
+from sb_otel._service.reaper import ReapedSession, reap
+from sb_otel._telemetry.configure import Telemetry, configure
+from sb_otel._telemetry.instrumentation import InstrumentedSessionTracker, TracedLifecycleManager, instrument
+from sb_otel._tracking.lifecycle import LifecycleManager, SessionLifecycleManager
+from sb_otel._tracking.models import (
     EnvironmentInfo,
     SessionEndEvent,
     SessionEndResult,
@@ -16,19 +17,18 @@ from sb_otel._models import (
     SessionStartResult,
     UserInfo,
 )
-from sb_otel._outcome import Outcome, end_outcome
-from sb_otel._reaper import ReapedSession, reap
-from sb_otel._sqlite_store import SqliteSessionStore
-from sb_otel._store import (
+from sb_otel._tracking.outcome import Outcome, end_outcome
+from sb_otel._tracking.sqlite_store import SqliteSessionStore
+from sb_otel._tracking.store import (
     InMemorySessionStore,
     NewSession,
     SessionEnding,
     SessionRecord,
     SessionStatus,
     SessionStore,
-    open_store,
 )
-from sb_otel._tracker import SessionTracker
+from sb_otel._tracking.store_factory import open_store
+from sb_otel._tracking.tracker import SessionTracker
 from sb_otel._version import __version__
 
 __all__ = (

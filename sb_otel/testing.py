@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import Sampler
 
-from sb_otel import _otel_logs as otel_logs
+from sb_otel._telemetry import otel_logs as otel_logs
 
 __all__ = ["CapturedTelemetry", "capture_telemetry"]
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from sb_otel import _cli as cli_module
 from sb_otel._cli import cli, main
+from sb_otel._cli import doctor as doctor_module
 
 
 @pytest.fixture(autouse=True)
@@ -229,7 +229,7 @@ def test_doctor_names_store_trouble_and_low_disk(tmp_path: Path, monkeypatch: py
     assert store["status"] == "fail"
     assert "move the file and its -wal/-shm files aside" in store["detail"]
     assert store["advice"] == ""  # the message already says what to do
-    monkeypatch.setattr(cli_module, "LOW_DISK_MB", 10**12)  # every real disk is "nearly full" by this bar
+    monkeypatch.setattr(doctor_module, "LOW_DISK_MB", 10**12)  # every real disk is "nearly full" by this bar
     result = run("doctor", "--json", "--store", str(tmp_path / "fine.db"))
     assert result.exit_code == 0
     store = {check["name"]: check for check in json.loads(result.stdout)}["store"]

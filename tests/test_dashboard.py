@@ -28,10 +28,10 @@ from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, start_http_server
 
 from sb_otel import SessionLifecycleManager, SessionTracker, instrument
-from sb_otel import _semconv as sc
-from sb_otel._instrumentation import InstrumentedSessionTracker
-from sb_otel._outcome import ABANDONED
-from sb_otel._store import SessionEnding
+from sb_otel._telemetry import semconv as sc
+from sb_otel._telemetry.instrumentation import InstrumentedSessionTracker
+from sb_otel._tracking.outcome import ABANDONED
+from sb_otel._tracking.store import SessionEnding
 from sb_otel.testing import capture_telemetry
 from tests.otlp_to_prometheus import Kind, label_name, series_names
 from tests.prometheus_server import INSTALL_HINT, PrometheusNotInstalled, PrometheusServer, find_prometheus, poll

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from sb_otel._identity import numbered_session_id, session_id_base
-from sb_otel._models import parse_timestamp
+from sb_otel._tracking.identity import numbered_session_id, session_id_base
+from sb_otel._tracking.models import parse_timestamp
 
 UTC = timezone.utc
 COMPONENT = re.compile(r"[A-Za-z0-9_-]{1,64}")

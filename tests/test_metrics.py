@@ -9,7 +9,7 @@ from unittest.mock import AsyncMock, MagicMock
 import pytest
 
 from sb_otel import ConfigError, SessionEndEvent, SessionLifecycleManager, SessionTracker, instrument
-from sb_otel._metrics import OTHER, BoundedValues, label_limit
+from sb_otel._telemetry.metrics import OTHER, BoundedValues, label_limit
 from sb_otel.testing import CapturedTelemetry
 from tests.conftest import seed_start_event
 

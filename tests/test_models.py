@@ -18,7 +18,7 @@ from sb_otel import (
     SessionStartResult,
     UserInfo,
 )
-from sb_otel._models import parse_timestamp
+from sb_otel._tracking.models import parse_timestamp
 from tests.conftest import SEED_EVENT_ID, seed_start_event, start_payload
 
 UTC = timezone.utc

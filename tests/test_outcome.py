@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sb_otel import Outcome, end_outcome
-from sb_otel._outcome import ABANDONED
+from sb_otel._tracking.outcome import ABANDONED
 
 
 @pytest.mark.parametrize(

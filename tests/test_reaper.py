@@ -14,7 +14,7 @@ import pytest
 from opentelemetry.trace import StatusCode
 
 from sb_otel import ConfigError, InstrumentedSessionTracker, SessionTracker, SqliteSessionStore, instrument
-from sb_otel._reaper import abandon_reason, pid_alive, reap, session_ttl
+from sb_otel._service.reaper import abandon_reason, pid_alive, reap, session_ttl
 from sb_otel.testing import CapturedTelemetry
 from tests.conftest import AgreeingManager, start_payload
 

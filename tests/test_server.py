@@ -21,8 +21,8 @@ from mcp.client.streamable_http import streamable_http_client
 from opentelemetry.trace import StatusCode
 
 from sb_otel import InstrumentedSessionTracker, NewSession, SessionTracker, SqliteSessionStore, instrument
-from sb_otel._auth import session_token
-from sb_otel._server import HttpMode, SessionService, build_server, http_server
+from sb_otel._service.auth import session_token
+from sb_otel._service.server import HttpMode, SessionService, build_server, http_server
 from sb_otel.testing import CapturedTelemetry
 from tests.conftest import AgreeingManager, start_payload
 from tests.otlp_receiver import OtlpReceiver

@@ -25,7 +25,7 @@ from sb_otel import (
     StoreError,
     open_store,
 )
-from sb_otel._sqlite_store import MIGRATIONS
+from sb_otel._tracking.sqlite_store import MIGRATIONS
 
 T0 = datetime(2026, 2, 6, 12, 34, 56, 789000, tzinfo=timezone.utc)
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-import sb_otel._auth
+import sb_otel._service.auth
 from sb_otel import SessionLifecycleManager, SessionTracker, instrument, session_token
-from sb_otel._auth import token_problem
-from sb_otel._server import SessionService
+from sb_otel._service.auth import token_problem
+from sb_otel._service.server import SessionService
 from sb_otel.testing import CapturedTelemetry
 from tests.otlp_receiver import OtlpReceiver
 from tests.reliability._mcp_helpers import call_tool, mcp_session, server_env, start_arguments, start_server
@@ -145,7 +145,7 @@ def test_tokens_are_compared_with_hmac_compare_digest(monkeypatch: pytest.Monkey
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(sb_otel._auth.hmac, "compare_digest", spy)
+    monkeypatch.setattr(sb_otel._service.auth.hmac, "compare_digest", spy)
     good = session_token(SECRET, "session_end", "s-1")
     timed = session_token(SECRET, "session_end", "s-1", issued_at=NOW)
     assert token_problem(SECRET, "session_end", "s-1", good) is None
@@ -155,7 +155,7 @@ def test_tokens_are_compared_with_hmac_compare_digest(monkeypatch: pytest.Monkey
     assert len(calls) == 4
     assert calls[0] == (good.encode(), good.encode())
 
-    tree = ast.parse(inspect.getsource(sb_otel._auth))
+    tree = ast.parse(inspect.getsource(sb_otel._service.auth))
     compared = {
         node.id
         for compare in ast.walk(tree)

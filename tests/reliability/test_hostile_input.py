@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sb_otel import SessionLifecycleManager, SessionTracker, instrument
-from sb_otel._attributes import MAX_METADATA_VALUE
 from sb_otel._cli import cli
-from sb_otel._server import SessionService
+from sb_otel._service.server import SessionService
+from sb_otel._telemetry.attributes import MAX_METADATA_VALUE
 from sb_otel.testing import CapturedTelemetry, capture_telemetry
 from tests.reliability._mcp_helpers import start_arguments
 

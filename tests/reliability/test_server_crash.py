@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sb_otel import SqliteSessionStore
-from sb_otel._reaper import this_host
+from sb_otel._service.reaper import this_host
 from tests.otlp_receiver import OtlpReceiver
 from tests.reliability._mcp_helpers import call_tool, mcp_session, server_env, start_arguments, start_server
 

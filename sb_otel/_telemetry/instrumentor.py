@@ -15,7 +15,7 @@ from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from sb_otel._instrumentation import InstrumentedSessionTracker
+from sb_otel._telemetry.instrumentation import InstrumentedSessionTracker
 
 TARGET_MODULE = "session_buddy.mcp"
 TARGET_CLASS = "SessionTracker"

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, cast
 
 from sb_otel._exceptions import ConfigError, StoreError
-from sb_otel._identity import numbered_session_id, session_id_base
 from sb_otel._settings import SB_OTEL_STORE_SYNC
-from sb_otel._store import NewSession, SessionEnding, SessionRecord, SessionStatus
+from sb_otel._tracking.identity import numbered_session_id, session_id_base
+from sb_otel._tracking.store import NewSession, SessionEnding, SessionRecord, SessionStatus
 
 BUSY_TIMEOUT_MS = 10_000
 """How long a write waits for another process's transaction before reporting the store busy."""
@@ -143,7 +143,7 @@ def _translated(path: Path) -> Iterator[None]:
 
 
 class SqliteSessionStore:
-    """A :class:`~sb_otel._store.SessionStore` in one SQLite file."""
+    """A :class:`~sb_otel._tracking.store.SessionStore` in one SQLite file."""
 
     def __init__(self, path: str | Path, *, synchronous: str | None = None) -> None:
         self.path = Path(path)

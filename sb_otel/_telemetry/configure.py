@@ -34,9 +34,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from sb_otel import _otel_logs as otel_logs
 from sb_otel._exceptions import ConfigError
-from sb_otel._instrumentation import InstrumentedSessionTracker, instrument
 from sb_otel._settings import (
     OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_EXPORTER_OTLP_PROTOCOL,
@@ -47,6 +45,8 @@ from sb_otel._settings import (
     SB_OTEL_REDACT,
     data_dir,
 )
+from sb_otel._telemetry import otel_logs as otel_logs
+from sb_otel._telemetry.instrumentation import InstrumentedSessionTracker, instrument
 
 Protocol = Literal["grpc", "http/protobuf"]
 

@@ -13,9 +13,9 @@ import threading
 
 from opentelemetry.metrics import MeterProvider, get_meter_provider
 
-from sb_otel import _semconv as sc
 from sb_otel._exceptions import ConfigError
 from sb_otel._settings import SB_OTEL_METRIC_LABEL_LIMIT
+from sb_otel._telemetry import semconv as sc
 from sb_otel._version import __version__
 
 OTHER = "_other"

@@ -26,11 +26,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Literal
 
-from sb_otel._instrumentation import InstrumentedSessionTracker
-from sb_otel._outcome import ABANDONED, Outcome
 from sb_otel._settings import SB_OTEL_SESSION_TTL, parse_duration
-from sb_otel._store import SessionEnding, SessionRecord, SessionStore
-from sb_otel._tracker import SessionTracker
+from sb_otel._telemetry.instrumentation import InstrumentedSessionTracker
+from sb_otel._tracking.outcome import ABANDONED, Outcome
+from sb_otel._tracking.store import SessionEnding, SessionRecord, SessionStore
+from sb_otel._tracking.tracker import SessionTracker
 
 DEFAULT_TTL = timedelta(hours=24)
 ReapReason = Literal["ttl_expired", "process_gone"]

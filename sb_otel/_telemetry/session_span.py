@@ -39,7 +39,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
-from sb_otel import _semconv as sc
+from sb_otel._telemetry import semconv as sc
 
 STATE_KEY = "span"
 """Where the plan lives in a session record's ``telemetry`` mapping."""

@@ -2,7 +2,7 @@
 
 A record holds everything a later process needs to finish a session — the start event as sent, times, status,
 the end event, and an opaque ``telemetry`` mapping the instrumentation layer uses for span ids. The store
-assigns session ids (see :mod:`sb_otel._identity`) and enforces one record per start ``event_id``, atomically,
+assigns session ids (see :mod:`sb_otel._tracking.identity`) and enforces one record per start ``event_id``, atomically,
 so concurrent and retried starts can never produce two sessions.
 """
 
@@ -13,11 +13,9 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from sb_otel._identity import numbered_session_id, session_id_base
-from sb_otel._settings import SB_OTEL_STORE, data_dir
+from sb_otel._tracking.identity import numbered_session_id, session_id_base
 
 SessionStatus = Literal["open", "exited", "crashed", "abnormal"]
 """``open`` until ended; then ``exited`` (normal), ``crashed`` (end reported failure) or ``abnormal`` (reaped)."""
@@ -217,17 +215,3 @@ class InMemorySessionStore:
 
     def close(self) -> None:
         """Nothing to release."""
-
-
-def open_store(location: str | Path | None = None) -> SessionStore:
-    """Open the store at ``location``: ``"memory"``, a SQLite file path, or ``None`` for ``SB_OTEL_STORE``.
-
-    Without either, the SQLite file ``sessions.db`` in the platform data directory is used.
-    """
-    from sb_otel._sqlite_store import SqliteSessionStore
-
-    spec = str(location) if location is not None else SB_OTEL_STORE.read()
-    if spec == "memory":
-        return InMemorySessionStore()
-    path = Path(spec).expanduser() if spec else data_dir() / "sessions.db"
-    return SqliteSessionStore(path)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sb_otel._store import SessionStatus
+from sb_otel._tracking.store import SessionStatus
 
 CRASH_EXIT_REASONS = frozenset(
     {

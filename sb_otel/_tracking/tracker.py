@@ -18,16 +18,17 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from sb_otel._lifecycle import LifecycleManager
-from sb_otel._models import (
+from sb_otel._tracking.lifecycle import LifecycleManager
+from sb_otel._tracking.models import (
     MAX_SESSION_ID,
     SessionEndEvent,
     SessionEndResult,
     SessionStartEvent,
     SessionStartResult,
 )
-from sb_otel._outcome import end_outcome
-from sb_otel._store import NewSession, SessionEnding, SessionRecord, SessionStore, open_store
+from sb_otel._tracking.outcome import end_outcome
+from sb_otel._tracking.store import NewSession, SessionEnding, SessionRecord, SessionStore
+from sb_otel._tracking.store_factory import open_store
 
 _Event = TypeVar("_Event", bound=BaseModel)
 _MAX_LOC_PART = 64

@@ -23,12 +23,12 @@ from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from sb_otel._configure import Telemetry
-from sb_otel._lifecycle import SessionLifecycleManager
-from sb_otel._models import SessionEndResult
-from sb_otel._reaper import ReapedSession, reap
-from sb_otel._store import SessionRecord, SessionStore
-from sb_otel._tracker import SessionTracker
+from sb_otel._service.reaper import ReapedSession, reap
+from sb_otel._telemetry.configure import Telemetry
+from sb_otel._tracking.lifecycle import SessionLifecycleManager
+from sb_otel._tracking.models import SessionEndResult
+from sb_otel._tracking.store import SessionRecord, SessionStore
+from sb_otel._tracking.tracker import SessionTracker
 
 UNKNOWN_SESSION = "oneiric-19990101-000000"
 

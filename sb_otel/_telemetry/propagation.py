@@ -18,7 +18,7 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, get_current_span, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from sb_otel._semconv import SESSION_ID
+from sb_otel._telemetry.semconv import SESSION_ID
 
 _PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
 TRACE_CONTEXT_KEYS = ("traceparent", "tracestate", "baggage")

@@ -15,9 +15,9 @@ from typing import Any
 
 from opentelemetry.util.types import AttributeValue
 
-from sb_otel import _semconv as sc
-from sb_otel._outcome import Outcome
 from sb_otel._settings import SB_OTEL_REDACT
+from sb_otel._telemetry import semconv as sc
+from sb_otel._tracking.outcome import Outcome
 
 MAX_METADATA_ATTRIBUTES = 32
 MAX_METADATA_VALUE = 1024

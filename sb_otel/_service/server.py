@@ -28,11 +28,11 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.tools import Tool
 from pydantic import WithJsonSchema
 
-from sb_otel._auth import token_problem
-from sb_otel._models import SessionEndResult, SessionStartResult
-from sb_otel._propagation import TRACE_CONTEXT_KEYS
-from sb_otel._reaper import reap
+from sb_otel._service.auth import token_problem
+from sb_otel._service.reaper import reap
 from sb_otel._settings import SB_OTEL_REAP_INTERVAL, SB_OTEL_SECRET, SB_OTEL_TOKEN_MAX_AGE, parse_duration
+from sb_otel._telemetry.propagation import TRACE_CONTEXT_KEYS
+from sb_otel._tracking.models import SessionEndResult, SessionStartResult
 from sb_otel._version import __version__
 
 Transport = Literal["stdio", "http"]

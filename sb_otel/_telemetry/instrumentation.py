@@ -35,22 +35,23 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
 from pydantic import ValidationError
 
-from sb_otel import _otel_logs as otel_logs
-from sb_otel import _semconv as sc
-from sb_otel._attributes import Redaction, end_attributes, event_attributes, start_attributes
-from sb_otel._metrics import SessionMetrics
-from sb_otel._models import SessionEndEvent, SessionEndResult, SessionStartEvent, SessionStartResult
-from sb_otel._outcome import Outcome, end_outcome
-from sb_otel._propagation import extract, session_baggage
-from sb_otel._session_span import (
+from sb_otel._telemetry import otel_logs as otel_logs
+from sb_otel._telemetry import semconv as sc
+from sb_otel._telemetry.attributes import Redaction, end_attributes, event_attributes, start_attributes
+from sb_otel._telemetry.metrics import SessionMetrics
+from sb_otel._telemetry.propagation import extract, session_baggage
+from sb_otel._telemetry.session_span import (
     ATTRIBUTES_KEY,
     STATE_KEY,
     SessionSpanPlan,
     export_session_span,
     plan_session_span,
 )
-from sb_otel._store import NewSession, SessionEnding, SessionRecord, SessionStore, open_store
-from sb_otel._tracker import (
+from sb_otel._tracking.models import SessionEndEvent, SessionEndResult, SessionStartEvent, SessionStartResult
+from sb_otel._tracking.outcome import Outcome, end_outcome
+from sb_otel._tracking.store import NewSession, SessionEnding, SessionRecord, SessionStore
+from sb_otel._tracking.store_factory import open_store
+from sb_otel._tracking.tracker import (
     EVENT_LINE_MARKER,
     SESSION_ENDED_LINE,
     SESSION_STARTED_LINE,

@@ -1,0 +1,115 @@
+"""The ``sb-otel`` click group, its one-line failures, and the options and console every command shares."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from sb_otel._exceptions import SbOtelError
+from sb_otel._version import __version__
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class _Cli(click.Group):
+    """A group whose failures are one line on stderr (also under ``CliRunner``), never a traceback."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            returned = super().main(args, prog_name or "sb-otel", complete_var, standalone_mode=False, **extra)
+            code = returned if isinstance(returned, int) else 0
+        except click.exceptions.Exit as exc:
+            code = exc.exit_code
+        except click.exceptions.Abort:
+            code = _fail("interrupted", 130)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "sb-otel"
+            code = _fail(f"{exc.format_message()} (see '{where} --help')", 2)
+        except click.ClickException as exc:
+            code = _fail(exc.format_message(), exc.exit_code)
+        except SbOtelError as exc:
+            code = _fail(f"{type(exc).__name__}: {exc}", 1)
+        except OSError as exc:
+            code = _fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", 1)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+_MAX_ERROR_LINE = 1000
+_LINE_BREAKING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _fail(message: str, code: int) -> int:
+    """One line, whatever the message echoes back (a mistyped option value may hold newlines or megabytes)."""
+    line = _LINE_BREAKING.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), message)
+    if len(line) > _MAX_ERROR_LINE:
+        line = f"{line[: _MAX_ERROR_LINE // 2]} … {line[-_MAX_ERROR_LINE // 2 :]}"
+    click.echo(f"sb-otel: {line}", err=True)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sb-otel`` console script; returns the exit code."""
+    code: int = cli.main(list(argv) if argv is not None else None, standalone_mode=False)
+    return code
+
+
+def _store_option(fn: _F) -> _F:
+    return click.option(
+        "--store",
+        "store_location",
+        default=None,
+        metavar="PATH",
+        help="Session store: a SQLite file or 'memory' (default: SB_OTEL_STORE, else <data dir>/sessions.db).",
+    )(fn)
+
+
+def _json_option(fn: _F) -> _F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)
+
+
+def _console() -> Console:
+    """Rich output; piped output (logs, CI) is laid out 120 columns wide instead of rich's 80, so a session
+    row with its 32-digit trace id stays on one line."""
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = max(console.width, 120)
+    return console
+
+
+@click.group("sb-otel", cls=_Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="sb-otel")
+def cli() -> None:
+    """Shell session tracking as OpenTelemetry data.
+
+    Start with 'sb-otel demo'. Shells report sessions through 'sb-otel serve' (MCP) or 'sb-otel emit' (bash/zsh);
+    'sb-otel sessions' and 'sb-otel show' browse them.
+    """
+
+
+@contextlib.contextmanager
+def _quiet_exporters() -> Iterator[None]:
+    """Hold back the OpenTelemetry SDK's own log lines (export retries, failures) for a short CLI command."""
+    sdk = logging.getLogger("opentelemetry")
+    level = sdk.level
+    sdk.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        sdk.setLevel(level)

@@ -1,0 +1,134 @@
+"""``sb-otel doctor``: configuration, store, endpoint and MCP checks, each with its advice."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import click
+
+from sb_otel._cli.app import _console, _json_option, _store_option, cli
+from sb_otel._exceptions import ConfigError, SbOtelError
+from sb_otel._service.reaper import session_ttl
+from sb_otel._settings import (
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_EXPORTER_OTLP_PROTOCOL,
+    SB_OTEL_SECRET,
+    SETTINGS,
+    data_dir,
+)
+from sb_otel._tracking.store_factory import open_store
+
+
+@cli.command()
+@_json_option
+@_store_option
+def doctor(as_json: bool, store_location: str | None) -> int:
+    """Check the configuration, the store and the telemetry endpoint, with advice for each problem."""
+    checks = [_check_settings(), _check_store(store_location), _check_telemetry(), _check_mcp()]
+    if as_json:
+        click.echo(json.dumps(checks, indent=2))
+    else:
+        console = _console()
+        for check in checks:
+            style = {"ok": "green", "warn": "yellow", "fail": "red"}[check["status"]]
+            mark = check["status"].upper() if check["status"] == "fail" else check["status"]
+            console.print(f"[{style}]{mark:<6}[/] [bold]{check['name']}[/]: {check['detail']}")
+            if check.get("advice"):
+                console.print(f"{'':<7}→ {check['advice']}")
+    return 1 if any(check["status"] == "fail" for check in checks) else 0
+
+
+def _check_settings() -> dict[str, Any]:
+    shown = []
+    for setting in SETTINGS:
+        value = setting.read()
+        if value is not None:
+            shown.append(f"{setting.env}={'***' if setting is SB_OTEL_SECRET else value}")
+    try:
+        session_ttl()
+        from sb_otel._service.server import reap_interval_setting
+
+        reap_interval_setting()
+    except ConfigError as exc:
+        return {"name": "settings", "status": "fail", "detail": str(exc), "advice": "fix or unset the variable"}
+    except ImportError:
+        pass
+    detail = ", ".join(shown) if shown else "all defaults"
+    return {"name": "settings", "status": "ok", "detail": detail, "advice": ""}
+
+
+LOW_DISK_MB = 100
+"""Below this much free space on the store's disk, ``doctor`` warns: a full disk turns every start into an error."""
+
+
+def _check_store(location: str | None) -> dict[str, Any]:
+    try:
+        store = open_store(location)
+        try:
+            open_count = len(store.list_sessions(status="open"))
+            total = len(store.list_sessions(limit=10_000))
+        finally:
+            store.close()
+    except SbOtelError as exc:
+        # Store errors name their own fix; the generic one is for the rest.
+        advice = (
+            ""
+            if "SB_OTEL_STORE" in str(exc)
+            else ("point SB_OTEL_STORE (or --store) at a writable file, or SB_OTEL_DATA_DIR at a writable directory")
+        )
+        return {"name": "store", "status": "fail", "detail": str(exc), "advice": advice}
+    where = getattr(store, "path", "memory")
+    detail = f"{where}: {total} session(s), {open_count} open"
+    if isinstance(where, Path):
+        free_mb = shutil.disk_usage(where.parent).free / 2**20
+        if free_mb < LOW_DISK_MB:
+            advice = "free space on that disk: when it is full, starts and ends answer status=error until it is not"
+            return {"name": "store", "status": "warn", "detail": f"{detail}; {free_mb:.0f} MB free", "advice": advice}
+    return {"name": "store", "status": "ok", "detail": detail, "advice": ""}
+
+
+def _check_telemetry() -> dict[str, Any]:
+    endpoint = OTEL_EXPORTER_OTLP_ENDPOINT.read()
+    if not endpoint:
+        folder = data_dir() / "telemetry"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            writable = os.access(folder, os.W_OK)
+        except OSError:
+            writable = False
+        if not writable:
+            advice = "set SB_OTEL_DATA_DIR to a writable directory"
+            return {"name": "telemetry", "status": "fail", "detail": f"{folder} is not writable", "advice": advice}
+        advice = "set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://localhost:4318) to send it to a collector"
+        return {"name": "telemetry", "status": "ok", "detail": f"OTLP JSON files in {folder}", "advice": advice}
+    protocol = OTEL_EXPORTER_OTLP_PROTOCOL.read() or "http/protobuf"
+    parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+    host = parsed.hostname or "localhost"
+    port = parsed.port or (4317 if protocol == "grpc" else 4318)
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            pass
+    except OSError as exc:
+        advice = "start the collector (see 'Run the observability stack' in the README), or fix the endpoint"
+        detail = f"nothing answers at {host}:{port} ({exc.strerror or exc})"
+        return {"name": "telemetry", "status": "fail", "detail": detail, "advice": advice}
+    mismatch = (protocol == "grpc" and port == 4318) or (protocol == "http/protobuf" and port == 4317)
+    if mismatch:
+        advice = "port 4317 is grpc, 4318 is http/protobuf: set OTEL_EXPORTER_OTLP_PROTOCOL to match"
+        return {"name": "telemetry", "status": "warn", "detail": f"{protocol} → {endpoint}", "advice": advice}
+    return {"name": "telemetry", "status": "ok", "detail": f"OTLP {protocol} → {endpoint} is reachable", "advice": ""}
+
+
+def _check_mcp() -> dict[str, Any]:
+    if importlib.util.find_spec("mcp") is None:
+        advice = "pip install 'sb-otel[mcp]' to run 'sb-otel serve'"
+        return {"name": "mcp server", "status": "warn", "detail": "the mcp extra is not installed", "advice": advice}
+    auth = "token required (SB_OTEL_SECRET)" if SB_OTEL_SECRET.read() else "no auth (SB_OTEL_SECRET unset)"
+    return {"name": "mcp server", "status": "ok", "detail": f"available; {auth}", "advice": ""}

@@ -1,0 +1,96 @@
+"""``sb-otel sessions`` and ``sb-otel show``: browse the store."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import click
+from rich.table import Table
+
+from sb_otel._cli.app import _console, _json_option, _store_option, cli
+from sb_otel._cli.output import _detail, _sessions_table, _summary
+from sb_otel._exceptions import ConfigError
+from sb_otel._settings import (
+    parse_duration,
+)
+from sb_otel._tracking.store import SESSION_STATUSES
+from sb_otel._tracking.store_factory import open_store
+
+
+@cli.command()
+@click.option("--open", "only_open", is_flag=True, help="Only sessions still open.")
+@click.option("--status", type=click.Choice(SESSION_STATUSES), default=None, help="Only sessions with this status.")
+@click.option("--component", default=None, help="Only this component (e.g. mahavishnu).")
+@click.option("--since", default=None, metavar="WHEN", help="Started after: a duration ago (2h, 7d) or an ISO time.")
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@_json_option
+@_store_option
+def sessions(
+    only_open: bool,
+    status: str | None,
+    component: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+    store_location: str | None,
+) -> int:
+    """List sessions, newest first."""
+    if only_open and status not in (None, "open"):
+        raise click.UsageError("--open and --status are exclusive; use one of them")
+    store = open_store(store_location)
+    try:
+        found = store.list_sessions(
+            status="open" if only_open else status,  # type: ignore[arg-type]
+            component_name=component,
+            since=_since(since),
+            limit=limit,
+        )
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([_summary(record) for record in found], indent=2))
+    elif not found:
+        click.echo("No sessions match. Run 'sb-otel demo' to make some, or check SB_OTEL_STORE.")
+    else:
+        _console().print(_sessions_table(found))
+    return 0
+
+
+@cli.command()
+@click.argument("session_id")
+@_json_option
+@_store_option
+def show(session_id: str, as_json: bool, store_location: str | None) -> int:
+    """Show one session: every field, its trace id and a Jaeger link."""
+    store = open_store(store_location)
+    try:
+        record = store.get(session_id)
+    finally:
+        store.close()
+    if record is None:
+        raise click.ClickException(f"no session {session_id!r} in this store; list them with 'sb-otel sessions'")
+    detail = _detail(record)
+    if as_json:
+        click.echo(json.dumps(detail, indent=2, default=str))
+        return 0
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    for key, value in detail.items():
+        text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
+        table.add_row(f"[bold]{key}[/]", text)
+    _console().print(table)
+    return 0
+
+
+def _since(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return datetime.now(timezone.utc) - parse_duration(text, name="--since")
+    except ConfigError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter("use a duration (30m, 2h, 7d) or an ISO time (2026-02-06T12:00:00Z)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

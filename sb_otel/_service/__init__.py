@@ -1,0 +1,1 @@
+"""The long-running parts: the MCP server, its token auth, and the reaper of abandoned sessions."""
