@@ -47,15 +47,15 @@ from sb_otel._telemetry.session_span import (
     export_session_span,
     plan_session_span,
 )
+from sb_otel._tracking.foreign import ForeignTracker
 from sb_otel._tracking.models import SessionEndEvent, SessionEndResult, SessionStartEvent, SessionStartResult
 from sb_otel._tracking.outcome import Outcome, end_outcome
-from sb_otel._tracking.store import NewSession, SessionEnding, SessionRecord, SessionStore
-from sb_otel._tracking.store_factory import open_store
+from sb_otel._tracking.seam import TrackingSeam
+from sb_otel._tracking.store import SessionRecord, SessionStore
 from sb_otel._tracking.tracker import (
     EVENT_LINE_MARKER,
     SESSION_ENDED_LINE,
     SESSION_STARTED_LINE,
-    SessionTracker,
     _as_event,
 )
 from sb_otel._version import __version__
@@ -86,9 +86,7 @@ class InstrumentedSessionTracker:
         redact: str | None = None,
     ) -> None:
         self.wrapped = tracker
-        self._ours = isinstance(tracker, SessionTracker)
-        self._store_location = None if isinstance(store, SessionStore) else store
-        self._own_store: SessionStore | None = store if isinstance(store, SessionStore) else None
+        self._seam: TrackingSeam = tracker if isinstance(tracker, TrackingSeam) else ForeignTracker(tracker, store)
         self._tracer_provider = tracer_provider or trace.get_tracer_provider()
         self._tracer = self._tracer_provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
         self._metrics = SessionMetrics(meter_provider)
@@ -100,7 +98,8 @@ class InstrumentedSessionTracker:
             tracker.session_manager = TracedLifecycleManager(self._manager, self._tracer, self._metrics)
         logger = getattr(tracker, "logger", None)
         self._logger_level = logger.level if isinstance(logger, logging.Logger) else None
-        self._log_handler = _attach_log_handler(logger, logger_provider, foreign=not self._ours)
+        foreign = not isinstance(tracker, TrackingSeam)
+        self._log_handler = _attach_log_handler(logger, logger_provider, foreign=foreign)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.wrapped, name)
@@ -108,12 +107,7 @@ class InstrumentedSessionTracker:
     @property
     def store(self) -> SessionStore:
         """Where session state (including the span plan) lives: the tracker's own store when it is ours."""
-        if self._ours:
-            store: SessionStore = self.wrapped.store
-            return store
-        if self._own_store is None:
-            self._own_store = open_store(self._store_location)
-        return self._own_store
+        return self._seam.store
 
     def uninstrument(self) -> None:
         """Give the wrapped tracker back its own lifecycle manager and logger."""
@@ -178,35 +172,12 @@ class InstrumentedSessionTracker:
     async def _inner_start(
         self, event: Any, telemetry: Mapping[str, Any] | None
     ) -> tuple[SessionStartResult, SessionRecord | None]:
-        """Exactly one call into the wrapped tracker; ``telemetry`` (the span plan and start attributes) is
-        stored with the session in the same write.
+        """Exactly one call into the wrapped tracker, through the seam; ``telemetry`` (the span plan and start
+        attributes) is stored with the session in the same write.
 
         Returns the result and the stored record (whose plan wins over ours if a retry got there first)."""
-        if self._ours:
-            result, record = await self.wrapped._handle_start(event, telemetry)
-            return result, record
-        result = await self.wrapped.handle_session_start(event)
-        if telemetry is not None and result.status == "tracked" and result.session_id:
-            return result, self._guard(self._adopt, event, result.session_id, telemetry)
-        return result, None
-
-    def _adopt(self, start: SessionStartEvent, session_id: str, telemetry: Mapping[str, Any]) -> SessionRecord:
-        """Record a session another tracker started, so any process can finish its span later."""
-        record, _ = self.store.create(
-            NewSession(
-                event_id=start.event_id,
-                component_name=start.component_name,
-                hostname=start.hostname,
-                pid=start.pid,
-                cwd=start.environment.cwd,
-                started_at=start.started_at,
-                received_at=datetime.now(timezone.utc),
-                start_event=start.model_dump(mode="json"),
-                telemetry=telemetry,
-            ),
-            session_id=session_id,
-        )
-        return record
+        tracked = await self._seam.track_start(event, telemetry)
+        return tracked.result, tracked.record
 
     def _announce_start(
         self, start: SessionStartEvent, described: Mapping[str, AttributeValue], session_id: str, span: Any
@@ -262,18 +233,18 @@ class InstrumentedSessionTracker:
         try:
             end = _as_event(SessionEndEvent, event)
         except ValidationError:
-            result: SessionEndResult = (await self._inner_end(event, None))[0]
+            result: SessionEndResult = (await self._inner_end(event))[0]
             self._guard(self._metrics.ended.add, 1, {sc.SESSION_STATUS: "error"})
             return result
         record = self._guard(self._stored, end.session_id)
         planned = self._guard(_SessionTelemetry.of, record) if record is not None else None
         if record is None or planned is None:
-            result, ended = await self._inner_end(end, record)
+            result, ended = await self._inner_end(end)
         else:
             name = f"session.end {record.component_name}"
             attributes = {sc.COMPONENT_NAME: record.component_name}
             with self._child_span(name, planned.plan, attributes, planned.attributes) as span:
-                result, ended = await self._inner_end(end, record)
+                result, ended = await self._inner_end(end)
                 self._guard(_annotate_child, span, end.session_id, result.status, result.error)
         if ended is not None:
             outcome = end_outcome(end.metadata)
@@ -284,27 +255,15 @@ class InstrumentedSessionTracker:
             self._guard(self._metrics.ended.add, 1, {**component, sc.SESSION_STATUS: result.status})
         return result
 
-    async def _inner_end(
-        self, event: Any, record: SessionRecord | None
-    ) -> tuple[SessionEndResult, SessionRecord | None]:
-        """Exactly one call into the wrapped tracker; returns the ended record only to the call that ended it."""
-        if self._ours:
-            result, ended = await self.wrapped._handle_end(event)
-            return result, ended
-        result = await self.wrapped.handle_session_end(event)
-        if result.status != "ended" or record is None or not isinstance(event, SessionEndEvent):
-            return result, None
-        outcome = end_outcome(event.metadata)
-        ending = SessionEnding(outcome.status, max(event.ended_at, record.started_at), event.model_dump(mode="json"))
-        finished = self._guard(self._finish_stored, record.session_id, ending)
-        return result, (finished[0] if finished is not None and finished[1] else None)
+    async def _inner_end(self, event: Any) -> tuple[SessionEndResult, SessionRecord | None]:
+        """Exactly one call into the wrapped tracker, through the seam; returns the ended record only to the call
+        that ended it."""
+        tracked = await self._seam.track_end(event)
+        return tracked.result, tracked.ended
 
     def _stored(self, session_id: str) -> SessionRecord | None:
         """The session's record; inside a guard, so a store that cannot even open only costs the telemetry."""
         return self.store.get(session_id)
-
-    def _finish_stored(self, session_id: str, ending: SessionEnding) -> tuple[SessionRecord, bool] | None:
-        return self.store.finish(session_id, ending)
 
     def finish_session_telemetry(self, record: SessionRecord, outcome: Outcome) -> None:
         """Export the session span and its end metrics and log event for an ended session record.

@@ -27,6 +27,7 @@ from sb_otel._tracking.models import (
     SessionStartResult,
 )
 from sb_otel._tracking.outcome import end_outcome
+from sb_otel._tracking.seam import TrackedEnd, TrackedStart
 from sb_otel._tracking.store import NewSession, SessionEnding, SessionRecord, SessionStore
 from sb_otel._tracking.store_factory import open_store
 
@@ -87,24 +88,23 @@ class SessionTracker:
 
     async def handle_session_start(self, event: SessionStartEvent | Mapping[str, Any]) -> SessionStartResult:
         """Track a session start. Returns ``tracked`` with the session id, or ``error`` with a message."""
-        result, _ = await self._handle_start(event)
-        return result
+        return (await self.track_start(event)).result
 
-    async def _handle_start(
+    async def track_start(
         self, event: SessionStartEvent | Mapping[str, Any], telemetry: Mapping[str, Any] | None = None
-    ) -> tuple[SessionStartResult, SessionRecord | None]:
-        """Start handling for the instrumentation layer: stores ``telemetry`` with a new session (one write)
-        and returns the session's record with a ``tracked`` result (the existing one for a retry)."""
+    ) -> TrackedStart:
+        """The tracking seam's start (:mod:`sb_otel._tracking.seam`): stores ``telemetry`` with a new session in
+        the same write and returns the session's record with a ``tracked`` result (the existing one for a retry)."""
         try:
             start = _as_event(SessionStartEvent, event)
         except ValidationError as exc:
-            return self._start_failed(event, f"invalid session start event: {_describe(exc)}"), None
+            return TrackedStart(self._start_failed(event, f"invalid session start event: {_describe(exc)}"), None)
         try:
             async with self._exclusive(f"start:{start.event_id}"):
                 record = await self._start(start, telemetry or {})
-                return SessionStartResult(session_id=record.session_id, status="tracked"), record
+                return TrackedStart(SessionStartResult(session_id=record.session_id, status="tracked"), record)
         except _LifecycleFailure as exc:
-            return self._start_failed(start, str(exc)), None
+            return TrackedStart(self._start_failed(start, str(exc)), None)
         except Exception as exc:
             self.logger.exception(
                 "Session start failed: component=%s, shell_type=%s, pid=%d, error=%s",
@@ -113,7 +113,7 @@ class SessionTracker:
                 start.pid,
                 _exception_text(exc),
             )
-            return SessionStartResult(session_id=None, status="error", error=_exception_text(exc)), None
+            return TrackedStart(SessionStartResult(session_id=None, status="error", error=_exception_text(exc)), None)
 
     async def _start(self, event: SessionStartEvent, telemetry: Mapping[str, Any]) -> SessionRecord:
         known = self.store.get_by_event_id(event.event_id)
@@ -166,23 +166,21 @@ class SessionTracker:
 
     async def handle_session_end(self, event: SessionEndEvent | Mapping[str, Any]) -> SessionEndResult:
         """Track a session end. Returns ``ended``, ``not_found`` (unknown id) or ``error`` with a message."""
-        result, _ = await self._handle_end(event)
-        return result
+        return (await self.track_end(event)).result
 
-    async def _handle_end(
-        self, event: SessionEndEvent | Mapping[str, Any]
-    ) -> tuple[SessionEndResult, SessionRecord | None]:
-        """End handling for the instrumentation layer: also returns the ended record, but only to the one
-        call that actually ended the session (so its span is exported exactly once)."""
+    async def track_end(self, event: SessionEndEvent | Mapping[str, Any]) -> TrackedEnd:
+        """The tracking seam's end (:mod:`sb_otel._tracking.seam`): also returns the ended record, but only to
+        the one call that actually ended the session (so its span is exported exactly once)."""
         try:
             end = _as_event(SessionEndEvent, event)
         except ValidationError as exc:
-            return self._end_failed(_raw_session_id(event), f"invalid session end event: {_describe(exc)}"), None
+            failed = self._end_failed(_raw_session_id(event), f"invalid session end event: {_describe(exc)}")
+            return TrackedEnd(failed, None)
         try:
             async with self._exclusive(f"end:{end.session_id}"):
                 return await self._end(end)
         except _LifecycleFailure as exc:
-            return self._end_failed(end.session_id, str(exc)), None
+            return TrackedEnd(self._end_failed(end.session_id, str(exc)), None)
         except Exception as exc:
             self.logger.exception(
                 "Session end failed: session_id=%s, error=%s",
@@ -191,9 +189,9 @@ class SessionTracker:
                 extra={"session.id": end.session_id},
             )
             error = SessionEndResult(session_id=end.session_id, status="error", error=_exception_text(exc))
-            return error, None
+            return TrackedEnd(error, None)
 
-    async def _end(self, event: SessionEndEvent) -> tuple[SessionEndResult, SessionRecord | None]:
+    async def _end(self, event: SessionEndEvent) -> TrackedEnd:
         record = self.store.get(event.session_id)
         if record is None:
             self.logger.warning(
@@ -201,9 +199,9 @@ class SessionTracker:
                 event.session_id,
                 extra={"session.id": event.session_id},
             )
-            return SessionEndResult(session_id=event.session_id, status="not_found"), None
+            return TrackedEnd(SessionEndResult(session_id=event.session_id, status="not_found"), None)
         if not record.is_open:  # a retried end: already done, nothing ends twice
-            return SessionEndResult(session_id=event.session_id, status="ended"), None
+            return TrackedEnd(SessionEndResult(session_id=event.session_id, status="ended"), None)
         await self._call_manager("end_session", record.cwd)
         outcome = end_outcome(event.metadata)
         finished = self.store.finish(
@@ -225,7 +223,7 @@ class SessionTracker:
             },
         )
         ended = finished[0] if finished is not None and finished[1] else None
-        return SessionEndResult(session_id=event.session_id, status="ended"), ended
+        return TrackedEnd(SessionEndResult(session_id=event.session_id, status="ended"), ended)
 
     def _end_failed(self, session_id: str, error: str) -> SessionEndResult:
         self.logger.error(

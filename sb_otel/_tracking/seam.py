@@ -1,0 +1,53 @@
+"""The tracking seam: what the instrumentation needs from a tracker, beyond the seed's public API.
+
+The seed's ``handle_session_start/end`` answer with a result only. To plan and finish a session span the
+instrumentation must also store its telemetry with the session (in the same write) and learn which call actually
+ended a session (so its span is exported once). :class:`SessionTracker` offers both through ``track_start`` and
+``track_end``; a tracker that is not ours (session-buddy's) is adapted to the same protocol by
+:class:`~sb_otel._tracking.foreign.ForeignTracker`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from sb_otel._tracking.models import SessionEndResult, SessionStartResult
+from sb_otel._tracking.store import SessionRecord, SessionStore
+
+
+@dataclass(frozen=True)
+class TrackedStart:
+    """A start's answer, with the stored record when the session is tracked."""
+
+    result: SessionStartResult
+    record: SessionRecord | None
+    """The session's record — for a retry, the existing one, whose telemetry (span plan) wins over the caller's."""
+
+
+@dataclass(frozen=True)
+class TrackedEnd:
+    """An end's answer, with the ended record for the one call that ended the session."""
+
+    result: SessionEndResult
+    ended: SessionRecord | None
+    """Set only for the call that moved the session from open to ended: retries and races get ``None``."""
+
+
+@runtime_checkable
+class TrackingSeam(Protocol):
+    """A tracker the instrumentation can drive: the seed's semantics plus stored telemetry and end ownership."""
+
+    @property
+    def store(self) -> SessionStore:
+        """Where sessions (and their span plans) live."""
+        ...
+
+    async def track_start(self, event: Any, telemetry: Mapping[str, Any] | None = None) -> TrackedStart:
+        """``handle_session_start``, storing ``telemetry`` with a new session in the same write."""
+        ...
+
+    async def track_end(self, event: Any) -> TrackedEnd:
+        """``handle_session_end``, telling the caller whether this call ended the session."""
+        ...
