@@ -192,6 +192,17 @@ class PrometheusServer:
 
         poll(scraped, timeout=timeout, what=f"a successful scrape of {self.targets} by Prometheus")
 
+    def last_scrape(self) -> float:
+        """The start time (Unix seconds) of the latest scrape of every target, whose samples are all stored.
+
+        Prometheus reports a scrape in the targets API after appending its samples, and the next scrape's samples
+        carry later timestamps, so queries evaluated at this instant give the same answers however long they run.
+        """
+        targets = self.api("targets", state="active")["activeTargets"]
+        if not targets:
+            raise PrometheusError("Prometheus has no active targets")
+        return min(_parse_time(target["lastScrape"]).timestamp() for target in targets)
+
 
 def _parse_time(text: str) -> datetime:
     """Prometheus's RFC 3339 timestamps carry nanoseconds; Python parses at most microseconds."""

@@ -1,8 +1,11 @@
 """The Sessions dashboard (deploy/grafana/dashboards/sessions.json): Grafana's essentials, names, and real data.
 
-The last test is the proof the issue asks for: a real Prometheus scrapes sb-otel's metrics while a realistic
-scenario runs through the real instrumented tracker, and every PromQL expression in the dashboard — with its
-template variables filled in from Prometheus, as Grafana does — returns data.
+The dashboard is shareable: it names its datasources through datasource variables, never by uid, so it imports
+into any Grafana. Its LogQL is parsed with Grafana's own grammar and held to Loki's matcher rule under every
+variable value (tests/logql_check.py). The last test is the proof for PromQL: a real Prometheus scrapes
+sb-otel's metrics while a realistic scenario runs through the real instrumented tracker, and every PromQL
+expression in the dashboard — with its template variables filled in from Prometheus, as Grafana does, the
+"All" value included — returns data.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ import asyncio
 import json
 import math
 import re
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -33,6 +35,8 @@ from sb_otel._telemetry.instrumentation import InstrumentedSessionTracker
 from sb_otel._tracking.outcome import ABANDONED
 from sb_otel._tracking.store import SessionEnding
 from sb_otel.testing import capture_telemetry
+from tests.logql_check import INSTALL_HINT as LOGQL_INSTALL_HINT
+from tests.logql_check import LogQLParserMissing, loki_refuses, parse_logql
 from tests.otlp_to_prometheus import Kind, label_name, series_names
 from tests.prometheus_server import INSTALL_HINT, PrometheusNotInstalled, PrometheusServer, find_prometheus, poll
 
@@ -45,6 +49,9 @@ GRAFANA_BUILTIN_DATASOURCE = {"type": "grafana", "uid": "-- Grafana --"}  # the 
 # the test's 250 ms scrapes, and $__range covers the whole scenario.
 GRAFANA_GLOBALS = {"__rate_interval": "1m", "__interval": "15s", "__range": "10m"}
 SERVICE = "sb-otel"
+ALL = "$__all"  # Grafana's value for the "All" selection
+DATASOURCE_VARIABLES = {"DS_PROMETHEUS": "prometheus", "DS_LOKI": "loki"}
+"""The dashboard's datasource variables (name → datasource type): each picks a datasource of the user's Grafana."""
 COMPONENTS = {"mahavishnu": "MahavishnuShell", "oneiric": "OneiricShell", "session-buddy": "SessionBuddyShell"}
 
 
@@ -56,10 +63,10 @@ def load_dashboard() -> dict[str, Any]:
     return dashboard
 
 
-def provisioned_datasources() -> dict[str, str]:
-    """uid → type of every datasource Grafana provisions."""
-    config = yaml.safe_load(DATASOURCES.read_text())
-    return {source["uid"]: source["type"] for source in config["datasources"]}
+def provisioned_datasources() -> list[dict[str, Any]]:
+    """The datasources our stack's Grafana provisions (deploy/grafana/provisioning)."""
+    found: list[dict[str, Any]] = yaml.safe_load(DATASOURCES.read_text())["datasources"]
+    return found
 
 
 def panel_targets(dashboard: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
@@ -69,13 +76,17 @@ def panel_targets(dashboard: dict[str, Any]) -> Iterator[tuple[dict[str, Any], d
             yield panel, target
 
 
-def promql_targets(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
-    """(``panel title/refId``, expression) for every Prometheus query."""
+def targets_of_type(dashboard: dict[str, Any], datasource_type: str) -> list[tuple[str, str]]:
+    """(``panel title/refId``, expression) for every query of one datasource type."""
     return [
         (f"{panel['title']}/{target['refId']}", target["expr"])
         for panel, target in panel_targets(dashboard)
-        if (target.get("datasource") or panel["datasource"])["type"] == "prometheus"
+        if (target.get("datasource") or panel["datasource"])["type"] == datasource_type
     ]
+
+
+def promql_targets(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    return targets_of_type(dashboard, "prometheus")
 
 
 def variables(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
@@ -96,6 +107,19 @@ def datasource_refs(node: Any) -> Iterator[dict[str, Any]]:
             yield from datasource_refs(item)
 
 
+def uid_values(node: Any) -> Iterator[str]:
+    """Every value of a ``uid`` / ``datasourceUid`` key anywhere in the dashboard."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("uid", "datasourceUid") and isinstance(value, str):
+                yield value
+            else:
+                yield from uid_values(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from uid_values(item)
+
+
 _LABEL_VALUES = re.compile(r"label_values\((?P<match>.+),\s*(?P<label>[a-zA-Z_][a-zA-Z0-9_]*)\)")
 _SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{")
 _MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*\"")
@@ -114,6 +138,33 @@ def substitute(expr: str, values: dict[str, str]) -> str:
         return values[name]
 
     return _VARIABLE_REF.sub(value, expr)
+
+
+_REGEX_META = re.compile(r"[$^*{}\[\]'+?.()|]")
+
+
+def regex_literal(value: str) -> str:
+    """``value`` as a regex matching it literally, written inside a query's string literal (Grafana's escape)."""
+    doubled = value.replace("\\", "\\\\\\\\")
+    return _REGEX_META.sub(lambda match: "\\\\" + match.group(0), doubled)
+
+
+def grafana_value(variable: dict[str, Any], selected: list[str], datasource_type: str) -> str:
+    """The text Grafana puts in place of ``$variable`` in a Prometheus or Loki query, for a selection.
+
+    "All" becomes the variable's ``allValue``; chosen values of a multi-value variable are regex-escaped as in a
+    PromQL/LogQL string literal and joined as alternatives (Prometheus in parentheses, Loki without).
+    """
+    if selected == [ALL]:
+        assert variable.get("allValue"), f"{variable['name']}: All without an allValue expands to every option"
+        value: str = variable["allValue"]
+        return value
+    assert variable["multi"], f"{variable['name']} is not multi-value"
+    escaped = [regex_literal(value) for value in selected]
+    if len(escaped) == 1:
+        return escaped[0]
+    joined = "|".join(escaped)
+    return f"({joined})" if datasource_type == "prometheus" else joined
 
 
 def metric_names(expr: str) -> set[str]:
@@ -222,42 +273,82 @@ def test_panels_do_not_overlap() -> None:
                 cells[(x, y)] = panel["title"]
 
 
-def test_every_datasource_reference_is_a_provisioned_uid() -> None:
-    """Panels, targets and variables name datasources by the uids deploy/grafana/provisioning fixes."""
-    provisioned = provisioned_datasources()
-    assert set(provisioned) == {"prometheus", "jaeger", "loki"}
-    refs = list(datasource_refs(load_dashboard()))
-    assert refs
+def query_variables(dashboard: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The variables that filter the queries (not the datasource pickers or the Jaeger address)."""
+    return {variable["name"]: variable for variable in variables(dashboard) if variable["type"] == "query"}
+
+
+def test_dashboard_names_no_datasource_uid_of_ours() -> None:
+    """Shareable: every datasource reference is a datasource variable (or Grafana's built-in annotations source),
+    so the dashboard imports into any Grafana and picks that Grafana's own Prometheus and Loki."""
+    dashboard = load_dashboard()
+    pickers = {variable["name"]: variable for variable in variables(dashboard) if variable["type"] == "datasource"}
+    assert {name: variable["query"] for name, variable in pickers.items()} == DATASOURCE_VARIABLES
+    for variable in pickers.values():
+        assert not variable.get("current"), f"{variable['name']} must not preselect a datasource of ours"
+        assert not variable["multi"]
+        assert not variable["includeAll"]
+    refs = list(datasource_refs(dashboard))
+    assert len(refs) > len(panel_targets_list := list(panel_targets(dashboard))) >= 10, len(panel_targets_list)
     for ref in refs:
         if ref == GRAFANA_BUILTIN_DATASOURCE:
             continue
-        assert isinstance(ref, dict), f"datasource given by name, not by uid: {ref!r}"
-        assert ref["uid"] in provisioned, f"{ref} is not provisioned"
-        assert provisioned[ref["uid"]] == ref["type"], f"{ref} has the wrong type"
+        assert isinstance(ref, dict), f"datasource given by name: {ref!r}"
+        match = re.fullmatch(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", ref["uid"])
+        assert match is not None, f"{ref} names a fixed datasource uid"
+        assert DATASOURCE_VARIABLES.get(match[1]) == ref["type"], f"{ref}: no datasource variable of that type"
+    # Nothing of our stack's provisioning leaks in: no uid anywhere in the file (links too) is one of its uids.
+    ours = {source["uid"] for source in provisioned_datasources()}
+    assert not set(uid_values(dashboard)) & ours
+    # Import ("Export for sharing externally" convention): what the dashboard needs is listed, no input left open.
+    assert "__inputs" not in dashboard, "an __inputs entry would ask for a datasource the variables already pick"
+    required = {(item["type"], item["id"]) for item in dashboard["__requires"]}
+    assert {("datasource", kind) for kind in DATASOURCE_VARIABLES.values()} <= required
+    assert {("panel", panel["type"]) for panel in dashboard["panels"]} <= required
+
+
+def test_our_stack_provisions_one_datasource_per_picker_with_prometheus_the_default() -> None:
+    """In the compose stack the pickers need no choice: one Prometheus (Grafana's default) and one Loki."""
+    provisioned = provisioned_datasources()
+    by_type = Counter(source["type"] for source in provisioned)
+    for kind in DATASOURCE_VARIABLES.values():
+        assert by_type[kind] == 1, kind
+    (default,) = [source for source in provisioned if source.get("isDefault")]
+    assert default["type"] == "prometheus"
 
 
 def test_template_variables_are_service_name_and_component_from_prometheus() -> None:
-    """Templated by service_name and component, both listed from the started-sessions counter."""
-    found = {variable["name"]: variable for variable in variables(load_dashboard())}
+    """Templated by service_name and component, both listed from the started-sessions counter, All by default."""
+    dashboard = load_dashboard()
+    found = query_variables(dashboard)
     assert set(found) == {"service_name", "component"}
     for variable in found.values():
-        assert variable["type"] == "query"
-        assert variable["datasource"]["uid"] == "prometheus"
+        assert variable["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
         assert _LABEL_VALUES.fullmatch(variable["definition"]), variable["definition"]
         assert variable["query"]["query"] == variable["definition"]
         assert variable["includeAll"]
-        assert variable["allValue"] == ".*"
+        assert variable["multi"]
+        assert variable["current"]["value"] == [ALL]
+    # service_name stands alone in Loki's stream selector, where "All" must still select (.+, not .*);
+    # component only filters (a Loki pipeline stage, a PromQL matcher beside the metric name), where .* is fine.
+    assert found["service_name"]["allValue"] == ".+"
+    assert found["component"]["allValue"] == ".*"
     labels = {name: _LABEL_VALUES.fullmatch(variable["definition"]) for name, variable in found.items()}
     assert {name: match["label"] for name, match in labels.items() if match} == {
         "service_name": "service_name",
         "component": label_name(sc.COMPONENT_NAME),
     }
+    (jaeger,) = [variable for variable in variables(dashboard) if variable["type"] == "textbox"]
+    assert jaeger["name"] == "jaeger_url"
+    assert dashboard["links"][0]["url"] == "${jaeger_url}/search"
+    assert "${jaeger_url}/trace/${__value.raw}" in DASHBOARD.read_text()
+    assert "localhost" not in DASHBOARD.read_text().replace(jaeger["query"], "")
 
 
 def test_every_variable_a_query_uses_is_defined() -> None:
     """A typo in ``$componnent`` would silently match nothing in Grafana."""
     dashboard = load_dashboard()
-    defined = {variable["name"] for variable in variables(dashboard)} | set(GRAFANA_GLOBALS)
+    defined = set(query_variables(dashboard)) | set(GRAFANA_GLOBALS)
     for panel, target in panel_targets(dashboard):
         used = set(_VARIABLE.findall(target["expr"]))
         assert used <= defined, f"{panel['title']}: undefined {used - defined}"
@@ -276,7 +367,7 @@ def test_promql_queries_the_prometheus_names_of_sb_otel_instruments(
         assert names, f"{title}: no metric selector with braces in {expr!r}"
         assert names <= expected, f"{title}: {names - expected} is not a Prometheus name of an sb-otel metric"
         queried |= names
-    for variable in variables(dashboard):
+    for variable in query_variables(dashboard).values():
         match = _LABEL_VALUES.fullmatch(variable["definition"])
         assert match is not None
         selector = match["match"].split("{")[0].strip()
@@ -303,7 +394,7 @@ def test_promql_labels_are_translated_sb_otel_attributes() -> None:
 def test_failed_sessions_table_reads_session_end_records_from_loki() -> None:
     """The table filters Loki's structured metadata by the translated status and component attributes."""
     dashboard = load_dashboard()
-    loki = [(panel, target) for panel, target in panel_targets(dashboard) if panel["datasource"]["uid"] == "loki"]
+    loki = [(panel, target) for panel, target in panel_targets(dashboard) if panel["datasource"]["type"] == "loki"]
     assert len(loki) == 1
     panel, target = loki[0]
     assert panel["type"] == "table"
@@ -316,6 +407,70 @@ def test_failed_sessions_table_reads_session_end_records_from_loki() -> None:
     allowed = {label_name(key) for key in attribute_keys()} | {"trace_id"}
     assert columns <= allowed, columns - allowed
     assert {label_name(sc.SESSION_ID), "trace_id"} <= columns
+
+
+SELECTIONS: dict[str, list[list[str]]] = {
+    "service_name": [[ALL], [SERVICE], [SERVICE, "svc.v2"]],
+    "component": [[ALL], ["mahavishnu"], ["mahavishnu", "oneiric"]],
+}
+"""Selections the LogQL check fills in: All, one value, several (one with a regex metacharacter)."""
+
+
+def logql_under_every_selection(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """(what, query) for every LogQL target under every combination of the selections above."""
+    found = query_variables(dashboard)
+    assert set(found) == set(SELECTIONS)
+    filled = []
+    for title, expr in targets_of_type(dashboard, "loki"):
+        for service in SELECTIONS["service_name"]:
+            for component in SELECTIONS["component"]:
+                values = {
+                    **GRAFANA_GLOBALS,
+                    "service_name": grafana_value(found["service_name"], service, "loki"),
+                    "component": grafana_value(found["component"], component, "loki"),
+                }
+                filled.append((f"{title} service_name={service} component={component}", substitute(expr, values)))
+    return filled
+
+
+def parse_or_fail(queries: list[str]) -> list[Any]:
+    try:
+        return parse_logql(queries)
+    except LogQLParserMissing:
+        pytest.fail(LOGQL_INSTALL_HINT)
+
+
+def test_every_logql_query_is_accepted_by_loki_under_every_variable_value() -> None:
+    """Grafana's LogQL grammar parses each query, and each stream selector keeps a matcher that does not match
+    the empty string — whatever the variables hold, "All" (the default) included."""
+    filled = logql_under_every_selection(load_dashboard())
+    assert len(filled) == 9
+    for (what, _), parsed in zip(filled, parse_or_fail([query for _, query in filled]), strict=True):
+        assert loki_refuses(parsed) is None, f"{what}: {loki_refuses(parsed)}"
+        assert any(matcher.label == "service_name" for selector in parsed.selectors for matcher in selector), what
+
+
+def test_the_logql_check_refuses_what_loki_refuses() -> None:
+    """The check can fail: ``.*`` as the All value (the old dashboard's), a matcher-less selector, a syntax error,
+    and a negative matcher alone all match the empty string or do not parse; ``.+`` and ``!=""`` pass."""
+    dashboard = load_dashboard()
+    old = json.loads(json.dumps(dashboard))
+    for variable in query_variables(old).values():
+        variable["allValue"] = ".*"
+    refused_old = [query for what, query in logql_under_every_selection(old) if "service_name=['$__all']" in what]
+    queries = [
+        *refused_old,
+        '{service_name=~".*"} | sb_session_status="crashed"',
+        '{service_name!~"sb-otel"}',
+        '{service_name=~"sb-otel" | x="y"',
+        '{service_name=~".+"}',
+        '{service_name!=""}',
+        '{service_name=~"a|b", x=~".*"} | logfmt',
+    ]
+    verdicts = [loki_refuses(parsed) for parsed in parse_or_fail(queries)]
+    assert all(verdicts[: len(refused_old) + 3]), verdicts
+    assert "syntax error" in (verdicts[len(refused_old) + 2] or "")
+    assert verdicts[len(refused_old) + 3 :] == [None, None, None]
 
 
 # -- the proof: a real Prometheus, a realistic scenario, every query ------------------------------------------
@@ -430,6 +585,14 @@ async def phase_two(scenario: Scenario, named: dict[str, str]) -> None:
     await scenario.failures()
 
 
+def series_values(answers: dict[str, list[dict[str, Any]]]) -> dict[str, dict[frozenset[tuple[str, str]], str]]:
+    """Each query's answer as labels → value (Prometheus lists the series of a result in no fixed order)."""
+    return {
+        title: {frozenset(sample["metric"].items()): sample["value"][1] for sample in result}
+        for title, result in answers.items()
+    }
+
+
 def values_of(result: list[dict[str, Any]]) -> list[float]:
     return [float(sample["value"][1]) for sample in result]
 
@@ -520,28 +683,37 @@ def check_every_query(prometheus: PrometheusServer, tracker: InstrumentedSession
     values = dict(GRAFANA_GLOBALS)
 
     # The variables, resolved as Grafana resolves them: label_values() → /api/v1/label/<label>/values.
-    found = {variable["name"]: variable for variable in variables(dashboard)}
+    found = query_variables(dashboard)
     service_query = _LABEL_VALUES.fullmatch(found["service_name"]["definition"])
     assert service_query is not None
     services = prometheus.label_values(service_query["label"], substitute(service_query["match"], values))
     assert services == [SERVICE]
-    values["service_name"] = services[0]
     component_query = _LABEL_VALUES.fullmatch(found["component"]["definition"])
     assert component_query is not None
-    components = prometheus.label_values(component_query["label"], substitute(component_query["match"], values))
-    assert set(components) == set(COMPONENTS)
-    values["component"] = found["component"]["allValue"]  # "All", the default selection
+    for service_selection in ([ALL], services):  # the component list under the default and a chosen service
+        values["service_name"] = grafana_value(found["service_name"], service_selection, "prometheus")
+        components = prometheus.label_values(component_query["label"], substitute(component_query["match"], values))
+        assert set(components) == set(COMPONENTS), service_selection
 
-    # One evaluation instant for every panel, as one dashboard refresh: a later scrape cannot change the answers.
-    at = time.time()
-    results: dict[str, list[dict[str, Any]]] = {}
-    for title, expr in promql_targets(dashboard):
-        result = prometheus.query(substitute(expr, values), at=at)
-        numbers = values_of(result)
-        assert numbers, f"{title}: no data for {substitute(expr, values)}"
-        assert all(math.isfinite(number) for number in numbers), f"{title}: {numbers}"
-        assert any(number > 0 for number in numbers), f"{title}: only zeros"
-        results[title] = result
+    # One evaluation instant for every panel, as one dashboard refresh, at a scrape whose samples are all stored:
+    # a later scrape cannot change the answers. Every query twice: under the default selection (All, All) and
+    # with the service chosen; there is one service here, so both must give the same answers.
+    at = prometheus.last_scrape()
+    by_selection: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for service_selection in ([ALL], services):
+        values["service_name"] = grafana_value(found["service_name"], service_selection, "prometheus")
+        values["component"] = grafana_value(found["component"], [ALL], "prometheus")
+        answers: dict[str, list[dict[str, Any]]] = {}
+        for title, expr in promql_targets(dashboard):
+            result = prometheus.query(substitute(expr, values), at=at)
+            numbers = values_of(result)
+            assert numbers, f"{title}: no data for {substitute(expr, values)}"
+            assert all(math.isfinite(number) for number in numbers), f"{title}: {numbers}"
+            assert any(number > 0 for number in numbers), f"{title}: only zeros"
+            answers[title] = result
+        by_selection[values["service_name"]] = answers
+    results = by_selection[".+"]
+    assert series_values(by_selection[SERVICE]) == series_values(results)
     assert len(results) == len(promql_targets(dashboard)) >= 10
 
     # Exact where the scenario fixes the answer: open sessions per component, as the store has them.
