@@ -1,7 +1,8 @@
 """LogQL as Grafana and Loki read it: Grafana's grammar parses, Loki's matcher rule decides what Loki accepts.
 
 Parsing uses Grafana's own LogQL grammar, ``@grafana/lezer-logql`` (the parser of Grafana's Loki query editor),
-run by ``tests/logql/parse.mjs`` under Node; ``npm ci --prefix tests/logql`` installs it (``.ci/run`` does).
+run by ``tests/logql/parse.mjs`` under Node; the first parse installs it from the lock file (``npm ci --prefix
+tests/logql``, from the npm registry) when it is missing, so the README's test command needs nothing more.
 Loki adds one rule the grammar does not hold: every stream selector needs at least one matcher that does not
 match the empty string (Loki's ``validateMatchers``: ``{service_name=~".*"}`` is refused with "queries require at
 least one regexp or equality matcher that does not have an empty-compatible value").
@@ -69,11 +70,30 @@ def _decode(literal: str) -> str:
     return value
 
 
+def _install_parser() -> None:
+    """``npm ci`` the locked grammar package once; a failure names the command to run by hand."""
+    if (PARSER_DIR / "node_modules" / "@grafana" / "lezer-logql").is_dir():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        raise LogQLParserMissing(INSTALL_HINT)
+    completed = subprocess.run(
+        [npm, "ci", "--prefix", str(PARSER_DIR), "--no-audit", "--no-fund", "--loglevel=error"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise LogQLParserMissing(f"{INSTALL_HINT}; npm ci said: {completed.stderr.strip()[-500:]}")
+
+
 def parse_logql(queries: list[str]) -> list[ParsedQuery]:
     """Parse each query with Grafana's LogQL grammar (one Node process for all of them)."""
     node = shutil.which("node")
-    if node is None or not (PARSER_DIR / "node_modules" / "@grafana" / "lezer-logql").is_dir():
+    if node is None:
         raise LogQLParserMissing(INSTALL_HINT)
+    _install_parser()
     completed = subprocess.run(
         [node, str(PARSER_DIR / "parse.mjs")],
         input=json.dumps(queries),
