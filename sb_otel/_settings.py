@@ -111,12 +111,12 @@ SB_OTEL_ALLOW_UNAUTHENTICATED = Setting(
 )
 SB_OTEL_HTTP_MAX_CONNECTIONS = Setting(
     env="SB_OTEL_HTTP_MAX_CONNECTIONS",
-    default="`100`",
+    default="`64`",
     description="Open connections the HTTP server holds at once; more are answered 503 and closed.",
 )
 SB_OTEL_HTTP_MAX_BODY = Setting(
     env="SB_OTEL_HTTP_MAX_BODY",
-    default="`256KiB`",
+    default="`1MiB`",
     description="Largest request body the HTTP server reads (bytes, or `KiB`/`MiB`); larger ones get 413.",
 )
 SB_OTEL_HTTP_TIMEOUT = Setting(

@@ -39,7 +39,7 @@ class BoundedH11Protocol(H11Protocol):
     ``bounded(max_connections, timeout)`` makes the class uvicorn is given (``Config(http=...)``).
     """
 
-    max_connections = 100
+    max_connections = 64
     head_timeout = 10.0
     _last_refusal_log = 0.0
 

@@ -313,10 +313,11 @@ class HttpServer(uvicorn.Server):
 class HttpLimits:
     """What one client can make the HTTP server hold (see :mod:`sb_otel._service.http_guard`)."""
 
-    max_connections: int = 100
+    max_connections: int = 64
     """Open connections at once; more are answered 503 and closed."""
-    max_body: int = 256 * 1024
-    """Bytes of one request body (413 beyond). A start event is at most ~20 KiB (16 KiB of metadata)."""
+    max_body: int = 1024 * 1024
+    """Bytes of one request body (413 beyond). A valid start event is at most ~20 KiB (16 KiB of metadata); the
+    margin lets an oversized one reach the models and get their error dict."""
     timeout: float = 10.0
     """Seconds for a request's head, then for its body (408)."""
 
