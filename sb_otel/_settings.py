@@ -75,14 +75,55 @@ SB_OTEL_REAP_INTERVAL = Setting(
 SB_OTEL_SECRET = Setting(
     env="SB_OTEL_SECRET",
     default="(none: no auth)",
-    description="Shared secret of `sb-otel serve`: each tool call then needs `token` = hex HMAC-SHA256 of "
-    '`session_start:<event_id>` or `session_end:<session_id>` (see "MCP server").',
+    description="Shared secret of `sb-otel serve`: each tool call then needs `token` = "
+    "`v2.<unix seconds>.<hex HMAC-SHA256>` over the scope, the event id or session id and a digest of the event "
+    '(`sb_otel.session_token`; see "The MCP server").',
+)
+SESSION_BUDDY_SECRET = Setting(
+    env="SESSION_BUDDY_SECRET",
+    default="(none)",
+    description="session-buddy's secret: `sb-otel serve` then also accepts session-buddy's tokens (HS256 JWTs, "
+    "audience `session-buddy`), so its clients authenticate unchanged; alone, it also keys sb-otel's tokens.",
 )
 SB_OTEL_TOKEN_MAX_AGE = Setting(
     env="SB_OTEL_TOKEN_MAX_AGE",
     default="(none: tokens do not expire)",
-    description="With `SB_OTEL_SECRET`: how old a token may be (`5m`, `1h`); tokens must then carry an issue time, "
-    '`<unix seconds>.<hex HMAC-SHA256 of session_start:<event_id>:<unix seconds>>` (see "MCP server").',
+    description="With a secret: how old a token may be (`5m`, `1h`), from its issue time; a minute of clock skew "
+    "is allowed.",
+)
+SB_OTEL_ALLOWED_HOSTS = Setting(
+    env="SB_OTEL_ALLOWED_HOSTS",
+    default="loopback names (`127.0.0.1`, `localhost`, `[::1]`, any port)",
+    description="`sb-otel serve --transport http`: more `Host` header values it answers, comma-separated "
+    "(`name:port`, `name:*` for any port; `*`: any host, no DNS-rebinding check); others get 421.",
+)
+SB_OTEL_ALLOWED_ORIGINS = Setting(
+    env="SB_OTEL_ALLOWED_ORIGINS",
+    default="loopback origins (`http://localhost:*`, …)",
+    description="More browser `Origin` values the HTTP server answers, comma-separated (`http://name:*`); "
+    "requests without an `Origin` are not affected; others get 403.",
+)
+SB_OTEL_ALLOW_UNAUTHENTICATED = Setting(
+    env="SB_OTEL_ALLOW_UNAUTHENTICATED",
+    default="`false`",
+    description="`true` lets `sb-otel serve` listen beyond loopback (`--host 0.0.0.0`) without a secret "
+    "(same as `--allow-unauthenticated`); otherwise it refuses to start.",
+)
+SB_OTEL_HTTP_MAX_CONNECTIONS = Setting(
+    env="SB_OTEL_HTTP_MAX_CONNECTIONS",
+    default="`64`",
+    description="Open connections the HTTP server holds at once; more are answered 503 and closed.",
+)
+SB_OTEL_HTTP_MAX_BODY = Setting(
+    env="SB_OTEL_HTTP_MAX_BODY",
+    default="`1MiB`",
+    description="Largest request body the HTTP server reads (bytes, or `KiB`/`MiB`); larger ones get 413.",
+)
+SB_OTEL_HTTP_TIMEOUT = Setting(
+    env="SB_OTEL_HTTP_TIMEOUT",
+    default="`10s`",
+    description="How long the HTTP server waits for a request's headers, and then for its body, before "
+    "closing the connection (408 for a slow body).",
 )
 SB_OTEL_SESSION_ID = Setting(
     env="SB_OTEL_SESSION_ID",
@@ -147,7 +188,14 @@ SETTINGS: tuple[Setting, ...] = (
     SB_OTEL_SESSION_TTL,
     SB_OTEL_REAP_INTERVAL,
     SB_OTEL_SECRET,
+    SESSION_BUDDY_SECRET,
     SB_OTEL_TOKEN_MAX_AGE,
+    SB_OTEL_ALLOWED_HOSTS,
+    SB_OTEL_ALLOWED_ORIGINS,
+    SB_OTEL_ALLOW_UNAUTHENTICATED,
+    SB_OTEL_HTTP_MAX_CONNECTIONS,
+    SB_OTEL_HTTP_MAX_BODY,
+    SB_OTEL_HTTP_TIMEOUT,
     SB_OTEL_SESSION_ID,
     SB_OTEL_JAEGER_URL,
     SB_OTEL_METRIC_LABEL_LIMIT,

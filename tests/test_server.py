@@ -15,14 +15,18 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
-from mcp import ClientSession, StdioServerParameters, stdio_client
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mcp import Client, ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from opentelemetry.trace import StatusCode
 
 from sb_otel import InstrumentedSessionTracker, NewSession, SessionTracker, SqliteSessionStore, instrument
 from sb_otel._service.auth import session_token
-from sb_otel._service.server import HttpMode, SessionService, build_server, http_server
+from sb_otel._service.server import DEFAULT_PATH, DEFAULT_PORT, HttpMode, SessionService, build_server, http_server
+from sb_otel._version import __version__
 from sb_otel.testing import CapturedTelemetry
 from tests.conftest import AgreeingManager, start_payload
 from tests.otlp_receiver import OtlpReceiver
@@ -75,7 +79,7 @@ async def test_tools_have_session_buddys_names_and_parameters(tracker: Instrumen
     """The advertised tools are session-buddy's, with the same parameters and required ones."""
     async with http_session(tracker) as session:
         tools = {tool.name: tool.input_schema for tool in (await session.list_tools()).tools}
-    assert sorted(tools) == ["track_session_end", "track_session_start"]
+    assert sorted(tools) == ["health_check", "track_session_end", "track_session_start"]
     start = tools["track_session_start"]
     assert list(start["properties"]) == [
         "event_version",
@@ -190,22 +194,20 @@ async def test_with_a_secret_calls_need_a_valid_token(tracker: InstrumentedSessi
         other_event = await call(
             session,
             "track_session_start",
-            {**event, "token": session_token(SECRET, "session_start", str(uuid.uuid4()))},
+            {**event, "token": session_token(SECRET, "session_start", {**event, "event_id": str(uuid.uuid4())})},
         )
         non_ascii = await call(session, "track_session_start", {**event, "token": "ü" * 64})
         good = await call(
             session,
             "track_session_start",
-            {**event, "token": session_token(SECRET, "session_start", event["event_id"])},
+            {**event, "token": session_token(SECRET, "session_start", event)},
         )
         end = {"session_id": good["session_id"], "timestamp": "2026-02-06T13:00:00Z"}
         end_refused = await call(session, "track_session_end", end)
         end_with_start_token = await call(
-            session, "track_session_end", {**end, "token": session_token(SECRET, "session_start", event["event_id"])}
+            session, "track_session_end", {**end, "token": session_token(SECRET, "session_start", event)}
         )
-        ended = await call(
-            session, "track_session_end", {**end, "token": session_token(SECRET, "session_end", good["session_id"])}
-        )
+        ended = await call(session, "track_session_end", {**end, "token": session_token(SECRET, "session_end", end)})
     assert missing["status"] == "error"
     assert missing["error"].startswith("unauthorized: this server requires a token")
     for refused in (wrong, other_event, non_ascii, end_refused, end_with_start_token):
@@ -341,3 +343,126 @@ def test_serve_logs_at_warning_by_default_and_per_call_at_info(tmp_path: Path) -
     assert "Session started" not in logs["WARNING"]
     assert len(logs["WARNING"].splitlines()) == 1  # the ready line
     assert "INFO sb_otel" in logs["INFO"]
+
+
+# -- parameters arrive exactly as sent (issue 13) ---------------------------------------------------------
+
+JSON_LOOKING = ["null", "true", "false", "0", "-1.5e3", "[]", "[1, 2]", "{}", '{"a": 1}', '"quoted"', "", " ", "\n"]
+START_STRINGS = ("event_version", "event_id", "event_type", "component_name", "shell_type", "timestamp", "hostname")
+END_STRINGS = ("session_id", "timestamp", "event_type")
+
+
+class Recorder:
+    """A tracker that records the payload each call hands it (and answers like the real one)."""
+
+    def __init__(self, tracker: Any) -> None:
+        self.tracker = tracker
+        self.store = tracker.store
+        self.received: list[dict[str, Any]] = []
+
+    async def handle_session_start(self, payload: dict[str, Any]) -> Any:
+        self.received.append(dict(payload))
+        return await self.tracker.handle_session_start(payload)
+
+    async def handle_session_end(self, payload: dict[str, Any]) -> Any:
+        self.received.append(dict(payload))
+        return await self.tracker.handle_session_end(payload)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    value=st.one_of(st.sampled_from(JSON_LOOKING), st.text(), st.from_regex(r"[A-Za-z0-9_.:-]{1,20}", fullmatch=True)),
+    start_field=st.sampled_from(START_STRINGS),
+    end_field=st.sampled_from(END_STRINGS),
+)
+def test_every_string_parameter_reaches_validation_exactly_as_sent(
+    value: str, start_field: str, end_field: str
+) -> None:
+    """Over a real MCP client (in-process): any string in any string parameter is the string the tracker gets,
+    and the reply's ``session_id`` is the one sent. On main, ``"null"`` arrived as missing ("Field required")
+    and ``'{"a": 1}'`` as an object ("Input should be a valid string", reply ``session_id`` blank)."""
+    recorder = Recorder(SessionTracker(AgreeingManager(), store="memory"))
+    server = build_server(SessionService(recorder, secret="", session_buddy_secret=""))
+
+    async def calls() -> tuple[Any, Any]:
+        async with Client(server) as client:
+            start = await client.call_tool("track_session_start", {**payload(), start_field: value})
+            end = await client.call_tool("track_session_end", {"session_id": "x-1", "timestamp": NOW, end_field: value})
+        return start, end
+
+    start, end = anyio.run(calls)
+    assert not start.is_error, start.content
+    assert not end.is_error, end.content
+    assert [recorder.received[0][start_field], recorder.received[1][end_field]] == [value, value]
+    assert "Field required" not in str(start.structured_content) + str(end.structured_content)
+    assert "valid string" not in str(start.structured_content) + str(end.structured_content)
+    if end_field == "session_id" and end.structured_content["status"] != "error":
+        assert end.structured_content["session_id"] == value
+
+
+async def test_a_json_looking_session_id_is_not_found_not_a_missing_field(tracker: InstrumentedSessionTracker) -> None:
+    """The issue's cases over HTTP: ``session_id="null"`` and ``hostname="null"`` are those strings."""
+    async with http_session(tracker) as session:
+        ended = await call(session, "track_session_end", {"session_id": "null", "timestamp": NOW})
+        started = await call(session, "track_session_start", payload(hostname="null"))
+    assert ended == {"session_id": "null", "status": "not_found", "error": None}
+    assert started["status"] == "tracked", started
+    assert tracker.store.get(started["session_id"]).hostname == "null"
+
+
+async def test_wrong_types_are_still_error_dicts(tracker: InstrumentedSessionTracker) -> None:
+    """Typed as session-buddy does, yet a number for a string is sb-otel's error dict, not a protocol error."""
+    async with http_session(tracker) as session:
+        start = await call(session, "track_session_start", payload(hostname=42))
+        end = await call(session, "track_session_end", {"session_id": 7, "timestamp": NOW})
+    assert start["status"] == end["status"] == "error"
+    assert "hostname" in start["error"]
+    assert "session_id" in end["error"]
+
+
+# -- health_check, port (issue 13) ------------------------------------------------------------------------
+
+
+async def test_health_check_reports_version_store_telemetry_and_no_secret(tracker: InstrumentedSessionTracker) -> None:
+    """session-buddy's health facts plus sb-otel's version, store, telemetry and auth status; no token needed."""
+    async with http_session(tracker, secret=SECRET) as session:
+        health = await call(session, "health_check", {})
+    assert health["server_status"] == "active"
+    assert health["overall_healthy"] is True
+    assert (health["service"], health["version"]) == ("sb-otel", __version__)
+    assert health["checks"]["store"] == "ok"
+    assert health["checks"]["auth"] == "token required"
+    assert "telemetry" in health["checks"]
+    assert {"timestamp", "platform", "python_version", "process_id"} <= set(health)
+    assert SECRET not in str(health)
+
+
+async def test_health_check_reports_a_broken_store(tracker: InstrumentedSessionTracker) -> None:
+    """A store that fails is a degraded server, named in ``errors`` — still a result, not a tool error."""
+
+    class BrokenStore:
+        def get(self, session_id: str) -> None:
+            raise OSError("disk gone")
+
+    class Broken:
+        store = BrokenStore()
+
+    async with Client(build_server(SessionService(Broken(), secret=""))) as client:
+        result = await client.call_tool("health_check", {})
+    assert not result.is_error
+    health = result.structured_content
+    assert health is not None
+    assert (health["server_status"], health["overall_healthy"]) == ("degraded", False)
+    assert health["checks"]["store"] == "error: OSError"
+
+
+def test_default_port_and_path_are_session_buddys() -> None:
+    """8678 and ``/mcp``, in the library and in ``sb-otel serve --help``."""
+    from click.testing import CliRunner
+
+    from sb_otel._cli.app import cli
+
+    assert (DEFAULT_PORT, DEFAULT_PATH) == (8678, "/mcp")
+    shown = CliRunner().invoke(cli, ["serve", "--help"]).output
+    assert "default: 8678" in shown.replace("\n", " ").replace("  ", " ")
+    assert "default: /mcp" in shown

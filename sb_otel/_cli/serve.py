@@ -23,7 +23,13 @@ from sb_otel._version import __version__
 @cli.command()
 @click.option("--transport", type=click.Choice(["stdio", "http"]), default="stdio", show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (http).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port (http; 0: any).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8678,
+    show_default=True,
+    help="Port (http; 0: any). session-buddy's.",
+)
 @click.option("--path", default="/mcp", show_default=True, help="URL path of the MCP endpoint (http).")
 @click.option(
     "--reap-interval", default=None, metavar="DURATION", help="Reaper interval (default SB_OTEL_REAP_INTERVAL, 5m)."
@@ -42,6 +48,12 @@ from sb_otel._version import __version__
     show_default=True,
     help="Server log lines on stderr (INFO: one line per call).",
 )
+@click.option(
+    "--allow-unauthenticated",
+    is_flag=True,
+    default=False,
+    help="Listen beyond loopback without a secret (also SB_OTEL_ALLOW_UNAUTHENTICATED=true).",
+)
 @_store_option
 def serve(
     transport: str,
@@ -51,16 +63,27 @@ def serve(
     reap_interval: str | None,
     http_mode: str,
     log_level: str,
+    allow_unauthenticated: bool,
     store_location: str | None,
 ) -> int:
     """Serve track_session_start / track_session_end over MCP (stdio or streamable HTTP).
 
-    Needs the mcp extra (pip install 'sb-otel[mcp]'). With SB_OTEL_SECRET set, every call needs a token.
+    Needs the mcp extra (pip install 'sb-otel[mcp]'). With SB_OTEL_SECRET (or SESSION_BUDDY_SECRET) set,
+    every call needs a token; without one, it listens on loopback only unless --allow-unauthenticated.
     """
     if importlib.util.find_spec("mcp") is None:
         raise click.ClickException("the MCP server needs the mcp extra: pip install 'sb-otel[mcp]'")
-    from sb_otel._service.server import LOG_LEVELS, configure_server_logging, token_max_age_setting
+    from sb_otel._service.auth import Secrets
+    from sb_otel._service.server import (
+        LOG_LEVELS,
+        allow_unauthenticated_setting,
+        check_exposure,
+        configure_server_logging,
+        http_limits_setting,
+        token_max_age_setting,
+    )
     from sb_otel._service.server import serve as serve_mcp
+    from sb_otel._settings import SB_OTEL_SECRET, SESSION_BUDDY_SECRET
 
     configure_server_logging(next(level for level in LOG_LEVELS if level == log_level.upper()))
     # SIGTERM (systemd, docker stop, kill) ends the server like Ctrl-C, so the finally below flushes telemetry;
@@ -70,6 +93,11 @@ def serve(
     interval = parse_duration(reap_interval, name="--reap-interval") if reap_interval else None
     session_ttl()  # a bad SB_OTEL_SESSION_TTL fails now, as one line, not in the reaper later
     token_max_age_setting()  # likewise SB_OTEL_TOKEN_MAX_AGE, before the first call
+    allow = allow_unauthenticated or allow_unauthenticated_setting()
+    if transport == "http":
+        http_limits_setting()  # and the SB_OTEL_HTTP_* limits
+        secrets = Secrets(sb_otel=SB_OTEL_SECRET.read(), session_buddy=SESSION_BUDDY_SECRET.read())
+        check_exposure(host, secrets, allow_unauthenticated=allow)  # before the store and telemetry are opened
     store = open_store(store_location)
     telemetry = configure()  # global: the mcp SDK's request spans go to the same pipeline
 
@@ -88,6 +116,8 @@ def serve(
                 reap_interval=interval,
                 http_mode="session" if http_mode == "session" else "stateless",
                 on_ready=ready,
+                telemetry=telemetry.destination,
+                allow_unauthenticated=allow,
             )
         )
     except KeyboardInterrupt:

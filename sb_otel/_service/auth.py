@@ -1,97 +1,210 @@
-"""Shared-secret tokens for the MCP tools: HMAC-SHA256 over the event's identity, compared in constant time.
+"""Tokens for the MCP tools: sb-otel's event-bound HMAC tokens, and session-buddy's JWTs for a drop-in.
 
-When ``SB_OTEL_SECRET`` is set, every ``track_session_start`` / ``track_session_end`` call needs a ``token``, in
-one of two forms:
+With ``SB_OTEL_SECRET`` (or ``SESSION_BUDDY_SECRET``) set, every ``track_session_start`` / ``track_session_end``
+call needs a ``token``, in one of two formats.
 
-    token = hex(HMAC-SHA256(key=SB_OTEL_SECRET, message="<event_type>:<subject>"))               # no expiry
-    token = "<issued_at>." + hex(HMAC-SHA256(key=SB_OTEL_SECRET, message="<event_type>:<subject>:<issued_at>"))
+**sb-otel's token** binds one event, exactly as sent::
 
-where ``event_type`` is ``session_start`` (subject: the start event's ``event_id``) or ``session_end`` (subject:
-the ``session_id``), and ``issued_at`` is the issuing time in whole Unix seconds. The second form expires:
-with ``SB_OTEL_TOKEN_MAX_AGE`` set, a token older than that (or issued more than a minute in the future) is
-refused, and so is a token of the first form, which carries no time. Without the setting both forms are
-accepted, as before it existed.
+    token   = "v2.<issued_at>." + hex(HMAC-SHA256(key=SB_OTEL_SECRET, message))
+    message = "sb-otel.v2\\n<scope>\\n<subject>\\n<issued_at>\\n<digest>"
+    digest  = hex(SHA-256(canonical JSON of the event))
 
-Replays: a token vouches for one event only — it cannot be turned into a token for another session, or for
-the other tool — and both tools are idempotent (a replayed start finds the session its ``event_id`` already
-made; a replayed end of an ended session changes nothing and exports nothing), so replaying a captured token
-repeats a call that has already happened. The expiry bounds how long a captured token stays usable at all.
-The secret itself never travels, is never logged, and never exported. In bash::
+``scope`` is ``session_start`` (subject: the canonical ``event_id``, i.e. ``str(uuid.UUID(event_id))``) or
+``session_end`` (subject: the ``session_id``); ``issued_at`` is the issuing time in whole Unix seconds. The
+event is the tool's arguments without ``token`` and without arguments that are ``null`` (an end without
+``event_type`` counts as ``"event_type": "session_end"``, the tool's default), as canonical JSON: keys sorted,
+no whitespace, UTF-8 (Python: ``json.dumps(event, sort_keys=True, separators=(",", ":"),
+ensure_ascii=False)``; ``jq -cS`` prints the same bytes for ordinary events). So a token authorises one
+scope, one subject and one content: a start that was refused (or captured) cannot be resent with other
+content, or another ``event_id``, under the same token. Resending the *same* event repeats a call that has
+already happened (both tools are idempotent). ``SB_OTEL_TOKEN_MAX_AGE`` bounds how long a token is usable:
+older than that (or issued more than a minute in the future) is refused. Only ``SB_OTEL_SECRET`` keys these
+tokens (``SESSION_BUDDY_SECRET`` does when it is the only secret set).
+
+**session-buddy's token** (``session_buddy/mcp/auth.py``, built on mcp-common): a JWT signed HS256 with
+``SESSION_BUDDY_SECRET``, audience ``session-buddy``, an issuer among the Bodai services, ``iat`` and ``exp``.
+It is accepted only when ``SESSION_BUDDY_SECRET`` is set, so a client configured for session-buddy
+authenticates unchanged. Like session-buddy, such a token is a bearer token: it covers any event until it
+expires (``exp``; and ``SB_OTEL_TOKEN_MAX_AGE`` on ``iat`` when set), not one event's content.
+
+The MAC is compared in constant time; the secrets never travel, are never logged, and never exported. In bash
+(the event as JSON in ``$event``)::
 
     ts=$(date +%s)
-    mac=$(printf '%s' "session_start:$event_id:$ts" | openssl dgst -sha256 -hmac "$SB_OTEL_SECRET" | sed 's/^.* //')
-    token="$ts.$mac"
+    digest=$(printf '%s' "$event" | jq -cSj . | sha256sum | cut -d' ' -f1)
+    mac=$(printf 'sb-otel.v2\\nsession_start\\n%s\\n%s\\n%s' "$event_id" "$ts" "$digest" |
+          openssl dgst -sha256 -hmac "$SB_OTEL_SECRET" | sed 's/^.* //')
+    token="v2.$ts.$mac"
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 TokenScope = Literal["session_start", "session_end"]
+TOKEN_VERSION = "v2"
 CLOCK_SKEW = timedelta(minutes=1)
 """How far in the future an ``issued_at`` may lie (the client's clock runs ahead of the server's)."""
-_MAX_TOKEN = 128  # "<10-20 digits>.<64 hex>": anything longer is not a token, and is not hashed
+SESSION_BUDDY_AUDIENCE = "session-buddy"
+SESSION_BUDDY_ISSUERS = frozenset({"mahavishnu", "session-buddy", "akosha", "dhara", "crackerjack"})
+"""The issuers mcp-common accepts (its ``KNOWN_SERVICES``)."""
+_MAX_TOKEN = 4096  # a JWT with a few claims is ~300 bytes; anything longer is not a token, and is not parsed
+_MISMATCH = "unauthorized: token does not match this event (check SB_OTEL_SECRET on both sides)"
 
 
-def session_token(secret: str, event_type: TokenScope, subject: str, *, issued_at: int | None = None) -> str:
-    """The token a client sends for one event.
+@dataclass(frozen=True)
+class Secrets:
+    """The keys a server checks tokens with; no key at all: no auth."""
 
-    Without ``issued_at``: hex HMAC-SHA256 of ``"<event_type>:<subject>"`` under ``secret`` (never expires).
-    With it (Unix seconds, e.g. ``int(time.time())``): ``"<issued_at>.<hex HMAC-SHA256 of
-    "<event_type>:<subject>:<issued_at>">"``, which a server with ``SB_OTEL_TOKEN_MAX_AGE`` set refuses once old.
+    sb_otel: str | None = None
+    """``SB_OTEL_SECRET``: keys sb-otel's event-bound tokens."""
+    session_buddy: str | None = None
+    """``SESSION_BUDDY_SECRET``: keys session-buddy's JWTs (and sb-otel's tokens when it is the only one)."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.sb_otel or self.session_buddy)
+
+    @property
+    def hmac_key(self) -> str | None:
+        return self.sb_otel or self.session_buddy or None
+
+    def __repr__(self) -> str:  # never print a secret, even by accident
+        return f"Secrets(sb_otel={_shown(self.sb_otel)}, session_buddy={_shown(self.session_buddy)})"
+
+
+def _shown(secret: str | None) -> str:
+    return "'set'" if secret else "None"
+
+
+def canonical_event(scope: TokenScope, event: Mapping[str, Any]) -> dict[str, Any]:
+    """The event a token covers: the arguments without ``token`` and ``null`` ones; an end's default type."""
+    content = {str(name): value for name, value in event.items() if name != "token" and value is not None}
+    if scope == "session_end":
+        content.setdefault("event_type", "session_end")
+    return content
+
+
+def event_digest(scope: TokenScope, event: Mapping[str, Any]) -> str:
+    """Hex SHA-256 of the canonical JSON of :func:`canonical_event`."""
+    text = json.dumps(canonical_event(scope, event), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # surrogatepass: an event holding a lone surrogate (invalid UTF-8 from a client) still gets a digest to refuse
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def token_subject(scope: TokenScope, event: Mapping[str, Any]) -> str:
+    """The canonical ``event_id`` of a start (any UUID spelling names one event), or an end's ``session_id``."""
+    value = event.get("event_id" if scope == "session_start" else "session_id")
+    text = value if isinstance(value, str) else ""
+    if scope == "session_start":
+        try:
+            return str(uuid.UUID(text))
+        except ValueError:
+            return text
+    return text
+
+
+def session_token(secret: str, scope: TokenScope, event: Mapping[str, Any], *, issued_at: int | None = None) -> str:
+    """The token a client sends with ``event`` (the tool's arguments): ``v2.<issued_at>.<hex HMAC>``.
+
+    ``issued_at`` defaults to now (Unix seconds). The token authorises this scope, subject and content only.
     """
-    if issued_at is None:
-        return _mac(secret, f"{event_type}:{subject}")
-    return f"{issued_at}.{_mac(secret, f'{event_type}:{subject}:{issued_at}')}"
+    issued = int(time.time()) if issued_at is None else issued_at
+    return f"{TOKEN_VERSION}.{issued}.{_mac(secret, _message(scope, event, issued))}"
 
 
 def token_problem(
-    secret: str | None,
-    event_type: TokenScope,
-    subject: str,
+    secrets: Secrets | str | None,
+    scope: TokenScope,
+    event: Mapping[str, Any],
     token: object,
     *,
     max_age: timedelta | None = None,
     now: float | None = None,
 ) -> str | None:
-    """Why ``token`` does not authorise this event (``None`` when it does, or when no secret is set).
+    """Why ``token`` does not authorise ``event`` (``None`` when it does, or when no secret is set).
 
-    The MAC comparison runs in constant time over bytes (``hmac.compare_digest``), so neither timing nor
-    non-ASCII input tells a caller how close a guess was. ``max_age`` (``SB_OTEL_TOKEN_MAX_AGE``) makes tokens
+    ``secrets`` may be a plain ``SB_OTEL_SECRET`` string. ``max_age`` (``SB_OTEL_TOKEN_MAX_AGE``) makes tokens
     expire; ``now`` is injectable for tests.
     """
-    if not secret:
+    keys = secrets if isinstance(secrets, Secrets) else Secrets(sb_otel=secrets or None)
+    if not keys.enabled:
         return None
     if token is None or token == "":
-        subject_name = "event_id" if event_type == "session_start" else "session_id"
         return (
-            "unauthorized: this server requires a token (SB_OTEL_SECRET is set); send "
-            f"token = hex HMAC-SHA256 of '{event_type}:<{subject_name}>'"
+            "unauthorized: this server requires a token (a secret is set); send token = "
+            "'v2.<unix seconds>.<hex HMAC-SHA256 of the event>' (sb_otel.session_token) or a session-buddy JWT"
         )
-    given = str(token).strip().lower()[:_MAX_TOKEN]
-    issued_text, dot, mac = given.rpartition(".")
-    if not dot:  # the first form: no issue time
-        if max_age is not None:
-            return "unauthorized: this server requires tokens with an issue time (SB_OTEL_TOKEN_MAX_AGE is set)"
-        return None if _same(_mac(secret, f"{event_type}:{subject}"), given) else _MISMATCH
-    issued_at = int(issued_text) if issued_text.isascii() and issued_text.isdigit() else -1
-    # the MAC is checked before the time, so an unauthenticated caller learns nothing about the clock
-    if issued_at < 0 or not _same(_mac(secret, f"{event_type}:{subject}:{issued_at}"), mac):
+    if not isinstance(token, str) or len(token) > _MAX_TOKEN:
         return _MISMATCH
-    if max_age is not None:
-        age = (time.time() if now is None else now) - issued_at
-        if age > max_age.total_seconds():
-            return f"unauthorized: token expired (issued {int(age)} s ago; SB_OTEL_TOKEN_MAX_AGE allows {max_age})"
-        if -age > CLOCK_SKEW.total_seconds():
-            return "unauthorized: token issued in the future (check the client's clock)"
+    given = token.strip()
+    clock = time.time() if now is None else now
+    parts = given.split(".")
+    if len(parts) == 3 and parts[0].lower() != TOKEN_VERSION:  # header.claims.signature: a JWT
+        return _jwt_problem(keys.session_buddy, given, max_age=max_age, now=clock)
+    return _hmac_problem(keys.hmac_key, scope, event, given.lower(), max_age=max_age, now=clock)
+
+
+def _hmac_problem(
+    key: str | None, scope: TokenScope, event: Mapping[str, Any], given: str, *, max_age: timedelta | None, now: float
+) -> str | None:
+    version, _, rest = given.partition(".")
+    issued_text, _, mac = rest.partition(".")
+    issued_at = int(issued_text) if issued_text.isascii() and issued_text.isdigit() and len(issued_text) < 20 else -1
+    if key is None or version != TOKEN_VERSION or issued_at < 0:
+        # the pre-v2 forms (a MAC of the event id alone) covered no content: refused, with the way forward
+        return f"{_MISMATCH}; tokens are 'v2.<unix seconds>.<hex HMAC>' over the event (see sb_otel.session_token)"
+    # the MAC is checked before the time, so an unauthenticated caller learns nothing about the clock
+    if not _same(_mac(key, _message(scope, event, issued_at)), mac):
+        return _MISMATCH
+    return _age_problem(now - issued_at, max_age)
+
+
+def _jwt_problem(key: str | None, given: str, *, max_age: timedelta | None, now: float) -> str | None:
+    """A session-buddy token: HS256, audience ``session-buddy``, a known issuer, ``iat`` and ``exp``."""
+    if key is None:
+        return "unauthorized: a session-buddy token needs SESSION_BUDDY_SECRET set on this server"
+    import jwt  # the mcp extra's dependency: imported only when a JWT arrives
+
+    try:
+        claims = jwt.decode(
+            given,
+            key,
+            algorithms=["HS256"],
+            audience=SESSION_BUDDY_AUDIENCE,
+            options={"require": ["exp", "iat", "iss", "aud"]},
+        )
+    except jwt.ExpiredSignatureError:
+        return "unauthorized: session-buddy token expired"
+    except jwt.PyJWTError:
+        return "unauthorized: session-buddy token does not verify (check SESSION_BUDDY_SECRET on both sides)"
+    if claims.get("iss") not in SESSION_BUDDY_ISSUERS:
+        return "unauthorized: session-buddy token from an unknown issuer"
+    issued_at = claims.get("iat")
+    return _age_problem(now - issued_at, max_age) if isinstance(issued_at, (int, float)) else None
+
+
+def _age_problem(age: float, max_age: timedelta | None) -> str | None:
+    if max_age is None:
+        return None
+    if age > max_age.total_seconds():
+        return f"unauthorized: token expired (issued {int(age)} s ago; SB_OTEL_TOKEN_MAX_AGE allows {max_age})"
+    if -age > CLOCK_SKEW.total_seconds():
+        return "unauthorized: token issued in the future (check the client's clock)"
     return None
 
 
-_MISMATCH = "unauthorized: token does not match this event (check SB_OTEL_SECRET on both sides)"
+def _message(scope: TokenScope, event: Mapping[str, Any], issued_at: int) -> str:
+    subject = token_subject(scope, event)
+    return f"sb-otel.{TOKEN_VERSION}\n{scope}\n{subject}\n{issued_at}\n{event_digest(scope, event)}"
 
 
 def _mac(secret: str, message: str) -> str:

@@ -16,9 +16,15 @@ Needs the ``mcp`` extra: ``pip install 'sb-otel[mcp]'``.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
+import os
+import platform
+import re
 import socket
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -26,11 +32,26 @@ import anyio
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.tools import Tool
-from pydantic import WithJsonSchema
+from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import PlainValidator, WithJsonSchema
 
-from sb_otel._service.auth import token_problem
+from sb_otel._exceptions import ConfigError
+from sb_otel._service.auth import Secrets, token_problem
+from sb_otel._service.http_guard import MAX_HEAD, BodyGuard, BoundedH11Protocol
 from sb_otel._service.reaper import reap
-from sb_otel._settings import SB_OTEL_REAP_INTERVAL, SB_OTEL_SECRET, SB_OTEL_TOKEN_MAX_AGE, parse_duration
+from sb_otel._settings import (
+    SB_OTEL_ALLOW_UNAUTHENTICATED,
+    SB_OTEL_ALLOWED_HOSTS,
+    SB_OTEL_ALLOWED_ORIGINS,
+    SB_OTEL_HTTP_MAX_BODY,
+    SB_OTEL_HTTP_MAX_CONNECTIONS,
+    SB_OTEL_HTTP_TIMEOUT,
+    SB_OTEL_REAP_INTERVAL,
+    SB_OTEL_SECRET,
+    SB_OTEL_TOKEN_MAX_AGE,
+    SESSION_BUDDY_SECRET,
+    parse_duration,
+)
 from sb_otel._telemetry.propagation import TRACE_CONTEXT_KEYS
 from sb_otel._tracking.models import SessionEndResult, SessionStartResult
 from sb_otel._version import __version__
@@ -42,7 +63,8 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LOG_LEVELS: tuple[LogLevel, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SERVER_NAME = "sb-otel"
 DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8765
+DEFAULT_PORT = 8678
+"""session-buddy's port: clients and ``.mcp.json`` files already point there."""
 DEFAULT_PATH = "/mcp"
 DEFAULT_REAP_INTERVAL = timedelta(minutes=5)
 START_REQUIRED = (
@@ -60,35 +82,69 @@ START_REQUIRED = (
 END_REQUIRED = ("session_id", "timestamp")
 _log = logging.getLogger("sb_otel.server")
 
-# Parameters accept any JSON so that a wrong type reaches sb-otel's models (and becomes an error dict); the
-# schema clients see still says what each one should be.
-_Str = Annotated[Any, WithJsonSchema({"type": "string"})]
-_Int = Annotated[Any, WithJsonSchema({"type": "integer"})]
-_Obj = Annotated[Any, WithJsonSchema({"type": "object"})]
-_OptObj = Annotated[Any, WithJsonSchema({"anyOf": [{"type": "object"}, {"type": "null"}], "default": None})]
-_OptStr = Annotated[Any, WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "null"}], "default": None})]
+
+def _as_sent(value: Any) -> Any:
+    """No coercion: the value reaches sb-otel's models as the client sent it (a wrong type: an error dict)."""
+    return value
+
+
+# Each parameter is annotated with session-buddy's type, which is what the advertised schema says, but validated
+# by sb-otel's models rather than the MCP layer. A string parameter must be annotated exactly ``str``: for any
+# other annotation the SDK first tries ``json.loads`` on a string argument, so ``session_id="null"`` arrived as
+# ``None`` and a JSON-looking id as an object. ``_ABSENT`` (``None``, typed ``Any``) marks a missing argument.
+_Str = Annotated[str, PlainValidator(_as_sent), WithJsonSchema({"type": "string"})]
+_OptStr = Annotated[
+    str, PlainValidator(_as_sent), WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "null"}], "default": None})
+]
+_Int = Annotated[int, PlainValidator(_as_sent), WithJsonSchema({"type": "integer"})]
+_StrMap = Annotated[
+    dict[str, str],
+    PlainValidator(_as_sent),
+    WithJsonSchema({"type": "object", "additionalProperties": {"type": "string"}}),
+]
+_OptObj = Annotated[
+    dict[str, Any] | None,
+    PlainValidator(_as_sent),
+    WithJsonSchema({"anyOf": [{"type": "object"}, {"type": "null"}], "default": None}),
+]
+_ABSENT: Any = None
 
 
 class SessionService:
-    """What the two tools do, without MCP: token check, ``_meta`` trace context, result dicts.
+    """What the tools do, without MCP: token check, ``_meta`` trace context, result dicts, health.
 
     Args:
         tracker: a tracker with the seed's API, normally ``sb_otel.instrument(SessionTracker(...))``.
-        secret: the shared secret tokens are checked against (default ``SB_OTEL_SECRET``; empty: no auth).
+        secret: the key of sb-otel's tokens (default ``SB_OTEL_SECRET``; empty: none).
+        session_buddy_secret: the key of session-buddy's JWTs (default ``SESSION_BUDDY_SECRET``; empty: none).
+            With neither secret, calls need no token.
+        telemetry: where telemetry goes, for ``health_check`` (``Telemetry.destination``).
     """
 
-    def __init__(self, tracker: Any, *, secret: str | None = None, token_max_age: timedelta | None = None) -> None:
+    def __init__(
+        self,
+        tracker: Any,
+        *,
+        secret: str | None = None,
+        session_buddy_secret: str | None = None,
+        token_max_age: timedelta | None = None,
+        telemetry: str = "not configured by sb-otel (the application's providers, if any)",
+    ) -> None:
         self.tracker = tracker
-        self.secret = secret if secret is not None else SB_OTEL_SECRET.read()
+        self.secrets = Secrets(
+            sb_otel=(secret if secret is not None else SB_OTEL_SECRET.read()) or None,
+            session_buddy=(session_buddy_secret if session_buddy_secret is not None else SESSION_BUDDY_SECRET.read())
+            or None,
+        )
         self.token_max_age = token_max_age if token_max_age is not None else token_max_age_setting()
+        self.telemetry = telemetry
 
     async def track_session_start(
         self, arguments: Mapping[str, Any], token: Any = None, meta: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
         """Handle a start; always a dict shaped like ``SessionStartResult``."""
         try:
-            event_id = _text(arguments.get("event_id"))
-            problem = token_problem(self.secret, "session_start", event_id, token, max_age=self.token_max_age)
+            problem = token_problem(self.secrets, "session_start", arguments, token, max_age=self.token_max_age)
             if problem is not None:
                 component = _loggable(arguments.get("component_name"))
                 _log.warning("Refused session start: component=%s, %s", component, problem)
@@ -108,7 +164,7 @@ class SessionService:
         """Handle an end; always a dict shaped like ``SessionEndResult``."""
         session_id = _text(arguments.get("session_id"))
         try:
-            problem = token_problem(self.secret, "session_end", session_id, token, max_age=self.token_max_age)
+            problem = token_problem(self.secrets, "session_end", arguments, token, max_age=self.token_max_age)
             if problem is not None:
                 _log.warning("Refused session end: session_id=%s, %s", _loggable(session_id), problem)
                 return SessionEndResult(session_id=session_id[:128], status="error", error=problem).model_dump(
@@ -120,6 +176,38 @@ class SessionService:
             _log.exception("track_session_end failed")
             error = f"internal error: {type(exc).__name__}"
             return SessionEndResult(session_id=session_id[:128], status="error", error=error).model_dump(mode="json")
+
+    def health_check(self) -> dict[str, Any]:
+        """session-buddy's ``health_check`` facts, plus sb-otel's version, store, telemetry and auth status.
+
+        Needs no token and holds no secret, path or client data: any client may call it first (oneiric's
+        emitter does, before every event).
+        """
+        errors: list[str] = []
+        store = getattr(self.tracker, "store", None)
+        try:
+            if store is not None:
+                store.get("sb-otel-health-check")  # a lookup through the real store: it is open and readable
+            store_status = "ok" if store is not None else "unknown (the tracker exposes no store)"
+        except Exception as exc:
+            store_status = f"error: {type(exc).__name__}"
+            errors.append(f"session store: {type(exc).__name__}")
+        return {
+            "server_status": "active" if not errors else "degraded",
+            "overall_healthy": not errors,
+            "service": SERVER_NAME,
+            "version": __version__,
+            "timestamp": time.time(),
+            "platform": platform.system(),
+            "python_version": platform.python_version(),
+            "process_id": os.getpid(),
+            "checks": {
+                "store": store_status,
+                "telemetry": self.telemetry,
+                "auth": "token required" if self.secrets.enabled else "off (no secret set)",
+            },
+            "errors": errors,
+        }
 
 
 def with_trace_context(metadata: Any, meta: Mapping[str, Any] | None) -> Any:
@@ -139,21 +227,21 @@ def with_trace_context(metadata: Any, meta: Mapping[str, Any] | None) -> Any:
 
 
 def build_server(service: SessionService) -> MCPServer[Any]:
-    """An ``MCPServer`` with session-buddy's two tools, backed by ``service``."""
+    """An ``MCPServer`` with session-buddy's tools (the two tracking tools and ``health_check``), on ``service``."""
 
     async def track_session_start(
-        event_version: _Str = None,
-        event_id: _Str = None,
-        event_type: _Str = None,
-        component_name: _Str = None,
-        shell_type: _Str = None,
-        timestamp: _Str = None,
-        pid: _Int = None,
-        user: _Obj = None,
-        hostname: _Str = None,
-        environment: _Obj = None,
+        event_version: _Str = _ABSENT,
+        event_id: _Str = _ABSENT,
+        event_type: _Str = _ABSENT,
+        component_name: _Str = _ABSENT,
+        shell_type: _Str = _ABSENT,
+        timestamp: _Str = _ABSENT,
+        pid: _Int = _ABSENT,
+        user: _StrMap = _ABSENT,
+        hostname: _Str = _ABSENT,
+        environment: _StrMap = _ABSENT,
         metadata: _OptObj = None,
-        token: _OptStr = None,
+        token: _OptStr = _ABSENT,
         *,
         ctx: Context,
     ) -> dict[str, Any]:
@@ -175,26 +263,31 @@ def build_server(service: SessionService) -> MCPServer[Any]:
         return await service.track_session_start(arguments, token, _request_meta(ctx))
 
     async def track_session_end(
-        session_id: _Str = None,
-        timestamp: _Str = None,
+        session_id: _Str = _ABSENT,
+        timestamp: _Str = _ABSENT,
         event_type: _Str = "session_end",
         metadata: _OptObj = None,
-        token: _OptStr = None,
+        token: _OptStr = _ABSENT,
     ) -> dict[str, Any]:
         """Track a shell session end. Returns {session_id, status: ended|not_found|error, error}."""
         given = {"session_id": session_id, "timestamp": timestamp, "event_type": event_type, "metadata": metadata}
         arguments = {name: value for name, value in given.items() if value is not None}
         return await service.track_session_end(arguments, token)
 
+    async def health_check() -> dict[str, Any]:
+        """Server health: version, store, telemetry and auth status (no secrets). Needs no token."""
+        return await anyio.to_thread.run_sync(service.health_check)
+
     tools = [
         _tool(track_session_start, START_REQUIRED),
         _tool(track_session_end, END_REQUIRED),
+        Tool.from_function(health_check),
     ]
     return MCPServer(
         SERVER_NAME,
         version=__version__,
         instructions="Shell session tracking: call track_session_start when a shell starts and "
-        "track_session_end with the returned session_id when it exits.",
+        "track_session_end with the returned session_id when it exits; health_check tells whether the server works.",
         tools=tools,
         log_level="WARNING",
     )
@@ -216,6 +309,22 @@ class HttpServer(uvicorn.Server):
             self.listening.set()
 
 
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one client can make the HTTP server hold (see :mod:`sb_otel._service.http_guard`)."""
+
+    max_connections: int = 64
+    """Open connections at once; more are answered 503 and closed."""
+    max_body: int = 1024 * 1024
+    """Bytes of one request body (413 beyond). A valid start event is at most ~20 KiB (16 KiB of metadata); the
+    margin lets an oversized one reach the models and get their error dict."""
+    timeout: float = 10.0
+    """Seconds for a request's head, then for its body (408)."""
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
 def http_server(
     server: MCPServer[Any],
     *,
@@ -223,20 +332,90 @@ def http_server(
     port: int = DEFAULT_PORT,
     path: str = DEFAULT_PATH,
     http_mode: HttpMode = "stateless",
+    limits: HttpLimits | None = None,
+    allowed_hosts: Sequence[str] = (),
+    allowed_origins: Sequence[str] = (),
 ) -> HttpServer:
-    """A uvicorn server for ``server``'s streamable-HTTP app.
+    """A uvicorn server for ``server``'s streamable-HTTP app, with bounded connections, heads and bodies.
 
     ``stateless`` (the default) answers each POST with one JSON body and keeps no per-client MCP session: the
     two tools need neither server-initiated messages nor streaming, and a session per client costs a stream
     pair, a task group and an SSE response per call. ``session`` is the SDK's default mode (``Mcp-Session-Id``,
     SSE answers), for clients that insist on it.
+
+    DNS rebinding: the SDK's transport security answers only requests whose ``Host`` is a loopback name, the
+    listening address, or one of ``allowed_hosts`` (``name:port``, ``name:*``; ``*`` turns the check off), and
+    whose ``Origin`` (when a browser sends one) is a loopback origin or one of ``allowed_origins``.
     """
+    bounds = limits or HttpLimits()
     stateless = http_mode == "stateless"
     app = server.streamable_http_app(
-        streamable_http_path=path, host=host, stateless_http=stateless, json_response=stateless
+        streamable_http_path=path,
+        host=host,
+        stateless_http=stateless,
+        json_response=stateless,
+        max_request_body_size=bounds.max_body,
+        transport_security=transport_security(host, allowed_hosts, allowed_origins),
     )
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+    config = uvicorn.Config(
+        BodyGuard(app, max_body=bounds.max_body, timeout=bounds.timeout),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        http=BoundedH11Protocol.bounded(bounds.max_connections, bounds.timeout),
+        limit_concurrency=bounds.max_connections + 1,  # the protocol refuses connection max+1 itself
+        h11_max_incomplete_event_size=MAX_HEAD,
+    )
     return HttpServer(config)
+
+
+def transport_security(
+    host: str, allowed_hosts: Sequence[str] = (), allowed_origins: Sequence[str] = ()
+) -> TransportSecuritySettings:
+    """The SDK's DNS-rebinding check: loopback names, the listening address (unless a wildcard), and the extras."""
+    if "*" in allowed_hosts:
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    names = list(LOOPBACK_HOSTS)
+    bound = f"[{host}]" if ":" in host else host
+    if bound not in names and not _is_wildcard(host):
+        names.append(bound)
+    hosts = [form for name in names for form in (name, f"{name}:*")] + list(allowed_hosts)
+    origins = [form for name in names for form in (f"http://{name}", f"http://{name}:*")] + list(allowed_origins)
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+
+
+def check_exposure(host: str, secrets: Secrets, *, allow_unauthenticated: bool) -> None:
+    """Refuse to listen beyond loopback with no secret, unless told so (``--allow-unauthenticated``).
+
+    Session ids are predictable, so anyone who can reach an unauthenticated server can end other users'
+    sessions.
+    """
+    if is_loopback(host) or secrets.enabled or allow_unauthenticated:
+        return
+    raise ConfigError(
+        f"refusing to listen on {host} without a secret: anyone who can reach it could end sessions. Set "
+        "SB_OTEL_SECRET (or SESSION_BUDDY_SECRET), listen on 127.0.0.1, or pass --allow-unauthenticated "
+        "(SB_OTEL_ALLOW_UNAUTHENTICATED=true) if the network is yours alone"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (``127.0.0.0/8``, ``::1``); a wildcard or any other name is not."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False
 
 
 async def serve(
@@ -250,14 +429,25 @@ async def serve(
     reap_interval: timedelta | None = None,
     http_mode: HttpMode = "stateless",
     on_ready: Callable[[str], None] | None = None,
+    telemetry: str | None = None,
+    limits: HttpLimits | None = None,
+    allow_unauthenticated: bool | None = None,
 ) -> None:
     """Serve ``tracker`` over MCP until the transport closes (stdin ends) or the process is interrupted.
 
     Abandoned sessions are reaped once at start-up (those a crashed server left open) and then every
-    ``reap_interval`` (default ``SB_OTEL_REAP_INTERVAL``, else 5 minutes).
+    ``reap_interval`` (default ``SB_OTEL_REAP_INTERVAL``, else 5 minutes). Over HTTP, the limits, allowed
+    hosts and origins come from the ``SB_OTEL_HTTP_*`` / ``SB_OTEL_ALLOWED_*`` settings unless given; a host
+    beyond loopback needs a secret or ``allow_unauthenticated`` (:func:`check_exposure`).
     """
     interval = reap_interval or reap_interval_setting()
-    server = build_server(SessionService(tracker, secret=secret))
+    service = SessionService(tracker, secret=secret)
+    if telemetry is not None:
+        service.telemetry = telemetry
+    if transport == "http":
+        allow = allow_unauthenticated if allow_unauthenticated is not None else allow_unauthenticated_setting()
+        check_exposure(host, service.secrets, allow_unauthenticated=allow)
+    server = build_server(service)
     _reap_logged(tracker)
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(_reap_every, tracker, interval)
@@ -266,7 +456,16 @@ async def serve(
                 on_ready("stdio")
             await server.run_stdio_async()
         else:
-            web = http_server(server, host=host, port=port, path=path, http_mode=http_mode)
+            web = http_server(
+                server,
+                host=host,
+                port=port,
+                path=path,
+                http_mode=http_mode,
+                limits=limits or http_limits_setting(),
+                allowed_hosts=_list_setting(SB_OTEL_ALLOWED_HOSTS.read()),
+                allowed_origins=_list_setting(SB_OTEL_ALLOWED_ORIGINS.read()),
+            )
             # IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets that name it, and with
             # Nagle on, a response's body waits for the client's delayed ACK of its headers (~40 ms per call).
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -301,6 +500,56 @@ def token_max_age_setting() -> timedelta | None:
     """``SB_OTEL_TOKEN_MAX_AGE``, or ``None``: tokens do not expire."""
     text = SB_OTEL_TOKEN_MAX_AGE.read()
     return None if text is None else parse_duration(text, name="SB_OTEL_TOKEN_MAX_AGE")
+
+
+def http_limits_setting() -> HttpLimits:
+    """``SB_OTEL_HTTP_MAX_CONNECTIONS``, ``SB_OTEL_HTTP_MAX_BODY`` and ``SB_OTEL_HTTP_TIMEOUT``, else defaults."""
+    default = HttpLimits()
+    connections = SB_OTEL_HTTP_MAX_CONNECTIONS.read()
+    body = SB_OTEL_HTTP_MAX_BODY.read()
+    timeout = SB_OTEL_HTTP_TIMEOUT.read()
+    return HttpLimits(
+        max_connections=default.max_connections
+        if connections is None
+        else _positive_int(connections, "SB_OTEL_HTTP_MAX_CONNECTIONS"),
+        max_body=default.max_body if body is None else parse_size(body, name="SB_OTEL_HTTP_MAX_BODY"),
+        timeout=default.timeout
+        if timeout is None
+        else parse_duration(timeout, name="SB_OTEL_HTTP_TIMEOUT").total_seconds(),
+    )
+
+
+def allow_unauthenticated_setting() -> bool:
+    """``SB_OTEL_ALLOW_UNAUTHENTICATED``: ``true``/``1``/``yes`` or ``false``/``0``/``no`` (default)."""
+    text = (SB_OTEL_ALLOW_UNAUTHENTICATED.read() or "false").lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"SB_OTEL_ALLOW_UNAUTHENTICATED must be true or false, not {text!r}")
+
+
+_SIZE = re.compile(r"(\d+)\s*(b|kib|kb|k|mib|mb|m)?", re.ASCII)
+_SIZE_UNITS = {None: 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2}
+
+
+def parse_size(text: str, *, name: str) -> int:
+    """``262144``, ``256KiB`` or ``1MiB`` as a positive number of bytes (at most 64 MiB)."""
+    match = _SIZE.fullmatch(text.strip().lower())
+    size = int(match.group(1)) * _SIZE_UNITS[match.group(2)] if match else 0
+    if not 0 < size <= 64 * 1024**2:
+        raise ConfigError(f"{name} must be a size from 1 byte to 64MiB such as 262144, 256KiB or 1MiB, not {text!r}")
+    return size
+
+
+def _positive_int(text: str, name: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= 100_000:
+        raise ConfigError(f"{name} must be a whole number from 1 to 100000, not {text!r}")
+    return int(text)
+
+
+def _list_setting(text: str | None) -> list[str]:
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
 
 
 def reap_interval_setting() -> timedelta:

@@ -103,3 +103,39 @@ async def call_tool(session: ClientSession, tool: str, arguments: dict[str, Any]
     assert not result.is_error, result.content
     assert isinstance(result.structured_content, dict)
     return result.structured_content
+
+
+# -- session-buddy's own code, in its Python 3.13 environment -------------------------------------------------
+
+BODAI_PYTHON = Path(os.environ.get("SB_OTEL_BODAI_PYTHON", "/work/venvs/sb313/bin/python"))
+"""A Python with session-buddy 0.23.0, mcp-common and oneiric 0.17.0 installed (they need Python 3.13):
+``python3.13 -m venv V && V/bin/pip install session-buddy==0.23.0 oneiric==0.17.0``; point
+``SB_OTEL_BODAI_PYTHON`` at ``V/bin/python``."""
+
+
+def run_bodai(code: str, *args: str, env: Mapping[str, str] | None = None, timeout: float = 120) -> str:
+    """Run ``code`` under :data:`BODAI_PYTHON` (session-buddy's and oneiric's real code); its stdout."""
+    assert BODAI_PYTHON.exists(), f"no Python with session-buddy/oneiric at {BODAI_PYTHON}: {BODAI_PYTHON_HELP}"
+    done = subprocess.run(
+        [str(BODAI_PYTHON), "-c", code, *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout
+
+
+BODAI_PYTHON_HELP = "set SB_OTEL_BODAI_PYTHON (see tests/reliability/_mcp_helpers.py)"
+
+
+def real_session_buddy_token(secret: str) -> str:
+    """A token made by session-buddy's own ``generate_test_token`` (mcp-common's ``create_service_token``)."""
+    code = (
+        "from session_buddy.mcp.auth import generate_test_token, _reset_core_config\n"
+        "_reset_core_config()\n"
+        "print(generate_test_token())\n"
+    )
+    return run_bodai(code, env={"SESSION_BUDDY_SECRET": secret}).strip().splitlines()[-1]
