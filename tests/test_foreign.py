@@ -6,7 +6,7 @@ from typing import Any
 
 from sb_otel import InMemorySessionStore, SessionEndEvent, SessionEndResult, SessionStartResult, SessionTracker
 from sb_otel._tracking.foreign import ForeignTracker
-from sb_otel._tracking.seam import TrackingSeam
+from sb_otel._tracking.seam import TrackingSeam, offers_seam
 from tests.conftest import AgreeingManager, seed_start_event
 
 
@@ -36,6 +36,8 @@ def _end(session_id: str) -> SessionEndEvent:
 
 def test_our_tracker_is_a_seam_and_a_plain_one_is_not() -> None:
     """The instrumentation drives ours directly and adapts anything else."""
+    assert offers_seam(SessionTracker(AgreeingManager(), store="memory"))
+    assert not offers_seam(_PlainTracker())
     assert isinstance(SessionTracker(AgreeingManager(), store="memory"), TrackingSeam)
     assert not isinstance(_PlainTracker(), TrackingSeam)
     assert isinstance(ForeignTracker(_PlainTracker(), "memory"), TrackingSeam)
@@ -64,3 +66,10 @@ async def test_a_broken_mirror_store_never_changes_the_foreign_answer() -> None:
     started = await adapter.track_start(seed_start_event(), {"span": {}})
     assert started.result.status == "tracked"
     assert started.record is None
+
+
+def test_judging_a_tracker_does_not_open_its_store(tmp_path: Any) -> None:
+    """Wrapping must not open the store early (it would keep a handle opened before the store became unusable)."""
+    tracker = SessionTracker(AgreeingManager(), store=tmp_path / "sessions.db")
+    assert offers_seam(tracker)
+    assert not (tmp_path / "sessions.db").exists()

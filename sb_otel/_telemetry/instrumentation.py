@@ -50,7 +50,7 @@ from sb_otel._telemetry.session_span import (
 from sb_otel._tracking.foreign import ForeignTracker
 from sb_otel._tracking.models import SessionEndEvent, SessionEndResult, SessionStartEvent, SessionStartResult
 from sb_otel._tracking.outcome import Outcome, end_outcome
-from sb_otel._tracking.seam import TrackingSeam
+from sb_otel._tracking.seam import TrackingSeam, offers_seam
 from sb_otel._tracking.store import SessionRecord, SessionStore
 from sb_otel._tracking.tracker import (
     EVENT_LINE_MARKER,
@@ -86,7 +86,7 @@ class InstrumentedSessionTracker:
         redact: str | None = None,
     ) -> None:
         self.wrapped = tracker
-        self._seam: TrackingSeam = tracker if isinstance(tracker, TrackingSeam) else ForeignTracker(tracker, store)
+        self._seam: TrackingSeam = tracker if offers_seam(tracker) else ForeignTracker(tracker, store)
         self._tracer_provider = tracer_provider or trace.get_tracer_provider()
         self._tracer = self._tracer_provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
         self._metrics = SessionMetrics(meter_provider)
@@ -98,7 +98,7 @@ class InstrumentedSessionTracker:
             tracker.session_manager = TracedLifecycleManager(self._manager, self._tracer, self._metrics)
         logger = getattr(tracker, "logger", None)
         self._logger_level = logger.level if isinstance(logger, logging.Logger) else None
-        foreign = not isinstance(tracker, TrackingSeam)
+        foreign = not offers_seam(tracker)
         self._log_handler = _attach_log_handler(logger, logger_provider, foreign=foreign)
 
     def __getattr__(self, name: str) -> Any:

@@ -51,3 +51,12 @@ class TrackingSeam(Protocol):
     async def track_end(self, event: Any) -> TrackedEnd:
         """``handle_session_end``, telling the caller whether this call ended the session."""
         ...
+
+
+def offers_seam(tracker: object) -> bool:
+    """Whether ``tracker`` drives the seam itself, judged from its class alone.
+
+    Not ``isinstance(tracker, TrackingSeam)``: on Python < 3.12 that evaluates the ``store`` property, which opens
+    the store — a side effect at wrapping time (a store opened early keeps a writable handle)."""
+    kind = type(tracker)
+    return all(callable(getattr(kind, name, None)) for name in ("track_start", "track_end"))
