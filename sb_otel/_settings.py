@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-import platformdirs
-
 from sb_otel._exceptions import ConfigError
 
 _APP_NAME = "sb-otel"
@@ -130,6 +128,12 @@ SB_OTEL_SESSION_ID = Setting(
     default="(none)",
     description='Set in a bash/zsh shell by `eval "$(sb-otel emit start ...)"`; the session `sb-otel emit end` ends.',
 )
+SB_OTEL_EMIT_DRAIN = Setting(
+    env="SB_OTEL_EMIT_DRAIN",
+    default="`1`",
+    description="`0` stops `sb-otel emit` from starting a detached `sb-otel export` after it writes the store "
+    "(the session's telemetry then waits for the next exporter: `serve`, `sb-otel export`).",
+)
 SB_OTEL_JAEGER_URL = Setting(
     env="SB_OTEL_JAEGER_URL",
     default="`http://localhost:16686`",
@@ -197,6 +201,7 @@ SETTINGS: tuple[Setting, ...] = (
     SB_OTEL_HTTP_MAX_BODY,
     SB_OTEL_HTTP_TIMEOUT,
     SB_OTEL_SESSION_ID,
+    SB_OTEL_EMIT_DRAIN,
     SB_OTEL_JAEGER_URL,
     SB_OTEL_METRIC_LABEL_LIMIT,
     OTEL_EXPORTER_OTLP_ENDPOINT,
@@ -215,6 +220,8 @@ def data_dir(environ: Mapping[str, str] | None = None) -> Path:
     override = SB_OTEL_DATA_DIR.read(environ)
     if override:
         return Path(override).expanduser()
+    import platformdirs  # here: ``sb-otel emit`` with SB_OTEL_STORE set never needs it
+
     return Path(platformdirs.user_data_dir(_APP_NAME, appauthor=False))
 
 

@@ -34,6 +34,7 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.setenv("SB_OTEL_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("SB_OTEL_STORE_SYNC", raising=False)
     monkeypatch.delenv("SB_OTEL_REDACT", raising=False)
+    monkeypatch.setenv("SB_OTEL_EMIT_DRAIN", "0")  # no detached exporter per `emit` (tests/test_emit.py covers it)
     # configure() defaults this one in os.environ; recording it first makes teardown remove it again.
     monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "")
     monkeypatch.delenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED")

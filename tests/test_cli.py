@@ -143,13 +143,12 @@ def test_emit_start_prints_lines_to_eval_and_end_ends_it(tmp_path: Path) -> None
     assert ended.exit_code == 0, ended.output
     assert ended.stdout == f"{variables['SB_OTEL_SESSION_ID']} ended\n"
     assert data(run("show", variables["SB_OTEL_SESSION_ID"], "--json"))["status"] == "crashed"
-    traces = (tmp_path / "data" / "telemetry" / "traces.jsonl").read_text(encoding="utf-8")
-    assert variables["TRACEPARENT"].split("-")[2] in traces  # the session span, exported by the end's process
+    assert detail["span_id"] == variables["TRACEPARENT"].split("-")[2]  # the planned span, for the exporter
 
 
-def test_emit_with_the_collector_down_says_so_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
-    """A shell starting while the collector is down gets its session and one line on stderr, not the SDK's
-    retry messages; the SDK's loggers are back to their level afterwards."""
+def test_emit_with_the_collector_down_is_silent(caplog: pytest.LogCaptureFixture) -> None:
+    """A shell starting while the collector is down gets its session and nothing on stderr: emit never exports
+    (the detached exporter does, later), so there are no SDK retry messages either."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
@@ -157,12 +156,8 @@ def test_emit_with_the_collector_down_says_so_in_one_line(caplog: pytest.LogCapt
         started = run("emit", "start", "--pid", "4242", env={"OTEL_EXPORTER_OTLP_ENDPOINT": dead})
     assert started.exit_code == 0, started.output
     assert "export SB_OTEL_SESSION_ID=" in started.stdout
-    assert started.stderr.splitlines() == [
-        f"sb-otel: telemetry not delivered (OTLP http/protobuf → {dead}); the session is tracked. "
-        "Check the collector with 'sb-otel doctor'."
-    ]
+    assert started.stderr == ""
     assert [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")] == []
-    assert logging.getLogger("opentelemetry").level == logging.NOTSET
 
 
 def test_emit_json_and_errors() -> None:

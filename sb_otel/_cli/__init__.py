@@ -3,10 +3,41 @@
 Output is for people (rich tables and trees) unless ``--json`` asks for data. A user mistake — a bad option, an
 unusable store or setting, an unknown session — is one line on stderr that says what to do, with a non-zero exit
 code; never a traceback. Rich output stays in this package (one module per command group); the work happens in
-the layers below.
+the layers below. Each command's module is imported only when that command runs (or ``--help`` lists it), and
+``emit start|end`` as a shell's profile runs them are answered before click is imported
+(:mod:`sb_otel._cli.emit_argv`): a shell's start-up pays for neither.
 """
 
-from sb_otel._cli import demo, doctor, emit, reap, serve, sessions  # noqa: F401  (each registers its commands)
-from sb_otel._cli.app import cli, main
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sb_otel._cli.app import cli
 
 __all__ = ("cli", "main")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sb-otel`` console script; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["emit"]:
+        from sb_otel._cli.emit_argv import run
+
+        code = run(args)
+        if code is not None:
+            return code
+    from sb_otel._cli.app import main as click_main
+
+    return click_main(args)
+
+
+def __getattr__(name: str) -> Any:
+    """``cli`` (the click group) is imported on first use."""
+    if name == "cli":
+        from sb_otel._cli.app import cli
+
+        return cli
+    raise AttributeError(f"module 'sb_otel._cli' has no attribute {name!r}")

@@ -3,24 +3,49 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
 
 from sb_otel._exceptions import SbOtelError
 from sb_otel._version import __version__
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+COMMAND_MODULES = {
+    "demo": "demo",
+    "doctor": "doctor",
+    "emit": "emit",
+    "example": "demo",
+    "reap": "reap",
+    "serve": "serve",
+    "sessions": "sessions",
+    "show": "sessions",
+}
+"""Which module of this package registers each command: imported when the command runs or help lists it."""
 
 
 class _Cli(click.Group):
-    """A group whose failures are one line on stderr (also under ``CliRunner``), never a traceback."""
+    """A group whose failures are one line on stderr (also under ``CliRunner``), never a traceback; its commands
+    are loaded lazily from :data:`COMMAND_MODULES`."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMAND_MODULES})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if cmd_name not in self.commands and module is not None:
+            importlib.import_module(f"sb_otel._cli.{module}")  # registers its commands on this group
+        return super().get_command(ctx, cmd_name)
 
     def main(
         self,
@@ -87,6 +112,8 @@ def _json_option(fn: _F) -> _F:
 def _console() -> Console:
     """Rich output; piped output (logs, CI) is laid out 120 columns wide instead of rich's 80, so a session
     row with its 32-digit trace id stays on one line."""
+    from rich.console import Console  # only commands that print tables pay for rich
+
     console = Console(highlight=False, soft_wrap=True)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = max(console.width, 120)

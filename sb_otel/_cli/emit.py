@@ -1,29 +1,17 @@
-"""``sb-otel emit start|end``: a bash/zsh shell reports its session without a server (the store is shared)."""
+"""``sb-otel emit start|end``: a bash/zsh shell reports its session without a server (the store is shared).
+
+The work is :mod:`sb_otel._cli.emit_fast`'s: no OpenTelemetry SDK, pydantic or rich in a shell's start-up.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import platform
-import socket
-import uuid
-from collections.abc import Callable
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
+import logging
 
 import click
 
-from sb_otel._cli.app import _json_option, _quiet_exporters, _store_option, cli
-from sb_otel._settings import (
-    SB_OTEL_SESSION_ID,
-)
-from sb_otel._telemetry.configure import Telemetry, configure
-from sb_otel._tracking.lifecycle import SessionLifecycleManager
-from sb_otel._tracking.store import SessionStore
-from sb_otel._tracking.store_factory import open_store
-from sb_otel._tracking.tracker import SessionTracker
+from sb_otel._cli.app import _json_option, _store_option, cli
+from sb_otel._cli.emit_fast import end_json, not_found_message, start_lines, track_end, track_start
+from sb_otel._settings import SB_OTEL_SESSION_ID
 
 
 @cli.group()
@@ -34,6 +22,7 @@ def emit() -> None:
     eval "$(sb-otel emit start --component bash --pid $$)"
     trap 'sb-otel emit end --exit-code $?' EXIT
     """
+    _hold_log_lines()
 
 
 @emit.command("start")
@@ -55,38 +44,17 @@ def emit_start(
 ) -> int:
     """Start a session; print 'export SB_OTEL_SESSION_ID=…' and 'export TRACEPARENT=…' lines to eval.
 
-    A TRACEPARENT already in the environment becomes the session span's parent.
+    A TRACEPARENT already in the environment becomes the session span's parent. A working directory (or other
+    OS fact) that does not fit the event rules is escaped or cut, and stderr says so: the shell is tracked.
     """
     extra = dict(_key_value(item) for item in metadata)
-    for variable, key in (("TRACEPARENT", "traceparent"), ("TRACESTATE", "tracestate"), ("BAGGAGE", "baggage")):
-        if os.environ.get(variable):
-            extra.setdefault(key, os.environ[variable])
-    event = {
-        "event_version": "1.0",
-        "event_id": str(uuid.uuid4()),
-        "event_type": "session_start",
-        "component_name": component,
-        "shell_type": shell_type or Path(os.environ.get("SHELL") or "sh").name,
-        "timestamp": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
-        "pid": pid if pid is not None else os.getppid(),
-        "user": {"username": os.environ.get("USER") or "unknown", "home": os.path.expanduser("~")},
-        "hostname": socket.gethostname(),
-        "environment": {
-            "python_version": platform.python_version(),
-            "platform": platform.platform(),
-            "cwd": cwd or os.getcwd(),
-        },
-        "metadata": extra,
-    }
-    result = _with_tracker(store_location, lambda tracker: tracker.handle_session_start(event))
-    if result.status != "tracked":
-        raise click.ClickException(f"session start failed: {result.error}")
-    if as_json:
-        click.echo(json.dumps(result.model_dump(mode="json")))
-    else:
-        click.echo(f"export {SB_OTEL_SESSION_ID.env}={_shell_quote(result.session_id)}")
-        if result.traceparent:
-            click.echo(f"export TRACEPARENT={_shell_quote(result.traceparent)}")
+    answer = track_start(component, shell_type, pid, cwd, extra, store_location)
+    if answer.session_id is None:
+        raise click.ClickException(f"session start failed: {answer.error}")
+    for note in answer.notes:
+        click.echo(note, err=True)
+    for line in start_lines(answer, as_json):
+        click.echo(line)
     return 0
 
 
@@ -103,53 +71,24 @@ def emit_end(
     session_id = session_id or SB_OTEL_SESSION_ID.read()
     if not session_id:
         raise click.UsageError("no session id: pass one, or eval the output of 'sb-otel emit start' first")
-    metadata: dict[str, Any] = {}
-    if exit_code is not None:
-        metadata["exit_code"] = exit_code
-    if reason:
-        metadata["exit_reason"] = reason
-    event = {
-        "session_id": session_id,
-        "timestamp": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
-        "event_type": "session_end",
-        "metadata": metadata,
-    }
-    result = _with_tracker(store_location, lambda tracker: tracker.handle_session_end(event))
+    answer = track_end(session_id, exit_code, reason, store_location)
     if as_json:
-        click.echo(json.dumps(result.model_dump(mode="json")))
-    if result.status == "not_found":
-        raise click.ClickException(f"no session {session_id!r} in this store (is SB_OTEL_STORE the same as at start?)")
-    if result.status != "ended":
-        raise click.ClickException(f"session end failed: {result.error}")
+        click.echo(end_json(answer))
+    if answer.status == "not_found":
+        raise click.ClickException(not_found_message(session_id))
+    if answer.status != "ended":
+        raise click.ClickException(f"session end failed: {answer.error}")
     if not as_json:
         click.echo(f"{session_id} ended")
     return 0
 
 
-EMIT_FLUSH_TIMEOUT_S = 1.0
-"""How long ``emit`` waits to hand its telemetry to the collector: it runs as a shell starts and exits, which
-must not hang on a collector that is down. The session itself is already in the store; what is not out in
-time is dropped (and the session span is exported whole when the session ends)."""
-
-
-def _with_tracker(store_location: str | None, call: Callable[[Any], Any]) -> Any:
-    """Run one tracker call on the shared store with this process's own telemetry pipeline, flushed at the end.
-
-    The exporters' retry messages are held back (a shell prints this at every start); one line says it instead."""
-    store: SessionStore = open_store(store_location)
-    with _quiet_exporters():
-        telemetry: Telemetry = configure(set_global=False)
-        try:
-            tracker = telemetry.instrument(SessionTracker(SessionLifecycleManager(), store=store))
-            return asyncio.run(call(tracker))
-        finally:
-            if not telemetry.shutdown(timeout_s=EMIT_FLUSH_TIMEOUT_S):
-                click.echo(
-                    f"sb-otel: telemetry not delivered ({telemetry.destination}); the session is tracked. "
-                    "Check the collector with 'sb-otel doctor'.",
-                    err=True,
-                )
-            store.close()
+def _hold_log_lines() -> None:
+    """The seed's lines go to the ``sb_otel`` logger for whoever configured a handler; with none, Python would
+    print its warnings on stderr next to the command's own one line."""
+    logger = logging.getLogger("sb_otel")
+    if not any(isinstance(handler, logging.NullHandler) for handler in logger.handlers):
+        logger.addHandler(logging.NullHandler())
 
 
 def _key_value(item: str) -> tuple[str, str]:
@@ -157,7 +96,3 @@ def _key_value(item: str) -> tuple[str, str]:
     if not sep or not key:
         raise click.BadParameter(f"{item!r}: use KEY=VALUE", param_hint="--metadata")
     return key, value
-
-
-def _shell_quote(value: str | None) -> str:
-    return "'" + (value or "").replace("'", "'\"'\"'") + "'"

@@ -7,15 +7,9 @@ never a write into the user's project, no subprocess — so it is safe to run fo
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 _MAX_PARENT_WALK = 64
 """Stop looking for a git root after this many parent directories (guards against odd mounts)."""
@@ -44,7 +38,9 @@ class SessionLifecycleManager:
 
     async def initialize_session(self, working_directory: str | None = None) -> dict[str, Any]:
         """Describe the project a starting session works in."""
-        return await asyncio.to_thread(_describe, working_directory, required=True)
+        import asyncio  # here, not at the top: ``emit``'s fast path uses describe_start and no event loop
+
+        return await asyncio.to_thread(self.describe_start, working_directory)
 
     async def end_session(self, working_directory: str | None = None) -> dict[str, Any]:
         """Describe the project an ending session worked in.
@@ -52,7 +48,17 @@ class SessionLifecycleManager:
         A directory deleted during the session does not stop the session from ending: the answer is still a
         success, with ``project`` taken from the path.
         """
-        return await asyncio.to_thread(_describe, working_directory, required=False)
+        import asyncio
+
+        return await asyncio.to_thread(self.describe_end, working_directory)
+
+    def describe_start(self, working_directory: str | None) -> dict[str, Any]:
+        """``initialize_session``'s answer, computed in the calling thread (for ``sb-otel emit``)."""
+        return _describe(working_directory, required=True)
+
+    def describe_end(self, working_directory: str | None) -> dict[str, Any]:
+        """``end_session``'s answer, computed in the calling thread (for ``sb-otel emit``)."""
+        return _describe(working_directory, required=False)
 
 
 def _describe(working_directory: str | None, *, required: bool) -> dict[str, Any]:
@@ -134,6 +140,10 @@ def _project_name(root: Path) -> str:
     """``[project].name`` (or Poetry's) from ``pyproject.toml``, else the directory's name."""
     pyproject = root / "pyproject.toml"
     if pyproject.is_file():
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover - exercised on Python 3.10 only
+            import tomli as tomllib
         try:
             data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError):

@@ -25,23 +25,25 @@ from pydantic import (
     model_validator,
 )
 
-MAX_COMPONENT_NAME = 64
-MAX_SHELL_TYPE = 100
-MAX_HOSTNAME = 255
-MAX_USERNAME = 100
-MAX_PATH = 500
-MAX_PYTHON_VERSION = 50
-MAX_PLATFORM = 200
-MAX_SESSION_ID = 128
-MAX_PID = 4_194_304
-MAX_METADATA_BYTES = 16_384
-MAX_METADATA_KEYS = 64
-MAX_METADATA_DEPTH = 4
-MAX_METADATA_KEY = 128
+from sb_otel._tracking.rules import COMPONENT_NAME_PATTERN as _COMPONENT_NAME
+from sb_otel._tracking.rules import CONTROL_CHARS as _CONTROL_CHARS
+from sb_otel._tracking.rules import (
+    MAX_COMPONENT_NAME,
+    MAX_HOSTNAME,
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    MAX_METADATA_KEY,
+    MAX_METADATA_KEYS,
+    MAX_PATH,
+    MAX_PID,
+    MAX_PLATFORM,
+    MAX_PYTHON_VERSION,
+    MAX_SHELL_TYPE,
+    MAX_USERNAME,
+)
+from sb_otel._tracking.rules import MAX_SESSION_ID as MAX_SESSION_ID
+from sb_otel._tracking.rules import SESSION_ID_PATTERN as _SESSION_ID
 
-_COMPONENT_NAME = re.compile(r"[A-Za-z0-9_-]+")
-_SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]+")
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ISO_8601 = re.compile(
     r"(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})[Tt ]"
     r"(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?:[.,](?P<fraction>\d{1,9}))?)?"

@@ -19,6 +19,9 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from sb_otel._tracking.lifecycle import LifecycleManager
+from sb_otel._tracking.log_lines import EVENT_LINE_MARKER as EVENT_LINE_MARKER
+from sb_otel._tracking.log_lines import SESSION_ENDED_LINE as SESSION_ENDED_LINE
+from sb_otel._tracking.log_lines import SESSION_STARTED_LINE as SESSION_STARTED_LINE
 from sb_otel._tracking.models import (
     MAX_SESSION_ID,
     SessionEndEvent,
@@ -34,16 +37,6 @@ from sb_otel._tracking.store_factory import open_store
 _Event = TypeVar("_Event", bound=BaseModel)
 _MAX_LOC_PART = 64
 _MAX_REPORTED_ERRORS = 5
-
-SESSION_STARTED_LINE = (
-    "Session started: session_id=%s, component=%s, shell_type=%s, pid=%d, user=%s, hostname=%s, cwd=%s"
-)
-SESSION_ENDED_LINE = "Session ended: session_id=%s, timestamp=%s"
-EVENT_LINE_MARKER = "sb_otel_event"
-"""``LogRecord`` attribute naming the OTel log event an INFO line stands for (``session.start``/``session.end``).
-
-When instrumented, that event *is* the line (same text, plus structured attributes), so the OTel logging bridge
-skips lines carrying this marker: one log record per start and per end, not two."""
 
 
 class _LifecycleFailure(Exception):
