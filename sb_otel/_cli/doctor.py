@@ -12,8 +12,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 import click
+from rich.text import Text
 
 from sb_otel._cli.app import _console, _json_option, _store_option, cli
+from sb_otel._cli.output import plain
 from sb_otel._exceptions import ConfigError, SbOtelError
 from sb_otel._service.reaper import session_ttl
 from sb_otel._settings import (
@@ -39,9 +41,11 @@ def doctor(as_json: bool, store_location: str | None) -> int:
         for check in checks:
             style = {"ok": "green", "warn": "yellow", "fail": "red"}[check["status"]]
             mark = check["status"].upper() if check["status"] == "fail" else check["status"]
-            console.print(f"[{style}]{mark:<6}[/] [bold]{check['name']}[/]: {check['detail']}")
+            console.print(
+                Text.assemble((f"{mark:<6}", style), " ", plain(check["name"], "bold"), ": ", plain(check["detail"]))
+            )
             if check.get("advice"):
-                console.print(f"{'':<7}→ {check['advice']}")
+                console.print(plain(f"{'':<7}→ {check['advice']}"))
     return 1 if any(check["status"] == "fail" for check in checks) else 0
 
 

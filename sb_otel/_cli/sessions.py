@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from sb_otel._cli.app import _console, _json_option, _store_option, cli
-from sb_otel._cli.output import _detail, _sessions_table, _summary
+from sb_otel._cli.output import _detail, _sessions_table, _summary, plain
 from sb_otel._exceptions import ConfigError
 from sb_otel._settings import (
     parse_duration,
@@ -77,7 +77,7 @@ def show(session_id: str, as_json: bool, store_location: str | None) -> int:
     table = Table(show_header=False, box=None, padding=(0, 2))
     for key, value in detail.items():
         text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
-        table.add_row(f"[bold]{key}[/]", text)
+        table.add_row(plain(key, "bold"), plain(text))
     _console().print(table)
     return 0
 
