@@ -11,9 +11,7 @@ from rich.table import Table
 from sb_otel._cli.app import _console, _json_option, _store_option, cli
 from sb_otel._cli.output import _detail, _sessions_table, _summary, plain
 from sb_otel._exceptions import ConfigError
-from sb_otel._settings import (
-    parse_duration,
-)
+from sb_otel._settings import MAX_DURATION, parse_duration
 from sb_otel._tracking.store import SESSION_STATUSES
 from sb_otel._tracking.store_factory import open_store
 
@@ -87,10 +85,12 @@ def _since(text: str | None) -> datetime | None:
         return None
     try:
         return datetime.now(timezone.utc) - parse_duration(text, name="--since")
-    except ConfigError:
-        pass
+    except ConfigError as exc:
+        not_a_duration = str(exc)
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
+        if f"at most {MAX_DURATION.days}d" in not_a_duration:  # a duration, only too long
+            raise click.BadParameter(f"{not_a_duration}; or use an ISO time (2026-02-06T12:00:00Z)") from None
         raise click.BadParameter("use a duration (30m, 2h, 7d) or an ISO time (2026-02-06T12:00:00Z)") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
