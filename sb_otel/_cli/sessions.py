@@ -36,7 +36,7 @@ def sessions(
     """List sessions, newest first."""
     if only_open and status not in (None, "open"):
         raise click.UsageError("--open and --status are exclusive; use one of them")
-    store = open_store(store_location)
+    store = open_store(store_location, read_only=True)
     try:
         found = store.list_sessions(
             status="open" if only_open else status,  # type: ignore[arg-type]
@@ -61,7 +61,7 @@ def sessions(
 @_store_option
 def show(session_id: str, as_json: bool, store_location: str | None) -> int:
     """Show one session: every field, its trace id and a Jaeger link."""
-    store = open_store(store_location)
+    store = open_store(store_location, read_only=True)
     try:
         record = store.get(session_id)
     finally:
