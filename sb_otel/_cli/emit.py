@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from sb_otel._cli.app import _json_option, _quiet_exporters, _store_option, cli
+from sb_otel._cli.shell_env import shell_environment, username
 from sb_otel._settings import (
     SB_OTEL_SESSION_ID,
 )
@@ -57,7 +58,14 @@ def emit_start(
 
     A TRACEPARENT already in the environment becomes the session span's parent.
     """
-    extra = dict(_key_value(item) for item in metadata)
+    extra: dict[str, Any] = dict(_key_value(item) for item in metadata)
+    shell = shell_environment(
+        user=username(),
+        home=os.path.expanduser("~"),
+        shell_type=shell_type or Path(os.environ.get("SHELL") or "sh").name,
+        cwd=cwd,
+    )
+    extra.update(shell.metadata)  # a directory that did not fit: its original, escaped and cut, and its hash
     for variable, key in (("TRACEPARENT", "traceparent"), ("TRACESTATE", "tracestate"), ("BAGGAGE", "baggage")):
         if os.environ.get(variable):
             extra.setdefault(key, os.environ[variable])
@@ -66,18 +74,21 @@ def emit_start(
         "event_id": str(uuid.uuid4()),
         "event_type": "session_start",
         "component_name": component,
-        "shell_type": shell_type or Path(os.environ.get("SHELL") or "sh").name,
+        "shell_type": shell.shell_type,
         "timestamp": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
         "pid": pid if pid is not None else os.getppid(),
-        "user": {"username": os.environ.get("USER") or "unknown", "home": os.path.expanduser("~")},
+        "user": {"username": shell.username, "home": shell.home},
         "hostname": socket.gethostname(),
         "environment": {
             "python_version": platform.python_version(),
             "platform": platform.platform(),
-            "cwd": cwd or os.getcwd(),
+            "cwd": shell.cwd,
         },
         "metadata": extra,
     }
+    note = shell.note()
+    if note is not None:
+        click.echo(note, err=True)
     result = _with_tracker(store_location, lambda tracker: tracker.handle_session_start(event))
     if result.status != "tracked":
         raise click.ClickException(f"session start failed: {result.error}")

@@ -1,0 +1,144 @@
+"""``sb-otel emit start`` tracks every shell, whatever its directory is called, and says what it had to change.
+
+Real directories under tmp_path (a name that is not UTF-8, one with a newline, a path over 500 characters, one
+removed under the shell) and the real console script started in them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SB_OTEL = str(Path(sys.executable).with_name("sb-otel"))
+
+
+def start_in(directory: bytes, tmp_path: Path, *, removed: bool = False, **env: str | None) -> tuple[Any, str]:
+    """Run 'emit start --json' with ``directory`` as its working directory; the result and stderr."""
+    environ = {key: value for key, value in os.environ.items() if not key.startswith(("OTEL_", "SB_OTEL_"))}
+    environ.update(SB_OTEL_STORE=str(tmp_path / "sessions.db"), SB_OTEL_DATA_DIR=str(tmp_path / "data"))
+    for key, value in env.items():
+        if value is None:
+            environ.pop(key, None)
+        else:
+            environ[key] = value
+    if removed:  # the shell's directory goes away under it, then the shell starts emit
+        command: list[str | bytes] = ["bash", "-c", 'cd "$1" && rmdir "$1" && exec "$2" emit start --json', "-"]
+        command += [directory, SB_OTEL]
+        completed = subprocess.run(command, env=environ, capture_output=True, timeout=60, check=False)
+    else:
+        completed = subprocess.run(
+            [SB_OTEL, "emit", "start", "--json"],
+            cwd=directory,
+            env=environ,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    stderr = completed.stderr.decode("utf-8")
+    assert completed.returncode == 0, stderr
+    return json.loads(completed.stdout), stderr
+
+
+def stored_start_event(tmp_path: Path, session_id: str) -> dict[str, Any]:
+    with sqlite3.connect(tmp_path / "sessions.db") as db:
+        row = db.execute("SELECT start_event, cwd FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+    assert row is not None
+    event: dict[str, Any] = json.loads(row[0])
+    assert event["environment"]["cwd"] == row[1]
+    return event
+
+
+def long_directory(tmp_path: Path) -> bytes:
+    path = tmp_path
+    while len(str(path)) <= 600:
+        path = path / ("d" * 120)
+    path.mkdir(parents=True)
+    return os.fsencode(path)
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        pytest.param(lambda tmp: os.fsencode(tmp) + b"/caf\xe9-latin1", "not UTF-8", id="not-utf8"),
+        pytest.param(lambda tmp: os.fsencode(tmp) + b"/two\nlines", "control characters", id="newline"),
+        pytest.param(lambda tmp: os.fsencode(tmp) + b"/\x1b[31mred", "control characters", id="escape"),
+        pytest.param(lambda tmp: os.fsencode(tmp) + b"/trailing space ", "leading or trailing", id="whitespace"),
+        pytest.param(long_directory, "longer than 500 characters", id="over-500"),
+    ],
+)
+def test_a_directory_that_does_not_fit_is_tracked_as_its_nearest_fitting_parent(
+    tmp_path: Path, make: Any, reason: str
+) -> None:
+    """Tracked; the reported cwd is an existing enclosing directory; the metadata says cwd was altered and keeps
+    the original escaped (printable, bounded) with its SHA-256; one stderr line says so."""
+    directory = make(tmp_path)
+    os.makedirs(directory, exist_ok=True)
+    result, stderr = start_in(directory, tmp_path)
+    assert result["status"] == "tracked", result
+    event = stored_start_event(tmp_path, result["session_id"])
+    cwd = event["environment"]["cwd"]
+    assert os.path.isdir(cwd)
+    assert directory.startswith(os.fsencode(cwd) + b"/")
+    metadata = event["metadata"]
+    assert metadata["altered"].startswith(f"cwd: {reason}")
+    assert metadata["cwd_original_sha256"] == hashlib.sha256(directory).hexdigest()
+    assert metadata["cwd_original"].isprintable()
+    assert len(metadata["cwd_original"]) <= 400
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"sb-otel: tracked with values that fit (cwd {reason}")
+    assert f"→ {cwd})" in lines[0]
+
+
+def test_the_escaped_original_shows_what_the_name_was(tmp_path: Path) -> None:
+    """Undecodable bytes read as \\xe9 and a newline as \\n in cwd_original."""
+    directory = os.fsencode(tmp_path) + b"/caf\xe9\nx"
+    os.makedirs(directory)
+    result, _ = start_in(directory, tmp_path)
+    assert stored_start_event(tmp_path, result["session_id"])["metadata"]["cwd_original"] == f"{tmp_path}/caf\\xe9\\nx"
+
+
+def test_a_directory_removed_under_the_shell_is_tracked_as_its_parent(tmp_path: Path) -> None:
+    """getcwd() fails: the session reports the nearest existing parent of $PWD, and says the directory is gone."""
+    directory = tmp_path / "gone"
+    directory.mkdir()
+    result, stderr = start_in(os.fsencode(directory), tmp_path, removed=True)
+    event = stored_start_event(tmp_path, result["session_id"])
+    assert event["environment"]["cwd"] == str(tmp_path)
+    assert event["metadata"]["altered"] == "cwd: no longer exists"
+    assert event["metadata"]["cwd_original"] == str(directory)
+    assert "cwd no longer exists" in stderr
+
+
+def test_an_ordinary_directory_is_reported_as_it_is_with_no_note(tmp_path: Path) -> None:
+    """The common case changes nothing: cwd as is, no 'altered' metadata, nothing on stderr."""
+    result, stderr = start_in(os.fsencode(tmp_path), tmp_path)
+    event = stored_start_event(tmp_path, result["session_id"])
+    assert event["environment"]["cwd"] == str(tmp_path)
+    assert "altered" not in event["metadata"]
+    assert stderr == ""
+
+
+def test_user_unset_reports_the_uids_name(tmp_path: Path) -> None:
+    """$USER unset (cron, systemd units): the user is the uid's passwd name, not 'unknown'."""
+    result, _ = start_in(os.fsencode(tmp_path), tmp_path, USER=None, LOGNAME=None)
+    event = stored_start_event(tmp_path, result["session_id"])
+    assert event["user"]["username"] == pwd.getpwuid(os.getuid()).pw_name != "unknown"
+
+
+def test_a_home_with_a_newline_is_escaped_and_the_shell_tracked(tmp_path: Path) -> None:
+    """$HOME is the environment's too: a newline in it is escaped, not a refused start."""
+    result, stderr = start_in(os.fsencode(tmp_path), tmp_path, HOME="/home/two\nlines")
+    event = stored_start_event(tmp_path, result["session_id"])
+    assert event["user"]["home"] == "/home/two\\nlines"
+    assert event["metadata"]["altered"] == "home: control characters"
+    assert "home control characters → /home/two\\nlines" in stderr
