@@ -86,12 +86,12 @@ def emit_start(
         },
         "metadata": extra,
     }
-    note = shell.note()
-    if note is not None:
-        click.echo(note, err=True)
     result = _with_tracker(store_location, lambda tracker: tracker.handle_session_start(event))
     if result.status != "tracked":
         raise click.ClickException(f"session start failed: {result.error}")
+    note = shell.note()  # about a tracked session only: a failed start is its one error line
+    if note is not None:
+        click.echo(note, err=True)
     if as_json:
         click.echo(json.dumps(result.model_dump(mode="json")))
     else:
