@@ -227,10 +227,14 @@ def data_dir(environ: Mapping[str, str] | None = None) -> Path:
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.ASCII)
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = timedelta(days=3650)
+"""The longest duration any setting or option takes (ten years): longer ones overflow dates ("sessions since
+99999999 days ago") and timers, and no TTL, interval or look-back needs more."""
 
 
 def parse_duration(text: str, *, name: str = "duration") -> timedelta:
-    """``90``, ``90s``, ``30m``, ``24h`` or ``7d`` as a positive :class:`~datetime.timedelta`.
+    """``90``, ``90s``, ``30m``, ``24h`` or ``7d`` as a positive :class:`~datetime.timedelta` of at most
+    :data:`MAX_DURATION`.
 
     Raises :class:`~sb_otel.ConfigError` naming ``name`` and the accepted forms, so a typo in an environment
     variable or a command-line option reads as a fix rather than a traceback.
@@ -239,4 +243,6 @@ def parse_duration(text: str, *, name: str = "duration") -> timedelta:
     seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)] if match else 0.0
     if seconds <= 0:
         raise ConfigError(f"{name} must be a positive duration such as 90s, 30m, 24h or 7d, not {text!r}")
+    if seconds > MAX_DURATION.total_seconds():
+        raise ConfigError(f"{name} must be at most {MAX_DURATION.days}d (ten years), not {text!r}")
     return timedelta(seconds=seconds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -455,3 +456,53 @@ def test_readme_example_runs_and_reports_where_telemetry_goes(tmp_path: Path) ->
     readme = (REPOSITORY / "README.md").read_text(encoding="utf-8")
     example = readme.split("<!-- export-telemetry -->\n```python\n", 1)[1].split("```", 1)[0]
     assert run_script(example, tmp_path) == f"OTLP JSON files in {tmp_path / 'telemetry'}"
+
+
+@pytest.mark.parametrize(
+    ("environment", "exporter_urls"),
+    [
+        pytest.param(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "127.0.0.1:4318"},
+            [f"http://127.0.0.1:4318/v1/{signal}" for signal in ("traces", "metrics", "logs")],
+            id="no-scheme",
+        ),
+        pytest.param(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "localhost:4318", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:1/x"},
+            ["http://t:1/x", "http://localhost:4318/v1/metrics", "http://localhost:4318/v1/logs"],
+            id="no-scheme-per-signal-wins",
+        ),
+    ],
+)
+def test_an_endpoint_variable_without_scheme_gets_http(
+    monkeypatch: pytest.MonkeyPatch, made: list[Telemetry], environment: dict[str, str], exporter_urls: list[str]
+) -> None:
+    """127.0.0.1:4318 (as gRPC tools write it) is sent to http://127.0.0.1:4318, not nowhere; a per-signal
+    variable still wins for its signal."""
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    telemetry = configure(made)
+    assert [exporter._endpoint for exporter in telemetry.exporters] == exporter_urls
+    assert telemetry.destination == f"OTLP http/protobuf → http://{environment['OTEL_EXPORTER_OTLP_ENDPOINT']}"
+
+
+def test_an_endpoint_argument_without_scheme_gets_http(made: list[Telemetry]) -> None:
+    """The same for configure(endpoint=...)."""
+    telemetry = configure(made, endpoint="127.0.0.1:4318")
+    assert telemetry.exporters[0]._endpoint == "http://127.0.0.1:4318/v1/traces"
+
+
+def test_an_unknown_protocol_variable_warns_and_sends_http_protobuf(
+    monkeypatch: pytest.MonkeyPatch, made: list[Telemetry], caplog: pytest.LogCaptureFixture
+) -> None:
+    """OTEL_EXPORTER_OTLP_PROTOCOL=carrier-pigeon is a person's typo, not a reason to stop: one warning naming
+    the variable and the choices, and the default protocol."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")
+    with caplog.at_level(logging.WARNING, logger="sb_otel.configure"):
+        telemetry = configure(made)
+    assert telemetry.destination == "OTLP http/protobuf → http://127.0.0.1:4318"
+    warnings = [record.getMessage() for record in caplog.records if record.name == "sb_otel.configure"]
+    assert warnings == [
+        "sb-otel: OTEL_EXPORTER_OTLP_PROTOCOL='carrier-pigeon' is not 'grpc' or 'http/protobuf'; sending "
+        "http/protobuf (set it to grpc or http/protobuf, or unset it)"
+    ]

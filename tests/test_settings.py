@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from sb_otel._settings import SB_OTEL_DATA_DIR, SETTINGS, data_dir
+from sb_otel import ConfigError
+from sb_otel._settings import MAX_DURATION, SB_OTEL_DATA_DIR, SETTINGS, data_dir, parse_duration
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -73,3 +77,31 @@ def test_data_dir_override_expands_user(monkeypatch: pytest.MonkeyPatch) -> None
     """SB_OTEL_DATA_DIR wins and may start with ~."""
     monkeypatch.setenv("SB_OTEL_DATA_DIR", "~/sbo")
     assert data_dir() == Path("~/sbo").expanduser()
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("90s", 90), ("30m", 1800), ("24h", 86400), ("7d", 604800), ("3650d", 3650 * 86400)],
+)
+def test_parse_duration_accepts_the_documented_forms_up_to_ten_years(text: str, seconds: int) -> None:
+    """Seconds, s, m, h, d, up to MAX_DURATION."""
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize(
+    "text", ["3651d", "99999999d", "99999999999d", "1" + "0" * 400, "87601h", "5256001m", "315360001"]
+)
+def test_parse_duration_refuses_more_than_ten_years_naming_the_limit(text: str) -> None:
+    """Beyond ten years dates and timers overflow (a traceback on main): a ConfigError naming the limit."""
+    with pytest.raises(ConfigError, match=rf"^--ttl must be at most 3650d \(ten years\), not '{text}'$"):
+        parse_duration(text, name="--ttl")
+
+
+@given(st.text(max_size=40))
+def test_parse_duration_raises_only_config_error(text: str) -> None:
+    """Any text: a timedelta within (0, MAX_DURATION], or a ConfigError, never another exception."""
+    try:
+        parsed = parse_duration(text)
+    except ConfigError:
+        return
+    assert timedelta(0) < parsed <= MAX_DURATION

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import click
+from rich.text import Text
 
 from sb_otel._cli.app import _console, _quiet_exporters, _store_option, cli
-from sb_otel._cli.output import _jaeger_link, _sessions_table, _trace_id, _trace_tree
+from sb_otel._cli.output import _jaeger_link, _sessions_table, _trace_id, _trace_tree, plain
 from sb_otel._settings import (
     OTEL_EXPORTER_OTLP_ENDPOINT,
 )
@@ -38,16 +39,22 @@ def demo(store_location: str | None) -> int:
     console.print(f"[bold]{len(run.sessions)} shells[/] started concurrently; here is how their sessions ended:")
     console.print(_sessions_table(run.sessions))
     reaped = ", ".join(f"{r.record.session_id} ({r.reason})" for r in run.reaped)
-    console.print(f"Reaped as abandoned: {reaped or 'none'}")
-    console.print(f"End for an unknown session {run.unknown_end.session_id}: [bold]{run.unknown_end.status}[/]")
+    console.print(plain(f"Reaped as abandoned: {reaped or 'none'}"))
+    console.print(
+        Text.assemble(
+            plain(f"End for an unknown session {run.unknown_end.session_id}: "), plain(run.unknown_end.status, "bold")
+        )
+    )
     crashed = next((record for record in run.sessions if record.status == "crashed"), run.sessions[0])
     trace_id = _trace_id(crashed)
     if trace_id is not None and run.spans:
-        console.print(f"\nTrace of the crashed session {crashed.session_id}:")
+        console.print()
+        console.print(plain(f"Trace of the crashed session {crashed.session_id}:"))
         console.print(_trace_tree(run.spans, trace_id))
-    console.print(f"\nTelemetry (spans, metrics, logs): {telemetry.destination}")
+    console.print()
+    console.print(plain(f"Telemetry (spans, metrics, logs): {telemetry.destination}"))
     if trace_id is not None and OTEL_EXPORTER_OTLP_ENDPOINT.read():
-        console.print(f"Open it in Jaeger: {_jaeger_link(trace_id)}")
+        console.print(plain(f"Open it in Jaeger: {_jaeger_link(trace_id)}"))
     if not flushed:
         console.print(
             "[yellow]Not all telemetry was delivered in time: is the endpoint reachable? Try 'sb-otel doctor'."

@@ -12,17 +12,19 @@ from typing import Any
 from urllib.parse import urlparse
 
 import click
+from rich.text import Text
 
 from sb_otel._cli.app import _console, _json_option, _store_option, cli
+from sb_otel._cli.output import plain
 from sb_otel._exceptions import ConfigError, SbOtelError
 from sb_otel._service.reaper import session_ttl
 from sb_otel._settings import (
     OTEL_EXPORTER_OTLP_ENDPOINT,
-    OTEL_EXPORTER_OTLP_PROTOCOL,
     SB_OTEL_SECRET,
     SETTINGS,
     data_dir,
 )
+from sb_otel._telemetry.configure import endpoint_with_scheme, otlp_protocol
 from sb_otel._tracking.store_factory import open_store
 
 
@@ -39,9 +41,11 @@ def doctor(as_json: bool, store_location: str | None) -> int:
         for check in checks:
             style = {"ok": "green", "warn": "yellow", "fail": "red"}[check["status"]]
             mark = check["status"].upper() if check["status"] == "fail" else check["status"]
-            console.print(f"[{style}]{mark:<6}[/] [bold]{check['name']}[/]: {check['detail']}")
+            console.print(
+                Text.assemble((f"{mark:<6}", style), " ", plain(check["name"], "bold"), ": ", plain(check["detail"]))
+            )
             if check.get("advice"):
-                console.print(f"{'':<7}→ {check['advice']}")
+                console.print(plain(f"{'':<7}→ {check['advice']}"))
     return 1 if any(check["status"] == "fail" for check in checks) else 0
 
 
@@ -60,6 +64,9 @@ def _check_settings() -> dict[str, Any]:
         return {"name": "settings", "status": "fail", "detail": str(exc), "advice": "fix or unset the variable"}
     except ImportError:
         pass
+    _, problem = otlp_protocol()
+    if problem is not None:
+        return {"name": "settings", "status": "fail", "detail": problem, "advice": "fix or unset the variable"}
     detail = ", ".join(shown) if shown else "all defaults"
     return {"name": "settings", "status": "ok", "detail": detail, "advice": ""}
 
@@ -108,8 +115,9 @@ def _check_telemetry() -> dict[str, Any]:
             return {"name": "telemetry", "status": "fail", "detail": f"{folder} is not writable", "advice": advice}
         advice = "set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://localhost:4318) to send it to a collector"
         return {"name": "telemetry", "status": "ok", "detail": f"OTLP JSON files in {folder}", "advice": advice}
-    protocol = OTEL_EXPORTER_OTLP_PROTOCOL.read() or "http/protobuf"
-    parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+    protocol, _ = otlp_protocol()  # a bad variable fails the settings check; this is what is sent meanwhile
+    full = endpoint_with_scheme(endpoint)
+    parsed = urlparse(full)
     host = parsed.hostname or "localhost"
     port = parsed.port or (4317 if protocol == "grpc" else 4318)
     try:
@@ -122,7 +130,11 @@ def _check_telemetry() -> dict[str, Any]:
     mismatch = (protocol == "grpc" and port == 4318) or (protocol == "http/protobuf" and port == 4317)
     if mismatch:
         advice = "port 4317 is grpc, 4318 is http/protobuf: set OTEL_EXPORTER_OTLP_PROTOCOL to match"
-        return {"name": "telemetry", "status": "warn", "detail": f"{protocol} → {endpoint}", "advice": advice}
+        return {"name": "telemetry", "status": "warn", "detail": f"{protocol} → {full}", "advice": advice}
+    if full != endpoint:
+        detail = f"OTLP {protocol} → {full} is reachable ({OTEL_EXPORTER_OTLP_ENDPOINT.env} names no scheme: http://)"
+        advice = f"write the scheme: {OTEL_EXPORTER_OTLP_ENDPOINT.env}={full} (or https://… for TLS)"
+        return {"name": "telemetry", "status": "warn", "detail": detail, "advice": advice}
     return {"name": "telemetry", "status": "ok", "detail": f"OTLP {protocol} → {endpoint} is reachable", "advice": ""}
 
 

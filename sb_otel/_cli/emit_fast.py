@@ -107,6 +107,9 @@ def track_start(
     """Track a shell's start: the tracker's semantics (one store write, the seed's log line), no SDK."""
     fitted = _Fitter()
     real_cwd = cwd or _getcwd()
+    manager_cwd = _existing_ancestor(real_cwd)
+    if manager_cwd != real_cwd:  # removed under the shell: still tracked, its project read from what is left
+        fitted.altered["environment.cwd"] = [f"no longer exists (project read from {_escaped(manager_cwd)[:200]})"]
     shell_context = {
         key: os.environ[variable]
         for variable, key in (("TRACEPARENT", "traceparent"), ("TRACESTATE", "tracestate"), ("BAGGAGE", "baggage"))
@@ -148,7 +151,7 @@ def track_start(
     except Exception as exc:  # an unusable store or setting: the same one line as every command
         return _start_failed(component, shell_type, pid, _exception_text(exc))
     try:
-        session_id, traceparent = _start(store, event, real_cwd, shell_context)
+        session_id, traceparent = _start(store, event, manager_cwd, shell_context)
     except _Refused as exc:
         return _start_failed(event["component_name"], event["shell_type"], event["pid"], str(exc))
     except Exception as exc:
@@ -224,7 +227,7 @@ class _Fitter:
     def __call__(self, name: str, value: str, limit: int) -> str:
         text, how = fit(value, limit)
         if how:
-            self.altered[name] = how
+            self.altered.setdefault(name, []).extend(how)
         return text
 
     def notes(self) -> tuple[str, ...]:
@@ -481,6 +484,17 @@ def _hostname() -> str:
     import socket
 
     return socket.gethostname()
+
+
+def _existing_ancestor(path: str) -> str:
+    """``path`` when it is a directory, else its nearest ancestor that is (``/`` at worst)."""
+    candidate = Path(path)
+    try:
+        while not candidate.is_dir() and candidate != candidate.parent:
+            candidate = candidate.parent
+    except OSError:  # unreadable on the way up: the root still tells the manager something
+        return "/"
+    return str(candidate)
 
 
 def _getcwd() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from rich import box
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from sb_otel._service.reaper import ReapedSession
@@ -19,6 +21,17 @@ from sb_otel._telemetry.session_span import STATE_KEY
 from sb_otel._tracking.store import SessionRecord
 
 _DEFAULT_JAEGER = "http://localhost:16686"
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+"""Control characters (terminal escape sequences start with one), line breaks and invisible or bidi marks."""
+
+
+def plain(value: object, style: str = "") -> Text:
+    """``value`` as text for a rich console: never read as markup (a hostname ``[/]`` or ``[link=…]`` prints
+    as itself), and control or bidi characters shown as escapes, so stored client text cannot drive the
+    terminal."""
+    text = _UNPRINTABLE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), str(value))
+    return Text(text, style=style)
 
 
 def _trace_id(record: SessionRecord) -> str | None:
@@ -86,11 +99,11 @@ def _sessions_table(records: Sequence[SessionRecord]) -> Table:
     for record in records:
         style = _STATUS_STYLE.get(record.status, "")
         table.add_row(
-            record.session_id,
-            f"[{style}]{record.status}[/]" if style else record.status,
+            plain(record.session_id),
+            plain(record.status, style),
             record.started_at.strftime("%m-%d %H:%M:%S"),
             _human(_duration(record)),
-            _trace_id(record) or "-",
+            plain(_trace_id(record) or "-"),
         )
     return table
 
@@ -100,7 +113,8 @@ def _reaped_table(reaped: Sequence[ReapedSession]) -> Table:
     for item in reaped:
         record = item.record
         started = record.started_at.strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(record.session_id, record.component_name, item.reason, record.hostname, str(record.pid), started)
+        cells = (record.session_id, record.component_name, item.reason, record.hostname, record.pid, started)
+        table.add_row(*(plain(cell) for cell in cells))
     return table
 
 
@@ -113,13 +127,13 @@ def _trace_tree(spans: Sequence[ReadableSpan], trace_id: str) -> Tree:
         parent = span.parent.span_id if span.parent is not None and span.parent.span_id in ids else None
         children.setdefault(parent, []).append(span)
 
-    def label(span: ReadableSpan) -> str:
+    def label(span: ReadableSpan) -> Text:
         nanos = (span.end_time or 0) - (span.start_time or 0)
         took = _human(timedelta(microseconds=nanos / 1000)) if nanos >= 60e9 else f"{nanos / 1e6:.1f} ms"
         if 1e9 <= nanos < 60e9:
             took = f"{nanos / 1e9:.1f} s"
-        status = " [red]ERROR[/]" if span.status.status_code.name == "ERROR" else ""
-        return f"[bold]{span.name}[/]  {took}{status}"
+        failed = span.status.status_code.name == "ERROR"
+        return Text.assemble(plain(span.name, "bold"), f"  {took}", (" ERROR", "red") if failed else "")
 
     tree = Tree(f"trace {trace_id}")
 

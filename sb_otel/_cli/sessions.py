@@ -9,11 +9,9 @@ import click
 from rich.table import Table
 
 from sb_otel._cli.app import _console, _json_option, _store_option, cli
-from sb_otel._cli.output import _detail, _sessions_table, _summary
+from sb_otel._cli.output import _detail, _sessions_table, _summary, plain
 from sb_otel._exceptions import ConfigError
-from sb_otel._settings import (
-    parse_duration,
-)
+from sb_otel._settings import MAX_DURATION, parse_duration
 from sb_otel._tracking.store import SESSION_STATUSES
 from sb_otel._tracking.store_factory import open_store
 
@@ -38,7 +36,7 @@ def sessions(
     """List sessions, newest first."""
     if only_open and status not in (None, "open"):
         raise click.UsageError("--open and --status are exclusive; use one of them")
-    store = open_store(store_location)
+    store = open_store(store_location, read_only=True)
     try:
         found = store.list_sessions(
             status="open" if only_open else status,  # type: ignore[arg-type]
@@ -63,7 +61,7 @@ def sessions(
 @_store_option
 def show(session_id: str, as_json: bool, store_location: str | None) -> int:
     """Show one session: every field, its trace id and a Jaeger link."""
-    store = open_store(store_location)
+    store = open_store(store_location, read_only=True)
     try:
         record = store.get(session_id)
     finally:
@@ -77,7 +75,7 @@ def show(session_id: str, as_json: bool, store_location: str | None) -> int:
     table = Table(show_header=False, box=None, padding=(0, 2))
     for key, value in detail.items():
         text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
-        table.add_row(f"[bold]{key}[/]", text)
+        table.add_row(plain(key, "bold"), plain(text))
     _console().print(table)
     return 0
 
@@ -87,10 +85,12 @@ def _since(text: str | None) -> datetime | None:
         return None
     try:
         return datetime.now(timezone.utc) - parse_duration(text, name="--since")
-    except ConfigError:
-        pass
+    except ConfigError as exc:
+        not_a_duration = str(exc)
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
+        if f"at most {MAX_DURATION.days}d" in not_a_duration:  # a duration, only too long
+            raise click.BadParameter(f"{not_a_duration}; or use an ISO time (2026-02-06T12:00:00Z)") from None
         raise click.BadParameter("use a duration (30m, 2h, 7d) or an ISO time (2026-02-06T12:00:00Z)") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

@@ -290,11 +290,21 @@ def _exporters(
     explicit_endpoint = endpoint  # None: the exporters read OTEL_EXPORTER_OTLP_* themselves
     endpoint = endpoint or OTEL_EXPORTER_OTLP_ENDPOINT.read()
     if endpoint:
-        chosen = protocol or OTEL_EXPORTER_OTLP_PROTOCOL.read() or "http/protobuf"
-        if chosen not in ("grpc", "http/protobuf"):
-            raise ConfigError(f"OTLP protocol must be 'grpc' or 'http/protobuf', not {chosen!r}")
-        otlp = _otlp_exporter_factories(chosen, explicit_endpoint, dict(headers) if headers else None)
-        return {signal: otlp[signal] for signal in signals}, f"OTLP {chosen} → {endpoint}"
+        chosen, problem = otlp_protocol(protocol)
+        if problem is not None:
+            _log.warning("sb-otel: %s", problem)
+        full = endpoint_with_scheme(endpoint)
+        signal_env_wins = False
+        if explicit_endpoint is None and full != endpoint:
+            # The exporters would read the scheme-less variable themselves and send nothing; hand them the
+            # normalised one, leaving the per-signal variables (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, …) in charge.
+            explicit_endpoint, signal_env_wins = full, True
+        elif explicit_endpoint is not None:
+            explicit_endpoint = full
+        otlp = _otlp_exporter_factories(
+            chosen, explicit_endpoint, dict(headers) if headers else None, signal_env_wins=signal_env_wins
+        )
+        return {signal: otlp[signal] for signal in signals}, f"OTLP {chosen} → {full}"
     folder = Path(telemetry_dir) if telemetry_dir is not None else data_dir() / "telemetry"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -308,27 +318,77 @@ def _exporters(
     return {signal: files[signal] for signal in signals}, f"OTLP JSON files in {folder}"
 
 
+PROTOCOLS: tuple[Protocol, ...] = ("grpc", "http/protobuf")
+
+
+def otlp_protocol(protocol: str | None = None) -> tuple[Protocol, str | None]:
+    """The OTLP protocol to use (``protocol``, else ``OTEL_EXPORTER_OTLP_PROTOCOL``, else ``http/protobuf``), and
+    what is wrong with the variable, if anything.
+
+    A bad variable must never stop tracking (a shell sourcing ``sb-otel emit`` would go untracked): it gives
+    ``http/protobuf`` and a one-line problem to show. A bad argument is a programmer's mistake and raises.
+    """
+    if protocol is not None:
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"OTLP protocol must be 'grpc' or 'http/protobuf', not {protocol!r}")
+        return protocol, None
+    value = OTEL_EXPORTER_OTLP_PROTOCOL.read()
+    if value is None:
+        return "http/protobuf", None
+    if value in PROTOCOLS:
+        return value, None
+    return "http/protobuf", (
+        f"{OTEL_EXPORTER_OTLP_PROTOCOL.env}={value!r} is not 'grpc' or 'http/protobuf'; sending http/protobuf "
+        "(set it to grpc or http/protobuf, or unset it)"
+    )
+
+
+def endpoint_with_scheme(endpoint: str) -> str:
+    """``endpoint`` with ``http://`` in front when it names no scheme (``127.0.0.1:4318``, as gRPC tools write
+    it): the SDK's HTTP exporters would otherwise send nothing at all."""
+    return endpoint if "://" in endpoint else f"http://{endpoint}"
+
+
+_SIGNAL_ENDPOINT_ENV = {
+    "traces": "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "metrics": "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "logs": "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+}
+
+
 def _otlp_exporter_factories(
-    protocol: str, endpoint: str | None, headers: dict[str, str] | None
+    protocol: str, endpoint: str | None, headers: dict[str, str] | None, *, signal_env_wins: bool = False
 ) -> dict[str, _ExporterFactory]:
     """The SDK's OTLP exporters, made on demand (a gRPC exporter opens its channel at once).
 
-    ``endpoint=None`` lets them read ``OTEL_EXPORTER_OTLP_*`` themselves.
+    ``endpoint=None`` lets them read ``OTEL_EXPORTER_OTLP_*`` themselves; with ``signal_env_wins``, so does each
+    signal whose own endpoint variable is set.
     """
+    if signal_env_wins:
+        signal_endpoint = {
+            signal: None if os.environ.get(env) else endpoint for signal, env in _SIGNAL_ENDPOINT_ENV.items()
+        }
+    else:
+        signal_endpoint = dict.fromkeys(_SIGNAL_ENDPOINT_ENV, endpoint)
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         return {
-            "traces": lambda meters: OTLPSpanExporter(endpoint=endpoint, headers=headers, meter_provider=meters),
-            "metrics": lambda _: OTLPMetricExporter(endpoint=endpoint, headers=headers),
-            "logs": lambda meters: otel_logs.GrpcLogExporter(endpoint=endpoint, headers=headers, meter_provider=meters),
+            "traces": lambda meters: OTLPSpanExporter(
+                endpoint=signal_endpoint["traces"], headers=headers, meter_provider=meters
+            ),
+            "metrics": lambda _: OTLPMetricExporter(endpoint=signal_endpoint["metrics"], headers=headers),
+            "logs": lambda meters: otel_logs.GrpcLogExporter(
+                endpoint=signal_endpoint["logs"], headers=headers, meter_provider=meters
+            ),
         }
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 
     def url(signal: str) -> str | None:  # an explicit base endpoint gets the signal's path, as the spec says
-        return None if endpoint is None else f"{endpoint.rstrip('/')}/{_SIGNAL_PATHS[signal]}"
+        base = signal_endpoint[signal]
+        return None if base is None else f"{base.rstrip('/')}/{_SIGNAL_PATHS[signal]}"
 
     return {
         "traces": lambda meters: HttpSpanExporter(endpoint=url("traces"), headers=headers, meter_provider=meters),

@@ -145,8 +145,11 @@ def _translated(path: Path) -> Iterator[None]:
 class SqliteSessionStore:
     """A :class:`~sb_otel._tracking.store.SessionStore` in one SQLite file."""
 
-    def __init__(self, path: str | Path, *, synchronous: str | None = None) -> None:
+    def __init__(self, path: str | Path, *, synchronous: str | None = None, read_only: bool = False) -> None:
+        """``read_only`` opens an existing file for reading only (SQLite ``mode=ro``: no migrations, no writes),
+        so commands that only read, like ``sb-otel sessions``, work on a store this user cannot write."""
         self.path = Path(path)
+        self.read_only = read_only
         sync = (synchronous or SB_OTEL_STORE_SYNC.read() or "normal").upper()
         if sync not in ("NORMAL", "FULL"):
             raise ConfigError(f"SB_OTEL_STORE_SYNC must be 'normal' or 'full', not {sync.lower()!r}")
@@ -160,10 +163,13 @@ class SqliteSessionStore:
                 f"e.g. {self.path / 'sessions.db'}"
             )
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
-            )
+            if read_only:
+                self._db = self._connect_read_only()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+                )
         except sqlite3.Error as exc:
             raise _explain(self.path, exc) from exc
         except OSError as exc:
@@ -174,9 +180,26 @@ class SqliteSessionStore:
             self._db.close()  # a half-opened store must not leak its connection
             raise
 
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """``mode=ro``; where SQLite cannot make the WAL index next to a checkpointed file (an unwritable
+        directory, no ``-wal`` file), the file is read as it is (``immutable=1``): nobody can be writing it."""
+        uri = f"{self.path.absolute().as_uri()}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # SQLite opens the WAL index here
+        except sqlite3.OperationalError:
+            db.close()
+            if Path(f"{self.path}-wal").exists():
+                raise
+            db = sqlite3.connect(f"{uri}&immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+        return db
+
     def _prepare(self, sync: str) -> None:
         try:
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if self.read_only:
+                self._check_version()
+                return
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise StoreError(f"{self.path}: SQLite could not switch to WAL mode (got {mode!r})")
@@ -203,14 +226,7 @@ class SqliteSessionStore:
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(id INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
             )
-            applied = dict(db.execute("SELECT id, name FROM schema_migrations").fetchall())
-        known = {index: name for index, (name, _) in enumerate(MIGRATIONS, start=1)}
-        unknown = sorted(set(applied) - set(known))
-        if unknown:
-            raise StoreError(
-                f"{self.path} has schema migration(s) {[applied[i] for i in unknown]} this sb-otel does not "
-                "know; it was written by a newer version. Upgrade sb-otel or point SB_OTEL_STORE elsewhere."
-            )
+        self._check_version()
         for index, (name, statements) in enumerate(MIGRATIONS, start=1):
             with self._write() as db:
                 if db.execute("SELECT 1 FROM schema_migrations WHERE id = ?", (index,)).fetchone():
@@ -221,6 +237,18 @@ class SqliteSessionStore:
                     "INSERT INTO schema_migrations (id, name, applied_at) VALUES (?, ?, ?)",
                     (index, name, _iso(datetime.now(timezone.utc))),
                 )
+
+    def _check_version(self) -> None:
+        """Refuse a file written by a newer sb-otel rather than misread it."""
+        with self._lock:
+            applied = dict(self._db.execute("SELECT id, name FROM schema_migrations").fetchall())
+        known = {index: name for index, (name, _) in enumerate(MIGRATIONS, start=1)}
+        unknown = sorted(set(applied) - set(known))
+        if unknown:
+            raise StoreError(
+                f"{self.path} has schema migration(s) {[applied[i] for i in unknown]} this sb-otel does not "
+                "know; it was written by a newer version. Upgrade sb-otel or point SB_OTEL_STORE elsewhere."
+            )
 
     def applied_migrations(self) -> list[str]:
         """Names of the migrations this file has, in order."""
