@@ -19,7 +19,7 @@ from unittest.mock import AsyncMock, MagicMock
 import pytest
 
 import sb_otel
-from sb_otel import InMemorySessionStore, SessionEndEvent, SessionLifecycleManager
+from sb_otel import InMemorySessionStore, SessionLifecycleManager
 from sb_otel._telemetry.instrumentor import SessionBuddyInstrumentor
 from sb_otel.testing import CapturedTelemetry
 from tests.conftest import seed_start_event
