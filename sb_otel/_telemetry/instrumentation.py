@@ -489,7 +489,20 @@ class _RedactingLoggingHandler(otel_logs.LoggingHandler):
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(record, EVENT_LINE_MARKER, None) is not None:
             return  # the instrumentation emits this line itself, as the session.start/session.end event
+        if getattr(self, "_sb_foreign", False) and record.msg in _SEED_LINES:
+            return  # a foreign tracker's own copy of that line (session-buddy logs the seed's lines too)
         super().emit(_scrubbed_record(record))
+
+
+_SEED_LINES = frozenset(
+    {
+        SESSION_STARTED_LINE,
+        SESSION_ENDED_LINE,
+        "Session started: session_id=%s, component=%s, shell_type=%s, pid=%d, user=%s, hostname=%s, cwd=%s",
+        "Session ended: session_id=%s, timestamp=%s",
+    }
+)
+"""The seed's INFO lines as format strings: ours, and the seed's own (which session-buddy logs verbatim)."""
 
 
 def _scrubbed_record(record: logging.LogRecord) -> logging.LogRecord:
@@ -576,6 +589,7 @@ def _attach_log_handler(
             return None
     handler = _RedactingLoggingHandler(level=logging.NOTSET, logger_provider=provider)
     handler._sb_provider = provider  # type: ignore[attr-defined]
+    handler._sb_foreign = foreign  # type: ignore[attr-defined]
     logger.addHandler(handler)
     _guard_ancestor_handlers(handler, logger, provider)
     if foreign and logger.getEffectiveLevel() > logging.INFO:
