@@ -97,6 +97,18 @@ STAND_IN = textwrap.dedent(
     '''
 )
 
+LAZY_INIT = textwrap.dedent(
+    '''
+    """Stand-in for session_buddy/mcp/__init__.py: SessionTracker is a lazy export there, as in session-buddy."""
+    from importlib import import_module
+
+    def __getattr__(name):
+        if name != "SessionTracker":
+            raise AttributeError(name)
+        return import_module("session_buddy.mcp.session_tracker").SessionTracker
+    '''
+)
+
 SESSION_BUDDY_MODULES = ("session_buddy.mcp.session_tracker", "session_buddy.mcp.event_models", "session_buddy.mcp")
 
 
@@ -106,7 +118,7 @@ def session_buddy_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
     package = tmp_path / "session_buddy"
     (package / "mcp").mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    (package / "mcp" / "__init__.py").write_text("")
+    (package / "mcp" / "__init__.py").write_text(LAZY_INIT)
     (package / "mcp" / "event_models.py").write_text(MODELS)
     (package / "mcp" / "session_tracker.py").write_text(STAND_IN)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -78,7 +78,8 @@ WRAP = textwrap.dedent(
             end = await tracker.handle_session_end(end_event)
             record = store.get(start.session_id)
             print(json.dumps({
-                "start": start.model_dump(), "traceparent": start.traceparent, "end": end.model_dump(),
+                "start": start.model_dump(), "end": end.model_dump(),
+                "traceparent": getattr(start, "traceparent", None),
                 "result_class": type(start).__module__,
                 "received_their_own": [a is b for a, b in zip(Spy.received, [start_event, end_event])],
                 "stored": None if record is None else {"status": record.status, "has_plan": "span" in record.telemetry},
@@ -146,9 +147,9 @@ REINSTRUMENT = textwrap.dedent(
 
     async def main():
         with capture_telemetry() as telemetry:
-            SessionBuddyInstrumentor().instrument(store="memory", **telemetry.providers)
             from session_buddy.mcp import SessionStartEvent, SessionTracker
-            original = SessionTracker.__dict__["handle_session_start"].__wrapped__
+            original = SessionTracker.__dict__["handle_session_start"]
+            SessionBuddyInstrumentor().instrument(store="memory", **telemetry.providers)
             SessionBuddyInstrumentor().uninstrument()  # a new instance of the singleton
             restored = SessionTracker.__dict__["handle_session_start"] is original
             SessionBuddyInstrumentor().instrument(store="memory", **telemetry.providers)
