@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime, timezone
 from typing import Any
@@ -13,12 +14,14 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRat
 from opentelemetry.trace import SpanKind, StatusCode
 
 from sb_otel import (
+    EnvironmentInfo,
     InMemorySessionStore,
     SessionEndEvent,
     SessionEndResult,
     SessionLifecycleManager,
     SessionStartResult,
     SessionTracker,
+    UserInfo,
     instrument,
 )
 from sb_otel.testing import CapturedTelemetry, capture_telemetry
@@ -393,3 +396,126 @@ async def test_a_tracker_that_is_not_ours_gets_the_same_trace(
     assert {s.name for s in telemetry.spans()} >= {"initialize_session", "end_session", "session.start mahavishnu"}
     assert foreign.ended == ["sb-550e8400", "sb-550e8400"]
     assert store.get("sb-550e8400").status == "exited"  # type: ignore[union-attr]
+
+
+# -- issue 14: redaction covers every exported string; concurrent retries parent on the exported span ----------
+
+REDACT = "user.home,user.name,process.working_directory"
+SECRETS = ("zq-operator", "/srv/zq-home", "/srv/zq-home/missing-zq-project")
+
+
+def private_start(event_id: str = "6f1b3c2a-8d4e-4f6a-9b7c-1d2e3f4a5b6c", suffix: str = "") -> Any:
+    """A start whose user, home and (missing) working directory are all to be redacted."""
+    return seed_start_event(
+        event_id=event_id,
+        user=UserInfo(username="zq-operator", home="/srv/zq-home"),
+        environment=EnvironmentInfo(python_version="3.13.0", platform="Linux", cwd=SECRETS[2] + suffix),
+    )
+
+
+class RaisingManager:
+    """A manager whose exceptions quote the working directory, as real ones do."""
+
+    def __init__(self) -> None:
+        self.cwd = ""
+
+    async def initialize_session(self, working_directory: str | None = None) -> dict[str, Any]:
+        self.cwd = working_directory or ""
+        if self.cwd.endswith("-start"):
+            raise PermissionError(f"cannot read {self.cwd}/.git/HEAD")
+        return {"success": True}
+
+    async def end_session(self, working_directory: str | None = None) -> dict[str, Any]:
+        raise OSError(f"cannot write summary under {self.cwd}")
+
+
+def exported_strings(telemetry: CapturedTelemetry) -> list[str]:
+    """Every string sb-otel exported: span names, attribute values, status messages, event and link attributes,
+    log bodies, log attributes and event names."""
+    found: list[str] = []
+
+    def values(attributes: Any) -> None:
+        for value in (attributes or {}).values():
+            found.extend(str(item) for item in (value if isinstance(value, tuple | list) else [value]))
+
+    for span in telemetry.spans():
+        found.append(span.name)
+        found.append(span.status.description or "")
+        values(span.attributes)
+        for event in span.events:
+            found.append(event.name)
+            values(event.attributes)
+        for link in span.links:
+            values(link.attributes)
+    for log in telemetry.logs():
+        record = log.log_record
+        found.extend([str(record.body), str(record.event_name or "")])
+        values(record.attributes)
+    return found
+
+
+async def test_redaction_covers_the_status_of_a_start_whose_directory_does_not_exist(
+    telemetry: CapturedTelemetry,
+) -> None:
+    """The lifecycle manager's "working directory does not exist: …" quotes the cwd: no span status, span or
+    log record may carry it (nor the redacted user or home)."""
+    tracker = instrument(
+        SessionTracker(SessionLifecycleManager(), store="memory"), redact=REDACT, **telemetry.providers
+    )
+    result = await tracker.handle_session_start(private_start())
+    assert result.status == "error"
+    assert SECRETS[2] in (result.error or "")  # the caller still gets the whole message
+    errors = [span for span in telemetry.spans() if span.status.status_code is StatusCode.ERROR]
+    assert {span.name for span in errors} >= {"session.start mahavishnu", "session mahavishnu", "initialize_session"}
+    assert "[REDACTED]" in telemetry.span("session.start mahavishnu").status.description  # type: ignore[operator]
+    strings = exported_strings(telemetry)
+    assert [text for text in strings if any(secret in text for secret in SECRETS)] == []
+
+
+async def test_redaction_covers_exception_events_stack_traces_and_log_exceptions(telemetry: CapturedTelemetry) -> None:
+    """A manager raising with the cwd in its message: the exception events' message and stack trace, every status
+    and the ERROR log records' exception attributes are scrubbed."""
+    tracker = instrument(SessionTracker(RaisingManager(), store="memory"), redact=REDACT, **telemetry.providers)
+    failed = await tracker.handle_session_start(private_start(suffix="-start"))
+    started = await tracker.handle_session_start(private_start(event_id="7a2b4c6d-8e0f-4a1b-9c2d-3e4f5a6b7c8d"))
+    ended = await tracker.handle_session_end(
+        SessionEndEvent(session_id=started.session_id, timestamp="2026-02-06T13:00:00Z")
+    )
+    assert (failed.status, started.status, ended.status) == ("error", "tracked", "error")
+    events = [event for span in telemetry.spans() for event in span.events if event.name == "exception"]
+    assert len(events) == 2  # initialize_session and end_session raised
+    assert all("[REDACTED]" in str(event.attributes["exception.stacktrace"]) for event in events)  # type: ignore[index]
+    logged = [log.log_record for log in telemetry.logs() if "exception.message" in (log.log_record.attributes or {})]
+    assert len(logged) == 2  # the tracker's "Session start failed"/"Session end failed" lines, with tracebacks
+    strings = exported_strings(telemetry)
+    assert [text for text in strings if any(secret in text for secret in SECRETS)] == []
+
+
+async def test_concurrent_starts_with_one_event_id_all_parent_on_the_exported_session_span(
+    telemetry: CapturedTelemetry,
+) -> None:
+    """50 starts with one ``event_id`` at once: one session, and every ``session.start`` child (the 49 retries'
+    too) points at the session span that is exported, through the one stored plan."""
+
+    class SlowManager:
+        async def initialize_session(self, working_directory: str | None = None) -> dict[str, Any]:
+            for _ in range(5):  # yield to the other 49 starts while this one is in the manager
+                await asyncio.sleep(0)
+            return {"success": True}
+
+        async def end_session(self, working_directory: str | None = None) -> dict[str, Any]:
+            return {"success": True}
+
+    store = InMemorySessionStore()
+    tracker = instrument(SessionTracker(SlowManager(), store=store), redact="", **telemetry.providers)
+    results = await asyncio.gather(*(tracker.handle_session_start(seed_start_event()) for _ in range(50)))
+    assert {result.session_id for result in results} == {SESSION_ID}
+    assert len({result.traceparent for result in results}) == 1
+    await tracker.handle_session_end(SessionEndEvent(session_id=SESSION_ID, timestamp="2026-02-06T13:00:00Z"))
+    root = telemetry.span("session mahavishnu")
+    children = [span for span in telemetry.spans() if span.name == "session.start mahavishnu"]
+    assert len(children) == 50
+    assert {(span.context.trace_id, span.parent.span_id) for span in children if span.parent} == {
+        (root.context.trace_id, root.context.span_id)
+    }
+    assert len([span for span in telemetry.spans() if span.name == "initialize_session"]) == 1

@@ -23,7 +23,8 @@ from typing import Any
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from sb_otel import SqliteSessionStore
-from tests.reliability._mcp_helpers import BODAI_PYTHON, BODAI_PYTHON_HELP, mcp_session, start_server
+from tests.reliability._mcp_helpers import mcp_session, start_server
+from tests.session_buddy_env import session_buddy_python
 
 
 def emitter_start_event(metadata: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -164,9 +165,8 @@ class Oneiric:
     """oneiric's real emitter in a Python 3.13 process, one shell session: start, then end when told the id."""
 
     def __init__(self, where: str, metadata: dict[str, Any], env: dict[str, str]) -> None:
-        assert BODAI_PYTHON.exists(), f"no Python with oneiric at {BODAI_PYTHON}: {BODAI_PYTHON_HELP}"
         self.process = subprocess.Popen(
-            [str(BODAI_PYTHON), "-c", DRIVE_ONEIRIC, where, json.dumps(metadata)],
+            [str(session_buddy_python()), "-c", DRIVE_ONEIRIC, where, json.dumps(metadata)],
             env={**env, "PYTHONPATH": ""},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -18,11 +18,14 @@ skipped. Only the wrapped tracker's own answer is returned.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import copy
 import logging
 import time
+import traceback
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -33,7 +36,6 @@ from opentelemetry import trace
 from opentelemetry.context import Context, attach, detach
 from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
-from pydantic import ValidationError
 
 from sb_otel._telemetry import otel_logs as otel_logs
 from sb_otel._telemetry import semconv as sc
@@ -47,17 +49,12 @@ from sb_otel._telemetry.session_span import (
     export_session_span,
     plan_session_span,
 )
-from sb_otel._tracking.foreign import ForeignTracker
+from sb_otel._tracking.foreign import ForeignTracker, as_event
 from sb_otel._tracking.models import SessionEndEvent, SessionEndResult, SessionStartEvent, SessionStartResult
 from sb_otel._tracking.outcome import Outcome, end_outcome
 from sb_otel._tracking.seam import TrackingSeam, offers_seam
 from sb_otel._tracking.store import SessionRecord, SessionStore
-from sb_otel._tracking.tracker import (
-    EVENT_LINE_MARKER,
-    SESSION_ENDED_LINE,
-    SESSION_STARTED_LINE,
-    _as_event,
-)
+from sb_otel._tracking.tracker import EVENT_LINE_MARKER, SESSION_ENDED_LINE, SESSION_STARTED_LINE
 from sb_otel._version import __version__
 
 _log = logging.getLogger("sb_otel.instrumentation")
@@ -67,6 +64,13 @@ CLOCK_SKEW_TOLERANCE = timedelta(seconds=1)
 """A shell clock ahead of ours by more than this moves the span start to when we received the event."""
 
 _active_redaction: contextvars.ContextVar[Redaction | None] = contextvars.ContextVar("sb_otel_redaction", default=None)
+
+ADOPT_ATTRIBUTE = "_sb_otel_adopt"
+"""Set by the auto-instrumentor on the methods it patches: ``adopt(instance, options)`` returns the instance's one
+wrapper, so :func:`instrument` of an instance of a patched class does not trace its sessions a second time."""
+_exported: weakref.WeakKeyDictionary[logging.LogRecord, set[int]] = weakref.WeakKeyDictionary()
+"""Log records an sb-otel handler has handled, with the ids of the logger providers it exported them to (kept out
+of the record itself: the OTel handler exports a record's every extra attribute)."""
 
 
 class InstrumentedSessionTracker:
@@ -93,13 +97,16 @@ class InstrumentedSessionTracker:
         provider = logger_provider or otel_logs.get_logger_provider()
         self._events = provider.get_logger(sc.INSTRUMENTATION_SCOPE, __version__)
         self._redaction = Redaction.parse(redact)
+        self._foreign = not offers_seam(tracker)
         self._manager = getattr(tracker, "session_manager", None)
+        if isinstance(self._manager, TracedLifecycleManager):  # traced already: a second wrapper traces it twice
+            self._manager = None
         if self._manager is not None:
             tracker.session_manager = TracedLifecycleManager(self._manager, self._tracer, self._metrics)
         logger = getattr(tracker, "logger", None)
         self._logger_level = logger.level if isinstance(logger, logging.Logger) else None
-        foreign = not offers_seam(tracker)
-        self._log_handler = _attach_log_handler(logger, logger_provider, foreign=foreign)
+        self._log_handler = _attach_log_handler(logger, logger_provider, foreign=self._foreign)
+        self._starting: dict[str, tuple[asyncio.Lock, int]] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.wrapped, name)
@@ -116,6 +123,7 @@ class InstrumentedSessionTracker:
         if self._log_handler is not None:
             self.wrapped.logger.removeHandler(self._log_handler)
             self.wrapped.logger.setLevel(self._logger_level or logging.NOTSET)
+            _release_ancestor_handlers(self._log_handler)
             self._log_handler = None
 
     # -- start --------------------------------------------------------------------------------------------
@@ -125,21 +133,45 @@ class InstrumentedSessionTracker:
 
         Adds the session's ``traceparent`` and ``baggage`` (with ``session.id``) to the result."""
         try:
-            start = _as_event(SessionStartEvent, event)
-        except ValidationError:
+            start = as_event(SessionStartEvent, event)
+        except Exception:  # invalid (or unreadable): the tracker answers it, with its own error
             result: SessionStartResult = (await self._inner_start(event, None))[0]
             self._guard(self._metrics.started.add, 1, {sc.RESULT: "error"})
             return result
+        async with self._one_start_at_a_time(start.event_id):
+            return await self._start(start, event)
+
+    @contextlib.asynccontextmanager
+    async def _one_start_at_a_time(self, event_id: str) -> Any:
+        """Starts with one ``event_id`` run one after another in this process, so that a retry racing the first
+        start finds its stored span plan and parents its ``session.start`` on the session span that is exported,
+        not on a plan of its own that never is."""
+        lock, users = self._starting.get(event_id) or (asyncio.Lock(), 0)
+        self._starting[event_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._starting[event_id]
+            if users == 1:
+                del self._starting[event_id]
+            else:
+                self._starting[event_id] = (lock, users - 1)
+
+    async def _start(self, start: SessionStartEvent, event: Any) -> SessionStartResult:
+        """:meth:`handle_session_start` for a valid ``start``; the wrapped tracker gets ``event`` as it came when
+        it is not ours (session-buddy's own model), ours gets our model."""
+        given = event if self._foreign else start
         raw = start.model_dump(mode="json")
         described = self._guard(start_attributes, raw, "") or {}
         shell_context = self._guard(extract, start.metadata) or Context()
         plan, retry = self._guard(self._plan_start, start, described, shell_context) or (None, False)
         if plan is None:  # telemetry could not even plan: track without it
-            return (await self._inner_start(start, None))[0]
+            return (await self._inner_start(given, None))[0]
         span_attributes = {sc.COMPONENT_NAME: start.component_name, sc.SHELL_TYPE: start.shell_type}
         telemetry = {STATE_KEY: plan.to_json(), ATTRIBUTES_KEY: described}
         with self._child_span(f"session.start {start.component_name}", plan, span_attributes, described) as span:
-            result, record = await self._inner_start(start, telemetry)
+            result, record = await self._inner_start(given, telemetry)
             self._guard(_annotate_child, span, result.session_id, result.status, result.error)
         if result.status == "tracked" and result.session_id is not None:
             stored = self._guard(_stored_plan, record, telemetry[STATE_KEY]) or plan
@@ -222,7 +254,7 @@ class InstrumentedSessionTracker:
             attributes,
             min(start.started_at, now),
             now,
-            Status(StatusCode.ERROR, error[:200]),
+            Status(StatusCode.ERROR, self._redaction.for_values(described).scrub(error)[:200]),
             "",
         )
 
@@ -231,20 +263,21 @@ class InstrumentedSessionTracker:
     async def handle_session_end(self, event: SessionEndEvent | Mapping[str, Any]) -> SessionEndResult:
         """The wrapped tracker's end, as a child of the session span; then the session span itself, once."""
         try:
-            end = _as_event(SessionEndEvent, event)
-        except ValidationError:
+            end = as_event(SessionEndEvent, event)
+        except Exception:
             result: SessionEndResult = (await self._inner_end(event))[0]
             self._guard(self._metrics.ended.add, 1, {sc.SESSION_STATUS: "error"})
             return result
         record = self._guard(self._stored, end.session_id)
         planned = self._guard(_SessionTelemetry.of, record) if record is not None else None
+        given = event if self._foreign else end
         if record is None or planned is None:
-            result, ended = await self._inner_end(end)
+            result, ended = await self._inner_end(given)
         else:
             name = f"session.end {record.component_name}"
             attributes = {sc.COMPONENT_NAME: record.component_name}
             with self._child_span(name, planned.plan, attributes, planned.attributes) as span:
-                result, ended = await self._inner_end(end)
+                result, ended = await self._inner_end(given)
                 self._guard(_annotate_child, span, end.session_id, result.status, result.error)
         if ended is not None:
             outcome = end_outcome(end.metadata)
@@ -319,9 +352,7 @@ class InstrumentedSessionTracker:
         redaction = self._redaction.for_values(described) if self._redaction else None
         token = _active_redaction.set(redaction)
         try:
-            with self._tracer.start_as_current_span(
-                name, context=plan.child_context(), kind=SpanKind.INTERNAL, attributes=attributes
-            ) as span:
+            with _scrubbed_span(self._tracer, name, plan.child_context(), attributes, redaction) as span:
                 yield span
         finally:
             _active_redaction.reset(token)
@@ -380,7 +411,8 @@ class TracedLifecycleManager:
         call: Callable[..., Awaitable[Any]] = getattr(self.wrapped, operation)
         attributes: dict[str, AttributeValue] = {sc.LIFECYCLE_OPERATION: operation}
         began = time.perf_counter()
-        with self._tracer.start_as_current_span(operation, kind=SpanKind.INTERNAL, attributes=attributes) as span:
+        redaction = _active_redaction.get()  # the session's SB_OTEL_REDACT, with its values to scrub
+        with _scrubbed_span(self._tracer, operation, None, attributes, redaction) as span:
             try:
                 answer = await call(working_directory=working_directory, **kwargs)
                 failed = not (isinstance(answer, Mapping) and answer.get("success"))
@@ -392,7 +424,6 @@ class TracedLifecycleManager:
                 raise
             finally:
                 self._metrics.lifecycle_duration.record(time.perf_counter() - began, attributes)
-            redaction = _active_redaction.get()  # the session's SB_OTEL_REDACT, with its values to scrub
             if failed:
                 error = str((answer.get("error") if isinstance(answer, Mapping) else None) or "")
                 error = redaction.scrub(error) if redaction is not None else error
@@ -423,8 +454,16 @@ def instrument(
             ``"memory"``, a SQLite path, or ``None`` for ``SB_OTEL_STORE``.
         redact: attributes to drop or hash before export (default ``SB_OTEL_REDACT``).
 
-    Returns an object with the tracker's API. ``uninstrument()`` on it restores the tracker.
+    Returns an object with the tracker's API. ``uninstrument()`` on it restores the tracker. An instance of a class
+    that ``opentelemetry-instrument`` patched already gets the patch's one wrapper (with these keywords), so its
+    sessions are traced once.
     """
+    adopt = getattr(getattr(type(tracker), "handle_session_start", None), ADOPT_ATTRIBUTE, None)
+    if adopt is not None:
+        options = {"tracer_provider": tracer_provider, "meter_provider": meter_provider}
+        options.update(logger_provider=logger_provider, store=store, redact=redact)
+        wrapper: InstrumentedSessionTracker = adopt(tracker, options)
+        return wrapper
     return InstrumentedSessionTracker(
         tracker,
         tracer_provider=tracer_provider,
@@ -436,19 +475,101 @@ def instrument(
 
 
 class _RedactingLoggingHandler(otel_logs.LoggingHandler):
-    """The OTel logging bridge, scrubbing redacted values out of message text before export.
+    """The OTel logging bridge, scrubbing redacted values out of message text and exception before export.
 
-    It scrubs a copy of the record: other handlers (the console) still see the original line.
+    It scrubs a copy of the record: other handlers (the console) still see the original line. Each record it
+    handles is marked, so that an OTel handler of the same provider on an ancestor logger (the one
+    ``opentelemetry-instrument`` puts on the root logger) does not export it a second time.
     """
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        _exported.setdefault(record, set()).add(id(self._logger_provider))
+        return super().handle(record)
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(record, EVENT_LINE_MARKER, None) is not None:
             return  # the instrumentation emits this line itself, as the session.start/session.end event
-        redaction = _active_redaction.get()
-        if redaction is not None and redaction.secret_values:
-            record = copy.copy(record)
-            record.msg, record.args = redaction.scrub(record.getMessage()), None
-        super().emit(record)
+        if getattr(self, "_sb_foreign", False) and record.msg in _SEED_LINES:
+            return  # a foreign tracker's own copy of that line (session-buddy logs the seed's lines too)
+        super().emit(_scrubbed_record(record))
+
+
+_SEED_LINES = frozenset(
+    {
+        SESSION_STARTED_LINE,
+        SESSION_ENDED_LINE,
+        "Session started: session_id=%s, component=%s, shell_type=%s, pid=%d, user=%s, hostname=%s, cwd=%s",
+        "Session ended: session_id=%s, timestamp=%s",
+    }
+)
+"""The seed's INFO lines as format strings: ours, and the seed's own (which session-buddy logs verbatim)."""
+
+
+def _scrubbed_record(record: logging.LogRecord) -> logging.LogRecord:
+    """A copy of ``record`` without the active session's redacted values, in its message and its exception
+    (which the OTel handler would export as ``exception.message``/``exception.stacktrace``)."""
+    redaction = _active_redaction.get()
+    if redaction is None or not redaction.secret_values:
+        return record
+    record = copy.copy(record)
+    record.msg, record.args = redaction.scrub(record.getMessage()), None
+    if record.exc_info and record.exc_info[1] is not None:
+        kind, exc, tb = record.exc_info
+        record.__dict__["exception.type"] = getattr(kind, "__name__", str(kind))
+        record.__dict__["exception.message"] = redaction.scrub(str(exc))
+        record.__dict__["exception.stacktrace"] = redaction.scrub("".join(traceback.format_exception(kind, exc, tb)))
+        record.exc_info, record.exc_text = None, None
+    return record
+
+
+class _NotTwice(logging.Filter):
+    """On another OTel handler of our provider up the logger tree: drops what an sb-otel handler already
+    exported, and scrubs the rest while a session with ``SB_OTEL_REDACT`` values is being handled."""
+
+    def __init__(self, handler: logging.Handler, provider: Any) -> None:
+        super().__init__()
+        self._handler = handler
+        self._provider = id(provider)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._provider in _exported.get(record, ()) or getattr(record, EVENT_LINE_MARKER, None) is not None:
+            return False
+        scrubbed = _scrubbed_record(record)
+        if scrubbed is record:
+            return True
+        self._handler.emit(scrubbed)  # the scrubbed copy, exported by that handler; the original goes no further
+        return False
+
+
+def _ancestor_otel_handlers(logger: logging.Logger, provider: Any) -> list[logging.Handler]:
+    """OTel logging handlers exporting to ``provider`` on the loggers ``logger``'s records propagate to."""
+    found: list[logging.Handler] = []
+    current: logging.Logger | None = logger
+    while current is not None and current.propagate:
+        current = current.parent
+        for handler in current.handlers if current is not None else ():
+            if not isinstance(handler, _RedactingLoggingHandler) and _provider_of(handler) is provider:
+                found.append(handler)
+    return found
+
+
+def _provider_of(handler: logging.Handler) -> Any:
+    """The logger provider of an OTel logging handler (the instrumentation's or the SDK's own), else ``None``."""
+    return getattr(handler, "_logger_provider", None) if "LoggingHandler" in type(handler).__name__ else None
+
+
+def _guard_ancestor_handlers(handler: _RedactingLoggingHandler, logger: logging.Logger, provider: Any) -> None:
+    guards: list[tuple[logging.Handler, _NotTwice]] = []
+    for ancestor in _ancestor_otel_handlers(logger, provider):
+        guard = _NotTwice(ancestor, provider)
+        ancestor.addFilter(guard)
+        guards.append((ancestor, guard))
+    handler._sb_guards = guards  # type: ignore[attr-defined]
+
+
+def _release_ancestor_handlers(handler: logging.Handler) -> None:
+    for ancestor, guard in getattr(handler, "_sb_guards", ()):
+        ancestor.removeFilter(guard)
 
 
 def _attach_log_handler(
@@ -468,7 +589,9 @@ def _attach_log_handler(
             return None
     handler = _RedactingLoggingHandler(level=logging.NOTSET, logger_provider=provider)
     handler._sb_provider = provider  # type: ignore[attr-defined]
+    handler._sb_foreign = foreign  # type: ignore[attr-defined]
     logger.addHandler(handler)
+    _guard_ancestor_handlers(handler, logger, provider)
     if foreign and logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
     return handler
@@ -509,7 +632,44 @@ def _annotate_child(span: Any, session_id: str | None, status: str, error: str |
     span.set_attribute(sc.RESULT, status)
     if status == "error":
         span.set_attribute(sc.ERROR_TYPE, "tracker_error")
-        span.set_status(Status(StatusCode.ERROR, (error or "")[:200]))
+        span.set_status(Status(StatusCode.ERROR, _scrub(error or "")[:200]))
+
+
+def _scrub(text: str) -> str:
+    """``text`` without the values ``SB_OTEL_REDACT`` hides for the session in hand (error messages quote them)."""
+    redaction = _active_redaction.get()
+    return redaction.scrub(text) if redaction is not None else text
+
+
+@contextlib.contextmanager
+def _scrubbed_span(
+    tracer: trace.Tracer,
+    name: str,
+    context: Context | None,
+    attributes: Mapping[str, AttributeValue],
+    redaction: Redaction | None,
+) -> Iterator[Any]:
+    """``start_as_current_span``, recording an escaping exception as the SDK does (an ``exception`` event and an
+    ERROR status) but with its message and stack trace scrubbed of the session's redacted values: the SDK's own
+    recording would export them as they are."""
+    with tracer.start_as_current_span(
+        name,
+        context=context,
+        kind=SpanKind.INTERNAL,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield span
+        except BaseException as exc:
+            scrub = redaction.scrub if redaction is not None else str
+            message = scrub(str(exc))
+            stacktrace = scrub("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+            event = {"exception.type": type(exc).__qualname__, "exception.message": message}
+            span.add_event("exception", {**event, "exception.stacktrace": stacktrace, "exception.escaped": True})
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__qualname__}: {message}"[:200]))
+            raise
 
 
 def _span_times(record: SessionRecord) -> tuple[datetime, datetime, float | None]:

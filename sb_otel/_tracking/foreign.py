@@ -3,15 +3,21 @@
 It keeps its own state and answers with its own results; this adapter records each session it tracks in our
 store as well (with the span plan the instrumentation hands over), so any process can finish the session's span,
 and reports which end call ended a session by finishing that record once.
+
+Its events are its own classes (session-buddy's pydantic models): the foreign tracker gets them unchanged, and
+this adapter reads them as ours (:func:`as_event`: same fields, our validation) for the mirror record.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from sb_otel._tracking.models import SessionEndEvent, SessionStartEvent
 from sb_otel._tracking.outcome import end_outcome
@@ -20,6 +26,26 @@ from sb_otel._tracking.store import NewSession, SessionEnding, SessionRecord, Se
 from sb_otel._tracking.store_factory import open_store
 
 _log = logging.getLogger("sb_otel.foreign")
+_Event = TypeVar("_Event", bound=BaseModel)
+
+
+def as_event(model: type[_Event], event: object) -> _Event:
+    """``event`` as our ``model``: the model itself, a mapping (MCP/JSON payloads), another class's model with the
+    same fields (session-buddy's: read through its ``model_dump``), or any object with those attributes.
+
+    Raises ``pydantic.ValidationError`` (or what a foreign ``model_dump`` raises) when it is not a valid event."""
+    if isinstance(event, model):
+        return event
+    if isinstance(event, Mapping):
+        return model.model_validate(event)
+    dump = getattr(event, "model_dump", None)
+    if callable(dump):
+        try:
+            fields = dump(mode="json")
+        except TypeError:  # a model_dump without pydantic's keywords
+            fields = dump()
+        return model.model_validate(fields)
+    return model.model_validate(event, from_attributes=True)
 
 
 class ForeignTracker:
@@ -38,19 +64,21 @@ class ForeignTracker:
 
     @property
     def store(self) -> SessionStore:
-        """The mirror store, opened on first use."""
+        """The mirror store, opened on first use; one this adapter opened is closed when it goes or at exit."""
         if self._store is None:
             self._store = open_store(self._store_location)
+            _close_at_exit(self, self._store)
         return self._store
 
     async def track_start(self, event: Any, telemetry: Mapping[str, Any] | None = None) -> TrackedStart:
         """The foreign tracker's start; a tracked session is mirrored with ``telemetry`` when the event is valid."""
         result = await self.tracker.handle_session_start(event)
         tracked = telemetry is not None and result.status == "tracked" and result.session_id
-        if not tracked or not isinstance(event, SessionStartEvent):
+        start = _ours(SessionStartEvent, event) if tracked else None
+        if start is None:
             return TrackedStart(result, None)
         try:
-            return TrackedStart(result, self._mirror(event, result.session_id, telemetry or {}))
+            return TrackedStart(result, self._mirror(start, result.session_id, telemetry or {}))
         except Exception:  # the foreign tracker's answer stands; only this session's telemetry is lost
             _log.warning("could not record session %s in sb-otel's store", result.session_id, exc_info=True)
             return TrackedStart(result, None)
@@ -58,12 +86,13 @@ class ForeignTracker:
     async def track_end(self, event: Any) -> TrackedEnd:
         """The foreign tracker's end; the mirrored record is finished once, by the call that ends it."""
         result = await self.tracker.handle_session_end(event)
-        if result.status != "ended" or not isinstance(event, SessionEndEvent):
+        end = _ours(SessionEndEvent, event) if result.status == "ended" else None
+        if end is None:
             return TrackedEnd(result, None)
         try:
-            return TrackedEnd(result, self._finish(event))
+            return TrackedEnd(result, self._finish(end))
         except Exception:  # as at start: the answer stands, the span is what is lost
-            _log.warning("could not finish session %s in sb-otel's store", event.session_id, exc_info=True)
+            _log.warning("could not finish session %s in sb-otel's store", end.session_id, exc_info=True)
             return TrackedEnd(result, None)
 
     def _finish(self, event: SessionEndEvent) -> SessionRecord | None:
@@ -91,3 +120,19 @@ class ForeignTracker:
             session_id=session_id,
         )
         return record
+
+
+def _ours(model: type[_Event], event: object) -> _Event | None:
+    """:func:`as_event`, or ``None`` for an event we cannot read (the foreign tracker accepted it; we only lose
+    its telemetry)."""
+    try:
+        return as_event(model, event)
+    except Exception:
+        _log.warning("sb-otel cannot read %s as a %s; its session gets no span", type(event).__name__, model.__name__)
+        return None
+
+
+def _close_at_exit(owner: ForeignTracker, store: SessionStore) -> None:
+    """Close a store we opened ourselves when its adapter is collected or the interpreter exits, whichever is
+    first: an SQLite connection left open is a ResourceWarning (an error under ``-W error``)."""
+    weakref.finalize(owner, store.close)  # a finalizer also runs at exit (its ``atexit`` is true by default)

@@ -18,6 +18,8 @@ from typing import Any
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from tests.session_buddy_env import session_buddy_python
+
 READY = re.compile(r"MCP server on (\S+);")
 
 
@@ -107,17 +109,12 @@ async def call_tool(session: ClientSession, tool: str, arguments: dict[str, Any]
 
 # -- session-buddy's own code, in its Python 3.13 environment -------------------------------------------------
 
-BODAI_PYTHON = Path(os.environ.get("SB_OTEL_BODAI_PYTHON", "/work/venvs/sb313/bin/python"))
-"""A Python with session-buddy 0.23.0, mcp-common and oneiric 0.17.0 installed (they need Python 3.13):
-``python3.13 -m venv V && V/bin/pip install session-buddy==0.23.0 oneiric==0.17.0``; point
-``SB_OTEL_BODAI_PYTHON`` at ``V/bin/python``."""
-
 
 def run_bodai(code: str, *args: str, env: Mapping[str, str] | None = None, timeout: float = 120) -> str:
-    """Run ``code`` under :data:`BODAI_PYTHON` (session-buddy's and oneiric's real code); its stdout."""
-    assert BODAI_PYTHON.exists(), f"no Python with session-buddy/oneiric at {BODAI_PYTHON}: {BODAI_PYTHON_HELP}"
+    """Run ``code`` under the Python with session-buddy 0.23.0, mcp-common and oneiric (tests/session_buddy_env.py,
+    built on first use); its stdout."""
     done = subprocess.run(
-        [str(BODAI_PYTHON), "-c", code, *args],
+        [str(session_buddy_python()), "-c", code, *args],
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
@@ -126,9 +123,6 @@ def run_bodai(code: str, *args: str, env: Mapping[str, str] | None = None, timeo
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return done.stdout
-
-
-BODAI_PYTHON_HELP = "set SB_OTEL_BODAI_PYTHON (see tests/reliability/_mcp_helpers.py)"
 
 
 def real_session_buddy_token(secret: str) -> str:
