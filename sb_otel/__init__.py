@@ -11,13 +11,19 @@ from sb_otel._telemetry.instrumentation import InstrumentedSessionTracker, Trace
 from sb_otel._tracking.lifecycle import LifecycleManager, SessionLifecycleManager
 from sb_otel._tracking.models import (
     EnvironmentInfo,
+    ErrorResponse,
     SessionEndEvent,
     SessionEndResult,
     SessionStartEvent,
     SessionStartResult,
     UserInfo,
+    get_session_end_event_schema,
+    get_session_end_result_schema,
+    get_session_start_event_schema,
+    get_session_start_result_schema,
 )
 from sb_otel._tracking.outcome import Outcome, end_outcome
+from sb_otel._tracking.session_metrics import SessionMetrics
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from sb_otel._tracking.store import (
     InMemorySessionStore,
@@ -34,6 +40,7 @@ from sb_otel._version import __version__
 __all__ = (
     "ConfigError",
     "EnvironmentInfo",
+    "ErrorResponse",
     "InMemorySessionStore",
     "InstrumentedSessionTracker",
     "LifecycleManager",
@@ -45,6 +52,7 @@ __all__ = (
     "SessionEndResult",
     "SessionEnding",
     "SessionLifecycleManager",
+    "SessionMetrics",
     "SessionRecord",
     "SessionStartEvent",
     "SessionStartResult",
@@ -59,6 +67,10 @@ __all__ = (
     "__version__",
     "configure",
     "end_outcome",
+    "get_session_end_event_schema",
+    "get_session_end_result_schema",
+    "get_session_start_event_schema",
+    "get_session_start_result_schema",
     "instrument",
     "open_store",
     "reap",

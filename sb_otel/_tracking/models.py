@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictInt,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -50,8 +51,8 @@ _COMPONENT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]+")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ISO_8601 = re.compile(
-    r"(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})[Tt]"
-    r"(?P<hour>\d{2}):(?P<minute>\d{2}):(?P<second>\d{2})(?:[.,](?P<fraction>\d{1,9}))?"
+    r"(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})[Tt ]"
+    r"(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?:[.,](?P<fraction>\d{1,9}))?)?"
     r"(?P<offset>[Zz]|[+-]\d{2}:?\d{2})?",
     re.ASCII,  # \d must not match non-ASCII digits such as full-width ones
 )
@@ -85,21 +86,21 @@ def parse_timestamp(value: str) -> datetime:
 
     Accepts ``Z`` and ``±HH:MM`` offsets; a timestamp without an offset is taken as UTC (the seed says "ISO 8601
     UTC"). Date-only strings, impossible dates and times, and anything else are rejected with ``ValueError``.
-    Seconds are required and date and time are joined by ``T`` (as session-buddy requires); a leap second
+    ISO 8601's ``hh:mm`` (no seconds) and RFC 3339's space between date and time are accepted; a leap second
     (``23:59:60`` UTC, RFC 3339) is accepted and read as the last microsecond of ``23:59:59``. Instants OTLP
     cannot carry (before 1970, after 2554-07-21) are rejected. The same rules on every Python version:
     ``datetime.fromisoformat`` grew more lenient in 3.11.
     """
     match = _ISO_8601.fullmatch(value)
     if match is None:
-        if "T" not in value.upper():
+        if "T" not in value.upper() and " " not in value:
             raise ValueError(
                 "Invalid ISO 8601 timestamp (missing time component), expected e.g. 2026-02-06T12:34:56.789Z"
             )
         raise ValueError("Invalid ISO 8601 timestamp, expected e.g. 2026-02-06T12:34:56.789Z")
     parts = match.groupdict()
     fraction = (parts["fraction"] or "0")[:6].ljust(6, "0")
-    second = int(parts["second"])
+    second = int(parts["second"] or 0)
     leap = second == 60
     try:
         parsed = datetime(
@@ -197,13 +198,21 @@ def _check_depth(value: Any, depth: int) -> None:
             _check_depth(child, depth + 1)
 
 
-def _strip(value: Any) -> Any:
-    return value.strip() if isinstance(value, str) else value
-
-
 Timestamp = Annotated[str, Field(max_length=64), AfterValidator(_iso_timestamp)]
 Metadata = Annotated[dict[str, Any] | None, AfterValidator(_bounded_metadata)]
-SafeText = Annotated[str, BeforeValidator(_strip), AfterValidator(_no_control_chars)]
+
+
+def _bounded(limit: int) -> Any:
+    """Strip, then bound the length inside the string check itself (so errors say "characters")."""
+    return StringConstraints(strip_whitespace=True, min_length=1, max_length=limit)
+
+
+Username = Annotated[str, _bounded(MAX_USERNAME), AfterValidator(_no_control_chars)]
+Path = Annotated[str, _bounded(MAX_PATH), AfterValidator(_no_control_chars)]
+PythonVersion = Annotated[str, _bounded(MAX_PYTHON_VERSION), AfterValidator(_no_control_chars)]
+Platform = Annotated[str, _bounded(MAX_PLATFORM), AfterValidator(_no_control_chars)]
+ShellType = Annotated[str, _bounded(MAX_SHELL_TYPE), AfterValidator(_no_control_chars)]
+Hostname = Annotated[str, _bounded(MAX_HOSTNAME), AfterValidator(_no_control_chars)]
 
 _STRICT = ConfigDict(extra="forbid", str_strip_whitespace=False)
 _Model = TypeVar("_Model", bound="SeedModel")
@@ -266,8 +275,8 @@ class UserInfo(SeedModel):
 
     model_config = _STRICT
 
-    username: Annotated[SafeText, Field(min_length=1, max_length=MAX_USERNAME)]
-    home: Annotated[SafeText, Field(min_length=1, max_length=MAX_PATH)]
+    username: Username
+    home: Path
 
 
 class EnvironmentInfo(SeedModel):
@@ -275,9 +284,9 @@ class EnvironmentInfo(SeedModel):
 
     model_config = _STRICT
 
-    python_version: Annotated[SafeText, Field(min_length=1, max_length=MAX_PYTHON_VERSION)]
-    platform: Annotated[SafeText, Field(min_length=1, max_length=MAX_PLATFORM)]
-    cwd: Annotated[SafeText, Field(min_length=1, max_length=MAX_PATH)]
+    python_version: PythonVersion
+    platform: Platform
+    cwd: Path
 
 
 class SessionStartEvent(SeedModel):
@@ -298,11 +307,11 @@ class SessionStartEvent(SeedModel):
     component_name: str = Field(
         min_length=1, max_length=MAX_COMPONENT_NAME, json_schema_extra={"pattern": COMPONENT_NAME_PATTERN}
     )
-    shell_type: Annotated[SafeText, Field(min_length=1, max_length=MAX_SHELL_TYPE)]
+    shell_type: ShellType
     timestamp: Timestamp
     pid: StrictInt = Field(ge=1, le=MAX_PID)
     user: UserInfo
-    hostname: Annotated[SafeText, Field(min_length=1, max_length=MAX_HOSTNAME)]
+    hostname: Hostname
     environment: EnvironmentInfo
     metadata: Metadata = None
 
