@@ -202,17 +202,24 @@ Timestamp = Annotated[str, Field(max_length=64), AfterValidator(_iso_timestamp)]
 Metadata = Annotated[dict[str, Any] | None, AfterValidator(_bounded_metadata)]
 
 
+def _utf8_input(value: Any) -> Any:
+    """Before pydantic's own string check, whose message for a lone surrogate says nothing useful."""
+    return _utf8(value) if isinstance(value, str) else value
+
+
 def _bounded(limit: int) -> Any:
     """Strip, then bound the length inside the string check itself (so errors say "characters")."""
     return StringConstraints(strip_whitespace=True, min_length=1, max_length=limit)
 
 
-Username = Annotated[str, _bounded(MAX_USERNAME), AfterValidator(_no_control_chars)]
-Path = Annotated[str, _bounded(MAX_PATH), AfterValidator(_no_control_chars)]
-PythonVersion = Annotated[str, _bounded(MAX_PYTHON_VERSION), AfterValidator(_no_control_chars)]
-Platform = Annotated[str, _bounded(MAX_PLATFORM), AfterValidator(_no_control_chars)]
-ShellType = Annotated[str, _bounded(MAX_SHELL_TYPE), AfterValidator(_no_control_chars)]
-Hostname = Annotated[str, _bounded(MAX_HOSTNAME), AfterValidator(_no_control_chars)]
+Username = Annotated[str, _bounded(MAX_USERNAME), BeforeValidator(_utf8_input), AfterValidator(_no_control_chars)]
+Path = Annotated[str, _bounded(MAX_PATH), BeforeValidator(_utf8_input), AfterValidator(_no_control_chars)]
+PythonVersion = Annotated[
+    str, _bounded(MAX_PYTHON_VERSION), BeforeValidator(_utf8_input), AfterValidator(_no_control_chars)
+]
+Platform = Annotated[str, _bounded(MAX_PLATFORM), BeforeValidator(_utf8_input), AfterValidator(_no_control_chars)]
+ShellType = Annotated[str, _bounded(MAX_SHELL_TYPE), BeforeValidator(_utf8_input), AfterValidator(_no_control_chars)]
+Hostname = Annotated[str, _bounded(MAX_HOSTNAME), BeforeValidator(_utf8_input), AfterValidator(_no_control_chars)]
 
 _STRICT = ConfigDict(extra="forbid", str_strip_whitespace=False)
 _Model = TypeVar("_Model", bound="SeedModel")
