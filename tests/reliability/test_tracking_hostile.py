@@ -346,3 +346,39 @@ def test_isolated_store_is_memory_and_restores_the_environment(monkeypatch: pyte
         assert os.environ["SB_OTEL_DATA_DIR"] == data_dir
         assert type(SessionTracker(AgreeingManager()).store).__name__ == "InMemorySessionStore"
     assert os.environ["SB_OTEL_STORE"] == "/somewhere/real.db"
+
+
+_USER_TEST = """
+import os
+from sb_otel import SessionTracker
+
+def test_default_store():
+    class Manager:
+        async def initialize_session(self, working_directory=None):
+            return {"success": True}
+        async def end_session(self, working_directory=None):
+            return {"success": True}
+    store = SessionTracker(Manager()).store
+    print("STORE", os.environ["SB_OTEL_STORE"], type(store).__name__)
+"""
+
+
+@pytest.mark.parametrize(("ini", "expected"), [("", "memory InMemorySessionStore"), ("false", None)])
+def test_the_pytest_plugin_keeps_users_tests_off_their_real_store(tmp_path: Path, ini: str, expected: str) -> None:
+    """A user's own pytest run (a fresh process, plugin found by its pytest11 entry point) with SB_OTEL_STORE
+    pointing at their real store: the plugin gives the test a memory store, unless turned off in the ini."""
+    (tmp_path / "test_user.py").write_text(_USER_TEST)
+    (tmp_path / "pytest.ini").write_text(f"[pytest]\nsb_otel_isolate = {ini}\n" if ini else "[pytest]\n")
+    real = tmp_path / "real" / "sessions.db"
+    env = {**os.environ, "SB_OTEL_STORE": str(real)}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "test_user.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert f"STORE {expected or str(real) + ' SqliteSessionStore'}" in done.stdout
+    assert real.exists() == (expected is None)
