@@ -22,13 +22,19 @@ if TYPE_CHECKING:
     from sb_otel._tracking.lifecycle import LifecycleManager, SessionLifecycleManager
     from sb_otel._tracking.models import (
         EnvironmentInfo,
+        ErrorResponse,
         SessionEndEvent,
         SessionEndResult,
         SessionStartEvent,
         SessionStartResult,
         UserInfo,
+        get_session_end_event_schema,
+        get_session_end_result_schema,
+        get_session_start_event_schema,
+        get_session_start_result_schema,
     )
     from sb_otel._tracking.outcome import Outcome, end_outcome
+    from sb_otel._tracking.session_metrics import SessionMetrics
     from sb_otel._tracking.sqlite_store import SqliteSessionStore
     from sb_otel._tracking.store import (
         InMemorySessionStore,
@@ -44,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = (
     "ConfigError",
     "EnvironmentInfo",
+    "ErrorResponse",
     "InMemorySessionStore",
     "InstrumentedSessionTracker",
     "LifecycleManager",
@@ -55,6 +62,7 @@ __all__ = (
     "SessionEndResult",
     "SessionEnding",
     "SessionLifecycleManager",
+    "SessionMetrics",
     "SessionRecord",
     "SessionStartEvent",
     "SessionStartResult",
@@ -69,6 +77,10 @@ __all__ = (
     "__version__",
     "configure",
     "end_outcome",
+    "get_session_end_event_schema",
+    "get_session_end_result_schema",
+    "get_session_start_event_schema",
+    "get_session_start_result_schema",
     "instrument",
     "open_store",
     "reap",
@@ -84,13 +96,19 @@ _HOMES = {
     "sb_otel._tracking.lifecycle": ("LifecycleManager", "SessionLifecycleManager"),
     "sb_otel._tracking.models": (
         "EnvironmentInfo",
+        "ErrorResponse",
         "SessionEndEvent",
         "SessionEndResult",
         "SessionStartEvent",
         "SessionStartResult",
         "UserInfo",
+        "get_session_end_event_schema",
+        "get_session_end_result_schema",
+        "get_session_start_event_schema",
+        "get_session_start_result_schema",
     ),
     "sb_otel._tracking.outcome": ("Outcome", "end_outcome"),
+    "sb_otel._tracking.session_metrics": ("SessionMetrics",),
     "sb_otel._tracking.sqlite_store": ("SqliteSessionStore",),
     "sb_otel._tracking.store": (
         "InMemorySessionStore",

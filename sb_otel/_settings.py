@@ -52,6 +52,13 @@ SB_OTEL_STORE_SYNC = Setting(
     description="SQLite durability: `normal` survives a killed process; `full` also a power cut (slower).",
 )
 
+SB_OTEL_LIFECYCLE_TIMEOUT = Setting(
+    env="SB_OTEL_LIFECYCLE_TIMEOUT",
+    default="`5s`",
+    description="Longest a lifecycle manager call (`initialize_session`/`end_session`) may take before the "
+    "start or end is answered with an error (`0.5s`, `5s`, `1m`, or seconds).",
+)
+
 SB_OTEL_REDACT = Setting(
     env="SB_OTEL_REDACT",
     default="(none)",
@@ -188,6 +195,7 @@ SETTINGS: tuple[Setting, ...] = (
     SB_OTEL_DATA_DIR,
     SB_OTEL_STORE,
     SB_OTEL_STORE_SYNC,
+    SB_OTEL_LIFECYCLE_TIMEOUT,
     SB_OTEL_REDACT,
     SB_OTEL_SESSION_TTL,
     SB_OTEL_REAP_INTERVAL,

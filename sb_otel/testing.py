@@ -10,10 +10,15 @@
 
 Spans and logs are exported synchronously (simple processors), so they are there the moment a call returns;
 metrics are collected when you ask for them. Nothing here touches the global providers.
+
+Your tests should not touch your real session store: under pytest, sb-otel's plugin (loaded automatically)
+gives each test a memory store and a temporary data directory; elsewhere use :func:`isolated_store`.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +34,25 @@ from opentelemetry.sdk.trace.sampling import Sampler
 
 from sb_otel._telemetry import otel_logs as otel_logs
 
-__all__ = ["CapturedTelemetry", "capture_telemetry"]
+__all__ = ["CapturedTelemetry", "capture_telemetry", "isolated_store"]
+
+
+@contextmanager
+def isolated_store() -> Iterator[str]:
+    """Within the block, trackers built with default settings use a memory store and a temporary data
+    directory (yielded), so no test or script meets the sessions and event ids in your real store."""
+    saved = {name: os.environ.get(name) for name in ("SB_OTEL_STORE", "SB_OTEL_DATA_DIR")}
+    with tempfile.TemporaryDirectory(prefix="sb-otel-") as data_dir:
+        os.environ["SB_OTEL_STORE"] = "memory"
+        os.environ["SB_OTEL_DATA_DIR"] = data_dir
+        try:
+            yield data_dir
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 @dataclass

@@ -68,8 +68,8 @@ def test_offset_times_are_converted_to_utc(started: datetime, expected: str) -> 
 
 
 def test_date_part_is_eight_digits_before_year_1000() -> None:
-    """The date part is always YYYYMMDD, zero-padded, for every year a timestamp can carry (0001-9999)."""
-    assert session_id_base("c", parse_timestamp("0999-01-02T03:04:05Z")) == "c-09990102-030405"
+    """The date part is always YYYYMMDD, zero-padded, even for years validation no longer lets in (before 1970)."""
+    assert session_id_base("c", datetime(999, 1, 2, 3, 4, 5, tzinfo=timezone.utc)) == "c-09990102-030405"
 
 
 @pytest.mark.parametrize(

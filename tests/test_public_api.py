@@ -7,6 +7,7 @@ import sb_otel
 EXPECTED = (
     "ConfigError",
     "EnvironmentInfo",
+    "ErrorResponse",
     "InMemorySessionStore",
     "InstrumentedSessionTracker",
     "LifecycleManager",
@@ -18,6 +19,7 @@ EXPECTED = (
     "SessionEndResult",
     "SessionEnding",
     "SessionLifecycleManager",
+    "SessionMetrics",
     "SessionRecord",
     "SessionStartEvent",
     "SessionStartResult",
@@ -32,6 +34,10 @@ EXPECTED = (
     "__version__",
     "configure",
     "end_outcome",
+    "get_session_end_event_schema",
+    "get_session_end_result_schema",
+    "get_session_start_event_schema",
+    "get_session_start_result_schema",
     "instrument",
     "open_store",
     "reap",
@@ -70,3 +76,45 @@ def test_version_matches_package_metadata() -> None:
     from importlib.metadata import version
 
     assert sb_otel.__version__ == version("sb-otel")
+
+
+def test_session_buddy_import_paths_work_with_sb_otel() -> None:
+    """The seed's imports with ``session_buddy`` replaced by ``sb_otel`` give sb-otel's own objects."""
+    from sb_otel.core import SessionLifecycleManager
+    from sb_otel.mcp import SessionTracker
+    from sb_otel.mcp.event_models import (
+        SCHEMA_VERSION,
+        EnvironmentInfo,
+        ErrorResponse,
+        SessionEndEvent,
+        SessionStartEvent,
+        UserInfo,
+        get_session_end_event_schema,
+        get_session_end_result_schema,
+        get_session_start_event_schema,
+        get_session_start_result_schema,
+    )
+    from sb_otel.mcp.metrics import SessionMetrics
+    from sb_otel.mcp.session_tracker import SessionTracker as TrackerAgain
+
+    assert SessionTracker is TrackerAgain is sb_otel.SessionTracker
+    assert SessionLifecycleManager is sb_otel.SessionLifecycleManager
+    assert (SessionStartEvent, SessionEndEvent, UserInfo, EnvironmentInfo, ErrorResponse) == (
+        sb_otel.SessionStartEvent,
+        sb_otel.SessionEndEvent,
+        sb_otel.UserInfo,
+        sb_otel.EnvironmentInfo,
+        sb_otel.ErrorResponse,
+    )
+    assert SessionMetrics is sb_otel.SessionMetrics
+    assert SCHEMA_VERSION == "1.0"
+    titles = [
+        schema()["title"]
+        for schema in (
+            get_session_start_event_schema,
+            get_session_end_event_schema,
+            get_session_start_result_schema,
+            get_session_end_result_schema,
+        )
+    ]
+    assert titles == ["SessionStartEvent", "SessionEndEvent", "SessionStartResult", "SessionEndResult"]

@@ -18,6 +18,7 @@ from unittest.mock import AsyncMock, MagicMock
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from sb_otel import (
     EnvironmentInfo,
@@ -29,7 +30,8 @@ from sb_otel import (
     SqliteSessionStore,
     UserInfo,
 )
-from tests.conftest import start_payload
+from sb_otel._tracking.tracker import ended_line, field_value, format_fields, parse_fields, started_line
+from tests.conftest import SEED_EVENT_ID, seed_start_event, start_payload
 
 OK = {"success": True, "project": "test"}
 
@@ -202,15 +204,12 @@ async def test_info_lines_match_the_seed(
 async def test_start_failure_logs_the_seed_error_line(
     store: InMemorySessionStore, make_start_event: Callable[..., SessionStartEvent], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """ERROR 'Session start failed' carries component, shell_type, pid and the manager's error."""
+    """ERROR 'Session start failed' carries component, shell_type, pid and the manager's error in context; the
+    result's error is the manager's own text (as session-buddy returns it)."""
     tracker = SessionTracker(make_manager(start={"success": False, "error": "no such project"}), store=store)
     with caplog.at_level(logging.ERROR, logger="sb_otel"):
         result = await tracker.handle_session_start(make_start_event())
-    assert result.model_dump() == {
-        "session_id": None,
-        "status": "error",
-        "error": "lifecycle manager's initialize_session failed: no such project",
-    }
+    assert result.model_dump() == {"session_id": None, "status": "error", "error": "no such project"}
     assert [r.getMessage() for r in caplog.records] == [
         "Session start failed: component=mahavishnu, shell_type=MahavishnuShell, pid=12345, "
         "error=lifecycle manager's initialize_session failed: no such project"
@@ -226,7 +225,7 @@ async def test_manager_exception_becomes_error_with_full_traceback(
     with caplog.at_level(logging.ERROR, logger="sb_otel"):
         result = await tracker.handle_session_start(make_start_event())
     assert result.status == "error"
-    assert result.error == "RuntimeError: boom"
+    assert result.error == "Session start failed: RuntimeError: boom"
     (record,) = caplog.records
     assert record.getMessage().startswith("Session start failed: component=mahavishnu")
     assert record.exc_info is not None
@@ -236,8 +235,8 @@ async def test_manager_exception_becomes_error_with_full_traceback(
 @pytest.mark.parametrize(
     ("answer", "expected"),
     [
-        pytest.param({"success": False}, "initialize_session failed: no reason given", id="failure-without-reason"),
-        pytest.param({"project": "x"}, "initialize_session failed: no reason given", id="success-missing"),
+        pytest.param({"success": False}, "Unknown initialization error", id="failure-without-reason"),
+        pytest.param({"project": "x"}, "Unknown initialization error", id="success-missing"),
         pytest.param(None, "initialize_session returned NoneType, expected a dict", id="not-a-dict"),
     ],
 )
@@ -444,13 +443,107 @@ _start_like = st.fixed_dictionaries(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(payload=_start_like | _json_values)
 async def test_arbitrary_payloads_never_raise(payload: Any, tracker: SessionTracker) -> None:
-    """Any JSON-ish payload: a result, never an exception; an error always says what is wrong."""
+    """Any JSON-ish payload: a result, never an exception; an error always says what is wrong (an invalid event,
+    or — the tracker is shared across examples — a valid one reusing the seed's event id for other content)."""
     result = await tracker.handle_session_start(payload)
     if result.status == "error":
         assert result.error
-        assert result.error.startswith("invalid session start event: ")
+        assert result.error.startswith(("invalid session start event: ", f"event_id {SEED_EVENT_ID} is already used"))
     else:
         assert result.session_id
     end = await tracker.handle_session_end(payload)
     assert end.status in {"error", "not_found"}
     assert (end.error is not None) == (end.status == "error")
+
+
+# -- event ids: retries versus reuse (issue 13) ---------------------------------------------------------------
+
+
+async def test_a_retry_while_open_is_the_same_session_and_no_second_manager_call(tmp_path: Path) -> None:
+    manager = make_manager()
+    tracker = SessionTracker(manager, store=tmp_path / "s.db")
+    first = await tracker.handle_session_start(seed_start_event())
+    again = await SessionTracker(manager, store=tmp_path / "s.db").handle_session_start(seed_start_event())
+    assert (again.status, again.session_id) == ("tracked", first.session_id)
+    assert manager.initialize_session.await_count == 1
+
+
+async def test_an_event_id_reused_after_its_session_ended_is_an_error(tmp_path: Path) -> None:
+    """The store is shared and durable: last week's event id must not come back as a "retry" of an ended one."""
+    tracker = SessionTracker(make_manager(), store=tmp_path / "s.db")
+    first = await tracker.handle_session_start(seed_start_event())
+    assert first.session_id is not None
+    await tracker.handle_session_end(SessionEndEvent(session_id=first.session_id, timestamp="2026-02-06T13:45:07Z"))
+    later = SessionTracker(make_manager(), store=tmp_path / "s.db")
+    reused = await later.handle_session_start(seed_start_event())
+    assert reused.status == "error"
+    assert reused.error == (
+        f"event_id {SEED_EVENT_ID} was already used by session {first.session_id}, which has ended: "
+        "a new session needs a new event_id"
+    )
+    assert later.session_manager.initialize_session.await_count == 0  # type: ignore[attr-defined]
+
+
+async def test_an_event_id_reused_for_a_different_event_is_an_error(store: InMemorySessionStore) -> None:
+    tracker = SessionTracker(make_manager(), store=store)
+    first = await tracker.handle_session_start(seed_start_event())
+    other = await tracker.handle_session_start(seed_start_event(pid=999))
+    assert other.status == "error"
+    assert other.error == (
+        f"event_id {SEED_EVENT_ID} is already used by session {first.session_id} for a different start event: "
+        "a retry must resend the same event, a new session needs a new event_id"
+    )
+    assert len(store.list_sessions()) == 1
+
+
+async def test_a_session_buddy_model_object_is_validated_by_our_rules(store: InMemorySessionStore) -> None:
+    """Another pydantic model with the seed's fields (session-buddy's own event classes) is accepted."""
+
+    class ForeignUser(BaseModel):
+        username: str
+        home: str
+
+    class ForeignEnvironment(BaseModel):
+        python_version: str
+        platform: str
+        cwd: str
+
+    class ForeignStart(BaseModel):
+        event_version: str
+        event_id: str
+        event_type: str = "session_start"
+        component_name: str
+        shell_type: str
+        timestamp: str
+        pid: int
+        user: ForeignUser
+        hostname: str
+        environment: ForeignEnvironment
+        metadata: dict[str, Any] = {}
+
+    payload = seed_start_event().model_dump(mode="json", exclude_none=True)
+    result = await SessionTracker(make_manager(), store=store).handle_session_start(ForeignStart(**payload))
+    assert (result.status, result.session_id) == ("tracked", "mahavishnu-20260206-123456")
+
+
+# -- log lines -------------------------------------------------------------------------------------------------
+
+
+@given(st.dictionaries(st.sampled_from(["session_id", "component", "cwd", "error"]), st.text(), min_size=1))
+def test_a_line_always_parses_back_into_its_fields(fields: dict[str, str]) -> None:
+    line = format_fields(fields)
+    assert parse_fields(line) == fields
+    assert all(char.isprintable() for char in line)
+
+
+def test_plain_values_stay_as_the_seed_prints_them() -> None:
+    assert started_line("m-1", "m", "MahavishnuShell", 1, "john", "server01", "/home/john/my project") == (
+        "Session started: session_id=m-1, component=m, shell_type=MahavishnuShell, pid=1, user=john, "
+        "hostname=server01, cwd=/home/john/my project"
+    )
+    assert (
+        ended_line("m-1", "2026-02-06T13:45:07.890Z")
+        == "Session ended: session_id=m-1, timestamp=2026-02-06T13:45:07.890Z"
+    )
+    assert field_value(" padded") == '" padded"'
+    assert field_value("a=b") == '"a=b"'

@@ -32,12 +32,13 @@ from sb_otel._telemetry.shell_plan import ATTRIBUTES_KEY, STATE_KEY, plan_json, 
 from sb_otel._tracking import rules
 from sb_otel._tracking.lifecycle import SessionLifecycleManager
 from sb_otel._tracking.log_lines import (
-    END_FAILED_LINE,
     EVENT_LINE_MARKER,
-    SESSION_ENDED_LINE,
-    SESSION_STARTED_LINE,
-    START_FAILED_LINE,
     UNKNOWN_SESSION_LINE,
+    end_failed_line,
+    ended_line,
+    field_value,
+    start_failed_line,
+    started_line,
 )
 from sb_otel._tracking.outcome import end_outcome
 from sb_otel._tracking.store import NewSession, SessionEnding, SessionStore
@@ -189,9 +190,7 @@ def _start(
             },
         )
     )
-    _log(
-        _INFO,
-        SESSION_STARTED_LINE,
+    line = started_line(
         record.session_id,
         event["component_name"],
         event["shell_type"],
@@ -199,6 +198,11 @@ def _start(
         event["user"]["username"],
         event["hostname"],
         cwd,
+    )
+    _log(
+        _INFO,
+        "%s",
+        line,
         **{
             "session.id": record.session_id,
             "sb.component.name": event["component_name"],
@@ -209,8 +213,8 @@ def _start(
 
 
 def _start_failed(component: object, shell_type: object, pid: object, error: str) -> StartAnswer:
-    shown = [_escaped(repr(value))[:80] if value is not None else "?" for value in (component, shell_type, pid)]
-    _log(_ERROR, START_FAILED_LINE, *shown, error)
+    shown = [str(value)[:80] if value is not None else "?" for value in (component, shell_type, pid)]
+    _log(_ERROR, "%s", start_failed_line(shown[0], shown[1], shown[2], error))
     return StartAnswer(None, error=error)
 
 
@@ -312,7 +316,7 @@ def _end(store: SessionStore, event: dict[str, Any]) -> tuple[EndAnswer, bool]:
     session_id = event["session_id"]
     record = store.get(session_id)
     if record is None:
-        _log(_WARNING, UNKNOWN_SESSION_LINE, session_id, **{"session.id": session_id})
+        _log(_WARNING, UNKNOWN_SESSION_LINE, field_value(session_id), **{"session.id": session_id})
         return EndAnswer(session_id, "not_found"), False
     if not record.is_open:  # a retried end: already done, nothing ends twice
         return EndAnswer(session_id, "ended"), False
@@ -328,16 +332,15 @@ def _end(store: SessionStore, event: dict[str, Any]) -> tuple[EndAnswer, bool]:
     )
     _log(
         _INFO,
-        SESSION_ENDED_LINE,
-        session_id,
-        event["timestamp"],
+        "%s",
+        ended_line(session_id, event["timestamp"]),
         **{"session.id": session_id, "sb.session.status": outcome.status, EVENT_LINE_MARKER: "session.end"},
     )
     return EndAnswer(session_id, "ended"), finished is not None and finished[1]
 
 
 def _end_failed(session_id: str, error: str) -> EndAnswer:
-    _log(_ERROR, END_FAILED_LINE, session_id, error, **{"session.id": session_id})
+    _log(_ERROR, "%s", end_failed_line(session_id, error), **{"session.id": session_id})
     return EndAnswer(session_id, "error", error)
 
 

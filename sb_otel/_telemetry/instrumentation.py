@@ -50,6 +50,7 @@ from sb_otel._telemetry.session_span import (
     plan_session_span,
 )
 from sb_otel._tracking.foreign import ForeignTracker, as_event
+from sb_otel._tracking.log_lines import ended_line, started_line
 from sb_otel._tracking.models import SessionEndEvent, SessionEndResult, SessionStartEvent, SessionStartResult
 from sb_otel._tracking.outcome import Outcome, end_outcome
 from sb_otel._tracking.seam import TrackingSeam, offers_seam
@@ -219,7 +220,7 @@ class InstrumentedSessionTracker:
         self._metrics.started.add(1, {**component, sc.SHELL_TYPE: shell, sc.RESULT: "tracked"})
         self._metrics.active.add(1, component)
         attributes = {**described, sc.SESSION_ID: session_id}
-        line = SESSION_STARTED_LINE % (
+        line = started_line(
             session_id,
             start.component_name,
             start.shell_type,
@@ -320,7 +321,7 @@ class InstrumentedSessionTracker:
         attributes = {**described, sc.SESSION_ID: record.session_id, **end_attributes(outcome)}
         if skew is not None:
             attributes[sc.CLOCK_SKEW] = skew
-        line = SESSION_ENDED_LINE % (record.session_id, ended_text or end.isoformat())
+        line = ended_line(record.session_id, ended_text or end.isoformat())
         if planned is not None:
             status = Status(StatusCode.UNSET) if outcome.status == "exited" else _error_status(outcome)
             export_session_span(

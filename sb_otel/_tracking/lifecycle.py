@@ -7,12 +7,52 @@ never a write into the user's project, no subprocess — so it is safe to run fo
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 _MAX_PARENT_WALK = 64
 """Stop looking for a git root after this many parent directories (guards against odd mounts)."""
+
+MAX_SMALL_FILE = 64 * 1024
+"""Most bytes read from a git pointer file (``.git``, ``HEAD``, a loose ref, ``commondir``)."""
+MAX_PROJECT_FILE = 1024 * 1024
+"""Most bytes read from ``pyproject.toml`` or ``packed-refs``; a bigger file is ignored, not read."""
+
+
+def read_regular_file(path: Path, limit: int) -> str | None:
+    """The text of ``path`` if it is a regular file of at most ``limit`` bytes, else ``None``.
+
+    The client chooses the directory, so anything in it may be hostile: a FIFO (``open`` and ``read`` would
+    block a worker thread for ever), a link to ``/dev/zero`` (reads until memory runs out) or a huge file.
+    ``O_NONBLOCK`` makes opening a FIFO return at once, ``fstat`` on the opened descriptor (no race with a
+    swapped path) accepts only regular files, and at most ``limit + 1`` bytes are ever read.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        chunks: list[bytes] = []
+        remaining = limit + 1
+        while remaining > 0:
+            chunk = os.read(descriptor, min(remaining, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        return None if len(data) > limit else data.decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)
 
 
 @runtime_checkable
@@ -62,6 +102,14 @@ class SessionLifecycleManager:
 
 
 def _describe(working_directory: str | None, *, required: bool) -> dict[str, Any]:
+    """:func:`_describe_directory`, with anything unexpected turned into an error answer, never an exception."""
+    try:
+        return _describe_directory(working_directory, required=required)
+    except Exception as exc:  # the directory is the client's: whatever it holds is an answer, not a crash
+        return {"success": False, "error": f"cannot read working directory {working_directory}: {type(exc).__name__}"}
+
+
+def _describe_directory(working_directory: str | None, *, required: bool) -> dict[str, Any]:
     if not working_directory:
         return {"success": False, "error": "no working directory given"}
     path = Path(working_directory)
@@ -97,7 +145,7 @@ def _find_git(start: Path) -> tuple[Path | None, Path | None]:
         if marker.is_dir():
             return marker, candidate
         if marker.is_file():
-            text = marker.read_text(encoding="utf-8", errors="replace").strip()
+            text = (read_regular_file(marker, MAX_SMALL_FILE) or "").strip()
             if text.startswith("gitdir:"):
                 git_dir = Path(text[len("gitdir:") :].strip())
                 return (git_dir if git_dir.is_absolute() else candidate / git_dir), candidate
@@ -106,10 +154,10 @@ def _find_git(start: Path) -> tuple[Path | None, Path | None]:
 
 def _git_state(git_dir: Path) -> dict[str, str | None]:
     """Branch and commit from the git files themselves: no ``git`` subprocess per session."""
-    try:
-        head = (git_dir / "HEAD").read_text(encoding="utf-8").strip()
-    except OSError:
+    text = read_regular_file(git_dir / "HEAD", MAX_SMALL_FILE)
+    if text is None:
         return {"branch": None, "commit": None}
+    head = text.strip()
     if not head.startswith("ref:"):
         return {"branch": None, "commit": head or None}  # detached HEAD
     ref = head[len("ref:") :].strip()
@@ -119,37 +167,42 @@ def _git_state(git_dir: Path) -> dict[str, str | None]:
 
 def _resolve_ref(git_dir: Path, ref: str) -> str | None:
     common = git_dir
-    commondir = git_dir / "commondir"
-    if commondir.is_file():
-        pointer = Path(commondir.read_text(encoding="utf-8").strip())
+    pointer_text = (read_regular_file(git_dir / "commondir", MAX_SMALL_FILE) or "").strip()
+    if pointer_text:
+        pointer = Path(pointer_text)
         common = pointer if pointer.is_absolute() else git_dir / pointer
     for directory in (git_dir, common):
-        loose = directory / ref
-        if loose.is_file():
-            return loose.read_text(encoding="utf-8").strip() or None
-    packed = common / "packed-refs"
-    if packed.is_file():
-        for line in packed.read_text(encoding="utf-8").splitlines():
-            commit, _, name = line.partition(" ")
-            if name == ref:
-                return commit
+        loose = read_regular_file(directory / ref, MAX_SMALL_FILE)
+        if loose is not None:
+            return loose.strip() or None
+    packed = read_regular_file(common / "packed-refs", MAX_PROJECT_FILE)
+    for line in (packed or "").splitlines():
+        commit, _, name = line.partition(" ")
+        if name == ref:
+            return commit
     return None  # a branch with no commits yet
 
 
 def _project_name(root: Path) -> str:
     """``[project].name`` (or Poetry's) from ``pyproject.toml``, else the directory's name."""
-    pyproject = root / "pyproject.toml"
-    if pyproject.is_file():
-        if sys.version_info >= (3, 11):
+    text = read_regular_file(root / "pyproject.toml", MAX_PROJECT_FILE)
+    if text is not None:
+        if sys.version_info >= (3, 11):  # here, not at the top: most directories have no pyproject.toml
             import tomllib
         else:  # pragma: no cover - exercised on Python 3.10 only
             import tomli as tomllib
         try:
-            data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            data: Any = tomllib.loads(text)
+        except (tomllib.TOMLDecodeError, RecursionError, ValueError):  # deep nesting overflows the parser
             data = {}
-        for table in (data.get("project", {}), data.get("tool", {}).get("poetry", {})):
+        tool = data.get("tool") if isinstance(data, dict) else None
+        for table in (data.get("project") if isinstance(data, dict) else None, _table(tool, "poetry")):
             name = table.get("name") if isinstance(table, dict) else None
             if isinstance(name, str) and name.strip():
                 return name.strip()
     return root.name or str(root)
+
+
+def _table(parent: Any, key: str) -> Any:
+    """``parent[key]`` when ``parent`` is a table, else ``None`` (``tool = 1`` is valid TOML)."""
+    return parent.get(key) if isinstance(parent, dict) else None

@@ -1,6 +1,17 @@
-"""The seed's log lines, in one light module: the tracker and ``sb-otel emit``'s fast path write the same lines."""
+"""The seed's log lines, in one light module: the tracker, the instrumentation and ``sb-otel emit``'s fast path
+write the same lines.
+
+Values are written bare when they cannot be misread, else as JSON strings with every control, format (bidi,
+zero-width) and separator character escaped, so :func:`parse_fields` always gives back the fields a line was made
+from (a client-chosen ``shell_type`` cannot forge another session's fields). The ``%`` templates are the seed's
+unquoted format, kept for compatibility.
+"""
 
 from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
 
 SESSION_STARTED_LINE = (
     "Session started: session_id=%s, component=%s, shell_type=%s, pid=%d, user=%s, hostname=%s, cwd=%s"
@@ -14,3 +25,74 @@ EVENT_LINE_MARKER = "sb_otel_event"
 
 When instrumented, that event *is* the line (same text, plus structured attributes), so the OTel logging bridge
 skips lines carrying this marker: one log record per start and per end, not two."""
+
+
+_BARE_VALUE = re.compile(r'[^\s,="\\]+(?: [^\s,="\\]+)*')
+_FIELD = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)=("(?:[^"\\]|\\.)*"|[^,]*)(?:, |$)')
+
+
+def field_value(value: object) -> str:
+    """One log field value: as it is when it cannot be misread, else a JSON string with every control,
+    format (bidi, zero-width) and separator character escaped."""
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable() and _BARE_VALUE.fullmatch(text):
+        return text
+    quoted = json.dumps(text, ensure_ascii=False)
+    return "".join(char if char.isprintable() else _escape(char) for char in quoted)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def format_fields(fields: Mapping[str, object]) -> str:
+    """``key=value, key=value`` with each value through :func:`field_value`."""
+    return ", ".join(f"{key}={field_value(value)}" for key, value in fields.items())
+
+
+def parse_fields(text: str) -> dict[str, str]:
+    """The fields of a line's ``key=value, …`` part (after ``Session started: `` etc.), exactly as given."""
+    fields: dict[str, str] = {}
+    position = 0
+    while position < len(text):
+        match = _FIELD.match(text, position)
+        if match is None or match.end() == position:
+            raise ValueError(f"not a field list at offset {position}")
+        key, value = match.groups()
+        fields[key] = json.loads(value) if value.startswith('"') else value
+        position = match.end()
+    return fields
+
+
+def started_line(session_id: str, component: str, shell_type: str, pid: int, user: str, hostname: str, cwd: str) -> str:
+    """The seed's INFO line for a start, values quoted where needed (for the tracker and the instrumentation)."""
+    fields = {
+        "session_id": session_id,
+        "component": component,
+        "shell_type": shell_type,
+        "pid": pid,
+        "user": user,
+        "hostname": hostname,
+        "cwd": cwd,
+    }
+    return f"Session started: {format_fields(fields)}"
+
+
+def ended_line(session_id: str, timestamp: str) -> str:
+    """The seed's INFO line for an end, values quoted where needed."""
+    return f"Session ended: {format_fields({'session_id': session_id, 'timestamp': timestamp})}"
+
+
+def start_failed_line(component: str, shell_type: str, pid: object, error: str) -> str:
+    """The seed's ERROR line for a start that failed."""
+    fields = {"component": component, "shell_type": shell_type, "pid": pid, "error": error}
+    return f"Session start failed: {format_fields(fields)}"
+
+
+def end_failed_line(session_id: str, error: str) -> str:
+    """The seed's ERROR line for an end that failed."""
+    return f"Session end failed: {format_fields({'session_id': session_id, 'error': error})}"

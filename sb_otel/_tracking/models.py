@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -21,6 +22,8 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictInt,
+    StringConstraints,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -44,6 +47,10 @@ from sb_otel._tracking.rules import (
 from sb_otel._tracking.rules import MAX_SESSION_ID as MAX_SESSION_ID
 from sb_otel._tracking.rules import SESSION_ID_PATTERN as _SESSION_ID
 
+COMPONENT_NAME_PATTERN = "^[a-zA-Z0-9_-]+$"
+"""The seed's component-name rule, as the JSON schema publishes it."""
+JSON_SCHEMA_DRAFT = "https://json-schema.org/draft/2020-12/schema"
+SCHEMA_EVENT_VERSION = "1.0"
 _ISO_8601 = re.compile(
     r"(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})[Tt ]"
     r"(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?:[.,](?P<fraction>\d{1,9}))?)?"
@@ -52,8 +59,23 @@ _ISO_8601 = re.compile(
 )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+OTLP_LATEST = _EPOCH + timedelta(microseconds=(2**64 - 1) // 1000)
+"""The last instant OTLP's unsigned 64-bit nanoseconds since 1970 can carry (2554-07-21T23:34:33.709551Z)."""
+
+
+def _utf8(value: str) -> str:
+    """Reject text that cannot be encoded as UTF-8 (lone surrogates): every exporter and the store would fail."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (it contains a lone surrogate such as \\ud800)") from None
+    return value
+
+
 def _no_control_chars(value: str) -> str:
     """Reject characters that could forge a log line or break a terminal (newlines, escapes, NUL)."""
+    _utf8(value)
     if _CONTROL_CHARS.search(value):
         raise ValueError("must not contain control characters (newlines, tabs, escapes)")
     return value
@@ -65,13 +87,22 @@ def parse_timestamp(value: str) -> datetime:
 
     Accepts ``Z`` and ``±HH:MM`` offsets; a timestamp without an offset is taken as UTC (the seed says "ISO 8601
     UTC"). Date-only strings, impossible dates and times, and anything else are rejected with ``ValueError``.
-    The same rules on every Python version: ``datetime.fromisoformat`` grew more lenient in 3.11.
+    ISO 8601's ``hh:mm`` (no seconds) and RFC 3339's space between date and time are accepted; a leap second
+    (``23:59:60`` UTC, RFC 3339) is accepted and read as the last microsecond of ``23:59:59``. Instants OTLP
+    cannot carry (before 1970, after 2554-07-21) are rejected. The same rules on every Python version:
+    ``datetime.fromisoformat`` grew more lenient in 3.11.
     """
     match = _ISO_8601.fullmatch(value)
     if match is None:
-        raise ValueError("must be an ISO 8601 date-time with a time component, e.g. 2026-02-06T12:34:56.789Z")
+        if "T" not in value.upper() and " " not in value:
+            raise ValueError(
+                "Invalid ISO 8601 timestamp (missing time component), expected e.g. 2026-02-06T12:34:56.789Z"
+            )
+        raise ValueError("Invalid ISO 8601 timestamp, expected e.g. 2026-02-06T12:34:56.789Z")
     parts = match.groupdict()
     fraction = (parts["fraction"] or "0")[:6].ljust(6, "0")
+    second = int(parts["second"] or 0)
+    leap = second == 60
     try:
         parsed = datetime(
             int(parts["year"]),
@@ -79,13 +110,21 @@ def parse_timestamp(value: str) -> datetime:
             int(parts["day"]),
             int(parts["hour"]),
             int(parts["minute"]),
-            int(parts["second"] or 0),
-            int(fraction),
+            59 if leap else second,
+            999_999 if leap else int(fraction),
             tzinfo=_offset(parts["offset"]),
-        )
-        return parsed.astimezone(timezone.utc)
+        ).astimezone(timezone.utc)
     except (ValueError, OverflowError) as exc:
         raise ValueError(f"is not a real date-time ({exc})") from None
+    if leap and (parsed.hour, parsed.minute) != (23, 59):
+        # RFC 3339 allows second 60 only for a leap second, which is inserted at 23:59:60 UTC.
+        raise ValueError("is not a real date-time (second 60 is a leap second, only at 23:59:60 UTC)")
+    if not _EPOCH <= parsed <= OTLP_LATEST:
+        raise ValueError(
+            "lies outside what OpenTelemetry can carry: timestamps must be from 1970-01-01T00:00:00Z "
+            "to 2554-07-21T23:34:33Z"
+        )
+    return parsed
 
 
 def _offset(text: str | None) -> timezone:
@@ -112,11 +151,13 @@ def _uuid_v4(value: Any) -> str:
         try:
             parsed = uuid.UUID(value)
         except ValueError:
-            raise ValueError("must be a UUID, e.g. 550e8400-e29b-41d4-a716-446655440000") from None
+            raise ValueError(
+                "Invalid UUID v4 format: must be a UUID, e.g. 550e8400-e29b-41d4-a716-446655440000"
+            ) from None
     else:
-        raise ValueError("must be a UUID string or uuid.UUID")
+        raise ValueError("Invalid UUID v4 format: must be a UUID string or uuid.UUID")
     if parsed.variant != uuid.RFC_4122 or parsed.version != 4:
-        raise ValueError(f"must be a version 4 UUID (got version {parsed.version})")
+        raise ValueError(f"Invalid UUID v4 format: must be a version 4 UUID (got version {parsed.version})")
     return str(parsed)
 
 
@@ -141,58 +182,144 @@ def _bounded_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _check_depth(value: Any, depth: int) -> None:
+    """Bound the nesting, and require every key and string value to be encodable text."""
     if depth > MAX_METADATA_DEPTH:
         raise ValueError(f"is nested more than {MAX_METADATA_DEPTH} levels deep")
-    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    if isinstance(value, dict):
+        for key in value:
+            if isinstance(key, str):
+                _utf8(key)
+        children: Any = value.values()
+    else:
+        children = value if isinstance(value, list) else ()
     for child in children:
-        if isinstance(child, (dict, list)):
+        if isinstance(child, str):
+            _utf8(child)
+        elif isinstance(child, (dict, list)):
             _check_depth(child, depth + 1)
-
-
-def _strip(value: Any) -> Any:
-    return value.strip() if isinstance(value, str) else value
 
 
 Timestamp = Annotated[str, Field(max_length=64), AfterValidator(_iso_timestamp)]
 Metadata = Annotated[dict[str, Any] | None, AfterValidator(_bounded_metadata)]
-SafeText = Annotated[str, BeforeValidator(_strip), AfterValidator(_no_control_chars)]
+
+
+def _utf8_input(value: Any) -> Any:
+    """Before pydantic's own string check, whose message for a lone surrogate says nothing useful."""
+    return _utf8(value) if isinstance(value, str) else value
+
+
+def _bounded(limit: int) -> Any:
+    """Strip, then bound the length inside the string check itself (so errors say "characters")."""
+    return StringConstraints(strip_whitespace=True, min_length=1, max_length=limit)
+
+
+Username = Annotated[str, _bounded(MAX_USERNAME), BeforeValidator(_utf8_input), AfterValidator(_no_control_chars)]
+Path = Annotated[str, _bounded(MAX_PATH), BeforeValidator(_utf8_input), AfterValidator(_no_control_chars)]
+PythonVersion = Annotated[
+    str, _bounded(MAX_PYTHON_VERSION), BeforeValidator(_utf8_input), AfterValidator(_no_control_chars)
+]
+Platform = Annotated[str, _bounded(MAX_PLATFORM), BeforeValidator(_utf8_input), AfterValidator(_no_control_chars)]
+ShellType = Annotated[str, _bounded(MAX_SHELL_TYPE), BeforeValidator(_utf8_input), AfterValidator(_no_control_chars)]
+Hostname = Annotated[str, _bounded(MAX_HOSTNAME), BeforeValidator(_utf8_input), AfterValidator(_no_control_chars)]
 
 _STRICT = ConfigDict(extra="forbid", str_strip_whitespace=False)
+_Model = TypeVar("_Model", bound="SeedModel")
 
 
-class UserInfo(BaseModel):
+def _exactly(expected: str, message: str) -> Callable[[Any], Any]:
+    """A check run before a ``Literal`` field's own, so a wrong value gets session-buddy's wording."""
+
+    def check(value: Any) -> Any:
+        if value != expected:
+            raise ValueError(message)
+        return value
+
+    return check
+
+
+def _one_of(allowed: tuple[str, ...]) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value not in allowed:
+            raise ValueError(f"Invalid status (must be one of {', '.join(map(repr, allowed))})")
+        return value
+
+    return check
+
+
+class SeedModel(BaseModel):
+    """The JSON-schema helpers session-buddy's models offer (its ``JsonSchemaMixin``), on every model here."""
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """The model's JSON Schema (draft 2020-12), tagged with ``$schema`` and the ``event_version`` it describes."""
+        schema = cls.model_json_schema()
+        schema["$schema"] = JSON_SCHEMA_DRAFT
+        schema["event_version"] = SCHEMA_EVENT_VERSION
+        return schema
+
+    @classmethod
+    def validate_json(cls: type[_Model], json_data: str | bytes | Mapping[str, Any]) -> _Model:
+        """Validate a JSON document (text or bytes) or an already-parsed mapping.
+
+        Raises :class:`pydantic.ValidationError`, also for text that is not JSON at all.
+        """
+        if isinstance(json_data, (str, bytes, bytearray)):
+            return cls.model_validate_json(json_data)
+        return cls.model_validate(json_data)
+
+    @classmethod
+    def validate_json_safe(
+        cls: type[_Model], json_data: str | bytes | Mapping[str, Any]
+    ) -> tuple[_Model | None, ValidationError | None]:
+        """:meth:`validate_json` without raising: ``(model, None)`` or ``(None, error)``."""
+        try:
+            return cls.validate_json(json_data), None
+        except ValidationError as exc:
+            return None, exc
+
+
+class UserInfo(SeedModel):
     """Who runs the shell."""
 
     model_config = _STRICT
 
-    username: Annotated[SafeText, Field(min_length=1, max_length=MAX_USERNAME)]
-    home: Annotated[SafeText, Field(min_length=1, max_length=MAX_PATH)]
+    username: Username
+    home: Path
 
 
-class EnvironmentInfo(BaseModel):
+class EnvironmentInfo(SeedModel):
     """Where the shell runs."""
 
     model_config = _STRICT
 
-    python_version: Annotated[SafeText, Field(min_length=1, max_length=MAX_PYTHON_VERSION)]
-    platform: Annotated[SafeText, Field(min_length=1, max_length=MAX_PLATFORM)]
-    cwd: Annotated[SafeText, Field(min_length=1, max_length=MAX_PATH)]
+    python_version: PythonVersion
+    platform: Platform
+    cwd: Path
 
 
-class SessionStartEvent(BaseModel):
+class SessionStartEvent(SeedModel):
     """A shell announcing that a session has started."""
 
     model_config = _STRICT
 
-    event_version: Literal["1.0"]
+    event_version: Annotated[
+        Literal["1.0"], BeforeValidator(_exactly("1.0", "Unsupported event version (expected '1.0')"))
+    ]
     event_id: Annotated[str, BeforeValidator(_uuid_v4)]
-    event_type: Literal["session_start"] = "session_start"
-    component_name: str = Field(min_length=1, max_length=MAX_COMPONENT_NAME)
-    shell_type: Annotated[SafeText, Field(min_length=1, max_length=MAX_SHELL_TYPE)]
+    event_type: Annotated[
+        Literal["session_start"],
+        BeforeValidator(
+            _exactly("session_start", "Invalid event_type for SessionStartEvent (must be 'session_start')")
+        ),
+    ] = "session_start"
+    component_name: str = Field(
+        min_length=1, max_length=MAX_COMPONENT_NAME, json_schema_extra={"pattern": COMPONENT_NAME_PATTERN}
+    )
+    shell_type: ShellType
     timestamp: Timestamp
     pid: StrictInt = Field(ge=1, le=MAX_PID)
     user: UserInfo
-    hostname: Annotated[SafeText, Field(min_length=1, max_length=MAX_HOSTNAME)]
+    hostname: Hostname
     environment: EnvironmentInfo
     metadata: Metadata = None
 
@@ -200,7 +327,7 @@ class SessionStartEvent(BaseModel):
     @classmethod
     def _component_charset(cls, value: str) -> str:
         if _COMPONENT_NAME.fullmatch(value) is None:
-            raise ValueError("may contain only letters, digits, underscore and hyphen")
+            raise ValueError("Invalid component_name: may contain only letters, digits, underscore and hyphen")
         return value
 
     @property
@@ -209,12 +336,15 @@ class SessionStartEvent(BaseModel):
         return parse_timestamp(self.timestamp)
 
 
-class SessionEndEvent(BaseModel):
+class SessionEndEvent(SeedModel):
     """A shell announcing that a session has ended."""
 
     model_config = _STRICT
 
-    event_type: Literal["session_end"] = "session_end"
+    event_type: Annotated[
+        Literal["session_end"],
+        BeforeValidator(_exactly("session_end", "Invalid event_type for SessionEndEvent (must be 'session_end')")),
+    ] = "session_end"
     session_id: str = Field(min_length=1, max_length=MAX_SESSION_ID)
     timestamp: Timestamp
     metadata: Metadata = None
@@ -232,11 +362,11 @@ class SessionEndEvent(BaseModel):
         return parse_timestamp(self.timestamp)
 
 
-class SessionStartResult(BaseModel):
+class SessionStartResult(SeedModel):
     """What ``handle_session_start`` returns: ``tracked`` with a session id, or ``error`` with a message."""
 
     session_id: str | None
-    status: Literal["tracked", "error"]
+    status: Annotated[Literal["tracked", "error"], BeforeValidator(_one_of(("tracked", "error")))]
     error: str | None = None
     traceparent: str | None = Field(default=None, exclude_if=lambda value: value is None)
     """The session span's W3C ``traceparent`` when sb-otel instruments the tracker, so the shell can parent
@@ -246,25 +376,61 @@ class SessionStartResult(BaseModel):
     the shell's own requests (and a baggage span processor can stamp it on the shell's spans)."""
 
     @model_validator(mode="after")
-    def _consistent(self) -> SessionStartResult:
-        if self.status == "tracked" and (self.session_id is None or self.error is not None):
-            raise ValueError("a 'tracked' result needs a session_id and no error")
-        if self.status == "error" and (self.session_id is not None or not self.error):
-            raise ValueError("an 'error' result needs an error message and no session_id")
+    def validate_consistency(self) -> SessionStartResult:
+        """``tracked`` carries a session id and no error; ``error`` carries a message and no session id."""
+        if self.status == "tracked":
+            if self.session_id is None:
+                raise ValueError("session_id required when status is 'tracked'")
+            if self.error is not None:
+                raise ValueError("error must be None when status is 'tracked'")
+        else:
+            if self.session_id is not None:
+                raise ValueError("session_id must be None when status is 'error'")
+            if not self.error:
+                raise ValueError("error message required when status is 'error'")
         return self
 
 
-class SessionEndResult(BaseModel):
+class SessionEndResult(SeedModel):
     """What ``handle_session_end`` returns: ``ended``, ``not_found``, or ``error`` with a message."""
 
     session_id: str
-    status: Literal["ended", "error", "not_found"]
+    status: Annotated[Literal["ended", "error", "not_found"], BeforeValidator(_one_of(("ended", "error", "not_found")))]
     error: str | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> SessionEndResult:
+    def validate_consistency(self) -> SessionEndResult:
+        """``error`` carries a message; ``ended`` and ``not_found`` carry none."""
         if self.status == "error" and not self.error:
-            raise ValueError("an 'error' result needs an error message")
+            raise ValueError("error message required when status is 'error'")
         if self.status != "error" and self.error is not None:
-            raise ValueError(f"a {self.status!r} result carries no error message")
+            raise ValueError("error must be None when status is 'ended' or 'not_found'")
         return self
+
+
+class ErrorResponse(SeedModel):
+    """session-buddy's generic error body for MCP tools: a message, its detail, and an optional code."""
+
+    error: str
+    detail: str
+    error_code: str | None = None
+
+
+def get_session_start_event_schema() -> dict[str, Any]:
+    """JSON Schema of :class:`SessionStartEvent`, for validating events outside Python."""
+    return SessionStartEvent.json_schema()
+
+
+def get_session_end_event_schema() -> dict[str, Any]:
+    """JSON Schema of :class:`SessionEndEvent`."""
+    return SessionEndEvent.json_schema()
+
+
+def get_session_start_result_schema() -> dict[str, Any]:
+    """JSON Schema of :class:`SessionStartResult`."""
+    return SessionStartResult.json_schema()
+
+
+def get_session_end_result_schema() -> dict[str, Any]:
+    """JSON Schema of :class:`SessionEndResult`."""
+    return SessionEndResult.json_schema()

@@ -15,6 +15,7 @@ Why these choices:
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -57,6 +58,15 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             )
             """,
             "CREATE INDEX sessions_open ON sessions (started_at) WHERE status = 'open'",
+        ),
+    ),
+    (
+        "0002_tracking_start_and_end_claims",
+        (
+            # Who is calling the lifecycle manager for a start (by event id) or an end (on the session row).
+            "CREATE TABLE start_claims (event_id TEXT PRIMARY KEY, claimant TEXT NOT NULL, claimed_at TEXT NOT NULL)",
+            "ALTER TABLE sessions ADD COLUMN end_claim TEXT",
+            "ALTER TABLE sessions ADD COLUMN end_claimed_at TEXT",
         ),
     ),
 )
@@ -157,6 +167,14 @@ class SqliteSessionStore:
             raise StoreError(f"SQLite {sqlite3.sqlite_version} is too old: sb-otel needs 3.35 or newer")
         self._lock = threading.Lock()
         self._ordinal_hints: dict[str, int] = {}
+        if self.path.is_symlink():
+            target = os.readlink(self.path)
+            state = "" if self.path.exists() else ", which does not exist"
+            raise StoreError(
+                f"session store {self.path} is a symbolic link (to {target}{state}); SQLite would write the "
+                "database and its -wal/-shm files beside the link's target: point SB_OTEL_STORE at the real file "
+                "(not a link), or remove the link"
+            )
         if self.path.is_dir():
             raise StoreError(
                 f"session store {self.path} is a directory: point SB_OTEL_STORE at a file in it, "
@@ -314,6 +332,39 @@ class SqliteSessionStore:
         if existing is None:
             raise StoreError(f"session {session_id} could neither be stored nor found")
         return existing, False
+
+    # -- SessionClaims ------------------------------------------------------------------------------------
+
+    def claim_start(self, event_id: str, claimant: str, now: datetime, expires_before: datetime) -> bool:
+        # One statement, one atomic transaction: insert, or take over a claim that is ours or has expired.
+        with self._lock, _translated(self.path):
+            rows = self._db.execute(
+                "INSERT INTO start_claims (event_id, claimant, claimed_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (event_id) DO UPDATE SET claimant = excluded.claimant, claimed_at = excluded.claimed_at "
+                "WHERE start_claims.claimant = excluded.claimant OR start_claims.claimed_at < ? RETURNING 1",
+                (event_id, claimant, _iso(now), _iso(expires_before)),
+            ).fetchall()
+        return bool(rows)
+
+    def release_start(self, event_id: str, claimant: str) -> None:
+        with self._lock, _translated(self.path):
+            self._db.execute("DELETE FROM start_claims WHERE event_id = ? AND claimant = ?", (event_id, claimant))
+
+    def claim_end(self, session_id: str, claimant: str, now: datetime, expires_before: datetime) -> bool:
+        with self._lock, _translated(self.path):
+            rows = self._db.execute(
+                "UPDATE sessions SET end_claim = ?, end_claimed_at = ? WHERE session_id = ? AND status = 'open' "
+                "AND (end_claim IS NULL OR end_claim = ? OR end_claimed_at < ?) RETURNING 1",
+                (claimant, _iso(now), session_id, claimant, _iso(expires_before)),
+            ).fetchall()
+        return bool(rows)
+
+    def release_end(self, session_id: str, claimant: str) -> None:
+        with self._lock, _translated(self.path):
+            self._db.execute(
+                "UPDATE sessions SET end_claim = NULL, end_claimed_at = NULL WHERE session_id = ? AND end_claim = ?",
+                (session_id, claimant),
+            )
 
     def get(self, session_id: str) -> SessionRecord | None:
         return self._one("session_id", session_id)

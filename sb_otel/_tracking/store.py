@@ -124,6 +124,33 @@ class SessionStore(Protocol):
         ...
 
 
+@runtime_checkable
+class SessionClaims(Protocol):
+    """Claims that make "call the lifecycle manager once" hold across processes sharing a store.
+
+    Before calling the manager for a start (or an end), a tracker claims the event id (or the open session);
+    only the claimant calls the manager, the others wait for its outcome. A claim older than ``expires_before``
+    is taken over, so a claimant that crashed mid-call does not block the session for ever. Stores without
+    claims (third-party ones) still work: trackers then serialise only within their own process.
+    """
+
+    def claim_start(self, event_id: str, claimant: str, now: datetime, expires_before: datetime) -> bool:
+        """Claim the start of ``event_id``; ``True`` if ``claimant`` holds the claim now."""
+        ...
+
+    def release_start(self, event_id: str, claimant: str) -> None:
+        """Drop ``claimant``'s claim on ``event_id`` (after the session is stored, or the start failed)."""
+        ...
+
+    def claim_end(self, session_id: str, claimant: str, now: datetime, expires_before: datetime) -> bool:
+        """Claim the end of an open session; ``False`` if it is unknown, ended, or claimed by someone else."""
+        ...
+
+    def release_end(self, session_id: str, claimant: str) -> None:
+        """Drop ``claimant``'s end claim (the end failed, so another end may try)."""
+        ...
+
+
 class InMemorySessionStore:
     """A process-local store for tests and ``SB_OTEL_STORE=memory``: same semantics, no durability."""
 
@@ -132,6 +159,29 @@ class InMemorySessionStore:
         self._sessions: dict[str, SessionRecord] = {}
         self._by_event: dict[str, str] = {}
         self._counters: dict[str, int] = {}
+        self._start_claims: dict[str, tuple[str, datetime]] = {}
+        self._end_claims: dict[str, tuple[str, datetime]] = {}
+
+    def claim_start(self, event_id: str, claimant: str, now: datetime, expires_before: datetime) -> bool:
+        with self._lock:
+            return _claim(self._start_claims, event_id, claimant, now, expires_before)
+
+    def release_start(self, event_id: str, claimant: str) -> None:
+        with self._lock:
+            if self._start_claims.get(event_id, ("", None))[0] == claimant:
+                del self._start_claims[event_id]
+
+    def claim_end(self, session_id: str, claimant: str, now: datetime, expires_before: datetime) -> bool:
+        with self._lock:
+            record = self._sessions.get(session_id)
+            if record is None or not record.is_open:
+                return False
+            return _claim(self._end_claims, session_id, claimant, now, expires_before)
+
+    def release_end(self, session_id: str, claimant: str) -> None:
+        with self._lock:
+            if self._end_claims.get(session_id, ("", None))[0] == claimant:
+                del self._end_claims[session_id]
 
     def create(self, new: NewSession, *, session_id: str | None = None) -> tuple[SessionRecord, bool]:
         with self._lock:
@@ -215,3 +265,13 @@ class InMemorySessionStore:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def _claim(
+    claims: dict[str, tuple[str, datetime]], key: str, claimant: str, now: datetime, expires_before: datetime
+) -> bool:
+    held = claims.get(key)
+    if held is not None and held[0] != claimant and held[1] >= expires_before:
+        return False
+    claims[key] = (claimant, now)
+    return True

@@ -1,27 +1,51 @@
 """``SessionTracker``: the seed's API — validate, call the lifecycle manager, persist, answer, log.
 
-Contract (seed + DESIGN.md): ``handle_session_start``/``handle_session_end`` never raise. Bad input, manager
-failures (a ``success: False`` dict or an exception) and store errors all become ``status="error"`` results
-whose message says what went wrong, and are logged with the seed's ERROR lines (full traceback for
-exceptions). Starts are idempotent per ``event_id``; ends per ``session_id``.
+Contract (seed + DESIGN.md): ``handle_session_start``/``handle_session_end`` never raise, whatever object they
+are given. Bad input, manager failures (a ``success: False`` dict, an exception, no answer within
+``SB_OTEL_LIFECYCLE_TIMEOUT``) and store errors all become ``status="error"`` results whose message says what
+went wrong, and are logged with the seed's ERROR lines (full traceback for exceptions). A manager's own error
+text is the result's ``error``, as in session-buddy; sb-otel's context goes into the log line.
+
+A start is a retry (same session, no second manager call) only while its session is open and the event is the
+same; an ``event_id`` reused for another event or after its session ended is an error. Across processes
+sharing a store, claims (:class:`~sb_otel._tracking.store.SessionClaims`) make one process call the manager
+per start and per end.
+
+Log lines keep the seed's ``key=value, key=value`` shape; a value that could be misread (separators, quotes,
+control, format or bidi characters, surrounding spaces) is written as a JSON string with such characters
+escaped, so :func:`parse_fields` always gets back exactly the fields a line was made from.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from sb_otel._exceptions import ConfigError
+from sb_otel._settings import SB_OTEL_LIFECYCLE_TIMEOUT, parse_duration
 from sb_otel._tracking.lifecycle import LifecycleManager
 from sb_otel._tracking.log_lines import EVENT_LINE_MARKER as EVENT_LINE_MARKER
 from sb_otel._tracking.log_lines import SESSION_ENDED_LINE as SESSION_ENDED_LINE
 from sb_otel._tracking.log_lines import SESSION_STARTED_LINE as SESSION_STARTED_LINE
+from sb_otel._tracking.log_lines import end_failed_line as end_failed_line
+from sb_otel._tracking.log_lines import ended_line as ended_line
+from sb_otel._tracking.log_lines import field_value as field_value
+from sb_otel._tracking.log_lines import format_fields as format_fields
+from sb_otel._tracking.log_lines import parse_fields as parse_fields
+from sb_otel._tracking.log_lines import start_failed_line as start_failed_line
+from sb_otel._tracking.log_lines import started_line as started_line
 from sb_otel._tracking.models import (
     MAX_SESSION_ID,
     SessionEndEvent,
@@ -31,16 +55,34 @@ from sb_otel._tracking.models import (
 )
 from sb_otel._tracking.outcome import end_outcome
 from sb_otel._tracking.seam import TrackedEnd, TrackedStart
-from sb_otel._tracking.store import NewSession, SessionEnding, SessionRecord, SessionStore
+from sb_otel._tracking.session_metrics import SessionMetrics
+from sb_otel._tracking.store import NewSession, SessionClaims, SessionEnding, SessionRecord, SessionStore
 from sb_otel._tracking.store_factory import open_store
 
 _Event = TypeVar("_Event", bound=BaseModel)
 _MAX_LOC_PART = 64
 _MAX_REPORTED_ERRORS = 5
 
+DEFAULT_LIFECYCLE_TIMEOUT = 5.0
+"""Seconds a lifecycle manager call may take when ``SB_OTEL_LIFECYCLE_TIMEOUT`` is unset (or invalid)."""
+CLAIM_MARGIN = 10.0
+"""Seconds a start or end claim outlives the lifecycle timeout before another process may take it over."""
+_POLL_FIRST, _POLL_MAX = 0.01, 0.2
+_MAX_ERROR_TEXT = 1000
+
 
 class _LifecycleFailure(Exception):
-    """The lifecycle manager answered, but not with success."""
+    """The lifecycle manager answered, but not with success (or not in time).
+
+    ``str(exc)`` is the result's error (the manager's own text); ``context`` is what the log line says."""
+
+    def __init__(self, error: str, context: str) -> None:
+        super().__init__(error)
+        self.context = context
+
+
+class _Refused(Exception):
+    """A start that cannot be tracked as sent (an event id reused); the message is the result's error."""
 
 
 class SessionTracker:
@@ -50,25 +92,44 @@ class SessionTracker:
         lifecycle_mgr: called as ``initialize_session(working_directory=...)`` at start and
             ``end_session(working_directory=...)`` at end; available afterwards as ``session_manager``.
         logger: where the seed's INFO/ERROR lines go (default: the ``sb_otel`` logger).
+        enable_metrics: keep in-process counts in :attr:`metrics` (session-buddy's ``SessionMetrics`` methods;
+            sb-otel's exported metrics come from :func:`sb_otel.instrument`). ``False`` leaves ``metrics`` ``None``.
         store: a :class:`SessionStore`, ``"memory"``, a SQLite path, or ``None`` for ``SB_OTEL_STORE``.
             Opened on first use, so a broken store yields error results rather than a failing constructor.
         clock: returns "now" as an aware datetime; injectable for tests.
+        lifecycle_timeout: seconds each manager call may take (default ``SB_OTEL_LIFECYCLE_TIMEOUT``, 5 s).
     """
 
     def __init__(
         self,
         lifecycle_mgr: LifecycleManager,
         logger: logging.Logger | None = None,
+        enable_metrics: bool = True,
         *,
         store: SessionStore | str | Path | None = None,
         clock: Callable[[], datetime] | None = None,
+        lifecycle_timeout: float | None = None,
     ) -> None:
         self.session_manager = lifecycle_mgr
         self.logger = logger or logging.getLogger("sb_otel")
+        self.enable_metrics = bool(enable_metrics)
+        self.metrics: SessionMetrics | None = SessionMetrics() if self.enable_metrics else None
         self._store_location = None if isinstance(store, SessionStore) else store
         self._store: SessionStore | None = store if isinstance(store, SessionStore) else None
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self.lifecycle_timeout = lifecycle_timeout if lifecycle_timeout is not None else self._configured_timeout()
+        self._claimant = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+    def _configured_timeout(self) -> float:
+        text = SB_OTEL_LIFECYCLE_TIMEOUT.read()
+        if text is None:
+            return DEFAULT_LIFECYCLE_TIMEOUT
+        try:
+            return parse_duration(text, name="SB_OTEL_LIFECYCLE_TIMEOUT").total_seconds()
+        except ConfigError as exc:  # a typo must not stop tracking: warn and use the default
+            self.logger.warning("%s; using %g s", exc, DEFAULT_LIFECYCLE_TIMEOUT)
+            return DEFAULT_LIFECYCLE_TIMEOUT
 
     @property
     def store(self) -> SessionStore:
@@ -76,6 +137,10 @@ class SessionTracker:
         if self._store is None:
             self._store = open_store(self._store_location)
         return self._store
+
+    @property
+    def _claim_ttl(self) -> timedelta:
+        return timedelta(seconds=self.lifecycle_timeout + CLAIM_MARGIN)
 
     # -- start --------------------------------------------------------------------------------------------
 
@@ -88,54 +153,95 @@ class SessionTracker:
     ) -> TrackedStart:
         """The tracking seam's start (:mod:`sb_otel._tracking.seam`): stores ``telemetry`` with a new session in
         the same write and returns the session's record with a ``tracked`` result (the existing one for a retry)."""
+        began = time.monotonic()
+        try:
+            return await self._track_start(event, telemetry, began)
+        except Exception as exc:  # last resort: an input object that fails even our error handling
+            error = f"Session start failed: {_exception_text(exc)}"
+            _quietly(self.logger.error, start_failed_line("?", "?", "?", error))
+            return TrackedStart(SessionStartResult(session_id=None, status="error", error=error), None)
+
+    async def _track_start(self, event: object, telemetry: Mapping[str, Any] | None, began: float) -> TrackedStart:
         try:
             start = _as_event(SessionStartEvent, event)
         except ValidationError as exc:
             return TrackedStart(self._start_failed(event, f"invalid session start event: {_describe(exc)}"), None)
         try:
             async with self._exclusive(f"start:{start.event_id}"):
-                record = await self._start(start, telemetry or {})
+                record = await self._start(start, telemetry or {}, began)
                 return TrackedStart(SessionStartResult(session_id=record.session_id, status="tracked"), record)
-        except _LifecycleFailure as exc:
+        except _Refused as exc:
             return TrackedStart(self._start_failed(start, str(exc)), None)
+        except _LifecycleFailure as exc:
+            self._count("record_session_start", component_name=start.component_name, shell_type=start.shell_type)
+            self._count(
+                "record_session_end",
+                component_name=start.component_name,
+                status="error",
+                duration_seconds=time.monotonic() - began,
+            )
+            return TrackedStart(self._start_failed(start, str(exc), exc.context), None)
         except Exception as exc:
+            error = f"Session start failed: {_exception_text(exc)}"
+            self._count(
+                "record_mcp_event_emit_failure",
+                component_name=start.component_name,
+                event_type="session_start",
+                error_type=type(exc).__name__,
+                duration_seconds=time.monotonic() - began,
+            )
             self.logger.exception(
-                "Session start failed: component=%s, shell_type=%s, pid=%d, error=%s",
-                start.component_name,
-                start.shell_type,
-                start.pid,
-                _exception_text(exc),
+                start_failed_line(start.component_name, start.shell_type, start.pid, _exception_text(exc))
             )
-            return TrackedStart(SessionStartResult(session_id=None, status="error", error=_exception_text(exc)), None)
+            return TrackedStart(SessionStartResult(session_id=None, status="error", error=error), None)
 
-    async def _start(self, event: SessionStartEvent, telemetry: Mapping[str, Any]) -> SessionRecord:
-        known = self.store.get_by_event_id(event.event_id)
-        if known is not None:  # a client retry: same session, no second lifecycle call
-            return known
-        cwd = event.environment.cwd
-        answer = await self._call_manager("initialize_session", cwd)
-        record, _ = self.store.create(
-            NewSession(
-                event_id=event.event_id,
-                component_name=event.component_name,
-                hostname=event.hostname,
-                pid=event.pid,
-                cwd=cwd,
-                started_at=event.started_at,
-                received_at=self._clock(),
-                start_event=event.model_dump(mode="json"),
-                telemetry={**telemetry, "lifecycle": _json_safe(answer)},
+    async def _start(self, event: SessionStartEvent, telemetry: Mapping[str, Any], began: float) -> SessionRecord:
+        store = self.store
+        claims = store if isinstance(store, SessionClaims) else None
+        waited = _Backoff()
+        while True:
+            known = store.get_by_event_id(event.event_id)
+            if known is not None:
+                return _retried(known, event)
+            now = self._clock()
+            if claims is None or claims.claim_start(event.event_id, self._claimant, now, now - self._claim_ttl):
+                break
+            await waited.pause()  # another process is starting this very event: wait for its outcome
+        try:
+            cwd = event.environment.cwd
+            answer = await self._call_manager("initialize_session", cwd)
+            record, created = store.create(
+                NewSession(
+                    event_id=event.event_id,
+                    component_name=event.component_name,
+                    hostname=event.hostname,
+                    pid=event.pid,
+                    cwd=cwd,
+                    started_at=event.started_at,
+                    received_at=self._clock(),
+                    start_event=event.model_dump(mode="json"),
+                    telemetry={**telemetry, "lifecycle": _json_safe(answer)},
+                )
             )
-        )
+        finally:
+            if claims is not None:
+                _quietly(claims.release_start, event.event_id, self._claimant)
+        if not created:  # a store without claims, raced by another process
+            return _retried(record, event)
+        self._count("record_session_start", component_name=event.component_name, shell_type=event.shell_type)
+        score = _number(answer.get("quality_score"))
+        if score is not None:
+            self._count("set_session_quality_score", component_name=event.component_name, quality_score=score)
         self.logger.info(
-            SESSION_STARTED_LINE,
-            record.session_id,
-            event.component_name,
-            event.shell_type,
-            event.pid,
-            event.user.username,
-            event.hostname,
-            cwd,
+            started_line(
+                record.session_id,
+                event.component_name,
+                event.shell_type,
+                event.pid,
+                event.user.username,
+                event.hostname,
+                cwd,
+            ),
             extra={
                 "session.id": record.session_id,
                 "sb.component.name": event.component_name,
@@ -144,15 +250,9 @@ class SessionTracker:
         )
         return record
 
-    def _start_failed(self, event: SessionStartEvent | object, error: str) -> SessionStartResult:
+    def _start_failed(self, event: object, error: str, context: str | None = None) -> SessionStartResult:
         component, shell_type, pid = _start_identity(event)
-        self.logger.error(
-            "Session start failed: component=%s, shell_type=%s, pid=%s, error=%s",
-            component,
-            shell_type,
-            pid,
-            error,
-        )
+        self.logger.error(start_failed_line(component, shell_type, pid, context or error))
         return SessionStartResult(session_id=None, status="error", error=error)
 
     # -- end ----------------------------------------------------------------------------------------------
@@ -164,6 +264,15 @@ class SessionTracker:
     async def track_end(self, event: SessionEndEvent | Mapping[str, Any]) -> TrackedEnd:
         """The tracking seam's end (:mod:`sb_otel._tracking.seam`): also returns the ended record, but only to
         the one call that actually ended the session (so its span is exported exactly once)."""
+        began = time.monotonic()
+        try:
+            return await self._track_end(event, began)
+        except Exception as exc:  # last resort, as at start
+            error = f"Session end failed: {_exception_text(exc)}"
+            _quietly(self.logger.error, end_failed_line("?", error))
+            return TrackedEnd(SessionEndResult(session_id="", status="error", error=error), None)
+
+    async def _track_end(self, event: object, began: float) -> TrackedEnd:
         try:
             end = _as_event(SessionEndEvent, event)
         except ValidationError as exc:
@@ -171,72 +280,119 @@ class SessionTracker:
             return TrackedEnd(failed, None)
         try:
             async with self._exclusive(f"end:{end.session_id}"):
-                return await self._end(end)
+                return await self._end(end, began)
         except _LifecycleFailure as exc:
-            return TrackedEnd(self._end_failed(end.session_id, str(exc)), None)
+            return TrackedEnd(self._end_failed(end.session_id, str(exc), exc.context), None)
         except Exception as exc:
+            error = f"Session end failed: {_exception_text(exc)}"
+            self._count(
+                "record_mcp_event_emit_failure",
+                component_name=_component_of(end.session_id),
+                event_type="session_end",
+                error_type=type(exc).__name__,
+                duration_seconds=time.monotonic() - began,
+            )
             self.logger.exception(
-                "Session end failed: session_id=%s, error=%s",
-                end.session_id,
-                _exception_text(exc),
-                extra={"session.id": end.session_id},
+                end_failed_line(end.session_id, _exception_text(exc)), extra={"session.id": end.session_id}
             )
-            error = SessionEndResult(session_id=end.session_id, status="error", error=_exception_text(exc))
-            return TrackedEnd(error, None)
+            return TrackedEnd(SessionEndResult(session_id=end.session_id, status="error", error=error), None)
 
-    async def _end(self, event: SessionEndEvent) -> TrackedEnd:
-        record = self.store.get(event.session_id)
-        if record is None:
-            self.logger.warning(
-                "Session end for unknown session: session_id=%s",
-                event.session_id,
-                extra={"session.id": event.session_id},
+    async def _end(self, event: SessionEndEvent, began: float) -> TrackedEnd:
+        store = self.store
+        claims = store if isinstance(store, SessionClaims) else None
+        ended_already = TrackedEnd(SessionEndResult(session_id=event.session_id, status="ended"), None)
+        waited = _Backoff()
+        while True:
+            record = store.get(event.session_id)
+            if record is None:
+                self.logger.warning(
+                    f"Session end for unknown session: {format_fields({'session_id': event.session_id})}",
+                    extra={"session.id": event.session_id},
+                )
+                return TrackedEnd(SessionEndResult(session_id=event.session_id, status="not_found"), None)
+            if not record.is_open:  # a retried end (or another process's): already done, nothing ends twice
+                return ended_already
+            now = self._clock()
+            if claims is None or claims.claim_end(record.session_id, self._claimant, now, now - self._claim_ttl):
+                break
+            await waited.pause()  # another process is ending it: wait for its outcome
+        try:
+            try:
+                answer = await self._call_manager("end_session", record.cwd)
+            except _LifecycleFailure:
+                self._count("record_session_end", component_name=record.component_name, status="error")
+                raise
+            outcome = end_outcome(event.metadata)
+            finished = store.finish(
+                record.session_id,
+                SessionEnding(
+                    status=outcome.status,
+                    ended_at=max(event.ended_at, record.started_at),  # a skewed clock never ends before start
+                    end_event=event.model_dump(mode="json"),
+                ),
             )
-            return TrackedEnd(SessionEndResult(session_id=event.session_id, status="not_found"), None)
-        if not record.is_open:  # a retried end: already done, nothing ends twice
-            return TrackedEnd(SessionEndResult(session_id=event.session_id, status="ended"), None)
-        await self._call_manager("end_session", record.cwd)
-        outcome = end_outcome(event.metadata)
-        finished = self.store.finish(
-            record.session_id,
-            SessionEnding(
-                status=outcome.status,
-                ended_at=max(event.ended_at, record.started_at),  # a skewed clock never ends before start
-                end_event=event.model_dump(mode="json"),
-            ),
+        finally:
+            if claims is not None:
+                _quietly(claims.release_end, record.session_id, self._claimant)
+        if finished is None or not finished[1]:  # ended meanwhile by a store without claims, or the reaper
+            return ended_already
+        ended = finished[0]
+        duration = ((ended.ended_at or ended.started_at) - ended.started_at).total_seconds()
+        self._count(
+            "record_session_end", component_name=ended.component_name, status="success", duration_seconds=duration
         )
+        summary = answer.get("summary")
+        score = _number(summary.get("final_quality_score")) if isinstance(summary, Mapping) else None
+        if score is not None:
+            self._count("set_session_quality_score", component_name=ended.component_name, quality_score=score)
         self.logger.info(
-            SESSION_ENDED_LINE,
-            event.session_id,
-            event.timestamp,
+            ended_line(event.session_id, event.timestamp),
             extra={
                 "session.id": event.session_id,
                 "sb.session.status": outcome.status,
                 EVENT_LINE_MARKER: "session.end",
             },
         )
-        ended = finished[0] if finished is not None and finished[1] else None
         return TrackedEnd(SessionEndResult(session_id=event.session_id, status="ended"), ended)
 
-    def _end_failed(self, session_id: str, error: str) -> SessionEndResult:
-        self.logger.error(
-            "Session end failed: session_id=%s, error=%s", session_id, error, extra={"session.id": session_id}
-        )
+    def _end_failed(self, session_id: str, error: str, context: str | None = None) -> SessionEndResult:
+        self.logger.error(end_failed_line(session_id, context or error), extra={"session.id": session_id})
         return SessionEndResult(session_id=session_id, status="error", error=error)
 
     # -- helpers ------------------------------------------------------------------------------------------
 
     async def _call_manager(self, operation: str, working_directory: str) -> Mapping[str, Any]:
-        """Call the lifecycle manager; a non-success answer raises :class:`_LifecycleFailure`."""
-        answer = await getattr(self.session_manager, operation)(working_directory=working_directory)
-        if not isinstance(answer, Mapping):
-            raise _LifecycleFailure(
-                f"lifecycle manager's {operation} returned {type(answer).__name__}, expected a dict with 'success'"
+        """Call the lifecycle manager within the timeout; a non-success answer raises :class:`_LifecycleFailure`."""
+        call: Awaitable[Any] = getattr(self.session_manager, operation)(working_directory=working_directory)
+        try:
+            answer = await asyncio.wait_for(call, timeout=self.lifecycle_timeout)
+        except asyncio.TimeoutError:
+            error = (
+                f"lifecycle manager's {operation} did not answer within {self.lifecycle_timeout:g} s "
+                "(SB_OTEL_LIFECYCLE_TIMEOUT)"
             )
+            raise _LifecycleFailure(error, error) from None
+        if not isinstance(answer, Mapping):
+            error = f"lifecycle manager's {operation} returned {type(answer).__name__}, expected a dict with 'success'"
+            raise _LifecycleFailure(error, error)
         if not answer.get("success", False):
-            reason = answer.get("error") or "no reason given"
-            raise _LifecycleFailure(f"lifecycle manager's {operation} failed: {reason}")
+            unknown = (
+                "Unknown initialization error" if operation == "initialize_session" else "Unknown session end error"
+            )
+            reason = answer.get("error")
+            text = _bounded_text(reason) if reason not in (None, "") else unknown
+            raise _LifecycleFailure(text, f"lifecycle manager's {operation} failed: {text}")
         return answer
+
+    def _count(self, method: str, **values: Any) -> None:
+        """Record into :attr:`metrics`; a metrics object that fails never changes a tracking result."""
+        metrics = self.metrics
+        if not self.enable_metrics or metrics is None:
+            return
+        try:
+            getattr(metrics, method)(**values)
+        except Exception:
+            self.logger.warning("Recording session metrics failed (%s)", method, exc_info=True)
 
     @asynccontextmanager
     async def _exclusive(self, key: str) -> AsyncIterator[None]:
@@ -256,10 +412,68 @@ class SessionTracker:
                 self._locks[key] = (lock, users - 1)
 
 
+class _Backoff:
+    """Waits between looks at another process's claim: short at first, then up to ``_POLL_MAX``."""
+
+    def __init__(self) -> None:
+        self._delay = _POLL_FIRST
+
+    async def pause(self) -> None:
+        await asyncio.sleep(self._delay)
+        self._delay = min(self._delay * 2, _POLL_MAX)
+
+
+def _retried(known: SessionRecord, event: SessionStartEvent) -> SessionRecord:
+    """``known`` if ``event`` is a retry of the start that made it; else :class:`_Refused` saying why not."""
+    if not known.is_open:
+        raise _Refused(
+            f"event_id {event.event_id} was already used by session {known.session_id}, which has ended: "
+            "a new session needs a new event_id"
+        )
+    if _canonical(known.start_event) != _canonical(event.model_dump(mode="json")):
+        raise _Refused(
+            f"event_id {event.event_id} is already used by session {known.session_id} for a different start "
+            "event: a retry must resend the same event, a new session needs a new event_id"
+        )
+    return known
+
+
+def _canonical(event: Mapping[str, Any]) -> str:
+    return json.dumps(dict(event), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _component_of(session_id: str) -> str:
+    return session_id.rsplit("-", 2)[0] if session_id.count("-") >= 2 else "unknown"
+
+
+def _bounded_text(value: object) -> str:
+    """A manager's error as text, cut to a size a result and a log line can carry."""
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except Exception:
+        text = f"<unprintable {type(value).__name__}>"
+    return text if len(text) <= _MAX_ERROR_TEXT else f"{text[:_MAX_ERROR_TEXT]}…"
+
+
+def _quietly(action: Callable[..., Any], *args: Any) -> None:
+    """Run a best-effort step (a log line, a claim release) whose failure must not change the answer."""
+    with suppress(Exception):
+        action(*args)
+
+
 def _as_event(model: type[_Event], event: object) -> _Event:
-    """Accept the model itself or any mapping (MCP/JSON payloads) and validate it."""
+    """Accept the model itself, any mapping (MCP/JSON payloads), or another pydantic model of the same
+    shape (session-buddy's own event classes), and validate it by our rules."""
     if isinstance(event, model):
         return event
+    if isinstance(event, BaseModel):
+        return model.model_validate(event.model_dump(mode="json", exclude_none=True))
     return model.model_validate(event)
 
 
@@ -282,7 +496,11 @@ def _loc_part(part: object) -> str:
 
 
 def _exception_text(exc: BaseException) -> str:
-    detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no details"
+    try:
+        text = str(exc).strip()
+    except Exception:  # an exception whose __str__ raises
+        text = ""
+    detail = text.splitlines()[0][:300] if text else "no details"
     return f"{type(exc).__name__}: {detail}"
 
 
@@ -290,26 +508,48 @@ def _start_identity(event: object) -> tuple[str, str, str]:
     """Component, shell type and pid for the ERROR line, from a valid or an invalid event."""
     if isinstance(event, SessionStartEvent):
         return event.component_name, event.shell_type, str(event.pid)
-    fields = event if isinstance(event, Mapping) else {}
-    return tuple(  # type: ignore[return-value]
-        repr(fields.get(name))[:80] if name in fields else "?" for name in ("component_name", "shell_type", "pid")
-    )
+    component, shell_type, pid = (_raw_field(event, name) for name in ("component_name", "shell_type", "pid"))
+    return component, shell_type, pid
+
+
+def _raw_field(event: object, name: str) -> str:
+    """A field of an invalid event for the log line, cut to 80 characters; ``?`` when missing or unreadable
+    (the line's quoting then makes any text safe)."""
+    try:
+        if isinstance(event, Mapping):
+            if name not in event:
+                return "?"
+            value = event[name]
+        else:
+            value = getattr(event, name, None)
+            if value is None:
+                return "?"
+        text = value if isinstance(value, str) else repr(value)
+        return text[:80]
+    except Exception:  # a mapping whose lookups raise, a value whose __repr__ raises
+        return "?"
 
 
 def _raw_session_id(event: object) -> str:
     """The session id of an invalid end event, escaped so it cannot forge a log line."""
-    value = event.get("session_id") if isinstance(event, Mapping) else getattr(event, "session_id", None)
-    if not isinstance(value, str):
+    try:
+        value = event.get("session_id") if isinstance(event, Mapping) else getattr(event, "session_id", None)
+        if not isinstance(value, str):
+            return ""
+        return value.encode("unicode_escape").decode("ascii")[:MAX_SESSION_ID]
+    except Exception:
         return ""
-    return value.encode("unicode_escape").decode("ascii")[:MAX_SESSION_ID]
 
 
 def _json_safe(answer: Mapping[str, Any]) -> dict[str, Any]:
     """Keep the lifecycle answer's JSON-representable scalars for the record (managers may return objects)."""
     safe: dict[str, Any] = {}
-    for key, value in answer.items():
-        if isinstance(value, (str, int, float, bool)) or value is None:
-            safe[str(key)] = value
-        elif isinstance(value, Mapping):
-            safe[str(key)] = {str(k): v for k, v in value.items() if isinstance(v, (str, int, float, bool))}
+    try:
+        for key, value in answer.items():
+            if isinstance(value, (str, int, float, bool)) or value is None:
+                safe[str(key)] = value
+            elif isinstance(value, Mapping):
+                safe[str(key)] = {str(k): v for k, v in value.items() if isinstance(v, (str, int, float, bool))}
+    except Exception:  # an odd mapping: the session is tracked without the manager's details
+        return {}
     return safe
