@@ -12,12 +12,13 @@ neither always follows the other). Per server, pooled over the rounds:
   including the OTLP export threads) over each round, divided by the lifecycles of that round;
 * the ratios sb-otel / bare beside the targets (throughput ≥ 0.8 ×, p99 ≤ 2 ×).
 
-Then, unless ``--no-profile``: serve alone under ``py-spy record`` (``--profile-seconds``, same load), its
-samples sorted into where they were spent (sb-otel's modules, the ``mcp`` SDK, HTTP, export threads) with the
-top functions; and, in this process, a ledger per lifecycle of the plain tracker vs the instrumented one on a
-SQLite store (SQL statements via ``sqlite3``'s trace callback, and ``cProfile`` call counts of JSON dumps,
-model dumps and the default lifecycle manager's file system calls), and what the lifecycle manager's answer
-costs for the load's directory and for a git work tree.
+Then, unless ``--no-profile``: serve alone under ``py-spy record`` (attached after a warm-up, for
+``--profile-seconds`` of the same load), its samples sorted into where they were spent (sb-otel's modules, the
+``mcp`` SDK, HTTP, export threads) with the top functions; and, unless ``--no-ledger``, in this process, a
+ledger per lifecycle of the plain tracker (with a no-op and with the default lifecycle manager) vs the
+instrumented one on a SQLite store (SQL statements via ``sqlite3``'s trace callback, ``cProfile`` call counts
+of JSON and model dumps), single steps' costs, and what the default lifecycle manager's answer costs (file
+system calls, µs) for the load's directory and for a git work tree.
 
 The machine is shared: the load average is printed beside every round; compare figures from one run.
 
@@ -240,7 +241,9 @@ def _blocked(leaf: str) -> bool:
     return any(leaf.startswith(f"{name} (") and f"/{path}:" in leaf for name, path in WAITS)
 
 
-def profile(seconds: float, shells: int, server_args: list[str], cwd: str | None, rate: int, keep: Path | None) -> None:
+def profile(
+    seconds: float, shells: int, server_args: list[str], cwd: str | None, rate: int, keep: Path | None, gil: bool
+) -> None:
     """serve alone under load, py-spy attached to it (after a warm-up) for exactly the measured round."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     with tempfile.TemporaryDirectory() as tmp, otlp_receiver() as receiver:
@@ -252,6 +255,7 @@ def profile(seconds: float, shells: int, server_args: list[str], cwd: str | None
             load_round(server, shells, min(2.0, seconds), cwd or tmp)
             command = [spy, "record", "--pid", str(process.pid), "--format", "raw", "--rate", str(rate)]
             command += [
+                *(["--gil"] if gil else []),
                 "--nonblocking",
                 "--full-filenames",
                 "--duration",
@@ -268,7 +272,8 @@ def profile(seconds: float, shells: int, server_args: list[str], cwd: str | None
             process.terminate()
             process.wait(30)
         samples = list(read_raw(raw))
-    print(f"\nprofile: sb-otel serve, py-spy attached at {rate} Hz (non-blocking), {shells} shells, {seconds:g} s:")
+    mode = "GIL holder only" if gil else "all threads on CPU"
+    print(f"\nprofile: sb-otel serve, py-spy attached at {rate} Hz ({mode}), {shells} shells, {seconds:g} s:")
     print(f"  {describe(measured)}")
     waiting = sum(count for stack, count in samples if _blocked(stack[-1]))
     samples = [(stack, count) for stack, count in samples if not _blocked(stack[-1])]
@@ -362,42 +367,54 @@ def ledger(lifecycles: int, cwd: str) -> None:
             profiler.disable()
         return wall, cpu
 
+    class NoopManager:
+        """A lifecycle manager that answers at once: what the tracker costs without the default manager."""
+
+        async def initialize_session(self, working_directory: str | None = None) -> dict[str, Any]:
+            return {"success": True}
+
+        async def end_session(self, working_directory: str | None = None) -> dict[str, Any]:
+            return {"success": True}
+
+    columns = ("plain, no-op manager", "plain", "instrumented")
     with tempfile.TemporaryDirectory() as tmp, otlp_receiver() as receiver:
         telemetry = sb_otel.configure(set_global=False, endpoint=receiver.endpoint, protocol="grpc")
-        rows = {}
+        rows: dict[str, tuple[int, Counter[str], Counter[str]]] = {}
         trackers: dict[str, Any] = {}
-        for name in ("plain", "instrumented"):
-            tracker: Any = SessionTracker(SessionLifecycleManager(), store=f"{tmp}/{name}.db")
+        for number, name in enumerate(columns):
+            manager = NoopManager() if name.endswith("no-op manager") else SessionLifecycleManager()
+            tracker: Any = SessionTracker(manager, store=f"{tmp}/{number}.db")
             trackers[name] = telemetry.instrument(tracker) if name == "instrumented" else tracker
             statements: list[str] = []
             trackers[name].store._db.set_trace_callback(statements.append)
             profiler = cProfile.Profile()
             asyncio.run(run(trackers[name], statements, profiler))
             kinds = Counter(" ".join(text.split()[:2]).upper() for text in statements)
-            rows[name] = (len(statements) / lifecycles, kinds, _watched_counts(pstats.Stats(profiler)))
+            rows[name] = (len(statements), kinds, _watched_counts(pstats.Stats(profiler)))
             trackers[name].store._db.set_trace_callback(None)
-        timings: dict[str, list[tuple[float, float]]] = {"plain": [], "instrumented": []}
-        for _ in range(3):  # timed without the profiler, the two trackers alternating
-            for name in ("plain", "instrumented"):
+        timings: dict[str, list[tuple[float, float]]] = {name: [] for name in columns}
+        for _ in range(3):  # timed without the profiler, the trackers taking turns
+            for name in columns:
                 timings[name].append(asyncio.run(run(trackers[name], [], None)))
         micro = _store_micro_costs(trackers["instrumented"])
         for tracker in trackers.values():
             tracker.store.close()
         telemetry.shutdown()
-    print(f"\nledger per lifecycle, in this process, SQLite store, cwd {cwd} ({lifecycles} lifecycles each):")
-    print("| | plain tracker | instrumented tracker |")
-    print("|---|---:|---:|")
-    plain, instrumented = rows["plain"], rows["instrumented"]
-    (wall_p, cpu_p), (wall_i, cpu_i) = min(timings["plain"]), min(timings["instrumented"])
-    print(f"| µs per lifecycle (wall, best of 3) | {wall_p / lifecycles * 1e6:.0f} | {wall_i / lifecycles * 1e6:.0f} |")
-    print(
-        f"| µs of CPU per lifecycle (all threads) | {cpu_p / lifecycles * 1e6:.0f} | {cpu_i / lifecycles * 1e6:.0f} |"
-    )
-    print(f"| SQL statements | {plain[0]:.1f} | {instrumented[0]:.1f} |")
-    for kind in sorted(set(plain[1]) | set(instrumented[1])):
-        print(f"| · {kind} … | {plain[1][kind] / lifecycles:.1f} | {instrumented[1][kind] / lifecycles:.1f} |")
+    print(f"\nledger per lifecycle, in this process, SQLite store, OTLP/gRPC to the receiver, cwd {cwd}")
+    print(f"({lifecycles} lifecycles per tracker; times: best of 3 runs, the trackers taking turns):")
+    print("| | " + " | ".join(f"{name} tracker" for name in columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+
+    def line(label: str, values: list[float], form: str = "{:.1f}") -> None:
+        print(f"| {label} | " + " | ".join(form.format(value) for value in values) + " |")
+
+    line("µs per lifecycle (wall)", [min(timings[n])[0] / lifecycles * 1e6 for n in columns], "{:.0f}")
+    line("µs of CPU per lifecycle (all threads)", [min(timings[n])[1] / lifecycles * 1e6 for n in columns], "{:.0f}")
+    line("SQL statements", [rows[n][0] / lifecycles for n in columns])
+    for kind in sorted({kind for n in columns for kind in rows[n][1]}):
+        line(f"· {kind} …", [rows[n][1][kind] / lifecycles for n in columns])
     for label in WATCHED:
-        print(f"| {label} | {plain[2][label] / lifecycles:.1f} | {instrumented[2][label] / lifecycles:.1f} |")
+        line(label, [rows[n][2][label] / lifecycles for n in columns])
     print("\nsingle steps, µs each (in this process, no load):")
     for label, micros in micro.items():
         print(f"  {micros:7.1f} µs  {label}")
@@ -505,9 +522,13 @@ if __name__ == "__main__":
     parser.add_argument("--server-args", default="", help="extra arguments for sb-otel serve, one string")
     parser.add_argument("--cwd", default=None, help="the shells' working directory (default: a fresh temp dir)")
     parser.add_argument("--no-compare", action="store_true", help="skip the interleaved comparison")
-    parser.add_argument("--no-profile", action="store_true", help="skip py-spy and the in-process ledger")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
+    parser.add_argument("--no-ledger", action="store_true", help="skip the in-process ledger")
     parser.add_argument("--profile-seconds", type=float, default=8)
     parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument(
+        "--profile-gil", action="store_true", help="sample only the thread holding the GIL (py-spy --gil)"
+    )
     parser.add_argument("--keep-profile", type=Path, default=None, help="write py-spy's raw stacks here")
     parser.add_argument("--ledger-lifecycles", type=int, default=300)
     arguments = parser.parse_args()
@@ -522,6 +543,8 @@ if __name__ == "__main__":
             arguments.cwd,
             arguments.profile_rate,
             arguments.keep_profile,
+            arguments.profile_gil,
         )
+    if not arguments.no_ledger:
         with tempfile.TemporaryDirectory() as directory:
             ledger(arguments.ledger_lifecycles, arguments.cwd or directory)
