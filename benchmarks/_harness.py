@@ -82,18 +82,34 @@ def start_server(
             env.pop(name, None)
         else:
             env[name] = value
-    log = Path(tmp, "serve.log")
+    argv = [sys.executable, "-m", "sb_otel", "serve", "--transport", "http", "--port", "0", *(extra or [])]
+    return start_listening(argv, env, Path(tmp, "serve.log"))
+
+
+def start_bare_server(tmp: str, extra: list[str] | None = None) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """``benchmarks/bare_server.py --port 0`` (``serve``'s MCP stack with no-op tools); as :func:`start_server`."""
+    argv = [sys.executable, str(REPO / "benchmarks" / "bare_server.py"), "--port", "0", *(extra or [])]
+    return start_listening(argv, dict(os.environ), Path(tmp, "bare.log"))
+
+
+def start_listening(argv: list[str], env: Mapping[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """Start a server process with stderr to ``log``; wait for its ``... server on <url>;`` line."""
     with log.open("w") as stderr:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "sb_otel", "serve", "--transport", "http", "--port", "0", *(extra or [])],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+        server = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + 30
-    while not (found := re.search(r"MCP server on (\S+);", log.read_text())):
+    while not (found := re.search(r"server on (\S+);", log.read_text())):
         if time.monotonic() > deadline or server.poll() is not None:
             server.kill()
             raise SystemExit(f"server did not start: {log.read_text()}")
         time.sleep(0.05)  # a benchmark script waiting for a subprocess's ready line, not a test
     return server, found.group(1), log
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all its threads (``/proc/<pid>/stat`` utime + stime)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state is field 3, utime 14, stime 15
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS

@@ -1,0 +1,550 @@
+"""``sb-otel serve`` against the bare MCP server, same load, interleaved in one run; then where serve's CPU goes.
+
+Four processes: ``sb-otel serve --transport http`` (SQLite store, OTLP/gRPC export to the tests' real receiver,
+a separate process), ``benchmarks/bare_server.py`` (serve's own tools and HTTP stack from the same ``mcp``
+SDK, with no-op tools of the same signatures), the receiver, and this script, the load client
+(``server_load.py``'s raw-socket shells, ``--shells`` of them). Both servers run for the whole run; the load
+alternates between them, ``--seconds`` at a time, for ``--rounds`` rounds (the order flips every round, so
+neither always follows the other). Per server, pooled over the rounds:
+
+* lifecycles/s (start + end, both ``tracked`` / ``ended``), p50/p99 per tool call;
+* server CPU per lifecycle: the server process's utime + stime (``/proc/<pid>/stat``, all its threads,
+  including the OTLP export threads) over each round, divided by the lifecycles of that round;
+* the ratios sb-otel / bare beside the targets (throughput ≥ 0.8 ×, p99 ≤ 2 ×).
+
+Then, unless ``--no-profile``: serve alone under ``py-spy record`` (attached after a warm-up, for
+``--profile-seconds`` of the same load), its samples sorted into where they were spent (sb-otel's modules, the
+``mcp`` SDK, HTTP, export threads) with the top functions; and, unless ``--no-ledger``, in this process, a
+ledger per lifecycle of the plain tracker (with a no-op and with the default lifecycle manager) vs the
+instrumented one on a SQLite store (SQL statements via ``sqlite3``'s trace callback, ``cProfile`` call counts
+of JSON and model dumps), single steps' costs, and what the default lifecycle manager's answer costs (file
+system calls, µs) for the load's directory and for a git work tree.
+
+The machine is shared: the load average is printed beside every round; compare figures from one run.
+
+    python benchmarks/server_vs_bare.py [--seconds 5] [--rounds 4] [--shells 8] [--server-args '...']
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from _harness import REPO, cpu_seconds, otlp_receiver, start_bare_server, start_server
+from server_load import Tally, pct, shell
+
+THROUGHPUT_TARGET = 0.8
+P99_TARGET = 2.0
+
+
+@dataclass
+class Round:
+    """One server's share of one round."""
+
+    lifecycles: int
+    calls: int
+    wall: float
+    cpu: float
+    client_cpu: float
+    latencies: list[float]
+    errors: Counter[str]
+    load: float
+
+    @property
+    def rate(self) -> float:
+        return self.lifecycles / self.wall
+
+
+@dataclass
+class Server:
+    name: str
+    pid: int
+    url: str
+    rounds: list[Round] = field(default_factory=list)
+
+    def pooled(self) -> tuple[float, float, float, float, float]:
+        """lifecycles/s, p50 ms, p99 ms, server CPU ms per lifecycle, client CPU ms per lifecycle."""
+        lifecycles = sum(r.lifecycles for r in self.rounds)
+        latencies = [value for r in self.rounds for value in r.latencies]
+        return (
+            lifecycles / sum(r.wall for r in self.rounds),
+            pct(latencies, 0.5),
+            pct(latencies, 0.99),
+            1000 * sum(r.cpu for r in self.rounds) / max(1, lifecycles),
+            1000 * sum(r.client_cpu for r in self.rounds) / max(1, lifecycles),
+        )
+
+
+def load_round(server: Server, shells: int, seconds: float, cwd: str) -> Round:
+    """``shells`` shells against one server for ``seconds``; its CPU measured over exactly that time."""
+    tally = Tally()
+
+    async def run() -> float:
+        stop_at = time.perf_counter() + seconds
+        began = time.perf_counter()
+        await asyncio.gather(*(shell(server.url, stop_at, tally, i, cwd) for i in range(shells)))
+        return time.perf_counter() - began
+
+    cpu_before, client_before = cpu_seconds(server.pid), time.process_time()
+    wall = asyncio.run(run())
+    cpu, client = cpu_seconds(server.pid) - cpu_before, time.process_time() - client_before
+    load = os.getloadavg()[0]
+    return Round(tally.lifecycles, tally.calls, wall, cpu, client, tally.latencies, tally.errors, load)
+
+
+def describe(round_: Round) -> str:
+    per = 1000 * round_.cpu / max(1, round_.lifecycles)
+    errors = f", errors {dict(round_.errors)}" if round_.errors else ""
+    return (
+        f"{round_.rate:6,.0f} lifecycles/s, p50 {pct(round_.latencies, 0.5):6.2f} ms, "
+        f"p99 {pct(round_.latencies, 0.99):6.2f} ms, server CPU {per:5.2f} ms/lifecycle "
+        f"({100 * round_.cpu / round_.wall:3.0f} % of a core), load avg {round_.load:.2f}{errors}"
+    )
+
+
+def compare(seconds: float, rounds: int, shells: int, server_args: list[str], cwd: str | None) -> None:
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} (1/5/15 min), {os.cpu_count()} cores")
+    with tempfile.TemporaryDirectory() as tmp, otlp_receiver() as receiver:
+        otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+        bare_process, bare_url, _ = start_bare_server(tmp)
+        serve_process, serve_url, serve_log = start_server(tmp, otlp, server_args)
+        bare = Server("bare", bare_process.pid, bare_url)
+        serve = Server("sb-otel", serve_process.pid, serve_url)
+        try:
+            for server in (bare, serve):  # warm-up: first calls import and compile; not counted
+                load_round(server, shells, min(1.0, seconds), cwd or tmp)
+            for number in range(rounds):
+                for server in (bare, serve) if number % 2 == 0 else (serve, bare):
+                    server.rounds.append(load_round(server, shells, seconds, cwd or tmp))
+                    print(f"round {number + 1} {server.name:>7}: {describe(server.rounds[-1])}", flush=True)
+        finally:
+            for process in (serve_process, bare_process):
+                process.terminate()  # SIGTERM: serve flushes its telemetry (5 s cap)
+            for process in (serve_process, bare_process):
+                process.wait(30)
+        names = receiver.arrived()["names"]
+        log_lines = serve_log.read_text().splitlines()
+        if len(log_lines) > 1:
+            print("serve's stderr:\n" + "\n".join(log_lines[-20:]))
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    roots = sum(count for name, count in names.items() if name.startswith("session "))
+    measured = sum(r.lifecycles for r in serve.rounds)
+    print(f"sb-otel session spans received: {roots:,} (lifecycles measured: {measured:,}, plus the warm-up's)")
+    print()
+    print(f"{shells} shells, {rounds} rounds × {seconds:g} s per server, interleaved; pooled over the rounds:")
+    print(
+        "| server | lifecycles/s | p50 per call | p99 per call | server CPU per lifecycle | client CPU per lifecycle |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    figures = {}
+    for server in (bare, serve):
+        rate, p50, p99, cpu, client = figures[server.name] = server.pooled()
+        print(f"| {server.name} | {rate:,.0f} | {p50:.2f} ms | {p99:.2f} ms | {cpu:.2f} ms | {client:.2f} ms |")
+    b, s = figures["bare"], figures["sb-otel"]
+    throughput, p99_ratio = s[0] / b[0], s[2] / b[2]
+    per_round = sorted(x.rate / y.rate for x, y in zip(serve.rounds, bare.rounds, strict=True))
+    print()
+    print(
+        f"throughput sb-otel/bare: {throughput:.2f}x (target >= {THROUGHPUT_TARGET}x: "
+        f"{'met' if throughput >= THROUGHPUT_TARGET else 'not met'}); per round: "
+        + " ".join(f"{value:.2f}" for value in per_round)
+    )
+    verdict = "met" if p99_ratio <= P99_TARGET else "not met"
+    print(f"p99 sb-otel/bare: {p99_ratio:.2f}x (target <= {P99_TARGET}x: {verdict})")
+    print(f"p50 sb-otel/bare: {s[1] / b[1]:.2f}x; server CPU per lifecycle sb-otel/bare: {s[3] / b[3]:.2f}x")
+    print(
+        f"sb-otel's own share of server CPU: {s[3] - b[3]:.2f} ms per lifecycle "
+        f"({100 * (s[3] - b[3]) / s[3]:.0f} % of serve's {s[3]:.2f} ms)"
+    )
+
+
+# -- where serve's CPU goes: py-spy ----------------------------------------------------------------------------
+
+
+TRANSPARENT = ("sb_otel/__main__.py", "sb_otel/_cli/", "sb_otel/_service/http_guard.py")
+"""sb-otel frames that wrap the whole server (the CLI, the HTTP guard, which the bare server runs too): they own
+no samples themselves."""
+
+
+def _owning(frame: str) -> bool:
+    return "sb_otel/" in frame and not any(part in frame for part in TRANSPARENT)
+
+
+def _innermost_sb_otel(stack: list[str]) -> str | None:
+    for frame in reversed(stack):
+        if _owning(frame):
+            return frame
+    return None
+
+
+def classify(stack: list[str]) -> str:
+    """What a sample (a stack of ``function (file:line)`` frames, outermost first) was spent on: the innermost
+    sb-otel frame's module owns everything beneath it (pydantic, sqlite3, the OpenTelemetry SDK's API calls)."""
+    own = _innermost_sb_otel(stack)
+    if own is not None:
+        for marker, name in (
+            ("sb_otel/_tracking/lifecycle.py", "sb-otel: default lifecycle manager (cwd/git/pyproject reads)"),
+            ("sb_otel/_tracking/sqlite_store.py", "sb-otel: SQLite store"),
+            ("sb_otel/_tracking/", "sb-otel: tracker (validation, model dumps, log lines)"),
+            ("sb_otel/_telemetry/", "sb-otel: telemetry on the request path (plan, child spans, metrics, events)"),
+            ("sb_otel/_service/", "sb-otel: service glue (tool functions, SessionService, auth)"),
+        ):
+            if marker in own:
+                return name
+        return "sb-otel: other"
+    joined = ";".join(stack)
+    web = any(f"/{part}/" in joined for part in ("uvicorn", "starlette", "mcp", "h11", "anyio"))
+    if "/opentelemetry/" in joined and not web:
+        return "OpenTelemetry export threads (batch processors, OTLP encoding, gRPC)"
+    if "/mcp/" in joined and "/opentelemetry/" in joined.split("/mcp/", 1)[1]:
+        return "mcp SDK: its OpenTelemetry request span"
+    if "/mcp/" in joined:
+        return "mcp SDK: transport, dispatcher, tool manager, argument validation (+ anyio, pydantic)"
+    if web:
+        return "uvicorn + h11 + Starlette"
+    return "event loop, threads and the rest"
+
+
+def read_raw(path: Path) -> Iterator[tuple[list[str], int]]:
+    """py-spy's ``--format raw`` (collapsed stacks): ``frame;frame;... count`` per line."""
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack:
+            yield stack.split(";"), int(count)
+
+
+WAITS = (
+    ("_worker", "concurrent/futures/thread.py"),
+    ("Condition.wait", "threading.py"),
+    ("Event.wait", "threading.py"),
+)
+"""Leaf frames of threads blocked in C (a queue's or a lock's wait) that py-spy may still report as active."""
+
+
+def _blocked(leaf: str) -> bool:
+    return any(leaf.startswith(f"{name} (") and f"/{path}:" in leaf for name, path in WAITS)
+
+
+def profile(
+    seconds: float, shells: int, server_args: list[str], cwd: str | None, rate: int, keep: Path | None, gil: bool
+) -> None:
+    """serve alone under load, py-spy attached to it (after a warm-up) for exactly the measured round."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    with tempfile.TemporaryDirectory() as tmp, otlp_receiver() as receiver:
+        raw = keep or Path(tmp, "serve.pyspy.txt")
+        otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+        process, url, _ = start_server(tmp, otlp, server_args)
+        server = Server("sb-otel", process.pid, url)
+        try:
+            load_round(server, shells, min(2.0, seconds), cwd or tmp)
+            command = [spy, "record", "--pid", str(process.pid), "--format", "raw", "--rate", str(rate)]
+            command += [
+                *(["--gil"] if gil else []),
+                "--nonblocking",
+                "--full-filenames",
+                "--duration",
+                str(max(1, round(seconds))),
+                "--output",
+                str(raw),
+            ]
+            spying = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            measured = load_round(server, shells, max(1, round(seconds)), cwd or tmp)
+            _, errors = spying.communicate(timeout=60)
+            if spying.returncode != 0:
+                raise SystemExit(f"py-spy failed: {errors}")
+        finally:
+            process.terminate()
+            process.wait(30)
+        samples = list(read_raw(raw))
+    mode = "GIL holder only" if gil else "all threads on CPU"
+    print(f"\nprofile: sb-otel serve, py-spy attached at {rate} Hz ({mode}), {shells} shells, {seconds:g} s:")
+    print(f"  {describe(measured)}")
+    waiting = sum(count for stack, count in samples if _blocked(stack[-1]))
+    samples = [(stack, count) for stack, count in samples if not _blocked(stack[-1])]
+    total = sum(count for _, count in samples)
+    lifecycles = measured.lifecycles
+    cpu_per = 1000 * measured.cpu / max(1, lifecycles)
+    print(
+        f"  {total:,} samples on CPU ({waiting:,} more of threads blocked in a queue or lock wait, left out); "
+        f"shares scaled to the measured {cpu_per:.2f} ms of server CPU per lifecycle\n"
+    )
+    buckets: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
+    for stack, count in samples:
+        buckets[classify(stack)] += count
+        leaves[_short(stack[-1])] += count
+        for frame in dict.fromkeys(_short(frame) for frame in stack if _owning(frame)):  # once per sample
+            own[frame] += count
+    print("| part | share of samples | ms per lifecycle |")
+    print("|---|---:|---:|")
+    for name, count in buckets.most_common():
+        print(f"| {name} | {100 * count / total:.1f} % | {cpu_per * count / total:.2f} |")
+    print("\nsb-otel functions, inclusive (a function's own time and everything beneath it):")
+    for name, count in own.most_common(20):
+        print(f"  {100 * count / total:5.1f} %  {cpu_per * count / total:5.2f} ms  {name}")
+    print("\nleaf functions (where the CPU was when sampled), all code:")
+    for name, count in leaves.most_common(20):
+        print(f"  {100 * count / total:5.1f} %  {cpu_per * count / total:5.2f} ms  {name}")
+
+
+def _short(frame: str) -> str:
+    """``function (…/package/module.py)`` without the line number or the site-packages prefix."""
+    function, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for anchor in ("site-packages/", str(REPO) + "/", "/lib/python3.11/", "/lib/python3.13/"):
+        if anchor in path:
+            path = path.split(anchor, 1)[1]
+    return f"{function} ({path})"
+
+
+# -- the ledger: what one lifecycle does, plain vs instrumented -----------------------------------------------
+
+WATCHED = {
+    "json.dumps": lambda key: key[0].endswith("json/__init__.py") and key[2] == "dumps",
+    "json.loads": lambda key: key[0].endswith("json/__init__.py") and key[2] == "loads",
+    "pydantic model_dump": lambda key: key[0].endswith("pydantic/main.py") and key[2] == "model_dump",
+    "pydantic model_validate": lambda key: key[0].endswith("pydantic/main.py") and key[2] == "model_validate",
+    "os.stat (is_dir/is_file/exists)": lambda key: key[2] == "<built-in method posix.stat>",
+    "file opens (read_text)": lambda key: key[2] in ("<built-in method io.open>", "<built-in method _io.open>"),
+    "tomllib.loads": lambda key: key[0].endswith("tomllib/_parser.py") and key[2] == "loads",
+    "logger calls": lambda key: key[0].endswith("logging/__init__.py") and key[2] in ("info", "warning", "error"),
+}
+
+
+def ledger(lifecycles: int, cwd: str) -> None:
+    import sb_otel
+    from sb_otel import SessionLifecycleManager, SessionTracker
+
+    def event(n: int) -> dict[str, Any]:
+        return {
+            "event_version": "1.0",
+            "event_id": str(uuid.uuid4()),
+            "event_type": "session_start",
+            "component_name": "oneiric",
+            "shell_type": "LoadShell",
+            "timestamp": datetime.now(timezone.utc).isoformat(),
+            "pid": 1 + n,
+            "user": {"username": "load", "home": "/home/load"},
+            "hostname": "load-host",
+            "environment": {"python_version": "3.11.7", "platform": "Linux", "cwd": cwd},
+        }
+
+    async def run(tracker: Any, statements: list[str], profiler: cProfile.Profile | None) -> tuple[float, float]:
+        """``lifecycles`` lifecycles; returns (wall, CPU of this whole process, export threads included)."""
+        for n in range(3):  # warm-up: the store's first statements, imports
+            started = await tracker.handle_session_start(event(n))
+            await tracker.handle_session_end({"session_id": started.session_id, "timestamp": "2026-02-06T13:00Z"})
+        statements.clear()
+        if profiler is not None:
+            profiler.enable()
+        began, cpu = time.perf_counter(), time.process_time()
+        for n in range(lifecycles):
+            started = await tracker.handle_session_start(event(n))
+            assert started.status == "tracked", started
+            ended = await tracker.handle_session_end(
+                {"session_id": started.session_id, "timestamp": datetime.now(timezone.utc).isoformat()}
+            )
+            assert ended.status == "ended", ended
+        wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+        if profiler is not None:
+            profiler.disable()
+        return wall, cpu
+
+    class NoopManager:
+        """A lifecycle manager that answers at once: what the tracker costs without the default manager."""
+
+        async def initialize_session(self, working_directory: str | None = None) -> dict[str, Any]:
+            return {"success": True}
+
+        async def end_session(self, working_directory: str | None = None) -> dict[str, Any]:
+            return {"success": True}
+
+    columns = ("plain, no-op manager", "plain", "instrumented")
+    with tempfile.TemporaryDirectory() as tmp, otlp_receiver() as receiver:
+        telemetry = sb_otel.configure(set_global=False, endpoint=receiver.endpoint, protocol="grpc")
+        rows: dict[str, tuple[int, Counter[str], Counter[str]]] = {}
+        trackers: dict[str, Any] = {}
+        for number, name in enumerate(columns):
+            manager = NoopManager() if name.endswith("no-op manager") else SessionLifecycleManager()
+            tracker: Any = SessionTracker(manager, store=f"{tmp}/{number}.db")
+            trackers[name] = telemetry.instrument(tracker) if name == "instrumented" else tracker
+            statements: list[str] = []
+            trackers[name].store._db.set_trace_callback(statements.append)
+            profiler = cProfile.Profile()
+            asyncio.run(run(trackers[name], statements, profiler))
+            kinds = Counter(" ".join(text.split()[:2]).upper() for text in statements)
+            rows[name] = (len(statements), kinds, _watched_counts(pstats.Stats(profiler)))
+            trackers[name].store._db.set_trace_callback(None)
+        timings: dict[str, list[tuple[float, float]]] = {name: [] for name in columns}
+        for _ in range(3):  # timed without the profiler, the trackers taking turns
+            for name in columns:
+                timings[name].append(asyncio.run(run(trackers[name], [], None)))
+        micro = _store_micro_costs(trackers["instrumented"])
+        for tracker in trackers.values():
+            tracker.store.close()
+        telemetry.shutdown()
+    print(f"\nledger per lifecycle, in this process, SQLite store, OTLP/gRPC to the receiver, cwd {cwd}")
+    print(f"({lifecycles} lifecycles per tracker; times: best of 3 runs, the trackers taking turns):")
+    print("| | " + " | ".join(f"{name} tracker" for name in columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+
+    def line(label: str, values: list[float], form: str = "{:.1f}") -> None:
+        print(f"| {label} | " + " | ".join(form.format(value) for value in values) + " |")
+
+    line("µs per lifecycle (wall)", [min(timings[n])[0] / lifecycles * 1e6 for n in columns], "{:.0f}")
+    line("µs of CPU per lifecycle (all threads)", [min(timings[n])[1] / lifecycles * 1e6 for n in columns], "{:.0f}")
+    line("SQL statements", [rows[n][0] / lifecycles for n in columns])
+    for kind in sorted({kind for n in columns for kind in rows[n][1]}):
+        line(f"· {kind} …", [rows[n][1][kind] / lifecycles for n in columns])
+    for label in WATCHED:
+        line(label, [rows[n][2][label] / lifecycles for n in columns])
+    print("\nsingle steps, µs each (in this process, no load):")
+    for label, micros in micro.items():
+        print(f"  {micros:7.1f} µs  {label}")
+    _lifecycle_costs(cwd)
+
+
+def _store_micro_costs(tracker: Any) -> dict[str, float]:
+    """What one extra read, one model dump and one JSON dump/parse cost: the units the cuts save."""
+    import json
+
+    from sb_otel._tracking.models import SessionStartEvent
+
+    store = tracker.store
+    record = store.list_sessions(limit=1)[0] if hasattr(store, "list_sessions") else None
+    assert record is not None
+    start = SessionStartEvent.model_validate(record.start_event)
+    dumped = start.model_dump(mode="json")
+    telemetry_text = json.dumps(dict(record.telemetry))
+
+    def each(step: Callable[[], object], times: int = 2000) -> float:
+        step()
+        began = time.perf_counter()
+        for _ in range(times):
+            step()
+        return (time.perf_counter() - began) / times * 1e6
+
+    return {
+        "store.get_by_event_id (a SELECT by event id, record built)": each(
+            lambda: store.get_by_event_id(record.event_id)
+        ),
+        "store.get (a SELECT by session id, record built)": each(lambda: store.get(record.session_id)),
+        "SessionStartEvent.model_dump(mode='json')": each(lambda: start.model_dump(mode="json")),
+        "SessionStartEvent.model_validate (the event, again)": each(lambda: SessionStartEvent.model_validate(dumped)),
+        "json.dumps of the start event": each(lambda: json.dumps(dumped, separators=(",", ":"))),
+        "json.loads of the stored telemetry (span plan + attributes)": each(lambda: json.loads(telemetry_text)),
+    }
+
+
+def _watched_counts(stats: pstats.Stats) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for key, value in stats.stats.items():  # type: ignore[attr-defined]
+        for label, matches in WATCHED.items():
+            if matches(key):
+                counts[label] += value[1]  # primitive + recursive calls
+    return counts
+
+
+def _lifecycle_costs(cwd: str) -> None:
+    """µs per ``describe_start`` / ``describe_end`` (the work a thread does per call), for two directories."""
+    from sb_otel import SessionLifecycleManager
+
+    manager = SessionLifecycleManager()
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp, "project")
+        repo.mkdir()
+        subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+        (repo / "pyproject.toml").write_text('[project]\nname = "demo"\nversion = "1"\n' + "# padding\n" * 100)
+        subprocess.run(["git", "-C", str(repo), "add", "."], check=True)
+        subprocess.run(
+            ["git", "-C", str(repo), "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "x"], check=True
+        )
+        (repo / "src" / "deep").mkdir(parents=True)
+        print("\nthe default lifecycle manager, per call (in this thread, no thread hop):")
+        for label, directory in (
+            ("the load's cwd", cwd),
+            ("a git repo's root with pyproject.toml", str(repo)),
+            ("two levels below it", str(repo / "src" / "deep")),
+        ):
+            for method in (manager.describe_start, manager.describe_end):
+                method(directory)
+                began = time.perf_counter()
+                for _ in range(500):
+                    method(directory)
+                micros = (time.perf_counter() - began) / 500 * 1e6
+                profiler = cProfile.Profile()
+                profiler.runcall(lambda: [method(directory) for _ in range(50)])  # noqa: B023 - called at once
+                counts = _watched_counts(pstats.Stats(profiler))
+                calls = ", ".join(
+                    f"{counts[key] / 50:.0f} {key.split(' (')[0]}"
+                    for key in ("os.stat (is_dir/is_file/exists)", "file opens (read_text)", "tomllib.loads")
+                )
+                print(f"  {method.__name__:>14} {micros:6.1f} µs  ({calls})  {label}")
+            began = time.perf_counter()
+            for _ in range(500):
+                os.stat(directory)
+            stat = (time.perf_counter() - began) / 500 * 1e6
+            print(f"  {'os.stat':>14} {stat:6.1f} µs  (of the directory alone: what a cached answer still checks)")
+        hop = asyncio.run(_thread_hop())
+        print(f"  asyncio.to_thread round trip of a no-op: {hop:.1f} µs (each call pays one)")
+
+
+async def _thread_hop() -> float:
+    await asyncio.to_thread(int)
+    began = time.perf_counter()
+    for _ in range(500):
+        await asyncio.to_thread(int)
+    return (time.perf_counter() - began) / 500 * 1e6
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5, help="per server per round")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--shells", type=int, default=8)
+    parser.add_argument("--server-args", default="", help="extra arguments for sb-otel serve, one string")
+    parser.add_argument("--cwd", default=None, help="the shells' working directory (default: a fresh temp dir)")
+    parser.add_argument("--no-compare", action="store_true", help="skip the interleaved comparison")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
+    parser.add_argument("--no-ledger", action="store_true", help="skip the in-process ledger")
+    parser.add_argument("--profile-seconds", type=float, default=8)
+    parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument(
+        "--profile-gil", action="store_true", help="sample only the thread holding the GIL (py-spy --gil)"
+    )
+    parser.add_argument("--keep-profile", type=Path, default=None, help="write py-spy's raw stacks here")
+    parser.add_argument("--ledger-lifecycles", type=int, default=300)
+    arguments = parser.parse_args()
+    extra = shlex.split(arguments.server_args)
+    if not arguments.no_compare:
+        compare(arguments.seconds, arguments.rounds, arguments.shells, extra, arguments.cwd)
+    if not arguments.no_profile:
+        profile(
+            arguments.profile_seconds,
+            arguments.shells,
+            extra,
+            arguments.cwd,
+            arguments.profile_rate,
+            arguments.keep_profile,
+            arguments.profile_gil,
+        )
+    if not arguments.no_ledger:
+        with tempfile.TemporaryDirectory() as directory:
+            ledger(arguments.ledger_lifecycles, arguments.cwd or directory)
