@@ -86,6 +86,27 @@ def test_sessions_filters() -> None:
     assert "trace id" in table.output
 
 
+def test_sessions_summary_counts_each_status_per_component_and_the_crash_free_rate() -> None:
+    """--summary: the demo's six sessions by component and status, the counts equal to the listing's, and
+    crash-free = 1 − (crashed + abnormal) / ended; a table without --json."""
+    assert run("demo").exit_code == 0
+    listed = data(run("sessions", "--json"))
+    rows = {row["component_name"]: row for row in data(run("sessions", "--summary", "--json"))}
+    for name in {s["component_name"] for s in listed}:
+        for status in ("open", "exited", "crashed", "abnormal"):
+            expected = sum(1 for s in listed if s["component_name"] == name and s["status"] == status)
+            assert rows[name][status] == expected, (name, status)
+    total = rows["(all)"]
+    assert (total["ended"], total["crashed"], total["abnormal"]) == (6, 1, 1)
+    assert total["crash_free_rate"] == round(1 - 2 / 6, 4)
+    only = data(run("sessions", "--summary", "--component", "oneiric", "--json"))
+    assert [row["component_name"] for row in only] == ["oneiric"]
+    table = run("sessions", "--summary")
+    assert table.exit_code == 0
+    assert "crash-free" in table.output
+    assert "66.7%" in table.output
+
+
 def test_since_with_a_bad_value_is_one_line() -> None:
     """A mistake is one line naming the option and the fix, exit code 2."""
     result = run("sessions", "--since", "yesterday")

@@ -141,6 +141,17 @@ def test_list_sessions_filters_and_orders_newest_first(store: SessionStore) -> N
     assert [r.session_id for r in store.list_sessions(limit=1)] == [c.session_id]
 
 
+def test_count_sessions_groups_by_component_and_status(store: SessionStore) -> None:
+    """The store counts itself (no records loaded): per component and status, optionally since a time."""
+    store.create(new_session("mahavishnu", T0))
+    b, _ = store.create(new_session("oneiric", T0 + timedelta(minutes=1)))
+    c, _ = store.create(new_session("oneiric", T0 + timedelta(minutes=2)))
+    store.finish(b.session_id, SessionEnding("exited", T0 + timedelta(minutes=3)))
+    store.finish(c.session_id, SessionEnding("crashed", T0 + timedelta(minutes=4)))
+    assert store.count_sessions() == {("mahavishnu", "open"): 1, ("oneiric", "exited"): 1, ("oneiric", "crashed"): 1}
+    assert store.count_sessions(since=T0 + timedelta(seconds=90)) == {("oneiric", "crashed"): 1}
+
+
 # -- SQLite specifics --------------------------------------------------------------------------------------
 
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from typing import Any
 
 import click
+from rich import box
 from rich.table import Table
 
 from sb_otel._cli.app import _console, _json_option, _store_option, cli
 from sb_otel._cli.output import _detail, _sessions_table, _summary, plain
 from sb_otel._exceptions import ConfigError
 from sb_otel._settings import MAX_DURATION, parse_duration
-from sb_otel._tracking.store import SESSION_STATUSES
+from sb_otel._tracking.store import SESSION_STATUSES, SessionStatus
 from sb_otel._tracking.store_factory import open_store
 
 
@@ -22,6 +24,9 @@ from sb_otel._tracking.store_factory import open_store
 @click.option("--component", default=None, help="Only this component (e.g. mahavishnu).")
 @click.option("--since", default=None, metavar="WHEN", help="Started after: a duration ago (2h, 7d) or an ISO time.")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@click.option(
+    "--summary", is_flag=True, help="Counts per component instead: open, exited, crashed, abnormal, crash-free rate."
+)
 @_json_option
 @_store_option
 def sessions(
@@ -30,13 +35,27 @@ def sessions(
     component: str | None,
     since: str | None,
     limit: int,
+    summary: bool,
     as_json: bool,
     store_location: str | None,
 ) -> int:
-    """List sessions, newest first."""
+    """List sessions, newest first (or, with --summary, how they ended per component)."""
     if only_open and status not in (None, "open"):
         raise click.UsageError("--open and --status are exclusive; use one of them")
     store = open_store(store_location, read_only=True)
+    if summary:
+        try:
+            counts = store.count_sessions(since=_since(since))
+        finally:
+            store.close()
+        rows = summarise(counts, component)
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+        elif not rows:
+            click.echo("No sessions match. Run 'sb-otel demo' to make some, or check SB_OTEL_STORE.")
+        else:
+            _console().print(_summary_table(rows))
+        return 0
     try:
         found = store.list_sessions(
             status="open" if only_open else status,  # type: ignore[arg-type]
@@ -53,6 +72,40 @@ def sessions(
     else:
         _console().print(_sessions_table(found))
     return 0
+
+
+def summarise(counts: dict[tuple[str, SessionStatus], int], component: str | None) -> list[dict[str, Any]]:
+    """One row per component (and a total): sessions per status, and the crash-free rate of the ended ones.
+
+    Crash-free rate (Sentry's release-health measure, DESIGN.md): 1 − (crashed + abnormal) / ended; ``None``
+    while nothing has ended."""
+    per_component: dict[str, dict[str, int]] = {}
+    for (name, status), count in counts.items():
+        if component is None or name == component:
+            per_component.setdefault(name, dict.fromkeys(SESSION_STATUSES, 0))[status] += count
+    rows: list[dict[str, Any]] = [{"component_name": name, **tally} for name, tally in sorted(per_component.items())]
+    if len(rows) > 1:
+        rows.append({"component_name": "(all)", **{s: sum(row[s] for row in rows) for s in SESSION_STATUSES}})
+    for row in rows:
+        ended = row["exited"] + row["crashed"] + row["abnormal"]
+        row["ended"] = ended
+        row["crash_free_rate"] = round(1 - (row["crashed"] + row["abnormal"]) / ended, 4) if ended else None
+    return rows
+
+
+def _summary_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("component", no_wrap=True)
+    for status in (*SESSION_STATUSES, "crash-free"):
+        table.add_column(status, justify="right")
+    for row in rows:
+        rate = row["crash_free_rate"]
+        table.add_row(
+            plain(row["component_name"]),
+            *(str(row[status]) for status in SESSION_STATUSES),
+            "-" if rate is None else f"{rate:.1%}",
+        )
+    return table
 
 
 @cli.command()

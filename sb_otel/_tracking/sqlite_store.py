@@ -430,6 +430,13 @@ class SqliteSessionStore:
             rows = self._db.execute(sql, params).fetchall()
         return [_record(row) for row in rows]
 
+    def count_sessions(self, *, since: datetime | None = None) -> dict[tuple[str, SessionStatus], int]:
+        where, params = ("WHERE started_at >= ?", [_iso(since)]) if since is not None else ("", [])
+        sql = f"SELECT component_name, status, COUNT(*) FROM sessions {where} GROUP BY component_name, status"
+        with self._lock, _translated(self.path):
+            rows = self._db.execute(sql, params).fetchall()
+        return {(component, status): count for component, status, count in rows}
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -119,6 +119,11 @@ class SessionStore(Protocol):
         """Sessions matching every given filter, newest start first."""
         ...
 
+    def count_sessions(self, *, since: datetime | None = None) -> dict[tuple[str, SessionStatus], int]:
+        """How many sessions each component has in each status (started at or after ``since``), counted by the
+        store itself: a summary must not load every record."""
+        ...
+
     def close(self) -> None:
         """Release connections; the store must not be used afterwards."""
         ...
@@ -262,6 +267,15 @@ class InMemorySessionStore:
             ]
         found.sort(key=lambda record: (record.started_at, record.session_id), reverse=True)
         return found if limit is None else found[:limit]
+
+    def count_sessions(self, *, since: datetime | None = None) -> dict[tuple[str, SessionStatus], int]:
+        counts: dict[tuple[str, SessionStatus], int] = {}
+        with self._lock:
+            for record in self._sessions.values():
+                if since is None or record.started_at >= since:
+                    key = (record.component_name, record.status)
+                    counts[key] = counts.get(key, 0) + 1
+        return counts
 
     def close(self) -> None:
         """Nothing to release."""
