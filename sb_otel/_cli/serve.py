@@ -54,6 +54,13 @@ from sb_otel._version import __version__
     default=False,
     help="Listen beyond loopback without a secret (also SB_OTEL_ALLOW_UNAUTHENTICATED=true).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="http: processes accepting on the one port over the one store (one reaper, one exporter among them).",
+)
 @_store_option
 def serve(
     transport: str,
@@ -64,6 +71,7 @@ def serve(
     http_mode: str,
     log_level: str,
     allow_unauthenticated: bool,
+    workers: int,
     store_location: str | None,
 ) -> int:
     """Serve track_session_start / track_session_end over MCP (stdio or streamable HTTP).
@@ -98,31 +106,48 @@ def serve(
         http_limits_setting()  # and the SB_OTEL_HTTP_* limits
         secrets = Secrets(sb_otel=SB_OTEL_SECRET.read(), session_buddy=SESSION_BUDDY_SECRET.read())
         check_exposure(host, secrets, allow_unauthenticated=allow)  # before the store and telemetry are opened
-    store = open_store(store_location)
-    telemetry = configure()  # global: the mcp SDK's request spans go to the same pipeline
+    elif workers > 1:
+        raise click.UsageError("--workers needs --transport http (stdio has one client)")
+    listener = None
+    if workers > 1:
+        from sb_otel._service.server import listening_socket
+        from sb_otel._service.workers import run_workers
 
-    def ready(where: str) -> None:
-        click.echo(f"sb-otel {__version__}: MCP server on {where}; telemetry: {telemetry.destination}", err=True)
+        listener = listening_socket(host, port)
 
-    tracker = telemetry.instrument(SessionTracker(SessionLifecycleManager(), store=store))
-    try:
-        asyncio.run(
-            serve_mcp(
-                tracker,
-                transport="http" if transport == "http" else "stdio",
-                host=host,
-                port=port,
-                path=path,
-                reap_interval=interval,
-                http_mode="session" if http_mode == "session" else "stateless",
-                on_ready=ready,
-                telemetry=telemetry.destination,
-                allow_unauthenticated=allow,
+    def run(index: int) -> int:
+        store = open_store(store_location)
+        telemetry = configure()  # global: the mcp SDK's request spans go to the same pipeline
+
+        def ready(where: str) -> None:
+            if index == 0:
+                group = f" {workers} workers;" if workers > 1 else ""
+                line = f"sb-otel {__version__}: MCP server on {where};{group} telemetry: {telemetry.destination}"
+                click.echo(line, err=True)
+
+        tracker = telemetry.instrument(SessionTracker(SessionLifecycleManager(), store=store))
+        try:
+            asyncio.run(
+                serve_mcp(
+                    tracker,
+                    transport="http" if transport == "http" else "stdio",
+                    host=host,
+                    port=port,
+                    path=path,
+                    reap_interval=interval,
+                    http_mode="session" if http_mode == "session" else "stateless",
+                    on_ready=ready,
+                    telemetry=telemetry.destination,
+                    allow_unauthenticated=allow,
+                    listener=listener,
+                    reaper=index == 0,
+                )
             )
-        )
-    except KeyboardInterrupt:
-        pass
-    finally:
-        telemetry.shutdown()
-        store.close()
-    return 0
+        except KeyboardInterrupt:
+            pass
+        finally:
+            telemetry.shutdown()
+            store.close()
+        return 0
+
+    return run(0) if workers == 1 else run_workers(workers, run)

@@ -432,8 +432,13 @@ async def serve(
     telemetry: str | None = None,
     limits: HttpLimits | None = None,
     allow_unauthenticated: bool | None = None,
+    listener: socket.socket | None = None,
+    reaper: bool = True,
 ) -> None:
     """Serve ``tracker`` over MCP until the transport closes (stdin ends) or the process is interrupted.
+
+    ``listener``: an already listening socket to accept on (``sb-otel serve --workers``: each worker process
+    accepts on the one socket their supervisor bound); ``reaper=False`` leaves reaping to another worker.
 
     Abandoned sessions are reaped once at start-up (those a crashed server left open) and then every
     ``reap_interval`` (default ``SB_OTEL_REAP_INTERVAL``, else 5 minutes). Over HTTP, the limits, allowed
@@ -448,9 +453,11 @@ async def serve(
         allow = allow_unauthenticated if allow_unauthenticated is not None else allow_unauthenticated_setting()
         check_exposure(host, service.secrets, allow_unauthenticated=allow)
     server = build_server(service)
-    _reap_logged(tracker)
+    if reaper:
+        _reap_logged(tracker)
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(_reap_every, tracker, interval)
+        if reaper:
+            tasks.start_soon(_reap_every, tracker, interval)
         if transport == "stdio":
             if on_ready is not None:
                 on_ready("stdio")
@@ -466,17 +473,26 @@ async def serve(
                 allowed_hosts=_list_setting(SB_OTEL_ALLOWED_HOSTS.read()),
                 allowed_origins=_list_setting(SB_OTEL_ALLOWED_ORIGINS.read()),
             )
-            # IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets that name it, and with
-            # Nagle on, a response's body waits for the client's delayed ACK of its headers (~40 ms per call).
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
+            sock = listener if listener is not None else listening_socket(host, port)
             url = f"http://{host}:{sock.getsockname()[1]}{path}"
             tasks.start_soon(_announce_when_started, web, url, on_ready)
             with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises SIGINT/SIGTERM once it has stopped
                 await web.serve(sockets=[sock])
         tasks.cancel_scope.cancel()
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (0: any free port), for uvicorn to listen on.
+
+    IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets that name it, and with Nagle
+    on, a response's body waits for the client's delayed ACK of its headers (~40 ms per call)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)  # before any worker forks: every worker accepts from this one queue
+    sock.set_inheritable(True)
+    return sock
 
 
 def configure_server_logging(level: LogLevel = "WARNING") -> None:
