@@ -71,7 +71,7 @@ def serve(
     session_ttl()  # a bad SB_OTEL_SESSION_TTL fails now, as one line, not in the reaper later
     token_max_age_setting()  # likewise SB_OTEL_TOKEN_MAX_AGE, before the first call
     store = open_store(store_location)
-    telemetry = configure()  # global: the mcp SDK's request spans go to the same pipeline
+    telemetry = configure(store=store)  # global: the mcp SDK's request spans go to the same pipeline
 
     def ready(where: str) -> None:
         click.echo(f"sb-otel {__version__}: MCP server on {where}; telemetry: {telemetry.destination}", err=True)
