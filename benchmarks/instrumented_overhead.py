@@ -11,6 +11,10 @@ separate process, as a collector would):
   same way: what no instrumentation can beat (throughput ceiling, latency floor) for this much telemetry.
 * **instrumented**: ``instrument(SessionTracker(...))`` with the same providers, collector up; then again with
   nothing listening on the endpoint.
+* **outbox**: sb-otel's own pipeline as ``configure(store=...)`` builds it: spans and log records written to the
+  tracker's SQLite store, root spans sent from the store. Once with the exporter as a thread in the same process
+  (the phase's time includes draining everything), once with ``sb-otel export --follow`` in another process
+  holding the lease (the phase's time is the request path; the drain lag after the last call is printed).
 
 The instrumentation's own overhead is what exceeds plain + floor. Each phase's time includes flushing its
 telemetry, so background export work is counted (except with nothing listening, where a flush only waits for
@@ -207,6 +211,49 @@ class _Discard(SpanExporter):
 
     def export(self, spans: Sequence[Any]) -> SpanExportResult:
         return SpanExportResult.SUCCESS
+
+
+def run_outbox(name: str, count: int, tmp: Path, endpoint: str, *, external: bool) -> tuple[Phase, float]:
+    """Lifecycles through ``configure(store=...)``'s outbox pipeline; returns the phase and the seconds from the
+    last call until the store was drained."""
+    import sb_otel
+
+    path = tmp / f"{name.replace(' ', '-').replace(',', '')}.db"
+    store = SqliteSessionStore(path)
+    exporter = None
+    if external:
+        env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+        exporter = subprocess.Popen(
+            [sys.executable, "-m", "sb_otel", "export", "--store", str(path), "--follow", "--interval", "0.1s"],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        while (lease := store.current_lease()) is None or lease.holder.split(":")[-2] != str(exporter.pid):
+            time.sleep(0.05)  # a benchmark waiting for a subprocess, not a test
+    telemetry = sb_otel.configure(
+        endpoint=endpoint, protocol="grpc", service_name="sb-otel-bench", set_global=False, store=store
+    )
+    tracker = telemetry.instrument(SessionTracker(NoOpLifecycle(), store=store))
+    phase = Phase(name, 0.0, count)
+    began = time.perf_counter()
+    asyncio.run(_lifecycles(tracker, count, phase))
+    loop_done = time.perf_counter()
+    if not external:
+        telemetry.force_flush(600_000)
+    while True:
+        backlog = store.export_backlog()
+        if not backlog.outbox and not backlog.pending_root_spans:
+            break
+        time.sleep(0.05)
+    drained = time.perf_counter()
+    phase.seconds = (loop_done if external else drained) - began
+    tracker.uninstrument()
+    telemetry.shutdown()
+    if exporter is not None:
+        exporter.terminate()
+        exporter.wait(30)
+    store.close()
+    return phase, drained - loop_done
 
 
 def closed_port() -> int:
@@ -467,10 +514,15 @@ def main() -> None:
         providers.shutdown()
         shutdown_s = time.perf_counter() - shutdown_began
 
+        outbox_thread, thread_lag = run_outbox("outbox, exporter thread", n, tmp, endpoint, external=False)
+        outbox_thread.arrived = receiver.arrived(clear=True)
+        outbox_process, process_lag = run_outbox("outbox, exporter process", n, tmp, endpoint, external=True)
+        outbox_process.arrived = receiver.arrived(clear=True)
+
         print(f"{n} lifecycles per phase, SQLite store, no-op lifecycle manager, OTLP/gRPC batch export\n")
         header = f"{'phase':<34}{'µs/lifecycle':>13}{'lifecycles/s':>14}{'p50 ms':>8}{'p99 ms':>8}{'spans in':>10}"
         print(header)
-        for phase in (plain, floor, ceiling, up, down):
+        for phase in (plain, floor, ceiling, up, down, outbox_thread, outbox_process):
             latencies = phase.start_ms + phase.end_ms
             p50 = f"{_pct(latencies, 50):8.3f}" if latencies else f"{'':>8}"
             p99 = f"{_pct(latencies, 99):8.3f}" if latencies else f"{'':>8}"
@@ -481,6 +533,12 @@ def main() -> None:
         print(f"logs in: floor {floor.arrived.get('logs', 0):,}, instrumented {up.arrived.get('logs', 0):,}")
         print(f"ratio instrumented / (plain + floor): {up.per_lifecycle_us / budget:.2f}  (target ≤ 1.30)")
         print(f"sb-otel's own overhead: {up.per_lifecycle_us - budget:,.1f} µs per lifecycle")
+        for phase, lag in ((outbox_thread, thread_lag), (outbox_process, process_lag)):
+            print(
+                f"{phase.name}: ratio {phase.per_lifecycle_us / budget:.2f} of (plain + floor), handle p99 "
+                f"{_pct(phase.start_ms + phase.end_ms, 99):.2f} ms, logs in {phase.arrived.get('logs', 0):,}, "
+                f"store drained {lag:.1f} s after the last call"
+            )
         print(
             f"ceiling with no sb-otel code (plain + floor in one loop): {ceiling.rate:,.0f} lifecycles/s, "
             f"handle p99 {_pct(ceiling.start_ms + ceiling.end_ms, 99):.2f} ms (targets: 2,000/s, p99 ≤ 2 ms)"

@@ -191,6 +191,18 @@ OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED = Setting(
     "(`otel.sdk.exporter.*`, `otel.sdk.processor.*`), exported with sb-otel's metrics; `false` turns them off.",
 )
 
+SB_OTEL_OUTBOX_MAX_ROWS = Setting(
+    env="SB_OTEL_OUTBOX_MAX_ROWS",
+    default="`200000`",
+    description="Most spans and log records the store keeps while the collector is unreachable; beyond it the "
+    "oldest are dropped (counted: `sb.telemetry.outbox.dropped`, `sb-otel doctor`).",
+)
+SB_OTEL_OUTBOX_MAX_AGE = Setting(
+    env="SB_OTEL_OUTBOX_MAX_AGE",
+    default="`7d`",
+    description="Spans and log records not exported within this time are dropped, oldest first (counted).",
+)
+
 SETTINGS: tuple[Setting, ...] = (
     SB_OTEL_DATA_DIR,
     SB_OTEL_STORE,
@@ -212,6 +224,8 @@ SETTINGS: tuple[Setting, ...] = (
     SB_OTEL_EMIT_DRAIN,
     SB_OTEL_JAEGER_URL,
     SB_OTEL_METRIC_LABEL_LIMIT,
+    SB_OTEL_OUTBOX_MAX_ROWS,
+    SB_OTEL_OUTBOX_MAX_AGE,
     OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_EXPORTER_OTLP_PROTOCOL,
     OTEL_EXPORTER_OTLP_HEADERS,

@@ -1,11 +1,12 @@
-"""The ``sb-otel`` command line: demo, serve, sessions, show, emit, reap, doctor.
+"""The ``sb-otel`` command line: demo, serve, sessions, show, emit, export, reap, doctor.
 
 Output is for people (rich tables and trees) unless ``--json`` asks for data. A user mistake — a bad option, an
 unusable store or setting, an unknown session — is one line on stderr that says what to do, with a non-zero exit
 code; never a traceback. Rich output stays in this package (one module per command group); the work happens in
 the layers below. Each command's module is imported only when that command runs (or ``--help`` lists it), and
 ``emit start|end`` as a shell's profile runs them are answered before click is imported
-(:mod:`sb_otel._cli.emit_argv`): a shell's start-up pays for neither.
+(:mod:`sb_otel._cli.emit_argv`): a shell's start-up pays for neither. Likewise ``sb-otel export`` steps aside
+before any of that when another process already exports the store (:mod:`sb_otel._cli.export_gate`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = run(args)
         if code is not None:
             return code
+    if args[:1] == ["export"]:
+        from sb_otel._cli.export_gate import lease_note
+
+        note = lease_note(args[1:])
+        if note is not None:
+            print(note)
+            return 0
     from sb_otel._cli.app import main as click_main
 
     return click_main(args)

@@ -26,6 +26,7 @@ COMMAND_MODULES = {
     "doctor": "doctor",
     "emit": "emit",
     "example": "demo",
+    "export": "export",
     "reap": "reap",
     "serve": "serve",
     "sessions": "sessions",

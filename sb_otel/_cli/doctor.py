@@ -33,7 +33,13 @@ from sb_otel._tracking.store_factory import open_store
 @_store_option
 def doctor(as_json: bool, store_location: str | None) -> int:
     """Check the configuration, the store and the telemetry endpoint, with advice for each problem."""
-    checks = [_check_settings(), _check_store(store_location), _check_telemetry(), _check_mcp()]
+    checks = [
+        _check_settings(),
+        _check_store(store_location),
+        _check_telemetry(),
+        _check_outbox(store_location),
+        _check_mcp(),
+    ]
     if as_json:
         click.echo(json.dumps(checks, indent=2))
     else:
@@ -99,6 +105,37 @@ def _check_store(location: str | None) -> dict[str, Any]:
             advice = "free space on that disk: when it is full, starts and ends answer status=error until it is not"
             return {"name": "store", "status": "warn", "detail": f"{detail}; {free_mb:.0f} MB free", "advice": advice}
     return {"name": "store", "status": "ok", "detail": detail, "advice": ""}
+
+
+def _check_outbox(location: str | None) -> dict[str, Any]:
+    """Telemetry waiting in the store, what was dropped, and who exports it."""
+    import time
+
+    try:
+        store = open_store(location)
+        try:
+            backlog = store.export_backlog()  # type: ignore[attr-defined]
+            lease = store.current_lease()  # type: ignore[attr-defined]
+        finally:
+            store.close()
+    except (SbOtelError, AttributeError) as exc:
+        return {"name": "outbox", "status": "warn", "detail": f"not readable: {exc}", "advice": ""}
+    waiting = sum(backlog.outbox.values())
+    dropped = {reason: count for reason, count in backlog.dropped.items() if count}
+    exporting = lease is not None and lease.expires_at > time.time()
+    detail = (
+        f"{waiting} span/log record(s) and {backlog.pending_root_spans} root span(s) waiting; "
+        f"dropped: {', '.join(f'{n} {reason}' for reason, n in dropped.items()) or 'none'}; "
+        f"exporter: {lease.holder if exporting and lease is not None else 'none running'}"
+    )
+    if dropped or (waiting + backlog.pending_root_spans and not exporting):
+        advice = (
+            "run 'sb-otel export' (or 'sb-otel export --follow' as a service) with the collector reachable"
+            if not exporting
+            else "telemetry was dropped: is the collector reachable? see the log's 'sb-otel dropped' lines"
+        )
+        return {"name": "outbox", "status": "warn", "detail": detail, "advice": advice}
+    return {"name": "outbox", "status": "ok", "detail": detail, "advice": ""}
 
 
 def _check_telemetry() -> dict[str, Any]:

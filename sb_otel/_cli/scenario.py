@@ -89,7 +89,14 @@ async def run_demo(store: SessionStore, telemetry: Telemetry, *, now: datetime |
     unknown = await tracker.handle_session_end(_end_event(UNKNOWN_SESSION, moment, SCRIPT[0]))
     reaped = reap(tracker, now=moment, only=set(ids))
     records = [record for session_id in ids if (record := store.get(session_id)) is not None]
-    return DemoRun(records, reaped, unknown, list(captured.get_finished_spans()))
+    spans = list(captured.get_finished_spans())
+    if telemetry.store_exporter is not None:  # root spans the exporter sends from the store, built as it will
+        shown = {span.context.span_id for span in spans}
+        for record in records:
+            root = telemetry.store_exporter.build_root_span(record)
+            if root is not None and root.context.span_id not in shown:
+                spans.append(root)
+    return DemoRun(records, reaped, unknown, spans)
 
 
 def _dead_pid() -> int:

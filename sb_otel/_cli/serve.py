@@ -117,7 +117,7 @@ def serve(
 
     def run(index: int) -> int:
         store = open_store(store_location)
-        telemetry = configure()  # global: the mcp SDK's request spans go to the same pipeline
+        telemetry = configure(store=store)  # global: the mcp SDK's request spans go to the same pipeline
 
         def ready(where: str) -> None:
             if index == 0:

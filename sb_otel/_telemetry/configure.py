@@ -8,6 +8,11 @@ endpoints), an unset argument is passed on as ``None`` so the SDK's exporters re
 With no OTLP endpoint anywhere, telemetry goes to OTLP JSON Lines files under the data directory: nothing is
 lost, and the collector's ``otlpjsonfile`` receiver can ingest the files later.
 
+sb-otel's own span and log pipelines write to the session store first (the outbox, :mod:`sb_otel._telemetry.outbox`)
+and a background thread exports from there (:mod:`sb_otel._telemetry.store_exporter`) while this process holds the
+store's exporter lease: spans and log records survive a crash, a collector outage and a bad record, and no export
+work runs in the request path. Metrics keep the SDK's periodic reader.
+
 Providers the host application already installed are used as they are, signal by signal: an application that
 set up its own tracing keeps it, and gets sb-otel's pipeline for metrics and logs only. configure adds no exporter
 to the application's providers, and its own pipeline is set up once, however often it is called.
@@ -32,7 +37,6 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from sb_otel._exceptions import ConfigError
 from sb_otel._settings import (
@@ -47,6 +51,11 @@ from sb_otel._settings import (
 )
 from sb_otel._telemetry import otel_logs as otel_logs
 from sb_otel._telemetry.instrumentation import InstrumentedSessionTracker, instrument
+from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSpanProcessor, mark_store_pipeline
+from sb_otel._telemetry.store_exporter import StoreExporter
+from sb_otel._tracking.export_state import TelemetryStore
+from sb_otel._tracking.store import SessionStore
+from sb_otel._tracking.store_factory import open_store
 
 Protocol = Literal["grpc", "http/protobuf"]
 
@@ -79,6 +88,10 @@ class Telemetry:
     they are, and never shut down by sb-otel."""
     exporters: tuple[Any, ...] = field(default=(), repr=False)
     """The exporters behind the providers, stopped outright when a shutdown runs out of time."""
+    store_exporter: StoreExporter | None = field(default=None, repr=False)
+    """The thread exporting the store's root spans and outbox (sb-otel's own span/log pipelines)."""
+    store: TelemetryStore | None = field(default=None, repr=False)
+    """The store the outbox writes to."""
     _closed: bool = field(default=False, repr=False)
 
     @property
@@ -107,11 +120,13 @@ class Telemetry:
         )
 
     def force_flush(self, timeout_millis: int = 5_000) -> None:
-        """Push out what the batch processors hold (bounded by ``timeout_millis`` per signal)."""
+        """Push out what the processors hold and what waits in the store (bounded by ``timeout_millis`` each)."""
         for provider in (self.tracer_provider, self.logger_provider, self.meter_provider):
             flush = getattr(provider, "force_flush", None)
             if flush is not None:
                 flush(timeout_millis)
+        if self.store_exporter is not None:
+            self.store_exporter.drain(deadline=time.monotonic() + timeout_millis / 1000)
 
     def shutdown(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> bool:
         """Flush and stop the pipelines sb-otel made, waiting at most ``timeout_s`` in all.
@@ -129,16 +144,23 @@ class Telemetry:
         with _lock:
             if _configured is self:
                 _configured = None
+        deadline = time.monotonic() + timeout_s
+        if self.store_exporter is not None:  # the last rows out while the exporters still run
+            self.store_exporter.stop(timeout_s * 0.8)
         stops = [
             threading.Thread(target=provider.shutdown, name=f"sb-otel-shutdown-{index}", daemon=True)
             for index, provider in enumerate(self._own_providers())
         ]
         for stop in stops:
             stop.start()
-        deadline = time.monotonic() + timeout_s
         for stop in stops:
             stop.join(max(0.0, deadline - time.monotonic()))
         flushed = not any(stop.is_alive() for stop in stops)
+        if self.store_exporter is not None:  # not owned by a processor: the outbox pipeline's exporters
+            for exporter in (self.store_exporter.span_exporter, self.store_exporter.log_exporter):
+                with contextlib.suppress(Exception):
+                    if exporter is not None:
+                        exporter.shutdown()
         if not flushed:
             for exporter in self.exporters:  # stops their retry loops, so no thread outlives the deadline by much
                 with contextlib.suppress(Exception):
@@ -164,6 +186,7 @@ def configure(
     redact: str | None = None,
     disabled: bool | None = None,
     set_global: bool = True,
+    store: SessionStore | None = None,
 ) -> Telemetry:
     """Set up traces, metrics and logs for sb-otel, over OTLP or into local files.
 
@@ -178,6 +201,8 @@ def configure(
         disabled: export nothing (else ``OTEL_SDK_DISABLED=true``).
         set_global: use the SDK providers the application installed globally, and install sb-otel's own as
             the global ones for the other signals. ``False`` leaves global state alone: a private pipeline.
+        store: the session store whose outbox and root spans this pipeline uses (default ``SB_OTEL_STORE``);
+            pass the tracker's store so the exporter sends its root spans from the store.
 
     Returns the :class:`Telemetry` in use. With ``set_global``, a second call returns the first call's unchanged.
     """
@@ -196,7 +221,15 @@ def configure(
             return _configured
         host = _host_providers() if set_global else {}
         telemetry = _build(
-            service_name, endpoint, protocol, headers, resource_attributes, telemetry_dir, redact=redact, host=host
+            service_name,
+            endpoint,
+            protocol,
+            headers,
+            resource_attributes,
+            telemetry_dir,
+            redact=redact,
+            host=host,
+            store=store,
         )
         if set_global:
             if "traces" not in host:
@@ -229,8 +262,10 @@ def _build(
     *,
     redact: str | None,
     host: Mapping[str, Any],
+    store: SessionStore | None = None,
 ) -> Telemetry:
-    """Providers for the signals ``host`` lacks, each with a batching pipeline to one exporter."""
+    """Providers for the signals ``host`` lacks: metrics through the SDK's periodic reader, spans and logs
+    through the store's outbox and the exporter thread."""
     needed = [signal for signal in _SIGNALS if signal not in host]
     if not needed:
         return Telemetry(
@@ -251,18 +286,35 @@ def _build(
         exporters["metrics"] = factories["metrics"](None)
         reader = PeriodicExportingMetricReader(exporters["metrics"])
         meter_provider = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
+    outbox: Outbox | None = None
+    if "traces" in needed or "logs" in needed:
+        drained = _default_store() if store is None else store
+        if not isinstance(drained, TelemetryStore):
+            raise ConfigError(f"the session store {drained!r} keeps no telemetry outbox")
+        outbox = Outbox(drained)
     tracer_provider = host.get("traces")
-    if tracer_provider is None:
+    if tracer_provider is None and outbox is not None:
         exporters["traces"] = factories["traces"](meter_provider)
         tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-        tracer_provider.add_span_processor(BatchSpanProcessor(exporters["traces"], meter_provider=meter_provider))
+        tracer_provider.add_span_processor(OutboxSpanProcessor(outbox))
+        mark_store_pipeline(tracer_provider, outbox.store)
     logger_provider = host.get("logs")
-    if logger_provider is None:
+    if logger_provider is None and outbox is not None:
         exporters["logs"] = factories["logs"](meter_provider)
         logger_provider = otel_logs.SdkLoggerProvider(resource=resource, shutdown_on_exit=False)
-        logger_provider.add_log_record_processor(
-            otel_logs.BatchLogRecordProcessor(exporters["logs"], meter_provider=meter_provider)
+        logger_provider.add_log_record_processor(OutboxLogRecordProcessor(outbox))
+    store_exporter = None
+    if outbox is not None:
+        store_exporter = StoreExporter(
+            outbox.store,
+            exporters.get("traces"),
+            exporters.get("logs"),
+            resource=resource,
+            redact=redact,
+            outbox=outbox,
+            meter_provider=meter_provider,
         )
+        store_exporter.start()
     if host:  # e.g. "metrics, logs: OTLP grpc → …; traces: the application's own OpenTelemetry providers"
         where = f"{', '.join(needed)}: {where}; {', '.join(sorted(host, key=_SIGNALS.index))}: {_HOST_DESTINATION}"
     telemetry = Telemetry(
@@ -273,9 +325,19 @@ def _build(
         redact,
         reused=frozenset(host),
         exporters=tuple(exporters[signal] for signal in _SIGNALS if signal in exporters),
+        store_exporter=store_exporter,
+        store=None if outbox is None else outbox.store,
     )
     atexit.register(telemetry.shutdown)
     return telemetry
+
+
+def _default_store() -> TelemetryStore:
+    """The store named by ``SB_OTEL_STORE`` (or the default file), for the outbox."""
+    store = open_store(None)
+    if not isinstance(store, TelemetryStore):
+        raise ConfigError(f"the session store {store!r} keeps no telemetry outbox")
+    return store
 
 
 def _exporters(
@@ -405,3 +467,32 @@ def _resource(service_name: str | None, extra: Mapping[str, Any] | None) -> Reso
     elif not OTEL_SERVICE_NAME.read() and "service.name=" not in (OTEL_RESOURCE_ATTRIBUTES.read() or ""):
         attributes.setdefault("service.name", DEFAULT_SERVICE_NAME)
     return Resource.create(attributes)
+
+
+def standalone_exporter(
+    store: TelemetryStore, *, lease_ttl_s: float | None = None, with_metrics: bool = False
+) -> tuple[StoreExporter, str, Any]:
+    """A :class:`StoreExporter` for ``sb-otel export``: the SDK's exporters chosen exactly as ``configure()``
+    chooses them (``OTEL_EXPORTER_OTLP_*``, else OTLP JSON files), the same resource and ``SB_OTEL_REDACT``.
+
+    Returns the exporter, where it sends (for people), and the meter provider carrying the backlog and drop
+    metrics (``None`` unless ``with_metrics``; the caller shuts it down).
+    """
+    os.environ.setdefault(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED.env, "true")
+    factories, where = _exporters(list(_SIGNALS), None, None, None, None)
+    resource = _resource(None, None)
+    meter_provider = None
+    if with_metrics:
+        reader = PeriodicExportingMetricReader(factories["metrics"](None))
+        meter_provider = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
+    kwargs: dict[str, Any] = {} if lease_ttl_s is None else {"lease_ttl_s": lease_ttl_s}
+    exporter = StoreExporter(
+        store,
+        factories["traces"](meter_provider),
+        factories["logs"](meter_provider),
+        resource=resource,
+        redact=SB_OTEL_REDACT.read(),
+        meter_provider=meter_provider,
+        **kwargs,
+    )
+    return exporter, where, meter_provider

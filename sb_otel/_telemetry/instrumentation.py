@@ -27,8 +27,7 @@ import time
 import traceback
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,9 +38,19 @@ from opentelemetry.util.types import AttributeValue
 
 from sb_otel._telemetry import otel_logs as otel_logs
 from sb_otel._telemetry import semconv as sc
-from sb_otel._telemetry.attributes import Redaction, end_attributes, event_attributes, start_attributes
+from sb_otel._telemetry.attributes import Redaction, event_attributes, start_attributes
 from sb_otel._telemetry.metrics import SessionMetrics
+from sb_otel._telemetry.outbox import same_store, store_pipeline
 from sb_otel._telemetry.propagation import extract, session_baggage
+from sb_otel._telemetry.root_span import (
+    CLOCK_SKEW_TOLERANCE,
+    REDACT_KEY,
+    SessionTelemetry,
+    export_root_span,
+    redaction_spec,
+    root_attributes,
+    span_times,
+)
 from sb_otel._telemetry.session_span import (
     ATTRIBUTES_KEY,
     STATE_KEY,
@@ -49,6 +58,7 @@ from sb_otel._telemetry.session_span import (
     export_session_span,
     plan_session_span,
 )
+from sb_otel._tracking.export_state import TelemetryStore
 from sb_otel._tracking.foreign import ForeignTracker, as_event
 from sb_otel._tracking.log_lines import ended_line, started_line
 from sb_otel._tracking.models import SessionEndEvent, SessionEndResult, SessionStartEvent, SessionStartResult
@@ -61,8 +71,7 @@ from sb_otel._version import __version__
 _log = logging.getLogger("sb_otel.instrumentation")
 _T = TypeVar("_T")
 
-CLOCK_SKEW_TOLERANCE = timedelta(seconds=1)
-"""A shell clock ahead of ours by more than this moves the span start to when we received the event."""
+__all__ = ("CLOCK_SKEW_TOLERANCE", "InstrumentedSessionTracker", "TracedLifecycleManager", "instrument")
 
 _active_redaction: contextvars.ContextVar[Redaction | None] = contextvars.ContextVar("sb_otel_redaction", default=None)
 
@@ -108,6 +117,22 @@ class InstrumentedSessionTracker:
         self._logger_level = logger.level if isinstance(logger, logging.Logger) else None
         self._log_handler = _attach_log_handler(logger, logger_provider, foreign=self._foreign)
         self._starting: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._store_sends_roots: bool | None = None
+
+    def _roots_from_store(self) -> bool:
+        """Whether root spans are left to the store's exporter: the spans go to sb-otel's own outbox pipeline
+        and it drains this tracker's store. Otherwise (a host's providers, or another store) the root span goes
+        through the tracer provider at once and is then marked exported in the store."""
+        if self._store_sends_roots is not None:
+            return self._store_sends_roots
+        provider = self._tracer_provider
+        if isinstance(provider, trace.ProxyTracerProvider):  # instrumented before configure() set the global
+            provider = trace.get_tracer_provider()
+            if isinstance(provider, trace.ProxyTracerProvider):
+                return False  # nothing set yet: decide again next time
+        drained = store_pipeline(provider)
+        self._store_sends_roots = drained is not None and same_store(drained, self.store)
+        return self._store_sends_roots
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.wrapped, name)
@@ -170,7 +195,9 @@ class InstrumentedSessionTracker:
         if plan is None:  # telemetry could not even plan: track without it
             return (await self._inner_start(given, None))[0]
         span_attributes = {sc.COMPONENT_NAME: start.component_name, sc.SHELL_TYPE: start.shell_type}
-        telemetry = {STATE_KEY: plan.to_json(), ATTRIBUTES_KEY: described}
+        telemetry: dict[str, Any] = {STATE_KEY: plan.to_json(), ATTRIBUTES_KEY: described}
+        if self._redaction:  # so the exporter that sends the root span later redacts it the same way
+            telemetry[REDACT_KEY] = redaction_spec(self._redaction)
         with self._child_span(f"session.start {start.component_name}", plan, span_attributes, described) as span:
             result, record = await self._inner_start(given, telemetry)
             self._guard(_annotate_child, span, result.session_id, result.status, result.error)
@@ -270,7 +297,7 @@ class InstrumentedSessionTracker:
             self._guard(self._metrics.ended.add, 1, {sc.SESSION_STATUS: "error"})
             return result
         record = self._guard(self._stored, end.session_id)
-        planned = self._guard(_SessionTelemetry.of, record) if record is not None else None
+        planned = self._guard(SessionTelemetry.of, record) if record is not None else None
         given = event if self._foreign else end
         if record is None or planned is None:
             result, ended = await self._inner_end(given)
@@ -306,34 +333,25 @@ class InstrumentedSessionTracker:
         for sessions that never ended (``outcome`` = abandoned).
         """
         ended = (record.end_event or {}).get("timestamp") or None
-        self._finish_telemetry(record, outcome, _SessionTelemetry.of(record), ended)
+        self._finish_telemetry(record, outcome, SessionTelemetry.of(record), ended)
 
     def _finish_telemetry(
-        self, record: SessionRecord, outcome: Outcome, planned: _SessionTelemetry | None, ended_text: str | None
+        self, record: SessionRecord, outcome: Outcome, planned: SessionTelemetry | None, ended_text: str | None
     ) -> None:
         """:meth:`finish_session_telemetry` with what the caller already read from the store."""
         component = {sc.COMPONENT_NAME: self._metrics.component(record.component_name)}
-        start, end, skew = _span_times(record)
+        start, end, _ = span_times(record)
         self._metrics.ended.add(1, {**component, sc.SESSION_STATUS: outcome.status})
         self._metrics.active.add(-1, component)
         self._metrics.duration.record((end - start).total_seconds(), {**component, sc.SESSION_STATUS: outcome.status})
-        described = planned.attributes if planned is not None else start_attributes(record.start_event, "")
-        attributes = {**described, sc.SESSION_ID: record.session_id, **end_attributes(outcome)}
-        if skew is not None:
-            attributes[sc.CLOCK_SKEW] = skew
+        attributes = root_attributes(record, outcome, planned)
         line = ended_line(record.session_id, ended_text or end.isoformat())
-        if planned is not None:
-            status = Status(StatusCode.UNSET) if outcome.status == "exited" else _error_status(outcome)
-            export_session_span(
-                self._tracer,
-                planned.plan,
-                f"session {record.component_name}",
-                self._redaction.for_values(attributes).apply(attributes),
-                start,
-                end,
-                status,
-                record.session_id,
-            )
+        if planned is not None and not self._roots_from_store():
+            # A host's own pipeline: the span goes out now; the store's pending mark (set when the session
+            # ended) is cleared once it is handed over, so no exporter sends it again.
+            export_root_span(self._tracer, record, outcome, planned, self._redaction, attributes)
+            if isinstance(self.store, TelemetryStore):
+                self.store.mark_root_spans_exported([record.session_id])
         with _current(planned.plan.child_context()) if planned is not None else contextlib.nullcontext():
             self._emit_event(sc.EVENT_SESSION_END, line, attributes, None)
 
@@ -475,6 +493,9 @@ def instrument(
     )
 
 
+_PIPELINE_LOGGERS = ("sb_otel.exporter", "sb_otel.outbox")
+
+
 class _RedactingLoggingHandler(otel_logs.LoggingHandler):
     """The OTel logging bridge, scrubbing redacted values out of message text and exception before export.
 
@@ -490,6 +511,8 @@ class _RedactingLoggingHandler(otel_logs.LoggingHandler):
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(record, EVENT_LINE_MARKER, None) is not None:
             return  # the instrumentation emits this line itself, as the session.start/session.end event
+        if record.name.startswith(_PIPELINE_LOGGERS):
+            return  # the telemetry pipeline's own trouble: exporting it through itself would feed a loop
         if getattr(self, "_sb_foreign", False) and record.msg in _SEED_LINES:
             return  # a foreign tracker's own copy of that line (session-buddy logs the seed's lines too)
         super().emit(_scrubbed_record(record))
@@ -607,26 +630,6 @@ def _stored_plan(record: SessionRecord | None, ours: Mapping[str, Any]) -> Sessi
     return SessionSpanPlan.from_json(state)
 
 
-@dataclass(frozen=True)
-class _SessionTelemetry:
-    """What a session record keeps for its span: the plan made at start and the start attributes."""
-
-    plan: SessionSpanPlan
-    attributes: Mapping[str, AttributeValue]
-
-    @classmethod
-    def of(cls, record: SessionRecord) -> _SessionTelemetry | None:
-        """``None`` for a session started without telemetry (nothing to export for it)."""
-        telemetry = record.telemetry
-        state = telemetry.get(STATE_KEY)
-        if state is None:
-            return None
-        attributes = telemetry.get(ATTRIBUTES_KEY)
-        if attributes is None:  # stored before start attributes were kept with the plan
-            attributes = start_attributes(record.start_event, "")
-        return cls(SessionSpanPlan.from_json(state), attributes)
-
-
 def _annotate_child(span: Any, session_id: str | None, status: str, error: str | None) -> None:
     if session_id:
         span.set_attribute(sc.SESSION_ID, session_id)
@@ -671,22 +674,6 @@ def _scrubbed_span(
             span.add_event("exception", {**event, "exception.stacktrace": stacktrace, "exception.escaped": True})
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__qualname__}: {message}"[:200]))
             raise
-
-
-def _span_times(record: SessionRecord) -> tuple[datetime, datetime, float | None]:
-    """Start and end of the session span, corrected for a shell clock running ahead of ours."""
-    start = record.started_at
-    skew: float | None = None
-    if start - record.received_at > CLOCK_SKEW_TOLERANCE:
-        skew = round((start - record.received_at).total_seconds(), 3)
-        start = record.received_at
-    end = max(record.ended_at or start, start)
-    return start, end, skew
-
-
-def _error_status(outcome: Outcome) -> Status:
-    detail = outcome.error_type or outcome.status
-    return Status(StatusCode.ERROR, f"session {outcome.status}: {detail}")
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 from opentelemetry._logs import (
     Logger,
     LoggerProvider,
+    LogRecord,
     NoOpLoggerProvider,
     SeverityNumber,
     get_logger_provider,
@@ -19,7 +20,7 @@ from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider as SdkLoggerProvider
-from opentelemetry.sdk._logs import ReadableLogRecord
+from opentelemetry.sdk._logs import LogRecordProcessor, ReadableLogRecord, ReadWriteLogRecord
 from opentelemetry.sdk._logs.export import (
     BatchLogRecordProcessor,
     InMemoryLogRecordExporter,
@@ -33,11 +34,14 @@ __all__ = [
     "GrpcLogExporter",
     "HttpLogExporter",
     "InMemoryLogRecordExporter",
+    "LogRecord",
     "LogRecordExporter",
+    "LogRecordProcessor",
     "Logger",
     "LoggerProvider",
     "LoggingHandler",
     "NoOpLoggerProvider",
+    "ReadWriteLogRecord",
     "ReadableLogRecord",
     "SdkLoggerProvider",
     "SeverityNumber",

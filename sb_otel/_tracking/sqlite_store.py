@@ -19,7 +19,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +27,16 @@ from typing import Any, cast
 
 from sb_otel._exceptions import ConfigError, StoreError
 from sb_otel._settings import SB_OTEL_STORE_SYNC
+from sb_otel._tracking.export_state import (
+    DROP_REASONS,
+    EXPORTER_LEASE,
+    ROOT_EXPORTED,
+    ROOT_PENDING,
+    TELEMETRY_MIGRATION,
+    ExportBacklog,
+    Lease,
+    OutboxRow,
+)
 from sb_otel._tracking.identity import numbered_session_id, session_id_base
 from sb_otel._tracking.store import NewSession, SessionEnding, SessionRecord, SessionStatus
 
@@ -69,6 +79,7 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "ALTER TABLE sessions ADD COLUMN end_claimed_at TEXT",
         ),
     ),
+    TELEMETRY_MIGRATION,  # pending root spans, the outbox, the exporter lease (sb_otel/_tracking/export_state.py)
 )
 """Named schema migrations, applied in order, each in its own transaction. Append; never edit."""
 
@@ -381,7 +392,9 @@ class SqliteSessionStore:
         # One statement is one atomic transaction in autocommit mode: no explicit BEGIN needed.
         with self._lock, _translated(self.path):
             rows = self._db.execute(
-                "UPDATE sessions SET status = ?, ended_at = ?, end_event = ? "
+                # The root span is owed from the moment the session ends: marked in the same statement.
+                "UPDATE sessions SET status = ?, ended_at = ?, end_event = ?, "
+                f"root_span = CASE WHEN json_type(telemetry, '$.span') IS NOT NULL THEN '{ROOT_PENDING}' END "
                 f"WHERE session_id = ? AND status = 'open' RETURNING {_COLUMNS}",
                 (
                     ending.status,
@@ -440,6 +453,112 @@ class SqliteSessionStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    # -- TelemetryStore (sb_otel/_tracking/export_state.py) ---------------------------------------------------
+
+    def pending_root_spans(self, limit: int) -> list[SessionRecord]:
+        with self._lock, _translated(self.path):
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM sessions WHERE root_span = '{ROOT_PENDING}' "
+                "ORDER BY ended_at, session_id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def mark_root_spans_exported(self, session_ids: Sequence[str]) -> None:
+        with self._write() as db:
+            db.executemany(
+                f"UPDATE sessions SET root_span = '{ROOT_EXPORTED}' WHERE session_id = ?",
+                [(session_id,) for session_id in session_ids],
+            )
+
+    def outbox_append(self, signal: str, payloads: Sequence[str], now: float) -> None:
+        rows = [(signal, now, payload) for payload in payloads]
+        if len(rows) == 1:  # one statement is one transaction in autocommit mode
+            with self._lock, _translated(self.path):
+                self._db.execute("INSERT INTO telemetry_outbox (signal, created_at, payload) VALUES (?, ?, ?)", rows[0])
+            return
+        with self._write() as db:
+            db.executemany("INSERT INTO telemetry_outbox (signal, created_at, payload) VALUES (?, ?, ?)", rows)
+
+    def outbox_batch(self, signal: str, limit: int) -> list[OutboxRow]:
+        with self._lock, _translated(self.path):
+            rows = self._db.execute(
+                "SELECT id, signal, created_at, payload FROM telemetry_outbox WHERE signal = ? ORDER BY id LIMIT ?",
+                (signal, limit),
+            ).fetchall()
+        return [OutboxRow(*row) for row in rows]
+
+    def outbox_delete(self, ids: Sequence[int]) -> None:
+        with self._write() as db:
+            db.executemany("DELETE FROM telemetry_outbox WHERE id = ?", [(row_id,) for row_id in ids])
+
+    def outbox_trim(self, max_rows: int, max_age_s: float, now: float) -> dict[str, int]:
+        with self._write() as db:
+            expired = db.execute("DELETE FROM telemetry_outbox WHERE created_at < ?", (now - max_age_s,)).rowcount
+            # Ids grow with every row, so "more than max_rows behind the newest" is "beyond the bound": an
+            # indexed range delete, where counting the rows would scan them all.
+            overflow = db.execute(
+                "DELETE FROM telemetry_outbox WHERE id <= (SELECT max(id) FROM telemetry_outbox) - ?", (max_rows,)
+            ).rowcount
+            dropped = {"expired": max(0, expired), "overflow": max(0, overflow)}
+            for reason, count in dropped.items():
+                if count:
+                    _add_counter(db, reason, count)
+        return dropped
+
+    def count_dropped(self, reason: str, count: int) -> None:
+        with self._write() as db:
+            _add_counter(db, reason, count)
+
+    def export_backlog(self) -> ExportBacklog:
+        with self._lock, _translated(self.path):
+            outbox = dict(self._db.execute("SELECT signal, count(*) FROM telemetry_outbox GROUP BY signal"))
+            oldest = self._db.execute("SELECT min(created_at) FROM telemetry_outbox").fetchone()[0]
+            pending = self._db.execute(f"SELECT count(*) FROM sessions WHERE root_span = '{ROOT_PENDING}'").fetchone()[
+                0
+            ]
+            dropped = {
+                name: value
+                for name, value in self._db.execute("SELECT name, value FROM telemetry_counters")
+                if name in DROP_REASONS
+            }
+        return ExportBacklog(outbox, oldest, pending, dropped)
+
+    def acquire_lease(self, holder: str, ttl_s: float, now: float, *, replacing: str | None = None) -> bool:
+        with self._write() as db:
+            row = db.execute(
+                "SELECT holder, expires_at FROM telemetry_lease WHERE name = ?", (EXPORTER_LEASE,)
+            ).fetchone()
+            if row is not None and row[0] not in (holder, replacing) and row[1] > now:
+                return False
+            db.execute(
+                "INSERT INTO telemetry_lease (name, holder, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at",
+                (EXPORTER_LEASE, holder, now + ttl_s),
+            )
+        return True
+
+    def release_lease(self, holder: str) -> None:
+        with self._lock, _translated(self.path):
+            self._db.execute(
+                "UPDATE telemetry_lease SET expires_at = 0 WHERE name = ? AND holder = ?", (EXPORTER_LEASE, holder)
+            )
+
+    def current_lease(self) -> Lease | None:
+        with self._lock, _translated(self.path):
+            row = self._db.execute(
+                "SELECT holder, expires_at FROM telemetry_lease WHERE name = ?", (EXPORTER_LEASE,)
+            ).fetchone()
+        return None if row is None else Lease(row[0], row[1])
+
+
+def _add_counter(db: sqlite3.Connection, name: str, count: int) -> None:
+    db.execute(
+        "INSERT INTO telemetry_counters (name, value) VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+        (name, count),
+    )
 
 
 def _insert_values(new: NewSession) -> tuple[Any, ...]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from sb_otel._tracking.export_state import InMemoryExportState
 from sb_otel._tracking.identity import numbered_session_id, session_id_base
 
 SessionStatus = Literal["open", "exited", "crashed", "abnormal"]
@@ -156,7 +157,7 @@ class SessionClaims(Protocol):
         ...
 
 
-class InMemorySessionStore:
+class InMemorySessionStore(InMemoryExportState):
     """A process-local store for tests and ``SB_OTEL_STORE=memory``: same semantics, no durability."""
 
     def __init__(self) -> None:
@@ -240,6 +241,7 @@ class InMemorySessionStore:
                 end_event=None if ending.end_event is None else copy.deepcopy(dict(ending.end_event)),
             )
             self._sessions[session_id] = ended
+            self._mark_root_pending(ended)  # in the same critical section: the root span is owed from now on
             return ended, True
 
     def update_telemetry(self, session_id: str, telemetry: Mapping[str, Any]) -> None:

@@ -1,10 +1,11 @@
 """A collector that is down at start, flaps, or accepts and then stalls: tracking stays correct and fast,
-memory stays bounded, nothing sent while it is up is lost, and what was dropped meanwhile is counted by the
-SDK's own metrics.
+memory stays bounded, and nothing is lost: what could not be sent waits in the store's outbox and arrives,
+exactly once, when the collector is back. The SDK's own metrics show the failed attempts.
 
-Everything is real: ``sb_otel.configure()``'s pipeline (batch processors, the SDK's OTLP exporters) and the tests'
-OTLP receiver on 127.0.0.1, stopped and restarted on the same ports. The exporters' timeout is cut to 0.5 s (below
-their first retry backoff), so a batch sent into a dead port fails at once instead of being retried for 10 s.
+Everything is real: ``sb_otel.configure()``'s pipeline (outbox processors, the store exporter, the SDK's OTLP
+exporters) and the tests' OTLP receiver on 127.0.0.1, stopped and restarted on the same ports. The exporters'
+timeout is cut to 0.5 s (below their first retry backoff), so a batch sent into a dead port fails at once instead
+of being retried for 10 s.
 """
 
 from __future__ import annotations
@@ -88,9 +89,10 @@ def pipeline(transport: str, receiver: OtlpReceiver) -> sb_otel.Telemetry:
 
 
 def flush(telemetry: sb_otel.Telemetry) -> None:
-    """Hand every queued span and log to the exporter now (the export may fail; that is the point)."""
+    """Export what waits in the store now (the export may fail; that is the point)."""
     assert telemetry.tracer_provider.force_flush(FLUSH_MILLIS)
     assert telemetry.logger_provider.force_flush(FLUSH_MILLIS)
+    telemetry.force_flush(FLUSH_MILLIS)
 
 
 def arrived(receiver: OtlpReceiver, session_ids: list[str]) -> dict[str, int]:
@@ -118,21 +120,23 @@ def sdk_counts(receiver: OtlpReceiver, metric: str) -> dict[str | None, int]:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_collector_down_at_start_then_up(transport: str, receiver: OtlpReceiver, tmp_path: Path) -> None:
-    """Sessions tracked while nothing listens are answered as usual and quickly; their spans are dropped and
-    counted; every session after the collector comes up arrives whole, and the drop count arrives with it."""
+    """Sessions tracked while nothing listens are answered as usual and quickly; their spans wait in the store
+    and arrive whole, exactly once, when the collector comes up, with the sessions sent after it."""
     receiver.stop()
     telemetry = pipeline(transport, receiver)
     tracker = telemetry.instrument(SessionTracker(SessionLifecycleManager(), store="memory"))
     shells = Shells(tracker, tmp_path)
     try:
         while_down = await shells.run(10)
-        flush(telemetry)  # into the dead port: these batches fail and are dropped
+        flush(telemetry)  # into the dead port: these exports fail, and the rows stay in the store
+        assert not receiver.spans()
 
         receiver.start()
         while_up = await shells.run(10)
         flush(telemetry)
         receiver.wait_for(
-            lambda rx: set(arrived(rx, while_up).values()) == {SPANS_PER_SESSION}, message="sessions sent while up"
+            lambda rx: set(arrived(rx, shells.session_ids).values()) == {SPANS_PER_SESSION},
+            message="every session, sent while down or up",
         )
         assert telemetry.meter_provider.force_flush(FLUSH_MILLIS)
         receiver.wait_for_metric("otel.sdk.exporter.span.exported")
@@ -141,16 +145,16 @@ async def test_collector_down_at_start_then_up(transport: str, receiver: OtlpRec
         tracker.uninstrument()
         telemetry.shutdown()
     assert len(set(shells.session_ids)) == 20
-    assert set(arrived(receiver, while_down).values()) == {0}  # a failed batch is not replayed
-    assert spans.pop(None) == 10 * SPANS_PER_SESSION
-    assert sum(spans.values()) == 10 * SPANS_PER_SESSION, spans  # every dropped span is counted, with its cause
+    assert set(arrived(receiver, while_down + while_up).values()) == {SPANS_PER_SESSION}  # each span once
+    assert spans.pop(None) == 20 * SPANS_PER_SESSION
+    assert sum(spans.values()) > 0, spans  # the failed attempts while down, counted with their cause
     assert shells.slowest < HANDLE_BOUND_S
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_flapping_collector(transport: str, receiver: OtlpReceiver, tmp_path: Path) -> None:
-    """Up, down, up, down, up: every session sent while the receiver was up arrives whole, each one sent while
-    it was down is dropped and counted, no answer changes and no call waits on the exporter."""
+    """Up, down, up, down, up: every session arrives whole and once — those sent while the receiver was down
+    when it is back — no answer changes and no call waits on the exporter."""
     telemetry = pipeline(transport, receiver)
     tracker = telemetry.instrument(SessionTracker(SessionLifecycleManager(), store="memory"))
     shells = Shells(tracker, tmp_path)
@@ -161,8 +165,8 @@ async def test_flapping_collector(transport: str, receiver: OtlpReceiver, tmp_pa
             ids = await shells.run(5)
             flush(telemetry)
             receiver.wait_for(
-                lambda rx, ids=ids: set(arrived(rx, ids).values()) == {SPANS_PER_SESSION},
-                message=f"cycle {cycle}: sessions sent while up",
+                lambda rx, ids=ids + sent_down: set(arrived(rx, ids).values()) == {SPANS_PER_SESSION},
+                message=f"cycle {cycle}: sessions sent so far",
             )
             sent_up += ids
             if cycle == 2:
@@ -179,12 +183,10 @@ async def test_flapping_collector(transport: str, receiver: OtlpReceiver, tmp_pa
         tracker.uninstrument()
         telemetry.shutdown()
     assert len(set(shells.session_ids)) == len(sent_up) + len(sent_down) == 25
-    assert set(arrived(receiver, sent_up).values()) == {SPANS_PER_SESSION}
-    assert set(arrived(receiver, sent_down).values()) == {0}
-    assert spans.pop(None) == len(sent_up) * SPANS_PER_SESSION
-    assert sum(spans.values()) == len(sent_down) * SPANS_PER_SESSION, spans
-    assert logs.pop(None) >= 2 * len(sent_up)  # session.start and session.end events, at least
-    assert sum(logs.values()) >= 2 * len(sent_down), logs
+    assert set(arrived(receiver, sent_up + sent_down).values()) == {SPANS_PER_SESSION}
+    assert spans.pop(None) == (len(sent_up) + len(sent_down)) * SPANS_PER_SESSION
+    assert sum(spans.values()) > 0, spans  # failed attempts while down
+    assert logs.pop(None) >= 2 * (len(sent_up) + len(sent_down))  # session.start and session.end events
     assert shells.slowest < HANDLE_BOUND_S
 
 
@@ -222,8 +224,8 @@ class Tarpit:
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_stalled_collector_then_a_real_one(transport: str, receiver: OtlpReceiver, tmp_path: Path) -> None:
     """A collector that takes the connection and then says nothing: calls answer as usual and never wait for it,
-    its batches time out and are counted, and once a real collector is reachable again every session sent
-    arrives. Every span is either delivered or counted as dropped."""
+    its exports time out and are counted, and once a real collector is reachable again every session arrives,
+    each span once."""
     telemetry = pipeline(transport, receiver)
     tracker = telemetry.instrument(SessionTracker(SessionLifecycleManager(), store="memory"))
     shells = Shells(tracker, tmp_path)
@@ -242,25 +244,19 @@ async def test_stalled_collector_then_a_real_one(transport: str, receiver: OtlpR
         while_up = await shells.run(10)
         flush(telemetry)
         receiver.wait_for(
-            lambda rx: set(arrived(rx, while_up).values()) == {SPANS_PER_SESSION}, message="sessions sent while up"
+            lambda rx: set(arrived(rx, shells.session_ids).values()) == {SPANS_PER_SESSION},
+            message="every session, sent while stalled or up",
         )
         assert telemetry.meter_provider.force_flush(FLUSH_MILLIS)
-        receiver.wait_for(
-            lambda rx: (
-                sum(sdk_counts(rx, "otel.sdk.exporter.span.exported").values())
-                == len(shells.session_ids) * SPANS_PER_SESSION
-            ),
-            message="the SDK's count of every span sent, delivered or not",
-        )
+        receiver.wait_for_metric("otel.sdk.exporter.span.exported")
         spans = sdk_counts(receiver, "otel.sdk.exporter.span.exported")
     finally:
         tracker.uninstrument()
         telemetry.shutdown()
     assert accepted >= 1
-    assert set(arrived(receiver, while_stalled).values()) == {0}
-    delivered = sum(arrived(receiver, shells.session_ids).values())
-    assert spans.pop(None) == delivered
-    assert sum(spans.values()) == len(shells.session_ids) * SPANS_PER_SESSION - delivered, spans
+    assert set(arrived(receiver, while_stalled + while_up).values()) == {SPANS_PER_SESSION}
+    assert spans.pop(None) == len(shells.session_ids) * SPANS_PER_SESSION
+    assert sum(spans.values()) > 0, spans  # the timed-out attempts
     assert shells.slowest < HANDLE_BOUND_S
 
 
@@ -271,7 +267,7 @@ async def reconnected(shells: Shells, telemetry: sb_otel.Telemetry, receiver: Ot
         probe = await shells.run(1)
         flush(telemetry)
         try:
-            receiver.wait_for(lambda rx, probe=probe: set(arrived(rx, probe).values()) == {5}, timeout=1.0, message="")
+            receiver.wait_for(lambda rx, probe=probe: set(arrived(rx, probe).values()) >= {5}, timeout=1.0, message="")
             return
         except AssertionError:
             continue
@@ -313,8 +309,8 @@ _MEMORY_CHILD = textwrap.dedent(
 
 
 def test_memory_stays_bounded_while_the_collector_stalls(tmp_path: Path) -> None:
-    """A collector that accepts and never answers drains nothing: the batch queues fill, then drop. A process
-    handling thousands more sessions does not grow with them (unbounded queues would keep every span)."""
+    """A collector that accepts and never answers drains nothing: the records wait in the store's outbox, on
+    disk. A process handling thousands more sessions does not grow with them (memory queues would)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -329,7 +325,8 @@ def test_memory_stays_bounded_while_the_collector_stalls(tmp_path: Path) -> None
             text=True,
             timeout=120,
             cwd=tmp_path,
-            env={**os.environ, "OTEL_EXPORTER_OTLP_TIMEOUT": "5"},
+            # The outbox in the same SQLite file: an in-memory store keeps every row in the process by design.
+            env={**os.environ, "OTEL_EXPORTER_OTLP_TIMEOUT": "5", "SB_OTEL_STORE": "sessions.db"},
         )
     finally:
         tarpit.close()

@@ -1,0 +1,168 @@
+"""The store's outbox: rows/s written by the processors, rows/s drained to a real collector, and the store's size
+per 10,000 ended sessions whose telemetry waits (collector down).
+
+* **write**: finished spans and log records (made once beforehand) handed to ``OutboxSpanProcessor.on_end`` /
+  ``OutboxLogRecordProcessor.on_emit`` on a SQLite store: encoding plus one autocommit INSERT each.
+* **drain**: ``StoreExporter.drain()`` of those rows (plus nothing else) through the SDK's OTLP/gRPC exporters
+  to the tests' receiver in a separate process: read, decode, OTLP-encode, send, delete.
+* **store size**: 10,000 instrumented lifecycles through sb-otel's own pipeline with nothing exporting, then
+  the SQLite file (after a WAL checkpoint) per session: the session rows, 4 child spans and 2 log records each,
+  and the pending root span marks.
+
+    python benchmarks/outbox.py [--rows 20000] [--sessions 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _harness import otlp_receiver
+from instrumented_overhead import NoOpLifecycle, _end_event, _start_event
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from sb_otel import SessionTracker, SqliteSessionStore, instrument
+from sb_otel._telemetry import otel_logs as otel_logs
+from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSpanProcessor, mark_store_pipeline
+from sb_otel._telemetry.store_exporter import StoreExporter
+
+RESOURCE = Resource.create({"service.name": "sb-otel-bench"})
+
+
+def made_spans(count: int) -> list[Any]:
+    """Finished spans shaped like sb-otel's children (a few attributes, a parent)."""
+    captured = InMemorySpanExporter()
+    provider = TracerProvider(resource=RESOURCE, shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(captured))
+    tracer = provider.get_tracer("sb_otel", "0")
+    for i in range(count // 2):
+        attributes = {"sb.component.name": "mahavishnu", "sb.shell.type": "bash", "session.id": f"m-{i}"}
+        lifecycle = {"sb.lifecycle.operation": "init"}
+        with (
+            tracer.start_as_current_span("session.start mahavishnu", attributes=attributes),
+            tracer.start_as_current_span("initialize_session", attributes=lifecycle),
+        ):
+            pass
+    return list(captured.get_finished_spans())
+
+
+def made_logs(count: int) -> list[Any]:
+    captured = otel_logs.InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    provider = otel_logs.SdkLoggerProvider(resource=RESOURCE, shutdown_on_exit=False)
+    provider.add_log_record_processor(otel_logs.SimpleLogRecordProcessor(captured))
+    logger = provider.get_logger("sb_otel", "0")
+    for i in range(count):
+        logger.emit(
+            event_name="session.start",
+            body=f"Session started: session_id=m-{i}, component=mahavishnu, shell=bash",
+            attributes={"session.id": f"m-{i}", "sb.component.name": "mahavishnu", "sb.shell.type": "bash"},
+            severity_number=otel_logs.SeverityNumber.INFO,
+        )
+    return list(captured.get_finished_logs())
+
+
+def measure_write_and_drain(rows: int, tmp: Path, endpoint: str) -> dict[str, float]:
+    store = SqliteSessionStore(tmp / "outbox.db")
+    outbox = Outbox(store, max_rows=10 * rows)
+    spans, logs = made_spans(rows), made_logs(rows)
+    span_processor, log_processor = OutboxSpanProcessor(outbox), OutboxLogRecordProcessor(outbox)
+    began = time.perf_counter()
+    for span in spans:
+        span_processor.on_end(span)
+    span_write = len(spans) / (time.perf_counter() - began)
+    began = time.perf_counter()
+    for record in logs:
+        log_processor.on_emit(record)  # type: ignore[arg-type]
+    log_write = len(logs) / (time.perf_counter() - began)
+
+    span_exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=10)
+    log_exporter = otel_logs.GrpcLogExporter(endpoint=endpoint, insecure=True, timeout=10)
+    exporter = StoreExporter(store, span_exporter, log_exporter, resource=RESOURCE, outbox=outbox)
+    began = time.perf_counter()
+    report = exporter.drain()
+    drained_s = time.perf_counter() - began
+    exporter.release()
+    span_exporter.shutdown()
+    log_exporter.shutdown()
+    store.close()
+    if report.failed or report.spans != len(spans) or report.logs != len(logs):
+        raise SystemExit(f"drain incomplete: {report}")
+    return {
+        "span_rows_written_per_s": span_write,
+        "log_rows_written_per_s": log_write,
+        "rows_drained_per_s": (report.spans + report.logs) / drained_s,
+        "rows": report.spans + report.logs,
+    }
+
+
+def measure_store_size(sessions: int, tmp: Path) -> dict[str, float]:
+    path = tmp / "pending.db"
+    store = SqliteSessionStore(path)
+    outbox = Outbox(store, max_rows=10 * sessions)
+    tracer_provider = TracerProvider(resource=RESOURCE, shutdown_on_exit=False)
+    tracer_provider.add_span_processor(OutboxSpanProcessor(outbox))
+    mark_store_pipeline(tracer_provider, store)
+    logger_provider = otel_logs.SdkLoggerProvider(resource=RESOURCE, shutdown_on_exit=False)
+    logger_provider.add_log_record_processor(OutboxLogRecordProcessor(outbox))
+    tracker = instrument(
+        SessionTracker(NoOpLifecycle(), store=store), tracer_provider=tracer_provider, logger_provider=logger_provider
+    )
+
+    async def run() -> None:
+        for i in range(sessions):
+            started = await tracker.handle_session_start(_start_event(i))
+            await tracker.handle_session_end(_end_event(started.session_id or "", i))
+
+    began = time.perf_counter()
+    asyncio.run(run())
+    seconds = time.perf_counter() - began
+    backlog = store.export_backlog()
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = path.stat().st_size + sum(p.stat().st_size for p in tmp.glob("pending.db-*"))
+    return {
+        "bytes": size,
+        "bytes_per_session": size / sessions,
+        "rows": sum(backlog.outbox.values()),
+        "pending_roots": backlog.pending_root_spans,
+        "lifecycles_per_s": sessions / seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=20_000, help="spans and as many log records (default 20000)")
+    parser.add_argument("--sessions", type=int, default=10_000, help="pending sessions for the size (default 10000)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as name, otlp_receiver() as receiver:
+        tmp = Path(name)
+        rates = measure_write_and_drain(args.rows, tmp, receiver.endpoint)
+        arrived = receiver.arrived(clear=True)
+        print(
+            f"outbox write: {rates['span_rows_written_per_s']:,.0f} span rows/s, "
+            f"{rates['log_rows_written_per_s']:,.0f} log rows/s (SQLite, synchronous=normal)"
+        )
+        print(
+            f"outbox drain: {rates['rows_drained_per_s']:,.0f} rows/s over OTLP/gRPC "
+            f"({rates['rows']:,} rows; received {arrived.get('spans', 0):,} spans, {arrived.get('logs', 0):,} logs)"
+        )
+        size = measure_store_size(args.sessions, tmp)
+        print(
+            f"{args.sessions:,} ended sessions waiting (nothing exporting): store {size['bytes'] / 2**20:.1f} MB, "
+            f"{size['bytes_per_session']:,.0f} bytes/session; {size['rows']:,} outbox rows, "
+            f"{size['pending_roots']:,} pending root spans; {size['lifecycles_per_s']:,.0f} lifecycles/s"
+        )
+
+
+if __name__ == "__main__":
+    main()

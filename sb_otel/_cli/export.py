@@ -1,0 +1,94 @@
+"""``sb-otel export``: send the store's pending root spans and outbox, once or (``--follow``) continuously."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+
+import click
+
+from sb_otel._cli.app import _quiet_exporters, _store_option, cli
+from sb_otel._settings import parse_duration
+from sb_otel._telemetry.configure import standalone_exporter
+from sb_otel._telemetry.store_exporter import DrainReport
+from sb_otel._tracking.export_state import TelemetryStore
+from sb_otel._tracking.store_factory import open_store
+
+
+@cli.command("export")
+@click.option("--follow", is_flag=True, help="Keep exporting (a standby while another process holds the lease).")
+@click.option(
+    "--lease-ttl",
+    default="15s",
+    show_default=True,
+    metavar="DURATION",
+    help="How long the exporter lease lasts without renewal: a killed exporter is replaced after this.",
+)
+@click.option("--interval", default="1s", show_default=True, metavar="DURATION", help="--follow: pause when idle.")
+@_store_option
+def export(follow: bool, lease_ttl: str, interval: str, store_location: str | None) -> int:
+    """Send the telemetry waiting in the session store (root spans of ended sessions, spans, log records).
+
+    Sends where configure() would (OTEL_EXPORTER_OTLP_*, else OTLP JSON files). One process exports a store at
+    a time: when another holds the lease, this exits at once (0), or with --follow waits to take over.
+    """
+    ttl = parse_duration(lease_ttl, name="--lease-ttl").total_seconds()
+    idle = parse_duration(interval, name="--interval").total_seconds()
+    store = open_store(store_location)
+    if not isinstance(store, TelemetryStore):
+        raise click.ClickException("this session store keeps no telemetry: point --store at a SQLite file")
+    try:
+        if follow:
+            return _follow(store, ttl, idle)
+        with _quiet_exporters():
+            exporter, where, _ = standalone_exporter(store, lease_ttl_s=ttl)
+            try:
+                report = exporter.drain()
+            finally:
+                exporter.release()
+                for sdk_exporter in (exporter.span_exporter, exporter.log_exporter):
+                    with contextlib.suppress(Exception):
+                        sdk_exporter.shutdown()
+        if not report.lease_held:
+            click.echo("sb-otel: another process is exporting this store; nothing to do")
+            return 0
+        click.echo(_summary(report, where))
+        if report.failed:
+            waiting = store.export_backlog()
+            left = sum(waiting.outbox.values()) + waiting.pending_root_spans
+            raise click.ClickException(
+                f"{where} did not accept the export (unreachable?): {left} records wait in the store; "
+                "run 'sb-otel export' again later, or 'sb-otel export --follow'"
+            )
+        return 0
+    finally:
+        store.close()
+
+
+def _follow(store: TelemetryStore, ttl: float, idle: float) -> int:
+    exporter, where, meter_provider = standalone_exporter(store, lease_ttl_s=ttl, with_metrics=True)
+    click.echo(f"sb-otel: exporting {getattr(store, 'path', 'the store')} to {where} as {exporter.holder}", err=True)
+    # SIGTERM (systemd, docker stop) and Ctrl-C end the loop after the current round, never inside one: a round
+    # interrupted between a send and its mark would send that batch again.
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: exporter.request_stop())
+    try:
+        exporter.follow(idle)
+    finally:
+        exporter.stop(5.0)
+        for sdk_exporter in (exporter.span_exporter, exporter.log_exporter):
+            with contextlib.suppress(Exception):
+                sdk_exporter.shutdown()
+        if meter_provider is not None:
+            meter_provider.shutdown(timeout_millis=5_000)
+    return 0
+
+
+def _summary(report: DrainReport, where: str) -> str:
+    line = f"exported {report.root_spans} root spans, {report.spans} spans, {report.logs} log records to {where}"
+    if report.poison:
+        line += f"; dropped {report.poison} the exporter rejects (poison)"
+    dropped = sum(report.dropped.values())
+    if dropped:
+        line += f"; dropped {dropped} over the outbox bounds"
+    return line

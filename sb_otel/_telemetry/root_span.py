@@ -1,0 +1,126 @@
+"""The session's root span from its stored record alone: what the instrumentation and the exporter share.
+
+An ended session record holds everything its root span needs — the plan made at start (ids, sampling, parent,
+links), the start attributes, the times, and the end event — so any process can build the span: the process
+that handled the end (a host's own pipeline), or the exporter draining the store later (sb-otel's pipeline,
+after a crash, or for a session the reaper ended in another process). Both go through :func:`export_root_span`,
+so the span is the same whoever sends it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from opentelemetry.trace import Status, StatusCode, Tracer
+from opentelemetry.util.types import AttributeValue
+
+from sb_otel._telemetry import semconv as sc
+from sb_otel._telemetry.attributes import Redaction, end_attributes, start_attributes
+from sb_otel._telemetry.session_span import ATTRIBUTES_KEY, STATE_KEY, SessionSpanPlan, export_session_span
+from sb_otel._tracking.outcome import ABANDONED, Outcome, end_outcome
+from sb_otel._tracking.store import SessionRecord
+
+REDACT_KEY = "redact"
+"""Where the ``SB_OTEL_REDACT`` in force at start is kept in ``telemetry``: whichever process exports the root
+span later applies the redaction the session started under, not whatever that process was given."""
+
+CLOCK_SKEW_TOLERANCE = timedelta(seconds=1)
+"""A shell clock ahead of ours by more than this moves the span start to when we received the event."""
+
+
+@dataclass(frozen=True)
+class SessionTelemetry:
+    """What a session record keeps for its span: the plan made at start and the start attributes."""
+
+    plan: SessionSpanPlan
+    attributes: Mapping[str, AttributeValue]
+
+    @classmethod
+    def of(cls, record: SessionRecord) -> SessionTelemetry | None:
+        """``None`` for a session started without telemetry (nothing to export for it)."""
+        telemetry = record.telemetry
+        state = telemetry.get(STATE_KEY)
+        if state is None:
+            return None
+        attributes = telemetry.get(ATTRIBUTES_KEY)
+        if attributes is None:  # stored before start attributes were kept with the plan
+            attributes = start_attributes(record.start_event, "")
+        return cls(SessionSpanPlan.from_json(state), attributes)
+
+
+def redaction_spec(redaction: Redaction) -> list[str]:
+    """``redaction`` in ``SB_OTEL_REDACT`` syntax, one item per name, to store with the session."""
+    return sorted(redaction.dropped) + sorted(f"{name}:hash" for name in redaction.hashed)
+
+
+def stored_redaction(record: SessionRecord, fallback: Redaction) -> Redaction:
+    """The redaction the session started under (:data:`REDACT_KEY`), else ``fallback``."""
+    spec = record.telemetry.get(REDACT_KEY)
+    return Redaction.parse(spec) if isinstance(spec, list) else fallback
+
+
+def record_outcome(record: SessionRecord) -> Outcome:
+    """How an ended session ended, from its record: the end event's metadata, or ``abandoned`` when reaped."""
+    metadata = (record.end_event or {}).get("metadata") or {}
+    if record.status == "abnormal":
+        reason = metadata.get("exit_reason") if isinstance(metadata, Mapping) else None
+        return replace(ABANDONED, exit_reason=reason) if isinstance(reason, str) and reason else ABANDONED
+    return end_outcome(metadata if isinstance(metadata, Mapping) else None)
+
+
+def span_times(record: SessionRecord) -> tuple[datetime, datetime, float | None]:
+    """Start and end of the session span, corrected for a shell clock running ahead of ours."""
+    start = record.started_at
+    skew: float | None = None
+    if start - record.received_at > CLOCK_SKEW_TOLERANCE:
+        skew = round((start - record.received_at).total_seconds(), 3)
+        start = record.received_at
+    end = max(record.ended_at or start, start)
+    return start, end, skew
+
+
+def error_status(outcome: Outcome) -> Status:
+    """The span status of a session that did not exit normally."""
+    detail = outcome.error_type or outcome.status
+    return Status(StatusCode.ERROR, f"session {outcome.status}: {detail}")
+
+
+def root_attributes(
+    record: SessionRecord, outcome: Outcome, planned: SessionTelemetry | None
+) -> dict[str, AttributeValue]:
+    """The root span's attributes before redaction: start attributes, the session id, the end, clock skew."""
+    described = planned.attributes if planned is not None else start_attributes(record.start_event, "")
+    attributes = {**described, sc.SESSION_ID: record.session_id, **end_attributes(outcome)}
+    skew = span_times(record)[2]
+    if skew is not None:
+        attributes[sc.CLOCK_SKEW] = skew
+    return attributes
+
+
+def export_root_span(
+    tracer: Tracer,
+    record: SessionRecord,
+    outcome: Outcome,
+    planned: SessionTelemetry,
+    redaction: Redaction,
+    attributes: Mapping[str, AttributeValue] | None = None,
+) -> bool:
+    """Hand the ended session's root span to ``tracer``'s pipeline; whether a span was handed over (an
+    unsampled plan or a disabled tracer hands over nothing). ``attributes``: :func:`root_attributes`, if the
+    caller has them already."""
+    if attributes is None:
+        attributes = root_attributes(record, outcome, planned)
+    start, end, _ = span_times(record)
+    status = Status(StatusCode.UNSET) if outcome.status == "exited" else error_status(outcome)
+    return export_session_span(
+        tracer,
+        planned.plan,
+        f"session {record.component_name}",
+        redaction.for_values(attributes).apply(attributes),
+        start,
+        end,
+        status,
+        record.session_id,
+    )

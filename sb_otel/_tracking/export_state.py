@@ -1,0 +1,292 @@
+"""What a store keeps so telemetry survives crashes and outages: pending root spans, the outbox, the lease.
+
+DESIGN.md, "Telemetry from the store": the store is the source of telemetry.
+
+* **Root spans.** ``finish()`` marks the session's root span ``pending`` in the same statement that ends it
+  (when the record has a span plan); the exporter builds the span from the plan and marks it ``exported`` only
+  after its exporter reported success. A crash at any instant leaves the mark, so the span is sent later, with
+  its planned ids (a duplicate only when a crash hits between the send and the mark).
+* **Outbox.** Every other record sb-otel's own pipeline produces (child spans, lifecycle spans, log records, the
+  MCP SDK's request spans) is one row: the signal, when it was written, and the encoded record. The exporter
+  reads rows oldest first, deletes them after a successful export, and keeps them when the export failed.
+  Bounded by rows and age: the oldest rows go first, counted as dropped.
+* **Lease.** One row per store names the process that exports (holder and expiry): only the holder reads and
+  deletes outbox rows and exports root spans, so two processes never export the same rows concurrently.
+
+PostgreSQL mapping (the multi-host path: several ``serve`` replicas on one database). The same tables, with
+``BIGSERIAL``/``TIMESTAMPTZ``/``BYTEA`` types, map as follows:
+
+* ``finish``: ``UPDATE sessions SET …, root_span = CASE WHEN telemetry ? 'span' THEN 'pending' END WHERE
+  session_id = $1 AND status = 'open' RETURNING …`` — one statement, one transaction, as here.
+* pending root spans: ``SELECT … FROM sessions WHERE root_span = 'pending' ORDER BY ended_at LIMIT $n FOR UPDATE
+  SKIP LOCKED`` inside the export transaction, then ``UPDATE … SET root_span = 'exported'`` after success.
+* outbox claim: ``SELECT id, payload FROM telemetry_outbox WHERE signal = $1 ORDER BY id LIMIT $n FOR UPDATE
+  SKIP LOCKED``; ``DELETE … WHERE id = ANY($2)`` after success and ``COMMIT``; a failure rolls back, which
+  releases the rows. With ``SKIP LOCKED`` several replicas may even drain concurrently without ever sending the
+  same row twice; the lease then only decides who runs the trimming.
+* lease: ``INSERT INTO telemetry_lease … ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at =
+  EXCLUDED.expires_at WHERE telemetry_lease.expires_at < now() OR telemetry_lease.holder = EXCLUDED.holder
+  RETURNING holder`` — a row back means the lease is ours.
+
+SQLite has no row locks: the lease (taken under ``BEGIN IMMEDIATE``) is what serialises exporters there.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from sb_otel._tracking.store import SessionRecord
+
+EXPORTER_LEASE = "exporter"
+"""The name of the one lease row: who exports this store's telemetry."""
+
+ROOT_PENDING = "pending"
+ROOT_EXPORTED = "exported"
+
+DROP_REASONS = ("overflow", "expired", "poison")
+"""Why outbox rows were dropped: over the row bound, older than the age bound, rejected by the encoder/receiver."""
+
+TELEMETRY_MIGRATION = (
+    "0003_telemetry_from_the_store",
+    (
+        "ALTER TABLE sessions ADD COLUMN root_span TEXT",
+        "CREATE INDEX sessions_root_pending ON sessions (ended_at) WHERE root_span = 'pending'",
+        """
+        CREATE TABLE telemetry_outbox (
+            id         INTEGER PRIMARY KEY AUTOINCREMENT,
+            signal     TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            payload    TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX telemetry_outbox_signal ON telemetry_outbox (signal, id)",
+        "CREATE TABLE telemetry_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        "CREATE TABLE telemetry_lease (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL)",
+    ),
+)
+"""The schema migration behind this module (appended to the SQLite store's list)."""
+
+
+def new_holder() -> str:
+    """A lease holder name: host, pid and a random part (a pid can be reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def holder_gone(holder: str) -> bool:
+    """Whether a lease holder (:func:`new_holder`) ran on this host and its process no longer does."""
+    rest = holder.split(":")
+    if len(rest) < 3 or not rest[-2].isdigit():
+        return False
+    host, pid = ":".join(rest[:-2]), int(rest[-2])
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # exists (another user's) or cannot tell
+    try:  # a zombie (killed, not yet reaped by its parent) is gone too
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One stored telemetry record."""
+
+    id: int
+    signal: str
+    """``traces`` or ``logs``."""
+    created_at: float
+    """Unix seconds when it was written."""
+    payload: str
+    """The record, encoded by :mod:`sb_otel._telemetry.outbox_codec`."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who exports this store, until when (Unix seconds)."""
+
+    holder: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class ExportBacklog:
+    """What waits to be exported, and what was lost: for the metric and ``sb-otel doctor``."""
+
+    outbox: dict[str, int] = field(default_factory=dict)
+    """Rows waiting, by signal."""
+    oldest: float | None = None
+    """When the oldest waiting row was written (Unix seconds)."""
+    pending_root_spans: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Rows dropped since the store was made, by reason (:data:`DROP_REASONS`)."""
+
+
+@runtime_checkable
+class TelemetryStore(Protocol):
+    """The part of a session store the telemetry exporter uses. Every method is atomic."""
+
+    def pending_root_spans(self, limit: int) -> list[SessionRecord]:
+        """Ended sessions whose root span is not exported yet, oldest end first."""
+        ...
+
+    def mark_root_spans_exported(self, session_ids: Sequence[str]) -> None:
+        """Record that these sessions' root spans were handed to an exporter that reported success."""
+        ...
+
+    def outbox_append(self, signal: str, payloads: Sequence[str], now: float) -> None:
+        """Store encoded records for later export."""
+        ...
+
+    def outbox_batch(self, signal: str, limit: int) -> list[OutboxRow]:
+        """Up to ``limit`` of the oldest rows of ``signal``."""
+        ...
+
+    def outbox_delete(self, ids: Sequence[int]) -> None:
+        """Forget rows that were exported (or dropped)."""
+        ...
+
+    def outbox_trim(self, max_rows: int, max_age_s: float, now: float) -> dict[str, int]:
+        """Drop rows beyond the bounds (oldest first) and count them; returns the counts of this call."""
+        ...
+
+    def count_dropped(self, reason: str, count: int) -> None:
+        """Add ``count`` to the drop counter for ``reason``."""
+        ...
+
+    def export_backlog(self) -> ExportBacklog:
+        """Rows and root spans waiting, and the drop counters."""
+        ...
+
+    def acquire_lease(self, holder: str, ttl_s: float, now: float, *, replacing: str | None = None) -> bool:
+        """Take or renew the exporter lease for ``ttl_s``; ``False`` while another holder's lease runs, unless
+        that holder is ``replacing`` (one known to be dead: its process is gone from this host)."""
+        ...
+
+    def release_lease(self, holder: str) -> None:
+        """Give the lease up (only if ``holder`` holds it)."""
+        ...
+
+    def current_lease(self) -> Lease | None:
+        """The lease row, expired or not; ``None`` if nobody ever held it."""
+        ...
+
+
+class InMemoryExportState:
+    """:class:`TelemetryStore` for :class:`~sb_otel._tracking.store.InMemorySessionStore` (mixed in)."""
+
+    _lock: threading.Lock
+    _sessions: dict[str, SessionRecord]
+
+    def _export_state(self) -> _MemoryState:
+        state: _MemoryState | None = getattr(self, "_telemetry_state", None)
+        if state is None:
+            state = _MemoryState()
+            self._telemetry_state = state
+        return state
+
+    def _mark_root_pending(self, record: SessionRecord) -> None:
+        """Called by ``finish`` under the store's lock, with the record it just ended."""
+        if "span" in record.telemetry:
+            self._export_state().root[record.session_id] = ROOT_PENDING
+
+    def pending_root_spans(self, limit: int) -> list[SessionRecord]:
+        with self._lock:
+            state = self._export_state()
+            found = [self._sessions[sid] for sid, mark in state.root.items() if mark == ROOT_PENDING]
+        found.sort(key=lambda record: (record.ended_at or record.started_at, record.session_id))
+        return found[:limit]
+
+    def mark_root_spans_exported(self, session_ids: Sequence[str]) -> None:
+        with self._lock:
+            root = self._export_state().root
+            for session_id in session_ids:
+                if session_id in root:
+                    root[session_id] = ROOT_EXPORTED
+
+    def outbox_append(self, signal: str, payloads: Sequence[str], now: float) -> None:
+        with self._lock:
+            state = self._export_state()
+            for payload in payloads:
+                state.next_id += 1
+                state.rows[state.next_id] = OutboxRow(state.next_id, signal, now, payload)
+
+    def outbox_batch(self, signal: str, limit: int) -> list[OutboxRow]:
+        with self._lock:
+            rows = [row for row in self._export_state().rows.values() if row.signal == signal]
+        return rows[:limit]  # dicts keep insertion (= id) order
+
+    def outbox_delete(self, ids: Sequence[int]) -> None:
+        with self._lock:
+            rows = self._export_state().rows
+            for row_id in ids:
+                rows.pop(row_id, None)
+
+    def outbox_trim(self, max_rows: int, max_age_s: float, now: float) -> dict[str, int]:
+        with self._lock:
+            state = self._export_state()
+            expired = [row_id for row_id, row in state.rows.items() if row.created_at < now - max_age_s]
+            for row_id in expired:
+                del state.rows[row_id]
+            overflow = list(state.rows)[: max(0, len(state.rows) - max_rows)]
+            for row_id in overflow:
+                del state.rows[row_id]
+            dropped = {"expired": len(expired), "overflow": len(overflow)}
+            for reason, count in dropped.items():
+                state.dropped[reason] = state.dropped.get(reason, 0) + count
+        return dropped
+
+    def count_dropped(self, reason: str, count: int) -> None:
+        with self._lock:
+            dropped = self._export_state().dropped
+            dropped[reason] = dropped.get(reason, 0) + count
+
+    def export_backlog(self) -> ExportBacklog:
+        with self._lock:
+            state = self._export_state()
+            outbox: dict[str, int] = {}
+            for row in state.rows.values():
+                outbox[row.signal] = outbox.get(row.signal, 0) + 1
+            oldest = min((row.created_at for row in state.rows.values()), default=None)
+            pending = sum(1 for mark in state.root.values() if mark == ROOT_PENDING)
+            return ExportBacklog(outbox, oldest, pending, dict(state.dropped))
+
+    def acquire_lease(self, holder: str, ttl_s: float, now: float, *, replacing: str | None = None) -> bool:
+        with self._lock:
+            state = self._export_state()
+            lease = state.lease
+            if lease is not None and lease.holder not in (holder, replacing) and lease.expires_at > now:
+                return False
+            state.lease = Lease(holder, now + ttl_s)
+            return True
+
+    def release_lease(self, holder: str) -> None:
+        with self._lock:
+            state = self._export_state()
+            if state.lease is not None and state.lease.holder == holder:
+                state.lease = replace(state.lease, expires_at=0.0)
+
+    def current_lease(self) -> Lease | None:
+        with self._lock:
+            return self._export_state().lease
+
+
+@dataclass
+class _MemoryState:
+    root: dict[str, str] = field(default_factory=dict)
+    rows: dict[int, OutboxRow] = field(default_factory=dict)
+    next_id: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    lease: Lease | None = None

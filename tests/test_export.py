@@ -1,0 +1,130 @@
+"""``sb-otel export``: drains once and says what it sent; steps aside at once, before loading the SDK, when
+another live process holds the store's lease; and ``doctor`` reports what waits in the store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from sb_otel import SqliteSessionStore
+from sb_otel._cli import cli
+from sb_otel._tracking.export_state import new_holder
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def test_export_steps_aside_when_a_live_process_holds_the_lease(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    store = SqliteSessionStore(path)
+    holder = new_holder()  # this test process: alive
+    store.acquire_lease(holder, 60, now=time.time())
+    store.outbox_append("logs", ["{}"], time.time())
+    store.close()
+    for command in (["-m", "sb_otel", "export"], ["-c", "from sb_otel._cli import main; raise SystemExit(main())"]):
+        argv = [sys.executable, *command]
+        if command[0] == "-c":
+            argv.append("export")
+        done = subprocess.run([*argv, "--store", str(path)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == done.stdout.strip().splitlines()[0]  # one line
+        assert f"{holder} is exporting this store" in done.stdout
+    again = SqliteSessionStore(path)
+    try:
+        assert again.export_backlog().outbox == {"logs": 1}  # nothing was touched
+    finally:
+        again.close()
+
+
+_GATE_ALONE = textwrap.dedent(
+    """
+    import sys, types
+    package = types.ModuleType("sb_otel")  # the package without its __init__ (which the public API fills)
+    package.__path__ = [sys.argv[1] + "/sb_otel"]
+    sys.modules["sb_otel"] = package
+    from sb_otel._cli.export_gate import lease_note
+    note = lease_note(["--store", sys.argv[2]])
+    loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("opentelemetry", "click", "rich"))
+    print(note)
+    print(loaded)
+    """
+)
+
+
+def test_the_lease_check_loads_neither_the_sdk_nor_click(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    store = SqliteSessionStore(path)
+    store.acquire_lease(new_holder(), 60, now=time.time())
+    store.close()
+    done = subprocess.run(
+        [sys.executable, "-c", _GATE_ALONE, str(REPOSITORY), str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    note, loaded = done.stdout.splitlines()
+    assert "is exporting this store" in note
+    assert loaded == "[]"
+
+
+def test_export_once_into_json_files_then_nothing_left(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    store = SqliteSessionStore(path)
+    store.outbox_append("logs", [_log_row()], time.time())
+    store.close()
+    env = {**os.environ, "SB_OTEL_DATA_DIR": str(tmp_path / "data")}
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "sb_otel", "export", "--store", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "exported 0 root spans, 0 spans, 1 log records to OTLP JSON files in" in done.stdout
+    lines = (tmp_path / "data" / "telemetry" / "logs.jsonl").read_text().splitlines()
+    assert "drained through the file exporter" in lines[-1]
+    store = SqliteSessionStore(path)
+    try:
+        assert store.export_backlog().outbox == {}
+    finally:
+        store.close()
+
+
+def _log_row() -> str:
+    return json.dumps(
+        {
+            "t": 1,
+            "o": 1,
+            "tr": 0,
+            "sp": 0,
+            "f": 0,
+            "st": "INFO",
+            "sn": 9,
+            "b": "drained through the file exporter",
+            "a": {},
+            "ev": "test",
+            "r": [{"service.name": "t"}, ""],
+            "i": ["test", "1", None, {}],
+        }
+    )
+
+
+def test_doctor_shows_what_waits_in_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    store = SqliteSessionStore(path)
+    store.outbox_append("traces", ["{}", "{}"], time.time())
+    store.count_dropped("poison", 1)
+    store.close()
+    result = CliRunner().invoke(cli, ["doctor", "--json", "--store", str(path)])
+    checks = {check["name"]: check for check in json.loads(result.output)}
+    outbox = checks["outbox"]
+    assert outbox["status"] == "warn"
+    assert "2 span/log record(s) and 0 root span(s) waiting" in outbox["detail"]
+    assert "1 poison" in outbox["detail"]
+    assert "sb-otel export" in outbox["advice"]

@@ -1,0 +1,97 @@
+"""The store's side of "telemetry from the store": root spans marked pending when a session ends, the outbox,
+its bounds, and the exporter lease — for the SQLite and the in-memory store alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sb_otel import InMemorySessionStore, NewSession, SessionEnding, SqliteSessionStore
+from sb_otel._tracking.export_state import TelemetryStore
+
+NOW = datetime(2026, 2, 6, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    made = SqliteSessionStore(tmp_path / "s.db") if request.param == "sqlite" else InMemorySessionStore()
+    assert isinstance(made, TelemetryStore)
+    yield made
+    made.close()
+
+
+def new(event_id: str, telemetry: dict[str, object]) -> NewSession:
+    return NewSession(event_id, "comp", "host", 1, "/tmp", NOW, NOW, {"event_id": event_id}, telemetry)
+
+
+def test_ending_a_session_with_a_span_plan_marks_its_root_span_pending(store: Any) -> None:
+    planned, _ = store.create(new("e1", {"span": {"trace_id": "1" * 32}}))
+    unplanned, _ = store.create(new("e2", {}))
+    assert store.pending_root_spans(10) == []  # open sessions owe nothing yet
+    for record in (planned, unplanned):
+        store.finish(record.session_id, SessionEnding("exited", NOW + timedelta(minutes=1)))
+    assert [r.session_id for r in store.pending_root_spans(10)] == [planned.session_id]
+    assert store.export_backlog().pending_root_spans == 1
+    # a retried end changes nothing, and exported means exported
+    store.finish(planned.session_id, SessionEnding("crashed", NOW))
+    store.mark_root_spans_exported([planned.session_id])
+    assert store.pending_root_spans(10) == []
+    assert store.export_backlog().pending_root_spans == 0
+
+
+def test_the_outbox_keeps_rows_per_signal_oldest_first_until_deleted(store: Any) -> None:
+    store.outbox_append("traces", ["a", "b"], 1.0)
+    store.outbox_append("logs", ["x"], 1.5)
+    store.outbox_append("traces", ["c"], 2.0)
+    rows = store.outbox_batch("traces", 10)
+    assert [row.payload for row in rows] == ["a", "b", "c"]
+    assert [row.payload for row in store.outbox_batch("traces", 2)] == ["a", "b"]
+    store.outbox_delete([rows[0].id])
+    assert [row.payload for row in store.outbox_batch("traces", 10)] == ["b", "c"]
+    backlog = store.export_backlog()
+    assert backlog.outbox == {"traces": 2, "logs": 1}
+    assert backlog.oldest == 1.0
+
+
+def test_trimming_drops_the_oldest_rows_beyond_the_bounds_and_counts_them(store: Any) -> None:
+    store.outbox_append("traces", [f"old{i}" for i in range(3)], 100.0)
+    store.outbox_append("traces", [f"new{i}" for i in range(5)], 1_000.0)
+    assert store.outbox_trim(max_rows=10, max_age_s=500, now=1_001.0) == {"expired": 3, "overflow": 0}
+    assert store.outbox_trim(max_rows=2, max_age_s=500, now=1_001.0) == {"expired": 0, "overflow": 3}
+    assert [row.payload for row in store.outbox_batch("traces", 10)] == ["new3", "new4"]
+    store.count_dropped("poison", 1)
+    assert store.export_backlog().dropped == {"expired": 3, "overflow": 3, "poison": 1}
+
+
+def test_one_exporter_holds_the_lease_until_it_expires_or_is_released(store: Any) -> None:
+    assert store.current_lease() is None
+    assert store.acquire_lease("a", 10, now=100.0)
+    assert not store.acquire_lease("b", 10, now=105.0)
+    assert store.acquire_lease("a", 10, now=105.0)  # renewal
+    assert not store.acquire_lease("b", 10, now=114.0)
+    assert store.acquire_lease("b", 10, now=115.5)  # a's lease ran out
+    lease = store.current_lease()
+    assert lease is not None
+    assert (lease.holder, lease.expires_at) == ("b", 125.5)
+    store.release_lease("a")  # not a's to release
+    assert not store.acquire_lease("a", 10, now=116.0)
+    store.release_lease("b")
+    assert store.acquire_lease("a", 10, now=116.0)
+
+
+def test_the_sqlite_migration_is_named_and_a_reopened_store_keeps_its_state(tmp_path: Path) -> None:
+    first = SqliteSessionStore(tmp_path / "s.db")
+    first.outbox_append("logs", ["x"], 1.0)
+    assert first.acquire_lease("a", 10, now=1.0)
+    first.close()
+    again = SqliteSessionStore(tmp_path / "s.db")
+    try:
+        assert "0003_telemetry_from_the_store" in again.applied_migrations()
+        assert [row.payload for row in again.outbox_batch("logs", 5)] == ["x"]
+        assert not again.acquire_lease("b", 10, now=2.0)
+    finally:
+        again.close()

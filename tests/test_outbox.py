@@ -1,0 +1,99 @@
+"""The outbox processors: sb-otel's spans and log records go into the store as they end, encoded so that the
+SDK's own OTLP encoder gets back exactly what was recorded."""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+from sb_otel import InMemorySessionStore
+from sb_otel._telemetry import otel_logs
+from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSpanProcessor
+from sb_otel._telemetry.outbox_codec import decode_log, decode_span
+
+
+def providers(store: InMemorySessionStore) -> tuple[TracerProvider, otel_logs.SdkLoggerProvider]:
+    outbox = Outbox(store)
+    tracer_provider = TracerProvider(shutdown_on_exit=False)
+    tracer_provider.add_span_processor(OutboxSpanProcessor(outbox))
+    logger_provider = otel_logs.SdkLoggerProvider(shutdown_on_exit=False)
+    logger_provider.add_log_record_processor(OutboxLogRecordProcessor(outbox))
+    return tracer_provider, logger_provider
+
+
+def test_an_ended_span_and_an_emitted_log_record_are_rows_before_the_call_returns() -> None:
+    store = InMemorySessionStore()
+    tracer_provider, logger_provider = providers(store)
+    tracer = tracer_provider.get_tracer("scope", "1.2")
+    with tracer.start_as_current_span("outer", attributes={"list": [1, 2], "text": "v", "big": 2**70}) as outer:
+        outer.add_event("happened", {"n": 1})
+        with tracer.start_as_current_span("inner"):
+            pass
+        assert next(row.payload for row in store.outbox_batch("traces", 10)).startswith('{"n":"inner"')
+        logger_provider.get_logger("scope").emit(
+            body="hello", attributes={"k": "v"}, event_name="ev", severity_number=otel_logs.SeverityNumber.INFO
+        )
+        assert len(store.outbox_batch("logs", 10)) == 1
+    spans = [decode_span(row.payload) for row in store.outbox_batch("traces", 10)]
+    assert [span.name for span in spans] == ["inner", "outer"]
+    inner, decoded = spans
+    assert inner.parent is not None
+    assert inner.parent.span_id == outer.get_span_context().span_id
+    assert decoded.context.trace_id == outer.get_span_context().trace_id
+    assert dict(decoded.attributes or {}) == {"list": [1, 2], "text": "v", "big": 2**70}  # kept as given
+    assert decoded.events[0].name == "happened"
+    assert decoded.start_time == outer.start_time
+    assert decoded.end_time == outer.end_time
+    assert decoded.instrumentation_scope is not None
+    assert decoded.instrumentation_scope.version == "1.2"
+    assert decoded.resource.attributes == tracer_provider.resource.attributes
+    log = decode_log(store.outbox_batch("logs", 10)[0].payload)
+    assert (log.log_record.body, log.log_record.event_name) == ("hello", "ev")
+    assert log.log_record.trace_id == outer.get_span_context().trace_id
+    assert log.log_record.span_id == outer.get_span_context().span_id
+    # the SDK's OTLP encoder takes the decoded records; the uint64-overflowing attribute is its to refuse
+    assert encode_spans([inner]).resource_spans
+    assert encode_logs([log]).resource_logs
+
+
+def test_unsampled_spans_are_not_written_and_shutdown_stops_writing() -> None:
+    store = InMemorySessionStore()
+    outbox = Outbox(store)
+    processor = OutboxSpanProcessor(outbox)
+    sampled_off = TracerProvider(sampler=ALWAYS_OFF, shutdown_on_exit=False)
+    sampled_off.add_span_processor(processor)
+    with sampled_off.get_tracer("x").start_as_current_span("dropped by the sampler"):
+        pass
+    assert store.outbox_batch("traces", 10) == []
+    tracer_provider, _ = providers(store)
+    processors = tracer_provider._active_span_processor._span_processors
+    assert processors[0].force_flush() is True  # nothing is ever held back
+    processors[0].shutdown()
+    with tracer_provider.get_tracer("x").start_as_current_span("after shutdown"):
+        pass
+    assert store.outbox_batch("traces", 10) == []
+
+
+class BrokenStore(InMemorySessionStore):
+    def outbox_append(self, signal: str, payloads: object, now: float) -> None:
+        raise OSError("disk is full")
+
+
+def test_a_store_that_cannot_be_written_costs_the_record_never_the_caller(caplog: pytest.LogCaptureFixture) -> None:
+    tracer_provider, _ = providers(BrokenStore())
+    with tracer_provider.get_tracer("x").start_as_current_span("lost"):
+        pass  # ending the span raised nothing
+    assert "could not write a traces record to the outbox" in caplog.text
+
+
+def test_the_writer_keeps_the_outbox_within_its_row_bound() -> None:
+    store = InMemorySessionStore()
+    outbox = Outbox(store, max_rows=50)
+    for number in range(1_000):  # TRIM_EVERY writes: the writer trims by itself
+        outbox.write("logs", str(number))
+    rows = store.outbox_batch("logs", 100)
+    assert [row.payload for row in rows] == [str(number) for number in range(950, 1_000)]
+    assert store.export_backlog().dropped == {"expired": 0, "overflow": 950}
