@@ -53,9 +53,13 @@ class DurationCounts:
     buckets: list[int] = field(default_factory=lambda: [0] * (len(SESSION_DURATION_BUCKETS) + 1))
     count: int = 0
     total: float = 0.0
+    minimum: float = 0.0
+    maximum: float = 0.0
 
     def observe(self, seconds: float) -> None:
         self.buckets[bucket_index(seconds)] += 1
+        self.minimum = seconds if self.count == 0 else min(self.minimum, seconds)
+        self.maximum = seconds if self.count == 0 else max(self.maximum, seconds)
         self.count += 1
         self.total += seconds
 
@@ -152,7 +156,7 @@ class InMemoryCounts:
             ended=dict(self.ended),
             open=opened,
             durations={
-                key: DurationCounts(list(value.buckets), value.count, value.total)
+                key: DurationCounts(list(value.buckets), value.count, value.total, value.minimum, value.maximum)
                 for key, value in self.durations.items()
             },
         )
@@ -199,7 +203,8 @@ COUNTS_MIGRATION: tuple[str, tuple[str, ...]] = (
         "CREATE TABLE session_duration_counts (component TEXT NOT NULL, status TEXT NOT NULL, "
         "bucket INTEGER NOT NULL, value INTEGER NOT NULL, PRIMARY KEY (component, status, bucket))",
         "CREATE TABLE session_duration_sums (component TEXT NOT NULL, status TEXT NOT NULL, "
-        "count INTEGER NOT NULL, total REAL NOT NULL, PRIMARY KEY (component, status))",
+        "count INTEGER NOT NULL, total REAL NOT NULL, minimum REAL NOT NULL, maximum REAL NOT NULL, "
+        "PRIMARY KEY (component, status))",
         # Counted by the statement that stores the start or the end: no path can store one without counting it.
         f"""
         CREATE TRIGGER session_counts_start AFTER INSERT ON sessions BEGIN
@@ -221,9 +226,11 @@ COUNTS_MIGRATION: tuple[str, tuple[str, ...]] = (
                 SELECT c, NEW.status, {_BUCKET}, 1
                 FROM (SELECT {_label("component", "NEW.component_name")} AS c, {_SECONDS} AS d) WHERE true
                 ON CONFLICT (component, status, bucket) DO UPDATE SET value = value + 1;
-            INSERT INTO session_duration_sums (component, status, count, total)
-                SELECT {_label("component", "NEW.component_name")}, NEW.status, 1, {_SECONDS} WHERE true
-                ON CONFLICT (component, status) DO UPDATE SET count = count + 1, total = total + excluded.total;
+            INSERT INTO session_duration_sums (component, status, count, total, minimum, maximum)
+                SELECT c, NEW.status, 1, d, d, d
+                FROM (SELECT {_label("component", "NEW.component_name")} AS c, {_SECONDS} AS d) WHERE true
+                ON CONFLICT (component, status) DO UPDATE SET count = count + 1, total = total + excluded.total,
+                    minimum = min(minimum, excluded.minimum), maximum = max(maximum, excluded.maximum);
         END
         """,
     ),

@@ -479,13 +479,15 @@ class SqliteSessionStore:
                 ).fetchall()
                 buckets = self._db.execute("SELECT component, status, bucket, value FROM session_duration_counts")
                 bucket_rows = buckets.fetchall()
-                sums = self._db.execute("SELECT component, status, count, total FROM session_duration_sums")
+                sums = self._db.execute(
+                    "SELECT component, status, count, total, minimum, maximum FROM session_duration_sums"
+                )
                 sum_rows = sums.fetchall()
             finally:
                 self._db.execute("COMMIT")
         durations: dict[tuple[str, str], DurationCounts] = {}
-        for component, status, count, total in sum_rows:
-            durations[(component, status)] = DurationCounts(count=count, total=total)
+        for component, status, count, total, minimum, maximum in sum_rows:
+            durations[(component, status)] = DurationCounts(count=count, total=total, minimum=minimum, maximum=maximum)
         for component, status, bucket, value in bucket_rows:
             series = durations.setdefault((component, status), DurationCounts())
             if 0 <= bucket <= len(SESSION_DURATION_BUCKETS):
