@@ -149,8 +149,9 @@ SB_OTEL_JAEGER_URL = Setting(
 SB_OTEL_METRIC_LABEL_LIMIT = Setting(
     env="SB_OTEL_METRIC_LABEL_LIMIT",
     default="`100`",
-    description="Distinct `sb.component.name` (and `sb.shell.type`) values metrics carry per process; later ones "
-    "are counted as `_other` (spans and logs keep the real value).",
+    description="Distinct `sb.component.name` (and `sb.shell.type`) values metrics carry (per process; for the "
+    "store-counted session metrics, per store, set by the last process opening it); later ones are counted as "
+    "`_other` (spans and logs keep the real value).",
 )
 
 OTEL_EXPORTER_OTLP_ENDPOINT = Setting(

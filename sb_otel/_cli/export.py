@@ -46,7 +46,7 @@ def export(follow: bool, lease_ttl: str, interval: str, store_location: str | No
                 report = exporter.drain()
             finally:
                 exporter.release()
-                for sdk_exporter in (exporter.span_exporter, exporter.log_exporter):
+                for sdk_exporter in (exporter.span_exporter, exporter.log_exporter, exporter.metric_exporter):
                     with contextlib.suppress(Exception):
                         sdk_exporter.shutdown()
         if not report.lease_held:
@@ -76,7 +76,7 @@ def _follow(store: TelemetryStore, ttl: float, idle: float) -> int:
         exporter.follow(idle)
     finally:
         exporter.stop(5.0)
-        for sdk_exporter in (exporter.span_exporter, exporter.log_exporter):
+        for sdk_exporter in (exporter.span_exporter, exporter.log_exporter, exporter.metric_exporter):
             with contextlib.suppress(Exception):
                 sdk_exporter.shutdown()
         if meter_provider is not None:

@@ -53,6 +53,7 @@ from sb_otel._telemetry import otel_logs as otel_logs
 from sb_otel._telemetry.instrumentation import InstrumentedSessionTracker, instrument
 from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSpanProcessor, mark_store_pipeline
 from sb_otel._telemetry.store_exporter import StoreExporter
+from sb_otel._telemetry.store_metrics import mark_store_counted
 from sb_otel._tracking.export_state import TelemetryStore
 from sb_otel._tracking.store import SessionStore
 from sb_otel._tracking.store_factory import open_store
@@ -157,7 +158,11 @@ class Telemetry:
             stop.join(max(0.0, deadline - time.monotonic()))
         flushed = not any(stop.is_alive() for stop in stops)
         if self.store_exporter is not None:  # not owned by a processor: the outbox pipeline's exporters
-            for exporter in (self.store_exporter.span_exporter, self.store_exporter.log_exporter):
+            for exporter in (
+                self.store_exporter.span_exporter,
+                self.store_exporter.log_exporter,
+                self.store_exporter.metric_exporter,
+            ):
                 with contextlib.suppress(Exception):
                     if exporter is not None:
                         exporter.shutdown()
@@ -313,7 +318,11 @@ def _build(
             redact=redact,
             outbox=outbox,
             meter_provider=meter_provider,
+            # The store-derived sb.session.* series go where this process's metrics go, when they are ours.
+            metric_exporter=factories["metrics"](None) if "metrics" in factories else None,
         )
+        if store_exporter.session_metrics is not None:
+            mark_store_counted(meter_provider, outbox.store)
         store_exporter.start()
     if host:  # e.g. "metrics, logs: OTLP grpc → …; traces: the application's own OpenTelemetry providers"
         where = f"{', '.join(needed)}: {where}; {', '.join(sorted(host, key=_SIGNALS.index))}: {_HOST_DESTINATION}"
@@ -493,6 +502,7 @@ def standalone_exporter(
         resource=resource,
         redact=SB_OTEL_REDACT.read(),
         meter_provider=meter_provider,
+        metric_exporter=factories["metrics"](None),
         **kwargs,
     )
     return exporter, where, meter_provider

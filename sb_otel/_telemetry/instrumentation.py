@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.context import Context, attach, detach
 from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
@@ -58,6 +58,7 @@ from sb_otel._telemetry.session_span import (
     export_session_span,
     plan_session_span,
 )
+from sb_otel._telemetry.store_metrics import store_counted
 from sb_otel._tracking.export_state import TelemetryStore
 from sb_otel._tracking.foreign import ForeignTracker, as_event
 from sb_otel._tracking.log_lines import ended_line, started_line
@@ -104,6 +105,7 @@ class InstrumentedSessionTracker:
         self._tracer_provider = tracer_provider or trace.get_tracer_provider()
         self._tracer = self._tracer_provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
         self._metrics = SessionMetrics(meter_provider)
+        self._meter_provider = meter_provider
         provider = logger_provider or otel_logs.get_logger_provider()
         self._events = provider.get_logger(sc.INSTRUMENTATION_SCOPE, __version__)
         self._redaction = Redaction.parse(redact)
@@ -133,6 +135,14 @@ class InstrumentedSessionTracker:
         drained = store_pipeline(provider)
         self._store_sends_roots = drained is not None and same_store(drained, self.store)
         return self._store_sends_roots
+
+    def _counted_by_store(self) -> bool:
+        """Whether this tracker's store exports sb.session.started/ended/active/duration itself (sb-otel's own
+        meter provider with the store exporter, see store_metrics.py): then recording them here too would count
+        every session twice, and split one series over processes."""
+        provider = self._meter_provider or metrics.get_meter_provider()
+        counted = store_counted(provider)
+        return counted is not None and same_store(counted, self.store)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.wrapped, name)
@@ -244,8 +254,9 @@ class InstrumentedSessionTracker:
     ) -> None:
         component = {sc.COMPONENT_NAME: self._metrics.component(start.component_name)}
         shell = self._metrics.shell(start.shell_type)
-        self._metrics.started.add(1, {**component, sc.SHELL_TYPE: shell, sc.RESULT: "tracked"})
-        self._metrics.active.add(1, component)
+        if not self._counted_by_store():
+            self._metrics.started.add(1, {**component, sc.SHELL_TYPE: shell, sc.RESULT: "tracked"})
+            self._metrics.active.add(1, component)
         attributes = {**described, sc.SESSION_ID: session_id}
         line = started_line(
             session_id,
@@ -341,9 +352,11 @@ class InstrumentedSessionTracker:
         """:meth:`finish_session_telemetry` with what the caller already read from the store."""
         component = {sc.COMPONENT_NAME: self._metrics.component(record.component_name)}
         start, end, _ = span_times(record)
-        self._metrics.ended.add(1, {**component, sc.SESSION_STATUS: outcome.status})
-        self._metrics.active.add(-1, component)
-        self._metrics.duration.record((end - start).total_seconds(), {**component, sc.SESSION_STATUS: outcome.status})
+        if not self._guard(self._counted_by_store):
+            self._metrics.ended.add(1, {**component, sc.SESSION_STATUS: outcome.status})
+            self._metrics.active.add(-1, component)
+            seconds = (end - start).total_seconds()
+            self._metrics.duration.record(seconds, {**component, sc.SESSION_STATUS: outcome.status})
         attributes = root_attributes(record, outcome, planned)
         line = ended_line(record.session_id, ended_text or end.isoformat())
         if planned is not None and not self._roots_from_store():

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from sb_otel._tracking.session_counts import SESSION_DURATION_BUCKETS as BUCKETS
+
 INSTRUMENTATION_SCOPE: Final = "sb_otel"
 
 # -- attributes --------------------------------------------------------------------------------------------
@@ -45,23 +47,8 @@ METRIC_ACTIVE: Final = "sb.session.active"
 METRIC_DURATION: Final = "sb.session.duration"
 METRIC_LIFECYCLE_DURATION: Final = "sb.lifecycle.duration"
 
-SESSION_DURATION_BUCKETS: Final = (
-    1.0,
-    5.0,
-    15.0,
-    30.0,
-    60.0,
-    300.0,
-    900.0,
-    1800.0,
-    3600.0,
-    7200.0,
-    14400.0,
-    28800.0,
-    43200.0,
-    86400.0,
-)
-"""Session lengths from a second to a day."""
+SESSION_DURATION_BUCKETS: Final = BUCKETS
+"""Session lengths from a second to a day (defined with the store's counts, which bucket them)."""
 LIFECYCLE_DURATION_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 # -- log events --------------------------------------------------------------------------------------------

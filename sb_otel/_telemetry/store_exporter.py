@@ -47,13 +47,17 @@ from sb_otel._telemetry.attributes import Redaction
 from sb_otel._telemetry.outbox import Outbox
 from sb_otel._telemetry.outbox_codec import LOGS, SPANS, decode_log, decode_span
 from sb_otel._telemetry.root_span import SessionTelemetry, export_root_span, record_outcome, stored_redaction
+from sb_otel._telemetry.store_metrics import StoreSessionMetrics
 from sb_otel._tracking.export_state import TelemetryStore, holder_gone, new_holder
+from sb_otel._tracking.session_counts import SessionCountsStore
 from sb_otel._tracking.store import SessionRecord
 from sb_otel._version import __version__
 
 LEASE_TTL_S = 15.0
 """How long a lease lasts without renewal: longer than one export call may take (the OTLP exporters' own
 timeout is 10 s by default), so a holder never loses it in the middle of a call."""
+METRICS_INTERVAL_S = 10.0
+"""How often a following exporter sends the store-derived session series (cumulative: a late one loses nothing)."""
 BATCH_SIZE = 512
 IDLE_INTERVAL_S = 1.0
 BACKOFF_MIN_S = 1.0
@@ -78,6 +82,8 @@ class DrainReport:
     failed: bool = False
     """Whether an export failed (the collector unreachable?): what is left waits for the next round."""
     lease_held: bool = True
+    metrics_exported: bool | None = None
+    """Whether the store-derived session series were sent this drain (``None``: not due, or none configured)."""
 
     @property
     def exported(self) -> int:
@@ -100,6 +106,8 @@ class StoreExporter:
         lease_ttl_s: float = LEASE_TTL_S,
         batch_size: int = BATCH_SIZE,
         meter_provider: Any = None,
+        metric_exporter: Any = None,
+        metrics_interval_s: float = METRICS_INTERVAL_S,
     ) -> None:
         self.store = store
         self.span_exporter = span_exporter
@@ -122,6 +130,13 @@ class StoreExporter:
         self._backoff = 0.0
         if meter_provider is not None:
             self._register_metrics(meter_provider)
+        # The store-derived session series (sb.session.*): sent only from here, so only by the lease holder.
+        self.session_metrics: StoreSessionMetrics | None = None
+        if metric_exporter is not None and isinstance(store, SessionCountsStore):
+            self.session_metrics = StoreSessionMetrics(store, metric_exporter, resource)
+        self.metric_exporter = metric_exporter
+        self.metrics_interval_s = metrics_interval_s
+        self._metrics_due = 0.0
 
     # -- the lease ----------------------------------------------------------------------------------------
 
@@ -174,10 +189,20 @@ class StoreExporter:
                     break
             for reason, count in self.outbox.trim().items():
                 report.dropped[reason] = report.dropped.get(reason, 0) + count
+            self._metrics_round(report)
         except LeaseLost:
             report.lease_held = False
             _log.warning("sb-otel exporter %s lost its lease to another process; it stops exporting", self.holder)
         return report
+
+    def _metrics_round(self, report: DrainReport, *, force: bool = False) -> None:
+        """Send the store-derived session series, at most every ``metrics_interval_s`` (every drain when 0)."""
+        if self.session_metrics is None or (not force and time.monotonic() < self._metrics_due):
+            return
+        self._renew()
+        report.metrics_exported = self.session_metrics.export()
+        report.failed = report.failed or not report.metrics_exported
+        self._metrics_due = time.monotonic() + self.metrics_interval_s
 
     def _root_round(self, report: DrainReport) -> int:
         if self.span_exporter is None:  # the host's own tracing: root spans are not ours to send

@@ -38,6 +38,13 @@ from sb_otel._tracking.export_state import (
     OutboxRow,
 )
 from sb_otel._tracking.identity import numbered_session_id, session_id_base
+from sb_otel._tracking.session_counts import (
+    COUNTS_MIGRATION,
+    SESSION_DURATION_BUCKETS,
+    DurationCounts,
+    SessionCounts,
+    configured_label_limit,
+)
 from sb_otel._tracking.store import NewSession, SessionEnding, SessionRecord, SessionStatus
 
 BUSY_TIMEOUT_MS = 10_000
@@ -80,6 +87,7 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     TELEMETRY_MIGRATION,  # pending root spans, the outbox, the exporter lease (sb_otel/_tracking/export_state.py)
+    COUNTS_MIGRATION,  # session counts kept by triggers (sb_otel/_tracking/session_counts.py)
 )
 """Named schema migrations, applied in order, each in its own transaction. Append; never edit."""
 
@@ -238,6 +246,12 @@ class SqliteSessionStore:
             self._db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
             self._db.execute("PRAGMA foreign_keys = ON")
             self._migrate()
+            limit = configured_label_limit()
+            if limit is not None:  # store-wide, so every process folds labels alike; admitted ones stay
+                self._db.execute(
+                    "UPDATE session_metric_meta SET value = ? WHERE key = 'label_limit' AND value != ?",
+                    (str(limit), str(limit)),
+                )
         except sqlite3.Error as exc:
             raise _explain(self.path, exc) from exc
 
@@ -449,6 +463,43 @@ class SqliteSessionStore:
         with self._lock, _translated(self.path):
             rows = self._db.execute(sql, params).fetchall()
         return {(component, status): count for component, status, count in rows}
+
+    def session_counts(self) -> SessionCounts:
+        with self._lock, _translated(self.path):
+            self._db.execute("BEGIN")  # one snapshot: counts and open sessions agree
+            try:
+                meta = dict(self._db.execute("SELECT key, value FROM session_metric_meta").fetchall())
+                started = self._db.execute("SELECT component, shell_type, result, value FROM session_started_counts")
+                started_counts = {(c, s, r): v for c, s, r, v in started.fetchall()}
+                ended = self._db.execute("SELECT component, status, value FROM session_ended_counts").fetchall()
+                opened = self._db.execute(
+                    "SELECT COALESCE(l.value, '_other'), COUNT(*) FROM sessions AS s "
+                    "LEFT JOIN session_metric_labels AS l ON l.kind = 'component' AND l.value = s.component_name "
+                    "WHERE s.status = 'open' GROUP BY 1"
+                ).fetchall()
+                buckets = self._db.execute("SELECT component, status, bucket, value FROM session_duration_counts")
+                bucket_rows = buckets.fetchall()
+                sums = self._db.execute(
+                    "SELECT component, status, count, total, minimum, maximum FROM session_duration_sums"
+                )
+                sum_rows = sums.fetchall()
+            finally:
+                self._db.execute("COMMIT")
+        durations: dict[tuple[str, str], DurationCounts] = {}
+        for component, status, count, total, minimum, maximum in sum_rows:
+            durations[(component, status)] = DurationCounts(count=count, total=total, minimum=minimum, maximum=maximum)
+        for component, status, bucket, value in bucket_rows:
+            series = durations.setdefault((component, status), DurationCounts())
+            if 0 <= bucket <= len(SESSION_DURATION_BUCKETS):
+                series.buckets[bucket] = value
+        return SessionCounts(
+            store_id=meta["store_id"],
+            start_time_unix_nano=int(meta["start_time_unix_nano"]),
+            started=started_counts,
+            ended={(component, status): value for component, status, value in ended},
+            open={component: count for component, count in opened},
+            durations=durations,
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from sb_otel._tracking.export_state import InMemoryExportState
 from sb_otel._tracking.identity import numbered_session_id, session_id_base
+from sb_otel._tracking.session_counts import InMemoryCounts, SessionCounts, shell_type_of
 
 SessionStatus = Literal["open", "exited", "crashed", "abnormal"]
 """``open`` until ended; then ``exited`` (normal), ``crashed`` (end reported failure) or ``abnormal`` (reaped)."""
@@ -167,6 +168,7 @@ class InMemorySessionStore(InMemoryExportState):
         self._counters: dict[str, int] = {}
         self._start_claims: dict[str, tuple[str, datetime]] = {}
         self._end_claims: dict[str, tuple[str, datetime]] = {}
+        self._counts = InMemoryCounts()
 
     def claim_start(self, event_id: str, claimant: str, now: datetime, expires_before: datetime) -> bool:
         with self._lock:
@@ -216,6 +218,7 @@ class InMemorySessionStore(InMemoryExportState):
             )
             self._sessions[record.session_id] = record
             self._by_event[new.event_id] = record.session_id
+            self._counts.on_start(record.component_name, shell_type_of(record.start_event))
             return record, True
 
     def get(self, session_id: str) -> SessionRecord | None:
@@ -242,6 +245,8 @@ class InMemorySessionStore(InMemoryExportState):
             )
             self._sessions[session_id] = ended
             self._mark_root_pending(ended)  # in the same critical section: the root span is owed from now on
+            seconds = (ending.ended_at - record.started_at).total_seconds()
+            self._counts.on_end(record.component_name, ending.status, seconds)
             return ended, True
 
     def update_telemetry(self, session_id: str, telemetry: Mapping[str, Any]) -> None:
@@ -278,6 +283,11 @@ class InMemorySessionStore(InMemoryExportState):
                     key = (record.component_name, record.status)
                     counts[key] = counts.get(key, 0) + 1
         return counts
+
+    def session_counts(self) -> SessionCounts:
+        with self._lock:
+            opened = [record.component_name for record in self._sessions.values() if record.is_open]
+            return self._counts.snapshot(opened)
 
     def close(self) -> None:
         """Nothing to release."""
