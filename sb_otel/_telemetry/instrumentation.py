@@ -192,16 +192,16 @@ class InstrumentedSessionTracker:
         described = self._guard(start_attributes, raw, "") or {}
         shell_context = self._guard(extract, start.metadata) or Context()
         read = self._guard(self._known_start, start.event_id)
-        known: Known = read[0] if read is not None else UNREAD  # a failed read: the tracker reads itself
-        plan, retry = self._guard(self._plan_start, start, known, described, shell_context) or (None, False)
-        if plan is None:  # telemetry could not even plan: track without it
+        planned = self._guard(self._plan_start, start, read[0], described, shell_context) if read else None
+        plan, retry = planned or (None, False)
+        if read is None or plan is None:  # telemetry could not even plan (a store it cannot read): track without it
             return (await self._inner_start(given, None))[0]
         span_attributes = {sc.COMPONENT_NAME: start.component_name, sc.SHELL_TYPE: start.shell_type}
         telemetry: dict[str, Any] = {STATE_KEY: plan.to_json(), ATTRIBUTES_KEY: described}
         if self._redaction:  # so the exporter that sends the root span later redacts it the same way
             telemetry[REDACT_KEY] = redaction_spec(self._redaction)
         with self._child_span(f"session.start {start.component_name}", plan, span_attributes, described) as span:
-            result, record = await self._inner_start(given, telemetry, known, raw)
+            result, record = await self._inner_start(given, telemetry, read[0], raw)
             self._guard(_annotate_child, span, result.session_id, result.status, result.error)
         if result.status == "tracked" and result.session_id is not None:
             stored = self._guard(_stored_plan, record, telemetry[STATE_KEY]) or plan
