@@ -325,3 +325,69 @@ async def test_spec_mock_works_as_in_the_seeds_testing_section() -> None:
     assert result.status == "tracked"
     assert result.session_id == "mahavishnu-20260206-123456"
     lifecycle_mgr.initialize_session.assert_awaited_once_with(working_directory="/home/john/projects")
+
+
+# -- the per-directory cache --------------------------------------------------------------------------------
+
+
+async def test_a_cached_answer_sees_a_new_head_a_new_commit_and_a_changed_pyproject(repo: Path) -> None:
+    """The second answer for a directory comes from the cache only while its files stat the same: switching
+    branch (git rewrites HEAD), committing (a new loose ref), adding and then editing pyproject.toml all show."""
+    manager = SessionLifecycleManager()
+    first = await manager.initialize_session(str(repo))
+    assert first["git"]["branch"] == "main"
+    assert await manager.initialize_session(str(repo)) == first
+    git(repo, "checkout", "-q", "-b", "feature")
+    assert (await manager.initialize_session(str(repo)))["git"]["branch"] == "feature"
+    newer = commit(repo, "b.txt", "second")
+    assert (await manager.initialize_session(str(repo)))["git"]["commit"] == newer
+    (repo / "pyproject.toml").write_text('[project]\nname = "first"\n', encoding="utf-8")
+    assert (await manager.initialize_session(str(repo)))["project"] == "first"
+    (repo / "pyproject.toml").write_text('[project]\nname = "renamed-project"\n', encoding="utf-8")
+    assert (await manager.initialize_session(str(repo)))["project"] == "renamed-project"
+    (repo / "pyproject.toml").unlink()
+    assert (await manager.initialize_session(str(repo)))["project"] == repo.name
+
+
+async def test_a_cached_answer_is_a_copy_and_the_cache_is_bounded(tmp_path: Path) -> None:
+    """Changing an answer does not change the next one; more directories than the bound evict the oldest."""
+    from sb_otel._tracking.lifecycle import DescribeCache
+
+    cache = DescribeCache(size=2)
+    directories = [tmp_path / name for name in ("a", "b", "c")]
+    for directory in directories:
+        directory.mkdir()
+    answer = cache.describe(str(directories[0]), required=True)
+    answer["project"] = "changed by the caller"
+    assert cache.describe(str(directories[0]), required=True)["project"] == "a"
+    for directory in directories[1:]:
+        cache.describe(str(directory), required=True)
+    assert list(cache._answers) == [str(directories[1]), str(directories[2])]
+
+
+def test_an_unchanged_git_work_tree_is_answered_without_opening_a_file(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sb_otel._tracking import lifecycle
+
+    (repo / "pyproject.toml").write_text('[project]\nname = "cached"\n', encoding="utf-8")
+    opened: list[Path] = []
+    real = lifecycle.read_regular_file
+    monkeypatch.setattr(lifecycle, "read_regular_file", lambda path, limit: opened.append(path) or real(path, limit))
+    manager = SessionLifecycleManager()
+    first = manager.describe_start(str(repo))
+    assert first["project"] == "cached"
+    assert {path.name for path in opened} >= {"HEAD", "pyproject.toml"}
+    opened.clear()
+    assert manager.describe_end(str(repo)) == first
+    assert opened == []
+
+
+async def test_a_directory_that_goes_away_is_not_answered_from_the_cache(tmp_path: Path) -> None:
+    manager = SessionLifecycleManager()
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    assert (await manager.initialize_session(str(gone)))["success"] is True
+    gone.rmdir()
+    answer = await manager.initialize_session(str(gone))
+    assert answer == {"success": False, "error": f"working directory does not exist: {gone}"}

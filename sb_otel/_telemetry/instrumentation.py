@@ -64,7 +64,7 @@ from sb_otel._tracking.foreign import ForeignTracker, as_event
 from sb_otel._tracking.log_lines import ended_line, started_line
 from sb_otel._tracking.models import SessionEndEvent, SessionEndResult, SessionStartEvent, SessionStartResult
 from sb_otel._tracking.outcome import Outcome, end_outcome
-from sb_otel._tracking.seam import TrackingSeam, offers_seam
+from sb_otel._tracking.seam import UNREAD, Known, TrackingSeam, offers_seam
 from sb_otel._tracking.store import SessionRecord, SessionStore
 from sb_otel._tracking.tracker import EVENT_LINE_MARKER, SESSION_ENDED_LINE, SESSION_STARTED_LINE
 from sb_otel._version import __version__
@@ -201,15 +201,17 @@ class InstrumentedSessionTracker:
         raw = start.model_dump(mode="json")
         described = self._guard(start_attributes, raw, "") or {}
         shell_context = self._guard(extract, start.metadata) or Context()
-        plan, retry = self._guard(self._plan_start, start, described, shell_context) or (None, False)
-        if plan is None:  # telemetry could not even plan: track without it
+        read = self._guard(self._known_start, start.event_id)
+        planned = self._guard(self._plan_start, start, read[0], described, shell_context) if read else None
+        plan, retry = planned or (None, False)
+        if read is None or plan is None:  # telemetry could not even plan (a store it cannot read): track without it
             return (await self._inner_start(given, None))[0]
         span_attributes = {sc.COMPONENT_NAME: start.component_name, sc.SHELL_TYPE: start.shell_type}
         telemetry: dict[str, Any] = {STATE_KEY: plan.to_json(), ATTRIBUTES_KEY: described}
         if self._redaction:  # so the exporter that sends the root span later redacts it the same way
             telemetry[REDACT_KEY] = redaction_spec(self._redaction)
         with self._child_span(f"session.start {start.component_name}", plan, span_attributes, described) as span:
-            result, record = await self._inner_start(given, telemetry)
+            result, record = await self._inner_start(given, telemetry, read[0], raw)
             self._guard(_annotate_child, span, result.session_id, result.status, result.error)
         if result.status == "tracked" and result.session_id is not None:
             stored = self._guard(_stored_plan, record, telemetry[STATE_KEY]) or plan
@@ -223,11 +225,19 @@ class InstrumentedSessionTracker:
         self._guard(self._record_failed_start, start, described, plan, result.error or "start failed")
         return result
 
+    def _known_start(self, event_id: str) -> tuple[SessionRecord | None]:
+        """The record of an earlier start of this event (a retry), read once: the tracker is handed this read.
+        In a tuple, so that "no record" is told apart from a read that failed (the guard's ``None``)."""
+        return (self.store.get_by_event_id(event_id),)
+
     def _plan_start(
-        self, start: SessionStartEvent, described: Mapping[str, AttributeValue], shell_context: Context
+        self,
+        start: SessionStartEvent,
+        known: Known,
+        described: Mapping[str, AttributeValue],
+        shell_context: Context,
     ) -> tuple[SessionSpanPlan, bool]:
-        known = self.store.get_by_event_id(start.event_id)
-        if known is not None and STATE_KEY in known.telemetry:  # a retry: same session, same span
+        if isinstance(known, SessionRecord) and STATE_KEY in known.telemetry:  # a retry: same session, same span
             return SessionSpanPlan.from_json(known.telemetry[STATE_KEY]), True
         ambient = trace.get_current_span().get_span_context()
         plan = plan_session_span(
@@ -240,13 +250,18 @@ class InstrumentedSessionTracker:
         return plan, False
 
     async def _inner_start(
-        self, event: Any, telemetry: Mapping[str, Any] | None
+        self,
+        event: Any,
+        telemetry: Mapping[str, Any] | None,
+        known: Known = UNREAD,
+        dumped: Mapping[str, Any] | None = None,
     ) -> tuple[SessionStartResult, SessionRecord | None]:
         """Exactly one call into the wrapped tracker, through the seam; ``telemetry`` (the span plan and start
-        attributes) is stored with the session in the same write.
+        attributes) is stored with the session in the same write. ``known`` (our read by event id, if it
+        succeeded) and ``dumped`` (the event's JSON form) are handed over, so the tracker does neither again.
 
         Returns the result and the stored record (whose plan wins over ours if a retry got there first)."""
-        tracked = await self._seam.track_start(event, telemetry)
+        tracked = await self._seam.track_start(event, telemetry, known=known, dumped=dumped)
         return tracked.result, tracked.record
 
     def _announce_start(
@@ -308,15 +323,16 @@ class InstrumentedSessionTracker:
             self._guard(self._metrics.ended.add, 1, {sc.SESSION_STATUS: "error"})
             return result
         record = self._guard(self._stored, end.session_id)
+        known: Known = record if record is not None else UNREAD
         planned = self._guard(SessionTelemetry.of, record) if record is not None else None
         given = event if self._foreign else end
         if record is None or planned is None:
-            result, ended = await self._inner_end(given)
+            result, ended = await self._inner_end(given, known)
         else:
             name = f"session.end {record.component_name}"
             attributes = {sc.COMPONENT_NAME: record.component_name}
             with self._child_span(name, planned.plan, attributes, planned.attributes) as span:
-                result, ended = await self._inner_end(given)
+                result, ended = await self._inner_end(given, known)
                 self._guard(_annotate_child, span, end.session_id, result.status, result.error)
         if ended is not None:
             outcome = end_outcome(end.metadata)
@@ -327,10 +343,10 @@ class InstrumentedSessionTracker:
             self._guard(self._metrics.ended.add, 1, {**component, sc.SESSION_STATUS: result.status})
         return result
 
-    async def _inner_end(self, event: Any) -> tuple[SessionEndResult, SessionRecord | None]:
+    async def _inner_end(self, event: Any, known: Known = UNREAD) -> tuple[SessionEndResult, SessionRecord | None]:
         """Exactly one call into the wrapped tracker, through the seam; returns the ended record only to the call
-        that ended it."""
-        tracked = await self._seam.track_end(event)
+        that ended it. ``known`` (our read of the session) is handed over; the tracker re-checks it."""
+        tracked = await self._seam.track_end(event, known=known)
         return tracked.result, tracked.ended
 
     def _stored(self, session_id: str) -> SessionRecord | None:

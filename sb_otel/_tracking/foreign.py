@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from sb_otel._tracking.models import SessionEndEvent, SessionStartEvent
 from sb_otel._tracking.outcome import end_outcome
-from sb_otel._tracking.seam import TrackedEnd, TrackedStart
+from sb_otel._tracking.seam import UNREAD, Known, TrackedEnd, TrackedStart
 from sb_otel._tracking.store import NewSession, SessionEnding, SessionRecord, SessionStore
 from sb_otel._tracking.store_factory import open_store
 
@@ -70,8 +70,16 @@ class ForeignTracker:
             _close_at_exit(self, self._store)
         return self._store
 
-    async def track_start(self, event: Any, telemetry: Mapping[str, Any] | None = None) -> TrackedStart:
-        """The foreign tracker's start; a tracked session is mirrored with ``telemetry`` when the event is valid."""
+    async def track_start(
+        self,
+        event: Any,
+        telemetry: Mapping[str, Any] | None = None,
+        *,
+        known: Known = UNREAD,
+        dumped: Mapping[str, Any] | None = None,
+    ) -> TrackedStart:
+        """The foreign tracker's start; a tracked session is mirrored with ``telemetry`` when the event is valid.
+        (``known`` and ``dumped`` are the seam's; the foreign tracker reads and dumps on its own.)"""
         result = await self.tracker.handle_session_start(event)
         tracked = telemetry is not None and result.status == "tracked" and result.session_id
         start = _ours(SessionStartEvent, event) if tracked else None
@@ -83,7 +91,7 @@ class ForeignTracker:
             _log.warning("could not record session %s in sb-otel's store", result.session_id, exc_info=True)
             return TrackedStart(result, None)
 
-    async def track_end(self, event: Any) -> TrackedEnd:
+    async def track_end(self, event: Any, *, known: Known = UNREAD) -> TrackedEnd:
         """The foreign tracker's end; the mirrored record is finished once, by the call that ends it."""
         result = await self.tracker.handle_session_end(event)
         end = _ours(SessionEndEvent, event) if result.status == "ended" else None

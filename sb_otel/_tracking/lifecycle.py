@@ -3,6 +3,10 @@
 session-buddy's own manager does heavy work (checkpoints, quality scores). The default here is embedded and
 side-effect free: it only *reads* the working directory to say which project a session is in — never ``chdir``,
 never a write into the user's project, no subprocess — so it is safe to run for every shell on a machine.
+
+Its answer for a directory is cached (a bounded LRU per manager), and a cached answer is used only while every
+path the answer was read from still stats the same (``st_mtime_ns``, ``st_size``, ``st_ino``; a path that was
+missing must still be missing): a few ``stat`` calls instead of opening, reading and parsing the files.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -20,6 +26,79 @@ MAX_SMALL_FILE = 64 * 1024
 """Most bytes read from a git pointer file (``.git``, ``HEAD``, a loose ref, ``commondir``)."""
 MAX_PROJECT_FILE = 1024 * 1024
 """Most bytes read from ``pyproject.toml`` or ``packed-refs``; a bigger file is ignored, not read."""
+DESCRIBE_CACHE_SIZE = 256
+"""Directories whose answers a manager keeps (least recently used dropped first)."""
+
+_Stamp = tuple[int, int, int, int, int] | None
+"""What a path's ``stat`` said (mode, device, inode, size, mtime in ns), or ``None``: it was missing/unreadable."""
+
+
+def _stamp(path: str) -> _Stamp:
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):  # missing, a loop, no permission, an embedded NUL
+        return None
+    return info.st_mode, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+class _Reads:
+    """The paths one answer was made from, each stamped *before* it was looked at (a change during the read
+    leaves an older stamp, so the next look recomputes rather than keeping a stale answer)."""
+
+    def __init__(self) -> None:
+        self.stamps: list[tuple[str, _Stamp]] = []
+
+    def stat(self, path: Path) -> _Stamp:
+        stamp = _stamp(str(path))
+        self.stamps.append((str(path), stamp))
+        return stamp
+
+    def read(self, path: Path, limit: int) -> str | None:
+        if self.stat(path) is None:
+            return None
+        return read_regular_file(path, limit)
+
+    def unchanged(self) -> bool:
+        return all(_stamp(path) == stamp for path, stamp in self.stamps)
+
+
+class DescribeCache:
+    """:func:`_describe`'s answers per working directory, each valid while its paths stat the same."""
+
+    def __init__(self, size: int = DESCRIBE_CACHE_SIZE) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._answers: OrderedDict[str, tuple[dict[str, Any], _Reads]] = OrderedDict()
+
+    def describe(self, working_directory: str | None, *, required: bool) -> dict[str, Any]:
+        """The answer for ``working_directory``: the cached one while its stamps hold, else a fresh one."""
+        if not working_directory:
+            return _describe(working_directory, required=required)
+        with self._lock:
+            cached = self._answers.get(working_directory)
+            if cached is not None:
+                self._answers.move_to_end(working_directory)
+        if cached is not None and cached[1].unchanged():
+            return _copy(cached[0])
+        reads = _Reads()
+        answer = _describe(working_directory, required=required, reads=reads)
+        with self._lock:
+            if answer.get("success") and "project_root" in answer:  # only a directory's answer is worth keeping
+                self._answers[working_directory] = (answer, reads)
+                self._answers.move_to_end(working_directory)
+                while len(self._answers) > self._size:
+                    self._answers.popitem(last=False)
+            else:
+                self._answers.pop(working_directory, None)
+        return _copy(answer)
+
+
+def _copy(answer: dict[str, Any]) -> dict[str, Any]:
+    """A copy a caller may change without changing the cache (``git`` is the one nested value)."""
+    copied = dict(answer)
+    if isinstance(copied.get("git"), dict):
+        copied["git"] = dict(copied["git"])
+    return copied
 
 
 def read_regular_file(path: Path, limit: int) -> str | None:
@@ -76,6 +155,9 @@ class SessionLifecycleManager:
     ``{"success": False, "error": ...}`` when the directory is unusable.
     """
 
+    def __init__(self) -> None:
+        self._cache = DescribeCache()
+
     async def initialize_session(self, working_directory: str | None = None) -> dict[str, Any]:
         """Describe the project a starting session works in."""
         import asyncio  # here, not at the top: ``emit``'s fast path uses describe_start and no event loop
@@ -94,57 +176,61 @@ class SessionLifecycleManager:
 
     def describe_start(self, working_directory: str | None) -> dict[str, Any]:
         """``initialize_session``'s answer, computed in the calling thread (for ``sb-otel emit``)."""
-        return _describe(working_directory, required=True)
+        return self._cache.describe(working_directory, required=True)
 
     def describe_end(self, working_directory: str | None) -> dict[str, Any]:
         """``end_session``'s answer, computed in the calling thread (for ``sb-otel emit``)."""
-        return _describe(working_directory, required=False)
+        return self._cache.describe(working_directory, required=False)
 
 
-def _describe(working_directory: str | None, *, required: bool) -> dict[str, Any]:
+def _describe(working_directory: str | None, *, required: bool, reads: _Reads | None = None) -> dict[str, Any]:
     """:func:`_describe_directory`, with anything unexpected turned into an error answer, never an exception."""
     try:
-        return _describe_directory(working_directory, required=required)
+        return _describe_directory(working_directory, required=required, reads=reads or _Reads())
     except Exception as exc:  # the directory is the client's: whatever it holds is an answer, not a crash
         return {"success": False, "error": f"cannot read working directory {working_directory}: {type(exc).__name__}"}
 
 
-def _describe_directory(working_directory: str | None, *, required: bool) -> dict[str, Any]:
+def _describe_directory(working_directory: str | None, *, required: bool, reads: _Reads) -> dict[str, Any]:
     if not working_directory:
         return {"success": False, "error": "no working directory given"}
     path = Path(working_directory)
     if not path.is_absolute():
         return {"success": False, "error": f"working directory must be an absolute path: {working_directory}"}
     try:
-        if not path.is_dir():
+        directory = reads.stat(path)
+        if directory is None or not stat.S_ISDIR(directory[0]):
             if required:
                 reason = "is not a directory" if path.exists() else "does not exist"
                 return {"success": False, "error": f"working directory {reason}: {working_directory}"}
             return {"success": True, "project": path.name or str(path), "working_directory": working_directory}
-        git_dir, root = _find_git(path)
+        git_dir, root = _find_git(path, reads)
         project_root = root or path
         answer: dict[str, Any] = {
             "success": True,
-            "project": _project_name(project_root),
+            "project": _project_name(project_root, reads),
             "working_directory": working_directory,
             "project_root": str(project_root),
         }
         if git_dir is not None:
-            answer["git"] = _git_state(git_dir)
+            answer["git"] = _git_state(git_dir, reads)
         return answer
     except OSError as exc:
         return {"success": False, "error": f"cannot read working directory {working_directory}: {exc}"}
 
 
-def _find_git(start: Path) -> tuple[Path | None, Path | None]:
+def _find_git(start: Path, reads: _Reads) -> tuple[Path | None, Path | None]:
     """The git directory and work-tree root containing ``start``, following ``.git`` files (worktrees)."""
     for index, candidate in enumerate((start, *start.parents)):
         if index > _MAX_PARENT_WALK:
             break
         marker = candidate / ".git"
-        if marker.is_dir():
+        found = reads.stat(marker)
+        if found is None:
+            continue
+        if stat.S_ISDIR(found[0]):
             return marker, candidate
-        if marker.is_file():
+        if stat.S_ISREG(found[0]):
             text = (read_regular_file(marker, MAX_SMALL_FILE) or "").strip()
             if text.startswith("gitdir:"):
                 git_dir = Path(text[len("gitdir:") :].strip())
@@ -152,9 +238,9 @@ def _find_git(start: Path) -> tuple[Path | None, Path | None]:
     return None, None
 
 
-def _git_state(git_dir: Path) -> dict[str, str | None]:
+def _git_state(git_dir: Path, reads: _Reads) -> dict[str, str | None]:
     """Branch and commit from the git files themselves: no ``git`` subprocess per session."""
-    text = read_regular_file(git_dir / "HEAD", MAX_SMALL_FILE)
+    text = reads.read(git_dir / "HEAD", MAX_SMALL_FILE)
     if text is None:
         return {"branch": None, "commit": None}
     head = text.strip()
@@ -162,20 +248,20 @@ def _git_state(git_dir: Path) -> dict[str, str | None]:
         return {"branch": None, "commit": head or None}  # detached HEAD
     ref = head[len("ref:") :].strip()
     branch = ref.removeprefix("refs/heads/")
-    return {"branch": branch, "commit": _resolve_ref(git_dir, ref)}
+    return {"branch": branch, "commit": _resolve_ref(git_dir, ref, reads)}
 
 
-def _resolve_ref(git_dir: Path, ref: str) -> str | None:
+def _resolve_ref(git_dir: Path, ref: str, reads: _Reads) -> str | None:
     common = git_dir
-    pointer_text = (read_regular_file(git_dir / "commondir", MAX_SMALL_FILE) or "").strip()
+    pointer_text = (reads.read(git_dir / "commondir", MAX_SMALL_FILE) or "").strip()
     if pointer_text:
         pointer = Path(pointer_text)
         common = pointer if pointer.is_absolute() else git_dir / pointer
     for directory in (git_dir, common):
-        loose = read_regular_file(directory / ref, MAX_SMALL_FILE)
+        loose = reads.read(directory / ref, MAX_SMALL_FILE)
         if loose is not None:
             return loose.strip() or None
-    packed = read_regular_file(common / "packed-refs", MAX_PROJECT_FILE)
+    packed = reads.read(common / "packed-refs", MAX_PROJECT_FILE)
     for line in (packed or "").splitlines():
         commit, _, name = line.partition(" ")
         if name == ref:
@@ -183,9 +269,9 @@ def _resolve_ref(git_dir: Path, ref: str) -> str | None:
     return None  # a branch with no commits yet
 
 
-def _project_name(root: Path) -> str:
+def _project_name(root: Path, reads: _Reads) -> str:
     """``[project].name`` (or Poetry's) from ``pyproject.toml``, else the directory's name."""
-    text = read_regular_file(root / "pyproject.toml", MAX_PROJECT_FILE)
+    text = reads.read(root / "pyproject.toml", MAX_PROJECT_FILE)
     if text is not None:
         if sys.version_info >= (3, 11):  # here, not at the top: most directories have no pyproject.toml
             import tomllib

@@ -2,19 +2,34 @@
 
 The seed's ``handle_session_start/end`` answer with a result only. To plan and finish a session span the
 instrumentation must also store its telemetry with the session (in the same write) and learn which call actually
-ended a session (so its span is exported once). :class:`SessionTracker` offers both through ``track_start`` and
-``track_end``; a tracker that is not ours (session-buddy's) is adapted to the same protocol by
-:class:`~sb_otel._tracking.foreign.ForeignTracker`.
+ended a session (so its span is exported once). The instrumentation reads a session's record before the tracker
+does (for the span plan); it hands that read over (``known``), with the start event's JSON form (``dumped``), so
+a lifecycle costs no more store statements or dumps than the plain tracker's. :class:`SessionTracker` offers all
+this through ``track_start`` and ``track_end``; a tracker that is not ours (session-buddy's) is adapted to the same
+protocol by :class:`~sb_otel._tracking.foreign.ForeignTracker`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from enum import Enum
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from sb_otel._tracking.models import SessionEndResult, SessionStartResult
 from sb_otel._tracking.store import SessionRecord, SessionStore
+
+
+class Unread(Enum):
+    """The type of :data:`UNREAD`."""
+
+    UNREAD = "unread"
+
+
+UNREAD = Unread.UNREAD
+"""``known=UNREAD``: the caller read nothing, the tracker reads the store itself."""
+Known: TypeAlias = SessionRecord | Unread | None
+"""A record the caller read from the store (``None``: there was none), or :data:`UNREAD`."""
 
 
 @dataclass(frozen=True)
@@ -44,12 +59,24 @@ class TrackingSeam(Protocol):
         """Where sessions (and their span plans) live."""
         ...
 
-    async def track_start(self, event: Any, telemetry: Mapping[str, Any] | None = None) -> TrackedStart:
-        """``handle_session_start``, storing ``telemetry`` with a new session in the same write."""
+    async def track_start(
+        self,
+        event: Any,
+        telemetry: Mapping[str, Any] | None = None,
+        *,
+        known: Known = UNREAD,
+        dumped: Mapping[str, Any] | None = None,
+    ) -> TrackedStart:
+        """``handle_session_start``, storing ``telemetry`` with a new session in the same write.
+
+        ``known``: what the caller just read by the event's id (so the tracker need not read it again);
+        ``dumped``: the event's ``model_dump(mode="json")``, when the caller has made it already."""
         ...
 
-    async def track_end(self, event: Any) -> TrackedEnd:
-        """``handle_session_end``, telling the caller whether this call ended the session."""
+    async def track_end(self, event: Any, *, known: Known = UNREAD) -> TrackedEnd:
+        """``handle_session_end``, telling the caller whether this call ended the session.
+
+        ``known``: the session's record as the caller just read it; the tracker re-checks it under its claim."""
         ...
 
 

@@ -54,7 +54,7 @@ from sb_otel._tracking.models import (
     SessionStartResult,
 )
 from sb_otel._tracking.outcome import end_outcome
-from sb_otel._tracking.seam import TrackedEnd, TrackedStart
+from sb_otel._tracking.seam import UNREAD, Known, TrackedEnd, TrackedStart
 from sb_otel._tracking.session_metrics import SessionMetrics
 from sb_otel._tracking.store import NewSession, SessionClaims, SessionEnding, SessionRecord, SessionStore
 from sb_otel._tracking.store_factory import open_store
@@ -149,26 +149,45 @@ class SessionTracker:
         return (await self.track_start(event)).result
 
     async def track_start(
-        self, event: SessionStartEvent | Mapping[str, Any], telemetry: Mapping[str, Any] | None = None
+        self,
+        event: SessionStartEvent | Mapping[str, Any],
+        telemetry: Mapping[str, Any] | None = None,
+        *,
+        known: Known = UNREAD,
+        dumped: Mapping[str, Any] | None = None,
     ) -> TrackedStart:
         """The tracking seam's start (:mod:`sb_otel._tracking.seam`): stores ``telemetry`` with a new session in
-        the same write and returns the session's record with a ``tracked`` result (the existing one for a retry)."""
+        the same write and returns the session's record with a ``tracked`` result (the existing one for a retry).
+
+        ``known`` (the caller's read by event id) stands in for the tracker's first read; ``dumped`` (the event's
+        JSON form) for its dump. Both only when ``event`` is our model, the one they were made from."""
         began = time.monotonic()
+        if not isinstance(event, SessionStartEvent):
+            known, dumped = UNREAD, None
+        elif isinstance(known, SessionRecord) and known.event_id != event.event_id:
+            known = UNREAD  # another event's record: read this one's
         try:
-            return await self._track_start(event, telemetry, began)
+            return await self._track_start(event, telemetry, began, known, dumped)
         except Exception as exc:  # last resort: an input object that fails even our error handling
             error = f"Session start failed: {_exception_text(exc)}"
             _quietly(self.logger.error, start_failed_line("?", "?", "?", error))
             return TrackedStart(SessionStartResult(session_id=None, status="error", error=error), None)
 
-    async def _track_start(self, event: object, telemetry: Mapping[str, Any] | None, began: float) -> TrackedStart:
+    async def _track_start(
+        self,
+        event: object,
+        telemetry: Mapping[str, Any] | None,
+        began: float,
+        known: Known,
+        dumped: Mapping[str, Any] | None,
+    ) -> TrackedStart:
         try:
             start = _as_event(SessionStartEvent, event)
         except ValidationError as exc:
             return TrackedStart(self._start_failed(event, f"invalid session start event: {_describe(exc)}"), None)
         try:
             async with self._exclusive(f"start:{start.event_id}"):
-                record = await self._start(start, telemetry or {}, began)
+                record = await self._start(start, telemetry or {}, began, known, dumped)
                 return TrackedStart(SessionStartResult(session_id=record.session_id, status="tracked"), record)
         except _Refused as exc:
             return TrackedStart(self._start_failed(start, str(exc)), None)
@@ -195,14 +214,26 @@ class SessionTracker:
             )
             return TrackedStart(SessionStartResult(session_id=None, status="error", error=error), None)
 
-    async def _start(self, event: SessionStartEvent, telemetry: Mapping[str, Any], began: float) -> SessionRecord:
+    async def _start(
+        self,
+        event: SessionStartEvent,
+        telemetry: Mapping[str, Any],
+        began: float,
+        known: Known,
+        dumped: Mapping[str, Any] | None,
+    ) -> SessionRecord:
         store = self.store
         claims = store if isinstance(store, SessionClaims) else None
+        start_event = dict(dumped) if dumped is not None else event.model_dump(mode="json")
         waited = _Backoff()
         while True:
-            known = store.get_by_event_id(event.event_id)
+            # The caller's read stands in for the first one: a session created since is found by the claim
+            # (held, so this loop reads again) or by create (not created: the retry path below).
+            if known is UNREAD:
+                known = store.get_by_event_id(event.event_id)
             if known is not None:
-                return _retried(known, event)
+                return _retried(known, event, start_event)
+            known = UNREAD
             now = self._clock()
             if claims is None or claims.claim_start(event.event_id, self._claimant, now, now - self._claim_ttl):
                 break
@@ -219,15 +250,15 @@ class SessionTracker:
                     cwd=cwd,
                     started_at=event.started_at,
                     received_at=self._clock(),
-                    start_event=event.model_dump(mode="json"),
+                    start_event=start_event,
                     telemetry={**telemetry, "lifecycle": _json_safe(answer)},
                 )
             )
         finally:
             if claims is not None:
                 _quietly(claims.release_start, event.event_id, self._claimant)
-        if not created:  # a store without claims, raced by another process
-            return _retried(record, event)
+        if not created:  # raced by another process (a store without claims, or a stale read by the caller)
+            return _retried(record, event, start_event)
         self._count("record_session_start", component_name=event.component_name, shell_type=event.shell_type)
         score = _number(answer.get("quality_score"))
         if score is not None:
@@ -261,18 +292,21 @@ class SessionTracker:
         """Track a session end. Returns ``ended``, ``not_found`` (unknown id) or ``error`` with a message."""
         return (await self.track_end(event)).result
 
-    async def track_end(self, event: SessionEndEvent | Mapping[str, Any]) -> TrackedEnd:
+    async def track_end(self, event: SessionEndEvent | Mapping[str, Any], *, known: Known = UNREAD) -> TrackedEnd:
         """The tracking seam's end (:mod:`sb_otel._tracking.seam`): also returns the ended record, but only to
-        the one call that actually ended the session (so its span is exported exactly once)."""
+        the one call that actually ended the session (so its span is exported exactly once).
+
+        ``known`` (the caller's read of the session) stands in for the tracker's first read; an open record is
+        re-checked by the end claim (it takes only an open session), a missing one is read again."""
         began = time.monotonic()
         try:
-            return await self._track_end(event, began)
+            return await self._track_end(event, began, known)
         except Exception as exc:  # last resort, as at start
             error = f"Session end failed: {_exception_text(exc)}"
             _quietly(self.logger.error, end_failed_line("?", error))
             return TrackedEnd(SessionEndResult(session_id="", status="error", error=error), None)
 
-    async def _track_end(self, event: object, began: float) -> TrackedEnd:
+    async def _track_end(self, event: object, began: float, known: Known) -> TrackedEnd:
         try:
             end = _as_event(SessionEndEvent, event)
         except ValidationError as exc:
@@ -280,7 +314,7 @@ class SessionTracker:
             return TrackedEnd(failed, None)
         try:
             async with self._exclusive(f"end:{end.session_id}"):
-                return await self._end(end, began)
+                return await self._end(end, began, known)
         except _LifecycleFailure as exc:
             return TrackedEnd(self._end_failed(end.session_id, str(exc), exc.context), None)
         except Exception as exc:
@@ -297,13 +331,18 @@ class SessionTracker:
             )
             return TrackedEnd(SessionEndResult(session_id=end.session_id, status="error", error=error), None)
 
-    async def _end(self, event: SessionEndEvent, began: float) -> TrackedEnd:
+    async def _end(self, event: SessionEndEvent, began: float, known: Known) -> TrackedEnd:
         store = self.store
         claims = store if isinstance(store, SessionClaims) else None
         ended_already = TrackedEnd(SessionEndResult(session_id=event.session_id, status="ended"), None)
         waited = _Backoff()
         while True:
-            record = store.get(event.session_id)
+            # The caller's read stands in for the first one when it found the session: an open record that has
+            # ended since fails the claim (or finish, without claims) and is read again; a miss is read again.
+            record = known if isinstance(known, SessionRecord) and known.session_id == event.session_id else None
+            known = UNREAD
+            if record is None:
+                record = store.get(event.session_id)
             if record is None:
                 self.logger.warning(
                     f"Session end for unknown session: {format_fields({'session_id': event.session_id})}",
@@ -423,14 +462,15 @@ class _Backoff:
         self._delay = min(self._delay * 2, _POLL_MAX)
 
 
-def _retried(known: SessionRecord, event: SessionStartEvent) -> SessionRecord:
-    """``known`` if ``event`` is a retry of the start that made it; else :class:`_Refused` saying why not."""
+def _retried(known: SessionRecord, event: SessionStartEvent, dumped: Mapping[str, Any]) -> SessionRecord:
+    """``known`` if ``event`` (``dumped``: its JSON form) is a retry of the start that made it; else
+    :class:`_Refused` saying why not."""
     if not known.is_open:
         raise _Refused(
             f"event_id {event.event_id} was already used by session {known.session_id}, which has ended: "
             "a new session needs a new event_id"
         )
-    if _canonical(known.start_event) != _canonical(event.model_dump(mode="json")):
+    if _canonical(known.start_event) != _canonical(dumped):
         raise _Refused(
             f"event_id {event.event_id} is already used by session {known.session_id} for a different start "
             "event: a retry must resend the same event, a new session needs a new event_id"

@@ -382,3 +382,26 @@ def test_the_pytest_plugin_keeps_users_tests_off_their_real_store(tmp_path: Path
     assert done.returncode == 0, done.stdout[-2000:]
     assert f"STORE {expected or str(real) + ' SqliteSessionStore'}" in done.stdout
     assert real.exists() == (expected is None)
+
+
+async def test_cached_answers_for_fifo_and_dev_zero_directories_still_answer_at_once(tmp_path: Path) -> None:
+    """The cache stats what the answer read (``stat`` never opens): a FIFO pyproject.toml and a HEAD linked to
+    /dev/zero are answered, answered again from the cache, and a real file put in the FIFO's place is read."""
+    fifo_dir, zero_dir = tmp_path / "fifo", tmp_path / "zero"
+    fifo_dir.mkdir()
+    os.mkfifo(fifo_dir / "pyproject.toml")
+    (zero_dir / ".git").mkdir(parents=True)
+    (zero_dir / ".git" / "HEAD").symlink_to("/dev/zero")
+    manager = SessionLifecycleManager()
+
+    async def both() -> list[dict[str, Any]]:
+        calls = [manager.initialize_session(str(directory)) for directory in (fifo_dir, zero_dir)]
+        return await asyncio.wait_for(asyncio.gather(*calls), timeout=20)
+
+    first = await both()
+    assert [answer["project"] for answer in first] == ["fifo", "zero"]
+    assert first[1]["git"] == {"branch": None, "commit": None}
+    assert await both() == first
+    (fifo_dir / "pyproject.toml").unlink()
+    (fifo_dir / "pyproject.toml").write_text('[project]\nname = "real"\n', encoding="utf-8")
+    assert (await both())[0]["project"] == "real"
