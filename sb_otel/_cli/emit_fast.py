@@ -108,8 +108,10 @@ def track_start(
     """Track a shell's start: the tracker's semantics (one store write, the seed's log line), no SDK."""
     fitted = _Fitter()
     real_cwd = cwd or _getcwd()
-    manager_cwd = _existing_ancestor(real_cwd)
-    if manager_cwd != real_cwd:  # removed under the shell: still tracked, its project read from what is left
+    # Removed under the shell: still tracked, its project read from what is left. (A relative --cwd is the
+    # caller's mistake, refused below by the manager's own rule.)
+    manager_cwd = _existing_ancestor(real_cwd) if os.path.isabs(real_cwd) else real_cwd
+    if manager_cwd != real_cwd:
         fitted.altered["environment.cwd"] = [f"no longer exists (project read from {_escaped(manager_cwd)[:200]})"]
     shell_context = {
         key: os.environ[variable]
