@@ -36,8 +36,16 @@ class CountingManager(AgreeingManager):
 
 @contextmanager
 def traced(store: SqliteSessionStore) -> Iterator[list[str]]:
+    """The statements run on ``store``'s connection. SQLite's trace callback reports each step of a trigger (the
+    store's session counts are triggers) with the text of the statement that fired it, so a repeat of the same
+    text right after it is that statement's trigger work, not another statement."""
     statements: list[str] = []
-    store._db.set_trace_callback(statements.append)
+
+    def record(sql: str) -> None:
+        if not statements or statements[-1] != sql:
+            statements.append(sql)
+
+    store._db.set_trace_callback(record)
     try:
         yield statements
     finally:

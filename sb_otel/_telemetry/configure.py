@@ -93,6 +93,8 @@ class Telemetry:
     """The thread exporting the store's root spans and outbox (sb-otel's own span/log pipelines)."""
     store: TelemetryStore | None = field(default=None, repr=False)
     """The store the outbox writes to."""
+    owns_store: bool = field(default=False, repr=False)
+    """Whether ``configure()`` opened :attr:`store` itself (no ``store=``): then shutdown closes it."""
     _closed: bool = field(default=False, repr=False)
 
     @property
@@ -177,6 +179,10 @@ class Telemetry:
                 timeout_s,
                 self.destination,
             )
+        close = getattr(self.store, "close", None) if self.owns_store else None
+        if close is not None:  # the store configure() opened for its outbox; one passed in is its owner's to close
+            with contextlib.suppress(Exception):
+                close()
         return flushed
 
 
@@ -292,8 +298,10 @@ def _build(
         reader = PeriodicExportingMetricReader(exporters["metrics"])
         meter_provider = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
     outbox: Outbox | None = None
+    owns_store = False
     if "traces" in needed or "logs" in needed:
         drained = _default_store() if store is None else store
+        owns_store = store is None
         if not isinstance(drained, TelemetryStore):
             raise ConfigError(f"the session store {drained!r} keeps no telemetry outbox")
         outbox = Outbox(drained)
@@ -336,6 +344,7 @@ def _build(
         exporters=tuple(exporters[signal] for signal in _SIGNALS if signal in exporters),
         store_exporter=store_exporter,
         store=None if outbox is None else outbox.store,
+        owns_store=outbox is not None and owns_store,
     )
     atexit.register(telemetry.shutdown)
     return telemetry

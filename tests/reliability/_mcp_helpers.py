@@ -52,10 +52,11 @@ def start_server(tmp: Path, env: Mapping[str, str], *args: str, name: str = "ser
             stdin=subprocess.DEVNULL,
             stderr=stderr,
         )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # a loaded 2-core machine can take that long to import the SDK and mcp
     while not (found := READY.search(log.read_text())):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
+            process.wait(30)
             raise AssertionError(f"sb-otel serve did not start: {log.read_text()}")
         time.sleep(0.05)  # polls a real condition (the ready line) under a deadline
     return ServerProcess(process, found.group(1), log)
