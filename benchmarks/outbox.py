@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sqlite3
 import tempfile
 import time
@@ -127,7 +128,7 @@ def measure_store_size(sessions: int, tmp: Path) -> dict[str, float]:
     seconds = time.perf_counter() - began
     backlog = store.export_backlog()
     store.close()
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     size = path.stat().st_size + sum(p.stat().st_size for p in tmp.glob("pending.db-*"))
     return {

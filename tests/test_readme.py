@@ -7,6 +7,7 @@ checked against what the line printed (comments with an ellipsis are illustratio
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -114,6 +115,6 @@ def test_the_bashrc_snippet_tracks_a_shell_that_ends_normally(tmp_path: Path) ->
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    with sqlite3.connect(tmp_path / "sessions.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "sessions.db")) as db:
         rows = db.execute("SELECT component_name, status FROM sessions").fetchall()
     assert rows == [("bash", "exited")]

@@ -19,6 +19,7 @@ import os
 import re
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -211,10 +212,12 @@ class SqliteSessionStore:
             raise _explain(self.path, exc) from exc
         except OSError as exc:
             raise StoreError(f"cannot create the directory for session store {self.path}: {exc}") from exc
+        # A store dropped without close() still closes its connection (and its WAL) when it is collected.
+        self._closer = weakref.finalize(self, self._db.close)
         try:
             self._prepare(sync)
         except BaseException:
-            self._db.close()  # a half-opened store must not leak its connection
+            self._closer()  # a half-opened store must not leak its connection
             raise
 
     def _connect_read_only(self) -> sqlite3.Connection:
@@ -503,7 +506,7 @@ class SqliteSessionStore:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            self._closer()
 
     # -- TelemetryStore (sb_otel/_tracking/export_state.py) ---------------------------------------------------
 

@@ -5,6 +5,7 @@ Real processes (the ``sb-otel`` console script) and a real OTLP receiver on 127.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -48,7 +49,7 @@ def session_id(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def status_of(tmp_path: Path, sid: str) -> str:
-    with sqlite3.connect(tmp_path / "sessions.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "sessions.db")) as db:
         row = db.execute("SELECT status FROM sessions WHERE session_id = ?", (sid,)).fetchone()
     assert row is not None, f"{sid} is not in the store"
     return str(row[0])

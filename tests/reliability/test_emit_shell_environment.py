@@ -7,6 +7,7 @@ escaped or cut (and hashed) in the event; the lifecycle manager still reads the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -49,7 +50,7 @@ def start_in(directory: bytes, tmp_path: Path, *, removed: bool = False, **env: 
 
 
 def stored_start_event(tmp_path: Path, session_id: str) -> dict[str, Any]:
-    with sqlite3.connect(tmp_path / "sessions.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "sessions.db")) as db:
         row = db.execute("SELECT start_event, cwd FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
     assert row is not None
     event: dict[str, Any] = json.loads(row[0])
@@ -70,7 +71,7 @@ ALTERED = "sb_otel.altered"
 
 def stored_lifecycle(tmp_path: Path, session_id: str) -> dict[str, Any]:
     """What the lifecycle manager answered at start (kept in the record's telemetry)."""
-    with sqlite3.connect(tmp_path / "sessions.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "sessions.db")) as db:
         (telemetry,) = db.execute("SELECT telemetry FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
     lifecycle: dict[str, Any] = json.loads(telemetry)["lifecycle"]
     return lifecycle

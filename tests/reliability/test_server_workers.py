@@ -4,6 +4,7 @@ no id twice, no end lost, each session's root span exported once; SIGTERM stops 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 from datetime import datetime, timezone
@@ -53,7 +54,7 @@ def test_two_workers_share_one_port_and_one_store(tmp_path: Path) -> None:
         assert len(workers) == 2, workers
         assert server.process.pid not in workers  # the supervisor only supervises
         assert len(ids) == len(set(ids)) == 60
-        with sqlite3.connect(tmp_path / "sessions.db") as db:
+        with contextlib.closing(sqlite3.connect(tmp_path / "sessions.db")) as db:
             statuses = dict(db.execute("SELECT session_id, status FROM sessions").fetchall())
         assert {statuses[session_id] for session_id in ids} == {"exited"}
         receiver.wait_for(
