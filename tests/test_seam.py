@@ -101,7 +101,7 @@ async def test_an_instrumented_lifecycle_runs_the_plain_trackers_statements_plus
     tracker.uninstrument()
     outbox = [sql for sql in statements if "telemetry_outbox" in sql]
     tracking = [sql for sql in statements if "telemetry_outbox" not in sql]
-    assert per_lifecycle(plain) == 8
+    assert per_lifecycle(plain) == 9  # with the read after the start claim (another process may just have stored it)
     assert [shape(sql) for sql in tracking] == [shape(sql) for sql in plain]
     # session.start, initialize_session, session.end, end_session and the two log events; the session span
     # itself is left in the store for the exporter (its pending mark is part of finish's UPDATE)

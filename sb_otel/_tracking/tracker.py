@@ -235,8 +235,15 @@ class SessionTracker:
                 return _retried(known, event, start_event)
             known = UNREAD
             now = self._clock()
-            if claims is None or claims.claim_start(event.event_id, self._claimant, now, now - self._claim_ttl):
+            if claims is None:
                 break
+            if claims.claim_start(event.event_id, self._claimant, now, now - self._claim_ttl):
+                # The claimant before us may have stored the session and released its claim after our read.
+                found = store.get_by_event_id(event.event_id)
+                if found is None:
+                    break
+                _quietly(claims.release_start, event.event_id, self._claimant)
+                return _retried(found, event, start_event)
             await waited.pause()  # another process is starting this very event: wait for its outcome
         try:
             cwd = event.environment.cwd
