@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from sb_otel._tracking.session_counts import OTHER, SESSION_DURATION_BUCKETS, SessionCountsStore, bucket_index
+from sb_otel._tracking.session_counts import (
+    COUNTS_MIGRATION,
+    OTHER,
+    SESSION_DURATION_BUCKETS,
+    UNKNOWN_SHELL,
+    SessionCounts,
+    SessionCountsStore,
+    bucket_index,
+)
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from sb_otel._tracking.store import InMemorySessionStore, NewSession, SessionEnding, SessionStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
 
-def _new(event_id: str, component: str = "web", shell: str = "bash") -> NewSession:
-    return NewSession(event_id, component, "host", 1, "/", T0, T0, {"shell_type": shell})
+def _new(event_id: str, component: str = "web", shell: str | None = "bash") -> NewSession:
+    return NewSession(event_id, component, "host", 1, "/", T0, T0, {} if shell is None else {"shell_type": shell})
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -89,3 +99,53 @@ def test_sqlite_counts_are_store_wide_and_survive_reopening(tmp_path: Path) -> N
     assert reopened.applied_migrations()[-1] == "0004_session_counts"
     reopened.close()
     assert SqliteSessionStore(tmp_path / "other.db").session_counts().store_id != identity.store_id
+
+
+def _scenario(store: SessionStore) -> SessionCounts:
+    """Starts past the label limit, absent and empty shell types, retries, every ending status, and lengths on
+    both sides of every bucket boundary (half a second off: SQLite's julianday arithmetic is ~1e-5 s off)."""
+    shells = ["bash", "", None, "zsh", "fish", "bash"]
+    ids: list[str] = []
+    for n in range(40):
+        record, _ = store.create(_new(f"e{n}", f"c{n % 5}", shells[n % len(shells)]))
+        ids.append(record.session_id)
+    store.create(_new("e3", "c3"))  # a retried start
+    store.create(_new("adopted", "c9", "tcsh"), session_id="foreign-1")
+    lengths = [-3.0, *(b + offset for b in SESSION_DURATION_BUCKETS for offset in (-0.5, 0.5))]
+    statuses = ("exited", "crashed", "abnormal")
+    for n, session_id in enumerate(ids[:-3]):
+        ending = SessionEnding(statuses[n % 3], T0 + timedelta(seconds=lengths[n % len(lengths)]))
+        store.finish(session_id, ending)
+    store.finish(ids[0], SessionEnding("crashed", T0 + timedelta(seconds=99)))  # already ended
+    return store.session_counts()
+
+
+def test_both_stores_count_the_same_scenario_alike(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The triggers and the memory store's Python fold the same values into the same labels, keys and buckets."""
+    monkeypatch.setenv("SB_OTEL_METRIC_LABEL_LIMIT", "3")
+    memory, sqlite = InMemorySessionStore(), SqliteSessionStore(tmp_path / "s.db")
+    try:
+        ours, theirs = _scenario(memory), _scenario(sqlite)
+    finally:
+        memory.close()
+        sqlite.close()
+    assert (ours.started, ours.ended, ours.open) == (theirs.started, theirs.ended, theirs.open)
+    assert {shell for _, shell, _ in ours.started} == {"bash", UNKNOWN_SHELL, "zsh", OTHER}
+    assert {component for component, _ in ours.ended} == {"c0", "c1", "c2", OTHER}
+    assert ours.durations.keys() == theirs.durations.keys()
+    for key, series in ours.durations.items():
+        other = theirs.durations[key]
+        assert (series.buckets, series.count) == (other.buckets, other.count), key
+        assert series.total == pytest.approx(other.total, abs=1e-3)
+        assert (series.minimum, series.maximum) == pytest.approx((other.minimum, other.maximum), abs=1e-3)
+    filled = [sum(column) for column in zip(*(series.buckets for series in ours.durations.values()), strict=True)]
+    assert all(filled), filled  # the scenario reaches every bucket, so each boundary was compared
+
+
+def test_the_applied_counts_migration_is_unchanged() -> None:
+    """Stores that applied ``0004_session_counts`` keep the triggers they were created with; generating it from
+    the shared declaration must not change its text (a change belongs in a new migration)."""
+    text = json.dumps(COUNTS_MIGRATION)
+    assert (
+        hashlib.sha256(text.encode()).hexdigest() == "3b07bc04cb23feef12822258e3c39cb838b09843da6137a5df2f1bc9b076eaa1"
+    )

@@ -3,7 +3,9 @@
 A session starts in one process (``sb-otel emit start``) and ends in another, so per-process counters cannot say
 how many sessions are open. The store counts instead, in the same statement that stores each start and end:
 SQLite triggers on ``sessions`` (migration ``0004_session_counts``), the memory store under its lock. Every path
-that stores a session (the tracker, ``ForeignTracker``, the reaper, ``emit``'s fast path) is counted, once.
+that stores a session (the tracker, ``ForeignTracker``, the reaper, ``emit``'s fast path) is counted, once. Both
+stores fold values into labels and keys by one declaration (:class:`Label`, :data:`STARTED_KEY`,
+:data:`ENDED_KEY`, :data:`SESSION_DURATION_BUCKETS`): the triggers are generated from it.
 
 Counts are cumulative from the moment the counting began (``start_time_unix_nano``, saved in the store with a
 random ``store_id``): an exporter that restarts, or another process that takes the exporter lease over, reports
@@ -18,7 +20,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 from sb_otel._settings import SB_OTEL_METRIC_LABEL_LIMIT
 
@@ -26,6 +28,40 @@ OTHER = "_other"
 """The label standing for every component name (or shell type) past the store's label limit."""
 DEFAULT_LABEL_LIMIT = 100
 UNKNOWN_SHELL = "unknown"
+TRACKED = "tracked"
+"""The result of every counted start (the store counts only starts it stored)."""
+
+
+@dataclass(frozen=True)
+class Label:
+    """One label of a counted series, declared once for both stores: the memory store folds values in Python
+    (:class:`InMemoryCounts`), the SQLite store in the triggers generated from the same declaration."""
+
+    column: str
+    """The label's column in the ``session_*_counts`` tables; its place in the key is its place in the series."""
+    admitted_as: str | None = None
+    """The kind whose values are admitted store-wide up to the label limit (later ones are counted as
+    :data:`OTHER`); ``None``: every value is its own label (the values are a closed set)."""
+    missing: str | None = None
+    """The label of an absent or empty value; ``None``: the value is always there."""
+
+    def present(self, value: object) -> str:
+        """``value`` as text, or :attr:`missing` for an absent or empty one (before admission)."""
+        if self.missing is not None and (value is None or value == ""):
+            return self.missing
+        return str(value)
+
+
+COMPONENT = Label("component", admitted_as="component")
+SHELL_TYPE = Label("shell_type", admitted_as="shell", missing=UNKNOWN_SHELL)
+RESULT = Label("result")
+STATUS = Label("status")
+"""The ending's status: ``exited``, ``crashed`` or ``abnormal`` (a closed set, so never folded)."""
+
+STARTED_KEY: tuple[Label, ...] = (COMPONENT, SHELL_TYPE, RESULT)
+"""The key of :attr:`SessionCounts.started`."""
+ENDED_KEY: tuple[Label, ...] = (COMPONENT, STATUS)
+"""The key of :attr:`SessionCounts.ended` and :attr:`SessionCounts.durations`."""
 
 SESSION_DURATION_BUCKETS: tuple[float, ...] = (
     1.0,
@@ -120,57 +156,73 @@ class InMemoryCounts:
         self.store_id = uuid.uuid4().hex
         self.start_time_unix_nano = now_unix_nano()
         self.label_limit = configured_label_limit() or DEFAULT_LABEL_LIMIT
-        self._labels: dict[str, set[str]] = {"component": set(), "shell": set()}
-        self.started: dict[tuple[str, str, str], int] = {}
-        self.ended: dict[tuple[str, str], int] = {}
-        self.durations: dict[tuple[str, str], DurationCounts] = {}
+        self._admitted: dict[str, set[str]] = {
+            label.admitted_as: set() for label in (*STARTED_KEY, *ENDED_KEY) if label.admitted_as is not None
+        }
+        self.started: dict[tuple[str, ...], int] = {}
+        self.ended: dict[tuple[str, ...], int] = {}
+        self.durations: dict[tuple[str, ...], DurationCounts] = {}
 
-    def admit(self, kind: str, value: str) -> None:
-        seen = self._labels[kind]
-        if value not in seen and len(seen) < self.label_limit:
-            seen.add(value)
+    def key(self, labels: tuple[Label, ...], values: tuple[object, ...], *, admit: bool = False) -> tuple[str, ...]:
+        """The series key for these values: each folded into its label form, admitting new ones if ``admit``."""
+        key: list[str] = []
+        for label, value in zip(labels, values, strict=True):
+            text = label.present(value)
+            if label.admitted_as is not None:
+                seen = self._admitted[label.admitted_as]
+                if admit and text not in seen and len(seen) < self.label_limit:
+                    seen.add(text)
+                text = text if text in seen else OTHER
+            key.append(text)
+        return tuple(key)
 
-    def label(self, kind: str, value: str) -> str:
-        return value if value in self._labels[kind] else OTHER
-
-    def on_start(self, component: str, shell: str) -> None:
-        self.admit("component", component)
-        self.admit("shell", shell)
-        key = (self.label("component", component), self.label("shell", shell), "tracked")
+    def on_start(self, component: str, shell_type: object) -> None:
+        """A stored start; ``shell_type`` as the start event has it (maybe absent)."""
+        key = self.key(STARTED_KEY, (component, shell_type, TRACKED), admit=True)
         self.started[key] = self.started.get(key, 0) + 1
 
     def on_end(self, component: str, status: str, seconds: float) -> None:
-        key = (self.label("component", component), status)
+        key = self.key(ENDED_KEY, (component, status))
         self.ended[key] = self.ended.get(key, 0) + 1
         self.durations.setdefault(key, DurationCounts()).observe(max(0.0, seconds))
 
     def snapshot(self, open_components: list[str]) -> SessionCounts:
         opened: dict[str, int] = {}
         for component in open_components:
-            label = self.label("component", component)
+            (label,) = self.key((COMPONENT,), (component,))
             opened[label] = opened.get(label, 0) + 1
         return SessionCounts(
             store_id=self.store_id,
             start_time_unix_nano=self.start_time_unix_nano,
-            started=dict(self.started),
-            ended=dict(self.ended),
+            started=cast("dict[tuple[str, str, str], int]", dict(self.started)),
+            ended=cast("dict[tuple[str, str], int]", dict(self.ended)),
             open=opened,
-            durations={
-                key: DurationCounts(list(value.buckets), value.count, value.total, value.minimum, value.maximum)
-                for key, value in self.durations.items()
-            },
+            durations=cast(
+                "dict[tuple[str, str], DurationCounts]",
+                {
+                    key: DurationCounts(list(value.buckets), value.count, value.total, value.minimum, value.maximum)
+                    for key, value in self.durations.items()
+                },
+            ),
         )
-
-
-def shell_type_of(start_event: Mapping[str, object]) -> str:
-    value = start_event.get("shell_type")
-    return UNKNOWN_SHELL if value is None or value == "" else str(value)
 
 
 # -- SQLite ------------------------------------------------------------------------------------------------
 
-_SHELL = "COALESCE(NULLIF(CAST(json_extract(NEW.start_event, '$.shell_type') AS TEXT), ''), 'unknown')"
 _LIMIT = "(SELECT CAST(value AS INTEGER) FROM session_metric_meta WHERE key = 'label_limit')"
+_STARTED_SOURCES = (
+    "NEW.component_name",
+    "CAST(json_extract(NEW.start_event, '$.shell_type') AS TEXT)",
+    f"'{TRACKED}'",
+)
+"""Where each label of :data:`STARTED_KEY` comes from in a new ``sessions`` row."""
+_ENDED_SOURCES = ("NEW.component_name", "NEW.status")
+"""Where each label of :data:`ENDED_KEY` comes from in an ended ``sessions`` row."""
+
+
+def _present(label: Label, source: str) -> str:
+    """:meth:`Label.present` in SQL."""
+    return source if label.missing is None else f"COALESCE(NULLIF({source}, ''), '{label.missing}')"
 
 
 def _admit(kind: str, value: str) -> str:
@@ -180,12 +232,43 @@ def _admit(kind: str, value: str) -> str:
     )
 
 
-def _label(kind: str, value: str) -> str:
+def _label(label: Label, source: str) -> str:
+    """The label form of ``source``, as :meth:`InMemoryCounts.key` folds it (admitted values, else OTHER)."""
+    value = _present(label, source)
+    if label.admitted_as is None:
+        return value
+    kind = label.admitted_as
     return f"COALESCE((SELECT value FROM session_metric_labels WHERE kind = '{kind}' AND value = {value}), '{OTHER}')"
+
+
+def _admits(labels: tuple[Label, ...], sources: tuple[str, ...]) -> str:
+    return "\n            ".join(
+        _admit(label.admitted_as, _present(label, source))
+        for label, source in zip(labels, sources, strict=True)
+        if label.admitted_as is not None
+    )
+
+
+def _key(labels: tuple[Label, ...], sources: tuple[str, ...]) -> str:
+    return ", ".join(_label(label, source) for label, source in zip(labels, sources, strict=True))
+
+
+def _columns(labels: tuple[Label, ...]) -> str:
+    return ", ".join(label.column for label in labels)
+
+
+def _table(name: str, labels: tuple[Label, ...], *columns: str, key: tuple[str, ...] = ()) -> str:
+    """A counts table: a text column per label, then ``columns``; one row per series (and ``key``)."""
+    declared = ", ".join((*(f"{label.column} TEXT NOT NULL" for label in labels), *columns))
+    return f"CREATE TABLE {name} ({declared}, PRIMARY KEY ({', '.join((_columns(labels), *key))}))"
 
 
 _SECONDS = "max(0.0, (julianday(NEW.ended_at) - julianday(NEW.started_at)) * 86400.0)"
 _BUCKET = " + ".join(f"(d > {boundary!r})" for boundary in SESSION_DURATION_BUCKETS)
+""":func:`bucket_index` in SQL: the number of boundaries below ``d``."""
+_ENDED = _columns(ENDED_KEY)
+_ENDED_ROW = f"(SELECT {_label(COMPONENT, _ENDED_SOURCES[0])} AS c, {_SECONDS} AS d)"
+"""An ending's component label (``c``) and length (``d``): the duration series are keyed ``c, NEW.status``."""
 
 COUNTS_MIGRATION: tuple[str, tuple[str, ...]] = (
     "0004_session_counts",
@@ -196,43 +279,47 @@ COUNTS_MIGRATION: tuple[str, tuple[str, ...]] = (
         "('start_time_unix_nano', CAST(CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) * 1000000 AS TEXT)), "
         f"('label_limit', '{DEFAULT_LABEL_LIMIT}')",
         "CREATE TABLE session_metric_labels (kind TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (kind, value))",
-        "CREATE TABLE session_started_counts (component TEXT NOT NULL, shell_type TEXT NOT NULL, "
-        "result TEXT NOT NULL, value INTEGER NOT NULL, PRIMARY KEY (component, shell_type, result))",
-        "CREATE TABLE session_ended_counts (component TEXT NOT NULL, status TEXT NOT NULL, "
-        "value INTEGER NOT NULL, PRIMARY KEY (component, status))",
-        "CREATE TABLE session_duration_counts (component TEXT NOT NULL, status TEXT NOT NULL, "
-        "bucket INTEGER NOT NULL, value INTEGER NOT NULL, PRIMARY KEY (component, status, bucket))",
-        "CREATE TABLE session_duration_sums (component TEXT NOT NULL, status TEXT NOT NULL, "
-        "count INTEGER NOT NULL, total REAL NOT NULL, minimum REAL NOT NULL, maximum REAL NOT NULL, "
-        "PRIMARY KEY (component, status))",
+        _table("session_started_counts", STARTED_KEY, "value INTEGER NOT NULL"),
+        _table("session_ended_counts", ENDED_KEY, "value INTEGER NOT NULL"),
+        _table(
+            "session_duration_counts", ENDED_KEY, "bucket INTEGER NOT NULL", "value INTEGER NOT NULL", key=("bucket",)
+        ),
+        _table(
+            "session_duration_sums",
+            ENDED_KEY,
+            "count INTEGER NOT NULL",
+            "total REAL NOT NULL",
+            "minimum REAL NOT NULL",
+            "maximum REAL NOT NULL",
+        ),
         # Counted by the statement that stores the start or the end: no path can store one without counting it.
         f"""
         CREATE TRIGGER session_counts_start AFTER INSERT ON sessions BEGIN
-            {_admit("component", "NEW.component_name")}
-            {_admit("shell", _SHELL)}
-            INSERT INTO session_started_counts (component, shell_type, result, value)
-                SELECT {_label("component", "NEW.component_name")}, {_label("shell", _SHELL)}, 'tracked', 1
+            {_admits(STARTED_KEY, _STARTED_SOURCES)}
+            INSERT INTO session_started_counts ({_columns(STARTED_KEY)}, value)
+                SELECT {_key(STARTED_KEY, _STARTED_SOURCES)}, 1
                 WHERE true
-                ON CONFLICT (component, shell_type, result) DO UPDATE SET value = value + 1;
+                ON CONFLICT ({_columns(STARTED_KEY)}) DO UPDATE SET value = value + 1;
         END
         """,
         f"""
         CREATE TRIGGER session_counts_end AFTER UPDATE OF status ON sessions
         WHEN OLD.status = 'open' AND NEW.status != 'open' BEGIN
-            INSERT INTO session_ended_counts (component, status, value)
-                SELECT {_label("component", "NEW.component_name")}, NEW.status, 1 WHERE true
-                ON CONFLICT (component, status) DO UPDATE SET value = value + 1;
-            INSERT INTO session_duration_counts (component, status, bucket, value)
+            INSERT INTO session_ended_counts ({_ENDED}, value)
+                SELECT {_key(ENDED_KEY, _ENDED_SOURCES)}, 1 WHERE true
+                ON CONFLICT ({_ENDED}) DO UPDATE SET value = value + 1;
+            INSERT INTO session_duration_counts ({_ENDED}, bucket, value)
                 SELECT c, NEW.status, {_BUCKET}, 1
-                FROM (SELECT {_label("component", "NEW.component_name")} AS c, {_SECONDS} AS d) WHERE true
-                ON CONFLICT (component, status, bucket) DO UPDATE SET value = value + 1;
-            INSERT INTO session_duration_sums (component, status, count, total, minimum, maximum)
+                FROM {_ENDED_ROW} WHERE true
+                ON CONFLICT ({_ENDED}, bucket) DO UPDATE SET value = value + 1;
+            INSERT INTO session_duration_sums ({_ENDED}, count, total, minimum, maximum)
                 SELECT c, NEW.status, 1, d, d, d
-                FROM (SELECT {_label("component", "NEW.component_name")} AS c, {_SECONDS} AS d) WHERE true
-                ON CONFLICT (component, status) DO UPDATE SET count = count + 1, total = total + excluded.total,
+                FROM {_ENDED_ROW} WHERE true
+                ON CONFLICT ({_ENDED}) DO UPDATE SET count = count + 1, total = total + excluded.total,
                     minimum = min(minimum, excluded.minimum), maximum = max(maximum, excluded.maximum);
         END
         """,
     ),
 )
-"""The SQLite store's schema migration for these counts (appended to its list)."""
+"""The SQLite store's schema migration for these counts (appended to its list). Applied stores keep the text
+they were created with, so what this generates must not change: ``tests/test_session_counts.py`` pins it."""

@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from sb_otel._tracking.export_state import InMemoryExportState
 from sb_otel._tracking.identity import numbered_session_id, session_id_base
-from sb_otel._tracking.session_counts import InMemoryCounts, SessionCounts, shell_type_of
+from sb_otel._tracking.session_counts import InMemoryCounts, SessionCounts
 
 SessionStatus = Literal["open", "exited", "crashed", "abnormal"]
 """``open`` until ended; then ``exited`` (normal), ``crashed`` (end reported failure) or ``abnormal`` (reaped)."""
@@ -218,7 +218,7 @@ class InMemorySessionStore(InMemoryExportState):
             )
             self._sessions[record.session_id] = record
             self._by_event[new.event_id] = record.session_id
-            self._counts.on_start(record.component_name, shell_type_of(record.start_event))
+            self._counts.on_start(record.component_name, record.start_event.get("shell_type"))
             return record, True
 
     def get(self, session_id: str) -> SessionRecord | None:
