@@ -7,7 +7,6 @@ us store, log or export unbounded data; they are documented in the README ("Even
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Callable, Mapping
@@ -28,15 +27,10 @@ from pydantic import (
     model_validator,
 )
 
-from sb_otel._tracking.rules import COMPONENT_NAME_PATTERN as _COMPONENT_NAME
-from sb_otel._tracking.rules import CONTROL_CHARS as _CONTROL_CHARS
+from sb_otel._tracking import rules
 from sb_otel._tracking.rules import (
     MAX_COMPONENT_NAME,
     MAX_HOSTNAME,
-    MAX_METADATA_BYTES,
-    MAX_METADATA_DEPTH,
-    MAX_METADATA_KEY,
-    MAX_METADATA_KEYS,
     MAX_PATH,
     MAX_PID,
     MAX_PLATFORM,
@@ -45,7 +39,6 @@ from sb_otel._tracking.rules import (
     MAX_USERNAME,
 )
 from sb_otel._tracking.rules import MAX_SESSION_ID as MAX_SESSION_ID
-from sb_otel._tracking.rules import SESSION_ID_PATTERN as _SESSION_ID
 
 COMPONENT_NAME_PATTERN = "^[a-zA-Z0-9_-]+$"
 """The seed's component-name rule, as the JSON schema publishes it."""
@@ -73,12 +66,22 @@ def _utf8(value: str) -> str:
     return value
 
 
-def _no_control_chars(value: str) -> str:
-    """Reject characters that could forge a log line or break a terminal (newlines, escapes, NUL)."""
-    _utf8(value)
-    if _CONTROL_CHARS.search(value):
-        raise ValueError("must not contain control characters (newlines, tabs, escapes)")
-    return value
+def _broken(exc: rules.RuleError) -> ValueError:
+    """A rule's error for pydantic, which names the field itself: the rule's text without its ``field:`` prefix."""
+    return ValueError(str(exc).partition(": ")[2])
+
+
+def _text_rule(limit: int) -> Callable[[str], str]:
+    """:func:`~sb_otel._tracking.rules.check_text`, the rule ``emit`` checks its text with, after pydantic's own
+    strip and length check (whose "at most N characters" wording the seed's tests expect)."""
+
+    def check(value: str) -> str:
+        try:
+            return rules.check_text("text", value, limit)
+        except rules.RuleError as exc:
+            raise _broken(exc) from None
+
+    return check
 
 
 @lru_cache(maxsize=1024)
@@ -162,29 +165,20 @@ def _uuid_v4(value: Any) -> str:
 
 
 def _bounded_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Metadata is free-form JSON from the client: bound its size, key count, key length and depth."""
+    """Metadata is free-form JSON from the client: bounded by :func:`~sb_otel._tracking.rules.check_metadata`
+    (size, key count, key length, depth), and every key and string in it must be encodable text."""
     if value is None:
         return None
-    if len(value) > MAX_METADATA_KEYS:
-        raise ValueError(f"has {len(value)} keys; at most {MAX_METADATA_KEYS} are allowed")
-    for key in value:
-        if len(key) > MAX_METADATA_KEY or not key:
-            raise ValueError(f"keys must be 1-{MAX_METADATA_KEY} characters")
-        _no_control_chars(key)
-    _check_depth(value, 1)
     try:
-        encoded = json.dumps(value, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"must be JSON-serialisable ({exc})") from None
-    if len(encoded.encode()) > MAX_METADATA_BYTES:
-        raise ValueError(f"is {len(encoded.encode())} bytes as JSON; at most {MAX_METADATA_BYTES} are allowed")
+        rules.check_metadata(value)
+    except rules.RuleError as exc:
+        raise _broken(exc) from None
+    _encodable(value)
     return value
 
 
-def _check_depth(value: Any, depth: int) -> None:
-    """Bound the nesting, and require every key and string value to be encodable text."""
-    if depth > MAX_METADATA_DEPTH:
-        raise ValueError(f"is nested more than {MAX_METADATA_DEPTH} levels deep")
+def _encodable(value: Any) -> None:
+    """Require every key and string value to be encodable text (the rules have bounded the depth already)."""
     if isinstance(value, dict):
         for key in value:
             if isinstance(key, str):
@@ -196,7 +190,7 @@ def _check_depth(value: Any, depth: int) -> None:
         if isinstance(child, str):
             _utf8(child)
         elif isinstance(child, (dict, list)):
-            _check_depth(child, depth + 1)
+            _encodable(child)
 
 
 Timestamp = Annotated[str, Field(max_length=64), AfterValidator(_iso_timestamp)]
@@ -213,14 +207,22 @@ def _bounded(limit: int) -> Any:
     return StringConstraints(strip_whitespace=True, min_length=1, max_length=limit)
 
 
-Username = Annotated[str, _bounded(MAX_USERNAME), BeforeValidator(_utf8_input), AfterValidator(_no_control_chars)]
-Path = Annotated[str, _bounded(MAX_PATH), BeforeValidator(_utf8_input), AfterValidator(_no_control_chars)]
-PythonVersion = Annotated[
-    str, _bounded(MAX_PYTHON_VERSION), BeforeValidator(_utf8_input), AfterValidator(_no_control_chars)
+Username = Annotated[
+    str, _bounded(MAX_USERNAME), BeforeValidator(_utf8_input), AfterValidator(_text_rule(MAX_USERNAME))
 ]
-Platform = Annotated[str, _bounded(MAX_PLATFORM), BeforeValidator(_utf8_input), AfterValidator(_no_control_chars)]
-ShellType = Annotated[str, _bounded(MAX_SHELL_TYPE), BeforeValidator(_utf8_input), AfterValidator(_no_control_chars)]
-Hostname = Annotated[str, _bounded(MAX_HOSTNAME), BeforeValidator(_utf8_input), AfterValidator(_no_control_chars)]
+Path = Annotated[str, _bounded(MAX_PATH), BeforeValidator(_utf8_input), AfterValidator(_text_rule(MAX_PATH))]
+PythonVersion = Annotated[
+    str, _bounded(MAX_PYTHON_VERSION), BeforeValidator(_utf8_input), AfterValidator(_text_rule(MAX_PYTHON_VERSION))
+]
+Platform = Annotated[
+    str, _bounded(MAX_PLATFORM), BeforeValidator(_utf8_input), AfterValidator(_text_rule(MAX_PLATFORM))
+]
+ShellType = Annotated[
+    str, _bounded(MAX_SHELL_TYPE), BeforeValidator(_utf8_input), AfterValidator(_text_rule(MAX_SHELL_TYPE))
+]
+Hostname = Annotated[
+    str, _bounded(MAX_HOSTNAME), BeforeValidator(_utf8_input), AfterValidator(_text_rule(MAX_HOSTNAME))
+]
 
 _STRICT = ConfigDict(extra="forbid", str_strip_whitespace=False)
 _Model = TypeVar("_Model", bound="SeedModel")
@@ -326,9 +328,10 @@ class SessionStartEvent(SeedModel):
     @field_validator("component_name")
     @classmethod
     def _component_charset(cls, value: str) -> str:
-        if _COMPONENT_NAME.fullmatch(value) is None:
-            raise ValueError("Invalid component_name: may contain only letters, digits, underscore and hyphen")
-        return value
+        try:
+            return rules.check_component_name(value)
+        except rules.RuleError as exc:
+            raise ValueError(f"Invalid {exc}") from None  # session-buddy's wording: "Invalid component_name: …"
 
     @property
     def started_at(self) -> datetime:
@@ -352,9 +355,10 @@ class SessionEndEvent(SeedModel):
     @field_validator("session_id")
     @classmethod
     def _session_id_charset(cls, value: str) -> str:
-        if _SESSION_ID.fullmatch(value) is None:
-            raise ValueError("may contain only letters, digits and _ . : -")
-        return value
+        try:
+            return rules.check_session_id(value)
+        except rules.RuleError as exc:
+            raise _broken(exc) from None
 
     @property
     def ended_at(self) -> datetime:
