@@ -533,7 +533,7 @@ def test_end_metadata_out_of_bounds_is_rejected(metadata: Any) -> None:
 
 # -- the rules' wording -------------------------------------------------------------------------------------
 
-CONTROL = "must not contain control characters (newlines, tabs, escapes)"
+CONTROL = "Value error, must not contain control characters (newlines, tabs, escapes)"
 
 
 @pytest.mark.parametrize(
@@ -543,46 +543,55 @@ CONTROL = "must not contain control characters (newlines, tabs, escapes)"
         pytest.param(
             start,
             {"component_name": "a b"},
-            "Invalid component_name: may contain only letters, digits, underscore and hyphen",
+            "Value error, Invalid component_name: may contain only letters, digits, underscore and hyphen",
             id="component-charset",
         ),
-        pytest.param(end, {"session_id": "a b"}, "may contain only letters, digits and _ . : -", id="session-id"),
+        pytest.param(
+            start, {"component_name": "x" * 65}, "String should have at most 64 characters", id="component-long"
+        ),
+        pytest.param(end, {"session_id": ""}, "String should have at least 1 character", id="session-id-empty"),
+        pytest.param(start, {"user": user(username=" " * 3)}, "String should have at least 1 character", id="blank"),
+        pytest.param(
+            end, {"session_id": "a b"}, "Value error, may contain only letters, digits and _ . : -", id="session-id"
+        ),
         pytest.param(
             start,
             {"metadata": {f"k{i}": i for i in range(65)}},
-            "has 65 keys; at most 64 are allowed",
+            "Value error, has 65 keys; at most 64 are allowed",
             id="metadata-keys",
         ),
-        pytest.param(end, {"metadata": {"": 1}}, "keys must be 1-128 characters", id="metadata-empty-key"),
+        pytest.param(end, {"metadata": {"": 1}}, "Value error, keys must be 1-128 characters", id="metadata-empty-key"),
         pytest.param(start, {"metadata": {"key\nforged": 1}}, CONTROL, id="metadata-key-control"),
-        pytest.param(start, {"metadata": nested(5)}, "is nested more than 4 levels deep", id="metadata-depth"),
+        pytest.param(
+            start, {"metadata": nested(5)}, "Value error, is nested more than 4 levels deep", id="metadata-depth"
+        ),
         pytest.param(
             end,
             {"metadata": {"k": {1, 2}}},
-            "must be JSON-serialisable (Object of type set is not JSON serializable)",
+            "Value error, must be JSON-serialisable (Object of type set is not JSON serializable)",
             id="metadata-not-json",
         ),
         pytest.param(
             start,
             {"metadata": {"k": "x" * KIB_16}},
-            f"is {KIB_16 + 8} bytes as JSON; at most {KIB_16} are allowed",  # 8: the characters of {"k":""}
+            f"Value error, is {KIB_16 + 8} bytes as JSON; at most {KIB_16} are allowed",  # 8: {"k":""}
             id="metadata-size",
         ),
         pytest.param(
             end,
             {"metadata": {"k": [{"a\ud800b": 1}]}},
-            "must be valid Unicode text (it contains a lone surrogate such as \\ud800)",
+            "Value error, must be valid Unicode text (it contains a lone surrogate such as \\ud800)",
             id="metadata-surrogate",
         ),
     ],
 )
 def test_rule_errors_keep_their_wording(build: Any, overrides: dict[str, Any], message: str) -> None:
-    """The models run the checks of ``sb_otel/_tracking/rules.py`` (emit's fast path runs the same ones): pydantic
-    names the field, and the message states the rule once, in the words the seed's and session-buddy's tests
-    match."""
+    """The models run the checks of ``sb_otel/_tracking/rules.py`` (emit's fast path runs the same ones) after
+    pydantic's own length checks: pydantic names the field, and the message states the rule once, in the words
+    the seed's and session-buddy's tests match."""
     with pytest.raises(ValidationError) as info:
         build(**overrides)
-    assert [error["msg"] for error in info.value.errors()] == [f"Value error, {message}"]
+    assert [error["msg"] for error in info.value.errors()] == [message]
 
 
 # -- unknown fields -----------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -23,7 +23,6 @@ from pydantic import (
     StrictInt,
     StringConstraints,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
@@ -66,22 +65,22 @@ def _utf8(value: str) -> str:
     return value
 
 
-def _broken(exc: rules.RuleError) -> ValueError:
-    """A rule's error for pydantic, which names the field itself: the rule's text without its ``field:`` prefix."""
-    return ValueError(str(exc).partition(": ")[2])
+def _rule(check: Callable[[Any], object], wording: str = "{rule}") -> AfterValidator:
+    """A validator running one of :mod:`~sb_otel._tracking.rules`' checks, the ones ``emit``'s fast path runs,
+    after pydantic's own type, strip and length checks (whose wording the seed's tests expect).
 
+    A broken rule is reported in ``wording``: ``{rule}`` is the rule's text without its ``field:`` prefix
+    (pydantic names the field itself), ``{field}`` the field the rule names."""
 
-def _text_rule(limit: int) -> Callable[[str], str]:
-    """:func:`~sb_otel._tracking.rules.check_text`, the rule ``emit`` checks its text with, after pydantic's own
-    strip and length check (whose "at most N characters" wording the seed's tests expect)."""
-
-    def check(value: str) -> str:
+    def run(value: Any) -> Any:
         try:
-            return rules.check_text("text", value, limit)
+            check(value)
         except rules.RuleError as exc:
-            raise _broken(exc) from None
+            field, _, rule = str(exc).partition(": ")
+            raise ValueError(wording.format(field=field, rule=rule)) from None
+        return value
 
-    return check
+    return AfterValidator(run)
 
 
 @lru_cache(maxsize=1024)
@@ -167,13 +166,9 @@ def _uuid_v4(value: Any) -> str:
 def _bounded_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
     """Metadata is free-form JSON from the client: bounded by :func:`~sb_otel._tracking.rules.check_metadata`
     (size, key count, key length, depth), and every key and string in it must be encodable text."""
-    if value is None:
-        return None
-    try:
+    if value is not None:
         rules.check_metadata(value)
-    except rules.RuleError as exc:
-        raise _broken(exc) from None
-    _encodable(value)
+        _encodable(value)
     return value
 
 
@@ -194,7 +189,7 @@ def _encodable(value: Any) -> None:
 
 
 Timestamp = Annotated[str, Field(max_length=64), AfterValidator(_iso_timestamp)]
-Metadata = Annotated[dict[str, Any] | None, AfterValidator(_bounded_metadata)]
+Metadata = Annotated[dict[str, Any] | None, _rule(_bounded_metadata)]
 
 
 def _utf8_input(value: Any) -> Any:
@@ -207,22 +202,19 @@ def _bounded(limit: int) -> Any:
     return StringConstraints(strip_whitespace=True, min_length=1, max_length=limit)
 
 
-Username = Annotated[
-    str, _bounded(MAX_USERNAME), BeforeValidator(_utf8_input), AfterValidator(_text_rule(MAX_USERNAME))
-]
-Path = Annotated[str, _bounded(MAX_PATH), BeforeValidator(_utf8_input), AfterValidator(_text_rule(MAX_PATH))]
+def _text_rule(limit: int) -> AfterValidator:
+    """:func:`~sb_otel._tracking.rules.check_text` (control characters) on the stripped, bounded text."""
+    return _rule(partial(rules.check_text, "text", max_length=limit))
+
+
+Username = Annotated[str, _bounded(MAX_USERNAME), BeforeValidator(_utf8_input), _text_rule(MAX_USERNAME)]
+Path = Annotated[str, _bounded(MAX_PATH), BeforeValidator(_utf8_input), _text_rule(MAX_PATH)]
 PythonVersion = Annotated[
-    str, _bounded(MAX_PYTHON_VERSION), BeforeValidator(_utf8_input), AfterValidator(_text_rule(MAX_PYTHON_VERSION))
+    str, _bounded(MAX_PYTHON_VERSION), BeforeValidator(_utf8_input), _text_rule(MAX_PYTHON_VERSION)
 ]
-Platform = Annotated[
-    str, _bounded(MAX_PLATFORM), BeforeValidator(_utf8_input), AfterValidator(_text_rule(MAX_PLATFORM))
-]
-ShellType = Annotated[
-    str, _bounded(MAX_SHELL_TYPE), BeforeValidator(_utf8_input), AfterValidator(_text_rule(MAX_SHELL_TYPE))
-]
-Hostname = Annotated[
-    str, _bounded(MAX_HOSTNAME), BeforeValidator(_utf8_input), AfterValidator(_text_rule(MAX_HOSTNAME))
-]
+Platform = Annotated[str, _bounded(MAX_PLATFORM), BeforeValidator(_utf8_input), _text_rule(MAX_PLATFORM)]
+ShellType = Annotated[str, _bounded(MAX_SHELL_TYPE), BeforeValidator(_utf8_input), _text_rule(MAX_SHELL_TYPE)]
+Hostname = Annotated[str, _bounded(MAX_HOSTNAME), BeforeValidator(_utf8_input), _text_rule(MAX_HOSTNAME)]
 
 _STRICT = ConfigDict(extra="forbid", str_strip_whitespace=False)
 _Model = TypeVar("_Model", bound="SeedModel")
@@ -314,9 +306,11 @@ class SessionStartEvent(SeedModel):
             _exactly("session_start", "Invalid event_type for SessionStartEvent (must be 'session_start')")
         ),
     ] = "session_start"
-    component_name: str = Field(
-        min_length=1, max_length=MAX_COMPONENT_NAME, json_schema_extra={"pattern": COMPONENT_NAME_PATTERN}
-    )
+    component_name: Annotated[
+        str,
+        Field(min_length=1, max_length=MAX_COMPONENT_NAME, json_schema_extra={"pattern": COMPONENT_NAME_PATTERN}),
+        _rule(rules.check_component_name, "Invalid {field}: {rule}"),  # session-buddy's wording
+    ]
     shell_type: ShellType
     timestamp: Timestamp
     pid: StrictInt = Field(ge=1, le=MAX_PID)
@@ -324,14 +318,6 @@ class SessionStartEvent(SeedModel):
     hostname: Hostname
     environment: EnvironmentInfo
     metadata: Metadata = None
-
-    @field_validator("component_name")
-    @classmethod
-    def _component_charset(cls, value: str) -> str:
-        try:
-            return rules.check_component_name(value)
-        except rules.RuleError as exc:
-            raise ValueError(f"Invalid {exc}") from None  # session-buddy's wording: "Invalid component_name: …"
 
     @property
     def started_at(self) -> datetime:
@@ -348,17 +334,9 @@ class SessionEndEvent(SeedModel):
         Literal["session_end"],
         BeforeValidator(_exactly("session_end", "Invalid event_type for SessionEndEvent (must be 'session_end')")),
     ] = "session_end"
-    session_id: str = Field(min_length=1, max_length=MAX_SESSION_ID)
+    session_id: Annotated[str, Field(min_length=1, max_length=MAX_SESSION_ID), _rule(rules.check_session_id)]
     timestamp: Timestamp
     metadata: Metadata = None
-
-    @field_validator("session_id")
-    @classmethod
-    def _session_id_charset(cls, value: str) -> str:
-        try:
-            return rules.check_session_id(value)
-        except rules.RuleError as exc:
-            raise _broken(exc) from None
 
     @property
     def ended_at(self) -> datetime:
