@@ -12,6 +12,7 @@ import pytest
 
 from sb_otel._tracking.session_counts import (
     COUNTS_MIGRATION,
+    EXACT_LENGTHS_MIGRATION,
     OTHER,
     SESSION_DURATION_BUCKETS,
     UNKNOWN_SHELL,
@@ -23,10 +24,13 @@ from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from sb_otel._tracking.store import InMemorySessionStore, NewSession, SessionEnding, SessionStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0_US = T0.replace(microsecond=123456)
 
 
-def _new(event_id: str, component: str = "web", shell: str | None = "bash") -> NewSession:
-    return NewSession(event_id, component, "host", 1, "/", T0, T0, {} if shell is None else {"shell_type": shell})
+def _new(event_id: str, component: str = "web", shell: str | None = "bash", *, started_at: datetime = T0) -> NewSession:
+    return NewSession(
+        event_id, component, "host", 1, "/", started_at, started_at, {} if shell is None else {"shell_type": shell}
+    )
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -96,25 +100,25 @@ def test_sqlite_counts_are_store_wide_and_survive_reopening(tmp_path: Path) -> N
     assert (counts.store_id, counts.start_time_unix_nano) == (identity.store_id, identity.start_time_unix_nano)
     assert counts.started == {("web", "bash", "tracked"): 1}
     assert counts.ended == {("web", "exited"): 1}
-    assert reopened.applied_migrations()[-1] == "0004_session_counts"
+    assert reopened.applied_migrations()[-1] == "0005_session_counts_exact_lengths"
     reopened.close()
     assert SqliteSessionStore(tmp_path / "other.db").session_counts().store_id != identity.store_id
 
 
 def _scenario(store: SessionStore) -> SessionCounts:
     """Starts past the label limit, absent and empty shell types, retries, every ending status, and lengths on
-    both sides of every bucket boundary (half a second off: SQLite's julianday arithmetic is ~1e-5 s off)."""
+    every bucket boundary and on both sides of it, from a start with microseconds (a boundary is inclusive)."""
     shells = ["bash", "", None, "zsh", "fish", "bash"]
     ids: list[str] = []
-    for n in range(40):
-        record, _ = store.create(_new(f"e{n}", f"c{n % 5}", shells[n % len(shells)]))
+    for n in range(80):
+        record, _ = store.create(_new(f"e{n}", f"c{n % 5}", shells[n % len(shells)], started_at=T0_US))
         ids.append(record.session_id)
     store.create(_new("e3", "c3"))  # a retried start
     store.create(_new("adopted", "c9", "tcsh"), session_id="foreign-1")
-    lengths = [-3.0, *(b + offset for b in SESSION_DURATION_BUCKETS for offset in (-0.5, 0.5))]
+    lengths = [-3.0, *(b + offset for b in SESSION_DURATION_BUCKETS for offset in (-0.5, 0.0, 0.000001, 0.5))]
     statuses = ("exited", "crashed", "abnormal")
     for n, session_id in enumerate(ids[:-3]):
-        ending = SessionEnding(statuses[n % 3], T0 + timedelta(seconds=lengths[n % len(lengths)]))
+        ending = SessionEnding(statuses[n % 3], T0_US + timedelta(seconds=lengths[n % len(lengths)]))
         store.finish(session_id, ending)
     store.finish(ids[0], SessionEnding("crashed", T0 + timedelta(seconds=99)))  # already ended
     return store.session_counts()
@@ -149,3 +153,27 @@ def test_the_applied_counts_migration_is_unchanged() -> None:
     assert (
         hashlib.sha256(text.encode()).hexdigest() == "3b07bc04cb23feef12822258e3c39cb838b09843da6137a5df2f1bc9b076eaa1"
     )
+
+
+def test_a_store_counting_since_0004_counts_boundary_lengths_exactly_after_upgrading(tmp_path: Path) -> None:
+    """A store created before ``0005`` (triggers with julianday lengths) gets the exact trigger on opening: a 5 s
+    session from a start with microseconds lands in the bucket that ends at 5, as in the memory store."""
+    import sqlite3
+    from contextlib import closing
+
+    path = tmp_path / "s.db"
+    SqliteSessionStore(path).close()
+    with closing(sqlite3.connect(path)) as db, db:  # back to 0004's trigger, as a store made before 0005 has it
+        db.execute("DROP TRIGGER session_counts_end")
+        db.execute(COUNTS_MIGRATION[1][-1])
+        db.execute("DELETE FROM schema_migrations WHERE name = ?", (EXACT_LENGTHS_MIGRATION[0],))
+    store = SqliteSessionStore(path)
+    try:
+        record, _ = store.create(_new("e1", started_at=T0_US))
+        store.finish(record.session_id, SessionEnding("exited", T0_US + timedelta(seconds=5)))
+        series = store.session_counts().durations[("web", "exited")]
+    finally:
+        store.close()
+    assert SESSION_DURATION_BUCKETS[bucket_index(5.0)] == 5.0
+    assert series.buckets[bucket_index(5.0)] == 1
+    assert series.total == 5.0

@@ -267,8 +267,42 @@ _SECONDS = "max(0.0, (julianday(NEW.ended_at) - julianday(NEW.started_at)) * 864
 _BUCKET = " + ".join(f"(d > {boundary!r})" for boundary in SESSION_DURATION_BUCKETS)
 """:func:`bucket_index` in SQL: the number of boundaries below ``d``."""
 _ENDED = _columns(ENDED_KEY)
-_ENDED_ROW = f"(SELECT {_label(COMPONENT, _ENDED_SOURCES[0])} AS c, {_SECONDS} AS d)"
-"""An ending's component label (``c``) and length (``d``): the duration series are keyed ``c, NEW.status``."""
+_EXACT_SECONDS = (
+    "max(0.0, ((CAST(strftime('%s', NEW.ended_at) AS INTEGER) - CAST(strftime('%s', NEW.started_at) AS INTEGER))"
+    " * 1000000 + CAST(substr(NEW.ended_at, 21, 6) AS INTEGER) - CAST(substr(NEW.started_at, 21, 6) AS INTEGER))"
+    " / 1000000.0)"
+)
+"""A session's length as Python's ``timedelta.total_seconds()`` gives it: whole seconds from ``strftime('%s')``
+and the microseconds from the store's fixed-width text (``…T12:00:00.123456+00:00``), added as integers and
+divided once. ``julianday`` differences are ~1e-5 s off, enough to put a 5 s session in the (5, 15] bucket."""
+
+
+def _ended_row(seconds: str) -> str:
+    """An ending's component label (``c``) and length (``d``): the duration series are keyed ``c, NEW.status``."""
+    return f"(SELECT {_label(COMPONENT, _ENDED_SOURCES[0])} AS c, {seconds} AS d)"
+
+
+def _end_trigger(seconds: str) -> str:
+    """The trigger that counts an ending, its bucket and its length, with the length computed by ``seconds``."""
+    row = _ended_row(seconds)
+    return f"""
+        CREATE TRIGGER session_counts_end AFTER UPDATE OF status ON sessions
+        WHEN OLD.status = 'open' AND NEW.status != 'open' BEGIN
+            INSERT INTO session_ended_counts ({_ENDED}, value)
+                SELECT {_key(ENDED_KEY, _ENDED_SOURCES)}, 1 WHERE true
+                ON CONFLICT ({_ENDED}) DO UPDATE SET value = value + 1;
+            INSERT INTO session_duration_counts ({_ENDED}, bucket, value)
+                SELECT c, NEW.status, {_BUCKET}, 1
+                FROM {row} WHERE true
+                ON CONFLICT ({_ENDED}, bucket) DO UPDATE SET value = value + 1;
+            INSERT INTO session_duration_sums ({_ENDED}, count, total, minimum, maximum)
+                SELECT c, NEW.status, 1, d, d, d
+                FROM {row} WHERE true
+                ON CONFLICT ({_ENDED}) DO UPDATE SET count = count + 1, total = total + excluded.total,
+                    minimum = min(minimum, excluded.minimum), maximum = max(maximum, excluded.maximum);
+        END
+        """
+
 
 COUNTS_MIGRATION: tuple[str, tuple[str, ...]] = (
     "0004_session_counts",
@@ -302,24 +336,15 @@ COUNTS_MIGRATION: tuple[str, tuple[str, ...]] = (
                 ON CONFLICT ({_columns(STARTED_KEY)}) DO UPDATE SET value = value + 1;
         END
         """,
-        f"""
-        CREATE TRIGGER session_counts_end AFTER UPDATE OF status ON sessions
-        WHEN OLD.status = 'open' AND NEW.status != 'open' BEGIN
-            INSERT INTO session_ended_counts ({_ENDED}, value)
-                SELECT {_key(ENDED_KEY, _ENDED_SOURCES)}, 1 WHERE true
-                ON CONFLICT ({_ENDED}) DO UPDATE SET value = value + 1;
-            INSERT INTO session_duration_counts ({_ENDED}, bucket, value)
-                SELECT c, NEW.status, {_BUCKET}, 1
-                FROM {_ENDED_ROW} WHERE true
-                ON CONFLICT ({_ENDED}, bucket) DO UPDATE SET value = value + 1;
-            INSERT INTO session_duration_sums ({_ENDED}, count, total, minimum, maximum)
-                SELECT c, NEW.status, 1, d, d, d
-                FROM {_ENDED_ROW} WHERE true
-                ON CONFLICT ({_ENDED}) DO UPDATE SET count = count + 1, total = total + excluded.total,
-                    minimum = min(minimum, excluded.minimum), maximum = max(maximum, excluded.maximum);
-        END
-        """,
+        _end_trigger(_SECONDS),
     ),
 )
 """The SQLite store's schema migration for these counts (appended to its list). Applied stores keep the text
 they were created with, so what this generates must not change: ``tests/test_session_counts.py`` pins it."""
+
+EXACT_LENGTHS_MIGRATION: tuple[str, tuple[str, ...]] = (
+    "0005_session_counts_exact_lengths",
+    ("DROP TRIGGER session_counts_end", _end_trigger(_EXACT_SECONDS)),
+)
+"""Counts each ending's length exactly (see :data:`_EXACT_SECONDS`), so a session of exactly a boundary's length
+lands in the same bucket as in the memory store. Endings counted before it keep the bucket they got."""

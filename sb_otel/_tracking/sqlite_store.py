@@ -41,6 +41,7 @@ from sb_otel._tracking.export_state import (
 from sb_otel._tracking.identity import numbered_session_id, session_id_base
 from sb_otel._tracking.session_counts import (
     COUNTS_MIGRATION,
+    EXACT_LENGTHS_MIGRATION,
     SESSION_DURATION_BUCKETS,
     DurationCounts,
     SessionCounts,
@@ -89,6 +90,7 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     TELEMETRY_MIGRATION,  # pending root spans, the outbox, the exporter lease (sb_otel/_tracking/export_state.py)
     COUNTS_MIGRATION,  # session counts kept by triggers (sb_otel/_tracking/session_counts.py)
+    EXACT_LENGTHS_MIGRATION,
 )
 """Named schema migrations, applied in order, each in its own transaction. Append; never edit."""
 
