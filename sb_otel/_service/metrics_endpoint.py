@@ -18,7 +18,6 @@ extra (``pip install 'sb-otel[prometheus]'``).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import socket
 import threading
@@ -32,18 +31,9 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 
 from sb_otel._telemetry.store_metrics import StoreSessionMetrics
 
-INSTALL_HINT = "--metrics-port needs the prometheus extra: pip install 'sb-otel[prometheus]'"
 DEFAULT_METRICS_PORT = 9090
 """session-buddy's metrics port (its Prometheus scrape configs point there)."""
 _log = logging.getLogger("sb_otel.server")
-
-
-def prometheus_missing() -> str | None:
-    """What to install when the scrape endpoint's packages are missing, else ``None``."""
-    for module in ("prometheus_client", "opentelemetry.exporter.prometheus"):
-        if importlib.util.find_spec(module) is None:
-            return INSTALL_HINT
-    return None
 
 
 class StoreScrapeReader(PrometheusMetricReader):
