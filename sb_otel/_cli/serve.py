@@ -8,13 +8,12 @@ import signal
 import socket
 
 import click
+from opentelemetry.sdk.resources import Resource
 
 from sb_otel._cli.app import _store_option, cli
 from sb_otel._service.reaper import session_ttl
-from sb_otel._settings import (
-    parse_duration,
-)
-from sb_otel._telemetry.configure import configure
+from sb_otel._settings import OTEL_SERVICE_NAME, parse_duration
+from sb_otel._telemetry.configure import DEFAULT_SERVICE_NAME, Telemetry, configure
 from sb_otel._telemetry.session_buddy_metrics import session_buddy_metrics_setting
 from sb_otel._tracking.lifecycle import SessionLifecycleManager
 from sb_otel._tracking.store_factory import open_store
@@ -136,8 +135,7 @@ def serve(
         if metrics_socket is not None and index == 0:  # one process binds the port; the numbers are the store's
             from sb_otel._service.metrics_endpoint import MetricsEndpoint
 
-            session_metrics = getattr(telemetry.store_exporter, "session_metrics", None)
-            endpoint = MetricsEndpoint(store, metrics_socket, getattr(session_metrics, "resource", None))
+            endpoint = MetricsEndpoint(store, metrics_socket, _scrape_resource(telemetry))
             endpoint.start()
         elif metrics_socket is not None:
             metrics_socket.close()  # the other workers' inherited copy
@@ -179,6 +177,16 @@ def serve(
         return 0
 
     return run(0) if workers == 1 else run_workers(workers, run)
+
+
+def _scrape_resource(telemetry: Telemetry) -> Resource:
+    """The resource the OTLP exporter sends the store's series under (so both ways carry one ``service.name``),
+    or, with no such exporter (telemetry disabled), sb-otel's default service name."""
+    session_metrics = getattr(telemetry.store_exporter, "session_metrics", None)
+    if session_metrics is not None:
+        resource: Resource = session_metrics.resource
+        return resource
+    return Resource.create({} if OTEL_SERVICE_NAME.read() else {"service.name": DEFAULT_SERVICE_NAME})
 
 
 def _metrics_socket(host: str, metrics_port: int, mcp_port: int | None, allow_unauthenticated: bool) -> socket.socket:

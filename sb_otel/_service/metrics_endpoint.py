@@ -29,10 +29,14 @@ from opentelemetry.sdk.metrics.export import MetricsData
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, make_asgi_app
 
+from sb_otel._service.http_guard import MAX_HEAD, BoundedH11Protocol
 from sb_otel._telemetry.store_metrics import StoreSessionMetrics
 
 DEFAULT_METRICS_PORT = 9090
 """session-buddy's metrics port (its Prometheus scrape configs point there)."""
+MAX_CONNECTIONS = 16
+"""Open scrape connections at once (one per Prometheus server is the norm); more are answered 503."""
+HEAD_TIMEOUT_S = 10.0
 _log = logging.getLogger("sb_otel.server")
 
 
@@ -71,8 +75,10 @@ class MetricsEndpoint:
             log_level="warning",
             access_log=False,
             lifespan="off",  # prometheus_client's app answers HTTP only
-            limit_concurrency=16,
-            timeout_keep_alive=30,  # longer than any scrape interval worth using, so scrapes reuse a connection
+            http=BoundedH11Protocol.bounded(MAX_CONNECTIONS, HEAD_TIMEOUT_S),  # as the MCP endpoint is bounded
+            limit_concurrency=MAX_CONNECTIONS + 1,  # the protocol refuses connection max+1 itself
+            h11_max_incomplete_event_size=MAX_HEAD,
+            timeout_keep_alive=30,  # longer than the usual scrape intervals, so scrapes reuse their connection
         )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
