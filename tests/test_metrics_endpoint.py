@@ -253,58 +253,63 @@ def test_session_buddys_documented_promql_on_a_scraped_serve(tmp_path: Path) -> 
     """Sessions over MCP to `sb-otel serve --metrics-port`, scraped by Debian's Prometheus: session-buddy's
     dashboard and "Common Prometheus Queries" answer with the store's numbers, and agree with the sb names."""
     metrics_port = free_port()
-    with (
-        serving(tmp_path, metrics_port) as server,
-        PrometheusServer(tmp_path / "prometheus", targets=[f"127.0.0.1:{metrics_port}"]) as prometheus,
-    ):
+    with serving(tmp_path, metrics_port) as server:
         assert f"Prometheus metrics on http://127.0.0.1:{metrics_port}/metrics;" in server.log.read_text()
         cwd = str(tmp_path)
         ok, crashed = start_sessions(server.url, cwd, 2)
         end_sessions(server.url, [ok])
         end_sessions(server.url, [crashed], metadata={"exit_reason": "crash"})
-        scrape_settled(prometheus)  # every series now exists; each end series at 1, so rate() sees the next ones
-        ok, crashed, still_open = start_sessions(server.url, cwd, 3)
-        end_sessions(server.url, [ok])
-        end_sessions(server.url, [crashed], metadata={"exit_reason": "crash"})
-        at = scrape_settled(prometheus)
-
-        starts = prometheus.query("session_start_total", at=at)
-        assert [set(s["metric"]) - TARGET_LABELS for s in starts] == [{"component_name", "shell_type"}]
-        assert [(s["metric"]["component_name"], s["metric"]["shell_type"], s["value"][1]) for s in starts] == [
-            ("mahavishnu", "MahavishnuShell", "5")
-        ]
-        # Panels: "Session Starts", "Active Sessions"; queries: session rate, error rate, average, percentile.
-        assert value(prometheus, "sum(rate(session_start_total[5m]))", at) > 0
-        assert value(prometheus, "sum(rate(session_start_total[1m]))", at) > 0
-        assert value(prometheus, "sum(rate(session_start_total[5m]))", at) == value(
-            prometheus, "sum(rate(sb_session_started_total[5m]))", at
-        )
-        assert value(prometheus, "active_sessions", at) == 1 == value(prometheus, "sb_session_active", at)
-        error_rate = 'sum(rate(session_end_total{status="error"}[5m])) / sum(rate(session_end_total[5m])) * 100'
-        assert value(prometheus, error_rate, at) == 50.0  # one crashed of the two ended in the window
-        ends = {s["metric"]["status"]: s["value"][1] for s in prometheus.query("session_end_total", at=at)}
-        assert ends == {"success": "2", "error": "2"}
-        average = "rate(session_duration_seconds_sum[5m]) / rate(session_duration_seconds_count[5m])"
-        (averaged,) = prometheus.query(average, at=at)  # rate()'s extrapolation differs per series: shape only
-        assert set(averaged["metric"]) - TARGET_LABELS == {"component_name"}
-        assert 0 < float(averaged["value"][1]) < 60
-        durations = _durations(tmp_path)
-        all_time = "session_duration_seconds_sum / session_duration_seconds_count"
-        assert value(prometheus, all_time, at) == pytest.approx(sum(durations) / 4, abs=1e-6)
-        assert value(prometheus, "session_duration_seconds_count", at) == 4
-        p95 = value(prometheus, "histogram_quantile(0.95, rate(session_duration_seconds_bucket[5m]))", at)
-        assert max(durations) < 60
-        assert p95 == pytest.approx(57.0, rel=1e-9)  # both in (0, 60]: 0.95 of the way up the first bucket
-        assert summary(tmp_path)["mahavishnu"] | {"crash_free_rate": None} == {
-            "component_name": "mahavishnu",
-            "open": 1,
-            "exited": 2,
-            "crashed": 2,
-            "abnormal": 0,
-            "ended": 4,
-            "crash_free_rate": None,
-        }
+        # Prometheus starts now, so its first scrape sees every series already there (both end statuses at 1):
+        # rate() then extrapolates each series alike, and the ratios below are exact.
+        with PrometheusServer(tmp_path / "prometheus", targets=[f"127.0.0.1:{metrics_port}"]) as prometheus:
+            scrape_settled(prometheus)
+            ok, crashed, still_open = start_sessions(server.url, cwd, 3)
+            end_sessions(server.url, [ok])
+            end_sessions(server.url, [crashed], metadata={"exit_reason": "crash"})
+            at = scrape_settled(prometheus)
+            _documented_queries(prometheus, at, tmp_path)
         assert still_open
+
+
+def _documented_queries(prometheus: PrometheusServer, at: float, tmp_path: Path) -> None:
+    """session-buddy's dashboard panels and "Common Prometheus Queries", after 5 starts and 4 ends (2 in the
+    window: one exited, one crashed), 1 open."""
+    starts = prometheus.query("session_start_total", at=at)
+    assert [set(s["metric"]) - TARGET_LABELS for s in starts] == [{"component_name", "shell_type"}]
+    assert [(s["metric"]["component_name"], s["metric"]["shell_type"], s["value"][1]) for s in starts] == [
+        ("mahavishnu", "MahavishnuShell", "5")
+    ]
+    # Panels: "Session Starts", "Active Sessions"; queries: session rate, error rate, average, percentile.
+    assert value(prometheus, "sum(rate(session_start_total[5m]))", at) > 0
+    assert value(prometheus, "sum(rate(session_start_total[1m]))", at) > 0
+    assert value(prometheus, "sum(rate(session_start_total[5m]))", at) == value(
+        prometheus, "sum(rate(sb_session_started_total[5m]))", at
+    )
+    assert value(prometheus, "active_sessions", at) == 1 == value(prometheus, "sb_session_active", at)
+    error_rate = 'sum(rate(session_end_total{status="error"}[5m])) / sum(rate(session_end_total[5m])) * 100'
+    assert value(prometheus, error_rate, at) == 50.0  # one crashed of the two ended in the window
+    ends = {s["metric"]["status"]: s["value"][1] for s in prometheus.query("session_end_total", at=at)}
+    assert ends == {"success": "2", "error": "2"}
+    average = "rate(session_duration_seconds_sum[5m]) / rate(session_duration_seconds_count[5m])"
+    (averaged,) = prometheus.query(average, at=at)  # rate()'s extrapolation differs per series: shape only
+    assert set(averaged["metric"]) - TARGET_LABELS == {"component_name"}
+    assert 0 < float(averaged["value"][1]) < 60
+    durations = _durations(tmp_path)
+    all_time = "session_duration_seconds_sum / session_duration_seconds_count"
+    assert value(prometheus, all_time, at) == pytest.approx(sum(durations) / 4, abs=1e-6)
+    assert value(prometheus, "session_duration_seconds_count", at) == 4
+    p95 = value(prometheus, "histogram_quantile(0.95, rate(session_duration_seconds_bucket[5m]))", at)
+    assert max(durations) < 60
+    assert p95 == pytest.approx(57.0, rel=1e-9)  # both in (0, 60]: 0.95 of the way up the first bucket
+    assert summary(tmp_path)["mahavishnu"] == {
+        "component_name": "mahavishnu",
+        "open": 1,
+        "exited": 2,
+        "crashed": 2,
+        "abnormal": 0,
+        "ended": 4,
+        "crash_free_rate": 0.5,
+    }
 
 
 def _durations(tmp: Path) -> list[float]:
@@ -324,14 +329,37 @@ def test_with_workers_one_process_serves_the_port_with_the_stores_numbers(tmp_pa
     metrics_port = free_port()
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     with serving(tmp_path, metrics_port, "--workers", "2") as server:
-        ids = [session_id for _ in range(6) for session_id in start_sessions(server.url, str(tmp_path), 1)]
-        assert len(set(ids)) == 6
+        workers: set[int] = set()
+        ids: list[str] = []
+        while len(workers) < 2 and len(ids) < 200:  # fresh connections until both workers took starts
+            pid, session_id = _start_on_some_worker(server.url, str(tmp_path))
+            workers.add(pid)
+            ids.append(session_id)
+        assert len(workers) == 2, workers
         scraped = scrape(url)
         labels = (("component_name", "mahavishnu"), ("service_name", "sb-otel"), ("shell_type", "MahavishnuShell"))
-        assert scraped[("session_start_total", labels)] == 6.0
-        holders = _holders(metrics_port) - {server.process.pid}  # the supervisor bound it before forking
-        assert len(holders) == 1, holders  # one worker serves it; the other closed its inherited copy
+        assert scraped[("session_start_total", labels)] == len(set(ids))
+        # The supervisor bound it before forking; one worker serves it, the other closes its inherited copy
+        # once it has set up (which may be after the calls above: they can all land on worker 0).
+        poll(
+            lambda: len(_holders(metrics_port) - {server.process.pid}) == 1,
+            timeout=60,
+            what="one worker alone holding the metrics socket",
+        )
         assert server.stop() == 0
+
+
+def _start_on_some_worker(url: str, cwd: str) -> tuple[int, str]:
+    """One start on a fresh connection: the pid of the worker that answered, and the session id."""
+
+    async def run() -> tuple[int, str]:
+        async with mcp_session(url) as session:
+            pid = (await call_tool(session, "health_check", {}))["process_id"]
+            result = await call_tool(session, "track_session_start", start_arguments(cwd))
+        assert result["status"] == "tracked", result
+        return pid, result["session_id"]
+
+    return asyncio.run(run())
 
 
 def _holders(port: int) -> set[int]:
