@@ -3,6 +3,9 @@ the status mapping, the merged histogram, and the Prometheus names both ways int
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -37,9 +40,11 @@ from sb_otel._telemetry.store_exporter import StoreExporter
 from sb_otel._telemetry.store_metrics import StoreSessionMetrics
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from sb_otel._tracking.store import InMemorySessionStore, NewSession, SessionEnding
+from tests.otlp_receiver import OtlpReceiver
 from tests.otlp_to_prometheus import metric_name, series_names
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+SB_OTEL = str(Path(sys.executable).with_name("sb-otel"))
 
 
 def _new(event_id: str, component: str = "mahavishnu", shell: str = "MahavishnuShell") -> NewSession:
@@ -267,3 +272,53 @@ def test_the_lease_holder_exports_session_buddys_names_over_otlp(
     assert {METRIC_START, METRIC_END, METRIC_ACTIVE, METRIC_DURATION, sc.METRIC_STARTED, sc.METRIC_DURATION} <= names
     exporter.release()
     store.close()
+
+
+def test_sb_otel_export_sends_them_over_otlp_with_prometheus_names(tmp_path: Path) -> None:
+    """On the real wire (`sb-otel export` → OTLP/gRPC → the test receiver): kinds, units and attributes that
+    Prometheus's OTLP translation turns into session-buddy's exact names and labels, in the store's series."""
+    path = tmp_path / "s.db"
+    store = SqliteSessionStore(path)
+    store.create(_new("open"))
+    store.finish(store.create(_new("done"))[0].session_id, SessionEnding("abnormal", T0 + timedelta(minutes=10)))
+    store.close()
+    with OtlpReceiver() as receiver:
+        env = {
+            **os.environ,
+            "SB_OTEL_STORE": str(path),
+            "SB_OTEL_SESSION_BUDDY_METRICS": "true",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        }
+        done = subprocess.run([SB_OTEL, "export"], capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        receiver.wait_for(lambda rx: any(m["name"] == METRIC_DURATION for m in rx.metrics()), timeout=30)
+        metrics = {m["name"]: m for m in receiver.metrics()}
+    kinds = {"sum": "counter", "histogram": "histogram"}
+    translated = {
+        name: metric_name(
+            name, m["unit"], "gauge" if m["kind"] == "sum" and not m["is_monotonic"] else kinds[m["kind"]]
+        )
+        for name, m in metrics.items()
+        if name in (METRIC_START, METRIC_END, METRIC_ACTIVE, METRIC_DURATION)
+    }
+    assert translated == {
+        METRIC_START: "session_start_total",
+        METRIC_END: "session_end_total",
+        METRIC_ACTIVE: "active_sessions",
+        METRIC_DURATION: "session_duration_seconds",
+    }
+    labels = {name: [p["attributes"] for p in metrics[name]["data_points"]] for name in translated}
+    assert labels[METRIC_START] == [{"component_name": "mahavishnu", "shell_type": "MahavishnuShell"}]
+    assert sorted(labels[METRIC_END], key=str) == [
+        {"component_name": "mahavishnu", "status": "error"},
+        {"component_name": "mahavishnu", "status": "success"},
+    ]
+    assert labels[METRIC_ACTIVE] == labels[METRIC_DURATION] == [{"component_name": "mahavishnu"}]
+    (histogram,) = metrics[METRIC_DURATION]["data_points"]
+    assert histogram["explicit_bounds"] == list(SESSION_BUDDY_DURATION_BUCKETS)
+    assert histogram["bucket_counts"][SESSION_BUDDY_DURATION_BUCKETS.index(900.0)] == 1
+    assert (
+        metrics[METRIC_START]["resource"]["service.instance.id"]
+        == metrics[sc.METRIC_STARTED]["resource"]["service.instance.id"]
+    )  # the store's identity, as for the sb names
