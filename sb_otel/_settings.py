@@ -153,6 +153,13 @@ SB_OTEL_METRIC_LABEL_LIMIT = Setting(
     "store-counted session metrics, per store, set by the last process opening it); later ones are counted as "
     "`_other` (spans and logs keep the real value).",
 )
+SB_OTEL_SESSION_BUDDY_METRICS = Setting(
+    env="SB_OTEL_SESSION_BUDDY_METRICS",
+    default="`false`",
+    description="`true` also exports the store-counted session series under session-buddy's names "
+    "(`session_start_total`, `session_end_total`, `session_duration_seconds`, `active_sessions`), over OTLP and "
+    "on `sb-otel serve --metrics-port`.",
+)
 
 OTEL_EXPORTER_OTLP_ENDPOINT = Setting(
     env="OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -225,6 +232,7 @@ SETTINGS: tuple[Setting, ...] = (
     SB_OTEL_EMIT_DRAIN,
     SB_OTEL_JAEGER_URL,
     SB_OTEL_METRIC_LABEL_LIMIT,
+    SB_OTEL_SESSION_BUDDY_METRICS,
     SB_OTEL_OUTBOX_MAX_ROWS,
     SB_OTEL_OUTBOX_MAX_AGE,
     OTEL_EXPORTER_OTLP_ENDPOINT,

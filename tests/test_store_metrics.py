@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import AsyncMock, MagicMock
 
+import pytest
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExportResult, MetricsData
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExportResult, MetricReader, MetricsData
 
 from sb_otel import instrument
 from sb_otel._telemetry import semconv as sc
@@ -204,3 +205,43 @@ def test_three_emit_starts_one_end_then_export_reports_two_active(tmp_path: Path
     assert active["resource"]["service.instance.id"] == store_id
     assert sum(point["value"] for point in started_total["data_points"]) == 3
     assert time.time_ns() > active["data_points"][0]["start_time_unix_nano"] > 0
+
+
+class _SelfCollecting(MetricReader):
+    """A reader that collects by itself (as the scrape endpoint's does) and completes what it got."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metrics: StoreSessionMetrics | None = None
+        self.received: list[MetricsData] = []
+
+    def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
+        assert self.metrics is not None
+        self.received.append(self.metrics.completed(metrics_data))
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        """Nothing to release."""
+
+
+def test_a_self_collecting_reader_gets_the_same_completed_series(tmp_path: Path) -> None:
+    """A reader on the store instruments (the scrape endpoint's) receives what collect() returns: the histogram
+    from the same snapshot, the store's start time; collect() itself is for the in-memory reader only."""
+    store = SqliteSessionStore(tmp_path / "s.db")
+    ended = store.create(_new("e1"))[0]
+    store.finish(ended.session_id, SessionEnding("exited", T0 + timedelta(seconds=20)))
+    reader = _SelfCollecting()
+    metrics = StoreSessionMetrics(store, None, reader=reader)
+    reader.metrics = metrics
+    reader.collect()
+    (data,) = reader.received
+    expected = StoreSessionMetrics(store, None).collect()
+    for name in (sc.METRIC_STARTED, sc.METRIC_ENDED, sc.METRIC_ACTIVE, sc.METRIC_DURATION):
+        assert [(p.attributes, p.start_time_unix_nano) for p in _points(data, name)] == [
+            (p.attributes, p.start_time_unix_nano) for p in _points(expected, name)
+        ]
+    (histogram,) = _points(data, sc.METRIC_DURATION)
+    assert histogram.count == 1
+    with pytest.raises(TypeError, match="collects by itself"):
+        metrics.collect()
+    metrics.shutdown()
+    store.close()

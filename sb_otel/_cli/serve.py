@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import signal
+import socket
 
 import click
+from opentelemetry.sdk.resources import Resource
 
 from sb_otel._cli.app import _store_option, cli
 from sb_otel._service.reaper import session_ttl
-from sb_otel._settings import (
-    parse_duration,
-)
-from sb_otel._telemetry.configure import configure
+from sb_otel._settings import OTEL_SERVICE_NAME, parse_duration
+from sb_otel._telemetry.configure import DEFAULT_SERVICE_NAME, Telemetry, configure
+from sb_otel._telemetry.session_buddy_metrics import session_buddy_metrics_setting
 from sb_otel._tracking.lifecycle import SessionLifecycleManager
 from sb_otel._tracking.store_factory import open_store
 from sb_otel._tracking.tracker import SessionTracker
@@ -61,6 +62,13 @@ from sb_otel._version import __version__
     show_default=True,
     help="http: processes accepting on the one port over the one store (one reaper, one exporter among them).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Also serve the store's session metrics for Prometheus to scrape, on --host at this port "
+    "(session-buddy's was 9090; 0: any). Needs the prometheus extra.",
+)
 @_store_option
 def serve(
     transport: str,
@@ -72,6 +80,7 @@ def serve(
     log_level: str,
     allow_unauthenticated: bool,
     workers: int,
+    metrics_port: int | None,
     store_location: str | None,
 ) -> int:
     """Serve track_session_start / track_session_end over MCP (stdio or streamable HTTP).
@@ -108,6 +117,9 @@ def serve(
         check_exposure(host, secrets, allow_unauthenticated=allow)  # before the store and telemetry are opened
     elif workers > 1:
         raise click.UsageError("--workers needs --transport http (stdio has one client)")
+    metrics_socket = None
+    if metrics_port is not None:
+        metrics_socket = _metrics_socket(host, metrics_port, port if transport == "http" else None, allow)
     listener = None
     if workers > 1:
         from sb_otel._service.server import listening_socket
@@ -119,10 +131,22 @@ def serve(
         store = open_store(store_location)
         telemetry = configure(store=store)  # global: the mcp SDK's request spans go to the same pipeline
 
+        endpoint = None
+        if metrics_socket is not None and index == 0:  # one process binds the port; the numbers are the store's
+            from sb_otel._service.metrics_endpoint import MetricsEndpoint
+
+            endpoint = MetricsEndpoint(store, metrics_socket, _scrape_resource(telemetry))
+            endpoint.start()
+        elif metrics_socket is not None:
+            metrics_socket.close()  # the other workers' inherited copy
+
         def ready(where: str) -> None:
             if index == 0:
                 group = f" {workers} workers;" if workers > 1 else ""
-                line = f"sb-otel {__version__}: MCP server on {where};{group} telemetry: {telemetry.destination}"
+                scrape = f" Prometheus metrics on {endpoint.url};" if endpoint is not None else ""
+                line = (
+                    f"sb-otel {__version__}: MCP server on {where};{group}{scrape} telemetry: {telemetry.destination}"
+                )
                 click.echo(line, err=True)
 
         tracker = telemetry.instrument(SessionTracker(SessionLifecycleManager(), store=store))
@@ -146,8 +170,47 @@ def serve(
         except KeyboardInterrupt:
             pass
         finally:
+            if endpoint is not None:
+                endpoint.stop()
             telemetry.shutdown()
             store.close()
         return 0
 
     return run(0) if workers == 1 else run_workers(workers, run)
+
+
+def _scrape_resource(telemetry: Telemetry) -> Resource:
+    """The resource the OTLP exporter sends the store's series under (so both ways carry one ``service.name``),
+    or, with no such exporter (telemetry disabled), sb-otel's default service name."""
+    session_metrics = getattr(telemetry.store_exporter, "session_metrics", None)
+    if session_metrics is not None:
+        resource: Resource = session_metrics.resource
+        return resource
+    return Resource.create({} if OTEL_SERVICE_NAME.read() else {"service.name": DEFAULT_SERVICE_NAME})
+
+
+def _metrics_socket(host: str, metrics_port: int, mcp_port: int | None, allow_unauthenticated: bool) -> socket.socket:
+    """The scrape endpoint's listening socket, bound before any worker forks (so exactly one process serves it,
+    and a busy port fails now, as one line)."""
+    from sb_otel._service.server import is_loopback, listening_socket
+
+    if importlib.util.find_spec("prometheus_client") is None or (
+        importlib.util.find_spec("opentelemetry.exporter.prometheus") is None
+    ):
+        raise click.ClickException("--metrics-port needs the prometheus extra: pip install 'sb-otel[prometheus]'")
+    session_buddy_metrics_setting()  # a bad SB_OTEL_SESSION_BUDDY_METRICS fails now, as one line
+    if not is_loopback(host) and not allow_unauthenticated:
+        raise click.ClickException(
+            f"refusing to serve metrics on {host}: the scrape endpoint has no authentication (a secret does not "
+            "cover it). Listen on 127.0.0.1, or pass --allow-unauthenticated (SB_OTEL_ALLOW_UNAUTHENTICATED=true) "
+            "if the network is yours alone"
+        )
+    if metrics_port != 0 and metrics_port == mcp_port:
+        raise click.UsageError(f"--metrics-port must differ from --port ({mcp_port})")
+    try:
+        return listening_socket(host, metrics_port)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on {host}:{metrics_port} for --metrics-port: {exc.strerror or exc}; pick another port "
+            "(a serve already on this store serves the same numbers: scrape that one)"
+        ) from None

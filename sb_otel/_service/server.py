@@ -488,9 +488,13 @@ def listening_socket(host: str, port: int) -> socket.socket:
     on, a response's body waits for the client's delayed ACK of its headers (~40 ms per call)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)  # before any worker forks: every worker accepts from this one queue
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)  # before any worker forks: every worker accepts from this one queue
+    except OSError:
+        sock.close()  # a busy port: the caller reports it; no socket left for the collector to warn about
+        raise
     sock.set_inheritable(True)
     return sock
 

@@ -30,6 +30,7 @@ from opentelemetry.sdk.metrics.export import (
     InMemoryMetricReader,
     Metric,
     MetricExportResult,
+    MetricReader,
     MetricsData,
     ResourceMetrics,
     ScopeMetrics,
@@ -39,6 +40,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from sb_otel._telemetry import semconv as sc
+from sb_otel._telemetry.session_buddy_metrics import (
+    register_session_buddy_instruments,
+    session_buddy_duration_metric,
+    session_buddy_metrics_enabled,
+)
 from sb_otel._tracking.session_counts import SESSION_DURATION_BUCKETS, SessionCounts, SessionCountsStore
 from sb_otel._version import __version__
 
@@ -141,9 +147,21 @@ def duration_metric(counts: SessionCounts, now_unix_nano: int) -> Metric | None:
 
 
 class StoreSessionMetrics:
-    """Collects the store-derived series on demand and exports them under the store's identity."""
+    """Collects the store-derived series on demand and exports them under the store's identity.
 
-    def __init__(self, store: SessionCountsStore, exporter: Any, resource: Resource | None = None) -> None:
+    ``session_buddy_names``: also report session-buddy's names (default: ``SB_OTEL_SESSION_BUDDY_METRICS``).
+    ``reader``: a metric reader that collects by itself (the scrape endpoint's ``PrometheusMetricReader``) instead
+    of the in-memory one :meth:`collect` reads; it hands what it collected to :meth:`completed`."""
+
+    def __init__(
+        self,
+        store: SessionCountsStore,
+        exporter: Any,
+        resource: Resource | None = None,
+        *,
+        session_buddy_names: bool | None = None,
+        reader: MetricReader | None = None,
+    ) -> None:
         self.store = store
         self.exporter = exporter
         self._lock = threading.Lock()
@@ -151,23 +169,40 @@ class StoreSessionMetrics:
         first = store.session_counts()
         attributes = {**(resource or Resource.create({})).attributes, "service.instance.id": first.store_id}
         self.resource = Resource(attributes)
-        self._reader = InMemoryMetricReader(preferred_temporality=_cumulative())
+        self._reader = reader or InMemoryMetricReader(preferred_temporality=_cumulative())
         self._provider = SdkMeterProvider(resource=self.resource, metric_readers=[self._reader], shutdown_on_exit=False)
         register_session_instruments(self._provider, self._current)
+        self.session_buddy_names = (
+            session_buddy_metrics_enabled() if session_buddy_names is None else session_buddy_names
+        )
+        if self.session_buddy_names:
+            register_session_buddy_instruments(self._provider, self._current)
 
     def _current(self) -> SessionCounts:
-        assert self._counts is not None  # set by collect() around the SDK's collection
+        if self._counts is None:  # a collection the reader started itself: one snapshot for all its callbacks
+            self._counts = self.store.session_counts()
         return self._counts
 
     def collect(self) -> MetricsData:
         """One consistent reading: every instrument sees the same store snapshot, every cumulative point starts
         when the store began counting."""
+        if not isinstance(self._reader, InMemoryMetricReader):
+            raise TypeError("collect() reads the in-memory reader; this one's reader collects by itself")
         with self._lock:
             self._counts = counts = self.store.session_counts()
             try:
                 data = self._reader.get_metrics_data()
             finally:
                 self._counts = None
+        return self._complete(data, counts)
+
+    def completed(self, data: MetricsData | None) -> MetricsData:
+        """What a self-collecting ``reader`` collected, completed as :meth:`collect` completes it (the histograms
+        from the snapshot its callbacks read). Called from the reader's ``_receive_metrics``."""
+        counts, self._counts = self._counts or self.store.session_counts(), None
+        return self._complete(data, counts)
+
+    def _complete(self, data: MetricsData | None, counts: SessionCounts) -> MetricsData:
         metrics: list[Metric] = []
         now = 0
         scope = InstrumentationScope(sc.INSTRUMENTATION_SCOPE, __version__)
@@ -177,9 +212,10 @@ class StoreSessionMetrics:
                 for metric in scope_metrics.metrics:
                     metrics.append(_restarted(metric, counts.start_time_unix_nano))
                     now = max([now, *(point.time_unix_nano for point in metric.data.data_points)])
-        histogram = duration_metric(counts, now or counts.start_time_unix_nano)
-        if histogram is not None:
-            metrics.append(histogram)
+        histograms = [duration_metric(counts, now or counts.start_time_unix_nano)]
+        if self.session_buddy_names:
+            histograms.append(session_buddy_duration_metric(counts, now or counts.start_time_unix_nano))
+        metrics.extend(histogram for histogram in histograms if histogram is not None)
         return MetricsData(
             resource_metrics=[
                 ResourceMetrics(

@@ -1,0 +1,103 @@
+"""``sb-otel serve --metrics-port``: a Prometheus scrape endpoint for the store-derived session series.
+
+For people without a collector (session-buddy served its metrics on port 9090). Each scrape reads the store's
+counts once (:class:`~sb_otel._telemetry.store_metrics.StoreSessionMetrics`, the collection the OTLP exporter
+sends) and ``opentelemetry-exporter-prometheus``'s reader turns that ``MetricsData`` into ``prometheus_client``
+families on a private registry, so the names are those Prometheus's OTLP translation gives (``sb_session_*``,
+and session-buddy's with ``SB_OTEL_SESSION_BUDDY_METRICS``); ``service.name`` is the label ``service_name``, as
+the stack promotes it, and there are no ``otel_scope_*`` labels.
+
+No exporter lease: a scrape only reads the store, and every endpoint on one store answers the same numbers (the
+store's), so two ``serve`` processes on one store may both listen; scrape one of them (two targets would be two
+copies of every series, differing in ``instance``).
+
+The HTTP server is uvicorn on its own thread and event loop: a scrape's store read never holds up the MCP
+loop, and uvicorn off the main thread leaves the signal handlers to the MCP server. Needs the ``prometheus``
+extra (``pip install 'sb-otel[prometheus]'``).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import Any
+
+import uvicorn
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics.export import MetricsData
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry, make_asgi_app
+
+from sb_otel._service.http_guard import MAX_HEAD, BoundedH11Protocol
+from sb_otel._telemetry.store_metrics import StoreSessionMetrics
+
+DEFAULT_METRICS_PORT = 9090
+"""session-buddy's metrics port (its Prometheus scrape configs point there)."""
+MAX_CONNECTIONS = 16
+"""Open scrape connections at once (one per Prometheus server is the norm); more are answered 503."""
+HEAD_TIMEOUT_S = 10.0
+_log = logging.getLogger("sb_otel.server")
+
+
+class StoreScrapeReader(PrometheusMetricReader):
+    """The SDK's Prometheus reader on the store's observable instruments; what it collects at a scrape is
+    completed from the same store snapshot (the histograms, the store's start time) before translation."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(
+            scope_info_enabled=False,
+            resource_attribute_filter=lambda key: key == "service.name",
+            registry=registry,
+        )
+        self.store_metrics: StoreSessionMetrics | None = None
+
+    def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
+        if self.store_metrics is not None:
+            metrics_data = self.store_metrics.completed(metrics_data)
+        super()._receive_metrics(metrics_data, timeout_millis, **kwargs)
+
+
+class MetricsEndpoint:
+    """Serves ``store``'s session series for Prometheus on an already listening socket, from a thread
+    (``SB_OTEL_SESSION_BUDDY_METRICS`` decides whether session-buddy's names are among them)."""
+
+    def __init__(self, store: Any, sock: socket.socket, resource: Resource | None = None) -> None:
+        self.socket = sock
+        self.registry = CollectorRegistry()
+        self.reader = StoreScrapeReader(self.registry)
+        self.metrics = StoreSessionMetrics(store, None, resource, reader=self.reader)
+        self.reader.store_metrics = self.metrics
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+        config = uvicorn.Config(
+            make_asgi_app(self.registry),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",  # prometheus_client's app answers HTTP only
+            http=BoundedH11Protocol.bounded(MAX_CONNECTIONS, HEAD_TIMEOUT_S),  # as the MCP endpoint is bounded
+            limit_concurrency=MAX_CONNECTIONS + 1,  # the protocol refuses connection max+1 itself
+            h11_max_incomplete_event_size=MAX_HEAD,
+            timeout_keep_alive=30,  # longer than the usual scrape intervals, so scrapes reuse their connection
+        )
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Accept scrapes in a daemon thread until :meth:`stop`."""
+        self._thread = threading.Thread(target=self._run, name="sb-otel-metrics", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._server.run(sockets=[self.socket])
+        except Exception:
+            _log.warning("sb-otel metrics endpoint %s stopped", self.url, exc_info=True)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop accepting and wait (bounded) for the thread."""
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        self.metrics.shutdown()  # the provider shuts its reader down: unregistered from the registry
+        self.socket.close()
