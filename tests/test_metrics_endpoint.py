@@ -313,14 +313,14 @@ def _documented_queries(prometheus: PrometheusServer, at: float, tmp_path: Path)
 
 
 def _durations(tmp: Path) -> list[float]:
-    """End minus start of each ended session, in seconds, as the store's trigger computes it."""
+    """End minus start of each ended session, in seconds, from the stored times (the store counts them exactly)."""
     import sqlite3
+    from datetime import datetime
 
     with contextlib.closing(sqlite3.connect(tmp / "sessions.db")) as db:
-        rows = db.execute(
-            "SELECT (julianday(ended_at) - julianday(started_at)) * 86400.0 FROM sessions WHERE status != 'open'"
-        ).fetchall()
-    return [max(0.0, seconds) for (seconds,) in rows]
+        rows = db.execute("SELECT started_at, ended_at FROM sessions WHERE status != 'open'").fetchall()
+    lengths = [datetime.fromisoformat(ended) - datetime.fromisoformat(started) for started, ended in rows]
+    return [max(0.0, length.total_seconds()) for length in lengths]
 
 
 def test_with_workers_one_process_serves_the_port_with_the_stores_numbers(tmp_path: Path) -> None:

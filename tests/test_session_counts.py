@@ -177,3 +177,20 @@ def test_a_store_counting_since_0004_counts_boundary_lengths_exactly_after_upgra
     assert SESSION_DURATION_BUCKETS[bucket_index(5.0)] == 5.0
     assert series.buckets[bucket_index(5.0)] == 1
     assert series.total == 5.0
+
+
+@pytest.mark.parametrize("start_us", [0, 1, 499_999, 500_000, 999_999])
+@pytest.mark.parametrize("length_us", [0, 1, 999_999, 1_000_000, 5_000_000, 5_000_001, 86_399_999_999])
+def test_sqlite_counts_a_length_exactly_as_python_does(tmp_path: Path, start_us: int, length_us: int) -> None:
+    """The trigger's length equals ``timedelta.total_seconds()`` to the last bit, whatever the microseconds."""
+    started = T0.replace(microsecond=start_us)
+    length = timedelta(microseconds=length_us)
+    store = SqliteSessionStore(tmp_path / "s.db")
+    try:
+        record, _ = store.create(_new("e1", started_at=started))
+        store.finish(record.session_id, SessionEnding("exited", started + length))
+        series = store.session_counts().durations[("web", "exited")]
+    finally:
+        store.close()
+    assert series.total == length.total_seconds()
+    assert series.buckets[bucket_index(length.total_seconds())] == 1

@@ -268,13 +268,15 @@ _BUCKET = " + ".join(f"(d > {boundary!r})" for boundary in SESSION_DURATION_BUCK
 """:func:`bucket_index` in SQL: the number of boundaries below ``d``."""
 _ENDED = _columns(ENDED_KEY)
 _EXACT_SECONDS = (
-    "max(0.0, ((CAST(strftime('%s', NEW.ended_at) AS INTEGER) - CAST(strftime('%s', NEW.started_at) AS INTEGER))"
-    " * 1000000 + CAST(substr(NEW.ended_at, 21, 6) AS INTEGER) - CAST(substr(NEW.started_at, 21, 6) AS INTEGER))"
-    " / 1000000.0)"
+    "max(0.0, ((CAST(strftime('%s', substr(NEW.ended_at, 1, 19)) AS INTEGER)"
+    " - CAST(strftime('%s', substr(NEW.started_at, 1, 19)) AS INTEGER)) * 1000000"
+    " + CAST(substr(NEW.ended_at, 21, 6) AS INTEGER) - CAST(substr(NEW.started_at, 21, 6) AS INTEGER)) / 1000000.0)"
 )
-"""A session's length as Python's ``timedelta.total_seconds()`` gives it: whole seconds from ``strftime('%s')``
-and the microseconds from the store's fixed-width text (``…T12:00:00.123456+00:00``), added as integers and
-divided once. ``julianday`` differences are ~1e-5 s off, enough to put a 5 s session in the (5, 15] bucket."""
+"""A session's length as Python's ``timedelta.total_seconds()`` gives it: whole seconds from ``strftime('%s')`` of
+the text's first 19 characters (whole seconds in UTC: given the fraction, SQLite rounds to milliseconds, so
+``…:00.999999`` would count as the next second) and the microseconds from the store's fixed-width text
+(``…T12:00:00.123456+00:00``), added as integers and divided once. ``julianday`` differences are ~1e-5 s off,
+enough to put a 5 s session in the (5, 15] bucket."""
 
 
 def _ended_row(seconds: str) -> str:
