@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from sb_otel._telemetry.store_exporter import StoreExporter
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from tests.reliability.test_store_telemetry import export_env, lease_pid, wait_until
 from tests.store_series import (
@@ -33,6 +35,7 @@ from tests.store_series import (
     runs,
     store_values,
 )
+from tests.test_store_metrics import _Captured
 
 SB_OTEL = [sys.executable, "-m", "sb_otel"]
 SERIES_INTERVAL_MS = 300
@@ -267,3 +270,104 @@ def test_sigterm_the_holder_releases_the_lease_and_the_standby_takes_over_at_onc
     second.send_signal(signal.SIGTERM)  # alone now: nobody takes the lease, so the release shows in the store
     assert second.wait(30) == 0, exporters.log("second")
     assert lease_holder(exporters.path) == (second_holder[0], 0.0)
+
+
+def pause_outside_a_write(process: subprocess.Popen[bytes], path: Path) -> tuple[int, float]:
+    """SIGSTOP ``process`` at a moment it holds no SQLite write lock (one stopped inside a write transaction
+    blocks every writer of the store: another failure, not a lease hand-over). Returns when it was stopped
+    (wall-clock ns, once the kernel says so) and when its lease, which it can no longer renew, expires."""
+    for _ in range(50):
+        process.send_signal(signal.SIGSTOP)
+        wait_until(lambda: process_state(process.pid) == "T", "the holder to stop", timeout=10)
+        stopped_ns = time.time_ns()
+        probe = sqlite3.connect(path, timeout=0)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.rollback()
+        except sqlite3.OperationalError:  # stopped inside a write: let it finish and try again
+            process.send_signal(signal.SIGCONT)
+            wait_until(lambda: process_state(process.pid) != "T", "the holder to resume", timeout=10)
+            continue
+        finally:
+            probe.close()
+        lease = lease_holder(path)
+        assert lease is not None
+        return stopped_ns, lease[1]
+    raise AssertionError("the holder was inside a store write at each of 50 stops")
+
+
+def process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_holder_that_stops_answering_is_replaced_when_its_lease_expires(exporters_for: Any) -> None:
+    """SIGSTOP the holder (hung; to the standby what a holder on a lost host looks like): its process is still
+    there, so the standby waits for the lease to expire, never less, then takes over within one of its rounds.
+    Resumed, the old holder finds the lease taken and sends nothing it read after it was stopped."""
+    ttl = 3.0
+    exporters = exporters_for(lease_ttl=ttl)
+    shells = Shells(exporters.path)
+    first, second = two_exporters_first_holds(exporters, shells)
+    before = store_values(read_counts(exporters.path))
+
+    signalled_ns = time.time_ns()
+    stopped_ns, expires = pause_outside_a_write(first, exporters.path)
+    shells.start("api")  # meanwhile
+    shells.end(2)
+    caught_up(exporters.receiver, exporters.path, "second")
+    sid = store_id(exporters.path)
+    took_over = next(e for e in exporters.receiver.store_exports(sid) if e.exporter == "second")
+    assert took_over.arrived_ns > expires * 1e9  # never while the stopped holder's lease ran
+    waited = (took_over.arrived_ns - signalled_ns) / 1e9
+    assert waited < ttl + 1.0, waited  # the expiry, then one standby interval and its round
+    assert "whose process is gone" not in exporters.log("second")  # alive, only stopped: the expiry decided
+    assert covers(took_over, before)
+
+    first.send_signal(signal.SIGCONT)
+    resumed_ns = time.time_ns()
+    shells.start("web")
+    final = read_counts(exporters.path)
+    caught_up(exporters.receiver, exporters.path, "second")
+    exporters.receiver.wait_for(
+        lambda rx: sum(e.exporter == "second" and e.arrived_ns > resumed_ns for e in rx.store_exports(sid)) >= 5,
+        timeout=30,
+        message="five exports from the new holder after the old one resumed",
+    )
+    assert first.poll() is None  # a standby again, not crashed
+    exports = exporters.receiver.store_exports(sid)
+    # At most the one export the stop caught in flight (read before the stop) arrives late; nothing newer.
+    late = [e for e in exports if e.exporter == "first" and e.arrived_ns > signalled_ns]
+    assert len(late) <= 1, late
+    assert all(e.time_unix_nano < stopped_ns for e in late)
+    assert runs([e for e in exports if e not in late]) == ["first", "second"]
+    assert_one_continuous_series(exports, final)
+    assert each_session_once(final, shells)
+    assert live_lease_pid(exporters.path) == second.pid
+
+
+def test_a_holder_paused_while_it_reads_the_counts_sends_nothing_once_its_lease_is_gone(tmp_path: Path) -> None:
+    """The window the SIGSTOP test hits only by chance, made certain: the holder renews its lease, then reads
+    the store's counts, and is paused there past its lease, which the standby takes. What it read is sent only
+    if the lease is still its own after the reading; otherwise two processes would export the series at once."""
+    path = tmp_path / "sessions.db"
+    paused, standby = SqliteSessionStore(path), SqliteSessionStore(path)
+    try:
+        sent = _Captured()
+        holder = StoreExporter(paused, None, None, metric_exporter=sent, metrics_interval_s=0, lease_ttl_s=5)
+        assert holder.drain().metrics_exported is True
+        reading = paused.session_counts
+
+        def read_then_pause_past_the_lease() -> Any:
+            counts = reading()
+            # the pause outlasted the holder's lease: the standby's clock is past it, and it takes the lease
+            assert standby.acquire_lease("standby:1:x", 5, time.time() + 10)
+            return counts
+
+        paused.session_counts = read_then_pause_past_the_lease  # type: ignore[method-assign]
+        report = holder.drain()
+        assert report.lease_held is False
+        assert len(sent.sent) == 1  # only the export made under its lease
+    finally:
+        paused.close()
+        standby.close()
