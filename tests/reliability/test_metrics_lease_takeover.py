@@ -53,7 +53,7 @@ def receiver() -> Iterator[StampingReceiver]:
 class Exporters:
     """``sb-otel export --follow`` processes on one store, each sending its name in an OTLP header."""
 
-    def __init__(self, path: Path, receiver: StampingReceiver, logs: Path, *, lease_ttl: float, protocol: str):
+    def __init__(self, path: Path, receiver: StampingReceiver, logs: Path, *, lease_ttl: float, protocol: str) -> None:
         self.path, self.receiver, self.logs = path, receiver, logs
         self.lease_ttl = lease_ttl
         self.protocol = protocol
@@ -196,7 +196,7 @@ def two_exporters_first_holds(exporters: Exporters, shells: Shells) -> tuple[sub
     return first, second
 
 
-def test_kill_9_the_holder_and_the_standby_continues_the_series(exporters_for: Any, tmp_path: Path) -> None:
+def test_kill_9_the_holder_and_the_standby_continues_the_series(exporters_for: Any) -> None:
     """kill -9 the holder: the standby takes over (on this host at once: the holder's process is gone) within
     the lease expiry, and its first point counts every session stored before it."""
     ttl = 5.0
@@ -218,7 +218,7 @@ def test_kill_9_the_holder_and_the_standby_continues_the_series(exporters_for: A
 
     exports = exporters.receiver.store_exports(final.store_id)
     assert runs(exports) == ["first", "second"]
-    assert all(e.arrived_ns < killed_ns for e in exports if e.exporter == "first")
+    assert all(e.time_unix_nano < killed_ns for e in exports if e.exporter == "first")  # (one may be in flight)
     took_over = next(e for e in exports if e.exporter == "second")
     assert took_over.arrived_ns - killed_ns < ttl * 1e9, (took_over.arrived_ns - killed_ns) / 1e9
     assert covers(took_over, before)  # no gap: what was counted before the take-over is in its first point
