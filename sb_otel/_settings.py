@@ -198,6 +198,12 @@ OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED = Setting(
     description="The SDK's counts of exported, failed and dropped spans and log records "
     "(`otel.sdk.exporter.*`, `otel.sdk.processor.*`), exported with sb-otel's metrics; `false` turns them off.",
 )
+OTEL_METRIC_EXPORT_INTERVAL = Setting(
+    env="OTEL_METRIC_EXPORT_INTERVAL",
+    default="`60000` (the SDK's); the store's session series: `10000`",
+    description="Milliseconds between metric exports (the SDK's own setting); `sb-otel export --follow` also sends "
+    "the store-counted session series (`sb.session.*`) at this pace.",
+)
 
 SB_OTEL_OUTBOX_MAX_ROWS = Setting(
     env="SB_OTEL_OUTBOX_MAX_ROWS",
@@ -242,6 +248,7 @@ SETTINGS: tuple[Setting, ...] = (
     OTEL_RESOURCE_ATTRIBUTES,
     OTEL_SDK_DISABLED,
     OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED,
+    OTEL_METRIC_EXPORT_INTERVAL,
 )
 """All settings, in README order."""
 

@@ -128,3 +128,20 @@ def test_doctor_shows_what_waits_in_the_store(tmp_path: Path) -> None:
     assert "2 span/log record(s) and 0 root span(s) waiting" in outbox["detail"]
     assert "1 poison" in outbox["detail"]
     assert "sb-otel export" in outbox["advice"]
+
+
+def test_follow_refuses_a_lease_that_would_lapse_between_rounds_or_a_bad_metric_interval(tmp_path: Path) -> None:
+    """Settings that would make two followers trade the lease every round, or pace the series at nonsense, are
+    one line with the fix, before anything is exported."""
+    path = str(tmp_path / "sessions.db")
+    runner = CliRunner()
+    short = runner.invoke(cli, ["export", "--store", path, "--follow", "--lease-ttl", "1s", "--interval", "2s"])
+    assert short.exit_code == 1
+    assert "sb-otel: --lease-ttl (1s) must be longer than --interval (2s)" in short.output
+    for bad in ("soon", "0", "-5", "inf"):
+        done = runner.invoke(cli, ["export", "--store", path, "--follow"], env={"OTEL_METRIC_EXPORT_INTERVAL": bad})
+        assert done.exit_code == 1, done.output
+        assert (
+            f"OTEL_METRIC_EXPORT_INTERVAL must be the milliseconds between metric exports, e.g. 15000, not {bad!r}"
+            in (done.output)
+        )

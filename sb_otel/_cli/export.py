@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 
 import click
 
 from sb_otel._cli.app import _quiet_exporters, _store_option, cli
-from sb_otel._settings import parse_duration
+from sb_otel._settings import OTEL_METRIC_EXPORT_INTERVAL, parse_duration
 from sb_otel._telemetry.configure import standalone_exporter
 from sb_otel._telemetry.store_exporter import DrainReport
 from sb_otel._tracking.export_state import TelemetryStore
@@ -34,12 +35,15 @@ def export(follow: bool, lease_ttl: str, interval: str, store_location: str | No
     """
     ttl = parse_duration(lease_ttl, name="--lease-ttl").total_seconds()
     idle = parse_duration(interval, name="--interval").total_seconds()
+    if follow and ttl <= idle:  # the lease would lapse between rounds: exporters would trade it every round
+        raise click.ClickException(f"--lease-ttl ({lease_ttl}) must be longer than --interval ({interval})")
+    series_interval = _series_interval() if follow else None
     store = open_store(store_location)
     if not isinstance(store, TelemetryStore):
         raise click.ClickException("this session store keeps no telemetry: point --store at a SQLite file")
     try:
         if follow:
-            return _follow(store, ttl, idle)
+            return _follow(store, ttl, idle, series_interval)
         with _quiet_exporters():
             exporter, where, _ = standalone_exporter(store, lease_ttl_s=ttl)
             try:
@@ -65,8 +69,27 @@ def export(follow: bool, lease_ttl: str, interval: str, store_location: str | No
         store.close()
 
 
-def _follow(store: TelemetryStore, ttl: float, idle: float) -> int:
+def _series_interval() -> float | None:
+    """``OTEL_METRIC_EXPORT_INTERVAL`` in seconds, for the store's session series (``None``: unset, the
+    exporter's default). The SDK reads it for this process's own metrics; one knob paces both."""
+    text = OTEL_METRIC_EXPORT_INTERVAL.read()
+    if text is None:
+        return None
+    try:
+        millis = float(text)
+    except ValueError:
+        millis = math.nan
+    if not (math.isfinite(millis) and millis > 0):
+        raise click.ClickException(
+            f"OTEL_METRIC_EXPORT_INTERVAL must be the milliseconds between metric exports, e.g. 15000, not {text!r}"
+        )
+    return millis / 1000
+
+
+def _follow(store: TelemetryStore, ttl: float, idle: float, series_interval: float | None) -> int:
     exporter, where, meter_provider = standalone_exporter(store, lease_ttl_s=ttl, with_metrics=True)
+    if series_interval is not None:
+        exporter.metrics_interval_s = series_interval
     click.echo(f"sb-otel: exporting {getattr(store, 'path', 'the store')} to {where} as {exporter.holder}", err=True)
     # SIGTERM (systemd, docker stop) and Ctrl-C end the loop after the current round, never inside one: a round
     # interrupted between a send and its mark would send that batch again.

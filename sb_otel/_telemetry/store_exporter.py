@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics.export import MetricExportResult
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
@@ -200,7 +201,16 @@ class StoreExporter:
         if self.session_metrics is None or (not force and time.monotonic() < self._metrics_due):
             return
         self._renew()
-        report.metrics_exported = self.session_metrics.export()
+        data = self.session_metrics.collect()
+        # Renewed again after the reading: a holder paused in it (SIGSTOP, a stalled VM) past its lease finds the
+        # standby holding it, and sends nothing; what is sent was read under a lease still ours.
+        self._renew()
+        try:
+            accepted = self.session_metrics.exporter.export(data)
+        except Exception:
+            _log.debug("sb-otel metric exporter raised", exc_info=True)
+            accepted = None
+        report.metrics_exported = accepted == MetricExportResult.SUCCESS
         report.failed = report.failed or not report.metrics_exported
         self._metrics_due = time.monotonic() + self.metrics_interval_s
 
