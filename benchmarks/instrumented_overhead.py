@@ -12,17 +12,23 @@ separate process, as a collector would):
 * **instrumented**: ``instrument(SessionTracker(...))`` with the same providers, collector up; then again with
   nothing listening on the endpoint.
 * **outbox**: sb-otel's own pipeline as ``configure(store=...)`` builds it: spans and log records written to the
-  tracker's SQLite store, root spans sent from the store. Once with the exporter as a thread in the same process
-  (the phase's time includes draining everything), once with ``sb-otel export --follow`` in another process
-  holding the lease (the phase's time is the request path; the drain lag after the last call is printed).
+  tracker's SQLite store (one multi-row INSERT per handle call), root spans sent from the store. Exported by
+  the exporter thread as ``configure()`` starts it, by that thread at nice 19, by a thread draining in
+  4,096-row batches with 2 s pauses, by ``sb-otel export --follow`` in another process, or by nobody (the
+  request path alone). With a thread, the phase's wall time includes draining everything; otherwise it is the
+  request path (the drain lag after the last call is printed).
 
-The instrumentation's own overhead is what exceeds plain + floor. Each phase's time includes flushing its
-telemetry, so background export work is counted (except with nothing listening, where a flush only waits for
-export timeouts; that phase's shutdown time is printed on its own). Then: RSS growth while
-``--open-sessions`` sessions are open (no live span is held per session), and how long a new process on that
-store takes to answer its first call.
+Every phase is timed twice: wall (``perf_counter``) and main-thread CPU (``time.thread_time``: the request
+path's own work, without the export threads beside it). Phases run in ``--rounds`` interleaved rounds, and each
+ratio is taken from one round's phases (the machine's neighbours change between rounds). The instrumentation's
+own overhead is what exceeds plain + floor. Each phase's wall time includes flushing its telemetry, so
+background export work is counted (except with nothing listening, where a flush only waits for export
+timeouts; that phase's shutdown time is printed on its own). Then: RSS growth while ``--open-sessions``
+sessions are open (no live span is held per session), and how long a new process on that store takes to answer
+its first call.
 
-    python benchmarks/instrumented_overhead.py [--lifecycles 5000] [--open-sessions 100000]
+    python benchmarks/instrumented_overhead.py [--lifecycles 2000] [--rounds 3] [--phases plain,floor,...]
+        [--open-sessions 100000]
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -66,6 +73,7 @@ from sb_otel import (
     instrument,
 )
 from sb_otel._telemetry import otel_logs as otel_logs
+from sb_otel._telemetry.store_exporter import StoreExporter
 from sb_otel.testing import capture_telemetry
 
 T0 = datetime(2026, 2, 6, 12, 0, tzinfo=timezone.utc)
@@ -216,11 +224,13 @@ class _Discard(SpanExporter):
 OUTBOX_MODES = {
     "thread": "exporter thread",
     "nice": "exporter thread at nice 19",
+    "rare": "exporter thread, big batches",
     "process": "exporter process",
     "none": "nobody exporting",
 }
 """Who exports the store in an outbox phase: ``configure()``'s thread (as it is, or at the lowest OS priority),
-``sb-otel export --follow`` in another process, or nobody (the request path alone; the rows stay)."""
+in larger, rarer batches, ``sb-otel export --follow`` in another process, or nobody (the request path alone; the
+rows stay)."""
 
 
 def run_outbox(name: str, count: int, tmp: Path, endpoint: str, *, mode: str) -> tuple[Phase, float]:
@@ -249,6 +259,12 @@ def run_outbox(name: str, count: int, tmp: Path, endpoint: str, *, mode: str) ->
     thread = getattr(telemetry.store_exporter, "_thread", None)
     if mode == "nice" and thread is not None and thread.native_id is not None:
         os.setpriority(os.PRIO_PROCESS, thread.native_id, 19)  # Linux: a thread id names one thread
+    rare = None
+    if mode == "rare" and telemetry.store_exporter is not None:
+        made = telemetry.store_exporter
+        made.stop(1.0)
+        rare = StoreExporter(store, made.span_exporter, made.log_exporter, batch_size=4096)
+        threading.Thread(target=rare.follow, args=(2.0,), daemon=True).start()
     tracker = telemetry.instrument(SessionTracker(NoOpLifecycle(), store=store))
     phase = Phase(name, 0.0, count)
     began, cpu = time.perf_counter(), time.thread_time()
@@ -257,13 +273,16 @@ def run_outbox(name: str, count: int, tmp: Path, endpoint: str, *, mode: str) ->
     loop_done = time.perf_counter()
     if mode in ("thread", "nice"):
         telemetry.force_flush(600_000)
+    if rare is not None:
+        rare.request_stop()
+        rare.drain()
     while mode != "none":
         backlog = store.export_backlog()
         if not backlog.outbox and not backlog.pending_root_spans:
             break
         time.sleep(0.05)
     drained = time.perf_counter()
-    phase.seconds = (drained if mode in ("thread", "nice") else loop_done) - began
+    phase.seconds = (drained if mode in ("thread", "nice", "rare") else loop_done) - began
     tracker.uninstrument()
     telemetry.shutdown()
     if exporter is not None:
@@ -607,7 +626,7 @@ def _print_round(number: int, done: dict[str, Any], census: Census, n: int) -> N
             f"{p50}{p99}{slow}{spans}{logs}"
         )
     print(f"  expected per phase: {n * len(census.spans):,} spans, {n * len(census.logs):,} logs")
-    for key in ("outbox-thread", "outbox-nice", "outbox-process"):
+    for key in ("outbox-thread", "outbox-nice", "outbox-rare", "outbox-process"):
         if key in done:
             print(f"  {done[key].name}: store drained {done[f'{key}_lag_s']:.1f} s after the last call")
     if "down" in done:
