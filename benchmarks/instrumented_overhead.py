@@ -12,17 +12,23 @@ separate process, as a collector would):
 * **instrumented**: ``instrument(SessionTracker(...))`` with the same providers, collector up; then again with
   nothing listening on the endpoint.
 * **outbox**: sb-otel's own pipeline as ``configure(store=...)`` builds it: spans and log records written to the
-  tracker's SQLite store, root spans sent from the store. Once with the exporter as a thread in the same process
-  (the phase's time includes draining everything), once with ``sb-otel export --follow`` in another process
-  holding the lease (the phase's time is the request path; the drain lag after the last call is printed).
+  tracker's SQLite store (one multi-row INSERT per handle call), root spans sent from the store. Exported by
+  the exporter thread as ``configure()`` starts it, by that thread at nice 19, by a thread draining in
+  4,096-row batches with 2 s pauses, by ``sb-otel export --follow`` in another process, or by nobody (the
+  request path alone). With a thread, the phase's wall time includes draining everything; otherwise it is the
+  request path (the drain lag after the last call is printed).
 
-The instrumentation's own overhead is what exceeds plain + floor. Each phase's time includes flushing its
-telemetry, so background export work is counted (except with nothing listening, where a flush only waits for
-export timeouts; that phase's shutdown time is printed on its own). Then: RSS growth while
-``--open-sessions`` sessions are open (no live span is held per session), and how long a new process on that
-store takes to answer its first call.
+Every phase is timed twice: wall (``perf_counter``) and main-thread CPU (``time.thread_time``: the request
+path's own work, without the export threads beside it). Phases run in ``--rounds`` interleaved rounds, and each
+ratio is taken from one round's phases (the machine's neighbours change between rounds). The instrumentation's
+own overhead is what exceeds plain + floor. Each phase's wall time includes flushing its telemetry, so
+background export work is counted (except with nothing listening, where a flush only waits for export
+timeouts; that phase's shutdown time is printed on its own). Then: RSS growth while ``--open-sessions``
+sessions are open (no live span is held per session), and how long a new process on that store takes to answer
+its first call.
 
-    python benchmarks/instrumented_overhead.py [--lifecycles 5000] [--open-sessions 100000]
+    python benchmarks/instrumented_overhead.py [--lifecycles 2000] [--rounds 3] [--phases plain,floor,...]
+        [--open-sessions 100000]
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -66,6 +73,7 @@ from sb_otel import (
     instrument,
 )
 from sb_otel._telemetry import otel_logs as otel_logs
+from sb_otel._telemetry.store_exporter import StoreExporter
 from sb_otel.testing import capture_telemetry
 
 T0 = datetime(2026, 2, 6, 12, 0, tzinfo=timezone.utc)
@@ -213,15 +221,28 @@ class _Discard(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def run_outbox(name: str, count: int, tmp: Path, endpoint: str, *, external: bool) -> tuple[Phase, float]:
+OUTBOX_MODES = {
+    "thread": "exporter thread",
+    "nice": "exporter thread at nice 19",
+    "rare": "exporter thread, big batches",
+    "process": "exporter process",
+    "none": "nobody exporting",
+}
+"""Who exports the store in an outbox phase: ``configure()``'s thread (as it is, or at the lowest OS priority),
+in larger, rarer batches, ``sb-otel export --follow`` in another process, or nobody (the request path alone; the
+rows stay)."""
+
+
+def run_outbox(name: str, count: int, tmp: Path, endpoint: str, *, mode: str) -> tuple[Phase, float]:
     """Lifecycles through ``configure(store=...)``'s outbox pipeline; returns the phase and the seconds from the
     last call until the store was drained."""
     import sb_otel
 
     path = tmp / f"{name.replace(' ', '-').replace(',', '')}.db"
+    path.unlink(missing_ok=True)
     store = SqliteSessionStore(path)
     exporter = None
-    if external:
+    if mode == "process":
         env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
         exporter = subprocess.Popen(
             [sys.executable, "-m", "sb_otel", "export", "--store", str(path), "--follow", "--interval", "0.1s"],
@@ -230,23 +251,38 @@ def run_outbox(name: str, count: int, tmp: Path, endpoint: str, *, external: boo
         )
         while (lease := store.current_lease()) is None or lease.holder.split(":")[-2] != str(exporter.pid):
             time.sleep(0.05)  # a benchmark waiting for a subprocess, not a test
+    elif mode == "none":
+        store.acquire_lease("elsewhere:1:bench", 3600, time.time())  # a live lease on another host: nobody exports
     telemetry = sb_otel.configure(
         endpoint=endpoint, protocol="grpc", service_name="sb-otel-bench", set_global=False, store=store
     )
+    thread = getattr(telemetry.store_exporter, "_thread", None)
+    if mode == "nice" and thread is not None and thread.native_id is not None:
+        os.setpriority(os.PRIO_PROCESS, thread.native_id, 19)  # Linux: a thread id names one thread
+    rare = None
+    if mode == "rare" and telemetry.store_exporter is not None:
+        made = telemetry.store_exporter
+        made.stop(1.0)
+        rare = StoreExporter(store, made.span_exporter, made.log_exporter, batch_size=4096)
+        threading.Thread(target=rare.follow, args=(2.0,), daemon=True).start()
     tracker = telemetry.instrument(SessionTracker(NoOpLifecycle(), store=store))
     phase = Phase(name, 0.0, count)
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.thread_time()
     asyncio.run(_lifecycles(tracker, count, phase))
+    phase.cpu_s = time.thread_time() - cpu
     loop_done = time.perf_counter()
-    if not external:
+    if mode in ("thread", "nice"):
         telemetry.force_flush(600_000)
-    while True:
+    if rare is not None:
+        rare.request_stop()
+        rare.drain()
+    while mode != "none":
         backlog = store.export_backlog()
         if not backlog.outbox and not backlog.pending_root_spans:
             break
         time.sleep(0.05)
     drained = time.perf_counter()
-    phase.seconds = (loop_done if external else drained) - began
+    phase.seconds = (drained if mode in ("thread", "nice", "rare") else loop_done) - began
     tracker.uninstrument()
     telemetry.shutdown()
     if exporter is not None:
@@ -270,6 +306,9 @@ class Phase:
     name: str
     seconds: float
     count: int
+    cpu_s: float = 0.0
+    """Main-thread CPU time (``time.thread_time``) of the loop: what the request path itself costs, without the
+    export threads (the batch processors', the store exporter's) that share the process."""
     start_ms: list[float] = field(default_factory=list)
     end_ms: list[float] = field(default_factory=list)
     arrived: dict[str, int] = field(default_factory=dict)
@@ -281,6 +320,15 @@ class Phase:
     @property
     def rate(self) -> float:
         return self.count / self.seconds
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu_s / self.count * 1e6
+
+    @property
+    def p99(self) -> float | None:
+        latencies = self.start_ms + self.end_ms
+        return _pct(latencies, 99) if latencies else None
 
 
 async def _lifecycles(tracker: Any, count: int, phase: Phase) -> None:
@@ -302,8 +350,9 @@ def run_tracker(name: str, count: int, tmp: Path, providers: Providers | None, *
     if providers is not None:
         tracker = instrument(tracker, **providers.as_kwargs())
     phase = Phase(name, 0.0, count)
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.thread_time()
     asyncio.run(_lifecycles(tracker, count, phase))
+    phase.cpu_s = time.thread_time() - cpu
     if providers is not None and flush:
         providers.flush()
     phase.seconds = time.perf_counter() - began
@@ -350,11 +399,12 @@ class FloorEmitter:
 def run_floor(census: Census, count: int, providers: Providers) -> Phase:
     """The same spans (same names, attributes and nesting), log records and measurements, SDK only."""
     emitter = FloorEmitter(census, providers)
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.thread_time()
     for _ in range(count):
         emitter.emit_one()
+    cpu = time.thread_time() - cpu
     providers.flush()
-    return Phase("SDK floor", time.perf_counter() - began, count)
+    return Phase("SDK floor", time.perf_counter() - began, count, cpu)
 
 
 class _PlainThenFloor:
@@ -378,8 +428,9 @@ def run_plain_then_floor(census: Census, count: int, tmp: Path, providers: Provi
     store = SqliteSessionStore(tmp / "plain-then-floor.db")
     tracker = _PlainThenFloor(SessionTracker(NoOpLifecycle(), store=store), FloorEmitter(census, providers))
     phase = Phase("plain + floor, one loop", 0.0, count)
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.thread_time()
     asyncio.run(_lifecycles(tracker, count, phase))
+    phase.cpu_s = time.thread_time() - cpu
     providers.flush()
     phase.seconds = time.perf_counter() - began
     store.close()
@@ -469,9 +520,49 @@ def _pct(values: list[float], pct: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
 
 
+PHASES = ("plain", "floor", "ceiling", "batch", "down", *(f"outbox-{mode}" for mode in OUTBOX_MODES))
+"""Phase keys, in the order each round runs them (``--phases`` picks some)."""
+
+
+def run_round(census: Census, n: int, tmp: Path, receiver: Any, phases: Sequence[str]) -> dict[str, Any]:
+    """One round: each selected phase once, in :data:`PHASES` order; returns the phases (and extras) by key."""
+    endpoint = receiver.endpoint
+    done: dict[str, Any] = {}
+    for key in phases:
+        if key == "plain":
+            done[key] = run_tracker("plain", n, tmp, None)
+        elif key in ("floor", "ceiling", "batch"):
+            providers = make_providers(endpoint)
+            if key == "floor":
+                phase = run_floor(census, n, providers)
+            elif key == "ceiling":
+                phase = run_plain_then_floor(census, n, tmp, providers)
+            else:
+                phase = run_tracker("instrumented, batch processors", n, tmp, providers)
+            providers.shutdown()
+            phase.arrived = receiver.arrived(clear=True)
+            done[key] = phase
+        elif key == "down":
+            providers = make_providers(f"http://127.0.0.1:{closed_port()}", queue=2048)
+            logging.getLogger("opentelemetry.exporter.otlp").setLevel(logging.CRITICAL)  # one failure per batch
+            phase = run_tracker("batch processors, nothing listening", n, tmp, providers, flush=False)
+            shutdown_began = time.perf_counter()
+            providers.shutdown()
+            done["down_shutdown_s"] = time.perf_counter() - shutdown_began
+            done[key] = phase
+        elif key.startswith("outbox-"):
+            mode = key.removeprefix("outbox-")
+            phase, lag = run_outbox(f"outbox, {OUTBOX_MODES[mode]}", n, tmp, endpoint, mode=mode)
+            phase.arrived = receiver.arrived(clear=True)
+            done[key], done[f"{key}_lag_s"] = phase, lag
+    return done
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lifecycles", type=int, default=5_000, help="start+end pairs per phase (default 5000)")
+    parser.add_argument("--lifecycles", type=int, default=2_000, help="start+end pairs per phase (default 2000)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every phase (default 3)")
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {','.join(PHASES)}")
     parser.add_argument("--open-sessions", type=int, default=100_000, help="open sessions for RSS (default 100000)")
     parser.add_argument(
         "--switch-interval", type=float, default=None, help="sys.setswitchinterval() in seconds (default: Python's)"
@@ -479,74 +570,24 @@ def main() -> None:
     args = parser.parse_args()
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
-    print(f"GIL switch interval: {sys.getswitchinterval() * 1000:g} ms")
+    phases = [key for key in PHASES if key in args.phases.split(",")]
+    print(f"GIL switch interval: {sys.getswitchinterval() * 1000:g} ms; load average {os.getloadavg()[0]:.2f}")
     census = take_census()
     print(
         f"one lifecycle emits {len(census.spans)} spans, {len(census.logs)} log records, "
-        f"{len(census.measurements)} metric measurements\n"
+        f"{len(census.measurements)} metric measurements"
     )
     n = args.lifecycles
+    print(f"{n} lifecycles per phase, {args.rounds} interleaved rounds, SQLite store, no-op lifecycle manager\n")
+    rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp_name, otlp_receiver() as receiver:
-        endpoint = receiver.endpoint
         tmp = Path(tmp_name)
         run_tracker("warm-up", min(n, 500), tmp, None)
-        plain = run_tracker("plain", n, tmp, None)
-
-        providers = make_providers(endpoint)
-        floor = run_floor(census, n, providers)
-        providers.shutdown()
-        floor.arrived = receiver.arrived(clear=True)
-
-        providers = make_providers(endpoint)
-        ceiling = run_plain_then_floor(census, n, tmp, providers)
-        providers.shutdown()
-        ceiling.arrived = receiver.arrived(clear=True)
-
-        providers = make_providers(endpoint)
-        up = run_tracker("instrumented, collector up", n, tmp, providers)
-        providers.shutdown()
-        up.arrived = receiver.arrived(clear=True)
-
-        providers = make_providers(f"http://127.0.0.1:{closed_port()}", queue=2048)
-        logging.getLogger("opentelemetry.exporter.otlp").setLevel(logging.CRITICAL)  # one failure per batch
-        down = run_tracker("instrumented, nothing listening", n, tmp, providers, flush=False)
-        shutdown_began = time.perf_counter()
-        providers.shutdown()
-        shutdown_s = time.perf_counter() - shutdown_began
-
-        outbox_thread, thread_lag = run_outbox("outbox, exporter thread", n, tmp, endpoint, external=False)
-        outbox_thread.arrived = receiver.arrived(clear=True)
-        outbox_process, process_lag = run_outbox("outbox, exporter process", n, tmp, endpoint, external=True)
-        outbox_process.arrived = receiver.arrived(clear=True)
-
-        print(f"{n} lifecycles per phase, SQLite store, no-op lifecycle manager, OTLP/gRPC batch export\n")
-        header = f"{'phase':<34}{'µs/lifecycle':>13}{'lifecycles/s':>14}{'p50 ms':>8}{'p99 ms':>8}{'spans in':>10}"
-        print(header)
-        for phase in (plain, floor, ceiling, up, down, outbox_thread, outbox_process):
-            latencies = phase.start_ms + phase.end_ms
-            p50 = f"{_pct(latencies, 50):8.3f}" if latencies else f"{'':>8}"
-            p99 = f"{_pct(latencies, 99):8.3f}" if latencies else f"{'':>8}"
-            spans = f"{phase.arrived.get('spans', 0):>10,}" if phase.arrived else f"{'':>10}"
-            print(f"{phase.name:<34}{phase.per_lifecycle_us:>13,.1f}{phase.rate:>14,.0f}{p50}{p99}{spans}")
-        budget = plain.per_lifecycle_us + floor.per_lifecycle_us
-        print(f"\nexpected spans per phase: {n * len(census.spans):,}; logs: {n * len(census.logs):,}")
-        print(f"logs in: floor {floor.arrived.get('logs', 0):,}, instrumented {up.arrived.get('logs', 0):,}")
-        print(f"ratio instrumented / (plain + floor): {up.per_lifecycle_us / budget:.2f}  (target ≤ 1.30)")
-        print(f"sb-otel's own overhead: {up.per_lifecycle_us - budget:,.1f} µs per lifecycle")
-        for phase, lag in ((outbox_thread, thread_lag), (outbox_process, process_lag)):
-            print(
-                f"{phase.name}: ratio {phase.per_lifecycle_us / budget:.2f} of (plain + floor), handle p99 "
-                f"{_pct(phase.start_ms + phase.end_ms, 99):.2f} ms, logs in {phase.arrived.get('logs', 0):,}, "
-                f"store drained {lag:.1f} s after the last call"
-            )
-        print(
-            f"ceiling with no sb-otel code (plain + floor in one loop): {ceiling.rate:,.0f} lifecycles/s, "
-            f"handle p99 {_pct(ceiling.start_ms + ceiling.end_ms, 99):.2f} ms (targets: 2,000/s, p99 ≤ 2 ms)"
-        )
-        print(
-            f"worst handle call: {max(up.start_ms + up.end_ms):.3f} ms collector up, "
-            f"{max(down.start_ms + down.end_ms):.3f} ms nothing listening (shutdown then took {shutdown_s:.2f} s)"
-        )
+        for index in range(args.rounds):
+            done = run_round(census, n, tmp, receiver, phases)
+            rounds.append(done)
+            _print_round(index + 1, done, census, n)
+        _print_summary(rounds)
 
         if args.open_sessions:
             path = tmp / "open.db"
@@ -561,6 +602,72 @@ def main() -> None:
                 f"restart on that store: first call answered {restart['first_call_s'] * 1000:.0f} ms after imports "
                 f"(imports {restart['import_s']:.2f} s; whole new process {restart['process_wall_s']:.2f} s)"
             )
+
+
+def _print_round(number: int, done: dict[str, Any], census: Census, n: int) -> None:
+    print(f"round {number} (load average {os.getloadavg()[0]:.2f})")
+    header = (
+        f"  {'phase':<38}{'CPU µs':>8}{'wall µs':>9}{'/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'>2 ms':>7}{'spans':>8}"
+        f"{'logs':>7}"
+    )
+    print(header)
+    for key in PHASES:
+        phase = done.get(key)
+        if phase is None:
+            continue
+        latencies = phase.start_ms + phase.end_ms
+        p50 = f"{_pct(latencies, 50):8.3f}" if latencies else f"{'':>8}"
+        p99 = f"{_pct(latencies, 99):8.3f}" if latencies else f"{'':>8}"
+        slow = f"{100 * sum(ms > 2 for ms in latencies) / len(latencies):6.1f}%" if latencies else f"{'':>7}"
+        spans = f"{phase.arrived.get('spans', 0):>8,}" if phase.arrived else f"{'':>8}"
+        logs = f"{phase.arrived.get('logs', 0):>7,}" if phase.arrived else f"{'':>7}"
+        print(
+            f"  {phase.name:<38}{phase.cpu_us:>8,.0f}{phase.per_lifecycle_us:>9,.0f}{phase.rate:>7,.0f}"
+            f"{p50}{p99}{slow}{spans}{logs}"
+        )
+    print(f"  expected per phase: {n * len(census.spans):,} spans, {n * len(census.logs):,} logs")
+    for key in ("outbox-thread", "outbox-nice", "outbox-rare", "outbox-process"):
+        if key in done:
+            print(f"  {done[key].name}: store drained {done[f'{key}_lag_s']:.1f} s after the last call")
+    if "down" in done:
+        print(f"  nothing listening: shutdown took {done['down_shutdown_s']:.2f} s")
+    for line in _ratios(done):
+        print(f"  {line}")
+    print()
+
+
+def _ratios(done: dict[str, Any]) -> list[str]:
+    """Each instrumented phase over (plain + floor), main-thread CPU and wall, from this round's phases."""
+    if "plain" not in done or "floor" not in done:
+        return []
+    plain, floor = done["plain"], done["floor"]
+    cpu_budget, wall_budget = plain.cpu_us + floor.cpu_us, plain.per_lifecycle_us + floor.per_lifecycle_us
+    lines = [f"plain + floor: CPU {cpu_budget:,.0f} µs, wall {wall_budget:,.0f} µs per lifecycle"]
+    for key in ("ceiling", "batch", *(f"outbox-{mode}" for mode in OUTBOX_MODES)):
+        if key in done:
+            phase = done[key]
+            lines.append(
+                f"{phase.name}: CPU {phase.cpu_us / cpu_budget:.2f}, wall {phase.per_lifecycle_us / wall_budget:.2f} "
+                f"of plain + floor (target ≤ 1.30); p99 {phase.p99:.2f} ms (target ≤ 2)"
+            )
+    return lines
+
+
+def _print_summary(rounds: list[dict[str, Any]]) -> None:
+    if len(rounds) < 2 or "plain" not in rounds[0] or "floor" not in rounds[0]:
+        return
+    print("median over rounds (each ratio from its own round):")
+    for key in ("ceiling", "batch", *(f"outbox-{mode}" for mode in OUTBOX_MODES)):
+        if key not in rounds[0]:
+            continue
+        cpu = [r[key].cpu_us / (r["plain"].cpu_us + r["floor"].cpu_us) for r in rounds]
+        wall = [r[key].per_lifecycle_us / (r["plain"].per_lifecycle_us + r["floor"].per_lifecycle_us) for r in rounds]
+        p99 = [r[key].p99 for r in rounds]
+        print(
+            f"  {rounds[0][key].name:<38} CPU ratio {statistics.median(cpu):.2f} ({', '.join(f'{x:.2f}' for x in cpu)})"
+            f"  wall ratio {statistics.median(wall):.2f}  p99 {statistics.median(p99):.2f} ms "
+            f"({', '.join(f'{x:.2f}' for x in p99)})"
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ SDK's own OTLP encoder gets back exactly what was recorded."""
 
 from __future__ import annotations
 
+import contextvars
+
 import pytest
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -11,7 +13,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from sb_otel import InMemorySessionStore
 from sb_otel._telemetry import otel_logs
-from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSpanProcessor
+from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSpanProcessor, one_write_per_call
 from sb_otel._telemetry.outbox_codec import decode_log, decode_span
 
 
@@ -97,3 +99,71 @@ def test_the_writer_keeps_the_outbox_within_its_row_bound() -> None:
     rows = store.outbox_batch("logs", 100)
     assert [row.payload for row in rows] == [str(number) for number in range(950, 1_000)]
     assert store.export_backlog().dropped == {"expired": 0, "overflow": 950}
+
+
+class CountingStore(InMemorySessionStore):
+    """Notes every outbox write call (one call = one transaction in a real store)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[list[str]] = []
+
+    def outbox_append(self, signal: str, payloads: object, now: float) -> None:
+        self.writes.append([signal])
+        InMemorySessionStore.outbox_append_rows(self, [(signal, payload) for payload in payloads], now)  # type: ignore[attr-defined]
+
+    def outbox_append_rows(self, rows: object, now: float) -> None:
+        self.writes.append([signal for signal, _ in rows])  # type: ignore[attr-defined]
+        super().outbox_append_rows(rows, now)  # type: ignore[arg-type]
+
+
+def test_inside_one_write_per_call_the_records_are_written_together_when_the_block_ends() -> None:
+    """A handle call's spans and log records: held until the call's block ends, then one write (one transaction)."""
+    store = CountingStore()
+    tracer_provider, logger_provider = providers(store)
+    tracer = tracer_provider.get_tracer("x")
+    with one_write_per_call():
+        with tracer.start_as_current_span("outer"), tracer.start_as_current_span("inner"):
+            pass
+        logger_provider.get_logger("x").emit(body="ended", event_name="session.end")
+        with one_write_per_call(), tracer.start_as_current_span("nested"):  # nested: the outermost block writes
+            pass
+        assert store.writes == []
+        assert store.outbox_batch("traces", 10) == []
+    assert store.writes == [["traces", "traces", "logs", "traces"]]
+    names = [decode_span(row.payload).name for row in store.outbox_batch("traces", 10)]
+    assert names == ["inner", "outer", "nested"]
+    assert [decode_log(row.payload).log_record.body for row in store.outbox_batch("logs", 10)] == ["ended"]
+
+
+def test_a_record_made_after_its_call_was_written_is_written_at_once() -> None:
+    """A span that a call's thread ends after the call answered (the block's write began) is not held back."""
+    store = CountingStore()
+    tracer_provider, _ = providers(store)
+    tracer = tracer_provider.get_tracer("x")
+    with one_write_per_call():
+        context = contextvars.copy_context()  # what a thread started by the call sees
+    context.run(lambda: tracer.start_span("late").end())
+    assert store.writes == [["traces"]]
+    assert [decode_span(row.payload).name for row in store.outbox_batch("traces", 10)] == ["late"]
+
+
+def test_a_failed_write_of_a_calls_records_costs_them_never_the_caller(caplog: pytest.LogCaptureFixture) -> None:
+    class Full(InMemorySessionStore):
+        def outbox_append_rows(self, rows: object, now: float) -> None:
+            raise OSError("disk is full")
+
+    tracer_provider, _ = providers(Full())
+    with one_write_per_call(), tracer_provider.get_tracer("x").start_as_current_span("lost"):
+        pass
+    assert "could not write 1 record(s) to the outbox" in caplog.text
+
+
+def test_a_calls_records_count_towards_the_writers_own_trim() -> None:
+    store = InMemorySessionStore()
+    outbox = Outbox(store, max_rows=50)
+    for number in range(100):
+        with one_write_per_call():
+            for part in range(10):  # the 1,000th record is written inside the last block
+                outbox.write("logs", f"{number}.{part}")
+    assert len(store.outbox_batch("logs", 100)) == 50

@@ -103,9 +103,13 @@ async def test_an_instrumented_lifecycle_runs_the_plain_trackers_statements_plus
     tracking = [sql for sql in statements if "telemetry_outbox" not in sql]
     assert per_lifecycle(plain) == 9  # with the read after the start claim (another process may just have stored it)
     assert [shape(sql) for sql in tracking] == [shape(sql) for sql in plain]
-    # session.start, initialize_session, session.end, end_session and the two log events; the session span
-    # itself is left in the store for the exporter (its pending mark is part of finish's UPDATE)
-    assert per_lifecycle(outbox) == 6
+    # One multi-row INSERT per handle call: session.start, initialize_session and the start's log event; then
+    # session.end, end_session and the end's log event. The session span itself is left in the store for the
+    # exporter (its pending mark is part of finish's UPDATE).
+    assert per_lifecycle(outbox) == 2
+    assert all(sql.count("), (") == 2 for sql in outbox)  # three rows each
+    assert [row.signal for row in store.outbox_batch("traces", 100)].count("traces") == 4 * LIFECYCLES
+    assert len(store.outbox_batch("logs", 100)) == 2 * LIFECYCLES
     store.close()
 
 

@@ -40,7 +40,7 @@ from sb_otel._telemetry import otel_logs as otel_logs
 from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.attributes import Redaction, event_attributes, start_attributes
 from sb_otel._telemetry.metrics import SessionMetrics
-from sb_otel._telemetry.outbox import same_store, store_pipeline
+from sb_otel._telemetry.outbox import one_write_per_call, same_store, store_pipeline
 from sb_otel._telemetry.propagation import extract, session_baggage
 from sb_otel._telemetry.root_span import (
     CLOCK_SKEW_TOLERANCE,
@@ -167,7 +167,12 @@ class InstrumentedSessionTracker:
     async def handle_session_start(self, event: SessionStartEvent | Mapping[str, Any]) -> SessionStartResult:
         """The wrapped tracker's start, as the session span's first child.
 
-        Adds the session's ``traceparent`` and ``baggage`` (with ``session.id``) to the result."""
+        Adds the session's ``traceparent`` and ``baggage`` (with ``session.id``) to the result. The call's spans
+        and log records reach sb-otel's outbox in one write, before it answers."""
+        with one_write_per_call():
+            return await self._handle_start(event)
+
+    async def _handle_start(self, event: SessionStartEvent | Mapping[str, Any]) -> SessionStartResult:
         try:
             start = as_event(SessionStartEvent, event)
         except Exception:  # invalid (or unreadable): the tracker answers it, with its own error
@@ -315,7 +320,13 @@ class InstrumentedSessionTracker:
     # -- end ----------------------------------------------------------------------------------------------
 
     async def handle_session_end(self, event: SessionEndEvent | Mapping[str, Any]) -> SessionEndResult:
-        """The wrapped tracker's end, as a child of the session span; then the session span itself, once."""
+        """The wrapped tracker's end, as a child of the session span; then the session span itself, once.
+
+        As at start, the call's spans and log records reach sb-otel's outbox in one write, before it answers."""
+        with one_write_per_call():
+            return await self._handle_end(event)
+
+    async def _handle_end(self, event: SessionEndEvent | Mapping[str, Any]) -> SessionEndResult:
         try:
             end = as_event(SessionEndEvent, event)
         except Exception:
@@ -360,7 +371,8 @@ class InstrumentedSessionTracker:
         for sessions that never ended (``outcome`` = abandoned).
         """
         ended = (record.end_event or {}).get("timestamp") or None
-        self._finish_telemetry(record, outcome, SessionTelemetry.of(record), ended)
+        with one_write_per_call():
+            self._finish_telemetry(record, outcome, SessionTelemetry.of(record), ended)
 
     def _finish_telemetry(
         self, record: SessionRecord, outcome: Outcome, planned: SessionTelemetry | None, ended_text: str | None

@@ -8,8 +8,10 @@ through the SDK's own exporters. The nearest design in the ecosystem is OpenTele
 
 Where the batch processors keep records in a memory queue until a thread exports them, these write each
 record into the store as it ends (one JSON document, one autocommit ``INSERT``: ~40 µs with SQLite's
-``synchronous=normal``). So a record is as durable as the session write before it: a process killed right after
-it answered a shell loses nothing, a collector that is down for a day loses nothing within the bounds
+``synchronous=normal``) — or, inside :func:`one_write_per_call` (the instrumentation's handle calls), when the
+call returns: the records of one call (its child spans and its log event) as one multi-row ``INSERT``, one
+commit instead of three. So a record is in the store before the call that made it answers: a process killed
+right after it answered a shell loses nothing, a collector that is down for a day loses nothing within the bounds
 (``SB_OTEL_OUTBOX_MAX_ROWS``, ``SB_OTEL_OUTBOX_MAX_AGE``), and no export work (OTLP encoding, network) runs in
 the process that tracks sessions unless that process also holds the exporter lease. ``force_flush`` has nothing
 to wait for and returns ``True`` at once.
@@ -17,10 +19,13 @@ to wait for and returns ``True`` at once.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -71,17 +76,34 @@ class Outbox:
         self._warned_at = 0.0
 
     def write(self, signal: str, payload: str) -> None:
-        """Store one record; a store that cannot be written costs the record (logged), never the caller."""
+        """Store one record (inside :func:`one_write_per_call`: when the call returns); a store that cannot be
+        written costs the record (logged), never the caller."""
+        call = _this_call.get()
+        if call is not None and call.hold(self, signal, payload):
+            return
         try:
             now = time.time()
             self.store.outbox_append(signal, [payload], now)
-            with self._lock:
-                self._writes += 1
-                trim = self._writes % TRIM_EVERY == 0
-            if trim:
-                self.trim(now)
+            self._count(1, now)
         except Exception:
             self._warn("sb-otel could not write a %s record to the outbox; it is lost", signal)
+
+    def write_rows(self, rows: list[tuple[str, str]]) -> None:
+        """Store ``(signal, payload)`` pairs in one transaction; a failure costs them (logged), never the caller."""
+        try:
+            now = time.time()
+            self.store.outbox_append_rows(rows, now)
+            self._count(len(rows), now)
+        except Exception:
+            self._warn("sb-otel could not write %d record(s) to the outbox; they are lost", len(rows))
+
+    def _count(self, written: int, now: float) -> None:
+        with self._lock:
+            before = self._writes
+            self._writes += written
+            trim = before // TRIM_EVERY != self._writes // TRIM_EVERY
+        if trim:
+            self.trim(now)
 
     def trim(self, now: float | None = None) -> dict[str, int]:
         """Drop what is beyond the bounds (oldest first); the counts of this call."""
@@ -100,6 +122,52 @@ class Outbox:
         if now - self._warned_at >= _WARN_INTERVAL_S or self._warned_at == 0.0:
             self._warned_at = now
             _log.warning(message, *args, exc_info=True)
+
+
+class _CallRows:
+    """The records made during one handle call, by outbox, until the call returns."""
+
+    __slots__ = ("_lock", "_open", "rows")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open = True
+        self.rows: dict[Outbox, list[tuple[str, str]]] = {}
+
+    def hold(self, outbox: Outbox, signal: str, payload: str) -> bool:
+        """Keep a record for the write at the call's end; ``False`` once that write began (a span ended late,
+        in a thread the call left running): the caller writes it at once."""
+        with self._lock:
+            if not self._open:
+                return False
+            self.rows.setdefault(outbox, []).append((signal, payload))
+            return True
+
+    def close(self) -> dict[Outbox, list[tuple[str, str]]]:
+        with self._lock:
+            self._open = False
+            return self.rows
+
+
+_this_call: contextvars.ContextVar[_CallRows | None] = contextvars.ContextVar("sb_otel_outbox_call", default=None)
+
+
+@contextmanager
+def one_write_per_call() -> Iterator[None]:
+    """Records that outbox processors get inside this block are written when it ends, in one transaction per
+    outbox, before the block's caller goes on (so before a handle call answers: as durable as writing each at
+    once, for a fraction of the commits). Nested blocks write with the outermost one."""
+    if _this_call.get() is not None:
+        yield
+        return
+    call = _CallRows()
+    token = _this_call.set(call)
+    try:
+        yield
+    finally:
+        _this_call.reset(token)
+        for outbox, rows in call.close().items():
+            outbox.write_rows(rows)
 
 
 class OutboxSpanProcessor(SpanProcessor):

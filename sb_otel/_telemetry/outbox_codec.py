@@ -39,7 +39,7 @@ def encode_span(span: ReadableSpan) -> str:
     """One finished span as a JSON document."""
     context = span.context
     parent = span.parent
-    return _dump(
+    document = _dump(
         {
             "n": span.name,
             "c": _context(context),
@@ -51,10 +51,9 @@ def encode_span(span: ReadableSpan) -> str:
             "a": _attributes(span.attributes),
             "e": [[event.name, event.timestamp, _attributes(event.attributes)] for event in span.events],
             "l": [[_context(link.context), _attributes(link.attributes)] for link in span.links],
-            "r": _resource(span.resource),
-            "i": _scope(span.instrumentation_scope),
         }
     )
+    return document[:-1] + _origin(span.resource, span.instrumentation_scope)
 
 
 def decode_span(payload: str) -> ReadableSpan:
@@ -79,7 +78,7 @@ def decode_span(payload: str) -> ReadableSpan:
 def encode_log(record: Any) -> str:
     """One emitted log record (the SDK's ``ReadWriteLogRecord`` or ``ReadableLogRecord``) as a JSON document."""
     log = record.log_record
-    return _dump(
+    document = _dump(
         {
             "t": log.timestamp,
             "o": log.observed_timestamp,
@@ -91,10 +90,9 @@ def encode_log(record: Any) -> str:
             "b": log.body,
             "a": _attributes(log.attributes),
             "ev": log.event_name,
-            "r": _resource(record.resource),
-            "i": _scope(record.instrumentation_scope),
         }
     )
+    return document[:-1] + _origin(record.resource, record.instrumentation_scope)
 
 
 def decode_log(payload: str) -> otel_logs.ReadableLogRecord:
@@ -121,7 +119,7 @@ def decode_log(payload: str) -> otel_logs.ReadableLogRecord:
     )
 
 
-def _dump(document: Mapping[str, Any]) -> str:
+def _dump(document: Any) -> str:
     return json.dumps(document, separators=(",", ":"), default=_fallback)
 
 
@@ -159,19 +157,21 @@ def _span_context(data: Sequence[Any]) -> SpanContext:
     )
 
 
-_resources: dict[int, tuple[Resource, list[Any]]] = {}
-"""Encoded form of each Resource seen (a provider has one): its attributes are copied once, not per record."""
+_origins: dict[tuple[int, int], tuple[Resource, InstrumentationScope | None, str]] = {}
+"""The JSON tail (``,"r":…,"i":…}``) of each resource and scope pair seen (a provider has one resource, sb-otel
+a few scopes): encoded once, then appended to every record's document as text."""
 
 
-def _resource(resource: Resource) -> list[Any]:
-    cached = _resources.get(id(resource))
-    if cached is not None and cached[0] is resource:
-        return cached[1]
-    encoded = [dict(resource.attributes), resource.schema_url]
-    if len(_resources) > 64:
-        _resources.clear()
-    _resources[id(resource)] = (resource, encoded)
-    return encoded
+def _origin(resource: Resource, scope: InstrumentationScope | None) -> str:
+    key = (id(resource), id(scope))
+    cached = _origins.get(key)
+    if cached is not None and cached[0] is resource and cached[1] is scope:
+        return cached[2]
+    tail = f',"r":{_dump([dict(resource.attributes), resource.schema_url])},"i":{_dump(_scope(scope))}}}'
+    if len(_origins) > 64:
+        _origins.clear()
+    _origins[key] = (resource, scope, tail)
+    return tail
 
 
 _decoded_resources: dict[str, Resource] = {}

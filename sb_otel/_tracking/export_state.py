@@ -150,6 +150,11 @@ class TelemetryStore(Protocol):
         """Store encoded records for later export."""
         ...
 
+    def outbox_append_rows(self, rows: Sequence[tuple[str, str]], now: float) -> None:
+        """Store ``(signal, encoded record)`` pairs for later export, all in one transaction (the rows of one
+        handle call: one commit instead of one per record)."""
+        ...
+
     def outbox_batch(self, signal: str, limit: int) -> list[OutboxRow]:
         """Up to ``limit`` of the oldest rows of ``signal``."""
         ...
@@ -217,9 +222,12 @@ class InMemoryExportState:
                     root[session_id] = ROOT_EXPORTED
 
     def outbox_append(self, signal: str, payloads: Sequence[str], now: float) -> None:
+        self.outbox_append_rows([(signal, payload) for payload in payloads], now)
+
+    def outbox_append_rows(self, rows: Sequence[tuple[str, str]], now: float) -> None:
         with self._lock:
             state = self._export_state()
-            for payload in payloads:
+            for signal, payload in rows:
                 state.next_id += 1
                 state.rows[state.next_id] = OutboxRow(state.next_id, signal, now, payload)
 

@@ -529,13 +529,25 @@ class SqliteSessionStore:
             )
 
     def outbox_append(self, signal: str, payloads: Sequence[str], now: float) -> None:
-        rows = [(signal, now, payload) for payload in payloads]
-        if len(rows) == 1:  # one statement is one transaction in autocommit mode
+        self.outbox_append_rows([(signal, payload) for payload in payloads], now)
+
+    def outbox_append_rows(self, rows: Sequence[tuple[str, str]], now: float) -> None:
+        # One multi-row INSERT is one statement, so one atomic transaction (one commit) in autocommit mode.
+        chunks = [rows[first : first + _ROWS_PER_INSERT] for first in range(0, len(rows), _ROWS_PER_INSERT)]
+        statements = [
+            (
+                _OUTBOX_INSERT + ", ".join(["(?, ?, ?)"] * len(chunk)),
+                [value for signal, payload in chunk for value in (signal, now, payload)],
+            )
+            for chunk in chunks
+        ]
+        if len(statements) == 1:
             with self._lock, _translated(self.path):
-                self._db.execute("INSERT INTO telemetry_outbox (signal, created_at, payload) VALUES (?, ?, ?)", rows[0])
-            return
-        with self._write() as db:
-            db.executemany("INSERT INTO telemetry_outbox (signal, created_at, payload) VALUES (?, ?, ?)", rows)
+                self._db.execute(*statements[0])
+        elif statements:
+            with self._write() as db:
+                for statement, values in statements:
+                    db.execute(statement, values)
 
     def outbox_batch(self, signal: str, limit: int) -> list[OutboxRow]:
         with self._lock, _translated(self.path):
@@ -607,6 +619,11 @@ class SqliteSessionStore:
                 "SELECT holder, expires_at FROM telemetry_lease WHERE name = ?", (EXPORTER_LEASE,)
             ).fetchone()
         return None if row is None else Lease(row[0], row[1])
+
+
+_OUTBOX_INSERT = "INSERT INTO telemetry_outbox (signal, created_at, payload) VALUES "
+_ROWS_PER_INSERT = 256
+"""Rows per multi-row INSERT (3 parameters each: well within SQLite's 32,766 host parameters)."""
 
 
 def _add_counter(db: sqlite3.Connection, name: str, count: int) -> None:
