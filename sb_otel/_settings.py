@@ -201,8 +201,9 @@ OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED = Setting(
 OTEL_METRIC_EXPORT_INTERVAL = Setting(
     env="OTEL_METRIC_EXPORT_INTERVAL",
     default="`60000` (the SDK's); the store's session series: `10000`",
-    description="Milliseconds between metric exports (the SDK's own setting); `sb-otel export --follow` also sends "
-    "the store-counted session series (`sb.session.*`) at this pace.",
+    description="Milliseconds between metric exports (the SDK's own setting); the exporter (`sb-otel export "
+    "--follow`, `serve`, a `configure()` host) also sends the store-counted session series (`sb.session.*`) at this "
+    "pace; a bad value stops `sb-otel export` and warns elsewhere.",
 )
 
 SB_OTEL_OUTBOX_MAX_ROWS = Setting(

@@ -19,6 +19,8 @@ import pytest
 
 import sb_otel
 from sb_otel import ConfigError, SessionEndEvent, SessionTracker, Telemetry
+from sb_otel._telemetry.store_exporter import METRICS_INTERVAL_S
+from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from tests.conftest import seed_start_event
 from tests.otlp_receiver import OtlpReceiver
 
@@ -506,3 +508,26 @@ def test_an_unknown_protocol_variable_warns_and_sends_http_protobuf(
         "sb-otel: OTEL_EXPORTER_OTLP_PROTOCOL='carrier-pigeon' is not 'grpc' or 'http/protobuf'; sending "
         "http/protobuf (set it to grpc or http/protobuf, or unset it)"
     ]
+
+
+def test_otel_metric_export_interval_paces_the_store_series_in_configure_hosts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``serve`` and ``configure()`` hosts send the store-counted series at the SDK's metric pace, as
+    ``sb-otel export --follow`` does; a bad value warns and keeps the default (tracking never stops for it)."""
+
+    def interval(name: str, value: str) -> float:
+        monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", value)
+        store = SqliteSessionStore(tmp_path / f"{name}.db")
+        telemetry = sb_otel.configure(set_global=False, telemetry_dir=tmp_path / name, store=store)
+        try:
+            assert telemetry.store_exporter is not None
+            return telemetry.store_exporter.metrics_interval_s
+        finally:
+            telemetry.shutdown(timeout_s=1.0)
+            store.close()
+
+    assert interval("paced", "2500") == 2.5
+    with caplog.at_level(logging.WARNING, logger="sb_otel"):
+        assert interval("fallback", "soon") == METRICS_INTERVAL_S
+    assert "OTEL_METRIC_EXPORT_INTERVAL must be the milliseconds between metric exports" in caplog.text

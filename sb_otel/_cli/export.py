@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 
 import click
 
 from sb_otel._cli.app import _quiet_exporters, _store_option, cli
-from sb_otel._settings import OTEL_METRIC_EXPORT_INTERVAL, parse_duration
+from sb_otel._settings import parse_duration
 from sb_otel._telemetry.configure import standalone_exporter
-from sb_otel._telemetry.store_exporter import DrainReport
+from sb_otel._telemetry.store_exporter import DrainReport, series_interval_s
 from sb_otel._tracking.export_state import TelemetryStore
 from sb_otel._tracking.store_factory import open_store
 
@@ -70,20 +69,11 @@ def export(follow: bool, lease_ttl: str, interval: str, store_location: str | No
 
 
 def _series_interval() -> float | None:
-    """``OTEL_METRIC_EXPORT_INTERVAL`` in seconds, for the store's session series (``None``: unset, the
-    exporter's default). The SDK reads it for this process's own metrics; one knob paces both."""
-    text = OTEL_METRIC_EXPORT_INTERVAL.read()
-    if text is None:
-        return None
+    """``OTEL_METRIC_EXPORT_INTERVAL`` in seconds (``None``: unset); a bad value stops ``export`` with its fix."""
     try:
-        millis = float(text)
-    except ValueError:
-        millis = math.nan
-    if not (math.isfinite(millis) and millis > 0):
-        raise click.ClickException(
-            f"OTEL_METRIC_EXPORT_INTERVAL must be the milliseconds between metric exports, e.g. 15000, not {text!r}"
-        )
-    return millis / 1000
+        return series_interval_s()
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
 
 
 def _follow(store: TelemetryStore, ttl: float, idle: float, series_interval: float | None) -> int:

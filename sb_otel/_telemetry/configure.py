@@ -52,7 +52,7 @@ from sb_otel._settings import (
 from sb_otel._telemetry import otel_logs as otel_logs
 from sb_otel._telemetry.instrumentation import InstrumentedSessionTracker, instrument
 from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSpanProcessor, mark_store_pipeline
-from sb_otel._telemetry.store_exporter import StoreExporter
+from sb_otel._telemetry.store_exporter import METRICS_INTERVAL_S, StoreExporter, series_interval_s
 from sb_otel._telemetry.store_metrics import mark_store_counted
 from sb_otel._tracking.export_state import TelemetryStore
 from sb_otel._tracking.store import SessionStore
@@ -331,6 +331,13 @@ def _build(
         )
         if store_exporter.session_metrics is not None:
             mark_store_counted(meter_provider, outbox.store)
+            try:
+                interval = series_interval_s()
+            except ValueError as error:  # a telemetry setting warns; tracking goes on at the default pace
+                _log.warning("sb-otel: %s; the session series go out every %.0f s", error, METRICS_INTERVAL_S)
+                interval = None
+            if interval is not None:
+                store_exporter.metrics_interval_s = interval
         store_exporter.start()
     if host:  # e.g. "metrics, logs: OTLP grpc → …; traces: the application's own OpenTelemetry providers"
         where = f"{', '.join(needed)}: {where}; {', '.join(sorted(host, key=_SIGNALS.index))}: {_HOST_DESTINATION}"

@@ -58,7 +58,32 @@ LEASE_TTL_S = 15.0
 """How long a lease lasts without renewal: longer than one export call may take (the OTLP exporters' own
 timeout is 10 s by default), so a holder never loses it in the middle of a call."""
 METRICS_INTERVAL_S = 10.0
-"""How often a following exporter sends the store-derived session series (cumulative: a late one loses nothing)."""
+"""How often a following exporter sends the store-derived session series (cumulative: a late one loses nothing),
+unless ``OTEL_METRIC_EXPORT_INTERVAL`` says otherwise (:func:`series_interval_s`)."""
+
+
+def series_interval_s() -> float | None:
+    """``OTEL_METRIC_EXPORT_INTERVAL`` in seconds, the pace of the store's session series (``None``: unset). The SDK
+    reads the same variable for a process's own metrics, so one knob paces both. A value that is not a positive
+    number of milliseconds raises :class:`ValueError` with the message to show."""
+    import math
+
+    from sb_otel._settings import OTEL_METRIC_EXPORT_INTERVAL
+
+    text = OTEL_METRIC_EXPORT_INTERVAL.read()
+    if text is None:
+        return None
+    try:
+        millis = float(text)
+    except ValueError:
+        millis = math.nan
+    if not (math.isfinite(millis) and millis > 0):
+        raise ValueError(
+            f"OTEL_METRIC_EXPORT_INTERVAL must be the milliseconds between metric exports, e.g. 15000, not {text!r}"
+        )
+    return millis / 1000
+
+
 BATCH_SIZE = 512
 IDLE_INTERVAL_S = 1.0
 BACKOFF_MIN_S = 1.0
