@@ -8,6 +8,7 @@ import os
 import pwd
 import select
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -104,6 +105,22 @@ def test_emit_start_and_end_import_no_sdk_exporters_rich_pydantic_or_click(store
     )
     assert json.loads(ended.stderr.splitlines()[-1]) == {"code": 0, "loaded": []}, ended.stderr
     assert record(store, session_id).status == "exited"
+
+
+def test_a_retried_end_answers_while_another_process_holds_the_write_lock(store: Path) -> None:
+    """Opening an up-to-date store takes no write lock (its migrations are checked by a read), so an ``emit`` that
+    only reads — a retried end, the drainer's lease check — is not held up by an exporter's write."""
+    env = {"SB_OTEL_EMIT_DRAIN": "0"}
+    session_id = exports(emit("start", "--pid", "1", env=env).stdout)["SB_OTEL_SESSION_ID"]
+    assert emit("end", session_id, env=env).returncode == 0
+    writer = sqlite3.connect(store, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        retried = emit("end", session_id, env=env)
+        writer.execute("ROLLBACK")
+    finally:
+        writer.close()
+    assert (retried.returncode, retried.stdout, retried.stderr) == (0, f"{session_id} ended\n", "")
 
 
 def test_the_package_door_is_lazy() -> None:
