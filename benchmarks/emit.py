@@ -10,9 +10,11 @@ sensitive than wall time to a shared machine, it does not count the detached dra
 "up" points OTLP at the tests' real receiver (a separate process); "down" at a port where nothing listens; each
 has its own store. By default the drainer (``sb-otel export``, detached) is started as in real use;
 ``--no-drain`` measures the command alone. Bytecode caching is on for the children (as in a normal install),
-after warm-up rounds.
+after warm-up rounds. The commands run in an empty temporary directory (a shell starting in a home directory
+without a project); ``--cwd .`` runs them in this repository, where the lifecycle manager also reads git's files
+and ``pyproject.toml`` (importing :mod:`tomllib`).
 
-    .venv/bin/python benchmarks/emit.py [--rounds 40] [--no-drain]
+    .venv/bin/python benchmarks/emit.py [--rounds 40] [--no-drain] [--cwd DIR]
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ WARM_UP = 3
 
 
 def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Wall seconds, CPU seconds (user + system, the child only) and stdout of one command."""
+    """Wall seconds, CPU seconds (user + system, the child only) and stdout of one command (run in this process's
+    working directory)."""
     read, write = os.pipe()
     actions = [
         (os.POSIX_SPAWN_DUP2, write, 1),
@@ -119,6 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--no-drain", action="store_true", help="SB_OTEL_EMIT_DRAIN=0: the command alone")
+    parser.add_argument("--cwd", type=Path, help="directory to run the commands in (default: an empty one)")
     args = parser.parse_args()
     drain = not args.no_drain
     with socket.socket() as probe:
@@ -126,6 +130,10 @@ def main() -> None:
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
     print(f"{args.rounds} interleaved rounds; drainer {'started' if drain else 'off'} (SB_OTEL_EMIT_DRAIN)")
     with tempfile.TemporaryDirectory() as tmp, otlp_receiver() as receiver:
+        workdir = args.cwd.resolve() if args.cwd else Path(tmp, "home")
+        workdir.mkdir(exist_ok=True)
+        os.chdir(workdir)
+        print(f"commands run in {workdir}")
         load_before = os.getloadavg()[0]
         samples = measure({"up": receiver.endpoint, "down": dead}, args.rounds, drain, tmp)
         load_after = os.getloadavg()[0]
