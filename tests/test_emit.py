@@ -8,10 +8,12 @@ import os
 import pwd
 import select
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,7 @@ from sb_otel._telemetry.instrumentation import instrument
 from sb_otel._telemetry.propagation import extract
 from sb_otel._telemetry.session_span import SessionSpanPlan, export_session_span, plan_session_span
 from sb_otel._tracking import rules
+from sb_otel._tracking.export_state import new_holder
 from sb_otel._tracking.lifecycle import SessionLifecycleManager
 from sb_otel._tracking.models import EnvironmentInfo, SessionStartEvent, UserInfo
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
@@ -357,6 +360,36 @@ def test_start_and_end_each_start_the_drainer_unless_told_not_to(store: Path, mo
     monkeypatch.setenv("SB_OTEL_EMIT_DRAIN", "0")
     assert main(["emit", "start", "--pid", "1"]) == 0
     assert len(spawned) == 2
+
+
+def test_no_drainer_while_a_live_exporter_holds_the_lease(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live holder (this process) sends what emit writes: no drainer. Released, expired, or held by a process
+    of this host that is gone: a drainer again."""
+    spawned: list[list[str]] = []
+    monkeypatch.setattr(emit_fast, "spawn_detached", lambda argv: spawned.append(list(argv)) or 1)
+    monkeypatch.setenv("SB_OTEL_EMIT_DRAIN", "1")
+    holder = new_holder()
+    lease_store = SqliteSessionStore(store)
+    try:
+        assert lease_store.acquire_lease(holder, 60, now=time.time())
+        assert main(["emit", "start", "--pid", "1"]) == 0
+        assert main(["emit", "end", record_ids(store)[0]]) == 0
+        assert spawned == []
+        lease_store.release_lease(holder)  # expires it
+        assert main(["emit", "start", "--pid", "1"]) == 0
+        assert len(spawned) == 1
+        gone = f"{socket.gethostname()}:{dead_pid()}:0000abcd"
+        assert lease_store.acquire_lease(gone, 60, now=time.time())
+        assert main(["emit", "start", "--pid", "1"]) == 0
+        assert len(spawned) == 2
+    finally:
+        lease_store.close()
+
+
+def dead_pid() -> int:
+    """The pid of a child that has exited and been reaped."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(child.stdout)
 
 
 def record_ids(path: Path) -> list[str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -155,13 +156,15 @@ def track_start(
         return _start_failed(component, shell_type, pid, _exception_text(exc))
     try:
         session_id, traceparent = _start(store, event, manager_cwd, shell_context)
+        wanted = drainer_wanted(store)
     except _Refused as exc:
         return _start_failed(event["component_name"], event["shell_type"], event["pid"], str(exc))
     except Exception as exc:
         return _start_failed(event["component_name"], event["shell_type"], event["pid"], _exception_text(exc))
     finally:
         store.close()
-    drain(store_location)
+    if wanted:
+        drain(store_location)
     return StartAnswer(session_id, traceparent, notes=fitted.notes(), shell_context=shell_context)
 
 
@@ -300,11 +303,12 @@ def track_end(session_id: str, exit_code: int | None, reason: str | None, store_
         return _end_failed(session_id, _exception_text(exc))
     try:
         answer, ended = _end(store, event)
+        wanted = ended and drainer_wanted(store)
     except Exception as exc:
         return _end_failed(session_id, _exception_text(exc))
     finally:
         store.close()
-    if ended:
+    if wanted:
         drain(store_location)
     return answer
 
@@ -387,6 +391,26 @@ def drain_command(store_location: str | None) -> list[str] | None:
         return None
     path = Path(spec).expanduser() if spec else data_dir() / "sessions.db"
     return [sys.executable, "-m", "sb_otel", "export", "--store", str(path.absolute())]
+
+
+def drainer_wanted(store: SessionStore) -> bool:
+    """Whether to start a drainer for what was just written: not when ``SB_OTEL_EMIT_DRAIN=0``, nor when a live
+    exporter holds the store's lease (``serve``, ``sb-otel export [--follow]``, an earlier drainer), which sends
+    it. The drainer would find that lease and step aside itself, but starting it costs this machine about as
+    much CPU as the ``emit`` that started it (``benchmarks/README.md``); an expired lease, or one whose holder on
+    this host is gone, is no exporter."""
+    if SB_OTEL_EMIT_DRAIN.read() == "0":
+        return False
+    current = getattr(store, "current_lease", None)
+    try:
+        lease = current() if current is not None else None
+    except Exception:  # cannot tell: the drainer decides
+        return True
+    if lease is None or lease.expires_at <= time.time():
+        return True
+    from sb_otel._tracking.export_state import holder_gone
+
+    return holder_gone(lease.holder)
 
 
 def drain(store_location: str | None) -> None:
