@@ -20,7 +20,9 @@ and ``pyproject.toml`` (importing :mod:`tomllib`).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import resource
 import socket
 import statistics
 import sys
@@ -32,6 +34,43 @@ from _harness import otlp_receiver
 
 SB_OTEL = str(Path(sys.executable).with_name("sb-otel"))
 WARM_UP = 3
+_timed_cpu = [0.0]
+"""CPU of every command :func:`_timed` ran (warm-up included), to tell the drainers' share from the rest."""
+
+
+def _adopt_orphans() -> bool:
+    """Become the subreaper of our descendants (Linux ``PR_SET_CHILD_SUBREAPER``), so the detached drainers
+    ``emit`` starts are reparented to this process when their parent exits, and their CPU can be counted."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _children() -> set[int]:
+    """Pids of this process's live children (``/proc``)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+                found.add(int(entry.name))
+    return found
+
+
+def _reap_drainers(keep: int) -> tuple[int, float]:
+    """Wait for every adopted drainer (every child but ``keep``, the receiver); how many there were and the CPU
+    they used (seconds): the children's total less what the timed commands used."""
+    count = 0
+    while waiting := _children() - {keep}:
+        for pid in waiting:
+            os.waitpid(pid, 0)
+            count += 1
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return count, usage.ru_utime + usage.ru_stime - _timed_cpu[0]
 
 
 def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
@@ -54,7 +93,9 @@ def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     wall = time.perf_counter() - began
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{argv} failed with status {status}")
-    return wall, usage.ru_utime + usage.ru_stime, b"".join(chunks).decode()
+    cpu = usage.ru_utime + usage.ru_stime
+    _timed_cpu[0] += cpu
+    return wall, cpu, b"".join(chunks).decode()
 
 
 def _session_id(stdout: str) -> str:
@@ -129,6 +170,7 @@ def main() -> None:
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
     print(f"{args.rounds} interleaved rounds; drainer {'started' if drain else 'off'} (SB_OTEL_EMIT_DRAIN)")
+    adopted = _adopt_orphans()
     with tempfile.TemporaryDirectory() as tmp, otlp_receiver() as receiver:
         workdir = args.cwd.resolve() if args.cwd else Path(tmp, "home")
         workdir.mkdir(exist_ok=True)
@@ -137,9 +179,14 @@ def main() -> None:
         load_before = os.getloadavg()[0]
         samples = measure({"up": receiver.endpoint, "down": dead}, args.rounds, drain, tmp)
         load_after = os.getloadavg()[0]
+        drainers = _reap_drainers(receiver._child.pid) if adopted and drain else None
     print(f"up: {receiver.endpoint}; down: {dead} (nothing listening)")
     print(f"load average {load_before:.2f} before, {load_after:.2f} after")
     report(samples)
+    if drainers is not None:
+        emits = 4 * (args.rounds + WARM_UP)
+        count, cpu = drainers
+        print(f"drainers: {count} processes for {emits} emits, {cpu * 1000 / emits:.1f} ms of CPU per emit")
 
 
 if __name__ == "__main__":
