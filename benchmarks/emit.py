@@ -1,24 +1,30 @@
-"""``sb-otel emit start`` / ``emit end`` wall time against ``python -c pass``, collector up and down, one run.
+"""``sb-otel emit start`` / ``emit end`` wall and CPU time against ``python -c pass``, collector up and down.
 
 What a bash shell pays at every start and exit (``eval "$(sb-otel emit start ...)"`` in its rc, ``emit end``
-in its EXIT trap): the console script as a child process, timed from spawn to exit. The three commands are
-interleaved round by round so the machine's neighbours weigh on all of them alike; the figures are medians and
-the ratios to ``python -c pass`` from the same rounds (target: ≤ 5).
+in its EXIT trap): the console script as a child process, timed from spawn to exit. Each round runs
+``python -c pass``, then start and end with the collector up, then with it down (the order of the two flips
+every round), so the machine's neighbours weigh on all of them alike; the figures are medians and the ratios to
+``python -c pass`` from the same rounds (target: ≤ 5). CPU is the child's user + system time (``wait4``): less
+sensitive than wall time to a shared machine, it does not count the detached drainer.
 
-"up" points OTLP at the tests' real receiver (a separate process); "down" at a port where nothing listens.
-By default the drainer (``sb-otel export``, detached) is started as in real use; ``--no-drain`` measures the
-command alone. Bytecode caching is on for the children (as in a normal install), after warm-up rounds.
+"up" points OTLP at the tests' real receiver (a separate process); "down" at a port where nothing listens; each
+has its own store. By default the drainer (``sb-otel export``, detached) is started as in real use;
+``--no-drain`` measures the command alone. Bytecode caching is on for the children (as in a normal install),
+after warm-up rounds. The commands run in an empty temporary directory (a shell starting in a home directory
+without a project); ``--cwd .`` runs them in this repository, where the lifecycle manager also reads git's files
+and ``pyproject.toml`` (importing :mod:`tomllib`).
 
-    .venv/bin/python benchmarks/emit.py [--rounds 40] [--no-drain]
+    .venv/bin/python benchmarks/emit.py [--rounds 40] [--no-drain] [--cwd DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import resource
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,12 +33,69 @@ from pathlib import Path
 from _harness import otlp_receiver
 
 SB_OTEL = str(Path(sys.executable).with_name("sb-otel"))
+WARM_UP = 3
+_timed_cpu = [0.0]
+"""CPU of every command :func:`_timed` ran (warm-up included), to tell the drainers' share from the rest."""
 
 
-def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
+def _adopt_orphans() -> bool:
+    """Become the subreaper of our descendants (Linux ``PR_SET_CHILD_SUBREAPER``), so the detached drainers
+    ``emit`` starts are reparented to this process when their parent exits, and their CPU can be counted."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _children() -> set[int]:
+    """Pids of this process's live children (``/proc``)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+                found.add(int(entry.name))
+    return found
+
+
+def _reap_drainers(keep: int) -> tuple[int, float]:
+    """Wait for every adopted drainer (every child but ``keep``, the receiver); how many there were and the CPU
+    they used (seconds): the children's total less what the timed commands used."""
+    count = 0
+    while waiting := _children() - {keep}:
+        for pid in waiting:
+            os.waitpid(pid, 0)
+            count += 1
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return count, usage.ru_utime + usage.ru_stime - _timed_cpu[0]
+
+
+def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Wall seconds, CPU seconds (user + system, the child only) and stdout of one command (run in this process's
+    working directory)."""
+    read, write = os.pipe()
+    actions = [
+        (os.POSIX_SPAWN_DUP2, write, 1),
+        (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+        (os.POSIX_SPAWN_CLOSE, read),
+    ]
     began = time.perf_counter()
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
-    return time.perf_counter() - began, done.stdout
+    pid = os.posix_spawn(argv[0], argv, env, file_actions=actions)
+    os.close(write)
+    chunks = []
+    while chunk := os.read(read, 65536):
+        chunks.append(chunk)
+    os.close(read)
+    _, status, usage = os.wait4(pid, 0)
+    wall = time.perf_counter() - began
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{argv} failed with status {status}")
+    cpu = usage.ru_utime + usage.ru_stime
+    _timed_cpu[0] += cpu
+    return wall, cpu, b"".join(chunks).decode()
 
 
 def _session_id(stdout: str) -> str:
@@ -40,54 +103,90 @@ def _session_id(stdout: str) -> str:
     return line.partition("=")[2].strip("'")
 
 
-def measure(endpoint: str, rounds: int, drain: bool, tmp: str) -> dict[str, list[float]]:
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+def _env(endpoint: str, store: str, drain: bool, tmp: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONDONTWRITEBYTECODE", "TRACEPARENT")}
     env.update(
         {
-            "SB_OTEL_STORE": f"{tmp}/emit.db",
+            "SB_OTEL_STORE": store,
             "SB_OTEL_DATA_DIR": tmp,
             "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
             "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
             "SB_OTEL_EMIT_DRAIN": "1" if drain else "0",
         }
     )
-    env.pop("TRACEPARENT", None)
-    times: dict[str, list[float]] = {"python -c pass": [], "emit start": [], "emit end": []}
-    for index in range(rounds + 3):  # three warm-up rounds write the bytecode caches and the store
-        passed, _ = _timed([sys.executable, "-c", "pass"], env)
-        started, stdout = _timed([SB_OTEL, "emit", "start", "--component", "bench", "--pid", str(os.getpid())], env)
-        ended, _ = _timed([SB_OTEL, "emit", "end", _session_id(stdout), "--exit-code", "0"], env)
-        if index >= 3:
-            for name, value in zip(times, (passed, started, ended), strict=True):
-                times[name].append(value)
-    return times
+    return env
 
 
-def report(label: str, times: dict[str, list[float]]) -> None:
-    floor = statistics.median(times["python -c pass"])
-    print(f"\n{label}")
-    print(f"{'command':<16}{'median':>10}{'p90':>10}{'× pass':>9}")
-    for name, values in times.items():
-        median = statistics.median(values)
-        p90 = statistics.quantiles(values, n=10)[-1]
-        print(f"{name:<16}{median * 1000:>8.1f}ms{p90 * 1000:>8.1f}ms{median / floor:>9.2f}")
+Samples = dict[str, list[tuple[float, float]]]
+
+
+def measure(endpoints: dict[str, str], rounds: int, drain: bool, tmp: str) -> Samples:
+    """``{"python -c pass": [...], "up: emit start": [...], ...}``: (wall, CPU) per measured round."""
+    envs = {mode: _env(endpoint, f"{tmp}/{mode}.db", drain, tmp) for mode, endpoint in endpoints.items()}
+    samples: Samples = {"python -c pass": []}
+    for mode in envs:
+        samples[f"{mode}: emit start"] = []
+        samples[f"{mode}: emit end"] = []
+    pid = str(os.getpid())
+    for index in range(rounds + WARM_UP):  # warm-up rounds write the bytecode caches and the stores
+        passed = _timed([sys.executable, "-c", "pass"], envs[next(iter(envs))])
+        results = {"python -c pass": passed}
+        modes = list(envs) if index % 2 == 0 else list(reversed(envs))
+        for mode in modes:
+            started = _timed([SB_OTEL, "emit", "start", "--component", "bench", "--pid", pid], envs[mode])
+            ended = _timed([SB_OTEL, "emit", "end", _session_id(started[2]), "--exit-code", "0"], envs[mode])
+            results[f"{mode}: emit start"] = started
+            results[f"{mode}: emit end"] = ended
+        if index >= WARM_UP:
+            for name, (wall, cpu, _) in results.items():
+                samples[name].append((wall, cpu))
+    return samples
+
+
+def report(samples: Samples) -> None:
+    walls = {name: [wall for wall, _ in values] for name, values in samples.items()}
+    cpus = {name: [cpu for _, cpu in values] for name, values in samples.items()}
+    floor_wall = statistics.median(walls["python -c pass"])
+    floor_cpu = statistics.median(cpus["python -c pass"])
+    print(f"{'command':<20}{'wall median':>12}{'p90':>9}{'× pass':>8}{'CPU median':>12}{'× pass':>8}")
+    for name in samples:
+        wall = statistics.median(walls[name])
+        p90 = statistics.quantiles(walls[name], n=10)[-1]
+        cpu = statistics.median(cpus[name])
+        print(
+            f"{name:<20}{wall * 1000:>10.1f}ms{p90 * 1000:>7.1f}ms{wall / floor_wall:>8.2f}"
+            f"{cpu * 1000:>10.1f}ms{cpu / floor_cpu:>8.2f}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--no-drain", action="store_true", help="SB_OTEL_EMIT_DRAIN=0: the command alone")
+    parser.add_argument("--cwd", type=Path, help="directory to run the commands in (default: an empty one)")
     args = parser.parse_args()
     drain = not args.no_drain
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
     print(f"{args.rounds} interleaved rounds; drainer {'started' if drain else 'off'} (SB_OTEL_EMIT_DRAIN)")
+    adopted = _adopt_orphans()
     with tempfile.TemporaryDirectory() as tmp, otlp_receiver() as receiver:
-        up = measure(receiver.endpoint, args.rounds, drain, tmp)
-        down = measure(dead, args.rounds, drain, tmp)
-    report(f"collector up ({receiver.endpoint})", up)
-    report(f"collector down ({dead}, nothing listening)", down)
+        workdir = args.cwd.resolve() if args.cwd else Path(tmp, "home")
+        workdir.mkdir(exist_ok=True)
+        os.chdir(workdir)
+        print(f"commands run in {workdir}")
+        load_before = os.getloadavg()[0]
+        samples = measure({"up": receiver.endpoint, "down": dead}, args.rounds, drain, tmp)
+        load_after = os.getloadavg()[0]
+        drainers = _reap_drainers(receiver._child.pid) if adopted and drain else None
+    print(f"up: {receiver.endpoint}; down: {dead} (nothing listening)")
+    print(f"load average {load_before:.2f} before, {load_after:.2f} after")
+    report(samples)
+    if drainers is not None:
+        emits = 4 * (args.rounds + WARM_UP)
+        count, cpu = drainers
+        print(f"drainers: {count} processes for {emits} emits, {cpu * 1000 / emits:.1f} ms of CPU per emit")
 
 
 if __name__ == "__main__":

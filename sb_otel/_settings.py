@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,9 +17,13 @@ from sb_otel._exceptions import ConfigError
 _APP_NAME = "sb-otel"
 
 
-@dataclass(frozen=True)
 class Setting:
-    """One configuration knob: its environment variable, default and meaning."""
+    """One configuration knob: its environment variable, default and meaning.
+
+    A plain class, not a dataclass: ``sb-otel emit`` imports this module as a shell starts, and importing
+    :mod:`dataclasses` (it imports :mod:`inspect`) would cost it most of a ``python -c pass``."""
+
+    __slots__ = ("default", "description", "env")
 
     env: str
     """Environment variable that sets it."""
@@ -28,6 +31,25 @@ class Setting:
     """What applies when the variable is unset, as the README shows it (Markdown)."""
     description: str
     """One line for the README's configuration table."""
+
+    def __init__(self, env: str, default: str, description: str) -> None:
+        object.__setattr__(self, "env", env)
+        object.__setattr__(self, "default", default)
+        object.__setattr__(self, "description", description)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Setting is read-only: cannot set {name!r}")
+
+    def __repr__(self) -> str:
+        return f"Setting(env={self.env!r}, default={self.default!r}, description={self.description!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Setting):
+            return NotImplemented
+        return (self.env, self.default, self.description) == (other.env, other.default, other.description)
+
+    def __hash__(self) -> int:
+        return hash((self.env, self.default, self.description))
 
     def read(self, environ: Mapping[str, str] | None = None) -> str | None:
         """Return the variable's value, or ``None`` when unset or blank."""
@@ -264,7 +286,8 @@ def data_dir(environ: Mapping[str, str] | None = None) -> Path:
     return Path(platformdirs.user_data_dir(_APP_NAME, appauthor=False))
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.ASCII)
+_DURATION = r"(\d+(?:\.\d+)?)\s*([smhd]?)"
+"""Compiled on first use (:mod:`re` caches it), not at import: ``sb-otel emit`` never parses a duration."""
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DURATION = timedelta(days=3650)
 """The longest duration any setting or option takes (ten years): longer ones overflow dates ("sessions since
@@ -278,7 +301,7 @@ def parse_duration(text: str, *, name: str = "duration") -> timedelta:
     Raises :class:`~sb_otel.ConfigError` naming ``name`` and the accepted forms, so a typo in an environment
     variable or a command-line option reads as a fix rather than a traceback.
     """
-    match = _DURATION.fullmatch(text.strip().lower())
+    match = re.fullmatch(_DURATION, text.strip().lower(), re.ASCII)
     seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)] if match else 0.0
     if seconds <= 0:
         raise ConfigError(f"{name} must be a positive duration such as 90s, 30m, 24h or 7d, not {text!r}")

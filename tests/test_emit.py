@@ -8,9 +8,12 @@ import os
 import pwd
 import select
 import shutil
+import socket
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +31,7 @@ from sb_otel._telemetry.instrumentation import instrument
 from sb_otel._telemetry.propagation import extract
 from sb_otel._telemetry.session_span import SessionSpanPlan, export_session_span, plan_session_span
 from sb_otel._tracking import rules
+from sb_otel._tracking.export_state import new_holder
 from sb_otel._tracking.lifecycle import SessionLifecycleManager
 from sb_otel._tracking.models import EnvironmentInfo, SessionStartEvent, UserInfo
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
@@ -35,6 +39,9 @@ from sb_otel._tracking.tracker import SessionTracker
 from sb_otel.testing import capture_telemetry
 
 FORBIDDEN = ("opentelemetry.sdk", "opentelemetry.exporter", "rich", "pydantic", "grpc", "google.protobuf", "click")
+AVOIDED = ("opentelemetry", "dataclasses", "inspect", "hashlib", "socket", "uuid", "logging", "subprocess")
+"""Lighter modules emit's path does without, each a sizeable share of a ``python -c pass`` (``benchmarks/emit.py``):
+the API, dataclasses (inspect), hashlib (OpenSSL), socket, uuid (platform), logging, subprocess."""
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 SB_OTEL = str(Path(sys.executable).with_name("sb-otel"))
 
@@ -86,8 +93,9 @@ print(json.dumps({{"code": code, "loaded": loaded}}), file=sys.stderr)
 
 @pytest.mark.parametrize("traceparent", ["", PARENT], ids=["root", "with-parent"])
 def test_emit_start_and_end_import_no_sdk_exporters_rich_pydantic_or_click(store: Path, traceparent: str) -> None:
-    """The console script's own path, in a child process: nothing heavy in sys.modules when it exits."""
-    probe = PROBE.format(forbidden=FORBIDDEN)
+    """The console script's own path, in a child process: nothing heavy in sys.modules when it exits (nor the
+    lighter modules it avoids: :data:`AVOIDED`)."""
+    probe = PROBE.format(forbidden=FORBIDDEN + AVOIDED)
     env = {**os.environ, "TRACEPARENT": traceparent}
     started = subprocess.run(
         [sys.executable, "-c", probe, "emit", "start", "--pid", "1"], env=env, capture_output=True, text=True
@@ -100,6 +108,22 @@ def test_emit_start_and_end_import_no_sdk_exporters_rich_pydantic_or_click(store
     )
     assert json.loads(ended.stderr.splitlines()[-1]) == {"code": 0, "loaded": []}, ended.stderr
     assert record(store, session_id).status == "exited"
+
+
+def test_a_retried_end_answers_while_another_process_holds_the_write_lock(store: Path) -> None:
+    """Opening an up-to-date store takes no write lock (its migrations are checked by a read), so an ``emit`` that
+    only reads — a retried end, the drainer's lease check — is not held up by an exporter's write."""
+    env = {"SB_OTEL_EMIT_DRAIN": "0"}
+    session_id = exports(emit("start", "--pid", "1", env=env).stdout)["SB_OTEL_SESSION_ID"]
+    assert emit("end", session_id, env=env).returncode == 0
+    writer = sqlite3.connect(store, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        retried = emit("end", session_id, env=env)
+        writer.execute("ROLLBACK")
+    finally:
+        writer.close()
+    assert (retried.returncode, retried.stdout, retried.stderr) == (0, f"{session_id} ended\n", "")
 
 
 def test_the_package_door_is_lazy() -> None:
@@ -336,6 +360,36 @@ def test_start_and_end_each_start_the_drainer_unless_told_not_to(store: Path, mo
     monkeypatch.setenv("SB_OTEL_EMIT_DRAIN", "0")
     assert main(["emit", "start", "--pid", "1"]) == 0
     assert len(spawned) == 2
+
+
+def test_no_drainer_while_a_live_exporter_holds_the_lease(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live holder (this process) sends what emit writes: no drainer. Released, expired, or held by a process
+    of this host that is gone: a drainer again."""
+    spawned: list[list[str]] = []
+    monkeypatch.setattr(emit_fast, "spawn_detached", lambda argv: spawned.append(list(argv)) or 1)
+    monkeypatch.setenv("SB_OTEL_EMIT_DRAIN", "1")
+    holder = new_holder()
+    lease_store = SqliteSessionStore(store)
+    try:
+        assert lease_store.acquire_lease(holder, 60, now=time.time())
+        assert main(["emit", "start", "--pid", "1"]) == 0
+        assert main(["emit", "end", record_ids(store)[0]]) == 0
+        assert spawned == []
+        lease_store.release_lease(holder)  # expires it
+        assert main(["emit", "start", "--pid", "1"]) == 0
+        assert len(spawned) == 1
+        gone = f"{socket.gethostname()}:{dead_pid()}:0000abcd"
+        assert lease_store.acquire_lease(gone, 60, now=time.time())
+        assert main(["emit", "start", "--pid", "1"]) == 0
+        assert len(spawned) == 2
+    finally:
+        lease_store.close()
+
+
+def dead_pid() -> int:
+    """The pid of a child that has exited and been reaped."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(child.stdout)
 
 
 def record_ids(path: Path) -> list[str]:

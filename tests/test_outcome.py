@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -114,5 +113,7 @@ def test_abandoned_is_abnormal() -> None:
 
 def test_outcome_is_immutable() -> None:
     """Outcomes are frozen, so the shared ABANDONED constant cannot be altered."""
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        ABANDONED.status = "exited"  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="immutable"):
+        ABANDONED.status = "exited"
+    assert ABANDONED.replace(exit_reason="gone") == Outcome("abnormal", "gone", None, "abandoned")
+    assert ABANDONED.status == "abnormal"

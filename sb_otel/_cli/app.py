@@ -6,13 +6,13 @@ import contextlib
 import importlib
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from sb_otel._cli.error_line import error_line
 from sb_otel._exceptions import SbOtelError
 from sb_otel._version import __version__
 
@@ -77,16 +77,9 @@ class _Cli(click.Group):
         return code
 
 
-_MAX_ERROR_LINE = 1000
-_LINE_BREAKING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
 def _fail(message: str, code: int) -> int:
     """One line, whatever the message echoes back (a mistyped option value may hold newlines or megabytes)."""
-    line = _LINE_BREAKING.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), message)
-    if len(line) > _MAX_ERROR_LINE:
-        line = f"{line[: _MAX_ERROR_LINE // 2]} … {line[-_MAX_ERROR_LINE // 2 :]}"
-    click.echo(f"sb-otel: {line}", err=True)
+    click.echo(error_line(message), err=True)
     return code
 
 

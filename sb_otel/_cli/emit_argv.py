@@ -22,7 +22,6 @@ _SHARED_VALUES = {"--store": "store_location"}
 _REPEATED = {"--metadata": "metadata", "-m": "metadata"}
 _FLAGS = {"--json": "as_json"}
 _INTEGERS = {"pid", "exit_code"}
-_MAX_ERROR_LINE = 1000
 
 
 def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any]] | None:
@@ -109,13 +108,10 @@ def run(argv: Sequence[str]) -> int | None:
 
 
 def _fail(message: str) -> int:
-    """One line on stderr, as the click group prints failures (control characters escaped, length bounded)."""
-    from sb_otel._tracking.rules import CONTROL_CHARS
+    """One line on stderr, as the click group prints failures (:func:`~sb_otel._cli.error_line.error_line`)."""
+    from sb_otel._cli.error_line import error_line
 
-    line = CONTROL_CHARS.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), message)
-    if len(line) > _MAX_ERROR_LINE:
-        line = f"{line[: _MAX_ERROR_LINE // 2]} … {line[-_MAX_ERROR_LINE // 2 :]}"
-    _write(sys.stderr, f"sb-otel: {line}")
+    _write(sys.stderr, error_line(message))
     return 1
 
 

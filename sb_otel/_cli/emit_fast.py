@@ -21,28 +21,23 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sb_otel._settings import SB_OTEL_EMIT_DRAIN, SB_OTEL_SESSION_ID, SB_OTEL_STORE, data_dir
 from sb_otel._telemetry.attributes import start_attributes
 from sb_otel._telemetry.shell_plan import ATTRIBUTES_KEY, STATE_KEY, plan_json, traceparent_of
 from sb_otel._tracking import rules
 from sb_otel._tracking.lifecycle import SessionLifecycleManager
-from sb_otel._tracking.log_lines import (
-    EVENT_LINE_MARKER,
-    UNKNOWN_SESSION_LINE,
-    end_failed_line,
-    ended_line,
-    field_value,
-    start_failed_line,
-    started_line,
-)
 from sb_otel._tracking.outcome import end_outcome
 from sb_otel._tracking.store import NewSession, SessionEnding, SessionStore
 from sb_otel._tracking.store_factory import open_store
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 ALTERED_KEY = "sb_otel.altered"
 """Metadata key recording which OS facts were altered to fit the rules, and how."""
@@ -50,13 +45,19 @@ _HASH_CHARS = 12
 _INFO, _WARNING, _ERROR = 20, 30, 40  # logging's levels, without importing logging
 
 
-def _log(level: int, message: str, *args: object, **extra: object) -> None:
-    """One of the seed's lines to the ``sb_otel`` logger. When nothing in this process imported :mod:`logging`,
-    nothing can have configured a handler for it, so the line would go nowhere: it is skipped, and so is the
-    import (a shell's start-up pays for neither)."""
+def _log(level: int, line: Callable[[ModuleType], str], event: str | None = None, **extra: object) -> None:
+    """One of the seed's lines to the ``sb_otel`` logger, made by ``line`` from :mod:`sb_otel._tracking.log_lines`
+    (``event``: the OTel log event it stands for). When nothing in this process imported :mod:`logging`, nothing
+    can have configured a handler for it, so the line would go nowhere: it is neither made nor written, and
+    neither module is imported (a shell's start-up pays for none of it)."""
     logging = sys.modules.get("logging")
-    if logging is not None:
-        logging.getLogger("sb_otel").log(level, message, *args, extra=extra)
+    if logging is None:
+        return
+    from sb_otel._tracking import log_lines
+
+    if event is not None:
+        extra[log_lines.EVENT_LINE_MARKER] = event
+    logging.getLogger("sb_otel").log(level, "%s", line(log_lines), extra=extra)
 
 
 class StartAnswer:
@@ -155,13 +156,15 @@ def track_start(
         return _start_failed(component, shell_type, pid, _exception_text(exc))
     try:
         session_id, traceparent = _start(store, event, manager_cwd, shell_context)
+        wanted = drainer_wanted(store)
     except _Refused as exc:
         return _start_failed(event["component_name"], event["shell_type"], event["pid"], str(exc))
     except Exception as exc:
         return _start_failed(event["component_name"], event["shell_type"], event["pid"], _exception_text(exc))
     finally:
         store.close()
-    drain(store_location)
+    if wanted:
+        drain(store_location)
     return StartAnswer(session_id, traceparent, notes=fitted.notes(), shell_context=shell_context)
 
 
@@ -192,31 +195,26 @@ def _start(
             },
         )
     )
-    line = started_line(
-        record.session_id,
-        event["component_name"],
-        event["shell_type"],
-        event["pid"],
-        event["user"]["username"],
-        event["hostname"],
-        cwd,
-    )
     _log(
         _INFO,
-        "%s",
-        line,
-        **{
-            "session.id": record.session_id,
-            "sb.component.name": event["component_name"],
-            EVENT_LINE_MARKER: "session.start",
-        },
+        lambda lines: lines.started_line(
+            record.session_id,
+            event["component_name"],
+            event["shell_type"],
+            event["pid"],
+            event["user"]["username"],
+            event["hostname"],
+            cwd,
+        ),
+        "session.start",
+        **{"session.id": record.session_id, "sb.component.name": event["component_name"]},
     )
     return record.session_id, traceparent_of(record.telemetry.get(STATE_KEY) or plan)
 
 
 def _start_failed(component: object, shell_type: object, pid: object, error: str) -> StartAnswer:
     shown = [str(value)[:80] if value is not None else "?" for value in (component, shell_type, pid)]
-    _log(_ERROR, "%s", start_failed_line(shown[0], shown[1], shown[2], error))
+    _log(_ERROR, lambda lines: lines.start_failed_line(shown[0], shown[1], shown[2], error))
     return StartAnswer(None, error=error)
 
 
@@ -305,11 +303,12 @@ def track_end(session_id: str, exit_code: int | None, reason: str | None, store_
         return _end_failed(session_id, _exception_text(exc))
     try:
         answer, ended = _end(store, event)
+        wanted = ended and drainer_wanted(store)
     except Exception as exc:
         return _end_failed(session_id, _exception_text(exc))
     finally:
         store.close()
-    if ended:
+    if wanted:
         drain(store_location)
     return answer
 
@@ -318,7 +317,11 @@ def _end(store: SessionStore, event: dict[str, Any]) -> tuple[EndAnswer, bool]:
     session_id = event["session_id"]
     record = store.get(session_id)
     if record is None:
-        _log(_WARNING, UNKNOWN_SESSION_LINE, field_value(session_id), **{"session.id": session_id})
+        _log(
+            _WARNING,
+            lambda lines: lines.UNKNOWN_SESSION_LINE % lines.field_value(session_id),
+            **{"session.id": session_id},
+        )
         return EndAnswer(session_id, "not_found"), False
     if not record.is_open:  # a retried end: already done, nothing ends twice
         return EndAnswer(session_id, "ended"), False
@@ -334,15 +337,15 @@ def _end(store: SessionStore, event: dict[str, Any]) -> tuple[EndAnswer, bool]:
     )
     _log(
         _INFO,
-        "%s",
-        ended_line(session_id, event["timestamp"]),
-        **{"session.id": session_id, "sb.session.status": outcome.status, EVENT_LINE_MARKER: "session.end"},
+        lambda lines: lines.ended_line(session_id, event["timestamp"]),
+        "session.end",
+        **{"session.id": session_id, "sb.session.status": outcome.status},
     )
     return EndAnswer(session_id, "ended"), finished is not None and finished[1]
 
 
 def _end_failed(session_id: str, error: str) -> EndAnswer:
-    _log(_ERROR, "%s", end_failed_line(session_id, error), **{"session.id": session_id})
+    _log(_ERROR, lambda lines: lines.end_failed_line(session_id, error), **{"session.id": session_id})
     return EndAnswer(session_id, "error", error)
 
 
@@ -390,6 +393,26 @@ def drain_command(store_location: str | None) -> list[str] | None:
     return [sys.executable, "-m", "sb_otel", "export", "--store", str(path.absolute())]
 
 
+def drainer_wanted(store: SessionStore) -> bool:
+    """Whether to start a drainer for what was just written: not when ``SB_OTEL_EMIT_DRAIN=0``, nor when a live
+    exporter holds the store's lease (``serve``, ``sb-otel export [--follow]``, an earlier drainer), which sends
+    it. The drainer would find that lease and step aside itself, but starting it costs this machine about as
+    much CPU as the ``emit`` that started it (``benchmarks/README.md``); an expired lease, or one whose holder on
+    this host is gone, is no exporter."""
+    if SB_OTEL_EMIT_DRAIN.read() == "0":
+        return False
+    current = getattr(store, "current_lease", None)
+    try:
+        lease = current() if current is not None else None
+    except Exception:  # cannot tell: the drainer decides
+        return True
+    if lease is None or lease.expires_at <= time.time():
+        return True
+    from sb_otel._tracking.export_state import holder_gone
+
+    return holder_gone(lease.holder)
+
+
 def drain(store_location: str | None) -> None:
     """Start the exporter for this store, detached, unless ``SB_OTEL_EMIT_DRAIN=0``; never wait for it.
 
@@ -401,7 +424,8 @@ def drain(store_location: str | None) -> None:
         try:
             spawn_detached(command)
         except OSError as exc:  # the session is tracked; its telemetry waits for the next exporter
-            _log(_WARNING, "sb-otel could not start the exporter (%s); the session is tracked", exc)
+            note = f"sb-otel could not start the exporter ({exc}); the session is tracked"
+            _log(_WARNING, lambda _: note)
 
 
 def spawn_detached(argv: Sequence[str]) -> int:

@@ -21,7 +21,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Literal
@@ -153,7 +153,7 @@ def reap(
 
 def abandoned_outcome(reason: ReapReason) -> Outcome:
     """The ``abandoned`` outcome, with the reason as ``sb.session.exit_reason``."""
-    return replace(ABANDONED, exit_reason=reason)
+    return ABANDONED.replace(exit_reason=reason)
 
 
 def _end(store: SessionStore, record: SessionRecord, reason: ReapReason, now: datetime) -> SessionRecord | None:

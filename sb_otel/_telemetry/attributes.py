@@ -7,17 +7,18 @@ named attributes everywhere sb-otel exports them — span attributes, log attrib
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
-
-from opentelemetry.util.types import AttributeValue
+from typing import TYPE_CHECKING, Any
 
 from sb_otel._settings import SB_OTEL_REDACT
 from sb_otel._telemetry import semconv as sc
-from sb_otel._tracking.outcome import Outcome
+from sb_otel._tracking.values import Frozen
+
+if TYPE_CHECKING:  # ``sb-otel emit`` imports this module as a shell starts: only what it runs is imported
+    from opentelemetry.util.types import AttributeValue
+
+    from sb_otel._tracking.outcome import Outcome
 
 MAX_METADATA_ATTRIBUTES = 32
 MAX_METADATA_VALUE = 1024
@@ -130,14 +131,23 @@ def _os_type(platform: str) -> str | None:
     return next((os_type for marker, os_type in _OS_TYPES if marker in lowered), None)
 
 
-@dataclass(frozen=True)
-class Redaction:
+class Redaction(Frozen):
     """Which attributes to drop, and which to replace with a hash, before anything is exported."""
 
-    dropped: frozenset[str] = frozenset()
-    hashed: frozenset[str] = frozenset()
-    secret_values: tuple[str, ...] = field(default=())
+    __slots__ = ("dropped", "hashed", "secret_values")
+
+    dropped: frozenset[str]
+    hashed: frozenset[str]
+    secret_values: tuple[str, ...]
     """Raw values of redacted attributes of the session in hand, to scrub from log message text."""
+
+    def __init__(
+        self,
+        dropped: frozenset[str] = frozenset(),
+        hashed: frozenset[str] = frozenset(),
+        secret_values: tuple[str, ...] = (),
+    ) -> None:
+        self._set(dropped=dropped, hashed=hashed, secret_values=secret_values)
 
     @classmethod
     def parse(cls, spec: str | Iterable[str] | None = None) -> Redaction:
@@ -198,4 +208,6 @@ class Redaction:
 
 
 def _digest(value: AttributeValue) -> str:
+    import hashlib  # only where redaction hashes: loading OpenSSL costs ``emit`` a third of ``python -c pass``
+
     return "sha256:" + hashlib.sha256(str(value).encode()).hexdigest()[:16]

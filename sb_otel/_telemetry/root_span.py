@@ -10,7 +10,7 @@ so the span is the same whoever sends it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from opentelemetry.trace import Status, StatusCode, Tracer
@@ -66,7 +66,7 @@ def record_outcome(record: SessionRecord) -> Outcome:
     metadata = (record.end_event or {}).get("metadata") or {}
     if record.status == "abnormal":
         reason = metadata.get("exit_reason") if isinstance(metadata, Mapping) else None
-        return replace(ABANDONED, exit_reason=reason) if isinstance(reason, str) and reason else ABANDONED
+        return ABANDONED.replace(exit_reason=reason) if isinstance(reason, str) and reason else ABANDONED
     return end_outcome(metadata if isinstance(metadata, Mapping) else None)
 
 

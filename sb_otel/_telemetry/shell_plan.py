@@ -19,8 +19,9 @@ from typing import Any
 STATE_KEY = "span"
 ATTRIBUTES_KEY = "attributes"
 """Where a session record's ``telemetry`` keeps the plan and the start attributes (as in ``session_span``)."""
-_TRACEPARENT = re.compile(r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)$")
-"""The API propagator's pattern (``TraceContextTextMapPropagator``)."""
+_TRACEPARENT = r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)$"
+"""The API propagator's pattern (``TraceContextTextMapPropagator``); compiled on first use (:mod:`re` caches it),
+as most shells send no ``TRACEPARENT``."""
 MAX_TRACEPARENT = 128
 MAX_TRACESTATE = 512
 """sb-otel's own bounds on what a shell sends (``propagation._MAX_HEADER``): longer values are ignored."""
@@ -39,7 +40,7 @@ def parse_traceparent(header: str | None) -> tuple[int, int, int] | None:
     """``(trace id, span id, trace flags)`` of a valid W3C ``traceparent``, else ``None`` (as the API reads it)."""
     if not header or len(header) > MAX_TRACEPARENT:
         return None
-    match = _TRACEPARENT.search(header)
+    match = re.search(_TRACEPARENT, header)
     if match is None:
         return None
     version, trace_id, span_id, flags, rest = match.groups()

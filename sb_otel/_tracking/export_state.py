@@ -34,12 +34,11 @@ SQLite has no row locks: the lease (taken under ``BEGIN IMMEDIATE``) is what ser
 from __future__ import annotations
 
 import os
-import socket
 import threading
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from sb_otel._tracking.values import Frozen
 
 if TYPE_CHECKING:
     from sb_otel._tracking.store import SessionRecord
@@ -76,6 +75,9 @@ TELEMETRY_MIGRATION = (
 
 def new_holder() -> str:
     """A lease holder name: host, pid and a random part (a pid can be reused)."""
+    import socket  # here and below, not at the top: ``sb-otel emit`` imports this module and never needs them
+    import uuid
+
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
@@ -85,6 +87,8 @@ def holder_gone(holder: str) -> bool:
     if len(rest) < 3 or not rest[-2].isdigit():
         return False
     host, pid = ":".join(rest[:-2]), int(rest[-2])
+    import socket
+
     if host != socket.gethostname() or pid == os.getpid():
         return False
     try:
@@ -100,9 +104,10 @@ def holder_gone(holder: str) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class OutboxRow:
+class OutboxRow(Frozen):
     """One stored telemetry record."""
+
+    __slots__ = ("created_at", "id", "payload", "signal")
 
     id: int
     signal: str
@@ -112,26 +117,48 @@ class OutboxRow:
     payload: str
     """The record, encoded by :mod:`sb_otel._telemetry.outbox_codec`."""
 
+    def __init__(self, id: int, signal: str, created_at: float, payload: str) -> None:
+        self._set(id=id, signal=signal, created_at=created_at, payload=payload)
 
-@dataclass(frozen=True)
-class Lease:
+
+class Lease(Frozen):
     """Who exports this store, until when (Unix seconds)."""
+
+    __slots__ = ("expires_at", "holder")
 
     holder: str
     expires_at: float
 
+    def __init__(self, holder: str, expires_at: float) -> None:
+        self._set(holder=holder, expires_at=expires_at)
 
-@dataclass(frozen=True)
-class ExportBacklog:
+
+class ExportBacklog(Frozen):
     """What waits to be exported, and what was lost: for the metric and ``sb-otel doctor``."""
 
-    outbox: dict[str, int] = field(default_factory=dict)
+    __slots__ = ("dropped", "oldest", "outbox", "pending_root_spans")
+
+    outbox: dict[str, int]
     """Rows waiting, by signal."""
-    oldest: float | None = None
+    oldest: float | None
     """When the oldest waiting row was written (Unix seconds)."""
-    pending_root_spans: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
+    pending_root_spans: int
+    dropped: dict[str, int]
     """Rows dropped since the store was made, by reason (:data:`DROP_REASONS`)."""
+
+    def __init__(
+        self,
+        outbox: dict[str, int] | None = None,
+        oldest: float | None = None,
+        pending_root_spans: int = 0,
+        dropped: dict[str, int] | None = None,
+    ) -> None:
+        self._set(
+            outbox={} if outbox is None else outbox,
+            oldest=oldest,
+            pending_root_spans=pending_root_spans,
+            dropped={} if dropped is None else dropped,
+        )
 
 
 @runtime_checkable
@@ -284,17 +311,21 @@ class InMemoryExportState:
         with self._lock:
             state = self._export_state()
             if state.lease is not None and state.lease.holder == holder:
-                state.lease = replace(state.lease, expires_at=0.0)
+                state.lease = state.lease.replace(expires_at=0.0)
 
     def current_lease(self) -> Lease | None:
         with self._lock:
             return self._export_state().lease
 
 
-@dataclass
 class _MemoryState:
-    root: dict[str, str] = field(default_factory=dict)
-    rows: dict[int, OutboxRow] = field(default_factory=dict)
-    next_id: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-    lease: Lease | None = None
+    """The memory store's export state: root span marks, outbox rows, drop counts, the lease."""
+
+    __slots__ = ("dropped", "lease", "next_id", "root", "rows")
+
+    def __init__(self) -> None:
+        self.root: dict[str, str] = {}
+        self.rows: dict[int, OutboxRow] = {}
+        self.next_id = 0
+        self.dropped: dict[str, int] = {}
+        self.lease: Lease | None = None

@@ -9,10 +9,10 @@ around a tracker that is not ours) use this one function.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from sb_otel._tracking.store import SessionStatus
+from sb_otel._tracking.values import Frozen
 
 CRASH_EXIT_REASONS = frozenset(
     {
@@ -33,15 +33,25 @@ CRASH_EXIT_REASONS = frozenset(
 """``exit_reason`` values (case-insensitive) that mark a session as crashed."""
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(Frozen):
     """The status of an ended session and the facts it was decided from."""
 
+    __slots__ = ("error_type", "exit_code", "exit_reason", "status")
+
     status: SessionStatus
-    exit_reason: str | None = None
-    exit_code: int | None = None
-    error_type: str | None = None
+    exit_reason: str | None
+    exit_code: int | None
+    error_type: str | None
     """Low-cardinality failure class for ``error.type``: the crash reason, ``exit_code`` or ``abandoned``."""
+
+    def __init__(
+        self,
+        status: SessionStatus,
+        exit_reason: str | None = None,
+        exit_code: int | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        self._set(status=status, exit_reason=exit_reason, exit_code=exit_code, error_type=error_type)
 
 
 ABANDONED = Outcome(status="abnormal", exit_reason="abandoned", error_type="abandoned")

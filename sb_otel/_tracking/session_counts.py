@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import bisect
 import time
-import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Protocol, cast, runtime_checkable
 
 from sb_otel._settings import SB_OTEL_METRIC_LABEL_LIMIT
+from sb_otel._tracking.values import Frozen
 
 OTHER = "_other"
 """The label standing for every component name (or shell type) past the store's label limit."""
@@ -32,18 +31,21 @@ TRACKED = "tracked"
 """The result of every counted start (the store counts only starts it stored)."""
 
 
-@dataclass(frozen=True)
-class Label:
+class Label(Frozen):
     """One label of a counted series, declared once for both stores: the memory store folds values in Python
     (:class:`InMemoryCounts`), the SQLite store in the triggers generated from the same declaration."""
 
+    __slots__ = ("admitted_as", "column", "missing")
     column: str
     """The label's column in the ``session_*_counts`` tables; its place in the key is its place in the series."""
-    admitted_as: str | None = None
+    admitted_as: str | None
     """The kind whose values are admitted store-wide up to the label limit (later ones are counted as
     :data:`OTHER`); ``None``: every value is its own label (the values are a closed set)."""
-    missing: str | None = None
+    missing: str | None
     """The label of an absent or empty value; ``None``: the value is always there."""
+
+    def __init__(self, column: str, *, admitted_as: str | None = None, missing: str | None = None) -> None:
+        self._set(column=column, admitted_as=admitted_as, missing=missing)
 
     def present(self, value: object) -> str:
         """``value`` as text, or :attr:`missing` for an absent or empty one (before admission)."""
@@ -82,15 +84,43 @@ SESSION_DURATION_BUCKETS: tuple[float, ...] = (
 """Session lengths from a second to a day: ``sb.session.duration``'s explicit bucket boundaries."""
 
 
-@dataclass
 class DurationCounts:
     """One histogram series: non-cumulative counts per bucket (``len(boundaries) + 1``), total count and sum."""
 
-    buckets: list[int] = field(default_factory=lambda: [0] * (len(SESSION_DURATION_BUCKETS) + 1))
-    count: int = 0
-    total: float = 0.0
-    minimum: float = 0.0
-    maximum: float = 0.0
+    __slots__ = ("buckets", "count", "maximum", "minimum", "total")
+
+    def __init__(
+        self,
+        buckets: list[int] | None = None,
+        count: int = 0,
+        total: float = 0.0,
+        minimum: float = 0.0,
+        maximum: float = 0.0,
+    ) -> None:
+        self.buckets = [0] * (len(SESSION_DURATION_BUCKETS) + 1) if buckets is None else buckets
+        self.count = count
+        self.total = total
+        self.minimum = minimum
+        self.maximum = maximum
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DurationCounts):
+            return NotImplemented
+        return (self.buckets, self.count, self.total, self.minimum, self.maximum) == (
+            other.buckets,
+            other.count,
+            other.total,
+            other.minimum,
+            other.maximum,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass with eq=True is
+
+    def __repr__(self) -> str:
+        return (
+            f"DurationCounts(buckets={self.buckets!r}, count={self.count!r}, total={self.total!r}, "
+            f"minimum={self.minimum!r}, maximum={self.maximum!r})"
+        )
 
     def observe(self, seconds: float) -> None:
         self.buckets[bucket_index(seconds)] += 1
@@ -100,9 +130,10 @@ class DurationCounts:
         self.total += seconds
 
 
-@dataclass(frozen=True)
-class SessionCounts:
+class SessionCounts(Frozen):
     """Everything the store counted, read in one go."""
+
+    __slots__ = ("durations", "ended", "open", "start_time_unix_nano", "started", "store_id")
 
     store_id: str
     """Random, saved in the store when counting began: the series identity (``service.instance.id``)."""
@@ -116,6 +147,24 @@ class SessionCounts:
     """Sessions open now, by component."""
     durations: Mapping[tuple[str, str], DurationCounts]
     """Session lengths (end minus start, in seconds, never negative) by ``(component, status)``."""
+
+    def __init__(
+        self,
+        store_id: str,
+        start_time_unix_nano: int,
+        started: Mapping[tuple[str, str, str], int],
+        ended: Mapping[tuple[str, str], int],
+        open: Mapping[str, int],
+        durations: Mapping[tuple[str, str], DurationCounts],
+    ) -> None:
+        self._set(
+            store_id=store_id,
+            start_time_unix_nano=start_time_unix_nano,
+            started=started,
+            ended=ended,
+            open=open,
+            durations=durations,
+        )
 
 
 @runtime_checkable
@@ -153,6 +202,8 @@ class InMemoryCounts:
     """The memory store's counts; callers hold the store's lock, so a count changes with its session."""
 
     def __init__(self) -> None:
+        import uuid  # here, not at the top: ``sb-otel emit`` imports this module and never needs it
+
         self.store_id = uuid.uuid4().hex
         self.start_time_unix_nano = now_unix_nano()
         self.label_limit = configured_label_limit() or DEFAULT_LABEL_LIMIT

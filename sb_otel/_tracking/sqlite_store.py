@@ -269,6 +269,9 @@ class SqliteSessionStore:
     # -- schema -------------------------------------------------------------------------------------------
 
     def _migrate(self) -> None:
+        if self._migrated():
+            self._check_version()
+            return
         with self._write() as db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
@@ -285,6 +288,16 @@ class SqliteSessionStore:
                     "INSERT INTO schema_migrations (id, name, applied_at) VALUES (?, ?, ?)",
                     (index, name, _iso(datetime.now(timezone.utc))),
                 )
+
+    def _migrated(self) -> bool:
+        """Whether every known migration is applied already, the usual case: one read, no write lock taken
+        (``sb-otel emit`` opens the store at every shell start and exit, maybe while an exporter writes)."""
+        try:
+            with self._lock:
+                applied = {index for (index,) in self._db.execute("SELECT id FROM schema_migrations")}
+        except sqlite3.OperationalError:  # no such table (a new file), or trouble: the full path decides
+            return False
+        return applied.issuperset(range(1, len(MIGRATIONS) + 1))
 
     def _check_version(self) -> None:
         """Refuse a file written by a newer sb-otel rather than misread it."""

@@ -11,13 +11,13 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from sb_otel._tracking.export_state import InMemoryExportState
 from sb_otel._tracking.identity import numbered_session_id, session_id_base
 from sb_otel._tracking.session_counts import InMemoryCounts, SessionCounts
+from sb_otel._tracking.values import Frozen
 
 SessionStatus = Literal["open", "exited", "crashed", "abnormal"]
 """``open`` until ended; then ``exited`` (normal), ``crashed`` (end reported failure) or ``abnormal`` (reaped)."""
@@ -25,9 +25,20 @@ SessionStatus = Literal["open", "exited", "crashed", "abnormal"]
 SESSION_STATUSES: tuple[SessionStatus, ...] = ("open", "exited", "crashed", "abnormal")
 
 
-@dataclass(frozen=True)
-class NewSession:
+class NewSession(Frozen):
     """What the tracker knows when a start is accepted; the store adds the id."""
+
+    __slots__ = (
+        "component_name",
+        "cwd",
+        "event_id",
+        "hostname",
+        "pid",
+        "received_at",
+        "start_event",
+        "started_at",
+        "telemetry",
+    )
 
     event_id: str
     """The start event's UUID: one record per event id, so retries find the same session."""
@@ -41,13 +52,52 @@ class NewSession:
     """When this process handled the start, to detect shells whose clocks are off."""
     start_event: Mapping[str, Any]
     """The validated start event as JSON-ready data."""
-    telemetry: Mapping[str, Any] = field(default_factory=dict)
+    telemetry: Mapping[str, Any]
     """Opaque state for the instrumentation layer (span ids, sampling), stored alongside."""
 
+    def __init__(
+        self,
+        event_id: str,
+        component_name: str,
+        hostname: str,
+        pid: int,
+        cwd: str,
+        started_at: datetime,
+        received_at: datetime,
+        start_event: Mapping[str, Any],
+        telemetry: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._set(
+            event_id=event_id,
+            component_name=component_name,
+            hostname=hostname,
+            pid=pid,
+            cwd=cwd,
+            started_at=started_at,
+            received_at=received_at,
+            start_event=start_event,
+            telemetry={} if telemetry is None else telemetry,
+        )
 
-@dataclass(frozen=True)
-class SessionRecord:
+
+class SessionRecord(Frozen):
     """One session as stored."""
+
+    __slots__ = (
+        "component_name",
+        "cwd",
+        "end_event",
+        "ended_at",
+        "event_id",
+        "hostname",
+        "pid",
+        "received_at",
+        "session_id",
+        "start_event",
+        "started_at",
+        "status",
+        "telemetry",
+    )
 
     session_id: str
     event_id: str
@@ -60,8 +110,40 @@ class SessionRecord:
     received_at: datetime
     start_event: Mapping[str, Any]
     telemetry: Mapping[str, Any]
-    ended_at: datetime | None = None
-    end_event: Mapping[str, Any] | None = None
+    ended_at: datetime | None
+    end_event: Mapping[str, Any] | None
+
+    def __init__(
+        self,
+        session_id: str,
+        event_id: str,
+        component_name: str,
+        hostname: str,
+        pid: int,
+        cwd: str,
+        status: SessionStatus,
+        started_at: datetime,
+        received_at: datetime,
+        start_event: Mapping[str, Any],
+        telemetry: Mapping[str, Any],
+        ended_at: datetime | None = None,
+        end_event: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._set(
+            session_id=session_id,
+            event_id=event_id,
+            component_name=component_name,
+            hostname=hostname,
+            pid=pid,
+            cwd=cwd,
+            status=status,
+            started_at=started_at,
+            received_at=received_at,
+            start_event=start_event,
+            telemetry=telemetry,
+            ended_at=ended_at,
+            end_event=end_event,
+        )
 
     @property
     def is_open(self) -> bool:
@@ -69,13 +151,17 @@ class SessionRecord:
         return self.status == "open"
 
 
-@dataclass(frozen=True)
-class SessionEnding:
+class SessionEnding(Frozen):
     """How a session ended, as the tracker (or the reaper) decided."""
+
+    __slots__ = ("end_event", "ended_at", "status")
 
     status: SessionStatus
     ended_at: datetime
-    end_event: Mapping[str, Any] | None = None
+    end_event: Mapping[str, Any] | None
+
+    def __init__(self, status: SessionStatus, ended_at: datetime, end_event: Mapping[str, Any] | None = None) -> None:
+        self._set(status=status, ended_at=ended_at, end_event=end_event)
 
 
 @runtime_checkable
@@ -237,8 +323,7 @@ class InMemorySessionStore(InMemoryExportState):
                 return None
             if not record.is_open:
                 return record, False
-            ended = replace(
-                record,
+            ended = record.replace(
                 status=ending.status,
                 ended_at=ending.ended_at,
                 end_event=None if ending.end_event is None else copy.deepcopy(dict(ending.end_event)),
@@ -254,7 +339,7 @@ class InMemorySessionStore(InMemoryExportState):
             record = self._sessions.get(session_id)
             if record is not None:
                 merged = {**record.telemetry, **copy.deepcopy(dict(telemetry))}
-                self._sessions[session_id] = replace(record, telemetry=merged)
+                self._sessions[session_id] = record.replace(telemetry=merged)
 
     def list_sessions(
         self,
