@@ -5,8 +5,9 @@ unusable store or setting, an unknown session — is one line on stderr that say
 code; never a traceback. Rich output stays in this package (one module per command group); the work happens in
 the layers below. Each command's module is imported only when that command runs (or ``--help`` lists it), and
 ``emit start|end`` as a shell's profile runs them are answered before click is imported
-(:mod:`sb_otel._cli.emit_argv`): a shell's start-up pays for neither. Likewise ``sb-otel export`` steps aside
-before any of that when another process already exports the store (:mod:`sb_otel._cli.export_gate`).
+(:mod:`sb_otel._cli.emit_argv`): a shell's start-up pays for neither. Likewise ``sb-otel export`` takes the store's
+exporter lease before any of that, or steps aside when another process already exports the store
+(:mod:`sb_otel._cli.export_gate`).
 """
 
 from __future__ import annotations
@@ -31,12 +32,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code is not None:
             return code
     if args[:1] == ["export"]:
-        from sb_otel._cli.export_gate import lease_note
+        from sb_otel._cli import export_gate
 
-        note = lease_note(args[1:])
+        note = export_gate.lease_note(args[1:])
         if note is not None:
             print(note)
             return 0
+        try:
+            return _click_main(args)
+        finally:
+            export_gate.release()
+    return _click_main(args)
+
+
+def _click_main(args: list[str]) -> int:
     from sb_otel._cli.app import main as click_main
 
     return click_main(args)

@@ -7,6 +7,7 @@ import signal
 
 import click
 
+from sb_otel._cli import export_gate
 from sb_otel._cli.app import _quiet_exporters, _store_option, cli
 from sb_otel._settings import parse_duration
 from sb_otel._telemetry.configure import standalone_exporter
@@ -19,7 +20,7 @@ from sb_otel._tracking.store_factory import open_store
 @click.option("--follow", is_flag=True, help="Keep exporting (a standby while another process holds the lease).")
 @click.option(
     "--lease-ttl",
-    default="15s",
+    default=export_gate.DEFAULT_LEASE_TTL,
     show_default=True,
     metavar="DURATION",
     help="How long the exporter lease lasts without renewal: a killed exporter is replaced after this.",
@@ -30,7 +31,8 @@ def export(follow: bool, lease_ttl: str, interval: str, store_location: str | No
     """Send the telemetry waiting in the session store (root spans of ended sessions, spans, log records).
 
     Sends where configure() would (OTEL_EXPORTER_OTLP_*, else OTLP JSON files). One process exports a store at
-    a time: when another holds the lease, this exits at once (0), or with --follow waits to take over.
+    a time: when another holds the lease, this exits at once (0), or with --follow waits to take over. (As the
+    console script runs it, the lease is taken before the SDK is imported: sb_otel/_cli/export_gate.py.)
     """
     ttl = parse_duration(lease_ttl, name="--lease-ttl").total_seconds()
     idle = parse_duration(interval, name="--interval").total_seconds()
@@ -42,9 +44,9 @@ def export(follow: bool, lease_ttl: str, interval: str, store_location: str | No
         raise click.ClickException("this session store keeps no telemetry: point --store at a SQLite file")
     try:
         if follow:
-            return _follow(store, ttl, idle, series_interval)
-        with _quiet_exporters():
-            exporter, where, _ = standalone_exporter(store, lease_ttl_s=ttl)
+            return _follow(store, ttl, idle, series_interval, export_gate.held(store_location))
+        with _quiet_exporters():  # as the holder the gate took the lease as, before importing all this
+            exporter, where, _ = standalone_exporter(store, lease_ttl_s=ttl, holder=export_gate.held(store_location))
             try:
                 report = exporter.drain()
             finally:
@@ -76,8 +78,8 @@ def _series_interval() -> float | None:
         raise click.ClickException(str(error)) from None
 
 
-def _follow(store: TelemetryStore, ttl: float, idle: float, series_interval: float | None) -> int:
-    exporter, where, meter_provider = standalone_exporter(store, lease_ttl_s=ttl, with_metrics=True)
+def _follow(store: TelemetryStore, ttl: float, idle: float, series_interval: float | None, holder: str | None) -> int:
+    exporter, where, meter_provider = standalone_exporter(store, lease_ttl_s=ttl, with_metrics=True, holder=holder)
     if series_interval is not None:
         exporter.metrics_interval_s = series_interval
     click.echo(f"sb-otel: exporting {getattr(store, 'path', 'the store')} to {where} as {exporter.holder}", err=True)

@@ -1,10 +1,20 @@
-"""The first thing ``sb-otel export`` does: step aside, cheaply, when another process already exports the store.
+"""The first thing ``sb-otel export`` does: take the store's exporter lease, cheaply, or step aside.
 
-``emit`` starts a detached ``sb-otel export`` after each write when it finds no exporter; most of those find one
-running by the time they start. So this check reads the lease with the standard library and the store module
-only, before the OpenTelemetry SDK (hundreds of milliseconds of imports) is loaded: a busy lease costs a process
-start and one SQLite read. ``--follow`` never steps aside: it waits as a standby and takes over when the holder's
-lease expires.
+``emit`` starts a detached ``sb-otel export`` after each write when it finds no exporter. Importing the
+OpenTelemetry SDK takes hundreds of milliseconds, so a drainer that took the lease only after those imports left
+a window in which every new ``emit`` saw a free lease and started another drainer, and each of those imported the
+SDK too before finding the lease taken (a burst of shells: one drainer per emit). So this gate *takes* the lease
+with the standard library and the store module only, before the SDK is loaded, and hands the holder name to the
+exporter the command builds (:func:`held`), which starts as that holder: it renews the lease at its first round
+and releases it at the end. A process that finds the lease taken by a live holder exits at once (the note); a
+busy lease costs a process start and one SQLite transaction.
+
+``--follow`` never steps aside: it takes the lease here when it is free, else it waits as a standby and takes
+over when the holder's lease expires (or its process is gone).
+
+The lease taken here lasts ``--lease-ttl`` (15 s by default), far longer than the SDK imports take even on a
+loaded machine (``benchmarks/README.md``); should it lapse first, the exporter's first round takes it again if
+still free, or steps aside with the same note as a busy gate.
 """
 
 from __future__ import annotations
@@ -13,37 +23,118 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
+DEFAULT_LEASE_TTL = "15s"
+"""``sb-otel export --lease-ttl``'s default."""
 
-def _store_argument(args: Sequence[str]) -> str | None:
+
+class _Taken:
+    """The lease this process took in the gate: which store (as ``--store`` named it) and as whom."""
+
+    __slots__ = ("holder", "store_location")
+
+    def __init__(self, store_location: str | None, holder: str) -> None:
+        self.store_location = store_location
+        self.holder = holder
+
+
+_taken: _Taken | None = None
+
+
+def _last_value(args: Sequence[str], option: str) -> str | None:
+    """The value of ``option`` as click reads it: the last occurrence, ``--opt VALUE`` or ``--opt=VALUE``."""
+    found = None
     for index, arg in enumerate(args):
-        if arg == "--store" and index + 1 < len(args):
-            return args[index + 1]
-        if arg.startswith("--store="):
-            return arg.split("=", 1)[1]
-    return None
+        if arg == "--":
+            break
+        if arg == option and index + 1 < len(args):
+            found = args[index + 1]
+        elif arg.startswith(option + "="):
+            found = arg.split("=", 1)[1]
+    return found
+
+
+def _ttl_s(args: Sequence[str]) -> float:
+    """``--lease-ttl`` in seconds; the default when absent or invalid (the command then says what is wrong)."""
+    from sb_otel._settings import parse_duration
+
+    text = _last_value(args, "--lease-ttl") or DEFAULT_LEASE_TTL
+    try:
+        return parse_duration(text).total_seconds()
+    except Exception:
+        return parse_duration(DEFAULT_LEASE_TTL).total_seconds()
 
 
 def lease_note(args: Sequence[str]) -> str | None:
-    """For ``sb-otel export ARGS``: the one-line note to print (and exit 0) when another process holds the
-    store's exporter lease; ``None`` to run the command (free lease, ``--follow``, ``--help``, or a store that
-    cannot be read: the command itself then says what is wrong)."""
-    if any(arg in ("--follow", "--help", "-h") for arg in args):
+    """For ``sb-otel export ARGS``: take the store's exporter lease, or the one-line note to print (and exit 0)
+    when another live process holds it. ``None`` runs the command: the lease is now ours (:func:`held` hands it
+    over), or ``--follow`` (a standby), ``--help``, or a store that cannot be read (the command then says what
+    is wrong)."""
+    global _taken
+    if any(arg in ("--help", "-h") for arg in args):
         return None
-    from sb_otel._tracking.export_state import holder_gone
+    from sb_otel._tracking.export_state import TelemetryStore, holder_gone, new_holder
+    from sb_otel._tracking.store_factory import open_store
+
+    follow = "--follow" in args
+    location = _last_value(args, "--store")
+    try:
+        store = open_store(location)
+    except Exception:
+        return None
+    lease = None
+    try:
+        if not isinstance(store, TelemetryStore):
+            return None  # keeps no telemetry: the command says so
+        holder, now, ttl = new_holder(), time.time(), _ttl_s(args)
+        taken = store.acquire_lease(holder, ttl, now)
+        if not taken:
+            lease = store.current_lease()
+            if lease is not None and holder_gone(lease.holder):  # killed: take over at once
+                taken = store.acquire_lease(holder, ttl, now, replacing=lease.holder)
+                lease = None if taken else store.current_lease()
+        if taken:
+            _taken = _Taken(location, holder)
+            return None
+    except Exception:
+        return None  # cannot tell: the command decides (and reports a broken store)
+    finally:
+        store.close()
+    if follow or lease is None or lease.expires_at <= time.time():
+        return None  # a standby waits for the lease; one that lapsed meanwhile: the exporter takes it
+    until = datetime.fromtimestamp(lease.expires_at, timezone.utc).strftime("%H:%M:%S UTC")
+    return f"sb-otel: {lease.holder} is exporting this store (lease until {until}); nothing to do"
+
+
+def held(store_location: str | None) -> str | None:
+    """The holder name the gate took ``store_location``'s lease as (the exporter starts as that holder);
+    ``None`` when it took none, or took another store's (``--store`` read differently: :func:`release` gives
+    that one back)."""
+    taken = _taken
+    return taken.holder if taken is not None and taken.store_location == store_location else None
+
+
+def release() -> None:
+    """At the end of the command: give back the lease the gate took. A no-op when the exporter already released
+    it, or lost it to another holder; the lease the command never got to use (a usage error, a bad option, a
+    setting that stopped it) is free again at once for the next exporter."""
+    global _taken
+    taken, _taken = _taken, None
+    if taken is not None:
+        _release(taken)
+
+
+def _release(taken: _Taken) -> None:
+    from sb_otel._tracking.export_state import TelemetryStore
     from sb_otel._tracking.store_factory import open_store
 
     try:
-        store = open_store(_store_argument(args))
+        store = open_store(taken.store_location)
     except Exception:
-        return None
+        return
     try:
-        current = getattr(store, "current_lease", None)
-        lease = current() if current is not None else None
+        if isinstance(store, TelemetryStore):
+            store.release_lease(taken.holder)
     except Exception:
-        lease = None
+        pass  # the lease lapses on its own; a holder gone from this host is replaced at once anyway
     finally:
         store.close()
-    if lease is None or lease.expires_at <= time.time() or holder_gone(lease.holder):
-        return None  # free, expired, or held by a process that was killed: this one takes over
-    until = datetime.fromtimestamp(lease.expires_at, timezone.utc).strftime("%H:%M:%S UTC")
-    return f"sb-otel: {lease.holder} is exporting this store (lease until {until}); nothing to do"

@@ -495,10 +495,16 @@ def _resource(service_name: str | None, extra: Mapping[str, Any] | None) -> Reso
 
 
 def standalone_exporter(
-    store: TelemetryStore, *, lease_ttl_s: float | None = None, with_metrics: bool = False
+    store: TelemetryStore,
+    *,
+    lease_ttl_s: float | None = None,
+    with_metrics: bool = False,
+    holder: str | None = None,
 ) -> tuple[StoreExporter, str, Any]:
     """A :class:`StoreExporter` for ``sb-otel export``: the SDK's exporters chosen exactly as ``configure()``
     chooses them (``OTEL_EXPORTER_OTLP_*``, else OTLP JSON files), the same resource and ``SB_OTEL_REDACT``.
+    ``holder``: the name the lease was already taken as (``sb-otel export``'s gate, before these imports); the
+    exporter renews that lease at its first round and releases it at the end (default: a new holder name).
 
     Returns the exporter, where it sends (for people), and the meter provider carrying the backlog and drop
     metrics (``None`` unless ``with_metrics``; the caller shuts it down).
@@ -519,6 +525,7 @@ def standalone_exporter(
         redact=SB_OTEL_REDACT.read(),
         meter_provider=meter_provider,
         metric_exporter=factories["metrics"](None),
+        holder=holder,
         **kwargs,
     )
     return exporter, where, meter_provider

@@ -117,7 +117,12 @@ class DrainReport:
 
 
 class StoreExporter:
-    """Exports one store's pending root spans and outbox rows while it holds the store's exporter lease."""
+    """Exports one store's pending root spans and outbox rows while it holds the store's exporter lease.
+
+    ``holder`` names it in the lease (default: a new name). Given the name a lease was already taken as (``sb-otel
+    export`` takes it before importing the SDK), it starts as that holder: its first round renews that lease,
+    and :meth:`release` gives it up as usual. Had the lease lapsed and gone to another meanwhile, the round finds
+    it held (``lease_held=False``) and sends nothing."""
 
     def __init__(
         self,

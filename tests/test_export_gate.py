@@ -1,0 +1,181 @@
+"""``sb-otel export``'s gate: it takes the store's exporter lease with the store alone (before the SDK is imported)
+or steps aside, and the exporter the command builds starts as the holder the gate took the lease as."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sb_otel import SqliteSessionStore
+from sb_otel._cli import export_gate, main
+from sb_otel._telemetry.configure import standalone_exporter
+from sb_otel._telemetry.store_exporter import StoreExporter
+from sb_otel._tracking.export_state import Lease, new_holder
+
+
+@pytest.fixture
+def path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("SB_OTEL_DATA_DIR", str(tmp_path / "data"))  # the exporters write OTLP JSON files there
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    yield tmp_path / "sessions.db"
+    export_gate.release()  # a test that stopped between the gate and the command leaves nothing behind
+
+
+def shut(exporter: StoreExporter) -> None:
+    for sdk_exporter in (exporter.span_exporter, exporter.log_exporter, exporter.metric_exporter):
+        sdk_exporter.shutdown()
+
+
+def lease(path: Path) -> Lease | None:
+    store = SqliteSessionStore(path)
+    try:
+        return store.current_lease()
+    finally:
+        store.close()
+
+
+def hold(path: Path, holder: str, ttl: float = 60) -> None:
+    store = SqliteSessionStore(path)
+    try:
+        assert store.acquire_lease(holder, ttl, now=time.time())
+    finally:
+        store.close()
+
+
+def dead_holder() -> str:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return f"{socket.gethostname()}:{int(child.stdout)}:0000abcd"
+
+
+def test_a_free_lease_is_taken_in_the_gate_for_the_command(path: Path) -> None:
+    SqliteSessionStore(path).close()
+    before = time.time()
+    assert export_gate.lease_note(["--store", str(path), "--lease-ttl", "40s"]) is None
+    taken = lease(path)
+    assert taken is not None
+    assert taken.holder == export_gate.held(str(path))
+    assert taken.holder.split(":")[-2] == str(os.getpid())
+    assert before + 40 <= taken.expires_at <= time.time() + 40
+    assert export_gate.held(str(tmp := path.with_name("other.db"))) is None, tmp  # another store: not handed over
+
+
+def test_a_live_holder_makes_the_gate_step_aside_and_leaves_its_lease(path: Path) -> None:
+    holder = new_holder()  # this process: alive
+    hold(path, holder)
+    before = lease(path)
+    note = export_gate.lease_note(["--store", str(path)])
+    assert note is not None
+    assert f"{holder} is exporting this store" in note
+    assert lease(path) == before
+    assert export_gate.held(str(path)) is None
+
+
+def test_a_gone_holder_is_replaced_in_the_gate(path: Path) -> None:
+    hold(path, dead_holder())
+    assert export_gate.lease_note(["--store", str(path)]) is None
+    taken = lease(path)
+    assert taken is not None
+    assert taken.holder == export_gate.held(str(path))
+
+
+def test_follow_takes_a_free_lease_and_stands_by_behind_a_live_one(path: Path) -> None:
+    SqliteSessionStore(path).close()
+    assert export_gate.lease_note(["--store", str(path), "--follow"]) is None
+    first = export_gate.held(str(path))
+    assert first is not None
+    assert lease(path) == Lease(first, lease(path).expires_at)  # type: ignore[union-attr]
+    export_gate.release()
+    other = new_holder()
+    hold(path, other)
+    assert export_gate.lease_note(["--store", str(path), "--follow"]) is None  # a standby: no note, no lease
+    assert export_gate.held(str(path)) is None
+    assert lease(path).holder == other  # type: ignore[union-attr]
+
+
+def test_release_gives_the_gate_lease_back_at_once(path: Path) -> None:
+    SqliteSessionStore(path).close()
+    assert export_gate.lease_note(["--store", str(path)]) is None
+    export_gate.release()
+    given_back = lease(path)
+    assert given_back is not None
+    assert given_back.expires_at == 0
+    assert export_gate.held(str(path)) is None
+
+
+def test_the_exporter_starts_as_the_gate_holder_renews_and_releases(path: Path) -> None:
+    store = SqliteSessionStore(path)
+    try:
+        assert export_gate.lease_note(["--store", str(path), "--lease-ttl", "2s"]) is None
+        holder = export_gate.held(str(path))
+        assert holder is not None
+        taken = store.current_lease()
+        assert taken is not None
+        exporter, _, _ = standalone_exporter(store, lease_ttl_s=60, holder=holder)
+        assert exporter.holder == holder
+        report = exporter.drain()
+        assert report.lease_held
+        renewed = store.current_lease()
+        assert renewed is not None
+        assert renewed.holder == holder
+        assert renewed.expires_at > taken.expires_at + 50  # renewed with the exporter's own ttl
+        exporter.release()
+        shut(exporter)
+        released = store.current_lease()
+        assert released is not None
+        assert released.expires_at == 0
+    finally:
+        store.close()
+
+
+def test_a_gate_lease_lost_to_another_holder_is_not_used(path: Path) -> None:
+    """The gate's lease lapsed (a very slow start) and another process took it: the exporter sends nothing."""
+    store = SqliteSessionStore(path)
+    try:
+        assert export_gate.lease_note(["--store", str(path), "--lease-ttl", "1s"]) is None
+        holder = export_gate.held(str(path))
+        assert holder is not None
+        other = new_holder()
+        assert store.acquire_lease(other, 60, now=time.time() + 2)  # as if 2 s had passed
+        exporter, _, _ = standalone_exporter(store, holder=holder)
+        assert not exporter.drain().lease_held
+        shut(exporter)
+        assert store.current_lease().holder == other  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+
+def test_a_command_that_stops_early_gives_the_gate_lease_back(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    SqliteSessionStore(path).close()
+    code = main(["export", "--store", str(path), "--follow", "--lease-ttl", "1s", "--interval", "2s"])
+    assert code != 0
+    assert "must be longer than --interval" in capsys.readouterr().err
+    given_back = lease(path)
+    assert given_back is not None
+    assert given_back.expires_at == 0
+
+
+def test_one_export_runs_as_the_gate_holder(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process, through ``main``: the gate takes the lease, the drain exports as that holder (it never
+    steps aside from its own lease), and the lease is free again afterwards."""
+    SqliteSessionStore(path).close()
+    seen: list[str] = []
+    real = standalone_exporter
+
+    def spy(*args: object, **kwargs: object) -> object:
+        made = real(*args, **kwargs)  # type: ignore[arg-type]
+        seen.append(made[0].holder)
+        return made
+
+    monkeypatch.setattr("sb_otel._cli.export.standalone_exporter", spy)
+    assert main(["export", "--store", str(path)]) == 0
+    final = lease(path)
+    assert final is not None
+    assert seen == [final.holder]  # the exporter's holder is the one that took (and released) the lease
+    assert final.expires_at == 0
