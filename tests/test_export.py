@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 from click.testing import CliRunner
 
@@ -145,3 +146,39 @@ def test_follow_refuses_a_lease_that_would_lapse_between_rounds_or_a_bad_metric_
             f"OTEL_METRIC_EXPORT_INTERVAL must be the milliseconds between metric exports, e.g. 15000, not {bad!r}"
             in (done.output)
         )
+
+
+def test_a_write_landing_before_the_release_is_drained_too(tmp_path: Path) -> None:
+    """An emit that wrote after the drain's last read and saw the lease still held started no drainer: the
+    exporter looks again after releasing the lease, and sends that record as well."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from sb_otel._cli.export import _drain_until_empty
+    from sb_otel._telemetry import otel_logs
+    from sb_otel._telemetry.store_exporter import StoreExporter
+
+    store = SqliteSessionStore(tmp_path / "sessions.db")
+    try:
+        store.outbox_append("logs", [_log_row()], time.time())
+        logs = otel_logs.InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+        exporter = StoreExporter(store, InMemorySpanExporter(), logs)
+        real_drain = exporter.drain
+        drains: list[int] = []
+
+        def drain_then_a_late_write(**kwargs: Any) -> Any:
+            report = real_drain(**kwargs)
+            if not drains:  # after the last read of the first drain, before its release
+                store.outbox_append("logs", [_log_row()], time.time())
+            drains.append(report.logs)
+            return report
+
+        exporter.drain = drain_then_a_late_write  # type: ignore[method-assign]
+        report = _drain_until_empty(exporter, store)
+        exporter.release()
+        assert drains == [1, 1]
+        assert (report.logs, report.failed, report.lease_held) == (2, False, True)
+        assert len(logs.get_finished_logs()) == 2
+        assert store.export_backlog().outbox == {}
+        assert store.current_lease().expires_at == 0  # type: ignore[union-attr]
+    finally:
+        store.close()

@@ -11,7 +11,7 @@ from sb_otel._cli import export_gate
 from sb_otel._cli.app import _quiet_exporters, _store_option, cli
 from sb_otel._settings import parse_duration
 from sb_otel._telemetry.configure import standalone_exporter
-from sb_otel._telemetry.store_exporter import DrainReport, series_interval_s
+from sb_otel._telemetry.store_exporter import DrainReport, StoreExporter, series_interval_s
 from sb_otel._tracking.export_state import TelemetryStore
 from sb_otel._tracking.store_factory import open_store
 
@@ -48,7 +48,7 @@ def export(follow: bool, lease_ttl: str, interval: str, store_location: str | No
         with _quiet_exporters():  # as the holder the gate took the lease as, before importing all this
             exporter, where, _ = standalone_exporter(store, lease_ttl_s=ttl, holder=export_gate.held(store_location))
             try:
-                report = exporter.drain()
+                report = _drain_until_empty(exporter, store)
             finally:
                 exporter.release()
                 for sdk_exporter in (exporter.span_exporter, exporter.log_exporter, exporter.metric_exporter):
@@ -68,6 +68,43 @@ def export(follow: bool, lease_ttl: str, interval: str, store_location: str | No
         return 0
     finally:
         store.close()
+
+
+def _drain_until_empty(exporter: StoreExporter, store: TelemetryStore) -> DrainReport:
+    """Drain, release the lease, and drain again while something is waiting that was written meanwhile.
+
+    ``emit`` writes, then looks at the lease, and starts no drainer while a live exporter holds it. A write that
+    lands after this exporter's last read but before its release would then wait for the next shell's drainer;
+    looking again *after* the release closes that gap: either that emit saw the lease free (and started a
+    drainer, which finds the lease free or ours), or its write is visible here."""
+    report = exporter.drain()
+    while report.lease_held and not report.failed:
+        exporter.release()
+        waiting = store.export_backlog()
+        if not (waiting.pending_root_spans or sum(waiting.outbox.values())):
+            break
+        again = exporter.drain()
+        progress = again.exported + again.poison + sum(again.dropped.values())
+        report = _merged(report, again)
+        if not progress:
+            break  # another exporter took the lease after our release (it sends the rest)
+    return report
+
+
+def _merged(first: DrainReport, then: DrainReport) -> DrainReport:
+    dropped = dict(first.dropped)
+    for reason, count in then.dropped.items():
+        dropped[reason] = dropped.get(reason, 0) + count
+    return DrainReport(
+        root_spans=first.root_spans + then.root_spans,
+        spans=first.spans + then.spans,
+        logs=first.logs + then.logs,
+        poison=first.poison + then.poison,
+        dropped=dropped,
+        failed=then.failed,
+        lease_held=True,  # this exporter did the first drain; a later one that lost the lease leaves the rest
+        metrics_exported=first.metrics_exported if then.metrics_exported is None else then.metrics_exported,
+    )
 
 
 def _series_interval() -> float | None:
