@@ -15,6 +15,11 @@ without a project); ``--cwd .`` runs them in this repository, where the lifecycl
 and ``pyproject.toml`` (importing :mod:`tomllib`).
 
     .venv/bin/python benchmarks/emit.py [--rounds 40] [--no-drain] [--cwd DIR]
+    .venv/bin/python benchmarks/emit.py --rounds 20 --source /tmp/before --source .   # two trees, same run
+
+``--source DIR`` (repeatable) runs the code in ``DIR`` (``PYTHONPATH``, drainers included) instead of the installed
+one: the trees take turns in blocks of ``--block`` rounds, each on its own stores, and each tree's drainers are
+waited for and counted after each of its blocks.
 """
 
 from __future__ import annotations
@@ -61,16 +66,21 @@ def _children() -> set[int]:
     return found
 
 
+def _drainer_cpu() -> float:
+    """CPU seconds of every reaped child less what the timed commands used: the drainers' so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime - _timed_cpu[0]
+
+
 def _reap_drainers(keep: int) -> tuple[int, float]:
     """Wait for every adopted drainer (every child but ``keep``, the receiver); how many there were and the CPU
-    they used (seconds): the children's total less what the timed commands used."""
+    all reaped drainers used so far (seconds)."""
     count = 0
     while waiting := _children() - {keep}:
         for pid in waiting:
             os.waitpid(pid, 0)
             count += 1
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return count, usage.ru_utime + usage.ru_stime - _timed_cpu[0]
+    return count, _drainer_cpu()
 
 
 def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
@@ -103,8 +113,10 @@ def _session_id(stdout: str) -> str:
     return line.partition("=")[2].strip("'")
 
 
-def _env(endpoint: str, store: str, drain: bool, tmp: str) -> dict[str, str]:
+def _env(endpoint: str, store: str, drain: bool, tmp: str, source: str | None = None) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONDONTWRITEBYTECODE", "TRACEPARENT")}
+    if source is not None:
+        env["PYTHONPATH"] = source
     env.update(
         {
             "SB_OTEL_STORE": store,
@@ -120,15 +132,29 @@ def _env(endpoint: str, store: str, drain: bool, tmp: str) -> dict[str, str]:
 Samples = dict[str, list[tuple[float, float]]]
 
 
-def measure(endpoints: dict[str, str], rounds: int, drain: bool, tmp: str) -> Samples:
-    """``{"python -c pass": [...], "up: emit start": [...], ...}``: (wall, CPU) per measured round."""
-    envs = {mode: _env(endpoint, f"{tmp}/{mode}.db", drain, tmp) for mode, endpoint in endpoints.items()}
-    samples: Samples = {"python -c pass": []}
+def measure(
+    endpoints: dict[str, str],
+    rounds: int,
+    drain: bool,
+    tmp: str,
+    source: tuple[str, str] | None = None,
+    samples: Samples | None = None,
+    warm_up: int = WARM_UP,
+) -> Samples:
+    """``{"python -c pass": [...], "up: emit start": [...], ...}``: (wall, CPU) per measured round (added to
+    ``samples`` when given). ``source``: (label, directory) of the code to run."""
+    label, directory = source if source is not None else ("", None)
+    envs = {
+        mode: _env(endpoint, f"{tmp}/{label}{mode}.db", drain, tmp, directory) for mode, endpoint in endpoints.items()
+    }
+    if samples is None:
+        samples = {}
+    samples.setdefault("python -c pass", [])
     for mode in envs:
-        samples[f"{mode}: emit start"] = []
-        samples[f"{mode}: emit end"] = []
+        samples.setdefault(f"{mode}: emit start", [])
+        samples.setdefault(f"{mode}: emit end", [])
     pid = str(os.getpid())
-    for index in range(rounds + WARM_UP):  # warm-up rounds write the bytecode caches and the stores
+    for index in range(rounds + warm_up):  # warm-up rounds write the bytecode caches and the stores
         passed = _timed([sys.executable, "-c", "pass"], envs[next(iter(envs))])
         results = {"python -c pass": passed}
         modes = list(envs) if index % 2 == 0 else list(reversed(envs))
@@ -137,7 +163,7 @@ def measure(endpoints: dict[str, str], rounds: int, drain: bool, tmp: str) -> Sa
             ended = _timed([SB_OTEL, "emit", "end", _session_id(started[2]), "--exit-code", "0"], envs[mode])
             results[f"{mode}: emit start"] = started
             results[f"{mode}: emit end"] = ended
-        if index >= WARM_UP:
+        if index >= warm_up:
             for name, (wall, cpu, _) in results.items():
                 samples[name].append((wall, cpu))
     return samples
@@ -164,6 +190,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--no-drain", action="store_true", help="SB_OTEL_EMIT_DRAIN=0: the command alone")
     parser.add_argument("--cwd", type=Path, help="directory to run the commands in (default: an empty one)")
+    parser.add_argument("--source", action="append", type=Path, help="run the sb_otel tree in DIR (repeatable)")
+    parser.add_argument("--block", type=int, default=5, help="--source: rounds per turn of each tree")
     args = parser.parse_args()
     drain = not args.no_drain
     with socket.socket() as probe:
@@ -171,22 +199,44 @@ def main() -> None:
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
     print(f"{args.rounds} interleaved rounds; drainer {'started' if drain else 'off'} (SB_OTEL_EMIT_DRAIN)")
     adopted = _adopt_orphans()
+    sources = [str(path.resolve()) for path in args.source] if args.source else [None]
     with tempfile.TemporaryDirectory() as tmp, otlp_receiver() as receiver:
         workdir = args.cwd.resolve() if args.cwd else Path(tmp, "home")
         workdir.mkdir(exist_ok=True)
         os.chdir(workdir)
         print(f"commands run in {workdir}")
+        endpoints = {"up": receiver.endpoint, "down": dead}
         load_before = os.getloadavg()[0]
-        samples = measure({"up": receiver.endpoint, "down": dead}, args.rounds, drain, tmp)
+        results: dict[str | None, tuple[Samples, list[int]]] = {source: ({}, [0, 0, 0]) for source in sources}
+        drainer_cpu: dict[str | None, float] = dict.fromkeys(sources, 0.0)
+        block = args.rounds if sources == [None] else args.block
+        turn = 0
+        while any(counts[0] < args.rounds for _, counts in results.values()):
+            for source in sources if turn % 2 == 0 else list(reversed(sources)):
+                samples, counts = results[source]  # counts: rounds measured, emits run, drainers reaped
+                rounds = min(block, args.rounds - counts[0])
+                warm_up = WARM_UP if turn == 0 else 0
+                named = None if source is None else (f"{sources.index(source)}-", source)
+                measure(endpoints, rounds, drain, tmp, named, samples, warm_up)
+                counts[0] += rounds
+                counts[1] += 4 * (rounds + warm_up)
+                if adopted and drain:
+                    before = _drainer_cpu()
+                    count, cpu = _reap_drainers(receiver._child.pid)
+                    counts[2] += count
+                    drainer_cpu[source] += cpu - before
+            turn += 1
         load_after = os.getloadavg()[0]
-        drainers = _reap_drainers(receiver._child.pid) if adopted and drain else None
     print(f"up: {receiver.endpoint}; down: {dead} (nothing listening)")
     print(f"load average {load_before:.2f} before, {load_after:.2f} after")
-    report(samples)
-    if drainers is not None:
-        emits = 4 * (args.rounds + WARM_UP)
-        count, cpu = drainers
-        print(f"drainers: {count} processes for {emits} emits, {cpu * 1000 / emits:.1f} ms of CPU per emit")
+    for source, (samples, counts) in results.items():
+        if source is not None:
+            print(f"\n== {source}")
+        report(samples)
+        if adopted and drain:
+            _, emits, drainers = counts
+            cpu_ms = drainer_cpu[source] * 1000 / emits
+            print(f"drainers: {drainers} processes for {emits} emits, {cpu_ms:.1f} ms of CPU per emit")
 
 
 if __name__ == "__main__":
