@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -24,7 +25,7 @@ from opentelemetry.sdk.resources import Resource
 from prometheus_client.parser import text_string_to_metric_families
 
 from sb_otel._cli.app import cli
-from sb_otel._service.metrics_endpoint import MetricsEndpoint
+from sb_otel._service.metrics_endpoint import MetricsEndpoint, trusted_hosts
 from sb_otel._service.server import listening_socket
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from sb_otel._tracking.store import NewSession, SessionEnding
@@ -163,7 +164,7 @@ def test_each_scrape_reads_the_store_now(tmp_path: Path, monkeypatch: pytest.Mon
         bucket = (("component_name", "mahavishnu"), ("le", "300.0"), ("service_name", "svc"))
         assert after[("session_duration_seconds_bucket", bucket)] == 1.0
         total = after[("session_duration_seconds_sum", (("component_name", "mahavishnu"), ("service_name", "svc")))]
-        assert total == pytest.approx(100.0, abs=1e-3)  # SQLite's julianday arithmetic
+        assert total == 100.0  # the store counts lengths exactly (migration 0005)
     finally:
         endpoint.stop()
         store.close()
@@ -189,6 +190,43 @@ def test_without_the_setting_only_sb_names(tmp_path: Path, monkeypatch: pytest.M
     finally:
         endpoint.stop()
         store.close()
+
+
+def _status_with_host(url: str, host: str) -> int:
+    """The status of a GET of ``url`` sent with the ``Host`` header ``host`` (as a rebound DNS name would)."""
+    request = urllib.request.Request(url, headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def test_a_scrape_through_a_name_nobody_allowed_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DNS rebinding: a web page whose name now points at 127.0.0.1 cannot read the series; loopback names and
+    the names in SB_OTEL_ALLOWED_HOSTS (as for the MCP endpoint) can."""
+    monkeypatch.setenv("SB_OTEL_ALLOWED_HOSTS", "metrics.internal:9090")
+    store = SqliteSessionStore(tmp_path / "s.db")
+    endpoint = MetricsEndpoint(store, listening_socket("127.0.0.1", 0))
+    endpoint.start()
+    try:
+        port = endpoint.url.split(":")[2].split("/")[0]
+        poll(lambda: _try_scrape(endpoint.url), timeout=30, what="the metrics endpoint")
+        assert _status_with_host(endpoint.url, f"127.0.0.1:{port}") == 200
+        assert _status_with_host(endpoint.url, f"localhost:{port}") == 200
+        assert _status_with_host(endpoint.url, "metrics.internal:9090") == 200
+        assert _status_with_host(endpoint.url, f"attacker.example:{port}") == 400
+    finally:
+        endpoint.stop()
+        store.close()
+
+
+def test_trusted_hosts_follow_the_mcp_endpoints_rule() -> None:
+    assert trusted_hosts("127.0.0.1") == ["127.0.0.1", "[::1]", "localhost"]
+    assert "sb.example" in trusted_hosts("sb.example")  # the name serve was told to listen on
+    assert trusted_hosts("0.0.0.0") == ["127.0.0.1", "[::1]", "localhost"]  # a wildcard names no host
+    assert trusted_hosts("::1", ["[fd00::5]:9090"]) == ["127.0.0.1", "[::1]", "[fd00::5]", "localhost"]
+    assert trusted_hosts("127.0.0.1", ["*"]) == ["*"]
 
 
 # -- refusals, before anything is opened ----------------------------------------------------------------------

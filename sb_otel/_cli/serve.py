@@ -135,7 +135,7 @@ def serve(
         if metrics_socket is not None and index == 0:  # one process binds the port; the numbers are the store's
             from sb_otel._service.metrics_endpoint import MetricsEndpoint
 
-            endpoint = MetricsEndpoint(store, metrics_socket, _scrape_resource(telemetry))
+            endpoint = MetricsEndpoint(store, metrics_socket, _scrape_resource(telemetry), host=host)
             endpoint.start()
         elif metrics_socket is not None:
             metrics_socket.close()  # the other workers' inherited copy

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
@@ -28,8 +29,11 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics.export import MetricsData
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, make_asgi_app
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from sb_otel._service.http_guard import MAX_HEAD, BoundedH11Protocol
+from sb_otel._service.server import _list_setting, transport_security
+from sb_otel._settings import SB_OTEL_ALLOWED_HOSTS
 from sb_otel._telemetry.store_metrics import StoreSessionMetrics
 
 DEFAULT_METRICS_PORT = 9090
@@ -62,16 +66,31 @@ class MetricsEndpoint:
     """Serves ``store``'s session series for Prometheus on an already listening socket, from a thread
     (``SB_OTEL_SESSION_BUDDY_METRICS`` decides whether session-buddy's names are among them)."""
 
-    def __init__(self, store: Any, sock: socket.socket, resource: Resource | None = None) -> None:
+    def __init__(
+        self,
+        store: Any,
+        sock: socket.socket,
+        resource: Resource | None = None,
+        *,
+        host: str | None = None,
+        allowed_hosts: Sequence[str] | None = None,
+    ) -> None:
+        """``host`` is the address serve was told to listen on (default: the socket's); ``allowed_hosts``
+        defaults to ``SB_OTEL_ALLOWED_HOSTS``, as for the MCP endpoint."""
         self.socket = sock
         self.registry = CollectorRegistry()
         self.reader = StoreScrapeReader(self.registry)
         self.metrics = StoreSessionMetrics(store, None, resource, reader=self.reader)
         self.reader.store_metrics = self.metrics
-        host, port = sock.getsockname()[:2]
-        self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+        bound, port = sock.getsockname()[:2]
+        host = bound if host is None else host
+        if allowed_hosts is None:
+            allowed_hosts = _list_setting(SB_OTEL_ALLOWED_HOSTS.read())
+        self.url = f"http://{f'[{bound}]' if ':' in bound else bound}:{port}/metrics"
         config = uvicorn.Config(
-            make_asgi_app(self.registry),
+            # The MCP endpoint's DNS-rebinding rule (loopback names, the listening address, SB_OTEL_ALLOWED_HOSTS),
+            # so a web page cannot read the session series through a name it points at this host.
+            TrustedHostMiddleware(make_asgi_app(self.registry), allowed_hosts=trusted_hosts(host, allowed_hosts)),
             log_level="warning",
             access_log=False,
             lifespan="off",  # prometheus_client's app answers HTTP only
@@ -101,3 +120,19 @@ class MetricsEndpoint:
             self._thread.join(timeout_s)
         self.metrics.shutdown()  # the provider shuts its reader down: unregistered from the registry
         self.socket.close()
+
+
+def trusted_hosts(host: str, allowed_hosts: Sequence[str] = ()) -> list[str]:
+    """The ``Host`` names a scrape may use: those :func:`~sb_otel._service.server.transport_security` allows the MCP
+    endpoint, without their ports (Starlette's check compares names only); ``["*"]`` when the check is off."""
+    security = transport_security(host, allowed_hosts)
+    if not security.enable_dns_rebinding_protection:
+        return ["*"]
+    names = {_without_port(form).lower() for form in security.allowed_hosts or ()}
+    return sorted(names)
+
+
+def _without_port(form: str) -> str:
+    if form.startswith("["):  # [::1] or [::1]:port
+        return form[: form.index("]") + 1] if "]" in form else form
+    return form.rsplit(":", 1)[0] if ":" in form else form
