@@ -19,6 +19,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -222,6 +223,22 @@ class SqliteSessionStore:
             self._closer()  # a half-opened store must not leak its connection
             raise
 
+    def _switch_to_wal(self) -> str:
+        """``PRAGMA journal_mode = WAL``, retried while another process holds the file: SQLite answers a
+        journal-mode change that meets another connection's lock with SQLITE_BUSY at once, without calling the
+        busy handler, so two shells opening a new store together would otherwise fail one of them. Retried for
+        up to the busy timeout, as any other write waits."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        pause = 0.001
+        while True:
+            try:
+                return str(self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)  # back off, then look again: the other opener's switch takes milliseconds
+            pause = min(pause * 2, 0.05)
+
     def _connect_read_only(self) -> sqlite3.Connection:
         """``mode=ro``; where SQLite cannot make the WAL index next to a checkpointed file (an unwritable
         directory, no ``-wal`` file), the file is read as it is (``immutable=1``): nobody can be writing it."""
@@ -242,7 +259,7 @@ class SqliteSessionStore:
             if self.read_only:
                 self._check_version()
                 return
-            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._switch_to_wal()
             if mode != "wal":
                 raise StoreError(f"{self.path}: SQLite could not switch to WAL mode (got {mode!r})")
             self._db.execute(f"PRAGMA synchronous = {sync}")

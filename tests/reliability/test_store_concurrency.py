@@ -128,3 +128,62 @@ def test_emit_processes_sharing_a_store_never_share_an_id_nor_see_a_lock(tmp_pat
     store = SqliteSessionStore(path)
     assert {record.status for record in store.list_sessions()} == {"exited"}
     store.close()
+
+
+_OPENER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from sb_otel._tracking.sqlite_store import SqliteSessionStore
+
+    folder, count = Path(sys.argv[1]), int(sys.argv[2])
+    print("ready", flush=True)
+    for index in range(count):
+        sys.stdin.readline()  # each round starts when the test says go to both openers
+        try:
+            SqliteSessionStore(folder / f"{index}.db").close()
+            print("ok", flush=True)
+        except Exception as exc:
+            print(f"failed: {exc}", flush=True)
+    """
+)
+NEW_FILES = 30
+
+
+def test_two_processes_opening_a_new_store_at_once_both_open_it(tmp_path: Path) -> None:
+    """Two shells whose first `emit` meets a store file nobody made yet: both open it (SQLite refuses a second
+    switch to WAL with SQLITE_BUSY at once, without its busy handler: before the retry, 12 of these 60 opens
+    failed, on Python 3.13)."""
+    openers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPENER, str(tmp_path), str(NEW_FILES)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        for _ in range(2)
+    ]
+    answers: list[str] = []
+    try:
+        for opener in openers:
+            assert opener.stdout is not None
+            assert opener.stdout.readline() == "ready\n"
+        for _ in range(NEW_FILES):
+            for opener in openers:
+                assert opener.stdin is not None
+                opener.stdin.write("go\n")
+                opener.stdin.flush()
+            for opener in openers:
+                assert opener.stdout is not None
+                answers.append(opener.stdout.readline().strip())
+    finally:
+        for opener in openers:
+            assert opener.stdin is not None
+            opener.stdin.close()
+            opener.wait(timeout=60)
+            assert opener.stdout is not None
+            opener.stdout.close()
+    assert [answer for answer in answers if answer != "ok"] == []
+    assert len(answers) == 2 * NEW_FILES
+    assert [opener.returncode for opener in openers] == [0, 0]
