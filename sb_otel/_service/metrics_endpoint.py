@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from sb_otel._service.http_guard import MAX_HEAD, BoundedH11Protocol
-from sb_otel._service.server import _list_setting, transport_security
+from sb_otel._service.server import list_setting, transport_security
 from sb_otel._settings import SB_OTEL_ALLOWED_HOSTS
 from sb_otel._telemetry.store_metrics import StoreSessionMetrics
 
@@ -85,7 +85,7 @@ class MetricsEndpoint:
         bound, port = sock.getsockname()[:2]
         host = bound if host is None else host
         if allowed_hosts is None:
-            allowed_hosts = _list_setting(SB_OTEL_ALLOWED_HOSTS.read())
+            allowed_hosts = list_setting(SB_OTEL_ALLOWED_HOSTS.read())
         self.url = f"http://{f'[{bound}]' if ':' in bound else bound}:{port}/metrics"
         config = uvicorn.Config(
             # The MCP endpoint's DNS-rebinding rule (loopback names, the listening address, SB_OTEL_ALLOWED_HOSTS),

@@ -470,8 +470,8 @@ async def serve(
                 path=path,
                 http_mode=http_mode,
                 limits=limits or http_limits_setting(),
-                allowed_hosts=_list_setting(SB_OTEL_ALLOWED_HOSTS.read()),
-                allowed_origins=_list_setting(SB_OTEL_ALLOWED_ORIGINS.read()),
+                allowed_hosts=list_setting(SB_OTEL_ALLOWED_HOSTS.read()),
+                allowed_origins=list_setting(SB_OTEL_ALLOWED_ORIGINS.read()),
             )
             sock = listener if listener is not None else listening_socket(host, port)
             url = f"http://{host}:{sock.getsockname()[1]}{path}"
@@ -568,7 +568,8 @@ def _positive_int(text: str, name: str) -> int:
     return int(text)
 
 
-def _list_setting(text: str | None) -> list[str]:
+def list_setting(text: str | None) -> list[str]:
+    """A comma-separated setting as its items (``SB_OTEL_ALLOWED_HOSTS``, ``SB_OTEL_ALLOWED_ORIGINS``)."""
     return [item.strip() for item in (text or "").split(",") if item.strip()]
 
 
