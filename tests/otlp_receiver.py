@@ -13,6 +13,13 @@ Usage::
 
 The receiver can be stopped and started again on the same ports (to simulate a flapping collector), and
 ``wait_for`` blocks on a condition variable that is notified on every request, so tests never sleep-poll.
+
+It can also misbehave per signal, as real backends do (:class:`Fault`): refuse a signal it has no pipeline for
+(HTTP 404 / gRPC UNIMPLEMENTED), fail (HTTP 5xx or 429 / gRPC UNAVAILABLE), reject bad data (HTTP 400 / gRPC
+INVALID_ARGUMENT), accept with ``partial_success`` rejections, answer late, or never answer::
+
+    rx.set_fault("metrics", Fault("refuse"))
+    rx.set_fault("traces", Fault("fail", every=2))  # every second trace request answers 500
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from concurrent import futures
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import grpc
@@ -37,7 +45,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
 
-__all__ = ["OtlpReceiver", "Signal", "Transport", "decode_any_value", "decode_attributes"]
+__all__ = ["Fault", "OtlpReceiver", "Signal", "Transport", "decode_any_value", "decode_attributes"]
 
 Signal = Literal["traces", "metrics", "logs"]
 Transport = Literal["grpc", "http"]
@@ -244,6 +252,58 @@ _DECODERS: dict[Signal, Callable[[Any], list[dict[str, Any]]]] = {
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Faults: how a real backend misbehaves, per signal
+# --------------------------------------------------------------------------------------------------------------
+
+FaultKind = Literal["refuse", "fail", "reject", "partial", "delay", "hang"]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What the receiver does to the requests of one signal instead of a plain success.
+
+    * ``refuse``: no pipeline for the signal: HTTP 404, gRPC ``UNIMPLEMENTED``.
+    * ``fail``: a server-side failure: HTTP ``status`` (500 by default; 429, 502, 503 …), gRPC ``UNAVAILABLE``.
+    * ``reject``: bad data: HTTP 400, gRPC ``INVALID_ARGUMENT`` (nothing recorded).
+    * ``partial``: accepted with ``partial_success``: ``rejected`` items refused, with ``message`` (what was
+      accepted is recorded; the first ``rejected`` items of the request are not).
+    * ``delay``: answer (success) after ``seconds``.
+    * ``hang``: never answer (until the receiver stops, or ``seconds`` when given); nothing recorded.
+
+    ``every``: the fault hits every n-th request of the signal (1: all of them); the others succeed.
+    """
+
+    kind: FaultKind
+    every: int = 1
+    status: int = 500
+    seconds: float | None = None
+    rejected: int = 1
+    message: str = "rejected by the test receiver"
+
+
+_HTTP_FAULT_STATUS = {"refuse": 404, "reject": 400}
+_GRPC_FAULT_CODE = {
+    "refuse": grpc.StatusCode.UNIMPLEMENTED,
+    "reject": grpc.StatusCode.INVALID_ARGUMENT,
+    "fail": grpc.StatusCode.UNAVAILABLE,
+}
+_RPC_CODE = {"refuse": code_pb2.UNIMPLEMENTED, "reject": code_pb2.INVALID_ARGUMENT, "fail": code_pb2.UNAVAILABLE}
+_PARTIAL_FIELDS: dict[str, tuple[str, str]] = {
+    "traces": ("rejected_spans", "spans"),
+    "metrics": ("rejected_data_points", "data points"),
+    "logs": ("rejected_log_records", "log records"),
+}
+
+
+class _Refused(Exception):
+    """A fault's answer: the request is not recorded; the transport turns this into its status."""
+
+    def __init__(self, kind: FaultKind, status: int, message: str) -> None:
+        super().__init__(message)
+        self.kind, self.status, self.message = kind, status, message
+
+
+# --------------------------------------------------------------------------------------------------------------
 # gRPC transport
 # --------------------------------------------------------------------------------------------------------------
 
@@ -253,7 +313,7 @@ class _TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):
         self._receiver = receiver
 
     def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._receiver._accept("grpc", "traces", request, _grpc_headers(context))
+        return self._receiver._grpc_export("traces", request, context)
 
 
 class _MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
@@ -261,7 +321,7 @@ class _MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
         self._receiver = receiver
 
     def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._receiver._accept("grpc", "metrics", request, _grpc_headers(context))
+        return self._receiver._grpc_export("metrics", request, context)
 
 
 class _LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):
@@ -269,7 +329,7 @@ class _LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):
         self._receiver = receiver
 
     def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._receiver._accept("grpc", "logs", request, _grpc_headers(context))
+        return self._receiver._grpc_export("logs", request, context)
 
 
 def _grpc_headers(context: grpc.ServicerContext) -> dict[str, str]:
@@ -350,7 +410,14 @@ class _OtlpHttpHandler(http.server.BaseHTTPRequestHandler):
             self._reply_error(400, code_pb2.INVALID_ARGUMENT, f"bad protobuf: {exc}")
             return
         headers = {key.lower(): value for key, value in self.headers.items()}
-        response = self.server.receiver._accept("http", signal, request, headers)
+        try:
+            response = self.server.receiver._faulted("http", signal, request, headers)
+        except _Refused as refused:
+            if refused.kind == "hang":
+                self.close_connection = True  # no answer at all: the client times out
+                return
+            self._reply_error(refused.status, _RPC_CODE.get(refused.kind, code_pb2.INTERNAL), refused.message)
+            return
         self._reply(200, response.SerializeToString())
 
     def _read_body(self) -> bytes:
@@ -428,6 +495,10 @@ class OtlpReceiver:
         self._logs: list[dict[str, Any]] = []
         self._requests: list[dict[str, Any]] = []
         self._counts: dict[tuple[Transport, Signal], int] = {}
+        self._faults: dict[Signal, Fault] = {}
+        self._attempts: dict[Signal, int] = {}
+        self._faulted_counts: dict[tuple[Signal, str], int] = {}
+        self._stopping = threading.Event()
         self._grpc_server: grpc.Server | None = None
         self._grpc_executor: futures.ThreadPoolExecutor | None = None
         self._http_server: _HttpServer | None = None
@@ -453,6 +524,7 @@ class OtlpReceiver:
         with self._lifecycle_lock:
             if self._grpc_server is not None:
                 return
+            self._stopping.clear()
             self._start_grpc()
             try:
                 self._start_http()
@@ -468,6 +540,7 @@ class OtlpReceiver:
         with self._lifecycle_lock:
             if self._grpc_server is None:
                 return
+            self._stopping.set()  # hanging handlers give up, so the servers can stop
             self._stop_http()
             self._stop_grpc(grace)
         with self._cond:
@@ -549,6 +622,74 @@ class OtlpReceiver:
             raise ValueError(f"unknown signal {signal!r}")
         return f"{self.http_endpoint}/v1/{signal}"
 
+    # ---- faults ---------------------------------------------------------------------------------------------
+
+    def set_fault(self, signal: Signal, fault: Fault | None) -> None:
+        """Misbehave for ``signal`` from the next request on (``None``: behave again)."""
+        with self._cond:
+            if fault is None:
+                self._faults.pop(signal, None)
+            else:
+                self._faults[signal] = fault
+
+    def clear_faults(self) -> None:
+        """Behave again for every signal."""
+        with self._cond:
+            self._faults.clear()
+
+    def attempts(self, signal: Signal) -> int:
+        """Requests of ``signal`` that arrived, answered or not (faulted ones included)."""
+        with self._cond:
+            return self._attempts.get(signal, 0)
+
+    def faulted(self, signal: Signal, kind: FaultKind | None = None) -> int:
+        """Requests of ``signal`` that a fault answered (of one ``kind``, or all)."""
+        with self._cond:
+            return sum(n for (s, k), n in self._faulted_counts.items() if s == signal and kind in (None, k))
+
+    def _fault_for(self, signal: Signal) -> Fault | None:
+        """The fault this request meets, if any (counts the attempt)."""
+        with self._cond:
+            attempt = self._attempts.get(signal, 0) + 1
+            self._attempts[signal] = attempt
+            fault = self._faults.get(signal)
+            if fault is None or attempt % max(1, fault.every) != 0:
+                return None
+            key = (signal, fault.kind)
+            self._faulted_counts[key] = self._faulted_counts.get(key, 0) + 1
+            self._cond.notify_all()
+            return fault
+
+    def _faulted(self, transport: Transport, signal: Signal, request: Any, headers: Mapping[str, str]) -> Message:
+        """Record the request unless its signal's fault says otherwise (raises :class:`_Refused`)."""
+        fault = self._fault_for(signal)
+        if fault is None:
+            return self._accept(transport, signal, request, headers)
+        if fault.kind == "delay":
+            self._stopping.wait(fault.seconds or 0.0)
+            return self._accept(transport, signal, request, headers)
+        if fault.kind == "hang":
+            self._stopping.wait(fault.seconds)
+            raise _Refused("hang", 0, "no answer")
+        if fault.kind == "partial":
+            field_name, what = _PARTIAL_FIELDS[signal]
+            kept = _RESPONSE_TYPES[signal]()
+            trimmed = _without_first(signal, request, fault.rejected)
+            self._accept(transport, signal, trimmed, headers)
+            setattr(kept.partial_success, field_name, fault.rejected)
+            kept.partial_success.error_message = f"{fault.message} ({fault.rejected} {what})"
+            return kept
+        status = fault.status if fault.kind == "fail" else _HTTP_FAULT_STATUS[fault.kind]
+        raise _Refused(fault.kind, status, fault.message)
+
+    def _grpc_export(self, signal: Signal, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return self._faulted("grpc", signal, request, _grpc_headers(context))
+        except _Refused as refused:
+            if refused.kind == "hang":
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no answer")
+            context.abort(_GRPC_FAULT_CODE[refused.kind], refused.message)
+
     # ---- recording ------------------------------------------------------------------------------------------
 
     def _accept(self, transport: Transport, signal: Signal, request: Any, headers: Mapping[str, str]) -> Message:
@@ -571,6 +712,8 @@ class OtlpReceiver:
             self._logs.clear()
             self._requests.clear()
             self._counts.clear()
+            self._attempts.clear()
+            self._faulted_counts.clear()
             self._cond.notify_all()
 
     # ---- queries (return copies so callers never race with the server threads) ------------------------------
@@ -668,6 +811,28 @@ class OtlpReceiver:
     def __repr__(self) -> str:
         ports = f"grpc={self._grpc_port or '?'}, http={self._http_port or '?'}"
         return f"<OtlpReceiver {self._host} {ports} {'running' if self.running else 'stopped'}>"
+
+
+_ITEM_PATHS: dict[Signal, tuple[str, str, str]] = {
+    "traces": ("resource_spans", "scope_spans", "spans"),
+    "metrics": ("resource_metrics", "scope_metrics", "metrics"),
+    "logs": ("resource_logs", "scope_logs", "log_records"),
+}
+
+
+def _without_first(signal: Signal, request: Any, count: int) -> Any:
+    """A copy of ``request`` without its first ``count`` items (spans, metrics, log records)."""
+    trimmed = type(request)()
+    trimmed.CopyFrom(request)
+    resources, scopes, items = _ITEM_PATHS[signal]
+    left = count
+    for resource in getattr(trimmed, resources):
+        for scope in getattr(resource, scopes):
+            kept = getattr(scope, items)
+            while left and len(kept):
+                del kept[0]
+                left -= 1
+    return trimmed
 
 
 def _only(items: list[_T], what: str, summary: Callable[[], str]) -> _T:

@@ -41,7 +41,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from tests.otlp_receiver import OtlpReceiver
+from tests.otlp_receiver import Fault, OtlpReceiver
 
 TransportName = Literal["grpc", "http"]
 TRANSPORTS: tuple[TransportName, ...] = ("grpc", "http")
@@ -499,3 +499,115 @@ def test_http_rejects_bad_requests_with_a_status_body(
     assert error.message
     assert rx.request_count() == 0
     assert rx.spans() == []
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Faults: the receiver misbehaves per signal, as real backends do
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _named_spans(*names: str) -> trace_service_pb2.ExportTraceServiceRequest:
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    for index, name in enumerate(names):
+        scope.spans.add(name=name, trace_id=bytes(15) + bytes([1]), span_id=bytes(7) + bytes([index + 1]))
+    return request
+
+
+def _post_raw(rx: OtlpReceiver, signal: str, body: bytes, timeout: float = EXPORT_TIMEOUT) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        rx.http_url(signal),  # type: ignore[arg-type]
+        data=body,
+        headers={"Content-Type": "application/x-protobuf"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def _grpc_raw(rx: OtlpReceiver, request: Any, timeout: float = EXPORT_TIMEOUT) -> tuple[Any, Any]:
+    """(grpc status code, response or None)."""
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{rx.grpc_port}") as channel:
+        stub = trace_service_pb2_grpc.TraceServiceStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            return grpc.StatusCode.OK, stub.Export(request, timeout=timeout)
+        except grpc.RpcError as error:
+            return error.code(), None
+
+
+@pytest.mark.parametrize(
+    ("fault", "http_status", "grpc_code"),
+    [
+        pytest.param(Fault("refuse"), 404, "UNIMPLEMENTED", id="refuse"),
+        pytest.param(Fault("reject"), 400, "INVALID_ARGUMENT", id="reject"),
+        pytest.param(Fault("fail"), 500, "UNAVAILABLE", id="fail"),
+        pytest.param(Fault("fail", status=429), 429, "UNAVAILABLE", id="fail-429"),
+    ],
+)
+def test_a_fault_answers_its_status_and_records_nothing(
+    rx: OtlpReceiver, fault: Fault, http_status: int, grpc_code: str
+) -> None:
+    """A refused, rejected or failed request gets the transport's status and leaves no data behind."""
+    import grpc
+
+    rx.set_fault("traces", fault)
+    status, body = _post_raw(rx, "traces", _named_spans("a").SerializeToString())
+    assert status == http_status
+    assert status_pb2.Status.FromString(body).message == fault.message
+    code, _ = _grpc_raw(rx, _named_spans("b"))
+    assert code == getattr(grpc.StatusCode, grpc_code)
+    assert rx.spans() == []
+    assert (rx.attempts("traces"), rx.faulted("traces", fault.kind)) == (2, 2)
+
+
+def test_a_fault_hits_only_its_signal_and_every_nth_request(rx: OtlpReceiver) -> None:
+    """``every=2`` fails the 2nd, 4th … request; other signals are untouched."""
+    rx.set_fault("traces", Fault("fail", every=2))
+    rx.set_fault("metrics", Fault("refuse"))
+    statuses = [_post_raw(rx, "traces", _named_spans(f"s{n}").SerializeToString())[0] for n in range(4)]
+    assert statuses == [200, 500, 200, 500]
+    assert [s["name"] for s in rx.spans()] == ["s0", "s2"]
+    assert _post_raw(rx, "logs", b"")[0] == 200
+    rx.clear_faults()
+    assert _post_raw(rx, "traces", _named_spans("s4").SerializeToString())[0] == 200
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_partial_success_reports_the_rejected_items_and_records_the_rest(
+    rx: OtlpReceiver, transport: TransportName
+) -> None:
+    rx.set_fault("traces", Fault("partial", rejected=1, message="span too old"))
+    request = _named_spans("bad", "good")
+    if transport == "http":
+        status, body = _post_raw(rx, "traces", request.SerializeToString())
+        assert status == 200
+        response = trace_service_pb2.ExportTraceServiceResponse.FromString(body)
+    else:
+        _, response = _grpc_raw(rx, request)
+    assert response.partial_success.rejected_spans == 1
+    assert response.partial_success.error_message == "span too old (1 spans)"
+    assert [s["name"] for s in rx.spans()] == ["good"]
+
+
+def test_hang_never_answers_until_the_receiver_stops(rx: OtlpReceiver) -> None:
+    """A client with a short timeout gives up; the request is not recorded; stop() is not held up."""
+    rx.set_fault("traces", Fault("hang"))
+    with pytest.raises(OSError, match="timed out"):
+        _post_raw(rx, "traces", _named_spans("x").SerializeToString(), timeout=0.3)
+    code, _ = _grpc_raw(rx, _named_spans("y"), timeout=0.3)
+    assert code.name == "DEADLINE_EXCEEDED"
+    rx.wait_for(lambda r: r.attempts("traces") == 2, message="both attempts")
+    rx.stop()
+    assert rx.spans() == []
+
+
+def test_delay_answers_late_but_records(rx: OtlpReceiver) -> None:
+    rx.set_fault("traces", Fault("delay", seconds=0.2))
+    assert _post_raw(rx, "traces", _named_spans("late").SerializeToString())[0] == 200
+    assert [s["name"] for s in rx.spans()] == ["late"]
