@@ -28,7 +28,7 @@ from sb_otel._telemetry.store_exporter import StoreExporter
 from sb_otel._tracking import row_telemetry as owed
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from sb_otel._tracking.store import InMemorySessionStore, NewSession, SessionEnding, SessionRecord, SessionStore
-from sb_otel.testing import CapturedTelemetry
+from sb_otel.testing import CapturedTelemetry, capture_telemetry
 from tests.conftest import start_payload
 
 # -- the records as dicts ---------------------------------------------------------------------------------------
@@ -225,12 +225,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 
 def _new(event_id: str, *, from_row: bool, minutes: int = 0) -> NewSession:
     at = datetime(2026, 12, 7, 10, minutes, tzinfo=timezone.utc)
-    telemetry = {"span": {"trace_id": "1" * 32, "span_id": "2" * 16, "sampled": True}}
-    return NewSession(event_id, "c", "h", 1, "/", at, at, start_payload(), telemetry, telemetry_from_row=from_row)
+    telemetry = {"span": {"trace_id": "1" * 32, "span_id": "2" * 16, "sampled": True}, owed.FROM_ROW_KEY: from_row}
+    return NewSession(event_id, "c", "h", 1, "/", at, at, start_payload(), telemetry)
 
 
 def test_only_rows_built_from_the_row_owe_records(store: Any) -> None:
-    """The mark is written by the start's own insert, for ``telemetry_from_row`` sessions only; the start's
+    """The mark is written by the start's own insert, for sessions built from their row only; the start's
     records are due at once, the end's not before the session ends."""
     marked, _ = store.create(_new("a", from_row=True))
     store.create(_new("b", from_row=False))
@@ -344,5 +344,31 @@ def test_a_failed_span_export_keeps_the_records_owed(tmp_path: Path) -> None:
         (sent,) = spans.get_finished_spans()
         assert sent.context.span_id == first[0][1].context.span_id
         assert store.owed_row_records(10) == []
+    finally:
+        store.close()
+
+
+def test_an_emit_session_ended_by_an_instrumented_tracker_gets_one_end(tmp_path: Path) -> None:
+    """A shell's session ended through the instrumented tracker (an MCP call, serve's reaper) leaves its end's span
+    and log record to the exporter, which builds them from the row: one of each, not two."""
+    path = tmp_path / "sessions.db"
+    started = emit_fast.track_start("mahavishnu", "bash", 4242, str(tmp_path), {}, str(path))
+    assert started.session_id is not None
+    store = SqliteSessionStore(path)
+    spans, logs = InMemorySpanExporter(), otel_logs.InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    try:
+        with capture_telemetry() as telemetry:
+            tracker = instrument(SessionTracker(SessionLifecycleManager(), store=store), **telemetry.providers)
+            end = {"session_id": started.session_id, "timestamp": datetime.now(timezone.utc).isoformat()}
+            assert asyncio.run(tracker.handle_session_end(end)).status == "ended"
+            assert [log.log_record.event_name for log in telemetry.logs()] == []
+            # the root span goes through the host's pipeline, as for any session it ends
+            assert [span.name for span in telemetry.spans()] == ["end_session", "session mahavishnu"]
+        StoreExporter(store, spans, logs).drain()
+        assert sorted(span.name for span in spans.get_finished_spans()) == [
+            "session.end mahavishnu",
+            "session.start mahavishnu",
+        ]
+        assert [log.log_record.event_name for log in logs.get_finished_logs()] == ["session.start", "session.end"]
     finally:
         store.close()

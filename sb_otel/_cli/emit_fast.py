@@ -35,6 +35,7 @@ from sb_otel._telemetry.shell_plan import ATTRIBUTES_KEY, STATE_KEY, plan_json, 
 from sb_otel._tracking import rules
 from sb_otel._tracking.lifecycle import SessionLifecycleManager
 from sb_otel._tracking.outcome import end_outcome
+from sb_otel._tracking.row_telemetry import FROM_ROW_KEY
 from sb_otel._tracking.store import NewSession, SessionEnding, SessionStore
 from sb_otel._tracking.store_factory import open_store
 
@@ -191,7 +192,6 @@ def _start(
             received_at=started_at,
             start_event=event,
             telemetry=_telemetry(plan, event, answer),
-            telemetry_from_row=True,  # the exporter builds the start's and end's spans and log records from the row
         )
     )
     _log(
@@ -212,12 +212,14 @@ def _start(
 
 
 def _telemetry(plan: dict[str, Any], event: dict[str, Any], answer: Mapping[str, Any]) -> dict[str, Any]:
-    """What an instrumented start stores with the session: the plan, the start attributes, and the
-    ``SB_OTEL_REDACT`` in force (``root_span.REDACT_KEY``), so whoever exports the session later redacts it so."""
+    """What an instrumented start stores with the session — the plan, the start attributes, the ``SB_OTEL_REDACT``
+    in force (``root_span.REDACT_KEY``), so whoever exports the session later redacts it so — and the mark that the
+    exporter builds the start's and end's spans and log records from the row (this path makes none)."""
     telemetry: dict[str, Any] = {
         STATE_KEY: plan,
         ATTRIBUTES_KEY: start_attributes(event, ""),
         "lifecycle": _json_safe(answer),
+        FROM_ROW_KEY: True,
     }
     redact = [item.strip() for item in (SB_OTEL_REDACT.read() or "").split(",") if item.strip()]
     if redact:

@@ -1,15 +1,17 @@
 """Records the exporter still owes a session whose telemetry is built from its row (``sb-otel emit``'s sessions).
 
 ``emit`` is a shell's path and imports no OpenTelemetry SDK, so it cannot make the ``session.start`` span and log
-record an instrumented start makes. It writes a mark instead, in the same statement that creates the row: the
-four records the session is owed (:data:`ALL`). The exporter builds each from the row
-(:mod:`sb_otel._telemetry.row_records`), sends it, and clears its bit only after the exporter reported success, so
-a crash anywhere leaves the bit and the record is sent again, with the same ids (at least once). The start's
-records are due at once; the end's become due when the session ends (its status leaves ``open``): ending needs no
-second write, whoever ends it (``emit end``, the reaper, an MCP call).
+record an instrumented start makes. It says so in the row's telemetry (:data:`FROM_ROW_KEY`), and the store marks
+the four records the session is owed (:data:`ALL`) in the same statement that creates the row. The exporter
+builds each from the row (:mod:`sb_otel._telemetry.row_records`), sends it, and clears its bit only after the
+exporter reported success, so a crash anywhere leaves the bit and the record is sent again, with the same ids (at
+least once). The start's records are due at once; the end's become due when the session ends (its status leaves
+``open``): ending needs no second write, whoever ends it (``emit end``, the reaper, an MCP call).
 
 A row without the mark (``NULL``: an instrumented start, which writes its records to the outbox itself) owes
-nothing here. Partial indexes keep both look-ups proportional to what is owed, not to the open sessions.
+nothing here. An instrumented process that ends (or reaps) a row-built session leaves its end's records to the
+exporter too (:func:`built_from_row`), so they are sent once. Partial indexes keep both look-ups proportional to
+what is owed, not to the open sessions.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from sb_otel._tracking.store import SessionRecord
+    from sb_otel._tracking.store import NewSession, SessionRecord
+
+FROM_ROW_KEY = "from_row"
+"""The key in a session's ``telemetry`` saying its records are built from its row (``true``)."""
 
 START_SPAN = 1
 """The ``session.start {component}`` span."""
@@ -50,6 +55,11 @@ LIVE_MIGRATION = (
 START_OWED_SQL = f"row_telemetry & {START} != 0"
 END_OWED_SQL = f"row_telemetry & {END} != 0 AND status != 'open'"
 """The partial indexes' conditions, written the same way in the queries so that SQLite uses them."""
+
+
+def built_from_row(record: SessionRecord | NewSession) -> bool:
+    """Whether the exporter builds this session's start and end records from its row."""
+    return record.telemetry.get(FROM_ROW_KEY) is True
 
 
 def due(bits: int, is_open: bool) -> int:

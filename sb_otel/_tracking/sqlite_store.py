@@ -40,7 +40,7 @@ from sb_otel._tracking.export_state import (
     OutboxRow,
 )
 from sb_otel._tracking.identity import numbered_session_id, session_id_base
-from sb_otel._tracking.row_telemetry import ALL, END_OWED_SQL, LIVE_MIGRATION, START_OWED_SQL, due
+from sb_otel._tracking.row_telemetry import ALL, END_OWED_SQL, LIVE_MIGRATION, START_OWED_SQL, built_from_row, due
 from sb_otel._tracking.session_counts import (
     COUNTS_MIGRATION,
     EXACT_LENGTHS_MIGRATION,
@@ -700,7 +700,7 @@ def _insert_values(new: NewSession) -> tuple[Any, ...]:
         _iso(new.received_at),
         _json(new.start_event),
         _json(new.telemetry),
-        ALL if new.telemetry_from_row else None,
+        ALL if built_from_row(new) else None,
     )
 
 

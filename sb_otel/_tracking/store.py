@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from sb_otel._tracking.export_state import InMemoryExportState
 from sb_otel._tracking.identity import numbered_session_id, session_id_base
-from sb_otel._tracking.row_telemetry import InMemoryRowTelemetry
+from sb_otel._tracking.row_telemetry import InMemoryRowTelemetry, built_from_row
 from sb_otel._tracking.session_counts import InMemoryCounts, SessionCounts
 from sb_otel._tracking.values import Frozen
 
@@ -39,7 +39,6 @@ class NewSession(Frozen):
         "start_event",
         "started_at",
         "telemetry",
-        "telemetry_from_row",
     )
 
     event_id: str
@@ -56,9 +55,6 @@ class NewSession(Frozen):
     """The validated start event as JSON-ready data."""
     telemetry: Mapping[str, Any]
     """Opaque state for the instrumentation layer (span ids, sampling), stored alongside."""
-    telemetry_from_row: bool
-    """Whether the exporter builds this session's start and end spans and log records from its row (``emit``,
-    which imports no SDK): the store marks them owed in the same write (:mod:`~sb_otel._tracking.row_telemetry`)."""
 
     def __init__(
         self,
@@ -71,8 +67,6 @@ class NewSession(Frozen):
         received_at: datetime,
         start_event: Mapping[str, Any],
         telemetry: Mapping[str, Any] | None = None,
-        *,
-        telemetry_from_row: bool = False,
     ) -> None:
         self._set(
             event_id=event_id,
@@ -84,7 +78,6 @@ class NewSession(Frozen):
             received_at=received_at,
             start_event=start_event,
             telemetry={} if telemetry is None else telemetry,
-            telemetry_from_row=telemetry_from_row,
         )
 
 
@@ -312,7 +305,7 @@ class InMemorySessionStore(InMemoryExportState, InMemoryRowTelemetry):
             )
             self._sessions[record.session_id] = record
             self._by_event[new.event_id] = record.session_id
-            if new.telemetry_from_row:
+            if built_from_row(record):
                 self._mark_row_owed(record.session_id)
             self._counts.on_start(record.component_name, record.start_event.get("shell_type"))
             return record, True
