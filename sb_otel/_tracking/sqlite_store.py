@@ -494,6 +494,14 @@ class SqliteSessionStore:
             rows = self._db.execute(sql, params).fetchall()
         return [_record(row) for row in rows]
 
+    def oldest_open_sessions(self, limit: int) -> list[SessionRecord]:
+        with self._lock, _translated(self.path):  # the sessions_open index, in its order
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM sessions WHERE status = 'open' ORDER BY started_at, session_id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [_record(row) for row in rows]
+
     def count_sessions(self, *, since: datetime | None = None) -> dict[tuple[str, SessionStatus], int]:
         where, params = ("WHERE started_at >= ?", [_iso(since)]) if since is not None else ("", [])
         sql = f"SELECT component_name, status, COUNT(*) FROM sessions {where} GROUP BY component_name, status"

@@ -219,6 +219,15 @@ class SessionStore(Protocol):
 
 
 @runtime_checkable
+class OpenSessionsStore(Protocol):
+    """Stores that list their oldest open sessions cheaply (the exporter reports them while they are open)."""
+
+    def oldest_open_sessions(self, limit: int) -> list[SessionRecord]:
+        """Up to ``limit`` open sessions, oldest start first."""
+        ...
+
+
+@runtime_checkable
 class SessionClaims(Protocol):
     """Claims that make "call the lifecycle manager once" hold across processes sharing a store.
 
@@ -362,6 +371,12 @@ class InMemorySessionStore(InMemoryExportState, InMemoryRowTelemetry):
             ]
         found.sort(key=lambda record: (record.started_at, record.session_id), reverse=True)
         return found if limit is None else found[:limit]
+
+    def oldest_open_sessions(self, limit: int) -> list[SessionRecord]:
+        with self._lock:
+            found = [record for record in self._sessions.values() if record.is_open]
+        found.sort(key=lambda record: (record.started_at, record.session_id))
+        return found[:limit]
 
     def count_sessions(self, *, since: datetime | None = None) -> dict[tuple[str, SessionStatus], int]:
         counts: dict[tuple[str, SessionStatus], int] = {}
