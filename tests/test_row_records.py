@@ -372,3 +372,49 @@ def test_an_emit_session_ended_by_an_instrumented_tracker_gets_one_end(tmp_path:
         assert [log.log_record.event_name for log in logs.get_finished_logs()] == ["session.start", "session.end"]
     finally:
         store.close()
+
+
+def test_a_shell_started_under_sb_otel_redact_is_built_redacted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``emit`` stores the ``SB_OTEL_REDACT`` a shell started under: an exporter given none still redacts its
+    records (the user's name scrubbed from the log body, hashed host name)."""
+    monkeypatch.setenv("SB_OTEL_REDACT", "user.name, host.name:hash")
+    monkeypatch.setenv("USER", "zz-secret-user")
+    path = tmp_path / "sessions.db"
+    started = emit_fast.track_start("mahavishnu", "bash", 4242, str(tmp_path), {}, str(path))
+    assert started.session_id is not None
+    store = SqliteSessionStore(path)
+    try:
+        record = store.get(started.session_id)
+        assert record is not None
+        assert record.telemetry["redact"] == ["user.name", "host.name:hash"]
+        (log,) = [item for bit, item in RowRecords().build(record, owed.START_LOG, Redaction.parse(""))]
+        assert "zz-secret-user" not in str(log_dict(log))
+        assert "Session started: session_id=" in log.log_record.body
+    finally:
+        store.close()
+
+
+def test_a_reaped_shell_ends_abandoned(tmp_path: Path) -> None:
+    """A shell killed without its exit trap, ended by the reaper: its end's log record is the abandoned one
+    (``abnormal``, ``error.type=abandoned``, the reason), for the failed-sessions table."""
+    from sb_otel._service.reaper import reap
+
+    path = tmp_path / "sessions.db"
+    started = emit_fast.track_start("mahavishnu", "bash", 4242, str(tmp_path), {}, str(path))
+    assert started.session_id is not None
+    store = SqliteSessionStore(path)
+    try:
+        (reaped,) = reap(store, only={started.session_id}, is_alive=lambda pid: False, hostname=emit_fast._hostname())
+        assert reaped.reason == "process_gone"
+        (record, due), *_ = store.owed_row_records(10)
+        assert due == owed.ALL
+        records = dict(RowRecords().build(record, due, Redaction.parse("")))
+        attributes = dict(records[owed.END_LOG].log_record.attributes)
+        assert attributes["sb.session.status"] == "abnormal"
+        assert attributes["error.type"] == "abandoned"
+        assert attributes["sb.session.exit_reason"] == "process_gone"
+        assert records[owed.END_SPAN].name == "session.end mahavishnu"
+    finally:
+        store.close()
