@@ -265,7 +265,7 @@ def test_the_sqlite_look_ups_use_their_partial_indexes(tmp_path: Path) -> None:
         for condition in (owed.START_OWED_SQL, owed.END_OWED_SQL):
             plan = store._db.execute(f"EXPLAIN QUERY PLAN SELECT session_id FROM sessions WHERE {condition}")
             assert "sessions_row_" in str(plan.fetchall())
-        assert store.applied_migrations()[-1] == "0008_live_session_telemetry"
+        assert "0008_live_session_telemetry" in store.applied_migrations()
     finally:
         store.close()
 
