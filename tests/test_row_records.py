@@ -322,7 +322,8 @@ def test_emit_start_then_end_reach_the_exporters_once(tmp_path: Path) -> None:
 
 
 def test_a_failed_span_export_keeps_the_records_owed(tmp_path: Path) -> None:
-    """Nothing is cleared before its exporter's success: a retry after a failure sends the same span id."""
+    """Nothing is cleared before its exporter's success: a retry after a failure sends the same span id, and the
+    log record is not held back by the failing spans."""
     path = tmp_path / "sessions.db"
     emit_fast.track_start("mahavishnu", "bash", 4242, str(tmp_path), {}, str(path))
     store = SqliteSessionStore(path)
@@ -337,7 +338,9 @@ def test_a_failed_span_export_keeps_the_records_owed(tmp_path: Path) -> None:
     exporter = StoreExporter(store, spans, logs)
     try:
         assert exporter.drain().failed
-        assert [bits for _, bits in store.owed_row_records(10)] == [owed.START]
+        # The span stays owed; the log record went out all the same (one signal holds back no other).
+        assert [bits for _, bits in store.owed_row_records(10)] == [owed.START_SPAN]
+        assert [log.log_record.event_name for log in logs.get_finished_logs()] == ["session.start"]
         first = RowRecords().build(store.owed_row_records(10)[0][0], owed.START_SPAN, Redaction.parse(""))
         spans.failing = False
         assert exporter.drain().spans == 1

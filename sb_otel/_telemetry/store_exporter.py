@@ -279,10 +279,11 @@ class StoreExporter:
         sent_spans, poison_spans, failed = (
             self._send(spans, self.span_exporter, _spans_encode) if spans else ([], [], False)
         )
-        sent_logs: list[tuple[str, int]] = []
-        poison_logs: list[tuple[str, int]] = []
-        if logs and not failed:
-            sent_logs, poison_logs, failed = self._send(logs, self.log_exporter, _logs_encode)
+        # Logs are tried even when the spans failed: a destination refusing one signal holds back no other.
+        sent_logs, poison_logs, logs_failed = (
+            self._send(logs, self.log_exporter, _logs_encode) if logs else ([], [], False)
+        )
+        failed = failed or logs_failed
         cleared = [*done, *sent_spans, *poison_spans, *sent_logs, *poison_logs]
         if cleared:
             store.mark_row_records_sent(cleared)
