@@ -175,6 +175,12 @@ SB_OTEL_METRIC_LABEL_LIMIT = Setting(
     "store-counted session metrics, per store, set by the last process opening it); later ones are counted as "
     "`_other` (spans and logs keep the real value).",
 )
+SB_OTEL_OPEN_SESSION_SERIES = Setting(
+    env="SB_OTEL_OPEN_SESSION_SERIES",
+    default="`20`",
+    description="How many of the store's oldest open sessions the exporter reports as `sb.session.open.start_time` "
+    "(one series each, its start time: the dashboard's Open sessions panel shows their age); `0` turns it off.",
+)
 SB_OTEL_SESSION_BUDDY_METRICS = Setting(
     env="SB_OTEL_SESSION_BUDDY_METRICS",
     default="`false`",
@@ -261,6 +267,7 @@ SETTINGS: tuple[Setting, ...] = (
     SB_OTEL_EMIT_DRAIN,
     SB_OTEL_JAEGER_URL,
     SB_OTEL_METRIC_LABEL_LIMIT,
+    SB_OTEL_OPEN_SESSION_SERIES,
     SB_OTEL_SESSION_BUDDY_METRICS,
     SB_OTEL_OUTBOX_MAX_ROWS,
     SB_OTEL_OUTBOX_MAX_AGE,

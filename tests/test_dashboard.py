@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -30,9 +33,13 @@ from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, start_http_server
 
 from sb_otel import SessionLifecycleManager, SessionTracker, instrument
+from sb_otel._service.metrics_endpoint import MetricsEndpoint
+from sb_otel._service.server import listening_socket
 from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.instrumentation import InstrumentedSessionTracker
+from sb_otel._telemetry.store_metrics import METRIC_OPEN_START_TIME, register_open_sessions
 from sb_otel._tracking.outcome import ABANDONED
+from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from sb_otel._tracking.store import SessionEnding
 from sb_otel.testing import capture_telemetry
 from tests.logql_check import INSTALL_HINT as LOGQL_INSTALL_HINT
@@ -205,6 +212,7 @@ def instrument_names() -> set[str]:
         sc.METRIC_ACTIVE,
         sc.METRIC_DURATION,
         sc.METRIC_LIFECYCLE_DURATION,
+        METRIC_OPEN_START_TIME,
     }
 
 
@@ -219,15 +227,18 @@ def attribute_keys() -> set[str]:
 
 @pytest.fixture(scope="module")
 def sb_otel_metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, Kind]]:
-    """The five instruments' names, units and kinds, from one real session through the instrumented tracker."""
+    """The instruments' names, units and kinds, from one real session through the instrumented tracker, and the
+    store's open sessions while it was open."""
     cwd = tmp_path_factory.mktemp("project")
     with capture_telemetry() as telemetry:
         tracker = instrument(SessionTracker(SessionLifecycleManager(), store="memory"), **telemetry.providers)
+        register_open_sessions(telemetry.meter_provider, lambda: tracker.store.oldest_open_sessions(20))
         scenario = Scenario(tracker, cwd)
         session_id = asyncio.run(scenario.start("mahavishnu", timedelta(minutes=5)))
         assert session_id is not None
-        asyncio.run(scenario.end(session_id, timedelta(minutes=1), exit_reason="user_exit"))
         kinds = metric_kinds(telemetry.metric_reader.get_metrics_data())
+        asyncio.run(scenario.end(session_id, timedelta(minutes=1), exit_reason="user_exit"))
+        kinds.update(metric_kinds(telemetry.metric_reader.get_metrics_data()))
         tracker.uninstrument()
     assert set(kinds) == instrument_names()
     return kinds
@@ -635,6 +646,7 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(tmp_path: Pat
                 SessionTracker(SessionLifecycleManager(), store="memory"),
                 **{**telemetry.providers, "meter_provider": meter_provider},
             )
+            register_open_sessions(meter_provider, lambda: tracker.store.oldest_open_sessions(20))
             try:
                 scenario = Scenario(tracker, tmp_path)
                 prometheus.wait_for_scrape()
@@ -724,5 +736,104 @@ def check_every_query(prometheus: PrometheusServer, tracker: InstrumentedSession
     }
     assert active == {component: float(open_sessions[component]) for component in COMPONENTS}
     assert sum(values_of(results["Active sessions/A"])) == sum(open_sessions.values())
+    # The open sessions, each with its age at the evaluation instant: the store's, from its start time.
+    ages = {sample["metric"]["session_id"]: float(sample["value"][1]) for sample in results["Open sessions/A"]}
+    stored = {record.session_id: record.started_at for record in tracker.store.list_sessions(status="open")}
+    assert set(ages) == set(stored)
+    for session_id, started in stored.items():
+        assert ages[session_id] == pytest.approx(at - started.timestamp(), abs=0.01)
     (crash_free,) = values_of(results["Crash-free sessions/A"])
     assert 0 < crash_free < 1
+
+
+# -- the Open sessions panel, for bash shells ------------------------------------------------------------------
+
+
+def open_sessions_query(dashboard: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    (found,) = [(panel, target) for panel, target in panel_targets(dashboard) if panel["title"] == "Open sessions"]
+    return found[0], found[1]["expr"]
+
+
+def test_open_sessions_panel_is_a_table_of_ages_oldest_first() -> None:
+    """An instant table of the open sessions (session, component, shell, age in seconds), sorted by age,
+    oldest first."""
+    panel, expr = open_sessions_query(load_dashboard())
+    target = panel["targets"][0]
+    assert (panel["type"], target["format"], target["instant"]) == ("table", "table", True)
+    assert metric_names(expr) == {"sb_session_open_start_time_seconds"}
+    assert expr.startswith("time() - ")
+    organize = next(step for step in panel["transformations"] if step["id"] == "organize")["options"]
+    assert organize["renameByName"]["Value"] == "age"
+    assert {label_name(sc.SESSION_ID), label_name(sc.COMPONENT_NAME), label_name(sc.SHELL_TYPE)} <= set(
+        organize["includeByName"]
+    )
+    (sort,) = next(step for step in panel["transformations"] if step["id"] == "sortBy")["options"]["sort"]
+    assert sort == {"field": "age", "desc": True}
+
+
+def _emit(store: Path, *args: str) -> str:
+    """One ``sb-otel emit`` process, as a bash shell's profile and exit trap run it; its stdout."""
+    env = {**os.environ, "SB_OTEL_STORE": str(store), "SB_OTEL_EMIT_DRAIN": "0"}
+    env.pop("TRACEPARENT", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "sb_otel", "emit", *args], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_open_sessions_of_bash_shells_from_a_real_prometheus(tmp_path: Path) -> None:
+    """Three bash shells start (``sb-otel emit start``, real processes); Prometheus scrapes the store's series
+    (``serve --metrics-port``'s endpoint, the same collection the exporter sends over OTLP): the panel's query
+    lists exactly the open shells with their ages, the oldest the largest. After one shell's ``emit end`` the next
+    scrape drops it; and a session whose series stopped coming for 2 minutes leaves the panel (OTLP-fed series
+    get no staleness marker: Prometheus would show their last sample for 5 minutes)."""
+    try:
+        find_prometheus()
+    except PrometheusNotInstalled:
+        pytest.fail(INSTALL_HINT)
+    store_path = tmp_path / "sessions.db"
+    shells: list[str] = []
+    for pid in (7001, 7002, 7003):
+        out = _emit(store_path, "start", "--component", "mahavishnu", "--shell-type", "bash", "--pid", str(pid))
+        shells.append(out.split("SB_OTEL_SESSION_ID=")[1].split()[0].strip("'"))
+    store = SqliteSessionStore(store_path)
+    endpoint = MetricsEndpoint(store, listening_socket("127.0.0.1", 0), Resource({"service.name": SERVICE}))
+    endpoint.start()
+    target = endpoint.url.removeprefix("http://").removesuffix("/metrics")
+    dashboard = load_dashboard()
+    found = query_variables(dashboard)
+    values = {
+        **GRAFANA_GLOBALS,
+        "service_name": grafana_value(found["service_name"], [ALL], "prometheus"),
+        "component": grafana_value(found["component"], [ALL], "prometheus"),
+    }
+    expr = substitute(open_sessions_query(dashboard)[1], values)
+    try:
+        with PrometheusServer(tmp_path / "prometheus", targets=[target], scrape_interval="250ms") as prometheus:
+            prometheus.wait_for_scrape()
+            at = prometheus.last_scrape()
+            ages = {
+                sample["metric"]["session_id"]: float(sample["value"][1]) for sample in prometheus.query(expr, at=at)
+            }
+            starts = {sid: record.started_at for sid in shells if (record := store.get(sid)) is not None}
+            assert set(ages) == set(shells)
+            for session_id, started in starts.items():
+                assert ages[session_id] == pytest.approx(at - started.timestamp(), abs=0.01)
+            assert sorted(ages, key=ages.__getitem__, reverse=True) == shells  # the first shell is the oldest
+
+            _emit(store_path, "end", shells[1], "--exit-code", "0")
+            prometheus.wait_for_scrape(after=datetime.now(timezone.utc))
+            at = prometheus.last_scrape()
+            assert {sample["metric"]["session_id"] for sample in prometheus.query(expr, at=at)} == {
+                shells[0],
+                shells[2],
+            }
+            # Evaluated 2 minutes after the last sample (as if the exporter had stopped): the panel is empty,
+            # though the series' last samples are still within Prometheus's 5-minute lookback.
+            selector = "sb_session_open_start_time_seconds"
+            assert len(prometheus.query(selector, at=at + 121)) == 2
+            assert prometheus.query(expr, at=at + 121) == []
+    finally:
+        endpoint.stop()
+        store.close()

@@ -34,6 +34,7 @@ from sb_otel._tracking import rules
 from sb_otel._tracking.export_state import new_holder
 from sb_otel._tracking.lifecycle import SessionLifecycleManager
 from sb_otel._tracking.models import EnvironmentInfo, SessionStartEvent, UserInfo
+from sb_otel._tracking.row_telemetry import FROM_ROW_KEY
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from sb_otel._tracking.tracker import SessionTracker
 from sb_otel.testing import capture_telemetry
@@ -158,7 +159,9 @@ def test_the_stored_session_is_what_an_instrumented_start_stores(store: Path, tm
     theirs = theirs_store.get(result.session_id)
     theirs_store.close()
     assert theirs is not None
-    assert set(theirs.telemetry) == set(ours.telemetry)
+    # emit's row says, besides, that the exporter builds its start's and end's records from it
+    assert set(theirs.telemetry) | {FROM_ROW_KEY} == set(ours.telemetry)
+    assert ours.telemetry[FROM_ROW_KEY] is True
     assert set(theirs.telemetry["span"]) == set(ours.telemetry["span"])
     assert {k: v for k, v in theirs.telemetry["attributes"].items() if k != "sb.event.id"} == {
         k: v for k, v in ours.telemetry["attributes"].items() if k != "sb.event.id"

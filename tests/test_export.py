@@ -148,6 +148,42 @@ def test_follow_refuses_a_lease_that_would_lapse_between_rounds_or_a_bad_metric_
         )
 
 
+def test_a_shell_start_landing_before_the_release_is_drained_too(tmp_path: Path) -> None:
+    """The same for a shell's ``emit start``, whose start records the exporter builds from the row: sent by the
+    look after the release, not left until the shell's end starts the next drainer."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from sb_otel._cli import emit_fast
+    from sb_otel._cli.export import _drain_until_empty
+    from sb_otel._telemetry import otel_logs
+    from sb_otel._telemetry.store_exporter import StoreExporter
+
+    path = tmp_path / "sessions.db"
+    store = SqliteSessionStore(path)
+    try:
+        logs = otel_logs.InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+        spans = InMemorySpanExporter()
+        exporter = StoreExporter(store, spans, logs)
+        real_drain = exporter.drain
+        drains: list[int] = []
+
+        def drain_then_a_shell_starts(**kwargs: Any) -> Any:
+            report = real_drain(**kwargs)
+            if not drains:  # after the last read of the first drain, before its release
+                assert emit_fast.track_start("web", "bash", 4242, str(tmp_path), {}, str(path)).session_id
+            drains.append(report.logs)
+            return report
+
+        exporter.drain = drain_then_a_shell_starts  # type: ignore[method-assign]
+        _drain_until_empty(exporter, store)
+        exporter.release()
+        assert drains == [0, 1]
+        assert [span.name for span in spans.get_finished_spans()] == ["session.start web"]
+        assert store.owed_row_records(10) == []
+    finally:
+        store.close()
+
+
 def test_a_write_landing_before_the_release_is_drained_too(tmp_path: Path) -> None:
     """An emit that wrote after the drain's last read and saw the lease still held started no drainer: the
     exporter looks again after releasing the lease, and sends that record as well."""

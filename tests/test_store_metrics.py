@@ -22,8 +22,10 @@ from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.store_exporter import StoreExporter
 from sb_otel._telemetry.store_metrics import (
     METRIC_CRASH_FREE,
+    METRIC_OPEN_START_TIME,
     StoreSessionMetrics,
     mark_store_counted,
+    open_session_series,
     register_session_instruments,
 )
 from sb_otel._tracking.lifecycle import SessionLifecycleManager
@@ -245,3 +247,64 @@ def test_a_self_collecting_reader_gets_the_same_completed_series(tmp_path: Path)
         metrics.collect()
     metrics.shutdown()
     store.close()
+
+
+# -- the open sessions ------------------------------------------------------------------------------------------
+
+
+def _open_points(metrics: StoreSessionMetrics) -> list[tuple[str, float, dict[str, Any]]]:
+    points = _points(metrics.collect(), METRIC_OPEN_START_TIME)
+    return sorted(
+        ((p.attributes[sc.SESSION_ID], p.value, dict(p.attributes)) for p in points), key=lambda point: point[1]
+    )
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_the_oldest_open_sessions_are_one_series_each_valued_at_their_start(kind: str, tmp_path: Path) -> None:
+    """``sb.session.open.start_time``: the N oldest open sessions, each its own series (session id, component,
+    shell type) whose value is its start; an ended session leaves, the next oldest takes its place."""
+    store = InMemorySessionStore() if kind == "memory" else SqliteSessionStore(tmp_path / "s.db")
+    starts = [T0 + timedelta(minutes=minutes) for minutes in (30, 0, 10, 20)]
+    ids = [
+        store.create(NewSession(f"e{n}", "web", "host", 1, "/", at, at, {"shell_type": "bash"}))[0].session_id
+        for n, at in enumerate(starts)
+    ]
+    metrics = StoreSessionMetrics(store, _Captured(), open_sessions=3)
+    try:
+        shown = _open_points(metrics)
+        assert [(sid, value) for sid, value, _ in shown] == [
+            (ids[1], T0.timestamp()),
+            (ids[2], (T0 + timedelta(minutes=10)).timestamp()),
+            (ids[3], (T0 + timedelta(minutes=20)).timestamp()),
+        ]
+        assert shown[0][2] == {sc.SESSION_ID: ids[1], sc.COMPONENT_NAME: "web", sc.SHELL_TYPE: "bash"}
+        store.finish(ids[1], SessionEnding("exited", T0 + timedelta(hours=1)))
+        assert [sid for sid, _, _ in _open_points(metrics)] == [ids[2], ids[3], ids[0]]
+    finally:
+        metrics.shutdown()
+        store.close()
+
+
+def test_a_shell_clock_ahead_counts_from_arrival() -> None:
+    """A start stamped in the future (a shell clock ahead by over a second) shows its age from when it arrived,
+    as the session span starts then: never a negative age."""
+    store = InMemorySessionStore()
+    ahead = T0 + timedelta(minutes=5)
+    store.create(NewSession("e", "web", "host", 1, "/", ahead, T0, {"shell_type": "bash"}))
+    metrics = StoreSessionMetrics(store, _Captured(), open_sessions=5)
+    assert [value for _, value, _ in _open_points(metrics)] == [T0.timestamp()]
+
+
+def test_no_open_session_series_when_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``SB_OTEL_OPEN_SESSION_SERIES=0``: the gauge is not even registered."""
+    monkeypatch.setenv("SB_OTEL_OPEN_SESSION_SERIES", "0")
+    metrics = StoreSessionMetrics(_filled_store(), _Captured())
+    assert _points(metrics.collect(), METRIC_OPEN_START_TIME) == []
+    assert _points(metrics.collect(), sc.METRIC_ACTIVE) != []
+
+
+@pytest.mark.parametrize(("text", "expected"), [(None, 20), ("5", 5), ("0", 0), ("-1", 20), ("many", 20)])
+def test_the_open_session_series_setting(text: str | None, expected: int, caplog: pytest.LogCaptureFixture) -> None:
+    """A whole number from 0; anything else warns, naming the setting, and keeps 20."""
+    assert open_session_series(text) == expected
+    assert ("SB_OTEL_OPEN_SESSION_SERIES" in caplog.text) == (text in ("-1", "many"))

@@ -12,8 +12,10 @@ the tracker does for a start or an end, by the same rules and through the same s
 * the default lifecycle manager is called in this thread (no event loop), the session is written with its span
   plan (:mod:`sb_otel._telemetry.shell_plan`) and start attributes exactly as an instrumented start stores them,
   and the seed's log lines are written to the ``sb_otel`` logger;
-* nothing is exported here: after writing the store, a detached ``sb-otel export`` is started (unless
-  ``SB_OTEL_EMIT_DRAIN=0``), which sends the session's root span when the store marks it pending.
+* nothing is exported here: the row is marked as owing its start's and end's spans and log records, which the
+  exporter builds from it (:mod:`sb_otel._tracking.row_telemetry`); after writing the store, a detached
+  ``sb-otel export`` is started (unless ``SB_OTEL_EMIT_DRAIN=0``), which sends them, and the session's root span
+  when the store marks it pending.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sb_otel._settings import SB_OTEL_EMIT_DRAIN, SB_OTEL_SESSION_ID, SB_OTEL_STORE, data_dir
+from sb_otel._settings import SB_OTEL_EMIT_DRAIN, SB_OTEL_REDACT, SB_OTEL_SESSION_ID, SB_OTEL_STORE, data_dir
 from sb_otel._telemetry.attributes import start_attributes
 from sb_otel._telemetry.shell_plan import ATTRIBUTES_KEY, STATE_KEY, plan_json, traceparent_of
 from sb_otel._tracking import rules
 from sb_otel._tracking.lifecycle import SessionLifecycleManager
 from sb_otel._tracking.outcome import end_outcome
+from sb_otel._tracking.row_telemetry import FROM_ROW_KEY
 from sb_otel._tracking.store import NewSession, SessionEnding, SessionStore
 from sb_otel._tracking.store_factory import open_store
 
@@ -188,11 +191,7 @@ def _start(
             started_at=started_at,
             received_at=started_at,
             start_event=event,
-            telemetry={
-                STATE_KEY: plan,
-                ATTRIBUTES_KEY: start_attributes(event, ""),
-                "lifecycle": _json_safe(answer),
-            },
+            telemetry=_telemetry(plan, event, answer),
         )
     )
     _log(
@@ -210,6 +209,22 @@ def _start(
         **{"session.id": record.session_id, "sb.component.name": event["component_name"]},
     )
     return record.session_id, traceparent_of(record.telemetry.get(STATE_KEY) or plan)
+
+
+def _telemetry(plan: dict[str, Any], event: dict[str, Any], answer: Mapping[str, Any]) -> dict[str, Any]:
+    """What an instrumented start stores with the session — the plan, the start attributes, the ``SB_OTEL_REDACT``
+    in force (``root_span.REDACT_KEY``), so whoever exports the session later redacts it so — and the mark that the
+    exporter builds the start's and end's spans and log records from the row (this path makes none)."""
+    telemetry: dict[str, Any] = {
+        STATE_KEY: plan,
+        ATTRIBUTES_KEY: start_attributes(event, ""),
+        "lifecycle": _json_safe(answer),
+        FROM_ROW_KEY: True,
+    }
+    redact = [item.strip() for item in (SB_OTEL_REDACT.read() or "").split(",") if item.strip()]
+    if redact:
+        telemetry["redact"] = redact
+    return telemetry
 
 
 def _start_failed(component: object, shell_type: object, pid: object, error: str) -> StartAnswer:

@@ -13,6 +13,7 @@ from sb_otel._settings import parse_duration
 from sb_otel._telemetry.configure import standalone_exporter
 from sb_otel._telemetry.store_exporter import DrainReport, StoreExporter, series_interval_s
 from sb_otel._tracking.export_state import TelemetryStore
+from sb_otel._tracking.row_telemetry import RowTelemetryStore
 from sb_otel._tracking.store_factory import open_store
 
 
@@ -81,7 +82,7 @@ def _drain_until_empty(exporter: StoreExporter, store: TelemetryStore) -> DrainR
     while report.lease_held and not report.failed:
         exporter.release()
         waiting = store.export_backlog()
-        if not (waiting.pending_root_spans or sum(waiting.outbox.values())):
+        if not (waiting.pending_root_spans or sum(waiting.outbox.values()) or _owes_row_records(store)):
             break
         again = exporter.drain()
         progress = again.exported + again.poison + sum(again.dropped.values())
@@ -89,6 +90,11 @@ def _drain_until_empty(exporter: StoreExporter, store: TelemetryStore) -> DrainR
         if not progress:
             break  # another exporter took the lease after our release (it sends the rest)
     return report
+
+
+def _owes_row_records(store: TelemetryStore) -> bool:
+    """Whether a session built from its row (a shell's ``emit start``) still waits for its records."""
+    return isinstance(store, RowTelemetryStore) and bool(store.owed_row_records(1))
 
 
 def _merged(first: DrainReport, then: DrainReport) -> DrainReport:

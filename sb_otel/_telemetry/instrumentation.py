@@ -64,6 +64,7 @@ from sb_otel._tracking.foreign import ForeignTracker, as_event
 from sb_otel._tracking.log_lines import ended_line, started_line
 from sb_otel._tracking.models import SessionEndEvent, SessionEndResult, SessionStartEvent, SessionStartResult
 from sb_otel._tracking.outcome import Outcome, end_outcome
+from sb_otel._tracking.row_telemetry import built_from_row
 from sb_otel._tracking.seam import UNREAD, Known, TrackingSeam, offers_seam
 from sb_otel._tracking.store import SessionRecord, SessionStore
 from sb_otel._tracking.tracker import EVENT_LINE_MARKER, SESSION_ENDED_LINE, SESSION_STARTED_LINE
@@ -337,7 +338,7 @@ class InstrumentedSessionTracker:
         known: Known = record if record is not None else UNREAD
         planned = self._guard(SessionTelemetry.of, record) if record is not None else None
         given = event if self._foreign else end
-        if record is None or planned is None:
+        if record is None or planned is None or built_from_row(record):  # the exporter builds its end from the row
             result, ended = await self._inner_end(given, known)
         else:
             name = f"session.end {record.component_name}"
@@ -393,6 +394,8 @@ class InstrumentedSessionTracker:
             export_root_span(self._tracer, record, outcome, planned, self._redaction, attributes)
             if isinstance(self.store, TelemetryStore):
                 self.store.mark_root_spans_exported([record.session_id])
+        if built_from_row(record):
+            return  # its end's log record is built from the row by the exporter (emit's sessions): sent once
         with _current(planned.plan.child_context()) if planned is not None else contextlib.nullcontext():
             self._emit_event(sc.EVENT_SESSION_END, line, attributes, None)
 

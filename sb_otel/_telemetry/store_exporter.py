@@ -48,7 +48,9 @@ from sb_otel._telemetry.attributes import Redaction
 from sb_otel._telemetry.outbox import Outbox
 from sb_otel._telemetry.outbox_codec import LOGS, SPANS, decode_log, decode_span
 from sb_otel._telemetry.root_span import SessionTelemetry, export_root_span, record_outcome, stored_redaction
+from sb_otel._telemetry.row_records import RowRecords
 from sb_otel._telemetry.store_metrics import StoreSessionMetrics
+from sb_otel._tracking import row_telemetry
 from sb_otel._tracking.export_state import TelemetryStore, holder_gone, new_holder
 from sb_otel._tracking.session_counts import SessionCountsStore
 from sb_otel._tracking.store import SessionRecord
@@ -168,6 +170,7 @@ class StoreExporter:
         self.metric_exporter = metric_exporter
         self.metrics_interval_s = metrics_interval_s
         self._metrics_due = 0.0
+        self._row_records = RowRecords(resource)
 
     # -- the lease ----------------------------------------------------------------------------------------
 
@@ -215,7 +218,8 @@ class StoreExporter:
                 if deadline is not None and time.monotonic() > deadline:
                     break
                 rounds += 1
-                sent = self._root_round(report) + self._outbox_round(SPANS, report) + self._outbox_round(LOGS, report)
+                sent = self._row_round(report) + self._root_round(report)
+                sent += self._outbox_round(SPANS, report) + self._outbox_round(LOGS, report)
                 if report.failed or sent == 0:
                     break
             for reason, count in self.outbox.trim().items():
@@ -243,6 +247,52 @@ class StoreExporter:
         report.metrics_exported = accepted == MetricExportResult.SUCCESS
         report.failed = report.failed or not report.metrics_exported
         self._metrics_due = time.monotonic() + self.metrics_interval_s
+
+    def _row_round(self, report: DrainReport) -> int:
+        """The records sessions built from their row still owe (``emit``'s: :mod:`sb_otel._telemetry.row_records`):
+        their start's span and log record as they start, their end's as they end. Each owed bit is cleared only
+        after its exporter reported success (or the record was dropped as poison): at least once, same ids."""
+        store = self.store
+        signals = (row_telemetry.SPANS if self.span_exporter is not None else 0) | (
+            row_telemetry.LOGS if self.log_exporter is not None else 0
+        )
+        if report.failed or not signals or not isinstance(store, row_telemetry.RowTelemetryStore):
+            return 0
+        owed = store.owed_row_records(self.batch_size, signals)
+        if not owed:
+            return 0
+        spans: list[tuple[tuple[str, int], Any]] = []
+        logs: list[tuple[tuple[str, int], Any]] = []
+        done: list[tuple[str, int]] = []  # nothing to send (no plan, unsampled) or unbuildable: never will be
+        for record, due in owed:
+            try:
+                built = self._row_records.build(record, due, self._redaction)
+            except Exception:
+                _log.warning("sb-otel could not build the records of %s; dropped", record.session_id, exc_info=True)
+                self._count_poison("session record", [record.session_id], report)
+                built = []
+            for bit, item in built:
+                (spans if bit & row_telemetry.SPANS else logs).append(((record.session_id, bit), item))
+            made = sum(bit for bit, _ in built)
+            if due & ~made:
+                done.append((record.session_id, due & ~made))
+        sent_spans, poison_spans, failed = (
+            self._send(spans, self.span_exporter, _spans_encode) if spans else ([], [], False)
+        )
+        # Logs are tried even when the spans failed: a destination refusing one signal holds back no other.
+        sent_logs, poison_logs, logs_failed = (
+            self._send(logs, self.log_exporter, _logs_encode) if logs else ([], [], False)
+        )
+        failed = failed or logs_failed
+        cleared = [*done, *sent_spans, *poison_spans, *sent_logs, *poison_logs]
+        if cleared:
+            store.mark_row_records_sent(cleared)
+        self._count_poison("span", poison_spans, report)
+        self._count_poison("log record", poison_logs, report)
+        report.spans += len(sent_spans)
+        report.logs += len(sent_logs)
+        report.failed = report.failed or failed
+        return len(cleared)
 
     def _root_round(self, report: DrainReport) -> int:
         if self.span_exporter is None:  # the host's own tracing: root spans are not ours to send

@@ -3,7 +3,12 @@
 ``sb.session.started``, ``sb.session.ended`` (ObservableCounters), ``sb.session.active`` (an
 ObservableUpDownCounter: open sessions by component) and ``sb.session.crash_free`` (an ObservableGauge: the
 ratio of ended sessions that exited normally, by component) are SDK observable instruments whose callbacks read
-:meth:`~sb_otel._tracking.session_counts.SessionCountsStore.session_counts`. The SDK has no observable
+:meth:`~sb_otel._tracking.session_counts.SessionCountsStore.session_counts`. ``sb.session.open.start_time`` (an
+ObservableGauge) lists the store's oldest open sessions, one series each (``session.id``, component, shell type),
+its value the session's start in Unix seconds: a dashboard shows what is open now and for how long
+(``time() - value``), for every session, ``emit``'s included (:mod:`sb_otel._telemetry.row_records` says why a
+gauge rather than an in-progress span). ``SB_OTEL_OPEN_SESSION_SERIES`` bounds how many (20): a bounded number
+of series at a time, each gone when its session ends. The SDK has no observable
 histogram, so ``sb.session.duration`` is built from the store's bucket counts as the SDK's own histogram data
 (``HistogramDataPoint``, cumulative, the same boundaries) and handed to the same OTLP metric exporter in the
 same export call.
@@ -46,9 +51,12 @@ from sb_otel._telemetry.session_buddy_metrics import (
     session_buddy_metrics_enabled,
 )
 from sb_otel._tracking.session_counts import SESSION_DURATION_BUCKETS, SessionCounts, SessionCountsStore
+from sb_otel._tracking.store import OpenSessionsStore, SessionRecord
 from sb_otel._version import __version__
 
 METRIC_CRASH_FREE = "sb.session.crash_free"
+METRIC_OPEN_START_TIME = "sb.session.open.start_time"
+DEFAULT_OPEN_SESSION_SERIES = 20
 STORE_METRICS = (sc.METRIC_STARTED, sc.METRIC_ENDED, sc.METRIC_ACTIVE, sc.METRIC_DURATION, METRIC_CRASH_FREE)
 """The store-derived series; the instrumentation no longer records the first four per process."""
 
@@ -111,6 +119,56 @@ def register_session_instruments(meter_provider: MeterProvider, counts: Callable
     )
 
 
+def open_session_series(value: str | None = None) -> int:
+    """How many open sessions to report (``SB_OTEL_OPEN_SESSION_SERIES``); a value that is not a whole number from 0
+    warns once and keeps the default: a metric setting never stops the exporter."""
+    from sb_otel._settings import SB_OTEL_OPEN_SESSION_SERIES
+
+    text = value if value is not None else SB_OTEL_OPEN_SESSION_SERIES.read()
+    if text is None or not text.strip():
+        return DEFAULT_OPEN_SESSION_SERIES
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if number < 0:
+        import logging
+
+        logging.getLogger("sb_otel.metrics").warning(
+            "SB_OTEL_OPEN_SESSION_SERIES must be a whole number from 0 (how many open sessions to report), "
+            "not %r; using %d",
+            text,
+            DEFAULT_OPEN_SESSION_SERIES,
+        )
+        return DEFAULT_OPEN_SESSION_SERIES
+    return number
+
+
+def register_open_sessions(meter_provider: MeterProvider, oldest: Callable[[], list[SessionRecord]]) -> None:
+    """``sb.session.open.start_time`` on ``meter_provider``: one point per session ``oldest()`` lists (the store's
+    oldest open ones), valued at its start (Unix seconds; a shell clock ahead of ours counts from arrival)."""
+    meter = meter_provider.get_meter(sc.INSTRUMENTATION_SCOPE, __version__)
+
+    def observe(options: CallbackOptions) -> Iterable[Observation]:
+        for record in oldest():
+            start = record.started_at
+            if (start - record.received_at).total_seconds() > 1:  # as the session span does (root_span.span_times)
+                start = record.received_at
+            attributes = {
+                sc.SESSION_ID: record.session_id,
+                sc.COMPONENT_NAME: record.component_name,
+                sc.SHELL_TYPE: str(record.start_event.get("shell_type") or ""),
+            }
+            yield Observation(start.timestamp(), attributes)
+
+    meter.create_observable_gauge(
+        METRIC_OPEN_START_TIME,
+        [observe],
+        unit="s",
+        description="When each of the store's oldest open sessions started (Unix time); age = now - value.",
+    )
+
+
 def _ended_by_component(counts: SessionCounts) -> dict[str, tuple[int, int]]:
     totals: dict[str, tuple[int, int]] = {}
     for (component, status), value in counts.ended.items():
@@ -151,7 +209,8 @@ class StoreSessionMetrics:
 
     ``session_buddy_names``: also report session-buddy's names (default: ``SB_OTEL_SESSION_BUDDY_METRICS``).
     ``reader``: a metric reader that collects by itself (the scrape endpoint's ``PrometheusMetricReader``) instead
-    of the in-memory one :meth:`collect` reads; it hands what it collected to :meth:`completed`."""
+    of the in-memory one :meth:`collect` reads; it hands what it collected to :meth:`completed`.
+    ``open_sessions``: how many of the oldest open sessions to report (default ``SB_OTEL_OPEN_SESSION_SERIES``)."""
 
     def __init__(
         self,
@@ -161,6 +220,7 @@ class StoreSessionMetrics:
         *,
         session_buddy_names: bool | None = None,
         reader: MetricReader | None = None,
+        open_sessions: int | None = None,
     ) -> None:
         self.store = store
         self.exporter = exporter
@@ -172,6 +232,9 @@ class StoreSessionMetrics:
         self._reader = reader or InMemoryMetricReader(preferred_temporality=_cumulative())
         self._provider = SdkMeterProvider(resource=self.resource, metric_readers=[self._reader], shutdown_on_exit=False)
         register_session_instruments(self._provider, self._current)
+        limit = open_session_series() if open_sessions is None else open_sessions
+        if limit > 0 and isinstance(store, OpenSessionsStore):
+            register_open_sessions(self._provider, lambda: store.oldest_open_sessions(limit))
         self.session_buddy_names = (
             session_buddy_metrics_enabled() if session_buddy_names is None else session_buddy_names
         )

@@ -40,6 +40,7 @@ from sb_otel._tracking.export_state import (
     OutboxRow,
 )
 from sb_otel._tracking.identity import numbered_session_id, session_id_base
+from sb_otel._tracking.row_telemetry import ALL, END_OWED_SQL, LIVE_MIGRATION, START_OWED_SQL, built_from_row, due
 from sb_otel._tracking.session_counts import (
     COUNTS_MIGRATION,
     EXACT_LENGTHS_MIGRATION,
@@ -92,6 +93,7 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     TELEMETRY_MIGRATION,  # pending root spans, the outbox, the exporter lease (sb_otel/_tracking/export_state.py)
     COUNTS_MIGRATION,  # session counts kept by triggers (sb_otel/_tracking/session_counts.py)
     EXACT_LENGTHS_MIGRATION,
+    LIVE_MIGRATION,  # records owed by sessions built from their row (sb_otel/_tracking/row_telemetry.py)
 )
 """Named schema migrations, applied in order, each in its own transaction. Append; never edit."""
 
@@ -105,7 +107,7 @@ _ORDINAL_HINTS = 256
 """How many recent id bases (component + second) this process remembers the last ordinal of."""
 
 _INSERT = (
-    f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 'open', ?, ?, NULL, ?, NULL, ?) "
+    f"INSERT INTO sessions ({_COLUMNS}, row_telemetry) VALUES (?, ?, ?, ?, ?, ?, 'open', ?, ?, NULL, ?, NULL, ?, ?) "
     "ON CONFLICT (session_id) DO NOTHING RETURNING session_id"
 )
 """Insert a new open session; returns no row (instead of failing) when the id is taken."""
@@ -492,6 +494,14 @@ class SqliteSessionStore:
             rows = self._db.execute(sql, params).fetchall()
         return [_record(row) for row in rows]
 
+    def oldest_open_sessions(self, limit: int) -> list[SessionRecord]:
+        with self._lock, _translated(self.path):  # the sessions_open index, in its order
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM sessions WHERE status = 'open' ORDER BY started_at, session_id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [_record(row) for row in rows]
+
     def count_sessions(self, *, since: datetime | None = None) -> dict[tuple[str, SessionStatus], int]:
         where, params = ("WHERE started_at >= ?", [_iso(since)]) if since is not None else ("", [])
         sql = f"SELECT component_name, status, COUNT(*) FROM sessions {where} GROUP BY component_name, status"
@@ -550,6 +560,28 @@ class SqliteSessionStore:
                 (limit,),
             ).fetchall()
         return [_record(row) for row in rows]
+
+    def owed_row_records(self, limit: int, signals: int = ALL) -> list[tuple[SessionRecord, int]]:
+        # Two look-ups, each on its partial index: what starts owe, then what ends owe.
+        found: dict[str, tuple[SessionRecord, int]] = {}
+        with self._lock, _translated(self.path):
+            for condition, order in ((START_OWED_SQL, "started_at"), (END_OWED_SQL, "ended_at")):
+                rows = self._db.execute(
+                    f"SELECT {_COLUMNS}, row_telemetry FROM sessions WHERE {condition} AND row_telemetry & ? != 0 "
+                    f"ORDER BY {order}, session_id LIMIT ?",
+                    (signals, limit),
+                ).fetchall()
+                for row in rows:
+                    record = _record(row[:-1])
+                    found[record.session_id] = (record, due(row[-1], record.is_open) & signals)
+        return [pair for pair in found.values() if pair[1]][:limit]
+
+    def mark_row_records_sent(self, sent: Sequence[tuple[str, int]]) -> None:
+        with self._write() as db:
+            db.executemany(
+                "UPDATE sessions SET row_telemetry = NULLIF(row_telemetry & ~?, 0) WHERE session_id = ?",
+                [(bits, session_id) for session_id, bits in sent],
+            )
 
     def mark_root_spans_exported(self, session_ids: Sequence[str]) -> None:
         with self._write() as db:
@@ -676,6 +708,7 @@ def _insert_values(new: NewSession) -> tuple[Any, ...]:
         _iso(new.received_at),
         _json(new.start_event),
         _json(new.telemetry),
+        ALL if built_from_row(new) else None,
     )
 
 

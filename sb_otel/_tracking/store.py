@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from sb_otel._tracking.export_state import InMemoryExportState
 from sb_otel._tracking.identity import numbered_session_id, session_id_base
+from sb_otel._tracking.row_telemetry import InMemoryRowTelemetry, built_from_row
 from sb_otel._tracking.session_counts import InMemoryCounts, SessionCounts
 from sb_otel._tracking.values import Frozen
 
@@ -218,6 +219,15 @@ class SessionStore(Protocol):
 
 
 @runtime_checkable
+class OpenSessionsStore(Protocol):
+    """Stores that list their oldest open sessions cheaply (the exporter reports them while they are open)."""
+
+    def oldest_open_sessions(self, limit: int) -> list[SessionRecord]:
+        """Up to ``limit`` open sessions, oldest start first."""
+        ...
+
+
+@runtime_checkable
 class SessionClaims(Protocol):
     """Claims that make "call the lifecycle manager once" hold across processes sharing a store.
 
@@ -244,7 +254,7 @@ class SessionClaims(Protocol):
         ...
 
 
-class InMemorySessionStore(InMemoryExportState):
+class InMemorySessionStore(InMemoryExportState, InMemoryRowTelemetry):
     """A process-local store for tests and ``SB_OTEL_STORE=memory``: same semantics, no durability."""
 
     def __init__(self) -> None:
@@ -304,6 +314,8 @@ class InMemorySessionStore(InMemoryExportState):
             )
             self._sessions[record.session_id] = record
             self._by_event[new.event_id] = record.session_id
+            if built_from_row(record):
+                self._mark_row_owed(record.session_id)
             self._counts.on_start(record.component_name, record.start_event.get("shell_type"))
             return record, True
 
@@ -359,6 +371,12 @@ class InMemorySessionStore(InMemoryExportState):
             ]
         found.sort(key=lambda record: (record.started_at, record.session_id), reverse=True)
         return found if limit is None else found[:limit]
+
+    def oldest_open_sessions(self, limit: int) -> list[SessionRecord]:
+        with self._lock:
+            found = [record for record in self._sessions.values() if record.is_open]
+        found.sort(key=lambda record: (record.started_at, record.session_id))
+        return found[:limit]
 
     def count_sessions(self, *, since: datetime | None = None) -> dict[tuple[str, SessionStatus], int]:
         counts: dict[tuple[str, SessionStatus], int] = {}

@@ -1,0 +1,214 @@
+"""A session's start and end spans and log records, built from its stored row by the exporter.
+
+``sb-otel emit`` runs in a shell's start-up and imports no OpenTelemetry SDK, so it cannot make what an
+instrumented start makes at once: the ``session.start {component}`` span and the ``session.start`` log record (nor,
+at the end, ``session.end {component}`` and the ``session.end`` log record). It marks its row as owing them
+(:mod:`sb_otel._tracking.row_telemetry`) and the exporter builds them here, through the SDK's own tracer and
+logger (resource, limits, scope), the same as the tracker's: names, attributes, the seed's INFO lines as bodies,
+the session's trace (the start's log record in the ``session.start`` span, the end's in the session span), and the
+redaction the session started under. What only the row cannot tell is left out: the lifecycle manager's spans
+beneath the children, and the children's duration (each is zero-length, at the session span's start or end).
+
+Ids are deterministic from the row: a child's span id is derived from the session span's planned ids and its
+kind, and each log record's timestamps are the session's, so a record sent again after a crash (the mark is
+cleared only after the exporter's success: at least once) carries the same ids and times, and backends that
+deduplicate (Loki: same stream, time and line) keep one.
+
+**How an open session is findable** (DESIGN.md, "Live sessions"). Tracing backends show a span when it ends, and
+none agrees on in-progress spans: Logfire sends a *pending span* at start (a zero-length span of its own type that
+its backend replaces by the real one); Datadog sends *partial* versions of a long-running span that its backend
+merges; OpenTelemetry's specification has no in-progress span (the proposals to export spans at start or
+periodically, and to emit a span-start event, remain open); Jaeger's maintainers advise a short span that starts
+the work and another that ends it, since Jaeger shows only spans with a duration, and a second span with the same
+id is a warning there. So sb-otel sends no root span before the end (nothing a backend would have to merge or
+replace): the session's trace appears at once with its short ``session.start`` child and the start log record, and
+the root span completes it at the end. To list what is open now, the exporter reports the oldest open sessions
+from the store as a gauge (:mod:`sb_otel._telemetry.store_metrics`), which the dashboard's "Open sessions" panel
+shows with their age.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags, set_span_in_context
+from opentelemetry.util.types import AttributeValue
+
+from sb_otel._telemetry import otel_logs as otel_logs
+from sb_otel._telemetry import semconv as sc
+from sb_otel._telemetry.attributes import Redaction, event_attributes
+from sb_otel._telemetry.root_span import SessionTelemetry, record_outcome, root_attributes, span_times, stored_redaction
+from sb_otel._telemetry.session_span import SessionSpanPlan, export_session_span
+from sb_otel._tracking.log_lines import ended_line, started_line
+from sb_otel._tracking.row_telemetry import END_LOG, END_SPAN, START_LOG, START_SPAN
+from sb_otel._tracking.store import SessionRecord
+from sb_otel._version import __version__
+
+_KINDS = {START_SPAN: "session.start", END_SPAN: "session.end"}
+
+
+def child_span_id(plan: SessionSpanPlan, bit: int) -> int:
+    """The span id of the session's ``session.start``/``session.end`` child: derived from the session span's
+    planned ids, so every build of it (a retry, another exporter) has the same one."""
+    seed = f"{plan.trace_id:032x}{plan.span_id:016x}{_KINDS[bit]}".encode()
+    return int.from_bytes(hashlib.blake2b(seed, digest_size=8).digest(), "big") or 1
+
+
+class RowRecords:
+    """Builds the records a row owes through a private tracer and logger provider (never the global ones), each
+    into an in-memory exporter the caller empties: the records are then sent by the store's exporter."""
+
+    def __init__(self, resource: Resource | None = None) -> None:
+        resource = resource or Resource.create({})
+        self._spans = InMemorySpanExporter()
+        tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        tracer_provider.add_span_processor(SimpleSpanProcessor(self._spans))
+        self._tracer = tracer_provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
+        self._logs = otel_logs.InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+        logger_provider = otel_logs.SdkLoggerProvider(resource=resource, shutdown_on_exit=False)
+        logger_provider.add_log_record_processor(otel_logs.SimpleLogRecordProcessor(self._logs))
+        self._logger = logger_provider.get_logger(sc.INSTRUMENTATION_SCOPE, __version__)
+        self._lock = threading.Lock()
+
+    def build(self, record: SessionRecord, due: int, fallback: Redaction) -> list[tuple[int, Any]]:
+        """The records of ``due`` (bits of :mod:`~sb_otel._tracking.row_telemetry`) as ``(bit, SDK record)``: spans
+        are ``ReadableSpan``, log records ``ReadableLogRecord``. A bit with nothing to send (no span plan, an
+        unsampled span) is absent; ``fallback`` redacts a session that stored no redaction of its own."""
+        planned = SessionTelemetry.of(record)
+        if planned is None:
+            return []
+        redaction = stored_redaction(record, fallback)
+        described = {**planned.attributes, sc.SESSION_ID: record.session_id}
+        start, end, _ = span_times(record)
+        built: list[tuple[int, Any]] = []
+        with self._lock:
+            self._spans.clear()
+            self._logs.clear()
+            try:
+                if due & START_SPAN:
+                    built += self._child(record, planned, START_SPAN, described, redaction, start)
+                if due & START_LOG:
+                    built.append((START_LOG, self._start_log(record, planned, described, redaction, start)))
+                if due & END_SPAN and not record.is_open:
+                    built += self._child(record, planned, END_SPAN, described, redaction, end)
+                if due & END_LOG and not record.is_open:
+                    built.append((END_LOG, self._end_log(record, planned, redaction, end)))
+            finally:
+                self._spans.clear()
+                self._logs.clear()
+        return built
+
+    def _child(
+        self,
+        record: SessionRecord,
+        planned: SessionTelemetry,
+        bit: int,
+        described: Mapping[str, AttributeValue],
+        redaction: Redaction,
+        moment: datetime,
+    ) -> list[tuple[int, Any]]:
+        """``session.start``/``session.end {component}`` as the tracker makes it, a child of the session span."""
+        plan = planned.plan
+        child = SessionSpanPlan(
+            trace_id=plan.trace_id,
+            span_id=child_span_id(plan, bit),
+            sampled=plan.sampled,
+            trace_state=plan.trace_state,
+            parent_span_id=plan.span_id,
+            parent_remote=False,
+        )
+        attributes: dict[str, AttributeValue] = {sc.COMPONENT_NAME: record.component_name}
+        if bit == START_SPAN:
+            attributes[sc.SHELL_TYPE] = str(record.start_event.get("shell_type", ""))
+        attributes[sc.SESSION_ID] = record.session_id
+        attributes[sc.RESULT] = "tracked" if bit == START_SPAN else "ended"
+        shown = redaction.for_values(described).apply(attributes) if redaction else attributes
+        name = f"{_KINDS[bit]} {record.component_name}"
+        status = Status(StatusCode.UNSET)
+        self._spans.clear()
+        if not export_session_span(self._tracer, child, name, shown, moment, moment, status, record.session_id):
+            return []  # unsampled: the tracker's child is not recorded either
+        return [(bit, span) for span in self._spans.get_finished_spans()]
+
+    def _start_log(
+        self,
+        record: SessionRecord,
+        planned: SessionTelemetry,
+        described: Mapping[str, AttributeValue],
+        redaction: Redaction,
+        moment: datetime,
+    ) -> Any:
+        """The ``session.start`` log record, in the ``session.start`` span's context (as the tracker emits it)."""
+        event = record.start_event
+        user = event.get("user") or {}
+        line = started_line(
+            record.session_id,
+            record.component_name,
+            str(event.get("shell_type", "")),
+            int(event.get("pid", record.pid)),
+            str(user.get("username", "")),
+            str(event.get("hostname", record.hostname)),
+            str((event.get("environment") or {}).get("cwd", record.cwd)),
+        )
+        plan = planned.plan
+        context = _context(plan, child_span_id(plan, START_SPAN))
+        return self._emit(sc.EVENT_SESSION_START, line, described, redaction, context, moment)
+
+    def _end_log(self, record: SessionRecord, planned: SessionTelemetry, redaction: Redaction, moment: datetime) -> Any:
+        """The ``session.end`` log record, in the session span's context (as the tracker emits it)."""
+        attributes = root_attributes(record, record_outcome(record), planned)
+        stamp = (record.end_event or {}).get("timestamp")
+        line = ended_line(record.session_id, stamp if isinstance(stamp, str) and stamp else moment.isoformat())
+        context = _context(planned.plan, planned.plan.span_id)
+        return self._emit(sc.EVENT_SESSION_END, line, attributes, redaction, context, moment)
+
+    def _emit(
+        self,
+        name: str,
+        line: str,
+        attributes: Mapping[str, AttributeValue],
+        redaction: Redaction,
+        context: Any,
+        moment: datetime,
+    ) -> Any:
+        """One log record as the tracker's ``_emit_event`` makes it, stamped with the session's time."""
+        exported = event_attributes(attributes)
+        if redaction:
+            scrubbing = redaction.for_values(attributes)
+            line, exported = scrubbing.scrub(line), scrubbing.apply(exported)
+        self._logs.clear()
+        nanos = _nanos(moment)
+        self._logger.emit(
+            event_name=name,
+            body=line,
+            attributes=exported,
+            severity_number=otel_logs.SeverityNumber.INFO,
+            severity_text="INFO",
+            context=context,
+            timestamp=nanos,
+            observed_timestamp=nanos,
+        )
+        (made,) = self._logs.get_finished_logs()
+        return made
+
+
+def _context(plan: SessionSpanPlan, span_id: int) -> Any:
+    """A context whose current span is ``span_id`` in the session's trace (with its sampling and trace state)."""
+    flags = TraceFlags(TraceFlags.SAMPLED if plan.sampled else TraceFlags.DEFAULT)
+    span = SpanContext(plan.trace_id, span_id, False, flags, plan.span_context.trace_state)
+    return set_span_in_context(NonRecordingSpan(span))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _nanos(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1) * 1_000

@@ -1,0 +1,118 @@
+"""Records the exporter still owes a session whose telemetry is built from its row (``sb-otel emit``'s sessions).
+
+``emit`` is a shell's path and imports no OpenTelemetry SDK, so it cannot make the ``session.start`` span and log
+record an instrumented start makes. It says so in the row's telemetry (:data:`FROM_ROW_KEY`), and the store marks
+the four records the session is owed (:data:`ALL`) in the same statement that creates the row. The exporter
+builds each from the row (:mod:`sb_otel._telemetry.row_records`), sends it, and clears its bit only after the
+exporter reported success, so a crash anywhere leaves the bit and the record is sent again, with the same ids (at
+least once). The start's records are due at once; the end's become due when the session ends (its status leaves
+``open``): ending needs no second write, whoever ends it (``emit end``, the reaper, an MCP call).
+
+A row without the mark (``NULL``: an instrumented start, which writes its records to the outbox itself) owes
+nothing here. An instrumented process that ends (or reaps) a row-built session leaves its end's records to the
+exporter too (:func:`built_from_row`), so they are sent once. Partial indexes keep both look-ups proportional to
+what is owed, not to the open sessions.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from sb_otel._tracking.store import NewSession, SessionRecord
+
+FROM_ROW_KEY = "from_row"
+"""The key in a session's ``telemetry`` saying its records are built from its row (``true``)."""
+
+START_SPAN = 1
+"""The ``session.start {component}`` span."""
+START_LOG = 2
+"""The ``session.start`` log record."""
+END_SPAN = 4
+"""The ``session.end {component}`` span."""
+END_LOG = 8
+"""The ``session.end`` log record."""
+START = START_SPAN | START_LOG
+END = END_SPAN | END_LOG
+ALL = START | END
+"""What a session built from its row is owed when it is created."""
+SPANS = START_SPAN | END_SPAN
+LOGS = START_LOG | END_LOG
+
+LIVE_MIGRATION = (
+    "0008_live_session_telemetry",
+    (
+        "ALTER TABLE sessions ADD COLUMN row_telemetry INTEGER",
+        f"CREATE INDEX sessions_row_start_owed ON sessions (started_at) WHERE row_telemetry & {START} != 0",
+        f"CREATE INDEX sessions_row_end_owed ON sessions (ended_at) WHERE row_telemetry & {END} != 0 "
+        "AND status != 'open'",
+    ),
+)
+"""The schema migration behind this module (appended to the SQLite store's list)."""
+
+START_OWED_SQL = f"row_telemetry & {START} != 0"
+END_OWED_SQL = f"row_telemetry & {END} != 0 AND status != 'open'"
+"""The partial indexes' conditions, written the same way in the queries so that SQLite uses them."""
+
+
+def built_from_row(record: SessionRecord | NewSession) -> bool:
+    """Whether the exporter builds this session's start and end records from its row."""
+    return record.telemetry.get(FROM_ROW_KEY) is True
+
+
+def due(bits: int, is_open: bool) -> int:
+    """Of the records a row still owes (``bits``), those due now: the end's only once the session ended."""
+    return bits & (START if is_open else ALL)
+
+
+@runtime_checkable
+class RowTelemetryStore(Protocol):
+    """The part of a session store that keeps which row-built records are still owed. Every method is atomic."""
+
+    def owed_row_records(self, limit: int, signals: int = ALL) -> list[tuple[SessionRecord, int]]:
+        """Up to ``limit`` sessions owing records now, each with the bits due (only those in ``signals``)."""
+        ...
+
+    def mark_row_records_sent(self, sent: Sequence[tuple[str, int]]) -> None:
+        """Clear these ``(session id, bits)``: those records were sent (or can never be)."""
+        ...
+
+
+class InMemoryRowTelemetry:
+    """:class:`RowTelemetryStore` for :class:`~sb_otel._tracking.store.InMemorySessionStore` (mixed in)."""
+
+    _lock: threading.Lock
+    _sessions: dict[str, SessionRecord]
+
+    def _row_bits(self) -> dict[str, int]:
+        bits: dict[str, int] | None = getattr(self, "_row_telemetry", None)
+        if bits is None:
+            bits = {}
+            self._row_telemetry = bits
+        return bits
+
+    def _mark_row_owed(self, session_id: str) -> None:
+        """Called by ``create`` under the store's lock, for a session built from its row."""
+        self._row_bits()[session_id] = ALL
+
+    def owed_row_records(self, limit: int, signals: int = ALL) -> list[tuple[SessionRecord, int]]:
+        with self._lock:
+            owed = [
+                (record, due(bits, record.is_open) & signals)
+                for record, bits in ((self._sessions[sid], bits) for sid, bits in self._row_bits().items())
+            ]
+        owed = [(record, bits) for record, bits in owed if bits]
+        owed.sort(key=lambda pair: (pair[0].started_at, pair[0].session_id))
+        return owed[:limit]
+
+    def mark_row_records_sent(self, sent: Sequence[tuple[str, int]]) -> None:
+        with self._lock:
+            bits = self._row_bits()
+            for session_id, cleared in sent:
+                left = bits.get(session_id, 0) & ~cleared
+                if left:
+                    bits[session_id] = left
+                else:
+                    bits.pop(session_id, None)

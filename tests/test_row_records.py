@@ -1,0 +1,423 @@
+"""Records built from a session's row (``sb-otel emit``'s sessions) are the records the instrumented tracker makes.
+
+The tracker handles a start and an end with in-memory exporters; the same stored row is then built by
+:class:`~sb_otel._telemetry.row_records.RowRecords`; both are compared as dicts. The store keeps which records a
+row still owes (:mod:`sb_otel._tracking.row_telemetry`) and the exporter sends them, clearing each only after
+success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk._logs.export import LogRecordExportResult
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from sb_otel import SessionLifecycleManager, SessionTracker, instrument
+from sb_otel._cli import emit_fast
+from sb_otel._telemetry import otel_logs
+from sb_otel._telemetry.attributes import Redaction
+from sb_otel._telemetry.row_records import RowRecords, child_span_id
+from sb_otel._telemetry.session_span import SessionSpanPlan
+from sb_otel._telemetry.store_exporter import StoreExporter
+from sb_otel._tracking import row_telemetry as owed
+from sb_otel._tracking.sqlite_store import SqliteSessionStore
+from sb_otel._tracking.store import InMemorySessionStore, NewSession, SessionEnding, SessionRecord, SessionStore
+from sb_otel.testing import CapturedTelemetry, capture_telemetry
+from tests.conftest import start_payload
+
+# -- the records as dicts ---------------------------------------------------------------------------------------
+
+
+def span_dict(span: Any) -> dict[str, Any]:
+    """What a backend shows of a span, without its own id and times (the tracker's are random and call-timed)."""
+    return {
+        "name": span.name,
+        "kind": span.kind,
+        "trace_id": span.context.trace_id,
+        "trace_flags": int(span.context.trace_flags),
+        "parent": (span.parent.trace_id, span.parent.span_id, span.parent.is_remote),
+        "attributes": dict(span.attributes),
+        "status": (span.status.status_code, span.status.description),
+        "events": list(span.events),
+        "links": list(span.links),
+        "scope": (span.instrumentation_scope.name, span.instrumentation_scope.version),
+    }
+
+
+def log_dict(readable: Any) -> dict[str, Any]:
+    """What a backend shows of a log record, without its times and its span id (compared separately)."""
+    record = readable.log_record
+    return {
+        "event_name": record.event_name,
+        "body": record.body,
+        "attributes": dict(record.attributes),
+        "severity": (record.severity_number, record.severity_text),
+        "trace_id": record.trace_id,
+        "trace_flags": int(record.trace_flags),
+        "scope": (readable.instrumentation_scope.name, readable.instrumentation_scope.version),
+    }
+
+
+class Tracked:
+    """One session through the instrumented tracker: what it exported, and its stored row."""
+
+    def __init__(self, telemetry: CapturedTelemetry, cwd: Path, *, redact: str | None = None, **start: Any) -> None:
+        self.tracker = instrument(
+            SessionTracker(SessionLifecycleManager(), store="memory"), **telemetry.providers, redact=redact
+        )
+        self.telemetry = telemetry
+        payload = start_payload(environment={"python_version": "3.13.0", "platform": "Linux", "cwd": str(cwd)})
+        payload.update(start)
+        result = asyncio.run(self.tracker.handle_session_start(payload))
+        assert result.status == "tracked", result.error
+        assert result.session_id is not None
+        self.session_id = result.session_id
+
+    def end(self, **metadata: Any) -> None:
+        end = {"session_id": self.session_id, "timestamp": "2026-02-06T13:00:00Z", "metadata": metadata}
+        assert asyncio.run(self.tracker.handle_session_end(end)).status == "ended"
+
+    @property
+    def row(self) -> SessionRecord:
+        record = self.tracker.store.get(self.session_id)
+        assert record is not None
+        return record
+
+    def span(self, name: str) -> Any:
+        return self.telemetry.span(name)
+
+    def log(self, event_name: str) -> Any:
+        (found,) = [log for log in self.telemetry.logs() if log.log_record.event_name == event_name]
+        return found
+
+
+def built(record: SessionRecord, bits: int = owed.ALL, fallback: Redaction | None = None) -> dict[int, Any]:
+    return dict(RowRecords().build(record, bits, fallback or Redaction.parse("")))
+
+
+# -- the same records as the tracker's ------------------------------------------------------------------------
+
+
+def test_start_span_and_log_record_are_the_trackers(telemetry: CapturedTelemetry, tmp_path: Path) -> None:
+    """``session.start {component}`` and the ``session.start`` log record: same name, attributes, body and trace;
+    the log record in the ``session.start`` span's context, as the tracker emits it."""
+    tracked = Tracked(telemetry, tmp_path)
+    records = built(tracked.row, owed.START)
+    assert set(records) == {owed.START_SPAN, owed.START_LOG}
+    theirs, ours = tracked.span("session.start mahavishnu"), records[owed.START_SPAN]
+    assert span_dict(ours) == span_dict(theirs)
+    assert log_dict(records[owed.START_LOG]) == log_dict(tracked.log("session.start"))
+    assert records[owed.START_LOG].log_record.span_id == ours.context.span_id
+    assert tracked.log("session.start").log_record.span_id == theirs.context.span_id
+
+
+def test_end_span_and_log_record_are_the_trackers(telemetry: CapturedTelemetry, tmp_path: Path) -> None:
+    """``session.end {component}`` and the ``session.end`` log record (status, exit code, error type) as the
+    tracker makes them; the log record in the session span's context."""
+    tracked = Tracked(telemetry, tmp_path)
+    tracked.end(exit_code=2, exit_reason="error")
+    records = built(tracked.row, owed.END)
+    assert set(records) == {owed.END_SPAN, owed.END_LOG}
+    assert span_dict(records[owed.END_SPAN]) == span_dict(tracked.span("session.end mahavishnu"))
+    theirs = tracked.log("session.end")
+    assert log_dict(records[owed.END_LOG]) == log_dict(theirs)
+    assert records[owed.END_LOG].log_record.attributes["sb.session.status"] == "crashed"
+    assert (
+        records[owed.END_LOG].log_record.span_id
+        == theirs.log_record.span_id
+        == tracked.span("session mahavishnu").context.span_id
+    )
+
+
+def test_redaction_stored_with_the_session_applies(telemetry: CapturedTelemetry, tmp_path: Path) -> None:
+    """A session started under ``SB_OTEL_REDACT`` is built redacted the same way, whatever the exporter was given:
+    the user's name is scrubbed from both log bodies."""
+    tracked = Tracked(
+        telemetry, tmp_path, redact="user.name,host.name:hash", user={"username": "zz-secret", "home": "/h"}
+    )
+    tracked.end()
+    records = built(tracked.row, fallback=Redaction.parse(""))
+    for bit, event_name in ((owed.START_LOG, "session.start"), (owed.END_LOG, "session.end")):
+        ours = log_dict(records[bit])
+        assert ours == log_dict(tracked.log(event_name))
+        assert "zz-secret" not in str(ours)
+    assert "zz-secret" not in str(span_dict(records[owed.START_SPAN]))
+
+
+def test_unstored_redaction_falls_back_to_the_exporters(telemetry: CapturedTelemetry, tmp_path: Path) -> None:
+    """A row without a stored redaction (started with none) is built with the exporter's own."""
+    tracked = Tracked(telemetry, tmp_path, user={"username": "zz-secret", "home": "/h"})
+    records = built(tracked.row, owed.START_LOG, fallback=Redaction.parse("user.name"))
+    assert "zz-secret" not in str(log_dict(records[owed.START_LOG]))
+    assert "zz-secret" in str(log_dict(tracked.log("session.start")))
+
+
+def test_ids_and_times_are_the_same_on_every_build(telemetry: CapturedTelemetry, tmp_path: Path) -> None:
+    """A retry sends the same records: child span ids derived from the plan, times from the row."""
+    tracked = Tracked(telemetry, tmp_path)
+    tracked.end()
+    first, again = built(tracked.row), built(tracked.row)
+    for bit in (owed.START_SPAN, owed.END_SPAN):
+        assert first[bit].context.span_id == again[bit].context.span_id
+        assert (first[bit].start_time, first[bit].end_time) == (again[bit].start_time, again[bit].end_time)
+    for bit in (owed.START_LOG, owed.END_LOG):
+        a, b = first[bit].log_record, again[bit].log_record
+        assert (a.timestamp, a.observed_timestamp, a.span_id) == (b.timestamp, b.observed_timestamp, b.span_id)
+    row = tracked.row
+    assert first[owed.START_LOG].log_record.timestamp == first[owed.START_SPAN].start_time == _nanos(row.started_at)
+    assert row.ended_at is not None
+    assert first[owed.END_LOG].log_record.timestamp == first[owed.END_SPAN].end_time == _nanos(row.ended_at)
+    assert first[owed.START_SPAN].context.span_id != first[owed.END_SPAN].context.span_id
+
+
+def test_child_ids_differ_by_session_and_kind() -> None:
+    """Derived ids are the session's own: another plan or another kind gives another id (never 0)."""
+    one = SessionSpanPlan(trace_id=1, span_id=2, sampled=True)
+    other = SessionSpanPlan(trace_id=1, span_id=3, sampled=True)
+    ids = {child_span_id(plan, bit) for plan in (one, other) for bit in (owed.START_SPAN, owed.END_SPAN)}
+    assert len(ids) == 4
+    assert 0 not in ids
+
+
+def test_an_unsampled_session_gets_its_log_records_and_no_spans(telemetry: CapturedTelemetry, tmp_path: Path) -> None:
+    """As the tracker: an unsampled session's children are not recorded; its log records still go out, in its
+    trace with the unsampled flag."""
+    tracked = Tracked(telemetry, tmp_path, metadata={"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-00"})
+    tracked.end()
+    records = built(tracked.row)
+    assert set(records) == {owed.START_LOG, owed.END_LOG}
+    assert [span.name for span in telemetry.spans() if span.name.startswith("session.")] == []
+    assert log_dict(records[owed.START_LOG]) == log_dict(tracked.log("session.start"))
+    assert records[owed.START_LOG].log_record.trace_id == int("a" * 32, 16)
+
+
+def test_a_row_without_a_plan_owes_nothing_buildable() -> None:
+    """A session started without telemetry has no trace to put records in."""
+    now = datetime.now(timezone.utc)
+    record = SessionRecord("c-1", "e", "c", "h", 1, "/", "open", now, now, start_payload(), {})
+    assert RowRecords().build(record, owed.ALL, Redaction.parse("")) == []
+
+
+def test_the_end_is_not_built_while_the_session_is_open(telemetry: CapturedTelemetry, tmp_path: Path) -> None:
+    tracked = Tracked(telemetry, tmp_path)
+    assert set(built(tracked.row)) == {owed.START_SPAN, owed.START_LOG}
+
+
+def _nanos(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1) * 1_000
+
+
+# -- what a row owes, in both stores --------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    made: SessionStore = InMemorySessionStore() if request.param == "memory" else SqliteSessionStore(tmp_path / "s.db")
+    yield made
+    made.close()
+
+
+def _new(event_id: str, *, from_row: bool, minutes: int = 0) -> NewSession:
+    at = datetime(2026, 12, 7, 10, minutes, tzinfo=timezone.utc)
+    telemetry = {"span": {"trace_id": "1" * 32, "span_id": "2" * 16, "sampled": True}, owed.FROM_ROW_KEY: from_row}
+    return NewSession(event_id, "c", "h", 1, "/", at, at, start_payload(), telemetry)
+
+
+def test_only_rows_built_from_the_row_owe_records(store: Any) -> None:
+    """The mark is written by the start's own insert, for sessions built from their row only; the start's
+    records are due at once, the end's not before the session ends."""
+    marked, _ = store.create(_new("a", from_row=True))
+    store.create(_new("b", from_row=False))
+    assert [(r.session_id, bits) for r, bits in store.owed_row_records(10)] == [(marked.session_id, owed.START)]
+    store.finish(marked.session_id, SessionEnding("exited", marked.started_at + timedelta(minutes=5)))
+    assert [bits for _, bits in store.owed_row_records(10)] == [owed.ALL]
+
+
+def test_cleared_bits_stay_cleared_and_signals_filter(store: Any) -> None:
+    """Clearing one record leaves the others owed; a caller that sends only logs is offered only logs."""
+    first, _ = store.create(_new("a", from_row=True, minutes=1))
+    second, _ = store.create(_new("b", from_row=True, minutes=2))
+    store.mark_row_records_sent([(first.session_id, owed.START_SPAN)])
+    assert [(r.session_id, bits) for r, bits in store.owed_row_records(10)] == [
+        (first.session_id, owed.START_LOG),
+        (second.session_id, owed.START),
+    ]
+    assert [(r.session_id, bits) for r, bits in store.owed_row_records(10, owed.SPANS)] == [
+        (second.session_id, owed.START_SPAN)
+    ]
+    assert len(store.owed_row_records(1)) == 1
+    store.mark_row_records_sent([(first.session_id, owed.ALL), (second.session_id, owed.START)])
+    assert store.owed_row_records(10) == []
+    store.finish(second.session_id, SessionEnding("crashed", second.started_at))
+    assert [(r.session_id, bits) for r, bits in store.owed_row_records(10)] == [(second.session_id, owed.END)]
+
+
+def test_the_sqlite_look_ups_use_their_partial_indexes(tmp_path: Path) -> None:
+    """Both look-ups cost what is owed, not what is open: SQLite answers them from the partial indexes."""
+    store = SqliteSessionStore(tmp_path / "s.db")
+    try:
+        for condition in (owed.START_OWED_SQL, owed.END_OWED_SQL):
+            plan = store._db.execute(f"EXPLAIN QUERY PLAN SELECT session_id FROM sessions WHERE {condition}")
+            assert "sessions_row_" in str(plan.fetchall())
+        assert "0008_live_session_telemetry" in store.applied_migrations()
+    finally:
+        store.close()
+
+
+# -- the exporter sends them ----------------------------------------------------------------------------------
+
+
+class FlakyLogs(otel_logs.InMemoryLogRecordExporter):
+    """An in-memory log exporter that fails while ``down``."""
+
+    down = False
+
+    def export(self, batch: Any) -> Any:
+        if self.down:
+            return LogRecordExportResult.FAILURE
+        return super().export(batch)
+
+
+def test_emit_start_then_end_reach_the_exporters_once(tmp_path: Path) -> None:
+    """A shell's session (``emit``'s fast path): its start's span and log record are sent by the next drain, its
+    end's with the root span after the end; nothing is sent twice; a failed send is retried with the same ids."""
+    path = tmp_path / "sessions.db"
+    started = emit_fast.track_start("mahavishnu", "bash", 4242, str(tmp_path), {}, str(path))
+    assert started.session_id is not None
+    store = SqliteSessionStore(path)
+    spans, logs = InMemorySpanExporter(), FlakyLogs()  # type: ignore[no-untyped-call]
+    exporter = StoreExporter(store, spans, logs)
+    try:
+        logs.down = True
+        assert exporter.drain().failed
+        sent_first = [span.context.span_id for span in spans.get_finished_spans()]
+        assert [span.name for span in spans.get_finished_spans()] == ["session.start mahavishnu"]
+        logs.down = False
+        report = exporter.drain()
+        assert (report.spans, report.logs, report.failed) == (0, 1, False)  # the span was cleared already
+        assert exporter.drain().exported == 0
+        assert emit_fast.track_end(started.session_id, 1, None, str(path)).status == "ended"
+        report = exporter.drain()
+        assert (report.root_spans, report.spans, report.logs) == (1, 1, 1)
+        assert exporter.drain().exported == 0
+        names = sorted(span.name for span in spans.get_finished_spans())
+        assert names == ["session mahavishnu", "session.end mahavishnu", "session.start mahavishnu"]
+        assert [log.log_record.event_name for log in logs.get_finished_logs()] == ["session.start", "session.end"]
+        root = next(span for span in spans.get_finished_spans() if span.name == "session mahavishnu")
+        assert {span.context.trace_id for span in spans.get_finished_spans()} == {root.context.trace_id}
+        assert all(
+            span.parent.span_id == root.context.span_id for span in spans.get_finished_spans() if span is not root
+        )
+        assert started.traceparent is not None
+        assert f"{root.context.span_id:016x}" in started.traceparent
+        assert sent_first == [spans.get_finished_spans()[0].context.span_id]
+    finally:
+        store.close()
+
+
+def test_a_failed_span_export_keeps_the_records_owed(tmp_path: Path) -> None:
+    """Nothing is cleared before its exporter's success: a retry after a failure sends the same span id, and the
+    log record is not held back by the failing spans."""
+    path = tmp_path / "sessions.db"
+    emit_fast.track_start("mahavishnu", "bash", 4242, str(tmp_path), {}, str(path))
+    store = SqliteSessionStore(path)
+
+    class Failing(InMemorySpanExporter):
+        failing = True
+
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.FAILURE if self.failing else super().export(spans)
+
+    spans, logs = Failing(), otel_logs.InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    exporter = StoreExporter(store, spans, logs)
+    try:
+        assert exporter.drain().failed
+        # The span stays owed; the log record went out all the same (one signal holds back no other).
+        assert [bits for _, bits in store.owed_row_records(10)] == [owed.START_SPAN]
+        assert [log.log_record.event_name for log in logs.get_finished_logs()] == ["session.start"]
+        first = RowRecords().build(store.owed_row_records(10)[0][0], owed.START_SPAN, Redaction.parse(""))
+        spans.failing = False
+        assert exporter.drain().spans == 1
+        (sent,) = spans.get_finished_spans()
+        assert sent.context.span_id == first[0][1].context.span_id
+        assert store.owed_row_records(10) == []
+    finally:
+        store.close()
+
+
+def test_an_emit_session_ended_by_an_instrumented_tracker_gets_one_end(tmp_path: Path) -> None:
+    """A shell's session ended through the instrumented tracker (an MCP call, serve's reaper) leaves its end's span
+    and log record to the exporter, which builds them from the row: one of each, not two."""
+    path = tmp_path / "sessions.db"
+    started = emit_fast.track_start("mahavishnu", "bash", 4242, str(tmp_path), {}, str(path))
+    assert started.session_id is not None
+    store = SqliteSessionStore(path)
+    spans, logs = InMemorySpanExporter(), otel_logs.InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    try:
+        with capture_telemetry() as telemetry:
+            tracker = instrument(SessionTracker(SessionLifecycleManager(), store=store), **telemetry.providers)
+            end = {"session_id": started.session_id, "timestamp": datetime.now(timezone.utc).isoformat()}
+            assert asyncio.run(tracker.handle_session_end(end)).status == "ended"
+            assert [log.log_record.event_name for log in telemetry.logs()] == []
+            # the root span goes through the host's pipeline, as for any session it ends
+            assert [span.name for span in telemetry.spans()] == ["end_session", "session mahavishnu"]
+        StoreExporter(store, spans, logs).drain()
+        assert sorted(span.name for span in spans.get_finished_spans()) == [
+            "session.end mahavishnu",
+            "session.start mahavishnu",
+        ]
+        assert [log.log_record.event_name for log in logs.get_finished_logs()] == ["session.start", "session.end"]
+    finally:
+        store.close()
+
+
+def test_a_shell_started_under_sb_otel_redact_is_built_redacted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``emit`` stores the ``SB_OTEL_REDACT`` a shell started under: an exporter given none still redacts its
+    records (the user's name scrubbed from the log body, hashed host name)."""
+    monkeypatch.setenv("SB_OTEL_REDACT", "user.name, host.name:hash")
+    monkeypatch.setenv("USER", "zz-secret-user")
+    path = tmp_path / "sessions.db"
+    started = emit_fast.track_start("mahavishnu", "bash", 4242, str(tmp_path), {}, str(path))
+    assert started.session_id is not None
+    store = SqliteSessionStore(path)
+    try:
+        record = store.get(started.session_id)
+        assert record is not None
+        assert record.telemetry["redact"] == ["user.name", "host.name:hash"]
+        (log,) = [item for bit, item in RowRecords().build(record, owed.START_LOG, Redaction.parse(""))]
+        assert "zz-secret-user" not in str(log_dict(log))
+        assert "Session started: session_id=" in log.log_record.body
+    finally:
+        store.close()
+
+
+def test_a_reaped_shell_ends_abandoned(tmp_path: Path) -> None:
+    """A shell killed without its exit trap, ended by the reaper: its end's log record is the abandoned one
+    (``abnormal``, ``error.type=abandoned``, the reason), for the failed-sessions table."""
+    from sb_otel._service.reaper import reap
+
+    path = tmp_path / "sessions.db"
+    started = emit_fast.track_start("mahavishnu", "bash", 4242, str(tmp_path), {}, str(path))
+    assert started.session_id is not None
+    store = SqliteSessionStore(path)
+    try:
+        (reaped,) = reap(store, only={started.session_id}, is_alive=lambda pid: False, hostname=emit_fast._hostname())
+        assert reaped.reason == "process_gone"
+        (record, due), *_ = store.owed_row_records(10)
+        assert due == owed.ALL
+        records = dict(RowRecords().build(record, due, Redaction.parse("")))
+        attributes = dict(records[owed.END_LOG].log_record.attributes)
+        assert attributes["sb.session.status"] == "abnormal"
+        assert attributes["error.type"] == "abandoned"
+        assert attributes["sb.session.exit_reason"] == "process_gone"
+        assert records[owed.END_SPAN].name == "session.end mahavishnu"
+    finally:
+        store.close()
