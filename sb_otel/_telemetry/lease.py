@@ -16,9 +16,9 @@ renewal and a fencing token that changes at every take-over. Why not an expiry t
   collector never loses the lease and never gets a batch twice. A call running beyond ``max_call_s`` counts as
   stuck: renewals stop and a standby takes over one TTL later.
 * **Pauses.** Before every send the holder renews (the compare-and-swap fails if a standby took over while it
-  was paused) and checks its own monotonic time since that renewal. After every call it renews again if the
-  call outlasted the TTL, and stops (:class:`LeaseLost`) if it cannot: at most the one batch in flight when it
-  was paused or killed is sent twice (at least once, never more).
+  was paused) and checks its own monotonic time since that renewal. After every call it renews again, and
+  stops (:class:`LeaseLost`: the call's result is not acted on) if it cannot: at most the one batch in flight
+  when it was paused or killed is sent twice (at least once, never more).
 
 Standard library only, so ``sb-otel export``'s gate takes the lease with it before the SDK is imported.
 """
@@ -210,7 +210,7 @@ class _Call:
         if self._beat is not None:
             self._beat.join()
         keeper = self.keeper
-        if keeper.held and not keeper.fresh():  # the call outlasted our renewals (a pause, a stuck call)
+        if keeper.held:  # the call's result counts only under a lease still ours (a pause, a stuck call)
             with contextlib.suppress(LeaseLost):  # lost: said just below
                 keeper.renew()
         if not keeper.held:
