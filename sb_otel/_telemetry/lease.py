@@ -181,6 +181,10 @@ class LeaseKeeper:
     def _lost(self) -> None:
         self._fencing = None
         self._drop_lock()
+        _log.warning(
+            "sb-otel exporter %s lost the lease to a standby (it was silent for a TTL); it sends nothing more",
+            self.holder,
+        )
 
     def _drop_lock(self) -> None:
         if self.lock_file is not None:
