@@ -159,7 +159,8 @@ def _exporter_text(lease: Lease | None, exporting: bool, lock: str | None) -> st
     if lease.released:
         return f"none running (released by {lease.holder}; fencing token {lease.fencing})"
     age = time.time() - (lease.expires_at - lease.ttl_s)
-    parts = [f"heartbeat {lease.heartbeat}, {age:.1f} s ago by the clocks", f"fencing token {lease.fencing}"]
+    when = f"{age:.1f} s ago by the clocks" if age > -1 else f"its clock runs {-age:.0f} s ahead of ours"
+    parts = [f"heartbeat {lease.heartbeat}, {when}", f"fencing token {lease.fencing}"]
     if lock is not None:
         parts.append(f"lock file {'held: its process lives' if lock == 'held' else 'free: its process is gone'}")
     if exporting:
