@@ -18,9 +18,10 @@ host): the gate watches the heartbeat for up to the holder's TTL on its own mono
 as it moves, and takes over if it never does. So a dead holder never blocks a store's drainers for longer than
 one TTL, whatever its clock said.
 
-The lease taken here lasts ``--lease-ttl`` (15 s by default), far longer than the SDK imports take even on a
-loaded machine (``benchmarks/README.md``); should it lapse first, the exporter's first round takes it again if
-still free, or steps aside with the same note as a busy gate.
+The gate's heartbeat must last until the exporter's first round renews it: a standby waits ``--lease-ttl`` (15 s
+by default) of silence, far longer than the SDK imports take even on a loaded machine (``benchmarks/README.md``),
+and the gate keeps the store's lock file locked for the process, so a standby on this machine sees it alive. Had
+a standby taken it over meanwhile, the exporter's first round finds the lease another's and sends nothing.
 """
 
 from __future__ import annotations
