@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 from sb_otel import SqliteSessionStore
 from sb_otel._cli import cli
 from sb_otel._tracking.export_state import new_holder
+from tests.lease_holder import HolderProcess
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -129,6 +131,46 @@ def test_doctor_shows_what_waits_in_the_store(tmp_path: Path) -> None:
     assert "2 span/log record(s) and 0 root span(s) waiting" in outbox["detail"]
     assert "1 poison" in outbox["detail"]
     assert "sb-otel export" in outbox["advice"]
+
+
+def doctor_exporter(path: Path) -> str:
+    checks = {check["name"]: check for check in json.loads(doctor_json(path))}
+    return str(checks["outbox"]["detail"]).split("exporter: ", 1)[1]
+
+
+def doctor_json(path: Path) -> str:
+    result = CliRunner().invoke(cli, ["doctor", "--json", "--store", str(path)])
+    return result.output
+
+
+def test_doctor_names_the_holder_its_heartbeat_and_fencing_token(tmp_path: Path) -> None:
+    """Who exports, how recently it renewed (by the clocks: a hint), its tenure, and on this machine what its
+    lock file says; a released lease, a killed holder and a silent one are "none running"."""
+    path = tmp_path / "s.db"
+    SqliteSessionStore(path).close()
+    assert doctor_exporter(path) == "none running (never taken)"
+    with HolderProcess(path, ttl_s=60) as holder:
+        holder.beat()
+        line = doctor_exporter(path)
+        assert line.startswith(f"{holder.holder} (heartbeat 2, ")
+        assert "s ago by the clocks; fencing token 1; lock file held: its process lives)" in line
+        holder.kill()
+        line = doctor_exporter(path)
+        assert line.startswith(f"none running ({holder.holder} is silent: heartbeat 2, ")
+        assert "lock file free: its process is gone; the next exporter takes over after 60 s" in line
+    store = SqliteSessionStore(path)
+    try:
+        assert store.acquire_lease("next:1:x", 60, time.time(), replacing=store.current_lease())
+        store.release_lease("next:1:x")
+    finally:
+        store.close()
+    assert doctor_exporter(path) == "none running (released by next:1:x; fencing token 2)"
+    with HolderProcess(path, ttl_s=60, lock=False, clock_ahead_s=3600) as ahead:
+        line = doctor_exporter(path)
+        assert line.startswith(f"none running ({ahead.holder} is silent: heartbeat ")
+        ahead_s = re.search(r"its clock runs (\d+) s ahead of ours; fencing token 3; the next exporter takes", line)
+        assert ahead_s is not None, line
+        assert 3500 < int(ahead_s.group(1)) <= 3600
 
 
 def test_follow_refuses_a_lease_that_would_lapse_between_rounds_or_a_bad_metric_interval(tmp_path: Path) -> None:

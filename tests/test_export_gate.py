@@ -4,9 +4,7 @@ or steps aside, and the exporter the command builds starts as the holder the gat
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +16,7 @@ from sb_otel._cli import export_gate, main
 from sb_otel._telemetry.configure import standalone_exporter
 from sb_otel._telemetry.store_exporter import StoreExporter
 from sb_otel._tracking.export_state import Lease, new_holder
+from tests.lease_holder import HolderProcess
 
 
 @pytest.fixture
@@ -49,11 +48,6 @@ def hold(path: Path, holder: str, ttl: float = 60) -> None:
         store.close()
 
 
-def dead_holder() -> str:
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    return f"{socket.gethostname()}:{int(child.stdout)}:0000abcd"
-
-
 def test_a_free_lease_is_taken_in_the_gate_for_the_command(path: Path) -> None:
     SqliteSessionStore(path).close()
     before = time.time()
@@ -77,12 +71,46 @@ def test_a_live_holder_makes_the_gate_step_aside_and_leaves_its_lease(path: Path
     assert export_gate.held(str(path)) is None
 
 
-def test_a_gone_holder_is_replaced_in_the_gate(path: Path) -> None:
-    hold(path, dead_holder())
-    assert export_gate.lease_note(["--store", str(path)]) is None
+def test_a_killed_holder_is_replaced_in_the_gate_at_once(path: Path) -> None:
+    """kill -9 of a holder on this machine: its lock file is free, so the gate takes over without waiting."""
+    with HolderProcess(path, ttl_s=60) as killed:
+        killed.kill()
+        started = time.monotonic()
+        assert export_gate.lease_note(["--store", str(path)]) is None
+    assert time.monotonic() - started < 5  # not the holder's 60 s TTL
     taken = lease(path)
     assert taken is not None
     assert taken.holder == export_gate.held(str(path))
+    assert taken.fencing == 2
+
+
+@pytest.mark.parametrize("clock_ahead_s", [pytest.param(-3600, id="clock-behind"), pytest.param(3600, id="ahead")])
+def test_a_silent_holder_with_any_clock_is_watched_for_its_ttl_then_replaced(path: Path, clock_ahead_s: float) -> None:
+    """A holder on another host (no lock file here) that died, whatever its clock wrote as the hint: a single
+    ``sb-otel export`` watches its heartbeat for the holder's TTL on its own clock, then takes over."""
+    with HolderProcess(path, ttl_s=1.0, lock=False, clock_ahead_s=clock_ahead_s) as silent:
+        started = time.monotonic()
+        assert export_gate.lease_note(["--store", str(path)]) is None
+        waited = time.monotonic() - started
+        assert export_gate.held(str(path)) is not None
+        assert lease(path).holder == export_gate.held(str(path))  # type: ignore[union-attr]
+        assert silent.process.poll() is None  # alive or dead alike: it was silent
+    assert 1.0 <= waited < 10, waited
+
+
+def test_a_holder_whose_clock_runs_behind_but_beats_makes_the_gate_step_aside(path: Path) -> None:
+    """Its hint says "expired an hour ago", but the heartbeat moves: alive, so the gate steps aside."""
+    with HolderProcess(path, ttl_s=30.0, lock=False, clock_ahead_s=-3600) as behind:
+        noted: list[str | None] = []
+        watcher = threading.Thread(target=lambda: noted.append(export_gate.lease_note(["--store", str(path)])))
+        watcher.start()
+        while watcher.is_alive():  # beat until the gate has seen one move
+            behind.beat()
+            watcher.join(0.2)
+        assert noted[0] is not None
+        assert f"{behind.holder} is exporting this store" in noted[0]
+        assert export_gate.held(str(path)) is None
+        assert lease(path).holder == behind.holder  # type: ignore[union-attr]
 
 
 def test_follow_takes_a_free_lease_and_stands_by_behind_a_live_one(path: Path) -> None:
@@ -90,7 +118,7 @@ def test_follow_takes_a_free_lease_and_stands_by_behind_a_live_one(path: Path) -
     assert export_gate.lease_note(["--store", str(path), "--follow"]) is None
     first = export_gate.held(str(path))
     assert first is not None
-    assert lease(path) == Lease(first, lease(path).expires_at)  # type: ignore[union-attr]
+    assert lease(path).holder == first  # type: ignore[union-attr]
     export_gate.release()
     other = new_holder()
     hold(path, other)
@@ -142,7 +170,7 @@ def test_a_gate_lease_lost_to_another_holder_is_not_used(path: Path) -> None:
         holder = export_gate.held(str(path))
         assert holder is not None
         other = new_holder()
-        assert store.acquire_lease(other, 60, now=time.time() + 2)  # as if 2 s had passed
+        assert store.acquire_lease(other, 60, now=time.time(), replacing=store.current_lease())  # a standby's swap
         exporter, _, _ = standalone_exporter(store, holder=holder)
         assert not exporter.drain().lease_held
         shut(exporter)

@@ -67,20 +67,36 @@ def test_trimming_drops_the_oldest_rows_beyond_the_bounds_and_counts_them(store:
     assert store.export_backlog().dropped == {"expired": 3, "overflow": 3, "poison": 1}
 
 
-def test_one_exporter_holds_the_lease_until_it_expires_or_is_released(store: Any) -> None:
+def test_one_exporter_holds_the_lease_until_released_or_taken_over_by_compare_and_swap(store: Any) -> None:
+    """No clock decides: a running lease is refused to others whatever ``now`` says; a renewal bumps the
+    heartbeat; a take-over succeeds only on the row exactly as the standby saw it, and starts a new tenure."""
     assert store.current_lease() is None
-    assert store.acquire_lease("a", 10, now=100.0)
-    assert not store.acquire_lease("b", 10, now=105.0)
-    assert store.acquire_lease("a", 10, now=105.0)  # renewal
-    assert not store.acquire_lease("b", 10, now=114.0)
-    assert store.acquire_lease("b", 10, now=115.5)  # a's lease ran out
-    lease = store.current_lease()
-    assert lease is not None
-    assert (lease.holder, lease.expires_at) == ("b", 125.5)
+    first = store.acquire_lease("a", 10, now=100.0)
+    assert (first.holder, first.heartbeat, first.fencing, first.ttl_s, first.expires_at) == ("a", 1, 1, 10, 110.0)
+    assert not store.acquire_lease("b", 10, now=1e12)  # far past a's hint: still a's
+    seen = store.current_lease()
+    renewed = store.acquire_lease("a", 10, now=105.0, fencing=1)
+    assert (renewed.heartbeat, renewed.fencing) == (2, 1)
+    assert not store.acquire_lease("b", 10, now=200.0, replacing=seen)  # a beat since: the swap fails
+    taken = store.acquire_lease("b", 10, now=200.0, replacing=store.current_lease())
+    assert (taken.holder, taken.heartbeat, taken.fencing) == ("b", 3, 2)
+    assert not store.acquire_lease("a", 10, now=201.0, fencing=1)  # a's tenure is over: its renewal fails
     store.release_lease("a")  # not a's to release
-    assert not store.acquire_lease("a", 10, now=116.0)
+    assert store.current_lease() == taken
     store.release_lease("b")
-    assert store.acquire_lease("a", 10, now=116.0)
+    released = store.current_lease()
+    assert (released.released, released.expires_at, released.holder) == (True, 0.0, "b")
+    assert not store.acquire_lease("b", 10, now=202.0, fencing=2)  # released: no renewal
+    again = store.acquire_lease("a", 10, now=202.0)  # a released lease is taken at once
+    assert (again.holder, again.fencing, again.released) == ("a", 3, False)
+
+
+def test_the_lease_names_the_lock_file_its_holder_keeps(store: Any) -> None:
+    assert store.acquire_lease("a", 10, now=1.0, lock_file="5:77").lock_file == "5:77"
+    assert store.acquire_lease("a", 10, now=2.0, fencing=1).lock_file is None  # renewed without it
+    assert store.acquire_lease("a", 10, now=3.0, fencing=1, lock_file="5:78").lock_file == "5:78"
+    store.release_lease("a")
+    assert store.current_lease().lock_file is None
 
 
 def test_the_sqlite_migration_is_named_and_a_reopened_store_keeps_its_state(tmp_path: Path) -> None:
@@ -90,7 +106,7 @@ def test_the_sqlite_migration_is_named_and_a_reopened_store_keeps_its_state(tmp_
     first.close()
     again = SqliteSessionStore(tmp_path / "s.db")
     try:
-        assert "0003_telemetry_from_the_store" in again.applied_migrations()
+        assert {"0003_telemetry_from_the_store", "0007_lease_heartbeat"} <= set(again.applied_migrations())
         assert [row.payload for row in again.outbox_batch("logs", 5)] == ["x"]
         assert not again.acquire_lease("b", 10, now=2.0)
     finally:

@@ -3,9 +3,7 @@ after success, poison isolated by the encoder check and by bisection, and one ex
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
+import asyncio
 import time
 import uuid
 from collections.abc import Sequence
@@ -27,6 +25,7 @@ from sb_otel._telemetry.outbox_codec import encode_span
 from sb_otel._telemetry.store_exporter import StoreExporter
 from sb_otel.testing import CapturedTelemetry
 from tests.conftest import AgreeingManager, seed_start_event
+from tests.lease_holder import HolderProcess
 
 
 class Switchable(SpanExporter):
@@ -83,13 +82,6 @@ class Pipeline:
 
     def close(self) -> None:
         self.store.close()
-
-
-@pytest.fixture
-def dead_pid() -> int:
-    """The pid of a process that ran and is gone."""
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    return int(child.stdout)
 
 
 @pytest.fixture
@@ -191,25 +183,33 @@ async def test_two_exporters_on_one_store_one_holds_the_lease(pipeline: Pipeline
         other_store.close()
 
 
-async def test_a_holder_whose_lease_expired_is_replaced(pipeline: Pipeline) -> None:
-    """A holder on another host cannot be checked for life: it is replaced only once its lease ran out."""
+async def test_a_silent_holder_is_replaced_after_its_ttl_of_our_own_clock(pipeline: Pipeline) -> None:
+    """A holder on another host (no lock file here) whose clock runs an hour ahead, then dies: its hint says
+    "alive for an hour", but a standby judges by the heartbeat on its own clock and takes over after one TTL."""
     await pipeline.session()
-    pipeline.store.acquire_lease("elsewhere:4242:abcd", 60, now=time.time())
+    pipeline.store.acquire_lease("elsewhere:4242:abcd", 0.5, now=time.time() + 3600)
+    first_seen = time.monotonic()
     assert not pipeline.exporter.drain().lease_held
-    pipeline.store.release_lease("elsewhere:4242:abcd")
-    pipeline.store.acquire_lease("elsewhere:4243:abcd", 10, now=time.time() - 11)  # expired a second ago
-    assert pipeline.exporter.drain().exported == 7
+    deadline = first_seen + 10
+    while not (report := pipeline.exporter.drain()).lease_held:
+        assert time.monotonic() < deadline, "the standby never took over from a silent holder"
+        await asyncio.sleep(0.05)
+    assert time.monotonic() - first_seen >= 0.5  # never before the holder's TTL
+    assert report.exported == 7
 
 
-async def test_a_holder_killed_on_this_host_is_replaced_at_once(pipeline: Pipeline, dead_pid: int) -> None:
-    """kill -9 of the exporting process: its pid is gone from this host, so its lease is taken over now."""
-    dead = f"{socket.gethostname()}:{dead_pid}:dead"
+async def test_a_holder_killed_on_this_host_is_replaced_at_once(pipeline: Pipeline) -> None:
+    """kill -9 of the exporting process: the kernel drops its lock on the store's lease lock file, so its lease
+    is taken over at the standby's next round, not one TTL later."""
     await pipeline.session()
-    pipeline.store.acquire_lease(dead, 60, now=time.time())
-    assert pipeline.exporter.drain().exported == 7
+    with HolderProcess(pipeline.store.path, ttl_s=60) as killed:
+        assert not pipeline.exporter.drain().lease_held  # alive: its lock file is held
+        killed.kill()
+        assert pipeline.exporter.drain().exported == 7
     lease = pipeline.store.current_lease()
     assert lease is not None
     assert lease.holder == pipeline.exporter.holder
+    assert lease.fencing == 2
 
 
 async def test_the_root_span_carries_the_redaction_the_session_started_under(tmp_path: Path) -> None:

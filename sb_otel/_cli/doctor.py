@@ -25,6 +25,8 @@ from sb_otel._settings import (
     data_dir,
 )
 from sb_otel._telemetry.configure import endpoint_with_scheme, otlp_protocol
+from sb_otel._tracking import holder_lock
+from sb_otel._tracking.export_state import Lease, looks_alive
 from sb_otel._tracking.store_factory import open_store
 
 
@@ -116,17 +118,18 @@ def _check_outbox(location: str | None) -> dict[str, Any]:
         try:
             backlog = store.export_backlog()  # type: ignore[attr-defined]
             lease = store.current_lease()  # type: ignore[attr-defined]
+            lock = _holder_lock_state(store, lease)
         finally:
             store.close()
     except (SbOtelError, AttributeError) as exc:
         return {"name": "outbox", "status": "warn", "detail": f"not readable: {exc}", "advice": ""}
     waiting = sum(backlog.outbox.values())
     dropped = {reason: count for reason, count in backlog.dropped.items() if count}
-    exporting = lease is not None and lease.expires_at > time.time()
+    exporting = looks_alive(lease, time.time()) and lock != "free"
     detail = (
         f"{waiting} span/log record(s) and {backlog.pending_root_spans} root span(s) waiting; "
         f"dropped: {', '.join(f'{n} {reason}' for reason, n in dropped.items()) or 'none'}; "
-        f"exporter: {lease.holder if exporting and lease is not None else 'none running'}"
+        f"exporter: {_exporter_text(lease, exporting, lock)}"
     )
     if dropped or (waiting + backlog.pending_root_spans and not exporting):
         advice = (
@@ -136,6 +139,36 @@ def _check_outbox(location: str | None) -> dict[str, Any]:
         )
         return {"name": "outbox", "status": "warn", "detail": detail, "advice": advice}
     return {"name": "outbox", "status": "ok", "detail": detail, "advice": ""}
+
+
+def _holder_lock_state(store: object, lease: Lease | None) -> str | None:
+    """``held``/``free`` for a lease holder's lock file on this machine (``None``: it keeps none, or no file)."""
+    path = getattr(store, "path", None)
+    if lease is None or lease.released or lease.lock_file is None or path is None:
+        return None
+    return "free" if holder_lock.holder_gone(holder_lock.lock_path(path), lease.lock_file) else "held"
+
+
+def _exporter_text(lease: Lease | None, exporting: bool, lock: str | None) -> str:
+    """Who exports: the holder, its heartbeat's age as this process sees it (by the wall clocks: a hint), its
+    fencing token, and what its lock file says on this machine."""
+    import time
+
+    if lease is None:
+        return "none running (never taken)"
+    if lease.released:
+        return f"none running (released by {lease.holder}; fencing token {lease.fencing})"
+    age = time.time() - (lease.expires_at - lease.ttl_s)
+    when = f"{age:.1f} s ago by the clocks" if age > -1 else f"its clock runs {-age:.0f} s ahead of ours"
+    parts = [f"heartbeat {lease.heartbeat}, {when}", f"fencing token {lease.fencing}"]
+    if lock is not None:
+        parts.append(f"lock file {'held: its process lives' if lock == 'held' else 'free: its process is gone'}")
+    if exporting:
+        return f"{lease.holder} ({'; '.join(parts)})"
+    return (
+        f"none running ({lease.holder} is silent: {'; '.join(parts)}; "
+        f"the next exporter takes over after {lease.ttl_s:.0f} s without a heartbeat)"
+    )
 
 
 def _check_telemetry() -> dict[str, Any]:

@@ -412,8 +412,10 @@ def drainer_wanted(store: SessionStore) -> bool:
     """Whether to start a drainer for what was just written: not when ``SB_OTEL_EMIT_DRAIN=0``, nor when a live
     exporter holds the store's lease (``serve``, ``sb-otel export [--follow]``, an earlier drainer), which sends
     it. The drainer would find that lease and step aside itself, but starting it costs this machine about as
-    much CPU as the ``emit`` that started it (``benchmarks/README.md``); an expired lease, or one whose holder on
-    this host is gone, is no exporter."""
+    much CPU as the ``emit`` that started it (``benchmarks/README.md``). One read decides, cheaply and only
+    about starting a process (the drainer judges the lease properly): a released lease, or one whose
+    wall-clock hint is stale or implausibly far ahead (a holder whose clock runs ahead), is no exporter; nor is
+    one whose holder's lock file on this machine is free (its process died, in any PID namespace)."""
     if SB_OTEL_EMIT_DRAIN.read() == "0":
         return False
     current = getattr(store, "current_lease", None)
@@ -421,11 +423,16 @@ def drainer_wanted(store: SessionStore) -> bool:
         lease = current() if current is not None else None
     except Exception:  # cannot tell: the drainer decides
         return True
-    if lease is None or lease.expires_at <= time.time():
-        return True
-    from sb_otel._tracking.export_state import holder_gone
+    from sb_otel._tracking.export_state import looks_alive
 
-    return holder_gone(lease.holder)
+    if not looks_alive(lease, time.time()):
+        return True
+    path = getattr(store, "path", None)
+    if lease is None or lease.lock_file is None or path is None:
+        return False
+    from sb_otel._tracking import holder_lock
+
+    return holder_lock.holder_gone(holder_lock.lock_path(path), lease.lock_file)
 
 
 def drain(store_location: str | None) -> None:

@@ -24,7 +24,7 @@ from sb_otel._tracking.store_factory import open_store
     default=export_gate.DEFAULT_LEASE_TTL,
     show_default=True,
     metavar="DURATION",
-    help="How long the exporter lease lasts without renewal: a killed exporter is replaced after this.",
+    help="How long a standby waits for a silent holder's heartbeat (one killed on this machine: not at all).",
 )
 @click.option("--interval", default="1s", show_default=True, metavar="DURATION", help="--follow: pause when idle.")
 @_store_option

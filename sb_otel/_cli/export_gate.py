@@ -10,11 +10,18 @@ and releases it at the end. A process that finds the lease taken by a live holde
 busy lease costs a process start and one SQLite transaction.
 
 ``--follow`` never steps aside: it takes the lease here when it is free, else it waits as a standby and takes
-over when the holder's lease expires (or its process is gone).
+over when the holder's heartbeat stops (or its lock file shows it dead: :mod:`sb_otel._telemetry.lease`).
 
-The lease taken here lasts ``--lease-ttl`` (15 s by default), far longer than the SDK imports take even on a
-loaded machine (``benchmarks/README.md``); should it lapse first, the exporter's first round takes it again if
-still free, or steps aside with the same note as a busy gate.
+A single ``sb-otel export`` facing a holder steps aside when the lease's hint says the holder renewed lately. When
+the hint says it did not, the hint may be wrong (the holder's clock runs behind ours) or right (it died on another
+host): the gate watches the heartbeat for up to the holder's TTL on its own monotonic clock, steps aside as soon
+as it moves, and takes over if it never does. So a dead holder never blocks a store's drainers for longer than
+one TTL, whatever its clock said.
+
+The gate's heartbeat must last until the exporter's first round renews it: a standby waits ``--lease-ttl`` (15 s
+by default) of silence, far longer than the SDK imports take even on a loaded machine (``benchmarks/README.md``),
+and the gate keeps the store's lock file locked for the process, so a standby on this machine sees it alive. Had
+a standby taken it over meanwhile, the exporter's first round finds the lease another's and sends nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +29,11 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sb_otel._telemetry.lease import LeaseKeeper
+    from sb_otel._tracking.export_state import Lease
 
 DEFAULT_LEASE_TTL = "15s"
 """``sb-otel export --lease-ttl``'s default."""
@@ -72,7 +84,8 @@ def lease_note(args: Sequence[str]) -> str | None:
     global _taken
     if any(arg in ("--help", "-h") for arg in args):
         return None
-    from sb_otel._tracking.export_state import TelemetryStore, holder_gone, new_holder
+    from sb_otel._telemetry.lease import LeaseKeeper, store_lock_path
+    from sb_otel._tracking.export_state import TelemetryStore, looks_alive, new_holder
     from sb_otel._tracking.store_factory import open_store
 
     follow = "--follow" in args
@@ -85,24 +98,47 @@ def lease_note(args: Sequence[str]) -> str | None:
     try:
         if not isinstance(store, TelemetryStore):
             return None  # keeps no telemetry: the command says so
-        holder, now, ttl = new_holder(), time.time(), _ttl_s(args)
-        taken = store.acquire_lease(holder, ttl, now)
-        if not taken:
-            lease = store.current_lease()
-            if lease is not None and holder_gone(lease.holder):  # killed: take over at once
-                taken = store.acquire_lease(holder, ttl, now, replacing=lease.holder)
-                lease = None if taken else store.current_lease()
+        keeper = LeaseKeeper(store, new_holder(), _ttl_s(args), lock_file=store_lock_path(store))
+        taken = keeper.acquire()
+        if not taken and not follow and not looks_alive(keeper.observed, time.time()):
+            taken = _watch(keeper)
         if taken:
-            _taken = _Taken(location, holder)
+            _taken = _Taken(location, keeper.holder)
             return None
+        lease = keeper.observed
     except Exception:
         return None  # cannot tell: the command decides (and reports a broken store)
     finally:
         store.close()
-    if follow or lease is None or lease.expires_at <= time.time():
-        return None  # a standby waits for the lease; one that lapsed meanwhile: the exporter takes it
-    until = datetime.fromtimestamp(lease.expires_at, timezone.utc).strftime("%H:%M:%S UTC")
-    return f"sb-otel: {lease.holder} is exporting this store (lease until {until}); nothing to do"
+    if follow or lease is None:
+        return None  # a standby waits for the lease
+    return _note(lease)
+
+
+def _watch(keeper: LeaseKeeper) -> bool:
+    """Watch a holder whose hint says it is silent, for up to its TTL of our clock: ``True`` once we took the
+    lease (it stayed silent, or let go), ``False`` as soon as its heartbeat moves (alive: step aside)."""
+    seen = keeper.observed
+    if seen is None:
+        return keeper.acquire()
+    deadline = time.monotonic() + (seen.ttl_s if seen.ttl_s > 0 else keeper.ttl_s) + 1.0
+    pause = min(0.5, max(0.05, keeper.ttl_s / 20))
+    while time.monotonic() < deadline:
+        time.sleep(pause)
+        if keeper.acquire():
+            return True
+        now = keeper.observed
+        if now is not None and not now.same_tenure_and_beat(seen):
+            return False
+    return False
+
+
+def _note(lease: Lease) -> str:
+    """The line a stepping-aside ``sb-otel export`` prints."""
+    if lease.expires_at > 0:
+        until = datetime.fromtimestamp(lease.expires_at, timezone.utc).strftime("%H:%M:%S UTC")
+        return f"sb-otel: {lease.holder} is exporting this store (lease until {until} by its clock); nothing to do"
+    return f"sb-otel: {lease.holder} is exporting this store; nothing to do"
 
 
 def held(store_location: str | None) -> str | None:
@@ -124,6 +160,7 @@ def release() -> None:
 
 
 def _release(taken: _Taken) -> None:
+    from sb_otel._telemetry.lease import LeaseKeeper, store_lock_path
     from sb_otel._tracking.export_state import TelemetryStore
     from sb_otel._tracking.store_factory import open_store
 
@@ -133,8 +170,8 @@ def _release(taken: _Taken) -> None:
         return
     try:
         if isinstance(store, TelemetryStore):
-            store.release_lease(taken.holder)
+            LeaseKeeper(store, taken.holder, lock_file=store_lock_path(store)).release()
     except Exception:
-        pass  # the lease lapses on its own; a holder gone from this host is replaced at once anyway
+        pass  # a standby takes over one TTL later; a holder whose lock file is free at once
     finally:
         store.close()

@@ -1,9 +1,10 @@
 """The store's exporter: pending root spans and outbox rows, sent through the SDK's own exporters.
 
-One exporter per store at a time: whoever holds the lease (``telemetry_lease``, see
-:mod:`sb_otel._tracking.export_state`) exports; the lease is renewed before every export call, and its time to
-live is longer than one call may take, so two processes never send the same rows concurrently. It runs as a
-thread in long-lived processes (``configure()`` hosts, ``sb-otel serve``) and alone as ``sb-otel export``.
+One exporter per store at a time: whoever holds the lease (``telemetry_lease``, kept by
+:mod:`sb_otel._telemetry.lease`) exports; the lease is renewed before every export call and, while a call is in
+flight, by a heartbeat, so two processes never send the same rows concurrently however long a call takes. It
+runs as a thread in long-lived processes (``configure()`` hosts, ``sb-otel serve``) and alone as ``sb-otel
+export``.
 
 Each round:
 
@@ -45,20 +46,18 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sb_otel._telemetry import otel_logs as otel_logs
 from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.attributes import Redaction
+from sb_otel._telemetry.lease import LEASE_TTL_S, LeaseKeeper, LeaseLost, store_lock_path
 from sb_otel._telemetry.outbox import Outbox
 from sb_otel._telemetry.outbox_codec import LOGS, SPANS, decode_log, decode_span
 from sb_otel._telemetry.root_span import SessionTelemetry, export_root_span, record_outcome, stored_redaction
 from sb_otel._telemetry.row_records import RowRecords
 from sb_otel._telemetry.store_metrics import StoreSessionMetrics
 from sb_otel._tracking import row_telemetry
-from sb_otel._tracking.export_state import TelemetryStore, holder_gone, new_holder
+from sb_otel._tracking.export_state import TelemetryStore, new_holder
 from sb_otel._tracking.session_counts import SessionCountsStore
 from sb_otel._tracking.store import SessionRecord
 from sb_otel._version import __version__
 
-LEASE_TTL_S = 15.0
-"""How long a lease lasts without renewal: longer than one export call may take (the OTLP exporters' own
-timeout is 10 s by default), so a holder never loses it in the middle of a call."""
 METRICS_INTERVAL_S = 10.0
 """How often a following exporter sends the store-derived session series (cumulative: a late one loses nothing),
 unless ``OTEL_METRIC_EXPORT_INTERVAL`` says otherwise (:func:`series_interval_s`)."""
@@ -92,10 +91,6 @@ BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 60.0
 _log = logging.getLogger("sb_otel.exporter")
 _T = TypeVar("_T")
-
-
-class LeaseLost(Exception):
-    """Another process took the lease (ours expired): stop exporting at once."""
 
 
 @dataclass
@@ -171,33 +166,25 @@ class StoreExporter:
         self.metrics_interval_s = metrics_interval_s
         self._metrics_due = 0.0
         self._row_records = RowRecords(resource)
+        self._lease = LeaseKeeper(store, self.holder, lease_ttl_s, lock_file=store_lock_path(store))
 
     # -- the lease ----------------------------------------------------------------------------------------
 
     def acquire(self) -> bool:
-        """Take or renew the lease; whether we hold it now. A holder whose process is gone from this host
-        (killed) is replaced at once; one on another host only when its lease expires."""
-        now = time.time()
-        if self.store.acquire_lease(self.holder, self.lease_ttl_s, now):
-            return True
-        lease = self.store.current_lease()
-        if lease is None or not holder_gone(lease.holder):
-            return False
-        taken = self.store.acquire_lease(self.holder, self.lease_ttl_s, now, replacing=lease.holder)
-        if taken:
-            _log.warning("sb-otel exporter %s took over from %s, whose process is gone", self.holder, lease.holder)
-        return taken
+        """Take or renew the lease; whether we hold it now. A holder whose lock file is free (its process died,
+        in whatever PID namespace) is replaced at once; a silent one after its TTL of our own clock
+        (:class:`~sb_otel._telemetry.lease.LeaseKeeper`)."""
+        return self._lease.acquire()
 
     def release(self) -> None:
         """Give the lease up, so another exporter can take over at once."""
         try:
-            self.store.release_lease(self.holder)
+            self._lease.release()
         except Exception:
             _log.debug("sb-otel could not release the exporter lease", exc_info=True)
 
     def _renew(self) -> None:
-        if not self.acquire():
-            raise LeaseLost(self.holder)
+        self._lease.renew()
 
     # -- one drain ----------------------------------------------------------------------------------------
 
@@ -236,14 +223,14 @@ class StoreExporter:
             return
         self._renew()
         data = self.session_metrics.collect()
-        # Renewed again after the reading: a holder paused in it (SIGSTOP, a stalled VM) past its lease finds the
-        # standby holding it, and sends nothing; what is sent was read under a lease still ours.
-        self._renew()
-        try:
-            accepted = self.session_metrics.exporter.export(data)
-        except Exception:
-            _log.debug("sb-otel metric exporter raised", exc_info=True)
-            accepted = None
+        # Renewed again after the reading (entering the call): a holder paused in it (SIGSTOP, a stalled VM) past
+        # its lease finds the standby holding it, and sends nothing; what is sent was read under a lease still ours.
+        with self._lease.sending():
+            try:
+                accepted = self.session_metrics.exporter.export(data)
+            except Exception:
+                _log.debug("sb-otel metric exporter raised", exc_info=True)
+                accepted = None
         report.metrics_exported = accepted == MetricExportResult.SUCCESS
         report.failed = report.failed or not report.metrics_exported
         self._metrics_due = time.monotonic() + self.metrics_interval_s
@@ -418,13 +405,13 @@ class StoreExporter:
         return sent + more_sent, poison, failed
 
     def _export(self, exporter: Any, items: Sequence[tuple[Any, Any]]) -> bool:
-        """One export call, under a freshly renewed lease; an exception counts as a failure."""
-        self._renew()
-        try:
-            result = exporter.export([record for _, record in items])
-        except Exception:
-            _log.debug("sb-otel exporter raised", exc_info=True)
-            return False
+        """One export call, under a freshly renewed lease kept while it runs; an exception counts as a failure."""
+        with self._lease.sending():
+            try:
+                result = exporter.export([record for _, record in items])
+            except Exception:
+                _log.debug("sb-otel exporter raised", exc_info=True)
+                return False
         return getattr(result, "name", None) == SpanExportResult.SUCCESS.name
 
     # -- the background thread ----------------------------------------------------------------------------

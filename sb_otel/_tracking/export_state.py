@@ -10,8 +10,13 @@ DESIGN.md, "Telemetry from the store": the store is the source of telemetry.
   MCP SDK's request spans) is one row: the signal, when it was written, and the encoded record. The exporter
   reads rows oldest first, deletes them after a successful export, and keeps them when the export failed.
   Bounded by rows and age: the oldest rows go first, counted as dropped.
-* **Lease.** One row per store names the process that exports (holder and expiry): only the holder reads and
-  deletes outbox rows and exports root spans, so two processes never export the same rows concurrently.
+* **Lease.** One row per store names the process that exports: only the holder reads and deletes outbox rows
+  and exports root spans, so two processes never export the same rows concurrently. The row carries a
+  heartbeat the holder bumps at every renewal and a fencing token that changes at every take-over. Taking it
+  from another holder is a compare-and-swap on what the standby saw (:meth:`TelemetryStore.acquire_lease`'s
+  ``replacing``): the store compares rows, never clocks. Who may take over, and when, is judged by the
+  standby on its own monotonic clock (:mod:`sb_otel._telemetry.lease`); ``expires_at`` (the holder's wall
+  clock plus its TTL) is only a hint for people and for ``emit``'s "is anybody exporting?" (:func:`looks_alive`).
 
 PostgreSQL mapping (the multi-host path: several ``serve`` replicas on one database). The same tables, with
 ``BIGSERIAL``/``TIMESTAMPTZ``/``BYTEA`` types, map as follows:
@@ -24,9 +29,9 @@ PostgreSQL mapping (the multi-host path: several ``serve`` replicas on one datab
   SKIP LOCKED``; ``DELETE … WHERE id = ANY($2)`` after success and ``COMMIT``; a failure rolls back, which
   releases the rows. With ``SKIP LOCKED`` several replicas may even drain concurrently without ever sending the
   same row twice; the lease then only decides who runs the trimming.
-* lease: ``INSERT INTO telemetry_lease … ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at =
-  EXCLUDED.expires_at WHERE telemetry_lease.expires_at < now() OR telemetry_lease.holder = EXCLUDED.holder
-  RETURNING holder`` — a row back means the lease is ours.
+* lease: ``UPDATE telemetry_lease SET holder = $1, heartbeat = heartbeat + 1, fencing = fencing + 1, … WHERE
+  name = 'exporter' AND (released OR (holder, heartbeat, fencing) = ($2, $3, $4)) RETURNING fencing`` — a row
+  back means the lease is ours (the same compare-and-swap as here; no clock is compared).
 
 SQLite has no row locks: the lease (taken under ``BEGIN IMMEDIATE``) is what serialises exporters there.
 """
@@ -73,35 +78,40 @@ TELEMETRY_MIGRATION = (
 """The schema migration behind this module (appended to the SQLite store's list)."""
 
 
+LEASE_MIGRATION = (
+    "0007_lease_heartbeat",
+    (
+        "ALTER TABLE telemetry_lease ADD COLUMN heartbeat INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE telemetry_lease ADD COLUMN fencing INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE telemetry_lease ADD COLUMN ttl_s REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE telemetry_lease ADD COLUMN released INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE telemetry_lease ADD COLUMN lock_file TEXT",
+        "UPDATE telemetry_lease SET released = 1 WHERE expires_at = 0",
+    ),
+)
+"""The lease's heartbeat, fencing token, TTL, release mark and lock file (appended to the SQLite store's list)."""
+
+
 def new_holder() -> str:
-    """A lease holder name: host, pid and a random part (a pid can be reused)."""
+    """A lease holder name: host, pid and a random part (a pid can be reused, and means nothing in another PID
+    namespace: the name is for people, never looked up)."""
     import socket  # here and below, not at the top: ``sb-otel emit`` imports this module and never needs them
     import uuid
 
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def holder_gone(holder: str) -> bool:
-    """Whether a lease holder (:func:`new_holder`) ran on this host and its process no longer does."""
-    rest = holder.split(":")
-    if len(rest) < 3 or not rest[-2].isdigit():
+def looks_alive(lease: Lease | None, now: float) -> bool:
+    """Whether the lease's wall-clock hint says its holder renewed lately: a hint for ``emit`` ("is anybody
+    exporting?") and for people, never a reason to take the lease over. A hint further ahead than one TTL can
+    only come from a holder whose clock runs ahead of ours: it says nothing, so not alive."""
+    if lease is None or lease.released:
         return False
-    host, pid = ":".join(rest[:-2]), int(rest[-2])
-    import socket
+    return now < lease.expires_at <= now + max(lease.ttl_s, 0.0) + _HINT_SLACK_S
 
-    if host != socket.gethostname() or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False  # exists (another user's) or cannot tell
-    try:  # a zombie (killed, not yet reaped by its parent) is gone too
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (OSError, IndexError):
-        return False
+
+_HINT_SLACK_S = 1.0
+"""How far ahead of ``now + ttl`` a hint may be and still be believed (clocks of one host agree far better)."""
 
 
 class OutboxRow(Frozen):
@@ -122,15 +132,86 @@ class OutboxRow(Frozen):
 
 
 class Lease(Frozen):
-    """Who exports this store, until when (Unix seconds)."""
+    """The exporter lease row: who exports this store, in which tenure, and how recently it said so."""
 
-    __slots__ = ("expires_at", "holder")
+    __slots__ = ("expires_at", "fencing", "heartbeat", "holder", "lock_file", "released", "ttl_s")
 
     holder: str
     expires_at: float
+    """The holder's wall clock at its last renewal plus ``ttl_s`` (0 once released): a hint, never compared
+    between processes to take the lease over."""
+    heartbeat: int
+    """Bumped at every renewal: a standby that sees it unchanged for ``ttl_s`` of its own monotonic clock takes
+    over."""
+    fencing: int
+    """Changes at every take-over (a new tenure); a renewal succeeds only in the tenure it renews."""
+    ttl_s: float
+    """The holder's time to live: how long a standby waits for a heartbeat (0: a row older than the heartbeat)."""
+    released: bool
+    """Given up: the next exporter takes it at once."""
+    lock_file: str | None
+    """``device:inode`` of the lock file the holder keeps locked while it holds the lease (``None``: it keeps none),
+    so a standby on the same machine that can lock that file knows the holder is dead (:mod:`holder_lock`)."""
 
-    def __init__(self, holder: str, expires_at: float) -> None:
-        self._set(holder=holder, expires_at=expires_at)
+    def __init__(
+        self,
+        holder: str,
+        expires_at: float,
+        heartbeat: int = 0,
+        fencing: int = 0,
+        ttl_s: float = 0.0,
+        released: bool = False,
+        lock_file: str | None = None,
+    ) -> None:
+        self._set(
+            holder=holder,
+            expires_at=expires_at,
+            heartbeat=heartbeat,
+            fencing=fencing,
+            ttl_s=ttl_s,
+            released=released,
+            lock_file=lock_file,
+        )
+
+    def same_tenure_and_beat(self, other: Lease) -> bool:
+        """Whether ``other`` is this row unchanged: same holder, heartbeat and fencing token."""
+        return (self.holder, self.heartbeat, self.fencing) == (other.holder, other.heartbeat, other.fencing)
+
+
+def next_lease(
+    current: Lease | None,
+    holder: str,
+    ttl_s: float,
+    now: float,
+    *,
+    replacing: Lease | None = None,
+    fencing: int | None = None,
+    lock_file: str | None = None,
+) -> Lease | None:
+    """The compare-and-swap both stores run atomically: the row after ``holder``'s attempt, or ``None`` (refused).
+
+    * ``fencing`` given: a renewal of that tenure only (same holder, same token, not released).
+    * otherwise: take a missing or released lease, renew our own, or take over from ``replacing`` when the row
+      is still exactly what the standby saw (holder, heartbeat, token).
+
+    A take is a new tenure (the token moves on); a renewal bumps the heartbeat. ``now`` only fills the hint."""
+    if current is not None and fencing is not None:
+        if current.released or current.holder != holder or current.fencing != fencing:
+            return None
+        return current.replace(
+            heartbeat=current.heartbeat + 1, expires_at=now + ttl_s, ttl_s=ttl_s, lock_file=lock_file
+        )
+    if fencing is not None:
+        return None
+    if current is not None and not current.released and current.holder == holder:
+        return current.replace(
+            heartbeat=current.heartbeat + 1, expires_at=now + ttl_s, ttl_s=ttl_s, lock_file=lock_file
+        )
+    free = current is None or current.released
+    if not free and (replacing is None or not current.same_tenure_and_beat(replacing)):  # type: ignore[union-attr]
+        return None
+    heartbeat, token = (0, 0) if current is None else (current.heartbeat, current.fencing)
+    return Lease(holder, now + ttl_s, heartbeat + 1, token + 1, ttl_s, False, lock_file)
 
 
 class ExportBacklog(Frozen):
@@ -202,17 +283,26 @@ class TelemetryStore(Protocol):
         """Rows and root spans waiting, and the drop counters."""
         ...
 
-    def acquire_lease(self, holder: str, ttl_s: float, now: float, *, replacing: str | None = None) -> bool:
-        """Take or renew the exporter lease for ``ttl_s``; ``False`` while another holder's lease runs, unless
-        that holder is ``replacing`` (one known to be dead: its process is gone from this host)."""
+    def acquire_lease(
+        self,
+        holder: str,
+        ttl_s: float,
+        now: float,
+        *,
+        replacing: Lease | None = None,
+        fencing: int | None = None,
+        lock_file: str | None = None,
+    ) -> Lease | None:
+        """Take, renew or take over the exporter lease, atomically (:func:`next_lease`); the row now ours, or
+        ``None``. ``now`` (wall clock) only fills the ``expires_at`` hint: no clock decides."""
         ...
 
     def release_lease(self, holder: str) -> None:
-        """Give the lease up (only if ``holder`` holds it)."""
+        """Give the lease up (only if ``holder`` holds it): the next exporter takes it at once."""
         ...
 
     def current_lease(self) -> Lease | None:
-        """The lease row, expired or not; ``None`` if nobody ever held it."""
+        """The lease row, released or not; ``None`` if nobody ever held it."""
         ...
 
 
@@ -298,20 +388,30 @@ class InMemoryExportState:
             pending = sum(1 for mark in state.root.values() if mark == ROOT_PENDING)
             return ExportBacklog(outbox, oldest, pending, dict(state.dropped))
 
-    def acquire_lease(self, holder: str, ttl_s: float, now: float, *, replacing: str | None = None) -> bool:
+    def acquire_lease(
+        self,
+        holder: str,
+        ttl_s: float,
+        now: float,
+        *,
+        replacing: Lease | None = None,
+        fencing: int | None = None,
+        lock_file: str | None = None,
+    ) -> Lease | None:
         with self._lock:
             state = self._export_state()
-            lease = state.lease
-            if lease is not None and lease.holder not in (holder, replacing) and lease.expires_at > now:
-                return False
-            state.lease = Lease(holder, now + ttl_s)
-            return True
+            after = next_lease(
+                state.lease, holder, ttl_s, now, replacing=replacing, fencing=fencing, lock_file=lock_file
+            )
+            if after is not None:
+                state.lease = after
+            return after
 
     def release_lease(self, holder: str) -> None:
         with self._lock:
             state = self._export_state()
-            if state.lease is not None and state.lease.holder == holder:
-                state.lease = state.lease.replace(expires_at=0.0)
+            if state.lease is not None and state.lease.holder == holder and not state.lease.released:
+                state.lease = state.lease.replace(expires_at=0.0, released=True, lock_file=None)
 
     def current_lease(self) -> Lease | None:
         with self._lock:

@@ -32,12 +32,14 @@ from sb_otel._settings import SB_OTEL_STORE_SYNC
 from sb_otel._tracking.export_state import (
     DROP_REASONS,
     EXPORTER_LEASE,
+    LEASE_MIGRATION,
     ROOT_EXPORTED,
     ROOT_PENDING,
     TELEMETRY_MIGRATION,
     ExportBacklog,
     Lease,
     OutboxRow,
+    next_lease,
 )
 from sb_otel._tracking.identity import numbered_session_id, session_id_base
 from sb_otel._tracking.row_telemetry import ALL, END_OWED_SQL, LIVE_MIGRATION, START_OWED_SQL, built_from_row, due
@@ -93,6 +95,7 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     TELEMETRY_MIGRATION,  # pending root spans, the outbox, the exporter lease (sb_otel/_tracking/export_state.py)
     COUNTS_MIGRATION,  # session counts kept by triggers (sb_otel/_tracking/session_counts.py)
     EXACT_LENGTHS_MIGRATION,
+    LEASE_MIGRATION,  # the lease's heartbeat and fencing token (sb_otel/_tracking/export_state.py)
     LIVE_MIGRATION,  # records owed by sessions built from their row (sb_otel/_tracking/row_telemetry.py)
 )
 """Named schema migrations, applied in order, each in its own transaction. Append; never edit."""
@@ -655,32 +658,70 @@ class SqliteSessionStore:
             }
         return ExportBacklog(outbox, oldest, pending, dropped)
 
-    def acquire_lease(self, holder: str, ttl_s: float, now: float, *, replacing: str | None = None) -> bool:
+    def acquire_lease(
+        self,
+        holder: str,
+        ttl_s: float,
+        now: float,
+        *,
+        replacing: Lease | None = None,
+        fencing: int | None = None,
+        lock_file: str | None = None,
+    ) -> Lease | None:
+        # Under SQLite's write lock (BEGIN IMMEDIATE): the read and the write are one compare-and-swap.
         with self._write() as db:
             row = db.execute(
-                "SELECT holder, expires_at FROM telemetry_lease WHERE name = ?", (EXPORTER_LEASE,)
+                f"SELECT {_LEASE_COLUMNS} FROM telemetry_lease WHERE name = ?", (EXPORTER_LEASE,)
             ).fetchone()
-            if row is not None and row[0] not in (holder, replacing) and row[1] > now:
-                return False
-            db.execute(
-                "INSERT INTO telemetry_lease (name, holder, expires_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at",
-                (EXPORTER_LEASE, holder, now + ttl_s),
+            after = next_lease(
+                _lease(row), holder, ttl_s, now, replacing=replacing, fencing=fencing, lock_file=lock_file
             )
-        return True
+            if after is not None:
+                db.execute(
+                    f"INSERT INTO telemetry_lease (name, {_LEASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at, "
+                    "heartbeat = excluded.heartbeat, fencing = excluded.fencing, ttl_s = excluded.ttl_s, "
+                    "released = excluded.released, lock_file = excluded.lock_file",
+                    (EXPORTER_LEASE, *_lease_values(after)),
+                )
+        return after
 
     def release_lease(self, holder: str) -> None:
         with self._lock, _translated(self.path):
             self._db.execute(
-                "UPDATE telemetry_lease SET expires_at = 0 WHERE name = ? AND holder = ?", (EXPORTER_LEASE, holder)
+                "UPDATE telemetry_lease SET expires_at = 0, released = 1, lock_file = NULL "
+                "WHERE name = ? AND holder = ? AND released = 0",
+                (EXPORTER_LEASE, holder),
             )
 
     def current_lease(self) -> Lease | None:
         with self._lock, _translated(self.path):
             row = self._db.execute(
-                "SELECT holder, expires_at FROM telemetry_lease WHERE name = ?", (EXPORTER_LEASE,)
+                f"SELECT {_LEASE_COLUMNS} FROM telemetry_lease WHERE name = ?", (EXPORTER_LEASE,)
             ).fetchone()
-        return None if row is None else Lease(row[0], row[1])
+        return _lease(row)
+
+
+_LEASE_COLUMNS = "holder, expires_at, heartbeat, fencing, ttl_s, released, lock_file"
+
+
+def _lease(row: tuple[Any, ...] | None) -> Lease | None:
+    if row is None:
+        return None
+    holder, expires_at, heartbeat, fencing, ttl_s, released, lock_file = row
+    return Lease(holder, expires_at, heartbeat, fencing, ttl_s, bool(released), lock_file)
+
+
+def _lease_values(lease: Lease) -> tuple[Any, ...]:
+    return (
+        lease.holder,
+        lease.expires_at,
+        lease.heartbeat,
+        lease.fencing,
+        lease.ttl_s,
+        int(lease.released),
+        lease.lock_file,
+    )
 
 
 _OUTBOX_INSERT = "INSERT INTO telemetry_outbox (signal, created_at, payload) VALUES "

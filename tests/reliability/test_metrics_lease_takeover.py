@@ -360,8 +360,8 @@ def test_a_holder_paused_while_it_reads_the_counts_sends_nothing_once_its_lease_
 
         def read_then_pause_past_the_lease() -> Any:
             counts = reading()
-            # the pause outlasted the holder's lease: the standby's clock is past it, and it takes the lease
-            assert standby.acquire_lease("standby:1:x", 5, time.time() + 10)
+            # the pause outlasted the holder's lease: the standby saw no heartbeat for a TTL, and swaps it over
+            assert standby.acquire_lease("standby:1:x", 5, time.time(), replacing=standby.current_lease())
             return counts
 
         paused.session_counts = read_then_pause_past_the_lease  # type: ignore[method-assign]
