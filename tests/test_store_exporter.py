@@ -126,16 +126,18 @@ async def test_nothing_is_sent_in_the_call_and_everything_after_one_drain(pipeli
 
 
 async def test_a_failed_export_keeps_everything_and_the_next_drain_sends_it(pipeline: Pipeline) -> None:
+    """Traces failing keep every span (root and outbox) and hold back only traces: the log records go."""
     await pipeline.session()
     pipeline.spans.up = False
     report = pipeline.exporter.drain()
     assert report.failed
-    assert report.exported == 0
+    assert (report.root_spans, report.spans, report.logs) == (0, 0, 2)
     assert report.poison == 0
+    assert report.signals["traces"].failed
     backlog = pipeline.store.export_backlog()
-    assert (backlog.outbox["traces"], backlog.pending_root_spans) == (4, 1)
+    assert (backlog.outbox, backlog.pending_root_spans) == ({"traces": 4}, 1)
     pipeline.spans.up = True
-    assert pipeline.exporter.drain().exported == 1 + 4 + 2
+    assert pipeline.exporter.drain().exported == 1 + 4
 
 
 async def test_a_span_the_encoder_rejects_is_dropped_and_counted_and_the_rest_is_sent(
@@ -152,24 +154,18 @@ async def test_a_span_the_encoder_rejects_is_dropped_and_counted_and_the_rest_is
     assert "dropped 1 span(s) the exporter rejects (poison)" in caplog.text
 
 
-async def test_a_batch_refused_as_a_whole_is_bisected_down_to_the_refused_record(pipeline: Pipeline) -> None:
-    rows = [encode_span(make_span(f"span {number}")) for number in range(37)]
-    pipeline.store.outbox_append("traces", rows, time.time())
-    pipeline.spans.refuse = {"span 23"}  # encodable, but the receiver says no (a permanent 4xx)
-    report = pipeline.exporter.drain()
-    assert (report.spans, report.poison, report.failed) == (36, 1, False)
-    assert sorted(span.name for span in pipeline.spans.sent) == sorted(f"span {n}" for n in range(37) if n != 23)
-    assert pipeline.spans.calls <= 2 + 2 * 6  # whole batch, then two halves per level: log2(37) levels
-
-
-async def test_everything_refused_means_unreachable_and_nothing_is_dropped(pipeline: Pipeline) -> None:
+async def test_a_failure_whose_cause_is_not_shown_is_retried_never_bisected_or_dropped(pipeline: Pipeline) -> None:
+    """An exporter that only says FAILURE (no HTTP status, no gRPC code to read) may be down: nothing is
+    dropped, nothing is halved, the signal backs off."""
     pipeline.store.outbox_append("traces", [encode_span(make_span(f"s{n}")) for n in range(9)], time.time())
     pipeline.spans.up = False
     report = pipeline.exporter.drain()
     assert report.failed
     assert report.poison == 0
     assert pipeline.store.export_backlog().outbox == {"traces": 9}
-    assert pipeline.spans.calls == 3  # the batch and its two halves, then back off
+    assert pipeline.spans.calls == 1
+    assert pipeline.exporter.drain(retry_now=False).signals.get("traces") is None  # backing off: not tried
+    assert pipeline.spans.calls == 1
 
 
 async def test_two_exporters_on_one_store_one_holds_the_lease(pipeline: Pipeline, tmp_path: Path) -> None:

@@ -29,27 +29,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics.export import MetricExportResult
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from sb_otel._telemetry import export_outcome
 from sb_otel._telemetry import otel_logs as otel_logs
 from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.attributes import Redaction
+from sb_otel._telemetry.export_outcome import Outcome
 from sb_otel._telemetry.outbox import Outbox
 from sb_otel._telemetry.outbox_codec import LOGS, SPANS, decode_log, decode_span
 from sb_otel._telemetry.root_span import SessionTelemetry, export_root_span, record_outcome, stored_redaction
 from sb_otel._telemetry.store_metrics import StoreSessionMetrics
-from sb_otel._tracking.export_state import TelemetryStore, holder_gone, new_holder
+from sb_otel._tracking.export_state import DROP_REASONS, TelemetryStore, holder_gone, new_holder
 from sb_otel._tracking.session_counts import SessionCountsStore
 from sb_otel._tracking.store import SessionRecord
 from sb_otel._version import __version__
@@ -88,12 +89,38 @@ BATCH_SIZE = 512
 IDLE_INTERVAL_S = 1.0
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 60.0
+REFUSED_RETRY_S = 300.0
+"""How long a signal the destination refused waits before it is tried again (it may gain the pipeline)."""
+SIGNALS = ("traces", "logs", "metrics")
+"""Each with its own progress, backoff and refusal: traces (root spans and outbox spans), logs (outbox log
+records), metrics (the store-derived session series)."""
 _log = logging.getLogger("sb_otel.exporter")
 _T = TypeVar("_T")
 
 
 class LeaseLost(Exception):
     """Another process took the lease (ours expired): stop exporting at once."""
+
+
+@dataclass
+class SignalReport:
+    """What one drain did for one signal."""
+
+    sent: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Records dropped this drain, by reason: ``poison``, ``rejected`` (by the receiver), ``off``."""
+    messages: list[str] = field(default_factory=list)
+    """What the receiver said about the records it rejected (the first few)."""
+    outcome: Outcome | None = None
+    """Why the signal stopped this drain: refused by the destination, or a failure (then the rest waits)."""
+
+    @property
+    def refused(self) -> bool:
+        return self.outcome is not None and self.outcome.kind == "refused"
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome is not None and not self.refused
 
 
 @dataclass
@@ -105,15 +132,54 @@ class DrainReport:
     logs: int = 0
     poison: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    """Dropped this drain, by reason: ``overflow``/``expired`` (the bounds), ``rejected``, ``off``, ``corrupt``
+    (``poison`` has its own field)."""
     failed: bool = False
-    """Whether an export failed (the collector unreachable?): what is left waits for the next round."""
+    """Whether an export failed (the collector unreachable?): what is left of that signal waits for a later
+    round. A signal the destination refuses is not a failure (:attr:`refused`)."""
     lease_held: bool = True
     metrics_exported: bool | None = None
     """Whether the store-derived session series were sent this drain (``None``: not due, or none configured)."""
+    signals: dict[str, SignalReport] = field(default_factory=dict)
+    """Per signal (:data:`SIGNALS`): sent, dropped, and why it stopped."""
+    retry_now: bool = field(default=False, repr=False)
+    """Whether this drain tries signals that back off (an explicit flush, the final drain)."""
 
     @property
     def exported(self) -> int:
         return self.root_spans + self.spans + self.logs
+
+    @property
+    def refused(self) -> dict[str, Outcome]:
+        """The signals the destination refused this drain, with its answer."""
+        return {
+            name: signal.outcome
+            for name, signal in self.signals.items()
+            if signal.outcome is not None and signal.refused
+        }
+
+    def signal(self, name: str) -> SignalReport:
+        return self.signals.setdefault(name, SignalReport())
+
+    def drop(self, signal: str, reason: str, count: int) -> None:
+        if count <= 0:
+            return
+        into = self.signal(signal).dropped
+        into[reason] = into.get(reason, 0) + count
+        if reason == "poison":
+            self.poison += count
+        else:
+            self.dropped[reason] = self.dropped.get(reason, 0) + count
+
+
+@dataclass
+class _SignalState:
+    """One signal's progress between drains: when it may be tried again, and what the destination said."""
+
+    backoff_s: float = 0.0
+    not_before: float = 0.0
+    """Monotonic time before which a (normal) drain does not try this signal."""
+    refused: Outcome | None = None
 
 
 class StoreExporter:
@@ -122,7 +188,11 @@ class StoreExporter:
     ``holder`` names it in the lease (default: a new name). Given the name a lease was already taken as (``sb-otel
     export`` takes it before importing the SDK), it starts as that holder: its first round renews that lease,
     and :meth:`release` gives it up as usual. Had the lease lapsed and gone to another meanwhile, the round finds
-    it held (``lease_held=False``) and sends nothing."""
+    it held (``lease_held=False``) and sends nothing.
+
+    ``span_exporter=None`` means the host's own tracing (root spans and outbox spans are not ours to send: left
+    as they are); a signal in ``signals_off`` is off by configuration (``OTEL_TRACES_EXPORTER=none`` …): its
+    records are deleted unsent and counted as ``off``."""
 
     def __init__(
         self,
@@ -139,10 +209,12 @@ class StoreExporter:
         meter_provider: Any = None,
         metric_exporter: Any = None,
         metrics_interval_s: float = METRICS_INTERVAL_S,
+        signals_off: Iterable[str] = (),
     ) -> None:
         self.store = store
         self.span_exporter = span_exporter
         self.log_exporter = log_exporter
+        self.signals_off = frozenset(signals_off)
         self.outbox = outbox or Outbox(store)
         self.holder = holder or new_holder()
         self.lease_ttl_s = lease_ttl_s
@@ -158,7 +230,9 @@ class StoreExporter:
         self._building = threading.Lock()
         self._draining = threading.Lock()  # the thread and force_flush/stop in one process: one drain at a time
         self._thread: threading.Thread | None = None
-        self._backoff = 0.0
+        self._backoff = 0.0  # after a round that raised (store trouble); the signals back off on their own
+        self._states = {signal: _SignalState() for signal in SIGNALS}
+        self._budgets: dict[str, float] | None = None  # the final drain's time per signal
         if meter_provider is not None:
             self._register_metrics(meter_provider)
         # The store-derived session series (sb.session.*): sent only from here, so only by the lease holder.
@@ -168,6 +242,8 @@ class StoreExporter:
         self.metric_exporter = metric_exporter
         self.metrics_interval_s = metrics_interval_s
         self._metrics_due = 0.0
+        for exporter in (span_exporter, log_exporter, metric_exporter):
+            export_outcome.watch(exporter)  # so a failure says why: refused, bad data, or retry
 
     # -- the lease ----------------------------------------------------------------------------------------
 
@@ -198,14 +274,20 @@ class StoreExporter:
 
     # -- one drain ----------------------------------------------------------------------------------------
 
-    def drain(self, *, max_rounds: int | None = None, deadline: float | None = None) -> DrainReport:
-        """Export until nothing is left, an export fails, ``max_rounds`` batches were sent, or the monotonic
-        ``deadline`` passed. Takes (and renews) the lease; a busy lease returns ``lease_held=False``."""
+    def drain(
+        self, *, max_rounds: int | None = None, deadline: float | None = None, retry_now: bool = True
+    ) -> DrainReport:
+        """Export until nothing is left (or every signal that has something stopped: failed, refused, backing
+        off), ``max_rounds`` batches were sent, or the monotonic ``deadline`` passed. Takes (and renews) the
+        lease; a busy lease returns ``lease_held=False``. ``retry_now``: try signals that back off or were
+        refused at once (an explicit flush); the background thread waits for each signal's next try."""
         with self._draining:
-            return self._drain(max_rounds, deadline)
+            return self._drain(max_rounds, deadline, retry_now=retry_now)
 
-    def _drain(self, max_rounds: int | None, deadline: float | None) -> DrainReport:
-        report = DrainReport()
+    def _drain(
+        self, max_rounds: int | None, deadline: float | None, *, final: bool = False, retry_now: bool = False
+    ) -> DrainReport:
+        report = DrainReport(retry_now=retry_now or final)
         if not self.acquire():
             report.lease_held = False
             return report
@@ -216,37 +298,51 @@ class StoreExporter:
                     break
                 rounds += 1
                 sent = self._root_round(report) + self._outbox_round(SPANS, report) + self._outbox_round(LOGS, report)
-                if report.failed or sent == 0:
+                if sent == 0:
                     break
-            for reason, count in self.outbox.trim().items():
+            trimmed = self._outbox_op(report, self.outbox.trim) or {}
+            for reason, count in trimmed.items():
                 report.dropped[reason] = report.dropped.get(reason, 0) + count
-            self._metrics_round(report)
+            self._metrics_round(report, force=final)
         except LeaseLost:
             report.lease_held = False
             _log.warning("sb-otel exporter %s lost its lease to another process; it stops exporting", self.holder)
         return report
 
+    def _due(self, signal: str, report: DrainReport) -> bool:
+        """Whether ``signal`` is tried now: not stopped earlier in this drain, not backing off (the final drain
+        tries every signal once more), and with time left in its share of the final drain."""
+        done = report.signals.get(signal)
+        if done is not None and done.outcome is not None:
+            return False
+        if self._budgets is not None:
+            return self._budgets.get(signal, 0.0) > 0
+        return report.retry_now or time.monotonic() >= self._states[signal].not_before
+
     def _metrics_round(self, report: DrainReport, *, force: bool = False) -> None:
-        """Send the store-derived session series, at most every ``metrics_interval_s`` (every drain when 0)."""
-        if self.session_metrics is None or (not force and time.monotonic() < self._metrics_due):
+        """Send the store-derived session series, at most every ``metrics_interval_s`` (every drain when 0);
+        ``force``: now, whatever the pace or backoff (the final drain)."""
+        if self.session_metrics is None or not self._due("metrics", report):
+            return
+        if not force and time.monotonic() < self._metrics_due:
             return
         self._renew()
         data = self.session_metrics.collect()
         # Renewed again after the reading: a holder paused in it (SIGSTOP, a stalled VM) past its lease finds the
         # standby holding it, and sends nothing; what is sent was read under a lease still ours.
-        self._renew()
-        try:
-            accepted = self.session_metrics.exporter.export(data)
-        except Exception:
-            _log.debug("sb-otel metric exporter raised", exc_info=True)
-            accepted = None
-        report.metrics_exported = accepted == MetricExportResult.SUCCESS
-        report.failed = report.failed or not report.metrics_exported
+        outcome = self._call("metrics", self.session_metrics.exporter, data)
         self._metrics_due = time.monotonic() + self.metrics_interval_s
+        if outcome.kind == "partial":
+            report.drop("metrics", "rejected", outcome.rejected)
+            self._log_rejected("metrics", "data point", outcome.rejected, outcome.message)
+        self._settle("metrics", outcome, report)
+        report.metrics_exported = outcome.accepted
 
     def _root_round(self, report: DrainReport) -> int:
-        if self.span_exporter is None:  # the host's own tracing: root spans are not ours to send
-            return 0
+        if "traces" in self.signals_off:
+            return self._switched_off_roots(report)
+        if self.span_exporter is None or not self._due("traces", report):
+            return 0  # no exporter: the host's own tracing, root spans are not ours to send
         records = self.store.pending_root_spans(self.batch_size)
         if not records:
             return 0
@@ -257,7 +353,7 @@ class StoreExporter:
                 span = self.build_root_span(record)
             except Exception:
                 _log.warning("sb-otel could not build the root span of %s; dropped", record.session_id, exc_info=True)
-                report.poison += 1
+                report.drop("traces", "poison", 1)
                 self.store.count_dropped("poison", 1)
                 span = None
             if span is not None:
@@ -268,13 +364,22 @@ class StoreExporter:
             self.store.mark_root_spans_exported(nothing_to_send)
         if not built:
             return len(nothing_to_send)
-        sent, poison, failed = self._send(built, self.span_exporter, _spans_encode)
-        if sent or poison:
-            self.store.mark_root_spans_exported([*sent, *poison])
-        self._count_poison("root span", poison, report)
+        sent, dropped = self._send("traces", "root span", built, self.span_exporter, _spans_encode, report)
+        if sent or dropped:
+            self.store.mark_root_spans_exported([*sent, *dropped])
         report.root_spans += len(sent)
-        report.failed = report.failed or failed
-        return len(sent) + len(poison) + len(nothing_to_send)
+        if sent:
+            report.signal("traces").sent += len(sent)
+        return len(sent) + len(dropped) + len(nothing_to_send)
+
+    def _switched_off_roots(self, report: DrainReport) -> int:
+        """Traces are off by configuration: the pending root spans are marked done unsent, counted as ``off``."""
+        records = self.store.pending_root_spans(self.batch_size)
+        if records:
+            self.store.mark_root_spans_exported([record.session_id for record in records])
+            self.store.count_dropped("off", len(records))
+            report.drop("traces", "off", len(records))
+        return len(records)
 
     def build_root_span(self, record: SessionRecord) -> ReadableSpan | None:
         """The ended session's root span as the exporter sends it (``None``: unsampled or no plan)."""
@@ -293,11 +398,17 @@ class StoreExporter:
 
     def _outbox_round(self, signal: str, report: DrainReport) -> int:
         exporter = self.span_exporter if signal == SPANS else self.log_exporter
-        if report.failed or exporter is None:
+        off = signal in self.signals_off
+        if not off and (exporter is None or not self._due(signal, report)):
             return 0
-        rows = self.store.outbox_batch(signal, self.batch_size)
+        rows = self._outbox_op(report, self.store.outbox_batch, signal, self.batch_size)
         if not rows:
             return 0
+        if off:  # off by configuration: deleted unsent, counted apart from failures
+            self._outbox_op(report, self.store.outbox_delete, [row.id for row in rows])
+            self.store.count_dropped("off", len(rows))
+            report.drop(signal, "off", len(rows))
+            return len(rows)
         decode: Callable[[str], Any] = decode_span if signal == SPANS else decode_log
         decoded: list[tuple[int, Any]] = []
         undecodable: list[int] = []
@@ -306,23 +417,39 @@ class StoreExporter:
                 decoded.append((row.id, decode(row.payload)))
             except Exception:
                 undecodable.append(row.id)
+        kind = "span" if signal == SPANS else "log record"
+        if undecodable:
+            self._count_poison(signal, kind, undecodable, report)
         encodes = _spans_encode if signal == SPANS else _logs_encode
-        sent, poison, failed = self._send(decoded, exporter, encodes) if decoded else ([], [], False)
-        poison = [*undecodable, *poison]
-        if sent or poison:
-            self.store.outbox_delete([*sent, *poison])
-        self._count_poison("span" if signal == SPANS else "log record", poison, report)
+        sent, dropped = self._send(signal, kind, decoded, exporter, encodes, report) if decoded else ([], [])
+        if sent or dropped or undecodable:
+            self._outbox_op(report, self.store.outbox_delete, [*sent, *dropped, *undecodable])
         if signal == SPANS:
             report.spans += len(sent)
         else:
             report.logs += len(sent)
-        report.failed = report.failed or failed
-        return len(sent) + len(poison)
+        if sent:
+            report.signal(signal).sent += len(sent)
+        return len(sent) + len(dropped) + len(undecodable)
 
-    def _count_poison(self, kind: str, poison: Sequence[Any], report: DrainReport) -> None:
-        if not poison:
-            return
-        report.poison += len(poison)
+    def _outbox_op(self, report: DrainReport, operation: Callable[..., _T], *args: Any) -> _T | None:
+        """An outbox read or delete; when it fails because the outbox is corrupt, the outbox is set aside (the
+        store keeps what it can read, sessions untouched) and ``None`` returned: the next round goes on."""
+        try:
+            return operation(*args)
+        except Exception:
+            lost = self.store.outbox_set_aside(time.time())
+            if lost is None:
+                raise  # not corruption: the round fails as before
+        report.dropped["corrupt"] = report.dropped.get("corrupt", 0) + lost
+        _log.error(
+            "sb-otel found the store's outbox corrupt and set it aside: %d record(s) lost; sessions are untouched",
+            lost,
+        )
+        return None
+
+    def _count_poison(self, signal: str, kind: str, poison: Sequence[Any], report: DrainReport) -> None:
+        report.drop(signal, "poison", len(poison))
         self.store.count_dropped("poison", len(poison))
         _log.warning(
             "sb-otel dropped %d %s(s) the exporter rejects (poison), so the rest could be sent: %s",
@@ -331,51 +458,134 @@ class StoreExporter:
             ", ".join(str(key) for key in poison[:10]),
         )
 
-    # -- sending, with poison isolation -------------------------------------------------------------------
+    def _count_rejected(self, signal: str, kind: str, count: int, outcome: Outcome, report: DrainReport) -> None:
+        """Records the receiver rejected as bad data: dropped, counted (``rejected``) with its message."""
+        report.drop(signal, "rejected", count)
+        messages = report.signal(signal).messages
+        if len(messages) < 5 and outcome.describe() not in messages:
+            messages.append(outcome.describe())
+        self.store.count_dropped("rejected", count)
+        self._log_rejected(signal, kind, count, outcome.describe())
+
+    @staticmethod
+    def _log_rejected(signal: str, kind: str, count: int, message: str) -> None:
+        _log.warning("sb-otel: the destination rejected %d %s(s) of %s as bad data: %s", count, kind, signal, message)
+
+    # -- sending: retry is not poison ---------------------------------------------------------------------
 
     def _send(
-        self, items: list[tuple[_T, Any]], exporter: Any, encodes: Callable[[Any], bool]
-    ) -> tuple[list[_T], list[_T], bool]:
-        """Export ``items`` (key, SDK record); returns (keys sent, keys dropped as poison, failed)."""
-        if self._export(exporter, items):
-            return [key for key, _ in items], [], False
-        # Failed. First the records the SDK's own OTLP encoder rejects: certain poison, found without the network.
-        poison = [key for key, record in items if not encodes(record)]
-        if poison:
-            rest = [(key, record) for key, record in items if key not in set(poison)]
-            if not rest:
-                return [], poison, False
-            sent, more, failed = self._send(rest, exporter, encodes)
-            return sent, poison + more, failed
+        self,
+        signal: str,
+        kind: str,
+        items: list[tuple[_T, Any]],
+        exporter: Any,
+        encodes: Callable[[Any], bool],
+        report: DrainReport,
+    ) -> tuple[list[_T], list[_T]]:
+        """Export ``items`` (key, SDK record); returns (keys sent, keys dropped). Only records the SDK's encoder
+        refuses (``poison``) or the receiver rejects as bad data (``rejected``: found by halving the batch while
+        the answer is bad data) are dropped; any other failure keeps everything and stops the signal's round."""
+        outcome = self._call(signal, exporter, [record for _, record in items])
+        if outcome.accepted:
+            if outcome.kind == "partial":  # which ones, the receiver does not say: all are done with
+                self._count_rejected(signal, kind, outcome.rejected, outcome, report)
+            self._settle(signal, outcome, report)
+            return [key for key, _ in items], []
+        if outcome.kind != "refused":
+            # First the records the SDK's own OTLP encoder refuses: certain poison, found without the network.
+            poison = [key for key, record in items if not encodes(record)]
+            if poison:
+                self._count_poison(signal, kind, poison, report)
+                unwanted = set(poison)
+                rest = [(key, record) for key, record in items if key not in unwanted]
+                if not rest:
+                    return [], poison
+                sent, dropped = self._send(signal, kind, rest, exporter, encodes, report)
+                return sent, poison + dropped
+        if outcome.kind == "bad_data":
+            return self._isolate(signal, kind, items, exporter, outcome, report)
+        self._settle(signal, outcome, report)
+        return [], []
+
+    def _isolate(
+        self,
+        signal: str,
+        kind: str,
+        items: list[tuple[_T, Any]],
+        exporter: Any,
+        outcome: Outcome,
+        report: DrainReport,
+    ) -> tuple[list[_T], list[_T]]:
+        """``items`` were rejected as bad data: halve until each bad record is alone, and drop only those. A half
+        that meets any other answer (a 500, a timeout) stops it: the rest is kept for a later round."""
         if len(items) == 1:
-            return [], [], True  # one record failing alone: nothing tells a bad record from a down collector
-        return self._bisect(items, exporter)
-
-    def _bisect(self, items: list[tuple[_T, Any]], exporter: Any) -> tuple[list[_T], list[_T], bool]:
-        """``items`` failed as a whole: a half that fails while the other half succeeds holds the bad record."""
+            self._count_rejected(signal, kind, 1, outcome, report)
+            return [], [items[0][0]]
+        sent: list[_T] = []
+        dropped: list[_T] = []
         middle = len(items) // 2
-        halves = (items[:middle], items[middle:])
-        ok = [self._export(exporter, half) for half in halves]
-        if not any(ok):
-            return [], [], True  # unreachable, or refusing everything: keep it all, back off
-        sent = [key for half, good in zip(halves, ok, strict=True) if good for key, _ in half]
-        bad = halves[0] if not ok[0] else halves[1] if not ok[1] else []
-        if not bad:
-            return sent, [], False
-        if len(bad) == 1:
-            return sent, [bad[0][0]], False
-        more_sent, poison, failed = self._bisect(bad, exporter)
-        return sent + more_sent, poison, failed
+        for half in (items[:middle], items[middle:]):
+            answer = self._call(signal, exporter, [record for _, record in half])
+            if answer.accepted:
+                if answer.kind == "partial":
+                    self._count_rejected(signal, kind, answer.rejected, answer, report)
+                sent += [key for key, _ in half]
+            elif answer.kind == "bad_data":
+                more_sent, more_dropped = self._isolate(signal, kind, half, exporter, answer, report)
+                sent += more_sent
+                dropped += more_dropped
+                if report.signal(signal).outcome is not None:
+                    break
+            else:
+                self._settle(signal, answer, report)
+                break
+        else:
+            self._settle(signal, export_outcome.SUCCESS, report)
+        return sent, dropped
 
-    def _export(self, exporter: Any, items: Sequence[tuple[Any, Any]]) -> bool:
-        """One export call, under a freshly renewed lease; an exception counts as a failure."""
+    def _call(self, signal: str, exporter: Any, records: Any) -> Outcome:
+        """One export call, under a freshly renewed lease, within the final drain's share for ``signal``."""
         self._renew()
+        deadline = None
+        began = time.monotonic()
+        if self._budgets is not None:
+            deadline = began + max(0.0, self._budgets.get(signal, 0.0))
         try:
-            result = exporter.export([record for _, record in items])
+            return export_outcome.export(exporter, records, deadline)
+        finally:
+            if self._budgets is not None:
+                self._budgets[signal] = self._budgets.get(signal, 0.0) - (time.monotonic() - began)
+
+    def _settle(self, signal: str, outcome: Outcome, report: DrainReport) -> None:
+        """Keep ``signal``'s state after ``outcome``: accepted resets it; refused is noted in the store (for
+        ``doctor`` in any process) and tried again only every ``REFUSED_RETRY_S``; any other failure backs off
+        (doubling, up to a minute). A signal that did not go through stops for the rest of this drain."""
+        state = self._states[signal]
+        now = time.monotonic()
+        if outcome.accepted:
+            if state.refused is not None:
+                _log.warning("sb-otel: the destination takes %s again", signal)
+                self._note(signal, None, "")
+            state.backoff_s, state.not_before, state.refused = 0.0, 0.0, None
+            return
+        report.signal(signal).outcome = outcome
+        if outcome.kind == "refused":
+            if state.refused is None:
+                _log.warning("sb-otel: the destination does not take %s (%s)", signal, outcome.describe())
+            state.refused = outcome
+            state.not_before = now + REFUSED_RETRY_S
+            self._note(signal, "refused", outcome.describe())
+            return
+        report.failed = True
+        state.backoff_s = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, state.backoff_s * 2))
+        state.not_before = now + state.backoff_s
+        _log.info("sb-otel: %s not exported (%s); next try in %.0f s", signal, outcome.describe(), state.backoff_s)
+
+    def _note(self, signal: str, state: str | None, detail: str) -> None:
+        try:
+            self.store.note_signal(signal, state, detail, time.time())
         except Exception:
-            _log.debug("sb-otel exporter raised", exc_info=True)
-            return False
-        return getattr(result, "name", None) == SpanExportResult.SUCCESS.name
+            _log.debug("sb-otel could not note the state of %s in the store", signal, exc_info=True)
 
     # -- the background thread ----------------------------------------------------------------------------
 
@@ -387,17 +597,15 @@ class StoreExporter:
         self._thread.start()
 
     def follow(self, idle_s: float = IDLE_INTERVAL_S) -> None:
-        """Drain, wait, repeat until :meth:`stop`: ``idle_s`` between rounds, backing off after failures."""
+        """Drain, wait, repeat until :meth:`stop`: ``idle_s`` between rounds; each signal backs off by itself
+        after failures, and a round that raised (store trouble) backs the whole loop off."""
         while not self._stop.is_set():
             try:
-                report = self.drain()
+                self.drain(retry_now=False)
+                self._backoff = 0.0
             except Exception:
                 _log.warning("sb-otel exporter round failed", exc_info=True)
-                report = DrainReport(failed=True)
-            if report.failed:
                 self._backoff = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, self._backoff * 2))
-            else:
-                self._backoff = 0.0
             self._stop.wait(self._backoff or idle_s)
 
     def request_stop(self) -> None:
@@ -405,8 +613,10 @@ class StoreExporter:
         self._stop.set()
 
     def stop(self, timeout_s: float = 5.0) -> DrainReport | None:
-        """Stop the thread, send what is left within ``timeout_s`` (if the collector answers), give the lease
-        up. Returns the last drain's report (``None`` if nothing was drained)."""
+        """Stop the thread, then drain every signal once more within ``timeout_s`` (backing off or not, each
+        signal with its own share of the time, the SDK exporters' timeouts cut to it) and send the store's
+        session series once more; give the lease up. Returns that drain's report (``None`` if the thread was
+        stuck in an export call past the deadline, or the drain failed)."""
         self._stop.set()
         deadline = time.monotonic() + timeout_s
         if self._thread is not None:
@@ -414,13 +624,30 @@ class StoreExporter:
             if self._thread.is_alive():
                 return None  # stuck in an export call: the daemon thread ends with the process
         report = None
-        if time.monotonic() < deadline and self._backoff == 0.0:
-            try:
-                report = self.drain(deadline=deadline)
-            except Exception:
-                _log.warning("sb-otel exporter's last drain failed", exc_info=True)
+        try:
+            report = self.final_drain(deadline)
+        except Exception:
+            _log.warning("sb-otel exporter's last drain failed", exc_info=True)
         self.release()
         return report
+
+    def final_drain(self, deadline: float) -> DrainReport:
+        """One last drain of every signal by the monotonic ``deadline``, each signal's calls within its own
+        share of the time left (so a destination that hangs on traces still lets logs and metrics out)."""
+        with self._draining:
+            active = [signal for signal in SIGNALS if self._exports(signal)]
+            share = max(0.0, deadline - time.monotonic()) / max(1, len(active))
+            self._budgets = dict.fromkeys(active, share)
+            try:
+                return self._drain(None, deadline, final=True)
+            finally:
+                self._budgets = None
+
+    def _exports(self, signal: str) -> bool:
+        """Whether this exporter sends ``signal`` at all."""
+        if signal == "metrics":
+            return self.session_metrics is not None
+        return (self.span_exporter if signal == "traces" else self.log_exporter) is not None
 
     # -- metrics ------------------------------------------------------------------------------------------
 
@@ -436,7 +663,8 @@ class StoreExporter:
             "sb.telemetry.outbox.dropped",
             callbacks=[self._observe_dropped],
             unit="{record}",
-            description="Stored telemetry dropped: over the row bound, too old, or rejected by the exporter.",
+            description="Stored telemetry dropped: over the bounds, refused by the encoder (poison), rejected by the "
+            "receiver, off by configuration, or lost in a corrupt outbox.",
         )
 
     def _observe_backlog(self, options: CallbackOptions) -> list[Observation]:
@@ -448,7 +676,7 @@ class StoreExporter:
 
     def _observe_dropped(self, options: CallbackOptions) -> list[Observation]:
         dropped = self.store.export_backlog().dropped
-        return [Observation(dropped.get(reason, 0), {"reason": reason}) for reason in ("overflow", "expired", "poison")]
+        return [Observation(dropped.get(reason, 0), {"reason": reason}) for reason in DROP_REASONS]
 
 
 def _spans_encode(span: Any) -> bool:
