@@ -827,10 +827,7 @@ _ITEM_PATHS: dict[Signal, tuple[str, str, str]] = {
 
 def _holds(signal: Signal, request: Any, text: str) -> bool:
     """Whether an item of ``request`` (span or metric name, log body) contains ``text``."""
-    for item in _DECODERS[signal](request):
-        if text in str(item.get("name", item.get("body", ""))):
-            return True
-    return False
+    return any(text in str(item.get("name", item.get("body", ""))) for item in _DECODERS[signal](request))
 
 
 def _without_first(signal: Signal, request: Any, count: int) -> Any:

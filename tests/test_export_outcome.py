@@ -88,7 +88,12 @@ def test_the_sdk_exporters_still_have_the_seams_this_module_wraps(transport: str
     ],
 )
 def test_each_answer_of_the_receiver_is_classified(
-    transport: str, fault: Fault | None, kind: str, http_status: str | None, grpc_code: str | None, receiver: OtlpReceiver
+    transport: str,
+    fault: Fault | None,
+    kind: str,
+    http_status: str | None,
+    grpc_code: str | None,
+    receiver: OtlpReceiver,
 ) -> None:
     receiver.set_fault("traces", fault)
     exporter = exporters(transport, receiver, timeout=0.5)["traces"]  # below the gRPC retry's first backoff
