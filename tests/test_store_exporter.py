@@ -3,16 +3,19 @@ after success, poison isolated by the encoder check and by bisection, and one ex
 
 from __future__ import annotations
 
+import json
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -20,13 +23,16 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from sb_otel import SessionEndEvent, SessionTracker, SqliteSessionStore, instrument
+from sb_otel import InMemorySessionStore, SessionEndEvent, SessionTracker, SqliteSessionStore, instrument
+from sb_otel._cli import cli
 from sb_otel._telemetry import otel_logs
 from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSpanProcessor, mark_store_pipeline
 from sb_otel._telemetry.outbox_codec import encode_span
 from sb_otel._telemetry.store_exporter import StoreExporter
 from sb_otel.testing import CapturedTelemetry
 from tests.conftest import AgreeingManager, seed_start_event
+from tests.otlp_receiver import Fault, OtlpReceiver
+from tests.test_export_outcome import exporters
 
 
 class Switchable(SpanExporter):
@@ -274,3 +280,273 @@ def make_span(name: str, end_time: int | None = None) -> ReadableSpan:
     if end_time is not None:
         span._end_time = end_time
     return span
+
+
+# -- over the wire: the SDK's OTLP exporters and the test receiver, per signal ---------------------------------
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as rx:
+        yield rx
+
+
+def wired(path: Path, transport: str, rx: OtlpReceiver, **options: Any) -> Pipeline:
+    """The pipeline with the SDK's real exporters (0.5 s timeout: one attempt each) instead of the doubles."""
+    made = Pipeline(path)
+    real = exporters(transport, rx, timeout=0.5)
+    off = options.get("signals_off", ())
+    made.exporter = StoreExporter(
+        made.store,
+        None if "traces" in off else real["traces"],
+        None if "logs" in off else real["logs"],
+        outbox=made.outbox,
+        metric_exporter=None if "metrics" in off else real["metrics"],
+        **options,
+    )
+    return made
+
+
+def spans_named(prefix: str, count: int) -> list[str]:
+    return [encode_span(make_span(f"{prefix} {number}")) for number in range(count)]
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+async def test_a_record_the_receiver_rejects_as_bad_data_is_isolated_and_only_it_is_dropped(
+    transport: str, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    made = wired(tmp_path / "s.db", transport, receiver)
+    try:
+        made.store.outbox_append("traces", spans_named("span", 37), time.time())
+        receiver.set_fault("traces", Fault("reject", only="span 23", message="span 23 has a bad attribute"))
+        report = made.exporter.drain()
+        assert (report.spans, report.poison, report.dropped.get("rejected"), report.failed) == (36, 0, 1, False)
+        assert any("span 23 has a bad attribute" in message for message in report.signals["traces"].messages)
+        assert sorted(span["name"] for span in receiver.spans()) == sorted(f"span {n}" for n in range(37) if n != 23)
+        backlog = made.store.export_backlog()
+        assert (backlog.outbox, backlog.dropped) == ({}, {"rejected": 1})
+    finally:
+        made.close()
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+async def test_a_failure_on_every_second_request_drops_nothing_and_everything_arrives_once(
+    transport: str, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    """500 / UNAVAILABLE on every second request: retried, never taken for poison (no bisection)."""
+    made = wired(tmp_path / "s.db", transport, receiver, batch_size=16)
+    try:
+        for _ in range(3):
+            await made.session()
+        made.store.outbox_append("traces", spans_named("extra", 100), time.time())
+        receiver.set_fault("traces", Fault("fail", every=2))
+        receiver.set_fault("logs", Fault("fail", every=2))
+        for _ in range(100):
+            report = made.exporter.drain()
+            assert report.poison == 0
+            assert not report.dropped.get("rejected")
+            backlog = made.store.export_backlog()
+            if not (backlog.outbox or backlog.pending_root_spans):
+                break
+        assert (backlog.outbox, backlog.pending_root_spans, backlog.dropped) == ({}, 0, {})
+        names = [span["name"] for span in receiver.spans()]
+        assert len(names) == 3 * 5 + 100
+        assert sorted(n for n in names if n.startswith("extra")) == sorted(f"extra {n}" for n in range(100))
+        assert len(receiver.logs()) == 3 * 2
+        assert receiver.faulted("traces", "fail") > 0
+    finally:
+        made.close()
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+async def test_partial_success_counts_exactly_the_rejected_records_with_the_receivers_message(
+    transport: str, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    made = wired(tmp_path / "s.db", transport, receiver)
+    try:
+        made.store.outbox_append("traces", spans_named("span", 10), time.time())
+        receiver.set_fault("traces", Fault("partial", rejected=3, message="spans too old"))
+        report = made.exporter.drain()
+        assert (report.dropped.get("rejected"), report.failed) == (3, False)
+        assert any("spans too old" in message for message in report.signals["traces"].messages)
+        backlog = made.store.export_backlog()
+        assert (backlog.outbox, backlog.dropped) == ({}, {"rejected": 3})  # the rest was accepted: not again
+        assert len(receiver.spans()) == 7
+    finally:
+        made.close()
+
+
+@pytest.mark.parametrize(("transport", "answer"), [("grpc", "gRPC UNIMPLEMENTED"), ("http", "HTTP 404")])
+async def test_a_refused_signal_holds_back_no_other_and_is_noted_in_the_store(
+    transport: str, answer: str, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    made = wired(tmp_path / "s.db", transport, receiver, metrics_interval_s=0)  # the series at every drain
+    try:
+        await made.session()
+        receiver.set_fault("metrics", Fault("refuse", message="no metrics pipeline"))
+        report = made.exporter.drain()
+        assert (report.root_spans, report.spans, report.logs, report.failed) == (1, 4, 2, False)
+        assert set(report.refused) == {"metrics"}
+        assert report.refused["metrics"].status == answer
+        note = made.store.export_backlog().notes["metrics"]
+        assert (note.state, note.count) == ("refused", 1)
+        assert answer in note.detail
+        assert "no metrics pipeline" in note.detail
+        tried = receiver.attempts("metrics")
+        made.exporter.drain(retry_now=False)  # the background thread's pace: refused is tried every few minutes
+        assert receiver.attempts("metrics") == tried
+        receiver.set_fault("metrics", None)
+        assert made.exporter.drain().metrics_exported  # an explicit flush tries again: the pipeline is there now
+        assert "metrics" not in made.store.export_backlog().notes
+    finally:
+        made.close()
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+async def test_traces_refused_keep_their_rows_while_logs_go(
+    transport: str, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    made = wired(tmp_path / "s.db", transport, receiver)
+    try:
+        await made.session()
+        receiver.set_fault("traces", Fault("refuse"))
+        report = made.exporter.drain()
+        assert (report.exported, report.logs, report.failed, set(report.refused)) == (2, 2, False, {"traces"})
+        backlog = made.store.export_backlog()
+        assert (backlog.outbox, backlog.pending_root_spans, backlog.dropped) == ({"traces": 4}, 1, {})
+    finally:
+        made.close()
+
+
+async def test_a_signal_off_by_configuration_is_deleted_unsent_and_counted_as_off(
+    receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    made = wired(tmp_path / "s.db", "http", receiver, signals_off={"logs"})
+    try:
+        await made.session()
+        report = made.exporter.drain()
+        assert (report.root_spans, report.spans, report.logs, report.dropped.get("off")) == (1, 4, 0, 2)
+        assert receiver.attempts("logs") == 0
+        backlog = made.store.export_backlog()
+        assert (backlog.outbox, backlog.dropped) == ({}, {"off": 2})
+    finally:
+        made.close()
+
+
+async def test_traces_off_mark_root_spans_done_unsent(receiver: OtlpReceiver, tmp_path: Path) -> None:
+    """Off by configuration is not the host's own tracing: root spans are settled (counted off), not left."""
+    made = wired(tmp_path / "s.db", "http", receiver, signals_off={"traces"})
+    try:
+        await made.session()
+        report = made.exporter.drain()
+        assert (report.exported, report.logs, report.dropped.get("off")) == (2, 2, 1 + 4)
+        assert receiver.attempts("traces") == 0
+        backlog = made.store.export_backlog()
+        assert (backlog.outbox, backlog.pending_root_spans) == ({}, 0)
+    finally:
+        made.close()
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+async def test_stop_drains_every_signal_once_more_even_while_backing_off(
+    transport: str, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    made = wired(tmp_path / "s.db", transport, receiver)
+    try:
+        await made.session()
+        receiver.set_fault("traces", Fault("fail"))
+        receiver.set_fault("metrics", Fault("fail"))
+        first = made.exporter.drain(retry_now=False)
+        assert first.signals["traces"].failed  # both back off now
+        assert first.signals["metrics"].failed
+        receiver.clear_faults()
+        await made.session()
+        report = made.exporter.stop(5.0)
+        assert report is not None
+        assert (report.root_spans, report.spans, report.logs, report.metrics_exported) == (2, 8, 2, True)
+        assert receiver.wait_for_metric("sb.session.ended")["data_points"][0]["value"] == 2
+    finally:
+        made.close()
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+async def test_a_destination_that_hangs_on_traces_still_gets_logs_and_metrics_at_stop(
+    transport: str, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    """Each signal has its own share of the final drain: traces that never answer cannot eat the others' time,
+    and the exporters' own timeouts are cut to that share."""
+    made = wired(tmp_path / "s.db", transport, receiver)
+    made.exporter.span_exporter._timeout = 30.0 if transport == "grpc" else 0.5
+    if transport == "http":
+        made.exporter.span_exporter._client._timeout = 30.0
+    try:
+        await made.session()
+        receiver.set_fault("traces", Fault("hang"))
+        began = time.monotonic()
+        report = made.exporter.stop(3.0)
+        took = time.monotonic() - began
+        assert report is not None
+        assert (report.logs, report.metrics_exported) == (2, True)
+        assert report.signals["traces"].failed
+        assert took < 3.0 + 2.0, took  # the bound, with room for a loaded machine; the SDK alone would take 30 s
+        assert made.store.export_backlog().outbox == {"traces": 4}
+    finally:
+        made.close()
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite", "memory"])
+def test_the_outbox_row_bound_counts_rows_not_ids(store_kind: str, tmp_path: Path) -> None:
+    """Logs waiting (their signal refused) while many spans came and went: far below the bound, none dropped."""
+    store: Any = SqliteSessionStore(tmp_path / "s.db") if store_kind == "sqlite" else InMemorySessionStore()
+    try:
+        store.outbox_append("logs", ["{}"] * 5, time.time())
+        store.outbox_append("traces", ["{}"] * 100, time.time())
+        store.outbox_delete([row.id for row in store.outbox_batch("traces", 1000)])  # sent
+        assert store.outbox_trim(10, 3600, time.time()) == {"expired": 0, "overflow": 0}
+        assert store.export_backlog().outbox == {"logs": 5}
+        store.outbox_append("traces", ["{}"] * 8, time.time())
+        assert store.outbox_trim(10, 3600, time.time()) == {"expired": 0, "overflow": 3}  # 13 rows: the 3 oldest
+        assert store.export_backlog().outbox == {"logs": 2, "traces": 8}
+        assert store.export_backlog().dropped == {"overflow": 3}
+    finally:
+        store.close()
+
+
+def corrupt_the_outbox(path: Path) -> None:
+    """Overwrite the outbox table's root page in the closed file (its index, a b-tree of its own, stays)."""
+    with sqlite3.connect(path) as db:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = 'telemetry_outbox'")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with open(path, "r+b") as file:
+        file.seek((root[0] - 1) * page_size)
+        file.write(b"\xa5" * page_size)
+
+
+async def test_a_corrupt_outbox_is_set_aside_and_sessions_and_export_go_on(
+    receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    path = tmp_path / "s.db"
+    made = wired(path, "http", receiver)
+    session_id, _ = await made.session()
+    made.close()
+    corrupt_the_outbox(path)
+    made = wired(path, "http", receiver)
+    try:
+        with pytest.raises(Exception, match="malformed"):
+            made.store.outbox_batch("traces", 10)
+        report = made.exporter.drain()
+        assert report.dropped["corrupt"] == 4 + 2  # the child spans and log records the page held
+        assert report.root_spans == 1  # the sessions table is untouched: its root span is built and sent
+        backlog = made.store.export_backlog()
+        assert backlog.dropped == {"corrupt": 6}
+        assert backlog.notes["outbox"].state == "set_aside"
+        assert made.store.get(session_id) is not None
+        await made.session()  # tracking and the outbox work again
+        assert made.exporter.drain().exported == 1 + 4 + 2
+        doctor = CliRunner().invoke(cli, ["doctor", "--json", "--store", str(path)])
+        outbox = {check["name"]: check for check in json.loads(doctor.output)}["outbox"]
+        assert "6 corrupt" in outbox["detail"]
+        assert "the outbox was corrupt and was set aside: 0 row(s) kept, 6 lost" in outbox["detail"]
+    finally:
+        made.close()

@@ -624,19 +624,16 @@ class SqliteSessionStore:
                 if not _corrupt(exc):
                     raise _explain(self.path, exc) from exc
             rows, lost = _salvage_outbox(self._db)
-        with self._write() as db:
-            try:
+        detail = f"the outbox was corrupt and was set aside: {len(rows)} row(s) kept, {lost} lost"
+        try:  # a transaction of its own: a failed DROP can leave SQLite's transaction unusable
+            with self._write() as db:
                 db.execute("DROP TABLE telemetry_outbox")
-            except sqlite3.DatabaseError:  # cannot free its pages: keep them, out of the way, under another name
+                _new_outbox(db, rows, lost, detail, now)
+        except StoreError:  # its pages cannot be freed: they stay in the file, under another name, out of the way
+            with self._write() as db:
                 db.execute(f"ALTER TABLE telemetry_outbox RENAME TO telemetry_outbox_corrupt_{int(now)}")
                 db.execute("DROP INDEX IF EXISTS telemetry_outbox_signal")
-            for statement in _OUTBOX_TABLE:
-                db.execute(statement)
-            db.executemany("INSERT INTO telemetry_outbox (id, signal, created_at, payload) VALUES (?, ?, ?, ?)", rows)
-            if lost:
-                _add_counter(db, "corrupt", lost)
-            detail = f"the outbox was corrupt and was set aside: {len(rows)} row(s) kept, {lost} lost"
-            _note(db, "outbox", "set_aside", detail, now)
+                _new_outbox(db, rows, lost, detail, now)
         return lost
 
     def note_signal(self, signal: str, state: str | None, detail: str, now: float) -> None:
@@ -739,6 +736,16 @@ def _salvage_outbox(db: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], int]
         else:
             rows.append(found)
     return rows, lost
+
+
+def _new_outbox(db: sqlite3.Connection, rows: list[tuple[Any, ...]], lost: int, detail: str, now: float) -> None:
+    """The outbox made again with the salvaged ``rows``; the loss counted and noted."""
+    for statement in _OUTBOX_TABLE:
+        db.execute(statement)
+    db.executemany("INSERT INTO telemetry_outbox (id, signal, created_at, payload) VALUES (?, ?, ?, ?)", rows)
+    if lost:
+        _add_counter(db, "corrupt", lost)
+    _note(db, "outbox", "set_aside", detail, now)
 
 
 def _note(db: sqlite3.Connection, signal: str, state: str | None, detail: str, now: float) -> None:
