@@ -337,8 +337,7 @@ class InMemoryExportState:
                 del state.rows[row_id]
             dropped = {"expired": len(expired), "overflow": len(overflow)}
             for reason, count in dropped.items():
-                if count:
-                    state.dropped[reason] = state.dropped.get(reason, 0) + count
+                state.dropped[reason] = state.dropped.get(reason, 0) + count
         return dropped
 
     def count_dropped(self, reason: str, count: int) -> None:
