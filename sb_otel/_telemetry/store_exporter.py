@@ -11,15 +11,22 @@ Each round:
    (:mod:`sb_otel._telemetry.root_span`) through a private SDK tracer, exported, and marked exported only after
    the exporter reported success — so a crash anywhere leaves them pending, to be sent again (same ids).
 2. **Outbox.** Rows are decoded into SDK spans / log records, exported in batches oldest first, and deleted
-   after success. A failure keeps them and backs off (1 s, doubling to 60 s); the next round resumes where this
-   one stopped, also after a restart.
-3. **Poison isolation.** When a batch fails, records the SDK's own OTLP encoder rejects (a timestamp beyond
-   uint64 nanoseconds, an unencodable string) are dropped and counted; if the rest still fails, the batch is
-   halved: a half that fails while its sibling succeeds holds the bad record, and is halved again until it is
-   one record, which is dropped and counted. Both halves failing means the collector is unreachable (or rejects
-   everything): nothing is dropped, the round backs off.
-4. **Bounds.** Rows beyond ``SB_OTEL_OUTBOX_MAX_ROWS`` or older than ``SB_OTEL_OUTBOX_MAX_AGE`` are dropped,
-   oldest first, and counted.
+   after success; the next round resumes where this one stopped, also after a restart.
+3. **Each signal on its own.** Traces (root spans and outbox spans), logs and metrics (the store's session
+   series) keep their own backoff (1 s, doubling to 60 s) and refusal state: one failing or refused never holds
+   back another. Why a call failed is read from the SDK's exporters (:mod:`~sb_otel._telemetry.export_outcome`):
+   a destination that does not take a signal (404/405/415, ``UNIMPLEMENTED``) is noted in the store and tried
+   again every ``REFUSED_RETRY_S``; 5xx, 429, ``UNAVAILABLE`` and timeouts are retried and drop nothing.
+4. **Only bad data is dropped.** Records the SDK's OTLP encoder refuses (a timestamp beyond uint64 nanoseconds,
+   an unencodable string) are dropped (``poison``) without the network. A batch the receiver rejects as bad data
+   (400, ``INVALID_ARGUMENT``) is halved while the answer stays "bad data", until each rejected record is alone
+   and dropped (``rejected``, with the receiver's message); a ``partial_success`` counts its rejected items the
+   same way. A signal off by configuration has its records deleted unsent (``off``).
+5. **Bounds.** Rows beyond ``SB_OTEL_OUTBOX_MAX_ROWS`` (rows, not ids) or older than ``SB_OTEL_OUTBOX_MAX_AGE``
+   are dropped, oldest first, and counted. A corrupt outbox is set aside by the store (``corrupt``).
+
+:meth:`StoreExporter.stop` drains every signal once more, each within its own share of the time left, and sends
+the session series once more.
 
 Drops and the backlog are the ``sb.telemetry.outbox.*`` metrics and a ``sb-otel doctor`` line.
 """
