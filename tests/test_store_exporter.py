@@ -254,6 +254,7 @@ async def test_backlog_and_drops_are_metrics(pipeline: Pipeline, tmp_path: Path)
     StoreExporter(pipeline.store, None, None, meter_provider=meters)
     await pipeline.session()
     pipeline.store.count_dropped("poison", 2)
+    pipeline.store.count_dropped("rejected", 3)
     points = {
         (metric.name, tuple(sorted(point.attributes.items()))): point.value
         for resource in reader.get_metrics_data().resource_metrics  # type: ignore[union-attr]
@@ -265,6 +266,8 @@ async def test_backlog_and_drops_are_metrics(pipeline: Pipeline, tmp_path: Path)
     assert points[("sb.telemetry.outbox.backlog", (("signal", "logs"),))] == 2
     assert points[("sb.telemetry.outbox.backlog", (("signal", "root_spans"),))] == 1
     assert points[("sb.telemetry.outbox.dropped", (("reason", "poison"),))] == 2
+    assert points[("sb.telemetry.outbox.dropped", (("reason", "rejected"),))] == 3
+    assert points[("sb.telemetry.outbox.dropped", (("reason", "off"),))] == 0
     meters.shutdown()
 
 
