@@ -143,7 +143,7 @@ def _follow(store: TelemetryStore, ttl: float, idle: float, series_interval: flo
 
 
 _DROPPED_BECAUSE = {
-    "poison": "the SDK's encoder refuses (poison)",
+    "poison": "the exporter rejects (poison)",
     "rejected": "the destination rejected as bad data",
     "off": "of a signal that is off (OTEL_<SIGNAL>_EXPORTER=none), deleted unsent",
     "overflow": "over the outbox's row bound",
@@ -170,7 +170,7 @@ def _summary(report: DrainReport, where: str) -> str:
     dropped = {"poison": report.poison, **report.dropped}
     for reason, count in dropped.items():
         if count:
-            lines.append(f"dropped {count} record(s) {_DROPPED_BECAUSE.get(reason, reason)}")
+            lines.append(f"dropped {count} {_DROPPED_BECAUSE.get(reason, reason)}")
     messages = [message for done in report.signals.values() for message in done.messages]
     if messages:
         lines.append(f"the destination said: {'; '.join(messages[:3])}")
