@@ -30,9 +30,12 @@ from sb_otel._tracking.store_factory import open_store
 def export(follow: bool, lease_ttl: str, interval: str, store_location: str | None) -> int:
     """Send the telemetry waiting in the session store (root spans of ended sessions, spans, log records).
 
-    Sends where configure() would (OTEL_EXPORTER_OTLP_*, else OTLP JSON files). One process exports a store at
-    a time: when another holds the lease, this exits at once (0), or with --follow waits to take over. (As the
-    console script runs it, the lease is taken before the SDK is imported: sb_otel/_cli/export_gate.py.)
+    Sends where configure() would (OTEL_EXPORTER_OTLP_*, else OTLP JSON files), and says per signal what was
+    sent, refused by the destination, or dropped (and why). Exits 1 only when a signal failed (unreachable, timed
+    out) while its records wait; a signal the destination refuses is reported, not a failure. One process
+    exports a store at a time: when another holds the lease, this exits at once (0), or with --follow waits to
+    take over. (As the console script runs it, the lease is taken before the SDK is imported:
+    sb_otel/_cli/export_gate.py.)
     """
     ttl = parse_duration(lease_ttl, name="--lease-ttl").total_seconds()
     idle = parse_duration(interval, name="--interval").total_seconds()
