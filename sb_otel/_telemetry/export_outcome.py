@@ -40,7 +40,8 @@ signal); ``bad_data`` (the receiver rejects the request's data); ``retryable`` (
 the SDK's encoder refused the batch, or the exporter is shut down)."""
 
 REFUSED_HTTP = frozenset({404, 405, 415})
-BAD_DATA_HTTP = frozenset({400})
+BAD_DATA_HTTP = frozenset({400, 413})
+"""400 Bad Request; 413 Payload Too Large, which halving answers as well (a record too large alone is dropped)."""
 REFUSED_GRPC = frozenset({"UNIMPLEMENTED"})
 BAD_DATA_GRPC = frozenset({"INVALID_ARGUMENT"})
 RETRYABLE_GRPC = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "CANCELLED"})
