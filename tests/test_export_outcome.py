@@ -190,7 +190,8 @@ def test_an_exporter_without_a_seam_fails_with_an_unknown_cause_never_as_bad_dat
 
 @pytest.mark.parametrize(
     ("status", "kind"),
-    [(404, "refused"), (405, "refused"), (415, "refused"), (400, "bad_data"), (413, "bad_data"), (429, "retryable"), (502, "retryable"),
+    [(404, "refused"), (405, "refused"), (415, "refused"), (400, "bad_data"), (413, "bad_data"), (429, "retryable"),
+     (502, "retryable"),
      (503, "retryable"), (401, "failed"), (403, "failed")],
 )  # fmt: skip
 def test_http_statuses(status: int, kind: str) -> None:
