@@ -197,3 +197,21 @@ def test_an_exporter_without_a_seam_fails_with_an_unknown_cause_never_as_bad_dat
 def test_http_statuses(status: int, kind: str) -> None:
     answer = export_outcome._Answer(http_status=status, message="m")
     assert classify(False, answer) == Outcome(kind, f"HTTP {status}", "m")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_batch_the_sdks_encoder_refuses_is_unsent_not_a_receivers_answer(
+    transport: str, receiver: OtlpReceiver
+) -> None:
+    """A span ending beyond OTLP's uint64 nanoseconds: no request is made (the store exporter then finds the
+    record with the encoder and drops it as poison)."""
+    bad = spans(1)[0]
+    bad._end_time = 2**64 + 5
+    exporter = exporters(transport, receiver)["traces"]
+    try:
+        export_outcome.watch(exporter)
+        outcome = export_outcome.export(exporter, [bad])
+    finally:
+        exporter.shutdown()
+    assert outcome.kind == "unsent"
+    assert receiver.attempts("traces") == 0

@@ -162,9 +162,10 @@ def export(exporter: Any, records: Sequence[Any], deadline: float | None = None)
     try:
         with _bounded(found, deadline):
             result = exporter.export(records)
-    except Exception as error:
+    except Exception as error:  # the gRPC exporters' encoder raises out of export(), before any request
         _log.debug("sb-otel exporter raised", exc_info=True)
-        return Outcome("failed", None, f"{type(error).__name__}: {error}")
+        kind: OutcomeKind = "unsent" if found is not None and found.seen.answer is None else "failed"
+        return Outcome(kind, None, f"{type(error).__name__}: {error}")
     ok = getattr(result, "name", None) == "SUCCESS"
     if found is None:
         return SUCCESS if ok else Outcome("failed", None, "the exporter reported a failure (cause not shown)")
