@@ -553,3 +553,26 @@ async def test_a_corrupt_outbox_is_set_aside_and_sessions_and_export_go_on(
         assert "the outbox was corrupt and was set aside: 0 row(s) kept, 6 lost" in outbox["detail"]
     finally:
         made.close()
+
+
+async def test_stop_does_not_wait_for_the_threads_long_drain_and_still_sends_the_series(
+    receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    """The background thread in the middle of a large backlog (50 batches of 0.1 s each) leaves it at the next
+    batch when stop() is asked, so stop()'s own drain runs within its 2 s and sends the series, where waiting
+    for the thread would have used up the bound and skipped it."""
+    made = wired(tmp_path / "s.db", "http", receiver, batch_size=8)
+    try:
+        await made.session()
+        made.store.outbox_append("traces", spans_named("backlog", 400), time.time())
+        receiver.set_fault("traces", Fault("delay", seconds=0.1))
+        made.exporter.start()
+        receiver.wait_for(lambda rx: len(rx.spans()) >= 16, message="the thread is draining")
+        assert not receiver.metrics()  # the thread sends the series after its rounds: not yet
+        report = made.exporter.stop(2.0)
+        assert report is not None  # the thread let go; the final drain ran
+        assert report.metrics_exported
+        assert receiver.wait_for_metric("sb.session.ended")["data_points"][0]["value"] == 1
+        assert len({span["name"] for span in receiver.spans()}) == len(receiver.spans())  # each once
+    finally:
+        made.close()

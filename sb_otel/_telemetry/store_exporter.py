@@ -235,6 +235,8 @@ class StoreExporter:
             while max_rounds is None or rounds < max_rounds:
                 if deadline is not None and time.monotonic() > deadline:
                     break
+                if self._stop.is_set() and not final:
+                    break  # stop() is waiting to drain once more itself, every signal within its bound
                 rounds += 1
                 sent = self._root_round(report) + self._outbox_round(SPANS, report) + self._outbox_round(LOGS, report)
                 if sent == 0:
