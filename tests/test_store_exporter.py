@@ -401,6 +401,14 @@ async def test_a_refused_signal_holds_back_no_other_and_is_noted_in_the_store(
         receiver.set_fault("metrics", None)
         assert made.exporter.drain().metrics_exported  # an explicit flush tries again: the pipeline is there now
         assert "metrics" not in made.store.export_backlog().notes
+        made.store.note_signal("metrics", "refused", "HTTP 404", time.time())  # as an earlier exporter left it
+        made.exporter.release()
+        fresh = wired(tmp_path / "s.db", transport, receiver, metrics_interval_s=0)
+        try:
+            assert fresh.exporter.drain().metrics_exported
+            assert "metrics" not in fresh.store.export_backlog().notes  # a new process's success forgets it too
+        finally:
+            fresh.close()
     finally:
         made.close()
 

@@ -119,6 +119,8 @@ class _SignalState:
     not_before: float = 0.0
     """Monotonic time before which a (normal) drain does not try this signal."""
     refused: Outcome | None = None
+    note_cleared: bool = False
+    """Whether a success since this process started has forgotten the store's note of an earlier refusal."""
 
 
 class StoreExporter:
@@ -506,7 +508,9 @@ class StoreExporter:
         if outcome.accepted:
             if state.refused is not None:
                 _log.warning("sb-otel: the destination takes %s again", signal)
+            if state.refused is not None or not state.note_cleared:  # a refusal another process noted, too
                 self._note(signal, None, "")
+                state.note_cleared = True
             state.backoff_s, state.not_before, state.refused = 0.0, 0.0, None
             return
         report.signal(signal).outcome = outcome

@@ -637,6 +637,10 @@ class SqliteSessionStore:
         return lost
 
     def note_signal(self, signal: str, state: str | None, detail: str, now: float) -> None:
+        if state is None:  # one autocommit statement: nothing is written when there is nothing to forget
+            with self._lock, _translated(self.path):
+                self._db.execute("DELETE FROM telemetry_signal_state WHERE signal = ?", (signal,))
+            return
         with self._write() as db:
             _note(db, signal, state, detail, now)
 
