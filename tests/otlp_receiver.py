@@ -271,6 +271,8 @@ class Fault:
     * ``hang``: never answer (until the receiver stops, or ``seconds`` when given); nothing recorded.
 
     ``every``: the fault hits every n-th request of the signal (1: all of them); the others succeed.
+    ``only``: the fault hits only requests holding an item (span or metric name, log body) that contains this
+    text, as a receiver rejects the one bad record of a batch; the others succeed.
     """
 
     kind: FaultKind
@@ -279,6 +281,7 @@ class Fault:
     seconds: float | None = None
     rejected: int = 1
     message: str = "rejected by the test receiver"
+    only: str | None = None
 
 
 _HTTP_FAULT_STATUS = {"refuse": 404, "reject": 400}
@@ -647,13 +650,15 @@ class OtlpReceiver:
         with self._cond:
             return sum(n for (s, k), n in self._faulted_counts.items() if s == signal and kind in (None, k))
 
-    def _fault_for(self, signal: Signal) -> Fault | None:
+    def _fault_for(self, signal: Signal, request: Any) -> Fault | None:
         """The fault this request meets, if any (counts the attempt)."""
         with self._cond:
             attempt = self._attempts.get(signal, 0) + 1
             self._attempts[signal] = attempt
             fault = self._faults.get(signal)
             if fault is None or attempt % max(1, fault.every) != 0:
+                return None
+            if fault.only is not None and not _holds(signal, request, fault.only):
                 return None
             key = (signal, fault.kind)
             self._faulted_counts[key] = self._faulted_counts.get(key, 0) + 1
@@ -662,7 +667,7 @@ class OtlpReceiver:
 
     def _faulted(self, transport: Transport, signal: Signal, request: Any, headers: Mapping[str, str]) -> Message:
         """Record the request unless its signal's fault says otherwise (raises :class:`_Refused`)."""
-        fault = self._fault_for(signal)
+        fault = self._fault_for(signal, request)
         if fault is None:
             return self._accept(transport, signal, request, headers)
         if fault.kind == "delay":
@@ -818,6 +823,11 @@ _ITEM_PATHS: dict[Signal, tuple[str, str, str]] = {
     "metrics": ("resource_metrics", "scope_metrics", "metrics"),
     "logs": ("resource_logs", "scope_logs", "log_records"),
 }
+
+
+def _holds(signal: Signal, request: Any, text: str) -> bool:
+    """Whether an item of ``request`` (span or metric name, log body) contains ``text``."""
+    return any(text in str(item.get("name", item.get("body", ""))) for item in _DECODERS[signal](request))
 
 
 def _without_first(signal: Signal, request: Any, count: int) -> Any:

@@ -4,13 +4,16 @@ after success, poison isolated by the encoder check and by bisection, and one ex
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -18,7 +21,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from sb_otel import SessionEndEvent, SessionTracker, SqliteSessionStore, instrument
+from sb_otel import InMemorySessionStore, SessionEndEvent, SessionTracker, SqliteSessionStore, instrument
+from sb_otel._cli import cli
 from sb_otel._telemetry import otel_logs
 from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSpanProcessor, mark_store_pipeline
 from sb_otel._telemetry.outbox_codec import encode_span
@@ -26,6 +30,8 @@ from sb_otel._telemetry.store_exporter import StoreExporter
 from sb_otel.testing import CapturedTelemetry
 from tests.conftest import AgreeingManager, seed_start_event
 from tests.lease_holder import HolderProcess
+from tests.otlp_receiver import Fault, OtlpReceiver
+from tests.test_export_outcome import exporters
 
 
 class Switchable(SpanExporter):
@@ -118,16 +124,18 @@ async def test_nothing_is_sent_in_the_call_and_everything_after_one_drain(pipeli
 
 
 async def test_a_failed_export_keeps_everything_and_the_next_drain_sends_it(pipeline: Pipeline) -> None:
+    """Traces failing keep every span (root and outbox) and hold back only traces: the log records go."""
     await pipeline.session()
     pipeline.spans.up = False
     report = pipeline.exporter.drain()
     assert report.failed
-    assert report.exported == 0
+    assert (report.root_spans, report.spans, report.logs) == (0, 0, 2)
     assert report.poison == 0
+    assert report.signals["traces"].failed
     backlog = pipeline.store.export_backlog()
-    assert (backlog.outbox["traces"], backlog.pending_root_spans) == (4, 1)
+    assert (backlog.outbox, backlog.pending_root_spans) == ({"traces": 4}, 1)
     pipeline.spans.up = True
-    assert pipeline.exporter.drain().exported == 1 + 4 + 2
+    assert pipeline.exporter.drain().exported == 1 + 4
 
 
 async def test_a_span_the_encoder_rejects_is_dropped_and_counted_and_the_rest_is_sent(
@@ -144,24 +152,18 @@ async def test_a_span_the_encoder_rejects_is_dropped_and_counted_and_the_rest_is
     assert "dropped 1 span(s) the exporter rejects (poison)" in caplog.text
 
 
-async def test_a_batch_refused_as_a_whole_is_bisected_down_to_the_refused_record(pipeline: Pipeline) -> None:
-    rows = [encode_span(make_span(f"span {number}")) for number in range(37)]
-    pipeline.store.outbox_append("traces", rows, time.time())
-    pipeline.spans.refuse = {"span 23"}  # encodable, but the receiver says no (a permanent 4xx)
-    report = pipeline.exporter.drain()
-    assert (report.spans, report.poison, report.failed) == (36, 1, False)
-    assert sorted(span.name for span in pipeline.spans.sent) == sorted(f"span {n}" for n in range(37) if n != 23)
-    assert pipeline.spans.calls <= 2 + 2 * 6  # whole batch, then two halves per level: log2(37) levels
-
-
-async def test_everything_refused_means_unreachable_and_nothing_is_dropped(pipeline: Pipeline) -> None:
+async def test_a_failure_whose_cause_is_not_shown_is_retried_never_bisected_or_dropped(pipeline: Pipeline) -> None:
+    """An exporter that only says FAILURE (no HTTP status, no gRPC code to read) may be down: nothing is
+    dropped, nothing is halved, the signal backs off."""
     pipeline.store.outbox_append("traces", [encode_span(make_span(f"s{n}")) for n in range(9)], time.time())
     pipeline.spans.up = False
     report = pipeline.exporter.drain()
     assert report.failed
     assert report.poison == 0
     assert pipeline.store.export_backlog().outbox == {"traces": 9}
-    assert pipeline.spans.calls == 3  # the batch and its two halves, then back off
+    assert pipeline.spans.calls == 1
+    assert pipeline.exporter.drain(retry_now=False).signals.get("traces") is None  # backing off: not tried
+    assert pipeline.spans.calls == 1
 
 
 async def test_two_exporters_on_one_store_one_holds_the_lease(pipeline: Pipeline, tmp_path: Path) -> None:
@@ -252,6 +254,7 @@ async def test_backlog_and_drops_are_metrics(pipeline: Pipeline, tmp_path: Path)
     StoreExporter(pipeline.store, None, None, meter_provider=meters)
     await pipeline.session()
     pipeline.store.count_dropped("poison", 2)
+    pipeline.store.count_dropped("rejected", 3)
     points = {
         (metric.name, tuple(sorted(point.attributes.items()))): point.value
         for resource in reader.get_metrics_data().resource_metrics  # type: ignore[union-attr]
@@ -263,6 +266,8 @@ async def test_backlog_and_drops_are_metrics(pipeline: Pipeline, tmp_path: Path)
     assert points[("sb.telemetry.outbox.backlog", (("signal", "logs"),))] == 2
     assert points[("sb.telemetry.outbox.backlog", (("signal", "root_spans"),))] == 1
     assert points[("sb.telemetry.outbox.dropped", (("reason", "poison"),))] == 2
+    assert points[("sb.telemetry.outbox.dropped", (("reason", "rejected"),))] == 3
+    assert points[("sb.telemetry.outbox.dropped", (("reason", "off"),))] == 0
     meters.shutdown()
 
 
@@ -278,3 +283,304 @@ def make_span(name: str, end_time: int | None = None) -> ReadableSpan:
     if end_time is not None:
         span._end_time = end_time
     return span
+
+
+# -- over the wire: the SDK's OTLP exporters and the test receiver, per signal ---------------------------------
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as rx:
+        yield rx
+
+
+def wired(path: Path, transport: str, rx: OtlpReceiver, **options: Any) -> Pipeline:
+    """The pipeline with the SDK's real exporters (0.5 s timeout: one attempt each) instead of the doubles."""
+    made = Pipeline(path)
+    real = exporters(transport, rx, timeout=0.5)
+    off = options.get("signals_off", ())
+    made.exporter = StoreExporter(
+        made.store,
+        None if "traces" in off else real["traces"],
+        None if "logs" in off else real["logs"],
+        outbox=made.outbox,
+        metric_exporter=None if "metrics" in off else real["metrics"],
+        **options,
+    )
+    return made
+
+
+def spans_named(prefix: str, count: int) -> list[str]:
+    return [encode_span(make_span(f"{prefix} {number}")) for number in range(count)]
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+async def test_a_record_the_receiver_rejects_as_bad_data_is_isolated_and_only_it_is_dropped(
+    transport: str, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    made = wired(tmp_path / "s.db", transport, receiver)
+    try:
+        made.store.outbox_append("traces", spans_named("span", 37), time.time())
+        receiver.set_fault("traces", Fault("reject", only="span 23", message="span 23 has a bad attribute"))
+        report = made.exporter.drain()
+        assert (report.spans, report.poison, report.dropped.get("rejected"), report.failed) == (36, 0, 1, False)
+        assert any("span 23 has a bad attribute" in message for message in report.signals["traces"].messages)
+        assert sorted(span["name"] for span in receiver.spans()) == sorted(f"span {n}" for n in range(37) if n != 23)
+        backlog = made.store.export_backlog()
+        assert (backlog.outbox, backlog.dropped) == ({}, {"rejected": 1})
+    finally:
+        made.close()
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+async def test_a_failure_on_every_second_request_drops_nothing_and_everything_arrives_once(
+    transport: str, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    """500 / UNAVAILABLE on every second request: retried, never taken for poison (no bisection)."""
+    made = wired(tmp_path / "s.db", transport, receiver, batch_size=16)
+    try:
+        for _ in range(3):
+            await made.session()
+        made.store.outbox_append("traces", spans_named("extra", 100), time.time())
+        receiver.set_fault("traces", Fault("fail", every=2))
+        receiver.set_fault("logs", Fault("fail", every=2))
+        for _ in range(100):
+            report = made.exporter.drain()
+            assert report.poison == 0
+            assert not report.dropped.get("rejected")
+            backlog = made.store.export_backlog()
+            if not (backlog.outbox or backlog.pending_root_spans):
+                break
+        assert (backlog.outbox, backlog.pending_root_spans, backlog.dropped) == ({}, 0, {})
+        names = [span["name"] for span in receiver.spans()]
+        assert len(names) == 3 * 5 + 100
+        assert sorted(n for n in names if n.startswith("extra")) == sorted(f"extra {n}" for n in range(100))
+        assert len(receiver.logs()) == 3 * 2
+        assert receiver.faulted("traces", "fail") > 0
+    finally:
+        made.close()
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+async def test_partial_success_counts_exactly_the_rejected_records_with_the_receivers_message(
+    transport: str, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    made = wired(tmp_path / "s.db", transport, receiver)
+    try:
+        made.store.outbox_append("traces", spans_named("span", 10), time.time())
+        receiver.set_fault("traces", Fault("partial", rejected=3, message="spans too old"))
+        report = made.exporter.drain()
+        assert (report.dropped.get("rejected"), report.failed) == (3, False)
+        assert any("spans too old" in message for message in report.signals["traces"].messages)
+        backlog = made.store.export_backlog()
+        assert (backlog.outbox, backlog.dropped) == ({}, {"rejected": 3})  # the rest was accepted: not again
+        assert len(receiver.spans()) == 7
+    finally:
+        made.close()
+
+
+@pytest.mark.parametrize(("transport", "answer"), [("grpc", "gRPC UNIMPLEMENTED"), ("http", "HTTP 404")])
+async def test_a_refused_signal_holds_back_no_other_and_is_noted_in_the_store(
+    transport: str, answer: str, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    made = wired(tmp_path / "s.db", transport, receiver, metrics_interval_s=0)  # the series at every drain
+    try:
+        await made.session()
+        receiver.set_fault("metrics", Fault("refuse", message="no metrics pipeline"))
+        report = made.exporter.drain()
+        assert (report.root_spans, report.spans, report.logs, report.failed) == (1, 4, 2, False)
+        assert set(report.refused) == {"metrics"}
+        assert report.refused["metrics"].status == answer
+        note = made.store.export_backlog().notes["metrics"]
+        assert (note.state, note.count) == ("refused", 1)
+        assert answer in note.detail
+        assert "no metrics pipeline" in note.detail
+        tried = receiver.attempts("metrics")
+        made.exporter.drain(retry_now=False)  # the background thread's pace: refused is tried every few minutes
+        assert receiver.attempts("metrics") == tried
+        receiver.set_fault("metrics", None)
+        assert made.exporter.drain().metrics_exported  # an explicit flush tries again: the pipeline is there now
+        assert "metrics" not in made.store.export_backlog().notes
+        made.store.note_signal("metrics", "refused", "HTTP 404", time.time())  # as an earlier exporter left it
+        made.exporter.release()
+        fresh = wired(tmp_path / "s.db", transport, receiver, metrics_interval_s=0)
+        try:
+            assert fresh.exporter.drain().metrics_exported
+            assert "metrics" not in fresh.store.export_backlog().notes  # a new process's success forgets it too
+        finally:
+            fresh.close()
+    finally:
+        made.close()
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+async def test_traces_refused_keep_their_rows_while_logs_go(
+    transport: str, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    made = wired(tmp_path / "s.db", transport, receiver)
+    try:
+        await made.session()
+        receiver.set_fault("traces", Fault("refuse"))
+        report = made.exporter.drain()
+        assert (report.exported, report.logs, report.failed, set(report.refused)) == (2, 2, False, {"traces"})
+        backlog = made.store.export_backlog()
+        assert (backlog.outbox, backlog.pending_root_spans, backlog.dropped) == ({"traces": 4}, 1, {})
+    finally:
+        made.close()
+
+
+async def test_a_signal_off_by_configuration_is_deleted_unsent_and_counted_as_off(
+    receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    made = wired(tmp_path / "s.db", "http", receiver, signals_off={"logs"})
+    try:
+        await made.session()
+        report = made.exporter.drain()
+        assert (report.root_spans, report.spans, report.logs, report.dropped.get("off")) == (1, 4, 0, 2)
+        assert receiver.attempts("logs") == 0
+        backlog = made.store.export_backlog()
+        assert (backlog.outbox, backlog.dropped) == ({}, {"off": 2})
+    finally:
+        made.close()
+
+
+async def test_traces_off_mark_root_spans_done_unsent(receiver: OtlpReceiver, tmp_path: Path) -> None:
+    """Off by configuration is not the host's own tracing: root spans are settled (counted off), not left."""
+    made = wired(tmp_path / "s.db", "http", receiver, signals_off={"traces"})
+    try:
+        await made.session()
+        report = made.exporter.drain()
+        assert (report.exported, report.logs, report.dropped.get("off")) == (2, 2, 1 + 4)
+        assert receiver.attempts("traces") == 0
+        backlog = made.store.export_backlog()
+        assert (backlog.outbox, backlog.pending_root_spans) == ({}, 0)
+    finally:
+        made.close()
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+async def test_stop_drains_every_signal_once_more_even_while_backing_off(
+    transport: str, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    made = wired(tmp_path / "s.db", transport, receiver)
+    try:
+        await made.session()
+        receiver.set_fault("traces", Fault("fail"))
+        receiver.set_fault("metrics", Fault("fail"))
+        first = made.exporter.drain(retry_now=False)
+        assert first.signals["traces"].failed  # both back off now
+        assert first.signals["metrics"].failed
+        receiver.clear_faults()
+        await made.session()
+        report = made.exporter.stop(5.0)
+        assert report is not None
+        assert (report.root_spans, report.spans, report.logs, report.metrics_exported) == (2, 8, 2, True)
+        assert receiver.wait_for_metric("sb.session.ended")["data_points"][0]["value"] == 2
+    finally:
+        made.close()
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+async def test_a_destination_that_hangs_on_traces_still_gets_logs_and_metrics_at_stop(
+    transport: str, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    """Each signal has its own share of the final drain: traces that never answer cannot eat the others' time,
+    and the exporters' own timeouts are cut to that share."""
+    made = wired(tmp_path / "s.db", transport, receiver)
+    made.exporter.span_exporter._timeout = 30.0 if transport == "grpc" else 0.5
+    if transport == "http":
+        made.exporter.span_exporter._client._timeout = 30.0
+    try:
+        await made.session()
+        receiver.set_fault("traces", Fault("hang"))
+        began = time.monotonic()
+        report = made.exporter.stop(3.0)
+        took = time.monotonic() - began
+        assert report is not None
+        assert (report.logs, report.metrics_exported) == (2, True)
+        assert report.signals["traces"].failed
+        assert took < 3.0 + 2.0, took  # the bound, with room for a loaded machine; the SDK alone would take 30 s
+        assert made.store.export_backlog().outbox == {"traces": 4}
+    finally:
+        made.close()
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite", "memory"])
+def test_the_outbox_row_bound_counts_rows_not_ids(store_kind: str, tmp_path: Path) -> None:
+    """Logs waiting (their signal refused) while many spans came and went: far below the bound, none dropped."""
+    store: Any = SqliteSessionStore(tmp_path / "s.db") if store_kind == "sqlite" else InMemorySessionStore()
+    try:
+        store.outbox_append("logs", ["{}"] * 5, time.time())
+        store.outbox_append("traces", ["{}"] * 100, time.time())
+        store.outbox_delete([row.id for row in store.outbox_batch("traces", 1000)])  # sent
+        assert store.outbox_trim(10, 3600, time.time()) == {"expired": 0, "overflow": 0}
+        assert store.export_backlog().outbox == {"logs": 5}
+        store.outbox_append("traces", ["{}"] * 8, time.time())
+        assert store.outbox_trim(10, 3600, time.time()) == {"expired": 0, "overflow": 3}  # 13 rows: the 3 oldest
+        assert store.export_backlog().outbox == {"logs": 2, "traces": 8}
+        assert {reason: n for reason, n in store.export_backlog().dropped.items() if n} == {"overflow": 3}
+    finally:
+        store.close()
+
+
+def corrupt_the_outbox(path: Path) -> None:
+    """Overwrite the outbox table's root page in the closed file (its index, a b-tree of its own, stays)."""
+    with sqlite3.connect(path) as db:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = 'telemetry_outbox'")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with open(path, "r+b") as file:
+        file.seek((root[0] - 1) * page_size)
+        file.write(b"\xa5" * page_size)
+
+
+async def test_a_corrupt_outbox_is_set_aside_and_sessions_and_export_go_on(
+    receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    path = tmp_path / "s.db"
+    made = wired(path, "http", receiver)
+    session_id, _ = await made.session()
+    made.close()
+    corrupt_the_outbox(path)
+    made = wired(path, "http", receiver)
+    try:
+        with pytest.raises(Exception, match="malformed"):
+            made.store.outbox_batch("traces", 10)
+        report = made.exporter.drain()
+        assert report.dropped["corrupt"] == 4 + 2  # the child spans and log records the page held
+        assert report.root_spans == 1  # the sessions table is untouched: its root span is built and sent
+        backlog = made.store.export_backlog()
+        assert backlog.dropped == {"corrupt": 6}
+        assert backlog.notes["outbox"].state == "set_aside"
+        assert made.store.get(session_id) is not None
+        await made.session()  # tracking and the outbox work again
+        assert made.exporter.drain().exported == 1 + 4 + 2
+        doctor = CliRunner().invoke(cli, ["doctor", "--json", "--store", str(path)])
+        outbox = {check["name"]: check for check in json.loads(doctor.output)}["outbox"]
+        assert "6 corrupt" in outbox["detail"]
+        assert "the outbox was corrupt and was set aside: 0 row(s) kept, 6 lost" in outbox["detail"]
+    finally:
+        made.close()
+
+
+async def test_stop_does_not_wait_for_the_threads_long_drain_and_still_sends_the_series(
+    receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    """The background thread in the middle of a large backlog (50 batches of 0.1 s each) leaves it at the next
+    batch when stop() is asked, so stop()'s own drain runs within its 2 s and sends the series, where waiting
+    for the thread would have used up the bound and skipped it."""
+    made = wired(tmp_path / "s.db", "http", receiver, batch_size=8)
+    try:
+        await made.session()
+        made.store.outbox_append("traces", spans_named("backlog", 400), time.time())
+        receiver.set_fault("traces", Fault("delay", seconds=0.1))
+        made.exporter.start()
+        receiver.wait_for(lambda rx: len(rx.spans()) >= 16, message="the thread is draining")
+        assert not receiver.metrics()  # the thread sends the series after its rounds: not yet
+        report = made.exporter.stop(2.0)
+        assert report is not None  # the thread let go; the final drain ran
+        assert report.metrics_exported
+        assert receiver.wait_for_metric("sb.session.ended")["data_points"][0]["value"] == 1
+        assert len({span["name"] for span in receiver.spans()}) == len(receiver.spans())  # each once
+    finally:
+        made.close()

@@ -129,6 +129,7 @@ def _check_outbox(location: str | None) -> dict[str, Any]:
     detail = (
         f"{waiting} span/log record(s) and {backlog.pending_root_spans} root span(s) waiting; "
         f"dropped: {', '.join(f'{n} {reason}' for reason, n in dropped.items()) or 'none'}; "
+        f"{_notes(getattr(backlog, 'notes', {}))}"
         f"exporter: {_exporter_text(lease, exporting, lock)}"
     )
     if dropped or (waiting + backlog.pending_root_spans and not exporting):
@@ -139,6 +140,23 @@ def _check_outbox(location: str | None) -> dict[str, Any]:
         )
         return {"name": "outbox", "status": "warn", "detail": detail, "advice": advice}
     return {"name": "outbox", "status": "ok", "detail": detail, "advice": ""}
+
+
+def _notes(notes: dict[str, Any]) -> str:
+    """Refused signals and a set-aside outbox, as the exporter noted them in the store, for the detail text."""
+    import time
+
+    parts = []
+    for signal, note in sorted(notes.items()):
+        since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(note.since))
+        if note.state == "refused":
+            parts.append(
+                f"{signal}: refused by the destination ({note.detail}), does not take {signal}, "
+                f"since {since}, {note.count} time(s)"
+            )
+        else:
+            parts.append(f"{note.detail} ({since})")
+    return "".join(f"{part}; " for part in parts)
 
 
 def _holder_lock_state(store: object, lease: Lease | None) -> str | None:

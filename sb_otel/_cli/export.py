@@ -11,7 +11,7 @@ from sb_otel._cli import export_gate
 from sb_otel._cli.app import _quiet_exporters, _store_option, cli
 from sb_otel._settings import parse_duration
 from sb_otel._telemetry.configure import standalone_exporter
-from sb_otel._telemetry.store_exporter import DrainReport, StoreExporter, series_interval_s
+from sb_otel._telemetry.store_exporter import DrainReport, SignalReport, StoreExporter, series_interval_s
 from sb_otel._tracking.export_state import TelemetryStore
 from sb_otel._tracking.row_telemetry import RowTelemetryStore
 from sb_otel._tracking.store_factory import open_store
@@ -31,9 +31,12 @@ from sb_otel._tracking.store_factory import open_store
 def export(follow: bool, lease_ttl: str, interval: str, store_location: str | None) -> int:
     """Send the telemetry waiting in the session store (root spans of ended sessions, spans, log records).
 
-    Sends where configure() would (OTEL_EXPORTER_OTLP_*, else OTLP JSON files). One process exports a store at
-    a time: when another holds the lease, this exits at once (0), or with --follow waits to take over. (As the
-    console script runs it, the lease is taken before the SDK is imported: sb_otel/_cli/export_gate.py.)
+    Sends where configure() would (OTEL_EXPORTER_OTLP_*, else OTLP JSON files), and says per signal what was
+    sent, refused by the destination, or dropped (and why). Exits 1 only when a signal failed (unreachable, timed
+    out) while its records wait; a signal the destination refuses is reported, not a failure. One process
+    exports a store at a time: when another holds the lease, this exits at once (0), or with --follow waits to
+    take over. (As the console script runs it, the lease is taken before the SDK is imported:
+    sb_otel/_cli/export_gate.py.)
     """
     ttl = parse_duration(lease_ttl, name="--lease-ttl").total_seconds()
     idle = parse_duration(interval, name="--interval").total_seconds()
@@ -59,13 +62,9 @@ def export(follow: bool, lease_ttl: str, interval: str, store_location: str | No
             click.echo("sb-otel: another process is exporting this store; nothing to do")
             return 0
         click.echo(_summary(report, where))
-        if report.failed:
-            waiting = store.export_backlog()
-            left = sum(waiting.outbox.values()) + waiting.pending_root_spans
-            raise click.ClickException(
-                f"{where} did not accept the export (unreachable?): {left} records wait in the store; "
-                "run 'sb-otel export' again later, or 'sb-otel export --follow'"
-            )
+        failure = _failure(report, store, where)
+        if failure is not None:
+            raise click.ClickException(failure)
         return 0
     finally:
         store.close()
@@ -101,7 +100,17 @@ def _merged(first: DrainReport, then: DrainReport) -> DrainReport:
     dropped = dict(first.dropped)
     for reason, count in then.dropped.items():
         dropped[reason] = dropped.get(reason, 0) + count
+    signals = {name: SignalReport(done.sent, dict(done.dropped), list(done.messages), done.outcome)
+               for name, done in first.signals.items()}  # fmt: skip
+    for name, done in then.signals.items():
+        into = signals.setdefault(name, SignalReport())
+        into.sent += done.sent
+        for reason, count in done.dropped.items():
+            into.dropped[reason] = into.dropped.get(reason, 0) + count
+        into.messages += [message for message in done.messages if message not in into.messages]
+        into.outcome = done.outcome or into.outcome
     return DrainReport(
+        signals=signals,
         root_spans=first.root_spans + then.root_spans,
         spans=first.spans + then.spans,
         logs=first.logs + then.logs,
@@ -142,11 +151,58 @@ def _follow(store: TelemetryStore, ttl: float, idle: float, series_interval: flo
     return 0
 
 
+_DROPPED_BECAUSE = {
+    "poison": "the exporter rejects (poison)",
+    "rejected": "the destination rejected as bad data",
+    "off": "of a signal that is off (OTEL_<SIGNAL>_EXPORTER=none), deleted unsent",
+    "overflow": "over the outbox's row bound",
+    "expired": "older than the outbox's age bound",
+    "corrupt": "lost in a corrupt outbox, which was set aside",
+}
+
+
 def _summary(report: DrainReport, where: str) -> str:
-    line = f"exported {report.root_spans} root spans, {report.spans} spans, {report.logs} log records to {where}"
-    if report.poison:
-        line += f"; dropped {report.poison} the exporter rejects (poison)"
-    dropped = sum(report.dropped.values())
-    if dropped:
-        line += f"; dropped {dropped} over the outbox bounds"
-    return line
+    """What was sent, then one line per signal that did not go through and per reason something was dropped."""
+    lines = [f"exported {report.root_spans} root spans, {report.spans} spans, {report.logs} log records to {where}"]
+    if report.metrics_exported:
+        lines.append("metrics: the store's session series sent")
+    for name, done in report.signals.items():
+        outcome = done.outcome
+        if outcome is None:
+            continue
+        if done.refused:
+            answer = f" ({outcome.status})" if outcome.status else ""
+            message = f"; it said: {outcome.message}" if outcome.message else ""
+            lines.append(f"{name}: refused by the destination{answer}: does not take {name}{message}")
+        else:
+            lines.append(f"{name}: not exported ({outcome.describe()}); what is left waits in the store")
+    dropped = {"poison": report.poison, **report.dropped}
+    for reason, count in dropped.items():
+        if count:
+            lines.append(f"dropped {count} {_DROPPED_BECAUSE.get(reason, reason)}")
+    messages = [message for done in report.signals.values() for message in done.messages]
+    if messages:
+        lines.append(f"the destination said: {'; '.join(messages[:3])}")
+    return "\n".join(lines)
+
+
+def _failure(report: DrainReport, store: TelemetryStore, where: str) -> str | None:
+    """The error to exit 1 with: a signal failed (unreachable, timed out) while its records wait in the store.
+    A signal the destination refuses is reported, not a failure; so is a metrics failure (the series are read
+    from the store again next time, nothing waits)."""
+    failed = [name for name, done in report.signals.items() if done.failed]
+    if not failed:
+        return None
+    waiting = store.export_backlog()
+    left = {
+        "traces": waiting.outbox.get("traces", 0) + waiting.pending_root_spans,
+        "logs": waiting.outbox.get("logs", 0),
+    }
+    stuck = {name: left[name] for name in failed if left.get(name)}
+    if not stuck:
+        return None
+    why = "; ".join(f"{name}: {report.signals[name].outcome.describe()}" for name in stuck)  # type: ignore[union-attr]
+    return (
+        f"{where} did not accept {' and '.join(stuck)} ({why}): {sum(stuck.values())} records wait in the store; "
+        "run 'sb-otel export' again later, or 'sb-otel export --follow'"
+    )

@@ -295,8 +295,8 @@ def _build(
     meter_provider = host.get("metrics")
     if meter_provider is None:
         exporters["metrics"] = factories["metrics"](None)
-        reader = PeriodicExportingMetricReader(exporters["metrics"])
-        meter_provider = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
+        readers = [PeriodicExportingMetricReader(exporters["metrics"])] if exporters["metrics"] is not None else []
+        meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
     outbox: Outbox | None = None
     owns_store = False
     if "traces" in needed or "logs" in needed:
@@ -328,6 +328,7 @@ def _build(
             meter_provider=meter_provider,
             # The store-derived sb.session.* series go where this process's metrics go, when they are ours.
             metric_exporter=factories["metrics"](None) if "metrics" in factories else None,
+            signals_off=_signals_off(),
         )
         if store_exporter.session_metrics is not None:
             mark_store_counted(meter_provider, outbox.store)
@@ -391,7 +392,7 @@ def _exporters(
         otlp = _otlp_exporter_factories(
             chosen, explicit_endpoint, dict(headers) if headers else None, signal_env_wins=signal_env_wins
         )
-        return {signal: otlp[signal] for signal in signals}, f"OTLP {chosen} → {full}"
+        return {signal: _unless_off(signal, otlp[signal]) for signal in signals}, f"OTLP {chosen} → {full}"
     folder = Path(telemetry_dir) if telemetry_dir is not None else data_dir() / "telemetry"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -402,7 +403,17 @@ def _exporters(
         "metrics": lambda _: FileMetricExporter(folder / "metrics.jsonl"),
         "logs": lambda _: otel_logs.FileLogExporter(folder / "logs.jsonl"),
     }
-    return {signal: files[signal] for signal in signals}, f"OTLP JSON files in {folder}"
+    return {signal: _unless_off(signal, files[signal]) for signal in signals}, f"OTLP JSON files in {folder}"
+
+
+def _signals_off() -> frozenset[str]:
+    """Signals ``OTEL_<SIGNAL>_EXPORTER=none`` turns off (the SDK's own variables): exported nowhere."""
+    return frozenset(s for s in _SIGNALS if os.environ.get(f"OTEL_{s.upper()}_EXPORTER", "").strip().lower() == "none")
+
+
+def _unless_off(signal: str, factory: _ExporterFactory) -> _ExporterFactory:
+    """``factory``, or one that makes no exporter (``None``) for a signal that is off."""
+    return (lambda _: None) if signal in _signals_off() else factory
 
 
 PROTOCOLS: tuple[Protocol, ...] = ("grpc", "http/protobuf")
@@ -514,8 +525,9 @@ def standalone_exporter(
     resource = _resource(None, None)
     meter_provider = None
     if with_metrics:
-        reader = PeriodicExportingMetricReader(factories["metrics"](None))
-        meter_provider = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
+        own = factories["metrics"](None)
+        readers = [PeriodicExportingMetricReader(own)] if own is not None else []
+        meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
     kwargs: dict[str, Any] = {} if lease_ttl_s is None else {"lease_ttl_s": lease_ttl_s}
     exporter = StoreExporter(
         store,
@@ -526,6 +538,7 @@ def standalone_exporter(
         meter_provider=meter_provider,
         metric_exporter=factories["metrics"](None),
         holder=holder,
+        signals_off=_signals_off(),
         **kwargs,
     )
     return exporter, where, meter_provider

@@ -8,19 +8,29 @@ export``.
 
 Each round:
 
+0. **Row records.** Sessions built from their row (``emit``'s) owe their start's span and log record as they
+   start and their end's as they end (:mod:`sb_otel._telemetry.row_records`); each owed bit is cleared after its
+   signal's success.
 1. **Root spans.** Ended sessions whose root span is pending are rebuilt from their records
    (:mod:`sb_otel._telemetry.root_span`) through a private SDK tracer, exported, and marked exported only after
    the exporter reported success — so a crash anywhere leaves them pending, to be sent again (same ids).
 2. **Outbox.** Rows are decoded into SDK spans / log records, exported in batches oldest first, and deleted
-   after success. A failure keeps them and backs off (1 s, doubling to 60 s); the next round resumes where this
-   one stopped, also after a restart.
-3. **Poison isolation.** When a batch fails, records the SDK's own OTLP encoder rejects (a timestamp beyond
-   uint64 nanoseconds, an unencodable string) are dropped and counted; if the rest still fails, the batch is
-   halved: a half that fails while its sibling succeeds holds the bad record, and is halved again until it is
-   one record, which is dropped and counted. Both halves failing means the collector is unreachable (or rejects
-   everything): nothing is dropped, the round backs off.
-4. **Bounds.** Rows beyond ``SB_OTEL_OUTBOX_MAX_ROWS`` or older than ``SB_OTEL_OUTBOX_MAX_AGE`` are dropped,
-   oldest first, and counted.
+   after success; the next round resumes where this one stopped, also after a restart.
+3. **Each signal on its own.** Traces (root spans and outbox spans), logs and metrics (the store's session
+   series) keep their own backoff (1 s, doubling to 60 s) and refusal state: one failing or refused never holds
+   back another. Why a call failed is read from the SDK's exporters (:mod:`~sb_otel._telemetry.export_outcome`):
+   a destination that does not take a signal (404/405/415, ``UNIMPLEMENTED``) is noted in the store and tried
+   again every ``REFUSED_RETRY_S``; 5xx, 429, ``UNAVAILABLE`` and timeouts are retried and drop nothing.
+4. **Only bad data is dropped.** Records the SDK's OTLP encoder refuses (a timestamp beyond uint64 nanoseconds,
+   an unencodable string) are dropped (``poison``) without the network. A batch the receiver rejects as bad data
+   (400, ``INVALID_ARGUMENT``) is halved while the answer stays "bad data", until each rejected record is alone
+   and dropped (``rejected``, with the receiver's message); a ``partial_success`` counts its rejected items the
+   same way. A signal off by configuration has its records deleted unsent (``off``).
+5. **Bounds.** Rows beyond ``SB_OTEL_OUTBOX_MAX_ROWS`` (rows, not ids) or older than ``SB_OTEL_OUTBOX_MAX_AGE``
+   are dropped, oldest first, and counted. A corrupt outbox is set aside by the store (``corrupt``).
+
+:meth:`StoreExporter.stop` drains every signal once more, each within its own share of the time left, and sends
+the session series once more.
 
 Drops and the backlog are the ``sb.telemetry.outbox.*`` metrics and a ``sb-otel doctor`` line.
 """
@@ -30,22 +40,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics.export import MetricExportResult
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from sb_otel._telemetry import export_outcome
 from sb_otel._telemetry import otel_logs as otel_logs
 from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.attributes import Redaction
+from sb_otel._telemetry.drain_report import DrainReport as DrainReport  # re-exported: sb-otel export reads it
+from sb_otel._telemetry.drain_report import SignalReport as SignalReport
+from sb_otel._telemetry.export_outcome import Outcome
 from sb_otel._telemetry.lease import LEASE_TTL_S, LeaseKeeper, LeaseLost, store_lock_path
 from sb_otel._telemetry.outbox import Outbox
 from sb_otel._telemetry.outbox_codec import LOGS, SPANS, decode_log, decode_span
@@ -53,7 +66,7 @@ from sb_otel._telemetry.root_span import SessionTelemetry, export_root_span, rec
 from sb_otel._telemetry.row_records import RowRecords
 from sb_otel._telemetry.store_metrics import StoreSessionMetrics
 from sb_otel._tracking import row_telemetry
-from sb_otel._tracking.export_state import TelemetryStore, new_holder
+from sb_otel._tracking.export_state import DROP_REASONS, TelemetryStore, new_holder
 from sb_otel._tracking.session_counts import SessionCountsStore
 from sb_otel._tracking.store import SessionRecord
 from sb_otel._version import __version__
@@ -89,28 +102,25 @@ BATCH_SIZE = 512
 IDLE_INTERVAL_S = 1.0
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 60.0
+REFUSED_RETRY_S = 300.0
+"""How long a signal the destination refused waits before it is tried again (it may gain the pipeline)."""
+SIGNALS = ("traces", "logs", "metrics")
+"""Each with its own progress, backoff and refusal: traces (root spans and outbox spans), logs (outbox log
+records), metrics (the store-derived session series)."""
 _log = logging.getLogger("sb_otel.exporter")
 _T = TypeVar("_T")
 
 
 @dataclass
-class DrainReport:
-    """What one drain did."""
+class _SignalState:
+    """One signal's progress between drains: when it may be tried again, and what the destination said."""
 
-    root_spans: int = 0
-    spans: int = 0
-    logs: int = 0
-    poison: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-    failed: bool = False
-    """Whether an export failed (the collector unreachable?): what is left waits for the next round."""
-    lease_held: bool = True
-    metrics_exported: bool | None = None
-    """Whether the store-derived session series were sent this drain (``None``: not due, or none configured)."""
-
-    @property
-    def exported(self) -> int:
-        return self.root_spans + self.spans + self.logs
+    backoff_s: float = 0.0
+    not_before: float = 0.0
+    """Monotonic time before which a (normal) drain does not try this signal."""
+    refused: Outcome | None = None
+    note_cleared: bool = False
+    """Whether a success since this process started has forgotten the store's note of an earlier refusal."""
 
 
 class StoreExporter:
@@ -119,7 +129,11 @@ class StoreExporter:
     ``holder`` names it in the lease (default: a new name). Given the name a lease was already taken as (``sb-otel
     export`` takes it before importing the SDK), it starts as that holder: its first round renews that lease,
     and :meth:`release` gives it up as usual. Had the lease lapsed and gone to another meanwhile, the round finds
-    it held (``lease_held=False``) and sends nothing."""
+    it held (``lease_held=False``) and sends nothing.
+
+    ``span_exporter=None`` means the host's own tracing (root spans and outbox spans are not ours to send: left
+    as they are); a signal in ``signals_off`` is off by configuration (``OTEL_TRACES_EXPORTER=none`` …): its
+    records are deleted unsent and counted as ``off``."""
 
     def __init__(
         self,
@@ -136,10 +150,12 @@ class StoreExporter:
         meter_provider: Any = None,
         metric_exporter: Any = None,
         metrics_interval_s: float = METRICS_INTERVAL_S,
+        signals_off: Iterable[str] = (),
     ) -> None:
         self.store = store
         self.span_exporter = span_exporter
         self.log_exporter = log_exporter
+        self.signals_off = frozenset(signals_off)
         self.outbox = outbox or Outbox(store)
         self.holder = holder or new_holder()
         self.lease_ttl_s = lease_ttl_s
@@ -155,7 +171,9 @@ class StoreExporter:
         self._building = threading.Lock()
         self._draining = threading.Lock()  # the thread and force_flush/stop in one process: one drain at a time
         self._thread: threading.Thread | None = None
-        self._backoff = 0.0
+        self._backoff = 0.0  # after a round that raised (store trouble); the signals back off on their own
+        self._states = {signal: _SignalState() for signal in SIGNALS}
+        self._budgets: dict[str, float] | None = None  # the final drain's time per signal
         if meter_provider is not None:
             self._register_metrics(meter_provider)
         # The store-derived session series (sb.session.*): sent only from here, so only by the lease holder.
@@ -165,6 +183,8 @@ class StoreExporter:
         self.metric_exporter = metric_exporter
         self.metrics_interval_s = metrics_interval_s
         self._metrics_due = 0.0
+        for exporter in (span_exporter, log_exporter, metric_exporter):
+            export_outcome.watch(exporter)  # so a failure says why: refused, bad data, or retry
         self._row_records = RowRecords(resource)
         self._lease = LeaseKeeper(store, self.holder, lease_ttl_s, lock_file=store_lock_path(store))
 
@@ -188,14 +208,20 @@ class StoreExporter:
 
     # -- one drain ----------------------------------------------------------------------------------------
 
-    def drain(self, *, max_rounds: int | None = None, deadline: float | None = None) -> DrainReport:
-        """Export until nothing is left, an export fails, ``max_rounds`` batches were sent, or the monotonic
-        ``deadline`` passed. Takes (and renews) the lease; a busy lease returns ``lease_held=False``."""
+    def drain(
+        self, *, max_rounds: int | None = None, deadline: float | None = None, retry_now: bool = True
+    ) -> DrainReport:
+        """Export until nothing is left (or every signal that has something stopped: failed, refused, backing
+        off), ``max_rounds`` batches were sent, or the monotonic ``deadline`` passed. Takes (and renews) the
+        lease; a busy lease returns ``lease_held=False``. ``retry_now``: try signals that back off or were
+        refused at once (an explicit flush); the background thread waits for each signal's next try."""
         with self._draining:
-            return self._drain(max_rounds, deadline)
+            return self._drain(max_rounds, deadline, retry_now=retry_now)
 
-    def _drain(self, max_rounds: int | None, deadline: float | None) -> DrainReport:
-        report = DrainReport()
+    def _drain(
+        self, max_rounds: int | None, deadline: float | None, *, final: bool = False, retry_now: bool = False
+    ) -> DrainReport:
+        report = DrainReport(retry_now=retry_now or final)
         if not self.acquire():
             report.lease_held = False
             return report
@@ -204,86 +230,115 @@ class StoreExporter:
             while max_rounds is None or rounds < max_rounds:
                 if deadline is not None and time.monotonic() > deadline:
                     break
+                if self._stop.is_set() and not final:
+                    break  # stop() is waiting to drain once more itself, every signal within its bound
                 rounds += 1
                 sent = self._row_round(report) + self._root_round(report)
                 sent += self._outbox_round(SPANS, report) + self._outbox_round(LOGS, report)
-                if report.failed or sent == 0:
+                if sent == 0:
                     break
-            for reason, count in self.outbox.trim().items():
+            trimmed = self._outbox_op(report, self.outbox.trim) or {}
+            for reason, count in trimmed.items():
                 report.dropped[reason] = report.dropped.get(reason, 0) + count
-            self._metrics_round(report)
+            self._metrics_round(report, force=final)
         except LeaseLost:
             report.lease_held = False
             _log.warning("sb-otel exporter %s lost its lease to another process; it stops exporting", self.holder)
         return report
 
+    def _due(self, signal: str, report: DrainReport) -> bool:
+        """Whether ``signal`` is tried now: not stopped earlier in this drain, not backing off (the final drain
+        tries every signal once more), and with time left in its share of the final drain."""
+        done = report.signals.get(signal)
+        if done is not None and done.outcome is not None:
+            return False
+        if self._budgets is not None:
+            return self._budgets.get(signal, 0.0) > 0
+        return report.retry_now or time.monotonic() >= self._states[signal].not_before
+
     def _metrics_round(self, report: DrainReport, *, force: bool = False) -> None:
-        """Send the store-derived session series, at most every ``metrics_interval_s`` (every drain when 0)."""
-        if self.session_metrics is None or (not force and time.monotonic() < self._metrics_due):
+        """Send the store-derived session series, at most every ``metrics_interval_s`` (every drain when 0);
+        ``force``: now, whatever the pace or backoff (the final drain)."""
+        if self.session_metrics is None or not self._due("metrics", report):
+            return
+        if not force and time.monotonic() < self._metrics_due:
             return
         self._renew()
         data = self.session_metrics.collect()
-        # Renewed again after the reading (entering the call): a holder paused in it (SIGSTOP, a stalled VM) past
-        # its lease finds the standby holding it, and sends nothing; what is sent was read under a lease still ours.
-        with self._lease.sending():
-            try:
-                accepted = self.session_metrics.exporter.export(data)
-            except Exception:
-                _log.debug("sb-otel metric exporter raised", exc_info=True)
-                accepted = None
-        report.metrics_exported = accepted == MetricExportResult.SUCCESS
-        report.failed = report.failed or not report.metrics_exported
+        # Renewed again after the reading: a holder paused in it (SIGSTOP, a stalled VM) past its lease finds the
+        # standby holding it, and sends nothing; what is sent was read under a lease still ours.
+        outcome = self._call("metrics", self.session_metrics.exporter, data)
         self._metrics_due = time.monotonic() + self.metrics_interval_s
+        if outcome.kind == "partial":
+            report.drop("metrics", "rejected", outcome.rejected)
+            self._log_rejected("metrics", "data point", outcome.rejected, outcome.message)
+        self._settle("metrics", outcome, report)
+        report.metrics_exported = outcome.accepted
 
     def _row_round(self, report: DrainReport) -> int:
         """The records sessions built from their row still owe (``emit``'s: :mod:`sb_otel._telemetry.row_records`):
         their start's span and log record as they start, their end's as they end. Each owed bit is cleared only
-        after its exporter reported success (or the record was dropped as poison): at least once, same ids."""
+        after its signal's success (or the record was dropped), so at least once, with the same ids. A signal off
+        by configuration clears its bits unsent; one that is not due (backing off, refused) leaves them owed."""
         store = self.store
-        signals = (row_telemetry.SPANS if self.span_exporter is not None else 0) | (
-            row_telemetry.LOGS if self.log_exporter is not None else 0
-        )
-        if report.failed or not signals or not isinstance(store, row_telemetry.RowTelemetryStore):
+        if not isinstance(store, row_telemetry.RowTelemetryStore):
+            return 0
+        wanted = {
+            row_telemetry.SPANS: ("traces", self.span_exporter),
+            row_telemetry.LOGS: ("logs", self.log_exporter),
+        }
+        signals = 0
+        for bits, (signal, exporter) in wanted.items():
+            if signal in self.signals_off or (exporter is not None and self._due(signal, report)):
+                signals |= bits
+        if not signals:
             return 0
         owed = store.owed_row_records(self.batch_size, signals)
         if not owed:
             return 0
         spans: list[tuple[tuple[str, int], Any]] = []
         logs: list[tuple[tuple[str, int], Any]] = []
-        done: list[tuple[str, int]] = []  # nothing to send (no plan, unsampled) or unbuildable: never will be
+        done: list[tuple[str, int]] = []  # nothing to send (no plan, unsampled, off) or unbuildable: never will be
         for record, due in owed:
             try:
                 built = self._row_records.build(record, due, self._redaction)
             except Exception:
                 _log.warning("sb-otel could not build the records of %s; dropped", record.session_id, exc_info=True)
-                self._count_poison("session record", [record.session_id], report)
+                self._count_poison("traces", "session record", [record.session_id], report)
                 built = []
             for bit, item in built:
-                (spans if bit & row_telemetry.SPANS else logs).append(((record.session_id, bit), item))
-            made = sum(bit for bit, _ in built)
+                signal = "traces" if bit & row_telemetry.SPANS else "logs"
+                if signal in self.signals_off:
+                    continue
+                (spans if signal == "traces" else logs).append(((record.session_id, bit), item))
+            made = sum(
+                bit for bit, _ in built if ("traces" if bit & row_telemetry.SPANS else "logs") not in self.signals_off
+            )
             if due & ~made:
                 done.append((record.session_id, due & ~made))
-        sent_spans, poison_spans, failed = (
-            self._send(spans, self.span_exporter, _spans_encode) if spans else ([], [], False)
+        sent_spans, dropped_spans = (
+            self._send("traces", "span", spans, self.span_exporter, _spans_encode, report) if spans else ([], [])
         )
         # Logs are tried even when the spans failed: a destination refusing one signal holds back no other.
-        sent_logs, poison_logs, logs_failed = (
-            self._send(logs, self.log_exporter, _logs_encode) if logs else ([], [], False)
+        sent_logs, dropped_logs = (
+            self._send("logs", "log record", logs, self.log_exporter, _logs_encode, report) if logs else ([], [])
         )
-        failed = failed or logs_failed
-        cleared = [*done, *sent_spans, *poison_spans, *sent_logs, *poison_logs]
+        cleared = [*done, *sent_spans, *dropped_spans, *sent_logs, *dropped_logs]
         if cleared:
             store.mark_row_records_sent(cleared)
-        self._count_poison("span", poison_spans, report)
-        self._count_poison("log record", poison_logs, report)
         report.spans += len(sent_spans)
         report.logs += len(sent_logs)
-        report.failed = report.failed or failed
+        if sent_spans:
+            report.signal("traces").sent += len(sent_spans)
+        if sent_logs:
+            report.signal("logs").sent += len(sent_logs)
         return len(cleared)
 
     def _root_round(self, report: DrainReport) -> int:
-        if self.span_exporter is None:  # the host's own tracing: root spans are not ours to send
-            return 0
+        if "traces" in self.signals_off:
+            return self._switched_off_roots(report)
+        if self.span_exporter is None or not self._due("traces", report):
+            return 0  # no exporter: the host's own tracing, root spans are not ours to send
         records = self.store.pending_root_spans(self.batch_size)
         if not records:
             return 0
@@ -294,7 +349,7 @@ class StoreExporter:
                 span = self.build_root_span(record)
             except Exception:
                 _log.warning("sb-otel could not build the root span of %s; dropped", record.session_id, exc_info=True)
-                report.poison += 1
+                report.drop("traces", "poison", 1)
                 self.store.count_dropped("poison", 1)
                 span = None
             if span is not None:
@@ -305,13 +360,22 @@ class StoreExporter:
             self.store.mark_root_spans_exported(nothing_to_send)
         if not built:
             return len(nothing_to_send)
-        sent, poison, failed = self._send(built, self.span_exporter, _spans_encode)
-        if sent or poison:
-            self.store.mark_root_spans_exported([*sent, *poison])
-        self._count_poison("root span", poison, report)
+        sent, dropped = self._send("traces", "root span", built, self.span_exporter, _spans_encode, report)
+        if sent or dropped:
+            self.store.mark_root_spans_exported([*sent, *dropped])
         report.root_spans += len(sent)
-        report.failed = report.failed or failed
-        return len(sent) + len(poison) + len(nothing_to_send)
+        if sent:
+            report.signal("traces").sent += len(sent)
+        return len(sent) + len(dropped) + len(nothing_to_send)
+
+    def _switched_off_roots(self, report: DrainReport) -> int:
+        """Traces are off by configuration: the pending root spans are marked done unsent, counted as ``off``."""
+        records = self.store.pending_root_spans(self.batch_size)
+        if records:
+            self.store.mark_root_spans_exported([record.session_id for record in records])
+            self.store.count_dropped("off", len(records))
+            report.drop("traces", "off", len(records))
+        return len(records)
 
     def build_root_span(self, record: SessionRecord) -> ReadableSpan | None:
         """The ended session's root span as the exporter sends it (``None``: unsampled or no plan)."""
@@ -330,11 +394,17 @@ class StoreExporter:
 
     def _outbox_round(self, signal: str, report: DrainReport) -> int:
         exporter = self.span_exporter if signal == SPANS else self.log_exporter
-        if report.failed or exporter is None:
+        off = signal in self.signals_off
+        if not off and (exporter is None or not self._due(signal, report)):
             return 0
-        rows = self.store.outbox_batch(signal, self.batch_size)
+        rows = self._outbox_op(report, self.store.outbox_batch, signal, self.batch_size)
         if not rows:
             return 0
+        if off:  # off by configuration: deleted unsent, counted apart from failures
+            self._outbox_op(report, self.store.outbox_delete, [row.id for row in rows])
+            self.store.count_dropped("off", len(rows))
+            report.drop(signal, "off", len(rows))
+            return len(rows)
         decode: Callable[[str], Any] = decode_span if signal == SPANS else decode_log
         decoded: list[tuple[int, Any]] = []
         undecodable: list[int] = []
@@ -343,23 +413,39 @@ class StoreExporter:
                 decoded.append((row.id, decode(row.payload)))
             except Exception:
                 undecodable.append(row.id)
+        kind = "span" if signal == SPANS else "log record"
+        if undecodable:
+            self._count_poison(signal, kind, undecodable, report)
         encodes = _spans_encode if signal == SPANS else _logs_encode
-        sent, poison, failed = self._send(decoded, exporter, encodes) if decoded else ([], [], False)
-        poison = [*undecodable, *poison]
-        if sent or poison:
-            self.store.outbox_delete([*sent, *poison])
-        self._count_poison("span" if signal == SPANS else "log record", poison, report)
+        sent, dropped = self._send(signal, kind, decoded, exporter, encodes, report) if decoded else ([], [])
+        if sent or dropped or undecodable:
+            self._outbox_op(report, self.store.outbox_delete, [*sent, *dropped, *undecodable])
         if signal == SPANS:
             report.spans += len(sent)
         else:
             report.logs += len(sent)
-        report.failed = report.failed or failed
-        return len(sent) + len(poison)
+        if sent:
+            report.signal(signal).sent += len(sent)
+        return len(sent) + len(dropped) + len(undecodable)
 
-    def _count_poison(self, kind: str, poison: Sequence[Any], report: DrainReport) -> None:
-        if not poison:
-            return
-        report.poison += len(poison)
+    def _outbox_op(self, report: DrainReport, operation: Callable[..., _T], *args: Any) -> _T | None:
+        """An outbox read or delete; when it fails because the outbox is corrupt, the outbox is set aside (the
+        store keeps what it can read, sessions untouched) and ``None`` returned: the next round goes on."""
+        try:
+            return operation(*args)
+        except Exception:
+            lost = self.store.outbox_set_aside(time.time())
+            if lost is None:
+                raise  # not corruption: the round fails as before
+        report.dropped["corrupt"] = report.dropped.get("corrupt", 0) + lost
+        _log.error(
+            "sb-otel found the store's outbox corrupt and set it aside: %d record(s) lost; sessions are untouched",
+            lost,
+        )
+        return None
+
+    def _count_poison(self, signal: str, kind: str, poison: Sequence[Any], report: DrainReport) -> None:
+        report.drop(signal, "poison", len(poison))
         self.store.count_dropped("poison", len(poison))
         _log.warning(
             "sb-otel dropped %d %s(s) the exporter rejects (poison), so the rest could be sent: %s",
@@ -368,51 +454,137 @@ class StoreExporter:
             ", ".join(str(key) for key in poison[:10]),
         )
 
-    # -- sending, with poison isolation -------------------------------------------------------------------
+    def _count_rejected(self, signal: str, kind: str, count: int, outcome: Outcome, report: DrainReport) -> None:
+        """Records the receiver rejected as bad data: dropped, counted (``rejected``) with its message."""
+        report.drop(signal, "rejected", count)
+        messages = report.signal(signal).messages
+        if len(messages) < 5 and outcome.describe() not in messages:
+            messages.append(outcome.describe())
+        self.store.count_dropped("rejected", count)
+        self._log_rejected(signal, kind, count, outcome.describe())
+
+    @staticmethod
+    def _log_rejected(signal: str, kind: str, count: int, message: str) -> None:
+        _log.warning("sb-otel: the destination rejected %d %s(s) of %s as bad data: %s", count, kind, signal, message)
+
+    # -- sending: retry is not poison ---------------------------------------------------------------------
 
     def _send(
-        self, items: list[tuple[_T, Any]], exporter: Any, encodes: Callable[[Any], bool]
-    ) -> tuple[list[_T], list[_T], bool]:
-        """Export ``items`` (key, SDK record); returns (keys sent, keys dropped as poison, failed)."""
-        if self._export(exporter, items):
-            return [key for key, _ in items], [], False
-        # Failed. First the records the SDK's own OTLP encoder rejects: certain poison, found without the network.
-        poison = [key for key, record in items if not encodes(record)]
-        if poison:
-            rest = [(key, record) for key, record in items if key not in set(poison)]
-            if not rest:
-                return [], poison, False
-            sent, more, failed = self._send(rest, exporter, encodes)
-            return sent, poison + more, failed
+        self,
+        signal: str,
+        kind: str,
+        items: list[tuple[_T, Any]],
+        exporter: Any,
+        encodes: Callable[[Any], bool],
+        report: DrainReport,
+    ) -> tuple[list[_T], list[_T]]:
+        """Export ``items`` (key, SDK record); returns (keys sent, keys dropped). Only records the SDK's encoder
+        refuses (``poison``) or the receiver rejects as bad data (``rejected``: found by halving the batch while
+        the answer is bad data) are dropped; any other failure keeps everything and stops the signal's round."""
+        outcome = self._call(signal, exporter, [record for _, record in items])
+        if outcome.accepted:
+            if outcome.kind == "partial":  # which ones, the receiver does not say: all are done with
+                self._count_rejected(signal, kind, outcome.rejected, outcome, report)
+            self._settle(signal, outcome, report)
+            return [key for key, _ in items], []
+        if outcome.kind != "refused":
+            # First the records the SDK's own OTLP encoder refuses: certain poison, found without the network.
+            poison = [key for key, record in items if not encodes(record)]
+            if poison:
+                self._count_poison(signal, kind, poison, report)
+                unwanted = set(poison)
+                rest = [(key, record) for key, record in items if key not in unwanted]
+                if not rest:
+                    return [], poison
+                sent, dropped = self._send(signal, kind, rest, exporter, encodes, report)
+                return sent, poison + dropped
+        if outcome.kind == "bad_data":
+            return self._isolate(signal, kind, items, exporter, outcome, report)
+        self._settle(signal, outcome, report)
+        return [], []
+
+    def _isolate(
+        self,
+        signal: str,
+        kind: str,
+        items: list[tuple[_T, Any]],
+        exporter: Any,
+        outcome: Outcome,
+        report: DrainReport,
+    ) -> tuple[list[_T], list[_T]]:
+        """``items`` were rejected as bad data: halve until each bad record is alone, and drop only those. A half
+        that meets any other answer (a 500, a timeout) stops it: the rest is kept for a later round."""
         if len(items) == 1:
-            return [], [], True  # one record failing alone: nothing tells a bad record from a down collector
-        return self._bisect(items, exporter)
-
-    def _bisect(self, items: list[tuple[_T, Any]], exporter: Any) -> tuple[list[_T], list[_T], bool]:
-        """``items`` failed as a whole: a half that fails while the other half succeeds holds the bad record."""
+            self._count_rejected(signal, kind, 1, outcome, report)
+            return [], [items[0][0]]
+        sent: list[_T] = []
+        dropped: list[_T] = []
         middle = len(items) // 2
-        halves = (items[:middle], items[middle:])
-        ok = [self._export(exporter, half) for half in halves]
-        if not any(ok):
-            return [], [], True  # unreachable, or refusing everything: keep it all, back off
-        sent = [key for half, good in zip(halves, ok, strict=True) if good for key, _ in half]
-        bad = halves[0] if not ok[0] else halves[1] if not ok[1] else []
-        if not bad:
-            return sent, [], False
-        if len(bad) == 1:
-            return sent, [bad[0][0]], False
-        more_sent, poison, failed = self._bisect(bad, exporter)
-        return sent + more_sent, poison, failed
+        for half in (items[:middle], items[middle:]):
+            answer = self._call(signal, exporter, [record for _, record in half])
+            if answer.accepted:
+                if answer.kind == "partial":
+                    self._count_rejected(signal, kind, answer.rejected, answer, report)
+                sent += [key for key, _ in half]
+            elif answer.kind == "bad_data":
+                more_sent, more_dropped = self._isolate(signal, kind, half, exporter, answer, report)
+                sent += more_sent
+                dropped += more_dropped
+                if report.signal(signal).outcome is not None:
+                    break
+            else:
+                self._settle(signal, answer, report)
+                break
+        else:
+            self._settle(signal, export_outcome.SUCCESS, report)
+        return sent, dropped
 
-    def _export(self, exporter: Any, items: Sequence[tuple[Any, Any]]) -> bool:
-        """One export call, under a freshly renewed lease kept while it runs; an exception counts as a failure."""
-        with self._lease.sending():
-            try:
-                result = exporter.export([record for _, record in items])
-            except Exception:
-                _log.debug("sb-otel exporter raised", exc_info=True)
-                return False
-        return getattr(result, "name", None) == SpanExportResult.SUCCESS.name
+    def _call(self, signal: str, exporter: Any, records: Any) -> Outcome:
+        """One export call, under a freshly renewed lease, within the final drain's share for ``signal``."""
+        self._renew()
+        deadline = None
+        began = time.monotonic()
+        if self._budgets is not None:
+            deadline = began + max(0.0, self._budgets.get(signal, 0.0))
+        try:
+            with self._lease.sending():  # renewed on entry and exit, and by a heartbeat while the call runs
+                return export_outcome.export(exporter, records, deadline)
+        finally:
+            if self._budgets is not None:
+                self._budgets[signal] = self._budgets.get(signal, 0.0) - (time.monotonic() - began)
+
+    def _settle(self, signal: str, outcome: Outcome, report: DrainReport) -> None:
+        """Keep ``signal``'s state after ``outcome``: accepted resets it; refused is noted in the store (for
+        ``doctor`` in any process) and tried again only every ``REFUSED_RETRY_S``; any other failure backs off
+        (doubling, up to a minute). A signal that did not go through stops for the rest of this drain."""
+        state = self._states[signal]
+        now = time.monotonic()
+        if outcome.accepted:
+            if state.refused is not None:
+                _log.warning("sb-otel: the destination takes %s again", signal)
+            if state.refused is not None or not state.note_cleared:  # a refusal another process noted, too
+                self._note(signal, None, "")
+                state.note_cleared = True
+            state.backoff_s, state.not_before, state.refused = 0.0, 0.0, None
+            return
+        report.signal(signal).outcome = outcome
+        if outcome.kind == "refused":
+            if state.refused is None:
+                _log.warning("sb-otel: the destination does not take %s (%s)", signal, outcome.describe())
+            state.refused = outcome
+            state.not_before = now + REFUSED_RETRY_S
+            self._note(signal, "refused", outcome.describe())
+            return
+        report.failed = True
+        state.backoff_s = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, state.backoff_s * 2))
+        state.not_before = now + state.backoff_s
+        _log.info("sb-otel: %s not exported (%s); next try in %.0f s", signal, outcome.describe(), state.backoff_s)
+
+    def _note(self, signal: str, state: str | None, detail: str) -> None:
+        try:
+            self.store.note_signal(signal, state, detail, time.time())
+        except Exception:
+            _log.debug("sb-otel could not note the state of %s in the store", signal, exc_info=True)
 
     # -- the background thread ----------------------------------------------------------------------------
 
@@ -424,17 +596,15 @@ class StoreExporter:
         self._thread.start()
 
     def follow(self, idle_s: float = IDLE_INTERVAL_S) -> None:
-        """Drain, wait, repeat until :meth:`stop`: ``idle_s`` between rounds, backing off after failures."""
+        """Drain, wait, repeat until :meth:`stop`: ``idle_s`` between rounds; each signal backs off by itself
+        after failures, and a round that raised (store trouble) backs the whole loop off."""
         while not self._stop.is_set():
             try:
-                report = self.drain()
+                self.drain(retry_now=False)
+                self._backoff = 0.0
             except Exception:
                 _log.warning("sb-otel exporter round failed", exc_info=True)
-                report = DrainReport(failed=True)
-            if report.failed:
                 self._backoff = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, self._backoff * 2))
-            else:
-                self._backoff = 0.0
             self._stop.wait(self._backoff or idle_s)
 
     def request_stop(self) -> None:
@@ -442,8 +612,10 @@ class StoreExporter:
         self._stop.set()
 
     def stop(self, timeout_s: float = 5.0) -> DrainReport | None:
-        """Stop the thread, send what is left within ``timeout_s`` (if the collector answers), give the lease
-        up. Returns the last drain's report (``None`` if nothing was drained)."""
+        """Stop the thread, then drain every signal once more within ``timeout_s`` (backing off or not, each
+        signal with its own share of the time, the SDK exporters' timeouts cut to it) and send the store's
+        session series once more; give the lease up. Returns that drain's report (``None`` if the thread was
+        stuck in an export call past the deadline, or the drain failed)."""
         self._stop.set()
         deadline = time.monotonic() + timeout_s
         if self._thread is not None:
@@ -451,13 +623,30 @@ class StoreExporter:
             if self._thread.is_alive():
                 return None  # stuck in an export call: the daemon thread ends with the process
         report = None
-        if time.monotonic() < deadline and self._backoff == 0.0:
-            try:
-                report = self.drain(deadline=deadline)
-            except Exception:
-                _log.warning("sb-otel exporter's last drain failed", exc_info=True)
+        try:
+            report = self.final_drain(deadline)
+        except Exception:
+            _log.warning("sb-otel exporter's last drain failed", exc_info=True)
         self.release()
         return report
+
+    def final_drain(self, deadline: float) -> DrainReport:
+        """One last drain of every signal by the monotonic ``deadline``, each signal's calls within its own
+        share of the time left (so a destination that hangs on traces still lets logs and metrics out)."""
+        with self._draining:
+            active = [signal for signal in SIGNALS if self._exports(signal)]
+            share = max(0.0, deadline - time.monotonic()) / max(1, len(active))
+            self._budgets = dict.fromkeys(active, share)
+            try:
+                return self._drain(None, deadline, final=True)
+            finally:
+                self._budgets = None
+
+    def _exports(self, signal: str) -> bool:
+        """Whether this exporter sends ``signal`` at all."""
+        if signal == "metrics":
+            return self.session_metrics is not None
+        return (self.span_exporter if signal == "traces" else self.log_exporter) is not None
 
     # -- metrics ------------------------------------------------------------------------------------------
 
@@ -473,7 +662,8 @@ class StoreExporter:
             "sb.telemetry.outbox.dropped",
             callbacks=[self._observe_dropped],
             unit="{record}",
-            description="Stored telemetry dropped: over the row bound, too old, or rejected by the exporter.",
+            description="Stored telemetry dropped: over the bounds, refused by the encoder (poison), rejected by the "
+            "receiver, off by configuration, or lost in a corrupt outbox.",
         )
 
     def _observe_backlog(self, options: CallbackOptions) -> list[Observation]:
@@ -485,7 +675,7 @@ class StoreExporter:
 
     def _observe_dropped(self, options: CallbackOptions) -> list[Observation]:
         dropped = self.store.export_backlog().dropped
-        return [Observation(dropped.get(reason, 0), {"reason": reason}) for reason in ("overflow", "expired", "poison")]
+        return [Observation(dropped.get(reason, 0), {"reason": reason}) for reason in DROP_REASONS]
 
 
 def _spans_encode(span: Any) -> bool:

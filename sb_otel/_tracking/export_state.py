@@ -54,8 +54,29 @@ EXPORTER_LEASE = "exporter"
 ROOT_PENDING = "pending"
 ROOT_EXPORTED = "exported"
 
-DROP_REASONS = ("overflow", "expired", "poison")
-"""Why outbox rows were dropped: over the row bound, older than the age bound, rejected by the encoder/receiver."""
+DROP_REASONS = ("overflow", "expired", "poison", "rejected", "off", "corrupt")
+"""Why stored records were dropped: over the row bound, older than the age bound, refused by the SDK's encoder
+(``poison``), rejected by the receiver as bad data (``rejected``: a 400, ``INVALID_ARGUMENT`` or
+``partial_success``), deleted unsent because their signal is off by configuration (``off``), or lost in a corrupt
+outbox that was set aside (``corrupt``)."""
+
+SIGNAL_STATE_MIGRATION = (
+    "0010_export_signal_state",
+    (
+        """
+        CREATE TABLE telemetry_signal_state (
+            signal  TEXT PRIMARY KEY,
+            state   TEXT NOT NULL,
+            since   REAL NOT NULL,
+            last    REAL NOT NULL,
+            count   INTEGER NOT NULL,
+            detail  TEXT NOT NULL
+        )
+        """,
+    ),
+)
+"""What an exporter found out about a signal that another process (``doctor``) must be able to show: a
+destination that refuses it, an outbox set aside as corrupt (appended to the SQLite store's list)."""
 
 TELEMETRY_MIGRATION = (
     "0003_telemetry_from_the_store",
@@ -214,10 +235,31 @@ def next_lease(
     return Lease(holder, now + ttl_s, heartbeat + 1, token + 1, ttl_s, False, lock_file)
 
 
+class SignalNote(Frozen):
+    """A lasting fact about one signal's export (``state``): ``refused`` (the destination does not take the
+    signal), or, for ``signal="outbox"``, ``set_aside`` (a corrupt outbox was replaced)."""
+
+    __slots__ = ("count", "detail", "last", "signal", "since", "state")
+
+    signal: str
+    state: str
+    since: float
+    """When it was first seen (Unix seconds)."""
+    last: float
+    """When it was last seen."""
+    count: int
+    """How often it was seen since."""
+    detail: str
+    """The receiver's answer (``HTTP 404: …``) or what was lost."""
+
+    def __init__(self, signal: str, state: str, since: float, last: float, count: int, detail: str) -> None:
+        self._set(signal=signal, state=state, since=since, last=last, count=count, detail=detail)
+
+
 class ExportBacklog(Frozen):
     """What waits to be exported, and what was lost: for the metric and ``sb-otel doctor``."""
 
-    __slots__ = ("dropped", "oldest", "outbox", "pending_root_spans")
+    __slots__ = ("dropped", "notes", "oldest", "outbox", "pending_root_spans")
 
     outbox: dict[str, int]
     """Rows waiting, by signal."""
@@ -226,6 +268,8 @@ class ExportBacklog(Frozen):
     pending_root_spans: int
     dropped: dict[str, int]
     """Rows dropped since the store was made, by reason (:data:`DROP_REASONS`)."""
+    notes: dict[str, SignalNote]
+    """Refused signals and a set-aside outbox, by signal (:class:`SignalNote`)."""
 
     def __init__(
         self,
@@ -233,12 +277,14 @@ class ExportBacklog(Frozen):
         oldest: float | None = None,
         pending_root_spans: int = 0,
         dropped: dict[str, int] | None = None,
+        notes: dict[str, SignalNote] | None = None,
     ) -> None:
         self._set(
             outbox={} if outbox is None else outbox,
             oldest=oldest,
             pending_root_spans=pending_root_spans,
             dropped={} if dropped is None else dropped,
+            notes={} if notes is None else notes,
         )
 
 
@@ -272,7 +318,18 @@ class TelemetryStore(Protocol):
         ...
 
     def outbox_trim(self, max_rows: int, max_age_s: float, now: float) -> dict[str, int]:
-        """Drop rows beyond the bounds (oldest first) and count them; returns the counts of this call."""
+        """Drop rows beyond the bounds (oldest first) and count them; returns the counts of this call. The row
+        bound counts rows (not id distance): rows of a signal that waits keep their place."""
+        ...
+
+    def outbox_set_aside(self, now: float) -> int | None:
+        """After an outbox read or delete failed: if the outbox is corrupt, replace it with what can be read of
+        it (sessions untouched), count the rest as dropped (``corrupt``), note it (``signal="outbox"``), and
+        return how many rows were lost; ``None`` when the outbox is not corrupt (the failure was something else)."""
+        ...
+
+    def note_signal(self, signal: str, state: str | None, detail: str, now: float) -> None:
+        """Record ``state`` for ``signal`` (seen again: counted, ``since`` kept); ``None`` forgets it."""
         ...
 
     def count_dropped(self, reason: str, count: int) -> None:
@@ -378,6 +435,18 @@ class InMemoryExportState:
             dropped = self._export_state().dropped
             dropped[reason] = dropped.get(reason, 0) + count
 
+    def outbox_set_aside(self, now: float) -> int | None:
+        return None  # memory is never corrupt
+
+    def note_signal(self, signal: str, state: str | None, detail: str, now: float) -> None:
+        with self._lock:
+            notes = self._export_state().notes
+            noted = updated_note(notes.get(signal), signal, state, detail, now)
+            if noted is None:
+                notes.pop(signal, None)
+            else:
+                notes[signal] = noted
+
     def export_backlog(self) -> ExportBacklog:
         with self._lock:
             state = self._export_state()
@@ -386,7 +455,7 @@ class InMemoryExportState:
                 outbox[row.signal] = outbox.get(row.signal, 0) + 1
             oldest = min((row.created_at for row in state.rows.values()), default=None)
             pending = sum(1 for mark in state.root.values() if mark == ROOT_PENDING)
-            return ExportBacklog(outbox, oldest, pending, dict(state.dropped))
+            return ExportBacklog(outbox, oldest, pending, dict(state.dropped), dict(state.notes))
 
     def acquire_lease(
         self,
@@ -421,11 +490,23 @@ class InMemoryExportState:
 class _MemoryState:
     """The memory store's export state: root span marks, outbox rows, drop counts, the lease."""
 
-    __slots__ = ("dropped", "lease", "next_id", "root", "rows")
+    __slots__ = ("dropped", "lease", "next_id", "notes", "root", "rows")
 
     def __init__(self) -> None:
+        self.notes: dict[str, SignalNote] = {}
         self.root: dict[str, str] = {}
         self.rows: dict[int, OutboxRow] = {}
         self.next_id = 0
         self.dropped: dict[str, int] = {}
         self.lease: Lease | None = None
+
+
+def updated_note(
+    before: SignalNote | None, signal: str, state: str | None, detail: str, now: float
+) -> SignalNote | None:
+    """``before`` updated by one more sighting of ``state`` (a new state starts over; ``None`` forgets)."""
+    if state is None:
+        return None
+    if before is None or before.state != state:
+        return SignalNote(signal, state, now, now, 1, detail)
+    return SignalNote(signal, state, before.since, now, before.count + 1, detail)

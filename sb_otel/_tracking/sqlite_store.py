@@ -35,11 +35,14 @@ from sb_otel._tracking.export_state import (
     LEASE_MIGRATION,
     ROOT_EXPORTED,
     ROOT_PENDING,
+    SIGNAL_STATE_MIGRATION,
     TELEMETRY_MIGRATION,
     ExportBacklog,
     Lease,
     OutboxRow,
+    SignalNote,
     next_lease,
+    updated_note,
 )
 from sb_otel._tracking.identity import numbered_session_id, session_id_base
 from sb_otel._tracking.row_telemetry import ALL, END_OWED_SQL, LIVE_MIGRATION, START_OWED_SQL, built_from_row, due
@@ -97,6 +100,7 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     EXACT_LENGTHS_MIGRATION,
     LEASE_MIGRATION,  # the lease's heartbeat and fencing token (sb_otel/_tracking/export_state.py)
     LIVE_MIGRATION,  # records owed by sessions built from their row (sb_otel/_tracking/row_telemetry.py)
+    SIGNAL_STATE_MIGRATION,  # refused signals, a set-aside outbox (sb_otel/_tracking/export_state.py)
 )
 """Named schema migrations, applied in order, each in its own transaction. Append; never edit."""
 
@@ -629,16 +633,51 @@ class SqliteSessionStore:
     def outbox_trim(self, max_rows: int, max_age_s: float, now: float) -> dict[str, int]:
         with self._write() as db:
             expired = db.execute("DELETE FROM telemetry_outbox WHERE created_at < ?", (now - max_age_s,)).rowcount
-            # Ids grow with every row, so "more than max_rows behind the newest" is "beyond the bound": an
-            # indexed range delete, where counting the rows would scan them all.
-            overflow = db.execute(
-                "DELETE FROM telemetry_outbox WHERE id <= (SELECT max(id) FROM telemetry_outbox) - ?", (max_rows,)
-            ).rowcount
+            overflow = 0
+            # The bound counts rows. Ids of rows that were sent are gaps, so the id span only says when there
+            # cannot be too many (the usual case: two index lookups); then the (max_rows + 1)-th newest row is found
+            # by walking the primary key, and it and everything older goes.
+            low, high = db.execute("SELECT min(id), max(id) FROM telemetry_outbox").fetchone()
+            if high is not None and high - low + 1 > max_rows:
+                cut = db.execute(
+                    "SELECT id FROM telemetry_outbox ORDER BY id DESC LIMIT 1 OFFSET ?", (max_rows,)
+                ).fetchone()
+                if cut is not None:
+                    overflow = db.execute("DELETE FROM telemetry_outbox WHERE id <= ?", (cut[0],)).rowcount
             dropped = {"expired": max(0, expired), "overflow": max(0, overflow)}
             for reason, count in dropped.items():
                 if count:
                     _add_counter(db, reason, count)
         return dropped
+
+    def outbox_set_aside(self, now: float) -> int | None:
+        with self._lock:
+            try:  # reads every page of the table
+                self._db.execute("SELECT count(*), sum(length(payload)) FROM telemetry_outbox").fetchone()
+                return None
+            except sqlite3.DatabaseError as exc:
+                if not _corrupt(exc):
+                    raise _explain(self.path, exc) from exc
+            rows, lost = _salvage_outbox(self._db)
+        detail = f"the outbox was corrupt and was set aside: {len(rows)} row(s) kept, {lost} lost"
+        try:  # a transaction of its own: a failed DROP can leave SQLite's transaction unusable
+            with self._write() as db:
+                db.execute("DROP TABLE telemetry_outbox")
+                _new_outbox(db, rows, lost, detail, now)
+        except StoreError:  # its pages cannot be freed: they stay in the file, under another name, out of the way
+            with self._write() as db:
+                db.execute(f"ALTER TABLE telemetry_outbox RENAME TO telemetry_outbox_corrupt_{int(now)}")
+                db.execute("DROP INDEX IF EXISTS telemetry_outbox_signal")
+                _new_outbox(db, rows, lost, detail, now)
+        return lost
+
+    def note_signal(self, signal: str, state: str | None, detail: str, now: float) -> None:
+        if state is None:  # one autocommit statement: nothing is written when there is nothing to forget
+            with self._lock, _translated(self.path):
+                self._db.execute("DELETE FROM telemetry_signal_state WHERE signal = ?", (signal,))
+            return
+        with self._write() as db:
+            _note(db, signal, state, detail, now)
 
     def count_dropped(self, reason: str, count: int) -> None:
         with self._write() as db:
@@ -656,7 +695,8 @@ class SqliteSessionStore:
                 for name, value in self._db.execute("SELECT name, value FROM telemetry_counters")
                 if name in DROP_REASONS
             }
-        return ExportBacklog(outbox, oldest, pending, dropped)
+            notes = {row[0]: SignalNote(*row) for row in self._db.execute(_NOTE_COLUMNS)}
+        return ExportBacklog(outbox, oldest, pending, dropped, notes)
 
     def acquire_lease(
         self,
@@ -727,6 +767,75 @@ def _lease_values(lease: Lease) -> tuple[Any, ...]:
 _OUTBOX_INSERT = "INSERT INTO telemetry_outbox (signal, created_at, payload) VALUES "
 _ROWS_PER_INSERT = 256
 """Rows per multi-row INSERT (3 parameters each: well within SQLite's 32,766 host parameters)."""
+
+
+_OUTBOX_TABLE = (
+    "CREATE TABLE telemetry_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, signal TEXT NOT NULL, "
+    "created_at REAL NOT NULL, payload TEXT NOT NULL)",
+    "CREATE INDEX telemetry_outbox_signal ON telemetry_outbox (signal, id)",
+)
+"""The outbox as migration 0003 made it, for a set-aside outbox's replacement."""
+_NOTE_COLUMNS = "SELECT signal, state, since, last, count, detail FROM telemetry_signal_state"
+
+
+def _corrupt(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite says the file's pages are damaged (not busy, full or read-only)."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return "CORRUPT" in name or "NOTADB" in name or "malformed" in str(exc) or "not a database" in str(exc)
+
+
+def _salvage_outbox(db: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], int]:
+    """The outbox rows that can still be read, and how many cannot. The ids come from the (signal, id) index, a
+    b-tree of its own, so each row is looked up alone and a damaged page costs only the rows on it; with the
+    index damaged too, rows are read in id order up to the damage (how many are lost then is unknown: 0)."""
+    try:
+        ids = [row_id for (row_id,) in db.execute("SELECT id FROM telemetry_outbox INDEXED BY telemetry_outbox_signal")]
+    except sqlite3.DatabaseError:
+        ids = None
+    rows: list[tuple[Any, ...]] = []
+    if ids is None:
+        try:
+            for row in db.execute("SELECT id, signal, created_at, payload FROM telemetry_outbox ORDER BY id"):
+                rows.append(row)
+        except sqlite3.DatabaseError:
+            pass
+        return rows, 0
+    lost = 0
+    for row_id in ids:
+        try:
+            found = db.execute(
+                "SELECT id, signal, created_at, payload FROM telemetry_outbox WHERE id = ?", (row_id,)
+            ).fetchone()
+        except sqlite3.DatabaseError:
+            found = None
+        if found is None:
+            lost += 1
+        else:
+            rows.append(found)
+    return rows, lost
+
+
+def _new_outbox(db: sqlite3.Connection, rows: list[tuple[Any, ...]], lost: int, detail: str, now: float) -> None:
+    """The outbox made again with the salvaged ``rows``; the loss counted and noted."""
+    for statement in _OUTBOX_TABLE:
+        db.execute(statement)
+    db.executemany("INSERT INTO telemetry_outbox (id, signal, created_at, payload) VALUES (?, ?, ?, ?)", rows)
+    if lost:
+        _add_counter(db, "corrupt", lost)
+    _note(db, "outbox", "set_aside", detail, now)
+
+
+def _note(db: sqlite3.Connection, signal: str, state: str | None, detail: str, now: float) -> None:
+    row = db.execute(_NOTE_COLUMNS + " WHERE signal = ?", (signal,)).fetchone()
+    noted = updated_note(None if row is None else SignalNote(*row), signal, state, detail, now)
+    if noted is None:
+        db.execute("DELETE FROM telemetry_signal_state WHERE signal = ?", (signal,))
+        return
+    db.execute(
+        "INSERT OR REPLACE INTO telemetry_signal_state (signal, state, since, last, count, detail) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (noted.signal, noted.state, noted.since, noted.last, noted.count, noted.detail),
+    )
 
 
 def _add_counter(db: sqlite3.Connection, name: str, count: int) -> None:
