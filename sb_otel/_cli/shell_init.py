@@ -72,7 +72,8 @@ def integration(shell: str, component: str | None, store_location: str | None, p
     component = component or shell
     pid = os.getppid() if pid is None else pid
     store = store_path(store_location)
-    session, traceparent, notes = "", "", tuple[str, ...]()
+    session, traceparent = "", ""
+    notes: tuple[str, ...] = ()
     if not _already_tracked(store, pid):
         answer = fast.track_start(component, shell, pid, None, {}, store)
         if answer.session_id is None:
