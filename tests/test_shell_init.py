@@ -175,3 +175,46 @@ def test_emit_help_recommends_init(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     assert 'eval "$(sb-otel init bash)"' in text
     assert "--exit-code $?" not in text
+
+
+def test_printed_to_a_terminal_it_shows_the_functions_and_starts_nothing(env: dict[str, str], tmp_path: Path) -> None:
+    """Someone reading 'sb-otel init zsh' in a terminal gets the functions (no last line) and no session."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        done = subprocess.run([SB_OTEL, "init", "zsh"], stdout=terminal, env=env, timeout=60, check=False)
+        os.close(terminal)
+        shown = b""
+        while chunk := _read(controller):
+            shown += chunk
+    finally:
+        os.close(controller)
+    assert done.returncode == 0
+    assert shown.decode().replace("\r\n", "\n") == shell_init.script_text("zsh")
+    assert not (tmp_path / "sessions.db").exists()
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the terminal's other end is closed and everything was read
+        return b""
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_script_evaluated_by_another_process_ends_that_session_and_starts_the_shells_own(
+    shell: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    """A copy saved to a file and read by a later shell: the session made for the process that saved it is ended,
+    and the shell that reads the file gets its own, with its own pid, that its exit ends."""
+    saved = tmp_path / f"saved.{shell}"
+    saved.write_text(init(shell, env=env).stdout, encoding="utf-8")
+    (stray,) = rows(tmp_path / "sessions.db")
+    pid_word = "$fish_pid" if shell == "fish" else "$$"
+    script = f"source {saved}; echo {pid_word} $SB_OTEL_SESSION_ID"
+    done = subprocess.run([shell, "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stderr) == (0, "")
+    shell_pid, own = done.stdout.split()
+    found = {sid: (pid, status) for sid, _, pid, status, _ in rows(tmp_path / "sessions.db")}
+    assert found == {stray[0]: (os.getpid(), "exited"), own: (int(shell_pid), "exited")}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from sb_otel._cli.app import _store_option, cli
-from sb_otel._cli.shell_init import SHELLS, emit_integration, integration
+from sb_otel._cli.shell_init import SHELLS, answer
 
 
 @cli.command("init")
@@ -17,7 +17,7 @@ from sb_otel._cli.shell_init import SHELLS, emit_integration, integration
 @click.option("--component", default=None, help="Component name of the session (default: the shell's name).")
 @_store_option
 def init(shell: str, component: str | None, store_location: str | None) -> int:
-    """Print SHELL's integration and start this shell's session; evaluate it in the shell's rc file.
+    """Start this shell's session and print SHELL's integration that ends it; evaluate it in the rc file.
 
     \b
     bash (~/.bashrc):                eval "$(sb-otel init bash)"
@@ -28,4 +28,4 @@ def init(shell: str, component: str | None, store_location: str | None) -> int:
     closed terminal (SIGHUP) 129 and SIGTERM 143. Your own EXIT traps (bash), zshexit hooks (zsh) and fish_exit
     handlers (fish) keep running beside it, set before or after this line.
     """
-    return emit_integration(integration(shell, component, store_location))
+    return answer(shell, component, store_location)

@@ -9,9 +9,10 @@ them the session. The process that evaluates it checks that it is the one the se
 parent of this process, as ``$(…)`` and ``| source`` run it): a copy saved to a file, or a ``$(…)`` the shell
 runs in a subshell, ends that session and starts the shell's own.
 
-The store is resolved here, once, to an absolute path that the shell's end uses too: a shell that later changes
-``SB_OTEL_STORE`` or its directory still ends its session where it began. A shell that already has its session
-open (``exec bash``, ``~/.bashrc`` sourced again) keeps it.
+Printed to a terminal (someone reading it), it is the functions alone and starts nothing. The store is resolved
+here, once, to an absolute path that the shell's end uses too: a shell that later changes ``SB_OTEL_STORE`` or its
+directory still ends its session where it began. A shell that already has its session open (``exec bash``,
+``~/.bashrc`` sourced again) keeps it.
 """
 
 from __future__ import annotations
@@ -136,11 +137,17 @@ def run(argv: Sequence[str]) -> int | None:
     if parsed is None:
         return None
     shell, params = parsed
-    return emit_integration(integration(shell, params["component"], params["store_location"]))
+    return answer(shell, params["component"], params["store_location"])
 
 
-def emit_integration(result: Integration) -> int:
-    """Print the script, or the one error line; the exit code."""
+def answer(shell: str, component: str | None, store_location: str | None) -> int:
+    """What ``init`` prints, and its exit code. Printed to a terminal, where a person reads it and no shell
+    evaluates it, it is the shell's functions alone, and no session is started."""
+    if sys.stdout.isatty():
+        sys.stdout.write(script_text(shell))
+        sys.stdout.flush()
+        return 0
+    result = integration(shell, component, store_location)
     for note in result.notes:
         sys.stderr.write(note + "\n")
     if result.error is not None:

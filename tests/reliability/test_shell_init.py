@@ -214,23 +214,37 @@ BOTH = [
 ]
 
 
+ENDS = {
+    "exit 3": {"exit_code": 3},
+    "exit": {"exit_code": 0},
+    "SIGHUP": {"exit_code": 129, "exit_reason": "signal"},
+    "SIGTERM": {"exit_code": 143, "exit_reason": "signal"},
+    "closed terminal": {"exit_code": 129, "exit_reason": "signal"},
+}
+
+
 @pytest.mark.parametrize(("name", "labels"), BOTH)
-@pytest.mark.parametrize("exit_line", ["exit 3", "exit"])
+@pytest.mark.parametrize("way", list(ENDS))
 def test_the_users_own_exit_hooks_still_run_beside_the_integration(
-    tmp_path: Path, name: str, labels: tuple[str, ...], exit_line: str
+    tmp_path: Path, name: str, labels: tuple[str, ...], way: str
 ) -> None:
     """A trap (bash; one EXIT trap at a time, as bash has it), zshexit hook or fish_exit handler set before or after
-    the init line runs once at exit, and the session still ends once with the exit's status."""
+    the init line runs once however the shell ends, and the session still ends once with its status."""
     marker = tmp_path / "marker"
     before = hook(name, marker, "before") if "before" in labels else ""
     after = hook(name, marker, "after") if "after" in labels else ""
     with running(Shell(name, tmp_path, before, after)) as shell:
         session = shell.ready()
-        shell.type(exit_line)
+        if way.startswith("SIG"):
+            os.kill(session["pid"], getattr(signal, way))
+        elif way == "closed terminal":
+            shell.tmux("kill-server")
+        else:
+            shell.type(way)
         result = ended(shell, session["session_id"])
         wait_until(lambda: gone(session["pid"]), "the shell to exit")
     assert marker.read_text(encoding="utf-8").split() == list(labels)
-    assert result["end"] == ({"exit_code": 3} if exit_line == "exit 3" else {"exit_code": 0})
+    assert result["end"] == ENDS[way]
     assert shell.sb_otel_calls() == [f"init {name}", "emit end"]
 
 

@@ -3,6 +3,8 @@
 # This shell's session ends once, when the shell does, with the status it exits with: `exit N` reports N, a plain
 # `exit` or Ctrl-D a normal end, SIGHUP (a closed terminal) 129 and SIGTERM 143 with reason `signal`.
 # The end is a fish_exit event handler: your own fish_exit handlers, defined before or after this, run beside it.
+# A HUP or TERM from `kill` ends the shell from sb-otel's signal handler, so yours for that signal run only if they
+# were defined before this; a closed terminal leaves the shell to end at its end of input, running them all.
 # Nothing runs at the prompt, so `$status` and the prompt are untouched.
 
 function __sb_otel_end --argument-names rc --description 'end the session once; rc = the exit status'
@@ -30,6 +32,9 @@ function __sb_otel_on_signal --on-signal HUP --on-signal TERM --description 'the
     test "$argv[1]" = SIGTERM; and set code 143
     set -g __sb_otel_signal $code
     __sb_otel_end $code
+    if test $code = 129; and status is-interactive; and not test -t 0
+        return # the terminal is gone: fish ends at its end of input, and fish_exit handlers still run
+    end
     builtin exit $code
 end
 
