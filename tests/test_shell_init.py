@@ -218,3 +218,18 @@ def test_a_script_evaluated_by_another_process_ends_that_session_and_starts_the_
     shell_pid, own = done.stdout.split()
     found = {sid: (pid, status) for sid, _, pid, status, _ in rows(tmp_path / "sessions.db")}
     assert found == {stray[0]: (os.getpid(), "exited"), own: (int(shell_pid), "exited")}
+
+
+@pytest.mark.parametrize(("running", "asked"), [("zsh", "bash"), ("bash", "fish"), ("fish", "zsh")])
+def test_init_for_another_shell_than_the_one_running_starts_nothing_and_says_which(
+    running: str, asked: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    """'sb-otel init bash' evaluated by zsh: no session (it would be labelled bash), nothing to evaluate, and one
+    line naming the line for the shell that runs it."""
+    status = "$status" if running == "fish" else "$?"
+    command = f"{SB_OTEL} init {asked}; echo rc={status}"  # not the shell's last command: it runs as its child
+    done = subprocess.run([running, "-c", command], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.stdout == "rc=1\n"
+    line = "sb-otel init fish | source" if running == "fish" else f'eval "$(sb-otel init {running})"'
+    assert done.stderr == f"sb-otel: this shell is {running}, not {asked}: use {line}\n"
+    assert not (tmp_path / "sessions.db").exists()

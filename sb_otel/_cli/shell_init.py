@@ -72,6 +72,10 @@ def integration(shell: str, component: str | None, store_location: str | None, p
 
     component = component or shell
     pid = os.getppid() if pid is None else pid
+    running = running_shell(pid)
+    if running in SHELLS and running != shell:
+        line = "sb-otel init fish | source" if running == "fish" else f'eval "$(sb-otel init {running})"'
+        return Integration("", f"this shell is {running}, not {shell}: use {line}")
     store = store_path(store_location)
     session, traceparent = "", ""
     notes: tuple[str, ...] = ()
@@ -83,6 +87,16 @@ def integration(shell: str, component: str | None, store_location: str | None, p
     quote = _fish_quote if shell == "fish" else fast.shell_quote
     begin = " ".join(quote(value) for value in (str(pid), store, component, session, traceparent, executable()))
     return Integration(f"{script_text(shell)}__sb_otel_begin {begin}\n", notes=notes)
+
+
+def running_shell(pid: int) -> str | None:
+    """The program ``pid`` runs, where the system says it cheaply (Linux's ``/proc``; a login shell's ``-bash`` as
+    ``bash``); ``None`` elsewhere. A bash script evaluated by zsh would record a zsh session as bash, and break."""
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as comm:
+            return comm.read().strip().lstrip("-") or None
+    except OSError:
+        return None
 
 
 def _already_tracked(store: str, pid: int) -> bool:
