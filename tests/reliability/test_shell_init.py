@@ -287,3 +287,29 @@ def test_an_rc_file_read_again_keeps_the_shells_one_session(tmp_path: Path, name
     assert [s["session_id"] for s in sessions(shell.store)] == [session["session_id"]]
     assert result["end"] == {"exit_code": 4}
     assert shell.sb_otel_calls() == [f"init {name}", f"init {name}", "emit end"]
+
+
+def test_bash_a_users_hup_trap_runs_and_its_exit_ends_the_session_as_the_signal(tmp_path: Path) -> None:
+    """A HUP trap of the user's, set after the init line, runs on SIGHUP; the 'exit' in it ends the shell, and the
+    session reports the signal (129, reason signal) once."""
+    marker = tmp_path / "marker"
+    with running(Shell("bash", tmp_path, after=f"trap 'echo hup >> {marker}; exit' HUP\n")) as shell:
+        session = shell.ready()
+        os.kill(session["pid"], signal.SIGHUP)
+        result = ended(shell, session["session_id"])
+        wait_until(lambda: gone(session["pid"]), "the shell to exit")
+    assert marker.read_text(encoding="utf-8") == "hup\n"
+    assert result["end"] == {"exit_code": 129, "exit_reason": "signal"}
+    assert shell.sb_otel_calls() == ["init bash", "emit end"]
+
+
+def test_bash_prompt_command_as_string_or_array_is_left_alone(tmp_path: Path) -> None:
+    """The integration adds nothing to PROMPT_COMMAND: the user's, a string set before and an array element added
+    after, both run at each prompt."""
+    marker = tmp_path / "marker"
+    before = f"PROMPT_COMMAND='echo string >> {marker}'\n"
+    after = f"PROMPT_COMMAND=(\"$PROMPT_COMMAND\" 'echo array >> {marker}')\n"
+    with running(Shell("bash", tmp_path, before, after)) as shell:
+        shell.ready()
+        wait_until(lambda: marker.exists() and "array" in marker.read_text(encoding="utf-8"), "the prompt commands")
+    assert marker.read_text(encoding="utf-8").split()[:2] == ["string", "array"]
