@@ -155,7 +155,8 @@ SB_OTEL_HTTP_TIMEOUT = Setting(
 SB_OTEL_SESSION_ID = Setting(
     env="SB_OTEL_SESSION_ID",
     default="(none)",
-    description='Set in a bash/zsh shell by `eval "$(sb-otel emit start ...)"`; the session `sb-otel emit end` ends.',
+    description='Set in a shell by `sb-otel init` (or `eval "$(sb-otel emit start ...)"`); the session '
+    "`sb-otel emit end` ends.",
 )
 SB_OTEL_EMIT_DRAIN = Setting(
     env="SB_OTEL_EMIT_DRAIN",

@@ -5,7 +5,8 @@ unusable store or setting, an unknown session — is one line on stderr that say
 code; never a traceback. Rich output stays in this package (one module per command group); the work happens in
 the layers below. Each command's module is imported only when that command runs (or ``--help`` lists it), and
 ``emit start|end`` as a shell's profile runs them are answered before click is imported
-(:mod:`sb_otel._cli.emit_argv`): a shell's start-up pays for neither. Likewise ``sb-otel export`` takes the store's
+(:mod:`sb_otel._cli.emit_argv`), as is ``init bash|zsh|fish`` (:mod:`sb_otel._cli.shell_init`): a shell's
+start-up pays for neither. Likewise ``sb-otel export`` takes the store's
 exporter lease before any of that, or steps aside when another process already exports the store
 (:mod:`sb_otel._cli.export_gate`).
 """
@@ -29,6 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sb_otel._cli.emit_argv import run
 
         code = run(args)
+        if code is not None:
+            return code
+    if args[:1] == ["init"]:
+        from sb_otel._cli.shell_init import run as init
+
+        code = init(args)
         if code is not None:
             return code
     if args[:1] == ["export"]:

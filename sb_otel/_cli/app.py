@@ -27,6 +27,7 @@ COMMAND_MODULES = {
     "emit": "emit",
     "example": "demo",
     "export": "export",
+    "init": "init",
     "reap": "reap",
     "serve": "serve",
     "sessions": "sessions",

@@ -16,11 +16,15 @@ from sb_otel._settings import SB_OTEL_SESSION_ID
 
 @cli.group()
 def emit() -> None:
-    """Report a bash/zsh shell's session start or end, without a server (the store is shared).
+    """Report a shell's session start or end, without a server (the store is shared).
+
+    For bash, zsh and fish, use 'sb-otel init' instead: it starts the session and ends it once with the status
+    the shell really exits with, beside your own traps and hooks.
 
     \b
-    eval "$(sb-otel emit start --component bash --pid $$)"
-    trap 'sb-otel emit end --exit-code $?' EXIT
+    eval "$(sb-otel init bash)"      # ~/.bashrc
+    eval "$(sb-otel init zsh)"       # ~/.zshrc
+    sb-otel init fish | source       # ~/.config/fish/config.fish
     """
     _hold_log_lines()
 
