@@ -580,7 +580,7 @@ class DestinationStore(Protocol):
         ...
 
     def reset_destination(self) -> None:
-        """Forget every setting, disagreement and override: back to the default."""
+        """Forget every setting and disagreement: back to the default (the override records of live hosts stay)."""
         ...
 
     def note_disagreement(self, note: Disagreement) -> None:
@@ -629,7 +629,9 @@ class InMemoryDestination:
 
     def reset_destination(self) -> None:
         with self._lock:
-            self._destination_memory = _MemoryDestination()
+            memory = self._destination()
+            memory.recorded.clear()
+            memory.notes = []
 
     def note_disagreement(self, note: Disagreement) -> None:
         with self._lock:
@@ -704,8 +706,9 @@ def process_name() -> str:
     """This process, for people: ``sb-otel serve``, ``python app.py``."""
     import sys
 
-    argv = [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:2]]
-    return " ".join(argv)[:80]
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+    name = f"python -m {program.parent.name}" if program.name == "__main__.py" else program.name
+    return " ".join([name, *sys.argv[1:2]])[:80]
 
 
 def _when(now: float) -> str:
@@ -792,6 +795,17 @@ def still_disagrees(note: Disagreement, destination: Destination) -> dict[str, s
         elif destination.value(name) != value:
             left[name] = value
     return left
+
+
+def open_notes(state: DestinationState) -> list[Disagreement]:
+    """The kept disagreements the store still has, each with only what still differs (those settled since, e.g.
+    by ``sb-otel config adopt``, are left out)."""
+    found = []
+    for note in state.notes:
+        left = still_disagrees(note, state.destination)
+        if left:
+            found.append(note.replace(settings=left))
+    return found
 
 
 def override_record(holder: str, base: Destination, used: Destination, now: float | None = None) -> ExportOverride:

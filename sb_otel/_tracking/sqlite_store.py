@@ -712,7 +712,7 @@ class SqliteSessionStore:
 
     def reset_destination(self) -> None:
         with self._write() as db:
-            for table in ("export_destination", "export_destination_notes", "export_overrides"):
+            for table in ("export_destination", "export_destination_notes"):  # a live host's override stays
                 db.execute(f"DELETE FROM {table}")
 
     def note_disagreement(self, note: Disagreement) -> None:
