@@ -151,11 +151,12 @@ def _exporter(text: str) -> str:
 
 
 def _timeout(text: str) -> str:
+    from sb_otel._exceptions import ConfigError
     from sb_otel._settings import parse_duration
 
     try:
         seconds = parse_duration(text, name="timeout").total_seconds()
-    except ValueError as exc:
+    except ConfigError as exc:
         raise DestinationError(f"{exc} (the longest one OTLP export call may take)") from None
     return f"{seconds:g}"
 
