@@ -25,6 +25,7 @@ from opentelemetry.sdk.resources import (
     TELEMETRY_SDK_NAME,
     TELEMETRY_SDK_VERSION,
     Resource,
+    ServiceInstanceIdResourceDetector,
 )
 from opentelemetry.sdk.trace import SpanLimits
 from opentelemetry.sdk.version import __version__ as _sdk_version
@@ -90,12 +91,13 @@ def sdk_environment_hidden() -> Iterator[None]:
 
 
 def resource_of(destination: Destination) -> Resource:
-    """The store's resource: its ``service.name`` and attributes, and the SDK's own ``telemetry.sdk.*`` (what
-    ``Resource.create`` adds), read from no variable."""
+    """The store's resource: its ``service.name`` and attributes, and what ``Resource.create`` adds of its own
+    (``telemetry.sdk.*``, this process's ``service.instance.id``), read from no variable."""
     attributes: dict[str, Any] = {
         TELEMETRY_SDK_LANGUAGE: "python",
         TELEMETRY_SDK_NAME: "opentelemetry",
         TELEMETRY_SDK_VERSION: _sdk_version,
+        **ServiceInstanceIdResourceDetector().detect().attributes,
         **destination.resource_attributes,
         SERVICE_NAME: destination.service_name,
     }
