@@ -561,3 +561,34 @@ def test_otel_metric_export_interval_paces_the_store_series_in_configure_hosts(
     with caplog.at_level(logging.WARNING, logger="sb_otel"):
         assert interval("fallback", "soon") == METRICS_INTERVAL_S
     assert "OTEL_METRIC_EXPORT_INTERVAL must be the milliseconds between metric exports" in caplog.text
+
+
+def test_an_explicit_endpoint_overrides_for_this_host_and_the_store_records_it(made: list[Telemetry]) -> None:
+    """configure(endpoint=...) sends this host's telemetry elsewhere; the store keeps its own destination and
+    records the override under the exporter's holder name until shutdown (doctor shows it)."""
+    store = InMemorySessionStore()
+    store.record_destination({"endpoint": "http://127.0.0.1:4318", "headers": "x-api-key=s3cret"}, "test", 0.0)
+    telemetry = configure(made, store=store, endpoint=f"http://127.0.0.1:{free_port()}", service_name="mine")
+    assert telemetry.store_exporter is not None
+    [override] = store.destination_state().overrides
+    assert override.holder == telemetry.store_exporter.holder
+    assert set(override.settings) == {"endpoint", "headers", "service.name"}
+    assert override.settings["headers"] == ""  # the store's API key does not follow a new endpoint
+    assert store.destination_state().recorded["endpoint"].value == "http://127.0.0.1:4318"
+    telemetry.shutdown(timeout_s=0.5)
+    assert store.destination_state().overrides == ()
+
+
+def test_a_signal_the_store_turns_off_gets_no_exporter_and_no_reader(made: list[Telemetry], tmp_path: Path) -> None:
+    """metrics.exporter none: no metric exporter, no periodic reader, no session series; the rest still flows."""
+    store = InMemorySessionStore()
+    store.record_destination({"metrics.exporter": "none"}, "test", 0.0)
+    telemetry = configure(made, store=store, telemetry_dir=tmp_path / "files")
+    files = f"OTLP JSON files in {tmp_path / 'files'}"
+    assert telemetry.destination == f"traces: {files}; metrics: off; logs: {files}"
+    assert len(telemetry.exporters) == 2
+    assert telemetry.store_exporter is not None
+    assert (telemetry.store_exporter.metric_exporter, telemetry.store_exporter.session_metrics) == (None, None)
+    telemetry.meter_provider.get_meter("t").create_counter("c").add(1)
+    telemetry.shutdown(timeout_s=1.0)  # a reader would flush the counter into metrics.jsonl now
+    assert not (tmp_path / "files" / "metrics.jsonl").exists()
