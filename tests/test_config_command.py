@@ -14,6 +14,7 @@ from click.testing import CliRunner, Result
 
 from sb_otel._cli import cli
 from sb_otel._tracking import destination as dest
+from sb_otel._tracking import destination_store as stored
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
 
 
@@ -158,7 +159,7 @@ def test_a_disagreeing_shell_is_shown_and_doctor_gives_the_fix(store: Path) -> N
     kept = SqliteSessionStore(store)
     try:
         other = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://other:4318"}
-        dest.reconcile(kept, "sb-otel emit start", 31337, environ=other)
+        stored.reconcile(kept, "sb-otel emit start", 31337, environ=other)
     finally:
         kept.close()
     [note] = shown(store)["disagreements"]
@@ -191,7 +192,7 @@ def test_doctor_says_which_destination_applies_when_a_host_overrides(store: Path
         holder = "somehost:4242:abcd"
         kept.acquire_lease(holder, 60, time.time())
         base = dest.Destination()
-        kept.record_override(dest.override_record(holder, base, base.overridden(endpoint="http://127.0.0.1:9")))
+        kept.record_override(stored.override_record(holder, base, base.overridden(endpoint="http://127.0.0.1:9")))
     finally:
         kept.close()
     check = doctor(store)

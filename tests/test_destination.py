@@ -15,6 +15,7 @@ from sb_otel._cli.emit_fast import track_end, track_start
 from sb_otel._telemetry.export_destination import exporter_factories, resource_of
 from sb_otel._telemetry.store_exporter import StoreExporter
 from sb_otel._tracking import destination as dest
+from sb_otel._tracking import destination_store as stored
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from sb_otel._tracking.store import InMemorySessionStore
 from tests.otlp_receiver import OtlpReceiver
@@ -139,13 +140,13 @@ class NoReads:
 
 def test_an_environment_without_otel_variables_reads_nothing() -> None:
     """A shell with no OTEL_* variable pays nothing: not even a read."""
-    assert dest.reconcile(NoReads(), "sb-otel emit start", 1, environ={"PATH": "/bin"}) is None  # type: ignore[arg-type]
+    assert stored.reconcile(NoReads(), "sb-otel emit start", 1, environ={"PATH": "/bin"}) is None  # type: ignore[arg-type]
 
 
 def test_the_first_environment_with_an_endpoint_is_adopted_without_its_resource(store: Any) -> None:
     """Export settings are recorded with where they came from; OTEL_SERVICE_NAME is not (noted instead)."""
     environ = {**ENDPOINT, "OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=k", "OTEL_SERVICE_NAME": "my-shell"}
-    dest.reconcile(store, "sb-otel emit start", 4242, environ=environ, now=0.0)
+    stored.reconcile(store, "sb-otel emit start", 4242, environ=environ, now=0.0)
     assert recorded(store) == {"endpoint": "http://collector:4317", "protocol": "grpc", "headers": "x-api-key=k"}
     state = store.destination_state()
     assert state.recorded["endpoint"].source == (
@@ -154,22 +155,22 @@ def test_the_first_environment_with_an_endpoint_is_adopted_without_its_resource(
     assert state.destination.service_name == "sb-otel"
     [note] = state.notes
     assert (note.process, note.pid) == ("sb-otel emit start", 4242)
-    assert dict(dest.open_notes(state)[0].settings) == {"service.name": "my-shell"}
+    assert dict(stored.open_notes(state)[0].settings) == {"service.name": "my-shell"}
 
 
 def test_without_an_endpoint_nothing_is_adopted(store: Any) -> None:
     """A protocol alone (set for another tool) says nothing about where to send: not adopted; it is noted."""
-    dest.reconcile(store, "sb-otel emit start", 1, environ={"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    stored.reconcile(store, "sb-otel emit start", 1, environ={"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
     assert recorded(store) == {}
     assert [dict(note.settings) for note in store.destination_state().notes] == [{"protocol": "grpc"}]
 
 
 def test_a_later_disagreeing_environment_changes_nothing_and_is_noted_once_per_process(store: Any) -> None:
     """A shell's start and end share its pid: one note; another shell adds one; the store keeps the newest few."""
-    dest.reconcile(store, "sb-otel emit start", 1, environ=ENDPOINT)
+    stored.reconcile(store, "sb-otel emit start", 1, environ=ENDPOINT)
     other = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://elsewhere:4318", "OTEL_EXPORTER_OTLP_HEADERS": "k=secret"}
-    dest.reconcile(store, "sb-otel emit start", 2, environ=other)
-    dest.reconcile(store, "sb-otel emit end", 2, environ=other)
+    stored.reconcile(store, "sb-otel emit start", 2, environ=other)
+    stored.reconcile(store, "sb-otel emit end", 2, environ=other)
     assert recorded(store) == {"endpoint": "http://collector:4317", "protocol": "grpc"}
     [note] = store.destination_state().notes
     assert (note.process, note.pid, note.settings["endpoint"], note.settings["headers"]) == (
@@ -179,19 +180,19 @@ def test_a_later_disagreeing_environment_changes_nothing_and_is_noted_once_per_p
         "k=***",
     )
     assert "secret" not in repr(store.destination_state())
-    for pid in range(3, 3 + dest.KEPT_NOTES + 2):
-        dest.reconcile(store, "sb-otel emit start", pid, environ=other)
+    for pid in range(3, 3 + stored.KEPT_NOTES + 2):
+        stored.reconcile(store, "sb-otel emit start", pid, environ=other)
     notes = store.destination_state().notes
     assert [note.pid for note in notes] == list(
-        range(3 + dest.KEPT_NOTES + 1, 3 + dest.KEPT_NOTES + 1 - dest.KEPT_NOTES, -1)
+        range(3 + stored.KEPT_NOTES + 1, 3 + stored.KEPT_NOTES + 1 - stored.KEPT_NOTES, -1)
     )
 
 
 def test_an_agreeing_environment_writes_nothing(store: Any) -> None:
     """Once adopted, the same settings again (or a subset) note nothing: emit's second read is its only cost."""
-    dest.reconcile(store, "sb-otel emit start", 1, environ=ENDPOINT)
-    dest.reconcile(store, "sb-otel emit start", 2, environ=ENDPOINT)
-    dest.reconcile(store, "sb-otel emit start", 3, environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"})
+    stored.reconcile(store, "sb-otel emit start", 1, environ=ENDPOINT)
+    stored.reconcile(store, "sb-otel emit start", 2, environ=ENDPOINT)
+    stored.reconcile(store, "sb-otel emit start", 3, environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"})
     assert store.destination_state().notes == ()
 
 
@@ -204,34 +205,34 @@ def test_of_two_adopting_processes_one_records(store: Any) -> None:
 
 def test_a_note_settled_since_is_no_longer_shown(store: Any) -> None:
     """After the store takes what a shell had (config adopt / set), that shell no longer disagrees."""
-    dest.reconcile(store, "sb-otel emit start", 1, environ=ENDPOINT)
+    stored.reconcile(store, "sb-otel emit start", 1, environ=ENDPOINT)
     other = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://elsewhere:4318", "OTEL_EXPORTER_OTLP_HEADERS": "k=v"}
-    dest.reconcile(store, "sb-otel emit start", 2, environ=other)
-    assert len(dest.open_notes(store.destination_state())) == 1
+    stored.reconcile(store, "sb-otel emit start", 2, environ=other)
+    assert len(stored.open_notes(store.destination_state())) == 1
     store.record_destination(
         {"endpoint": "http://elsewhere:4318", "headers": "k=v", "protocol": None}, "config adopt", 3.0
     )
-    assert dest.open_notes(store.destination_state()) == []
+    assert stored.open_notes(store.destination_state()) == []
 
 
 def test_an_invalid_variable_is_not_adopted_but_noted(store: Any) -> None:
     """A typo is kept out of the store and shown as written."""
-    dest.reconcile(store, "python app.py", 9, environ={**ENDPOINT, "OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"})
+    stored.reconcile(store, "python app.py", 9, environ={**ENDPOINT, "OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"})
     assert recorded(store) == {"endpoint": "http://collector:4317"}
-    [note] = dest.open_notes(store.destination_state())
+    [note] = stored.open_notes(store.destination_state())
     assert dict(note.settings) == {"protocol": "carrier-pigeon (invalid)"}
 
 
 def test_reset_forgets_settings_and_notes(store: Any) -> None:
-    dest.reconcile(store, "sb-otel emit start", 1, environ=ENDPOINT)
-    dest.reconcile(store, "sb-otel emit start", 2, environ={"OTEL_SERVICE_NAME": "x"})
+    stored.reconcile(store, "sb-otel emit start", 1, environ=ENDPOINT)
+    stored.reconcile(store, "sb-otel emit start", 2, environ={"OTEL_SERVICE_NAME": "x"})
     store.reset_destination()
-    assert store.destination_state() == dest.DestinationState()
+    assert store.destination_state() == stored.DestinationState()
 
 
 def test_override_records_are_kept_per_holder(store: Any) -> None:
     """A host exporting with its own destination is recorded under its holder name until it stops."""
-    override = dest.override_record("host:1:ab", dest.Destination(), dest.Destination({"endpoint": "http://x:1"}))
+    override = stored.override_record("host:1:ab", dest.Destination(), dest.Destination({"endpoint": "http://x:1"}))
     store.record_override(override)
     store.record_override(override.replace(since=override.since + 1))
     [kept] = store.destination_state().overrides
@@ -244,7 +245,7 @@ def test_the_sqlite_store_keeps_it_across_processes(tmp_path: Path) -> None:
     """Migration 0006_export_destination; what one connection recorded, the next one reads."""
     path = tmp_path / "sessions.db"
     first = SqliteSessionStore(path)
-    dest.reconcile(first, "sb-otel emit start", 1, environ=ENDPOINT)
+    stored.reconcile(first, "sb-otel emit start", 1, environ=ENDPOINT)
     assert first.applied_migrations()[-1] == "0006_export_destination"
     first.close()
     second = SqliteSessionStore(path, read_only=True)
@@ -266,7 +267,7 @@ def test_a_read_only_store_from_before_the_migration_has_the_default(tmp_path: P
     db.close()
     old = SqliteSessionStore(path, read_only=True)
     try:
-        assert old.destination_state() == dest.DestinationState()
+        assert old.destination_state() == stored.DestinationState()
     finally:
         old.close()
 

@@ -21,6 +21,7 @@ import click
 from sb_otel._cli.app import _console, _json_option, _store_option, cli
 from sb_otel._cli.output import plain
 from sb_otel._tracking import destination as dest
+from sb_otel._tracking import destination_store as stored
 from sb_otel._tracking.store import SessionStore
 from sb_otel._tracking.store_factory import open_store
 
@@ -36,9 +37,9 @@ def config() -> None:
     """
 
 
-def _open(store_location: str | None) -> tuple[SessionStore, dest.DestinationStore]:
+def _open(store_location: str | None) -> tuple[SessionStore, stored.DestinationStore]:
     store = open_store(store_location)
-    if not isinstance(store, dest.DestinationStore):
+    if not isinstance(store, stored.DestinationStore):
         store.close()
         raise click.ClickException("this session store keeps no destination: point --store at a SQLite file")
     return store, store
@@ -56,16 +57,16 @@ def _who(command: str) -> str:
         user = getpass.getuser()
     except Exception:  # no name for this uid (a container): the pid still says who
         user = "?"
-    return f"set with {command} by {user} (pid {os.getpid()}) at {dest.when(time.time())}"
+    return f"set with {command} by {user} (pid {os.getpid()}) at {stored.when(time.time())}"
 
 
-def _rows(state: dest.DestinationState, store_path: Path | None) -> list[dict[str, Any]]:
+def _rows(state: stored.DestinationState, store_path: Path | None) -> list[dict[str, Any]]:
     destination = state.destination
     rows = []
     for name, key in dest.KEYS.items():
         recorded = state.recorded.get(name)
         if recorded is not None:
-            value, source, set_at = recorded.value, recorded.source, dest.when(recorded.set_at)
+            value, source, set_at = recorded.value, recorded.source, stored.when(recorded.set_at)
         else:
             value = str(destination.files_folder(store_path)) if name == "files.dir" else key.default
             source, set_at = "default", None
@@ -87,7 +88,7 @@ def show(as_json: bool, store_location: str | None) -> int:
         store.close()
     path = _store_path(store)
     rows = _rows(state, path)
-    notes = dest.open_notes(state)
+    notes = stored.open_notes(state)
     where = state.destination.describe(path)
     if as_json:
         overrides = [
@@ -98,7 +99,7 @@ def show(as_json: bool, store_location: str | None) -> int:
             "store": str(path) if path is not None else "memory",
             "destination": where,
             "settings": rows,
-            "disagreements": dest.notes_json(notes),
+            "disagreements": stored.notes_json(notes),
             "overrides": overrides,
         }
         click.echo(json.dumps(document, indent=2))
@@ -118,7 +119,7 @@ def show(as_json: bool, store_location: str | None) -> int:
         had = ", ".join(f"{name}={value}" for name, value in note.settings.items())
         console.print(
             plain(
-                f"disagrees: {note.process} (pid {note.pid} on {note.host}, {dest.when(note.seen_at)}) had {had}; "
+                f"disagrees: {note.process} (pid {note.pid} on {note.host}, {stored.when(note.seen_at)}) had {had}; "
                 "not used"
             )
         )
@@ -214,7 +215,9 @@ def adopt(resource: bool, store_location: str | None) -> int:
             "adopt; export it first, or run 'sb-otel config set endpoint URL'"
         )
     values: Mapping[str, str | None] = {name: valid.get(name) for name in names}
-    source = f"adopted with sb-otel config adopt from the environment of pid {os.getppid()} at {dest.when(time.time())}"
+    source = (
+        f"adopted with sb-otel config adopt from the environment of pid {os.getppid()} at {stored.when(time.time())}"
+    )
     store, kept = _open(store_location)
     try:
         kept.record_destination(values, source, time.time())

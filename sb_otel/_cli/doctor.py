@@ -142,11 +142,14 @@ def _check_destination(location: str | None) -> dict[str, Any]:
     import time
 
     from sb_otel._tracking import destination as dest
+    from sb_otel._tracking import destination_store as stored
 
     try:
         store = open_store(location)
         try:
-            state = store.destination_state() if isinstance(store, dest.DestinationStore) else dest.DestinationState()
+            state = (
+                store.destination_state() if isinstance(store, stored.DestinationStore) else stored.DestinationState()
+            )
             lease = store.current_lease() if isinstance(store, TelemetryStore) else None
         finally:
             store.close()
@@ -175,9 +178,9 @@ def _check_destination(location: str | None) -> dict[str, Any]:
             + changed
         )
     disagreeing = [
-        f"{note.process} (pid {note.pid} on {note.host}, {dest.when(note.seen_at)}) had "
+        f"{note.process} (pid {note.pid} on {note.host}, {stored.when(note.seen_at)}) had "
         + ", ".join(f"{name}={value}" for name, value in note.settings.items())
-        for note in dest.open_notes(state)
+        for note in stored.open_notes(state)
     ]
     here = {**dest.differences(destination, valid), **{name: f"{text} (invalid)" for name, text in invalid.items()}}
     if here:

@@ -33,7 +33,7 @@ from sb_otel._settings import SB_OTEL_EMIT_DRAIN, SB_OTEL_SESSION_ID, SB_OTEL_ST
 from sb_otel._telemetry.attributes import start_attributes
 from sb_otel._telemetry.shell_plan import ATTRIBUTES_KEY, STATE_KEY, plan_json, traceparent_of
 from sb_otel._tracking import rules
-from sb_otel._tracking.destination import DestinationStore, reconcile
+from sb_otel._tracking.destination_store import DestinationStore, reconcile
 from sb_otel._tracking.lifecycle import SessionLifecycleManager
 from sb_otel._tracking.outcome import end_outcome
 from sb_otel._tracking.store import NewSession, SessionEnding, SessionStore

@@ -56,6 +56,7 @@ from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSp
 from sb_otel._telemetry.store_exporter import METRICS_INTERVAL_S, StoreExporter, series_interval_s
 from sb_otel._telemetry.store_metrics import mark_store_counted
 from sb_otel._tracking import destination as dest
+from sb_otel._tracking import destination_store as stored
 from sb_otel._tracking.export_state import TelemetryStore
 from sb_otel._tracking.store import SessionStore
 from sb_otel._tracking.store_factory import open_store
@@ -365,7 +366,7 @@ def _build(
             if interval is not None:
                 store_exporter.metrics_interval_s = interval
         if destination != base:
-            _record_override(outbox.store, dest.override_record(store_exporter.holder, base, destination))
+            _record_override(outbox.store, stored.override_record(store_exporter.holder, base, destination))
         store_exporter.start()
     if host:  # e.g. "metrics, logs: OTLP grpc → …; traces: the application's own OpenTelemetry providers"
         where = f"{', '.join(needed)}: {where}; {', '.join(sorted(host, key=_SIGNALS.index))}: {_HOST_DESTINATION}"
@@ -408,10 +409,10 @@ def _store_destination(store: object) -> dest.Destination:
             return _store_destination(opened)
         finally:
             opened.close()
-    if not isinstance(store, dest.DestinationStore):
+    if not isinstance(store, stored.DestinationStore):
         return dest.Destination()  # a store of the application's own, which records none: the default
     try:
-        dest.reconcile(store, dest.process_name(), os.getpid())
+        stored.reconcile(store, stored.process_name(), os.getpid())
     except Exception:  # noting it is a courtesy; a store that cannot take it still says where to send
         _log.warning("sb-otel could not record this environment's OTLP settings in the store", exc_info=True)
     for name, written in dest.environment_settings()[1].items():  # a typo is a person's: said, never fatal
@@ -426,9 +427,9 @@ def _store_destination(store: object) -> dest.Destination:
     return store.destination_state().destination
 
 
-def _record_override(store: object, override: dest.ExportOverride) -> None:
+def _record_override(store: object, override: stored.ExportOverride) -> None:
     """Note in the store that this process exports with its own destination (``sb-otel doctor`` shows it)."""
-    if isinstance(store, dest.DestinationStore):
+    if isinstance(store, stored.DestinationStore):
         try:
             store.record_override(override)
         except Exception:

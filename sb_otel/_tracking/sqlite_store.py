@@ -29,9 +29,9 @@ from typing import Any, cast
 
 from sb_otel._exceptions import ConfigError, StoreError
 from sb_otel._settings import SB_OTEL_STORE_SYNC
-from sb_otel._tracking.destination import (
+from sb_otel._tracking.destination import EXPORT_KEYS
+from sb_otel._tracking.destination_store import (
     DESTINATION_MIGRATION,
-    EXPORT_KEYS,
     KEPT_NOTES,
     KEPT_OVERRIDES,
     DestinationState,

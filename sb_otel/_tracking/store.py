@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from sb_otel._tracking.destination import InMemoryDestination
+from sb_otel._tracking.destination_store import InMemoryDestination
 from sb_otel._tracking.export_state import InMemoryExportState
 from sb_otel._tracking.identity import numbered_session_id, session_id_base
 from sb_otel._tracking.session_counts import InMemoryCounts, SessionCounts
