@@ -13,7 +13,7 @@ the tracker does for a start or an end, by the same rules and through the same s
   plan (:mod:`sb_otel._telemetry.shell_plan`) and start attributes exactly as an instrumented start stores them,
   and the seed's log lines are written to the ``sb_otel`` logger;
 * a shell's ``OTEL_EXPORTER_OTLP_*`` settings become the store's destination while it has none recorded (one read
-  only when the shell sets such a variable, one write the first time; :mod:`sb_otel._tracking.destination`);
+  only when the shell sets such a variable, one write the first time; :mod:`sb_otel._tracking.destination_store`);
 * nothing is exported here: after writing the store, a detached ``sb-otel export`` is started (unless
   ``SB_OTEL_EMIT_DRAIN=0``), which sends the session's root span when the store marks it pending.
 """
