@@ -192,34 +192,38 @@ SB_OTEL_SESSION_BUDDY_METRICS = Setting(
 
 OTEL_EXPORTER_OTLP_ENDPOINT = Setting(
     env="OTEL_EXPORTER_OTLP_ENDPOINT",
-    default="(none: OTLP JSON files in `<data dir>/telemetry`)",
-    description="Where `configure()` sends traces, metrics and logs, e.g. `http://localhost:4318` "
-    "(per-signal `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` etc. override it for one signal).",
+    default="(none: OTLP JSON files in `telemetry` beside the store)",
+    description="OTLP endpoint, e.g. `http://localhost:4318`: adopted as the store's destination (with the rest of "
+    "the `OTEL_EXPORTER_OTLP_*` family and `OTEL_<SIGNAL>_EXPORTER`) by the first process that has it while the "
+    'store has none recorded; then `sb-otel config` changes it (see "Where telemetry goes").',
 )
 OTEL_EXPORTER_OTLP_PROTOCOL = Setting(
     env="OTEL_EXPORTER_OTLP_PROTOCOL",
     default="`http/protobuf`",
-    description="`grpc` (port 4317) or `http/protobuf` (port 4318).",
+    description="`grpc` (port 4317) or `http/protobuf` (port 4318); adopted with the endpoint.",
 )
 OTEL_EXPORTER_OTLP_HEADERS = Setting(
     env="OTEL_EXPORTER_OTLP_HEADERS",
     default="(none)",
-    description="Headers for every OTLP request, `key=value,key2=value2` (e.g. an API key).",
+    description="Headers for every OTLP request, `key=value,key2=value2` (e.g. an API key); adopted with the endpoint.",
 )
 OTEL_SERVICE_NAME = Setting(
     env="OTEL_SERVICE_NAME",
     default="`sb-otel`",
-    description="`service.name` of everything sb-otel exports.",
+    description="Not used for the store's telemetry (one shell must not relabel every session): "
+    "`sb-otel config set service.name NAME`; `doctor` names a process that has another.",
 )
 OTEL_RESOURCE_ATTRIBUTES = Setting(
     env="OTEL_RESOURCE_ATTRIBUTES",
     default="(none)",
-    description="More resource attributes, `key=value,…` (e.g. `deployment.environment.name=prod`).",
+    description="Not used for the store's telemetry either: `sb-otel config set resource.attributes "
+    "deployment.environment.name=prod`.",
 )
 OTEL_SDK_DISABLED = Setting(
     env="OTEL_SDK_DISABLED",
     default="`false`",
-    description="`true` turns all export off; tracking works as before.",
+    description="`true` turns export off in that `configure()` process (tracking works as before); the store's "
+    "exporters (`sb-otel export`, the drainers) and `emit` do not read it (`sb-otel config set traces.exporter none`).",
 )
 OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED = Setting(
     env="OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED",

@@ -57,7 +57,7 @@ def test_demo_runs_the_scenario_and_says_where_the_telemetry_went(tmp_path: Path
     assert "oneiric-19990101-000000: not_found" in out
     assert re.search(r"session oneiric\s+3m00s ERROR", out)
     assert "└── initialize_session" in out
-    telemetry = tmp_path / "data" / "telemetry"
+    telemetry = tmp_path / "telemetry"  # the store's default destination: beside the store file
     assert f"OTLP JSON files in {telemetry}" in out
     sessions = data(run("sessions", "--json"))
     traces = (telemetry / "traces.jsonl").read_text(encoding="utf-8")
@@ -218,16 +218,16 @@ def test_reap_ends_dead_shells_and_dry_run_does_not() -> None:
 
 
 def test_doctor_reports_each_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    """doctor --json lists settings, store, telemetry and MCP checks; an unreachable endpoint fails with advice."""
+    """doctor --json lists settings, store, destination and MCP checks; an unreachable endpoint fails with advice."""
     checks = {check["name"]: check for check in data(run("doctor", "--json"))}
-    assert [checks[name]["status"] for name in ("settings", "store", "telemetry", "mcp server")] == ["ok"] * 4
+    assert [checks[name]["status"] for name in ("settings", "store", "destination", "mcp server")] == ["ok"] * 4
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
     monkeypatch.setenv("SB_OTEL_SECRET", "hunter2")
     result = run("doctor", "--json")
     assert result.exit_code == 1
     checks = {check["name"]: check for check in json.loads(result.stdout)}
-    assert checks["telemetry"]["status"] == "fail"
-    assert "start the collector" in checks["telemetry"]["advice"]
+    assert checks["destination"]["status"] == "fail"
+    assert "start the collector" in checks["destination"]["advice"]
     assert "hunter2" not in result.stdout
     assert "token required" in checks["mcp server"]["detail"]
     text = run("doctor")

@@ -21,6 +21,7 @@ import sb_otel
 from sb_otel import ConfigError, SessionEndEvent, SessionTracker, Telemetry
 from sb_otel._telemetry.store_exporter import METRICS_INTERVAL_S
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
+from sb_otel._tracking.store import InMemorySessionStore
 from tests.conftest import seed_start_event
 from tests.otlp_receiver import OtlpReceiver
 
@@ -150,19 +151,45 @@ async def test_otlp_endpoint_argument_exports_to_a_real_receiver(protocol: str, 
         telemetry.shutdown()  # while the receiver still listens
 
 
-def test_environment_chooses_endpoint_protocol_and_service_name(
+def test_environment_endpoint_is_adopted_but_resource_variables_are_not(
     monkeypatch: pytest.MonkeyPatch, made: list[Telemetry]
 ) -> None:
-    """OTEL_* variables apply when no argument is given."""
+    """A store with no destination adopts the OTLP variables; OTEL_SERVICE_NAME relabels nothing (noted instead)."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
     monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test")
-    telemetry = configure(made)
+    store = InMemorySessionStore()
+    telemetry = configure(made, store=store)
     assert telemetry.destination == "OTLP grpc → http://127.0.0.1:4317"
     resource = telemetry.tracer_provider.resource.attributes
-    assert resource["service.name"] == "from-env"
-    assert resource["deployment.environment.name"] == "test"
+    assert resource["service.name"] == "sb-otel"
+    assert "deployment.environment.name" not in resource
+    state = store.destination_state()
+    assert {name: setting.value for name, setting in state.recorded.items()} == {
+        "endpoint": "http://127.0.0.1:4317",
+        "protocol": "grpc",
+    }
+    assert state.recorded["endpoint"].source.startswith("adopted from the environment of ")
+    assert [dict(note.settings) for note in state.notes] == [
+        {
+            "endpoint": "http://127.0.0.1:4317",
+            "protocol": "grpc",
+            "service.name": "from-env",
+            "resource.attributes": "deployment.environment.name=test",
+        }
+    ]
+
+
+def test_the_store_destination_beats_the_environment(monkeypatch: pytest.MonkeyPatch, made: list[Telemetry]) -> None:
+    """A destination recorded in the store wins over a host's OTEL_EXPORTER_OTLP_* variables."""
+    store = InMemorySessionStore()
+    store.record_destination({"endpoint": "http://127.0.0.1:4318"}, "test", 0.0)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    telemetry = configure(made, store=store)
+    assert telemetry.destination == "OTLP http/protobuf → http://127.0.0.1:4318"
+    assert store.destination_state().recorded["endpoint"].value == "http://127.0.0.1:4318"
 
 
 def test_arguments_beat_the_environment(monkeypatch: pytest.MonkeyPatch, made: list[Telemetry]) -> None:
@@ -484,7 +511,10 @@ def test_an_endpoint_variable_without_scheme_gets_http(
         monkeypatch.setenv(name, value)
     telemetry = configure(made)
     assert [exporter._endpoint for exporter in telemetry.exporters] == exporter_urls
-    assert telemetry.destination == f"OTLP http/protobuf → http://{environment['OTEL_EXPORTER_OTLP_ENDPOINT']}"
+    base = f"OTLP http/protobuf → http://{environment['OTEL_EXPORTER_OTLP_ENDPOINT']}"
+    if "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" in environment:
+        base = f"traces: OTLP http/protobuf → http://t:1/x; metrics: {base}; logs: {base}"
+    assert telemetry.destination == base
 
 
 def test_an_endpoint_argument_without_scheme_gets_http(made: list[Telemetry]) -> None:
@@ -497,7 +527,7 @@ def test_an_unknown_protocol_variable_warns_and_sends_http_protobuf(
     monkeypatch: pytest.MonkeyPatch, made: list[Telemetry], caplog: pytest.LogCaptureFixture
 ) -> None:
     """OTEL_EXPORTER_OTLP_PROTOCOL=carrier-pigeon is a person's typo, not a reason to stop: one warning naming
-    the variable and the choices, and the default protocol."""
+    the variable and the choices; the store adopts the endpoint and keeps the default protocol."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")
     with caplog.at_level(logging.WARNING, logger="sb_otel.configure"):
@@ -505,8 +535,8 @@ def test_an_unknown_protocol_variable_warns_and_sends_http_protobuf(
     assert telemetry.destination == "OTLP http/protobuf → http://127.0.0.1:4318"
     warnings = [record.getMessage() for record in caplog.records if record.name == "sb_otel.configure"]
     assert warnings == [
-        "sb-otel: OTEL_EXPORTER_OTLP_PROTOCOL='carrier-pigeon' is not 'grpc' or 'http/protobuf'; sending "
-        "http/protobuf (set it to grpc or http/protobuf, or unset it)"
+        "sb-otel: OTEL_EXPORTER_OTLP_PROTOCOL='carrier-pigeon': protocol must be 'grpc' or 'http/protobuf' (ports "
+        "4317 and 4318), not 'carrier-pigeon'; the store does not take it (fix or unset it)"
     ]
 
 
@@ -531,3 +561,34 @@ def test_otel_metric_export_interval_paces_the_store_series_in_configure_hosts(
     with caplog.at_level(logging.WARNING, logger="sb_otel"):
         assert interval("fallback", "soon") == METRICS_INTERVAL_S
     assert "OTEL_METRIC_EXPORT_INTERVAL must be the milliseconds between metric exports" in caplog.text
+
+
+def test_an_explicit_endpoint_overrides_for_this_host_and_the_store_records_it(made: list[Telemetry]) -> None:
+    """configure(endpoint=...) sends this host's telemetry elsewhere; the store keeps its own destination and
+    records the override under the exporter's holder name until shutdown (doctor shows it)."""
+    store = InMemorySessionStore()
+    store.record_destination({"endpoint": "http://127.0.0.1:4318", "headers": "x-api-key=s3cret"}, "test", 0.0)
+    telemetry = configure(made, store=store, endpoint=f"http://127.0.0.1:{free_port()}", service_name="mine")
+    assert telemetry.store_exporter is not None
+    [override] = store.destination_state().overrides
+    assert override.holder == telemetry.store_exporter.holder
+    assert set(override.settings) == {"endpoint", "headers", "service.name"}
+    assert override.settings["headers"] == ""  # the store's API key does not follow a new endpoint
+    assert store.destination_state().recorded["endpoint"].value == "http://127.0.0.1:4318"
+    telemetry.shutdown(timeout_s=0.5)
+    assert store.destination_state().overrides == ()
+
+
+def test_a_signal_the_store_turns_off_gets_no_exporter_and_no_reader(made: list[Telemetry], tmp_path: Path) -> None:
+    """metrics.exporter none: no metric exporter, no periodic reader, no session series; the rest still flows."""
+    store = InMemorySessionStore()
+    store.record_destination({"metrics.exporter": "none"}, "test", 0.0)
+    telemetry = configure(made, store=store, telemetry_dir=tmp_path / "files")
+    files = f"OTLP JSON files in {tmp_path / 'files'}"
+    assert telemetry.destination == f"traces: {files}; metrics: off; logs: {files}"
+    assert len(telemetry.exporters) == 2
+    assert telemetry.store_exporter is not None
+    assert (telemetry.store_exporter.metric_exporter, telemetry.store_exporter.session_metrics) == (None, None)
+    telemetry.meter_provider.get_meter("t").create_counter("c").add(1)
+    telemetry.shutdown(timeout_s=1.0)  # a reader would flush the counter into metrics.jsonl now
+    assert not (tmp_path / "files" / "metrics.jsonl").exists()

@@ -241,10 +241,11 @@ def test_sampling_is_the_sdks_decision(header: str, sampler: str, monkeypatch: p
     }
 
 
-def test_a_disabled_sdk_plans_unsampled_spans() -> None:
-    """OTEL_SDK_DISABLED=true: valid ids, not sampled (as an instrumented start with a no-op provider)."""
+def test_a_shells_disabled_sdk_does_not_unsample_its_session() -> None:
+    """OTEL_SDK_DISABLED=true in a shell (set for another tool): its session is planned sampled all the same; the
+    store's destination decides whether traces leave (``sb-otel config set traces.exporter none``)."""
     plan = shell_plan.plan_json(None, None, {"OTEL_SDK_DISABLED": "true"})
-    assert plan["sampled"] is False
+    assert plan["sampled"] is True
     assert int(plan["trace_id"], 16) != 0
 
 

@@ -90,7 +90,7 @@ def test_export_once_into_json_files_then_nothing_left(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "exported 0 root spans, 0 spans, 1 log records to OTLP JSON files in" in done.stdout
-    lines = (tmp_path / "data" / "telemetry" / "logs.jsonl").read_text().splitlines()
+    lines = (tmp_path / "telemetry" / "logs.jsonl").read_text().splitlines()  # the store's default: beside it
     assert "drained through the file exporter" in lines[-1]
     store = SqliteSessionStore(path)
     try:

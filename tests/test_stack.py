@@ -232,7 +232,8 @@ def test_sb_otel_exports_to_the_collector_with_the_matching_protocol(
     collector: dict[str, Any], services: dict[str, dict[str, Any]]
 ) -> None:
     """OTEL_EXPORTER_OTLP_ENDPOINT names the collector's gRPC receiver, and the protocol says grpc; both sb-otel
-    services use one store, on one volume."""
+    services use one store, on one volume, and both carry the same settings (whichever starts first on a new
+    volume, the store adopts the same destination)."""
     by_port = {
         host_port(settings["endpoint"])[1]: protocol
         for protocol, settings in collector["receivers"]["otlp"]["protocols"].items()
@@ -245,6 +246,14 @@ def test_sb_otel_exports_to_the_collector_with_the_matching_protocol(
         assert environment["OTEL_EXPORTER_OTLP_PROTOCOL"] == expected, name
         assert environment["SB_OTEL_DATA_DIR"] == "/data", name
         assert "sb-otel-data:/data" in services[name]["volumes"], name
+
+
+def test_sb_otel_services_set_no_resource_variable(services: dict[str, dict[str, Any]]) -> None:
+    """``service.name`` belongs to the store (``sb-otel config set service.name``): a resource variable in a
+    service's environment would be ignored, so none is there to mislead."""
+    for name in SB_OTEL_SERVICES:
+        environment = services[name]["environment"]
+        assert not {"OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"} & set(environment), name
 
 
 def test_the_exporter_drains_the_store_and_listens_on_nothing(services: dict[str, dict[str, Any]]) -> None:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 COMMAND_MODULES = {
+    "config": "config",
     "demo": "demo",
     "doctor": "doctor",
     "emit": "emit",

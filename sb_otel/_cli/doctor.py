@@ -1,4 +1,4 @@
-"""``sb-otel doctor``: configuration, store, endpoint and MCP checks, each with its advice."""
+"""``sb-otel doctor``: configuration, store, destination and MCP checks, each with its advice."""
 
 from __future__ import annotations
 
@@ -19,14 +19,12 @@ from sb_otel._cli.output import plain
 from sb_otel._exceptions import ConfigError, SbOtelError
 from sb_otel._service.reaper import session_ttl
 from sb_otel._settings import (
-    OTEL_EXPORTER_OTLP_ENDPOINT,
     SB_OTEL_SECRET,
     SETTINGS,
-    data_dir,
 )
-from sb_otel._telemetry.configure import endpoint_with_scheme, otlp_protocol
+from sb_otel._telemetry.configure import otlp_protocol
 from sb_otel._tracking import holder_lock
-from sb_otel._tracking.export_state import Lease, looks_alive
+from sb_otel._tracking.export_state import Lease, TelemetryStore, looks_alive
 from sb_otel._tracking.store_factory import open_store
 
 
@@ -34,11 +32,11 @@ from sb_otel._tracking.store_factory import open_store
 @_json_option
 @_store_option
 def doctor(as_json: bool, store_location: str | None) -> int:
-    """Check the configuration, the store and the telemetry endpoint, with advice for each problem."""
+    """Check the configuration, the store and where its telemetry goes, with advice for each problem."""
     checks = [
         _check_settings(),
         _check_store(store_location),
-        _check_telemetry(),
+        _check_destination(store_location),
         _check_outbox(store_location),
         _check_mcp(),
     ]
@@ -189,41 +187,119 @@ def _exporter_text(lease: Lease | None, exporting: bool, lock: str | None) -> st
     )
 
 
-def _check_telemetry() -> dict[str, Any]:
-    endpoint = OTEL_EXPORTER_OTLP_ENDPOINT.read()
-    if not endpoint:
-        folder = data_dir() / "telemetry"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            writable = os.access(folder, os.W_OK)
-        except OSError:
-            writable = False
-        if not writable:
-            advice = "set SB_OTEL_DATA_DIR to a writable directory"
-            return {"name": "telemetry", "status": "fail", "detail": f"{folder} is not writable", "advice": advice}
-        advice = "set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://localhost:4318) to send it to a collector"
-        return {"name": "telemetry", "status": "ok", "detail": f"OTLP JSON files in {folder}", "advice": advice}
-    protocol, _ = otlp_protocol()  # a bad variable fails the settings check; this is what is sent meanwhile
-    full = endpoint_with_scheme(endpoint)
-    parsed = urlparse(full)
-    host = parsed.hostname or "localhost"
-    port = parsed.port or (4317 if protocol == "grpc" else 4318)
+def _check_destination(location: str | None) -> dict[str, Any]:
+    """Where the store's telemetry goes, who decided it, whether it is reachable, and who disagrees."""
+    import time
+
+    from sb_otel._tracking import destination as dest
+    from sb_otel._tracking import destination_store as stored
+
     try:
-        with socket.create_connection((host, port), timeout=2):
-            pass
-    except OSError as exc:
-        advice = "start the collector (see 'Run the observability stack' in the README), or fix the endpoint"
-        detail = f"nothing answers at {host}:{port} ({exc.strerror or exc})"
-        return {"name": "telemetry", "status": "fail", "detail": detail, "advice": advice}
-    mismatch = (protocol == "grpc" and port == 4318) or (protocol == "http/protobuf" and port == 4317)
-    if mismatch:
-        advice = "port 4317 is grpc, 4318 is http/protobuf: set OTEL_EXPORTER_OTLP_PROTOCOL to match"
-        return {"name": "telemetry", "status": "warn", "detail": f"{protocol} → {full}", "advice": advice}
-    if full != endpoint:
-        detail = f"OTLP {protocol} → {full} is reachable ({OTEL_EXPORTER_OTLP_ENDPOINT.env} names no scheme: http://)"
-        advice = f"write the scheme: {OTEL_EXPORTER_OTLP_ENDPOINT.env}={full} (or https://… for TLS)"
-        return {"name": "telemetry", "status": "warn", "detail": detail, "advice": advice}
-    return {"name": "telemetry", "status": "ok", "detail": f"OTLP {protocol} → {endpoint} is reachable", "advice": ""}
+        store = open_store(location)
+        try:
+            state = (
+                store.destination_state() if isinstance(store, stored.DestinationStore) else stored.DestinationState()
+            )
+            lease = store.current_lease() if isinstance(store, TelemetryStore) else None
+        finally:
+            store.close()
+    except SbOtelError as exc:
+        return {"name": "destination", "status": "fail", "detail": f"not readable: {exc}", "advice": ""}
+    path = getattr(store, "path", None)
+    store_path = path if isinstance(path, Path) else None
+    valid, invalid = dest.environment_settings()
+    destination = state.destination
+    if state.has_export_settings:
+        sources = sorted({state.recorded[name].source for name in dest.EXPORT_KEYS if name in state.recorded})
+        source = "; ".join(sources)
+    elif any(name in valid for name in dest.ENDPOINT_KEYS):  # what the next emit or export here will record
+        destination = dest.Destination({k: v for k, v in valid.items() if k in dest.EXPORT_KEYS})
+        source = "this shell's environment (not recorded yet: the next emit, export or serve here adopts it)"
+    else:
+        source = "default (nothing recorded: 'sb-otel config set endpoint URL' to send to a collector)"
+    where = destination.describe(store_path)
+    lines = [f"{where}; from {source}"]
+    holder = lease.holder if lease is not None and lease.expires_at > time.time() else None
+    override = next((o for o in state.overrides if o.holder == holder), None)
+    if override is not None:
+        changed = ", ".join(f"{name}={value}" for name, value in override.settings.items())
+        lines.append(
+            f"now exporting with its own override: {override.process} (pid {override.pid} on {override.host}): "
+            + changed
+        )
+    disagreeing = [
+        f"{note.process} (pid {note.pid} on {note.host}, {stored.when(note.seen_at)}) had "
+        + ", ".join(f"{name}={value}" for name, value in note.settings.items())
+        for note in stored.open_notes(state)
+    ]
+    here = {**dest.differences(destination, valid), **{name: f"{text} (invalid)" for name, text in invalid.items()}}
+    if here:
+        shown = {name: dest.masked(name, value) for name, value in here.items()}
+        disagreeing.insert(
+            0,
+            f"this shell (pid {os.getppid()}) has " + ", ".join(f"{name}={value}" for name, value in shown.items()),
+        )
+    if disagreeing:
+        lines.append("not used, these environments disagree: " + "; ".join(disagreeing))
+    problem = _reachability(destination, store_path)
+    check = {"name": "destination", "status": "ok", "detail": " | ".join(lines), "advice": ""}
+    advice = []
+    if problem is not None:
+        check.update(status="fail", detail=f"{problem} | {check['detail']}")
+        advice.append(_REACH_ADVICE)
+    if disagreeing:
+        variables = sorted({dest.KEYS[name].env or name for name in here} or {"OTEL_EXPORTER_OTLP_*"})
+        check["status"] = "fail" if problem is not None else "warn"
+        advice.append(
+            "in a disagreeing shell, 'sb-otel config adopt' makes its settings the store's; or unset "
+            f"{', '.join(variables)} there"
+        )
+    check["advice"] = "; ".join(advice)
+    return check
+
+
+_REACH_ADVICE = (
+    "start the collector (see 'Run the observability stack' in the README), or fix the store's destination: "
+    "'sb-otel config set endpoint URL' (see 'sb-otel config show')"
+)
+
+
+def _reachability(destination: Any, store_path: Path | None) -> str | None:
+    """What stops the destination from taking telemetry (nothing listening, a folder not writable), or ``None``."""
+    from sb_otel._tracking.destination import SIGNALS
+
+    problems = []
+    checked: set[tuple[str, int]] = set()
+    for target in sorted({destination.target(signal) for signal in SIGNALS} - {None}):
+        if not target:
+            folder = destination.files_folder(store_path)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                writable = os.access(folder, os.W_OK)
+            except OSError:
+                writable = False
+            if not writable:
+                problems.append(f"{folder} is not writable ('sb-otel config set files.dir PATH')")
+            continue
+        parsed = urlparse(target)
+        host = parsed.hostname or "localhost"
+        port = parsed.port or (4317 if destination.protocol == "grpc" else 4318)
+        if (host, port) in checked:
+            continue
+        checked.add((host, port))
+        try:
+            with socket.create_connection((host, port), timeout=2):
+                pass
+        except OSError as exc:
+            problems.append(f"nothing answers at {host}:{port} ({exc.strerror or exc})")
+            continue
+        if (destination.protocol == "grpc" and port == 4318) or (
+            destination.protocol == "http/protobuf" and port == 4317
+        ):
+            problems.append(
+                f"{target} is a {'http/protobuf' if port == 4318 else 'grpc'} port ('sb-otel config set protocol …')"
+            )
+    return "; ".join(problems) or None
 
 
 def _check_mcp() -> dict[str, Any]:

@@ -12,6 +12,8 @@ the tracker does for a start or an end, by the same rules and through the same s
 * the default lifecycle manager is called in this thread (no event loop), the session is written with its span
   plan (:mod:`sb_otel._telemetry.shell_plan`) and start attributes exactly as an instrumented start stores them,
   and the seed's log lines are written to the ``sb_otel`` logger;
+* a shell's ``OTEL_EXPORTER_OTLP_*`` settings become the store's destination while it has none recorded (one read
+  only when the shell sets such a variable, one write the first time; :mod:`sb_otel._tracking.destination_store`);
 * nothing is exported here: the row is marked as owing its start's and end's spans and log records, which the
   exporter builds from it (:mod:`sb_otel._tracking.row_telemetry`); after writing the store, a detached
   ``sb-otel export`` is started (unless ``SB_OTEL_EMIT_DRAIN=0``), which sends them, and the session's root span
@@ -33,6 +35,7 @@ from sb_otel._settings import SB_OTEL_EMIT_DRAIN, SB_OTEL_REDACT, SB_OTEL_SESSIO
 from sb_otel._telemetry.attributes import start_attributes
 from sb_otel._telemetry.shell_plan import ATTRIBUTES_KEY, STATE_KEY, plan_json, traceparent_of
 from sb_otel._tracking import rules
+from sb_otel._tracking.destination_store import DestinationStore, reconcile
 from sb_otel._tracking.lifecycle import SessionLifecycleManager
 from sb_otel._tracking.outcome import end_outcome
 from sb_otel._tracking.row_telemetry import FROM_ROW_KEY
@@ -159,6 +162,7 @@ def track_start(
         return _start_failed(component, shell_type, pid, _exception_text(exc))
     try:
         session_id, traceparent = _start(store, event, manager_cwd, shell_context)
+        _reconcile_destination(store, "sb-otel emit start", event["pid"])
         wanted = drainer_wanted(store)
     except _Refused as exc:
         return _start_failed(event["component_name"], event["shell_type"], event["pid"], str(exc))
@@ -318,6 +322,7 @@ def track_end(session_id: str, exit_code: int | None, reason: str | None, store_
         return _end_failed(session_id, _exception_text(exc))
     try:
         answer, ended = _end(store, event)
+        _reconcile_destination(store, "sb-otel emit end", os.getppid())
         wanted = ended and drainer_wanted(store)
     except Exception as exc:
         return _end_failed(session_id, _exception_text(exc))
@@ -362,6 +367,19 @@ def _end(store: SessionStore, event: dict[str, Any]) -> tuple[EndAnswer, bool]:
 def _end_failed(session_id: str, error: str) -> EndAnswer:
     _log(_ERROR, lambda lines: lines.end_failed_line(session_id, error), **{"session.id": session_id})
     return EndAnswer(session_id, "error", error)
+
+
+def _reconcile_destination(store: SessionStore, process: str, pid: Any) -> None:
+    """The shell's OTLP settings become the store's destination while it has none; a shell whose settings differ
+    is noted for ``sb-otel doctor``. Nothing is read unless the shell sets such a variable; the session is tracked
+    whatever happens here."""
+    if not isinstance(store, DestinationStore):
+        return
+    try:
+        reconcile(store, process, pid)
+    except Exception as exc:
+        note = f"sb-otel could not compare this shell's OTLP settings with the store's ({_exception_text(exc)})"
+        _log(_WARNING, lambda _: note)
 
 
 # -- what the shell sees ---------------------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """``configure()``: traces, metrics and logs set up in one call, so an application needs no SDK plumbing.
 
-Precedence for every knob: the argument, then the standard ``OTEL_*`` / our ``SB_OTEL_*`` variable, then the
-default. Where the variable belongs to the OTLP exporters (endpoint, headers, timeouts, certificates, per-signal
-endpoints), an unset argument is passed on as ``None`` so the SDK's exporters read it themselves, exactly as
-``opentelemetry-instrument`` would.
+Where telemetry goes is the session store's destination (:mod:`sb_otel._tracking.destination`), shared by every
+exporter of the store: recorded with ``sb-otel config``, or adopted from the first environment that names an OTLP
+endpoint. This process's ``OTEL_*`` variables do not override it (they may be adopted while the store has none
+recorded); ``configure()``'s own arguments do, for this process only, and the store records that it does, so
+``sb-otel doctor`` can say which destination applies. Other knobs: the argument, then the ``OTEL_*`` /
+``SB_OTEL_*`` variable, then the default.
 
-With no OTLP endpoint anywhere, telemetry goes to OTLP JSON Lines files under the data directory: nothing is
+With nothing recorded, telemetry goes to OTLP JSON Lines files in ``telemetry`` beside the store file: nothing is
 lost, and the collector's ``otlpjsonfile`` receiver can ingest the files later.
 
 sb-otel's own span and log pipelines write to the session store first (the outbox, :mod:`sb_otel._telemetry.outbox`)
@@ -26,48 +28,46 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from opentelemetry import metrics, trace
-from opentelemetry.exporter.otlp.json.file import FileMetricExporter, FileSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from sb_otel._exceptions import ConfigError
 from sb_otel._settings import (
-    OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_EXPORTER_OTLP_PROTOCOL,
     OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED,
-    OTEL_RESOURCE_ATTRIBUTES,
     OTEL_SDK_DISABLED,
-    OTEL_SERVICE_NAME,
     SB_OTEL_REDACT,
-    data_dir,
 )
 from sb_otel._telemetry import otel_logs as otel_logs
+from sb_otel._telemetry.export_destination import (
+    exporter_factories,
+    resource_of,
+    sdk_environment_hidden,
+)
 from sb_otel._telemetry.instrumentation import InstrumentedSessionTracker, instrument
 from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSpanProcessor, mark_store_pipeline
 from sb_otel._telemetry.store_exporter import METRICS_INTERVAL_S, StoreExporter, series_interval_s
 from sb_otel._telemetry.store_metrics import mark_store_counted
+from sb_otel._tracking import destination as dest
+from sb_otel._tracking import destination_store as stored
 from sb_otel._tracking.export_state import TelemetryStore
 from sb_otel._tracking.store import SessionStore
 from sb_otel._tracking.store_factory import open_store
 
 Protocol = Literal["grpc", "http/protobuf"]
 
-DEFAULT_SERVICE_NAME = "sb-otel"
+DEFAULT_SERVICE_NAME = dest.DEFAULT_SERVICE_NAME
 SHUTDOWN_TIMEOUT_S = 5.0
 """How long ``Telemetry.shutdown()`` (and so interpreter exit) waits for the last exports."""
 _ABANDON_GRACE_S = 1.0
-_SIGNALS = ("traces", "metrics", "logs")
-_SIGNAL_PATHS = {"traces": "v1/traces", "metrics": "v1/metrics", "logs": "v1/logs"}
-_ExporterFactory = Callable[[Any], Any]
-"""Makes one exporter, given the meter provider for its own health metrics (``None`` or ignored where unused)."""
+_SIGNALS = dest.SIGNALS
 _HOST_DESTINATION = "the application's own OpenTelemetry providers"
 _log = logging.getLogger("sb_otel.configure")
 _lock = threading.Lock()
@@ -95,6 +95,9 @@ class Telemetry:
     """The store the outbox writes to."""
     owns_store: bool = field(default=False, repr=False)
     """Whether ``configure()`` opened :attr:`store` itself (no ``store=``): then shutdown closes it."""
+    overridden: bool = field(default=False, repr=False)
+    """Whether this process exports with its own destination (``configure()``'s arguments), recorded in the store
+    under its exporter's holder name until shutdown."""
     _closed: bool = field(default=False, repr=False)
 
     @property
@@ -150,6 +153,9 @@ class Telemetry:
         deadline = time.monotonic() + timeout_s
         if self.store_exporter is not None:  # the last rows out while the exporters still run
             self.store_exporter.stop(timeout_s * 0.8)
+            if self.overridden:
+                with contextlib.suppress(Exception):
+                    self.store_exporter.store.clear_override(self.store_exporter.holder)  # type: ignore[attr-defined]
         stops = [
             threading.Thread(target=provider.shutdown, name=f"sb-otel-shutdown-{index}", daemon=True)
             for index, provider in enumerate(self._own_providers())
@@ -199,21 +205,27 @@ def configure(
     set_global: bool = True,
     store: SessionStore | None = None,
 ) -> Telemetry:
-    """Set up traces, metrics and logs for sb-otel, over OTLP or into local files.
+    """Set up traces, metrics and logs for sb-otel, sending where the session store's destination says.
+
+    The store's destination (``sb-otel config show``) applies; this process's ``OTEL_EXPORTER_OTLP_*`` variables
+    are adopted as the store's only while it has none recorded. The destination arguments below override it for
+    this process only (the store records that this process does, for ``sb-otel doctor``).
 
     Args:
-        service_name: ``service.name`` (else ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES``, else ``sb-otel``).
-        endpoint: OTLP endpoint (else ``OTEL_EXPORTER_OTLP_ENDPOINT``); with none, OTLP JSON files are written.
-        protocol: ``grpc`` or ``http/protobuf`` (else ``OTEL_EXPORTER_OTLP_PROTOCOL``, else ``http/protobuf``).
-        headers: OTLP headers (else ``OTEL_EXPORTER_OTLP_HEADERS``, read by the exporters).
-        resource_attributes: extra resource attributes, over ``OTEL_RESOURCE_ATTRIBUTES``.
-        telemetry_dir: where the JSON files go (default ``<data dir>/telemetry``).
+        service_name: ``service.name`` (else the store's ``service.name``, else ``sb-otel``).
+        endpoint: OTLP endpoint (else the store's); a new endpoint brings its own ``protocol`` and ``headers``
+            (the store's are not sent to it).
+        protocol: ``grpc`` or ``http/protobuf`` (else the store's, else ``http/protobuf``).
+        headers: OTLP headers (else the store's).
+        resource_attributes: extra resource attributes, over the store's ``resource.attributes``.
+        telemetry_dir: where the JSON files go when no endpoint applies (else the store's ``files.dir``, else
+            ``telemetry`` beside the store file).
         redact: attributes to drop or hash before export (else ``SB_OTEL_REDACT``).
-        disabled: export nothing (else ``OTEL_SDK_DISABLED=true``).
+        disabled: export nothing (else ``OTEL_SDK_DISABLED=true``: this process's own choice).
         set_global: use the SDK providers the application installed globally, and install sb-otel's own as
             the global ones for the other signals. ``False`` leaves global state alone: a private pipeline.
-        store: the session store whose outbox and root spans this pipeline uses (default ``SB_OTEL_STORE``);
-            pass the tracker's store so the exporter sends its root spans from the store.
+        store: the session store whose outbox, root spans and destination this pipeline uses (default
+            ``SB_OTEL_STORE``); pass the tracker's store so the exporter sends its root spans from the store.
 
     Returns the :class:`Telemetry` in use. With ``set_global``, a second call returns the first call's unchanged.
     """
@@ -276,7 +288,7 @@ def _build(
     store: SessionStore | None = None,
 ) -> Telemetry:
     """Providers for the signals ``host`` lacks: metrics through the SDK's periodic reader, spans and logs
-    through the store's outbox and the exporter thread."""
+    through the store's outbox and the exporter thread; all of them sending to the store's destination."""
     needed = [signal for signal in _SIGNALS if signal not in host]
     if not needed:
         return Telemetry(
@@ -286,8 +298,31 @@ def _build(
     # exported, failed, dropped) only with its internal metrics on, which it reads from the environment when an
     # exporter or batch processor is built. Ours default to on; an explicit setting wins.
     os.environ.setdefault(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED.env, "true")
-    factories, where = _exporters(needed, endpoint, protocol, headers, telemetry_dir)
-    resource = _resource(service_name, resource_attributes)
+    outbox: Outbox | None = None
+    owns_store = False
+    drained: object = store
+    if "traces" in needed or "logs" in needed:
+        drained = _default_store() if store is None else store
+        owns_store = store is None
+        if not isinstance(drained, TelemetryStore):
+            raise ConfigError(f"the session store {drained!r} keeps no telemetry outbox")
+        outbox = Outbox(drained)
+    base = _store_destination(drained)
+    try:
+        destination = base.overridden(
+            endpoint=endpoint,
+            protocol=protocol,
+            headers=headers,
+            service_name=service_name,
+            resource_attributes=resource_attributes,
+            files_dir=telemetry_dir,
+        )
+    except dest.DestinationError as exc:
+        raise ConfigError(str(exc)) from None
+    store_path = _store_path(drained)
+    factories = exporter_factories(destination, store_path)
+    where = destination.describe(store_path)
+    resource = resource_of(destination)
     exporters: dict[str, Any] = {}
     # Our own bounded shutdown runs at exit instead of the providers' unbounded ones. The meter provider comes
     # first: the span and log pipelines report their own health (spans exported, failed, dropped) to it when
@@ -295,16 +330,8 @@ def _build(
     meter_provider = host.get("metrics")
     if meter_provider is None:
         exporters["metrics"] = factories["metrics"](None)
-        readers = [PeriodicExportingMetricReader(exporters["metrics"])] if exporters["metrics"] is not None else []
+        readers = [] if exporters["metrics"] is None else [PeriodicExportingMetricReader(exporters["metrics"])]
         meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
-    outbox: Outbox | None = None
-    owns_store = False
-    if "traces" in needed or "logs" in needed:
-        drained = _default_store() if store is None else store
-        owns_store = store is None
-        if not isinstance(drained, TelemetryStore):
-            raise ConfigError(f"the session store {drained!r} keeps no telemetry outbox")
-        outbox = Outbox(drained)
     tracer_provider = host.get("traces")
     if tracer_provider is None and outbox is not None:
         exporters["traces"] = factories["traces"](meter_provider)
@@ -327,8 +354,8 @@ def _build(
             outbox=outbox,
             meter_provider=meter_provider,
             # The store-derived sb.session.* series go where this process's metrics go, when they are ours.
-            metric_exporter=factories["metrics"](None) if "metrics" in factories else None,
-            signals_off=_signals_off(),
+            metric_exporter=factories["metrics"](None) if "metrics" in needed else None,
+            signals_off=signals_off(destination),
         )
         if store_exporter.session_metrics is not None:
             mark_store_counted(meter_provider, outbox.store)
@@ -339,6 +366,8 @@ def _build(
                 interval = None
             if interval is not None:
                 store_exporter.metrics_interval_s = interval
+        if destination != base:
+            _record_override(outbox.store, stored.override_record(store_exporter.holder, base, destination))
         store_exporter.start()
     if host:  # e.g. "metrics, logs: OTLP grpc → …; traces: the application's own OpenTelemetry providers"
         where = f"{', '.join(needed)}: {where}; {', '.join(sorted(host, key=_SIGNALS.index))}: {_HOST_DESTINATION}"
@@ -349,10 +378,11 @@ def _build(
         where,
         redact,
         reused=frozenset(host),
-        exporters=tuple(exporters[signal] for signal in _SIGNALS if signal in exporters),
+        exporters=tuple(exporters[signal] for signal in _SIGNALS if exporters.get(signal) is not None),
         store_exporter=store_exporter,
         store=None if outbox is None else outbox.store,
         owns_store=outbox is not None and owns_store,
+        overridden=store_exporter is not None and destination != base,
     )
     atexit.register(telemetry.shutdown)
     return telemetry
@@ -366,65 +396,62 @@ def _default_store() -> TelemetryStore:
     return store
 
 
-def _exporters(
-    signals: list[str],
-    endpoint: str | None,
-    protocol: Protocol | None,
-    headers: Mapping[str, str] | None,
-    telemetry_dir: str | Path | None,
-) -> tuple[dict[str, _ExporterFactory], str]:
-    """A way to make one exporter per signal in ``signals`` (given the meter provider for the exporter's own
-    metrics), and where they send, for people."""
-    explicit_endpoint = endpoint  # None: the exporters read OTEL_EXPORTER_OTLP_* themselves
-    endpoint = endpoint or OTEL_EXPORTER_OTLP_ENDPOINT.read()
-    if endpoint:
-        chosen, problem = otlp_protocol(protocol)
-        if problem is not None:
-            _log.warning("sb-otel: %s", problem)
-        full = endpoint_with_scheme(endpoint)
-        signal_env_wins = False
-        if explicit_endpoint is None and full != endpoint:
-            # The exporters would read the scheme-less variable themselves and send nothing; hand them the
-            # normalised one, leaving the per-signal variables (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, …) in charge.
-            explicit_endpoint, signal_env_wins = full, True
-        elif explicit_endpoint is not None:
-            explicit_endpoint = full
-        otlp = _otlp_exporter_factories(
-            chosen, explicit_endpoint, dict(headers) if headers else None, signal_env_wins=signal_env_wins
-        )
-        return {signal: _unless_off(signal, otlp[signal]) for signal in signals}, f"OTLP {chosen} → {full}"
-    folder = Path(telemetry_dir) if telemetry_dir is not None else data_dir() / "telemetry"
+def signals_off(destination: dest.Destination) -> frozenset[str]:
+    """The signals the destination turns off (``<signal>.exporter none``, as ``OTEL_<SIGNAL>_EXPORTER=none``):
+    their stored records are deleted unsent, counted as ``off``, rather than left to wait."""
+    return frozenset(signal for signal in _SIGNALS if destination.target(signal) is None)
+
+
+def _store_path(store: object) -> Path | None:
+    path = getattr(store, "path", None)
+    return path if isinstance(path, Path) else None
+
+
+def _store_destination(store: object) -> dest.Destination:
+    """The destination recorded in ``store`` (the default store when ``None``), after adopting this process's
+    environment when the store has none recorded (and noting it when it disagrees)."""
+    if store is None:  # metrics only (the host traces and logs itself): the default store says where they go
+        opened = open_store(None)
+        try:
+            return _store_destination(opened)
+        finally:
+            opened.close()
+    if not isinstance(store, stored.DestinationStore):
+        return dest.Destination()  # a store of the application's own, which records none: the default
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the telemetry directory {folder}: {exc}; set SB_OTEL_DATA_DIR") from exc
-    files: dict[str, _ExporterFactory] = {
-        "traces": lambda _: FileSpanExporter(folder / "traces.jsonl"),
-        "metrics": lambda _: FileMetricExporter(folder / "metrics.jsonl"),
-        "logs": lambda _: otel_logs.FileLogExporter(folder / "logs.jsonl"),
-    }
-    return {signal: _unless_off(signal, files[signal]) for signal in signals}, f"OTLP JSON files in {folder}"
+        stored.reconcile(store, stored.process_name(), os.getpid())
+    except Exception:  # noting it is a courtesy; a store that cannot take it still says where to send
+        _log.warning("sb-otel could not record this environment's OTLP settings in the store", exc_info=True)
+    for name, written in dest.environment_settings()[1].items():  # a typo is a person's: said, never fatal
+        try:
+            dest.parse(name, written)
+            problem = "not usable"
+        except dest.DestinationError as exc:
+            problem = str(exc)
+        _log.warning(
+            "sb-otel: %s=%r: %s; the store does not take it (fix or unset it)", dest.KEYS[name].env, written, problem
+        )
+    return store.destination_state().destination
 
 
-def _signals_off() -> frozenset[str]:
-    """Signals ``OTEL_<SIGNAL>_EXPORTER=none`` turns off (the SDK's own variables): exported nowhere."""
-    return frozenset(s for s in _SIGNALS if os.environ.get(f"OTEL_{s.upper()}_EXPORTER", "").strip().lower() == "none")
-
-
-def _unless_off(signal: str, factory: _ExporterFactory) -> _ExporterFactory:
-    """``factory``, or one that makes no exporter (``None``) for a signal that is off."""
-    return (lambda _: None) if signal in _signals_off() else factory
+def _record_override(store: object, override: stored.ExportOverride) -> None:
+    """Note in the store that this process exports with its own destination (``sb-otel doctor`` shows it)."""
+    if isinstance(store, stored.DestinationStore):
+        try:
+            store.record_override(override)
+        except Exception:
+            _log.warning("sb-otel could not record this process's destination override in the store", exc_info=True)
 
 
 PROTOCOLS: tuple[Protocol, ...] = ("grpc", "http/protobuf")
 
 
 def otlp_protocol(protocol: str | None = None) -> tuple[Protocol, str | None]:
-    """The OTLP protocol to use (``protocol``, else ``OTEL_EXPORTER_OTLP_PROTOCOL``, else ``http/protobuf``), and
-    what is wrong with the variable, if anything.
+    """The OTLP protocol ``protocol`` names, else ``OTEL_EXPORTER_OTLP_PROTOCOL``, else ``http/protobuf``, and what
+    is wrong with the variable, if anything (``sb-otel doctor``'s settings check; a store adopts only a valid one).
 
-    A bad variable must never stop tracking (a shell sourcing ``sb-otel emit`` would go untracked): it gives
-    ``http/protobuf`` and a one-line problem to show. A bad argument is a programmer's mistake and raises.
+    A bad variable must never stop tracking: it gives ``http/protobuf`` and a one-line problem to show. A bad
+    argument is a programmer's mistake and raises.
     """
     if protocol is not None:
         if protocol not in PROTOCOLS:
@@ -436,7 +463,7 @@ def otlp_protocol(protocol: str | None = None) -> tuple[Protocol, str | None]:
     if value in PROTOCOLS:
         return value, None
     return "http/protobuf", (
-        f"{OTEL_EXPORTER_OTLP_PROTOCOL.env}={value!r} is not 'grpc' or 'http/protobuf'; sending http/protobuf "
+        f"{OTEL_EXPORTER_OTLP_PROTOCOL.env}={value!r} is not 'grpc' or 'http/protobuf'; the store does not adopt it "
         "(set it to grpc or http/protobuf, or unset it)"
     )
 
@@ -447,64 +474,6 @@ def endpoint_with_scheme(endpoint: str) -> str:
     return endpoint if "://" in endpoint else f"http://{endpoint}"
 
 
-_SIGNAL_ENDPOINT_ENV = {
-    "traces": "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "metrics": "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-    "logs": "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
-}
-
-
-def _otlp_exporter_factories(
-    protocol: str, endpoint: str | None, headers: dict[str, str] | None, *, signal_env_wins: bool = False
-) -> dict[str, _ExporterFactory]:
-    """The SDK's OTLP exporters, made on demand (a gRPC exporter opens its channel at once).
-
-    ``endpoint=None`` lets them read ``OTEL_EXPORTER_OTLP_*`` themselves; with ``signal_env_wins``, so does each
-    signal whose own endpoint variable is set.
-    """
-    if signal_env_wins:
-        signal_endpoint = {
-            signal: None if os.environ.get(env) else endpoint for signal, env in _SIGNAL_ENDPOINT_ENV.items()
-        }
-    else:
-        signal_endpoint = dict.fromkeys(_SIGNAL_ENDPOINT_ENV, endpoint)
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        return {
-            "traces": lambda meters: OTLPSpanExporter(
-                endpoint=signal_endpoint["traces"], headers=headers, meter_provider=meters
-            ),
-            "metrics": lambda _: OTLPMetricExporter(endpoint=signal_endpoint["metrics"], headers=headers),
-            "logs": lambda meters: otel_logs.GrpcLogExporter(
-                endpoint=signal_endpoint["logs"], headers=headers, meter_provider=meters
-            ),
-        }
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
-
-    def url(signal: str) -> str | None:  # an explicit base endpoint gets the signal's path, as the spec says
-        base = signal_endpoint[signal]
-        return None if base is None else f"{base.rstrip('/')}/{_SIGNAL_PATHS[signal]}"
-
-    return {
-        "traces": lambda meters: HttpSpanExporter(endpoint=url("traces"), headers=headers, meter_provider=meters),
-        "metrics": lambda _: HttpMetricExporter(endpoint=url("metrics"), headers=headers),
-        "logs": lambda meters: otel_logs.HttpLogExporter(endpoint=url("logs"), headers=headers, meter_provider=meters),
-    }
-
-
-def _resource(service_name: str | None, extra: Mapping[str, Any] | None) -> Resource:
-    """``Resource.create`` reads ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME``; arguments win."""
-    attributes: dict[str, Any] = dict(extra or {})
-    if service_name:
-        attributes["service.name"] = service_name
-    elif not OTEL_SERVICE_NAME.read() and "service.name=" not in (OTEL_RESOURCE_ATTRIBUTES.read() or ""):
-        attributes.setdefault("service.name", DEFAULT_SERVICE_NAME)
-    return Resource.create(attributes)
-
-
 def standalone_exporter(
     store: TelemetryStore,
     *,
@@ -512,33 +481,38 @@ def standalone_exporter(
     with_metrics: bool = False,
     holder: str | None = None,
 ) -> tuple[StoreExporter, str, Any]:
-    """A :class:`StoreExporter` for ``sb-otel export``: the SDK's exporters chosen exactly as ``configure()``
-    chooses them (``OTEL_EXPORTER_OTLP_*``, else OTLP JSON files), the same resource and ``SB_OTEL_REDACT``.
+    """A :class:`StoreExporter` for ``sb-otel export`` (once, ``--follow``, the drainer a shell starts): the SDK's
+    exporters and resource as the store's destination says, whatever this process's environment holds (it is
+    adopted while the store has none recorded, as any process's); ``SB_OTEL_REDACT`` as for ``configure()``.
     ``holder``: the name the lease was already taken as (``sb-otel export``'s gate, before these imports); the
     exporter renews that lease at its first round and releases it at the end (default: a new holder name).
 
     Returns the exporter, where it sends (for people), and the meter provider carrying the backlog and drop
-    metrics (``None`` unless ``with_metrics``; the caller shuts it down).
+    metrics (``None`` unless ``with_metrics``; the caller shuts it down). A signal that is off gets ``None`` as
+    its exporter.
     """
     os.environ.setdefault(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED.env, "true")
-    factories, where = _exporters(list(_SIGNALS), None, None, None, None)
-    resource = _resource(None, None)
-    meter_provider = None
-    if with_metrics:
-        own = factories["metrics"](None)
-        readers = [PeriodicExportingMetricReader(own)] if own is not None else []
-        meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
-    kwargs: dict[str, Any] = {} if lease_ttl_s is None else {"lease_ttl_s": lease_ttl_s}
-    exporter = StoreExporter(
-        store,
-        factories["traces"](meter_provider),
-        factories["logs"](meter_provider),
-        resource=resource,
-        redact=SB_OTEL_REDACT.read(),
-        meter_provider=meter_provider,
-        metric_exporter=factories["metrics"](None),
-        holder=holder,
-        signals_off=_signals_off(),
-        **kwargs,
-    )
-    return exporter, where, meter_provider
+    destination = _store_destination(store)
+    store_path = _store_path(store)
+    factories = exporter_factories(destination, store_path)
+    resource = resource_of(destination)
+    with sdk_environment_hidden():
+        meter_provider = None
+        if with_metrics:
+            backlog = factories["metrics"](None)
+            readers = [] if backlog is None else [PeriodicExportingMetricReader(backlog)]
+            meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+        kwargs: dict[str, Any] = {} if lease_ttl_s is None else {"lease_ttl_s": lease_ttl_s}
+        exporter = StoreExporter(
+            store,
+            factories["traces"](meter_provider),
+            factories["logs"](meter_provider),
+            resource=resource,
+            redact=SB_OTEL_REDACT.read(),
+            meter_provider=meter_provider,
+            metric_exporter=factories["metrics"](None),
+            holder=holder,
+            signals_off=signals_off(destination),
+            **kwargs,
+        )
+    return exporter, destination.describe(store_path), meter_provider

@@ -39,12 +39,14 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags, set_span_in_context
 from opentelemetry.util.types import AttributeValue
 
 from sb_otel._telemetry import otel_logs as otel_logs
 from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.attributes import Redaction, event_attributes
+from sb_otel._telemetry.export_destination import fixed_span_limits
 from sb_otel._telemetry.root_span import SessionTelemetry, record_outcome, root_attributes, span_times, stored_redaction
 from sb_otel._telemetry.session_span import SessionSpanPlan, export_session_span
 from sb_otel._tracking.log_lines import ended_line, started_line
@@ -69,7 +71,9 @@ class RowRecords:
     def __init__(self, resource: Resource | None = None) -> None:
         resource = resource or Resource.create({})
         self._spans = InMemorySpanExporter()
-        tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        tracer_provider = TracerProvider(
+            sampler=ALWAYS_ON, resource=resource, span_limits=fixed_span_limits(), shutdown_on_exit=False
+        )
         tracer_provider.add_span_processor(SimpleSpanProcessor(self._spans))
         self._tracer = tracer_provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
         self._logs = otel_logs.InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]

@@ -52,10 +52,9 @@ def parse_traceparent(header: str | None) -> tuple[int, int, int] | None:
 def is_sampled(parent_flags: int | None, trace_id: int, environ: Mapping[str, str] | None = None) -> bool:
     """The SDK's decision for a span with this parent (``None``: a root), as ``OTEL_TRACES_SAMPLER`` configures it.
 
-    ``OTEL_SDK_DISABLED=true`` samples nothing: a disabled pipeline plans unsampled spans too."""
+    A shell's ``OTEL_SDK_DISABLED`` is not read: ``emit`` runs no SDK, and the variable is usually set for some
+    other tool; whether the store sends traces is the store's destination (``traces.exporter none``)."""
     env = os.environ if environ is None else environ
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return False
     name = env.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").lower()
     name = name if name in _SAMPLERS else "parentbased_always_on"  # the SDK warns and falls back the same way
     if name.startswith("parentbased_") and parent_flags is not None:

@@ -51,6 +51,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 from sb_otel._telemetry import export_outcome
 from sb_otel._telemetry import otel_logs as otel_logs
@@ -58,6 +59,7 @@ from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.attributes import Redaction
 from sb_otel._telemetry.drain_report import DrainReport as DrainReport  # re-exported: sb-otel export reads it
 from sb_otel._telemetry.drain_report import SignalReport as SignalReport
+from sb_otel._telemetry.export_destination import fixed_span_limits, resource_of, sdk_environment_hidden
 from sb_otel._telemetry.export_outcome import Outcome
 from sb_otel._telemetry.lease import LEASE_TTL_S, LeaseKeeper, LeaseLost, store_lock_path
 from sb_otel._telemetry.outbox import Outbox
@@ -66,6 +68,7 @@ from sb_otel._telemetry.root_span import SessionTelemetry, export_root_span, rec
 from sb_otel._telemetry.row_records import RowRecords
 from sb_otel._telemetry.store_metrics import StoreSessionMetrics
 from sb_otel._tracking import row_telemetry
+from sb_otel._tracking.destination import Destination
 from sb_otel._tracking.export_state import DROP_REASONS, TelemetryStore, new_holder
 from sb_otel._tracking.session_counts import SessionCountsStore
 from sb_otel._tracking.store import SessionRecord
@@ -163,10 +166,19 @@ class StoreExporter:
         self._redaction = Redaction.parse(redact)
         # Root spans are built through the SDK's own tracer (ids replayed from the plan, see session_span.py)
         # into an in-memory exporter, then sent with the others: a private provider, never the global one.
+        # Every setting explicit, and built with the SDK's variables out of sight (OTEL_SDK_DISABLED would make the
+        # tracer a no-op, OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT strip the attributes): the span is the store's, whichever
+        # process's environment exports it.
         self._built = InMemorySpanExporter()
-        provider = TracerProvider(resource=resource or Resource.create({}), shutdown_on_exit=False)
-        provider.add_span_processor(SimpleSpanProcessor(self._built))
-        self._tracer = provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
+        with sdk_environment_hidden():
+            provider = TracerProvider(
+                sampler=ALWAYS_ON,
+                resource=resource or resource_of(Destination()),
+                span_limits=fixed_span_limits(),
+                shutdown_on_exit=False,
+            )
+            provider.add_span_processor(SimpleSpanProcessor(self._built))
+            self._tracer = provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
         self._stop = threading.Event()
         self._building = threading.Lock()
         self._draining = threading.Lock()  # the thread and force_flush/stop in one process: one drain at a time
@@ -179,13 +191,15 @@ class StoreExporter:
         # The store-derived session series (sb.session.*): sent only from here, so only by the lease holder.
         self.session_metrics: StoreSessionMetrics | None = None
         if metric_exporter is not None and isinstance(store, SessionCountsStore):
-            self.session_metrics = StoreSessionMetrics(store, metric_exporter, resource)
+            with sdk_environment_hidden():  # its private meter provider reads OTEL_SDK_DISABLED too
+                self.session_metrics = StoreSessionMetrics(store, metric_exporter, resource)
         self.metric_exporter = metric_exporter
         self.metrics_interval_s = metrics_interval_s
         self._metrics_due = 0.0
         for exporter in (span_exporter, log_exporter, metric_exporter):
             export_outcome.watch(exporter)  # so a failure says why: refused, bad data, or retry
-        self._row_records = RowRecords(resource)
+        with sdk_environment_hidden():  # the row's records, like the root span, read no variable of this process
+            self._row_records = RowRecords(resource or resource_of(Destination()))
         self._lease = LeaseKeeper(store, self.holder, lease_ttl_s, lock_file=store_lock_path(store))
 
     # -- the lease ----------------------------------------------------------------------------------------

@@ -29,6 +29,16 @@ from typing import Any, cast
 
 from sb_otel._exceptions import ConfigError, StoreError
 from sb_otel._settings import SB_OTEL_STORE_SYNC
+from sb_otel._tracking.destination import EXPORT_KEYS
+from sb_otel._tracking.destination_store import (
+    DESTINATION_MIGRATION,
+    KEPT_NOTES,
+    KEPT_OVERRIDES,
+    DestinationState,
+    Disagreement,
+    ExportOverride,
+    RecordedSetting,
+)
 from sb_otel._tracking.export_state import (
     DROP_REASONS,
     EXPORTER_LEASE,
@@ -98,6 +108,7 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     TELEMETRY_MIGRATION,  # pending root spans, the outbox, the exporter lease (sb_otel/_tracking/export_state.py)
     COUNTS_MIGRATION,  # session counts kept by triggers (sb_otel/_tracking/session_counts.py)
     EXACT_LENGTHS_MIGRATION,
+    DESTINATION_MIGRATION,  # where the store's telemetry goes (sb_otel/_tracking/destination.py)
     LEASE_MIGRATION,  # the lease's heartbeat and fencing token (sb_otel/_tracking/export_state.py)
     LIVE_MIGRATION,  # records owed by sessions built from their row (sb_otel/_tracking/row_telemetry.py)
     SIGNAL_STATE_MIGRATION,  # refused signals, a set-aside outbox (sb_otel/_tracking/export_state.py)
@@ -762,6 +773,97 @@ def _lease_values(lease: Lease) -> tuple[Any, ...]:
         int(lease.released),
         lease.lock_file,
     )
+
+    # -- DestinationStore (sb_otel/_tracking/destination.py) --------------------------------------------------
+
+    def destination_state(self) -> DestinationState:
+        try:
+            with self._lock, _translated(self.path):
+                recorded = self._db.execute("SELECT key, value, source, set_at FROM export_destination").fetchall()
+                notes = self._db.execute(
+                    "SELECT seen_at, process, pid, host, settings, digest "
+                    "FROM export_destination_notes ORDER BY id DESC"
+                ).fetchall()
+                overrides = self._db.execute(
+                    "SELECT holder, process, pid, host, settings, since FROM export_overrides ORDER BY since DESC"
+                ).fetchall()
+        except StoreError:
+            if self.read_only and DESTINATION_MIGRATION[0] not in self.applied_migrations():
+                return DestinationState()  # an older file, opened read-only (not migrated): nothing recorded
+            raise
+        return DestinationState(
+            {key: RecordedSetting(key, value, source, set_at) for key, value, source, set_at in recorded},
+            [
+                Disagreement(at, process, pid, host, json.loads(shown), digest)
+                for at, process, pid, host, shown, digest in notes
+            ],
+            [
+                ExportOverride(holder, process, pid, host, json.loads(shown), since)
+                for holder, process, pid, host, shown, since in overrides
+            ],
+        )
+
+    def record_destination(
+        self, values: Mapping[str, str | None], source: str, now: float, *, if_unset: bool = False
+    ) -> bool:
+        with self._write() as db:
+            if if_unset:
+                marks = ", ".join("?" * len(EXPORT_KEYS))
+                if db.execute(f"SELECT 1 FROM export_destination WHERE key IN ({marks})", EXPORT_KEYS).fetchone():
+                    return False
+            for key, value in values.items():
+                if value is None:
+                    db.execute("DELETE FROM export_destination WHERE key = ?", (key,))
+                else:
+                    db.execute(
+                        "INSERT INTO export_destination (key, value, source, set_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value, source = excluded.source, "
+                        "set_at = excluded.set_at",
+                        (key, value, source, now),
+                    )
+        return True
+
+    def reset_destination(self) -> None:
+        with self._write() as db:
+            for table in ("export_destination", "export_destination_notes"):  # a live host's override stays
+                db.execute(f"DELETE FROM {table}")
+
+    def note_disagreement(self, note: Disagreement) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO export_destination_notes (seen_at, process, pid, host, settings, digest) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (note.seen_at, note.process, note.pid, note.host, _json(note.settings), note.digest),
+            )
+            db.execute(
+                "DELETE FROM export_destination_notes WHERE id <= (SELECT max(id) FROM export_destination_notes) - ?",
+                (KEPT_NOTES,),
+            )
+
+    def record_override(self, override: ExportOverride) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO export_overrides (holder, process, pid, host, settings, since) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (holder) DO UPDATE SET process = excluded.process, pid = excluded.pid, "
+                "host = excluded.host, settings = excluded.settings, since = excluded.since",
+                (
+                    override.holder,
+                    override.process,
+                    override.pid,
+                    override.host,
+                    _json(override.settings),
+                    override.since,
+                ),
+            )
+            db.execute(
+                "DELETE FROM export_overrides WHERE holder NOT IN "
+                "(SELECT holder FROM export_overrides ORDER BY since DESC LIMIT ?)",
+                (KEPT_OVERRIDES,),
+            )
+
+    def clear_override(self, holder: str) -> None:
+        with self._lock, _translated(self.path):
+            self._db.execute("DELETE FROM export_overrides WHERE holder = ?", (holder,))
 
 
 _OUTBOX_INSERT = "INSERT INTO telemetry_outbox (signal, created_at, payload) VALUES "

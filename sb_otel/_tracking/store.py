@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from sb_otel._tracking.destination_store import InMemoryDestination
 from sb_otel._tracking.export_state import InMemoryExportState
 from sb_otel._tracking.identity import numbered_session_id, session_id_base
 from sb_otel._tracking.row_telemetry import InMemoryRowTelemetry, built_from_row
@@ -254,7 +255,7 @@ class SessionClaims(Protocol):
         ...
 
 
-class InMemorySessionStore(InMemoryExportState, InMemoryRowTelemetry):
+class InMemorySessionStore(InMemoryExportState, InMemoryRowTelemetry, InMemoryDestination):
     """A process-local store for tests and ``SB_OTEL_STORE=memory``: same semantics, no durability."""
 
     def __init__(self) -> None:

@@ -115,14 +115,15 @@ def test_an_endpoint_without_scheme_still_delivers(tmp_path: Path) -> None:
     assert receiver.request_count("traces", "http") >= 1
 
 
-def test_doctor_warns_about_an_endpoint_without_scheme_with_the_fix(tmp_path: Path) -> None:
-    """doctor: the endpoint answers, and the advice is to write the scheme."""
+def test_doctor_checks_an_endpoint_without_scheme_as_http(tmp_path: Path) -> None:
+    """doctor: an endpoint variable without a scheme is taken (and would be adopted) as http://, and answers."""
     with OtlpReceiver() as receiver:
         endpoint = f"127.0.0.1:{receiver.http_port}"
         result = sb_otel("doctor", tmp_path=tmp_path, **otlp(endpoint))
     assert "Traceback" not in result.stderr
-    assert re.search(rf"^warn\s+telemetry: OTLP http/protobuf → http://{endpoint} is reachable", result.stdout, re.M)
-    assert f"write the scheme: OTEL_EXPORTER_OTLP_ENDPOINT=http://{endpoint}" in result.stdout
+    assert re.search(
+        rf"^ok\s+destination: OTLP http/protobuf → http://{endpoint}; from this shell's", result.stdout, re.M
+    )
 
 
 def test_an_unknown_protocol_never_stops_tracking(tmp_path: Path) -> None:
@@ -141,7 +142,7 @@ def test_an_unknown_protocol_never_stops_tracking(tmp_path: Path) -> None:
         assert demo.returncode == 0, demo.stderr
         warnings = [line for line in demo.stderr.splitlines() if "carrier-pigeon" in line]
         assert len(warnings) == 1, demo.stderr
-        assert "OTEL_EXPORTER_OTLP_PROTOCOL='carrier-pigeon' is not 'grpc' or 'http/protobuf'" in warnings[0]
+        assert "OTEL_EXPORTER_OTLP_PROTOCOL='carrier-pigeon': protocol must be 'grpc' or 'http/protobuf'" in warnings[0]
         receiver.wait_for(a_whole_session, message="one session's three spans")
     assert receiver.request_count("traces", "http") >= 1
 
