@@ -752,28 +752,6 @@ class SqliteSessionStore:
             ).fetchone()
         return _lease(row)
 
-
-_LEASE_COLUMNS = "holder, expires_at, heartbeat, fencing, ttl_s, released, lock_file"
-
-
-def _lease(row: tuple[Any, ...] | None) -> Lease | None:
-    if row is None:
-        return None
-    holder, expires_at, heartbeat, fencing, ttl_s, released, lock_file = row
-    return Lease(holder, expires_at, heartbeat, fencing, ttl_s, bool(released), lock_file)
-
-
-def _lease_values(lease: Lease) -> tuple[Any, ...]:
-    return (
-        lease.holder,
-        lease.expires_at,
-        lease.heartbeat,
-        lease.fencing,
-        lease.ttl_s,
-        int(lease.released),
-        lease.lock_file,
-    )
-
     # -- DestinationStore (sb_otel/_tracking/destination.py) --------------------------------------------------
 
     def destination_state(self) -> DestinationState:
@@ -864,6 +842,28 @@ def _lease_values(lease: Lease) -> tuple[Any, ...]:
     def clear_override(self, holder: str) -> None:
         with self._lock, _translated(self.path):
             self._db.execute("DELETE FROM export_overrides WHERE holder = ?", (holder,))
+
+
+_LEASE_COLUMNS = "holder, expires_at, heartbeat, fencing, ttl_s, released, lock_file"
+
+
+def _lease(row: tuple[Any, ...] | None) -> Lease | None:
+    if row is None:
+        return None
+    holder, expires_at, heartbeat, fencing, ttl_s, released, lock_file = row
+    return Lease(holder, expires_at, heartbeat, fencing, ttl_s, bool(released), lock_file)
+
+
+def _lease_values(lease: Lease) -> tuple[Any, ...]:
+    return (
+        lease.holder,
+        lease.expires_at,
+        lease.heartbeat,
+        lease.fencing,
+        lease.ttl_s,
+        int(lease.released),
+        lease.lock_file,
+    )
 
 
 _OUTBOX_INSERT = "INSERT INTO telemetry_outbox (signal, created_at, payload) VALUES "
