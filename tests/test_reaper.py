@@ -21,6 +21,7 @@ from tests.conftest import AgreeingManager, start_payload
 HOST = "server01"
 STARTED = datetime(2026, 2, 6, 12, 34, 56, 789000, tzinfo=timezone.utc)
 SOON = STARTED + timedelta(hours=1)
+LAST_SEEN = STARTED + timedelta(minutes=30)
 
 
 @pytest.fixture
@@ -46,8 +47,11 @@ async def start(tracker: InstrumentedSessionTracker, **overrides: Any) -> str:
 async def test_dead_pid_on_this_host_ends_as_abnormal_with_error_span_and_metrics(
     tracker: InstrumentedSessionTracker, telemetry: CapturedTelemetry
 ) -> None:
-    """A session whose shell process is gone gets its root span (ERROR, error.type=abandoned) and end metrics."""
-    session_id = await start(tracker, pid=dead_pid())
+    """A session whose shell process is gone gets its root span (ERROR, error.type=abandoned) and end metrics,
+    ending when a pass last saw its process alive (half an hour in), not when it was found gone (an hour in)."""
+    pid = dead_pid()
+    session_id = await start(tracker, pid=pid)
+    assert reap(tracker, now=LAST_SEEN, hostname=HOST, is_alive=lambda _: True) == []
     reaped = reap(tracker, now=SOON, hostname=HOST)
     assert [(r.record.session_id, r.reason, r.record.status) for r in reaped] == [
         (session_id, "process_gone", "abnormal")
@@ -63,7 +67,7 @@ async def test_dead_pid_on_this_host_ends_as_abnormal_with_error_span_and_metric
     assert dict(span.attributes or {}).items() >= expected.items()
     assert span.end_time is not None
     assert span.start_time is not None
-    assert (span.end_time - span.start_time) / 1e9 == pytest.approx(3600, abs=0.001)
+    assert (span.end_time - span.start_time) / 1e9 == pytest.approx(1800, abs=0.001)
     component = {"sb.component.name": "mahavishnu"}
     assert telemetry.metric_value("sb.session.ended", {**component, "sb.session.status": "abnormal"}) == 1
     assert telemetry.metric_value("sb.session.active", component) == 0
@@ -72,7 +76,7 @@ async def test_dead_pid_on_this_host_ends_as_abnormal_with_error_span_and_metric
     stored = tracker.store.get(session_id)
     assert stored is not None
     assert stored.status == "abnormal"
-    assert stored.ended_at == SOON
+    assert stored.ended_at == LAST_SEEN
 
 
 async def test_live_pid_on_this_host_is_left_open(tracker: InstrumentedSessionTracker) -> None:
@@ -162,16 +166,17 @@ async def test_two_reapers_racing_end_a_session_once(tmp_path: Path, telemetry: 
     first = instrument(SessionTracker(AgreeingManager(), store=first_store), **telemetry.providers)
     session_id = await start(first, pid=dead_pid())
     second_store = SqliteSessionStore(path)
-    stale = second_store.list_sessions(status="open")  # the second reaper read this before the first one wrote
+    stale = second_store.open_sessions(after=None, limit=10)  # the second reaper read this before the first wrote
+    assert [session.session_id for session in stale] == [session_id]
 
     class StaleListing:
-        """The second process's store, whose listing was taken before the first reaper finished the session."""
+        """The second process's store, whose page was read before the first reaper finished the session."""
 
         def __getattr__(self, name: str) -> Any:
             return getattr(second_store, name)
 
-        def list_sessions(self, **_: Any) -> list[Any]:
-            return stale
+        def open_sessions(self, *, after: Any, limit: int) -> list[Any]:
+            return stale if after is None else []
 
     assert [r.record.session_id for r in reap(first, now=SOON, hostname=HOST)] == [session_id]
     second = instrument(SessionTracker(AgreeingManager(), store=second_store), **telemetry.providers)
