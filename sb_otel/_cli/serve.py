@@ -150,6 +150,9 @@ def serve(
                 click.echo(line, err=True)
 
         tracker = telemetry.instrument(SessionTracker(SessionLifecycleManager(), store=store))
+        exporter = telemetry.store_exporter
+        if exporter is not None:  # the lease holder reaps, on the exporter's thread: at once, then every interval
+            exporter.schedule_reaping(None if interval is None else interval.total_seconds())
         try:
             asyncio.run(
                 serve_mcp(
@@ -164,7 +167,7 @@ def serve(
                     telemetry=telemetry.destination,
                     allow_unauthenticated=allow,
                     listener=listener,
-                    reaper=index == 0,
+                    reaper=exporter is None and index == 0,  # no exporter (telemetry off): a worker thread reaps
                 )
             )
         except KeyboardInterrupt:

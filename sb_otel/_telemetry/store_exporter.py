@@ -22,6 +22,12 @@ Each round:
    oldest first, and counted.
 
 Drops and the backlog are the ``sb.telemetry.outbox.*`` metrics and a ``sb-otel doctor`` line.
+
+**Reaping.** A following exporter (:meth:`StoreExporter.follow`: ``sb-otel export --follow``, the thread of
+``serve`` and of ``configure()`` hosts) also reaps, on the schedule :meth:`StoreExporter.schedule_reaping` sets,
+while it holds the lease: so a store with an exporter has a reaper, and only one. The pass runs here, off any
+event loop, in pages of a few hundred sessions (:mod:`sb_otel._tracking.reaping`), renewing the lease between
+pages; reaped sessions' root spans are pending in the store, and go out with the next round.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
@@ -42,6 +49,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from sb_otel._exceptions import ConfigError
 from sb_otel._telemetry import otel_logs as otel_logs
 from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.attributes import Redaction
@@ -50,8 +58,9 @@ from sb_otel._telemetry.outbox_codec import LOGS, SPANS, decode_log, decode_span
 from sb_otel._telemetry.root_span import SessionTelemetry, export_root_span, record_outcome, stored_redaction
 from sb_otel._telemetry.store_metrics import StoreSessionMetrics
 from sb_otel._tracking.export_state import TelemetryStore, holder_gone, new_holder
+from sb_otel._tracking.reaping import ReapedSession, log_reaped, reap_interval_setting, reap_pages, session_ttl
 from sb_otel._tracking.session_counts import SessionCountsStore
-from sb_otel._tracking.store import SessionRecord
+from sb_otel._tracking.store import SessionRecord, SessionStore
 from sb_otel._version import __version__
 
 LEASE_TTL_S = 15.0
@@ -94,6 +103,10 @@ _T = TypeVar("_T")
 
 class LeaseLost(Exception):
     """Another process took the lease (ours expired): stop exporting at once."""
+
+
+class _Stopping(Exception):
+    """:meth:`StoreExporter.stop` was called during a reaper pass: the pass ends after its current page."""
 
 
 @dataclass
@@ -168,6 +181,12 @@ class StoreExporter:
         self.metric_exporter = metric_exporter
         self.metrics_interval_s = metrics_interval_s
         self._metrics_due = 0.0
+        self.reap_interval_s: float | None = None
+        """Seconds between reaper passes while following (``None``: this exporter does not reap)."""
+        self.reap_ttl = timedelta(hours=24)
+        self.on_reaped: Callable[[ReapedSession], None] | None = None
+        """Called for each session this exporter reaped (an instrumented tracker's end telemetry)."""
+        self._reap_due = 0.0
 
     # -- the lease ----------------------------------------------------------------------------------------
 
@@ -377,6 +396,58 @@ class StoreExporter:
             return False
         return getattr(result, "name", None) == SpanExportResult.SUCCESS.name
 
+    # -- reaping -----------------------------------------------------------------------------------------
+
+    def schedule_reaping(self, interval_s: float | None = None, *, first_now: bool = True) -> None:
+        """Reap abandoned sessions every ``interval_s`` (default ``SB_OTEL_REAP_INTERVAL``, else 5 minutes) while
+        :meth:`follow` holds the lease: the first pass at once (``first_now``, for a store nobody reaped while
+        this process was down), or one interval from now (a ``configure()`` host: a short script never reaps).
+        The TTL is ``SB_OTEL_SESSION_TTL``. A bad setting warns and keeps the default: it must not stop export."""
+        if interval_s is None:
+            try:
+                interval_s = reap_interval_setting().total_seconds()
+            except ConfigError as error:
+                _log.warning("sb-otel: %s; reaping every 5 minutes", error)
+                interval_s = 300.0
+        try:
+            self.reap_ttl = session_ttl()
+        except ConfigError as error:
+            _log.warning("sb-otel: %s; sessions open for 24 h count as abandoned", error)
+        self.reap_interval_s = interval_s
+        self._reap_due = time.monotonic() + (0.0 if first_now else interval_s)
+
+    def _reap_round(self) -> int:
+        """A reaper pass when one is due; how many sessions it ended. Runs on the exporter's thread, in pages
+        (:func:`~sb_otel._tracking.reaping.reap_pages`), renewing the lease between them: a holder that lost it
+        (raises :class:`LeaseLost`) or is stopping ends the pass; the pages already done stay done."""
+        if self.reap_interval_s is None or time.monotonic() < self._reap_due:
+            return 0
+        if not isinstance(self.store, SessionStore):
+            return 0
+        reaped = 0
+        try:
+            for batch in reap_pages(self.store, ttl=self.reap_ttl, between_pages=self._between_reap_pages):
+                reaped += len(batch.reaped)
+                log_reaped(batch.reaped)
+                hook = self.on_reaped
+                if hook is None:
+                    continue
+                for item in batch.reaped:
+                    try:
+                        hook(item)
+                    except Exception:
+                        _log.warning("sb-otel telemetry for reaped session %s failed", item.record.session_id)
+        except _Stopping:
+            pass
+        finally:
+            self._reap_due = time.monotonic() + self.reap_interval_s
+        return reaped
+
+    def _between_reap_pages(self) -> None:
+        if self._stop.is_set():
+            raise _Stopping
+        self._renew()
+
     # -- the background thread ----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -394,6 +465,13 @@ class StoreExporter:
             except Exception:
                 _log.warning("sb-otel exporter round failed", exc_info=True)
                 report = DrainReport(failed=True)
+            if report.lease_held:
+                try:
+                    self._reap_round()
+                except LeaseLost:
+                    _log.warning("sb-otel exporter %s lost its lease during a reaper pass", self.holder)
+                except Exception:
+                    _log.warning("sb-otel reaper pass failed", exc_info=True)
             if report.failed:
                 self._backoff = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, self._backoff * 2))
             else:
