@@ -44,7 +44,7 @@ def reap_command(ttl: str | None, dry_run: bool, as_json: bool, store_location: 
             from sb_otel._tracking.lifecycle import SessionLifecycleManager
             from sb_otel._tracking.tracker import SessionTracker
 
-            telemetry = configure(set_global=False)
+            telemetry = configure(set_global=False, store=store)
             if telemetry.store_exporter is not None:
                 telemetry.store_exporter.reap_interval_s = None  # this command is the reaper here
             tracker = telemetry.instrument(SessionTracker(SessionLifecycleManager(), store=store))

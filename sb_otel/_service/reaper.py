@@ -25,6 +25,7 @@ from collections.abc import Callable, Collection, Iterator
 from datetime import datetime, timedelta
 
 from sb_otel._telemetry.instrumentation import InstrumentedSessionTracker
+from sb_otel._telemetry.outbox import one_write_per_call
 from sb_otel._tracking.reaping import (
     DEFAULT_TTL,
     REAP_BATCH,
@@ -128,13 +129,17 @@ def reap_iter(
     )
     for batch in pages:
         if not dry_run:
-            log_reaped(batch.reaped)
-            if tracker is not None:
-                for item in batch.reaped:
-                    try:
-                        tracker.finish_session_telemetry(item.record, abandoned_outcome(item.reason))
-                    except Exception:
-                        _log.warning(
-                            "sb-otel telemetry for reaped session %s failed", item.record.session_id, exc_info=True
-                        )
+            with one_write_per_call():  # the batch's log records (the lines are bridged too): one outbox write
+                log_reaped(batch.reaped)
+                if tracker is not None:
+                    _finish_telemetry(tracker, batch.reaped)
         yield batch
+
+
+def _finish_telemetry(tracker: InstrumentedSessionTracker, reaped: list[ReapedSession]) -> None:
+    """The span, metrics and log event of each reaped session; one failing does not stop the others."""
+    for item in reaped:
+        try:
+            tracker.finish_session_telemetry(item.record, abandoned_outcome(item.reason))
+        except Exception:
+            _log.warning("sb-otel telemetry for reaped session %s failed", item.record.session_id, exc_info=True)

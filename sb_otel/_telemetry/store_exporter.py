@@ -53,7 +53,7 @@ from sb_otel._exceptions import ConfigError
 from sb_otel._telemetry import otel_logs as otel_logs
 from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.attributes import Redaction
-from sb_otel._telemetry.outbox import Outbox
+from sb_otel._telemetry.outbox import Outbox, one_write_per_call
 from sb_otel._telemetry.outbox_codec import LOGS, SPANS, decode_log, decode_span
 from sb_otel._telemetry.root_span import SessionTelemetry, export_root_span, record_outcome, stored_redaction
 from sb_otel._telemetry.store_metrics import StoreSessionMetrics
@@ -428,20 +428,24 @@ class StoreExporter:
         try:
             for batch in reap_pages(self.store, ttl=self.reap_ttl, between_pages=self._between_reap_pages):
                 reaped += len(batch.reaped)
-                log_reaped(batch.reaped)
-                hook = self.on_reaped
-                if hook is None:
-                    continue
-                for item in batch.reaped:
-                    try:
-                        hook(item)
-                    except Exception:
-                        _log.warning("sb-otel telemetry for reaped session %s failed", item.record.session_id)
+                with one_write_per_call():  # the page's log records: one outbox write
+                    log_reaped(batch.reaped)
+                    self._reaped_telemetry(batch.reaped)
         except _Stopping:
             pass
         finally:
             self._reap_due = time.monotonic() + self.reap_interval_s
         return reaped
+
+    def _reaped_telemetry(self, reaped: Sequence[ReapedSession]) -> None:
+        hook = self.on_reaped
+        if hook is None:
+            return
+        for item in reaped:
+            try:
+                hook(item)
+            except Exception:
+                _log.warning("sb-otel telemetry for reaped session %s failed", item.record.session_id)
 
     def _between_reap_pages(self) -> None:
         if self._stop.is_set():
