@@ -51,17 +51,10 @@ from sb_otel._settings import (
 )
 from sb_otel._telemetry import otel_logs as otel_logs
 from sb_otel._telemetry.instrumentation import InstrumentedSessionTracker, instrument
-from sb_otel._telemetry.outbox import (
-    Outbox,
-    OutboxLogRecordProcessor,
-    OutboxSpanProcessor,
-    mark_store_pipeline,
-    same_store,
-)
+from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSpanProcessor, mark_store_pipeline
 from sb_otel._telemetry.store_exporter import METRICS_INTERVAL_S, StoreExporter, series_interval_s
 from sb_otel._telemetry.store_metrics import mark_store_counted
 from sb_otel._tracking.export_state import TelemetryStore
-from sb_otel._tracking.reaping import abandoned_outcome
 from sb_otel._tracking.store import SessionStore
 from sb_otel._tracking.store_factory import open_store
 
@@ -121,19 +114,13 @@ class Telemetry:
     def instrument(self, tracker: Any, **kwargs: Any) -> InstrumentedSessionTracker:
         """:func:`sb_otel.instrument` with these providers (and this redaction unless given)."""
         kwargs.setdefault("redact", self.redact)
-        instrumented = instrument(
+        return instrument(
             tracker,
             tracer_provider=self.tracer_provider,
             meter_provider=self.meter_provider,
             logger_provider=self.logger_provider,
             **kwargs,
         )
-        if self.store_exporter is not None and same_store(instrumented.store, self.store_exporter.store):
-            # Sessions this process's exporter reaps get the tracker's end telemetry (their log event).
-            self.store_exporter.on_reaped = lambda reaped: instrumented.finish_session_telemetry(
-                reaped.record, abandoned_outcome(reaped.reason)
-            )
-        return instrumented
 
     def force_flush(self, timeout_millis: int = 5_000) -> None:
         """Push out what the processors hold and what waits in the store (bounded by ``timeout_millis`` each)."""

@@ -53,12 +53,12 @@ from sb_otel._exceptions import ConfigError
 from sb_otel._telemetry import otel_logs as otel_logs
 from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.attributes import Redaction
-from sb_otel._telemetry.outbox import Outbox, one_write_per_call
+from sb_otel._telemetry.outbox import Outbox
 from sb_otel._telemetry.outbox_codec import LOGS, SPANS, decode_log, decode_span
 from sb_otel._telemetry.root_span import SessionTelemetry, export_root_span, record_outcome, stored_redaction
 from sb_otel._telemetry.store_metrics import StoreSessionMetrics
 from sb_otel._tracking.export_state import TelemetryStore, holder_gone, new_holder
-from sb_otel._tracking.reaping import ReapedSession, log_reaped, reap_interval_setting, reap_pages, session_ttl
+from sb_otel._tracking.reaping import reap_interval_setting, reap_pages, session_ttl
 from sb_otel._tracking.session_counts import SessionCountsStore
 from sb_otel._tracking.store import SessionRecord, SessionStore
 from sb_otel._version import __version__
@@ -184,9 +184,8 @@ class StoreExporter:
         self.reap_interval_s: float | None = None
         """Seconds between reaper passes while following (``None``: this exporter does not reap)."""
         self.reap_ttl = timedelta(hours=24)
-        self.on_reaped: Callable[[ReapedSession], None] | None = None
-        """Called for each session this exporter reaped (an instrumented tracker's end telemetry)."""
         self._reap_due = 0.0
+        self._page_began = 0.0
 
     # -- the lease ----------------------------------------------------------------------------------------
 
@@ -419,38 +418,39 @@ class StoreExporter:
     def _reap_round(self) -> int:
         """A reaper pass when one is due; how many sessions it ended. Runs on the exporter's thread, in pages
         (:func:`~sb_otel._tracking.reaping.reap_pages`), renewing the lease between them: a holder that lost it
-        (raises :class:`LeaseLost`) or is stopping ends the pass; the pages already done stay done."""
+        (raises :class:`LeaseLost`) or is stopping ends the pass; the pages already done stay done.
+
+        The pass builds no telemetry itself (a reaped session's root span is pending in the store, its counts
+        are the store's) and pauses between pages as long as the page took: in ``serve`` it shares the
+        interpreter with the MCP event loop, which must keep answering while 20,000 sessions are reaped."""
         if self.reap_interval_s is None or time.monotonic() < self._reap_due:
             return 0
         if not isinstance(self.store, SessionStore):
             return 0
         reaped = 0
+        self._page_began = time.monotonic()
         try:
             for batch in reap_pages(self.store, ttl=self.reap_ttl, between_pages=self._between_reap_pages):
                 reaped += len(batch.reaped)
-                with one_write_per_call():  # the page's log records: one outbox write
-                    log_reaped(batch.reaped)
-                    self._reaped_telemetry(batch.reaped)
+                if batch.reaped:
+                    _log.warning(
+                        "sb-otel reaped %d abandoned session(s): %s",
+                        len(batch.reaped),
+                        ", ".join(f"{item.record.session_id} ({item.reason})" for item in batch.reaped[:5])
+                        + (", …" if len(batch.reaped) > 5 else ""),
+                    )
         except _Stopping:
             pass
         finally:
             self._reap_due = time.monotonic() + self.reap_interval_s
         return reaped
 
-    def _reaped_telemetry(self, reaped: Sequence[ReapedSession]) -> None:
-        hook = self.on_reaped
-        if hook is None:
-            return
-        for item in reaped:
-            try:
-                hook(item)
-            except Exception:
-                _log.warning("sb-otel telemetry for reaped session %s failed", item.record.session_id)
-
     def _between_reap_pages(self) -> None:
-        if self._stop.is_set():
+        """Pause as long as the last page took (the pass takes at most half of this thread's time), then renew."""
+        if self._stop.wait(time.monotonic() - self._page_began):
             raise _Stopping
         self._renew()
+        self._page_began = time.monotonic()
 
     # -- the background thread ----------------------------------------------------------------------------
 

@@ -42,8 +42,9 @@ from sb_otel._tracking.store import (
 
 DEFAULT_TTL = timedelta(hours=24)
 DEFAULT_REAP_INTERVAL = timedelta(minutes=5)
-REAP_BATCH = 500
-"""Open sessions per page, and so per transaction: each one holds SQLite's write lock for milliseconds only."""
+REAP_BATCH = 100
+"""Open sessions per page, and so per transaction: ending 100 holds the store (and SQLite's write lock) for ~10 ms,
+so a ``health_check`` or a shell's start never waits long behind a pass."""
 END_CLAIM_GRACE = timedelta(minutes=5)
 """A session whose end was claimed this recently is being ended for real right now: the reaper leaves it."""
 ReapReason = Literal["ttl_expired", "process_gone"]
@@ -169,15 +170,7 @@ def reap_pages(
         for session in page:
             if only is not None and session.session_id not in only:
                 continue
-            local = same_host(session.hostname, host)
-            if local and session.pid not in alive:
-                alive[session.pid] = is_alive(session.pid)
-            running = local and alive[session.pid]
-            reason: ReapReason | None = None
-            if moment - session.started_at > ttl:
-                reason = "ttl_expired"
-            elif local and not running:
-                reason = "process_gone"
+            running, reason = _verdict(session, moment, ttl, host, alive, is_alive)
             if reason is None:
                 if running:
                     seen.append(session.session_id)
@@ -198,6 +191,50 @@ def reap_pages(
         for record in _finish(store, [(session_id, ending) for session_id, ending, _ in endings], moment):
             batch.reaped.append(ReapedSession(record, reasons[record.session_id]))
         yield batch
+
+
+def count_abandoned(
+    store: ReapableStore,
+    *,
+    ttl: timedelta,
+    hostname: str | None = None,
+    is_alive: Callable[[int], bool] = pid_alive,
+    most: int = 10_000,
+) -> tuple[int, int]:
+    """How many of the (at most ``most``) oldest open sessions a reaper pass would end now, and how many it
+    looked at; reads pages only, changes nothing (for ``sb-otel doctor``)."""
+    moment = datetime.now(timezone.utc)
+    host = hostname or this_host()
+    alive: dict[int, bool] = {}
+    looked = abandoned = 0
+    for page in _pages(store, REAP_BATCH):
+        for session in page[: most - looked]:
+            abandoned += _verdict(session, moment, ttl, host, alive, is_alive)[1] is not None
+        looked += min(len(page), most - looked)
+        if looked >= most:
+            break
+    return abandoned, looked
+
+
+def _verdict(
+    session: OpenSession,
+    moment: datetime,
+    ttl: timedelta,
+    host: str,
+    alive: dict[int, bool],
+    is_alive: Callable[[int], bool],
+) -> tuple[bool, ReapReason | None]:
+    """Whether the session's process was seen running (on this host), and why it is abandoned (``None``: it
+    is not). ``alive`` caches the pid checks of one pass."""
+    local = same_host(session.hostname, host)
+    if local and session.pid not in alive:
+        alive[session.pid] = is_alive(session.pid)
+    running = local and alive[session.pid]
+    if moment - session.started_at > ttl:
+        return running, "ttl_expired"
+    if local and not running:
+        return running, "process_gone"
+    return running, None
 
 
 def _pages(store: ReapableStore, batch_size: int) -> Iterator[list[OpenSession]]:
