@@ -58,7 +58,7 @@ from sb_otel._telemetry.outbox_codec import LOGS, SPANS, decode_log, decode_span
 from sb_otel._telemetry.root_span import SessionTelemetry, export_root_span, record_outcome, stored_redaction
 from sb_otel._telemetry.store_metrics import StoreSessionMetrics
 from sb_otel._tracking.export_state import TelemetryStore, holder_gone, new_holder
-from sb_otel._tracking.reaping import reap_interval_setting, reap_pages, session_ttl
+from sb_otel._tracking.reaping import REAP_BATCH, reap_interval_setting, reap_pages, session_ttl
 from sb_otel._tracking.session_counts import SessionCountsStore
 from sb_otel._tracking.store import SessionRecord, SessionStore
 from sb_otel._version import __version__
@@ -184,6 +184,8 @@ class StoreExporter:
         self.reap_interval_s: float | None = None
         """Seconds between reaper passes while following (``None``: this exporter does not reap)."""
         self.reap_ttl = timedelta(hours=24)
+        self.reap_batch = REAP_BATCH
+        """Open sessions per page (and per transaction) of a reaper pass."""
         self._reap_due = 0.0
         self._page_began = 0.0
 
@@ -430,7 +432,10 @@ class StoreExporter:
         reaped = 0
         self._page_began = time.monotonic()
         try:
-            for batch in reap_pages(self.store, ttl=self.reap_ttl, between_pages=self._between_reap_pages):
+            pages = reap_pages(
+                self.store, ttl=self.reap_ttl, batch_size=self.reap_batch, between_pages=self._between_reap_pages
+            )
+            for batch in pages:
                 reaped += len(batch.reaped)
                 if batch.reaped:
                     _log.warning(
