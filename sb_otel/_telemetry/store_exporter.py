@@ -26,8 +26,8 @@ Drops and the backlog are the ``sb.telemetry.outbox.*`` metrics and a ``sb-otel 
 **Reaping.** A following exporter (:meth:`StoreExporter.follow`: ``sb-otel export --follow``, the thread of
 ``serve`` and of ``configure()`` hosts) also reaps, on the schedule :meth:`StoreExporter.schedule_reaping` sets,
 while it holds the lease: so a store with an exporter has a reaper, and only one. The pass runs here, off any
-event loop, in pages of a few hundred sessions (:mod:`sb_otel._tracking.reaping`), renewing the lease between
-pages; reaped sessions' root spans are pending in the store, and go out with the next round.
+event loop, in pages of 100 sessions (:mod:`sb_otel._tracking.reaping`), renewing the lease between pages;
+reaped sessions' root spans are pending in the store, and go out with the next round.
 """
 
 from __future__ import annotations
