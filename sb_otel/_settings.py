@@ -97,7 +97,8 @@ SB_OTEL_SESSION_TTL = Setting(
 SB_OTEL_REAP_INTERVAL = Setting(
     env="SB_OTEL_REAP_INTERVAL",
     default="`5m`",
-    description="How often `sb-otel serve` looks for abandoned sessions (it also does at start-up).",
+    description="How often the store's exporter (the lease holder: `sb-otel export --follow`, `sb-otel serve`, a "
+    "`configure()` host) reaps abandoned sessions; `serve` and `export --follow` also at start-up.",
 )
 SB_OTEL_SECRET = Setting(
     env="SB_OTEL_SECRET",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import socket
 import subprocess
@@ -215,6 +216,23 @@ def test_reap_ends_dead_shells_and_dry_run_does_not() -> None:
     assert data(run("show", alive["session_id"], "--json"))["status"] == "open"
     assert data(run("reap", "--ttl", "1s", "--json", "--dry-run")) == []  # nothing is older than a second yet…
     assert run("reap", "--ttl", "soon").exit_code == 1
+
+
+def test_doctor_says_when_abandoned_sessions_have_no_reaper() -> None:
+    """doctor warns when open sessions look abandoned and no live exporter holds the lease (nobody reaps), with
+    the fix; after a reap, nothing looks abandoned."""
+    assert {c["name"]: c for c in data(run("doctor", "--json"))}["reaper"]["status"] == "ok"
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    run("emit", "start", "--json", "--pid", str(child.pid))
+    run("emit", "start", "--json", "--pid", str(os.getpid()))  # alive: not abandoned
+    reaper = {c["name"]: c for c in data(run("doctor", "--json"))}["reaper"]
+    assert reaper["status"] == "warn"
+    assert reaper["detail"].startswith("1 open session(s) look abandoned")
+    assert "nobody reaps them" in reaper["detail"]
+    assert "sb-otel export --follow" in reaper["advice"]
+    assert run("reap").exit_code == 0
+    assert {c["name"]: c for c in data(run("doctor", "--json"))}["reaper"]["status"] == "ok"
 
 
 def test_doctor_reports_each_check(monkeypatch: pytest.MonkeyPatch) -> None:

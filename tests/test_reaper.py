@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -11,16 +13,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from sb_otel import ConfigError, InstrumentedSessionTracker, SessionTracker, SqliteSessionStore, instrument
-from sb_otel._service.reaper import abandon_reason, pid_alive, reap, session_ttl
+from sb_otel import (
+    ConfigError,
+    InMemorySessionStore,
+    InstrumentedSessionTracker,
+    NewSession,
+    SessionTracker,
+    SqliteSessionStore,
+    instrument,
+)
+from sb_otel._service.reaper import abandon_reason, pid_alive, reap, reap_iter, session_ttl
+from sb_otel._telemetry.store_exporter import StoreExporter
+from sb_otel._tracking.store import SessionEnding
 from sb_otel.testing import CapturedTelemetry
 from tests.conftest import AgreeingManager, start_payload
 
 HOST = "server01"
 STARTED = datetime(2026, 2, 6, 12, 34, 56, 789000, tzinfo=timezone.utc)
 SOON = STARTED + timedelta(hours=1)
+LAST_SEEN = STARTED + timedelta(minutes=30)
 
 
 @pytest.fixture
@@ -46,8 +60,11 @@ async def start(tracker: InstrumentedSessionTracker, **overrides: Any) -> str:
 async def test_dead_pid_on_this_host_ends_as_abnormal_with_error_span_and_metrics(
     tracker: InstrumentedSessionTracker, telemetry: CapturedTelemetry
 ) -> None:
-    """A session whose shell process is gone gets its root span (ERROR, error.type=abandoned) and end metrics."""
-    session_id = await start(tracker, pid=dead_pid())
+    """A session whose shell process is gone gets its root span (ERROR, error.type=abandoned) and end metrics,
+    ending when a pass last saw its process alive (half an hour in), not when it was found gone (an hour in)."""
+    pid = dead_pid()
+    session_id = await start(tracker, pid=pid)
+    assert reap(tracker, now=LAST_SEEN, hostname=HOST, is_alive=lambda _: True) == []
     reaped = reap(tracker, now=SOON, hostname=HOST)
     assert [(r.record.session_id, r.reason, r.record.status) for r in reaped] == [
         (session_id, "process_gone", "abnormal")
@@ -63,7 +80,7 @@ async def test_dead_pid_on_this_host_ends_as_abnormal_with_error_span_and_metric
     assert dict(span.attributes or {}).items() >= expected.items()
     assert span.end_time is not None
     assert span.start_time is not None
-    assert (span.end_time - span.start_time) / 1e9 == pytest.approx(3600, abs=0.001)
+    assert (span.end_time - span.start_time) / 1e9 == pytest.approx(1800, abs=0.001)
     component = {"sb.component.name": "mahavishnu"}
     assert telemetry.metric_value("sb.session.ended", {**component, "sb.session.status": "abnormal"}) == 1
     assert telemetry.metric_value("sb.session.active", component) == 0
@@ -72,7 +89,7 @@ async def test_dead_pid_on_this_host_ends_as_abnormal_with_error_span_and_metric
     stored = tracker.store.get(session_id)
     assert stored is not None
     assert stored.status == "abnormal"
-    assert stored.ended_at == SOON
+    assert stored.ended_at == LAST_SEEN
 
 
 async def test_live_pid_on_this_host_is_left_open(tracker: InstrumentedSessionTracker) -> None:
@@ -162,16 +179,17 @@ async def test_two_reapers_racing_end_a_session_once(tmp_path: Path, telemetry: 
     first = instrument(SessionTracker(AgreeingManager(), store=first_store), **telemetry.providers)
     session_id = await start(first, pid=dead_pid())
     second_store = SqliteSessionStore(path)
-    stale = second_store.list_sessions(status="open")  # the second reaper read this before the first one wrote
+    stale = second_store.open_sessions(after=None, limit=10)  # the second reaper read this before the first wrote
+    assert [session.session_id for session in stale] == [session_id]
 
     class StaleListing:
-        """The second process's store, whose listing was taken before the first reaper finished the session."""
+        """The second process's store, whose page was read before the first reaper finished the session."""
 
         def __getattr__(self, name: str) -> Any:
             return getattr(second_store, name)
 
-        def list_sessions(self, **_: Any) -> list[Any]:
-            return stale
+        def open_sessions(self, *, after: Any, limit: int) -> list[Any]:
+            return stale if after is None else []
 
     assert [r.record.session_id for r in reap(first, now=SOON, hostname=HOST)] == [session_id]
     second = instrument(SessionTracker(AgreeingManager(), store=second_store), **telemetry.providers)
@@ -230,3 +248,267 @@ def test_pid_alive_on_real_processes() -> None:
         time.sleep(0.01)
     assert not pid_alive(child.pid)
     assert child.wait() == 0
+
+
+# -- batches, last sign of life, races (sb_otel/_tracking/reaping.py) -------------------------------------------
+
+
+def store_of(kind: str, tmp_path: Path) -> Any:
+    return InMemorySessionStore() if kind == "memory" else SqliteSessionStore(tmp_path / "sessions.db")
+
+
+STORES = [pytest.param("memory", id="memory"), pytest.param("sqlite", id="sqlite")]
+
+
+def open_session(store: Any, *, pid: int = 4242, hostname: str = HOST, started: datetime = STARTED) -> str:
+    """An open session stored as a tracker would (no telemetry needed for the reaper's own decisions)."""
+    event_id = str(uuid.uuid4())
+    record, _ = store.create(
+        NewSession(
+            event_id=event_id,
+            component_name="mahavishnu",
+            hostname=hostname,
+            pid=pid,
+            cwd="/tmp",
+            started_at=started,
+            received_at=started,
+            start_event=start_payload(event_id=event_id, pid=pid, hostname=hostname),
+        )
+    )
+    return str(record.session_id)
+
+
+def last_seen(store: Any, session_id: str) -> datetime | None:
+    return next(s.last_seen for s in store.open_sessions(after=None, limit=1000) if s.session_id == session_id)
+
+
+def alive(_: int) -> bool:
+    return True
+
+
+def gone(_: int) -> bool:
+    return False
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_a_pass_reads_and_ends_open_sessions_a_batch_at_a_time(kind: str, tmp_path: Path) -> None:
+    """35 abandoned sessions, batches of 10: four pages asked for 10 each, ended in transactions of at most 10,
+    and the store is never listed whole."""
+    store = store_of(kind, tmp_path)
+    ids = {open_session(store, started=STARTED + timedelta(seconds=i)) for i in range(35)}
+    asked: list[int] = []
+    ended: list[int] = []
+    read, finish = store.open_sessions, store.finish_many
+
+    def page(*, after: Any, limit: int) -> Any:
+        asked.append(limit)
+        return read(after=after, limit=limit)
+
+    def finish_many(endings: Any, **kwargs: Any) -> Any:
+        ended.append(len(endings))
+        return finish(endings, **kwargs)
+
+    store.open_sessions, store.finish_many = page, finish_many
+    store.list_sessions = None  # a whole listing would fail
+    batches = list(reap_iter(store, now=SOON, hostname=HOST, is_alive=gone, batch_size=10))
+    assert asked == [10, 10, 10, 10]
+    assert ended == [10, 10, 10, 5]
+    assert [batch.looked_at for batch in batches] == [10, 10, 10, 5]
+    assert {item.record.session_id for batch in batches for item in batch.reaped} == ids
+    assert read(after=None, limit=100) == []
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_an_abandoned_session_ends_when_a_pass_last_saw_it_alive(kind: str, tmp_path: Path) -> None:
+    """Each pass that finds the process alive records it; the pass that finds it gone ends the session at the
+    last of those, not at the moment it noticed (a shell killed 31 minutes before was given 31 more minutes)."""
+    store = store_of(kind, tmp_path)
+    session_id = open_session(store)
+    first, second = STARTED + timedelta(minutes=5), STARTED + timedelta(minutes=10)
+    assert reap(store, now=first, hostname=HOST, is_alive=alive) == []
+    assert last_seen(store, session_id) == first
+    assert reap(store, now=second, hostname=HOST, is_alive=alive) == []
+    assert last_seen(store, session_id) == second
+    reaped = reap(store, now=STARTED + timedelta(minutes=41), hostname=HOST, is_alive=gone)
+    assert [(r.record.session_id, r.reason, r.record.ended_at) for r in reaped] == [
+        (session_id, "process_gone", second)
+    ]
+    assert reaped[0].record.end_event is not None
+    assert reaped[0].record.end_event["timestamp"] == "2026-02-06T12:44:56.789000Z"
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_a_session_never_seen_alive_ends_at_its_start(kind: str, tmp_path: Path) -> None:
+    """No pass saw the process: its start is its last sign of life (duration 0, never the time of detection)."""
+    store = store_of(kind, tmp_path)
+    session_id = open_session(store)
+    reaped = reap(store, now=SOON, hostname=HOST, is_alive=gone)
+    assert [(r.record.session_id, r.record.ended_at) for r in reaped] == [(session_id, STARTED)]
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_the_end_never_precedes_the_start(kind: str, tmp_path: Path) -> None:
+    """A pass whose clock was behind the shell's saw it alive "before" it started: the end is still the start."""
+    store = store_of(kind, tmp_path)
+    session_id = open_session(store)
+    assert reap(store, now=STARTED - timedelta(minutes=3), hostname=HOST, is_alive=alive) == []
+    assert last_seen(store, session_id) == STARTED - timedelta(minutes=3)
+    reaped = reap(store, now=SOON, hostname=HOST, is_alive=gone)
+    assert [r.record.ended_at for r in reaped] == [STARTED]
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_ttl_expired_sessions_end_at_their_last_sign_of_life(kind: str, tmp_path: Path) -> None:
+    """Past the TTL: one elsewhere that nothing ever saw ends at its start; one another pass saw ends there; one
+    whose process still runs here was seen alive just now, so it ends now."""
+    store = store_of(kind, tmp_path)
+    silent = open_session(store, hostname="elsewhere")
+    heard = open_session(store, hostname="elsewhere", started=STARTED + timedelta(seconds=1))
+    running = open_session(store, started=STARTED + timedelta(seconds=2))
+    store.mark_seen([heard], STARTED + timedelta(hours=3))  # that host's own reaper saw it alive then
+    late = STARTED + timedelta(hours=25)
+    reaped = {
+        r.record.session_id: (r.reason, r.record.ended_at) for r in reap(store, now=late, hostname=HOST, is_alive=alive)
+    }
+    assert reaped == {
+        silent: ("ttl_expired", STARTED),
+        heard: ("ttl_expired", STARTED + timedelta(hours=3)),
+        running: ("ttl_expired", late),
+    }
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_a_dry_run_records_nothing(kind: str, tmp_path: Path) -> None:
+    """A dry run neither ends sessions nor records the processes it saw alive."""
+    store = store_of(kind, tmp_path)
+    seen, dead = open_session(store), open_session(store, pid=4343, started=STARTED + timedelta(seconds=1))
+    planned = reap(store, now=SOON, hostname=HOST, is_alive=lambda pid: pid == 4242, dry_run=True)
+    assert [(r.record.session_id, r.record.status) for r in planned] == [(dead, "open")]
+    assert last_seen(store, seen) is None
+    assert last_seen(store, dead) is None
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_a_real_end_between_the_read_and_the_reap_wins(kind: str, tmp_path: Path) -> None:
+    """The shell's end lands after the reaper read its page but before it ended the session: the real end stands
+    (exited, at its own time), and the reaper reports nothing."""
+    store = store_of(kind, tmp_path)
+    session_id = open_session(store)
+    real_end = STARTED + timedelta(minutes=20)
+
+    def ends_while_checked(_: int) -> bool:  # runs between the page read and the batch's transaction
+        store.finish(session_id, SessionEnding("exited", real_end, {"session_id": session_id}))
+        return False
+
+    assert reap(store, now=SOON, hostname=HOST, is_alive=ends_while_checked) == []
+    record = store.get(session_id)
+    assert (record.status, record.ended_at) == ("exited", real_end)
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_an_end_in_progress_is_left_to_its_claimant(kind: str, tmp_path: Path) -> None:
+    """A session whose end another process has claimed (its manager call runs now) is not reaped; once that
+    claim is given up without an end, the next pass reaps it."""
+    store = store_of(kind, tmp_path)
+    session_id = open_session(store)
+    now = datetime.now(timezone.utc)
+    assert store.claim_end(session_id, "other-process", now, now - timedelta(seconds=15))
+    assert reap(store, now=max(now, SOON), hostname=HOST, is_alive=gone) == []
+    assert store.get(session_id).is_open
+    store.release_end(session_id, "other-process")
+    assert [r.record.session_id for r in reap(store, now=max(now, SOON), hostname=HOST, is_alive=gone)] == [session_id]
+
+
+# -- the exporter reaps (sb_otel/_telemetry/store_exporter.py) --------------------------------------------------
+
+
+def wait_until(condition: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+async def test_the_lease_holder_reaps_on_its_own_thread(tmp_path: Path, telemetry: CapturedTelemetry) -> None:
+    """A following exporter that holds the lease reaps a dead shell's session and sends its root span from the
+    store (ERROR, error.type=abandoned)."""
+    store = SqliteSessionStore(tmp_path / "sessions.db")
+    tracker = instrument(SessionTracker(AgreeingManager(), store=store), **telemetry.providers)
+    now = datetime.now(timezone.utc).isoformat()
+    session_id = await start(tracker, pid=dead_pid(), hostname=socket.gethostname(), timestamp=now)
+    spans = InMemorySpanExporter()
+    exporter = StoreExporter(store, spans, None)
+    exporter.schedule_reaping(3600, first_now=True)
+    exporter.start()
+    try:
+        wait_until(lambda: any(s.name == "session mahavishnu" for s in spans.get_finished_spans()))
+    finally:
+        exporter.stop()
+        store.close()
+    root = next(s for s in spans.get_finished_spans() if s.name == "session mahavishnu")
+    assert root.attributes is not None
+    assert (root.attributes["session.id"], root.attributes["error.type"]) == (session_id, "abandoned")
+    assert root.status.status_code is StatusCode.ERROR
+
+
+async def test_an_exporter_without_the_lease_does_not_reap(tmp_path: Path, telemetry: CapturedTelemetry) -> None:
+    """Another process holds the lease (and so reaps): this exporter stands by and leaves the session alone."""
+    store = SqliteSessionStore(tmp_path / "sessions.db")
+    tracker = instrument(SessionTracker(AgreeingManager(), store=store), **telemetry.providers)
+    now = datetime.now(timezone.utc).isoformat()
+    session_id = await start(tracker, pid=dead_pid(), hostname=socket.gethostname(), timestamp=now)
+    assert store.acquire_lease("another-host:1:holder", 3600, time.time())
+    attempts: list[bool] = []
+    acquire = store.acquire_lease
+
+    def counted(*args: Any, **kwargs: Any) -> bool:
+        attempts.append(acquire(*args, **kwargs))
+        return attempts[-1]
+
+    store.acquire_lease = counted  # type: ignore[method-assign]
+    exporter = StoreExporter(store, InMemorySpanExporter(), None)
+    exporter.schedule_reaping(3600, first_now=True)
+    thread = threading.Thread(target=exporter.follow, args=(0.01,))
+    thread.start()
+    try:
+        wait_until(lambda: len(attempts) >= 3)  # three rounds found the lease held by the other process
+    finally:
+        exporter.request_stop()
+        thread.join(30)
+    record = store.get(session_id)
+    store.close()
+    assert not any(attempts)
+    assert record is not None
+    assert record.is_open
+
+
+def test_a_pass_stops_at_the_page_where_the_lease_was_lost(tmp_path: Path) -> None:
+    """The holder renews the lease between pages: when another process took it meanwhile, the pass stops there,
+    and the pages already ended stay ended (the new holder reaps the rest)."""
+    store = SqliteSessionStore(tmp_path / "sessions.db")
+    now = datetime.now(timezone.utc)
+    for i in range(5):
+        open_session(store, pid=dead_pid(), hostname=socket.gethostname(), started=now - timedelta(seconds=i))
+    exporter = StoreExporter(store, InMemorySpanExporter(), None)
+    exporter.reap_batch = 2
+    finish = store.finish_many
+    taken: list[bool] = []
+
+    def finish_then_lose_the_lease(endings: Any, **kwargs: Any) -> Any:
+        ended = finish(endings, **kwargs)
+        taken.append(store.acquire_lease("another-host:1:holder", 3600, time.time(), replacing=exporter.holder))
+        return ended
+
+    store.finish_many = finish_then_lose_the_lease  # type: ignore[method-assign]
+    exporter.schedule_reaping(3600, first_now=True)
+    thread = threading.Thread(target=exporter.follow, args=(0.01,))
+    thread.start()
+    try:
+        wait_until(lambda: bool(taken))
+    finally:
+        exporter.request_stop()
+        thread.join(30)
+    still_open = len(store.open_sessions(after=None, limit=10))
+    store.close()
+    assert taken == [True]
+    assert still_open == 3

@@ -38,6 +38,7 @@ def doctor(as_json: bool, store_location: str | None) -> int:
         _check_store(store_location),
         _check_destination(store_location),
         _check_outbox(store_location),
+        _check_reaper(store_location),
         _check_mcp(),
     ]
     if as_json:
@@ -185,6 +186,51 @@ def _exporter_text(lease: Lease | None, exporting: bool, lock: str | None) -> st
         f"none running ({lease.holder} is silent: {'; '.join(parts)}; "
         f"the next exporter takes over after {lease.ttl_s:.0f} s without a heartbeat)"
     )
+
+
+def _check_reaper(location: str | None) -> dict[str, Any]:
+    """Open sessions that look abandoned (their shell is gone, or open past the TTL), and whether anyone reaps:
+    only an exporter that holds the store's lease does (``export --follow``, ``serve``, ``configure()`` hosts)."""
+    import time
+
+    from sb_otel._tracking.reaping import count_abandoned
+    from sb_otel._tracking.store import ReapableStore
+
+    try:
+        ttl = session_ttl()
+    except ConfigError:
+        ttl = session_ttl("24h")  # the settings check reports the bad value
+    try:
+        store = open_store(location)
+        try:
+            if not isinstance(store, ReapableStore):
+                return {
+                    "name": "reaper",
+                    "status": "ok",
+                    "detail": "this store is reaped by 'sb-otel reap'",
+                    "advice": "",
+                }
+            abandoned, looked = count_abandoned(store, ttl=ttl)
+            lease = getattr(store, "current_lease", lambda: None)()
+            lock = _holder_lock_state(store, lease)
+        finally:
+            store.close()
+    except SbOtelError as exc:
+        return {"name": "reaper", "status": "warn", "detail": f"not readable: {exc}", "advice": ""}
+    live = looks_alive(lease, time.time()) and lock != "free"
+    reaper = f"the exporter {lease.holder} reaps them" if live and lease is not None else "nobody reaps them"
+    some = f"{abandoned} of the {looked} oldest" if looked >= 10_000 else str(abandoned)
+    if not abandoned:
+        detail = f"no open session looks abandoned ({looked} open looked at)"
+        return {"name": "reaper", "status": "ok", "detail": detail, "advice": ""}
+    detail = f"{some} open session(s) look abandoned (shell gone, or open past SB_OTEL_SESSION_TTL); {reaper}"
+    if live:
+        return {"name": "reaper", "status": "ok", "detail": detail, "advice": ""}
+    advice = (
+        "run 'sb-otel export --follow' (as a service: it reaps every SB_OTEL_REAP_INTERVAL) or 'sb-otel serve'; "
+        "or end them once with 'sb-otel reap'"
+    )
+    return {"name": "reaper", "status": "warn", "detail": detail, "advice": advice}
 
 
 def _check_destination(location: str | None) -> dict[str, Any]:

@@ -134,6 +134,7 @@ def _follow(store: TelemetryStore, ttl: float, idle: float, series_interval: flo
     exporter, where, meter_provider = standalone_exporter(store, lease_ttl_s=ttl, with_metrics=True, holder=holder)
     if series_interval is not None:
         exporter.metrics_interval_s = series_interval
+    exporter.schedule_reaping()  # the lease holder reaps, every SB_OTEL_REAP_INTERVAL from now on
     click.echo(f"sb-otel: exporting {getattr(store, 'path', 'the store')} to {where} as {exporter.holder}", err=True)
     # SIGTERM (systemd, docker stop) and Ctrl-C end the loop after the current round, never inside one: a round
     # interrupted between a send and its mark would send that batch again.

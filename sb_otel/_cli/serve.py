@@ -97,6 +97,7 @@ def serve(
         check_exposure,
         configure_server_logging,
         http_limits_setting,
+        reap_interval_setting,
         token_max_age_setting,
     )
     from sb_otel._service.server import serve as serve_mcp
@@ -107,7 +108,8 @@ def serve(
     # uvicorn re-raises the signal after its own shutdown, and SIGTERM's default action would kill the process.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
-    interval = parse_duration(reap_interval, name="--reap-interval") if reap_interval else None
+    # a bad SB_OTEL_REAP_INTERVAL fails now, as one line, before the exporter thread would warn about it
+    interval = parse_duration(reap_interval, name="--reap-interval") if reap_interval else reap_interval_setting()
     session_ttl()  # a bad SB_OTEL_SESSION_TTL fails now, as one line, not in the reaper later
     token_max_age_setting()  # likewise SB_OTEL_TOKEN_MAX_AGE, before the first call
     allow = allow_unauthenticated or allow_unauthenticated_setting()
@@ -150,6 +152,9 @@ def serve(
                 click.echo(line, err=True)
 
         tracker = telemetry.instrument(SessionTracker(SessionLifecycleManager(), store=store))
+        exporter = telemetry.store_exporter
+        if exporter is not None:  # the lease holder reaps, on the exporter's thread: at once, then every interval
+            exporter.schedule_reaping(interval.total_seconds())
         try:
             asyncio.run(
                 serve_mcp(
@@ -164,7 +169,7 @@ def serve(
                     telemetry=telemetry.destination,
                     allow_unauthenticated=allow,
                     listener=listener,
-                    reaper=index == 0,
+                    reaper=exporter is None and index == 0,  # no exporter (telemetry off): a worker thread reaps
                 )
             )
         except KeyboardInterrupt:

@@ -11,69 +11,51 @@ metrics), for one of two reasons:
 The store's ``finish`` decides who wins: a reaper racing a real end (or another reaper, in another process)
 changes nothing if it loses, and only the winner exports telemetry. A pid reused by an unrelated process keeps
 the session open until its TTL runs out.
+
+An abandoned session ends at its last sign of life (the last pass that saw its process alive, else its start),
+not when it was found: the pass itself, in bounded batches, is :func:`sb_otel._tracking.reaping.reap_pages`,
+which the store's exporter also runs (whoever holds the exporter lease reaps). This module adds the session
+telemetry (span, metrics, log event) of an instrumented tracker.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import socket
-import sys
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
-from typing import Literal
+from collections.abc import Callable, Collection, Iterator
+from datetime import datetime, timedelta
 
-from sb_otel._settings import SB_OTEL_SESSION_TTL, parse_duration
 from sb_otel._telemetry.instrumentation import InstrumentedSessionTracker
-from sb_otel._tracking.outcome import ABANDONED, Outcome
-from sb_otel._tracking.store import SessionEnding, SessionRecord, SessionStore
+from sb_otel._telemetry.outbox import one_write_per_call
+from sb_otel._tracking.reaping import (
+    DEFAULT_TTL,
+    REAP_BATCH,
+    ReapBatch,
+    ReapedSession,
+    ReapReason,
+    abandoned_outcome,
+    log_reaped,
+    pid_alive,
+    reap_pages,
+    same_host,
+    session_ttl,
+    this_host,
+)
+from sb_otel._tracking.store import SessionRecord, SessionStore
 from sb_otel._tracking.tracker import SessionTracker
 
-DEFAULT_TTL = timedelta(hours=24)
-ReapReason = Literal["ttl_expired", "process_gone"]
+__all__ = (
+    "DEFAULT_TTL",
+    "ReapReason",
+    "ReapedSession",
+    "abandon_reason",
+    "abandoned_outcome",
+    "pid_alive",
+    "reap",
+    "reap_iter",
+    "session_ttl",
+    "this_host",
+)
 _log = logging.getLogger("sb_otel.reaper")
-
-
-@dataclass(frozen=True)
-class ReapedSession:
-    """A session the reaper ended, and why."""
-
-    record: SessionRecord
-    """The session as stored after it was ended (status ``abnormal``)."""
-    reason: ReapReason
-
-
-def session_ttl(value: str | timedelta | None = None) -> timedelta:
-    """The TTL to use: ``value``, else ``SB_OTEL_SESSION_TTL``, else 24 h."""
-    if isinstance(value, timedelta):
-        return value
-    text = value if value is not None else SB_OTEL_SESSION_TTL.read()
-    return DEFAULT_TTL if text is None else parse_duration(text, name="SB_OTEL_SESSION_TTL")
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid runs on this host (a zombie counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, it just belongs to someone else
-    except OSError:
-        return False
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, IndexError):
-            state = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-            return state.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    return True
-
-
-def this_host() -> str:
-    """This machine's name as shells report it (``socket.gethostname()``)."""
-    return socket.gethostname()
 
 
 def abandon_reason(
@@ -89,7 +71,7 @@ def abandon_reason(
         return None
     if now - record.started_at > ttl:
         return "ttl_expired"
-    if _same_host(record.hostname, hostname) and not is_alive(record.pid):
+    if same_host(record.hostname, hostname) and not is_alive(record.pid):
         return "process_gone"
     return None
 
@@ -116,67 +98,48 @@ def reap(
         only: reap only these session ids (the demo uses this to leave real sessions alone).
         dry_run: report what would be reaped, change nothing.
     """
+    batches = reap_iter(target, ttl=ttl, now=now, hostname=hostname, is_alive=is_alive, only=only, dry_run=dry_run)
+    return [reaped for batch in batches for reaped in batch.reaped]
+
+
+def reap_iter(
+    target: InstrumentedSessionTracker | SessionTracker | SessionStore,
+    *,
+    ttl: str | timedelta | None = None,
+    now: datetime | None = None,
+    hostname: str | None = None,
+    is_alive: Callable[[int], bool] = pid_alive,
+    only: Collection[str] | None = None,
+    dry_run: bool = False,
+    batch_size: int = REAP_BATCH,
+) -> Iterator[ReapBatch]:
+    """:func:`reap`, a batch at a time (its telemetry sent): memory stays bounded however many sessions are
+    open, and a caller can show progress (``sb-otel reap``)."""
     tracker = target if isinstance(target, InstrumentedSessionTracker) else None
     store = target.store if isinstance(target, (InstrumentedSessionTracker, SessionTracker)) else target
-    limit = session_ttl(ttl)
-    moment = now or datetime.now(timezone.utc)
-    host = hostname or this_host()
-    reaped: list[ReapedSession] = []
-    for record in store.list_sessions(status="open"):
-        if only is not None and record.session_id not in only:
-            continue
-        reason = abandon_reason(record, now=moment, ttl=limit, hostname=host, is_alive=is_alive)
-        if reason is None:
-            continue
-        if dry_run:
-            reaped.append(ReapedSession(record, reason))
-            continue
-        ended = _end(store, record, reason, moment)
-        if ended is None:
-            continue  # a real end (or another reaper) got there first
-        reaped.append(ReapedSession(ended, reason))
-        _log.warning(
-            "Session abandoned: session_id=%s, reason=%s, pid=%d, hostname=%s",
-            ended.session_id,
-            reason,
-            ended.pid,
-            ended.hostname,
-            extra={"session.id": ended.session_id, "sb.session.status": "abnormal"},
-        )
-        if tracker is not None:
-            try:
-                tracker.finish_session_telemetry(ended, abandoned_outcome(reason))
-            except Exception:
-                _log.warning("sb-otel telemetry for reaped session %s failed", ended.session_id, exc_info=True)
-    return reaped
+    pages = reap_pages(
+        store,
+        ttl=session_ttl(ttl),
+        now=now,
+        hostname=hostname,
+        is_alive=is_alive,
+        only=only,
+        dry_run=dry_run,
+        batch_size=batch_size,
+    )
+    for batch in pages:
+        if not dry_run:
+            with one_write_per_call():  # the batch's log records (the lines are bridged too): one outbox write
+                log_reaped(batch.reaped)
+                if tracker is not None:
+                    _finish_telemetry(tracker, batch.reaped)
+        yield batch
 
 
-def abandoned_outcome(reason: ReapReason) -> Outcome:
-    """The ``abandoned`` outcome, with the reason as ``sb.session.exit_reason``."""
-    return ABANDONED.replace(exit_reason=reason)
-
-
-def _end(store: SessionStore, record: SessionRecord, reason: ReapReason, now: datetime) -> SessionRecord | None:
-    """Finish the session in the store; the record if this call ended it."""
-    ended_at = max(now, record.started_at)
-    timestamp = ended_at.isoformat().replace("+00:00", "Z")
-    end_event = {
-        "session_id": record.session_id,
-        "timestamp": timestamp,
-        "event_type": "session_end",
-        "metadata": {"exit_reason": reason, "reaped_by": "sb-otel"},
-    }
-    finished = store.finish(record.session_id, SessionEnding("abnormal", ended_at, end_event))
-    if finished is None or not finished[1]:
-        return None
-    return finished[0]
-
-
-def _same_host(recorded: str, host: str) -> bool:
-    """Host names compared case-insensitively; a short name matches its FQDN (``db1`` is ``db1.example.com``)."""
-    a, b = recorded.strip().lower(), host.strip().lower()
-    if a == b:
-        return True
-    if "." in a and "." in b:
-        return False
-    return a.split(".", 1)[0] == b.split(".", 1)[0]
+def _finish_telemetry(tracker: InstrumentedSessionTracker, reaped: list[ReapedSession]) -> None:
+    """The span, metrics and log event of each reaped session; one failing does not stop the others."""
+    for item in reaped:
+        try:
+            tracker.finish_session_telemetry(item.record, abandoned_outcome(item.reason))
+        except Exception:
+            _log.warning("sb-otel telemetry for reaped session %s failed", item.record.session_id, exc_info=True)

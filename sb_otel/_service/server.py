@@ -22,6 +22,7 @@ import os
 import platform
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from pydantic import PlainValidator, WithJsonSchema
 from sb_otel._exceptions import ConfigError
 from sb_otel._service.auth import Secrets, token_problem
 from sb_otel._service.http_guard import MAX_HEAD, BodyGuard, BoundedH11Protocol
-from sb_otel._service.reaper import reap
+from sb_otel._service.reaper import reap_iter
 from sb_otel._settings import (
     SB_OTEL_ALLOW_UNAUTHENTICATED,
     SB_OTEL_ALLOWED_HOSTS,
@@ -46,7 +47,6 @@ from sb_otel._settings import (
     SB_OTEL_HTTP_MAX_BODY,
     SB_OTEL_HTTP_MAX_CONNECTIONS,
     SB_OTEL_HTTP_TIMEOUT,
-    SB_OTEL_REAP_INTERVAL,
     SB_OTEL_SECRET,
     SB_OTEL_TOKEN_MAX_AGE,
     SESSION_BUDDY_SECRET,
@@ -54,6 +54,7 @@ from sb_otel._settings import (
 )
 from sb_otel._telemetry.propagation import TRACE_CONTEXT_KEYS
 from sb_otel._tracking.models import SessionEndResult, SessionStartResult
+from sb_otel._tracking.reaping import reap_interval_setting as reap_interval_setting  # doctor checks it here
 from sb_otel._version import __version__
 
 Transport = Literal["stdio", "http"]
@@ -66,7 +67,6 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8678
 """session-buddy's port: clients and ``.mcp.json`` files already point there."""
 DEFAULT_PATH = "/mcp"
-DEFAULT_REAP_INTERVAL = timedelta(minutes=5)
 START_REQUIRED = (
     "event_version",
     "event_id",
@@ -438,10 +438,12 @@ async def serve(
     """Serve ``tracker`` over MCP until the transport closes (stdin ends) or the process is interrupted.
 
     ``listener``: an already listening socket to accept on (``sb-otel serve --workers``: each worker process
-    accepts on the one socket their supervisor bound); ``reaper=False`` leaves reaping to another worker.
+    accepts on the one socket their supervisor bound); ``reaper=False`` leaves reaping to another worker, or to
+    the store's exporter (``sb-otel serve`` reaps through its exporter thread, as the lease holder).
 
-    Abandoned sessions are reaped once at start-up (those a crashed server left open) and then every
-    ``reap_interval`` (default ``SB_OTEL_REAP_INTERVAL``, else 5 minutes). Over HTTP, the limits, allowed
+    With ``reaper``, abandoned sessions are reaped at start-up (those a crashed server left open) and then every
+    ``reap_interval`` (default ``SB_OTEL_REAP_INTERVAL``, else 5 minutes), in a worker thread: a pass over many
+    sessions never holds up the calls the event loop serves. Over HTTP, the limits, allowed
     hosts and origins come from the ``SB_OTEL_HTTP_*`` / ``SB_OTEL_ALLOWED_*`` settings unless given; a host
     beyond loopback needs a secret or ``allow_unauthenticated`` (:func:`check_exposure`).
     """
@@ -453,31 +455,33 @@ async def serve(
         allow = allow_unauthenticated if allow_unauthenticated is not None else allow_unauthenticated_setting()
         check_exposure(host, service.secrets, allow_unauthenticated=allow)
     server = build_server(service)
-    if reaper:
-        _reap_logged(tracker)
+    stopping = threading.Event()  # a reaper pass in its thread stops after its current batch
     async with anyio.create_task_group() as tasks:
         if reaper:
-            tasks.start_soon(_reap_every, tracker, interval)
-        if transport == "stdio":
-            if on_ready is not None:
-                on_ready("stdio")
-            await server.run_stdio_async()
-        else:
-            web = http_server(
-                server,
-                host=host,
-                port=port,
-                path=path,
-                http_mode=http_mode,
-                limits=limits or http_limits_setting(),
-                allowed_hosts=list_setting(SB_OTEL_ALLOWED_HOSTS.read()),
-                allowed_origins=list_setting(SB_OTEL_ALLOWED_ORIGINS.read()),
-            )
-            sock = listener if listener is not None else listening_socket(host, port)
-            url = f"http://{host}:{sock.getsockname()[1]}{path}"
-            tasks.start_soon(_announce_when_started, web, url, on_ready)
-            with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises SIGINT/SIGTERM once it has stopped
-                await web.serve(sockets=[sock])
+            tasks.start_soon(_reap_every, tracker, interval, stopping)
+        try:
+            if transport == "stdio":
+                if on_ready is not None:
+                    on_ready("stdio")
+                await server.run_stdio_async()
+            else:
+                web = http_server(
+                    server,
+                    host=host,
+                    port=port,
+                    path=path,
+                    http_mode=http_mode,
+                    limits=limits or http_limits_setting(),
+                    allowed_hosts=list_setting(SB_OTEL_ALLOWED_HOSTS.read()),
+                    allowed_origins=list_setting(SB_OTEL_ALLOWED_ORIGINS.read()),
+                )
+                sock = listener if listener is not None else listening_socket(host, port)
+                url = f"http://{host}:{sock.getsockname()[1]}{path}"
+                tasks.start_soon(_announce_when_started, web, url, on_ready)
+                with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises SIGINT/SIGTERM once it has stopped
+                    await web.serve(sockets=[sock])
+        finally:
+            stopping.set()
         tasks.cancel_scope.cancel()
 
 
@@ -573,33 +577,33 @@ def list_setting(text: str | None) -> list[str]:
     return [item.strip() for item in (text or "").split(",") if item.strip()]
 
 
-def reap_interval_setting() -> timedelta:
-    """``SB_OTEL_REAP_INTERVAL`` or 5 minutes."""
-    text = SB_OTEL_REAP_INTERVAL.read()
-    return DEFAULT_REAP_INTERVAL if text is None else parse_duration(text, name="SB_OTEL_REAP_INTERVAL")
-
-
 async def _announce_when_started(web: HttpServer, url: str, on_ready: Callable[[str], None] | None) -> None:
     await web.listening.wait()
     if on_ready is not None:
         on_ready(url)
 
 
-async def _reap_every(tracker: Any, interval: timedelta) -> None:
+async def _reap_every(tracker: Any, interval: timedelta, stopping: threading.Event) -> None:
+    """A reaper pass at once, then every ``interval``, each in a worker thread (never on the event loop)."""
     while True:
+        await anyio.to_thread.run_sync(_reap_logged, tracker, stopping)
         await anyio.sleep(interval.total_seconds())
-        _reap_logged(tracker)
 
 
-def _reap_logged(tracker: Any) -> None:
-    """One reaper pass; a failure is logged, never fatal to the server."""
+def _reap_logged(tracker: Any, stopping: threading.Event | None = None) -> int:
+    """One reaper pass, batch by batch until done or ``stopping``; a failure is logged, never fatal to the server.
+    Returns how many sessions it ended."""
+    reaped = 0
     try:
-        reaped = reap(tracker)
+        for batch in reap_iter(tracker):
+            reaped += len(batch.reaped)
+            if stopping is not None and stopping.is_set():
+                break
     except Exception:
         _log.warning("sb-otel reaper pass failed", exc_info=True)
-        return
     if reaped:
-        _log.warning("Reaped %d abandoned session(s): %s", len(reaped), ", ".join(r.record.session_id for r in reaped))
+        _log.warning("Reaped %d abandoned session(s)", reaped)
+    return reaped
 
 
 def _tool(fn: Callable[..., Any], required: tuple[str, ...]) -> Tool:

@@ -368,6 +368,7 @@ def _build(
                 store_exporter.metrics_interval_s = interval
         if destination != base:
             _record_override(outbox.store, stored.override_record(store_exporter.holder, base, destination))
+        store_exporter.schedule_reaping(first_now=False)  # the lease holder reaps; a short script never does
         store_exporter.start()
     if host:  # e.g. "metrics, logs: OTLP grpc → …; traces: the application's own OpenTelemetry providers"
         where = f"{', '.join(needed)}: {where}; {', '.join(sorted(host, key=_SIGNALS.index))}: {_HOST_DESTINATION}"

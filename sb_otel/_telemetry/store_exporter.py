@@ -33,6 +33,12 @@ Each round:
 the session series once more.
 
 Drops and the backlog are the ``sb.telemetry.outbox.*`` metrics and a ``sb-otel doctor`` line.
+
+**Reaping.** A following exporter (:meth:`StoreExporter.follow`: ``sb-otel export --follow``, the thread of
+``serve`` and of ``configure()`` hosts) also reaps, on the schedule :meth:`StoreExporter.schedule_reaping` sets,
+while it holds the lease: so a store with an exporter has a reaper, and only one. The pass runs here, off any
+event loop, in pages of 100 sessions (:mod:`sb_otel._tracking.reaping`), renewing the lease between pages;
+reaped sessions' root spans are pending in the store, and go out with the next round.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
@@ -53,6 +60,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
+from sb_otel._exceptions import ConfigError
 from sb_otel._telemetry import export_outcome
 from sb_otel._telemetry import otel_logs as otel_logs
 from sb_otel._telemetry import semconv as sc
@@ -70,8 +78,9 @@ from sb_otel._telemetry.store_metrics import StoreSessionMetrics
 from sb_otel._tracking import row_telemetry
 from sb_otel._tracking.destination import Destination
 from sb_otel._tracking.export_state import DROP_REASONS, TelemetryStore, new_holder
+from sb_otel._tracking.reaping import REAP_BATCH, reap_interval_setting, reap_pages, session_ttl
 from sb_otel._tracking.session_counts import SessionCountsStore
-from sb_otel._tracking.store import SessionRecord
+from sb_otel._tracking.store import SessionRecord, SessionStore
 from sb_otel._version import __version__
 
 METRICS_INTERVAL_S = 10.0
@@ -112,6 +121,10 @@ SIGNALS = ("traces", "logs", "metrics")
 records), metrics (the store-derived session series)."""
 _log = logging.getLogger("sb_otel.exporter")
 _T = TypeVar("_T")
+
+
+class _Stopping(Exception):
+    """:meth:`StoreExporter.stop` was called during a reaper pass: the pass ends after its current page."""
 
 
 @dataclass
@@ -201,6 +214,13 @@ class StoreExporter:
         with sdk_environment_hidden():  # the row's records, like the root span, read no variable of this process
             self._row_records = RowRecords(resource or resource_of(Destination()))
         self._lease = LeaseKeeper(store, self.holder, lease_ttl_s, lock_file=store_lock_path(store))
+        self.reap_interval_s: float | None = None
+        """Seconds between reaper passes while following (``None``: this exporter does not reap)."""
+        self.reap_ttl = timedelta(hours=24)
+        self.reap_batch = REAP_BATCH
+        """Open sessions per page (and per transaction) of a reaper pass."""
+        self._reap_due = 0.0
+        self._page_began = 0.0
 
     # -- the lease ----------------------------------------------------------------------------------------
 
@@ -600,6 +620,66 @@ class StoreExporter:
         except Exception:
             _log.debug("sb-otel could not note the state of %s in the store", signal, exc_info=True)
 
+    # -- reaping -----------------------------------------------------------------------------------------
+
+    def schedule_reaping(self, interval_s: float | None = None, *, first_now: bool = True) -> None:
+        """Reap abandoned sessions every ``interval_s`` (default ``SB_OTEL_REAP_INTERVAL``, else 5 minutes) while
+        :meth:`follow` holds the lease: the first pass at once (``first_now``, for a store nobody reaped while
+        this process was down), or one interval from now (a ``configure()`` host: a short script never reaps).
+        The TTL is ``SB_OTEL_SESSION_TTL``. A bad setting warns and keeps the default: it must not stop export."""
+        if interval_s is None:
+            try:
+                interval_s = reap_interval_setting().total_seconds()
+            except ConfigError as error:
+                _log.warning("sb-otel: %s; reaping every 5 minutes", error)
+                interval_s = 300.0
+        try:
+            self.reap_ttl = session_ttl()
+        except ConfigError as error:
+            _log.warning("sb-otel: %s; sessions open for 24 h count as abandoned", error)
+        self.reap_interval_s = interval_s
+        self._reap_due = time.monotonic() + (0.0 if first_now else interval_s)
+
+    def _reap_round(self) -> int:
+        """A reaper pass when one is due; how many sessions it ended. Runs on the exporter's thread, in pages
+        (:func:`~sb_otel._tracking.reaping.reap_pages`), renewing the lease between them: a holder that lost it
+        (raises :class:`LeaseLost`) or is stopping ends the pass; the pages already done stay done.
+
+        The pass builds no telemetry itself (a reaped session's root span is pending in the store, its counts
+        are the store's) and pauses between pages as long as the page took: in ``serve`` it shares the
+        interpreter with the MCP event loop, which must keep answering while 20,000 sessions are reaped."""
+        if self.reap_interval_s is None or time.monotonic() < self._reap_due:
+            return 0
+        if not isinstance(self.store, SessionStore):
+            return 0
+        reaped = 0
+        self._page_began = time.monotonic()
+        try:
+            pages = reap_pages(
+                self.store, ttl=self.reap_ttl, batch_size=self.reap_batch, between_pages=self._between_reap_pages
+            )
+            for batch in pages:
+                reaped += len(batch.reaped)
+                if batch.reaped:
+                    _log.warning(
+                        "sb-otel reaped %d abandoned session(s): %s",
+                        len(batch.reaped),
+                        ", ".join(f"{item.record.session_id} ({item.reason})" for item in batch.reaped[:5])
+                        + (", …" if len(batch.reaped) > 5 else ""),
+                    )
+        except _Stopping:
+            pass
+        finally:
+            self._reap_due = time.monotonic() + self.reap_interval_s
+        return reaped
+
+    def _between_reap_pages(self) -> None:
+        """Pause as long as the last page took (the pass takes at most half of this thread's time), then renew."""
+        if self._stop.wait(time.monotonic() - self._page_began):
+            raise _Stopping
+        self._renew()
+        self._page_began = time.monotonic()
+
     # -- the background thread ----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -619,7 +699,20 @@ class StoreExporter:
             except Exception:
                 _log.warning("sb-otel exporter round failed", exc_info=True)
                 self._backoff = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, self._backoff * 2))
+            else:
+                self._reap_if_holding()
             self._stop.wait(self._backoff or idle_s)
+
+    def _reap_if_holding(self) -> None:
+        """A reaper pass when one is due, only while this exporter holds the lease (the lease holder reaps)."""
+        if not self._lease.held:
+            return
+        try:
+            self._reap_round()
+        except LeaseLost:
+            _log.warning("sb-otel exporter %s lost its lease during a reaper pass", self.holder)
+        except Exception:
+            _log.warning("sb-otel reaper pass failed", exc_info=True)
 
     def request_stop(self) -> None:
         """Ask :meth:`follow` to return after the current round (safe from a signal handler)."""

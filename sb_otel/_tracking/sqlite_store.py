@@ -64,7 +64,7 @@ from sb_otel._tracking.session_counts import (
     SessionCounts,
     configured_label_limit,
 )
-from sb_otel._tracking.store import NewSession, SessionEnding, SessionRecord, SessionStatus
+from sb_otel._tracking.store import NewSession, OpenSession, SessionEnding, SessionRecord, SessionStatus
 
 BUSY_TIMEOUT_MS = 10_000
 """How long a write waits for another process's transaction before reporting the store busy."""
@@ -111,6 +111,17 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     DESTINATION_MIGRATION,  # where the store's telemetry goes (sb_otel/_tracking/destination.py)
     LEASE_MIGRATION,  # the lease's heartbeat and fencing token (sb_otel/_tracking/export_state.py)
     LIVE_MIGRATION,  # records owed by sessions built from their row (sb_otel/_tracking/row_telemetry.py)
+    (
+        "0009_session_last_seen",
+        (
+            # The last time a reaper saw the session's process alive: an abandoned session ends there.
+            "ALTER TABLE sessions ADD COLUMN last_seen TEXT",
+            # The reaper pages through open sessions by (started_at, session_id): the partial index of open
+            # sessions gets the tie-breaker, so each page is one index range (no sort, no scan of ended rows).
+            "DROP INDEX sessions_open",
+            "CREATE INDEX sessions_open ON sessions (started_at, session_id) WHERE status = 'open'",
+        ),
+    ),
     SIGNAL_STATE_MIGRATION,  # refused signals, a set-aside outbox (sb_otel/_tracking/export_state.py)
 )
 """Named schema migrations, applied in order, each in its own transaction. Append; never edit."""
@@ -461,21 +472,56 @@ class SqliteSessionStore:
         # One statement is one atomic transaction in autocommit mode: no explicit BEGIN needed.
         with self._lock, _translated(self.path):
             rows = self._db.execute(
-                # The root span is owed from the moment the session ends: marked in the same statement.
-                "UPDATE sessions SET status = ?, ended_at = ?, end_event = ?, "
-                f"root_span = CASE WHEN json_type(telemetry, '$.span') IS NOT NULL THEN '{ROOT_PENDING}' END "
-                f"WHERE session_id = ? AND status = 'open' RETURNING {_COLUMNS}",
-                (
-                    ending.status,
-                    _iso(ending.ended_at),
-                    None if ending.end_event is None else _json(ending.end_event),
-                    session_id,
-                ),
+                f"{_FINISH} RETURNING {_COLUMNS}", _finish_values(session_id, ending)
             ).fetchall()  # run to completion: committed before we answer
         if rows:
             return _record(rows[0]), True
         record = self.get(session_id)
         return None if record is None else (record, False)
+
+    def finish_many(
+        self, endings: Sequence[tuple[str, SessionEnding]], *, claimed_since: datetime | None = None
+    ) -> list[SessionRecord]:
+        claim = "" if claimed_since is None else " AND (end_claimed_at IS NULL OR end_claimed_at < ?)"
+        extra = () if claimed_since is None else (_iso(claimed_since),)
+        ended: list[SessionRecord] = []
+        with self._write() as db:  # one transaction (one commit) for the whole batch
+            for session_id, ending in endings:
+                rows = db.execute(
+                    f"{_FINISH}{claim} RETURNING {_COLUMNS}", (*_finish_values(session_id, ending), *extra)
+                ).fetchall()
+                ended.extend(_record(row) for row in rows)
+        return ended
+
+    def open_sessions(self, *, after: tuple[datetime, str] | None, limit: int) -> list[OpenSession]:
+        where, params = ("AND (started_at, session_id) > (?, ?)", [_iso(after[0]), after[1]]) if after else ("", [])
+        with self._lock, _translated(self.path):
+            rows = self._db.execute(
+                "SELECT session_id, hostname, pid, started_at, last_seen FROM sessions "
+                f"WHERE status = 'open' {where} ORDER BY started_at, session_id LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+        return [
+            OpenSession(
+                session_id,
+                hostname,
+                pid,
+                datetime.fromisoformat(started),
+                None if seen is None else datetime.fromisoformat(seen),
+            )
+            for session_id, hostname, pid, started, seen in rows
+        ]
+
+    def mark_seen(self, session_ids: Sequence[str], at: datetime) -> None:
+        moment = _iso(at)
+        with self._lock, _translated(self.path):
+            for first in range(0, len(session_ids), _IDS_PER_STATEMENT):
+                chunk = session_ids[first : first + _IDS_PER_STATEMENT]
+                self._db.execute(  # one statement, one commit, however many sessions
+                    f"UPDATE sessions SET last_seen = ? WHERE session_id IN ({', '.join('?' * len(chunk))}) "
+                    "AND status = 'open' AND (last_seen IS NULL OR last_seen < ?)",
+                    (moment, *chunk, moment),
+                )
 
     def update_telemetry(self, session_id: str, telemetry: Mapping[str, Any]) -> None:
         with self._write() as db:
@@ -863,6 +909,26 @@ def _lease_values(lease: Lease) -> tuple[Any, ...]:
         lease.ttl_s,
         int(lease.released),
         lease.lock_file,
+    )
+
+
+_FINISH = (
+    # The root span is owed from the moment the session ends: marked in the same statement.
+    "UPDATE sessions SET status = ?, ended_at = ?, end_event = ?, "
+    f"root_span = CASE WHEN json_type(telemetry, '$.span') IS NOT NULL THEN '{ROOT_PENDING}' END "
+    "WHERE session_id = ? AND status = 'open'"
+)
+"""End one open session (no row changed: it was ended already, or is unknown)."""
+_IDS_PER_STATEMENT = 500
+"""Session ids per ``IN (...)`` list (well within SQLite's 32,766 host parameters)."""
+
+
+def _finish_values(session_id: str, ending: SessionEnding) -> tuple[Any, ...]:
+    return (
+        ending.status,
+        _iso(ending.ended_at),
+        None if ending.end_event is None else _json(ending.end_event),
+        session_id,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -219,6 +219,52 @@ class SessionStore(Protocol):
         ...
 
 
+class OpenSession(Frozen):
+    """What the reaper needs of an open session: whose process, since when, and when it was last seen alive."""
+
+    __slots__ = ("hostname", "last_seen", "pid", "session_id", "started_at")
+
+    session_id: str
+    hostname: str
+    pid: int
+    started_at: datetime
+    last_seen: datetime | None
+    """The last time a reaper saw the session's process alive (``None``: never), its last sign of life."""
+
+    def __init__(
+        self, session_id: str, hostname: str, pid: int, started_at: datetime, last_seen: datetime | None = None
+    ) -> None:
+        self._set(session_id=session_id, hostname=hostname, pid=pid, started_at=started_at, last_seen=last_seen)
+
+    @property
+    def page_key(self) -> tuple[datetime, str]:
+        """Where the next page of open sessions starts after this one (keyset pagination)."""
+        return self.started_at, self.session_id
+
+
+@runtime_checkable
+class ReapableStore(Protocol):
+    """Batch access for the reaper, so a pass over 100,000 open sessions never holds them all in memory.
+
+    A store without it is still reaped, from ``list_sessions(status="open")`` and one ``finish`` per session."""
+
+    def open_sessions(self, *, after: tuple[datetime, str] | None, limit: int) -> list[OpenSession]:
+        """At most ``limit`` open sessions, oldest start first, past ``after`` (an ``OpenSession.page_key``)."""
+        ...
+
+    def mark_seen(self, session_ids: Sequence[str], at: datetime) -> None:
+        """Record that these open sessions' processes were alive at ``at`` (a later ``at`` only ever moves it on)."""
+        ...
+
+    def finish_many(
+        self, endings: Sequence[tuple[str, SessionEnding]], *, claimed_since: datetime | None = None
+    ) -> list[SessionRecord]:
+        """End these sessions in one transaction; the records this call ended (others were ended already).
+
+        A session whose end was claimed at or after ``claimed_since`` (a real end in progress) is left alone."""
+        ...
+
+
 @runtime_checkable
 class OpenSessionsStore(Protocol):
     """Stores that list their oldest open sessions cheaply (the exporter reports them while they are open)."""
@@ -265,6 +311,7 @@ class InMemorySessionStore(InMemoryExportState, InMemoryRowTelemetry, InMemoryDe
         self._counters: dict[str, int] = {}
         self._start_claims: dict[str, tuple[str, datetime]] = {}
         self._end_claims: dict[str, tuple[str, datetime]] = {}
+        self._last_seen: dict[str, datetime] = {}
         self._counts = InMemoryCounts()
 
     def claim_start(self, event_id: str, claimant: str, now: datetime, expires_before: datetime) -> bool:
@@ -346,6 +393,38 @@ class InMemorySessionStore(InMemoryExportState, InMemoryRowTelemetry, InMemoryDe
             seconds = (ending.ended_at - record.started_at).total_seconds()
             self._counts.on_end(record.component_name, ending.status, seconds)
             return ended, True
+
+    def open_sessions(self, *, after: tuple[datetime, str] | None, limit: int) -> list[OpenSession]:
+        with self._lock:
+            found = [
+                OpenSession(r.session_id, r.hostname, r.pid, r.started_at, self._last_seen.get(r.session_id))
+                for r in self._sessions.values()
+                if r.is_open and (after is None or (r.started_at, r.session_id) > after)
+            ]
+        found.sort(key=lambda session: session.page_key)
+        return found[:limit]
+
+    def mark_seen(self, session_ids: Sequence[str], at: datetime) -> None:
+        with self._lock:
+            for session_id in session_ids:
+                record = self._sessions.get(session_id)
+                seen = self._last_seen.get(session_id)
+                if record is not None and record.is_open and (seen is None or seen < at):
+                    self._last_seen[session_id] = at
+
+    def finish_many(
+        self, endings: Sequence[tuple[str, SessionEnding]], *, claimed_since: datetime | None = None
+    ) -> list[SessionRecord]:
+        ended: list[SessionRecord] = []
+        for session_id, ending in endings:
+            with self._lock:
+                claim = self._end_claims.get(session_id)
+                if claimed_since is not None and claim is not None and claim[1] >= claimed_since:
+                    continue
+            finished = self.finish(session_id, ending)
+            if finished is not None and finished[1]:
+                ended.append(finished[0])
+        return ended
 
     def update_telemetry(self, session_id: str, telemetry: Mapping[str, Any]) -> None:
         with self._lock:
