@@ -13,7 +13,8 @@ the tracker does for a start or an end, by the same rules and through the same s
   plan (:mod:`sb_otel._telemetry.shell_plan`) and start attributes exactly as an instrumented start stores them,
   and the seed's log lines are written to the ``sb_otel`` logger;
 * nothing is exported here: after writing the store, a detached ``sb-otel export`` is started (unless
-  ``SB_OTEL_EMIT_DRAIN=0``), which sends the session's root span when the store marks it pending.
+  ``SB_OTEL_EMIT_DRAIN`` is off, or a drainer or live exporter already runs for the store), isolated from the
+  shell (:mod:`sb_otel._cli.drainer`), which sends the session's root span when the store marks it pending.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sb_otel._cli import drainer
 from sb_otel._settings import SB_OTEL_EMIT_DRAIN, SB_OTEL_SESSION_ID, SB_OTEL_STORE, data_dir
 from sb_otel._telemetry.attributes import start_attributes
 from sb_otel._telemetry.shell_plan import ATTRIBUTES_KEY, STATE_KEY, plan_json, traceparent_of
@@ -385,12 +387,19 @@ def shell_quote(value: str | None) -> str:
 
 
 def drain_command(store_location: str | None) -> list[str] | None:
-    """``python -m sb_otel export --store PATH`` for the store just written; ``None`` for a memory store."""
+    """The drainer's argv for the store just written (:func:`sb_otel._cli.drainer.command`: ``python -I`` and a
+    bootstrap that imports this installation's ``sb_otel``, then ``sb-otel export --store PATH``); ``None`` for
+    a memory store."""
+    store = _drained_store(store_location)
+    return None if store is None else drainer.command(store)
+
+
+def _drained_store(store_location: str | None) -> Path | None:
     spec = store_location if store_location is not None else SB_OTEL_STORE.read()
     if spec == "memory":
         return None
     path = Path(spec).expanduser() if spec else data_dir() / "sessions.db"
-    return [sys.executable, "-m", "sb_otel", "export", "--store", str(path.absolute())]
+    return path.absolute()
 
 
 def drainer_wanted(store: SessionStore) -> bool:
@@ -413,46 +422,80 @@ def drainer_wanted(store: SessionStore) -> bool:
     return holder_gone(lease.holder)
 
 
+def drain_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """``SB_OTEL_EMIT_DRAIN``: off for ``0``/``false``/``off``/``no`` (any case), as the other switches read;
+    on when unset and for anything else (a typo never stops telemetry; ``sb-otel doctor`` names it)."""
+    return (SB_OTEL_EMIT_DRAIN.read(environ) or "1").lower() not in DRAIN_OFF
+
+
+DRAIN_OFF = ("0", "false", "off", "no")
+"""``SB_OTEL_EMIT_DRAIN`` values that turn the drainer off."""
+
+
 def drain(store_location: str | None) -> None:
-    """Start the exporter for this store, detached, unless ``SB_OTEL_EMIT_DRAIN=0``; never wait for it.
+    """Start the drainer for this store, detached, unless it is off or one is running; never wait for it.
 
-    The exporter itself exits at once when another process holds the store's exporter lease."""
-    if SB_OTEL_EMIT_DRAIN.read() == "0":
+    A running drainer (the store's drainer lock is held) sends what was just written, or, if it finished its
+    last read before this write, finds it when it looks again after releasing the lock (``sb-otel export``):
+    so one drainer per store at a time, however long a collector keeps it waiting."""
+    if not drain_enabled():
         return
-    command = drain_command(store_location)
-    if command is not None:
+    store = _drained_store(store_location)
+    if store is None or drainer.running(store):
+        return
+    try:
+        spawn_detached(drainer.command(store), env=drainer.environment(os.environ), log=drainer.log_path(store))
+    except OSError as exc:  # the session is tracked; its telemetry waits for the next exporter
+        note = f"sb-otel could not start the exporter ({exc}); the session is tracked"
+        _log(_WARNING, lambda _: note)
+
+
+def spawn_detached(argv: Sequence[str], *, env: Mapping[str, str] | None = None, log: Path | None = None) -> int:
+    """Start ``argv`` in its own session with ``env`` (default: this process's) and return its pid, without
+    waiting: stdin and stdout on ``/dev/null``, stderr appended to ``log`` (created 0600) or on ``/dev/null``.
+
+    ``posix_spawn`` rather than :mod:`subprocess`, which would cost this short command more than the spawn (and
+    ``posix_spawn`` cannot change directory: the drainer's bootstrap does, first thing). A log that cannot be
+    opened (a symlink, a full disk) leaves stderr on ``/dev/null``: the drainer still runs."""
+    environ = dict(os.environ if env is None else env)
+    if log is not None:
         try:
-            spawn_detached(command)
-        except OSError as exc:  # the session is tracked; its telemetry waits for the next exporter
-            note = f"sb-otel could not start the exporter ({exc}); the session is tracked"
-            _log(_WARNING, lambda _: note)
+            return _spawn(argv, environ, str(log))
+        except OSError:
+            pass
+    return _spawn(argv, environ, None)
 
 
-def spawn_detached(argv: Sequence[str]) -> int:
-    """Start ``argv`` in its own session with stdio on ``/dev/null`` and return its pid, without waiting.
-
-    ``posix_spawn`` rather than :mod:`subprocess`, which would cost this short command more than the spawn."""
+def _spawn(argv: Sequence[str], env: dict[str, str], log: str | None) -> int:
     devnull = os.devnull
-    actions = [(os.POSIX_SPAWN_OPEN, fd, devnull, os.O_RDWR, 0) for fd in (0, 1, 2)] if _HAS_SPAWN else []
+    stderr = (devnull, os.O_RDWR, 0) if log is None else (log, _LOG_FLAGS, 0o600)
     if _HAS_SPAWN:
+        actions = [(os.POSIX_SPAWN_OPEN, fd, devnull, os.O_RDWR, 0) for fd in (0, 1)]
+        actions.append((os.POSIX_SPAWN_OPEN, 2, *stderr))
         try:
-            return os.posix_spawn(argv[0], list(argv), os.environ, file_actions=actions, setsid=True)
+            return os.posix_spawn(argv[0], list(argv), env, file_actions=actions, setsid=True)
         except NotImplementedError:  # a platform without POSIX_SPAWN_SETSID
             pass
     import subprocess
 
-    child = subprocess.Popen(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        close_fds=True,
-    )
+    fd = os.open(stderr[0], stderr[1] | os.O_CLOEXEC, stderr[2])
+    try:
+        child = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=fd,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        os.close(fd)
     return child.pid
 
 
 _HAS_SPAWN = hasattr(os, "posix_spawn") and hasattr(os, "POSIX_SPAWN_OPEN")
+_LOG_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
 
 
 # -- OS facts -------------------------------------------------------------------------------------------------
