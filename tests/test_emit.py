@@ -23,8 +23,8 @@ import click
 import pytest
 from opentelemetry.trace import SpanKind, Status, StatusCode, get_current_span
 
-from sb_otel._cli import emit as emit_commands
 from sb_otel._cli import drainer, emit_argv, emit_fast, main
+from sb_otel._cli import emit as emit_commands
 from sb_otel._telemetry import session_span, shell_plan
 from sb_otel._telemetry.attributes import start_attributes
 from sb_otel._telemetry.instrumentation import instrument
@@ -363,7 +363,8 @@ def test_start_and_end_each_start_the_drainer_unless_told_not_to(store: Path, mo
     assert [spawn[0] for spawn in spawned] == [argv] * 2
     assert [spawn[2] for spawn in spawned] == [store.with_name("sessions.db.export.log")] * 2
     env = spawned[0][1]
-    assert env["PATH"] == os.defpath and env["LC_ALL"] == "C.UTF-8"
+    assert env["PATH"] == os.defpath
+    assert env["LC_ALL"] == "C.UTF-8"
     assert not [name for name in env if name.startswith(("OTEL_", "PYTHON"))]
     for off in ("0", "false", "OFF", "No", " no "):
         monkeypatch.setenv("SB_OTEL_EMIT_DRAIN", off)
