@@ -167,3 +167,38 @@ def test_the_last_drainers_error_lines_and_exit_code(store: Path) -> None:
     with drainer.log_path(store).open("a") as log:
         log.write("2026-12-07T10:02:00+0000 sb-otel drainer 12 started: store x, cwd /, python -I, environment\n")
     assert drainer.last_errors(store) == ([], None)  # running, nothing wrong yet
+
+
+def test_doctor_says_whether_a_drainer_runs_where_its_log_is_and_its_last_error(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sb_otel._cli.doctor import _check_drainer
+
+    monkeypatch.setenv("SB_OTEL_EMIT_DRAIN", "1")  # on, as in real use (the tests' conftest turns it off)
+    log = drainer.log_path(store)
+    assert _check_drainer(str(store)) == {
+        "name": "drainer",
+        "status": "ok",
+        "detail": f"none running; log: {log} (none yet)",
+        "advice": "",
+    }
+    child = holder(store)
+    try:
+        assert _check_drainer(str(store))["detail"] == f"running (pid {child.pid}); log: {log} (none yet)"
+    finally:
+        child.communicate("")
+    log.write_text(
+        "2026-12-07T10:01:00+0000 sb-otel drainer 11 started: store x, cwd /, python -I, environment HOME\n"
+        "sb-otel: http://127.0.0.1:4318 did not accept the export (unreachable?)\n"
+        "2026-12-07T10:01:01+0000 sb-otel drainer 11 exited 1\n"
+    )
+    check = _check_drainer(str(store))
+    assert check["status"] == "warn"
+    assert check["detail"].endswith(
+        "last error: sb-otel: http://127.0.0.1:4318 did not accept the export (unreachable?)"
+    )
+    monkeypatch.setenv("SB_OTEL_EMIT_DRAIN", "off")
+    assert _check_drainer(str(store))["detail"].startswith("off (SB_OTEL_EMIT_DRAIN); ")
+    monkeypatch.setenv("SB_OTEL_EMIT_DRAIN", "nope")
+    assert _check_drainer(str(store))["status"] == "warn"
+    assert _check_drainer("memory")["detail"] == "none for a memory store"

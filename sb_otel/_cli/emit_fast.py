@@ -430,6 +430,8 @@ def drain_enabled(environ: Mapping[str, str] | None = None) -> bool:
 
 DRAIN_OFF = ("0", "false", "off", "no")
 """``SB_OTEL_EMIT_DRAIN`` values that turn the drainer off."""
+DRAIN_ON = ("1", "true", "on", "yes")
+"""``SB_OTEL_EMIT_DRAIN`` values that say on (anything else is a typo, and also on)."""
 
 
 def drain(store_location: str | None) -> None:

@@ -116,7 +116,7 @@ def lease_note(args: Sequence[str]) -> str | None:
     return f"sb-otel: {lease.holder} is exporting this store (lease until {until}); nothing to do"
 
 
-def _store_file(location: str | None) -> Path | None:
+def store_file(location: str | None) -> Path | None:
     """The SQLite file ``--store`` (else ``SB_OTEL_STORE``, else the default) names; ``None`` for ``memory``."""
     from sb_otel._settings import SB_OTEL_STORE, data_dir
 
@@ -133,7 +133,7 @@ def _drainer_note(location: str | None) -> str | None:
     """Take the store's drainer lock for this one-shot export, or the note to print when a drainer holds it."""
     from sb_otel._cli import drainer
 
-    store = _store_file(location)
+    store = store_file(location)
     if store is None or drainer.take(store) is not None:
         return None
     pid = drainer.holder_pid(store)
