@@ -350,8 +350,10 @@ def test_end_decides_the_status_as_the_tracker_does(store: Path, args: list[str]
 def test_start_and_end_each_start_the_drainer_unless_told_not_to(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """After writing the store, the isolated drainer for that store, with a clean environment and its stderr in
     the store's log; none with SB_OTEL_EMIT_DRAIN off, in any of the spellings the other switches take."""
-    spawned: list[tuple[list[str], dict[str, str], Path | None]] = []
-    monkeypatch.setattr(emit_fast, "spawn_detached", lambda argv, env, log: spawned.append((list(argv), env, log)))
+    spawned: list[tuple[list[str], dict[str, str], str, Path | None]] = []
+    monkeypatch.setattr(
+        emit_fast, "spawn_detached", lambda argv, env, cwd, log: spawned.append((list(argv), env, cwd, log))
+    )
     monkeypatch.setenv("SB_OTEL_EMIT_DRAIN", "1")
     monkeypatch.setenv("OTEL_SERVICE_NAME", "a-shell")
     assert main(["emit", "start", "--pid", "1"]) == 0
@@ -361,7 +363,7 @@ def test_start_and_end_each_start_the_drainer_unless_told_not_to(store: Path, mo
     installation = str(Path(emit_fast.__file__).parents[2])
     argv = [sys.executable, "-I", "-c", drainer.BOOTSTRAP, installation, str(store)]
     assert [spawn[0] for spawn in spawned] == [argv] * 2
-    assert [spawn[2] for spawn in spawned] == [store.with_name("sessions.db.export.log")] * 2
+    assert [spawn[2:] for spawn in spawned] == [(str(store.parent), store.with_name("sessions.db.export.log"))] * 2
     env = spawned[0][1]
     assert env["PATH"] == os.defpath
     assert env["LC_ALL"] == "C.UTF-8"
@@ -399,7 +401,7 @@ def test_the_drain_switch_reads_the_usual_boolean_spellings(value: str | None, o
 def test_no_drainer_while_one_holds_the_stores_drainer_lock(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A drainer holding the store's lock (here: this process) sends what emit writes: emit spawns none."""
     spawned: list[list[str]] = []
-    monkeypatch.setattr(emit_fast, "spawn_detached", lambda argv, env, log: spawned.append(list(argv)) or 1)
+    monkeypatch.setattr(emit_fast, "spawn_detached", lambda argv, env, cwd, log: spawned.append(list(argv)) or 1)
     monkeypatch.setenv("SB_OTEL_EMIT_DRAIN", "1")
     assert drainer.take(store) is not None
     try:
@@ -416,7 +418,7 @@ def test_no_drainer_while_a_live_exporter_holds_the_lease(store: Path, monkeypat
     """A live holder (this process) sends what emit writes: no drainer. Released, expired, or held by a process
     of this host that is gone: a drainer again."""
     spawned: list[list[str]] = []
-    monkeypatch.setattr(emit_fast, "spawn_detached", lambda argv, env, log: spawned.append(list(argv)) or 1)
+    monkeypatch.setattr(emit_fast, "spawn_detached", lambda argv, env, cwd, log: spawned.append(list(argv)) or 1)
     monkeypatch.setenv("SB_OTEL_EMIT_DRAIN", "1")
     holder = new_holder()
     lease_store = SqliteSessionStore(store)
@@ -469,7 +471,8 @@ def test_the_drainer_runs_detached_with_stdio_on_dev_null() -> None:
 
 
 def test_the_drainer_gets_the_environment_given_and_its_stderr_in_the_log(tmp_path: Path) -> None:
-    """``env`` replaces this process's environment; stderr is appended to the log, created 0600."""
+    """``env`` replaces this process's environment, ``cwd`` is where it starts; stderr is appended to the log,
+    created 0600."""
     log = tmp_path / "sessions.db.export.log"
     log_fd = os.open(log, os.O_WRONLY | os.O_CREAT, 0o600)  # an earlier drainer's line stays
     os.write(log_fd, b"earlier\n")
@@ -483,6 +486,13 @@ def test_the_drainer_gets_the_environment_given_and_its_stderr_in_the_log(tmp_pa
     seen = json.loads(lines[1])
     seen.pop("LC_CTYPE", None)  # Python's own C-locale coercion (PEP 538) may add it
     assert seen == {"PATH": os.defpath, "ONLY": "this"}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    here = os.getcwd()
+    code = "import os, sys; sys.stderr.write(os.getcwd() + '\\n')"
+    os.waitpid(emit_fast.spawn_detached([sys.executable, "-c", code], cwd=str(elsewhere), log=log), 0)
+    assert log.read_text().splitlines()[2] == str(elsewhere)  # started there, and this process is back
+    assert os.getcwd() == here
     fresh = tmp_path / "new.log"
     os.waitpid(emit_fast.spawn_detached([sys.executable, "-c", "pass"], env={}, log=fresh), 0)
     assert fresh.stat().st_mode & 0o777 == 0o600

@@ -57,11 +57,9 @@ BOOTSTRAP = (
     "from sb_otel._cli.drainer import run\n"
     "raise SystemExit(run(sys.argv[1:]))"
 )
-"""``python -I -c BOOTSTRAP DIR STORE``: move to the store's directory (``/`` when it is gone) before anything
-else, import the ``sb_otel`` package in ``DIR`` (where the ``emit`` that starts the drainer was imported from) by
-its location, putting nothing on ``sys.path``, and run :func:`run`. (``posix_spawn`` cannot change directory,
-and :mod:`subprocess` would cost ``emit`` more than the spawn; in isolated mode nothing is read from the
-directory a drainer starts in.)"""
+"""``python -I -c BOOTSTRAP DIR STORE``: make sure it runs in the store's directory (``/`` when it is gone; ``emit``
+starts it there, :func:`working_directory`), import the ``sb_otel`` package in ``DIR`` (where the ``emit`` that
+starts the drainer was imported from) by its location, putting nothing on ``sys.path``, and run :func:`run`."""
 
 _STARTED, _EXITED = "started:", "exited"
 
@@ -96,6 +94,12 @@ def environment(environ: Mapping[str, str]) -> dict[str, str]:
         if value:
             env[name] = value
     return env
+
+
+def working_directory(store: Path) -> str:
+    """Where a drainer runs: the store's directory, or ``/`` when that is gone; nothing is read from it."""
+    parent = str(store.parent)
+    return parent if os.path.isdir(parent) else "/"
 
 
 # -- the lock -------------------------------------------------------------------------------------------------

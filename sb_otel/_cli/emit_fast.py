@@ -446,32 +446,60 @@ def drain(store_location: str | None) -> None:
     if store is None or drainer.running(store):
         return
     try:
-        spawn_detached(drainer.command(store), env=drainer.environment(os.environ), log=drainer.log_path(store))
+        spawn_detached(
+            drainer.command(store),
+            env=drainer.environment(os.environ),
+            cwd=drainer.working_directory(store),
+            log=drainer.log_path(store),
+        )
     except OSError as exc:  # the session is tracked; its telemetry waits for the next exporter
         note = f"sb-otel could not start the exporter ({exc}); the session is tracked"
         _log(_WARNING, lambda _: note)
 
 
-def spawn_detached(argv: Sequence[str], *, env: Mapping[str, str] | None = None, log: Path | None = None) -> int:
-    """Start ``argv`` in its own session with ``env`` (default: this process's) and return its pid, without
-    waiting: stdin and stdout on ``/dev/null``, stderr appended to ``log`` (created 0600) or on ``/dev/null``.
+def spawn_detached(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    log: Path | None = None,
+) -> int:
+    """Start ``argv`` in its own session with ``env`` (default: this process's) in ``cwd`` (default: this
+    one's) and return its pid, without waiting: stdin and stdout on ``/dev/null``, stderr appended to ``log``
+    (created 0600) or on ``/dev/null``.
 
-    ``posix_spawn`` rather than :mod:`subprocess`, which would cost this short command more than the spawn (and
-    ``posix_spawn`` cannot change directory: the drainer's bootstrap does, first thing). A log that cannot be
-    opened (a symlink, a full disk) leaves stderr on ``/dev/null``: the drainer still runs."""
+    ``posix_spawn`` rather than :mod:`subprocess`, which would cost this short command more than the spawn.
+    ``posix_spawn`` cannot change directory, so this process steps into ``cwd`` for the spawn and back (by a
+    descriptor: the shell's directory may be gone). A log that cannot be opened (a symlink, a full disk) leaves
+    stderr on ``/dev/null``: the drainer still runs."""
     environ = dict(os.environ if env is None else env)
-    if log is not None:
-        try:
-            return _spawn(argv, environ, str(log))
-        except OSError:
-            pass
-    return _spawn(argv, environ, None)
+    here = _directory_fd() if cwd is not None else None
+    try:
+        if here is not None and cwd is not None:
+            os.chdir(cwd)
+        if log is not None:
+            try:
+                return _spawn(argv, environ, str(log), None if here is not None else cwd)
+            except OSError:
+                pass
+        return _spawn(argv, environ, None, None if here is not None else cwd)
+    finally:
+        if here is not None:
+            os.fchdir(here)
+            os.close(here)
 
 
-def _spawn(argv: Sequence[str], env: dict[str, str], log: str | None) -> int:
+def _directory_fd() -> int | None:
+    try:
+        return os.open(".", os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # an unreadable working directory: the child starts there (the bootstrap moves it)
+        return None
+
+
+def _spawn(argv: Sequence[str], env: dict[str, str], log: str | None, cwd: str | None) -> int:
     devnull = os.devnull
     stderr = (devnull, os.O_RDWR, 0) if log is None else (log, _LOG_FLAGS, 0o600)
-    if _HAS_SPAWN:
+    if _HAS_SPAWN and cwd is None:
         actions = [(os.POSIX_SPAWN_OPEN, fd, devnull, os.O_RDWR, 0) for fd in (0, 1)]
         actions.append((os.POSIX_SPAWN_OPEN, 2, *stderr))
         try:
@@ -488,6 +516,7 @@ def _spawn(argv: Sequence[str], env: dict[str, str], log: str | None) -> int:
             stdout=subprocess.DEVNULL,
             stderr=fd,
             env=env,
+            cwd=cwd,
             start_new_session=True,
             close_fds=True,
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -144,6 +145,16 @@ def lease_lapsed(store: Path) -> bool:
     finally:
         opened.close()
     return lease is None or lease.expires_at < time.time()
+
+
+def lease_holder_pid(store: Path) -> int | None:
+    """The pid in the exporter lease's holder name (``host:pid:suffix``), while the lease is live."""
+    opened = SqliteSessionStore(store)
+    try:
+        lease = opened.current_lease()
+    finally:
+        opened.close()
+    return int(lease.holder.split(":")[1]) if lease is not None and lease.expires_at > time.time() else None
 
 
 def exporters_of(store: Path) -> list[int]:
@@ -276,6 +287,67 @@ def test_a_collector_that_never_answers_keeps_one_exporter_and_shells_start_none
             out, err = hung.communicate(timeout=120)
     assert hung.returncode == 1, (out, err)
     assert "did not accept the export (unreachable?)" in err
+
+
+def test_a_drainer_that_never_finishes_is_the_only_one_and_runs_clean(tmp_path: Path) -> None:
+    """The drainer a shell's ``emit end`` started is stuck: its destination never takes the data (the store's
+    OTLP JSON file is a FIFO nobody reads, so opening it blocks), and its lease lapses meanwhile. While it is
+    stuck: its own ``/proc`` shows the clean environment and the store's directory, and 9 more shells start and
+    end with no drainer started, one alive at any time. Once the data is taken, that one drainer sends all 10."""
+    shells = Shells(tmp_path, OTEL_SERVICE_NAME="hostile", PYTHONPATH=str(tmp_path))
+    first = _session_id(shells.run(["start", "--component", "bash"])["answers"][0][0])
+    traces = shells.data / "telemetry" / "traces.jsonl"
+    traces.unlink()
+    os.mkfifo(traces)
+    taken = bytearray()
+    stop = threading.Event()
+
+    def take_data() -> None:  # a reader that stays open: the drainer's writes go through once it runs
+        fd = os.open(traces, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            while not stop.is_set() or drainer.running(shells.store):
+                with contextlib.suppress(BlockingIOError):
+                    taken.extend(os.read(fd, 65536))
+                stop.wait(0.02)
+        finally:
+            os.close(fd)
+
+    ended = subprocess.run(
+        [SB_OTEL, "emit", "end", first], cwd=shells.cwd, env=shells.env, capture_output=True, text=True, timeout=60
+    )
+    assert ended.returncode == 0, ended.stderr
+    wait_until(lambda: len(exporters_of(shells.store)) == 1, "the drainer to start")
+    (stuck,) = exporters_of(shells.store)
+    reader = threading.Thread(target=take_data)
+    try:
+        environ = Path(f"/proc/{stuck}/environ").read_bytes().split(b"\0")
+        names = sorted(item.split(b"=", 1)[0].decode() for item in environ if item)
+        assert names == ["HOME", "LANG", "LC_ALL", "PATH"]
+        assert os.readlink(f"/proc/{stuck}/cwd") == str(shells.data)
+        wait_until(lambda: lease_holder_pid(shells.store) == stuck, "the stuck drainer to take the lease")
+        wait_until(lambda: lease_lapsed(shells.store), "the stuck drainer's lease to lapse", timeout=90)
+        with most_exporters_alive(shells.store) as most:
+            started = shells.run(*[["start", "--component", "bash"]] * 9)
+            later = [_session_id(stdout) for stdout, _, _ in started["answers"]]
+            more = shells.run(*[["end", session_id, "--exit-code", "0"] for session_id in later])
+            assert exporters_of(shells.store) == [stuck]
+        assert started["drainers"] == more["drainers"] == 0
+        assert most[0] == 1
+        reader.start()
+        wait_until(lambda: not exporters_of(shells.store), "the drainer to finish once its data is taken")
+    finally:
+        stop.set()
+        for pid in exporters_of(shells.store):  # failed before its data was taken: never leave it stuck
+            os.kill(pid, signal.SIGKILL)
+        if reader.is_alive():
+            reader.join()
+    sent = []
+    for line in bytes(taken).decode().splitlines():
+        for resource_spans in json.loads(line).get("resourceSpans", []):
+            for scope in resource_spans.get("scopeSpans", []):
+                sent += [_attributes(span["attributes"])["session.id"] for span in scope.get("spans", [])]
+    assert sorted(sent) == sorted([first, *later])
+    assert shells.pending() == 0
 
 
 def test_a_drainers_error_is_in_its_private_log_and_doctor_shows_it(tmp_path: Path) -> None:
