@@ -269,7 +269,7 @@ def test_a_collector_that_never_answers_keeps_one_exporter_and_shells_start_none
                 **shells.env,
                 "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
                 "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-                "OTEL_EXPORTER_OTLP_TIMEOUT": "15",  # one call: longer than 10 shells take
+                "OTEL_EXPORTER_OTLP_TIMEOUT": "8",  # a call: longer than 10 shells take
             },
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
