@@ -121,6 +121,7 @@ def _env(endpoint: str, store: str, drain: bool, tmp: str, source: str | None = 
         {
             "SB_OTEL_STORE": store,
             "SB_OTEL_DATA_DIR": tmp,
+            "HOME": f"{tmp}/home",  # a drainer takes HOME but not SB_OTEL_DATA_DIR: its files stay in tmp too
             "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
             "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
             "SB_OTEL_EMIT_DRAIN": "1" if drain else "0",
