@@ -202,3 +202,21 @@ def test_doctor_says_whether_a_drainer_runs_where_its_log_is_and_its_last_error(
     monkeypatch.setenv("SB_OTEL_EMIT_DRAIN", "nope")
     assert _check_drainer(str(store))["status"] == "warn"
     assert _check_drainer("memory")["detail"] == "none for a memory store"
+
+
+def test_every_path_to_a_store_finds_one_lock(tmp_path: Path) -> None:
+    """A store reached through a symlinked directory shares its lock and log with the real path."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    linked = tmp_path / "link" / "sessions.db"
+    assert drainer.lock_path(linked) == real / "sessions.db.export.lock"
+    assert drainer.log_path(linked) == real / "sessions.db.export.log"
+    try:
+        assert drainer.take(real / "sessions.db") is not None
+        probe = subprocess.run(
+            [sys.executable, "-c", HOLD, str(linked)], input="", capture_output=True, text=True, timeout=60, check=True
+        )
+        assert probe.stdout == "busy\n"
+    finally:
+        drainer.release()

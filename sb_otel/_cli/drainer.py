@@ -65,13 +65,14 @@ _STARTED, _EXITED = "started:", "exited"
 
 
 def lock_path(store: Path) -> Path:
-    """The drainer lock beside ``store``, named after it."""
-    return store.with_name(store.name + ".export.lock")
+    """The drainer lock beside ``store``, named after it (symlinks resolved: every path to a store finds one
+    lock)."""
+    return Path(os.path.realpath(store) + ".export.lock")
 
 
 def log_path(store: Path) -> Path:
-    """The drainer log beside ``store``, named after it."""
-    return store.with_name(store.name + ".export.log")
+    """The drainer log beside ``store``, named after it (symlinks resolved, as :func:`lock_path`)."""
+    return Path(os.path.realpath(store) + ".export.log")
 
 
 def installation_dir() -> str:

@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from typing import Any
 import pytest
 
 from sb_otel import SqliteSessionStore
-from sb_otel._cli import drainer
+from sb_otel._cli import drainer, emit_fast
 
 SB_OTEL = str(Path(sys.executable).with_name("sb-otel"))
 
@@ -137,24 +138,42 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) ->
         time.sleep(0.05)
 
 
-def lease_lapsed(store: Path) -> bool:
-    """The exporter lease is free or expired: every ``emit`` now wants a drainer."""
+def wants_drainer(store: Path) -> bool:
+    """What the exporter lease tells ``emit`` now (its own decision, ``drainer_wanted``): start a drainer, as
+    when the holder is silent or gone. From then on only the drainer lock keeps shells from starting more."""
     opened = SqliteSessionStore(store)
     try:
-        lease = opened.current_lease()
+        return emit_fast.drainer_wanted(opened)
     finally:
         opened.close()
-    return lease is None or lease.expires_at < time.time()
 
 
-def lease_holder_pid(store: Path) -> int | None:
-    """The pid in the exporter lease's holder name (``host:pid:suffix``), while the lease is live."""
-    opened = SqliteSessionStore(store)
+@contextlib.contextmanager
+def stopped(pid: int, store: Path) -> Iterator[None]:
+    """``pid`` stopped (SIGSTOP) for the block: it renews nothing, as a paused or stuck holder. Stopped outside
+    any write transaction of its own (else every shell would wait on the store, not on the drainer lock)."""
+    for _ in range(100):
+        os.kill(pid, signal.SIGSTOP)
+        if _writable(store):
+            break
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"{pid} never paused outside a write transaction")
     try:
-        lease = opened.current_lease()
+        yield
     finally:
-        opened.close()
-    return int(lease.holder.split(":")[1]) if lease is not None and lease.expires_at > time.time() else None
+        os.kill(pid, signal.SIGCONT)
+
+
+def _writable(store: Path) -> bool:
+    with contextlib.closing(sqlite3.connect(store, timeout=0.2, isolation_level=None)) as db:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return False
+        db.execute("ROLLBACK")
+        return True
 
 
 def exporters_of(store: Path) -> list[int]:
@@ -252,11 +271,14 @@ def test_a_shells_environment_never_reaches_the_drainer(tmp_path: Path) -> None:
     assert shells.pending() == 0
 
 
-def test_a_collector_that_never_answers_keeps_one_exporter_and_shells_start_none(tmp_path: Path) -> None:
-    """A one-shot ``sb-otel export`` hangs on a collector that accepts connections and never answers, with a
-    short lease that lapses while it waits (as a slow export call outlives its lease). 10 shells end meanwhile:
-    they see the lease lapsed, yet start no drainer (the drainer lock is held), so one exporter is alive at any
-    time; and the exporter, when it gives up, says why."""
+def test_a_collector_that_never_answers_keeps_one_exporter_and_shells_start_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-shot ``sb-otel export`` hangs on a collector that accepts connections and never answers, and is
+    paused there until its lease says nothing to ``emit`` any more (a 1 s lease, silent). 10 shells end meanwhile:
+    the lease tells each to start a drainer, yet none is started (the drainer lock is held), so one exporter is
+    alive at any time; and the exporter, once resumed, gives up and says why."""
+    monkeypatch.setenv("SB_OTEL_EMIT_DRAIN", "1")  # for wants_drainer, as in a shell
     shells = Shells(tmp_path)
     started = shells.run(*[["start", "--component", "bash"]] * 10)
     session_ids = [_session_id(stdout) for stdout, _, _ in started["answers"]]
@@ -278,9 +300,10 @@ def test_a_collector_that_never_answers_keeps_one_exporter_and_shells_start_none
         try:
             with most_exporters_alive(shells.store) as most:
                 wait_until(lambda: drainer.running(shells.store), "the export to take the drainer lock")
-                wait_until(lambda: lease_lapsed(shells.store), "the hung export's lease to lapse")
-                ended = shells.run(*[["end", session_id, "--exit-code", "0"] for session_id in session_ids])
-                assert hung.poll() is None  # still hung on the collector when the last shell ended
+                with stopped(hung.pid, shells.store):
+                    wait_until(lambda: wants_drainer(shells.store), "the paused export's lease to stop counting")
+                    ended = shells.run(*[["end", session_id, "--exit-code", "0"] for session_id in session_ids])
+                    assert hung.poll() is None  # still there when the last shell ended
             assert ended["drainers"] == 0
             assert most[0] == 1
         finally:
@@ -289,11 +312,15 @@ def test_a_collector_that_never_answers_keeps_one_exporter_and_shells_start_none
     assert "did not accept the export (unreachable?)" in err
 
 
-def test_a_drainer_that_never_finishes_is_the_only_one_and_runs_clean(tmp_path: Path) -> None:
+def test_a_drainer_that_never_finishes_is_the_only_one_and_runs_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The drainer a shell's ``emit end`` started is stuck: its destination never takes the data (the store's
-    OTLP JSON file is a FIFO nobody reads, so opening it blocks), and its lease lapses meanwhile. While it is
-    stuck: its own ``/proc`` shows the clean environment and the store's directory, and 9 more shells start and
-    end with no drainer started, one alive at any time. Once the data is taken, that one drainer sends all 10."""
+    OTLP JSON file is a FIFO nobody reads, so opening it blocks), and it is paused until its lease tells ``emit``
+    to start another. While it is stuck: its own ``/proc`` shows the clean environment and the store's
+    directory, and 9 more shells start and end with no drainer started, one alive at any time. Once the data is
+    taken, that one drainer sends all 10."""
+    monkeypatch.setenv("SB_OTEL_EMIT_DRAIN", "1")  # for wants_drainer, as in a shell
     shells = Shells(tmp_path, OTEL_SERVICE_NAME="hostile", PYTHONPATH=str(tmp_path))
     first = _session_id(shells.run(["start", "--component", "bash"])["answers"][0][0])
     traces = shells.data / "telemetry" / "traces.jsonl"
@@ -324,9 +351,9 @@ def test_a_drainer_that_never_finishes_is_the_only_one_and_runs_clean(tmp_path: 
         names = sorted(item.split(b"=", 1)[0].decode() for item in environ if item)
         assert names == ["HOME", "LANG", "LC_ALL", "PATH"]
         assert os.readlink(f"/proc/{stuck}/cwd") == str(shells.data)
-        wait_until(lambda: lease_holder_pid(shells.store) == stuck, "the stuck drainer to take the lease")
-        wait_until(lambda: lease_lapsed(shells.store), "the stuck drainer's lease to lapse", timeout=90)
-        with most_exporters_alive(shells.store) as most:
+        wait_until(lambda: drainer.running(shells.store), "the stuck drainer to hold the drainer lock")
+        with most_exporters_alive(shells.store) as most, stopped(stuck, shells.store):
+            wait_until(lambda: wants_drainer(shells.store), "the stuck drainer's lease to stop counting", 90)
             started = shells.run(*[["start", "--component", "bash"]] * 9)
             later = [_session_id(stdout) for stdout, _, _ in started["answers"]]
             more = shells.run(*[["end", session_id, "--exit-code", "0"] for session_id in later])
