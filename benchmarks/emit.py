@@ -17,6 +17,10 @@ and ``pyproject.toml`` (importing :mod:`tomllib`).
     .venv/bin/python benchmarks/emit.py [--rounds 40] [--no-drain] [--cwd DIR]
     .venv/bin/python benchmarks/emit.py --rounds 20 --source /tmp/before --source .   # two trees, same run
 
+``--files`` sets no OTLP endpoint at all (one mode instead of up and down): every exporter, a drainer of either
+tree included, writes the OTLP JSON files, so trees whose drainers differ in what they take from the shell's
+environment are compared on the same work.
+
 ``--source DIR`` (repeatable) runs the code in ``DIR`` (``PYTHONPATH``, drainers included) instead of the installed
 one: the trees take turns in blocks of ``--block`` rounds, each on its own stores, and each tree's drainers are
 waited for and counted after each of its blocks.
@@ -117,12 +121,15 @@ def _env(endpoint: str, store: str, drain: bool, tmp: str, source: str | None = 
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONDONTWRITEBYTECODE", "TRACEPARENT")}
     if source is not None:
         env["PYTHONPATH"] = source
+    if not endpoint:  # --files: no endpoint anywhere, every exporter writes the store's OTLP JSON files
+        env = {key: value for key, value in env.items() if not key.startswith("OTEL_EXPORTER_OTLP_")}
+    else:
+        env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
     env.update(
         {
             "SB_OTEL_STORE": store,
             "SB_OTEL_DATA_DIR": tmp,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "HOME": f"{tmp}/home",  # a drainer takes HOME but not SB_OTEL_DATA_DIR: its files stay in tmp too
             "SB_OTEL_EMIT_DRAIN": "1" if drain else "0",
         }
     )
@@ -189,6 +196,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--no-drain", action="store_true", help="SB_OTEL_EMIT_DRAIN=0: the command alone")
+    parser.add_argument(
+        "--files", action="store_true", help="no OTLP endpoint: every exporter writes OTLP JSON files (one mode)"
+    )
     parser.add_argument("--cwd", type=Path, help="directory to run the commands in (default: an empty one)")
     parser.add_argument("--source", action="append", type=Path, help="run the sb_otel tree in DIR (repeatable)")
     parser.add_argument("--block", type=int, default=5, help="--source: rounds per turn of each tree")
@@ -205,7 +215,7 @@ def main() -> None:
         workdir.mkdir(exist_ok=True)
         os.chdir(workdir)
         print(f"commands run in {workdir}")
-        endpoints = {"up": receiver.endpoint, "down": dead}
+        endpoints = {"files": ""} if args.files else {"up": receiver.endpoint, "down": dead}
         load_before = os.getloadavg()[0]
         results: dict[str | None, tuple[Samples, list[int]]] = {source: ({}, [0, 0, 0]) for source in sources}
         drainer_cpu: dict[str | None, float] = dict.fromkeys(sources, 0.0)
@@ -219,7 +229,7 @@ def main() -> None:
                 named = None if source is None else (f"{sources.index(source)}-", source)
                 measure(endpoints, rounds, drain, tmp, named, samples, warm_up)
                 counts[0] += rounds
-                counts[1] += 4 * (rounds + warm_up)
+                counts[1] += 2 * len(endpoints) * (rounds + warm_up)  # a start and an end per mode
                 if adopted and drain:
                     before = _drainer_cpu()
                     count, cpu = _reap_drainers(receiver._child.pid)

@@ -162,8 +162,9 @@ SB_OTEL_SESSION_ID = Setting(
 SB_OTEL_EMIT_DRAIN = Setting(
     env="SB_OTEL_EMIT_DRAIN",
     default="`1`",
-    description="`0` stops `sb-otel emit` from starting a detached `sb-otel export` after it writes the store "
-    "(the session's telemetry then waits for the next exporter: `serve`, `sb-otel export`).",
+    description="`0`, `false`, `off` or `no` stops `sb-otel emit` from starting its detached drainer (`sb-otel "
+    'export`, isolated from the shell: see "The command line") after it writes the store (the session\'s '
+    "telemetry then waits for the next exporter: `serve`, `sb-otel export`).",
 )
 SB_OTEL_JAEGER_URL = Setting(
     env="SB_OTEL_JAEGER_URL",

@@ -22,8 +22,8 @@ import click
 import pytest
 from opentelemetry.trace import SpanKind, Status, StatusCode, get_current_span
 
+from sb_otel._cli import drainer, emit_argv, emit_fast, main
 from sb_otel._cli import emit as emit_commands
-from sb_otel._cli import emit_argv, emit_fast, main
 from sb_otel._telemetry import session_span, shell_plan
 from sb_otel._telemetry.attributes import start_attributes
 from sb_otel._telemetry.instrumentation import instrument
@@ -352,18 +352,70 @@ def test_end_decides_the_status_as_the_tracker_does(store: Path, args: list[str]
 
 
 def test_start_and_end_each_start_the_drainer_unless_told_not_to(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """After writing the store, ``python -m sb_otel export --store PATH``; none with SB_OTEL_EMIT_DRAIN=0."""
-    spawned: list[list[str]] = []
-    monkeypatch.setattr(emit_fast, "spawn_detached", lambda argv: spawned.append(list(argv)) or 1)
+    """After writing the store, the isolated drainer for that store, with a clean environment and its stderr in
+    the store's log; none with SB_OTEL_EMIT_DRAIN off, in any of the spellings the other switches take."""
+    spawned: list[tuple[list[str], dict[str, str], str, Path | None]] = []
+    monkeypatch.setattr(
+        emit_fast, "spawn_detached", lambda argv, env, cwd, log: spawned.append((list(argv), env, cwd, log))
+    )
     monkeypatch.setenv("SB_OTEL_EMIT_DRAIN", "1")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "a-shell")
     assert main(["emit", "start", "--pid", "1"]) == 0
     session_id = record_ids(store)[0]
     assert main(["emit", "end", session_id]) == 0
     assert main(["emit", "end", session_id]) == 0  # a retry ends nothing: no drainer
-    assert spawned == [[sys.executable, "-m", "sb_otel", "export", "--store", str(store)]] * 2
-    monkeypatch.setenv("SB_OTEL_EMIT_DRAIN", "0")
-    assert main(["emit", "start", "--pid", "1"]) == 0
+    installation = str(Path(emit_fast.__file__).parents[2])
+    argv = [sys.executable, "-I", "-c", drainer.BOOTSTRAP, installation, str(store)]
+    assert [spawn[0] for spawn in spawned] == [argv] * 2
+    assert [spawn[2:] for spawn in spawned] == [(str(store.parent), store.with_name("sessions.db.export.log"))] * 2
+    env = spawned[0][1]
+    assert env["PATH"] == os.defpath
+    assert env["LC_ALL"] == "C.UTF-8"
+    assert not [name for name in env if name.startswith(("OTEL_", "PYTHON"))]
+    for off in ("0", "false", "OFF", "No", " no "):
+        monkeypatch.setenv("SB_OTEL_EMIT_DRAIN", off)
+        assert main(["emit", "start", "--pid", "1"]) == 0
     assert len(spawned) == 2
+    monkeypatch.setenv("SB_OTEL_EMIT_DRAIN", "true")
+    assert main(["emit", "start", "--pid", "1"]) == 0
+    assert len(spawned) == 3
+
+
+@pytest.mark.parametrize(
+    ("value", "on"),
+    [
+        pytest.param(None, True, id="unset"),
+        pytest.param("1", True, id="1"),
+        pytest.param("true", True, id="true"),
+        pytest.param("on", True, id="on"),
+        pytest.param("yes", True, id="yes"),
+        pytest.param("maybe", True, id="a typo keeps it on"),
+        pytest.param("0", False, id="0"),
+        pytest.param("FALSE", False, id="FALSE"),
+        pytest.param("off", False, id="off"),
+        pytest.param("no", False, id="no"),
+    ],
+)
+def test_the_drain_switch_reads_the_usual_boolean_spellings(value: str | None, on: bool) -> None:
+    """SB_OTEL_EMIT_DRAIN: 0/false/off/no turn drainers off; anything else (a typo too) leaves them on."""
+    environ = {} if value is None else {"SB_OTEL_EMIT_DRAIN": value}
+    assert emit_fast.drain_enabled(environ) is on
+
+
+def test_no_drainer_while_one_holds_the_stores_drainer_lock(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drainer holding the store's lock (here: this process) sends what emit writes: emit spawns none."""
+    spawned: list[list[str]] = []
+    monkeypatch.setattr(emit_fast, "spawn_detached", lambda argv, env, cwd, log: spawned.append(list(argv)) or 1)
+    monkeypatch.setenv("SB_OTEL_EMIT_DRAIN", "1")
+    assert drainer.take(store) is not None
+    try:
+        assert main(["emit", "start", "--pid", "1"]) == 0
+        assert main(["emit", "end", record_ids(store)[0]]) == 0
+        assert spawned == []
+    finally:
+        drainer.release()
+    assert main(["emit", "start", "--pid", "1"]) == 0
+    assert len(spawned) == 1
 
 
 def test_no_drainer_while_a_live_exporter_holds_the_lease(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -371,7 +423,7 @@ def test_no_drainer_while_a_live_exporter_holds_the_lease(store: Path, monkeypat
     lock file free), or with a hint no clock of ours can explain (a holder whose clock runs an hour ahead):
     a drainer again, which judges the lease properly."""
     spawned: list[list[str]] = []
-    monkeypatch.setattr(emit_fast, "spawn_detached", lambda argv: spawned.append(list(argv)) or 1)
+    monkeypatch.setattr(emit_fast, "spawn_detached", lambda argv, env, cwd, log: spawned.append(list(argv)) or 1)
     monkeypatch.setenv("SB_OTEL_EMIT_DRAIN", "1")
     holder = new_holder()
     lease_store = SqliteSessionStore(store)
@@ -428,6 +480,34 @@ def test_the_drainer_runs_detached_with_stdio_on_dev_null() -> None:
     os.close(read_end)
     os.waitpid(pid, 0)
     assert shown == "True ['/dev/null', '/dev/null', '/dev/null']"
+
+
+def test_the_drainer_gets_the_environment_given_and_its_stderr_in_the_log(tmp_path: Path) -> None:
+    """``env`` replaces this process's environment, ``cwd`` is where it starts; stderr is appended to the log,
+    created 0600."""
+    log = tmp_path / "sessions.db.export.log"
+    log_fd = os.open(log, os.O_WRONLY | os.O_CREAT, 0o600)  # an earlier drainer's line stays
+    os.write(log_fd, b"earlier\n")
+    os.close(log_fd)
+    os.chmod(log, 0o600)
+    code = "import json, os, sys; sys.stderr.write(json.dumps(dict(os.environ)) + '\\n')"
+    pid = emit_fast.spawn_detached([sys.executable, "-c", code], env={"PATH": os.defpath, "ONLY": "this"}, log=log)
+    os.waitpid(pid, 0)
+    lines = log.read_text().splitlines()
+    assert lines[0] == "earlier"
+    seen = json.loads(lines[1])
+    seen.pop("LC_CTYPE", None)  # Python's own C-locale coercion (PEP 538) may add it
+    assert seen == {"PATH": os.defpath, "ONLY": "this"}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    here = os.getcwd()
+    code = "import os, sys; sys.stderr.write(os.getcwd() + '\\n')"
+    os.waitpid(emit_fast.spawn_detached([sys.executable, "-c", code], cwd=str(elsewhere), log=log), 0)
+    assert log.read_text().splitlines()[2] == str(elsewhere)  # started there, and this process is back
+    assert os.getcwd() == here
+    fresh = tmp_path / "new.log"
+    os.waitpid(emit_fast.spawn_detached([sys.executable, "-c", "pass"], env={}, log=fresh), 0)
+    assert fresh.stat().st_mode & 0o777 == 0o600
 
 
 # -- one interface, two parsers -----------------------------------------------------------------------------

@@ -4,6 +4,8 @@ or steps aside, and the exporter the command builds starts as the holder the gat
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from sb_otel import SqliteSessionStore
-from sb_otel._cli import export_gate, main
+from sb_otel import _cli as cli_package
+from sb_otel._cli import drainer, export_gate, main
 from sb_otel._telemetry.configure import standalone_exporter
 from sb_otel._telemetry.store_exporter import StoreExporter
 from sb_otel._tracking.export_state import Lease, new_holder
@@ -207,3 +210,92 @@ def test_one_export_runs_as_the_gate_holder(path: Path, monkeypatch: pytest.Monk
     assert final is not None
     assert seen == [final.holder]  # the exporter's holder is the one that took (and released) the lease
     assert final.expires_at == 0
+
+
+# -- the drainer lock ---------------------------------------------------------------------------------------
+
+HOLD_LOCK = (
+    "import sys; from pathlib import Path; from sb_otel._cli import drainer\n"
+    "assert drainer.take(Path(sys.argv[1])) is not None\n"
+    "print('held', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+@pytest.fixture
+def drainer_running(path: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the store's drainer lock (as a drainer does for its whole life)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline() == "held\n"
+    yield child
+    child.communicate("")
+
+
+def test_a_one_shot_export_steps_aside_for_a_running_drainer(
+    path: Path, drainer_running: subprocess.Popen[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It exits 0 at once naming the drainer's pid and log, and never touches the lease."""
+    SqliteSessionStore(path).close()
+    assert main(["export", "--store", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"a drainer (pid {drainer_running.pid}) is exporting this store" in out
+    assert str(path.with_name("sessions.db.export.log")) in out
+    assert lease(path) is None
+
+
+def test_follow_takes_no_drainer_lock(path: Path, drainer_running: subprocess.Popen[str]) -> None:
+    """--follow is the service: a drainer running does not keep it from taking a free lease."""
+    SqliteSessionStore(path).close()
+    assert export_gate.lease_note(["--store", str(path), "--follow"]) is None
+    assert export_gate.held(str(path)) is not None
+
+
+def test_the_export_holds_the_lock_while_it_runs_and_lets_go_after(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    SqliteSessionStore(path).close()
+    seen: list[bool] = []
+    real = standalone_exporter
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(drainer.running(path))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("sb_otel._cli.export.standalone_exporter", spy)
+    assert main(["export", "--store", str(path)]) == 0
+    assert seen == [True]
+    assert not drainer.running(path)
+
+
+def test_what_is_written_while_the_export_finishes_is_sent_by_another_round(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session ended after the command's last read (its emit saw the lock held and started no drainer) is
+    found by the look after the lock is let go, and sent by the same process."""
+    monkeypatch.setenv("SB_OTEL_STORE", str(path))
+    SqliteSessionStore(path).close()
+    rounds: list[int] = []
+    real = cli_package._click_main
+
+    def command_then_a_shell_ends(args: list[str]) -> int:
+        code = real(args)
+        rounds.append(code)
+        if len(rounds) == 1:
+            assert main(["emit", "start", "--pid", "1"]) == 0
+            opened = SqliteSessionStore(path)
+            try:
+                session_id = opened.list_sessions()[0].session_id
+            finally:
+                opened.close()
+            assert main(["emit", "end", session_id]) == 0
+        return code
+
+    monkeypatch.setattr(cli_package, "_click_main", command_then_a_shell_ends)
+    assert main(["export", "--store", str(path)]) == 0
+    assert rounds == [0, 0]
+    store = SqliteSessionStore(path)
+    try:
+        assert store.export_backlog().pending_root_spans == 0
+    finally:
+        store.close()

@@ -8,7 +8,8 @@ the layers below. Each command's module is imported only when that command runs 
 (:mod:`sb_otel._cli.emit_argv`), as is ``init bash|zsh|fish`` (:mod:`sb_otel._cli.shell_init`): a shell's
 start-up pays for neither. Likewise ``sb-otel export`` takes the store's
 exporter lease before any of that, or steps aside when another process already exports the store
-(:mod:`sb_otel._cli.export_gate`).
+(:mod:`sb_otel._cli.export_gate`); a one-shot export also holds the store's drainer lock until it exits, so at
+most one runs per store (:mod:`sb_otel._cli.drainer`).
 """
 
 from __future__ import annotations
@@ -39,17 +40,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code is not None:
             return code
     if args[:1] == ["export"]:
-        from sb_otel._cli import export_gate
+        return _export(args)
+    return _click_main(args)
 
+
+def _export(args: list[str]) -> int:
+    """``sb-otel export``: the gate (drainer lock, lease) before the SDK is imported; after the command, the lock
+    and lease let go, look again for what was written meanwhile (:func:`export_gate.left_behind`)."""
+    from sb_otel._cli import export_gate
+
+    code, before = 0, -1
+    for _ in range(export_gate.MAX_ROUNDS):
         note = export_gate.lease_note(args[1:])
         if note is not None:
             print(note)
             return 0
         try:
-            return _click_main(args)
+            code = _click_main(args)
         finally:
             export_gate.release()
-    return _click_main(args)
+        left = export_gate.left_behind(args[1:])
+        if code != 0 or left == 0 or left == before:
+            break  # failed (it said why), nothing left, or nothing moved since the last look
+        before = left
+    return code
 
 
 def _click_main(args: list[str]) -> int:

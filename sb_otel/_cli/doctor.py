@@ -39,6 +39,7 @@ def doctor(as_json: bool, store_location: str | None) -> int:
         _check_destination(store_location),
         _check_outbox(store_location),
         _check_reaper(store_location),
+        _check_drainer(store_location),
         _check_mcp(),
     ]
     if as_json:
@@ -346,6 +347,33 @@ def _reachability(destination: Any, store_path: Path | None) -> str | None:
                 f"{target} is a {'http/protobuf' if port == 4318 else 'grpc'} port ('sb-otel config set protocol …')"
             )
     return "; ".join(problems) or None
+
+
+def _check_drainer(location: str | None) -> dict[str, Any]:
+    """The detached exporter shells start (``sb_otel/_cli/drainer.py``): running now, its log, its last errors."""
+    from sb_otel._cli import drainer, export_gate
+    from sb_otel._cli.emit_fast import DRAIN_OFF, DRAIN_ON, drain_enabled
+    from sb_otel._settings import SB_OTEL_EMIT_DRAIN
+
+    store = export_gate.store_file(location)
+    if store is None:
+        return {"name": "drainer", "status": "ok", "detail": "none for a memory store", "advice": ""}
+    switch = SB_OTEL_EMIT_DRAIN.read()
+    if switch is not None and switch.lower() not in (*DRAIN_OFF, *DRAIN_ON):
+        detail = f"{SB_OTEL_EMIT_DRAIN.env}={switch!r} is not a switch; drainers stay on"
+        return {"name": "drainer", "status": "warn", "detail": detail, "advice": "set it to 1 or 0 (true/false)"}
+    state = "off (SB_OTEL_EMIT_DRAIN)" if not drain_enabled() else "none running"
+    if drainer.running(store):
+        pid = drainer.holder_pid(store)
+        state = f"running (pid {pid})" if pid is not None else "running"
+    log = drainer.log_path(store)
+    errors, code = drainer.last_errors(store)
+    detail = f"{state}; log: {log}" if log.exists() else f"{state}; log: {log} (none yet)"
+    if errors or (code is not None and code != 0):
+        shown = " | ".join(errors) or f"exited {code}"
+        advice = "fix what the log says; 'sb-otel export' run by hand shows the same error"
+        return {"name": "drainer", "status": "warn", "detail": f"{detail}; last error: {shown}", "advice": advice}
+    return {"name": "drainer", "status": "ok", "detail": detail, "advice": ""}
 
 
 def _check_mcp() -> dict[str, Any]:

@@ -16,8 +16,9 @@ the tracker does for a start or an end, by the same rules and through the same s
   only when the shell sets such a variable, one write the first time; :mod:`sb_otel._tracking.destination_store`);
 * nothing is exported here: the row is marked as owing its start's and end's spans and log records, which the
   exporter builds from it (:mod:`sb_otel._tracking.row_telemetry`); after writing the store, a detached
-  ``sb-otel export`` is started (unless ``SB_OTEL_EMIT_DRAIN=0``), which sends them, and the session's root span
-  when the store marks it pending.
+  ``sb-otel export`` is started (unless ``SB_OTEL_EMIT_DRAIN`` is off, or a drainer or live exporter already runs
+  for the store), isolated from the shell (:mod:`sb_otel._cli.drainer`), which sends them, and the session's root
+  span when the store marks it pending.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sb_otel._cli import drainer
 from sb_otel._settings import SB_OTEL_EMIT_DRAIN, SB_OTEL_REDACT, SB_OTEL_SESSION_ID, SB_OTEL_STORE, data_dir
 from sb_otel._telemetry.attributes import start_attributes
 from sb_otel._telemetry.shell_plan import ATTRIBUTES_KEY, STATE_KEY, plan_json, traceparent_of
@@ -418,12 +420,19 @@ def shell_quote(value: str | None) -> str:
 
 
 def drain_command(store_location: str | None) -> list[str] | None:
-    """``python -m sb_otel export --store PATH`` for the store just written; ``None`` for a memory store."""
+    """The drainer's argv for the store just written (:func:`sb_otel._cli.drainer.command`: ``python -I`` and a
+    bootstrap that imports this installation's ``sb_otel``, then ``sb-otel export --store PATH``); ``None`` for
+    a memory store."""
+    store = _drained_store(store_location)
+    return None if store is None else drainer.command(store)
+
+
+def _drained_store(store_location: str | None) -> Path | None:
     spec = store_location if store_location is not None else SB_OTEL_STORE.read()
     if spec == "memory":
         return None
     path = Path(spec).expanduser() if spec else data_dir() / "sessions.db"
-    return [sys.executable, "-m", "sb_otel", "export", "--store", str(path.absolute())]
+    return path.absolute()
 
 
 def drainer_wanted(store: SessionStore) -> bool:
@@ -453,46 +462,111 @@ def drainer_wanted(store: SessionStore) -> bool:
     return holder_lock.holder_gone(holder_lock.lock_path(path), lease.lock_file)
 
 
+def drain_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """``SB_OTEL_EMIT_DRAIN``: off for ``0``/``false``/``off``/``no`` (any case), as the other switches read;
+    on when unset and for anything else (a typo never stops telemetry; ``sb-otel doctor`` names it)."""
+    return (SB_OTEL_EMIT_DRAIN.read(environ) or "1").lower() not in DRAIN_OFF
+
+
+DRAIN_OFF = ("0", "false", "off", "no")
+"""``SB_OTEL_EMIT_DRAIN`` values that turn the drainer off."""
+DRAIN_ON = ("1", "true", "on", "yes")
+"""``SB_OTEL_EMIT_DRAIN`` values that say on (anything else is a typo, and also on)."""
+
+
 def drain(store_location: str | None) -> None:
-    """Start the exporter for this store, detached, unless ``SB_OTEL_EMIT_DRAIN=0``; never wait for it.
+    """Start the drainer for this store, detached, unless it is off or one is running; never wait for it.
 
-    The exporter itself exits at once when another process holds the store's exporter lease."""
-    if SB_OTEL_EMIT_DRAIN.read() == "0":
+    A running drainer (the store's drainer lock is held) sends what was just written, or, if it finished its
+    last read before this write, finds it when it looks again after releasing the lock (``sb-otel export``):
+    so one drainer per store at a time, however long a collector keeps it waiting."""
+    if not drain_enabled():
         return
-    command = drain_command(store_location)
-    if command is not None:
-        try:
-            spawn_detached(command)
-        except OSError as exc:  # the session is tracked; its telemetry waits for the next exporter
-            note = f"sb-otel could not start the exporter ({exc}); the session is tracked"
-            _log(_WARNING, lambda _: note)
+    store = _drained_store(store_location)
+    if store is None or drainer.running(store):
+        return
+    try:
+        spawn_detached(
+            drainer.command(store),
+            env=drainer.environment(os.environ),
+            cwd=drainer.working_directory(store),
+            log=drainer.log_path(store),
+        )
+    except OSError as exc:  # the session is tracked; its telemetry waits for the next exporter
+        note = f"sb-otel could not start the exporter ({exc}); the session is tracked"
+        _log(_WARNING, lambda _: note)
 
 
-def spawn_detached(argv: Sequence[str]) -> int:
-    """Start ``argv`` in its own session with stdio on ``/dev/null`` and return its pid, without waiting.
+def spawn_detached(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    log: Path | None = None,
+) -> int:
+    """Start ``argv`` in its own session with ``env`` (default: this process's) in ``cwd`` (default: this
+    one's) and return its pid, without waiting: stdin and stdout on ``/dev/null``, stderr appended to ``log``
+    (created 0600) or on ``/dev/null``.
 
-    ``posix_spawn`` rather than :mod:`subprocess`, which would cost this short command more than the spawn."""
+    ``posix_spawn`` rather than :mod:`subprocess`, which would cost this short command more than the spawn.
+    ``posix_spawn`` cannot change directory, so this process steps into ``cwd`` for the spawn and back (by a
+    descriptor: the shell's directory may be gone). A log that cannot be opened (a symlink, a full disk) leaves
+    stderr on ``/dev/null``: the drainer still runs."""
+    environ = dict(os.environ if env is None else env)
+    here = _directory_fd() if cwd is not None else None
+    try:
+        if here is not None and cwd is not None:
+            os.chdir(cwd)
+        if log is not None:
+            try:
+                return _spawn(argv, environ, str(log), None if here is not None else cwd)
+            except OSError:
+                pass
+        return _spawn(argv, environ, None, None if here is not None else cwd)
+    finally:
+        if here is not None:
+            os.fchdir(here)
+            os.close(here)
+
+
+def _directory_fd() -> int | None:
+    try:
+        return os.open(".", os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # an unreadable working directory: the child starts there (the bootstrap moves it)
+        return None
+
+
+def _spawn(argv: Sequence[str], env: dict[str, str], log: str | None, cwd: str | None) -> int:
     devnull = os.devnull
-    actions = [(os.POSIX_SPAWN_OPEN, fd, devnull, os.O_RDWR, 0) for fd in (0, 1, 2)] if _HAS_SPAWN else []
-    if _HAS_SPAWN:
+    stderr = (devnull, os.O_RDWR, 0) if log is None else (log, _LOG_FLAGS, 0o600)
+    if _HAS_SPAWN and cwd is None:
+        actions = [(os.POSIX_SPAWN_OPEN, fd, devnull, os.O_RDWR, 0) for fd in (0, 1)]
+        actions.append((os.POSIX_SPAWN_OPEN, 2, *stderr))
         try:
-            return os.posix_spawn(argv[0], list(argv), os.environ, file_actions=actions, setsid=True)
+            return os.posix_spawn(argv[0], list(argv), env, file_actions=actions, setsid=True)
         except NotImplementedError:  # a platform without POSIX_SPAWN_SETSID
             pass
     import subprocess
 
-    child = subprocess.Popen(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        close_fds=True,
-    )
+    fd = os.open(stderr[0], stderr[1] | os.O_CLOEXEC, stderr[2])
+    try:
+        child = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=fd,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        os.close(fd)
     return child.pid
 
 
 _HAS_SPAWN = hasattr(os, "posix_spawn") and hasattr(os, "POSIX_SPAWN_OPEN")
+_LOG_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
 
 
 # -- OS facts -------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The first thing ``sb-otel export`` does: take the store's exporter lease, cheaply, or step aside.
+"""The first thing ``sb-otel export`` does: take the store's drainer lock and exporter lease, cheaply, or step aside.
 
 ``emit`` starts a detached ``sb-otel export`` after each write when it finds no exporter. Importing the
 OpenTelemetry SDK takes hundreds of milliseconds, so a drainer that took the lease only after those imports left
@@ -11,6 +11,12 @@ busy lease costs a process start and one SQLite transaction.
 
 ``--follow`` never steps aside: it takes the lease here when it is free, else it waits as a standby and takes
 over when the holder's heartbeat stops (or its lock file shows it dead: :mod:`sb_otel._telemetry.lease`).
+
+Before the lease, a one-shot ``sb-otel export`` (the drainer ``emit`` starts, or one run by hand) takes the store's
+drainer lock (:mod:`sb_otel._cli.drainer`) and holds it until it exits; a second one exits here at once. The lease
+alone let drainers pile up behind a collector that never answers: the first drainer's export call outlived its
+lease, the next shell's drainer took the lease over, and so on. ``--follow`` takes no drainer lock: it is the
+service, and waits for the lease as a standby.
 
 A single ``sb-otel export`` facing a holder steps aside when the lease's hint says the holder renewed lately. When
 the hint says it did not, the hint may be wrong (the holder's clock runs behind ours) or right (it died on another
@@ -29,6 +35,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -90,6 +97,10 @@ def lease_note(args: Sequence[str]) -> str | None:
 
     follow = "--follow" in args
     location = _last_value(args, "--store")
+    if not follow:
+        busy = _drainer_note(location)
+        if busy is not None:
+            return busy
     try:
         store = open_store(location)
     except Exception:
@@ -141,6 +152,63 @@ def _note(lease: Lease) -> str:
     return f"sb-otel: {lease.holder} is exporting this store; nothing to do"
 
 
+def store_file(location: str | None) -> Path | None:
+    """The SQLite file ``--store`` (else ``SB_OTEL_STORE``, else the default) names; ``None`` for ``memory``."""
+    from sb_otel._settings import SB_OTEL_STORE, data_dir
+
+    spec = location if location is not None else SB_OTEL_STORE.read()
+    if spec == "memory":
+        return None
+    try:
+        return (Path(spec).expanduser() if spec else data_dir() / "sessions.db").absolute()
+    except Exception:
+        return None  # the command says what is wrong with the setting
+
+
+def _drainer_note(location: str | None) -> str | None:
+    """Take the store's drainer lock for this one-shot export, or the note to print when a drainer holds it."""
+    from sb_otel._cli import drainer
+
+    store = store_file(location)
+    if store is None or drainer.take(store) is not None:
+        return None
+    pid = drainer.holder_pid(store)
+    who = f"a drainer (pid {pid})" if pid is not None else "a drainer"
+    return f"sb-otel: {who} is exporting this store; nothing to do (its log: {drainer.log_path(store)})"
+
+
+MAX_ROUNDS = 20
+"""How many times one ``sb-otel export`` drains again what was written while it finished (:func:`left_behind`)."""
+
+
+def left_behind(args: Sequence[str]) -> int:
+    """After a one-shot export released its lease and drainer lock: how many records wait in the store now.
+
+    ``emit`` starts no drainer while one holds the lock. A write that landed after the drainer's last read but
+    before it let the lock go would wait for the next shell; looking again *after* letting go closes that gap:
+    either that emit saw the lock free (and started a drainer), or its write is counted here and the command
+    runs again (it takes the lock again, or steps aside for the drainer that took it). ``0`` for ``--follow``,
+    ``--help``, or a store that cannot be read."""
+    if "--follow" in args or any(arg in ("--help", "-h") for arg in args):
+        return 0
+    from sb_otel._tracking.export_state import TelemetryStore
+    from sb_otel._tracking.store_factory import open_store
+
+    try:
+        store = open_store(_last_value(args, "--store"))
+    except Exception:
+        return 0
+    try:
+        if not isinstance(store, TelemetryStore):
+            return 0
+        waiting = store.export_backlog()
+        return waiting.pending_root_spans + sum(waiting.outbox.values())
+    except Exception:
+        return 0
+    finally:
+        store.close()
+
+
 def held(store_location: str | None) -> str | None:
     """The holder name the gate took ``store_location``'s lease as (the exporter starts as that holder);
     ``None`` when it took none, or took another store's (``--store`` read differently: :func:`release` gives
@@ -157,6 +225,9 @@ def release() -> None:
     taken, _taken = _taken, None
     if taken is not None:
         _release(taken)
+    from sb_otel._cli import drainer
+
+    drainer.release()
 
 
 def _release(taken: _Taken) -> None:
