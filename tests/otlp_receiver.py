@@ -336,8 +336,12 @@ class _LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):
 
 
 def _grpc_headers(context: grpc.ServicerContext) -> dict[str, str]:
-    """Invocation metadata as a dict (binary ``-bin`` entries are left out: tests assert on text headers)."""
-    return {key.lower(): value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
+    """Invocation metadata as a dict (binary ``-bin`` entries are left out: tests assert on text headers), with
+    the client's port as ``:peer`` (which process sent it: :mod:`tests.peer_process`)."""
+    headers = {key.lower(): value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
+    peer = context.peer() or ""  # "ipv4:127.0.0.1:54321"
+    headers[":peer"] = peer.rsplit(":", 1)[-1]
+    return headers
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -413,6 +417,7 @@ class _OtlpHttpHandler(http.server.BaseHTTPRequestHandler):
             self._reply_error(400, code_pb2.INVALID_ARGUMENT, f"bad protobuf: {exc}")
             return
         headers = {key.lower(): value for key, value in self.headers.items()}
+        headers[":peer"] = str(self.client_address[1])  # which process sent it: tests/peer_process.py
         try:
             response = self.server.receiver._faulted("http", signal, request, headers)
         except _Refused as refused:
@@ -499,6 +504,9 @@ class OtlpReceiver:
         self._requests: list[dict[str, Any]] = []
         self._counts: dict[tuple[Transport, Signal], int] = {}
         self._faults: dict[Signal, Fault] = {}
+        self.named: dict[int, str] = {}
+        """Processes under test by pid: when any is named, each request gets the ``:sender`` pseudo-header, the
+        name of the process that sent it, found from its connection on arrival (:mod:`tests.peer_process`)."""
         self._attempts: dict[Signal, int] = {}
         self._faulted_counts: dict[tuple[Signal, str], int] = {}
         self._stopping = threading.Event()
@@ -667,6 +675,10 @@ class OtlpReceiver:
 
     def _faulted(self, transport: Transport, signal: Signal, request: Any, headers: Mapping[str, str]) -> Message:
         """Record the request unless its signal's fault says otherwise (raises :class:`_Refused`)."""
+        if self.named:  # on arrival, while the sender's connection is surely open
+            from tests.peer_process import sender
+
+            headers = {**headers, ":sender": sender(headers, self.named)}
         fault = self._fault_for(signal, request)
         if fault is None:
             return self._accept(transport, signal, request, headers)

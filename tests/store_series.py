@@ -1,9 +1,9 @@
 """What an OTLP receiver got of a store's session series: per export request, which process sent it, when it
 arrived, and whether the counters read as one continuous series (for the exporter-lease hand-over tests).
 
-The exporting process is told apart by the connection, not the data: each ``sb-otel export`` under test sends
-its own ``OTEL_EXPORTER_OTLP_HEADERS`` entry (:data:`EXPORTER_HEADER`), which the receiver records per request.
-The series themselves carry nothing per process, by design: their identity is the store's.
+The exporting process is told apart by the connection, not the data (:mod:`tests.peer_process`): every exporter of
+a store sends the store's destination, headers included, and the series themselves carry nothing per process, by
+design: their identity is the store's.
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ from sb_otel._tracking.session_counts import SessionCounts
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from tests.otlp_receiver import OtlpReceiver
 
-EXPORTER_HEADER = "x-sb-otel-test-exporter"
-"""The OTLP header naming the process under test that sent a request."""
-
 CUMULATIVE = 2  # AggregationTemporality.CUMULATIVE on the wire
 SeriesKey = tuple[str, frozenset[tuple[str, Any]]]
 """A metric name and one attribute set: one Prometheus series."""
@@ -34,11 +31,14 @@ class StampingReceiver(OtlpReceiver):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._arrivals: list[int] = []
+        self._senders: list[str] = []
 
     def _accept(self, transport: Any, signal: Any, request: Any, headers: Mapping[str, str]) -> Any:
-        with self._cond:  # re-entrant: the request and its arrival time are recorded together
+        sent_by = headers.get(":sender", "?")  # while the connection is open
+        with self._cond:  # re-entrant: the request, its arrival time and its sender are recorded together
             reply = super()._accept(transport, signal, request, headers)
             self._arrivals.append(time.time_ns())
+            self._senders.append(sent_by)
         return reply
 
     def store_exports(self, store_id: str) -> list[StoreExport]:
@@ -46,10 +46,11 @@ class StampingReceiver(OtlpReceiver):
         in arrival order. A store series under any other identity fails the assertion: it would be a second
         series per process in Prometheus."""
         with self._cond:
-            requests, metrics, arrivals = self.requests(), self.metrics(), list(self._arrivals)
+            requests, metrics = self.requests(), self.metrics()
+            arrivals, senders = list(self._arrivals), list(self._senders)
         found: list[StoreExport] = []
         position = 0
-        for request, arrived in zip(requests, arrivals, strict=True):
+        for request, arrived, sent_by in zip(requests, arrivals, senders, strict=True):
             if request["signal"] != "metrics":
                 continue
             sent = metrics[position : position + request["items"]]
@@ -58,7 +59,7 @@ class StampingReceiver(OtlpReceiver):
             for metric in ours:
                 assert metric["resource"].get("service.instance.id") == store_id, metric["resource"]
             if ours:
-                found.append(StoreExport(arrived, request["headers"].get(EXPORTER_HEADER, "?"), ours))
+                found.append(StoreExport(arrived, sent_by, ours))
         return found
 
 
@@ -68,7 +69,7 @@ class StoreExport:
 
     arrived_ns: int
     exporter: str
-    """The sending process's :data:`EXPORTER_HEADER`."""
+    """The name the test gave the sending process (:attr:`OtlpReceiver.named`)."""
     metrics: list[dict[str, Any]]
 
     def values(self) -> dict[SeriesKey, int]:

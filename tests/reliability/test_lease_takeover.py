@@ -3,7 +3,8 @@ the real OTLP receiver misbehaving (a call that never answers, one answered afte
 (SIGSTOP), killed (kill -9), skewed by an hour, or in another PID namespace. Each time: no record arrives twice
 (but the one batch a killed holder had in flight), and a dead or silent holder is replaced within about one TTL.
 
-Which process sent a request is told by an OTLP header per process (:data:`tests.store_series.EXPORTER_HEADER`).
+Which process sent a request is told by its connection (:mod:`tests.peer_process`): every exporter of a store
+sends the store's destination, headers included.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from tests.lease_holder import HolderProcess
 from tests.otlp_receiver import Fault, OtlpReceiver
 from tests.reliability.test_metrics_lease_takeover import pause_outside_a_write, process_state
 from tests.reliability.test_store_telemetry import Writer, wait_until
-from tests.store_series import EXPORTER_HEADER
 
 SB_OTEL = [sys.executable, "-m", "sb_otel"]
 INTERVAL = "0.2s"
@@ -54,7 +54,7 @@ class BatchReceiver(OtlpReceiver):
             else:
                 ids = []
             if ids:
-                self.batches.append((signal, headers.get(EXPORTER_HEADER, "?"), ids))
+                self.batches.append((signal, headers.get(":sender", "?"), ids))
         return reply
 
     def duplicates(self) -> Counter[str]:
@@ -75,7 +75,7 @@ def receiver() -> Iterator[BatchReceiver]:
 
 
 class Follower:
-    """``sb-otel export --follow`` on one store, as a service runs it, named by its OTLP header."""
+    """``sb-otel export --follow`` on one store, as a service runs it, named in the receiver by its pid."""
 
     def __init__(
         self,
@@ -93,7 +93,6 @@ class Follower:
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
             "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
             "OTEL_EXPORTER_OTLP_TIMEOUT": str(timeout_s),
-            "OTEL_EXPORTER_OTLP_HEADERS": f"{EXPORTER_HEADER}={name}",
         }
         argv = [
             *SB_OTEL,
@@ -108,6 +107,9 @@ class Follower:
         ]
         with self.log_path.open("w") as stderr:
             self.process = subprocess.Popen([*prefix, *argv], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        named = getattr(receiver, "named", None)
+        if named is not None:
+            named[self.process.pid] = name
 
     def log(self) -> str:
         return self.log_path.read_text()

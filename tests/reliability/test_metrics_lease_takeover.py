@@ -26,7 +26,6 @@ from sb_otel._telemetry.store_exporter import StoreExporter
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from tests.reliability.test_store_telemetry import export_env, lease_pid, wait_until
 from tests.store_series import (
-    EXPORTER_HEADER,
     StampingReceiver,
     StoreExport,
     assert_one_continuous_series,
@@ -51,7 +50,7 @@ def receiver() -> Iterator[StampingReceiver]:
 
 
 class Exporters:
-    """``sb-otel export --follow`` processes on one store, each sending its name in an OTLP header."""
+    """``sb-otel export --follow`` processes on one store, each named in the receiver by its pid."""
 
     def __init__(self, path: Path, receiver: StampingReceiver, logs: Path, *, lease_ttl: float, protocol: str) -> None:
         self.path, self.receiver, self.logs = path, receiver, logs
@@ -62,7 +61,6 @@ class Exporters:
     def start(self, name: str) -> subprocess.Popen[bytes]:
         env = {
             **export_env(self.receiver),
-            "OTEL_EXPORTER_OTLP_HEADERS": f"{EXPORTER_HEADER}={name}",
             "OTEL_METRIC_EXPORT_INTERVAL": str(SERIES_INTERVAL_MS),
             "OTEL_EXPORTER_OTLP_TIMEOUT": "1",  # an export call never outlasts the lease
         }
@@ -76,6 +74,7 @@ class Exporters:
                 [*argv, "--lease-ttl", f"{self.lease_ttl}s"], env=env, stdout=subprocess.DEVNULL, stderr=stderr
             )
         self.processes[name] = process
+        self.receiver.named[process.pid] = name
         return process
 
     def log(self, name: str) -> str:
