@@ -9,19 +9,22 @@ success.
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from opentelemetry.sdk._logs.export import LogRecordExportResult
-from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from sb_otel import SessionLifecycleManager, SessionTracker, instrument
 from sb_otel._cli import emit_fast
 from sb_otel._telemetry import otel_logs
 from sb_otel._telemetry.attributes import Redaction
+from sb_otel._telemetry.outbox import mark_store_pipeline
 from sb_otel._telemetry.row_records import RowRecords, child_span_id
 from sb_otel._telemetry.session_span import SessionSpanPlan
 from sb_otel._telemetry.store_exporter import StoreExporter
@@ -353,7 +356,8 @@ def test_a_failed_span_export_keeps_the_records_owed(tmp_path: Path) -> None:
 
 def test_an_emit_session_ended_by_an_instrumented_tracker_gets_one_end(tmp_path: Path) -> None:
     """A shell's session ended through the instrumented tracker (an MCP call, serve's reaper) leaves its end's span
-    and log record to the exporter, which builds them from the row: one of each, not two."""
+    and log record to the exporter, which builds them from the row: one of each, not two; the call's
+    ``end_session`` is noted in the row too, and built beneath its ``session.end``."""
     path = tmp_path / "sessions.db"
     started = emit_fast.track_start("mahavishnu", "bash", 4242, str(tmp_path), {}, str(path))
     assert started.session_id is not None
@@ -366,12 +370,15 @@ def test_an_emit_session_ended_by_an_instrumented_tracker_gets_one_end(tmp_path:
             assert asyncio.run(tracker.handle_session_end(end)).status == "ended"
             assert [log.log_record.event_name for log in telemetry.logs()] == []
             # the root span goes through the host's pipeline, as for any session it ends
-            assert [span.name for span in telemetry.spans()] == ["end_session", "session mahavishnu"]
+            assert [span.name for span in telemetry.spans()] == ["session mahavishnu"]
         StoreExporter(store, spans, logs).drain()
         assert sorted(span.name for span in spans.get_finished_spans()) == [
+            "end_session",
             "session.end mahavishnu",
             "session.start mahavishnu",
         ]
+        by_name = {span.name: span for span in spans.get_finished_spans()}
+        assert by_name["end_session"].parent.span_id == by_name["session.end mahavishnu"].context.span_id
         assert [log.log_record.event_name for log in logs.get_finished_logs()] == ["session.start", "session.end"]
     finally:
         store.close()
@@ -421,3 +428,60 @@ def test_a_reaped_shell_ends_abandoned(tmp_path: Path) -> None:
         assert records[owed.END_SPAN].name == "session.end mahavishnu"
     finally:
         store.close()
+
+
+def test_our_trackers_records_built_from_its_row_are_the_ones_a_host_pipeline_gets_live(
+    telemetry: CapturedTelemetry, tmp_path: Path
+) -> None:
+    """On sb-otel's own pipeline our tracker's handle calls make no span or log record; built from the row, the
+    children, the lifecycle manager's spans beneath them and both log records are, as dicts, what the same tracker
+    on a host's pipeline makes live (apart from the random trace), timed within the calls that made them."""
+    live = Tracked(telemetry, tmp_path)
+    live.end(exit_code=2, exit_reason="error")
+
+    store = InMemorySessionStore()
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider(shutdown_on_exit=False)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    mark_store_pipeline(tracer_provider, store)
+    logs = otel_logs.InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    logger_provider = otel_logs.SdkLoggerProvider(shutdown_on_exit=False)
+    logger_provider.add_log_record_processor(otel_logs.SimpleLogRecordProcessor(logs))
+    tracker = instrument(
+        SessionTracker(SessionLifecycleManager(), store=store),
+        tracer_provider=tracer_provider,
+        logger_provider=logger_provider,
+    )
+    payload = start_payload(environment={"python_version": "3.13.0", "platform": "Linux", "cwd": str(tmp_path)})
+    before = time.time_ns()
+    started = asyncio.run(tracker.handle_session_start(payload))
+    assert started.session_id == live.session_id  # each store numbers its first session alike
+    end = {
+        "session_id": started.session_id,
+        "timestamp": "2026-02-06T13:00:00Z",
+        "metadata": {"exit_code": 2, "exit_reason": "error"},
+    }
+    assert asyncio.run(tracker.handle_session_end(end)).status == "ended"
+    after = time.time_ns()
+    assert (spans.get_finished_spans(), logs.get_finished_logs()) == ((), ())  # nothing made in the calls
+
+    record = store.get(started.session_id)
+    assert record is not None
+    made = RowRecords().build(record, owed.ALL, Redaction.parse(""))
+    row_spans = {item.name: item for bit, item in made if bit & owed.SPANS}
+    row_logs = {item.log_record.event_name: item for bit, item in made if bit & owed.LOGS}
+
+    def shown(span: Any) -> dict[str, Any]:
+        return {key: value for key, value in span_dict(span).items() if key not in ("trace_id", "parent")}
+
+    names = ["session.start mahavishnu", "initialize_session", "session.end mahavishnu", "end_session"]
+    assert sorted(row_spans) == sorted(names)
+    for name in names:
+        assert shown(row_spans[name]) == shown(live.span(name)), name
+        assert before <= row_spans[name].start_time <= row_spans[name].end_time <= after
+    for child, manager in (("session.start", "initialize_session"), ("session.end", "end_session")):
+        assert row_spans[manager].parent.span_id == row_spans[f"{child} mahavishnu"].context.span_id
+    for event_name in ("session.start", "session.end"):
+        ours, theirs = log_dict(row_logs[event_name]), log_dict(live.log(event_name))
+        assert {**ours, "trace_id": None} == {**theirs, "trace_id": None}
+        assert before <= row_logs[event_name].log_record.timestamp <= after

@@ -311,9 +311,10 @@ class StoreExporter:
                 if signal in self.signals_off:
                     continue
                 (spans if signal == "traces" else logs).append(((record.session_id, bit), item))
-            made = sum(
-                bit for bit, _ in built if ("traces" if bit & row_telemetry.SPANS else "logs") not in self.signals_off
-            )
+            made = 0  # a bit may come with several records (a child span and its lifecycle manager's span)
+            for bit, _ in built:
+                if ("traces" if bit & row_telemetry.SPANS else "logs") not in self.signals_off:
+                    made |= bit
             if due & ~made:
                 done.append((record.session_id, due & ~made))
         sent_spans, dropped_spans = (

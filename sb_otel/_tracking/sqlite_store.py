@@ -451,13 +451,16 @@ class SqliteSessionStore:
         with self._lock, _translated(self.path):
             rows = self._db.execute(
                 # The root span is owed from the moment the session ends: marked in the same statement.
+                # The end call's telemetry (timings for the exporter) merged in by the same statement.
                 "UPDATE sessions SET status = ?, ended_at = ?, end_event = ?, "
+                "telemetry = coalesce(json_patch(telemetry, ?), telemetry), "
                 f"root_span = CASE WHEN json_type(telemetry, '$.span') IS NOT NULL THEN '{ROOT_PENDING}' END "
                 f"WHERE session_id = ? AND status = 'open' RETURNING {_COLUMNS}",
                 (
                     ending.status,
                     _iso(ending.ended_at),
                     None if ending.end_event is None else _json(ending.end_event),
+                    _json(ending.telemetry) if ending.telemetry else None,
                     session_id,
                 ),
             ).fetchall()  # run to completion: committed before we answer
