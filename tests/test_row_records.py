@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -485,3 +486,83 @@ def test_our_trackers_records_built_from_its_row_are_the_ones_a_host_pipeline_ge
         ours, theirs = log_dict(row_logs[event_name]), log_dict(live.log(event_name))
         assert {**ours, "trace_id": None} == {**theirs, "trace_id": None}
         assert before <= row_logs[event_name].log_record.timestamp <= after
+
+
+class FailingManager:
+    """A manager whose start fails: by its answer, or by raising."""
+
+    side_effect_free = True
+
+    def __init__(self, raising: bool) -> None:
+        self.raising = raising
+
+    async def initialize_session(self, working_directory: str | None = None) -> dict[str, Any]:
+        if self.raising:
+            raise RuntimeError("disk on fire")
+        return {"success": False, "error": "Directory not found"}
+
+    async def end_session(self, working_directory: str | None = None) -> dict[str, Any]:
+        return {"success": True}
+
+
+def own_pipeline(store: SessionStore) -> tuple[dict[str, Any], InMemorySpanExporter]:
+    """Providers marked as sb-otel's own pipeline into ``store``, exporting into memory (to see what a call
+    makes at once)."""
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider(shutdown_on_exit=False)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    mark_store_pipeline(tracer_provider, store)
+    return {"tracer_provider": tracer_provider}, spans
+
+
+@pytest.mark.parametrize("raising", [pytest.param(False, id="answer"), pytest.param(True, id="exception")])
+def test_a_start_that_writes_no_row_makes_the_live_spans_at_once(
+    telemetry: CapturedTelemetry, tmp_path: Path, raising: bool
+) -> None:
+    """A start the manager fails writes no row to carry its records: on sb-otel's pipeline it makes, at once and
+    timed as the call, the spans a host pipeline gets live (the failed child, the manager's span with its error or
+    exception event, the short ERROR session span), equal as dicts."""
+    payload = start_payload(event_id=str(uuid.uuid4()))
+    live = instrument(SessionTracker(FailingManager(raising), store="memory"), **telemetry.providers)
+    assert asyncio.run(live.handle_session_start(payload)).status == "error"
+    store = InMemorySessionStore()
+    providers, spans = own_pipeline(store)
+    tracker = instrument(SessionTracker(FailingManager(raising), store=store), **providers)
+    before = time.time_ns()
+    assert asyncio.run(tracker.handle_session_start(payload)).status == "error"
+    ours = {span.name: span for span in spans.get_finished_spans()}
+    theirs = {span.name: span for span in telemetry.spans()}
+    assert sorted(ours) == sorted(theirs) == ["initialize_session", "session mahavishnu", "session.start mahavishnu"]
+    for name in ("initialize_session", "session.start mahavishnu"):
+        ours_shown = {k: v for k, v in span_dict(ours[name]).items() if k not in ("trace_id", "parent", "events")}
+        theirs_shown = {k: v for k, v in span_dict(theirs[name]).items() if k not in ("trace_id", "parent", "events")}
+        assert ours_shown == theirs_shown, name
+        assert before <= ours[name].start_time <= ours[name].end_time
+    assert [event.name for event in ours["initialize_session"].events] == (["exception"] if raising else [])
+    assert ours["initialize_session"].parent.span_id == ours["session.start mahavishnu"].context.span_id
+
+
+def test_an_end_that_ends_nothing_makes_its_span_at_once_and_the_row_keeps_the_first_ends_notes(
+    tmp_path: Path,
+) -> None:
+    """An end sent again on sb-otel's pipeline ends nothing: its ``session.end`` child is made at once (as a live
+    retried end exports another), and the row keeps the first end's call, which the exporter builds."""
+    store = InMemorySessionStore()
+    providers, spans = own_pipeline(store)
+    tracker = instrument(SessionTracker(SessionLifecycleManager(), store=store), **providers)
+    payload = start_payload(environment={"python_version": "3.13.0", "platform": "Linux", "cwd": str(tmp_path)})
+    started = asyncio.run(tracker.handle_session_start(payload))
+    end = {"session_id": started.session_id, "timestamp": "2026-02-06T13:00:00Z"}
+    assert asyncio.run(tracker.handle_session_end(end)).status == "ended"
+    assert spans.get_finished_spans() == ()
+    record = store.get(started.session_id or "")
+    assert record is not None
+    first = record.telemetry[owed.END_CALL_KEY]
+    assert asyncio.run(tracker.handle_session_end(end)).status == "ended"
+    (again,) = spans.get_finished_spans()
+    assert again.name == "session.end mahavishnu"
+    assert again.attributes is not None
+    assert again.attributes["sb.result"] == "ended"
+    record = store.get(started.session_id or "")
+    assert record is not None
+    assert record.telemetry[owed.END_CALL_KEY] == first
