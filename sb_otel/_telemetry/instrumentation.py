@@ -507,16 +507,18 @@ class InstrumentedSessionTracker:
         self, record: SessionRecord, outcome: Outcome, planned: SessionTelemetry | None, ended_text: str | None
     ) -> None:
         """:meth:`finish_session_telemetry` with what the caller already read from the store."""
-        component = {sc.COMPONENT_NAME: self._metrics.component(record.component_name)}
         start, end, _ = span_times(record)
         if not self._guard(self._counted_by_store):
+            component = {sc.COMPONENT_NAME: self._metrics.component(record.component_name)}
             self._metrics.ended.add(1, {**component, sc.SESSION_STATUS: outcome.status})
             self._metrics.active.add(-1, component)
             seconds = (end - start).total_seconds()
             self._metrics.duration.record(seconds, {**component, sc.SESSION_STATUS: outcome.status})
+        from_store = self._roots_from_store()
+        if from_store and built_from_row(record):
+            return  # the exporter builds the root span and the end's log record from the row: nothing to make
         attributes = root_attributes(record, outcome, planned)
-        line = ended_line(record.session_id, ended_text or end.isoformat())
-        if planned is not None and not self._roots_from_store():
+        if planned is not None and not from_store:
             # A host's own pipeline: the span goes out now; the store's pending mark (set when the session
             # ended) is cleared once it is handed over, so no exporter sends it again.
             export_root_span(self._tracer, record, outcome, planned, self._redaction, attributes)
@@ -524,6 +526,7 @@ class InstrumentedSessionTracker:
                 self.store.mark_root_spans_exported([record.session_id])
         if built_from_row(record):
             return  # its end's log record is built from the row by the exporter (emit's sessions): sent once
+        line = ended_line(record.session_id, ended_text or end.isoformat())
         with _current(planned.plan.child_context()) if planned is not None else contextlib.nullcontext():
             self._emit_event(sc.EVENT_SESSION_END, line, attributes, None)
 
