@@ -125,6 +125,7 @@ class InstrumentedSessionTracker:
         self._log_handler = _attach_log_handler(logger, logger_provider, foreign=self._foreign)
         self._starting: dict[str, tuple[asyncio.Lock, int]] = {}
         self._store_sends_roots: bool | None = None
+        self._store_counts: tuple[Any, bool] | None = None
 
     def _roots_from_store(self) -> bool:
         """Whether root spans are left to the store's exporter: the spans go to sb-otel's own outbox pipeline
@@ -146,8 +147,13 @@ class InstrumentedSessionTracker:
         meter provider with the store exporter, see store_metrics.py): then recording them here too would count
         every session twice, and split one series over processes."""
         provider = self._meter_provider or metrics.get_meter_provider()
+        known = self._store_counts
+        if known is not None and known[0] is provider:  # asked at every start and end: resolving paths costs
+            return known[1]
         counted = store_counted(provider)
-        return counted is not None and same_store(counted, self.store)
+        answer = counted is not None and same_store(counted, self.store)
+        self._store_counts = (provider, answer)
+        return answer
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.wrapped, name)

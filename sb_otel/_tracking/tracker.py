@@ -426,8 +426,8 @@ class SessionTracker:
         release) around the call. A manager that declares itself ``side_effect_free`` (the default one only
         reads) may be called twice for one event without harm; then the write that stores the outcome decides
         alone (a start's event id is unique, an end updates only an open row), and a handle call commits once."""
-        if not isinstance(store, SessionClaims) or getattr(self.session_manager, "side_effect_free", False) is True:
-            return None
+        if getattr(self.session_manager, "side_effect_free", False) is True or not isinstance(store, SessionClaims):
+            return None  # (the flag first: a Protocol isinstance walks the protocol's members, twice a lifecycle)
         return store
 
     async def _call_manager(self, operation: str, working_directory: str) -> Mapping[str, Any]:
