@@ -299,6 +299,7 @@ class StoreExporter:
         spans: list[tuple[tuple[str, int], Any]] = []
         logs: list[tuple[tuple[str, int], Any]] = []
         done: list[tuple[str, int]] = []  # nothing to send (no plan, unsampled, off) or unbuildable: never will be
+        off: dict[str, int] = {}  # records of a signal off by configuration: cleared unsent, counted as the outbox's
         for record, due in owed:
             try:
                 built = self._row_records.build(record, due, self._redaction)
@@ -309,6 +310,7 @@ class StoreExporter:
             for bit, item in built:
                 signal = "traces" if bit & row_telemetry.SPANS else "logs"
                 if signal in self.signals_off:
+                    off[signal] = off.get(signal, 0) + 1
                     continue
                 (spans if signal == "traces" else logs).append(((record.session_id, bit), item))
             made = 0  # a bit may come with several records (a child span and its lifecycle manager's span)
@@ -327,6 +329,9 @@ class StoreExporter:
         cleared = [*done, *sent_spans, *dropped_spans, *sent_logs, *dropped_logs]
         if cleared:
             store.mark_row_records_sent(cleared)
+        for signal, count in off.items():
+            self.store.count_dropped("off", count)
+            report.drop(signal, "off", count)
         report.spans += len(sent_spans)
         report.logs += len(sent_logs)
         if sent_spans:
