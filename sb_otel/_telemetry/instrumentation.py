@@ -688,7 +688,15 @@ def _measured(operation: str, answer: Any, exc: BaseException | None) -> dict[st
 
 def _note_manager(call: dict[str, Any], operation: str, started: int, answer: Any, exc: BaseException | None) -> None:
     """What the manager's span would say, noted in the row-mode call (JSON values only; no ``None``: the store
-    merges an end's notes as a JSON merge patch, where ``null`` deletes)."""
+    merges an end's notes as a JSON merge patch, where ``null`` deletes). Never raises: a note that cannot be
+    made (an exception whose text cannot be read) costs the manager's span, not the call."""
+    try:
+        _noted(call, operation, started, answer, exc)
+    except Exception:
+        _log.warning("sb-otel could not note the lifecycle manager's %s call; its span is left out", operation)
+
+
+def _noted(call: dict[str, Any], operation: str, started: int, answer: Any, exc: BaseException | None) -> None:
     noted: dict[str, Any] = {"name": operation, "began": started, "ended": time.time_ns()}
     redaction = _active_redaction.get()
     if exc is not None:
