@@ -215,6 +215,7 @@ def pct(values: list[float], q: float) -> float:
 def main(seconds: float, shells: int, server_args: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp, otlp_receiver() as receiver:
         otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+        otlp["SB_OTEL_MCP_SPANS"] = "true"  # the tools/call spans are counted below (off by default since issue 21)
         server, url, log = start_server(tmp, otlp, server_args)
         try:
             tally, wall, rss = asyncio.run(drive(url, shells, seconds, server.pid, tmp))

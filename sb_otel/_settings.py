@@ -153,6 +153,13 @@ SB_OTEL_HTTP_TIMEOUT = Setting(
     description="How long the HTTP server waits for a request's headers, and then for its body, before "
     "closing the connection (408 for a slow body).",
 )
+SB_OTEL_MCP_SPANS = Setting(
+    env="SB_OTEL_MCP_SPANS",
+    default="`false`",
+    description="`true`: `sb-otel serve` keeps the `mcp` SDK's `tools/call <tool>` SERVER span of each call (the "
+    "session span then links to it), written to the outbox with the call's other records: one more commit per "
+    "call. Off by default: the session's own spans time each call already.",
+)
 SB_OTEL_SESSION_ID = Setting(
     env="SB_OTEL_SESSION_ID",
     default="(none)",
@@ -270,6 +277,7 @@ SETTINGS: tuple[Setting, ...] = (
     SB_OTEL_HTTP_MAX_CONNECTIONS,
     SB_OTEL_HTTP_MAX_BODY,
     SB_OTEL_HTTP_TIMEOUT,
+    SB_OTEL_MCP_SPANS,
     SB_OTEL_SESSION_ID,
     SB_OTEL_EMIT_DRAIN,
     SB_OTEL_JAEGER_URL,

@@ -391,3 +391,36 @@ async def test_a_directory_that_goes_away_is_not_answered_from_the_cache(tmp_pat
     gone.rmdir()
     answer = await manager.initialize_session(str(gone))
     assert answer == {"success": False, "error": f"working directory does not exist: {gone}"}
+
+
+async def test_a_cached_answer_is_given_without_a_worker_thread(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first call for a directory reads it in a worker thread; the next ones, answered from the cache (a few
+    ``stat`` calls), run in the caller's thread: a thread hop would cost more than the answer."""
+    import asyncio
+
+    hops: list[str] = []
+    real = asyncio.to_thread
+
+    async def counted(function: Any, *args: Any) -> Any:
+        hops.append(function.__name__)
+        return await real(function, *args)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    manager = SessionLifecycleManager()
+    first = await manager.initialize_session(working_directory=str(repo))
+    assert manager.answer_cached("initialize_session", str(repo)) == first
+    assert await manager.initialize_session(working_directory=str(repo)) == first
+    assert await manager.end_session(working_directory=str(repo)) == first
+    assert hops == ["describe_start"]
+
+
+async def test_answer_cached_is_none_for_what_the_cache_cannot_answer(repo: Path, tmp_path: Path) -> None:
+    """No answer for a directory never described, after its files changed, or for an operation it does not know."""
+    manager = SessionLifecycleManager()
+    assert manager.answer_cached("initialize_session", str(repo)) is None
+    await manager.initialize_session(working_directory=str(repo))
+    assert manager.answer_cached("something_else", str(repo)) is None
+    (repo / "pyproject.toml").write_text('[project]\nname = "changed"\n', encoding="utf-8")
+    assert manager.answer_cached("end_session", str(repo)) is None
+    assert manager.answer_cached("initialize_session", None) is None
+    assert SessionLifecycleManager.side_effect_free is True

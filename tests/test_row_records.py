@@ -9,19 +9,23 @@ success.
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from opentelemetry.sdk._logs.export import LogRecordExportResult
-from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from sb_otel import SessionLifecycleManager, SessionTracker, instrument
 from sb_otel._cli import emit_fast
 from sb_otel._telemetry import otel_logs
 from sb_otel._telemetry.attributes import Redaction
+from sb_otel._telemetry.outbox import mark_store_pipeline
 from sb_otel._telemetry.row_records import RowRecords, child_span_id
 from sb_otel._telemetry.session_span import SessionSpanPlan
 from sb_otel._telemetry.store_exporter import StoreExporter
@@ -353,7 +357,8 @@ def test_a_failed_span_export_keeps_the_records_owed(tmp_path: Path) -> None:
 
 def test_an_emit_session_ended_by_an_instrumented_tracker_gets_one_end(tmp_path: Path) -> None:
     """A shell's session ended through the instrumented tracker (an MCP call, serve's reaper) leaves its end's span
-    and log record to the exporter, which builds them from the row: one of each, not two."""
+    and log record to the exporter, which builds them from the row: one of each, not two; the call's
+    ``end_session`` is noted in the row too, and built beneath its ``session.end``."""
     path = tmp_path / "sessions.db"
     started = emit_fast.track_start("mahavishnu", "bash", 4242, str(tmp_path), {}, str(path))
     assert started.session_id is not None
@@ -366,12 +371,15 @@ def test_an_emit_session_ended_by_an_instrumented_tracker_gets_one_end(tmp_path:
             assert asyncio.run(tracker.handle_session_end(end)).status == "ended"
             assert [log.log_record.event_name for log in telemetry.logs()] == []
             # the root span goes through the host's pipeline, as for any session it ends
-            assert [span.name for span in telemetry.spans()] == ["end_session", "session mahavishnu"]
+            assert [span.name for span in telemetry.spans()] == ["session mahavishnu"]
         StoreExporter(store, spans, logs).drain()
         assert sorted(span.name for span in spans.get_finished_spans()) == [
+            "end_session",
             "session.end mahavishnu",
             "session.start mahavishnu",
         ]
+        by_name = {span.name: span for span in spans.get_finished_spans()}
+        assert by_name["end_session"].parent.span_id == by_name["session.end mahavishnu"].context.span_id
         assert [log.log_record.event_name for log in logs.get_finished_logs()] == ["session.start", "session.end"]
     finally:
         store.close()
@@ -421,3 +429,140 @@ def test_a_reaped_shell_ends_abandoned(tmp_path: Path) -> None:
         assert records[owed.END_SPAN].name == "session.end mahavishnu"
     finally:
         store.close()
+
+
+def test_our_trackers_records_built_from_its_row_are_the_ones_a_host_pipeline_gets_live(
+    telemetry: CapturedTelemetry, tmp_path: Path
+) -> None:
+    """On sb-otel's own pipeline our tracker's handle calls make no span or log record; built from the row, the
+    children, the lifecycle manager's spans beneath them and both log records are, as dicts, what the same tracker
+    on a host's pipeline makes live (apart from the random trace), timed within the calls that made them."""
+    live = Tracked(telemetry, tmp_path)
+    live.end(exit_code=2, exit_reason="error")
+
+    store = InMemorySessionStore()
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider(shutdown_on_exit=False)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    mark_store_pipeline(tracer_provider, store)
+    logs = otel_logs.InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    logger_provider = otel_logs.SdkLoggerProvider(shutdown_on_exit=False)
+    logger_provider.add_log_record_processor(otel_logs.SimpleLogRecordProcessor(logs))
+    tracker = instrument(
+        SessionTracker(SessionLifecycleManager(), store=store),
+        tracer_provider=tracer_provider,
+        logger_provider=logger_provider,
+    )
+    payload = start_payload(environment={"python_version": "3.13.0", "platform": "Linux", "cwd": str(tmp_path)})
+    before = time.time_ns()
+    started = asyncio.run(tracker.handle_session_start(payload))
+    assert started.session_id == live.session_id  # each store numbers its first session alike
+    end = {
+        "session_id": started.session_id,
+        "timestamp": "2026-02-06T13:00:00Z",
+        "metadata": {"exit_code": 2, "exit_reason": "error"},
+    }
+    assert asyncio.run(tracker.handle_session_end(end)).status == "ended"
+    after = time.time_ns()
+    assert (spans.get_finished_spans(), logs.get_finished_logs()) == ((), ())  # nothing made in the calls
+
+    record = store.get(started.session_id)
+    assert record is not None
+    made = RowRecords().build(record, owed.ALL, Redaction.parse(""))
+    row_spans = {item.name: item for bit, item in made if bit & owed.SPANS}
+    row_logs = {item.log_record.event_name: item for bit, item in made if bit & owed.LOGS}
+
+    def shown(span: Any) -> dict[str, Any]:
+        return {key: value for key, value in span_dict(span).items() if key not in ("trace_id", "parent")}
+
+    names = ["session.start mahavishnu", "initialize_session", "session.end mahavishnu", "end_session"]
+    assert sorted(row_spans) == sorted(names)
+    for name in names:
+        assert shown(row_spans[name]) == shown(live.span(name)), name
+        assert before <= row_spans[name].start_time <= row_spans[name].end_time <= after
+    for child, manager in (("session.start", "initialize_session"), ("session.end", "end_session")):
+        assert row_spans[manager].parent.span_id == row_spans[f"{child} mahavishnu"].context.span_id
+    for event_name in ("session.start", "session.end"):
+        ours, theirs = log_dict(row_logs[event_name]), log_dict(live.log(event_name))
+        assert {**ours, "trace_id": None} == {**theirs, "trace_id": None}
+        assert before <= row_logs[event_name].log_record.timestamp <= after
+
+
+class FailingManager:
+    """A manager whose start fails: by its answer, or by raising."""
+
+    side_effect_free = True
+
+    def __init__(self, raising: bool) -> None:
+        self.raising = raising
+
+    async def initialize_session(self, working_directory: str | None = None) -> dict[str, Any]:
+        if self.raising:
+            raise RuntimeError("disk on fire")
+        return {"success": False, "error": "Directory not found"}
+
+    async def end_session(self, working_directory: str | None = None) -> dict[str, Any]:
+        return {"success": True}
+
+
+def own_pipeline(store: SessionStore) -> tuple[dict[str, Any], InMemorySpanExporter]:
+    """Providers marked as sb-otel's own pipeline into ``store``, exporting into memory (to see what a call
+    makes at once)."""
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider(shutdown_on_exit=False)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    mark_store_pipeline(tracer_provider, store)
+    return {"tracer_provider": tracer_provider}, spans
+
+
+@pytest.mark.parametrize("raising", [pytest.param(False, id="answer"), pytest.param(True, id="exception")])
+def test_a_start_that_writes_no_row_makes_the_live_spans_at_once(
+    telemetry: CapturedTelemetry, tmp_path: Path, raising: bool
+) -> None:
+    """A start the manager fails writes no row to carry its records: on sb-otel's pipeline it makes, at once and
+    timed as the call, the spans a host pipeline gets live (the failed child, the manager's span with its error or
+    exception event, the short ERROR session span), equal as dicts."""
+    payload = start_payload(event_id=str(uuid.uuid4()))
+    live = instrument(SessionTracker(FailingManager(raising), store="memory"), **telemetry.providers)
+    assert asyncio.run(live.handle_session_start(payload)).status == "error"
+    store = InMemorySessionStore()
+    providers, spans = own_pipeline(store)
+    tracker = instrument(SessionTracker(FailingManager(raising), store=store), **providers)
+    before = time.time_ns()
+    assert asyncio.run(tracker.handle_session_start(payload)).status == "error"
+    ours = {span.name: span for span in spans.get_finished_spans()}
+    theirs = {span.name: span for span in telemetry.spans()}
+    assert sorted(ours) == sorted(theirs) == ["initialize_session", "session mahavishnu", "session.start mahavishnu"]
+    for name in ("initialize_session", "session.start mahavishnu"):
+        ours_shown = {k: v for k, v in span_dict(ours[name]).items() if k not in ("trace_id", "parent", "events")}
+        theirs_shown = {k: v for k, v in span_dict(theirs[name]).items() if k not in ("trace_id", "parent", "events")}
+        assert ours_shown == theirs_shown, name
+        assert before <= ours[name].start_time <= ours[name].end_time
+    assert [event.name for event in ours["initialize_session"].events] == (["exception"] if raising else [])
+    assert ours["initialize_session"].parent.span_id == ours["session.start mahavishnu"].context.span_id
+
+
+def test_an_end_that_ends_nothing_makes_its_span_at_once_and_the_row_keeps_the_first_ends_notes(
+    tmp_path: Path,
+) -> None:
+    """An end sent again on sb-otel's pipeline ends nothing: its ``session.end`` child is made at once (as a live
+    retried end exports another), and the row keeps the first end's call, which the exporter builds."""
+    store = InMemorySessionStore()
+    providers, spans = own_pipeline(store)
+    tracker = instrument(SessionTracker(SessionLifecycleManager(), store=store), **providers)
+    payload = start_payload(environment={"python_version": "3.13.0", "platform": "Linux", "cwd": str(tmp_path)})
+    started = asyncio.run(tracker.handle_session_start(payload))
+    end = {"session_id": started.session_id, "timestamp": "2026-02-06T13:00:00Z"}
+    assert asyncio.run(tracker.handle_session_end(end)).status == "ended"
+    assert spans.get_finished_spans() == ()
+    record = store.get(started.session_id or "")
+    assert record is not None
+    first = record.telemetry[owed.END_CALL_KEY]
+    assert asyncio.run(tracker.handle_session_end(end)).status == "ended"
+    (again,) = spans.get_finished_spans()
+    assert again.name == "session.end mahavishnu"
+    assert again.attributes is not None
+    assert again.attributes["sb.result"] == "ended"
+    record = store.get(started.session_id or "")
+    assert record is not None
+    assert record.telemetry[owed.END_CALL_KEY] == first

@@ -88,47 +88,47 @@ def per_lifecycle(statements: list[str]) -> float:
     return len(statements) / LIFECYCLES
 
 
-async def test_an_instrumented_lifecycle_runs_the_plain_trackers_statements_plus_the_outboxs_writes(
+async def test_an_instrumented_lifecycle_on_sb_otels_pipeline_runs_the_plain_trackers_statements_only(
     tmp_path: Path,
 ) -> None:
-    """sb-otel's own pipeline (spans and logs into the store's outbox): apart from the outbox's INSERTs, the very
-    statements of the plain tracker, one for one (4 per start, 4 per end on SQLite: read, claim, write, release)."""
+    """sb-otel's own pipeline (spans and logs into the store's outbox): the row is the telemetry, so the very
+    statements of the plain tracker, one for one (4 per start, 4 per end on SQLite with this manager: read,
+    claim, write, release), the row marked as owing its records, and no outbox write at all."""
     plain = await plain_statements(tmp_path / "plain.db")
     store = SqliteSessionStore(tmp_path / "instrumented.db")
     tracker = instrument(SessionTracker(AgreeingManager(), store=store), redact="", **outbox_providers(store))
     with traced(store) as statements:
         await lifecycles(tracker)
     tracker.uninstrument()
-    outbox = [sql for sql in statements if "telemetry_outbox" in sql]
-    tracking = [sql for sql in statements if "telemetry_outbox" not in sql]
     assert per_lifecycle(plain) == 9  # with the read after the start claim (another process may just have stored it)
-    assert [shape(sql) for sql in tracking] == [shape(sql) for sql in plain]
-    # One multi-row INSERT per handle call: session.start, initialize_session and the start's log event; then
-    # session.end, end_session and the end's log event. The session span itself is left in the store for the
-    # exporter (its pending mark is part of finish's UPDATE).
-    assert per_lifecycle(outbox) == 2
-    assert all(sql.count("), (") == 2 for sql in outbox)  # three rows each
-    assert [row.signal for row in store.outbox_batch("traces", 100)].count("traces") == 4 * LIFECYCLES
-    assert len(store.outbox_batch("logs", 100)) == 2 * LIFECYCLES
+    # the same statements; only what they write differs: the row's mark, and the end call's notes
+    assert [shape(sql) for sql in statements] == [
+        shape(sql).replace("?, NULL) ON", "?, ?) ON").replace("json_patch(telemetry, NULL)", "json_patch(telemetry, ?)")
+        for sql in plain
+    ]
+    assert not [sql for sql in statements if "telemetry_outbox" in sql]
+    owed = store.owed_row_records(100)
+    assert len(owed) == LIFECYCLES
+    assert {bits for _, bits in owed} == {15}
     store.close()
 
 
 async def test_with_a_hosts_pipeline_the_one_extra_statement_is_marking_the_root_span_sent(
     tmp_path: Path, telemetry: CapturedTelemetry
 ) -> None:
-    """Spans through the host's providers: the root span goes out at once, and the store is told (one UPDATE in
-    its own transaction); everything else is the plain tracker's statements."""
+    """Spans through the host's providers: the root span goes out at once, and the store is told (one autocommit
+    UPDATE); everything else is the plain tracker's statements."""
     plain = await plain_statements(tmp_path / "plain.db")
     store = SqliteSessionStore(tmp_path / "instrumented.db")
     tracker = instrument(SessionTracker(AgreeingManager(), store=store), redact="", **telemetry.providers)
     with traced(store) as statements:
         await lifecycles(tracker)
     tracker.uninstrument()
-    marking = ["BEGIN IMMEDIATE", "UPDATE sessions SET root_span = ? WHERE session_id = ?", "COMMIT"]
+    marking = ["UPDATE sessions SET root_span = ? WHERE session_id IN (SELECT value FROM json_each(?))"]
     shapes = [shape(sql) for sql in statements]
     tracking = [sql for sql in shapes if sql not in marking]
     assert tracking == [shape(sql) for sql in plain]
-    assert len(shapes) - len(tracking) == len(marking) * LIFECYCLES  # the store's mark, its own transaction
+    assert len(shapes) - len(tracking) == len(marking) * LIFECYCLES  # the store's mark, one statement
     assert sum(span.name == "session mahavishnu" for span in telemetry.spans()) == LIFECYCLES
     store.close()
 

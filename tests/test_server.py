@@ -260,7 +260,8 @@ def left_open_by_a_crashed_server(path: Path) -> str:
 
 
 async def test_stdio_server_subprocess_end_to_end(tmp_path: Path) -> None:
-    """`sb-otel serve` over stdio: start-up reaper, tools over a real client, and the spans on the OTLP wire."""
+    """`sb-otel serve` over stdio: start-up reaper, tools over a real client, and the spans on the OTLP wire (with
+    the ``mcp`` SDK's request spans asked for: ``SB_OTEL_MCP_SPANS``)."""
     store_path = tmp_path / "sessions.db"
     orphan = left_open_by_a_crashed_server(store_path)
     with OtlpReceiver() as receiver:
@@ -271,6 +272,7 @@ async def test_stdio_server_subprocess_end_to_end(tmp_path: Path) -> None:
             "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
             "OTEL_BSP_SCHEDULE_DELAY": "50",
             "OTEL_SERVICE_NAME": "sb-otel-serve-test",
+            "SB_OTEL_MCP_SPANS": "true",
         }
         params = StdioServerParameters(command=sys.executable, args=["-m", "sb_otel", "serve"], env=env)
         async with stdio_client(params) as (read, write), ClientSession(read, write) as session:

@@ -56,10 +56,34 @@ class Switchable(SpanExporter):
         pass
 
 
-class Pipeline:
-    """sb-otel's own pipeline into a SQLite store, as configure() builds it, with in-memory exporters."""
+class SeedApiTracker:
+    """A tracker with the seed's API only (as session-buddy's): instrumented, its sessions' records go through the
+    outbox (only our own tracker's are built from the row), which is what these tests drain."""
 
-    def __init__(self, path: Path, **exporter: Any) -> None:
+    def __init__(self, path: Path) -> None:
+        self._inner = SessionTracker(AgreeingManager(), store=path)  # its own ids, kept across reopenings
+        self.logger = self._inner.logger
+
+    @property
+    def session_manager(self) -> Any:
+        return self._inner.session_manager
+
+    @session_manager.setter
+    def session_manager(self, manager: Any) -> None:
+        self._inner.session_manager = manager
+
+    async def handle_session_start(self, event: Any) -> Any:
+        return await self._inner.handle_session_start(event)
+
+    async def handle_session_end(self, event: Any) -> Any:
+        return await self._inner.handle_session_end(event)
+
+
+class Pipeline:
+    """sb-otel's own pipeline into a SQLite store, as configure() builds it, with in-memory exporters; the sessions'
+    records in the outbox (``from_row=True``: our own tracker, whose records the exporter builds from the row)."""
+
+    def __init__(self, path: Path, *, from_row: bool = False, **exporter: Any) -> None:
         self.store = SqliteSessionStore(path)
         self.outbox = Outbox(self.store)
         self.tracer_provider = TracerProvider(shutdown_on_exit=False)
@@ -71,9 +95,12 @@ class Pipeline:
         self.logs = otel_logs.InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
         self.exporter = StoreExporter(self.store, self.spans, self.logs, outbox=self.outbox, **exporter)
         self.tracker = instrument(
-            SessionTracker(AgreeingManager(), store=self.store),
+            SessionTracker(AgreeingManager(), store=self.store)
+            if from_row
+            else SeedApiTracker(path.with_suffix(".seed.db")),
             tracer_provider=self.tracer_provider,
             logger_provider=self.logger_provider,
+            store=self.store,
         )
 
     async def session(self, **end: Any) -> tuple[str, str]:
@@ -584,3 +611,32 @@ async def test_stop_does_not_wait_for_the_threads_long_drain_and_still_sends_the
         assert len({span["name"] for span in receiver.spans()}) == len(receiver.spans())  # each once
     finally:
         made.close()
+
+
+async def test_our_trackers_records_are_built_from_the_row_and_sent_by_one_drain(tmp_path: Path) -> None:
+    """Our own tracker on sb-otel's pipeline writes nothing to the outbox: the row owes its records, and one drain
+    sends the root span, both children with the lifecycle manager's spans beneath them, and both log records."""
+    pipeline = Pipeline(tmp_path / "s.db", from_row=True)
+    try:
+        session_id, traceparent = await pipeline.session(exit_code=3)
+        assert pipeline.store.export_backlog().outbox == {}
+        report = pipeline.exporter.drain()
+        assert (report.root_spans, report.spans, report.logs, report.failed) == (1, 4, 2, False)
+        by_name = {span.name: span for span in pipeline.spans.sent}
+        root = by_name["session mahavishnu"]
+        assert f"{root.context.span_id:016x}" == traceparent.split("-")[2]
+        for child, manager in (("session.start", "initialize_session"), ("session.end", "end_session")):
+            child_span = by_name[f"{child} mahavishnu"]
+            assert child_span.parent is not None
+            assert child_span.parent.span_id == root.context.span_id
+            below = by_name[manager]
+            assert below.parent is not None
+            assert below.parent.span_id == child_span.context.span_id
+            assert child_span.start_time <= below.start_time <= below.end_time <= child_span.end_time
+        logs = {log.log_record.event_name: log.log_record for log in pipeline.logs.get_finished_logs()}
+        assert logs["session.start"].span_id == by_name["session.start mahavishnu"].context.span_id
+        assert logs["session.end"].attributes is not None
+        assert logs["session.end"].attributes["session.id"] == session_id
+        assert pipeline.exporter.drain().exported == 0  # nothing twice
+    finally:
+        pipeline.close()

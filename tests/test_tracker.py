@@ -547,3 +547,59 @@ def test_plain_values_stay_as_the_seed_prints_them() -> None:
     )
     assert field_value(" padded") == '" padded"'
     assert field_value("a=b") == '"a=b"'
+
+
+class CachedManager:
+    """A manager that answers from its cache: its coroutine methods must not be called."""
+
+    side_effect_free = True
+
+    def __init__(self) -> None:
+        self.cached: list[str] = []
+
+    def answer_cached(self, operation: str, working_directory: str | None) -> dict[str, Any]:
+        self.cached.append(operation)
+        return {"success": True, "project": "cached"}
+
+    async def initialize_session(self, working_directory: str | None = None) -> dict[str, Any]:
+        raise AssertionError("called although the answer was cached")
+
+    async def end_session(self, working_directory: str | None = None) -> dict[str, Any]:
+        raise AssertionError("called although the answer was cached")
+
+
+async def test_a_cached_answer_is_taken_without_calling_the_manager(tmp_path: Path) -> None:
+    """``answer_cached`` first: with an answer there, the manager's coroutine (a worker thread, the timeout) is
+    skipped, and the answer is stored with the session as any other."""
+    manager = CachedManager()
+    tracker = SessionTracker(manager, store=tmp_path / "s.db")
+    start = await tracker.handle_session_start(seed_start_event(event_id=str(uuid.uuid4())))
+    end = await tracker.handle_session_end(
+        SessionEndEvent(session_id=start.session_id, timestamp="2099-01-01T00:00:00Z")
+    )
+    assert (start.status, end.status) == ("tracked", "ended")
+    assert manager.cached == ["initialize_session", "end_session"]
+    record = tracker.store.get(start.session_id or "")
+    assert record is not None
+    assert record.telemetry["lifecycle"]["project"] == "cached"
+
+
+async def test_a_side_effect_free_manager_needs_no_claims_and_racing_trackers_still_make_one_session(
+    tmp_path: Path,
+) -> None:
+    """The default manager only reads, so no claim is taken around it (no claim row, no claim on the session); two
+    trackers of one store racing on one start and then one end still make one session and one end: the event id
+    is unique, and only an open row is ended."""
+    path = tmp_path / "s.db"
+    first, second = (SessionTracker(CachedManager(), store=path) for _ in range(2))
+    event = seed_start_event(event_id=str(uuid.uuid4()))
+    starts = await asyncio.gather(first.handle_session_start(event), second.handle_session_start(event))
+    assert {start.status for start in starts} == {"tracked"}
+    assert starts[0].session_id == starts[1].session_id
+    store = first.store
+    assert isinstance(store, SqliteSessionStore)
+    assert store._db.execute("SELECT count(*) FROM start_claims").fetchone() == (0,)
+    end = SessionEndEvent(session_id=starts[0].session_id, timestamp="2099-01-01T00:00:00Z")
+    ends = await asyncio.gather(first.track_end(end), second.track_end(end))
+    assert sorted(tracked.ended is not None for tracked in ends) == [False, True]  # one call ended it
+    assert store._db.execute("SELECT end_claim FROM sessions").fetchall() == [(None,)]

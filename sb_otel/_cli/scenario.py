@@ -24,7 +24,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from sb_otel._service.reaper import ReapedSession, reap
+from sb_otel._telemetry.attributes import Redaction
 from sb_otel._telemetry.configure import Telemetry
+from sb_otel._telemetry.row_records import RowRecords
+from sb_otel._tracking import row_telemetry
 from sb_otel._tracking.lifecycle import SessionLifecycleManager
 from sb_otel._tracking.models import SessionEndResult
 from sb_otel._tracking.store import SessionRecord, SessionStore
@@ -90,12 +93,17 @@ async def run_demo(store: SessionStore, telemetry: Telemetry, *, now: datetime |
     reaped = reap(tracker, now=moment, only=set(ids))
     records = [record for session_id in ids if (record := store.get(session_id)) is not None]
     spans = list(captured.get_finished_spans())
-    if telemetry.store_exporter is not None:  # root spans the exporter sends from the store, built as it will
+    if telemetry.store_exporter is not None:  # spans the exporter sends from the store, built as it will
         shown = {span.context.span_id for span in spans}
+        from_rows, fallback = RowRecords(), Redaction.parse(telemetry.redact)
         for record in records:
             root = telemetry.store_exporter.build_root_span(record)
             if root is not None and root.context.span_id not in shown:
                 spans.append(root)
+            owed = row_telemetry.ALL if row_telemetry.built_from_row(record) else 0  # children, lifecycle calls
+            for bit, built in from_rows.build(record, owed, fallback):
+                if bit & row_telemetry.SPANS and built.context.span_id not in shown:
+                    spans.append(built)
     return DemoRun(records, reaped, unknown, spans)
 
 

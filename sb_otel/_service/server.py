@@ -6,9 +6,10 @@ result dict: a bad payload or a refused token is ``{"status": "error", "error": 
 The parameters are validated by sb-otel's own event models (not by the MCP layer) for exactly that reason; the
 advertised input schema still lists their types and which are required.
 
-Telemetry: the ``mcp`` SDK's own OpenTelemetry middleware makes the ``tools/call <tool>`` SERVER span (parented
-by the request's ``_meta`` trace context). The session span's parent is the *shell's* context — from the event
-metadata, or from ``_meta`` when the metadata carries none — and the request span becomes its link.
+Telemetry: the session span's parent is the *shell's* context — from the event metadata, or from ``_meta`` when
+the metadata carries none. With ``SB_OTEL_MCP_SPANS=true`` the ``mcp`` SDK's own OpenTelemetry middleware also
+makes the ``tools/call <tool>`` SERVER span (parented by the request's ``_meta`` trace context), which the session
+span links to; it is off by default, since it costs a commit per call and the session's spans time the calls.
 
 Needs the ``mcp`` extra: ``pip install 'sb-otel[mcp]'``.
 """
@@ -47,11 +48,13 @@ from sb_otel._settings import (
     SB_OTEL_HTTP_MAX_BODY,
     SB_OTEL_HTTP_MAX_CONNECTIONS,
     SB_OTEL_HTTP_TIMEOUT,
+    SB_OTEL_MCP_SPANS,
     SB_OTEL_SECRET,
     SB_OTEL_TOKEN_MAX_AGE,
     SESSION_BUDDY_SECRET,
     parse_duration,
 )
+from sb_otel._telemetry.outbox import one_write_per_call
 from sb_otel._telemetry.propagation import TRACE_CONTEXT_KEYS
 from sb_otel._tracking.models import SessionEndResult, SessionStartResult
 from sb_otel._tracking.reaping import reap_interval_setting as reap_interval_setting  # doctor checks it here
@@ -226,8 +229,10 @@ def with_trace_context(metadata: Any, meta: Mapping[str, Any] | None) -> Any:
     return metadata
 
 
-def build_server(service: SessionService) -> MCPServer[Any]:
-    """An ``MCPServer`` with session-buddy's tools (the two tracking tools and ``health_check``), on ``service``."""
+def build_server(service: SessionService, *, mcp_spans: bool | None = None) -> MCPServer[Any]:
+    """An ``MCPServer`` with session-buddy's tools (the two tracking tools and ``health_check``), on ``service``.
+
+    ``mcp_spans``: keep the ``mcp`` SDK's request spans (default ``SB_OTEL_MCP_SPANS``, off)."""
 
     async def track_session_start(
         event_version: _Str = _ABSENT,
@@ -283,7 +288,7 @@ def build_server(service: SessionService) -> MCPServer[Any]:
         _tool(track_session_end, END_REQUIRED),
         Tool.from_function(health_check),
     ]
-    return MCPServer(
+    server: MCPServer[Any] = MCPServer(
         SERVER_NAME,
         version=__version__,
         instructions="Shell session tracking: call track_session_start when a shell starts and "
@@ -291,6 +296,38 @@ def build_server(service: SessionService) -> MCPServer[Any]:
         tools=tools,
         log_level="WARNING",
     )
+    _request_spans(server, mcp_spans_setting() if mcp_spans is None else mcp_spans)
+    return server
+
+
+def _request_spans(server: MCPServer[Any], keep: bool) -> None:
+    """The ``mcp`` SDK's request spans: dropped, or kept with each call's records in one outbox write.
+
+    The SDK ends its ``tools/call`` span after the tool answered, outside the handle call's
+    :func:`~sb_otel._telemetry.outbox.one_write_per_call`, so on sb-otel's own pipeline each span was an outbox
+    commit of its own (5 of a lifecycle's 10 commits, issue 21). Kept, the block opens around the SDK's span
+    instead, and the call's records go out in one write when the span has ended."""
+    from mcp.server._otel import OpenTelemetryMiddleware
+
+    chain = server.middleware
+    for index, middleware in enumerate(chain):
+        if isinstance(middleware, OpenTelemetryMiddleware):
+            if keep:
+                chain[index] = _OneWritePerRequest(middleware)
+            else:
+                del chain[index]
+            return
+
+
+class _OneWritePerRequest:
+    """Runs a middleware (the SDK's span) inside one outbox write per request."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, ctx: Any, call_next: Any) -> Any:
+        with one_write_per_call():
+            return await self.inner(ctx, call_next)
 
 
 class HttpServer(uvicorn.Server):
@@ -541,6 +578,16 @@ def http_limits_setting() -> HttpLimits:
         if timeout is None
         else parse_duration(timeout, name="SB_OTEL_HTTP_TIMEOUT").total_seconds(),
     )
+
+
+def mcp_spans_setting() -> bool:
+    """``SB_OTEL_MCP_SPANS``: ``true``/``1``/``yes`` or ``false``/``0``/``no`` (default)."""
+    text = (SB_OTEL_MCP_SPANS.read() or "false").lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"SB_OTEL_MCP_SPANS must be true or false, not {text!r}")
 
 
 def allow_unauthenticated_setting() -> bool:

@@ -51,6 +51,7 @@ from sb_otel._telemetry.root_span import (
     root_attributes,
     span_times,
 )
+from sb_otel._telemetry.row_records import manager_span_parts
 from sb_otel._telemetry.session_span import (
     ATTRIBUTES_KEY,
     STATE_KEY,
@@ -64,10 +65,10 @@ from sb_otel._tracking.foreign import ForeignTracker, as_event
 from sb_otel._tracking.log_lines import ended_line, started_line
 from sb_otel._tracking.models import SessionEndEvent, SessionEndResult, SessionStartEvent, SessionStartResult
 from sb_otel._tracking.outcome import Outcome, end_outcome
-from sb_otel._tracking.row_telemetry import built_from_row
+from sb_otel._tracking.row_telemetry import END_CALL_KEY, FROM_ROW_KEY, START_CALL_KEY, built_from_row
 from sb_otel._tracking.seam import UNREAD, Known, TrackingSeam, offers_seam
 from sb_otel._tracking.store import SessionRecord, SessionStore
-from sb_otel._tracking.tracker import EVENT_LINE_MARKER, SESSION_ENDED_LINE, SESSION_STARTED_LINE
+from sb_otel._tracking.tracker import EVENT_LINE_MARKER, SESSION_ENDED_LINE, SESSION_STARTED_LINE, SessionTracker
 from sb_otel._version import __version__
 
 _log = logging.getLogger("sb_otel.instrumentation")
@@ -76,6 +77,9 @@ _T = TypeVar("_T")
 __all__ = ("CLOCK_SKEW_TOLERANCE", "InstrumentedSessionTracker", "TracedLifecycleManager", "instrument")
 
 _active_redaction: contextvars.ContextVar[Redaction | None] = contextvars.ContextVar("sb_otel_redaction", default=None)
+_row_call: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("sb_otel_row_call", default=None)
+"""The handle call in hand when it runs from the row: the lifecycle manager's wrapper notes its call here (stored
+with the row for the exporter) instead of making a span."""
 
 ADOPT_ATTRIBUTE = "_sb_otel_adopt"
 """Set by the auto-instrumentor on the methods it patches: ``adopt(instance, options)`` returns the instance's one
@@ -121,6 +125,7 @@ class InstrumentedSessionTracker:
         self._log_handler = _attach_log_handler(logger, logger_provider, foreign=self._foreign)
         self._starting: dict[str, tuple[asyncio.Lock, int]] = {}
         self._store_sends_roots: bool | None = None
+        self._store_counts: tuple[Any, bool] | None = None
 
     def _roots_from_store(self) -> bool:
         """Whether root spans are left to the store's exporter: the spans go to sb-otel's own outbox pipeline
@@ -142,8 +147,13 @@ class InstrumentedSessionTracker:
         meter provider with the store exporter, see store_metrics.py): then recording them here too would count
         every session twice, and split one series over processes."""
         provider = self._meter_provider or metrics.get_meter_provider()
+        known = self._store_counts
+        if known is not None and known[0] is provider:  # asked at every start and end: resolving paths costs
+            return known[1]
         counted = store_counted(provider)
-        return counted is not None and same_store(counted, self.store)
+        answer = counted is not None and same_store(counted, self.store)
+        self._store_counts = (provider, answer)
+        return answer
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.wrapped, name)
@@ -216,6 +226,8 @@ class InstrumentedSessionTracker:
         telemetry: dict[str, Any] = {STATE_KEY: plan.to_json(), ATTRIBUTES_KEY: described}
         if self._redaction:  # so the exporter that sends the root span later redacts it the same way
             telemetry[REDACT_KEY] = redaction_spec(self._redaction)
+        if not retry and self._from_row():
+            return await self._start_from_row(start, given, raw, read[0], plan, telemetry, described, shell_context)
         with self._child_span(f"session.start {start.component_name}", plan, span_attributes, described) as span:
             result, record = await self._inner_start(given, telemetry, read[0], raw)
             self._guard(_annotate_child, span, result.session_id, result.status, result.error)
@@ -230,6 +242,112 @@ class InstrumentedSessionTracker:
             return result.model_copy(update=context)
         self._guard(self._record_failed_start, start, described, plan, result.error or "start failed")
         return result
+
+    def _from_row(self) -> bool:
+        """Whether this tracker's handle calls run from the row (issue 21): our own tracker, on sb-otel's own
+        pipeline into its store. Then a call builds no span or log record: it stores its timings with the row, in
+        the row's one write, and the exporter builds the children, the manager's spans and the log records from
+        it (:mod:`sb_otel._telemetry.row_records`). A host's pipeline keeps live spans."""
+        return isinstance(self.wrapped, SessionTracker) and bool(self._guard(self._roots_from_store))
+
+    async def _start_from_row(
+        self,
+        start: SessionStartEvent,
+        given: Any,
+        raw: Mapping[str, Any],
+        known: Known,
+        plan: SessionSpanPlan,
+        telemetry: dict[str, Any],
+        described: Mapping[str, AttributeValue],
+        shell_context: Context,
+    ) -> SessionStartResult:
+        """:meth:`_start` from the row: the row carries the call (marked, so the store owes its records)."""
+        call: dict[str, Any] = {"began": time.time_ns()}
+        telemetry[FROM_ROW_KEY] = True
+        telemetry[START_CALL_KEY] = call
+        with self._row_mode(call, described):
+            result, record = await self._inner_start(given, telemetry, known, raw)
+        stored = self._guard(_stored_plan, record, telemetry[STATE_KEY]) if record is not None else None
+        if result.status == "tracked" and result.session_id is not None and record is not None and stored is None:
+            self._guard(self._count_start, start)
+            context = {
+                "traceparent": plan.traceparent,
+                "baggage": self._guard(session_baggage, result.session_id, shell_context),
+            }
+            return result.model_copy(update=context)
+        # Not our row (a failure, or a start that raced us to the store): this call's spans are made now.
+        span_plan = stored or plan
+        span_attributes = {sc.COMPONENT_NAME: start.component_name, sc.SHELL_TYPE: start.shell_type}
+        name = f"session.start {start.component_name}"
+        self._guard(self._replay_call, name, span_plan, span_attributes, described, call, result)
+        if result.status == "tracked" and result.session_id is not None:
+            context = {
+                "traceparent": span_plan.traceparent,
+                "baggage": self._guard(session_baggage, result.session_id, shell_context),
+            }
+            return result.model_copy(update=context)
+        self._guard(self._record_failed_start, start, described, plan, result.error or "start failed")
+        return result
+
+    @contextlib.contextmanager
+    def _row_mode(self, call: dict[str, Any], described: Mapping[str, AttributeValue]) -> Iterator[None]:
+        """While the wrapped tracker works from the row: the manager's wrapper notes into ``call``, and log lines
+        are scrubbed of the session's redacted values (as inside a live child span)."""
+        redaction = self._redaction.for_values(described) if self._redaction else None
+        tokens = _row_call.set(call), _active_redaction.set(redaction)
+        try:
+            yield
+        finally:
+            _active_redaction.reset(tokens[1])
+            _row_call.reset(tokens[0])
+
+    def _replay_call(
+        self,
+        name: str,
+        plan: SessionSpanPlan,
+        attributes: Mapping[str, AttributeValue],
+        described: Mapping[str, AttributeValue],
+        call: Mapping[str, Any],
+        result: SessionStartResult | SessionEndResult,
+    ) -> None:
+        """The spans a live call would have made (its child of the session span, the manager's beneath), made
+        now with the call's own times: for a call whose records the row cannot carry (it wrote no row)."""
+        redaction = self._redaction.for_values(described) if self._redaction else None
+        began = int(call["began"])
+        child = self._tracer.start_span(
+            name, context=plan.child_context(), kind=SpanKind.INTERNAL, attributes=attributes, start_time=began
+        )
+        manager = call.get("manager")
+        if isinstance(manager, Mapping) and isinstance(manager.get("began"), int):
+            shown, status = manager_span_parts(manager, redaction)
+            below = self._tracer.start_span(
+                str(manager.get("name", "")),
+                context=trace.set_span_in_context(child),
+                kind=SpanKind.INTERNAL,
+                attributes={sc.LIFECYCLE_OPERATION: shown[sc.LIFECYCLE_OPERATION]},
+                start_time=manager["began"],
+            )
+            exception = manager.get("exception")
+            if isinstance(exception, Mapping):
+                below.add_event("exception", {**exception, "exception.escaped": True})
+            below.set_attributes({key: value for key, value in shown.items() if key != sc.LIFECYCLE_OPERATION})
+            if status.status_code is StatusCode.ERROR:
+                below.set_status(status)
+            below.end(end_time=max(int(manager.get("ended") or manager["began"]), manager["began"]))
+        token = _active_redaction.set(redaction)
+        try:
+            _annotate_child(child, result.session_id, result.status, result.error)
+        finally:
+            _active_redaction.reset(token)
+        child.end(end_time=max(time.time_ns(), began))
+
+    def _count_start(self, start: SessionStartEvent) -> None:
+        """The start's metrics, where the store does not count them itself."""
+        if not self._counted_by_store():
+            component = {sc.COMPONENT_NAME: self._metrics.component(start.component_name)}
+            shell = self._metrics.shell(start.shell_type)
+            self._metrics.started.add(1, {**component, sc.SHELL_TYPE: shell, sc.RESULT: "tracked"})
+            self._metrics.active.add(1, component)
 
     def _known_start(self, event_id: str) -> tuple[SessionRecord | None]:
         """The record of an earlier start of this event (a retry), read once: the tracker is handed this read.
@@ -338,7 +456,23 @@ class InstrumentedSessionTracker:
         known: Known = record if record is not None else UNREAD
         planned = self._guard(SessionTelemetry.of, record) if record is not None else None
         given = event if self._foreign else end
-        if record is None or planned is None or built_from_row(record):  # the exporter builds its end from the row
+        if (
+            record is not None
+            and planned is not None
+            and built_from_row(record)
+            and isinstance(self.wrapped, SessionTracker)
+        ):
+            # From the row: the end's call is noted into the row by the write that ends it; the exporter builds
+            # its records. A call that ends nothing (an error, a retried end) makes its spans now.
+            call: dict[str, Any] = {"began": time.time_ns()}
+            with self._row_mode(call, planned.attributes):
+                tracked = await self.wrapped.track_end(given, known=known, telemetry={END_CALL_KEY: call})
+            result, ended = tracked.result, tracked.ended
+            if ended is None:
+                name = f"session.end {record.component_name}"
+                attributes = {sc.COMPONENT_NAME: record.component_name}
+                self._guard(self._replay_call, name, planned.plan, attributes, planned.attributes, call, result)
+        elif record is None or planned is None or built_from_row(record):  # the exporter builds its end from the row
             result, ended = await self._inner_end(given, known)
         else:
             name = f"session.end {record.component_name}"
@@ -379,16 +513,18 @@ class InstrumentedSessionTracker:
         self, record: SessionRecord, outcome: Outcome, planned: SessionTelemetry | None, ended_text: str | None
     ) -> None:
         """:meth:`finish_session_telemetry` with what the caller already read from the store."""
-        component = {sc.COMPONENT_NAME: self._metrics.component(record.component_name)}
         start, end, _ = span_times(record)
         if not self._guard(self._counted_by_store):
+            component = {sc.COMPONENT_NAME: self._metrics.component(record.component_name)}
             self._metrics.ended.add(1, {**component, sc.SESSION_STATUS: outcome.status})
             self._metrics.active.add(-1, component)
             seconds = (end - start).total_seconds()
             self._metrics.duration.record(seconds, {**component, sc.SESSION_STATUS: outcome.status})
+        from_store = self._roots_from_store()
+        if from_store and built_from_row(record):
+            return  # the exporter builds the root span and the end's log record from the row: nothing to make
         attributes = root_attributes(record, outcome, planned)
-        line = ended_line(record.session_id, ended_text or end.isoformat())
-        if planned is not None and not self._roots_from_store():
+        if planned is not None and not from_store:
             # A host's own pipeline: the span goes out now; the store's pending mark (set when the session
             # ended) is cleared once it is handed over, so no exporter sends it again.
             export_root_span(self._tracer, record, outcome, planned, self._redaction, attributes)
@@ -396,6 +532,7 @@ class InstrumentedSessionTracker:
                 self.store.mark_root_spans_exported([record.session_id])
         if built_from_row(record):
             return  # its end's log record is built from the row by the exporter (emit's sessions): sent once
+        line = ended_line(record.session_id, ended_text or end.isoformat())
         with _current(planned.plan.child_context()) if planned is not None else contextlib.nullcontext():
             self._emit_event(sc.EVENT_SESSION_END, line, attributes, None)
 
@@ -470,8 +607,43 @@ class TracedLifecycleManager:
         """Traced ``end_session``."""
         return await self._traced("end_session", working_directory, kwargs)
 
+    def answer_cached(self, operation: str, working_directory: str | None) -> Any:
+        """The wrapped manager's cached answer (see ``SessionLifecycleManager.answer_cached``), traced as a call;
+        ``None`` (nothing traced) when it has none: the tracker then makes the traced call."""
+        quick = getattr(self.wrapped, "answer_cached", None)
+        if not callable(quick):
+            return None
+        attributes: dict[str, AttributeValue] = {sc.LIFECYCLE_OPERATION: operation}
+        began = time.perf_counter()
+        started = time.time_ns()
+        answer = quick(operation, working_directory)
+        if not isinstance(answer, Mapping):  # none cached (or not an answer at all): the tracker calls it
+            return None
+        noted = _row_call.get()
+        if noted is not None:  # from the row: noted for the exporter, no span made here
+            _note_manager(noted, operation, started, answer, None)
+            self._metrics.lifecycle_duration.record(time.perf_counter() - began, _measured(operation, answer, None))
+            return answer
+        redaction = _active_redaction.get()
+        with _scrubbed_span(self._tracer, operation, None, attributes, redaction, started) as span:
+            self._annotate(span, answer, attributes, redaction)
+            self._metrics.lifecycle_duration.record(time.perf_counter() - began, attributes)
+        return answer
+
     async def _traced(self, operation: str, working_directory: str | None, kwargs: dict[str, Any]) -> Any:
         call: Callable[..., Awaitable[Any]] = getattr(self.wrapped, operation)
+        noted = _row_call.get()
+        if noted is not None:  # from the row: noted for the exporter, no span made here
+            began, started = time.perf_counter(), time.time_ns()
+            try:
+                answer = await call(working_directory=working_directory, **kwargs)
+            except Exception as exc:
+                _note_manager(noted, operation, started, None, exc)
+                self._metrics.lifecycle_duration.record(time.perf_counter() - began, _measured(operation, None, exc))
+                raise
+            _note_manager(noted, operation, started, answer, None)
+            self._metrics.lifecycle_duration.record(time.perf_counter() - began, _measured(operation, answer, None))
+            return answer
         attributes: dict[str, AttributeValue] = {sc.LIFECYCLE_OPERATION: operation}
         began = time.perf_counter()
         redaction = _active_redaction.get()  # the session's SB_OTEL_REDACT, with its values to scrub
@@ -487,15 +659,64 @@ class TracedLifecycleManager:
                 raise
             finally:
                 self._metrics.lifecycle_duration.record(time.perf_counter() - began, attributes)
-            if failed:
-                error = str((answer.get("error") if isinstance(answer, Mapping) else None) or "")
-                error = redaction.scrub(error) if redaction is not None else error
-                span.set_attribute(sc.ERROR_TYPE, "lifecycle_failure")
-                span.set_status(Status(StatusCode.ERROR, (error or "lifecycle manager reported failure")[:200]))
-            elif isinstance(project := answer.get("project"), str):
-                shown = {sc.PROJECT: project[:200]}
-                span.set_attributes(redaction.apply(shown) if redaction is not None else shown)
+            self._annotate(span, answer, attributes, redaction)
             return answer
+
+    @staticmethod
+    def _annotate(span: Any, answer: Any, attributes: dict[str, AttributeValue], redaction: Redaction | None) -> None:
+        """The answer on the span: a failure's status and class, or the project."""
+        if not (isinstance(answer, Mapping) and answer.get("success")):
+            attributes[sc.ERROR_TYPE] = "lifecycle_failure"
+            error = str((answer.get("error") if isinstance(answer, Mapping) else None) or "")
+            error = redaction.scrub(error) if redaction is not None else error
+            span.set_attribute(sc.ERROR_TYPE, "lifecycle_failure")
+            span.set_status(Status(StatusCode.ERROR, (error or "lifecycle manager reported failure")[:200]))
+        elif isinstance(project := answer.get("project"), str):
+            shown = {sc.PROJECT: project[:200]}
+            span.set_attributes(redaction.apply(shown) if redaction is not None else shown)
+
+
+def _measured(operation: str, answer: Any, exc: BaseException | None) -> dict[str, AttributeValue]:
+    """``sb.lifecycle.duration``'s attributes for a call's outcome (as ``_traced`` sets them)."""
+    attributes: dict[str, AttributeValue] = {sc.LIFECYCLE_OPERATION: operation}
+    if exc is not None:
+        attributes[sc.ERROR_TYPE] = type(exc).__qualname__
+    elif not (isinstance(answer, Mapping) and answer.get("success")):
+        attributes[sc.ERROR_TYPE] = "lifecycle_failure"
+    return attributes
+
+
+def _note_manager(call: dict[str, Any], operation: str, started: int, answer: Any, exc: BaseException | None) -> None:
+    """What the manager's span would say, noted in the row-mode call (JSON values only; no ``None``: the store
+    merges an end's notes as a JSON merge patch, where ``null`` deletes). Never raises: a note that cannot be
+    made (an exception whose text cannot be read) costs the manager's span, not the call."""
+    try:
+        _noted(call, operation, started, answer, exc)
+    except Exception:
+        _log.warning("sb-otel could not note the lifecycle manager's %s call; its span is left out", operation)
+
+
+def _noted(call: dict[str, Any], operation: str, started: int, answer: Any, exc: BaseException | None) -> None:
+    noted: dict[str, Any] = {"name": operation, "began": started, "ended": time.time_ns()}
+    redaction = _active_redaction.get()
+    if exc is not None:
+        scrub = redaction.scrub if redaction is not None else str
+        message = scrub(str(exc))
+        stacktrace = scrub("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        noted["error_type"] = type(exc).__qualname__
+        noted["error"] = f"{type(exc).__qualname__}: {message}"
+        noted["exception"] = {
+            "exception.type": type(exc).__qualname__,
+            "exception.message": message,
+            "exception.stacktrace": stacktrace,
+        }
+    elif not (isinstance(answer, Mapping) and answer.get("success")):
+        noted["error_type"] = "lifecycle_failure"
+        error = (answer.get("error") if isinstance(answer, Mapping) else None) or ""
+        noted["error"] = str(error)
+    elif isinstance(project := answer.get("project"), str):
+        noted["project"] = project
+    call["manager"] = noted
 
 
 def instrument(
@@ -696,6 +917,7 @@ def _scrubbed_span(
     context: Context | None,
     attributes: Mapping[str, AttributeValue],
     redaction: Redaction | None,
+    start_time: int | None = None,
 ) -> Iterator[Any]:
     """``start_as_current_span``, recording an escaping exception as the SDK does (an ``exception`` event and an
     ERROR status) but with its message and stack trace scrubbed of the session's redacted values: the SDK's own
@@ -705,6 +927,7 @@ def _scrubbed_span(
         context=context,
         kind=SpanKind.INTERNAL,
         attributes=attributes,
+        start_time=start_time,
         record_exception=False,
         set_status_on_exception=False,
     ) as span:

@@ -50,18 +50,62 @@ from sb_otel._telemetry.export_destination import fixed_span_limits
 from sb_otel._telemetry.root_span import SessionTelemetry, record_outcome, root_attributes, span_times, stored_redaction
 from sb_otel._telemetry.session_span import SessionSpanPlan, export_session_span
 from sb_otel._tracking.log_lines import ended_line, started_line
-from sb_otel._tracking.row_telemetry import END_LOG, END_SPAN, START_LOG, START_SPAN
+from sb_otel._tracking.row_telemetry import (
+    END_CALL_KEY,
+    END_LOG,
+    END_SPAN,
+    START,
+    START_CALL_KEY,
+    START_LOG,
+    START_SPAN,
+)
 from sb_otel._tracking.store import SessionRecord
 from sb_otel._version import __version__
 
 _KINDS = {START_SPAN: "session.start", END_SPAN: "session.end"}
 
 
-def child_span_id(plan: SessionSpanPlan, bit: int) -> int:
-    """The span id of the session's ``session.start``/``session.end`` child: derived from the session span's
-    planned ids, so every build of it (a retry, another exporter) has the same one."""
-    seed = f"{plan.trace_id:032x}{plan.span_id:016x}{_KINDS[bit]}".encode()
+def child_span_id(plan: SessionSpanPlan, bit: int, below: str = "") -> int:
+    """The span id of the session's ``session.start``/``session.end`` child (or, with ``below``, of the lifecycle
+    manager's span beneath it): derived from the session span's planned ids, so every build of it (a retry,
+    another exporter) has the same one."""
+    seed = f"{plan.trace_id:032x}{plan.span_id:016x}{_KINDS[bit]}{below}".encode()
     return int.from_bytes(hashlib.blake2b(seed, digest_size=8).digest(), "big") or 1
+
+
+def manager_span_parts(
+    manager: Mapping[str, Any], redaction: Redaction | None
+) -> tuple[dict[str, AttributeValue], Status]:
+    """The lifecycle manager span's attributes and status from what a row-mode call stored about the manager's
+    answer (as ``TracedLifecycleManager`` sets them on a live span; ``redaction``: the session's, for its values)."""
+    attributes: dict[str, AttributeValue] = {sc.LIFECYCLE_OPERATION: str(manager.get("name", ""))}
+    error_type = manager.get("error_type")
+    if isinstance(error_type, str):
+        attributes[sc.ERROR_TYPE] = error_type
+        error = str(manager.get("error") or "")
+        error = redaction.scrub(error) if redaction is not None else error
+        if error_type == "lifecycle_failure":
+            error = error or "lifecycle manager reported failure"
+        return attributes, Status(StatusCode.ERROR, error[:200])
+    project = manager.get("project")
+    if isinstance(project, str):
+        shown = {sc.PROJECT: project[:200]}
+        attributes.update(redaction.apply(shown) if redaction is not None else shown)
+    return attributes, Status(StatusCode.UNSET)
+
+
+def stored_call(record: SessionRecord, bit: int) -> Mapping[str, Any] | None:
+    """What the handle call behind ``bit`` (start or end) stored about itself, if it ran on sb-otel's pipeline."""
+    call = record.telemetry.get(START_CALL_KEY if bit & START else END_CALL_KEY)
+    return call if isinstance(call, Mapping) and isinstance(call.get("began"), int) else None
+
+
+def call_times(call: Mapping[str, Any]) -> tuple[int, int]:
+    """A stored call's span: from its start to the manager's answer (the row's write closes the call)."""
+    began: int = call["began"]
+    manager = call.get("manager")
+    ended = manager.get("ended") if isinstance(manager, Mapping) else None
+    return began, max(began, ended) if isinstance(ended, int) else began
 
 
 class RowRecords:
@@ -92,19 +136,23 @@ class RowRecords:
         redaction = stored_redaction(record, fallback)
         described = {**planned.attributes, sc.SESSION_ID: record.session_id}
         start, end, _ = span_times(record)
+        starting, ending = stored_call(record, START_SPAN), stored_call(record, END_SPAN)
+        # A call's log record is emitted as its call ends; emit's rows stamp theirs with the session's times.
+        start_log = _moment(call_times(starting)[1]) if starting is not None else start
+        end_log = _moment(call_times(ending)[1]) if ending is not None else end
         built: list[tuple[int, Any]] = []
         with self._lock:
             self._spans.clear()
             self._logs.clear()
             try:
                 if due & START_SPAN:
-                    built += self._child(record, planned, START_SPAN, described, redaction, start)
+                    built += self._child(record, planned, START_SPAN, described, redaction, start, starting)
                 if due & START_LOG:
-                    built.append((START_LOG, self._start_log(record, planned, described, redaction, start)))
+                    built.append((START_LOG, self._start_log(record, planned, described, redaction, start_log)))
                 if due & END_SPAN and not record.is_open:
-                    built += self._child(record, planned, END_SPAN, described, redaction, end)
+                    built += self._child(record, planned, END_SPAN, described, redaction, end, ending)
                 if due & END_LOG and not record.is_open:
-                    built.append((END_LOG, self._end_log(record, planned, redaction, end)))
+                    built.append((END_LOG, self._end_log(record, planned, redaction, end_log)))
             finally:
                 self._spans.clear()
                 self._logs.clear()
@@ -118,8 +166,10 @@ class RowRecords:
         described: Mapping[str, AttributeValue],
         redaction: Redaction,
         moment: datetime,
+        call: Mapping[str, Any] | None,
     ) -> list[tuple[int, Any]]:
-        """``session.start``/``session.end {component}`` as the tracker makes it, a child of the session span."""
+        """``session.start``/``session.end {component}`` as the tracker makes it, a child of the session span; with
+        the ``call`` its handle call stored, timed as the call and with the lifecycle manager's span beneath."""
         plan = planned.plan
         child = SessionSpanPlan(
             trace_id=plan.trace_id,
@@ -137,8 +187,33 @@ class RowRecords:
         shown = redaction.for_values(described).apply(attributes) if redaction else attributes
         name = f"{_KINDS[bit]} {record.component_name}"
         status = Status(StatusCode.UNSET)
+        began, ended = (moment, moment) if call is None else tuple(_moment(ns) for ns in call_times(call))
         self._spans.clear()
-        if not export_session_span(self._tracer, child, name, shown, moment, moment, status, record.session_id):
+        manager = call.get("manager") if call is not None else None
+        if isinstance(manager, Mapping) and isinstance(manager.get("began"), int):
+            beneath = SessionSpanPlan(
+                trace_id=plan.trace_id,
+                span_id=child_span_id(plan, bit, "/manager"),
+                sampled=plan.sampled,
+                trace_state=plan.trace_state,
+                parent_span_id=child.span_id,
+                parent_remote=False,
+            )
+            scrubbing = redaction.for_values(described) if redaction else None
+            shown_manager, manager_status = manager_span_parts(manager, scrubbing)
+            manager_began = _moment(manager["began"])
+            manager_ended = _moment(max(manager["began"], manager.get("ended") or manager["began"]))
+            export_session_span(
+                self._tracer,
+                beneath,
+                str(manager.get("name", "")),
+                shown_manager,
+                manager_began,
+                manager_ended,
+                manager_status,
+                record.session_id,
+            )
+        if not export_session_span(self._tracer, child, name, shown, began, ended, status, record.session_id):
             return []  # unsampled: the tracker's child is not recorded either
         return [(bit, span) for span in self._spans.get_finished_spans()]
 
@@ -212,6 +287,10 @@ def _context(plan: SessionSpanPlan, span_id: int) -> Any:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _moment(nanos: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=nanos // 1_000)
 
 
 def _nanos(moment: datetime) -> int:

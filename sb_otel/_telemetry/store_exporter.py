@@ -333,6 +333,7 @@ class StoreExporter:
         spans: list[tuple[tuple[str, int], Any]] = []
         logs: list[tuple[tuple[str, int], Any]] = []
         done: list[tuple[str, int]] = []  # nothing to send (no plan, unsampled, off) or unbuildable: never will be
+        off: dict[str, int] = {}  # records of a signal off by configuration: cleared unsent, counted as the outbox's
         for record, due in owed:
             try:
                 built = self._row_records.build(record, due, self._redaction)
@@ -343,11 +344,13 @@ class StoreExporter:
             for bit, item in built:
                 signal = "traces" if bit & row_telemetry.SPANS else "logs"
                 if signal in self.signals_off:
+                    off[signal] = off.get(signal, 0) + 1
                     continue
                 (spans if signal == "traces" else logs).append(((record.session_id, bit), item))
-            made = sum(
-                bit for bit, _ in built if ("traces" if bit & row_telemetry.SPANS else "logs") not in self.signals_off
-            )
+            made = 0  # a bit may come with several records (a child span and its lifecycle manager's span)
+            for bit, _ in built:
+                if ("traces" if bit & row_telemetry.SPANS else "logs") not in self.signals_off:
+                    made |= bit
             if due & ~made:
                 done.append((record.session_id, due & ~made))
         sent_spans, dropped_spans = (
@@ -360,6 +363,9 @@ class StoreExporter:
         cleared = [*done, *sent_spans, *dropped_spans, *sent_logs, *dropped_logs]
         if cleared:
             store.mark_row_records_sent(cleared)
+        for signal, count in off.items():
+            self.store.count_dropped("off", count)
+            report.drop(signal, "off", count)
         report.spans += len(sent_spans)
         report.logs += len(sent_logs)
         if sent_spans:

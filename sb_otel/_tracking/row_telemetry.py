@@ -8,9 +8,12 @@ exporter reported success, so a crash anywhere leaves the bit and the record is 
 least once). The start's records are due at once; the end's become due when the session ends (its status leaves
 ``open``): ending needs no second write, whoever ends it (``emit end``, the reaper, an MCP call).
 
-A row without the mark (``NULL``: an instrumented start, which writes its records to the outbox itself) owes
-nothing here. An instrumented process that ends (or reaps) a row-built session leaves its end's records to the
-exporter too (:func:`built_from_row`), so they are sent once. Partial indexes keep both look-ups proportional to
+Since issue 21 an instrumented start on sb-otel's own pipeline (``configure()``'s providers, the tracker's store)
+marks its row the same way and stores its call's timings (:data:`START_CALL_KEY`, :data:`END_CALL_KEY`): its
+handle calls then build no SDK span or log record, and write nothing but the row. A row without the mark (``NULL``:
+an instrumented start on a host's pipeline, whose spans go through the host's providers) owes nothing here. An
+instrumented process that ends (or reaps) a row-built session leaves its end's records to the exporter too
+(:func:`built_from_row`), so they are sent once. Partial indexes keep both look-ups proportional to
 what is owed, not to the open sessions.
 """
 
@@ -25,6 +28,11 @@ if TYPE_CHECKING:
 
 FROM_ROW_KEY = "from_row"
 """The key in a session's ``telemetry`` saying its records are built from its row (``true``)."""
+START_CALL_KEY = "start_call"
+END_CALL_KEY = "end_call"
+"""Keys of what an instrumented handle call on sb-otel's own pipeline stores for the exporter instead of making
+spans: ``{"began": ns, "manager": {"name", "began", "ended", "project"?, "error"?, "error_type"?}}`` (Unix
+nanoseconds). ``emit``'s rows have neither: their children are zero-length, with no manager span."""
 
 START_SPAN = 1
 """The ``session.start {component}`` span."""

@@ -640,18 +640,31 @@ class SqliteSessionStore:
                     found[record.session_id] = (record, due(row[-1], record.is_open) & signals)
         return [pair for pair in found.values() if pair[1]][:limit]
 
+    # The exporter's marks and deletes are one statement per batch, the batch passed as one JSON array: one
+    # autocommit statement is one transaction, so the write lock is taken once per batch (not BEGIN, a statement
+    # per row, COMMIT), and a tracker's commit waits for at most one short statement.
+
     def mark_row_records_sent(self, sent: Sequence[tuple[str, int]]) -> None:
-        with self._write() as db:
-            db.executemany(
-                "UPDATE sessions SET row_telemetry = NULLIF(row_telemetry & ~?, 0) WHERE session_id = ?",
-                [(bits, session_id) for session_id, bits in sent],
+        merged: dict[str, int] = {}
+        for session_id, bits in sent:  # one session's bits may come in several pairs (spans, logs)
+            merged[session_id] = merged.get(session_id, 0) | bits
+        if not merged:
+            return
+        with self._lock, _translated(self.path):
+            self._db.execute(
+                "UPDATE sessions SET row_telemetry = NULLIF(row_telemetry & ~sent.bits, 0) FROM "
+                "(SELECT key AS sid, value AS bits FROM json_each(?)) AS sent WHERE sessions.session_id = sent.sid",
+                (json.dumps(merged),),
             )
 
     def mark_root_spans_exported(self, session_ids: Sequence[str]) -> None:
-        with self._write() as db:
-            db.executemany(
-                f"UPDATE sessions SET root_span = '{ROOT_EXPORTED}' WHERE session_id = ?",
-                [(session_id,) for session_id in session_ids],
+        if not session_ids:
+            return
+        with self._lock, _translated(self.path):
+            self._db.execute(
+                f"UPDATE sessions SET root_span = '{ROOT_EXPORTED}' "
+                "WHERE session_id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(session_ids)),),
             )
 
     def outbox_append(self, signal: str, payloads: Sequence[str], now: float) -> None:
@@ -684,8 +697,12 @@ class SqliteSessionStore:
         return [OutboxRow(*row) for row in rows]
 
     def outbox_delete(self, ids: Sequence[int]) -> None:
-        with self._write() as db:
-            db.executemany("DELETE FROM telemetry_outbox WHERE id = ?", [(row_id,) for row_id in ids])
+        if not ids:
+            return
+        with self._lock, _translated(self.path):
+            self._db.execute(
+                "DELETE FROM telemetry_outbox WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(list(ids)),)
+            )
 
     def outbox_trim(self, max_rows: int, max_age_s: float, now: float) -> dict[str, int]:
         with self._write() as db:
@@ -914,7 +931,9 @@ def _lease_values(lease: Lease) -> tuple[Any, ...]:
 
 _FINISH = (
     # The root span is owed from the moment the session ends: marked in the same statement.
+    # The end call's telemetry (timings for the exporter, which builds the records from the row) merged in too.
     "UPDATE sessions SET status = ?, ended_at = ?, end_event = ?, "
+    "telemetry = coalesce(json_patch(telemetry, ?), telemetry), "
     f"root_span = CASE WHEN json_type(telemetry, '$.span') IS NOT NULL THEN '{ROOT_PENDING}' END "
     "WHERE session_id = ? AND status = 'open'"
 )
@@ -928,6 +947,7 @@ def _finish_values(session_id: str, ending: SessionEnding) -> tuple[Any, ...]:
         ending.status,
         _iso(ending.ended_at),
         None if ending.end_event is None else _json(ending.end_event),
+        _json(ending.telemetry) if ending.telemetry else None,
         session_id,
     )
 

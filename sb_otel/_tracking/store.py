@@ -156,14 +156,22 @@ class SessionRecord(Frozen):
 class SessionEnding(Frozen):
     """How a session ended, as the tracker (or the reaper) decided."""
 
-    __slots__ = ("end_event", "ended_at", "status")
+    __slots__ = ("end_event", "ended_at", "status", "telemetry")
 
     status: SessionStatus
     ended_at: datetime
     end_event: Mapping[str, Any] | None
+    telemetry: Mapping[str, Any] | None
+    """Keys merged into the session's telemetry in the same write (the end call's timings, for the exporter)."""
 
-    def __init__(self, status: SessionStatus, ended_at: datetime, end_event: Mapping[str, Any] | None = None) -> None:
-        self._set(status=status, ended_at=ended_at, end_event=end_event)
+    def __init__(
+        self,
+        status: SessionStatus,
+        ended_at: datetime,
+        end_event: Mapping[str, Any] | None = None,
+        telemetry: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._set(status=status, ended_at=ended_at, end_event=end_event, telemetry=telemetry)
 
 
 @runtime_checkable
@@ -388,6 +396,8 @@ class InMemorySessionStore(InMemoryExportState, InMemoryRowTelemetry, InMemoryDe
                 ended_at=ending.ended_at,
                 end_event=None if ending.end_event is None else copy.deepcopy(dict(ending.end_event)),
             )
+            if ending.telemetry:
+                ended = ended.replace(telemetry={**record.telemetry, **copy.deepcopy(dict(ending.telemetry))})
             self._sessions[session_id] = ended
             self._mark_root_pending(ended)  # in the same critical section: the root span is owed from now on
             seconds = (ending.ended_at - record.started_at).total_seconds()

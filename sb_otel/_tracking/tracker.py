@@ -223,7 +223,7 @@ class SessionTracker:
         dumped: Mapping[str, Any] | None,
     ) -> SessionRecord:
         store = self.store
-        claims = store if isinstance(store, SessionClaims) else None
+        claims = self._claims_for(store)
         start_event = dict(dumped) if dumped is not None else event.model_dump(mode="json")
         waited = _Backoff()
         while True:
@@ -299,21 +299,30 @@ class SessionTracker:
         """Track a session end. Returns ``ended``, ``not_found`` (unknown id) or ``error`` with a message."""
         return (await self.track_end(event)).result
 
-    async def track_end(self, event: SessionEndEvent | Mapping[str, Any], *, known: Known = UNREAD) -> TrackedEnd:
+    async def track_end(
+        self,
+        event: SessionEndEvent | Mapping[str, Any],
+        *,
+        known: Known = UNREAD,
+        telemetry: Mapping[str, Any] | None = None,
+    ) -> TrackedEnd:
         """The tracking seam's end (:mod:`sb_otel._tracking.seam`): also returns the ended record, but only to
         the one call that actually ended the session (so its span is exported exactly once).
 
         ``known`` (the caller's read of the session) stands in for the tracker's first read; an open record is
-        re-checked by the end claim (it takes only an open session), a missing one is read again."""
+        re-checked by the end claim (it takes only an open session), a missing one is read again. ``telemetry``
+        is merged into the session's telemetry by the write that ends it (read when that write is made)."""
         began = time.monotonic()
         try:
-            return await self._track_end(event, began, known)
+            return await self._track_end(event, began, known, telemetry)
         except Exception as exc:  # last resort, as at start
             error = f"Session end failed: {_exception_text(exc)}"
             _quietly(self.logger.error, end_failed_line("?", error))
             return TrackedEnd(SessionEndResult(session_id="", status="error", error=error), None)
 
-    async def _track_end(self, event: object, began: float, known: Known) -> TrackedEnd:
+    async def _track_end(
+        self, event: object, began: float, known: Known, telemetry: Mapping[str, Any] | None
+    ) -> TrackedEnd:
         try:
             end = _as_event(SessionEndEvent, event)
         except ValidationError as exc:
@@ -321,7 +330,7 @@ class SessionTracker:
             return TrackedEnd(failed, None)
         try:
             async with self._exclusive(f"end:{end.session_id}"):
-                return await self._end(end, began, known)
+                return await self._end(end, began, known, telemetry)
         except _LifecycleFailure as exc:
             return TrackedEnd(self._end_failed(end.session_id, str(exc), exc.context), None)
         except Exception as exc:
@@ -338,9 +347,11 @@ class SessionTracker:
             )
             return TrackedEnd(SessionEndResult(session_id=end.session_id, status="error", error=error), None)
 
-    async def _end(self, event: SessionEndEvent, began: float, known: Known) -> TrackedEnd:
+    async def _end(
+        self, event: SessionEndEvent, began: float, known: Known, telemetry: Mapping[str, Any] | None
+    ) -> TrackedEnd:
         store = self.store
-        claims = store if isinstance(store, SessionClaims) else None
+        claims = self._claims_for(store)
         ended_already = TrackedEnd(SessionEndResult(session_id=event.session_id, status="ended"), None)
         waited = _Backoff()
         while True:
@@ -375,6 +386,7 @@ class SessionTracker:
                     status=outcome.status,
                     ended_at=max(event.ended_at, record.started_at),  # a skewed clock never ends before start
                     end_event=event.model_dump(mode="json"),
+                    telemetry=telemetry,
                 ),
             )
         finally:
@@ -407,11 +419,24 @@ class SessionTracker:
 
     # -- helpers ------------------------------------------------------------------------------------------
 
+    def _claims_for(self, store: SessionStore) -> SessionClaims | None:
+        """The store's claims, when this tracker's manager needs them.
+
+        A claim makes one process call the manager per start and per end, at the price of its own commits (take,
+        release) around the call. A manager that declares itself ``side_effect_free`` (the default one only
+        reads) may be called twice for one event without harm; then the write that stores the outcome decides
+        alone (a start's event id is unique, an end updates only an open row), and a handle call commits once."""
+        if getattr(self.session_manager, "side_effect_free", False) is True or not isinstance(store, SessionClaims):
+            return None  # (the flag first: a Protocol isinstance walks the protocol's members, twice a lifecycle)
+        return store
+
     async def _call_manager(self, operation: str, working_directory: str) -> Mapping[str, Any]:
         """Call the lifecycle manager within the timeout; a non-success answer raises :class:`_LifecycleFailure`."""
-        call: Awaitable[Any] = getattr(self.session_manager, operation)(working_directory=working_directory)
+        answer = _cached_answer(self.session_manager, operation, working_directory)
         try:
-            answer = await asyncio.wait_for(call, timeout=self.lifecycle_timeout)
+            if answer is None:
+                call: Awaitable[Any] = getattr(self.session_manager, operation)(working_directory=working_directory)
+                answer = await asyncio.wait_for(call, timeout=self.lifecycle_timeout)
         except asyncio.TimeoutError:
             error = (
                 f"lifecycle manager's {operation} did not answer within {self.lifecycle_timeout:g} s "
@@ -456,6 +481,19 @@ class SessionTracker:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
+
+
+def _cached_answer(manager: Any, operation: str, working_directory: str) -> Mapping[str, Any] | None:
+    """The manager's answer at once when it offers one (``answer_cached``: the default manager's cache), else
+    ``None``; a failure here only sends the call the usual way (a worker thread, the timeout)."""
+    quick = getattr(manager, "answer_cached", None)
+    if not callable(quick):
+        return None
+    try:
+        answer = quick(operation, working_directory)
+    except Exception:
+        return None
+    return answer if isinstance(answer, Mapping) else None
 
 
 class _Backoff:
