@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import socket
 from pathlib import Path
@@ -21,13 +22,15 @@ from sb_otel._service.reaper import session_ttl
 from sb_otel._settings import (
     OTEL_EXPORTER_OTLP_ENDPOINT,
     SB_OTEL_SECRET,
+    SB_OTEL_STORE,
     SETTINGS,
     data_dir,
 )
 from sb_otel._telemetry.configure import endpoint_with_scheme, otlp_protocol
 from sb_otel._tracking import holder_lock
 from sb_otel._tracking.export_state import Lease, looks_alive
-from sb_otel._tracking.store_factory import open_store
+from sb_otel._tracking.private_files import readable_by_others
+from sb_otel._tracking.store_factory import missing_store, open_store, store_path
 
 
 @cli.command()
@@ -38,6 +41,7 @@ def doctor(as_json: bool, store_location: str | None) -> int:
     checks = [
         _check_settings(),
         _check_store(store_location),
+        _check_store_privacy(store_location),
         _check_telemetry(),
         _check_outbox(store_location),
         _check_mcp(),
@@ -84,6 +88,17 @@ LOW_DISK_MB = 100
 
 
 def _check_store(location: str | None) -> dict[str, Any]:
+    path = store_path(location)
+    if path is not None and not path.exists() and not path.is_symlink():  # doctor reads: it creates no store
+        if location is None and not SB_OTEL_STORE.read():  # the default place, before the first session
+            return {
+                "name": "store",
+                "status": "ok",
+                "detail": f"{path}: none yet (the first session makes it)",
+                "advice": "",
+            }
+        advice = "fine before the first session; otherwise point SB_OTEL_STORE (or --store) at the right file"
+        return {"name": "store", "status": "warn", "detail": missing_store(path), "advice": advice}
     try:
         store = open_store(location)
         try:
@@ -109,10 +124,34 @@ def _check_store(location: str | None) -> dict[str, Any]:
     return {"name": "store", "status": "ok", "detail": detail, "advice": ""}
 
 
+def _check_store_privacy(location: str | None) -> dict[str, Any]:
+    """Whether other local users can read the store: it holds every directory a shell started in, every user
+    name, host and pid. sb-otel creates it owner-only; an older version, a copy or a chmod may have opened it."""
+    path = store_path(location)
+    if path is None or not path.is_file():
+        return {"name": "store privacy", "status": "ok", "detail": "no store file to check", "advice": ""}
+    files = [f for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if f.is_file()]
+    try:
+        exposed = [f for f in files if readable_by_others(f)]
+    except OSError as exc:
+        return {"name": "store privacy", "status": "warn", "detail": f"cannot stat {path}: {exc}", "advice": ""}
+    if not exposed:
+        detail = f"{path} and its -wal/-shm files are readable by their owner (and group) only"
+        return {"name": "store privacy", "status": "ok", "detail": detail, "advice": ""}
+    names = " ".join(shlex.quote(str(f)) for f in exposed)
+    detail = f"other local users can read {', '.join(str(f) for f in exposed)}: every session's directory, user, host"
+    advice = f"chmod 600 {names} && chmod 700 {shlex.quote(str(path.parent))}"
+    advice += " (or 660/2770 with a group, to share it on purpose: see the README's Security section)"
+    return {"name": "store privacy", "status": "warn", "detail": detail, "advice": advice}
+
+
 def _check_outbox(location: str | None) -> dict[str, Any]:
     """Telemetry waiting in the store, what was dropped, and who exports it."""
     import time
 
+    path = store_path(location)
+    if path is not None and not path.exists():
+        return {"name": "outbox", "status": "ok", "detail": "no store yet: nothing waits", "advice": ""}
     try:
         store = open_store(location)
         try:
@@ -193,11 +232,8 @@ def _check_telemetry() -> dict[str, Any]:
     endpoint = OTEL_EXPORTER_OTLP_ENDPOINT.read()
     if not endpoint:
         folder = data_dir() / "telemetry"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            writable = os.access(folder, os.W_OK)
-        except OSError:
-            writable = False
+        existing = next(f for f in (folder, *folder.parents) if f.exists())  # doctor creates nothing
+        writable = existing.is_dir() and os.access(existing, os.W_OK)
         if not writable:
             advice = "set SB_OTEL_DATA_DIR to a writable directory"
             return {"name": "telemetry", "status": "fail", "detail": f"{folder} is not writable", "advice": advice}

@@ -55,6 +55,7 @@ from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSp
 from sb_otel._telemetry.store_exporter import METRICS_INTERVAL_S, StoreExporter, series_interval_s
 from sb_otel._telemetry.store_metrics import mark_store_counted
 from sb_otel._tracking.export_state import TelemetryStore
+from sb_otel._tracking.private_files import private_dir, private_file
 from sb_otel._tracking.store import SessionStore
 from sb_otel._tracking.store_factory import open_store
 
@@ -395,13 +396,14 @@ def _exporters(
         return {signal: _unless_off(signal, otlp[signal]) for signal in signals}, f"OTLP {chosen} → {full}"
     folder = Path(telemetry_dir) if telemetry_dir is not None else data_dir() / "telemetry"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder)
     except OSError as exc:
         raise ConfigError(f"cannot create the telemetry directory {folder}: {exc}; set SB_OTEL_DATA_DIR") from exc
     files: dict[str, _ExporterFactory] = {
-        "traces": lambda _: FileSpanExporter(folder / "traces.jsonl"),
-        "metrics": lambda _: FileMetricExporter(folder / "metrics.jsonl"),
-        "logs": lambda _: otel_logs.FileLogExporter(folder / "logs.jsonl"),
+        # Made owner-only before an exporter opens them (to append: the mode stays).
+        "traces": lambda _: FileSpanExporter(private_file(folder / "traces.jsonl")),
+        "metrics": lambda _: FileMetricExporter(private_file(folder / "metrics.jsonl")),
+        "logs": lambda _: otel_logs.FileLogExporter(private_file(folder / "logs.jsonl")),
     }
     return {signal: _unless_off(signal, files[signal]) for signal in signals}, f"OTLP JSON files in {folder}"
 

@@ -45,6 +45,7 @@ from sb_otel._tracking.export_state import (
     updated_note,
 )
 from sb_otel._tracking.identity import numbered_session_id, session_id_base
+from sb_otel._tracking.private_files import private_dir, private_file
 from sb_otel._tracking.row_telemetry import ALL, END_OWED_SQL, LIVE_MIGRATION, START_OWED_SQL, built_from_row, due
 from sb_otel._tracking.session_counts import (
     COUNTS_MIGRATION,
@@ -216,7 +217,8 @@ class SqliteSessionStore:
             if read_only:
                 self._db = self._connect_read_only()
             else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                private_dir(self.path.parent)
+                private_file(self.path)  # owner-only before SQLite sees it: its -wal/-shm files take its mode
                 self._db = sqlite3.connect(
                     self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
                 )

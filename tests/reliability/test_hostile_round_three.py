@@ -3,6 +3,7 @@ hostile client and a careless operator would — each with real processes, socke
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -11,6 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from tests.reliability._mcp_helpers import start_server
 
 SB_OTEL = [sys.executable, "-m", "sb_otel"]
@@ -109,3 +113,99 @@ def test_workers_exit_when_their_supervisor_is_killed(tmp_path: Path) -> None:
         assert again.url == f"http://127.0.0.1:{port}/mcp"
     finally:
         assert again.stop() == 0
+
+
+# -- files: owner-only whatever the umask; a group store shared on purpose; doctor names an exposed one ---------
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o7777
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask-022", "umask-000"])
+def test_the_store_its_side_files_the_data_dir_and_telemetry_files_are_owner_only(tmp_path: Path, umask: int) -> None:
+    """``sb-otel demo`` in a new data directory (default store, OTLP JSON files): every folder 0700, every file
+    0600, the store's -wal/-shm and lock files included."""
+    data = tmp_path / "new" / "data"
+    env = {**_env(tmp_path), "SB_OTEL_DATA_DIR": str(data)}
+    del env["SB_OTEL_STORE"]
+    done = subprocess.run(
+        [*SB_OTEL, "demo"], env=env, capture_output=True, text=True, timeout=120, preexec_fn=lambda: os.umask(umask)
+    )
+    assert done.returncode == 0, done.stderr
+    made = sorted(data.rglob("*"))
+    names = {path.name for path in made}
+    assert {"sessions.db", "telemetry", "traces.jsonl", "logs.jsonl", "metrics.jsonl"} <= names, names
+    assert _mode(data) == 0o700
+    assert {str(p.relative_to(data)): oct(_mode(p)) for p in made if _mode(p) not in (0o700, 0o600)} == {}
+    assert all(_mode(p) == (0o700 if p.is_dir() else 0o600) for p in made)
+
+
+def test_the_side_files_follow_a_store_shared_with_a_group_on_purpose(tmp_path: Path) -> None:
+    """An operator's group store (a 2770 folder, a 0660 file) stays shared: SQLite gives -wal/-shm its mode."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    folder.chmod(0o2770)
+    path = folder / "sessions.db"
+    path.touch()
+    path.chmod(0o660)
+    store = SqliteSessionStore(path)
+    try:
+        store.list_sessions()
+        assert _mode(Path(f"{path}-wal")) == _mode(Path(f"{path}-shm")) == _mode(path) == 0o660
+    finally:
+        store.close()
+    assert _mode(folder) == 0o2770  # left as the operator made it
+
+
+def _doctor(tmp: Path, path: Path) -> dict[str, dict[str, str]]:
+    done = subprocess.run(
+        [*SB_OTEL, "doctor", "--json", "--store", str(path)],
+        env=_env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return {check["name"]: check for check in json.loads(done.stdout)}
+
+
+def test_doctor_names_a_store_others_can_read_and_the_chmod_that_fixes_it(tmp_path: Path) -> None:
+    path = tmp_path / "old" / "sessions.db"
+    SqliteSessionStore(path).close()
+    assert _doctor(tmp_path, path)["store privacy"]["status"] == "ok"
+    path.chmod(0o644)  # as an older sb-otel made it under umask 022
+    check = _doctor(tmp_path, path)["store privacy"]
+    assert check["status"] == "warn"
+    assert f"other local users can read {path}" in check["detail"]
+    assert check["advice"].startswith(f"chmod 600 {path}")
+    subprocess.run(check["advice"].split(" (")[0], shell=True, check=True)  # the advice, as a user would run it
+    assert _doctor(tmp_path, path)["store privacy"]["status"] == "ok"
+
+
+# -- read-only commands never create a store ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["sessions"], ["sessions", "--summary"], ["show", "x-20260101-000000"]])
+def test_a_read_only_command_on_a_missing_store_names_it_and_creates_nothing(
+    tmp_path: Path, command: list[str]
+) -> None:
+    missing = tmp_path / "typo" / "sesions.db"
+    done = subprocess.run(
+        [*SB_OTEL, *command, "--store", str(missing)], env=_env(tmp_path), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert f"no session store at {missing}" in line
+    assert not (tmp_path / "typo").exists()
+
+
+def test_doctor_on_a_missing_store_and_a_new_data_dir_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "typo" / "sesions.db"
+    env = {**_env(tmp_path), "SB_OTEL_DATA_DIR": str(tmp_path / "new-data")}
+    done = subprocess.run(
+        [*SB_OTEL, "doctor", "--json", "--store", str(missing)], env=env, capture_output=True, text=True, timeout=120
+    )
+    checks = {check["name"]: check for check in json.loads(done.stdout)}
+    assert checks["store"]["status"] == "warn"
+    assert f"no session store at {missing}" in checks["store"]["detail"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
