@@ -21,12 +21,16 @@ from sb_otel._exceptions import ConfigError, SbOtelError
 from sb_otel._service.reaper import session_ttl
 from sb_otel._settings import (
     OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_EXPORTER_OTLP_HEADERS,
     SB_OTEL_SECRET,
     SB_OTEL_STORE,
+    SESSION_BUDDY_SECRET,
     SETTINGS,
+    Setting,
     data_dir,
 )
 from sb_otel._telemetry.configure import endpoint_with_scheme, otlp_protocol
+from sb_otel._telemetry.credentials import masked, masked_headers
 from sb_otel._tracking import holder_lock
 from sb_otel._tracking.export_state import Lease, looks_alive
 from sb_otel._tracking.private_files import readable_by_others
@@ -66,7 +70,7 @@ def _check_settings() -> dict[str, Any]:
     for setting in SETTINGS:
         value = setting.read()
         if value is not None:
-            shown.append(f"{setting.env}={'***' if setting is SB_OTEL_SECRET else value}")
+            shown.append(f"{setting.env}={_shown(setting, value)}")
     try:
         session_ttl()
         from sb_otel._service.server import reap_interval_setting
@@ -81,6 +85,15 @@ def _check_settings() -> dict[str, Any]:
         return {"name": "settings", "status": "fail", "detail": problem, "advice": "fix or unset the variable"}
     detail = ", ".join(shown) if shown else "all defaults"
     return {"name": "settings", "status": "ok", "detail": detail, "advice": ""}
+
+
+def _shown(setting: Setting, value: str) -> str:
+    """A setting's value as doctor prints it: secrets hidden, credentials in URLs and header values masked."""
+    if setting in (SB_OTEL_SECRET, SESSION_BUDDY_SECRET):
+        return "***"
+    if setting is OTEL_EXPORTER_OTLP_HEADERS:
+        return masked_headers(value)
+    return masked(value)
 
 
 LOW_DISK_MB = 100
@@ -254,12 +267,14 @@ def _check_telemetry() -> dict[str, Any]:
     mismatch = (protocol == "grpc" and port == 4318) or (protocol == "http/protobuf" and port == 4317)
     if mismatch:
         advice = "port 4317 is grpc, 4318 is http/protobuf: set OTEL_EXPORTER_OTLP_PROTOCOL to match"
-        return {"name": "telemetry", "status": "warn", "detail": f"{protocol} → {full}", "advice": advice}
+        return {"name": "telemetry", "status": "warn", "detail": f"{protocol} → {masked(full)}", "advice": advice}
     if full != endpoint:
-        detail = f"OTLP {protocol} → {full} is reachable ({OTEL_EXPORTER_OTLP_ENDPOINT.env} names no scheme: http://)"
-        advice = f"write the scheme: {OTEL_EXPORTER_OTLP_ENDPOINT.env}={full} (or https://… for TLS)"
+        shown = masked(full)
+        detail = f"OTLP {protocol} → {shown} is reachable ({OTEL_EXPORTER_OTLP_ENDPOINT.env} names no scheme: http://)"
+        advice = f"write the scheme: {OTEL_EXPORTER_OTLP_ENDPOINT.env}={shown} (or https://… for TLS)"
         return {"name": "telemetry", "status": "warn", "detail": detail, "advice": advice}
-    return {"name": "telemetry", "status": "ok", "detail": f"OTLP {protocol} → {endpoint} is reachable", "advice": ""}
+    detail = f"OTLP {protocol} → {masked(endpoint)} is reachable"
+    return {"name": "telemetry", "status": "ok", "detail": detail, "advice": ""}
 
 
 def _check_mcp() -> dict[str, Any]:

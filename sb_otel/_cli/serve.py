@@ -15,6 +15,7 @@ from sb_otel._cli.app import _store_option, cli
 from sb_otel._service.reaper import session_ttl
 from sb_otel._settings import OTEL_SERVICE_NAME, parse_duration
 from sb_otel._telemetry.configure import DEFAULT_SERVICE_NAME, Telemetry, configure
+from sb_otel._telemetry.credentials import masked
 from sb_otel._telemetry.session_buddy_metrics import session_buddy_metrics_setting
 from sb_otel._tracking.lifecycle import SessionLifecycleManager
 from sb_otel._tracking.store_factory import open_store
@@ -140,9 +141,8 @@ def serve(
             if index == 0:
                 group = f" {workers} workers;" if workers > 1 else ""
                 scrape = f" Prometheus metrics on {endpoint.url};" if endpoint is not None else ""
-                line = (
-                    f"sb-otel {__version__}: MCP server on {where};{group}{scrape} telemetry: {telemetry.destination}"
-                )
+                destination = masked(telemetry.destination)  # a journal keeps this line: no credentials in it
+                line = f"sb-otel {__version__}: MCP server on {where};{group}{scrape} telemetry: {destination}"
                 click.echo(line, err=True)
 
         tracker = telemetry.instrument(SessionTracker(SessionLifecycleManager(), store=store))

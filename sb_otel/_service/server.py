@@ -52,6 +52,7 @@ from sb_otel._settings import (
     SESSION_BUDDY_SECRET,
     parse_duration,
 )
+from sb_otel._telemetry.credentials import CredentialMasking
 from sb_otel._telemetry.propagation import TRACE_CONTEXT_KEYS
 from sb_otel._tracking.models import SessionEndResult, SessionStartResult
 from sb_otel._version import __version__
@@ -118,7 +119,8 @@ class SessionService:
         secret: the key of sb-otel's tokens (default ``SB_OTEL_SECRET``; empty: none).
         session_buddy_secret: the key of session-buddy's JWTs (default ``SESSION_BUDDY_SECRET``; empty: none).
             With neither secret, calls need no token.
-        telemetry: where telemetry goes, for ``health_check`` (``Telemetry.destination``).
+        telemetry: where telemetry goes (``Telemetry.destination``); kept for the local user, never answered to
+            a client.
     """
 
     def __init__(
@@ -178,20 +180,22 @@ class SessionService:
             return SessionEndResult(session_id=session_id[:128], status="error", error=error).model_dump(mode="json")
 
     def health_check(self) -> dict[str, Any]:
-        """session-buddy's ``health_check`` facts, plus sb-otel's version, store, telemetry and auth status.
+        """session-buddy's ``health_check`` facts, plus sb-otel's version and ``ok``/``degraded`` per check.
 
-        Needs no token and holds no secret, path or client data: any client may call it first (oneiric's
-        emitter does, before every event).
+        Needs no token, so it says nothing a stranger could use: no destination (an endpoint may hold
+        ``user:password@``, a file path the user's home), no path, no error text, no client data. Where telemetry
+        goes is ``sb-otel doctor``'s to show, to the local user, credentials masked. Any client may call it first
+        (oneiric's emitter does, before every event).
         """
         errors: list[str] = []
         store = getattr(self.tracker, "store", None)
+        store_status = "ok"
         try:
             if store is not None:
                 store.get("sb-otel-health-check")  # a lookup through the real store: it is open and readable
-            store_status = "ok" if store is not None else "unknown (the tracker exposes no store)"
-        except Exception as exc:
-            store_status = f"error: {type(exc).__name__}"
-            errors.append(f"session store: {type(exc).__name__}")
+        except Exception:
+            store_status = "degraded"
+            errors.append("session store")
         return {
             "server_status": "active" if not errors else "degraded",
             "overall_healthy": not errors,
@@ -201,11 +205,8 @@ class SessionService:
             "platform": platform.system(),
             "python_version": platform.python_version(),
             "process_id": os.getpid(),
-            "checks": {
-                "store": store_status,
-                "telemetry": self.telemetry,
-                "auth": "token required" if self.secrets.enabled else "off (no secret set)",
-            },
+            "checks": {"store": store_status},
+            "auth_required": self.secrets.enabled,
             "errors": errors,
         }
 
@@ -275,7 +276,7 @@ def build_server(service: SessionService) -> MCPServer[Any]:
         return await service.track_session_end(arguments, token)
 
     async def health_check() -> dict[str, Any]:
-        """Server health: version, store, telemetry and auth status (no secrets). Needs no token."""
+        """Server health: version and ok/degraded per check (no destination, path or secret). Needs no token."""
         return await anyio.to_thread.run_sync(service.health_check)
 
     tools = [
@@ -511,6 +512,7 @@ def configure_server_logging(level: LogLevel = "WARNING") -> None:
     handler = logging.StreamHandler()
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(CredentialMasking())  # a journal keeps these lines: no endpoint credentials in them
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)

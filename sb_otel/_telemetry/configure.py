@@ -50,6 +50,7 @@ from sb_otel._settings import (
     data_dir,
 )
 from sb_otel._telemetry import otel_logs as otel_logs
+from sb_otel._telemetry.credentials import masked
 from sb_otel._telemetry.instrumentation import InstrumentedSessionTracker, instrument
 from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSpanProcessor, mark_store_pipeline
 from sb_otel._telemetry.store_exporter import METRICS_INTERVAL_S, StoreExporter, series_interval_s
@@ -178,7 +179,7 @@ class Telemetry:
             _log.warning(
                 "sb-otel: telemetry not flushed within %.1f s (%s unreachable?); the rest was dropped",
                 timeout_s,
-                self.destination,
+                masked(self.destination),
             )
         close = getattr(self.store, "close", None) if self.owns_store else None
         if close is not None:  # the store configure() opened for its outbox; one passed in is its owner's to close

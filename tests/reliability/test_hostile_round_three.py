@@ -209,3 +209,59 @@ def test_doctor_on_a_missing_store_and_a_new_data_dir_creates_nothing(tmp_path: 
     assert checks["store"]["status"] == "warn"
     assert f"no session store at {missing}" in checks["store"]["detail"]
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# -- where telemetry goes: never to strangers, credentials masked for the local user ----------------------------
+
+CREDENTIALED = "http://alice:pa55-zq@127.0.0.1:9/otlp?api_key=k3y-zq"
+HEADERS = "authorization=Bearer t0ken-zq,x-tenant=acme-zq"
+LEAKS = ("pa55-zq", "k3y-zq", "t0ken-zq", "acme-zq")
+
+
+def test_health_check_tells_a_stranger_no_destination_and_serve_masks_its_line(tmp_path: Path) -> None:
+    """Unauthenticated health_check: ok/degraded per check, no endpoint, no path; serve's start line masks the
+    endpoint's user:password@ and key."""
+    import asyncio
+
+    from tests.reliability._mcp_helpers import call_tool, mcp_session
+
+    env = _env(tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=CREDENTIALED, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
+    env["SB_OTEL_SECRET"] = "zq-secret"
+    server = start_server(tmp_path, env)
+    try:
+
+        async def ask() -> dict[str, object]:
+            async with mcp_session(server.url) as session:
+                return await call_tool(session, "health_check", {})
+
+        health = asyncio.run(ask())
+    finally:
+        server.stop()
+    assert health["checks"] == {"store": "ok"}
+    text = json.dumps(health)
+    assert "127.0.0.1:9" not in text
+    assert str(tmp_path) not in text
+    ready = next(line for line in server.log.read_text().splitlines() if "MCP server on" in line)
+    assert "http://***@127.0.0.1:9/otlp?api_key=***" in ready
+    assert not [leak for leak in LEAKS if leak in server.log.read_text()]
+
+
+def test_export_follow_and_doctor_mask_credentials(tmp_path: Path) -> None:
+    SqliteSessionStore(tmp_path / "sessions.db").close()
+    env = _env(tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=CREDENTIALED, OTEL_EXPORTER_OTLP_HEADERS=HEADERS)
+    follower = subprocess.Popen(
+        [*SB_OTEL, "export", "--follow"], env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert follower.stderr is not None
+        line = follower.stderr.readline()  # its first line says where it exports
+    finally:
+        follower.terminate()
+        follower.communicate(timeout=30)
+    assert "exporting" in line
+    assert "***@127.0.0.1:9" in line
+    doctor = subprocess.run([*SB_OTEL, "doctor", "--json"], env=env, capture_output=True, text=True, timeout=120)
+    checks = {check["name"]: check for check in json.loads(doctor.stdout)}
+    assert "OTEL_EXPORTER_OTLP_HEADERS=authorization=***,x-tenant=***" in checks["settings"]["detail"]
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT=http://***@127.0.0.1:9/otlp?api_key=***" in checks["settings"]["detail"]
+    assert not [leak for leak in LEAKS if leak in line + doctor.stdout + doctor.stderr]
