@@ -8,7 +8,9 @@ waiting held 2.4 GB. Here each part of a request has a bound:
   answered 503 and closed as they arrive;
 - the request head: it must arrive within ``timeout`` of the connection opening (or of the previous response), in
   at most :data:`MAX_HEAD` bytes (uvicorn's ``h11_max_incomplete_event_size``);
-- the body: at most ``max_body`` bytes, within ``timeout`` of the head (413 and 408 otherwise).
+- the body: at most ``max_body`` bytes, within ``timeout`` of the head (413 and 408 otherwise);
+- event streams (``GET``): none in stateless mode (405); in session mode at most half the connections, each
+  closed after ``timeout`` (:class:`StreamGuard`).
 
 So the memory a server can be made to hold is about ``max_connections × max_body``. A client that disconnects
 or times out costs one log line, not a traceback.
@@ -148,10 +150,47 @@ class BodyGuard:
         await self.app(scope, replayed, send)
 
 
-async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, why: str) -> None:
-    if status == 413:
-        _log.warning("HTTP client %s: %s: refused (413)", _client(scope), why)
-    response = Response(why, status_code=status, headers={"connection": "close"})
+class StreamGuard:
+    """ASGI middleware bounding ``GET`` event streams, which hold a connection for as long as the client likes.
+
+    Stateless mode answers every call in its POST's own response and never sends anything unasked, so a GET is
+    refused (405, ``Allow: POST``) and its connection closed: idle GET streams cannot fill the connection cap.
+    Session mode keeps the SDK's stream for server-initiated messages, at most ``max_streams`` at once (503
+    beyond) and each at most ``lifetime`` seconds (``SB_OTEL_HTTP_TIMEOUT``; an MCP client opens another).
+    """
+
+    def __init__(self, app: ASGIApp, *, stateless: bool, max_streams: int, lifetime: float) -> None:
+        self.app = app
+        self.stateless = stateless
+        self.max_streams = max_streams
+        self.lifetime = lifetime
+        self.streams = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "GET":
+            await self.app(scope, receive, send)
+            return
+        if self.stateless:
+            why = "this server answers POST only (stateless mode: no event stream to GET)"
+            await _refuse(scope, receive, send, 405, why, {"allow": "POST"})
+            return
+        if self.streams >= self.max_streams:
+            await _refuse(scope, receive, send, 503, f"{self.max_streams} event streams open already: retry later")
+            return
+        self.streams += 1
+        try:
+            with anyio.move_on_after(self.lifetime):
+                await self.app(scope, receive, send)
+        finally:
+            self.streams -= 1
+
+
+async def _refuse(
+    scope: Scope, receive: Receive, send: Send, status: int, why: str, headers: dict[str, str] | None = None
+) -> None:
+    if status in (413, 503):
+        _log.warning("HTTP client %s: %s: refused (%d)", _client(scope), why, status)
+    response = Response(why, status_code=status, headers={"connection": "close", **(headers or {})})
     await response(scope, receive, send)
 
 

@@ -37,7 +37,7 @@ from pydantic import PlainValidator, WithJsonSchema
 
 from sb_otel._exceptions import ConfigError
 from sb_otel._service.auth import Secrets, token_problem
-from sb_otel._service.http_guard import MAX_HEAD, BodyGuard, BoundedH11Protocol
+from sb_otel._service.http_guard import MAX_HEAD, BodyGuard, BoundedH11Protocol, StreamGuard
 from sb_otel._service.reaper import reap
 from sb_otel._settings import (
     SB_OTEL_ALLOW_UNAUTHENTICATED,
@@ -320,7 +320,8 @@ class HttpLimits:
     """Bytes of one request body (413 beyond). A valid start event is at most ~20 KiB (16 KiB of metadata); the
     margin lets an oversized one reach the models and get their error dict."""
     timeout: float = 10.0
-    """Seconds for a request's head, then for its body (408)."""
+    """Seconds for a request's head, then for its body (408); in session mode also the longest a GET event stream
+    stays open."""
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
@@ -359,7 +360,13 @@ def http_server(
         transport_security=transport_security(host, allowed_hosts, allowed_origins),
     )
     config = uvicorn.Config(
-        BodyGuard(app, max_body=bounds.max_body, timeout=bounds.timeout),
+        BodyGuard(
+            StreamGuard(
+                app, stateless=stateless, max_streams=max(1, bounds.max_connections // 2), lifetime=bounds.timeout
+            ),
+            max_body=bounds.max_body,
+            timeout=bounds.timeout,
+        ),
         host=host,
         port=port,
         log_level="warning",

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -265,3 +266,84 @@ def test_export_follow_and_doctor_mask_credentials(tmp_path: Path) -> None:
     assert "OTEL_EXPORTER_OTLP_HEADERS=authorization=***,x-tenant=***" in checks["settings"]["detail"]
     assert "OTEL_EXPORTER_OTLP_ENDPOINT=http://***@127.0.0.1:9/otlp?api_key=***" in checks["settings"]["detail"]
     assert not [leak for leak in LEAKS if leak in line + doctor.stdout + doctor.stderr]
+
+
+# -- GET event streams cannot lock shells out ---------------------------------------------------------------------
+
+
+def _get_stream(url: str, headers: str = "") -> socket.socket:
+    """A raw ``GET`` of the MCP path asking for an event stream, left open and unread."""
+    host_port, path = url.removeprefix("http://").split("/", 1)
+    host, port = host_port.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(
+        f"GET /{path} HTTP/1.1\r\nHost: {host_port}\r\nAccept: text/event-stream\r\n{headers}\r\n".encode("ascii")
+    )
+    return sock
+
+
+def _status(sock: socket.socket) -> int:
+    return int(sock.recv(4096).split(b" ", 2)[1])
+
+
+def test_idle_get_streams_leave_calls_answering_in_stateless_mode(tmp_path: Path) -> None:
+    """500 GET /mcp held open and unread (the limit is 64 connections): each is refused with 405 and closed, and
+    a real client's calls then answer."""
+    import asyncio
+
+    from tests.reliability._mcp_helpers import call_tool, mcp_session, start_arguments
+
+    server = start_server(tmp_path, _env(tmp_path))
+    held: list[socket.socket] = []
+    try:
+        for _ in range(10):
+            batch = [_get_stream(server.url) for _ in range(50)]
+            held += batch
+            statuses = {_status(sock) for sock in batch}
+            assert statuses <= {405, 503}, statuses  # 503: over the connection cap while earlier ones closed
+            assert 405 in statuses
+
+        async def calls() -> tuple[dict[str, object], dict[str, object]]:
+            async with mcp_session(server.url) as session:
+                health = await call_tool(session, "health_check", {})
+                started = await call_tool(session, "track_session_start", start_arguments(str(tmp_path)))
+                return health, started
+
+        health, started = asyncio.run(calls())
+        assert health["server_status"] == "active"
+        assert started["status"] == "tracked"
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
+
+
+def test_a_session_mode_event_stream_is_closed_after_the_http_timeout(tmp_path: Path) -> None:
+    """--http-mode session keeps the SDK's GET stream, but SB_OTEL_HTTP_TIMEOUT ends it: the server closes it."""
+    server = start_server(tmp_path, _env(tmp_path, SB_OTEL_HTTP_TIMEOUT="1s"), "--http-mode", "session")
+    try:
+        initialize = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t"}},
+        }
+        request = urllib.request.Request(
+            server.url,
+            data=json.dumps(initialize).encode(),
+            headers={"accept": "application/json, text/event-stream", "content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            sid = answer.headers["mcp-session-id"]
+        stream = _get_stream(server.url, f"Mcp-Session-Id: {sid}\r\nMcp-Protocol-Version: 2025-06-18\r\n")
+        try:
+            received = b""
+            started = time.monotonic()
+            while chunk := stream.recv(4096):  # until the server closes it (the socket's own timeout: 30 s)
+                received += chunk
+            assert received.startswith(b"HTTP/1.1 200"), received[:200]
+            assert time.monotonic() - started < 30
+        finally:
+            stream.close()
+    finally:
+        server.stop()
