@@ -347,3 +347,44 @@ def test_a_session_mode_event_stream_is_closed_after_the_http_timeout(tmp_path: 
             stream.close()
     finally:
         server.stop()
+
+
+# -- held keep-alive connections do not lock scrapes out ----------------------------------------------------------
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One whole HTTP/1.1 response (by its content-length, or chunked), leaving the connection open."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    lengths = [
+        int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    ]
+    while not (len(body) >= lengths[0] if lengths else body.endswith(b"0\r\n\r\n")):
+        body += sock.recv(65536)
+    return head
+
+
+def test_held_keep_alive_scrape_connections_leave_room_for_a_scrape(tmp_path: Path) -> None:
+    """16 clients (the cap) each scrape once and then hold their kept-alive connection: a 17th scrape answers
+    200, not 503 (the connection idle longest is closed to make room)."""
+    server = start_server(tmp_path, _env(tmp_path), "--metrics-port", "0")
+    held: list[socket.socket] = []
+    try:
+        ready = next(line for line in server.log.read_text().splitlines() if "Prometheus metrics on" in line)
+        url = ready.split("Prometheus metrics on ", 1)[1].split(";", 1)[0]
+        host_port = url.removeprefix("http://").split("/", 1)[0]
+        host, port = host_port.rsplit(":", 1)
+        for _ in range(16):
+            sock = socket.create_connection((host, int(port)), timeout=30)
+            sock.sendall(f"GET /metrics HTTP/1.1\r\nHost: {host_port}\r\n\r\n".encode("ascii"))
+            assert _read_response(sock).startswith(b"HTTP/1.1 200")
+            held.append(sock)
+        with urllib.request.urlopen(url, timeout=30) as scrape:
+            assert scrape.status == 200
+            assert b"target_info" in scrape.read()
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
