@@ -245,8 +245,7 @@ def _check_telemetry() -> dict[str, Any]:
     endpoint = OTEL_EXPORTER_OTLP_ENDPOINT.read()
     if not endpoint:
         folder = data_dir() / "telemetry"
-        existing = next(f for f in (folder, *folder.parents) if f.exists())  # doctor creates nothing
-        writable = existing.is_dir() and os.access(existing, os.W_OK)
+        writable = os.access(_nearest_existing(folder), os.W_OK | os.X_OK)  # doctor creates nothing
         if not writable:
             advice = "set SB_OTEL_DATA_DIR to a writable directory"
             return {"name": "telemetry", "status": "fail", "detail": f"{folder} is not writable", "advice": advice}
@@ -275,6 +274,19 @@ def _check_telemetry() -> dict[str, Any]:
         return {"name": "telemetry", "status": "warn", "detail": detail, "advice": advice}
     detail = f"OTLP {protocol} → {masked(endpoint)} is reachable"
     return {"name": "telemetry", "status": "ok", "detail": detail, "advice": ""}
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (a folder this user may not look into counts as there)."""
+    for folder in (path, *path.parents):
+        try:
+            folder.stat()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return folder
+        return folder
+    return path
 
 
 def _check_mcp() -> dict[str, Any]:

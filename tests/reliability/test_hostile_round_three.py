@@ -388,3 +388,54 @@ def test_held_keep_alive_scrape_connections_leave_room_for_a_scrape(tmp_path: Pa
         for sock in held:
             sock.close()
         server.stop()
+
+
+# -- a full disk, a corrupt store: the documented message on every command that opens the store ---------------
+
+WRITERS = [["emit", "start", "--component", "x"], ["export"], ["reap", "--dry-run"], ["doctor"]]
+FULL = "is full (no space left, or a size limit): free space on its disk"
+
+
+def test_a_full_disk_is_named_by_every_command_and_sessions_still_lists(tmp_path: Path) -> None:
+    """A store on a real full file system (a 2 MiB tmpfs, mounted in a private mount namespace): every command
+    that writes says it is full (not "disk I/O error"); ``sessions`` still lists what is stored."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = f"""
+import json, subprocess, sys
+run = lambda *args: subprocess.run([sys.executable, "-m", "sb_otel", *args], capture_output=True, text=True)
+assert run("emit", "start", "--component", "before").returncode == 0
+with open("{disk}/fill", "wb") as fill:
+    try:
+        while True:
+            fill.write(bytes(65536))
+            fill.flush()
+    except OSError:
+        pass
+print(json.dumps({{" ".join(args): run(*args).stdout + run(*args).stderr for args in {[*WRITERS, ["sessions"]]!r}}}))
+"""
+    mounted = 'mount -t tmpfs -o size=2M tmpfs "$0" && exec "$@"'
+    done = subprocess.run(
+        ["unshare", "--map-root-user", "--mount", "--", "sh", "-c", mounted, str(disk), sys.executable, "-c", script],
+        env=_env(tmp_path, SB_OTEL_STORE=str(disk / "sessions.db"), SB_OTEL_EMIT_DRAIN="0"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    outputs = json.loads(done.stdout)
+    for args in WRITERS:
+        assert FULL in outputs[" ".join(args)], outputs[" ".join(args)]
+    assert "before-" in outputs["sessions"]
+    assert "disk I/O error" not in outputs["sessions"]
+
+
+@pytest.mark.parametrize("command", [*WRITERS, ["sessions"], ["show", "x-20260101-000000"]], ids=" ".join)
+def test_a_corrupt_store_is_named_by_every_command(tmp_path: Path, command: list[str]) -> None:
+    path = tmp_path / "sessions.db"
+    path.write_bytes(b"not a database, " * 512)
+    done = subprocess.run(
+        [*SB_OTEL, *command], env=_env(tmp_path, SB_OTEL_STORE=str(path)), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    assert "is not a readable SQLite database (corrupt?): move the file" in done.stdout + done.stderr
