@@ -338,11 +338,14 @@ def test_a_session_mode_event_stream_is_closed_after_the_http_timeout(tmp_path: 
         stream = _get_stream(server.url, f"Mcp-Session-Id: {sid}\r\nMcp-Protocol-Version: 2025-06-18\r\n")
         try:
             received = b""
-            started = time.monotonic()
-            while chunk := stream.recv(4096):  # until the server closes it (the socket's own timeout: 30 s)
+            deadline = time.monotonic() + 30  # the stream sends pings: bound the wait by a deadline, not a timeout
+            closed = False
+            while not closed and time.monotonic() < deadline:
+                chunk = stream.recv(4096)
                 received += chunk
+                closed = not chunk
             assert received.startswith(b"HTTP/1.1 200"), received[:200]
-            assert time.monotonic() - started < 30
+            assert closed  # by the server, within the deadline
         finally:
             stream.close()
     finally:
@@ -439,3 +442,81 @@ def test_a_corrupt_store_is_named_by_every_command(tmp_path: Path, command: list
     )
     assert done.returncode == 1
     assert "is not a readable SQLite database (corrupt?): move the file" in done.stdout + done.stderr
+
+
+# -- redaction on every path that exports a string ---------------------------------------------------------------
+
+REDACT = "process.working_directory,user.home,user.name"
+CWD_SECRET = "zq-secret-cwd-2931"
+USER_SECRET = "zq-secret-user-2931"
+HOME_SECRET = "/srv/zq-secret-home-2931"
+
+
+def test_every_exporting_path_keeps_redacted_values_off_the_wire(tmp_path: Path) -> None:
+    """SB_OTEL_REDACT over the real wire, on each path that exports a string: serve's tracked start and end,
+    a start the lifecycle manager rejects (its directory is missing: the error quotes it), an end the manager
+    fails, emit's own start and end (records the exporter builds from the row), and the reaper's records (an
+    emit session whose shell is gone, reaped by `sb-otel reap`, exported by `sb-otel export`)."""
+    import asyncio
+
+    from tests.otlp_receiver import OtlpReceiver
+    from tests.reliability._mcp_helpers import call_tool, mcp_session, start_arguments
+
+    cwd = tmp_path / CWD_SECRET
+    cwd.mkdir()
+    who = {"user": {"username": USER_SECRET, "home": HOME_SECRET}}
+    with OtlpReceiver() as receiver:
+        env = _env(
+            tmp_path,
+            SB_OTEL_REDACT=REDACT,
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.grpc_endpoint,
+            OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+            SB_OTEL_EMIT_DRAIN="0",
+            USER=USER_SECRET,
+            HOME=HOME_SECRET,
+        )
+        server = start_server(tmp_path, env)
+        try:
+
+            async def through_serve() -> list[dict[str, object]]:
+                async with mcp_session(server.url) as session:
+                    tracked = await call_tool(session, "track_session_start", {**start_arguments(str(cwd)), **who})
+                    ended = await call_tool(
+                        session, "track_session_end", {"session_id": tracked["session_id"], "timestamp": _iso_now()}
+                    )
+                    missing = str(cwd / "missing")
+                    rejected = await call_tool(session, "track_session_start", {**start_arguments(missing), **who})
+                    return [tracked, ended, rejected]
+
+            results = asyncio.run(through_serve())
+        finally:
+            assert server.stop() == 0
+        assert [result["status"] for result in results] == ["tracked", "ended", "error"]
+        assert CWD_SECRET in str(results[2]["error"])  # the caller still gets the whole message
+
+        def sb_otel(*args: str) -> str:
+            done = subprocess.run([*SB_OTEL, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait(30)  # a shell that has exited: its session is the reaper's
+        sb_otel("emit", "start", "--component", "emitted", "--pid", str(gone.pid))
+        ended_id = sb_otel("emit", "start", "--component", "emitted-ended").split("SB_OTEL_SESSION_ID=")[1].split()[0]
+        sb_otel("emit", "end", ended_id.strip("'\""))
+        sb_otel("reap")  # ends the session whose shell is gone
+        sb_otel("export")
+        receiver.wait_for(lambda rx: any("session emitted" in json.dumps(span) for span in rx.spans()), timeout=60)
+        wire = json.dumps([receiver.spans(), receiver.logs(), receiver.metrics()], default=str)
+    assert results[0]["session_id"] in wire
+    assert "start_failed" in wire  # the rejected start's records are among what was searched,
+    assert "session emitted-ended" in wire  # and emit's,
+    assert "abandoned" in wire  # and the reaper's
+    leaks = [part for part in wire.split('", "') if any(s in part for s in (CWD_SECRET, USER_SECRET, HOME_SECRET))]
+    assert leaks == []
+
+
+def _iso_now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat()
