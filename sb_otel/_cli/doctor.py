@@ -8,6 +8,7 @@ import os
 import shlex
 import shutil
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -22,6 +23,7 @@ from sb_otel._service.reaper import session_ttl
 from sb_otel._settings import (
     OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_EXPORTER_OTLP_HEADERS,
+    SB_OTEL_METRIC_LABEL_LIMIT,
     SB_OTEL_SECRET,
     SB_OTEL_STORE,
     SESSION_BUDDY_SECRET,
@@ -34,6 +36,7 @@ from sb_otel._telemetry.credentials import masked, masked_headers
 from sb_otel._tracking import holder_lock
 from sb_otel._tracking.export_state import Lease, looks_alive
 from sb_otel._tracking.private_files import readable_by_others
+from sb_otel._tracking.session_counts import configured_label_limit
 from sb_otel._tracking.store_factory import missing_store, open_store, store_path
 
 
@@ -71,20 +74,44 @@ def _check_settings() -> dict[str, Any]:
         value = setting.read()
         if value is not None:
             shown.append(f"{setting.env}={_shown(setting, value)}")
-    try:
-        session_ttl()
-        from sb_otel._service.server import reap_interval_setting
-
-        reap_interval_setting()
-    except ConfigError as exc:
-        return {"name": "settings", "status": "fail", "detail": str(exc), "advice": "fix or unset the variable"}
-    except ImportError:
-        pass
-    _, problem = otlp_protocol()
-    if problem is not None:
-        return {"name": "settings", "status": "fail", "detail": problem, "advice": "fix or unset the variable"}
+    _, protocol_problem = otlp_protocol()
+    problems = _setting_problems() + ([protocol_problem] if protocol_problem is not None else [])
+    if problems:
+        detail = "; ".join(problems)
+        return {"name": "settings", "status": "fail", "detail": detail, "advice": "fix or unset the variable"}
     detail = ", ".join(shown) if shown else "all defaults"
     return {"name": "settings", "status": "ok", "detail": detail, "advice": ""}
+
+
+def _setting_problems() -> list[str]:
+    """Each setting read by its own parser, as the process that uses it will: a value that would stop a
+    drainer, a server or the exporter (``SB_OTEL_OUTBOX_MAX_ROWS=200k``) fails here first, with its message."""
+    from sb_otel._telemetry.outbox import outbox_bounds
+    from sb_otel._telemetry.session_buddy_metrics import session_buddy_metrics_setting
+    from sb_otel._telemetry.store_exporter import series_interval_s
+
+    checks: list[Callable[[], object]] = [session_ttl, outbox_bounds, series_interval_s, session_buddy_metrics_setting]
+    try:
+        from sb_otel._service import server
+    except ImportError:  # no mcp extra: the server's settings do not apply
+        pass
+    else:
+        checks += [
+            server.reap_interval_setting,
+            server.token_max_age_setting,
+            server.http_limits_setting,
+            server.allow_unauthenticated_setting,
+        ]
+    problems = []
+    for check in checks:
+        try:
+            check()
+        except (ConfigError, ValueError) as exc:
+            problems.append(str(exc))
+    label_limit = SB_OTEL_METRIC_LABEL_LIMIT.read()
+    if label_limit is not None and configured_label_limit() is None:
+        problems.append(f"SB_OTEL_METRIC_LABEL_LIMIT must be a positive whole number, not {label_limit!r}")
+    return problems
 
 
 def _shown(setting: Setting, value: str) -> str:

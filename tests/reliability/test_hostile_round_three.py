@@ -520,3 +520,35 @@ def _iso_now() -> str:
     from datetime import datetime, timezone
 
     return datetime.now(timezone.utc).isoformat()
+
+
+# -- settings that would fail silently elsewhere fail doctor ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SB_OTEL_OUTBOX_MAX_ROWS", "200k"),
+        ("SB_OTEL_OUTBOX_MAX_AGE", "a week"),
+        ("SB_OTEL_METRIC_LABEL_LIMIT", "lots"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "-5"),
+        ("SB_OTEL_HTTP_MAX_CONNECTIONS", "many"),
+        ("SB_OTEL_TOKEN_MAX_AGE", "forever"),
+        ("SB_OTEL_SESSION_BUDDY_METRICS", "maybe"),
+    ],
+)
+def test_doctor_fails_a_setting_that_stops_a_drainer_or_server(tmp_path: Path, variable: str, value: str) -> None:
+    """A value that kills every drainer (its stderr goes nowhere) or a server at start is doctor's 'FAIL settings',
+    naming the variable."""
+    SqliteSessionStore(tmp_path / "sessions.db").close()
+    done = subprocess.run(
+        [*SB_OTEL, "doctor", "--json"],
+        env=_env(tmp_path, **{variable: value}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    checks = {check["name"]: check for check in json.loads(done.stdout)}
+    assert done.returncode == 1
+    assert checks["settings"]["status"] == "fail"
+    assert variable in checks["settings"]["detail"]
