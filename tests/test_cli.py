@@ -17,6 +17,7 @@ from click.testing import CliRunner, Result
 
 from sb_otel._cli import cli, main
 from sb_otel._cli import doctor as doctor_module
+from sb_otel._tracking.sqlite_store import SqliteSessionStore
 
 
 @pytest.fixture(autouse=True)
@@ -132,8 +133,9 @@ def test_show_prints_every_field_and_a_jaeger_link(monkeypatch: pytest.MonkeyPat
     assert crashed["trace_id"] in text.output
 
 
-def test_show_unknown_session_is_one_line_with_the_fix() -> None:
+def test_show_unknown_session_is_one_line_with_the_fix(tmp_path: Path) -> None:
     """An unknown id: exit 1, one line that says how to list sessions."""
+    SqliteSessionStore(tmp_path / "sessions.db").close()
     result = run("show", "nobody-20260101-000000")
     assert result.exit_code == 1
     assert result.stderr == (
@@ -235,8 +237,9 @@ def test_doctor_says_when_abandoned_sessions_have_no_reaper() -> None:
     assert {c["name"]: c for c in data(run("doctor", "--json"))}["reaper"]["status"] == "ok"
 
 
-def test_doctor_reports_each_check(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_doctor_reports_each_check(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """doctor --json lists settings, store, destination and MCP checks; an unreachable endpoint fails with advice."""
+    SqliteSessionStore(tmp_path / "sessions.db").close()
     checks = {check["name"]: check for check in data(run("doctor", "--json"))}
     assert [checks[name]["status"] for name in ("settings", "store", "destination", "mcp server")] == ["ok"] * 4
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
@@ -264,6 +267,7 @@ def test_doctor_names_store_trouble_and_low_disk(tmp_path: Path, monkeypatch: py
     assert "move the file and its -wal/-shm files aside" in store["detail"]
     assert store["advice"] == ""  # the message already says what to do
     monkeypatch.setattr(doctor_module, "LOW_DISK_MB", 10**12)  # every real disk is "nearly full" by this bar
+    SqliteSessionStore(tmp_path / "fine.db").close()
     result = run("doctor", "--json", "--store", str(tmp_path / "fine.db"))
     assert result.exit_code == 0
     store = {check["name"]: check for check in json.loads(result.stdout)}["store"]
@@ -275,7 +279,7 @@ def test_unusable_store_is_one_readable_line_and_exit_code_1(tmp_path: Path) -> 
     """A user mistake is a one-line error, not a traceback."""
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    result = run("sessions", "--store", str(blocker / "sessions.db"))
+    result = run("reap", "--dry-run", "--store", str(blocker / "sessions.db"))
     assert result.exit_code == 1
     assert result.stderr.startswith("sb-otel: StoreError: cannot create the directory for session store")
     assert result.stderr.count("\n") == 1

@@ -432,9 +432,8 @@ async def test_health_check_reports_version_store_telemetry_and_no_secret(tracke
     assert health["server_status"] == "active"
     assert health["overall_healthy"] is True
     assert (health["service"], health["version"]) == ("sb-otel", __version__)
-    assert health["checks"]["store"] == "ok"
-    assert health["checks"]["auth"] == "token required"
-    assert "telemetry" in health["checks"]
+    assert health["checks"] == {"store": "ok"}
+    assert health["auth_required"] is True
     assert {"timestamp", "platform", "python_version", "process_id"} <= set(health)
     assert SECRET not in str(health)
 
@@ -455,7 +454,8 @@ async def test_health_check_reports_a_broken_store(tracker: InstrumentedSessionT
     health = result.structured_content
     assert health is not None
     assert (health["server_status"], health["overall_healthy"]) == ("degraded", False)
-    assert health["checks"]["store"] == "error: OSError"
+    assert health["checks"]["store"] == "degraded"
+    assert "disk gone" not in str(health)
 
 
 def test_default_port_and_path_are_session_buddys() -> None:

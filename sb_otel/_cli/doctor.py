@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -19,13 +21,21 @@ from sb_otel._cli.output import plain
 from sb_otel._exceptions import ConfigError, SbOtelError
 from sb_otel._service.reaper import session_ttl
 from sb_otel._settings import (
+    OTEL_EXPORTER_OTLP_HEADERS,
+    SB_OTEL_METRIC_LABEL_LIMIT,
     SB_OTEL_SECRET,
+    SB_OTEL_STORE,
+    SESSION_BUDDY_SECRET,
     SETTINGS,
+    Setting,
 )
 from sb_otel._telemetry.configure import otlp_protocol
+from sb_otel._telemetry.credentials import masked, masked_headers
 from sb_otel._tracking import holder_lock
 from sb_otel._tracking.export_state import Lease, TelemetryStore, looks_alive
-from sb_otel._tracking.store_factory import open_store
+from sb_otel._tracking.private_files import readable_by_others
+from sb_otel._tracking.session_counts import configured_label_limit
+from sb_otel._tracking.store_factory import missing_store, open_store, store_path
 
 
 @cli.command()
@@ -36,6 +46,7 @@ def doctor(as_json: bool, store_location: str | None) -> int:
     checks = [
         _check_settings(),
         _check_store(store_location),
+        _check_store_privacy(store_location),
         _check_destination(store_location),
         _check_outbox(store_location),
         _check_reaper(store_location),
@@ -62,21 +73,54 @@ def _check_settings() -> dict[str, Any]:
     for setting in SETTINGS:
         value = setting.read()
         if value is not None:
-            shown.append(f"{setting.env}={'***' if setting is SB_OTEL_SECRET else value}")
-    try:
-        session_ttl()
-        from sb_otel._service.server import reap_interval_setting
-
-        reap_interval_setting()
-    except ConfigError as exc:
-        return {"name": "settings", "status": "fail", "detail": str(exc), "advice": "fix or unset the variable"}
-    except ImportError:
-        pass
-    _, problem = otlp_protocol()
-    if problem is not None:
-        return {"name": "settings", "status": "fail", "detail": problem, "advice": "fix or unset the variable"}
+            shown.append(f"{setting.env}={_shown(setting, value)}")
+    _, protocol_problem = otlp_protocol()
+    problems = _setting_problems() + ([protocol_problem] if protocol_problem is not None else [])
+    if problems:
+        detail = "; ".join(problems)
+        return {"name": "settings", "status": "fail", "detail": detail, "advice": "fix or unset the variable"}
     detail = ", ".join(shown) if shown else "all defaults"
     return {"name": "settings", "status": "ok", "detail": detail, "advice": ""}
+
+
+def _setting_problems() -> list[str]:
+    """Each setting read by its own parser, as the process that uses it will: a value that would stop a
+    drainer, a server or the exporter (``SB_OTEL_OUTBOX_MAX_ROWS=200k``) fails here first, with its message."""
+    from sb_otel._telemetry.outbox import outbox_bounds
+    from sb_otel._telemetry.session_buddy_metrics import session_buddy_metrics_setting
+    from sb_otel._telemetry.store_exporter import series_interval_s
+
+    checks: list[Callable[[], object]] = [session_ttl, outbox_bounds, series_interval_s, session_buddy_metrics_setting]
+    try:
+        from sb_otel._service import server
+    except ImportError:  # no mcp extra: the server's settings do not apply
+        pass
+    else:
+        checks += [
+            server.reap_interval_setting,
+            server.token_max_age_setting,
+            server.http_limits_setting,
+            server.allow_unauthenticated_setting,
+        ]
+    problems = []
+    for check in checks:
+        try:
+            check()
+        except (ConfigError, ValueError) as exc:
+            problems.append(str(exc))
+    label_limit = SB_OTEL_METRIC_LABEL_LIMIT.read()
+    if label_limit is not None and configured_label_limit() is None:
+        problems.append(f"SB_OTEL_METRIC_LABEL_LIMIT must be a positive whole number, not {label_limit!r}")
+    return problems
+
+
+def _shown(setting: Setting, value: str) -> str:
+    """A setting's value as doctor prints it: secrets hidden, credentials in URLs and header values masked."""
+    if setting in (SB_OTEL_SECRET, SESSION_BUDDY_SECRET):
+        return "***"
+    if setting is OTEL_EXPORTER_OTLP_HEADERS:
+        return masked_headers(value)
+    return masked(value)
 
 
 LOW_DISK_MB = 100
@@ -84,6 +128,17 @@ LOW_DISK_MB = 100
 
 
 def _check_store(location: str | None) -> dict[str, Any]:
+    path = store_path(location)
+    if path is not None and not path.exists() and not path.is_symlink():  # doctor reads: it creates no store
+        if location is None and not SB_OTEL_STORE.read():  # the default place, before the first session
+            return {
+                "name": "store",
+                "status": "ok",
+                "detail": f"{path}: none yet (the first session makes it)",
+                "advice": "",
+            }
+        advice = "fine before the first session; otherwise point SB_OTEL_STORE (or --store) at the right file"
+        return {"name": "store", "status": "warn", "detail": missing_store(path), "advice": advice}
     try:
         store = open_store(location)
         try:
@@ -109,10 +164,39 @@ def _check_store(location: str | None) -> dict[str, Any]:
     return {"name": "store", "status": "ok", "detail": detail, "advice": ""}
 
 
+def _check_store_privacy(location: str | None) -> dict[str, Any]:
+    """Whether other local users can read the store: it holds every directory a shell started in, every user
+    name, host and pid. sb-otel creates it owner-only; an older version, a copy or a chmod may have opened it."""
+    path = store_path(location)
+    if path is None or not path.is_file():
+        return {"name": "store privacy", "status": "ok", "detail": "no store file to check", "advice": ""}
+    files = [f for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if f.is_file()]
+    try:
+        exposed = [f for f in files if readable_by_others(f)]
+    except OSError as exc:
+        return {"name": "store privacy", "status": "warn", "detail": f"cannot stat {path}: {exc}", "advice": ""}
+    if not exposed:
+        detail = f"{path} and its -wal/-shm files are readable by their owner (and group) only"
+        return {"name": "store privacy", "status": "ok", "detail": detail, "advice": ""}
+    names = " ".join(shlex.quote(str(f)) for f in exposed)
+    detail = f"other local users can read {', '.join(str(f) for f in exposed)}: every session's directory, user, host"
+    advice = f"chmod 600 {names} && chmod 700 {shlex.quote(str(path.parent))}"
+    advice += " (or 660/2770 with a group, to share it on purpose: see the README's Security section)"
+    return {"name": "store privacy", "status": "warn", "detail": detail, "advice": advice}
+
+
+def _no_store(location: str | None) -> bool:
+    """Whether the store file is missing: doctor reads, it creates no store (a later check would, by opening it)."""
+    path = store_path(location)
+    return path is not None and not path.exists() and not path.is_symlink()
+
+
 def _check_outbox(location: str | None) -> dict[str, Any]:
     """Telemetry waiting in the store, what was dropped, and who exports it."""
     import time
 
+    if _no_store(location):
+        return {"name": "outbox", "status": "ok", "detail": "no store yet: nothing waits", "advice": ""}
     try:
         store = open_store(location)
         try:
@@ -197,6 +281,8 @@ def _check_reaper(location: str | None) -> dict[str, Any]:
     from sb_otel._tracking.reaping import count_abandoned
     from sb_otel._tracking.store import ReapableStore
 
+    if _no_store(location):
+        return {"name": "reaper", "status": "ok", "detail": "no store yet: no session to reap", "advice": ""}
     try:
         ttl = session_ttl()
     except ConfigError:
@@ -241,19 +327,19 @@ def _check_destination(location: str | None) -> dict[str, Any]:
     from sb_otel._tracking import destination as dest
     from sb_otel._tracking import destination_store as stored
 
-    try:
-        store = open_store(location)
+    state, lease = stored.DestinationState(), None  # no store yet: the default, and nobody exports
+    if not _no_store(location):
         try:
-            state = (
-                store.destination_state() if isinstance(store, stored.DestinationStore) else stored.DestinationState()
-            )
-            lease = store.current_lease() if isinstance(store, TelemetryStore) else None
-        finally:
-            store.close()
-    except SbOtelError as exc:
-        return {"name": "destination", "status": "fail", "detail": f"not readable: {exc}", "advice": ""}
-    path = getattr(store, "path", None)
-    store_path = path if isinstance(path, Path) else None
+            store = open_store(location)
+            try:
+                if isinstance(store, stored.DestinationStore):
+                    state = store.destination_state()
+                lease = store.current_lease() if isinstance(store, TelemetryStore) else None
+            finally:
+                store.close()
+        except SbOtelError as exc:
+            return {"name": "destination", "status": "fail", "detail": f"not readable: {exc}", "advice": ""}
+    file = store_path(location)
     valid, invalid = dest.environment_settings()
     destination = state.destination
     if state.has_export_settings:
@@ -264,7 +350,7 @@ def _check_destination(location: str | None) -> dict[str, Any]:
         source = "this shell's environment (not recorded yet: the next emit, export or serve here adopts it)"
     else:
         source = "default (nothing recorded: 'sb-otel config set endpoint URL' to send to a collector)"
-    where = destination.describe(store_path)
+    where = masked(destination.describe(file))
     lines = [f"{where}; from {source}"]
     holder = lease.holder if lease is not None and lease.expires_at > time.time() else None
     override = next((o for o in state.overrides if o.holder == holder), None)
@@ -288,7 +374,7 @@ def _check_destination(location: str | None) -> dict[str, Any]:
         )
     if disagreeing:
         lines.append("not used, these environments disagree: " + "; ".join(disagreeing))
-    problem = _reachability(destination, store_path)
+    problem = _reachability(destination, file)
     check = {"name": "destination", "status": "ok", "detail": " | ".join(lines), "advice": ""}
     advice = []
     if problem is not None:
@@ -320,11 +406,7 @@ def _reachability(destination: Any, store_path: Path | None) -> str | None:
     for target in sorted({destination.target(signal) for signal in SIGNALS} - {None}):
         if not target:
             folder = destination.files_folder(store_path)
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                writable = os.access(folder, os.W_OK)
-            except OSError:
-                writable = False
+            writable = os.access(_nearest_existing(folder), os.W_OK | os.X_OK)  # doctor creates nothing
             if not writable:
                 problems.append(f"{folder} is not writable ('sb-otel config set files.dir PATH')")
             continue
@@ -374,6 +456,19 @@ def _check_drainer(location: str | None) -> dict[str, Any]:
         advice = "fix what the log says; 'sb-otel export' run by hand shows the same error"
         return {"name": "drainer", "status": "warn", "detail": f"{detail}; last error: {shown}", "advice": advice}
     return {"name": "drainer", "status": "ok", "detail": detail, "advice": ""}
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (a folder this user may not look into counts as there)."""
+    for folder in (path, *path.parents):
+        try:
+            folder.stat()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return folder
+        return folder
+    return path
 
 
 def _check_mcp() -> dict[str, Any]:

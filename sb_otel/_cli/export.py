@@ -11,6 +11,7 @@ from sb_otel._cli import export_gate
 from sb_otel._cli.app import _quiet_exporters, _store_option, cli
 from sb_otel._settings import parse_duration
 from sb_otel._telemetry.configure import standalone_exporter
+from sb_otel._telemetry.credentials import masked
 from sb_otel._telemetry.store_exporter import DrainReport, SignalReport, StoreExporter, series_interval_s
 from sb_otel._tracking.export_state import TelemetryStore
 from sb_otel._tracking.row_telemetry import RowTelemetryStore
@@ -135,7 +136,9 @@ def _follow(store: TelemetryStore, ttl: float, idle: float, series_interval: flo
     if series_interval is not None:
         exporter.metrics_interval_s = series_interval
     exporter.schedule_reaping()  # the lease holder reaps, every SB_OTEL_REAP_INTERVAL from now on
-    click.echo(f"sb-otel: exporting {getattr(store, 'path', 'the store')} to {where} as {exporter.holder}", err=True)
+    click.echo(
+        f"sb-otel: exporting {getattr(store, 'path', 'the store')} to {masked(where)} as {exporter.holder}", err=True
+    )
     # SIGTERM (systemd, docker stop) and Ctrl-C end the loop after the current round, never inside one: a round
     # interrupted between a send and its mark would send that batch again.
     for number in (signal.SIGTERM, signal.SIGINT):

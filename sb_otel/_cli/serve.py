@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib.util
 import signal
 import socket
@@ -14,6 +15,7 @@ from sb_otel._cli.app import _store_option, cli
 from sb_otel._service.reaper import session_ttl
 from sb_otel._settings import OTEL_SERVICE_NAME, parse_duration
 from sb_otel._telemetry.configure import DEFAULT_SERVICE_NAME, Telemetry, configure
+from sb_otel._telemetry.credentials import masked
 from sb_otel._telemetry.session_buddy_metrics import session_buddy_metrics_setting
 from sb_otel._tracking.lifecycle import SessionLifecycleManager
 from sb_otel._tracking.store_factory import open_store
@@ -122,12 +124,7 @@ def serve(
     metrics_socket = None
     if metrics_port is not None:
         metrics_socket = _metrics_socket(host, metrics_port, port if transport == "http" else None, allow)
-    listener = None
-    if workers > 1:
-        from sb_otel._service.server import listening_socket
-        from sb_otel._service.workers import run_workers
-
-        listener = listening_socket(host, port)
+    listener = _mcp_socket(host, port) if transport == "http" else None
 
     def run(index: int) -> int:
         store = open_store(store_location)
@@ -146,9 +143,8 @@ def serve(
             if index == 0:
                 group = f" {workers} workers;" if workers > 1 else ""
                 scrape = f" Prometheus metrics on {endpoint.url};" if endpoint is not None else ""
-                line = (
-                    f"sb-otel {__version__}: MCP server on {where};{group}{scrape} telemetry: {telemetry.destination}"
-                )
+                destination = masked(telemetry.destination)  # a journal keeps this line: no credentials in it
+                line = f"sb-otel {__version__}: MCP server on {where};{group}{scrape} telemetry: {destination}"
                 click.echo(line, err=True)
 
         tracker = telemetry.instrument(SessionTracker(SessionLifecycleManager(), store=store))
@@ -181,7 +177,36 @@ def serve(
             store.close()
         return 0
 
-    return run(0) if workers == 1 else run_workers(workers, run)
+    if workers == 1:
+        return run(0)
+    from sb_otel._service.workers import run_workers
+
+    return run_workers(workers, run)
+
+
+def _mcp_socket(host: str, port: int) -> socket.socket:
+    """The MCP port's listening socket, bound before the store, telemetry or any worker: a busy port, an unknown
+    host or a refused bind is one line and exit code 1, not a traceback from inside the server's task group."""
+    from sb_otel._service.server import listening_socket
+
+    try:
+        return listening_socket(host, port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {_bind_advice(exc)}") from None
+
+
+def _bind_advice(exc: OSError) -> str:
+    """What went wrong binding a port, and what to do about it."""
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, socket.gaierror):
+        return f"{reason}: --host must be an address or a name this machine resolves (e.g. 127.0.0.1)"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{reason}: another process listens there (find it with 'ss -ltnp'); stop it or pick another port"
+    if exc.errno == errno.EACCES:
+        return f"{reason}: ports below 1024 need privileges; pick a --port of 1024 or more"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{reason}: --host is not an address of this machine; use 127.0.0.1 or 0.0.0.0"
+    return reason
 
 
 def _scrape_resource(telemetry: Telemetry) -> Resource:
@@ -216,6 +241,6 @@ def _metrics_socket(host: str, metrics_port: int, mcp_port: int | None, allow_un
         return listening_socket(host, metrics_port)
     except OSError as exc:
         raise click.ClickException(
-            f"cannot listen on {host}:{metrics_port} for --metrics-port: {exc.strerror or exc}; pick another port "
+            f"cannot listen on {host}:{metrics_port} for --metrics-port: {_bind_advice(exc)} "
             "(a serve already on this store serves the same numbers: scrape that one)"
         ) from None

@@ -42,10 +42,11 @@ def sessions(
     """List sessions, newest first (or, with --summary, how they ended per component)."""
     if only_open and status not in (None, "open"):
         raise click.UsageError("--open and --status are exclusive; use one of them")
+    after = _since(since)  # a mistyped option is told before the store is looked for
     store = open_store(store_location, read_only=True)
     if summary:
         try:
-            counts = store.count_sessions(since=_since(since))
+            counts = store.count_sessions(since=after)
         finally:
             store.close()
         rows = summarise(counts, component)
@@ -60,7 +61,7 @@ def sessions(
         found = store.list_sessions(
             status="open" if only_open else status,  # type: ignore[arg-type]
             component_name=component,
-            since=_since(since),
+            since=after,
             limit=limit,
         )
     finally:

@@ -182,14 +182,38 @@ def _jwt_problem(key: str | None, given: str, *, max_age: timedelta | None, now:
             audience=SESSION_BUDDY_AUDIENCE,
             options={"require": ["exp", "iat", "iss", "aud"]},
         )
-    except jwt.ExpiredSignatureError:
-        return "unauthorized: session-buddy token expired"
-    except jwt.PyJWTError:
-        return "unauthorized: session-buddy token does not verify (check SESSION_BUDDY_SECRET on both sides)"
-    if claims.get("iss") not in SESSION_BUDDY_ISSUERS:
-        return "unauthorized: session-buddy token from an unknown issuer"
+    except jwt.PyJWTError as exc:
+        return f"unauthorized: session-buddy token {_jwt_failure(jwt, exc)}"
+    issuer = claims.get("iss")
+    if not isinstance(issuer, str) or issuer not in SESSION_BUDDY_ISSUERS:  # a list is no issuer (nor hashable)
+        return (
+            "unauthorized: session-buddy token from an unknown issuer: its 'iss' claim must be one of "
+            f"{', '.join(sorted(SESSION_BUDDY_ISSUERS))}"
+        )
     issued_at = claims.get("iat")
     return _age_problem(now - issued_at, max_age) if isinstance(issued_at, (int, float)) else None
+
+
+def _jwt_failure(jwt: Any, exc: Exception) -> str:
+    """Which check a JWT failed, naming its claim: the signature is checked first, so a token told about a claim
+    was signed with the right key (an unsigned or forged one only hears "does not verify")."""
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return "expired (its 'exp' claim has passed)"
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"lacks the '{exc.claim}' claim (session-buddy tokens carry exp, iat, iss and aud)"
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return f"is for another service: its 'aud' claim must be '{SESSION_BUDDY_AUDIENCE}'"
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return "is not valid yet: its 'iat' or 'nbf' claim lies in the future (check the client's clock)"
+    if isinstance(exc, jwt.InvalidIssuedAtError):
+        return "has a bad 'iat' claim: it must be a number (Unix seconds)"
+    if isinstance(exc, jwt.InvalidAlgorithmError):
+        return "is not signed HS256 (the only algorithm session-buddy tokens use)"
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return "does not verify (check SESSION_BUDDY_SECRET on both sides)"
+    if isinstance(exc, jwt.DecodeError):
+        return "does not verify: it is not a well-formed, signed JWT (check SESSION_BUDDY_SECRET on both sides)"
+    return f"has a bad claim: {str(exc)[:200]}"
 
 
 def _age_problem(age: float, max_age: timedelta | None) -> str | None:

@@ -4,11 +4,14 @@ Without them, 300 connections each sending all but 10 bytes of a 4 MiB body (the
 waiting held 2.4 GB. Here each part of a request has a bound:
 
 - connections: at most ``max_connections`` open at once (uvicorn's ``limit_concurrency`` only answers 503 once a
-  request's headers have arrived, so a connection that never sends them would hold its slot for ever); more are
-  answered 503 and closed as they arrive;
+  request's headers have arrived, so a connection that never sends them would hold its slot for ever); a new one
+  beyond that closes the connection idle longest between requests (kept alive), or, with none idle, is
+  answered 503 and closed;
 - the request head: it must arrive within ``timeout`` of the connection opening (or of the previous response), in
   at most :data:`MAX_HEAD` bytes (uvicorn's ``h11_max_incomplete_event_size``);
-- the body: at most ``max_body`` bytes, within ``timeout`` of the head (413 and 408 otherwise).
+- the body: at most ``max_body`` bytes, within ``timeout`` of the head (413 and 408 otherwise);
+- event streams (``GET``): none in stateless mode (405); in session mode at most half the connections, each
+  closed after ``timeout`` (:class:`StreamGuard`).
 
 So the memory a server can be made to hold is about ``max_connections × max_body``. A client that disconnects
 or times out costs one log line, not a traceback.
@@ -50,14 +53,35 @@ class BoundedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_timer: asyncio.TimerHandle | None = None
-        if len(self.connections) > self.max_connections:
+        self._idle_since: float | None = None
+        if len(self.connections) > self.max_connections and not self._evict_idle():
             transport.write(_REFUSAL)
             transport.close()
             self._log_refusal()
             return
         self._expect_head()
 
+    def _evict_idle(self) -> bool:
+        """Close the connection idle longest between requests (a kept-alive one), to make room for this one.
+
+        Keep-alive is the client's convenience, not a claim on a slot: without this, a few clients that each
+        made one request and then held their connection open kept every other client out (503) for as long as
+        the keep-alive timeout, and again after each request they repeated. A connection within a request keeps
+        its slot (its head and body have deadlines of their own)."""
+        idle = [
+            other
+            for other in self.connections
+            if isinstance(other, BoundedH11Protocol) and other is not self and other._idle_since is not None
+        ]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda other: other._idle_since or 0.0)
+        oldest._idle_since = None
+        oldest.transport.close()
+        return True
+
     def data_received(self, data: bytes) -> None:
+        self._idle_since = None
         super().data_received(data)
         if self._head_timer is not None and self.cycle is not None and not self.cycle.response_complete:
             self._head_timer.cancel()  # a request is under way: its body has a deadline of its own (BodyGuard)
@@ -66,6 +90,7 @@ class BoundedH11Protocol(H11Protocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():
+            self._idle_since = time.monotonic()  # kept alive: a new connection may take its slot
             self._expect_head()  # the next request's head (uvicorn's keep-alive timeout covers an idle wait)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -148,10 +173,47 @@ class BodyGuard:
         await self.app(scope, replayed, send)
 
 
-async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, why: str) -> None:
-    if status == 413:
-        _log.warning("HTTP client %s: %s: refused (413)", _client(scope), why)
-    response = Response(why, status_code=status, headers={"connection": "close"})
+class StreamGuard:
+    """ASGI middleware bounding ``GET`` event streams, which hold a connection for as long as the client likes.
+
+    Stateless mode answers every call in its POST's own response and never sends anything unasked, so a GET is
+    refused (405, ``Allow: POST``) and its connection closed: idle GET streams cannot fill the connection cap.
+    Session mode keeps the SDK's stream for server-initiated messages, at most ``max_streams`` at once (503
+    beyond) and each at most ``lifetime`` seconds (``SB_OTEL_HTTP_TIMEOUT``; an MCP client opens another).
+    """
+
+    def __init__(self, app: ASGIApp, *, stateless: bool, max_streams: int, lifetime: float) -> None:
+        self.app = app
+        self.stateless = stateless
+        self.max_streams = max_streams
+        self.lifetime = lifetime
+        self.streams = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "GET":
+            await self.app(scope, receive, send)
+            return
+        if self.stateless:
+            why = "this server answers POST only (stateless mode: no event stream to GET)"
+            await _refuse(scope, receive, send, 405, why, {"allow": "POST"})
+            return
+        if self.streams >= self.max_streams:
+            await _refuse(scope, receive, send, 503, f"{self.max_streams} event streams open already: retry later")
+            return
+        self.streams += 1
+        try:
+            with anyio.move_on_after(self.lifetime):
+                await self.app(scope, receive, send)
+        finally:
+            self.streams -= 1
+
+
+async def _refuse(
+    scope: Scope, receive: Receive, send: Send, status: int, why: str, headers: dict[str, str] | None = None
+) -> None:
+    if status in (413, 503):
+        _log.warning("HTTP client %s: %s: refused (%d)", _client(scope), why, status)
+    response = Response(why, status_code=status, headers={"connection": "close", **(headers or {})})
     await response(scope, receive, send)
 
 

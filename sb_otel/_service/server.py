@@ -39,7 +39,7 @@ from pydantic import PlainValidator, WithJsonSchema
 
 from sb_otel._exceptions import ConfigError
 from sb_otel._service.auth import Secrets, token_problem
-from sb_otel._service.http_guard import MAX_HEAD, BodyGuard, BoundedH11Protocol
+from sb_otel._service.http_guard import MAX_HEAD, BodyGuard, BoundedH11Protocol, StreamGuard
 from sb_otel._service.reaper import reap_iter
 from sb_otel._settings import (
     SB_OTEL_ALLOW_UNAUTHENTICATED,
@@ -54,6 +54,7 @@ from sb_otel._settings import (
     SESSION_BUDDY_SECRET,
     parse_duration,
 )
+from sb_otel._telemetry.credentials import CredentialMasking
 from sb_otel._telemetry.outbox import one_write_per_call
 from sb_otel._telemetry.propagation import TRACE_CONTEXT_KEYS
 from sb_otel._tracking.models import SessionEndResult, SessionStartResult
@@ -121,7 +122,8 @@ class SessionService:
         secret: the key of sb-otel's tokens (default ``SB_OTEL_SECRET``; empty: none).
         session_buddy_secret: the key of session-buddy's JWTs (default ``SESSION_BUDDY_SECRET``; empty: none).
             With neither secret, calls need no token.
-        telemetry: where telemetry goes, for ``health_check`` (``Telemetry.destination``).
+        telemetry: where telemetry goes (``Telemetry.destination``); kept for the local user, never answered to
+            a client.
     """
 
     def __init__(
@@ -181,20 +183,22 @@ class SessionService:
             return SessionEndResult(session_id=session_id[:128], status="error", error=error).model_dump(mode="json")
 
     def health_check(self) -> dict[str, Any]:
-        """session-buddy's ``health_check`` facts, plus sb-otel's version, store, telemetry and auth status.
+        """session-buddy's ``health_check`` facts, plus sb-otel's version and ``ok``/``degraded`` per check.
 
-        Needs no token and holds no secret, path or client data: any client may call it first (oneiric's
-        emitter does, before every event).
+        Needs no token, so it says nothing a stranger could use: no destination (an endpoint may hold
+        ``user:password@``, a file path the user's home), no path, no error text, no client data. Where telemetry
+        goes is ``sb-otel doctor``'s to show, to the local user, credentials masked. Any client may call it first
+        (oneiric's emitter does, before every event).
         """
         errors: list[str] = []
         store = getattr(self.tracker, "store", None)
+        store_status = "ok"
         try:
             if store is not None:
                 store.get("sb-otel-health-check")  # a lookup through the real store: it is open and readable
-            store_status = "ok" if store is not None else "unknown (the tracker exposes no store)"
-        except Exception as exc:
-            store_status = f"error: {type(exc).__name__}"
-            errors.append(f"session store: {type(exc).__name__}")
+        except Exception:
+            store_status = "degraded"
+            errors.append("session store")
         return {
             "server_status": "active" if not errors else "degraded",
             "overall_healthy": not errors,
@@ -204,11 +208,8 @@ class SessionService:
             "platform": platform.system(),
             "python_version": platform.python_version(),
             "process_id": os.getpid(),
-            "checks": {
-                "store": store_status,
-                "telemetry": self.telemetry,
-                "auth": "token required" if self.secrets.enabled else "off (no secret set)",
-            },
+            "checks": {"store": store_status},
+            "auth_required": self.secrets.enabled,
             "errors": errors,
         }
 
@@ -280,7 +281,7 @@ def build_server(service: SessionService, *, mcp_spans: bool | None = None) -> M
         return await service.track_session_end(arguments, token)
 
     async def health_check() -> dict[str, Any]:
-        """Server health: version, store, telemetry and auth status (no secrets). Needs no token."""
+        """Server health: version and ok/degraded per check (no destination, path or secret). Needs no token."""
         return await anyio.to_thread.run_sync(service.health_check)
 
     tools = [
@@ -356,7 +357,8 @@ class HttpLimits:
     """Bytes of one request body (413 beyond). A valid start event is at most ~20 KiB (16 KiB of metadata); the
     margin lets an oversized one reach the models and get their error dict."""
     timeout: float = 10.0
-    """Seconds for a request's head, then for its body (408)."""
+    """Seconds for a request's head, then for its body (408); in session mode also the longest a GET event stream
+    stays open."""
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
@@ -395,7 +397,13 @@ def http_server(
         transport_security=transport_security(host, allowed_hosts, allowed_origins),
     )
     config = uvicorn.Config(
-        BodyGuard(app, max_body=bounds.max_body, timeout=bounds.timeout),
+        BodyGuard(
+            StreamGuard(
+                app, stateless=stateless, max_streams=max(1, bounds.max_connections // 2), lifetime=bounds.timeout
+            ),
+            max_body=bounds.max_body,
+            timeout=bounds.timeout,
+        ),
         host=host,
         port=port,
         log_level="warning",
@@ -552,6 +560,7 @@ def configure_server_logging(level: LogLevel = "WARNING") -> None:
     handler = logging.StreamHandler()
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(CredentialMasking())  # a journal keeps these lines: no endpoint credentials in them
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)

@@ -46,6 +46,7 @@ from sb_otel._settings import (
     SB_OTEL_REDACT,
 )
 from sb_otel._telemetry import otel_logs as otel_logs
+from sb_otel._telemetry.credentials import masked
 from sb_otel._telemetry.export_destination import (
     exporter_factories,
     resource_of,
@@ -183,7 +184,7 @@ class Telemetry:
             _log.warning(
                 "sb-otel: telemetry not flushed within %.1f s (%s unreachable?); the rest was dropped",
                 timeout_s,
-                self.destination,
+                masked(self.destination),
             )
         close = getattr(self.store, "close", None) if self.owns_store else None
         if close is not None:  # the store configure() opened for its outbox; one passed in is its owner's to close

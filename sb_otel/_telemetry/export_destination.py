@@ -128,19 +128,21 @@ def _file_exporter(signal: str, folder: Path) -> Any:
 
     from sb_otel._exceptions import ConfigError
     from sb_otel._telemetry import otel_logs
+    from sb_otel._tracking.private_files import private_dir, private_file
 
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder)  # owner-only, whatever the umask: the files hold every session's directory and user
     except OSError as exc:
         raise ConfigError(
             f"cannot create the telemetry folder {folder}: {exc}; choose another with "
             "'sb-otel config set files.dir PATH', or set an endpoint"
         ) from exc
+    # Made owner-only before the exporter opens them (to append: the mode stays).
     if signal == "traces":
-        return FileSpanExporter(folder / "traces.jsonl")
+        return FileSpanExporter(private_file(folder / "traces.jsonl"))
     if signal == "metrics":
-        return FileMetricExporter(folder / "metrics.jsonl")
-    return otel_logs.FileLogExporter(folder / "logs.jsonl")
+        return FileMetricExporter(private_file(folder / "metrics.jsonl"))
+    return otel_logs.FileLogExporter(private_file(folder / "logs.jsonl"))
 
 
 def _grpc_exporter(destination: Destination, signal: str, endpoint: str, meters: Any) -> Any:

@@ -55,6 +55,7 @@ from sb_otel._tracking.export_state import (
     updated_note,
 )
 from sb_otel._tracking.identity import numbered_session_id, session_id_base
+from sb_otel._tracking.private_files import private_dir, private_file
 from sb_otel._tracking.row_telemetry import ALL, END_OWED_SQL, LIVE_MIGRATION, START_OWED_SQL, built_from_row, due
 from sb_otel._tracking.session_counts import (
     COUNTS_MIGRATION,
@@ -185,14 +186,30 @@ _TROUBLE: tuple[tuple[tuple[str, ...], str], ...] = (
 """SQLite error names (Python 3.11+) or message fragments, and what the user should do about them."""
 
 
+FULL_BELOW_BYTES = 1024 * 1024
+"""Free space under which an I/O error is taken for a full disk (SQLite needs ~32 KiB for its ``-shm`` alone)."""
+
+
 def _explain(path: Path, exc: sqlite3.Error) -> StoreError:
     """A :class:`StoreError` saying what is wrong with the store at ``path`` and what fixes it."""
     name = getattr(exc, "sqlite_errorname", "") or ""
     text = str(exc)
+    if (name.startswith("SQLITE_IOERR") or "disk I/O error" in text) and _nearly_full(path):
+        # Opening a WAL store on a full disk fails making its -wal/-shm files, which SQLite reports as an I/O
+        # error (SQLITE_IOERR_*), not SQLITE_FULL: the disk is what to fix.
+        name = "SQLITE_FULL"
     for needles, advice in _TROUBLE:
         if any(needle in name or needle in text for needle in needles):
             return StoreError(f"session store {path} {advice} (SQLite: {text})")
     return StoreError(f"session store {path} failed: {text}")
+
+
+def _nearly_full(path: Path) -> bool:
+    try:
+        found = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return found.f_bavail * found.f_frsize < FULL_BELOW_BYTES
 
 
 @contextmanager
@@ -238,7 +255,8 @@ class SqliteSessionStore:
             if read_only:
                 self._db = self._connect_read_only()
             else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                private_dir(self.path.parent)
+                private_file(self.path)  # owner-only before SQLite sees it: its -wal/-shm files take its mode
                 self._db = sqlite3.connect(
                     self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
                 )
@@ -272,14 +290,16 @@ class SqliteSessionStore:
 
     def _connect_read_only(self) -> sqlite3.Connection:
         """``mode=ro``; where SQLite cannot make the WAL index next to a checkpointed file (an unwritable
-        directory, no ``-wal`` file), the file is read as it is (``immutable=1``): nobody can be writing it."""
+        directory or a full disk, no ``-wal`` file or an empty one), the file is read as it is (``immutable=1``):
+        nothing committed waits elsewhere."""
         uri = f"{self.path.absolute().as_uri()}?mode=ro"
         db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         try:
             db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # SQLite opens the WAL index here
         except sqlite3.OperationalError:
             db.close()
-            if Path(f"{self.path}-wal").exists():
+            wal = Path(f"{self.path}-wal")
+            if wal.exists() and wal.stat().st_size > 0:  # committed pages may wait there: the file alone is stale
                 raise
             db = sqlite3.connect(f"{uri}&immutable=1", uri=True, isolation_level=None, check_same_thread=False)
         return db

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sb_otel._exceptions import StoreError
 from sb_otel._settings import SB_OTEL_STORE, data_dir
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from sb_otel._tracking.store import InMemorySessionStore, SessionStore
@@ -13,11 +14,28 @@ def open_store(location: str | Path | None = None, *, read_only: bool = False) -
     """Open the store at ``location``: ``"memory"``, a SQLite file path, or ``None`` for ``SB_OTEL_STORE``.
 
     Without either, the SQLite file ``sessions.db`` in the platform data directory is used. ``read_only`` is for
-    callers that only read: an existing file is opened without writing to it (a file not there yet is
-    created as usual, so a first ``sb-otel sessions`` still finds an empty store).
+    callers that only read: an existing file is opened without writing to it, and a missing one is an error
+    naming the path (a mistyped ``--store`` must not become a new empty store that reports "0 sessions").
     """
+    path = store_path(location)
+    if path is None:
+        return InMemorySessionStore()
+    if read_only and not path.exists() and not path.is_symlink():
+        raise StoreError(missing_store(path))
+    return SqliteSessionStore(path, read_only=read_only and path.is_file())
+
+
+def store_path(location: str | Path | None = None) -> Path | None:
+    """The SQLite file ``open_store(location)`` opens, or ``None`` for the memory store."""
     spec = str(location) if location is not None else SB_OTEL_STORE.read()
     if spec == "memory":
-        return InMemorySessionStore()
-    path = Path(spec).expanduser() if spec else data_dir() / "sessions.db"
-    return SqliteSessionStore(path, read_only=read_only and path.is_file())
+        return None
+    return Path(spec).expanduser() if spec else data_dir() / "sessions.db"
+
+
+def missing_store(path: Path) -> str:
+    """What to say about a store file that is not there."""
+    return (
+        f"no session store at {path}: nothing was tracked there yet, or SB_OTEL_STORE (or --store) names the wrong "
+        "file; the first tracked session creates it ('sb-otel init', 'sb-otel emit start' or 'sb-otel demo')"
+    )
