@@ -703,6 +703,8 @@ class StoreExporter:
                 self.drain(retry_now=False)
                 self._backoff = 0.0
             except Exception:
+                if self._stop.is_set():
+                    return  # stopping (the store may be closed under us at exit): nothing to report
                 _log.warning("sb-otel exporter round failed", exc_info=True)
                 self._backoff = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, self._backoff * 2))
             else:

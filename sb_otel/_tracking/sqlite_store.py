@@ -265,7 +265,7 @@ class SqliteSessionStore:
         except OSError as exc:
             raise StoreError(f"cannot create the directory for session store {self.path}: {exc}") from exc
         # A store dropped without close() still closes its connection (and its WAL) when it is collected.
-        self._closer = weakref.finalize(self, self._db.close)
+        self._closer = weakref.finalize(self, _close_when_idle, self._lock, self._db)
         try:
             self._prepare(sync)
         except BaseException:
@@ -631,8 +631,7 @@ class SqliteSessionStore:
         )
 
     def close(self) -> None:
-        with self._lock:
-            self._closer()
+        self._closer()  # under the store's lock (:func:`_close_when_idle`)
 
     # -- TelemetryStore (sb_otel/_tracking/export_state.py) ---------------------------------------------------
 
@@ -925,6 +924,17 @@ class SqliteSessionStore:
     def clear_override(self, holder: str) -> None:
         with self._lock, _translated(self.path):
             self._db.execute("DELETE FROM export_overrides WHERE holder = ?", (holder,))
+
+
+def _close_when_idle(lock: threading.Lock, db: sqlite3.Connection) -> None:
+    """Close the connection once no statement of this store runs. Also at interpreter exit (the finalizer runs
+    then), when an exporter's daemon thread may be in the middle of one: closing a connection under a running
+    statement crashes the process (SIGSEGV), where a later call on a closed one only raises."""
+    if lock.acquire(timeout=5):
+        try:
+            db.close()
+        finally:
+            lock.release()
 
 
 _LEASE_COLUMNS = "holder, expires_at, heartbeat, fencing, ttl_s, released, lock_file"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from sb_otel import SqliteSessionStore
 from tests.otlp_receiver import OtlpReceiver
 
 SB_OTEL = str(Path(sys.executable).with_name("sb-otel"))
@@ -96,6 +97,7 @@ def test_doctor_fails_an_overlong_reap_interval(tmp_path: Path) -> None:
 
 def test_the_longest_durations_work(tmp_path: Path) -> None:
     """At the limit, sessions --since and reap --ttl run normally."""
+    SqliteSessionStore(tmp_path / "sessions.db").close()  # read-only commands open only a store that exists
     assert sb_otel("sessions", "--since", "3650d", tmp_path=tmp_path).returncode == 0
     reaped = sb_otel("reap", "--ttl", "3650d", "--dry-run", tmp_path=tmp_path)
     assert reaped.returncode == 0, reaped.stderr
