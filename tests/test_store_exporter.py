@@ -4,6 +4,7 @@ after success, poison isolated by the encoder check and by bisection, and one ex
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -552,7 +553,7 @@ def test_the_outbox_row_bound_counts_rows_not_ids(store_kind: str, tmp_path: Pat
 
 def corrupt_the_outbox(path: Path) -> None:
     """Overwrite the outbox table's root page in the closed file (its index, a b-tree of its own, stays)."""
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db:  # (a connection's own `with` commits, never closes)
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
         (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = 'telemetry_outbox'")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
