@@ -1,7 +1,7 @@
 """Every setting sb-otel reads, declared once.
 
-The README's configuration table is checked against :data:`SETTINGS` by a test, so a setting added here and not
-documented (or documented and not read) fails the build.
+The documentation's settings table is generated from :data:`SETTINGS` (docs/hooks.py), so a setting added here is
+documented by that alone; a test fails on a variable the code reads and this module does not declare.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ class Setting:
     env: str
     """Environment variable that sets it."""
     default: str
-    """What applies when the variable is unset, as the README shows it (Markdown)."""
+    """What applies when the variable is unset, as the settings page shows it (Markdown)."""
     description: str
-    """One line for the README's configuration table."""
+    """One line for the settings page's table."""
 
     def __init__(self, env: str, default: str, description: str) -> None:
         object.__setattr__(self, "env", env)
@@ -105,7 +105,7 @@ SB_OTEL_SECRET = Setting(
     default="(none: no auth)",
     description="Shared secret of `sb-otel serve`: each tool call then needs `token` = "
     "`v2.<unix seconds>.<hex HMAC-SHA256>` over the scope, the event id or session id and a digest of the event "
-    '(`sb_otel.session_token`; see "The MCP server").',
+    '(`sb_otel.session_token`; see the MCP server guide).',
 )
 SESSION_BUDDY_SECRET = Setting(
     env="SESSION_BUDDY_SECRET",
@@ -170,7 +170,7 @@ SB_OTEL_EMIT_DRAIN = Setting(
     env="SB_OTEL_EMIT_DRAIN",
     default="`1`",
     description="`0`, `false`, `off` or `no` stops `sb-otel emit` from starting its detached drainer (`sb-otel "
-    'export`, isolated from the shell: see "The command line") after it writes the store (the session\'s '
+    'export`, isolated from the shell: see the Shells guide) after it writes the store (the session\'s '
     "telemetry then waits for the next exporter: `serve`, `sb-otel export`).",
 )
 SB_OTEL_JAEGER_URL = Setting(
@@ -204,7 +204,7 @@ OTEL_EXPORTER_OTLP_ENDPOINT = Setting(
     default="(none: OTLP JSON files in `telemetry` beside the store)",
     description="OTLP endpoint, e.g. `http://localhost:4318`: adopted as the store's destination (with the rest of "
     "the `OTEL_EXPORTER_OTLP_*` family and `OTEL_<SIGNAL>_EXPORTER`) by the first process that has it while the "
-    'store has none recorded; then `sb-otel config` changes it (see "Where telemetry goes").',
+    'store has none recorded; then `sb-otel config` changes it (see "Where telemetry goes" in The exporter).',
 )
 OTEL_EXPORTER_OTLP_PROTOCOL = Setting(
     env="OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -295,7 +295,7 @@ SETTINGS: tuple[Setting, ...] = (
     OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED,
     OTEL_METRIC_EXPORT_INTERVAL,
 )
-"""All settings, in README order."""
+"""All settings, in the order the settings page lists them."""
 
 
 def data_dir(environ: Mapping[str, str] | None = None) -> Path:

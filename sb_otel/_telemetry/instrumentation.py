@@ -732,8 +732,9 @@ def instrument(
 
     Args:
         tracker: our :class:`~sb_otel.SessionTracker`, or any object with the seed's API (session-buddy's).
-        tracer_provider, meter_provider, logger_provider: where telemetry goes (default: the global ones,
-            which :func:`sb_otel.configure` sets up).
+        tracer_provider: where spans go (default: the global one, which :func:`sb_otel.configure` sets up).
+        meter_provider: where metrics go (default: the global one).
+        logger_provider: where log records go (default: the global one).
         store: where span plans live for a tracker that is not ours (ours uses its own store); a store,
             ``"memory"``, a SQLite path, or ``None`` for ``SB_OTEL_STORE``.
         redact: attributes to drop or hash before export (default ``SB_OTEL_REDACT``).
