@@ -105,7 +105,7 @@ SB_OTEL_SECRET = Setting(
     default="(none: no auth)",
     description="Shared secret of `sb-otel serve`: each tool call then needs `token` = "
     "`v2.<unix seconds>.<hex HMAC-SHA256>` over the scope, the event id or session id and a digest of the event "
-    '(`sb_otel.session_token`; see the MCP server guide).',
+    "(`sb_otel.session_token`; see the MCP server guide).",
 )
 SESSION_BUDDY_SECRET = Setting(
     env="SESSION_BUDDY_SECRET",
@@ -170,7 +170,7 @@ SB_OTEL_EMIT_DRAIN = Setting(
     env="SB_OTEL_EMIT_DRAIN",
     default="`1`",
     description="`0`, `false`, `off` or `no` stops `sb-otel emit` from starting its detached drainer (`sb-otel "
-    'export`, isolated from the shell: see the Shells guide) after it writes the store (the session\'s '
+    "export`, isolated from the shell: see the Shells guide) after it writes the store (the session's "
     "telemetry then waits for the next exporter: `serve`, `sb-otel export`).",
 )
 SB_OTEL_JAEGER_URL = Setting(

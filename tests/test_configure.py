@@ -480,10 +480,10 @@ def test_a_shut_down_pipeline_is_not_kept_alive_until_exit() -> None:
     assert reference() is None
 
 
-def test_readme_example_runs_and_reports_where_telemetry_goes(tmp_path: Path) -> None:
-    """The README's "Export telemetry" example works as printed, against the embedded default."""
-    readme = (REPOSITORY / "README.md").read_text(encoding="utf-8")
-    example = readme.split("<!-- export-telemetry -->\n```python\n", 1)[1].split("```", 1)[0]
+def test_the_guide_example_runs_and_reports_where_telemetry_goes(tmp_path: Path) -> None:
+    """The Python guide's "Export telemetry" example works as printed, against the embedded default."""
+    guide = (REPOSITORY / "docs" / "pages" / "guides" / "python.md").read_text(encoding="utf-8")
+    example = guide.split("<!-- export-telemetry -->\n```python\n", 1)[1].split("```", 1)[0]
     assert run_script(example, tmp_path) == f"OTLP JSON files in {tmp_path / 'telemetry'}"
 
 

@@ -1,4 +1,4 @@
-"""Settings: declared once, all documented in the README's configuration table, and read as documented."""
+"""Settings: declared once, each documented by the generated settings page, and read as documented."""
 
 from __future__ import annotations
 
@@ -13,30 +13,30 @@ from hypothesis import strategies as st
 from sb_otel import ConfigError
 from sb_otel._settings import MAX_DURATION, SB_OTEL_DATA_DIR, SETTINGS, data_dir, parse_duration
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+REPO = Path(__file__).resolve().parent.parent
+SETTINGS_PAGE = REPO / "docs" / "pages" / "reference" / "settings.md"
+PYTHON_GUIDE = REPO / "docs" / "pages" / "guides" / "python.md"
 
 
-def _readme_table() -> dict[str, tuple[str, str]]:
-    section = README.read_text(encoding="utf-8").split("## Configuration", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `([A-Z0-9_]+)` \| (.+?) \| (.+?) \|$", section, flags=re.MULTILINE)
-    return {env: (default, meaning) for env, default, meaning in rows}
-
-
-def test_readme_documents_exactly_the_declared_settings() -> None:
-    """Every setting has a README row with its default and meaning; the README lists nothing extra."""
-    table = _readme_table()
-    assert sorted(table) == sorted(setting.env for setting in SETTINGS)
+def test_every_setting_is_documented_with_its_default_and_meaning() -> None:
+    """The settings page's table is generated from SETTINGS (docs/hooks.py): each has a default and a meaning."""
+    assert "<!-- settings-table -->" in SETTINGS_PAGE.read_text(encoding="utf-8")
+    assert len({setting.env for setting in SETTINGS}) == len(SETTINGS)
     for setting in SETTINGS:
-        assert table[setting.env] == (setting.default, setting.description)
+        assert re.fullmatch(r"(SB_OTEL|OTEL|SESSION_BUDDY)_[A-Z0-9_]+", setting.env), setting.env
+        assert setting.default.strip(), setting.env
+        assert setting.description.strip().endswith("."), setting.env
+        assert "|" not in setting.description.replace("\\|", ""), setting.env  # one table cell
 
 
 def test_every_setting_the_code_reads_is_declared() -> None:
-    """No module reads an SB_OTEL_* variable that the settings table does not declare."""
+    """No module (nor shell integration) of any layer reads an SB_OTEL_* variable that SETTINGS does not declare."""
     declared = {setting.env for setting in SETTINGS}
-    package = Path(__file__).resolve().parent.parent / "sb_otel"
+    package = REPO / "sb_otel"
     read = set()
-    for module in package.glob("*.py"):
-        read |= set(re.findall(r"\b(SB_OTEL_[A-Z0-9_]+)\b", module.read_text(encoding="utf-8")))
+    for module in [*package.rglob("*.py"), *package.rglob("shells/init.*")]:
+        read |= set(re.findall(r"\b(SB_OTEL_[A-Z0-9_]*[A-Z0-9])\b", module.read_text(encoding="utf-8")))
+    assert len(read) > len(declared) // 2  # the modules in the layer folders are read too
     assert read <= declared
 
 
@@ -49,13 +49,13 @@ def test_standard_settings_are_the_sdks_own_variables() -> None:
     assert [getattr(sdk_variables, env, None) for env in standard] == standard
 
 
-def test_readme_lists_every_configure_argument() -> None:
-    """The "Export telemetry" part of the configuration section names each of configure()'s settings arguments."""
+def test_the_python_guide_names_every_configure_argument() -> None:
+    """The Python guide's "Export telemetry" section names each of configure()'s settings arguments."""
     import inspect
 
     import sb_otel
 
-    section = README.read_text(encoding="utf-8").split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    section = PYTHON_GUIDE.read_text(encoding="utf-8").split("## Export telemetry", 1)[1].split("\n## ", 1)[0]
     arguments = set(inspect.signature(sb_otel.configure).parameters) - {"set_global"}
     assert {argument for argument in arguments if f"`{argument}`" not in section} == set()
 

@@ -1,4 +1,4 @@
-"""The README's bashrc snippet in a real interactive bash under tmux reports how the shell really ended.
+"""The shells guide's bashrc snippet in a real interactive bash under tmux reports how the shell really ended.
 
 Each case starts ``bash -i`` with the snippet as its rc file in a private tmux server, waits (bounded poll on
 the store) for the session to open, types an exit or closes the terminal, then waits for the session to end.
@@ -20,15 +20,14 @@ from typing import Any
 
 import pytest
 
-from tests.test_readme import blocks
+from tests.markdown_blocks import marked
 
 assert shutil.which("tmux"), "the bash snippet tests need tmux (Debian: apt-get install tmux)"
 WAIT_S = 60.0
 
 
 def bashrc_snippet() -> str:
-    (snippet,) = [block for block in blocks() if "<!-- bashrc -->" in block.markers]
-    return snippet.code
+    return marked("bashrc").code
 
 
 def sessions(store: Path) -> list[dict[str, Any]]:
