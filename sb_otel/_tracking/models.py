@@ -2,7 +2,7 @@
 
 Events cross process boundaries (MCP, CLI, JSON), so they are pydantic models that reject bad input with an error
 naming the field and the rule. Limits the seed does not state are bounded here so a hostile client cannot make
-us store, log or export unbounded data; they are documented in the README ("Event limits").
+us store, log or export unbounded data; they are documented in docs/pages/reference/events.md.
 """
 
 from __future__ import annotations
