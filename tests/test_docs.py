@@ -145,6 +145,17 @@ def test_every_block_runs_or_says_why_it_does_not() -> None:
     assert {block.language for block in EVERY_BLOCK} <= {*RUNNERS, *PICTURES}
 
 
+def test_no_block_or_table_is_indented_into_a_list_item() -> None:
+    """Python-Markdown (MkDocs) ends a list at an indented fence or table, which GitHub keeps inside: keep them out."""
+    indented = [
+        f"{path.relative_to(REPO)}:{number}"
+        for path in pages()
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if re.match(r" +(```|\|)", line)
+    ]
+    assert indented == []
+
+
 @pytest.mark.parametrize("block", RUNNABLE)
 def test_the_block_runs_as_written_twice(block: Block, tmp_path: Path) -> None:
     """It exits 0 and prints what its '# output' comments say, and again on the same store."""
