@@ -95,11 +95,9 @@ class ChannelSessions(Protocol):
         ...
 
 
-def new_channel_session(event: ChannelSessionEvent, received_at: datetime) -> NewSession:
-    """The session row for a channel: the start event in the seed's shape, the channel's fields as metadata.
-
-    No host and no pid: a channel is no process here, so the reaper ends it by TTL (or at its last heartbeat),
-    never because some local pid is gone."""
+def channel_start_event(event: ChannelSessionEvent) -> dict[str, Any]:
+    """The start event a channel session's row keeps, in the seed's shape (what the span's attributes are made
+    from): ``shell_type`` ``channel/<type>``, the channel's fields as ``channel.*`` metadata over the event's own."""
     channel = {
         "channel.type": event.channel_type,
         "channel.id": event.channel_id,
@@ -109,7 +107,7 @@ def new_channel_session(event: ChannelSessionEvent, received_at: datetime) -> Ne
     optional = {"channel.thread_id": event.thread_id, "channel.workspace": event.workspace}
     optional["channel.platform"] = event.platform
     channel.update({key: value for key, value in optional.items() if value is not None})
-    start_event = {
+    return {
         "event_version": event.event_version,
         "event_id": event.event_id,
         "event_type": event.event_type,
@@ -118,6 +116,14 @@ def new_channel_session(event: ChannelSessionEvent, received_at: datetime) -> Ne
         "timestamp": event.timestamp,
         "metadata": {**(event.metadata or {}), **channel},
     }
+
+
+def new_channel_session(
+    event: ChannelSessionEvent, received_at: datetime, telemetry: Mapping[str, Any] | None = None
+) -> NewSession:
+    """The session row for a channel. No host and no pid: a channel is no process here, so the reaper ends it
+    by TTL (or at its last heartbeat), never because some local pid is gone. ``telemetry`` is what the
+    telemetry layer stores with it (the span plan: see :mod:`sb_otel._service.channel_tools`)."""
     return NewSession(
         event_id=event.event_id,
         component_name=event.component_name,
@@ -126,7 +132,8 @@ def new_channel_session(event: ChannelSessionEvent, received_at: datetime) -> Ne
         cwd="",
         started_at=parse_timestamp(event.timestamp),
         received_at=received_at,
-        start_event=start_event,
+        start_event=channel_start_event(event),
+        telemetry=telemetry,
     )
 
 
@@ -135,8 +142,14 @@ def new_channel_session_id() -> str:
     return f"chan_{uuid.uuid4().hex[:12]}"
 
 
-def track_channel_event(store: SessionStore, event: ChannelSessionEvent, now: datetime) -> ChannelSessionResult:
-    """Apply one channel event to the store (raises on store trouble; the tracker turns that into an error)."""
+def track_channel_event(
+    store: SessionStore,
+    event: ChannelSessionEvent,
+    now: datetime,
+    telemetry: Mapping[str, Any] | None = None,
+) -> ChannelSessionResult:
+    """Apply one channel event to the store (raises on store trouble; the tracker turns that into an error).
+    ``telemetry`` goes with a session this event creates."""
     if not isinstance(store, ChannelSessions):
         raise TypeError(f"{type(store).__name__} keeps no channel sessions; use the SQLite or in-memory store")
     if event.event_type == "channel_session_end":
@@ -153,7 +166,8 @@ def track_channel_event(store: SessionStore, event: ChannelSessionEvent, now: da
         if record is not None:
             _seen(store, record.session_id, max(parse_timestamp(event.timestamp), record.started_at))
             return ChannelSessionResult(session_id=record.session_id, event_id=event.event_id, status="heartbeat")
-    record, _ = store.start_channel_session(event.key, new_channel_session(event, now), new_channel_session_id())
+    new = new_channel_session(event, now, telemetry)
+    record, _ = store.start_channel_session(event.key, new, new_channel_session_id())
     return ChannelSessionResult(session_id=record.session_id, event_id=event.event_id, status="tracked")
 
 

@@ -296,9 +296,12 @@ class SessionTracker:
 
     # -- channel sessions ---------------------------------------------------------------------------------
 
-    async def track_channel_session(self, event: ChannelSessionEvent | Mapping[str, Any]) -> ChannelSessionResult:
+    async def track_channel_session(
+        self, event: ChannelSessionEvent | Mapping[str, Any], telemetry: Mapping[str, Any] | None = None
+    ) -> ChannelSessionResult:
         """A channel session's start, heartbeat or end (:mod:`sb_otel._tracking.channel`). Never raises: an
-        invalid event or store trouble is an ``error`` result, as for the seed's two calls."""
+        invalid event or store trouble is an ``error`` result, as for the seed's two calls. ``telemetry`` is
+        stored with a session the event starts (the telemetry layer's span plan)."""
         event_id = _raw_field(event, "event_id")
         try:
             channel = channel_event(event)
@@ -309,7 +312,7 @@ class SessionTracker:
         except Exception as exc:  # a mapping whose lookups raise
             return ChannelSessionResult(event_id=event_id, status="error", error=_exception_text(exc))
         try:
-            result = track_channel_event(self.store, channel, self._clock())
+            result = track_channel_event(self.store, channel, self._clock(), telemetry)
         except Exception as exc:
             _quietly(self.logger.exception, "channel_session tracking failed")
             error = f"Channel session tracking failed: {_exception_text(exc)}"
