@@ -10,8 +10,11 @@ starts passing must leave the list).
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import fnmatch
+import importlib
+import logging
 import re
 import subprocess
 import sys
@@ -20,6 +23,8 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import AgreeingManager
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -32,6 +37,16 @@ FILES = (
     "tests/unit/test_mcp_metrics.py",
 )
 CACHE = Path(sys.prefix) / "session-buddy-sdist"
+MODULES = (
+    "session_buddy/mcp/__init__.py",
+    "session_buddy/mcp/event_models.py",
+    "session_buddy/mcp/schemas.py",
+    "session_buddy/mcp/metrics.py",
+    "session_buddy/mcp/session_tracker.py",
+    "session_buddy/mcp/tools/session/admin_shell_tracking_tools.py",
+)
+NOT_OFFERED = {"sb_otel.mcp": {"attach_otel_middleware", "mcp"}}
+"""session-buddy's server object and its FastMCP middleware hook: ``sb-otel serve`` is the server (README)."""
 START, END = "<!-- session-buddy-suite -->", "<!-- /session-buddy-suite -->"
 
 
@@ -116,3 +131,44 @@ def test_every_failure_is_a_listed_deliberate_difference(results: dict[str, str]
     assert unexplained == []
     stale = [pattern for pattern in patterns if not any(fnmatch.fnmatch(test_id, pattern) for test_id in failures)]
     assert stale == []
+
+
+def public_names(source: str) -> set[str]:
+    """A module's ``__all__``, else its top-level names without a leading underscore."""
+    names: set[str] = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
+        for target in targets:
+            if isinstance(target, ast.Name) and target.id == "__all__" and isinstance(node, ast.Assign):
+                return set(ast.literal_eval(node.value))
+            if isinstance(target, ast.Name):
+                names.add(target.id)
+    return {name for name in names if not name.startswith("_")}
+
+
+def test_every_public_name_is_importable_from_the_matching_sb_otel_path() -> None:
+    """session-buddy's public names in ``session_buddy.mcp…``, read from its source, exist under ``sb_otel.mcp…``."""
+    missing: dict[str, set[str]] = {}
+    with tarfile.open(sdist()) as archive:
+        for path in MODULES:
+            member = archive.extractfile(f"session_buddy-{VERSION}/{path}")
+            assert member is not None, f"{path} is not in the sdist"
+            module_name = path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+            module_name = module_name.replace("session_buddy", "sb_otel", 1)
+            module = importlib.import_module(module_name)
+            absent = {name for name in public_names(member.read().decode("utf-8")) if not hasattr(module, name)}
+            if absent:
+                missing[module_name] = absent
+    assert missing == NOT_OFFERED
+
+
+def test_the_tracker_logger_is_the_trackers_default() -> None:
+    """``get_session_tracker_logger()`` is where a tracker made without a logger writes."""
+    from sb_otel.mcp.session_tracker import SessionTracker, get_session_tracker_logger
+
+    assert isinstance(get_session_tracker_logger(), logging.Logger)
+    assert SessionTracker(AgreeingManager()).logger is get_session_tracker_logger()
