@@ -15,6 +15,7 @@ import fcntl
 import fnmatch
 import importlib
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -84,7 +85,10 @@ def outcomes(directory: Path, names: list[str]) -> dict[str, str]:
     """``file::Class::test`` → ``passed``/``failed``/``skipped``, from pytest's JUnit report."""
     report = directory / "report.xml"
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--junitxml", str(report), *names]
-    subprocess.run(command, cwd=directory, capture_output=True, text=True, timeout=600, check=False)
+    # sb-otel's pytest plugin gives each of their tests a memory store; outside a test, this store is theirs.
+    env = {**os.environ, "SB_OTEL_STORE": str(directory / "store.db"), "SB_OTEL_DATA_DIR": str(directory / "data")}
+    env["SB_OTEL_EMIT_DRAIN"] = "0"
+    subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True, timeout=600, check=False)
     results: dict[str, str] = {}
     for case in ElementTree.parse(report).iter("testcase"):
         module, _, classes = case.get("classname", "").partition(".")
