@@ -160,6 +160,9 @@ async def test_an_abandoned_channel_ends_abnormal_at_its_last_heartbeat_and_free
         pytest.param({"channel_id": ""}, "channel_id", id="empty-channel"),
         pytest.param({"sender_id": "x" * 300}, "sender_id", id="long-sender"),
         pytest.param({"message_count": -1}, "message_count", id="negative-count"),
+        pytest.param({"channel_id": "D1\nINFO forged line"}, "channel_id", id="control-character"),
+        pytest.param({"component_name": "no spaces"}, "component_name", id="component-name"),
+        pytest.param({"event_id": "\x1b[31m"}, "event_id", id="escape-in-event-id"),
     ],
 )
 async def test_an_invalid_event_is_an_error_result_naming_the_field(

@@ -18,7 +18,18 @@ from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BeforeValidator, Field
 
-from sb_otel._tracking.models import Metadata, SeedModel, Timestamp, parse_timestamp
+from sb_otel._tracking import rules
+from sb_otel._tracking.models import (
+    COMPONENT_NAME_PATTERN,
+    Metadata,
+    SeedModel,
+    Timestamp,
+    _bounded,
+    _rule,
+    _text_rule,
+    _utf8_input,
+    parse_timestamp,
+)
 from sb_otel._tracking.store import NewSession, SessionEnding, SessionRecord, SessionStore
 
 ChannelEventType = Literal["channel_session_start", "channel_session_end", "channel_heartbeat"]
@@ -30,8 +41,8 @@ MAX_CHANNEL_TEXT = 256
 MAX_MESSAGE_PREVIEW = 200
 """session-buddy keeps the first 200 characters of the triggering message; so do we."""
 
-_ChannelText = Annotated[str, Field(min_length=1, max_length=MAX_CHANNEL_TEXT)]
-_OptionalText = Annotated[str | None, Field(max_length=MAX_CHANNEL_TEXT)]
+_ChannelText = Annotated[str, _bounded(MAX_CHANNEL_TEXT), BeforeValidator(_utf8_input), _text_rule(MAX_CHANNEL_TEXT)]
+"""Stripped, 1 to 256 characters, no control characters: these go into log lines and span attributes."""
 
 
 def _preview(value: Any) -> Any:
@@ -43,18 +54,22 @@ class ChannelSessionEvent(SeedModel):
     """A channel's session start, heartbeat or end (session-buddy's v2.0 channel event)."""
 
     event_version: str = "2.0"
-    event_id: Annotated[str, Field(min_length=1, max_length=128)]
+    event_id: Annotated[str, _bounded(128), BeforeValidator(_utf8_input), _text_rule(128)]
     event_type: ChannelEventType
     channel_type: _ChannelText
     """``slack``, ``signal``, ``terminal``, ``discord`` …"""
     channel_id: _ChannelText
     sender_id: _ChannelText
     session_scope: ChannelScope = "conversation"
-    thread_id: _OptionalText = None
-    component_name: Annotated[str, Field(min_length=1, max_length=64)] = "nanobot"
+    thread_id: _ChannelText | None = None
+    component_name: Annotated[
+        str,
+        Field(min_length=1, max_length=rules.MAX_COMPONENT_NAME, json_schema_extra={"pattern": COMPONENT_NAME_PATTERN}),
+        _rule(rules.check_component_name, "Invalid {field}: {rule}"),
+    ] = "nanobot"
     timestamp: Timestamp
-    workspace: _OptionalText = None
-    platform: _OptionalText = None
+    workspace: _ChannelText | None = None
+    platform: _ChannelText | None = None
     message_preview: Annotated[str | None, BeforeValidator(_preview)] = None
     message_count: Annotated[int, Field(ge=0, le=1_000_000)] = 1
     metadata: Annotated[Metadata, Field(default_factory=dict)]

@@ -126,7 +126,7 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     SIGNAL_STATE_MIGRATION,  # refused signals, a set-aside outbox (sb_otel/_tracking/export_state.py)
     (
         "0014_channel_sessions",  # a channel's key to its open session (sb_otel/_tracking/channel.py)
-        ("CREATE TABLE channel_sessions (channel_key TEXT PRIMARY KEY, session_id TEXT NOT NULL)",),
+        ("CREATE TABLE IF NOT EXISTS channel_sessions (channel_key TEXT PRIMARY KEY, session_id TEXT NOT NULL)",),
     ),
 )
 """Named schema migrations, applied in order, each in its own transaction. Append; never edit."""
