@@ -3,9 +3,10 @@
 The files come from session-buddy's sdist (``pip download --no-binary``: the sdist carries its tests), cached
 under this venv and never copied into the repository. ``session_buddy`` becomes ``sb_otel`` and nothing else
 changes; pytest runs them in a subprocess (in a directory of their own, with session-buddy's
-``asyncio_mode = auto``). The README's table states how many of each file pass, and its list names every test
-that fails, by pattern, with the reason: this test holds the README to what happens, both ways (a test that
-starts passing must leave the list).
+``asyncio_mode = auto``). The documentation's table (between the ``session-buddy-suite`` markers, in the README
+or a docs page) states how many of each file pass, and its list names every test that fails, by pattern, with
+the reason: this test holds the documentation to what happens, both ways (a test that starts passing must
+leave the list).
 """
 
 from __future__ import annotations
@@ -101,8 +102,11 @@ def outcomes(directory: Path, names: list[str]) -> dict[str, str]:
 
 def readme_statement() -> tuple[dict[str, int], list[str]]:
     """The README's pass counts per file and its patterns of deliberate differences."""
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index(START) : text.index(END)]
+    section = next(
+        text[text.index(START) : text.index(END)]
+        for path in (README, *sorted((REPO / "docs").glob("**/*.md")))
+        if START in (text := path.read_text(encoding="utf-8"))
+    )
     counts = {
         Path(path).name: int(passed)
         for path, passed in re.findall(r"^\| `(tests/[\w/]+\.py)` \| (\d+) of \d+", section, re.M)
