@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from sb_otel._service.reaper import ReapedSession, reap
     from sb_otel._telemetry.configure import Telemetry, configure
     from sb_otel._telemetry.instrumentation import InstrumentedSessionTracker, TracedLifecycleManager, instrument
+    from sb_otel._tracking.channel import ChannelSessionEvent, ChannelSessionResult
     from sb_otel._tracking.lifecycle import LifecycleManager, SessionLifecycleManager
     from sb_otel._tracking.models import (
         EnvironmentInfo,
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from sb_otel._tracking.tracker import SessionTracker
 
 __all__ = (
+    "ChannelSessionEvent",
+    "ChannelSessionResult",
     "ConfigError",
     "EnvironmentInfo",
     "ErrorResponse",
@@ -93,6 +96,7 @@ _HOMES = {
     "sb_otel._service.reaper": ("ReapedSession", "reap"),
     "sb_otel._telemetry.configure": ("Telemetry", "configure"),
     "sb_otel._telemetry.instrumentation": ("InstrumentedSessionTracker", "TracedLifecycleManager", "instrument"),
+    "sb_otel._tracking.channel": ("ChannelSessionEvent", "ChannelSessionResult"),
     "sb_otel._tracking.lifecycle": ("LifecycleManager", "SessionLifecycleManager"),
     "sb_otel._tracking.models": (
         "EnvironmentInfo",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sb_otel
 
 EXPECTED = (
+    "ChannelSessionEvent",
+    "ChannelSessionResult",
     "ConfigError",
     "EnvironmentInfo",
     "ErrorResponse",
@@ -107,6 +109,9 @@ def test_session_buddy_import_paths_work_with_sb_otel() -> None:
         sb_otel.ErrorResponse,
     )
     assert SessionMetrics is sb_otel.SessionMetrics
+    from sb_otel.mcp import ChannelSessionEvent, ChannelSessionResult
+
+    assert (ChannelSessionEvent, ChannelSessionResult) == (sb_otel.ChannelSessionEvent, sb_otel.ChannelSessionResult)
     assert SCHEMA_VERSION == "1.0"
     titles = [
         schema()["title"]

@@ -39,6 +39,7 @@ from pydantic import PlainValidator, WithJsonSchema
 
 from sb_otel._exceptions import ConfigError
 from sb_otel._service.auth import Secrets, token_problem
+from sb_otel._service.channel_tools import channel_tool
 from sb_otel._service.http_guard import MAX_HEAD, BodyGuard, BoundedH11Protocol, StreamGuard
 from sb_otel._service.reaper import reap_iter
 from sb_otel._settings import (
@@ -288,6 +289,7 @@ def build_server(service: SessionService, *, mcp_spans: bool | None = None) -> M
         _tool(track_session_start, START_REQUIRED),
         _tool(track_session_end, END_REQUIRED),
         Tool.from_function(health_check),
+        channel_tool(service),  # session-buddy's track_channel_session (sb_otel/_service/channel_tools.py)
     ]
     server: MCPServer[Any] = MCPServer(
         SERVER_NAME,

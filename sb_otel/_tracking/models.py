@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache, partial
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 from pydantic import (
     AfterValidator,
@@ -217,7 +217,7 @@ ShellType = Annotated[str, _bounded(MAX_SHELL_TYPE), BeforeValidator(_utf8_input
 Hostname = Annotated[str, _bounded(MAX_HOSTNAME), BeforeValidator(_utf8_input), _text_rule(MAX_HOSTNAME)]
 
 _STRICT = ConfigDict(extra="forbid", str_strip_whitespace=False)
-_Model = TypeVar("_Model", bound="SeedModel")
+_Model = TypeVar("_Model", bound="JsonSchemaMixin")
 
 
 def _exactly(expected: str, message: str) -> Callable[[Any], Any]:
@@ -240,13 +240,15 @@ def _one_of(allowed: tuple[str, ...]) -> Callable[[Any], Any]:
     return check
 
 
-class SeedModel(BaseModel):
-    """The JSON-schema helpers session-buddy's models offer (its ``JsonSchemaMixin``), on every model here."""
+class JsonSchemaMixin:
+    """session-buddy's schema helpers for a pydantic model: ``class MyEvent(BaseModel, JsonSchemaMixin)``.
+
+    A mixin (not a base model) because session-buddy's users mix it into models of their own."""
 
     @classmethod
     def json_schema(cls) -> dict[str, Any]:
         """The model's JSON Schema (draft 2020-12), tagged with ``$schema`` and the ``event_version`` it describes."""
-        schema = cls.model_json_schema()
+        schema = cast("type[BaseModel]", cls).model_json_schema()
         schema["$schema"] = JSON_SCHEMA_DRAFT
         schema["event_version"] = SCHEMA_EVENT_VERSION
         return schema
@@ -257,9 +259,10 @@ class SeedModel(BaseModel):
 
         Raises :class:`pydantic.ValidationError`, also for text that is not JSON at all.
         """
+        model = cast("type[BaseModel]", cls)
         if isinstance(json_data, (str, bytes, bytearray)):
-            return cls.model_validate_json(json_data)
-        return cls.model_validate(json_data)
+            return cast("_Model", model.model_validate_json(json_data))
+        return cast("_Model", model.model_validate(json_data))
 
     @classmethod
     def validate_json_safe(
@@ -270,6 +273,10 @@ class SeedModel(BaseModel):
             return cls.validate_json(json_data), None
         except ValidationError as exc:
             return None, exc
+
+
+class SeedModel(BaseModel, JsonSchemaMixin):
+    """The base of every model here: pydantic plus session-buddy's schema helpers."""
 
 
 class UserInfo(SeedModel):

@@ -124,6 +124,10 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     SIGNAL_STATE_MIGRATION,  # refused signals, a set-aside outbox (sb_otel/_tracking/export_state.py)
+    (
+        "0014_channel_sessions",  # a channel's key to its open session (sb_otel/_tracking/channel.py)
+        ("CREATE TABLE IF NOT EXISTS channel_sessions (channel_key TEXT PRIMARY KEY, session_id TEXT NOT NULL)",),
+    ),
 )
 """Named schema migrations, applied in order, each in its own transaction. Append; never edit."""
 
@@ -443,6 +447,43 @@ class SqliteSessionStore:
         if existing is None:
             raise StoreError(f"session {session_id} could neither be stored nor found")
         return existing, False
+
+    # -- ChannelSessions ----------------------------------------------------------------------------------
+
+    def start_channel_session(self, key: str, new: NewSession, session_id: str) -> tuple[SessionRecord, bool]:
+        with self._write() as db:
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM sessions WHERE status = 'open' AND session_id = "
+                "(SELECT session_id FROM channel_sessions WHERE channel_key = ?)",
+                (key,),
+            ).fetchone()
+            if row is not None:
+                return _record(row), False
+            known = db.execute(f"SELECT {_COLUMNS} FROM sessions WHERE event_id = ?", (new.event_id,)).fetchone()
+            if known is not None:  # a retried start event: its session, whatever became of it
+                return _record(known), False
+            db.execute(_INSERT, (session_id, *_insert_values(new))).fetchall()
+            db.execute(
+                "INSERT INTO channel_sessions (channel_key, session_id) VALUES (?, ?) "
+                "ON CONFLICT (channel_key) DO UPDATE SET session_id = excluded.session_id",
+                (key, session_id),
+            )
+        return _new_record(new, session_id), True
+
+    def channel_session(self, key: str) -> SessionRecord | None:
+        with self._lock, _translated(self.path):
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM sessions WHERE status = 'open' AND session_id = "
+                "(SELECT session_id FROM channel_sessions WHERE channel_key = ?)",
+                (key,),
+            ).fetchone()
+        return None if row is None else _record(row)
+
+    def unbind_channel(self, key: str, session_id: str) -> None:
+        with self._lock, _translated(self.path):
+            self._db.execute(
+                "DELETE FROM channel_sessions WHERE channel_key = ? AND session_id = ?", (key, session_id)
+            ).fetchall()
 
     # -- SessionClaims ------------------------------------------------------------------------------------
 

@@ -321,6 +321,8 @@ class InMemorySessionStore(InMemoryExportState, InMemoryRowTelemetry, InMemoryDe
         self._end_claims: dict[str, tuple[str, datetime]] = {}
         self._last_seen: dict[str, datetime] = {}
         self._counts = InMemoryCounts()
+        self._channel_lock = threading.Lock()  # held across lookup and create, which takes ``_lock`` itself
+        self._channels: dict[str, str] = {}
 
     def claim_start(self, event_id: str, claimant: str, now: datetime, expires_before: datetime) -> bool:
         with self._lock:
@@ -342,6 +344,26 @@ class InMemorySessionStore(InMemoryExportState, InMemoryRowTelemetry, InMemoryDe
         with self._lock:
             if self._end_claims.get(session_id, ("", None))[0] == claimant:
                 del self._end_claims[session_id]
+
+    def start_channel_session(self, key: str, new: NewSession, session_id: str) -> tuple[SessionRecord, bool]:
+        with self._channel_lock:
+            bound = self._sessions.get(self._channels.get(key, ""))
+            if bound is not None and bound.is_open:
+                return bound, False
+            record, created = self.create(new, session_id=session_id)
+            if created:
+                self._channels[key] = session_id
+            return record, created
+
+    def channel_session(self, key: str) -> SessionRecord | None:
+        with self._channel_lock:
+            bound = self._sessions.get(self._channels.get(key, ""))
+        return bound if bound is not None and bound.is_open else None
+
+    def unbind_channel(self, key: str, session_id: str) -> None:
+        with self._channel_lock:
+            if self._channels.get(key) == session_id:
+                del self._channels[key]
 
     def create(self, new: NewSession, *, session_id: str | None = None) -> tuple[SessionRecord, bool]:
         with self._lock:

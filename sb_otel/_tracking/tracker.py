@@ -35,6 +35,7 @@ from pydantic import BaseModel, ValidationError
 
 from sb_otel._exceptions import ConfigError
 from sb_otel._settings import SB_OTEL_LIFECYCLE_TIMEOUT, parse_duration
+from sb_otel._tracking.channel import ChannelSessionEvent, ChannelSessionResult, channel_event, track_channel_event
 from sb_otel._tracking.lifecycle import LifecycleManager
 from sb_otel._tracking.log_lines import EVENT_LINE_MARKER as EVENT_LINE_MARKER
 from sb_otel._tracking.log_lines import SESSION_ENDED_LINE as SESSION_ENDED_LINE
@@ -292,6 +293,41 @@ class SessionTracker:
         component, shell_type, pid = _start_identity(event)
         self.logger.error(start_failed_line(component, shell_type, pid, context or error))
         return SessionStartResult(session_id=None, status="error", error=error)
+
+    # -- channel sessions ---------------------------------------------------------------------------------
+
+    async def track_channel_session(
+        self, event: ChannelSessionEvent | Mapping[str, Any], telemetry: Mapping[str, Any] | None = None
+    ) -> ChannelSessionResult:
+        """A channel session's start, heartbeat or end (:mod:`sb_otel._tracking.channel`). Never raises: an
+        invalid event or store trouble is an ``error`` result, as for the seed's two calls. ``telemetry`` is
+        stored with a session the event starts (the telemetry layer's span plan)."""
+        event_id = _raw_field(event, "event_id")
+        try:
+            channel = channel_event(event)
+        except ValidationError as exc:
+            error = f"invalid channel session event: {_describe(exc)}"
+            _quietly(self.logger.error, "channel_session failed: %s", error)
+            return ChannelSessionResult(event_id=event_id, status="error", error=error)
+        except Exception as exc:  # a mapping whose lookups raise
+            return ChannelSessionResult(event_id=event_id, status="error", error=_exception_text(exc))
+        try:
+            result = track_channel_event(self.store, channel, self._clock(), telemetry)
+        except Exception as exc:
+            _quietly(self.logger.exception, "channel_session tracking failed")
+            error = f"Channel session tracking failed: {_exception_text(exc)}"
+            return ChannelSessionResult(event_id=channel.event_id, status="error", error=error)
+        _quietly(
+            self.logger.info,
+            "channel_session event=%s channel=%s/%s sender=%s session=%s status=%s",
+            channel.event_type,
+            channel.channel_type,
+            channel.channel_id,
+            channel.sender_id,
+            result.session_id,
+            result.status,
+        )
+        return result
 
     # -- end ----------------------------------------------------------------------------------------------
 

@@ -1,10 +1,12 @@
 """``from sb_otel.mcp.event_models import ...``: session-buddy's path to the event and result models."""
 
+from sb_otel._tracking.channel import ChannelSessionEvent, ChannelSessionResult
 from sb_otel._tracking.models import (
     JSON_SCHEMA_DRAFT,
     SCHEMA_EVENT_VERSION,
     EnvironmentInfo,
     ErrorResponse,
+    JsonSchemaMixin,
     SessionEndEvent,
     SessionEndResult,
     SessionStartEvent,
@@ -22,8 +24,11 @@ SCHEMA_VERSION = SCHEMA_EVENT_VERSION
 __all__ = [
     "JSON_SCHEMA_DRAFT",
     "SCHEMA_VERSION",
+    "ChannelSessionEvent",
+    "ChannelSessionResult",
     "EnvironmentInfo",
     "ErrorResponse",
+    "JsonSchemaMixin",
     "SessionEndEvent",
     "SessionEndResult",
     "SessionStartEvent",

@@ -1,0 +1,1 @@
+"""``sb_otel.mcp.tools``: session-buddy's tool modules that sb-otel provides (session tracking only)."""
