@@ -62,7 +62,7 @@ from sb_otel._telemetry.session_span import (
 from sb_otel._telemetry.store_metrics import store_counted
 from sb_otel._tracking.export_state import TelemetryStore
 from sb_otel._tracking.foreign import ForeignTracker, as_event
-from sb_otel._tracking.log_lines import ended_line, started_line
+from sb_otel._tracking.log_lines import CONTEXT_ATTRIBUTE, ended_line, started_line
 from sb_otel._tracking.models import SessionEndEvent, SessionEndResult, SessionStartEvent, SessionStartResult
 from sb_otel._tracking.outcome import Outcome, end_outcome
 from sb_otel._tracking.row_telemetry import END_CALL_KEY, FROM_ROW_KEY, START_CALL_KEY, built_from_row
@@ -802,6 +802,9 @@ def _scrubbed_record(record: logging.LogRecord) -> logging.LogRecord:
         return record
     record = copy.copy(record)
     record.msg, record.args = redaction.scrub(record.getMessage()), None
+    context = record.__dict__.get(CONTEXT_ATTRIBUTE)
+    if isinstance(context, str):  # sb-otel's words beside session-buddy's line: the same text, so the same scrub
+        record.__dict__[CONTEXT_ATTRIBUTE] = redaction.scrub(context)
     if record.exc_info and record.exc_info[1] is not None:
         kind, exc, tb = record.exc_info
         record.__dict__["exception.type"] = getattr(kind, "__name__", str(kind))
