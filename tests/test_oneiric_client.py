@@ -65,13 +65,18 @@ async def emit_like_oneiric(session: ClientSession) -> dict[str, Any]:
 
 
 def assert_oneiric_shapes(calls: dict[str, Any]) -> None:
-    """No tool errors; each answer is a list of text items holding the result dict as JSON (what a client that
-    reads ``content[0].text`` gets) and the same dict as structured content."""
+    """No tool errors; each tracking answer is a list of text items holding the result dict as JSON (what a
+    client that reads ``content[0].text`` gets) and the same dict as structured content; ``health_check``'s text
+    is session-buddy's report, also its structured ``result``."""
     for name, result in calls.items():
         assert not result.is_error, (name, result.content)
         assert result.content[0].type == "text"
-        assert json.loads(result.content[0].text) == result.structured_content
-    assert calls["health"].structured_content["server_status"] == "active"
+    for name in ("started", "ended"):
+        assert json.loads(calls[name].content[0].text) == calls[name].structured_content
+    health = calls["health"]
+    assert health.content[0].text == health.structured_content["result"]
+    assert health.structured_content["result"].startswith("🏥 MCP Server Health Check\n")
+    assert health.structured_content["server_status"] == "active"
     started, ended = calls["started"].structured_content, calls["ended"].structured_content
     assert started["status"] == "tracked", started
     assert ended == {"session_id": started["session_id"], "status": "ended", "error": None}

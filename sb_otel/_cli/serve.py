@@ -69,7 +69,7 @@ from sb_otel._version import __version__
     type=click.IntRange(0, 65535),
     default=None,
     help="Also serve the store's session metrics for Prometheus to scrape, on --host at this port "
-    "(session-buddy's was 9090; 0: any). Needs the prometheus extra.",
+    "(session-buddy's was 9090; 0: any) and at /metrics on the MCP port. Needs the prometheus extra.",
 )
 @_store_option
 def serve(
@@ -131,13 +131,18 @@ def serve(
         telemetry = configure(store=store)  # global: the mcp SDK's request spans go to the same pipeline
 
         endpoint = None
+        scrape = None  # /metrics on the MCP port too, where session-buddy served it: one reader per worker
         if metrics_socket is not None and index == 0:  # one process binds the port; the numbers are the store's
             from sb_otel._service.metrics_endpoint import MetricsEndpoint
 
             endpoint = MetricsEndpoint(store, metrics_socket, _scrape_resource(telemetry), host=host)
             endpoint.start()
+            scrape = endpoint.scrape
         elif metrics_socket is not None:
+            from sb_otel._service.metrics_endpoint import StoreScrape
+
             metrics_socket.close()  # the other workers' inherited copy
+            scrape = StoreScrape(store, _scrape_resource(telemetry), host=host)
 
         def ready(where: str) -> None:
             if index == 0:
@@ -166,6 +171,7 @@ def serve(
                     allow_unauthenticated=allow,
                     listener=listener,
                     reaper=exporter is None and index == 0,  # no exporter (telemetry off): a worker thread reaps
+                    metrics_app=scrape.app if scrape is not None else None,
                 )
             )
         except KeyboardInterrupt:
@@ -173,6 +179,8 @@ def serve(
         finally:
             if endpoint is not None:
                 endpoint.stop()
+            elif scrape is not None:
+                scrape.shutdown()
             telemetry.shutdown()
             store.close()
         return 0

@@ -30,6 +30,7 @@ from opentelemetry.sdk.metrics.export import MetricsData
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, make_asgi_app
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp
 
 from sb_otel._service.http_guard import MAX_HEAD, BoundedH11Protocol
 from sb_otel._service.server import list_setting, transport_security
@@ -62,6 +63,40 @@ class StoreScrapeReader(PrometheusMetricReader):
         super()._receive_metrics(metrics_data, timeout_millis, **kwargs)
 
 
+class StoreScrape:
+    """``store``'s session series as a Prometheus scrape ASGI app, read from the store at each scrape.
+
+    Served on its own port by :class:`MetricsEndpoint` and, with metrics on, at ``/metrics`` on the MCP port
+    (:mod:`sb_otel._service.probes`), where session-buddy served them: one scrape reader per process, the same
+    numbers everywhere (the store's)."""
+
+    def __init__(
+        self,
+        store: Any,
+        resource: Resource | None = None,
+        *,
+        host: str,
+        allowed_hosts: Sequence[str] | None = None,
+    ) -> None:
+        """``host`` is the address serve was told to listen on; ``allowed_hosts`` defaults to
+        ``SB_OTEL_ALLOWED_HOSTS``, as for the MCP endpoint."""
+        self.registry = CollectorRegistry()
+        self.reader = StoreScrapeReader(self.registry)
+        self.metrics = StoreSessionMetrics(store, None, resource, reader=self.reader)
+        self.reader.store_metrics = self.metrics
+        if allowed_hosts is None:
+            allowed_hosts = list_setting(SB_OTEL_ALLOWED_HOSTS.read())
+        # The MCP endpoint's DNS-rebinding rule (loopback names, the listening address, SB_OTEL_ALLOWED_HOSTS),
+        # so a web page cannot read the session series through a name it points at this host.
+        self.app: ASGIApp = TrustedHostMiddleware(
+            make_asgi_app(self.registry), allowed_hosts=trusted_hosts(host, allowed_hosts)
+        )
+
+    def shutdown(self) -> None:
+        """Unregister the reader from the registry (the provider shuts it down)."""
+        self.metrics.shutdown()
+
+
 class MetricsEndpoint:
     """Serves ``store``'s session series for Prometheus on an already listening socket, from a thread
     (``SB_OTEL_SESSION_BUDDY_METRICS`` decides whether session-buddy's names are among them)."""
@@ -78,19 +113,13 @@ class MetricsEndpoint:
         """``host`` is the address serve was told to listen on (default: the socket's); ``allowed_hosts``
         defaults to ``SB_OTEL_ALLOWED_HOSTS``, as for the MCP endpoint."""
         self.socket = sock
-        self.registry = CollectorRegistry()
-        self.reader = StoreScrapeReader(self.registry)
-        self.metrics = StoreSessionMetrics(store, None, resource, reader=self.reader)
-        self.reader.store_metrics = self.metrics
         bound, port = sock.getsockname()[:2]
-        host = bound if host is None else host
-        if allowed_hosts is None:
-            allowed_hosts = list_setting(SB_OTEL_ALLOWED_HOSTS.read())
+        self.scrape = StoreScrape(store, resource, host=bound if host is None else host, allowed_hosts=allowed_hosts)
+        self.registry = self.scrape.registry
+        self.metrics = self.scrape.metrics
         self.url = f"http://{f'[{bound}]' if ':' in bound else bound}:{port}/metrics"
         config = uvicorn.Config(
-            # The MCP endpoint's DNS-rebinding rule (loopback names, the listening address, SB_OTEL_ALLOWED_HOSTS),
-            # so a web page cannot read the session series through a name it points at this host.
-            TrustedHostMiddleware(make_asgi_app(self.registry), allowed_hosts=trusted_hosts(host, allowed_hosts)),
+            self.scrape.app,
             log_level="warning",
             access_log=False,
             lifespan="off",  # prometheus_client's app answers HTTP only
@@ -118,7 +147,7 @@ class MetricsEndpoint:
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout_s)
-        self.metrics.shutdown()  # the provider shuts its reader down: unregistered from the registry
+        self.scrape.shutdown()
         self.socket.close()
 
 

@@ -35,11 +35,15 @@ import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.types import CallToolResult
 from pydantic import PlainValidator, WithJsonSchema
+from starlette.types import ASGIApp
 
 from sb_otel._exceptions import ConfigError
 from sb_otel._service.auth import Secrets, token_problem
+from sb_otel._service.health import HealthCheckOutput, health_result
 from sb_otel._service.http_guard import MAX_HEAD, BodyGuard, BoundedH11Protocol, StreamGuard
+from sb_otel._service.probes import Probes
 from sb_otel._service.reaper import reap_iter
 from sb_otel._settings import (
     SB_OTEL_ALLOW_UNAUTHENTICATED,
@@ -183,7 +187,8 @@ class SessionService:
             return SessionEndResult(session_id=session_id[:128], status="error", error=error).model_dump(mode="json")
 
     def health_check(self) -> dict[str, Any]:
-        """session-buddy's ``health_check`` facts, plus sb-otel's version and ``ok``/``degraded`` per check.
+        """session-buddy's ``health_check`` facts, plus sb-otel's version and ``ok``/``degraded`` per check (the
+        tool words them as session-buddy's report: :mod:`sb_otel._service.health`).
 
         Needs no token, so it says nothing a stranger could use: no destination (an endpoint may hold
         ``user:password@``, a file path the user's home), no path, no error text, no client data. Where telemetry
@@ -280,9 +285,10 @@ def build_server(service: SessionService, *, mcp_spans: bool | None = None) -> M
         arguments = {name: value for name, value in given.items() if value is not None}
         return await service.track_session_end(arguments, token)
 
-    async def health_check() -> dict[str, Any]:
-        """Server health: version and ok/degraded per check (no destination, path or secret). Needs no token."""
-        return await anyio.to_thread.run_sync(service.health_check)
+    async def health_check() -> Annotated[CallToolResult, HealthCheckOutput]:
+        """Simple health check: session-buddy's report as ``result``, sb-otel's version and ok/degraded per check
+        beside it (no destination, path or secret). Needs no token."""
+        return health_result(await anyio.to_thread.run_sync(service.health_check))
 
     tools = [
         _tool(track_session_start, START_REQUIRED),
@@ -374,8 +380,11 @@ def http_server(
     limits: HttpLimits | None = None,
     allowed_hosts: Sequence[str] = (),
     allowed_origins: Sequence[str] = (),
+    metrics_app: ASGIApp | None = None,
 ) -> HttpServer:
-    """A uvicorn server for ``server``'s streamable-HTTP app, with bounded connections, heads and bodies.
+    """A uvicorn server for ``server``'s streamable-HTTP app, with bounded connections, heads and bodies, and
+    session-buddy's probe paths (``/health``, ``/healthz``, ``/metrics`` from ``metrics_app`` when given; see
+    :mod:`sb_otel._service.probes`).
 
     ``stateless`` (the default) answers each POST with one JSON body and keeps no per-client MCP session: the
     two tools need neither server-initiated messages nor streaming, and a session per client costs a stream
@@ -398,8 +407,13 @@ def http_server(
     )
     config = uvicorn.Config(
         BodyGuard(
-            StreamGuard(
-                app, stateless=stateless, max_streams=max(1, bounds.max_connections // 2), lifetime=bounds.timeout
+            Probes(
+                StreamGuard(
+                    app, stateless=stateless, max_streams=max(1, bounds.max_connections // 2), lifetime=bounds.timeout
+                ),
+                service=SERVER_NAME,
+                metrics=metrics_app,
+                mcp_path=path,
             ),
             max_body=bounds.max_body,
             timeout=bounds.timeout,
@@ -479,12 +493,14 @@ async def serve(
     allow_unauthenticated: bool | None = None,
     listener: socket.socket | None = None,
     reaper: bool = True,
+    metrics_app: ASGIApp | None = None,
 ) -> None:
     """Serve ``tracker`` over MCP until the transport closes (stdin ends) or the process is interrupted.
 
     ``listener``: an already listening socket to accept on (``sb-otel serve --workers``: each worker process
     accepts on the one socket their supervisor bound); ``reaper=False`` leaves reaping to another worker, or to
     the store's exporter (``sb-otel serve`` reaps through its exporter thread, as the lease holder).
+    ``metrics_app``: the store's scrape app, answered at ``/metrics`` on the HTTP port (metrics on).
 
     With ``reaper``, abandoned sessions are reaped at start-up (those a crashed server left open) and then every
     ``reap_interval`` (default ``SB_OTEL_REAP_INTERVAL``, else 5 minutes), in a worker thread: a pass over many
@@ -519,6 +535,7 @@ async def serve(
                     limits=limits or http_limits_setting(),
                     allowed_hosts=list_setting(SB_OTEL_ALLOWED_HOSTS.read()),
                     allowed_origins=list_setting(SB_OTEL_ALLOWED_ORIGINS.read()),
+                    metrics_app=metrics_app,
                 )
                 sock = listener if listener is not None else listening_socket(host, port)
                 url = f"http://{host}:{sock.getsockname()[1]}{path}"
