@@ -320,3 +320,44 @@ def test_a_new_instrumentor_instance_uninstruments_the_real_class_and_instrument
     assert out["status"] == "tracked"
     assert out["calls"] == 1
     assert sorted(span["name"] for span in out["spans"]) == ["initialize_session", "session.start mahavishnu"]
+
+
+SLOW_MANAGER = textwrap.dedent(
+    """
+    import time
+    import sb_otel
+    from session_buddy.core import SessionLifecycleManager
+    from session_buddy.mcp import SessionStartEvent, SessionTracker
+
+    class Slow(SessionLifecycleManager):  # session-buddy's own manager, held up before it starts its work
+        async def initialize_session(self, working_directory=None):
+            await asyncio.sleep(60)
+            return await super().initialize_session(working_directory=working_directory)
+
+    async def main():
+        tracker = sb_otel.instrument(SessionTracker(Slow()), store="memory")
+        began = time.monotonic()
+        start = await tracker.handle_session_start(SessionStartEvent(event_id=str(uuid.uuid4()), **START))
+        print(json.dumps({"start": start.model_dump(), "seconds": time.monotonic() - began}))
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_the_lifecycle_timeout_bounds_session_buddys_own_manager(
+    session_buddy_python: Path, sandbox: dict[str, str]
+) -> None:
+    """session-buddy's tracker with its own ``SessionLifecycleManager``, instrumented: a manager call past
+    ``SB_OTEL_LIFECYCLE_TIMEOUT`` is cut off, and session-buddy answers ``error`` with the timeout's text
+    (before, a 10.3 s start was tracked)."""
+    env = {**sandbox, "SB_OTEL_LIFECYCLE_TIMEOUT": "2s", "OTEL_SDK_DISABLED": "true"}
+    done = run(session_buddy_python, script(SLOW_MANAGER), env, sandbox["PROJECT_DIR"])
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["start"] == {
+        "session_id": None,
+        "status": "error",
+        "error": "lifecycle manager's initialize_session did not answer within 2 s (SB_OTEL_LIFECYCLE_TIMEOUT)",
+    }
+    assert out["seconds"] < 30  # cut off at the bound, not after the manager's 60 s
+    assert "Session start failed: lifecycle manager's initialize_session did not answer" in done.stderr

@@ -164,9 +164,11 @@ class InstrumentedSessionTracker:
         return self._seam.store
 
     def uninstrument(self) -> None:
-        """Give the wrapped tracker back its own lifecycle manager and logger."""
+        """Give the wrapped tracker back its own lifecycle manager (unbounded) and logger."""
         if self._manager is not None:
             self.wrapped.session_manager = self._manager
+        if isinstance(self._seam, ForeignTracker):
+            self._seam.release()
         if self._log_handler is not None:
             self.wrapped.logger.removeHandler(self._log_handler)
             self.wrapped.logger.setLevel(self._logger_level or logging.NOTSET)

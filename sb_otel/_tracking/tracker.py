@@ -34,9 +34,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from sb_otel._exceptions import ConfigError
-from sb_otel._settings import SB_OTEL_LIFECYCLE_TIMEOUT, parse_duration
 from sb_otel._tracking.lifecycle import LifecycleManager
+from sb_otel._tracking.lifecycle_timeout import DEFAULT_LIFECYCLE_TIMEOUT as DEFAULT_LIFECYCLE_TIMEOUT
+from sb_otel._tracking.lifecycle_timeout import lifecycle_timeout_setting, timeout_error
 from sb_otel._tracking.log_lines import CONTEXT_ATTRIBUTE
 from sb_otel._tracking.log_lines import EVENT_LINE_MARKER as EVENT_LINE_MARKER
 from sb_otel._tracking.log_lines import SESSION_ENDED_LINE as SESSION_ENDED_LINE
@@ -66,9 +66,6 @@ from sb_otel._tracking.store_factory import open_store
 _Event = TypeVar("_Event", bound=BaseModel)
 _MAX_LOC_PART = 64
 _MAX_REPORTED_ERRORS = 5
-
-DEFAULT_LIFECYCLE_TIMEOUT = 5.0
-"""Seconds a lifecycle manager call may take when ``SB_OTEL_LIFECYCLE_TIMEOUT`` is unset (or invalid)."""
 CLAIM_MARGIN = 10.0
 """Seconds a start or end claim outlives the lifecycle timeout before another process may take it over."""
 _POLL_FIRST, _POLL_MAX = 0.01, 0.2
@@ -126,14 +123,7 @@ class SessionTracker:
         self._claimant = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
     def _configured_timeout(self) -> float:
-        text = SB_OTEL_LIFECYCLE_TIMEOUT.read()
-        if text is None:
-            return DEFAULT_LIFECYCLE_TIMEOUT
-        try:
-            return parse_duration(text, name="SB_OTEL_LIFECYCLE_TIMEOUT").total_seconds()
-        except ConfigError as exc:  # a typo must not stop tracking: warn and use the default
-            self.logger.warning("%s; using %g s", exc, DEFAULT_LIFECYCLE_TIMEOUT)
-            return DEFAULT_LIFECYCLE_TIMEOUT
+        return lifecycle_timeout_setting(self.logger)  # a typo must not stop tracking: warned, default used
 
     @property
     def store(self) -> SessionStore:
@@ -442,10 +432,7 @@ class SessionTracker:
                 call: Awaitable[Any] = getattr(self.session_manager, operation)(working_directory=working_directory)
                 answer = await asyncio.wait_for(call, timeout=self.lifecycle_timeout)
         except asyncio.TimeoutError:
-            error = (
-                f"lifecycle manager's {operation} did not answer within {self.lifecycle_timeout:g} s "
-                "(SB_OTEL_LIFECYCLE_TIMEOUT)"
-            )
+            error = timeout_error(operation, self.lifecycle_timeout)
             raise _LifecycleFailure(error, error) from None
         if not isinstance(answer, Mapping):
             error = f"lifecycle manager's {operation} returned {type(answer).__name__}, expected a dict with 'success'"
