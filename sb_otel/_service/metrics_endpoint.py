@@ -21,14 +21,16 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import uvicorn
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics.export import MetricsData
 from opentelemetry.sdk.resources import Resource
-from prometheus_client import CollectorRegistry, make_asgi_app
+from prometheus_client import CollectorRegistry, generate_latest, make_asgi_app
+from prometheus_client.metrics_core import Metric as PrometheusMetric
+from prometheus_client.samples import Sample
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp
 
@@ -47,7 +49,10 @@ _log = logging.getLogger("sb_otel.server")
 
 class StoreScrapeReader(PrometheusMetricReader):
     """The SDK's Prometheus reader on the store's observable instruments; what it collects at a scrape is
-    completed from the same store snapshot (the histograms, the store's start time) before translation."""
+    completed from the same store snapshot (the histograms, the store's start time) before translation.
+
+    Each counter and histogram also gets its ``_created`` series, as ``prometheus_client`` gives session-buddy's
+    (``session_start_created{…}``): the time the store began counting, the start of every cumulative point."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         super().__init__(
@@ -56,11 +61,45 @@ class StoreScrapeReader(PrometheusMetricReader):
             registry=registry,
         )
         self.store_metrics: StoreSessionMetrics | None = None
+        self.created_s: float | None = None
+        translated = self._collector.collect  # the registry keeps the collector; its families get _created added
+        self._collector.collect = lambda: with_created(translated(), lambda: self.created_s)  # type: ignore[method-assign]
 
     def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
         if self.store_metrics is not None:
             metrics_data = self.store_metrics.completed(metrics_data)
+            self.created_s = _start_s(metrics_data)
         super()._receive_metrics(metrics_data, timeout_millis, **kwargs)
+
+
+def with_created(
+    families: Iterable[PrometheusMetric], created: Callable[[], float | None]
+) -> Iterator[PrometheusMetric]:
+    """``families`` with a ``<name>_created`` sample per label set of each counter and histogram (not per
+    bucket), valued ``created()``, as ``prometheus_client`` writes them; unchanged while that is unknown.
+    (``created`` is read per family: the translation collects, and so learns the start, on its first step.)"""
+    for family in families:
+        created_s = created()
+        if created_s is not None and family.type in ("counter", "histogram"):
+            seen: list[dict[str, str]] = []
+            for sample in list(family.samples):
+                labels = {key: value for key, value in sample.labels.items() if key != "le"}
+                if labels not in seen:
+                    seen.append(labels)
+                    family.samples.append(Sample(f"{family.name}_created", labels, created_s))
+        yield family
+
+
+def _start_s(data: MetricsData) -> float | None:
+    """The start of the first cumulative point (the store's counting start), in Unix seconds."""
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in getattr(metric.data, "data_points", ()):
+                    start = getattr(point, "start_time_unix_nano", None)
+                    if start:
+                        return float(start / 1e9)
+    return None
 
 
 class StoreScrape:
@@ -91,6 +130,10 @@ class StoreScrape:
         self.app: ASGIApp = TrustedHostMiddleware(
             make_asgi_app(self.registry), allowed_hosts=trusted_hosts(host, allowed_hosts)
         )
+
+    def text(self) -> str:
+        """The scrape as the Prometheus text format (what ``get_prometheus_metrics`` answers)."""
+        return generate_latest(self.registry).decode("utf-8")
 
     def shutdown(self) -> None:
         """Unregister the reader from the registry (the provider shuts it down)."""

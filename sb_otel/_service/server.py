@@ -43,6 +43,13 @@ from sb_otel._exceptions import ConfigError
 from sb_otel._service.auth import Secrets, token_problem
 from sb_otel._service.health import HealthCheckOutput, health_result
 from sb_otel._service.http_guard import MAX_HEAD, BodyGuard, BoundedH11Protocol, StreamGuard
+from sb_otel._service.metrics_tools import (
+    EMPTY_SUMMARY,
+    NO_PROMETHEUS,
+    PrometheusText,
+    metrics_summary,
+    session_metrics_listing,
+)
 from sb_otel._service.probes import Probes
 from sb_otel._service.reaper import reap_iter
 from sb_otel._settings import (
@@ -128,6 +135,8 @@ class SessionService:
             With neither secret, calls need no token.
         telemetry: where telemetry goes (``Telemetry.destination``); kept for the local user, never answered to
             a client.
+        prometheus_text: renders the store's series for ``get_prometheus_metrics`` (``None``: the ``prometheus``
+            extra is missing, and the tool says how to add it).
     """
 
     def __init__(
@@ -138,8 +147,10 @@ class SessionService:
         session_buddy_secret: str | None = None,
         token_max_age: timedelta | None = None,
         telemetry: str = "not configured by sb-otel (the application's providers, if any)",
+        prometheus_text: PrometheusText | None = None,
     ) -> None:
         self.tracker = tracker
+        self.prometheus_text = prometheus_text
         self.secrets = Secrets(
             sb_otel=(secret if secret is not None else SB_OTEL_SECRET.read()) or None,
             session_buddy=(session_buddy_secret if session_buddy_secret is not None else SESSION_BUDDY_SECRET.read())
@@ -218,6 +229,25 @@ class SessionService:
             "errors": errors,
         }
 
+    def prometheus_metrics(self) -> str:
+        """``get_prometheus_metrics``: the store's series in the Prometheus text format (session-buddy's and, with
+        ``SB_OTEL_SESSION_BUDDY_METRICS``, its names), or a line saying what is missing."""
+        if self.prometheus_text is None:
+            return NO_PROMETHEUS
+        try:
+            return self.prometheus_text()
+        except Exception:
+            _log.exception("Failed to export Prometheus metrics")
+            return "# Error exporting metrics: see server logs"
+
+    def metrics_summary(self) -> dict[str, Any]:
+        """``get_metrics_summary``: session-buddy's summary, from the store's counts."""
+        try:
+            return metrics_summary(self.tracker.store.session_counts())
+        except Exception as exc:
+            _log.exception("Failed to get metrics summary")
+            return {"error": f"session store: {type(exc).__name__}", **EMPTY_SUMMARY}
+
 
 def with_trace_context(metadata: Any, meta: Mapping[str, Any] | None) -> Any:
     """The start metadata, with the request's ``_meta`` trace context added when the metadata has none.
@@ -290,10 +320,25 @@ def build_server(service: SessionService, *, mcp_spans: bool | None = None) -> M
         beside it (no destination, path or secret). Needs no token."""
         return health_result(await anyio.to_thread.run_sync(service.health_check))
 
+    async def get_prometheus_metrics() -> str:
+        """Export the store's session metrics in Prometheus text format. Needs no token."""
+        return await anyio.to_thread.run_sync(service.prometheus_metrics)
+
+    async def list_session_metrics() -> dict[str, Any]:
+        """List the session metrics served, with their types, descriptions and labels. Needs no token."""
+        return session_metrics_listing()
+
+    async def get_metrics_summary() -> dict[str, Any]:
+        """Summary of the store's session metrics: starts, ends, active sessions per component. Needs no token."""
+        return await anyio.to_thread.run_sync(service.metrics_summary)
+
     tools = [
         _tool(track_session_start, START_REQUIRED),
         _tool(track_session_end, END_REQUIRED),
         Tool.from_function(health_check),
+        Tool.from_function(get_prometheus_metrics),
+        Tool.from_function(list_session_metrics),
+        Tool.from_function(get_metrics_summary),
     ]
     server: MCPServer[Any] = MCPServer(
         SERVER_NAME,
@@ -494,13 +539,15 @@ async def serve(
     listener: socket.socket | None = None,
     reaper: bool = True,
     metrics_app: ASGIApp | None = None,
+    prometheus_text: PrometheusText | None = None,
 ) -> None:
     """Serve ``tracker`` over MCP until the transport closes (stdin ends) or the process is interrupted.
 
     ``listener``: an already listening socket to accept on (``sb-otel serve --workers``: each worker process
     accepts on the one socket their supervisor bound); ``reaper=False`` leaves reaping to another worker, or to
     the store's exporter (``sb-otel serve`` reaps through its exporter thread, as the lease holder).
-    ``metrics_app``: the store's scrape app, answered at ``/metrics`` on the HTTP port (metrics on).
+    ``metrics_app``: the store's scrape app, answered at ``/metrics`` on the HTTP port (metrics on);
+    ``prometheus_text``: the same scrape as text, for ``get_prometheus_metrics``.
 
     With ``reaper``, abandoned sessions are reaped at start-up (those a crashed server left open) and then every
     ``reap_interval`` (default ``SB_OTEL_REAP_INTERVAL``, else 5 minutes), in a worker thread: a pass over many
@@ -509,7 +556,7 @@ async def serve(
     beyond loopback needs a secret or ``allow_unauthenticated`` (:func:`check_exposure`).
     """
     interval = reap_interval or reap_interval_setting()
-    service = SessionService(tracker, secret=secret)
+    service = SessionService(tracker, secret=secret, prometheus_text=prometheus_text)
     if telemetry is not None:
         service.telemetry = telemetry
     if transport == "http":
