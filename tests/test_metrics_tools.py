@@ -81,6 +81,29 @@ async def test_the_summary_is_the_stores_counts_in_session_buddys_shape() -> Non
     }
 
 
+async def test_quality_scores_and_their_gauge_come_from_the_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manager reporting ``quality_score`` at start (session-buddy's does): the summary's ``quality_scores`` and
+    ``session_quality_score{component_name}`` carry the latest one per component."""
+    monkeypatch.setenv("SB_OTEL_SESSION_BUDDY_METRICS", "true")
+    store = InMemorySessionStore()
+    for event_id, score in (("q1", 61), ("q2", 74.5)):
+        telemetry = {"lifecycle": {"success": True, "quality_score": score}}
+        store.create(NewSession(event_id, "mahavishnu", "host", 1, "/", T0, T0, {"shell_type": "S"}, telemetry))
+    scrape = StoreScrape(store, Resource({"service.name": "svc"}), host="127.0.0.1")
+    try:
+        service = SessionService(
+            SessionTracker(AgreeingManager(), store=store), secret="s", prometheus_text=scrape.text
+        )
+        summary = (await call(service, "get_metrics_summary")).structured_content
+        text = (await call(service, "get_prometheus_metrics")).content[0].text
+    finally:
+        scrape.shutdown()
+    assert summary["quality_scores"] == {"mahavishnu": 74.5}
+    (family,) = [family for family in text_string_to_metric_families(text) if family.name == "session_quality_score"]
+    assert family.type == "gauge"
+    assert [(sample.labels["component_name"], sample.value) for sample in family.samples] == [("mahavishnu", 74.5)]
+
+
 async def test_a_store_that_cannot_count_gives_session_buddys_error_summary() -> None:
     class Broken:
         @property

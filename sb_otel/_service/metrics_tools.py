@@ -3,9 +3,8 @@
 
 session-buddy answers them from its process's ``prometheus_client`` registry; sb-otel's numbers are the store's
 (:class:`~sb_otel._tracking.session_counts.SessionCounts`), so the shapes are session-buddy's and the values what the
-store counted. What the store does not keep is said, not invented: ``mcp_events_failure`` is 0 and
-``quality_scores`` is empty (failed calls and quality scores are the in-process ``tracker.metrics``), and the
-Prometheus text needs the ``prometheus`` extra.
+store counted. What the store does not keep is said, not invented: ``mcp_events_failure`` is 0 (failed calls are
+the in-process ``tracker.metrics``), and the Prometheus text needs the ``prometheus`` extra.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ def metrics_summary(counts: SessionCounts) -> dict[str, Any]:
         "total_sessions_started": sum(started_by_shell(counts).values()),
         "total_sessions_ended": sum(ended_by_status(counts).values()),
         "active_sessions": dict(sorted(active.items())),
-        "quality_scores": {},
+        "quality_scores": dict(sorted(counts.quality.items())),
         "mcp_events_success": sum(emitted.values()),
         "mcp_events_failure": 0,
     }
@@ -77,6 +76,7 @@ def session_metrics_listing() -> dict[str, Any]:
         },
         "system_health_metrics": {
             "active_sessions": _entry("Gauge", "Number of currently active sessions", component),
+            "session_quality_score": _entry("Gauge", "Session quality score (0-100)", component),
         },
         "otel_metrics": {
             "sb.session.started": _entry("Counter", "Sessions stored", ["sb.component.name", "sb.shell.type"]),

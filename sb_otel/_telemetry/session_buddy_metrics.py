@@ -13,6 +13,8 @@ annotation adds nothing — by Prometheus's OTLP translation (``UnderscoreEscapi
 ``{session}``) is ``session_start_total``, ``session_duration`` (histogram, ``s``) is ``session_duration_seconds``
 and ``active_sessions`` (up-down counter, ``{session}``) is ``active_sessions``.
 
+``session_quality_score{component_name}`` is the latest ``quality_score`` a lifecycle manager reported at a start
+(kept by the store, migration 0015; session-buddy's own manager reports one, the default manager none).
 ``mcp_event_emit_success_total{component_name,event_type}`` counts the session events the store took: every start
 (``session_start``) and every end event that ended a session (``session_end``; a reaped session sent none).
 session-buddy's ``mcp_event_emit_failure_total`` and ``mcp_event_emit_duration_seconds`` count failed calls and call
@@ -48,7 +50,16 @@ METRIC_ACTIVE = "active_sessions"
 """Prometheus: ``active_sessions`` (a non-monotonic sum is a gauge)."""
 METRIC_EMIT_SUCCESS = "mcp_event_emit_success"
 """Prometheus: ``mcp_event_emit_success_total{component_name, event_type}``."""
-SESSION_BUDDY_METRICS = (METRIC_START, METRIC_END, METRIC_ACTIVE, METRIC_DURATION, METRIC_EMIT_SUCCESS)
+METRIC_QUALITY = "session_quality_score"
+"""Prometheus: ``session_quality_score{component_name}`` (a gauge)."""
+SESSION_BUDDY_METRICS = (
+    METRIC_START,
+    METRIC_END,
+    METRIC_ACTIVE,
+    METRIC_DURATION,
+    METRIC_EMIT_SUCCESS,
+    METRIC_QUALITY,
+)
 EVENT_TYPE = "event_type"
 
 COMPONENT_NAME = "component_name"
@@ -145,6 +156,10 @@ def register_session_buddy_instruments(meter_provider: MeterProvider, counts: Ca
         for component in sorted(components):
             yield Observation(snapshot.open.get(component, 0), {COMPONENT_NAME: component})
 
+    def quality(options: CallbackOptions) -> Iterable[Observation]:
+        for component, score in sorted(counts().quality.items()):
+            yield Observation(score, {COMPONENT_NAME: component})
+
     def emitted(options: CallbackOptions) -> Iterable[Observation]:
         for (component, event_type), value in sorted(events_received(counts()).items()):
             yield Observation(value, {COMPONENT_NAME: component, EVENT_TYPE: event_type})
@@ -166,6 +181,11 @@ def register_session_buddy_instruments(meter_provider: MeterProvider, counts: Ca
     )
     meter.create_observable_up_down_counter(
         METRIC_ACTIVE, [active], unit="{session}", description="Sessions open now (session-buddy's name)."
+    )
+    meter.create_observable_gauge(
+        METRIC_QUALITY,
+        [quality],
+        description="Latest session quality score (0-100) a lifecycle manager reported (session-buddy's name).",
     )
 
 
