@@ -78,7 +78,8 @@ SB_OTEL_LIFECYCLE_TIMEOUT = Setting(
     env="SB_OTEL_LIFECYCLE_TIMEOUT",
     default="`5s`",
     description="Longest a lifecycle manager call (`initialize_session`/`end_session`) may take before the "
-    "start or end is answered with an error (`0.5s`, `5s`, `1m`, or seconds).",
+    "start or end is answered with an error, for any manager, session-buddy's own included (`0.5s`, `5s`, `1m`, "
+    "or seconds).",
 )
 
 SB_OTEL_REDACT = Setting(

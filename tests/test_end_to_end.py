@@ -549,7 +549,9 @@ def test_log_records_are_the_seed_lines_in_the_sessions_trace(arrived: Arrived) 
     assert by_body[f"Session started {SHELL_B[0]}"]["attributes"]["session.id"] == SESSION_B
 
     rejected = by_body[f"Session start failed {SHELL_C[0]}"]
-    assert rejected["body"].startswith("Session start failed: component=kali, shell_type=KaliShell, pid=34567, error=")
+    assert rejected["body"].startswith("Session start failed: ")
+    assert rejected["body"].endswith(", component=kali, shell_type=KaliShell, pid=34567")
+    assert rejected["attributes"]["sb.error.context"].startswith("lifecycle manager's initialize_session failed: ")
     assert (rejected["severity_number"], rejected["severity_text"]) == (SEVERITY_ERROR, "ERROR")
     assert rejected["span_id"] == in_trace(arrived.spans, SHELL_C[0])["session.start kali"]["span_id"]
     assert all(log["resource"]["service.name"] == SERVICE for log in arrived.logs)

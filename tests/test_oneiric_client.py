@@ -20,9 +20,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from click.testing import CliRunner
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
-from sb_otel import SqliteSessionStore
+from sb_otel import SqliteSessionStore, reap
+from sb_otel._cli.app import cli
 from tests.reliability._mcp_helpers import mcp_session, start_server
 from tests.session_buddy_env import session_buddy_python
 
@@ -65,13 +67,18 @@ async def emit_like_oneiric(session: ClientSession) -> dict[str, Any]:
 
 
 def assert_oneiric_shapes(calls: dict[str, Any]) -> None:
-    """No tool errors; each answer is a list of text items holding the result dict as JSON (what a client that
-    reads ``content[0].text`` gets) and the same dict as structured content."""
+    """No tool errors; each tracking answer is a list of text items holding the result dict as JSON (what a
+    client that reads ``content[0].text`` gets) and the same dict as structured content; ``health_check``'s text
+    is session-buddy's report, also its structured ``result``."""
     for name, result in calls.items():
         assert not result.is_error, (name, result.content)
         assert result.content[0].type == "text"
-        assert json.loads(result.content[0].text) == result.structured_content
-    assert calls["health"].structured_content["server_status"] == "active"
+    for name in ("started", "ended"):
+        assert json.loads(calls[name].content[0].text) == calls[name].structured_content
+    health = calls["health"]
+    assert health.content[0].text == health.structured_content["result"]
+    assert health.structured_content["result"].startswith("🏥 MCP Server Health Check\n")
+    assert health.structured_content["server_status"] == "active"
     started, ended = calls["started"].structured_content, calls["ended"].structured_content
     assert started["status"] == "tracked", started
     assert ended == {"session_id": started["session_id"], "status": "ended", "error": None}
@@ -235,3 +242,37 @@ def test_oneirics_real_emitter_over_stdio_and_http(tmp_path: Path) -> None:
     records = {record.session_id: record for record in stored(tmp_path)}
     assert {via: records[by_via[via].session_id].status for via in shells} == dict.fromkeys(shells, "exited")
     assert {records[by_via[via].session_id].component_name for via in shells} == {"mahavishnu"}
+
+
+def test_oneirics_emitter_as_released_never_ends_its_session_and_that_is_no_crash(tmp_path: Path) -> None:
+    """oneiric 0.17.0 with only its transport connected (as above) and its result reading as released: its
+    ``emit_session_start`` returns ``None``, so the shell (AdminShell keeps the id it is given) has no id and sends
+    no end. The session stays open until its process has exited; then the reaper ends it ``abnormal``
+    (``process_gone``): an end never received, which is not a crash, so the crash-free rate stays 100 %."""
+    env = serve_env(tmp_path)
+    server = start_server(tmp_path, env)
+    shell = Oneiric(server.url, {"via": "http"}, env)
+    try:
+        started = shell.answer()
+        ended = shell.end("")  # AdminShell: no id, so no end (the emitter refuses an empty one without a call)
+    finally:
+        shell.close()
+        assert server.stop() == 0
+    assert started == {"answer": None, "available": True}
+    assert ended == {"answer": False, "available": True}
+    (record,) = stored(tmp_path)
+    assert record.status == "open"
+    store = SqliteSessionStore(tmp_path / "sessions.db")
+    try:
+        (reaped,) = reap(store)
+    finally:
+        store.close()
+    assert (reaped.record.session_id, reaped.record.status, reaped.reason) == (
+        record.session_id,
+        "abnormal",
+        "process_gone",
+    )
+    summary = CliRunner().invoke(cli, ["sessions", "--summary", "--json"], env={"SB_OTEL_STORE": env["SB_OTEL_STORE"]})
+    assert summary.exit_code == 0, summary.output
+    (row,) = json.loads(summary.stdout)
+    assert (row["component_name"], row["abnormal"], row["crashed"], row["crash_free_rate"]) == ("mahavishnu", 1, 0, 1.0)

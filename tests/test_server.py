@@ -79,7 +79,16 @@ async def test_tools_have_session_buddys_names_and_parameters(tracker: Instrumen
     """The advertised tools are session-buddy's, with the same parameters and required ones."""
     async with http_session(tracker) as session:
         tools = {tool.name: tool.input_schema for tool in (await session.list_tools()).tools}
-    assert sorted(tools) == ["health_check", "track_channel_session", "track_session_end", "track_session_start"]
+    assert sorted(tools) == [
+        "get_metrics_summary",
+        "get_prometheus_metrics",
+        "health_check",
+        "list_session_metrics",
+        "track_channel_session",
+        "track_session_end",
+        "track_session_start",
+    ]
+    assert all(tools[name]["properties"] == {} for name in ("get_metrics_summary", "list_session_metrics"))
     start = tools["track_session_start"]
     assert list(start["properties"]) == [
         "event_version",

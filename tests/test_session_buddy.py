@@ -320,3 +320,122 @@ def test_a_new_instrumentor_instance_uninstruments_the_real_class_and_instrument
     assert out["status"] == "tracked"
     assert out["calls"] == 1
     assert sorted(span["name"] for span in out["spans"]) == ["initialize_session", "session.start mahavishnu"]
+
+
+SLOW_MANAGER = textwrap.dedent(
+    """
+    import time
+    import sb_otel
+    from session_buddy.core import SessionLifecycleManager
+    from session_buddy.mcp import SessionStartEvent, SessionTracker
+
+    class Slow(SessionLifecycleManager):  # session-buddy's own manager, held up before it starts its work
+        async def initialize_session(self, working_directory=None):
+            await asyncio.sleep(60)
+            return await super().initialize_session(working_directory=working_directory)
+
+    async def main():
+        tracker = sb_otel.instrument(SessionTracker(Slow()), store="memory")
+        began = time.monotonic()
+        start = await tracker.handle_session_start(SessionStartEvent(event_id=str(uuid.uuid4()), **START))
+        print(json.dumps({"start": start.model_dump(), "seconds": time.monotonic() - began}))
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_the_lifecycle_timeout_bounds_session_buddys_own_manager(
+    session_buddy_python: Path, sandbox: dict[str, str]
+) -> None:
+    """session-buddy's tracker with its own ``SessionLifecycleManager``, instrumented: a manager call past
+    ``SB_OTEL_LIFECYCLE_TIMEOUT`` is cut off, and session-buddy answers ``error`` with the timeout's text
+    (before, a 10.3 s start was tracked)."""
+    env = {**sandbox, "SB_OTEL_LIFECYCLE_TIMEOUT": "2s", "OTEL_SDK_DISABLED": "true"}
+    done = run(session_buddy_python, script(SLOW_MANAGER), env, sandbox["PROJECT_DIR"])
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["start"] == {
+        "session_id": None,
+        "status": "error",
+        "error": "lifecycle manager's initialize_session did not answer within 2 s (SB_OTEL_LIFECYCLE_TIMEOUT)",
+    }
+    assert out["seconds"] < 30  # cut off at the bound, not after the manager's 60 s
+    assert "Session start failed: lifecycle manager's initialize_session did not answer" in done.stderr
+
+
+LOG_LINES = textwrap.dedent(
+    """
+    import logging
+    from session_buddy.mcp import SessionEndEvent, SessionStartEvent
+    from session_buddy.mcp import SessionTracker as Theirs
+    from sb_otel import SessionTracker as Ours
+
+    class Manager:  # answers as told: an answer dict, or an exception to raise
+        def __init__(self, start, end):
+            self.start, self.end = start, end
+        async def initialize_session(self, working_directory=None):
+            return self._answer(self.start)
+        async def end_session(self, working_directory=None):
+            return self._answer(self.end)
+        def _answer(self, answer):
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    class Lines(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+        def emit(self, record):
+            self.seen.append([record.levelname, record.getMessage(), record.exc_info is not None])
+
+    OK = {"success": True}
+    CASES = {
+        "start refused": (({"success": False, "error": "Directory not found"}, OK), "start"),
+        "start raised": ((RuntimeError("boom"), OK), "start"),
+        "end refused": ((OK, {"success": False, "error": "locked"}), "end"),
+        "end raised": ((OK, RuntimeError("boom")), "end"),
+        "both fine": ((OK, OK), "end"),
+    }
+
+    async def lines(kind, answers, step):
+        logger = logging.getLogger(f"lines.{kind}.{len(logging.root.manager.loggerDict)}")
+        logger.propagate = False
+        handler = Lines()
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        tracker = (Theirs(Manager(*answers), logger=logger, enable_metrics=False) if kind == "theirs"
+                   else Ours(Manager(*answers), logger=logger, enable_metrics=False, store="memory"))
+        start = SessionStartEvent(event_id=str(uuid.uuid4()), **dict(START, timestamp="2026-02-06T12:34:56Z"))
+        started = await tracker.handle_session_start(start)
+        if step == "end":
+            session_id = started.session_id or "mahavishnu-20260206-123456"
+            await tracker.handle_session_end(SessionEndEvent(session_id=session_id, timestamp="2026-02-06T13:00:00Z"))
+        return handler.seen
+
+    async def main():
+        out = {}
+        for name, (answers, step) in CASES.items():
+            out[name] = {kind: await lines(kind, answers, step) for kind in ("theirs", "ours")}
+        print(json.dumps(out))
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_log_lines_are_session_buddys_line_for_line(session_buddy_python: Path, sandbox: dict[str, str]) -> None:
+    """The real session-buddy 0.23.0 tracker and sb-otel's, given the same events and manager answers, write the
+    same lines at the same levels in the same order — the "Session start exception" / "Session end exception"
+    lines with their tracebacks among them (sb-otel's extra context is in record attributes, not the wording)."""
+    env = {**sandbox, "OTEL_SDK_DISABLED": "true"}
+    done = run(session_buddy_python, script(LOG_LINES), env, sandbox["PROJECT_DIR"])
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    for case, seen in out.items():
+        assert seen["ours"] == seen["theirs"], case
+    assert out["start raised"]["theirs"] == [
+        ["ERROR", "Session start exception: component=mahavishnu, shell_type=MahavishnuShell, pid=12345", True]
+    ]
+    assert ["ERROR", "Session end exception: session_id=mahavishnu-20260206-123456", True] in out["end raised"][
+        "theirs"
+    ]

@@ -179,6 +179,7 @@ def test_the_scrape_exporter_gives_session_buddys_names_and_labels(tmp_path: Pat
         "session_start": "counter",
         "session_end": "counter",
         "active_sessions": "gauge",
+        "mcp_event_emit_success": "counter",
     }
     samples = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
@@ -190,6 +191,8 @@ def test_the_scrape_exporter_gives_session_buddys_names_and_labels(tmp_path: Pat
         ("session_end_total", (("component_name", "mahavishnu"), ("status", "error"))): 1.0,
         ("session_end_total", (("component_name", "mahavishnu"), ("status", "success"))): 0.0,
         ("active_sessions", (("component_name", "mahavishnu"),)): 1.0,
+        ("mcp_event_emit_success_total", (("component_name", "mahavishnu"), ("event_type", "session_start"))): 2.0,
+        ("mcp_event_emit_success_total", (("component_name", "mahavishnu"), ("event_type", "session_end"))): 1.0,
     }
     provider.shutdown()
     store.close()

@@ -146,6 +146,34 @@ def test_both_stores_count_the_same_scenario_alike(monkeypatch: pytest.MonkeyPat
     assert all(filled), filled  # the scenario reaches every bucket, so each boundary was compared
 
 
+def _scored(event_id: str, component: str, score: object) -> NewSession:
+    """A start whose lifecycle manager answered ``quality_score`` (as session-buddy's does)."""
+    return NewSession(
+        event_id, component, "host", 1, "/", T0, T0, {"shell_type": "bash"}, {"lifecycle": {"quality_score": score}}
+    )
+
+
+def test_the_latest_quality_score_per_component_is_kept(store: SessionStore) -> None:
+    """session-buddy's ``session_quality_score``: the last number a manager reported at a start, per component;
+    a string or a boolean is no score, and a component without one is absent."""
+    assert isinstance(store, SessionCountsStore)
+    store.create(_scored("a1", "web", 72))
+    store.create(_scored("a2", "web", 80.5))
+    store.create(_scored("a3", "api", "high"))
+    store.create(_scored("a4", "cli", True))
+    store.create(_new("a5", "ops"))
+    assert store.session_counts().quality == {"web": 80.5}
+
+
+def test_quality_scores_past_the_label_limit_are_other(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SB_OTEL_METRIC_LABEL_LIMIT", "1")
+    for store in (InMemorySessionStore(), SqliteSessionStore(tmp_path / "s.db")):
+        store.create(_scored("b1", "web", 10))
+        store.create(_scored("b2", "api", 20))
+        assert store.session_counts().quality == {"web": 10.0, "_other": 20.0}
+        store.close()
+
+
 def test_the_applied_counts_migration_is_unchanged() -> None:
     """Stores that applied ``0004_session_counts`` keep the triggers they were created with; generating it from
     the shared declaration must not change its text (a change belongs in a new migration)."""

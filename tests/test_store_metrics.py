@@ -102,6 +102,18 @@ def test_the_observable_instruments_read_the_store_through_an_in_memory_reader()
     provider.shutdown()
 
 
+def test_crash_free_counts_crashes_only_not_abnormal_sessions() -> None:
+    """Sentry's crash-free: 1 − crashed / ended. A reaped session (no end received: a killed shell, or a client
+    that never learned its session id) is ``abnormal``, not a crash."""
+    store = _filled_store()  # one exited, one crashed, one open
+    store.finish(store.list_sessions(status="open")[0].session_id, SessionEnding("abnormal", T0))
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    register_session_instruments(provider, store.session_counts)
+    assert [p.value for p in _points(reader.get_metrics_data(), METRIC_CRASH_FREE)] == [pytest.approx(2 / 3)]
+    provider.shutdown()
+
+
 def test_collected_series_carry_the_store_identity_start_time_and_histogram(tmp_path: Path) -> None:
     store = SqliteSessionStore(tmp_path / "s.db")
     store.create(_new("e1"))

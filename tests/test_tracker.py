@@ -204,30 +204,33 @@ async def test_info_lines_match_the_seed(
 async def test_start_failure_logs_the_seed_error_line(
     store: InMemorySessionStore, make_start_event: Callable[..., SessionStartEvent], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """ERROR 'Session start failed' carries component, shell_type, pid and the manager's error in context; the
-    result's error is the manager's own text (as session-buddy returns it)."""
+    """ERROR 'Session start failed' in session-buddy's shape (the manager's error first, then component,
+    shell_type, pid); sb-otel's context is the record's ``sb.error.context``; the result's error is the manager's
+    own text (as session-buddy returns it)."""
     tracker = SessionTracker(make_manager(start={"success": False, "error": "no such project"}), store=store)
     with caplog.at_level(logging.ERROR, logger="sb_otel"):
         result = await tracker.handle_session_start(make_start_event())
     assert result.model_dump() == {"session_id": None, "status": "error", "error": "no such project"}
     assert [r.getMessage() for r in caplog.records] == [
-        "Session start failed: component=mahavishnu, shell_type=MahavishnuShell, pid=12345, "
-        "error=lifecycle manager's initialize_session failed: no such project"
+        "Session start failed: no such project, component=mahavishnu, shell_type=MahavishnuShell, pid=12345"
     ]
+    context = getattr(caplog.records[0], "sb.error.context")
+    assert context == "lifecycle manager's initialize_session failed: no such project"
     assert store.list_sessions() == []
 
 
 async def test_manager_exception_becomes_error_with_full_traceback(
     store: InMemorySessionStore, make_start_event: Callable[..., SessionStartEvent], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An exception inside the manager is an error result, logged at ERROR with its traceback."""
+    """An exception inside the manager is an error result, logged with session-buddy's 'Session start exception'
+    line and its full traceback."""
     tracker = SessionTracker(make_manager(start=AsyncMock(side_effect=RuntimeError("boom"))), store=store)
     with caplog.at_level(logging.ERROR, logger="sb_otel"):
         result = await tracker.handle_session_start(make_start_event())
     assert result.status == "error"
     assert result.error == "Session start failed: RuntimeError: boom"
     (record,) = caplog.records
-    assert record.getMessage().startswith("Session start failed: component=mahavishnu")
+    assert record.getMessage() == "Session start exception: component=mahavishnu, shell_type=MahavishnuShell, pid=12345"
     assert record.exc_info is not None
     assert record.exc_info[0] is RuntimeError
 
@@ -260,12 +263,29 @@ async def test_end_failure_logs_the_seed_error_line_and_keeps_session_open(
         failed = await tracker.handle_session_end(end_event(start.session_id or ""))
     assert failed.status == "error"
     assert [r.getMessage() for r in caplog.records] == [
-        "Session end failed: session_id=mahavishnu-20260206-123456, "
-        "error=lifecycle manager's end_session failed: locked"
+        "Session end failed: session_id=mahavishnu-20260206-123456, error=locked"
     ]
+    assert getattr(caplog.records[0], "sb.error.context") == "lifecycle manager's end_session failed: locked"
     assert store.get("mahavishnu-20260206-123456").status == "open"  # type: ignore[union-attr]
     retried = await tracker.handle_session_end(end_event(start.session_id or ""))
     assert retried.status == "ended"
+
+
+async def test_end_exception_logs_session_buddys_exception_line_with_traceback(
+    store: InMemorySessionStore, make_start_event: Callable[..., SessionStartEvent], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception inside the manager's end_session: session-buddy's 'Session end exception' line, traceback
+    attached; the result's error is 'Session end failed: …' as session-buddy answers."""
+    tracker = SessionTracker(make_manager(end=AsyncMock(side_effect=RuntimeError("disk gone"))), store=store)
+    start = await tracker.handle_session_start(make_start_event())
+    with caplog.at_level(logging.ERROR, logger="sb_otel"):
+        failed = await tracker.handle_session_end(end_event(start.session_id or ""))
+    assert failed.status == "error"
+    assert failed.error == "Session end failed: RuntimeError: disk gone"
+    (record,) = caplog.records
+    assert record.getMessage() == "Session end exception: session_id=mahavishnu-20260206-123456"
+    assert record.exc_info is not None
+    assert record.exc_info[0] is RuntimeError
 
 
 # -- identity and idempotency ------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ from sb_otel._version import __version__
     type=click.IntRange(0, 65535),
     default=None,
     help="Also serve the store's session metrics for Prometheus to scrape, on --host at this port "
-    "(session-buddy's was 9090; 0: any). Needs the prometheus extra.",
+    "(session-buddy's was 9090; 0: any) and at /metrics on the MCP port. Needs the prometheus extra.",
 )
 @_store_option
 def serve(
@@ -131,13 +131,19 @@ def serve(
         telemetry = configure(store=store)  # global: the mcp SDK's request spans go to the same pipeline
 
         endpoint = None
+        scrape = None  # the store's scrape for get_prometheus_metrics, and /metrics on the MCP port with metrics on
         if metrics_socket is not None and index == 0:  # one process binds the port; the numbers are the store's
             from sb_otel._service.metrics_endpoint import MetricsEndpoint
 
             endpoint = MetricsEndpoint(store, metrics_socket, _scrape_resource(telemetry), host=host)
             endpoint.start()
+            scrape = endpoint.scrape
         elif metrics_socket is not None:
             metrics_socket.close()  # the other workers' inherited copy
+        if scrape is None and _prometheus_extra():  # one reader per worker, read at each call
+            from sb_otel._service.metrics_endpoint import StoreScrape
+
+            scrape = StoreScrape(store, _scrape_resource(telemetry), host=host)
 
         def ready(where: str) -> None:
             if index == 0:
@@ -166,6 +172,8 @@ def serve(
                     allow_unauthenticated=allow,
                     listener=listener,
                     reaper=exporter is None and index == 0,  # no exporter (telemetry off): a worker thread reaps
+                    metrics_app=scrape.app if scrape is not None and metrics_socket is not None else None,
+                    prometheus_text=scrape.text if scrape is not None else None,
                 )
             )
         except KeyboardInterrupt:
@@ -173,6 +181,8 @@ def serve(
         finally:
             if endpoint is not None:
                 endpoint.stop()
+            elif scrape is not None:
+                scrape.shutdown()
             telemetry.shutdown()
             store.close()
         return 0
@@ -219,14 +229,20 @@ def _scrape_resource(telemetry: Telemetry) -> Resource:
     return Resource.create({} if OTEL_SERVICE_NAME.read() else {"service.name": DEFAULT_SERVICE_NAME})
 
 
+def _prometheus_extra() -> bool:
+    """Whether the ``prometheus`` extra is installed (the scrape endpoint and get_prometheus_metrics need it)."""
+    return (
+        importlib.util.find_spec("prometheus_client") is not None
+        and importlib.util.find_spec("opentelemetry.exporter.prometheus") is not None
+    )
+
+
 def _metrics_socket(host: str, metrics_port: int, mcp_port: int | None, allow_unauthenticated: bool) -> socket.socket:
     """The scrape endpoint's listening socket, bound before any worker forks (so exactly one process serves it,
     and a busy port fails now, as one line)."""
     from sb_otel._service.server import is_loopback, listening_socket
 
-    if importlib.util.find_spec("prometheus_client") is None or (
-        importlib.util.find_spec("opentelemetry.exporter.prometheus") is None
-    ):
+    if not _prometheus_extra():
         raise click.ClickException("--metrics-port needs the prometheus extra: pip install 'sb-otel[prometheus]'")
     session_buddy_metrics_setting()  # a bad SB_OTEL_SESSION_BUDDY_METRICS fails now, as one line
     if not is_loopback(host) and not allow_unauthenticated:

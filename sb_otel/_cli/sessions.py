@@ -25,7 +25,9 @@ from sb_otel._tracking.store_factory import open_store
 @click.option("--since", default=None, metavar="WHEN", help="Started after: a duration ago (2h, 7d) or an ISO time.")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
 @click.option(
-    "--summary", is_flag=True, help="Counts per component instead: open, exited, crashed, abnormal, crash-free rate."
+    "--summary",
+    is_flag=True,
+    help="Counts per component instead: open, exited, crashed, abnormal, crash-free rate (1 - crashed / ended).",
 )
 @_json_option
 @_store_option
@@ -78,8 +80,8 @@ def sessions(
 def summarise(counts: dict[tuple[str, SessionStatus], int], component: str | None) -> list[dict[str, Any]]:
     """One row per component (and a total): sessions per status, and the crash-free rate of the ended ones.
 
-    Crash-free rate (Sentry's release-health measure, DESIGN.md): 1 − (crashed + abnormal) / ended; ``None``
-    while nothing has ended."""
+    Crash-free rate (Sentry's release-health measure): 1 − crashed / ended; ``abnormal`` sessions (reaped: no end
+    was received) are not crashes and have their own count. ``None`` while nothing has ended."""
     per_component: dict[str, dict[str, int]] = {}
     for (name, status), count in counts.items():
         if component is None or name == component:
@@ -90,7 +92,7 @@ def summarise(counts: dict[tuple[str, SessionStatus], int], component: str | Non
     for row in rows:
         ended = row["exited"] + row["crashed"] + row["abnormal"]
         row["ended"] = ended
-        row["crash_free_rate"] = round(1 - (row["crashed"] + row["abnormal"]) / ended, 4) if ended else None
+        row["crash_free_rate"] = round(1 - row["crashed"] / ended, 4) if ended else None
     return rows
 
 

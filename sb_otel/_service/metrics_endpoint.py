@@ -21,15 +21,18 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import uvicorn
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics.export import MetricsData
 from opentelemetry.sdk.resources import Resource
-from prometheus_client import CollectorRegistry, make_asgi_app
+from prometheus_client import CollectorRegistry, generate_latest, make_asgi_app
+from prometheus_client.metrics_core import Metric as PrometheusMetric
+from prometheus_client.samples import Sample
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp
 
 from sb_otel._service.http_guard import MAX_HEAD, BoundedH11Protocol
 from sb_otel._service.server import list_setting, transport_security
@@ -46,7 +49,10 @@ _log = logging.getLogger("sb_otel.server")
 
 class StoreScrapeReader(PrometheusMetricReader):
     """The SDK's Prometheus reader on the store's observable instruments; what it collects at a scrape is
-    completed from the same store snapshot (the histograms, the store's start time) before translation."""
+    completed from the same store snapshot (the histograms, the store's start time) before translation.
+
+    Each counter and histogram also gets its ``_created`` series, as ``prometheus_client`` gives session-buddy's
+    (``session_start_created{…}``): the time the store began counting, the start of every cumulative point."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         super().__init__(
@@ -55,11 +61,83 @@ class StoreScrapeReader(PrometheusMetricReader):
             registry=registry,
         )
         self.store_metrics: StoreSessionMetrics | None = None
+        self.created_s: float | None = None
+        translated = self._collector.collect  # the registry keeps the collector; its families get _created added
+        self._collector.collect = lambda: with_created(translated(), lambda: self.created_s)  # type: ignore[method-assign]
 
     def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
         if self.store_metrics is not None:
             metrics_data = self.store_metrics.completed(metrics_data)
+            self.created_s = _start_s(metrics_data)
         super()._receive_metrics(metrics_data, timeout_millis, **kwargs)
+
+
+def with_created(
+    families: Iterable[PrometheusMetric], created: Callable[[], float | None]
+) -> Iterator[PrometheusMetric]:
+    """``families`` with a ``<name>_created`` sample per label set of each counter and histogram (not per
+    bucket), valued ``created()``, as ``prometheus_client`` writes them; unchanged while that is unknown.
+    (``created`` is read per family: the translation collects, and so learns the start, on its first step.)"""
+    for family in families:
+        created_s = created()
+        if created_s is not None and family.type in ("counter", "histogram"):
+            seen: list[dict[str, str]] = []
+            for sample in list(family.samples):
+                labels = {key: value for key, value in sample.labels.items() if key != "le"}
+                if labels not in seen:
+                    seen.append(labels)
+                    family.samples.append(Sample(f"{family.name}_created", labels, created_s))
+        yield family
+
+
+def _start_s(data: MetricsData) -> float | None:
+    """The start of the first cumulative point (the store's counting start), in Unix seconds."""
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in getattr(metric.data, "data_points", ()):
+                    start = getattr(point, "start_time_unix_nano", None)
+                    if start:
+                        return float(start / 1e9)
+    return None
+
+
+class StoreScrape:
+    """``store``'s session series as a Prometheus scrape ASGI app, read from the store at each scrape.
+
+    Served on its own port by :class:`MetricsEndpoint` and, with metrics on, at ``/metrics`` on the MCP port
+    (:mod:`sb_otel._service.probes`), where session-buddy served them: one scrape reader per process, the same
+    numbers everywhere (the store's)."""
+
+    def __init__(
+        self,
+        store: Any,
+        resource: Resource | None = None,
+        *,
+        host: str,
+        allowed_hosts: Sequence[str] | None = None,
+    ) -> None:
+        """``host`` is the address serve was told to listen on; ``allowed_hosts`` defaults to
+        ``SB_OTEL_ALLOWED_HOSTS``, as for the MCP endpoint."""
+        self.registry = CollectorRegistry()
+        self.reader = StoreScrapeReader(self.registry)
+        self.metrics = StoreSessionMetrics(store, None, resource, reader=self.reader)
+        self.reader.store_metrics = self.metrics
+        if allowed_hosts is None:
+            allowed_hosts = list_setting(SB_OTEL_ALLOWED_HOSTS.read())
+        # The MCP endpoint's DNS-rebinding rule (loopback names, the listening address, SB_OTEL_ALLOWED_HOSTS),
+        # so a web page cannot read the session series through a name it points at this host.
+        self.app: ASGIApp = TrustedHostMiddleware(
+            make_asgi_app(self.registry), allowed_hosts=trusted_hosts(host, allowed_hosts)
+        )
+
+    def text(self) -> str:
+        """The scrape as the Prometheus text format (what ``get_prometheus_metrics`` answers)."""
+        return generate_latest(self.registry).decode("utf-8")
+
+    def shutdown(self) -> None:
+        """Unregister the reader from the registry (the provider shuts it down)."""
+        self.metrics.shutdown()
 
 
 class MetricsEndpoint:
@@ -78,19 +156,13 @@ class MetricsEndpoint:
         """``host`` is the address serve was told to listen on (default: the socket's); ``allowed_hosts``
         defaults to ``SB_OTEL_ALLOWED_HOSTS``, as for the MCP endpoint."""
         self.socket = sock
-        self.registry = CollectorRegistry()
-        self.reader = StoreScrapeReader(self.registry)
-        self.metrics = StoreSessionMetrics(store, None, resource, reader=self.reader)
-        self.reader.store_metrics = self.metrics
         bound, port = sock.getsockname()[:2]
-        host = bound if host is None else host
-        if allowed_hosts is None:
-            allowed_hosts = list_setting(SB_OTEL_ALLOWED_HOSTS.read())
+        self.scrape = StoreScrape(store, resource, host=bound if host is None else host, allowed_hosts=allowed_hosts)
+        self.registry = self.scrape.registry
+        self.metrics = self.scrape.metrics
         self.url = f"http://{f'[{bound}]' if ':' in bound else bound}:{port}/metrics"
         config = uvicorn.Config(
-            # The MCP endpoint's DNS-rebinding rule (loopback names, the listening address, SB_OTEL_ALLOWED_HOSTS),
-            # so a web page cannot read the session series through a name it points at this host.
-            TrustedHostMiddleware(make_asgi_app(self.registry), allowed_hosts=trusted_hosts(host, allowed_hosts)),
+            self.scrape.app,
             log_level="warning",
             access_log=False,
             lifespan="off",  # prometheus_client's app answers HTTP only
@@ -118,7 +190,7 @@ class MetricsEndpoint:
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout_s)
-        self.metrics.shutdown()  # the provider shuts its reader down: unregistered from the registry
+        self.scrape.shutdown()
         self.socket.close()
 
 

@@ -35,12 +35,23 @@ import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.types import CallToolResult
 from pydantic import PlainValidator, WithJsonSchema
+from starlette.types import ASGIApp
 
 from sb_otel._exceptions import ConfigError
 from sb_otel._service.auth import Secrets, token_problem
 from sb_otel._service.channel_tools import channel_tool
+from sb_otel._service.health import HealthCheckOutput, health_result
 from sb_otel._service.http_guard import MAX_HEAD, BodyGuard, BoundedH11Protocol, StreamGuard
+from sb_otel._service.metrics_tools import (
+    EMPTY_SUMMARY,
+    NO_PROMETHEUS,
+    PrometheusText,
+    metrics_summary,
+    session_metrics_listing,
+)
+from sb_otel._service.probes import Probes
 from sb_otel._service.reaper import reap_iter
 from sb_otel._settings import (
     SB_OTEL_ALLOW_UNAUTHENTICATED,
@@ -125,6 +136,8 @@ class SessionService:
             With neither secret, calls need no token.
         telemetry: where telemetry goes (``Telemetry.destination``); kept for the local user, never answered to
             a client.
+        prometheus_text: renders the store's series for ``get_prometheus_metrics`` (``None``: the ``prometheus``
+            extra is missing, and the tool says how to add it).
     """
 
     def __init__(
@@ -135,8 +148,10 @@ class SessionService:
         session_buddy_secret: str | None = None,
         token_max_age: timedelta | None = None,
         telemetry: str = "not configured by sb-otel (the application's providers, if any)",
+        prometheus_text: PrometheusText | None = None,
     ) -> None:
         self.tracker = tracker
+        self.prometheus_text = prometheus_text
         self.secrets = Secrets(
             sb_otel=(secret if secret is not None else SB_OTEL_SECRET.read()) or None,
             session_buddy=(session_buddy_secret if session_buddy_secret is not None else SESSION_BUDDY_SECRET.read())
@@ -184,7 +199,8 @@ class SessionService:
             return SessionEndResult(session_id=session_id[:128], status="error", error=error).model_dump(mode="json")
 
     def health_check(self) -> dict[str, Any]:
-        """session-buddy's ``health_check`` facts, plus sb-otel's version and ``ok``/``degraded`` per check.
+        """session-buddy's ``health_check`` facts, plus sb-otel's version and ``ok``/``degraded`` per check (the
+        tool words them as session-buddy's report: :mod:`sb_otel._service.health`).
 
         Needs no token, so it says nothing a stranger could use: no destination (an endpoint may hold
         ``user:password@``, a file path the user's home), no path, no error text, no client data. Where telemetry
@@ -213,6 +229,25 @@ class SessionService:
             "auth_required": self.secrets.enabled,
             "errors": errors,
         }
+
+    def prometheus_metrics(self) -> str:
+        """``get_prometheus_metrics``: the store's series in the Prometheus text format (session-buddy's and, with
+        ``SB_OTEL_SESSION_BUDDY_METRICS``, its names), or a line saying what is missing."""
+        if self.prometheus_text is None:
+            return NO_PROMETHEUS
+        try:
+            return self.prometheus_text()
+        except Exception:
+            _log.exception("Failed to export Prometheus metrics")
+            return "# Error exporting metrics: see server logs"
+
+    def metrics_summary(self) -> dict[str, Any]:
+        """``get_metrics_summary``: session-buddy's summary, from the store's counts."""
+        try:
+            return metrics_summary(self.tracker.store.session_counts())
+        except Exception as exc:
+            _log.exception("Failed to get metrics summary")
+            return {"error": f"session store: {type(exc).__name__}", **EMPTY_SUMMARY}
 
 
 def with_trace_context(metadata: Any, meta: Mapping[str, Any] | None) -> Any:
@@ -281,15 +316,31 @@ def build_server(service: SessionService, *, mcp_spans: bool | None = None) -> M
         arguments = {name: value for name, value in given.items() if value is not None}
         return await service.track_session_end(arguments, token)
 
-    async def health_check() -> dict[str, Any]:
-        """Server health: version and ok/degraded per check (no destination, path or secret). Needs no token."""
-        return await anyio.to_thread.run_sync(service.health_check)
+    async def health_check() -> Annotated[CallToolResult, HealthCheckOutput]:
+        """Simple health check: session-buddy's report as ``result``, sb-otel's version and ok/degraded per check
+        beside it (no destination, path or secret). Needs no token."""
+        return health_result(await anyio.to_thread.run_sync(service.health_check))
+
+    async def get_prometheus_metrics() -> str:
+        """Export the store's session metrics in Prometheus text format. Needs no token."""
+        return await anyio.to_thread.run_sync(service.prometheus_metrics)
+
+    async def list_session_metrics() -> dict[str, Any]:
+        """List the session metrics served, with their types, descriptions and labels. Needs no token."""
+        return session_metrics_listing()
+
+    async def get_metrics_summary() -> dict[str, Any]:
+        """Summary of the store's session metrics: starts, ends, active sessions per component. Needs no token."""
+        return await anyio.to_thread.run_sync(service.metrics_summary)
 
     tools = [
         _tool(track_session_start, START_REQUIRED),
         _tool(track_session_end, END_REQUIRED),
         Tool.from_function(health_check),
         channel_tool(service),  # session-buddy's track_channel_session (sb_otel/_service/channel_tools.py)
+        Tool.from_function(get_prometheus_metrics),
+        Tool.from_function(list_session_metrics),
+        Tool.from_function(get_metrics_summary),
     ]
     server: MCPServer[Any] = MCPServer(
         SERVER_NAME,
@@ -376,8 +427,11 @@ def http_server(
     limits: HttpLimits | None = None,
     allowed_hosts: Sequence[str] = (),
     allowed_origins: Sequence[str] = (),
+    metrics_app: ASGIApp | None = None,
 ) -> HttpServer:
-    """A uvicorn server for ``server``'s streamable-HTTP app, with bounded connections, heads and bodies.
+    """A uvicorn server for ``server``'s streamable-HTTP app, with bounded connections, heads and bodies, and
+    session-buddy's probe paths (``/health``, ``/healthz``, ``/metrics`` from ``metrics_app`` when given; see
+    :mod:`sb_otel._service.probes`).
 
     ``stateless`` (the default) answers each POST with one JSON body and keeps no per-client MCP session: the
     two tools need neither server-initiated messages nor streaming, and a session per client costs a stream
@@ -400,8 +454,13 @@ def http_server(
     )
     config = uvicorn.Config(
         BodyGuard(
-            StreamGuard(
-                app, stateless=stateless, max_streams=max(1, bounds.max_connections // 2), lifetime=bounds.timeout
+            Probes(
+                StreamGuard(
+                    app, stateless=stateless, max_streams=max(1, bounds.max_connections // 2), lifetime=bounds.timeout
+                ),
+                service=SERVER_NAME,
+                metrics=metrics_app,
+                mcp_path=path,
             ),
             max_body=bounds.max_body,
             timeout=bounds.timeout,
@@ -481,12 +540,16 @@ async def serve(
     allow_unauthenticated: bool | None = None,
     listener: socket.socket | None = None,
     reaper: bool = True,
+    metrics_app: ASGIApp | None = None,
+    prometheus_text: PrometheusText | None = None,
 ) -> None:
     """Serve ``tracker`` over MCP until the transport closes (stdin ends) or the process is interrupted.
 
     ``listener``: an already listening socket to accept on (``sb-otel serve --workers``: each worker process
     accepts on the one socket their supervisor bound); ``reaper=False`` leaves reaping to another worker, or to
     the store's exporter (``sb-otel serve`` reaps through its exporter thread, as the lease holder).
+    ``metrics_app``: the store's scrape app, answered at ``/metrics`` on the HTTP port (metrics on);
+    ``prometheus_text``: the same scrape as text, for ``get_prometheus_metrics``.
 
     With ``reaper``, abandoned sessions are reaped at start-up (those a crashed server left open) and then every
     ``reap_interval`` (default ``SB_OTEL_REAP_INTERVAL``, else 5 minutes), in a worker thread: a pass over many
@@ -495,7 +558,7 @@ async def serve(
     beyond loopback needs a secret or ``allow_unauthenticated`` (:func:`check_exposure`).
     """
     interval = reap_interval or reap_interval_setting()
-    service = SessionService(tracker, secret=secret)
+    service = SessionService(tracker, secret=secret, prometheus_text=prometheus_text)
     if telemetry is not None:
         service.telemetry = telemetry
     if transport == "http":
@@ -521,6 +584,7 @@ async def serve(
                     limits=limits or http_limits_setting(),
                     allowed_hosts=list_setting(SB_OTEL_ALLOWED_HOSTS.read()),
                     allowed_origins=list_setting(SB_OTEL_ALLOWED_ORIGINS.read()),
+                    metrics_app=metrics_app,
                 )
                 sock = listener if listener is not None else listening_socket(host, port)
                 url = f"http://{host}:{sock.getsockname()[1]}{path}"

@@ -62,7 +62,7 @@ from sb_otel._telemetry.session_span import (
 from sb_otel._telemetry.store_metrics import store_counted
 from sb_otel._tracking.export_state import TelemetryStore
 from sb_otel._tracking.foreign import ForeignTracker, as_event
-from sb_otel._tracking.log_lines import ended_line, started_line
+from sb_otel._tracking.log_lines import CONTEXT_ATTRIBUTE, ended_line, started_line
 from sb_otel._tracking.models import SessionEndEvent, SessionEndResult, SessionStartEvent, SessionStartResult
 from sb_otel._tracking.outcome import Outcome, end_outcome
 from sb_otel._tracking.row_telemetry import END_CALL_KEY, FROM_ROW_KEY, START_CALL_KEY, built_from_row
@@ -164,9 +164,11 @@ class InstrumentedSessionTracker:
         return self._seam.store
 
     def uninstrument(self) -> None:
-        """Give the wrapped tracker back its own lifecycle manager and logger."""
+        """Give the wrapped tracker back its own lifecycle manager (unbounded) and logger."""
         if self._manager is not None:
             self.wrapped.session_manager = self._manager
+        if isinstance(self._seam, ForeignTracker):
+            self._seam.release()
         if self._log_handler is not None:
             self.wrapped.logger.removeHandler(self._log_handler)
             self.wrapped.logger.setLevel(self._logger_level or logging.NOTSET)
@@ -803,6 +805,9 @@ def _scrubbed_record(record: logging.LogRecord) -> logging.LogRecord:
         return record
     record = copy.copy(record)
     record.msg, record.args = redaction.scrub(record.getMessage()), None
+    context = record.__dict__.get(CONTEXT_ATTRIBUTE)
+    if isinstance(context, str):  # sb-otel's words beside session-buddy's line: the same text, so the same scrub
+        record.__dict__[CONTEXT_ATTRIBUTE] = redaction.scrub(context)
     if record.exc_info and record.exc_info[1] is not None:
         kind, exc, tb = record.exc_info
         record.__dict__["exception.type"] = getattr(kind, "__name__", str(kind))

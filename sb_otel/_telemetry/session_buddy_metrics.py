@@ -13,6 +13,13 @@ annotation adds nothing — by Prometheus's OTLP translation (``UnderscoreEscapi
 ``{session}``) is ``session_start_total``, ``session_duration`` (histogram, ``s``) is ``session_duration_seconds``
 and ``active_sessions`` (up-down counter, ``{session}``) is ``active_sessions``.
 
+``session_quality_score{component_name}`` is the latest ``quality_score`` a lifecycle manager reported at a start
+(kept by the store, migration 0015; session-buddy's own manager reports one, the default manager none).
+``mcp_event_emit_success_total{component_name,event_type}`` counts the session events the store took: every start
+(``session_start``) and every end event that ended a session (``session_end``; a reaped session sent none).
+session-buddy's ``mcp_event_emit_failure_total`` and ``mcp_event_emit_duration_seconds`` count failed calls and call
+times, which the store does not keep: they are the in-process ``tracker.metrics`` (``SessionMetrics``), not these.
+
 Statuses map as session-buddy's did: ``exited`` → ``success``; ``crashed`` and ``abnormal`` (reaped) → ``error``.
 The histogram's boundaries are session-buddy's, a subset of the store's, so its buckets are the store's merged:
 exact, not estimated.
@@ -41,7 +48,19 @@ METRIC_DURATION = "session_duration"
 """Prometheus: ``session_duration_seconds_bucket`` / ``_sum`` / ``_count`` (unit ``s``)."""
 METRIC_ACTIVE = "active_sessions"
 """Prometheus: ``active_sessions`` (a non-monotonic sum is a gauge)."""
-SESSION_BUDDY_METRICS = (METRIC_START, METRIC_END, METRIC_ACTIVE, METRIC_DURATION)
+METRIC_EMIT_SUCCESS = "mcp_event_emit_success"
+"""Prometheus: ``mcp_event_emit_success_total{component_name, event_type}``."""
+METRIC_QUALITY = "session_quality_score"
+"""Prometheus: ``session_quality_score{component_name}`` (a gauge)."""
+SESSION_BUDDY_METRICS = (
+    METRIC_START,
+    METRIC_END,
+    METRIC_ACTIVE,
+    METRIC_DURATION,
+    METRIC_EMIT_SUCCESS,
+    METRIC_QUALITY,
+)
+EVENT_TYPE = "event_type"
 
 COMPONENT_NAME = "component_name"
 SHELL_TYPE = "shell_type"
@@ -106,6 +125,19 @@ def ended_by_status(counts: SessionCounts) -> dict[tuple[str, str], int]:
     return totals
 
 
+def events_received(counts: SessionCounts) -> dict[tuple[str, str], int]:
+    """Session events handled with success, by ``(component_name, event_type)``: every stored start
+    (``session_start``) and every end an end event made (``session_end``: exited or crashed; a reaped, abnormal
+    session had none)."""
+    totals: dict[tuple[str, str], int] = {}
+    for (component, _shell), value in started_by_shell(counts).items():
+        totals[(component, "session_start")] = totals.get((component, "session_start"), 0) + value
+    for (component, status), value in counts.ended.items():
+        key = (component, "session_end")
+        totals[key] = totals.get(key, 0) + (value if status != "abnormal" else 0)
+    return totals
+
+
 def register_session_buddy_instruments(meter_provider: MeterProvider, counts: Callable[[], SessionCounts]) -> None:
     """Create session-buddy's counters and gauge on ``meter_provider``, reading ``counts()`` when collected."""
     meter = meter_provider.get_meter(sc.INSTRUMENTATION_SCOPE, __version__)
@@ -124,8 +156,22 @@ def register_session_buddy_instruments(meter_provider: MeterProvider, counts: Ca
         for component in sorted(components):
             yield Observation(snapshot.open.get(component, 0), {COMPONENT_NAME: component})
 
+    def quality(options: CallbackOptions) -> Iterable[Observation]:
+        for component, score in sorted(counts().quality.items()):
+            yield Observation(score, {COMPONENT_NAME: component})
+
+    def emitted(options: CallbackOptions) -> Iterable[Observation]:
+        for (component, event_type), value in sorted(events_received(counts()).items()):
+            yield Observation(value, {COMPONENT_NAME: component, EVENT_TYPE: event_type})
+
     meter.create_observable_counter(
         METRIC_START, [started], unit="{session}", description="Session starts tracked (session-buddy's name)."
+    )
+    meter.create_observable_counter(
+        METRIC_EMIT_SUCCESS,
+        [emitted],
+        unit="{event}",
+        description="Session events handled with success: starts stored, ends received (session-buddy's name).",
     )
     meter.create_observable_counter(
         METRIC_END,
@@ -135,6 +181,11 @@ def register_session_buddy_instruments(meter_provider: MeterProvider, counts: Ca
     )
     meter.create_observable_up_down_counter(
         METRIC_ACTIVE, [active], unit="{session}", description="Sessions open now (session-buddy's name)."
+    )
+    meter.create_observable_gauge(
+        METRIC_QUALITY,
+        [quality],
+        description="Latest session quality score (0-100) a lifecycle manager reported (session-buddy's name).",
     )
 
 

@@ -1,17 +1,16 @@
 """The session metrics read from the store's counts, exported once per store by the exporter lease holder.
 
-``sb.session.started``, ``sb.session.ended`` (ObservableCounters), ``sb.session.active`` (an
-ObservableUpDownCounter: open sessions by component) and ``sb.session.crash_free`` (an ObservableGauge: the
-ratio of ended sessions that exited normally, by component) are SDK observable instruments whose callbacks read
+``sb.session.started``, ``sb.session.ended`` (ObservableCounters), ``sb.session.active`` (an ObservableUpDownCounter:
+open sessions by component) and ``sb.session.crash_free`` (an ObservableGauge: the ratio of ended sessions that did
+not crash, by component; abnormal ones did not) are SDK observable instruments whose callbacks read
 :meth:`~sb_otel._tracking.session_counts.SessionCountsStore.session_counts`. ``sb.session.open.start_time`` (an
-ObservableGauge) lists the store's oldest open sessions, one series each (``session.id``, component, shell type),
-its value the session's start in Unix seconds: a dashboard shows what is open now and for how long
-(``time() - value``), for every session, ``emit``'s included (:mod:`sb_otel._telemetry.row_records` says why a
-gauge rather than an in-progress span). ``SB_OTEL_OPEN_SESSION_SERIES`` bounds how many (20): a bounded number
-of series at a time, each gone when its session ends. The SDK has no observable
-histogram, so ``sb.session.duration`` is built from the store's bucket counts as the SDK's own histogram data
-(``HistogramDataPoint``, cumulative, the same boundaries) and handed to the same OTLP metric exporter in the
-same export call.
+ObservableGauge) lists the store's oldest open sessions, one series each (``session.id``, component, shell type), its
+value the session's start in Unix seconds: a dashboard shows what is open now and for how long (``time() - value``),
+for every session, ``emit``'s included (:mod:`sb_otel._telemetry.row_records` says why a gauge rather than an
+in-progress span). ``SB_OTEL_OPEN_SESSION_SERIES`` bounds how many (20): a bounded number of series at a time, each
+gone when its session ends. The SDK has no observable histogram, so ``sb.session.duration`` is built from the store's
+bucket counts as the SDK's own histogram data (``HistogramDataPoint``, cumulative, the same boundaries) and handed to
+the same OTLP metric exporter in the same export call.
 
 Series identity belongs to the store, not a process: the resource's ``service.instance.id`` is the store's id,
 and every cumulative point starts at the time counting began (saved in the store), so exporter restarts and
@@ -99,8 +98,8 @@ def register_session_instruments(meter_provider: MeterProvider, counts: Callable
             yield Observation(snapshot.open.get(component, 0), {sc.COMPONENT_NAME: component})
 
     def crash_free(options: CallbackOptions) -> Iterable[Observation]:
-        for component, (exited, total) in _ended_by_component(counts()).items():
-            yield Observation(exited / total, {sc.COMPONENT_NAME: component})
+        for component, (crashed, total) in _ended_by_component(counts()).items():
+            yield Observation(1 - crashed / total, {sc.COMPONENT_NAME: component})
 
     meter.create_observable_counter(
         sc.METRIC_STARTED, [started], unit="{session}", description="Sessions stored, by component and shell type."
@@ -115,7 +114,7 @@ def register_session_instruments(meter_provider: MeterProvider, counts: Callable
         METRIC_CRASH_FREE,
         [crash_free],
         unit="1",
-        description="Ended sessions that exited normally: 1 - (crashed + abnormal) / ended.",
+        description="Ended sessions that did not crash: 1 - crashed / ended (abnormal ones did not crash).",
     )
 
 
@@ -170,10 +169,12 @@ def register_open_sessions(meter_provider: MeterProvider, oldest: Callable[[], l
 
 
 def _ended_by_component(counts: SessionCounts) -> dict[str, tuple[int, int]]:
+    """Per component: (crashed, ended). Crash-free is Sentry's: an ``abnormal`` session (no end ever received,
+    reaped) did not crash, whether its shell died or its client never learned the session id."""
     totals: dict[str, tuple[int, int]] = {}
     for (component, status), value in counts.ended.items():
-        exited, total = totals.get(component, (0, 0))
-        totals[component] = (exited + (value if status == "exited" else 0), total + value)
+        crashed, total = totals.get(component, (0, 0))
+        totals[component] = (crashed + (value if status == "crashed" else 0), total + value)
     return {component: pair for component, pair in totals.items() if pair[1] > 0}
 
 

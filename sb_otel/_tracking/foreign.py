@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from sb_otel._tracking.lifecycle_timeout import bound_manager, lifecycle_timeout_setting, unbind_manager
 from sb_otel._tracking.models import SessionEndEvent, SessionStartEvent
 from sb_otel._tracking.outcome import end_outcome
 from sb_otel._tracking.seam import UNREAD, Known, TrackedEnd, TrackedStart
@@ -51,16 +52,30 @@ def as_event(model: type[_Event], event: object) -> _Event:
 class ForeignTracker:
     """Drives ``tracker``'s own ``handle_session_start/end`` and mirrors its sessions into ``store``.
 
+    Its lifecycle manager (``tracker.session_manager``) is bounded by ``SB_OTEL_LIFECYCLE_TIMEOUT`` as ours is
+    (:mod:`sb_otel._tracking.lifecycle_timeout`) until :meth:`release`.
+
     Args:
         tracker: any object with the seed's API.
         store: where mirrored records live; a store, ``"memory"``, a SQLite path, or ``None`` for ``SB_OTEL_STORE``
             (opened on first use, so a broken store costs only the telemetry).
+        lifecycle_timeout: seconds each manager call may take (default ``SB_OTEL_LIFECYCLE_TIMEOUT``, 5 s).
     """
 
-    def __init__(self, tracker: Any, store: SessionStore | str | Path | None = None) -> None:
+    def __init__(
+        self, tracker: Any, store: SessionStore | str | Path | None = None, *, lifecycle_timeout: float | None = None
+    ) -> None:
         self.tracker = tracker
+        self.lifecycle_timeout = lifecycle_timeout if lifecycle_timeout is not None else lifecycle_timeout_setting()
+        self._unbounded = bound_manager(tracker, self.lifecycle_timeout)
         self._store_location = None if isinstance(store, SessionStore) else store
         self._store: SessionStore | None = store if isinstance(store, SessionStore) else None
+
+    def release(self) -> None:
+        """Give the foreign tracker back its own, unbounded lifecycle manager."""
+        if self._unbounded is not None:
+            unbind_manager(self.tracker, self._unbounded)
+            self._unbounded = None
 
     @property
     def store(self) -> SessionStore:

@@ -17,8 +17,13 @@ SESSION_STARTED_LINE = (
     "Session started: session_id=%s, component=%s, shell_type=%s, pid=%d, user=%s, hostname=%s, cwd=%s"
 )
 SESSION_ENDED_LINE = "Session ended: session_id=%s, timestamp=%s"
-START_FAILED_LINE = "Session start failed: component=%s, shell_type=%s, pid=%s, error=%s"
+START_FAILED_LINE = "Session start failed: %s, component=%s, shell_type=%s, pid=%s"
 END_FAILED_LINE = "Session end failed: session_id=%s, error=%s"
+START_EXCEPTION_LINE = "Session start exception: component=%s, shell_type=%s, pid=%s"
+END_EXCEPTION_LINE = "Session end exception: session_id=%s"
+CONTEXT_ATTRIBUTE = "sb.error.context"
+"""``LogRecord`` attribute (an OTel log attribute once bridged) with sb-otel's own words on a failure (which manager
+call failed, the setting that bounds it): the line keeps session-buddy's wording, the context goes here."""
 UNKNOWN_SESSION_LINE = "Session end for unknown session: session_id=%s"
 EVENT_LINE_MARKER = "sb_otel_event"
 """``LogRecord`` attribute naming the OTel log event an INFO line stands for (``session.start``/``session.end``).
@@ -88,9 +93,20 @@ def ended_line(session_id: str, timestamp: str) -> str:
 
 
 def start_failed_line(component: str, shell_type: str, pid: object, error: str) -> str:
-    """The seed's ERROR line for a start that failed."""
-    fields = {"component": component, "shell_type": shell_type, "pid": pid, "error": error}
-    return f"Session start failed: {format_fields(fields)}"
+    """session-buddy's ERROR line for a start that failed: the error first, unnamed, then the start's fields."""
+    fields = {"component": component, "shell_type": shell_type, "pid": pid}
+    return f"Session start failed: {field_value(error)}, {format_fields(fields)}"
+
+
+def start_exception_line(component: str, shell_type: str, pid: object) -> str:
+    """session-buddy's ERROR line for an exception during a start (logged with its full traceback)."""
+    fields = {"component": component, "shell_type": shell_type, "pid": pid}
+    return f"Session start exception: {format_fields(fields)}"
+
+
+def end_exception_line(session_id: str) -> str:
+    """session-buddy's ERROR line for an exception during an end (logged with its full traceback)."""
+    return f"Session end exception: {format_fields({'session_id': session_id})}"
 
 
 def end_failed_line(session_id: str, error: str) -> str:

@@ -133,7 +133,7 @@ class DurationCounts:
 class SessionCounts(Frozen):
     """Everything the store counted, read in one go."""
 
-    __slots__ = ("durations", "ended", "open", "start_time_unix_nano", "started", "store_id")
+    __slots__ = ("durations", "ended", "open", "quality", "start_time_unix_nano", "started", "store_id")
 
     store_id: str
     """Random, saved in the store when counting began: the series identity (``service.instance.id``)."""
@@ -147,6 +147,9 @@ class SessionCounts(Frozen):
     """Sessions open now, by component."""
     durations: Mapping[tuple[str, str], DurationCounts]
     """Session lengths (end minus start, in seconds, never negative) by ``(component, status)``."""
+    quality: Mapping[str, float]
+    """The latest ``quality_score`` a lifecycle manager reported at a start, by component (session-buddy's
+    ``session_quality_score``); components whose manager reports none are absent."""
 
     def __init__(
         self,
@@ -156,6 +159,7 @@ class SessionCounts(Frozen):
         ended: Mapping[tuple[str, str], int],
         open: Mapping[str, int],
         durations: Mapping[tuple[str, str], DurationCounts],
+        quality: Mapping[str, float] | None = None,
     ) -> None:
         self._set(
             store_id=store_id,
@@ -164,6 +168,7 @@ class SessionCounts(Frozen):
             ended=ended,
             open=open,
             durations=durations,
+            quality=quality or {},
         )
 
 
@@ -213,6 +218,7 @@ class InMemoryCounts:
         self.started: dict[tuple[str, ...], int] = {}
         self.ended: dict[tuple[str, ...], int] = {}
         self.durations: dict[tuple[str, ...], DurationCounts] = {}
+        self.quality: dict[str, float] = {}
 
     def key(self, labels: tuple[Label, ...], values: tuple[object, ...], *, admit: bool = False) -> tuple[str, ...]:
         """The series key for these values: each folded into its label form, admitting new ones if ``admit``."""
@@ -227,10 +233,14 @@ class InMemoryCounts:
             key.append(text)
         return tuple(key)
 
-    def on_start(self, component: str, shell_type: object) -> None:
-        """A stored start; ``shell_type`` as the start event has it (maybe absent)."""
+    def on_start(self, component: str, shell_type: object, telemetry: object = None) -> None:
+        """A stored start; ``shell_type`` as the start event has it (maybe absent), ``telemetry`` as stored (its
+        ``lifecycle.quality_score``, when a number, is the component's latest quality score)."""
         key = self.key(STARTED_KEY, (component, shell_type, TRACKED), admit=True)
         self.started[key] = self.started.get(key, 0) + 1
+        score = quality_score(telemetry)
+        if score is not None:
+            self.quality[key[0]] = score
 
     def on_end(self, component: str, status: str, seconds: float) -> None:
         key = self.key(ENDED_KEY, (component, status))
@@ -248,6 +258,7 @@ class InMemoryCounts:
             started=cast("dict[tuple[str, str, str], int]", dict(self.started)),
             ended=cast("dict[tuple[str, str], int]", dict(self.ended)),
             open=opened,
+            quality=dict(self.quality),
             durations=cast(
                 "dict[tuple[str, str], DurationCounts]",
                 {
@@ -394,6 +405,36 @@ COUNTS_MIGRATION: tuple[str, tuple[str, ...]] = (
 )
 """The SQLite store's schema migration for these counts (appended to its list). Applied stores keep the text
 they were created with, so what this generates must not change: ``tests/test_session_counts.py`` pins it."""
+
+
+def quality_score(telemetry: object) -> float | None:
+    """A stored session's ``lifecycle.quality_score`` (the manager's start answer), when it is a number."""
+    lifecycle = telemetry.get("lifecycle") if isinstance(telemetry, Mapping) else None
+    score = lifecycle.get("quality_score") if isinstance(lifecycle, Mapping) else None
+    return float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
+
+
+_QUALITY = "json_extract(NEW.telemetry, '$.lifecycle.quality_score')"
+QUALITY_MIGRATION: tuple[str, tuple[str, ...]] = (
+    "0015_session_quality_scores",
+    (
+        "CREATE TABLE session_quality_scores (component TEXT PRIMARY KEY, score REAL NOT NULL)",
+        # Kept by the statement that stores the start, as the counts are. The CASE reads the JSON only when it is
+        # valid, so odd telemetry can never fail a start; the label is admitted first (trigger order is SQLite's).
+        f"""
+        CREATE TRIGGER session_quality_start AFTER INSERT ON sessions
+        WHEN (CASE WHEN json_valid(NEW.telemetry) THEN json_type(NEW.telemetry, '$.lifecycle.quality_score') END)
+            IN ('integer', 'real') BEGIN
+            {_admits((COMPONENT,), ("NEW.component_name",))}
+            INSERT INTO session_quality_scores (component, score)
+                SELECT {_label(COMPONENT, "NEW.component_name")}, {_QUALITY} WHERE true
+                ON CONFLICT (component) DO UPDATE SET score = excluded.score;
+        END
+        """,
+    ),
+)
+"""session-buddy's ``session_quality_score``: the latest score a lifecycle manager reported at a start, per
+component label (store migration 0015)."""
 
 EXACT_LENGTHS_MIGRATION: tuple[str, tuple[str, ...]] = (
     "0005_session_counts_exact_lengths",

@@ -60,6 +60,7 @@ from sb_otel._tracking.row_telemetry import ALL, END_OWED_SQL, LIVE_MIGRATION, S
 from sb_otel._tracking.session_counts import (
     COUNTS_MIGRATION,
     EXACT_LENGTHS_MIGRATION,
+    QUALITY_MIGRATION,
     SESSION_DURATION_BUCKETS,
     DurationCounts,
     SessionCounts,
@@ -128,6 +129,7 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "0014_channel_sessions",  # a channel's key to its open session (sb_otel/_tracking/channel.py)
         ("CREATE TABLE IF NOT EXISTS channel_sessions (channel_key TEXT PRIMARY KEY, session_id TEXT NOT NULL)",),
     ),
+    QUALITY_MIGRATION,  # session-buddy's latest quality score per component (sb_otel/_tracking/session_counts.py)
 )
 """Named schema migrations, applied in order, each in its own transaction. Append; never edit."""
 
@@ -653,6 +655,7 @@ class SqliteSessionStore:
                     "SELECT component, status, count, total, minimum, maximum FROM session_duration_sums"
                 )
                 sum_rows = sums.fetchall()
+                quality = self._db.execute("SELECT component, score FROM session_quality_scores").fetchall()
             finally:
                 self._db.execute("COMMIT")
         durations: dict[tuple[str, str], DurationCounts] = {}
@@ -669,6 +672,7 @@ class SqliteSessionStore:
             ended={(component, status): value for component, status, value in ended},
             open={component: count for component, count in opened},
             durations=durations,
+            quality=dict(quality),
         )
 
     def close(self) -> None:

@@ -394,7 +394,7 @@ class InMemorySessionStore(InMemoryExportState, InMemoryRowTelemetry, InMemoryDe
             self._by_event[new.event_id] = record.session_id
             if built_from_row(record):
                 self._mark_row_owed(record.session_id)
-            self._counts.on_start(record.component_name, record.start_event.get("shell_type"))
+            self._counts.on_start(record.component_name, record.start_event.get("shell_type"), record.telemetry)
             return record, True
 
     def get(self, session_id: str) -> SessionRecord | None:

@@ -3,8 +3,9 @@
 Contract (seed + DESIGN.md): ``handle_session_start``/``handle_session_end`` never raise, whatever object they
 are given. Bad input, manager failures (a ``success: False`` dict, an exception, no answer within
 ``SB_OTEL_LIFECYCLE_TIMEOUT``) and store errors all become ``status="error"`` results whose message says what
-went wrong, and are logged with the seed's ERROR lines (full traceback for exceptions). A manager's own error
-text is the result's ``error``, as in session-buddy; sb-otel's context goes into the log line.
+went wrong, and are logged with session-buddy's ERROR lines, in its wording (``Session start exception`` /
+``Session end exception`` with the full traceback for exceptions). A manager's own error text is the result's
+``error`` and the line's, as in session-buddy; sb-otel's context goes into the record's ``sb.error.context``.
 
 A start is a retry (same session, no second manager call) only while its session is open and the event is the
 same; an ``event_id`` reused for another event or after its session ended is an error. Across processes
@@ -33,18 +34,21 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from sb_otel._exceptions import ConfigError
-from sb_otel._settings import SB_OTEL_LIFECYCLE_TIMEOUT, parse_duration
 from sb_otel._tracking.channel import ChannelSessionEvent, ChannelSessionResult, channel_event, track_channel_event
 from sb_otel._tracking.lifecycle import LifecycleManager
+from sb_otel._tracking.lifecycle_timeout import DEFAULT_LIFECYCLE_TIMEOUT as DEFAULT_LIFECYCLE_TIMEOUT
+from sb_otel._tracking.lifecycle_timeout import lifecycle_timeout_setting, timeout_error
+from sb_otel._tracking.log_lines import CONTEXT_ATTRIBUTE
 from sb_otel._tracking.log_lines import EVENT_LINE_MARKER as EVENT_LINE_MARKER
 from sb_otel._tracking.log_lines import SESSION_ENDED_LINE as SESSION_ENDED_LINE
 from sb_otel._tracking.log_lines import SESSION_STARTED_LINE as SESSION_STARTED_LINE
+from sb_otel._tracking.log_lines import end_exception_line as end_exception_line
 from sb_otel._tracking.log_lines import end_failed_line as end_failed_line
 from sb_otel._tracking.log_lines import ended_line as ended_line
 from sb_otel._tracking.log_lines import field_value as field_value
 from sb_otel._tracking.log_lines import format_fields as format_fields
 from sb_otel._tracking.log_lines import parse_fields as parse_fields
+from sb_otel._tracking.log_lines import start_exception_line as start_exception_line
 from sb_otel._tracking.log_lines import start_failed_line as start_failed_line
 from sb_otel._tracking.log_lines import started_line as started_line
 from sb_otel._tracking.models import (
@@ -63,9 +67,6 @@ from sb_otel._tracking.store_factory import open_store
 _Event = TypeVar("_Event", bound=BaseModel)
 _MAX_LOC_PART = 64
 _MAX_REPORTED_ERRORS = 5
-
-DEFAULT_LIFECYCLE_TIMEOUT = 5.0
-"""Seconds a lifecycle manager call may take when ``SB_OTEL_LIFECYCLE_TIMEOUT`` is unset (or invalid)."""
 CLAIM_MARGIN = 10.0
 """Seconds a start or end claim outlives the lifecycle timeout before another process may take it over."""
 _POLL_FIRST, _POLL_MAX = 0.01, 0.2
@@ -123,14 +124,7 @@ class SessionTracker:
         self._claimant = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
     def _configured_timeout(self) -> float:
-        text = SB_OTEL_LIFECYCLE_TIMEOUT.read()
-        if text is None:
-            return DEFAULT_LIFECYCLE_TIMEOUT
-        try:
-            return parse_duration(text, name="SB_OTEL_LIFECYCLE_TIMEOUT").total_seconds()
-        except ConfigError as exc:  # a typo must not stop tracking: warn and use the default
-            self.logger.warning("%s; using %g s", exc, DEFAULT_LIFECYCLE_TIMEOUT)
-            return DEFAULT_LIFECYCLE_TIMEOUT
+        return lifecycle_timeout_setting(self.logger)  # a typo must not stop tracking: warned, default used
 
     @property
     def store(self) -> SessionStore:
@@ -210,9 +204,7 @@ class SessionTracker:
                 error_type=type(exc).__name__,
                 duration_seconds=time.monotonic() - began,
             )
-            self.logger.exception(
-                start_failed_line(start.component_name, start.shell_type, start.pid, _exception_text(exc))
-            )
+            self.logger.exception(start_exception_line(start.component_name, start.shell_type, start.pid))
             return TrackedStart(SessionStartResult(session_id=None, status="error", error=error), None)
 
     async def _start(
@@ -291,7 +283,8 @@ class SessionTracker:
 
     def _start_failed(self, event: object, error: str, context: str | None = None) -> SessionStartResult:
         component, shell_type, pid = _start_identity(event)
-        self.logger.error(start_failed_line(component, shell_type, pid, context or error))
+        extra = {CONTEXT_ATTRIBUTE: context} if context and context != error else None
+        self.logger.error(start_failed_line(component, shell_type, pid, error), extra=extra)
         return SessionStartResult(session_id=None, status="error", error=error)
 
     # -- channel sessions ---------------------------------------------------------------------------------
@@ -378,9 +371,7 @@ class SessionTracker:
                 error_type=type(exc).__name__,
                 duration_seconds=time.monotonic() - began,
             )
-            self.logger.exception(
-                end_failed_line(end.session_id, _exception_text(exc)), extra={"session.id": end.session_id}
-            )
+            self.logger.exception(end_exception_line(end.session_id), extra={"session.id": end.session_id})
             return TrackedEnd(SessionEndResult(session_id=end.session_id, status="error", error=error), None)
 
     async def _end(
@@ -450,7 +441,10 @@ class SessionTracker:
         return TrackedEnd(SessionEndResult(session_id=event.session_id, status="ended"), ended)
 
     def _end_failed(self, session_id: str, error: str, context: str | None = None) -> SessionEndResult:
-        self.logger.error(end_failed_line(session_id, context or error), extra={"session.id": session_id})
+        extra = {"session.id": session_id}
+        if context and context != error:
+            extra[CONTEXT_ATTRIBUTE] = context
+        self.logger.error(end_failed_line(session_id, error), extra=extra)
         return SessionEndResult(session_id=session_id, status="error", error=error)
 
     # -- helpers ------------------------------------------------------------------------------------------
@@ -474,10 +468,7 @@ class SessionTracker:
                 call: Awaitable[Any] = getattr(self.session_manager, operation)(working_directory=working_directory)
                 answer = await asyncio.wait_for(call, timeout=self.lifecycle_timeout)
         except asyncio.TimeoutError:
-            error = (
-                f"lifecycle manager's {operation} did not answer within {self.lifecycle_timeout:g} s "
-                "(SB_OTEL_LIFECYCLE_TIMEOUT)"
-            )
+            error = timeout_error(operation, self.lifecycle_timeout)
             raise _LifecycleFailure(error, error) from None
         if not isinstance(answer, Mapping):
             error = f"lifecycle manager's {operation} returned {type(answer).__name__}, expected a dict with 'success'"
