@@ -34,7 +34,8 @@ def spool_line(span_id: int, status: int, command: str, mode: str = "p", start: 
 def started(tmp_path: Path, redact: str | None = None) -> tuple[Path, str, Path]:
     store = tmp_path / "sessions.db"
     answer = emit_fast.track_start("bash", "bash", 4242, str(tmp_path), {}, str(store))
-    assert answer.session_id is not None and answer.traceparent is not None
+    assert answer.session_id is not None
+    assert answer.traceparent is not None
     path = spool.prepare(store, answer.session_id)
     assert path is not None
     return store, answer.session_id, path
@@ -70,7 +71,8 @@ def test_commands_are_child_spans_of_the_open_session_with_their_status(tmp_path
             ("command make", 0xB2, root_id),
         ]
         ok, failed = sent
-        assert ok.status.status_code is StatusCode.UNSET and "error.type" not in ok.attributes
+        assert ok.status.status_code is StatusCode.UNSET
+        assert "error.type" not in ok.attributes
         assert failed.status.status_code is StatusCode.ERROR
         assert failed.attributes["error.type"] == "2"
         assert dict(failed.attributes) == {

@@ -42,13 +42,15 @@ def test_a_line_is_a_command_with_its_times_status_and_span_id() -> None:
 def test_escaped_tabs_newlines_and_backslashes_are_read_back(written: str, expected: str) -> None:
     """A command line may hold tabs and newlines: the shell escapes them and the reader undoes only those."""
     parsed = spool.parse_line(line(mode="f", command=written).rstrip(b"\n"))
-    assert parsed is not None and parsed.command == expected
+    assert parsed is not None
+    assert parsed.command == expected
 
 
 def test_a_decimal_comma_is_a_time_too() -> None:
     """bash writes $EPOCHREALTIME with the locale's decimal point."""
     parsed = spool.parse_line(line(start="1765000000,5", end="1765000002,5").rstrip(b"\n"))
-    assert parsed is not None and (parsed.start, parsed.end) == (1765000000.5, 1765000002.5)
+    assert parsed is not None
+    assert (parsed.start, parsed.end) == (1765000000.5, 1765000002.5)
 
 
 @pytest.mark.parametrize(
