@@ -89,9 +89,16 @@ def test_commands_are_child_spans_of_the_open_session_with_their_status(tmp_path
 
 
 def test_the_session_span_counts_its_commands_and_failures(tmp_path: Path) -> None:
-    """Commands read before the end are counted on the session span built at the end."""
+    """Commands read before the end are counted on the session span built at the end, which names the shell and
+    its version as the shell told them, not sb-otel's Python."""
     store_path, session_id, path = started(tmp_path)
-    append(path, spool_line(1, 0, "ls"), spool_line(2, 1, "false"), spool_line(3, 127, "nosuch"))
+    append(
+        path,
+        "v\tbash\t5.2.15(1)-release",
+        spool_line(1, 0, "ls"),
+        spool_line(2, 1, "false"),
+        spool_line(3, 127, "nosuch"),
+    )
     assert emit_fast.track_end(session_id, 0, None, str(store_path)).status == "ended"
     store = SqliteSessionStore(store_path)
     spans = InMemorySpanExporter()  # type: ignore[no-untyped-call]
@@ -101,6 +108,11 @@ def test_the_session_span_counts_its_commands_and_failures(tmp_path: Path) -> No
         store.close()
     (root,) = [span for span in spans.get_finished_spans() if span.name == "session bash"]
     assert (root.attributes["sb.shell.commands"], root.attributes["sb.shell.commands.failed"]) == (3, 2)
+    assert (root.attributes["process.runtime.name"], root.attributes["process.runtime.version"]) == (
+        "bash",
+        "5.2.15(1)-release",
+    )
+    assert root.attributes["process.executable.name"] == "bash"
     assert len(commands_of(spans)) == 3
 
 

@@ -72,20 +72,28 @@ def test_a_partial_last_line_waits_for_its_newline(tmp_path: Path) -> None:
     path = tmp_path / "s.spool"
     whole = line(command="ls") + b"garbage\n"
     path.write_bytes(whole + line(command="make")[:-3])
-    commands, offset = spool.read_from(path, 0)
-    assert ([c.command for c in commands], offset) == (["ls"], len(whole))
+    chunk = spool.read_from(path, 0)
+    assert ([c.command for c in chunk.commands], chunk.offset) == (["ls"], len(whole))
     with path.open("ab") as more:
         more.write(line(command="make")[-3:])
-    commands, offset = spool.read_from(path, offset)
-    assert ([c.command for c in commands], offset) == (["make"], path.stat().st_size)
+    chunk = spool.read_from(path, chunk.offset)
+    assert ([c.command for c in chunk.commands], chunk.offset) == (["make"], path.stat().st_size)
 
 
 def test_a_limit_reads_that_many_commands_and_says_where_it_stopped(tmp_path: Path) -> None:
     path = tmp_path / "s.spool"
     path.write_bytes(b"".join(line(command=f"c{i}") for i in range(5)))
-    commands, offset = spool.read_from(path, 0, limit=2)
-    assert [c.command for c in commands] == ["c0", "c1"]
-    assert [c.command for c in spool.read_from(path, offset)[0]] == ["c2", "c3", "c4"]
+    chunk = spool.read_from(path, 0, limit=2)
+    assert [c.command for c in chunk.commands] == ["c0", "c1"]
+    assert [c.command for c in spool.read_from(path, chunk.offset).commands] == ["c2", "c3", "c4"]
+
+
+def test_the_first_line_is_the_shells_name_and_version(tmp_path: Path) -> None:
+    path = tmp_path / "s.spool"
+    path.write_bytes(b"v\tbash\t5.2.15(1)-release\n" + line())
+    chunk = spool.read_from(path, 0)
+    assert chunk.shell == ("bash", "5.2.15(1)-release")
+    assert len(chunk.commands) == 1
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ Attributes follow the semantic conventions for processes: ``process.executable.n
 ``process.working_directory`` and, only when whole lines were opted in, ``process.command_line`` (secrets
 redacted, :mod:`sb_otel._tracking.command_redaction`). A command that exits non-zero is an ERROR span with
 ``error.type`` set to its exit status. The session's own counts (``sb.shell.commands``,
-``sb.shell.commands.failed``) are written into its start attributes, so its span carries them when it is built at
+``sb.shell.commands.failed``) and the shell's version (``process.runtime.name``/``.version``: the spool's first
+line) are written into its start attributes, so its span carries them when it is built at
 the end. The session's ``SB_OTEL_REDACT`` applies to every command span as to the session's.
 """
 
@@ -57,6 +58,9 @@ EXECUTABLE_NAME = "process.executable.name"
 COMMAND_LINE = "process.command_line"
 EXIT_CODE = "process.exit.code"
 WORKING_DIRECTORY = "process.working_directory"
+RUNTIME_NAME = "process.runtime.name"
+RUNTIME_VERSION = "process.runtime.version"
+"""On a shell's session span: the shell and its version, as the shell tells them (``$BASH_VERSION``…)."""
 
 
 class CommandSpans:
@@ -154,7 +158,8 @@ def export_round(exporter: StoreExporter, report: DrainReport) -> int:
         record = store.get(session_id)
         if record is None:
             continue
-        commands, offset = read_from(path, progress.offset, exporter.batch_size)
+        chunk = read_from(path, progress.offset, exporter.batch_size)
+        commands, offset = chunk.commands, chunk.offset
         if offset == progress.offset:
             continue
         spans = builder.build(record, commands, exporter._redaction)
@@ -174,18 +179,23 @@ def export_round(exporter: StoreExporter, report: DrainReport) -> int:
                 report.signal("traces").sent += len(sent)
         failed = sum(1 for command in commands if command.status)
         advanced = SpoolProgress(offset, progress.commands + len(commands), progress.failed + failed)
-        _count_on_session(store, record, advanced)
+        _count_on_session(store, record, advanced, chunk.shell)
         store.advance_spool(session_id, advanced)
         settled += max(len(commands), 1)
     return settled
 
 
-def _count_on_session(store: CommandSpoolStore, record: SessionRecord, progress: SpoolProgress) -> None:
-    """The session's command counts, among the attributes its span is built with."""
+def _count_on_session(
+    store: CommandSpoolStore, record: SessionRecord, progress: SpoolProgress, shell: tuple[str, str] | None
+) -> None:
+    """The session's command counts (and the shell's version, as the shell told it), among the attributes its
+    span is built with."""
     attributes = record.telemetry.get(ATTRIBUTES_KEY)
     if not isinstance(attributes, Mapping):
         return
     counted = {**attributes, COMMANDS: progress.commands, COMMANDS_FAILED: progress.failed}
+    if shell is not None:
+        counted[RUNTIME_NAME], counted[RUNTIME_VERSION] = shell
     store.update_telemetry(record.session_id, {ATTRIBUTES_KEY: counted})
 
 

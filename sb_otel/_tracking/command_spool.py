@@ -6,7 +6,8 @@ time): the shell's own builtins append one line when a command line ends (``prin
 lives beside the store, in a folder only its owner may open (``<store>.commands/``, 0700; the file 0600, made by
 ``sb-otel init`` before the shell writes to it), one file per session, named by the session id.
 
-A line has seven tab-separated fields, each with backslash, tab and newline escaped (``\\\\``, ``\\t``, ``\\n``)::
+Its first line is the shell's name and version (``v <tab> bash <tab> 5.2.15(1)-release``). Then a line per
+command has seven tab-separated fields, each with backslash, tab and newline escaped (``\\\\``, ``\\t``, ``\\n``)::
 
     mode  span-id  start  end  status  cwd  command
 
@@ -156,28 +157,55 @@ def spooled_sessions(store_path: str | Path) -> Iterator[tuple[str, Path]]:
             yield entry.name[: -len(SUFFIX)], Path(entry.path)
 
 
-def read_from(path: Path, offset: int, limit: int | None = None) -> tuple[list[SpooledCommand], int]:
-    """The whole lines after byte ``offset`` (at most ``limit`` of them) and the offset after the last line read;
-    a partial last line is still being written and waits. Unparsable lines are passed over."""
+class SpoolChunk(Frozen):
+    """What :func:`read_from` found: the commands, the shell's name and version if its first line was among the
+    lines read, and the offset after the last whole line."""
+
+    __slots__ = ("commands", "offset", "shell")
+
+    commands: list[SpooledCommand]
+    shell: tuple[str, str] | None
+    offset: int
+
+    def __init__(self, commands: list[SpooledCommand], shell: tuple[str, str] | None, offset: int) -> None:
+        self._set(commands=commands, shell=shell, offset=offset)
+
+
+def read_from(path: Path, offset: int, limit: int | None = None) -> SpoolChunk:
+    """The whole lines after byte ``offset`` (at most ``limit`` commands); a partial last line is still being
+    written and waits. Unparsable lines are passed over."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
     except OSError:
-        return [], offset
+        return SpoolChunk([], None, offset)
     with os.fdopen(fd, "rb") as spool:
         spool.seek(offset)
         data = spool.read()
     commands: list[SpooledCommand] = []
+    shell: tuple[str, str] | None = None
     at = 0
     while limit is None or len(commands) < limit:
         end = data.find(b"\n", at)
         if end < 0:
             break
-        command = parse_line(data[at:end])
-        if command is not None:
-            commands.append(command)
+        raw = data[at:end]
+        if raw.startswith(b"v\t"):
+            shell = parse_shell(raw) or shell
+        else:
+            command = parse_line(raw)
+            if command is not None:
+                commands.append(command)
         at = end + 1
-    return commands, offset + at
+    return SpoolChunk(commands, shell, offset + at)
+
+
+def parse_shell(raw: bytes) -> tuple[str, str] | None:
+    """The shell's first line, ``v <name> <version>``: the shell tells its version as it starts recording."""
+    fields = raw.decode("utf-8", "backslashreplace").split("\t")
+    if len(fields) != 3 or not fields[1] or len(fields[1]) > 32 or len(fields[2]) > 128:
+        return None
+    return fields[1], fields[2]
 
 
 def parse_line(raw: bytes) -> SpooledCommand | None:

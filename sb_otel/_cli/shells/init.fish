@@ -5,7 +5,10 @@
 # The end is a fish_exit event handler: your own fish_exit handlers, defined before or after this, run beside it.
 # A HUP or TERM from `kill` ends the shell from sb-otel's signal handler, so yours for that signal run only if they
 # were defined before this; a closed terminal leaves the shell to end at its end of input, running them all.
-# Nothing runs at the prompt, so `$status` and the prompt are untouched.
+# Each command line becomes a span of the session, recorded with builtins only (no process per command): a
+# fish_preexec handler gives it its own TRACEPARENT, a fish_postexec handler appends one line to the session's
+# spool (program name only, unless SB_OTEL_SHELL_COMMAND_LINES=true), timed by $CMD_DURATION and /proc/uptime read
+# by the `read` builtin (fish has no clock of its own); `$status` and the prompt are untouched.
 
 function __sb_otel_end --argument-names rc --description 'end the session once; rc = the exit status'
     test "$__sb_otel_pid" = "$fish_pid"; and not set -q __sb_otel_ended; or return 0
@@ -38,6 +41,58 @@ function __sb_otel_on_signal --on-signal HUP --on-signal TERM --description 'the
     builtin exit $code
 end
 
+function __sb_otel_escape --description 'one spool field: backslash, tab and newline escaped'
+    string replace -a -- \\ \\\\ $argv[1] | string replace -a -- \t \\t | string join \\n
+end
+
+function __sb_otel_preexec --argument-names line
+    set -q __sb_otel_spool; and test "$__sb_otel_pid" = "$fish_pid"; or return
+    set -g __sb_otel_cwd $PWD
+    set -g __sb_otel_command $line
+    if test "$__sb_otel_mode" != f # the program's name only: no argument is ever written down
+        set -g __sb_otel_command
+        for word in (string split -n ' ' -- $line)
+            string match -qr '^[A-Za-z_][A-Za-z0-9_]*=' -- $word; and continue
+            set -g __sb_otel_command (string replace -r '.*/' '' -- $word)
+            break
+        end
+    end
+    set -g __sb_otel_span (printf '%08x%08x' (random 0 4294967295) (random 0 4294967295))
+    test "$__sb_otel_span" != 0000000000000000; or set -g __sb_otel_span 0000000000000001
+    set -q __sb_otel_trace[1]; and set -gx TRACEPARENT 00-$__sb_otel_trace-$__sb_otel_span-$__sb_otel_flags
+    set -g __sb_otel_running 1
+end
+
+function __sb_otel_postexec
+    set -l rc $status
+    set -q __sb_otel_running; or return $rc
+    set -e __sb_otel_running
+    read -l up _ </proc/uptime; or return $rc
+    set -l ended (math -s6 "$__sb_otel_boot + $up")
+    set -l began (math -s6 "$ended - $CMD_DURATION / 1000")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' $__sb_otel_mode $__sb_otel_span $began $ended $rc \
+        (__sb_otel_escape $__sb_otel_cwd) (__sb_otel_escape "$__sb_otel_command") >>$__sb_otel_spool
+    test -z "$__sb_otel_traceparent"; or set -gx TRACEPARENT $__sb_otel_traceparent
+    return $rc
+end
+
+function __sb_otel_commands --argument-names folder mode boot
+    test -n "$folder" -a -n "$boot" -a -n "$__sb_otel_session"; and test -r /proc/uptime; or return 0
+    set -g __sb_otel_spool $folder/$__sb_otel_session.spool
+    set -g __sb_otel_mode $mode
+    set -g __sb_otel_boot $boot
+    set -g __sb_otel_traceparent "$TRACEPARENT"
+    set -g __sb_otel_trace (string match -r -g '^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$' -- $__sb_otel_traceparent)
+    set -g __sb_otel_flags (string match -r -g '^00-[0-9a-f]{32}-[0-9a-f]{16}-([0-9a-f]{2})$' -- $__sb_otel_traceparent)
+    printf 'v\tfish\t%s\n' $version >>$__sb_otel_spool
+    function __sb_otel_on_preexec --on-event fish_preexec
+        __sb_otel_preexec $argv
+    end
+    function __sb_otel_on_postexec --on-event fish_postexec
+        __sb_otel_postexec
+    end
+end
+
 function exit --description 'the builtin, noting whether a status was given (alone: a normal end)'
     set -l rc $status
     set -g __sb_otel_exit_args (count $argv)
@@ -49,7 +104,7 @@ function exit --description 'the builtin, noting whether a status was given (alo
     set -e __sb_otel_exit_args
 end
 
-function __sb_otel_begin --argument-names pid store component session traceparent bin
+function __sb_otel_begin --argument-names pid store component session traceparent bin folder mode boot
     if test "$__sb_otel_pid" = "$fish_pid" # sourced again in this shell: it keeps its session
         if test -n "$session" -a "$session" != "$__sb_otel_session"
             $bin emit end $session --store $store >/dev/null 2>&1
@@ -68,10 +123,12 @@ function __sb_otel_begin --argument-names pid store component session traceparen
         test -n "$traceparent"; and set -gx TRACEPARENT $traceparent
     else
         set new $SB_OTEL_SESSION_ID # `init` found this shell's session already open
+        test -n "$traceparent"; and set -gx TRACEPARENT $traceparent
     end
     test -n "$new"; or return 0
     set -g __sb_otel_pid $fish_pid
     set -g __sb_otel_session $new
     set -g __sb_otel_store $store
     set -g __sb_otel_bin $bin
+    __sb_otel_commands "$folder" "$mode" "$boot"
 end
