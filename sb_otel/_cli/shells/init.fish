@@ -67,6 +67,7 @@ function __sb_otel_postexec
     set -l rc $status
     set -q __sb_otel_running; or return $rc
     set -e __sb_otel_running
+    set -q __sb_otel_exit_args; and return $rc # the shell is leaving: `exit` is no command of the session's
     read -l up _ </proc/uptime; or return $rc
     set -l ended (math -s6 "$__sb_otel_boot + $up")
     set -l began (math -s6 "$ended - $CMD_DURATION / 1000")
