@@ -125,11 +125,6 @@ def command_attributes(command: SpooledCommand, session_id: str) -> dict[str, At
     return attributes
 
 
-def shown_command(command: SpooledCommand) -> str:
-    """The command as it may be shown (``sb-otel show``): the whole line redacted, or the program's name."""
-    return redact_command_line(command.command) if command.full_line else command.program
-
-
 _BUILDERS: weakref.WeakKeyDictionary[Any, CommandSpans] = weakref.WeakKeyDictionary()
 
 

@@ -11,6 +11,10 @@ token or key given to an option, credentials in a URL and an ``Authorization`` h
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sb_otel._tracking.command_spool import SpooledCommand
 
 MASK = "[REDACTED]"
 _SECRET_WORDS = r"(?:pass(?:word|wd|phrase)?|pw|secret|token|api[-_]?key|key|auth|credentials?|private[-_]?key)"
@@ -44,3 +48,8 @@ def redact_command_line(line: str) -> str:
     for pattern, replacement in _PATTERNS:
         line = pattern.sub(replacement, line)
     return line
+
+
+def shown_command(command: SpooledCommand) -> str:
+    """A spooled command as it may be shown or sent: the whole line redacted, or the program's name alone."""
+    return redact_command_line(command.command) if command.full_line else command.program
