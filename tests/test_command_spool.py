@@ -137,3 +137,10 @@ def test_the_store_keeps_each_spools_progress(tmp_path: Path) -> None:
         assert again.spool_progress("s") == SpoolProgress(240, 6, 2)
     finally:
         again.close()
+
+
+def test_fish_writes_its_end_as_a_sum_and_its_start_as_a_duration_before_it() -> None:
+    """fish has no clock: boot time + uptime for the end, -CMD_DURATION for the start (no arithmetic in fish)."""
+    parsed = spool.parse_line(line(start="-1250e-3", end="1765000000.25+100.5").rstrip(b"\n"))
+    assert parsed is not None
+    assert (parsed.start, parsed.end) == (1765000099.5, 1765000100.75)

@@ -21,7 +21,8 @@ from __future__ import annotations
 import weakref
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -38,7 +39,6 @@ from sb_otel._telemetry.root_span import SessionTelemetry, stored_redaction
 from sb_otel._telemetry.session_span import ATTRIBUTES_KEY, SessionSpanPlan, export_session_span
 from sb_otel._tracking.command_redaction import redact_command_line
 from sb_otel._tracking.command_spool import (
-    CommandSpoolStore,
     SpooledCommand,
     SpoolProgress,
     read_from,
@@ -61,6 +61,21 @@ WORKING_DIRECTORY = "process.working_directory"
 RUNTIME_NAME = "process.runtime.name"
 RUNTIME_VERSION = "process.runtime.version"
 """On a shell's session span: the shell and its version, as the shell tells them (``$BASH_VERSION``…)."""
+
+
+@runtime_checkable
+class CommandSpoolStore(Protocol):
+    """A store that keeps spool progress (the SQLite store; the memory store has no file beside it)."""
+
+    path: Path
+
+    def spool_progress(self, session_id: str) -> SpoolProgress: ...
+
+    def advance_spool(self, session_id: str, progress: SpoolProgress) -> None: ...
+
+    def get(self, session_id: str) -> SessionRecord | None: ...
+
+    def update_telemetry(self, session_id: str, telemetry: Mapping[str, Any]) -> None: ...
 
 
 class CommandSpans:

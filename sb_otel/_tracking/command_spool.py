@@ -16,23 +16,20 @@ no argument, so a secret in one never reaches the disk), ``f`` the whole line (o
 ``SB_OTEL_SHELL_COMMAND_LINES``; :mod:`sb_otel._tracking.command_redaction` redacts it before it is stored
 anywhere else or sent). ``span-id`` is the 16 hex digits the shell made for the command's ``TRACEPARENT``;
 ``start`` and ``end`` are seconds since the epoch (a decimal comma is read too: bash writes ``$EPOCHREALTIME`` in
-the locale's form). A line the reader cannot parse is skipped; a last line without its newline is still being
-written and is left for the next read.
+the locale's form). fish, which has no clock and whose arithmetic costs a command substitution, writes the end
+as a sum (``<boot time>+<uptime>``) and the start as ``-<duration>`` before it (``-1250e-3``). A line the reader
+cannot parse is skipped; a last line without its newline is still being written and is left for the next read.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from sb_otel._tracking.private_files import private_dir, private_file
 from sb_otel._tracking.values import Frozen
-
-if TYPE_CHECKING:
-    from sb_otel._tracking.store import SessionRecord
 
 SUFFIX = ".spool"
 MIGRATION = (
@@ -97,7 +94,9 @@ class SpooledCommand(Frozen):
 
 class SpoolProgress(Frozen):
     """How far a session's spool has been turned into spans: the byte offset read up to, and the commands in it
-    so far (all and failed), which the session span carries."""
+    so far (all and failed), which the session span carries. (The stores that keep it are
+    :class:`sb_otel._telemetry.command_spans.CommandSpoolStore`: no ``Protocol`` here, on ``sb-otel init``'s path,
+    where building one costs a shell's start several milliseconds.)"""
 
     __slots__ = ("commands", "failed", "offset")
 
@@ -107,21 +106,6 @@ class SpoolProgress(Frozen):
 
     def __init__(self, offset: int = 0, commands: int = 0, failed: int = 0) -> None:
         self._set(offset=offset, commands=commands, failed=failed)
-
-
-@runtime_checkable
-class CommandSpoolStore(Protocol):
-    """A store that keeps spool progress (the SQLite store; the memory store has no file beside it)."""
-
-    path: Path
-
-    def spool_progress(self, session_id: str) -> SpoolProgress: ...
-
-    def advance_spool(self, session_id: str, progress: SpoolProgress) -> None: ...
-
-    def get(self, session_id: str) -> SessionRecord | None: ...
-
-    def update_telemetry(self, session_id: str, telemetry: Mapping[str, Any]) -> None: ...
 
 
 def spool_dir(store_path: str | Path) -> Path:
@@ -214,7 +198,8 @@ def parse_line(raw: bytes) -> SpooledCommand | None:
     if len(fields) != 7 or fields[0] not in (PROGRAM_ONLY, FULL_LINE) or not _SPAN_ID.fullmatch(fields[1]):
         return None
     try:
-        start, end = _seconds(fields[2]), _seconds(fields[3])
+        end = _seconds(fields[3])
+        start = end - float(fields[2][1:]) if fields[2].startswith("-") else _seconds(fields[2])
         status = int(fields[4])
     except ValueError:
         return None
@@ -234,7 +219,7 @@ def unescape(text: str) -> str:
 
 
 def _seconds(text: str) -> float:
-    value = float(text.replace(",", "."))
+    value = sum(float(part) for part in text.replace(",", ".").split("+"))
     if not 0 < value < 1e11:  # before 5138 AD, after 1970: anything else is not a time the shell wrote
         raise ValueError(text)
     return value

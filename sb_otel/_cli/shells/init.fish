@@ -48,16 +48,15 @@ end
 function __sb_otel_preexec --argument-names line
     set -q __sb_otel_spool; and test "$__sb_otel_pid" = "$fish_pid"; or return
     set -g __sb_otel_cwd $PWD
-    set -g __sb_otel_command $line
-    if test "$__sb_otel_mode" != f # the program's name only: no argument is ever written down
-        set -g __sb_otel_command
-        for word in (string split -n ' ' -- $line)
-            string match -qr '^[A-Za-z_][A-Za-z0-9_]*=' -- $word; and continue
-            set -g __sb_otel_command (string replace -r '.*/' '' -- $word)
-            break
-        end
+    if test "$__sb_otel_mode" = f
+        set -g __sb_otel_command $line
+    else # the program's name only: no argument is ever written down
+        string replace -r '(?s)^\s*(?:[A-Za-z_][A-Za-z0-9_]*=\S*\s+)*(?:\S*/)?(\S*).*$' '$1' -- $line | read -g __sb_otel_command
     end
-    set -g __sb_otel_span (printf '%08x%08x' (random 0 4294967295) (random 0 4294967295))
+    # span ids come 16 at a time: fish makes one random number per `random`, and each ( ) costs
+    set -q __sb_otel_ids[1]; or set -g __sb_otel_ids (printf '%08x%08x\n' (for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32; random 0 4294967295; end))
+    set -g __sb_otel_span $__sb_otel_ids[1]
+    set -e __sb_otel_ids[1]
     test "$__sb_otel_span" != 0000000000000000; or set -g __sb_otel_span 0000000000000001
     set -q __sb_otel_trace[1]; and set -gx TRACEPARENT 00-$__sb_otel_trace-$__sb_otel_span-$__sb_otel_flags
     set -g __sb_otel_running 1
@@ -69,10 +68,13 @@ function __sb_otel_postexec
     set -e __sb_otel_running
     set -q __sb_otel_exit_args; and return $rc # the shell is leaving: `exit` is no command of the session's
     read -l up _ </proc/uptime; or return $rc
-    set -l ended (math -s6 "$__sb_otel_boot + $up")
-    set -l began (math -s6 "$ended - $CMD_DURATION / 1000")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' $__sb_otel_mode $__sb_otel_span $began $ended $rc \
-        (__sb_otel_escape $__sb_otel_cwd) (__sb_otel_escape "$__sb_otel_command") >>$__sb_otel_spool
+    # its end as "boot+uptime" and its start as "-duration" (CMD_DURATION, ms): the reader adds them up (no math)
+    set -l cwd $__sb_otel_cwd
+    string match -qr '[\\\\\t\n]' -- $cwd; and set cwd (__sb_otel_escape $cwd)
+    set -l command $__sb_otel_command
+    string match -qr '[\\\\\t\n]' -- $command; and set command (__sb_otel_escape $command)
+    printf '%s\t%s\t-%se-3\t%s+%s\t%s\t%s\t%s\n' $__sb_otel_mode $__sb_otel_span $CMD_DURATION $__sb_otel_boot $up \
+        $rc "$cwd" "$command" >>$__sb_otel_spool
     test -z "$__sb_otel_traceparent"; or set -gx TRACEPARENT $__sb_otel_traceparent
     return $rc
 end
