@@ -93,6 +93,9 @@ class CommandSpans:
             )
         provider.add_span_processor(SimpleSpanProcessor(self._spans))
         self._tracer = provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
+        self.read_up_to: dict[str, int] = {}
+        """Each spool's size when it was last read to its end: a spool that has not grown costs a round one
+        ``stat``, not a store query (a store keeps every ended session's spool)."""
 
     def build(self, record: SessionRecord, commands: list[SpooledCommand], fallback: Redaction) -> list[Any]:
         """One ``ReadableSpan`` per command (none for an unsampled session or one without a span plan)."""
@@ -162,8 +165,11 @@ def export_round(exporter: StoreExporter, report: DrainReport) -> int:
             size = path.stat().st_size
         except OSError:
             continue
+        if builder.read_up_to.get(session_id) == size:
+            continue
         progress = store.spool_progress(session_id)
         if size <= progress.offset:
+            builder.read_up_to[session_id] = size
             continue
         record = store.get(session_id)
         if record is None:
@@ -191,6 +197,8 @@ def export_round(exporter: StoreExporter, report: DrainReport) -> int:
         advanced = SpoolProgress(offset, progress.commands + len(commands), progress.failed + failed)
         _count_on_session(store, record, advanced, chunk.shell)
         store.advance_spool(session_id, advanced)
+        if offset == size:
+            builder.read_up_to[session_id] = size
         settled += max(len(commands), 1)
     return settled
 
