@@ -168,7 +168,7 @@ __sb_otel_precmd() {  # first in PROMPT_COMMAND: the line's command ends; append
     __sb_otel_began=
     [[ -z $__sb_otel_traceparent ]] || export TRACEPARENT="$__sb_otel_traceparent"
   fi
-  [[ $PS0 == *__sb_otel_ps0* ]] || PS0="\${__sb_otel_ps0[__sb_otel_armed=1]}$PS0"
+  [[ ${PS0-} == *__sb_otel_ps0* ]] || PS0="\${__sb_otel_ps0[__sb_otel_armed=1]-}${PS0-}"
   return "$__sb_otel_rc"
 }
 
@@ -182,7 +182,7 @@ __sb_otel_commands() {  # $1 = the spool folder, $2 = the mode: start recording 
   fi
   printf 'v\tbash\t%s\n' "$BASH_VERSION" >>"$__sb_otel_spool"
   __sb_otel_ps0=()
-  [[ $PS0 == *__sb_otel_ps0* ]] || PS0="\${__sb_otel_ps0[__sb_otel_armed=1]}${PS0-}"
+  [[ ${PS0-} == *__sb_otel_ps0* ]] || PS0="\${__sb_otel_ps0[__sb_otel_armed=1]-}${PS0-}"
   # first in PROMPT_COMMAND's first entry (a string, or an array's first element: either way it runs first and
   # sees the command's $?; `PROMPT_COMMAND=("$PROMPT_COMMAND" …)` in an rc file keeps it)
   [[ ${PROMPT_COMMAND[0]-} == *__sb_otel_precmd* ]] || PROMPT_COMMAND[0]="__sb_otel_precmd;${PROMPT_COMMAND[0]-}"
