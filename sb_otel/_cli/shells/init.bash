@@ -37,6 +37,10 @@ __sb_otel_signal_trap() {  # HUP/TERM: $1 = the status to report, $2 = the user'
     __sb_otel_end "$1"
     builtin trap - EXIT
     eval "${__sb_otel_user_EXIT-}"
+    # then die of SIGHUP as an untrapped shell does (an interactive bash ignores TERM): an `exit` here is lost
+    # when bash takes the trap just as PROMPT_COMMAND returns, and the shell would stay at its prompt
+    builtin trap - HUP
+    builtin kill -s HUP "${BASHPID:-$$}"
     builtin exit "$1"
   fi
   return "$__sb_otel_rc"  # the user's action runs next; an `exit` in it ends the session (see `exit`)
