@@ -174,6 +174,12 @@ SB_OTEL_EMIT_DRAIN = Setting(
     "export`, isolated from the shell: see the Shells guide) after it writes the store (the session's "
     "telemetry then waits for the next exporter: `serve`, `sb-otel export`).",
 )
+SB_OTEL_SHELL_COMMAND_LINES = Setting(
+    env="SB_OTEL_SHELL_COMMAND_LINES",
+    default="`false`",
+    description="`true`: a shell started with `sb-otel init` records each command's whole line (secrets redacted "
+    "before it is stored elsewhere or sent) rather than the program's name alone. Read once, as the shell starts.",
+)
 SB_OTEL_JAEGER_URL = Setting(
     env="SB_OTEL_JAEGER_URL",
     default="`http://localhost:16686`",
@@ -281,6 +287,7 @@ SETTINGS: tuple[Setting, ...] = (
     SB_OTEL_MCP_SPANS,
     SB_OTEL_SESSION_ID,
     SB_OTEL_EMIT_DRAIN,
+    SB_OTEL_SHELL_COMMAND_LINES,
     SB_OTEL_JAEGER_URL,
     SB_OTEL_METRIC_LABEL_LIMIT,
     SB_OTEL_OPEN_SESSION_SERIES,

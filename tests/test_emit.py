@@ -146,7 +146,10 @@ def test_the_stored_session_is_what_an_instrumented_start_stores(store: Path, tm
     event = SessionStartEvent.model_validate(ours.start_event)
     assert event.model_dump(mode="json") == dict(ours.start_event)
     assert ours.telemetry[shell_plan.STATE_KEY] == SessionSpanPlan.from_json(ours.telemetry["span"]).to_json()
-    assert ours.telemetry["attributes"] == start_attributes(ours.start_event, "")
+    # a shell's session describes the shell: its executable, not sb-otel's Python (process.runtime.*)
+    described = start_attributes(ours.start_event, "")
+    shell = ours.start_event["shell_type"]
+    assert ours.telemetry["attributes"] == shell_plan.shell_attributes(described, 4242, shell)
     assert (shell_plan.STATE_KEY, shell_plan.ATTRIBUTES_KEY) == (session_span.STATE_KEY, session_span.ATTRIBUTES_KEY)
     assert ours.telemetry["lifecycle"] == SessionLifecycleManager().describe_start(str(tmp_path))
 
@@ -163,9 +166,12 @@ def test_the_stored_session_is_what_an_instrumented_start_stores(store: Path, tm
     assert set(theirs.telemetry) | {FROM_ROW_KEY} == set(ours.telemetry)
     assert ours.telemetry[FROM_ROW_KEY] is True
     assert set(theirs.telemetry["span"]) == set(ours.telemetry["span"])
-    assert {k: v for k, v in theirs.telemetry["attributes"].items() if k != "sb.event.id"} == {
-        k: v for k, v in ours.telemetry["attributes"].items() if k != "sb.event.id"
+    shell_facts = ("sb.event.id", "process.executable.name", "process.runtime.name", "process.runtime.version")
+    assert {k: v for k, v in theirs.telemetry["attributes"].items() if k not in shell_facts} == {
+        k: v for k, v in ours.telemetry["attributes"].items() if k not in shell_facts
     }
+    assert ours.telemetry["attributes"]["process.executable.name"] == ours.start_event["shell_type"]
+    assert "process.runtime.name" not in ours.telemetry["attributes"]
 
 
 def test_an_exporter_rebuilds_the_root_span_under_the_shells_parent(store: Path) -> None:

@@ -58,7 +58,10 @@ def test_init_starts_the_parents_session_and_prints_a_script_the_shell_parses(
     the store by absolute path and this sb-otel; the shell finds no syntax error in it."""
     done = init(shell, env=env)
     assert (done.returncode, done.stderr) == (0, "")
-    pid, store, component, session, traceparent, executable = begin_args(done.stdout, shell)
+    pid, store, component, session, traceparent, executable, spools, mode, *boot = begin_args(done.stdout, shell)
+    assert (spools, mode) == (str(tmp_path / "sessions.db.commands"), "p")
+    assert (tmp_path / "sessions.db.commands" / f"{session}.spool").is_file()
+    assert len(boot) == (shell == "fish")
     assert rows(tmp_path / "sessions.db") == [(session, shell, os.getpid(), "open", shell)]
     assert (int(pid), store, component, executable) == (os.getpid(), str(tmp_path / "sessions.db"), shell, SB_OTEL)
     assert traceparent.startswith("00-")
@@ -75,17 +78,20 @@ def test_the_component_and_a_relative_store_are_fixed_at_start(env: dict[str, st
     (tmp_path / "work").mkdir()
     env["SB_OTEL_STORE"] = "relative.db"
     done = init("zsh", "--component", "ops-shell", env=env, cwd=tmp_path / "work")
-    _, store, component, session, _, _ = begin_args(done.stdout, "zsh")
+    _, store, component, session, *_ = begin_args(done.stdout, "zsh")
     assert (store, component) == (str(tmp_path / "work" / "relative.db"), "ops-shell")
     assert rows(tmp_path / "work" / "relative.db")[0][:2] == (session, "ops-shell")
 
 
 def test_a_shell_whose_session_is_open_keeps_it(env: dict[str, str], tmp_path: Path) -> None:
     """Run again by the same process with SB_OTEL_SESSION_ID of its open session (an rc file sourced again,
-    exec bash): no second session; the script's session argument is empty, so the shell keeps its own."""
+    exec bash): no second session; the script's session argument is empty, so the shell keeps its own, and its
+    traceparent is the session's again (the shell's TRACEPARENT may be a command's by then)."""
     first = begin_args(init("bash", env=env).stdout, "bash")
-    again = init("bash", env={**env, "SB_OTEL_SESSION_ID": first[3]})
-    assert begin_args(again.stdout, "bash")[3] == ""
+    again = init(
+        "bash", env={**env, "SB_OTEL_SESSION_ID": first[3], "TRACEPARENT": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
+    )
+    assert begin_args(again.stdout, "bash")[3:5] == ["", first[4]]
     assert len(rows(tmp_path / "sessions.db")) == 1
 
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from sb_otel._cli import drainer
 from sb_otel._settings import SB_OTEL_EMIT_DRAIN, SB_OTEL_REDACT, SB_OTEL_SESSION_ID, SB_OTEL_STORE, data_dir
 from sb_otel._telemetry.attributes import start_attributes
-from sb_otel._telemetry.shell_plan import ATTRIBUTES_KEY, STATE_KEY, plan_json, traceparent_of
+from sb_otel._telemetry.shell_plan import ATTRIBUTES_KEY, STATE_KEY, plan_json, shell_attributes, traceparent_of
 from sb_otel._tracking import rules
 from sb_otel._tracking.destination_store import DestinationStore, reconcile
 from sb_otel._tracking.lifecycle import SessionLifecycleManager
@@ -223,7 +223,7 @@ def _telemetry(plan: dict[str, Any], event: dict[str, Any], answer: Mapping[str,
     exporter builds the start's and end's spans and log records from the row (this path makes none)."""
     telemetry: dict[str, Any] = {
         STATE_KEY: plan,
-        ATTRIBUTES_KEY: start_attributes(event, ""),
+        ATTRIBUTES_KEY: shell_attributes(start_attributes(event, ""), event["pid"], event["shell_type"]),
         "lifecycle": _json_safe(answer),
         FROM_ROW_KEY: True,
     }

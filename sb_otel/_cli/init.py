@@ -27,5 +27,9 @@ def init(shell: str, component: str | None, store_location: str | None) -> int:
     The session ends once, when the shell does: 'exit N' reports N, a plain 'exit' or Ctrl-D a normal end, a
     closed terminal (SIGHUP) 129 and SIGTERM 143. Your own EXIT traps (bash), zshexit hooks (zsh) and fish_exit
     handlers (fish) keep running beside it, set before or after this line.
+
+    Each command line becomes a span of the session (program name, status, duration, directory), recorded by
+    the shell's builtins into the session's spool beside the store, and runs with its own TRACEPARENT;
+    SB_OTEL_SHELL_COMMAND_LINES=true records whole lines, secrets redacted. 'sb-otel show ID' lists them.
     """
     return answer(shell, component, store_location)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from sb_otel._cli.app import _console, _json_option, _store_option, cli
 from sb_otel._cli.output import _detail, _sessions_table, _summary, plain
+from sb_otel._cli.session_commands import commands_table, session_commands
 from sb_otel._exceptions import ConfigError
 from sb_otel._settings import MAX_DURATION, parse_duration
 from sb_otel._tracking.store import SESSION_STATUSES, SessionStatus
@@ -116,23 +117,26 @@ def _summary_table(rows: list[dict[str, Any]]) -> Table:
 @_json_option
 @_store_option
 def show(session_id: str, as_json: bool, store_location: str | None) -> int:
-    """Show one session: every field, its trace id and a Jaeger link."""
+    """Show one session: every field, its trace id, a Jaeger link, and a shell's commands."""
     store = open_store(store_location, read_only=True)
     try:
         record = store.get(session_id)
+        commands = session_commands(store, session_id) if record is not None else []
     finally:
         store.close()
     if record is None:
         raise click.ClickException(f"no session {session_id!r} in this store; list them with 'sb-otel sessions'")
     detail = _detail(record)
     if as_json:
-        click.echo(json.dumps(detail, indent=2, default=str))
+        click.echo(json.dumps({**detail, "commands": commands} if commands else detail, indent=2, default=str))
         return 0
     table = Table(show_header=False, box=None, padding=(0, 2))
     for key, value in detail.items():
         text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
         table.add_row(plain(key, "bold"), plain(text))
     _console().print(table)
+    if commands:
+        _console().print(commands_table(commands))
     return 0
 
 

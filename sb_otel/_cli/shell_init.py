@@ -22,7 +22,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sb_otel._settings import SB_OTEL_SESSION_ID, SB_OTEL_STORE, data_dir
+from sb_otel._settings import SB_OTEL_SESSION_ID, SB_OTEL_SHELL_COMMAND_LINES, SB_OTEL_STORE, data_dir
+from sb_otel._telemetry.shell_plan import STATE_KEY, traceparent_of
+from sb_otel._tracking.command_spool import FULL_LINE, PROGRAM_ONLY, prepare
 
 SHELLS = ("bash", "zsh", "fish")
 """The shells ``init`` knows, each with its script ``shells/init.<shell>`` beside this module."""
@@ -79,14 +81,44 @@ def integration(shell: str, component: str | None, store_location: str | None, p
     store = store_path(store_location)
     session, traceparent = "", ""
     notes: tuple[str, ...] = ()
-    if not _already_tracked(store, pid):
+    tracked = _already_tracked(store, pid)
+    if tracked is None:
         answer = fast.track_start(component, shell, pid, None, {}, store)
         if answer.session_id is None:
             return Integration("", f"session start failed: {answer.error}")
         session, traceparent, notes = answer.session_id, answer.traceparent or "", answer.notes
+    else:  # the shell keeps its session; its TRACEPARENT may be a command's by now (exec bash): the session's
+        traceparent = tracked[1]
+    spool = _spool(store, session or (tracked[0] if tracked else ""))
+    mode = FULL_LINE if (SB_OTEL_SHELL_COMMAND_LINES.read() or "").lower() in fast.DRAIN_ON else PROGRAM_ONLY
     quote = _fish_quote if shell == "fish" else fast.shell_quote
-    begin = " ".join(quote(value) for value in (str(pid), store, component, session, traceparent, executable()))
+    values: tuple[str, ...] = (str(pid), store, component, session, traceparent, executable(), spool, mode)
+    if shell == "fish":
+        values += (_boot_epoch(),)
+    begin = " ".join(quote(value) for value in values)
     return Integration(f"{script_text(shell)}__sb_otel_begin {begin}\n", notes=notes)
+
+
+def _spool(store: str, session_id: str) -> str:
+    """The folder of the store's command spools, once the session's own spool file is there (owner-only); empty
+    when it cannot be made (a memory store, an unwritable folder): the shell then records no commands."""
+    if store == "memory" or not session_id:
+        return ""
+    path = prepare(store, session_id)
+    return "" if path is None else str(path.parent)
+
+
+def _boot_epoch() -> str:
+    """When this machine booted, in epoch seconds: fish has no clock builtin, so it reads ``/proc/uptime`` (a
+    builtin ``read``, no process) and adds this to time its commands. Empty where there is no ``/proc/uptime``."""
+    import time
+
+    try:
+        with open("/proc/uptime", encoding="ascii") as uptime:
+            up = float(uptime.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return ""
+    return f"{time.time() - up:.2f}"
 
 
 def running_shell(pid: int) -> str | None:
@@ -99,25 +131,28 @@ def running_shell(pid: int) -> str | None:
         return None
 
 
-def _already_tracked(store: str, pid: int) -> bool:
-    """Whether ``SB_OTEL_SESSION_ID`` names a session open in ``store`` for this very process (``exec bash``,
-    an rc file sourced again): then the shell keeps it rather than starting a second one."""
+def _already_tracked(store: str, pid: int) -> tuple[str, str] | None:
+    """``(session id, its traceparent)`` when ``SB_OTEL_SESSION_ID`` names a session open in ``store`` for this
+    very process (``exec bash``, an rc file sourced again): then the shell keeps it rather than starting another."""
     session_id = SB_OTEL_SESSION_ID.read()
     if not session_id or store == "memory":
-        return False
+        return None
     from sb_otel._tracking.store_factory import open_store
 
     try:
         opened = open_store(store, read_only=True)
     except Exception:  # the start below meets the same trouble and says what to do
-        return False
+        return None
     try:
         record = opened.get(session_id)
     except Exception:
-        return False
+        return None
     finally:
         opened.close()
-    return record is not None and record.is_open and record.pid == pid
+    if record is None or not record.is_open or record.pid != pid:
+        return None
+    plan = record.telemetry.get(STATE_KEY)
+    return session_id, traceparent_of(plan) if isinstance(plan, dict) and "trace_id" in plan else ""
 
 
 def _fish_quote(value: str) -> str:

@@ -95,6 +95,27 @@ def traceparent_of(plan: Mapping[str, Any]) -> str:
     return f"00-{plan['trace_id']}-{plan['span_id']}-{'01' if plan['sampled'] else '00'}"
 
 
+EXECUTABLE_NAME = "process.executable.name"
+EXECUTABLE_PATH = "process.executable.path"
+_PYTHON_FACTS = ("process.runtime.name", "process.runtime.version")
+
+
+def shell_attributes(attributes: Mapping[str, Any], pid: int, shell_type: str) -> dict[str, Any]:
+    """A shell's session span describes the shell, not the Python that recorded it: ``process.runtime.*`` of
+    sb-otel's interpreter give way to the shell's executable (``/proc/<pid>/exe`` where the system tells it, else
+    the shell type). The shell's version comes later, from the shell itself (its spool's first line:
+    :mod:`sb_otel._telemetry.command_spans`)."""
+    facts = {key: value for key, value in attributes.items() if key not in _PYTHON_FACTS}
+    try:
+        path = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        path = ""
+    facts[EXECUTABLE_NAME] = os.path.basename(path) if path else shell_type
+    if path:
+        facts[EXECUTABLE_PATH] = path
+    return facts
+
+
 def _random_id(size: int) -> int:
     """A non-zero random id of ``size`` bytes (what the SDK's ``RandomIdGenerator`` gives, from the OS)."""
     while True:

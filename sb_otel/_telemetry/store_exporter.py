@@ -61,7 +61,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 from sb_otel._exceptions import ConfigError
-from sb_otel._telemetry import export_outcome
+from sb_otel._telemetry import command_spans, export_outcome
 from sb_otel._telemetry import otel_logs as otel_logs
 from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.attributes import Redaction
@@ -267,7 +267,8 @@ class StoreExporter:
                 if self._stop.is_set() and not final:
                     break  # stop() is waiting to drain once more itself, every signal within its bound
                 rounds += 1
-                sent = self._row_round(report) + self._root_round(report)
+                sent = command_spans.export_round(self, report)  # before the roots: a session span counts them
+                sent += self._row_round(report) + self._root_round(report)
                 sent += self._outbox_round(SPANS, report) + self._outbox_round(LOGS, report)
                 if sent == 0:
                     break

@@ -29,6 +29,8 @@ from typing import Any, cast
 
 from sb_otel._exceptions import ConfigError, StoreError
 from sb_otel._settings import SB_OTEL_STORE_SYNC
+from sb_otel._tracking.command_spool import MIGRATION as COMMAND_SPOOL_MIGRATION
+from sb_otel._tracking.command_spool import SpoolProgress
 from sb_otel._tracking.destination import EXPORT_KEYS
 from sb_otel._tracking.destination_store import (
     DESTINATION_MIGRATION,
@@ -125,6 +127,7 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     SIGNAL_STATE_MIGRATION,  # refused signals, a set-aside outbox (sb_otel/_tracking/export_state.py)
+    COMMAND_SPOOL_MIGRATION,  # how far each session's command spool was read (sb_otel/_tracking/command_spool.py)
     (
         "0014_channel_sessions",  # a channel's key to its open session (sb_otel/_tracking/channel.py)
         ("CREATE TABLE IF NOT EXISTS channel_sessions (channel_key TEXT PRIMARY KEY, session_id TEXT NOT NULL)",),
@@ -593,6 +596,23 @@ class SqliteSessionStore:
                 return
             merged = {**json.loads(row[0]), **telemetry}
             db.execute("UPDATE sessions SET telemetry = ? WHERE session_id = ?", (_json(merged), session_id))
+
+    def spool_progress(self, session_id: str) -> SpoolProgress:
+        """How far the exporter has turned the session's command spool into spans (nothing yet: all zero)."""
+        with self._lock, _translated(self.path):
+            row = self._db.execute(
+                "SELECT offset, commands, failed FROM command_spool WHERE session_id = ?", (session_id,)
+            ).fetchone()
+        return SpoolProgress() if row is None else SpoolProgress(*row)
+
+    def advance_spool(self, session_id: str, progress: SpoolProgress) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO command_spool (session_id, offset, commands, failed) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (session_id) DO UPDATE SET offset = excluded.offset, commands = excluded.commands, "
+                "failed = excluded.failed",
+                (session_id, progress.offset, progress.commands, progress.failed),
+            )
 
     def list_sessions(
         self,
