@@ -181,9 +181,9 @@ SB_OTEL_JAEGER_URL = Setting(
 SB_OTEL_METRIC_LABEL_LIMIT = Setting(
     env="SB_OTEL_METRIC_LABEL_LIMIT",
     default="`100`",
-    description="Distinct `sb.component.name` (and `sb.shell.type`) values metrics carry (per process; for the "
-    "store-counted session metrics, per store, set by the last process opening it); later ones are counted as "
-    "`_other` (spans and logs keep the real value).",
+    description="Distinct `sb.component.name` (and `sb.shell.type`) values metrics carry, per store (set by the "
+    "last process opening it): a value is admitted when the store first stores a session with it, so names sent "
+    "only in rejected starts take no slot; later ones are counted as `_other` (spans and logs keep the real value).",
 )
 SB_OTEL_OPEN_SESSION_SERIES = Setting(
     env="SB_OTEL_OPEN_SESSION_SERIES",

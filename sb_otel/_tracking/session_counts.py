@@ -176,6 +176,15 @@ class SessionCountsStore(Protocol):
         ...
 
 
+@runtime_checkable
+class LabelAdmissionStore(Protocol):
+    """A store that says which client-chosen values it admitted as labels (both bundled stores do)."""
+
+    def metric_label_admitted(self, kind: str, value: str) -> bool:
+        """Whether ``value`` is one of the store's admitted labels of ``kind`` (``component`` or ``shell``)."""
+        ...
+
+
 def bucket_index(seconds: float) -> int:
     """The explicit-bucket index for ``seconds``: bucket ``i`` holds values in ``(b[i-1], b[i]]``."""
     return bisect.bisect_left(SESSION_DURATION_BUCKETS, seconds)
@@ -226,6 +235,10 @@ class InMemoryCounts:
                 text = text if text in seen else OTHER
             key.append(text)
         return tuple(key)
+
+    def admitted(self, kind: str, value: str) -> bool:
+        """Whether ``value`` is an admitted label of ``kind`` (an unknown kind admits nothing)."""
+        return value in self._admitted.get(kind, ())
 
     def on_start(self, component: str, shell_type: object) -> None:
         """A stored start; ``shell_type`` as the start event has it (maybe absent)."""

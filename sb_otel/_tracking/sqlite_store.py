@@ -630,6 +630,13 @@ class SqliteSessionStore:
             durations=durations,
         )
 
+    def metric_label_admitted(self, kind: str, value: str) -> bool:
+        with self._lock, _translated(self.path):
+            row = self._db.execute(
+                "SELECT 1 FROM session_metric_labels WHERE kind = ? AND value = ?", (kind, value)
+            ).fetchone()
+        return row is not None
+
     def close(self) -> None:
         self._closer()  # under the store's lock (:func:`_close_when_idle`)
 
