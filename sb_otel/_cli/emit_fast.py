@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from sb_otel._cli import drainer
 from sb_otel._settings import SB_OTEL_EMIT_DRAIN, SB_OTEL_REDACT, SB_OTEL_SESSION_ID, SB_OTEL_STORE, data_dir
 from sb_otel._telemetry.attributes import start_attributes
-from sb_otel._telemetry.shell_plan import ATTRIBUTES_KEY, STATE_KEY, plan_json, traceparent_of
+from sb_otel._telemetry.shell_plan import ATTRIBUTES_KEY, MAX_CONTEXT_HEADER, STATE_KEY, plan_json, traceparent_of
 from sb_otel._tracking import rules
 from sb_otel._tracking.destination_store import DestinationStore, reconcile
 from sb_otel._tracking.lifecycle import SessionLifecycleManager
@@ -122,11 +122,7 @@ def track_start(
     manager_cwd = _existing_ancestor(real_cwd) if os.path.isabs(real_cwd) else real_cwd
     if manager_cwd != real_cwd:
         fitted.altered["environment.cwd"] = [f"no longer exists (project read from {_escaped(manager_cwd)[:200]})"]
-    shell_context = {
-        key: os.environ[variable]
-        for variable, key in (("TRACEPARENT", "traceparent"), ("TRACESTATE", "tracestate"), ("BAGGAGE", "baggage"))
-        if os.environ.get(variable)
-    }
+    shell_context, dropped = shell_trace_context(os.environ)
     extra = {**shell_context, **metadata}
     try:
         event = {
@@ -174,7 +170,31 @@ def track_start(
         store.close()
     if wanted:
         drain(store_location)
-    return StartAnswer(session_id, traceparent, notes=fitted.notes(), shell_context=shell_context)
+    return StartAnswer(session_id, traceparent, notes=(*dropped, *fitted.notes()), shell_context=shell_context)
+
+
+_CONTEXT_VARIABLES = (("TRACEPARENT", "traceparent"), ("TRACESTATE", "tracestate"), ("BAGGAGE", "baggage"))
+
+
+def shell_trace_context(environ: Mapping[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The shell's W3C context variables that fit their header's bound, and a note for each left out.
+
+    A variable over its bound (a runaway ``BAGGAGE`` of 20 KB) would make the start event's metadata too large and
+    cost the session; the propagator would ignore it anyway, so it is dropped, with a note on stderr."""
+    context: dict[str, str] = {}
+    notes: list[str] = []
+    for variable, key in _CONTEXT_VARIABLES:
+        value = environ.get(variable)
+        if not value:
+            continue
+        if len(value) > MAX_CONTEXT_HEADER[key]:
+            notes.append(
+                f"sb-otel: {variable} is {len(value)} characters, over the {MAX_CONTEXT_HEADER[key]} a W3C "
+                f"{key} header may have here; left out of the session's context (the session is tracked)"
+            )
+            continue
+        context[key] = value
+    return context, tuple(notes)
 
 
 def _start(
