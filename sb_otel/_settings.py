@@ -308,6 +308,26 @@ def data_dir(environ: Mapping[str, str] | None = None) -> Path:
     return Path(platformdirs.user_data_dir(_APP_NAME, appauthor=False))
 
 
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
+"""The spellings every ``SB_OTEL_*`` switch accepts (any case, surrounding blanks ignored). The standard
+``OTEL_*`` switches (``OTEL_SDK_DISABLED``) keep the OpenTelemetry specification's reading: only ``true`` is true."""
+
+
+def parse_bool(text: str | None, *, name: str, default: bool) -> bool:
+    """A switch's value: ``default`` when unset or blank, else one of :data:`TRUE_WORDS` or :data:`FALSE_WORDS`.
+
+    Raises :class:`~sb_otel.ConfigError` naming ``name`` and the spellings, so a typo reads as a fix."""
+    word = (text or "").strip().lower()
+    if not word:
+        return default
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ConfigError(f"{name} must be true or false, not {text!r} (1/0, yes/no and on/off also work)")
+
+
 _DURATION = r"(\d+(?:\.\d+)?)\s*([smhd]?)"
 """Compiled on first use (:mod:`re` caches it), not at import: ``sb-otel emit`` never parses a duration."""
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -33,7 +33,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sb_otel._cli import drainer
-from sb_otel._settings import SB_OTEL_EMIT_DRAIN, SB_OTEL_REDACT, SB_OTEL_SESSION_ID, SB_OTEL_STORE, data_dir
+from sb_otel._settings import (
+    FALSE_WORDS,
+    SB_OTEL_EMIT_DRAIN,
+    SB_OTEL_REDACT,
+    SB_OTEL_SESSION_ID,
+    SB_OTEL_STORE,
+    TRUE_WORDS,
+    data_dir,
+)
 from sb_otel._telemetry.attributes import start_attributes
 from sb_otel._telemetry.shell_plan import ATTRIBUTES_KEY, MAX_CONTEXT_HEADER, STATE_KEY, plan_json, traceparent_of
 from sb_otel._tracking import rules
@@ -488,9 +496,9 @@ def drain_enabled(environ: Mapping[str, str] | None = None) -> bool:
     return (SB_OTEL_EMIT_DRAIN.read(environ) or "1").lower() not in DRAIN_OFF
 
 
-DRAIN_OFF = ("0", "false", "off", "no")
-"""``SB_OTEL_EMIT_DRAIN`` values that turn the drainer off."""
-DRAIN_ON = ("1", "true", "on", "yes")
+DRAIN_OFF = FALSE_WORDS
+"""``SB_OTEL_EMIT_DRAIN`` values that turn the drainer off: every switch's spellings of false."""
+DRAIN_ON = TRUE_WORDS
 """``SB_OTEL_EMIT_DRAIN`` values that say on (anything else is a typo, and also on)."""
 
 
