@@ -153,15 +153,25 @@ def _file_count(text: str) -> str:
     return str(int(value))
 
 
-def _file_age(text: str) -> str:
+def _seconds(text: str, name: str) -> str:
     from sb_otel._exceptions import ConfigError
     from sb_otel._settings import parse_duration
 
     try:
-        seconds = parse_duration(text, name="files.max_age").total_seconds()
+        seconds = parse_duration(text, name=name).total_seconds()
     except ConfigError as exc:
         raise DestinationError(str(exc)) from None
     return str(int(seconds)) if seconds.is_integer() else str(seconds)
+
+
+def _file_age(text: str) -> str:
+    return _seconds(text, "files.max_age")
+
+
+def _retention(text: str) -> str:
+    if text.strip().lower() in ("off", "none", "never"):
+        return "off"
+    return _seconds(text, "sessions.retention (or off)")
 
 
 def _certificate(text: str) -> str:
@@ -311,6 +321,15 @@ KEYS: dict[str, Key] = {
             _file_size,
             False,
         ),
+        Key(
+            "sessions.retention",
+            None,
+            str(365 * 86400),
+            "Ended sessions that started longer ago (`90d`; by the store's clock) are deleted by the exporter once "
+            "their telemetry has left; `off` keeps them all.",
+            _retention,
+            False,
+        ),
         Key("files.keep", None, "2", "Rotated files kept per signal (`.1` … `.N`).", _file_count, False),
         Key(
             "files.max_age",
@@ -412,6 +431,12 @@ class Destination(Frozen):
         from sb_otel._settings import data_dir
 
         return data_dir() / "telemetry"
+
+    @property
+    def retention_s(self) -> float | None:
+        """``sessions.retention`` in seconds; ``None`` when off."""
+        value = self.value("sessions.retention")
+        return None if value == "off" else float(value)
 
     @property
     def file_limits(self) -> tuple[int, int, float]:
