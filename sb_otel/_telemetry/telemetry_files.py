@@ -124,6 +124,15 @@ class RotatingLines(logging.handlers.RotatingFileHandler):
     def handleError(self, record: logging.LogRecord) -> None:  # the standard library's name
         raise  # called inside the handler's except block: the exporter sees the failure
 
+    def close(self) -> None:
+        """Only flushes: :func:`logging.shutdown` closes every handler at interpreter exit, before the SDK's own exit
+        hook makes its last export, which must still reach the file. The exporter closes it (:meth:`finish`)."""
+        self.flush()
+
+    def finish(self) -> None:
+        """Close the file, for good (the exporter's ``shutdown``)."""
+        super().close()
+
     def as_stream(self) -> IO[str]:
         """This handler where the SDK's exporters take a text stream (they call ``write``, ``flush``, ``closed``)."""
         return cast("IO[str]", self)
@@ -160,7 +169,7 @@ class SpanFile(FileSpanExporter):
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         super().shutdown(timeout_millis, **kwargs)
-        self.lines.close()
+        self.lines.finish()
 
 
 class LogFile(otel_logs.FileLogExporter):
@@ -172,7 +181,7 @@ class LogFile(otel_logs.FileLogExporter):
 
     def shutdown(self, *args: Any, **kwargs: Any) -> None:
         super().shutdown(*args, **kwargs)
-        self.lines.close()
+        self.lines.finish()
 
 
 class ChangedMetricsFile(FileMetricExporter):
@@ -207,7 +216,7 @@ class ChangedMetricsFile(FileMetricExporter):
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         super().shutdown(timeout_millis, **kwargs)
-        self.lines.close()
+        self.lines.finish()
 
     def _read_state(self) -> dict[str, Any]:
         try:
