@@ -207,3 +207,19 @@ def test_a_shell_start_and_its_drain_append_only_what_changed(tmp_path: Path) ->
     sb_otel("export")
     added = metrics.stat().st_size - full
     assert 0 < added < full / 10, (added, full)
+
+
+def test_a_metrics_file_that_cannot_be_written_is_a_failed_export_not_an_exception(tmp_path: Path) -> None:
+    """A folder this process cannot write (chattr +i for root, chmod otherwise): the export fails, as the SDK's
+    exporters fail, and the exporter's caller goes on."""
+    from tests.reliability.test_store_trouble import read_only
+
+    reader = InMemoryMetricReader()
+    MeterProvider(metric_readers=[reader]).get_meter("m").create_counter("sb.session.started").add(1, {"k": "v"})
+    folder = tmp_path / "files"
+    folder.mkdir()
+    exporter = ChangedMetricsFile(RotatingLines(folder / "metrics.jsonl", FileLimits(10 * 1024**2, 2, DAY)))
+    with read_only(folder):
+        assert exporter.export(_metrics(reader)) is MetricExportResult.FAILURE
+    assert exporter.export(_metrics(reader)) is MetricExportResult.SUCCESS
+    exporter.shutdown()

@@ -196,6 +196,14 @@ class ChangedMetricsFile(FileMetricExporter):
         """Exports that wrote nothing: no point changed (for tests and the benchmark)."""
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        """As the SDK's exporters do, never raises: a file that cannot be written is a failed export."""
+        try:
+            return self._export(metrics_data, timeout_millis, **kwargs)
+        except Exception as exc:
+            logging.getLogger("sb_otel.telemetry_files").warning("sb-otel could not write %s: %s", self.lines.path, exc)
+            return MetricExportResult.FAILURE
+
+    def _export(self, metrics_data: MetricsData, timeout_millis: float, **kwargs: Any) -> MetricExportResult:
         with _flocked(self.lines.path.with_name(".metrics.state.lock")):
             state = self._read_state()
             if state.get("file") != self.lines.identity():
