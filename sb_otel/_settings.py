@@ -188,9 +188,9 @@ SB_OTEL_JAEGER_URL = Setting(
 SB_OTEL_METRIC_LABEL_LIMIT = Setting(
     env="SB_OTEL_METRIC_LABEL_LIMIT",
     default="`100`",
-    description="Distinct `sb.component.name` (and `sb.shell.type`) values metrics carry (per process; for the "
-    "store-counted session metrics, per store, set by the last process opening it); later ones are counted as "
-    "`_other` (spans and logs keep the real value).",
+    description="Distinct `sb.component.name` (and `sb.shell.type`) values metrics carry, per store (set by the "
+    "last process opening it): a value is admitted when the store first stores a session with it, so names sent "
+    "only in rejected starts take no slot; later ones are counted as `_other` (spans and logs keep the real value).",
 )
 SB_OTEL_OPEN_SESSION_SERIES = Setting(
     env="SB_OTEL_OPEN_SESSION_SERIES",
@@ -314,6 +314,26 @@ def data_dir(environ: Mapping[str, str] | None = None) -> Path:
     import platformdirs  # here: ``sb-otel emit`` with SB_OTEL_STORE set never needs it
 
     return Path(platformdirs.user_data_dir(_APP_NAME, appauthor=False))
+
+
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
+"""The spellings every ``SB_OTEL_*`` switch accepts (any case, surrounding blanks ignored). The standard
+``OTEL_*`` switches (``OTEL_SDK_DISABLED``) keep the OpenTelemetry specification's reading: only ``true`` is true."""
+
+
+def parse_bool(text: str | None, *, name: str, default: bool) -> bool:
+    """A switch's value: ``default`` when unset or blank, else one of :data:`TRUE_WORDS` or :data:`FALSE_WORDS`.
+
+    Raises :class:`~sb_otel.ConfigError` naming ``name`` and the spellings, so a typo reads as a fix."""
+    word = (text or "").strip().lower()
+    if not word:
+        return default
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ConfigError(f"{name} must be true or false, not {text!r} (1/0, yes/no and on/off also work)")
 
 
 _DURATION = r"(\d+(?:\.\d+)?)\s*([smhd]?)"

@@ -27,7 +27,13 @@ def _no_endpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("SB_OTEL_SESSION_ID", raising=False)
     monkeypatch.delenv("TRACEPARENT", raising=False)
     monkeypatch.setenv("SB_OTEL_STORE", str(tmp_path / "sessions.db"))
+    monkeypatch.setenv("SB_OTEL_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("COLUMNS", "200")
+
+
+def demo_into_store() -> Result:
+    """The demo into this test's SB_OTEL_STORE (``--store``), for the tests that browse what it stored."""
+    return run("demo", "--store", os.environ["SB_OTEL_STORE"])
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> Result:
@@ -49,7 +55,8 @@ def test_every_command_has_help() -> None:
 
 
 def test_demo_runs_the_scenario_and_says_where_the_telemetry_went(tmp_path: Path) -> None:
-    """Six sessions: exited, crashed, abandoned-and-reaped; an unknown end; a trace tree; OTLP JSON files."""
+    """Six sessions: exited, crashed, abandoned-and-reaped; an unknown end; a trace tree; OTLP JSON files; all in
+    the demo's own store under the data directory (the user's SB_OTEL_STORE is not even created)."""
     result = run("demo")
     assert result.exit_code == 0, result.output
     out = result.output
@@ -59,9 +66,12 @@ def test_demo_runs_the_scenario_and_says_where_the_telemetry_went(tmp_path: Path
     assert "oneiric-19990101-000000: not_found" in out
     assert re.search(r"session oneiric\s+3m00s ERROR", out)
     assert "└── initialize_session" in out
-    telemetry = tmp_path / "telemetry"  # the store's default destination: beside the store file
+    demo_store = tmp_path / "data" / "demo" / "sessions.db"
+    telemetry = demo_store.parent / "telemetry"  # the demo store's default destination: beside the store file
     assert f"OTLP JSON files in {telemetry}" in out
-    sessions = data(run("sessions", "--json"))
+    assert f"sb-otel sessions --store {demo_store}" in out
+    assert not (tmp_path / "sessions.db").exists()
+    sessions = data(run("sessions", "--json", "--store", str(demo_store)))
     traces = (telemetry / "traces.jsonl").read_text(encoding="utf-8")
     assert len(sessions) == 6
     for session in sessions:
@@ -69,15 +79,33 @@ def test_demo_runs_the_scenario_and_says_where_the_telemetry_went(tmp_path: Path
         assert session["status"] != "open"
 
 
+def test_the_demo_run_twice_keeps_to_its_own_store_and_leaves_the_user_s_alone(tmp_path: Path) -> None:
+    """A user's store with a session of theirs: two demos later it still holds just that session and its counts."""
+    user = SqliteSessionStore(tmp_path / "sessions.db")
+    user.close()
+    started = run("emit", "start", "--component", "mine", "--cwd", str(tmp_path), env={"SB_OTEL_EMIT_DRAIN": "0"})
+    assert started.exit_code == 0, started.output
+    assert run("demo").exit_code == 0
+    assert run("demo").exit_code == 0
+    assert [s["component_name"] for s in data(run("sessions", "--json"))] == ["mine"]
+    store = SqliteSessionStore(tmp_path / "sessions.db")
+    try:
+        assert {key[0] for key in store.session_counts().started} == {"mine"}
+    finally:
+        store.close()
+    demo_store = str(tmp_path / "data" / "demo" / "sessions.db")
+    assert len(data(run("sessions", "--json", "--store", demo_store))) == 12
+
+
 def test_example_is_an_alias_of_demo() -> None:
     """The old command still works."""
-    assert run("example").exit_code == 0
+    assert run("example", "--store", os.environ["SB_OTEL_STORE"]).exit_code == 0
     assert len(data(run("sessions", "--json"))) == 6
 
 
 def test_sessions_filters() -> None:
     """--open, --status, --component and --since narrow the list; a table without --json."""
-    assert run("demo").exit_code == 0
+    assert demo_into_store().exit_code == 0
     assert [s["status"] for s in data(run("sessions", "--status", "crashed", "--json"))] == ["crashed"]
     assert {s["component_name"] for s in data(run("sessions", "--component", "oneiric", "--json"))} == {"oneiric"}
     assert data(run("sessions", "--open", "--json")) == []
@@ -91,7 +119,7 @@ def test_sessions_filters() -> None:
 def test_sessions_summary_counts_each_status_per_component_and_the_crash_free_rate() -> None:
     """--summary: the demo's six sessions by component and status, the counts equal to the listing's, and
     crash-free = 1 − crashed / ended (the reaped, abnormal session is no crash); a table without --json."""
-    assert run("demo").exit_code == 0
+    assert demo_into_store().exit_code == 0
     listed = data(run("sessions", "--json"))
     rows = {row["component_name"]: row for row in data(run("sessions", "--summary", "--json"))}
     for name in {s["component_name"] for s in listed}:
@@ -119,7 +147,7 @@ def test_since_with_a_bad_value_is_one_line() -> None:
 
 def test_show_prints_every_field_and_a_jaeger_link(monkeypatch: pytest.MonkeyPatch) -> None:
     """show --json has the record, its events, the trace id and the Jaeger link."""
-    assert run("demo").exit_code == 0
+    assert demo_into_store().exit_code == 0
     crashed = data(run("sessions", "--status", "crashed", "--json"))[0]
     monkeypatch.setenv("SB_OTEL_JAEGER_URL", "http://jaeger.example:16686/")
     detail = data(run("show", crashed["session_id"], "--json"))

@@ -662,3 +662,38 @@ def test_a_real_interactive_bash_is_tracked_from_its_rc_to_its_exit(store: Path,
         assert record(store, session_id).status == "exited"
     finally:
         subprocess.run(["tmux", "-S", socket, "kill-server"], capture_output=True)
+
+
+# -- oversized W3C context in the shell's environment ---------------------------------------------------------
+
+
+def test_an_oversized_baggage_or_tracestate_is_dropped_with_a_note_and_the_shell_is_tracked(store: Path) -> None:
+    """A 20 KB BAGGAGE and a 17 KB TRACESTATE (over the 16 KB a start event's metadata may hold) are left out with
+    a note on stderr; the session is tracked under the shell's TRACEPARENT, which fits."""
+    baggage = ",".join(f"k{number}=v{number}" for number in range(2500))
+    assert len(baggage) > 20_000
+    tracestate = "vendor=" + "x" * 17_000
+    done = emit(
+        "start", "--component", "big", env={"BAGGAGE": baggage, "TRACESTATE": tracestate, "TRACEPARENT": PARENT}
+    )
+    assert done.returncode == 0, done.stderr
+    session_id = exports(done.stdout)["SB_OTEL_SESSION_ID"]
+    assert f"BAGGAGE is {len(baggage)} characters" in done.stderr
+    assert f"TRACESTATE is {len(tracestate)} characters" in done.stderr
+    assert "the session is tracked" in done.stderr
+    metadata = record(store, session_id).start_event["metadata"]
+    assert metadata["traceparent"] == PARENT
+    assert "baggage" not in metadata
+    assert "tracestate" not in metadata
+    assert exports(done.stdout)["TRACEPARENT"].split("-")[1] == PARENT.split("-")[1]
+
+
+def test_context_variables_within_their_bounds_are_kept_as_they_are() -> None:
+    """Each W3C variable up to its header's bound is carried; one character over is dropped with one note."""
+    fits = {"TRACEPARENT": PARENT, "TRACESTATE": "a=" + "b" * 510, "BAGGAGE": "k=" + "v" * 8190}
+    context, notes = emit_fast.shell_trace_context(fits)
+    assert context == {"traceparent": PARENT, "tracestate": fits["TRACESTATE"], "baggage": fits["BAGGAGE"]}
+    assert notes == ()
+    context, notes = emit_fast.shell_trace_context({**fits, "BAGGAGE": fits["BAGGAGE"] + "v"})
+    assert "baggage" not in context
+    assert len(notes) == 1

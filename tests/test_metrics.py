@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 from unittest.mock import AsyncMock, MagicMock
 
 import pytest
 
-from sb_otel import ConfigError, SessionEndEvent, SessionLifecycleManager, SessionTracker, instrument
+from sb_otel import (
+    ConfigError,
+    SessionEndEvent,
+    SessionLifecycleManager,
+    SessionTracker,
+    SqliteSessionStore,
+    instrument,
+)
 from sb_otel._telemetry.metrics import OTHER, BoundedValues, label_limit
 from sb_otel.testing import CapturedTelemetry
 from tests.conftest import seed_start_event
@@ -108,15 +116,17 @@ async def test_spans_and_logs_keep_the_real_component_past_the_limit(
     tracker.uninstrument()
 
 
-async def test_a_failed_start_and_an_unknown_end_are_bounded_too(
+async def test_a_failed_start_is_labelled_by_the_store_s_admission(
     monkeypatch: pytest.MonkeyPatch, telemetry: CapturedTelemetry
 ) -> None:
-    """Error paths record metrics with the same fold as the success paths."""
+    """Error paths fold with the store's admission: a component the store stored a session of keeps its name on a
+    rejected start; names it never stored (only ever rejected) are _other, and use up no label."""
     monkeypatch.setenv("SB_OTEL_METRIC_LABEL_LIMIT", "1")
     failing = manager()
-    failing.initialize_session = AsyncMock(return_value={"success": False, "error": "nope"})
     tracker = instrument(SessionTracker(failing, store="memory"), redact="", **telemetry.providers)
-    for component in ("a", "b", "c"):
+    await run(tracker, "a")
+    failing.initialize_session = AsyncMock(return_value={"success": False, "error": "nope"})
+    for component in ("b", "c", "a"):
         result = await tracker.handle_session_start(
             seed_start_event(event_id=str(uuid.uuid4()), component_name=component)
         )
@@ -128,3 +138,51 @@ async def test_a_failed_start_and_an_unknown_end_are_bounded_too(
     }
     assert errors == {"a": 1, OTHER: 2}
     tracker.uninstrument()
+
+
+async def test_junk_names_from_one_client_never_push_a_real_component_into_other(
+    tmp_path: Path, telemetry: CapturedTelemetry
+) -> None:
+    """100 made-up component names (stored, and rejected) reach a server after a real component's session was
+    stored by another process (a shell's ``emit``): the real component keeps its label on every path, in the
+    server's error counts and in the store's counts, with the default limit of 100."""
+    store = SqliteSessionStore(tmp_path / "sessions.db")
+    await run(SessionTracker(manager(), store=store), "mahavishnu")  # another process, on the same store
+    agreeing = manager()
+    tracker = instrument(SessionTracker(agreeing, store=store), redact="", **telemetry.providers)
+    for number in range(100):
+        await run(tracker, f"junk-{number}")
+    agreeing.initialize_session = AsyncMock(return_value={"success": False, "error": "nope"})
+    for number in range(100, 200):
+        result = await tracker.handle_session_start(
+            seed_start_event(event_id=str(uuid.uuid4()), component_name=f"junk-{number}")
+        )
+        assert result.status == "error"
+    result = await tracker.handle_session_start(
+        seed_start_event(event_id=str(uuid.uuid4()), component_name="mahavishnu")
+    )
+    assert result.status == "error"
+    errors = {
+        attrs["sb.component.name"]: point.value
+        for attrs, point in telemetry.metric_points("sb.session.started")
+        if attrs["sb.result"] == "error"
+    }
+    assert errors == {"mahavishnu": 1, OTHER: 100}
+    counts = store.session_counts()
+    assert counts.ended[("mahavishnu", "exited")] == 1
+    assert counts.started[("mahavishnu", "Shell", "tracked")] == 1
+    tracker.uninstrument()
+    store.close()
+
+
+async def test_without_a_store_s_answer_the_process_admits_the_first_n() -> None:
+    """A store that cannot say (None) leaves the per-process cap in charge; its answer, when given, decides."""
+    answers = {"stored": True, "junk": False}
+    bounded = BoundedValues(1, answers.get)
+    assert [bounded(v) for v in ("junk", "stored", "other", "more", "stored")] == [
+        OTHER,
+        "stored",
+        "other",
+        OTHER,
+        "stored",
+    ]

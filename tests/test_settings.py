@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sb_otel import ConfigError
-from sb_otel._settings import MAX_DURATION, SB_OTEL_DATA_DIR, SETTINGS, data_dir, parse_duration
+from sb_otel._settings import MAX_DURATION, SB_OTEL_DATA_DIR, SETTINGS, data_dir, parse_bool, parse_duration
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS_PAGE = REPO / "docs" / "pages" / "reference" / "settings.md"
@@ -105,3 +107,40 @@ def test_parse_duration_raises_only_config_error(text: str) -> None:
     except ConfigError:
         return
     assert timedelta(0) < parsed <= MAX_DURATION
+
+
+def _switches() -> list[Any]:
+    """Every SB_OTEL_* switch with the function the process that uses it reads it through."""
+    from sb_otel._cli.emit_fast import drain_enabled
+    from sb_otel._service.server import allow_unauthenticated_setting, mcp_spans_setting
+    from sb_otel._telemetry.session_buddy_metrics import session_buddy_metrics_setting
+
+    return [
+        pytest.param("SB_OTEL_EMIT_DRAIN", drain_enabled, id="emit-drain"),
+        pytest.param("SB_OTEL_MCP_SPANS", mcp_spans_setting, id="mcp-spans"),
+        pytest.param("SB_OTEL_ALLOW_UNAUTHENTICATED", allow_unauthenticated_setting, id="allow-unauthenticated"),
+        pytest.param("SB_OTEL_SESSION_BUDDY_METRICS", session_buddy_metrics_setting, id="session-buddy-metrics"),
+    ]
+
+
+@pytest.mark.parametrize(("variable", "read"), _switches())
+@pytest.mark.parametrize(
+    ("spelling", "expected"),
+    [
+        *((word, True) for word in ("true", "TRUE", " On ", "yes", "1")),
+        *((w, False) for w in ("false", "Off", "NO", "0")),
+    ],
+)
+def test_every_switch_accepts_the_same_spellings(
+    monkeypatch: pytest.MonkeyPatch, variable: str, read: Callable[[], bool], spelling: str, expected: bool
+) -> None:
+    """true/1/yes/on and false/0/no/off, in any case, mean the same for every SB_OTEL_* switch."""
+    monkeypatch.setenv(variable, spelling)
+    assert read() is expected
+
+
+def test_parse_bool_names_the_setting_and_the_spellings() -> None:
+    """A typo is a ConfigError that says what works; blank is the default."""
+    assert parse_bool("  ", name="X", default=True) is True
+    with pytest.raises(ConfigError, match=r"X must be true or false, not 'ture' \(1/0, yes/no and on/off also work\)"):
+        parse_bool("ture", name="X", default=False)

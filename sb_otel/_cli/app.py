@@ -29,6 +29,7 @@ COMMAND_MODULES = {
     "example": "demo",
     "export": "export",
     "init": "init",
+    "prune": "prune",
     "reap": "reap",
     "serve": "serve",
     "sessions": "sessions",

@@ -23,7 +23,7 @@ from sb_otel._cli.output import plain
 from sb_otel._tracking import destination as dest
 from sb_otel._tracking import destination_store as stored
 from sb_otel._tracking.store import SessionStore
-from sb_otel._tracking.store_factory import open_store
+from sb_otel._tracking.store_factory import open_store, store_path
 
 
 @cli.group("config")
@@ -37,8 +37,11 @@ def config() -> None:
     """
 
 
-def _open(store_location: str | None) -> tuple[SessionStore, stored.DestinationStore]:
-    store = open_store(store_location)
+def _open(store_location: str | None, *, read_only: bool = False) -> tuple[SessionStore, stored.DestinationStore]:
+    """``read_only``: for ``show``, which reads only: an existing store is opened without writing (so a read-only
+    one serves it); a missing one is opened as before, to show the defaults."""
+    path = store_path(store_location)
+    store = open_store(store_location, read_only=read_only and path is not None and path.exists())
     if not isinstance(store, stored.DestinationStore):
         store.close()
         raise click.ClickException("this session store keeps no destination: point --store at a SQLite file")
@@ -81,7 +84,7 @@ def _rows(state: stored.DestinationState, store_path: Path | None) -> list[dict[
 @_store_option
 def show(as_json: bool, store_location: str | None) -> int:
     """Each destination setting, its value (header values masked) and where it came from."""
-    store, kept = _open(store_location)
+    store, kept = _open(store_location, read_only=True)
     try:
         state = kept.destination_state()
     finally:

@@ -3,33 +3,48 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
+from pathlib import Path
 
 import click
 from rich.text import Text
 
-from sb_otel._cli.app import _console, _quiet_exporters, _store_option, cli
+from sb_otel._cli.app import _console, _quiet_exporters, cli
 from sb_otel._cli.output import _jaeger_link, _sessions_table, _trace_id, _trace_tree, plain
-from sb_otel._settings import (
-    OTEL_EXPORTER_OTLP_ENDPOINT,
-)
+from sb_otel._settings import OTEL_EXPORTER_OTLP_ENDPOINT, data_dir
 from sb_otel._telemetry.configure import configure
 from sb_otel._tracking.store_factory import open_store
 
 
+def demo_store_path() -> Path:
+    """The demo's own store: ``demo/sessions.db`` under the data directory, never ``SB_OTEL_STORE`` (the user's),
+    so running the demo twice adds nothing to the user's sessions or their cumulative metrics; its telemetry
+    files go beside it (``demo/telemetry``)."""
+    return data_dir() / "demo" / "sessions.db"
+
+
 @cli.command()
-@_store_option
+@click.option(
+    "--store",
+    "store_location",
+    default=None,
+    metavar="PATH",
+    help="The demo's session store (default: <data dir>/demo/sessions.db; never SB_OTEL_STORE, your own store).",
+)
 def demo(store_location: str | None) -> int:
     """Run a realistic scenario through the real tracker and show what it produced.
 
     Six shells (mahavishnu, oneiric, session-buddy) start concurrently; most exit normally, one crashes, one is
     abandoned and reaped, and one end names an unknown session. Prints the sessions, one trace as a tree, and
     where the telemetry went (OTLP JSON files by default; OTEL_EXPORTER_OTLP_ENDPOINT to send it elsewhere).
+    The demo uses its own store (--store to choose), so it never adds sessions to yours.
     """
     from sb_otel._cli.scenario import run_demo
 
-    store = open_store(store_location)
+    location = store_location if store_location is not None else str(demo_store_path())
+    store = open_store(location)
     with _quiet_exporters():  # the demo says itself whether its telemetry got out
-        telemetry = configure(set_global=False)
+        telemetry = configure(set_global=False, store=store)
         try:
             run = asyncio.run(run_demo(store, telemetry))
         finally:
@@ -59,7 +74,9 @@ def demo(store_location: str | None) -> int:
         console.print(
             "[yellow]Not all telemetry was delivered in time: is the endpoint reachable? Try 'sb-otel doctor'."
         )
-    console.print("Browse the sessions with 'sb-otel sessions' and 'sb-otel show SESSION_ID'.")
+    shown = location if location == "memory" else shlex.quote(location)
+    console.print(plain(f"The demo's store: {location} (your own sessions are not touched)."))
+    console.print(plain(f"Browse it with 'sb-otel sessions --store {shown}' and 'sb-otel show --store {shown} ID'."))
     return 0
 
 

@@ -101,6 +101,7 @@ def _setting_problems() -> list[str]:
             server.token_max_age_setting,
             server.http_limits_setting,
             server.allow_unauthenticated_setting,
+            server.mcp_spans_setting,
         ]
     problems = []
     for check in checks:

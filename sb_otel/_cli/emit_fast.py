@@ -33,9 +33,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sb_otel._cli import drainer
-from sb_otel._settings import SB_OTEL_EMIT_DRAIN, SB_OTEL_REDACT, SB_OTEL_SESSION_ID, SB_OTEL_STORE, data_dir
+from sb_otel._settings import (
+    FALSE_WORDS,
+    SB_OTEL_EMIT_DRAIN,
+    SB_OTEL_REDACT,
+    SB_OTEL_SESSION_ID,
+    SB_OTEL_STORE,
+    TRUE_WORDS,
+    data_dir,
+)
 from sb_otel._telemetry.attributes import start_attributes
-from sb_otel._telemetry.shell_plan import ATTRIBUTES_KEY, STATE_KEY, plan_json, shell_attributes, traceparent_of
+from sb_otel._telemetry.shell_plan import (
+    ATTRIBUTES_KEY,
+    MAX_CONTEXT_HEADER,
+    STATE_KEY,
+    plan_json,
+    shell_attributes,
+    traceparent_of,
+)
 from sb_otel._tracking import rules
 from sb_otel._tracking.destination_store import DestinationStore, reconcile
 from sb_otel._tracking.lifecycle import SessionLifecycleManager
@@ -122,11 +137,7 @@ def track_start(
     manager_cwd = _existing_ancestor(real_cwd) if os.path.isabs(real_cwd) else real_cwd
     if manager_cwd != real_cwd:
         fitted.altered["environment.cwd"] = [f"no longer exists (project read from {_escaped(manager_cwd)[:200]})"]
-    shell_context = {
-        key: os.environ[variable]
-        for variable, key in (("TRACEPARENT", "traceparent"), ("TRACESTATE", "tracestate"), ("BAGGAGE", "baggage"))
-        if os.environ.get(variable)
-    }
+    shell_context, dropped = shell_trace_context(os.environ)
     extra = {**shell_context, **metadata}
     try:
         event = {
@@ -174,7 +185,31 @@ def track_start(
         store.close()
     if wanted:
         drain(store_location)
-    return StartAnswer(session_id, traceparent, notes=fitted.notes(), shell_context=shell_context)
+    return StartAnswer(session_id, traceparent, notes=(*dropped, *fitted.notes()), shell_context=shell_context)
+
+
+_CONTEXT_VARIABLES = (("TRACEPARENT", "traceparent"), ("TRACESTATE", "tracestate"), ("BAGGAGE", "baggage"))
+
+
+def shell_trace_context(environ: Mapping[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The shell's W3C context variables that fit their header's bound, and a note for each left out.
+
+    A variable over its bound (a runaway ``BAGGAGE`` of 20 KB) would make the start event's metadata too large and
+    cost the session; the propagator would ignore it anyway, so it is dropped, with a note on stderr."""
+    context: dict[str, str] = {}
+    notes: list[str] = []
+    for variable, key in _CONTEXT_VARIABLES:
+        value = environ.get(variable)
+        if not value:
+            continue
+        if len(value) > MAX_CONTEXT_HEADER[key]:
+            notes.append(
+                f"sb-otel: {variable} is {len(value)} characters, over the {MAX_CONTEXT_HEADER[key]} a W3C "
+                f"{key} header may have here; left out of the session's context (the session is tracked)"
+            )
+            continue
+        context[key] = value
+    return context, tuple(notes)
 
 
 def _start(
@@ -468,9 +503,9 @@ def drain_enabled(environ: Mapping[str, str] | None = None) -> bool:
     return (SB_OTEL_EMIT_DRAIN.read(environ) or "1").lower() not in DRAIN_OFF
 
 
-DRAIN_OFF = ("0", "false", "off", "no")
-"""``SB_OTEL_EMIT_DRAIN`` values that turn the drainer off."""
-DRAIN_ON = ("1", "true", "on", "yes")
+DRAIN_OFF = FALSE_WORDS
+"""``SB_OTEL_EMIT_DRAIN`` values that turn the drainer off: every switch's spellings of false."""
+DRAIN_ON = TRUE_WORDS
 """``SB_OTEL_EMIT_DRAIN`` values that say on (anything else is a typo, and also on)."""
 
 

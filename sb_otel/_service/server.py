@@ -64,6 +64,7 @@ from sb_otel._settings import (
     SB_OTEL_SECRET,
     SB_OTEL_TOKEN_MAX_AGE,
     SESSION_BUDDY_SECRET,
+    parse_bool,
     parse_duration,
 )
 from sb_otel._telemetry.credentials import CredentialMasking
@@ -656,23 +657,13 @@ def http_limits_setting() -> HttpLimits:
 
 
 def mcp_spans_setting() -> bool:
-    """``SB_OTEL_MCP_SPANS``: ``true``/``1``/``yes`` or ``false``/``0``/``no`` (default)."""
-    text = (SB_OTEL_MCP_SPANS.read() or "false").lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
-    raise ConfigError(f"SB_OTEL_MCP_SPANS must be true or false, not {text!r}")
+    """``SB_OTEL_MCP_SPANS`` (off by default), spelled as every switch is (:func:`~sb_otel._settings.parse_bool`)."""
+    return parse_bool(SB_OTEL_MCP_SPANS.read(), name=SB_OTEL_MCP_SPANS.env, default=False)
 
 
 def allow_unauthenticated_setting() -> bool:
-    """``SB_OTEL_ALLOW_UNAUTHENTICATED``: ``true``/``1``/``yes`` or ``false``/``0``/``no`` (default)."""
-    text = (SB_OTEL_ALLOW_UNAUTHENTICATED.read() or "false").lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
-    raise ConfigError(f"SB_OTEL_ALLOW_UNAUTHENTICATED must be true or false, not {text!r}")
+    """``SB_OTEL_ALLOW_UNAUTHENTICATED`` (off by default), spelled as every switch is."""
+    return parse_bool(SB_OTEL_ALLOW_UNAUTHENTICATED.read(), name=SB_OTEL_ALLOW_UNAUTHENTICATED.env, default=False)
 
 
 _SIZE = re.compile(r"(\d+)\s*(b|kib|kb|k|mib|mb|m)?", re.ASCII)

@@ -117,18 +117,18 @@ def _factory(destination: Destination, signal: str, store_path: Path | None) -> 
         return lambda _meters: None
     if not target:
         folder = destination.files_folder(store_path)
-        return lambda _meters: _file_exporter(signal, folder)
+        return lambda _meters: _file_exporter(signal, folder, destination.file_limits)
     if destination.protocol == "grpc":
         return lambda meters: _grpc_exporter(destination, signal, target, meters)
     return lambda meters: _http_exporter(destination, signal, target, meters)
 
 
-def _file_exporter(signal: str, folder: Path) -> Any:
-    from opentelemetry.exporter.otlp.json.file import FileMetricExporter, FileSpanExporter
-
+def _file_exporter(signal: str, folder: Path, limits: tuple[int, int, float]) -> Any:
+    """The SDK's JSON file exporter of ``signal``, on a file rotated by size and age (metrics: changed points
+    only); see :mod:`sb_otel._telemetry.telemetry_files`."""
     from sb_otel._exceptions import ConfigError
-    from sb_otel._telemetry import otel_logs
-    from sb_otel._tracking.private_files import private_dir, private_file
+    from sb_otel._telemetry import telemetry_files as files
+    from sb_otel._tracking.private_files import private_dir
 
     try:
         private_dir(folder)  # owner-only, whatever the umask: the files hold every session's directory and user
@@ -137,12 +137,12 @@ def _file_exporter(signal: str, folder: Path) -> Any:
             f"cannot create the telemetry folder {folder}: {exc}; choose another with "
             "'sb-otel config set files.dir PATH', or set an endpoint"
         ) from exc
-    # Made owner-only before the exporter opens them (to append: the mode stays).
+    lines = files.RotatingLines(folder / f"{signal}.jsonl", files.FileLimits(*limits))
     if signal == "traces":
-        return FileSpanExporter(private_file(folder / "traces.jsonl"))
+        return files.SpanFile(lines)
     if signal == "metrics":
-        return FileMetricExporter(private_file(folder / "metrics.jsonl"))
-    return otel_logs.FileLogExporter(private_file(folder / "logs.jsonl"))
+        return files.ChangedMetricsFile(lines)
+    return files.LogFile(lines)
 
 
 def _grpc_exporter(destination: Destination, signal: str, endpoint: str, meters: Any) -> Any:

@@ -67,6 +67,7 @@ from sb_otel._tracking.models import SessionEndEvent, SessionEndResult, SessionS
 from sb_otel._tracking.outcome import Outcome, end_outcome
 from sb_otel._tracking.row_telemetry import END_CALL_KEY, FROM_ROW_KEY, START_CALL_KEY, built_from_row
 from sb_otel._tracking.seam import UNREAD, Known, TrackingSeam, offers_seam
+from sb_otel._tracking.session_counts import LabelAdmissionStore
 from sb_otel._tracking.store import SessionRecord, SessionStore
 from sb_otel._tracking.tracker import EVENT_LINE_MARKER, SESSION_ENDED_LINE, SESSION_STARTED_LINE, SessionTracker
 from sb_otel._version import __version__
@@ -109,7 +110,7 @@ class InstrumentedSessionTracker:
         self._seam: TrackingSeam = tracker if offers_seam(tracker) else ForeignTracker(tracker, store)
         self._tracer_provider = tracer_provider or trace.get_tracer_provider()
         self._tracer = self._tracer_provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
-        self._metrics = SessionMetrics(meter_provider)
+        self._metrics = SessionMetrics(meter_provider, admitted=self._label_admitted)
         self._meter_provider = meter_provider
         provider = logger_provider or otel_logs.get_logger_provider()
         self._events = provider.get_logger(sc.INSTRUMENTATION_SCOPE, __version__)
@@ -126,6 +127,16 @@ class InstrumentedSessionTracker:
         self._starting: dict[str, tuple[asyncio.Lock, int]] = {}
         self._store_sends_roots: bool | None = None
         self._store_counts: tuple[Any, bool] | None = None
+
+    def _label_admitted(self, kind: str, value: str) -> bool | None:
+        """The store's say on a metric label (:mod:`sb_otel._telemetry.metrics`); ``None`` if it has none."""
+        try:
+            store = self.store
+            if isinstance(store, LabelAdmissionStore):
+                return store.metric_label_admitted(kind, value)
+        except Exception:  # a store that cannot answer costs the label, never the call
+            _log.debug("sb-otel: store label admission unavailable", exc_info=True)
+        return None
 
     def _roots_from_store(self) -> bool:
         """Whether root spans are left to the store's exporter: the spans go to sb-otel's own outbox pipeline

@@ -19,10 +19,11 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, get_current_span,
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from sb_otel._telemetry.semconv import SESSION_ID
+from sb_otel._telemetry.shell_plan import MAX_CONTEXT_HEADER
 
 _PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
 TRACE_CONTEXT_KEYS = ("traceparent", "tracestate", "baggage")
-_MAX_HEADER = {"traceparent": 128, "tracestate": 512, "baggage": 8192}
+_MAX_HEADER = MAX_CONTEXT_HEADER
 """Longer values are ignored, not truncated: a cut header would parse into a wrong context."""
 
 

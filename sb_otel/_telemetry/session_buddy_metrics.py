@@ -35,7 +35,7 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.sdk.metrics.export import AggregationTemporality, Histogram, HistogramDataPoint, Metric
 
 from sb_otel._exceptions import ConfigError
-from sb_otel._settings import SB_OTEL_SESSION_BUDDY_METRICS
+from sb_otel._settings import SB_OTEL_SESSION_BUDDY_METRICS, parse_bool
 from sb_otel._telemetry import semconv as sc
 from sb_otel._tracking.session_counts import SESSION_DURATION_BUCKETS, SessionCounts
 from sb_otel._version import __version__
@@ -75,19 +75,12 @@ SESSION_BUDDY_DURATION_BUCKETS: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0,
 if not set(SESSION_BUDDY_DURATION_BUCKETS) <= set(SESSION_DURATION_BUCKETS):  # pragma: no cover - a constant
     raise AssertionError("session-buddy's duration buckets must be a subset of the store's, to merge exactly")
 
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
 _log = logging.getLogger("sb_otel")
 
 
 def session_buddy_metrics_setting() -> bool:
-    """``SB_OTEL_SESSION_BUDDY_METRICS``: ``true``/``1``/``yes`` or ``false``/``0``/``no`` (the default)."""
-    text = (SB_OTEL_SESSION_BUDDY_METRICS.read() or "false").lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ConfigError(f"SB_OTEL_SESSION_BUDDY_METRICS must be true or false, not {text!r}")
+    """``SB_OTEL_SESSION_BUDDY_METRICS`` (off by default), spelled as every switch is."""
+    return parse_bool(SB_OTEL_SESSION_BUDDY_METRICS.read(), name=SB_OTEL_SESSION_BUDDY_METRICS.env, default=False)
 
 
 def session_buddy_metrics_enabled() -> bool:

@@ -24,7 +24,11 @@ _TRACEPARENT = r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2}
 as most shells send no ``TRACEPARENT``."""
 MAX_TRACEPARENT = 128
 MAX_TRACESTATE = 512
-"""sb-otel's own bounds on what a shell sends (``propagation._MAX_HEADER``): longer values are ignored."""
+MAX_BAGGAGE = 8192
+"""sb-otel's own bounds on what a shell sends (``propagation``): longer values are ignored, not cut (a cut header
+would parse into a wrong context). 8192 is W3C Baggage's own limit on a header."""
+MAX_CONTEXT_HEADER = {"traceparent": MAX_TRACEPARENT, "tracestate": MAX_TRACESTATE, "baggage": MAX_BAGGAGE}
+"""Each W3C header's bound, by its key in a start event's metadata."""
 _TRACE_ID_LIMIT = (1 << 64) - 1
 _SAMPLERS = (
     "always_on",

@@ -79,6 +79,7 @@ from sb_otel._tracking import row_telemetry
 from sb_otel._tracking.destination import Destination
 from sb_otel._tracking.export_state import DROP_REASONS, TelemetryStore, new_holder
 from sb_otel._tracking.reaping import REAP_BATCH, reap_interval_setting, reap_pages, session_ttl
+from sb_otel._tracking.retention import prune_expired
 from sb_otel._tracking.session_counts import SessionCountsStore
 from sb_otel._tracking.store import SessionRecord, SessionStore
 from sb_otel._version import __version__
@@ -276,6 +277,7 @@ class StoreExporter:
             for reason, count in trimmed.items():
                 report.dropped[reason] = report.dropped.get(reason, 0) + count
             self._metrics_round(report, force=final)
+            prune_expired(self.store)  # the store's sessions.retention, hourly (sb_otel/_tracking/retention.py)
         except LeaseLost:
             report.lease_held = False
             _log.warning("sb-otel exporter %s lost its lease to another process; it stops exporting", self.holder)

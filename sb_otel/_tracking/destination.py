@@ -132,6 +132,48 @@ def _path(text: str) -> str:
     return str(Path(text.strip()).expanduser().absolute())
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "kb": 1024, "k": 1024, "mib": 1024**2, "mb": 1024**2, "m": 1024**2}
+_SIZE_UNITS.update({"gib": 1024**3, "gb": 1024**3, "g": 1024**3})
+
+
+def _file_size(text: str) -> str:
+    import re
+
+    match = re.fullmatch(r"(\d+)\s*([a-z]*)", text.strip().lower())
+    size = int(match.group(1)) * _SIZE_UNITS[match.group(2)] if match and match.group(2) in _SIZE_UNITS else 0
+    if not 64 * 1024 <= size <= 1024**3:
+        raise DestinationError(f"a file size is from 64KiB to 1GiB, such as 10MiB or 500KiB, not {text!r}")
+    return str(size)
+
+
+def _file_count(text: str) -> str:
+    value = text.strip()
+    if not value.isdigit() or not 1 <= int(value) <= 100:
+        raise DestinationError(f"how many rotated files to keep is a whole number from 1 to 100, not {text!r}")
+    return str(int(value))
+
+
+def _seconds(text: str, name: str) -> str:
+    from sb_otel._exceptions import ConfigError
+    from sb_otel._settings import parse_duration
+
+    try:
+        seconds = parse_duration(text, name=name).total_seconds()
+    except ConfigError as exc:
+        raise DestinationError(str(exc)) from None
+    return str(int(seconds)) if seconds.is_integer() else str(seconds)
+
+
+def _file_age(text: str) -> str:
+    return _seconds(text, "files.max_age")
+
+
+def _retention(text: str) -> str:
+    if text.strip().lower() in ("off", "none", "never"):
+        return "off"
+    return _seconds(text, "sessions.retention (or off)")
+
+
 def _certificate(text: str) -> str:
     path = _path(text)
     if not Path(path).is_file():
@@ -271,6 +313,32 @@ KEYS: dict[str, Key] = {
             _path,
             False,
         ),
+        Key(
+            "files.max_size",
+            None,
+            str(10 * 1024**2),
+            "An OTLP JSON file that would grow past this (bytes, `KiB`, `MiB`) is first rotated to `.1`.",
+            _file_size,
+            False,
+        ),
+        Key(
+            "sessions.retention",
+            None,
+            str(365 * 86400),
+            "Ended sessions that started longer ago (`90d`; by the store's clock) are deleted by the exporter once "
+            "their telemetry has left; `off` keeps them all.",
+            _retention,
+            False,
+        ),
+        Key("files.keep", None, "2", "Rotated files kept per signal (`.1` … `.N`).", _file_count, False),
+        Key(
+            "files.max_age",
+            None,
+            str(365 * 86400),
+            "A file whose last line is older (`30d`) is rotated at the next write; rotated ones older are deleted.",
+            _file_age,
+            False,
+        ),
     )
 }
 """Every destination setting, in the order ``sb-otel config show`` lists them."""
@@ -363,6 +431,17 @@ class Destination(Frozen):
         from sb_otel._settings import data_dir
 
         return data_dir() / "telemetry"
+
+    @property
+    def retention_s(self) -> float | None:
+        """``sessions.retention`` in seconds; ``None`` when off."""
+        value = self.value("sessions.retention")
+        return None if value == "off" else float(value)
+
+    @property
+    def file_limits(self) -> tuple[int, int, float]:
+        """``files.max_size`` (bytes), ``files.keep`` and ``files.max_age`` (seconds)."""
+        return int(self.value("files.max_size")), int(self.value("files.keep")), float(self.value("files.max_age"))
 
     def target(self, signal: str) -> str | None:
         """Where ``signal`` goes: an OTLP endpoint (the full URL over HTTP), ``""`` for the JSON files, ``None`` when

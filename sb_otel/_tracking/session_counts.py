@@ -181,6 +181,15 @@ class SessionCountsStore(Protocol):
         ...
 
 
+@runtime_checkable
+class LabelAdmissionStore(Protocol):
+    """A store that says which client-chosen values it admitted as labels (both bundled stores do)."""
+
+    def metric_label_admitted(self, kind: str, value: str) -> bool:
+        """Whether ``value`` is one of the store's admitted labels of ``kind`` (``component`` or ``shell``)."""
+        ...
+
+
 def bucket_index(seconds: float) -> int:
     """The explicit-bucket index for ``seconds``: bucket ``i`` holds values in ``(b[i-1], b[i]]``."""
     return bisect.bisect_left(SESSION_DURATION_BUCKETS, seconds)
@@ -232,6 +241,10 @@ class InMemoryCounts:
                 text = text if text in seen else OTHER
             key.append(text)
         return tuple(key)
+
+    def admitted(self, kind: str, value: str) -> bool:
+        """Whether ``value`` is an admitted label of ``kind`` (an unknown kind admits nothing)."""
+        return value in self._admitted.get(kind, ())
 
     def on_start(self, component: str, shell_type: object, telemetry: object = None) -> None:
         """A stored start; ``shell_type`` as the start event has it (maybe absent), ``telemetry`` as stored (its
@@ -442,3 +455,49 @@ EXACT_LENGTHS_MIGRATION: tuple[str, tuple[str, ...]] = (
 )
 """Counts each ending's length exactly (see :data:`_EXACT_SECONDS`), so a session of exactly a boundary's length
 lands in the same bucket as in the memory store. Endings counted before it keep the bucket they got."""
+
+
+def _aliased(labels: tuple[Label, ...], sources: tuple[str, ...]) -> str:
+    """:func:`_key` with each label named after its column (a subquery's result columns)."""
+    return ", ".join(
+        f"{_label(label, source)} AS {label.column}" for label, source in zip(labels, sources, strict=True)
+    )
+
+
+def _matches(labels: tuple[Label, ...]) -> str:
+    return " AND ".join(f"c.{label.column} = x.{label.column}" for label in labels)
+
+
+def uncount_statements(pruned: str) -> tuple[str, ...]:
+    """SQL taking the sessions in table ``pruned`` (``sessions`` columns) out of the counts, folded exactly as the
+    triggers counted them (the table is read as ``NEW``), then dropping emptied series and freeing the labels no
+    series and no session uses any more, and restarting the series (a new ``start_time_unix_nano``: a backend sees
+    a reset, not a counter going down). Minimum and maximum lengths keep the extremes they had (the store keeps no
+    list of lengths to find the next one)."""
+    ended = f"FROM {pruned} AS NEW WHERE NEW.status != 'open'"
+    lengths = f"SELECT {_aliased(ENDED_KEY, _ENDED_SOURCES)}, {_EXACT_SECONDS} AS d {ended}"
+    return (
+        f"""UPDATE session_started_counts AS c SET value = c.value - x.n FROM (
+            SELECT {_aliased(STARTED_KEY, _STARTED_SOURCES)}, COUNT(*) AS n FROM {pruned} AS NEW GROUP BY 1, 2, 3
+        ) AS x WHERE {_matches(STARTED_KEY)}""",
+        f"""UPDATE session_ended_counts AS c SET value = c.value - x.n FROM (
+            SELECT {_aliased(ENDED_KEY, _ENDED_SOURCES)}, COUNT(*) AS n {ended} GROUP BY 1, 2
+        ) AS x WHERE {_matches(ENDED_KEY)}""",
+        f"""UPDATE session_duration_counts AS c SET value = c.value - x.n FROM (
+            SELECT {_ENDED}, {_BUCKET} AS bucket, COUNT(*) AS n FROM ({lengths}) GROUP BY 1, 2, 3
+        ) AS x WHERE {_matches(ENDED_KEY)} AND c.bucket = x.bucket""",
+        f"""UPDATE session_duration_sums AS c SET count = c.count - x.n, total = c.total - x.total FROM (
+            SELECT {_ENDED}, COUNT(*) AS n, SUM(d) AS total FROM ({lengths}) GROUP BY 1, 2
+        ) AS x WHERE {_matches(ENDED_KEY)}""",
+        "DELETE FROM session_started_counts WHERE value <= 0",
+        "DELETE FROM session_ended_counts WHERE value <= 0",
+        "DELETE FROM session_duration_counts WHERE value <= 0",
+        "DELETE FROM session_duration_sums WHERE count <= 0",
+        f"""DELETE FROM session_metric_labels WHERE kind = '{COMPONENT.admitted_as}'
+            AND value NOT IN (SELECT {COMPONENT.column} FROM session_started_counts)
+            AND value NOT IN (SELECT component_name FROM sessions)""",
+        f"""DELETE FROM session_metric_labels WHERE kind = '{SHELL_TYPE.admitted_as}'
+            AND value NOT IN (SELECT {SHELL_TYPE.column} FROM session_started_counts)""",
+        "UPDATE session_metric_meta SET value = CAST(CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) "
+        "* 1000000 AS TEXT) WHERE key = 'start_time_unix_nano'",
+    )

@@ -58,6 +58,7 @@ from sb_otel._tracking.export_state import (
 )
 from sb_otel._tracking.identity import numbered_session_id, session_id_base
 from sb_otel._tracking.private_files import private_dir, private_file
+from sb_otel._tracking.retention import RETENTION_MIGRATION, Pruned, PruneFilter
 from sb_otel._tracking.row_telemetry import ALL, END_OWED_SQL, LIVE_MIGRATION, START_OWED_SQL, built_from_row, due
 from sb_otel._tracking.session_counts import (
     COUNTS_MIGRATION,
@@ -67,6 +68,7 @@ from sb_otel._tracking.session_counts import (
     DurationCounts,
     SessionCounts,
     configured_label_limit,
+    uncount_statements,
 )
 from sb_otel._tracking.store import NewSession, OpenSession, SessionEnding, SessionRecord, SessionStatus
 
@@ -128,6 +130,7 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     SIGNAL_STATE_MIGRATION,  # refused signals, a set-aside outbox (sb_otel/_tracking/export_state.py)
     COMMAND_SPOOL_MIGRATION,  # how far each session's command spool was read (sb_otel/_tracking/command_spool.py)
+    RETENTION_MIGRATION,  # ended sessions by end time, for retention (sb_otel/_tracking/retention.py)
     (
         "0014_channel_sessions",  # a channel's key to its open session (sb_otel/_tracking/channel.py)
         ("CREATE TABLE IF NOT EXISTS channel_sessions (channel_key TEXT PRIMARY KEY, session_id TEXT NOT NULL)",),
@@ -694,6 +697,37 @@ class SqliteSessionStore:
             durations=durations,
             quality=dict(quality),
         )
+
+    def prune_sessions(self, which: PruneFilter, *, uncount: bool, dry_run: bool, limit: int | None) -> Pruned:
+        where, params = which.where()
+        bounded = f" ORDER BY received_at LIMIT {int(limit)}" if limit is not None else ""
+        opened = where.replace("status != 'open'", "status = 'open'", 1)
+        if dry_run:  # only reads: a read-only store answers too
+            with self._lock, _translated(self.path):
+                open_kept = self._db.execute(f"SELECT COUNT(*) FROM sessions WHERE {opened}", params).fetchone()[0]
+                count = self._db.execute(
+                    f"SELECT COUNT(*) FROM (SELECT 1 FROM sessions WHERE {where}{bounded})", params
+                )
+                return Pruned(count.fetchone()[0], open_kept, False)
+        with self._write() as db:
+            open_kept = db.execute(f"SELECT COUNT(*) FROM sessions WHERE {opened}", params).fetchone()[0]
+            db.execute("DROP TABLE IF EXISTS temp.pruned")
+            db.execute(f"CREATE TEMP TABLE pruned AS SELECT * FROM sessions WHERE {where}{bounded}", params)
+            db.execute("DELETE FROM sessions WHERE session_id IN (SELECT session_id FROM temp.pruned)")
+            count = db.execute("SELECT COUNT(*) FROM temp.pruned").fetchone()[0]
+            db.execute("DELETE FROM start_claims WHERE event_id IN (SELECT event_id FROM temp.pruned)")
+            if uncount and count:
+                for statement in uncount_statements("temp.pruned"):
+                    db.execute(statement)
+            db.execute("DROP TABLE temp.pruned")
+        return Pruned(count, open_kept, uncount and count > 0)
+
+    def metric_label_admitted(self, kind: str, value: str) -> bool:
+        with self._lock, _translated(self.path):
+            row = self._db.execute(
+                "SELECT 1 FROM session_metric_labels WHERE kind = ? AND value = ?", (kind, value)
+            ).fetchone()
+        return row is not None
 
     def close(self) -> None:
         self._closer()  # under the store's lock (:func:`_close_when_idle`)

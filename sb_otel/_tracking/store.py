@@ -504,6 +504,10 @@ class InMemorySessionStore(InMemoryExportState, InMemoryRowTelemetry, InMemoryDe
             opened = [record.component_name for record in self._sessions.values() if record.is_open]
             return self._counts.snapshot(opened)
 
+    def metric_label_admitted(self, kind: str, value: str) -> bool:
+        with self._lock:
+            return self._counts.admitted(kind, value)
+
     def close(self) -> None:
         """Nothing to release."""
 
