@@ -25,14 +25,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sb_otel import InMemorySessionStore, SessionEndEvent, SessionTracker, SqliteSessionStore, instrument
 from sb_otel._cli import cli
 from sb_otel._telemetry import otel_logs
+from sb_otel._telemetry.otlp_wire import encode_span, pack
 from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSpanProcessor, mark_store_pipeline
-from sb_otel._telemetry.outbox_codec import encode_span
 from sb_otel._telemetry.store_exporter import StoreExporter
 from sb_otel.testing import CapturedTelemetry
 from tests.conftest import AgreeingManager, seed_start_event
 from tests.lease_holder import HolderProcess
+from tests.old_outbox_rows import old_log_row, old_span_row
 from tests.otlp_receiver import Fault, OtlpReceiver
-from tests.test_export_outcome import exporters
+from tests.test_export_outcome import TRANSPORTS, exporters
 
 
 class Switchable(SpanExporter):
@@ -171,8 +172,8 @@ async def test_a_span_the_encoder_rejects_is_dropped_and_counted_and_the_rest_is
 ) -> None:
     for _ in range(10):
         await pipeline.session()
-    poison = make_span("poison", end_time=2**64 + 5)  # beyond OTLP's unsigned 64-bit nanoseconds
-    pipeline.store.outbox_append("traces", [encode_span(poison)], time.time())
+    # a row an older version stored, with a time beyond OTLP's unsigned 64-bit nanoseconds
+    pipeline.store.outbox_append("traces", [old_span_row("poison", end_time=2**64 + 5)], time.time())
     report = pipeline.exporter.drain()
     assert (report.root_spans, report.spans, report.poison, report.failed) == (10, 40, 1, False)
     assert "poison" not in {span.name for span in pipeline.spans.sent}
@@ -183,7 +184,7 @@ async def test_a_span_the_encoder_rejects_is_dropped_and_counted_and_the_rest_is
 async def test_a_failure_whose_cause_is_not_shown_is_retried_never_bisected_or_dropped(pipeline: Pipeline) -> None:
     """An exporter that only says FAILURE (no HTTP status, no gRPC code to read) may be down: nothing is
     dropped, nothing is halved, the signal backs off."""
-    pipeline.store.outbox_append("traces", [encode_span(make_span(f"s{n}")) for n in range(9)], time.time())
+    pipeline.store.outbox_append("traces", [pack(encode_span(make_span(f"s{n}"))) for n in range(9)], time.time())
     pipeline.spans.up = False
     report = pipeline.exporter.drain()
     assert report.failed
@@ -339,7 +340,7 @@ def wired(path: Path, transport: str, rx: OtlpReceiver, **options: Any) -> Pipel
 
 
 def spans_named(prefix: str, count: int) -> list[str]:
-    return [encode_span(make_span(f"{prefix} {number}")) for number in range(count)]
+    return [pack(encode_span(make_span(f"{prefix} {number}"))) for number in range(count)]
 
 
 @pytest.mark.parametrize("transport", ["grpc", "http"])
@@ -639,5 +640,33 @@ async def test_our_trackers_records_are_built_from_the_row_and_sent_by_one_drain
         assert logs["session.end"].attributes is not None
         assert logs["session.end"].attributes["session.id"] == session_id
         assert pipeline.exporter.drain().exported == 0  # nothing twice
+    finally:
+        pipeline.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_rows_an_older_version_stored_as_json_are_still_sent_after_the_upgrade(
+    transport: str, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    """A store written before records were stored encoded: its JSON rows go out beside the new encoded ones,
+    with their own resource and scope, each encoded once as it is sent."""
+    path = tmp_path / "s.db"
+    older = SqliteSessionStore(path)
+    try:  # what the older version left behind
+        older.outbox_append("traces", [old_span_row("old span", span_id=n + 1) for n in range(3)], time.time())
+        older.outbox_append("logs", [old_log_row("old line")], time.time())
+    finally:
+        older.close()
+    pipeline = wired(path, transport, receiver)
+    try:
+        pipeline.store.outbox_append("traces", spans_named("new", 2), time.time())
+        report = pipeline.exporter.drain()
+        assert (report.spans, report.logs, report.poison, report.failed) == (5, 1, 0, False)
+        sent = {span["name"]: span for span in receiver.spans()}
+        names = sorted(span["name"] for span in receiver.spans())
+        assert names == ["new 0", "new 1", "old span", "old span", "old span"]
+        assert sent["old span"]["resource"]["service.name"] == "old-sb-otel"
+        assert [log["body"] for log in receiver.logs()] == ["old line"]
+        assert pipeline.store.export_backlog().outbox == {}
     finally:
         pipeline.close()

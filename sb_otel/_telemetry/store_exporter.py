@@ -51,8 +51,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -70,6 +68,7 @@ from sb_otel._telemetry.drain_report import SignalReport as SignalReport
 from sb_otel._telemetry.export_destination import fixed_span_limits, resource_of, sdk_environment_hidden
 from sb_otel._telemetry.export_outcome import Outcome
 from sb_otel._telemetry.lease import LEASE_TTL_S, LeaseKeeper, LeaseLost, store_lock_path
+from sb_otel._telemetry.otlp_wire import PACKED_PREFIX, WireRecord, assemble, encode_log, encode_span, unpack
 from sb_otel._telemetry.outbox import Outbox
 from sb_otel._telemetry.outbox_codec import LOGS, SPANS, decode_log, decode_span
 from sb_otel._telemetry.root_span import SessionTelemetry, export_root_span, record_outcome, stored_redaction
@@ -330,8 +329,9 @@ class StoreExporter:
         owed = store.owed_row_records(self.batch_size, signals)
         if not owed:
             return 0
-        spans: list[tuple[tuple[str, int], Any]] = []
-        logs: list[tuple[tuple[str, int], Any]] = []
+        spans: list[tuple[tuple[str, int], WireRecord]] = []
+        logs: list[tuple[tuple[str, int], WireRecord]] = []
+        poison: dict[str, list[tuple[str, int]]] = {}
         done: list[tuple[str, int]] = []  # nothing to send (no plan, unsampled, off) or unbuildable: never will be
         off: dict[str, int] = {}  # records of a signal off by configuration: cleared unsent, counted as the outbox's
         for record, due in owed:
@@ -346,21 +346,29 @@ class StoreExporter:
                 if signal in self.signals_off:
                     off[signal] = off.get(signal, 0) + 1
                     continue
-                (spans if signal == "traces" else logs).append(((record.session_id, bit), item))
+                try:
+                    encoded = encode_span(item) if signal == "traces" else encode_log(item)
+                except Exception:  # the SDK's OTLP encoder refuses it: certain poison, found without the network
+                    poison.setdefault(signal, []).append((record.session_id, bit))
+                    continue
+                (spans if signal == "traces" else logs).append(((record.session_id, bit), encoded))
             made = 0  # a bit may come with several records (a child span and its lifecycle manager's span)
             for bit, _ in built:
                 if ("traces" if bit & row_telemetry.SPANS else "logs") not in self.signals_off:
                     made |= bit
             if due & ~made:
                 done.append((record.session_id, due & ~made))
+        for signal, keys in poison.items():
+            self._count_poison(signal, "span" if signal == "traces" else "log record", keys, report)
         sent_spans, dropped_spans = (
-            self._send("traces", "span", spans, self.span_exporter, _spans_encode, report) if spans else ([], [])
+            self._send("traces", "span", spans, self.span_exporter, report) if spans else ([], [])
         )
         # Logs are tried even when the spans failed: a destination refusing one signal holds back no other.
         sent_logs, dropped_logs = (
-            self._send("logs", "log record", logs, self.log_exporter, _logs_encode, report) if logs else ([], [])
+            self._send("logs", "log record", logs, self.log_exporter, report) if logs else ([], [])
         )
-        cleared = [*done, *sent_spans, *dropped_spans, *sent_logs, *dropped_logs]
+        unsendable = [key for keys in poison.values() for key in keys]
+        cleared = [*done, *unsendable, *sent_spans, *dropped_spans, *sent_logs, *dropped_logs]
         if cleared:
             store.mark_row_records_sent(cleared)
         for signal, count in off.items():
@@ -382,25 +390,26 @@ class StoreExporter:
         records = self.store.pending_root_spans(self.batch_size)
         if not records:
             return 0
-        built: list[tuple[str, Any]] = []
+        built: list[tuple[str, WireRecord]] = []
         nothing_to_send: list[str] = []
         for record in records:
             try:
                 span = self.build_root_span(record)
+                encoded = encode_span(span) if span is not None else None
             except Exception:
                 _log.warning("sb-otel could not build the root span of %s; dropped", record.session_id, exc_info=True)
                 report.drop("traces", "poison", 1)
                 self.store.count_dropped("poison", 1)
-                span = None
-            if span is not None:
-                built.append((record.session_id, span))
+                encoded = None
+            if encoded is not None:
+                built.append((record.session_id, encoded))
             else:  # unsampled, no plan, or unbuildable: nothing will ever be sent for it
                 nothing_to_send.append(record.session_id)
         if nothing_to_send:
             self.store.mark_root_spans_exported(nothing_to_send)
         if not built:
             return len(nothing_to_send)
-        sent, dropped = self._send("traces", "root span", built, self.span_exporter, _spans_encode, report)
+        sent, dropped = self._send("traces", "root span", built, self.span_exporter, report)
         if sent or dropped:
             self.store.mark_root_spans_exported([*sent, *dropped])
         report.root_spans += len(sent)
@@ -445,19 +454,17 @@ class StoreExporter:
             self.store.count_dropped("off", len(rows))
             report.drop(signal, "off", len(rows))
             return len(rows)
-        decode: Callable[[str], Any] = decode_span if signal == SPANS else decode_log
-        decoded: list[tuple[int, Any]] = []
+        decoded: list[tuple[int, WireRecord]] = []
         undecodable: list[int] = []
         for row in rows:
             try:
-                decoded.append((row.id, decode(row.payload)))
+                decoded.append((row.id, _stored_record(signal, row.payload)))
             except Exception:
                 undecodable.append(row.id)
         kind = "span" if signal == SPANS else "log record"
         if undecodable:
             self._count_poison(signal, kind, undecodable, report)
-        encodes = _spans_encode if signal == SPANS else _logs_encode
-        sent, dropped = self._send(signal, kind, decoded, exporter, encodes, report) if decoded else ([], [])
+        sent, dropped = self._send(signal, kind, decoded, exporter, report) if decoded else ([], [])
         if sent or dropped or undecodable:
             self._outbox_op(report, self.store.outbox_delete, [*sent, *dropped, *undecodable])
         if signal == SPANS:
@@ -513,31 +520,20 @@ class StoreExporter:
         self,
         signal: str,
         kind: str,
-        items: list[tuple[_T, Any]],
+        items: list[tuple[_T, WireRecord]],
         exporter: Any,
-        encodes: Callable[[Any], bool],
         report: DrainReport,
     ) -> tuple[list[_T], list[_T]]:
-        """Export ``items`` (key, SDK record); returns (keys sent, keys dropped). Only records the SDK's encoder
-        refuses (``poison``) or the receiver rejects as bad data (``rejected``: found by halving the batch while
-        the answer is bad data) are dropped; any other failure keeps everything and stops the signal's round."""
-        outcome = self._call(signal, exporter, [record for _, record in items])
+        """Export ``items`` (key, encoded record) as one request assembled from their bytes; returns (keys sent,
+        keys dropped). Only records the receiver rejects as bad data (``rejected``: found by halving the batch
+        while the answer is bad data) are dropped (those the encoder refuses never get here: ``poison`` when
+        encoded); any other failure keeps everything and stops the signal's round."""
+        outcome = self._call(signal, exporter, _request(signal, items))
         if outcome.accepted:
             if outcome.kind == "partial":  # which ones, the receiver does not say: all are done with
                 self._count_rejected(signal, kind, outcome.rejected, outcome, report)
             self._settle(signal, outcome, report)
             return [key for key, _ in items], []
-        if outcome.kind != "refused":
-            # First the records the SDK's own OTLP encoder refuses: certain poison, found without the network.
-            poison = [key for key, record in items if not encodes(record)]
-            if poison:
-                self._count_poison(signal, kind, poison, report)
-                unwanted = set(poison)
-                rest = [(key, record) for key, record in items if key not in unwanted]
-                if not rest:
-                    return [], poison
-                sent, dropped = self._send(signal, kind, rest, exporter, encodes, report)
-                return sent, poison + dropped
         if outcome.kind == "bad_data":
             return self._isolate(signal, kind, items, exporter, outcome, report)
         self._settle(signal, outcome, report)
@@ -547,13 +543,14 @@ class StoreExporter:
         self,
         signal: str,
         kind: str,
-        items: list[tuple[_T, Any]],
+        items: list[tuple[_T, WireRecord]],
         exporter: Any,
         outcome: Outcome,
         report: DrainReport,
     ) -> tuple[list[_T], list[_T]]:
         """``items`` were rejected as bad data: halve until each bad record is alone, and drop only those. A half
-        that meets any other answer (a 500, a timeout) stops it: the rest is kept for a later round."""
+        that meets any other answer (a 500, a timeout) stops it: the rest is kept for a later round. Each half is
+        re-assembled from the records' bytes, never encoded again."""
         if len(items) == 1:
             self._count_rejected(signal, kind, 1, outcome, report)
             return [], [items[0][0]]
@@ -561,7 +558,7 @@ class StoreExporter:
         dropped: list[_T] = []
         middle = len(items) // 2
         for half in (items[:middle], items[middle:]):
-            answer = self._call(signal, exporter, [record for _, record in half])
+            answer = self._call(signal, exporter, _request(signal, half))
             if answer.accepted:
                 if answer.kind == "partial":
                     self._count_rejected(signal, kind, answer.rejected, answer, report)
@@ -793,19 +790,17 @@ class StoreExporter:
         return [Observation(dropped.get(reason, 0), {"reason": reason}) for reason in DROP_REASONS]
 
 
-def _spans_encode(span: Any) -> bool:
-    """Whether the SDK's OTLP encoder accepts this span."""
-    try:
-        encode_spans([span]).SerializeToString()
-    except Exception:
-        return False
-    return True
+def _request(signal: str, items: list[tuple[_T, WireRecord]]) -> Any:
+    """The export request of ``items``, assembled from their encoded bytes."""
+    return assemble(signal, [record for _, record in items])
 
 
-def _logs_encode(record: otel_logs.ReadableLogRecord) -> bool:
-    """Whether the SDK's OTLP encoder accepts this log record."""
-    try:
-        encode_logs([record]).SerializeToString()
-    except Exception:
-        return False
-    return True
+def _stored_record(signal: str, payload: str) -> WireRecord:
+    """An outbox row's record: encoded when it was written (:func:`~sb_otel._telemetry.otlp_wire.pack`), or a
+    JSON document written before records were stored encoded, decoded and encoded now, once. Raises for a row
+    that is neither (poison)."""
+    if payload.startswith(PACKED_PREFIX):
+        return unpack(payload)
+    if signal == SPANS:
+        return encode_span(decode_span(payload))
+    return encode_log(decode_log(payload))
