@@ -11,11 +11,15 @@ Each round:
 0. **Row records.** Sessions built from their row (``emit``'s) owe their start's span and log record as they
    start and their end's as they end (:mod:`sb_otel._telemetry.row_records`); each owed bit is cleared after its
    signal's success.
-1. **Root spans.** Ended sessions whose root span is pending are rebuilt from their records
-   (:mod:`sb_otel._telemetry.root_span`) through a private SDK tracer, exported, and marked exported only after
+1. **Root spans.** Ended sessions whose root span is pending are written straight from their plan
+   (:func:`sb_otel._telemetry.root_span.root_span`: no tracer), exported, and marked exported only after
    the exporter reported success — so a crash anywhere leaves them pending, to be sent again (same ids).
-2. **Outbox.** Rows are decoded into SDK spans / log records, exported in batches oldest first, and deleted
-   after success; the next round resumes where this one stopped, also after a restart.
+2. **Outbox.** Rows hold their records' OTLP messages (:mod:`sb_otel._telemetry.otlp_wire`); each request is
+   assembled from those bytes, exported in batches oldest first, and the rows deleted after success; the next
+   round resumes where this one stopped, also after a restart.
+
+Every record is encoded once, by the SDK's per-record encoder, and requests are assembled from bytes, also when a
+rejected batch is halved; they go out through the SDK's own exporters (:mod:`sb_otel._telemetry.wire_send`).
 3. **Each signal on its own.** Traces (root spans and outbox spans), logs and metrics (the store's session
    series) keep their own backoff (1 s, doubling to 60 s) and refusal state: one failing or refused never holds
    back another. Why a call failed is read from the SDK's exporters (:mod:`~sb_otel._telemetry.export_outcome`):
@@ -53,10 +57,7 @@ from typing import Any, TypeVar
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.sdk.trace import ReadableSpan
 
 from sb_otel._exceptions import ConfigError
 from sb_otel._telemetry import export_outcome
@@ -65,14 +66,14 @@ from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.attributes import Redaction
 from sb_otel._telemetry.drain_report import DrainReport as DrainReport  # re-exported: sb-otel export reads it
 from sb_otel._telemetry.drain_report import SignalReport as SignalReport
-from sb_otel._telemetry.export_destination import fixed_span_limits, resource_of, sdk_environment_hidden
+from sb_otel._telemetry.export_destination import resource_of, sdk_environment_hidden
 from sb_otel._telemetry.export_outcome import Outcome
 from sb_otel._telemetry.lease import LEASE_TTL_S, LeaseKeeper, LeaseLost, store_lock_path
 from sb_otel._telemetry.otlp_wire import PACKED_PREFIX, WireRecord, assemble, encode_log, encode_span, unpack
 from sb_otel._telemetry.outbox import Outbox
 from sb_otel._telemetry.outbox_codec import LOGS, SPANS, decode_log, decode_span
-from sb_otel._telemetry.root_span import SessionTelemetry, export_root_span, record_outcome, stored_redaction
-from sb_otel._telemetry.row_records import RowRecords
+from sb_otel._telemetry.root_span import SessionTelemetry, root_span, stored_redaction
+from sb_otel._telemetry.row_records import SCOPE, RowRecords
 from sb_otel._telemetry.store_metrics import StoreSessionMetrics
 from sb_otel._tracking import row_telemetry
 from sb_otel._tracking.destination import Destination
@@ -176,23 +177,10 @@ class StoreExporter:
         self.lease_ttl_s = lease_ttl_s
         self.batch_size = batch_size
         self._redaction = Redaction.parse(redact)
-        # Root spans are built through the SDK's own tracer (ids replayed from the plan, see session_span.py)
-        # into an in-memory exporter, then sent with the others: a private provider, never the global one.
-        # Every setting explicit, and built with the SDK's variables out of sight (OTEL_SDK_DISABLED would make the
-        # tracer a no-op, OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT strip the attributes): the span is the store's, whichever
-        # process's environment exports it.
-        self._built = InMemorySpanExporter()
-        with sdk_environment_hidden():
-            provider = TracerProvider(
-                sampler=ALWAYS_ON,
-                resource=resource or resource_of(Destination()),
-                span_limits=fixed_span_limits(),
-                shutdown_on_exit=False,
-            )
-            provider.add_span_processor(SimpleSpanProcessor(self._built))
-            self._tracer = provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
+        # Root spans, children and log records are written straight from the rows (no tracer, no provider), with
+        # the store's resource and fixed limits: the same whichever process's environment exports them.
+        self._resource = resource or resource_of(Destination())
         self._stop = threading.Event()
-        self._building = threading.Lock()
         self._draining = threading.Lock()  # the thread and force_flush/stop in one process: one drain at a time
         self._thread: threading.Thread | None = None
         self._backoff = 0.0  # after a round that raised (store trouble); the signals back off on their own
@@ -210,8 +198,7 @@ class StoreExporter:
         self._metrics_due = 0.0
         for exporter in (span_exporter, log_exporter, metric_exporter):
             export_outcome.watch(exporter)  # so a failure says why: refused, bad data, or retry
-        with sdk_environment_hidden():  # the row's records, like the root span, read no variable of this process
-            self._row_records = RowRecords(resource or resource_of(Destination()))
+        self._row_records = RowRecords(self._resource)
         self._lease = LeaseKeeper(store, self.holder, lease_ttl_s, lock_file=store_lock_path(store))
         self.reap_interval_s: float | None = None
         """Seconds between reaper passes while following (``None``: this exporter does not reap)."""
@@ -431,15 +418,7 @@ class StoreExporter:
         planned = SessionTelemetry.of(record)
         if planned is None:
             return None
-        with self._building:
-            self._built.clear()
-            try:
-                redaction = stored_redaction(record, self._redaction)
-                export_root_span(self._tracer, record, record_outcome(record), planned, redaction)
-                spans = self._built.get_finished_spans()
-            finally:
-                self._built.clear()
-        return spans[0] if spans else None
+        return root_span(record, planned, stored_redaction(record, self._redaction), self._resource, SCOPE)
 
     def _outbox_round(self, signal: str, report: DrainReport) -> int:
         exporter = self.span_exporter if signal == SPANS else self.log_exporter
