@@ -28,6 +28,7 @@ from sb_otel._telemetry import otel_logs
 from sb_otel._telemetry.otlp_wire import encode_span, pack
 from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSpanProcessor, mark_store_pipeline
 from sb_otel._telemetry.store_exporter import StoreExporter
+from sb_otel._telemetry.store_metrics import mark_store_counted
 from sb_otel.testing import CapturedTelemetry
 from tests.conftest import AgreeingManager, seed_start_event
 from tests.lease_holder import HolderProcess
@@ -85,7 +86,7 @@ class Pipeline:
     """sb-otel's own pipeline into a SQLite store, as configure() builds it, with in-memory exporters; the sessions'
     records in the outbox (``from_row=True``: our own tracker, whose records the exporter builds from the row)."""
 
-    def __init__(self, path: Path, *, from_row: bool = False, **exporter: Any) -> None:
+    def __init__(self, path: Path, *, from_row: bool = False, meters: Any = None, **exporter: Any) -> None:
         self.store = SqliteSessionStore(path)
         self.outbox = Outbox(self.store)
         self.tracer_provider = TracerProvider(shutdown_on_exit=False)
@@ -95,13 +96,18 @@ class Pipeline:
         self.logger_provider.add_log_record_processor(OutboxLogRecordProcessor(self.outbox))
         self.spans = Switchable()
         self.logs = otel_logs.InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
-        self.exporter = StoreExporter(self.store, self.spans, self.logs, outbox=self.outbox, **exporter)
+        self.exporter = StoreExporter(
+            self.store, self.spans, self.logs, outbox=self.outbox, meter_provider=meters, **exporter
+        )
+        if meters is not None:  # as configure() marks its meter provider: the store counts the sessions
+            mark_store_counted(meters, self.store)
         self.tracker = instrument(
             SessionTracker(AgreeingManager(), store=self.store)
             if from_row
             else SeedApiTracker(path.with_suffix(".seed.db")),
             tracer_provider=self.tracer_provider,
             logger_provider=self.logger_provider,
+            meter_provider=meters,
             store=self.store,
         )
 
@@ -670,3 +676,37 @@ async def test_rows_an_older_version_stored_as_json_are_still_sent_after_the_upg
         assert pipeline.store.export_backlog().outbox == {}
     finally:
         pipeline.close()
+
+
+async def test_on_sb_otels_pipeline_the_call_records_no_metric_and_the_exporter_measures_the_manager(
+    tmp_path: Path,
+) -> None:
+    """``sb.lifecycle.duration`` comes from the rows: nothing is recorded while the calls run, each manager call
+    is measured once by the drain that sends its span (with the noted times), and not again."""
+    reader = InMemoryMetricReader()
+    pipeline = Pipeline(tmp_path / "s.db", from_row=True, meters=MeterProvider(metric_readers=[reader]))
+    try:
+        await pipeline.session()
+        await pipeline.session()
+        assert reader.get_metrics_data() is None or not metric_points(reader, "sb.lifecycle.duration")
+        assert pipeline.exporter.drain().spans == 8
+        pipeline.exporter.drain()
+        counts = {operation: count for operation, count, _ in metric_points(reader, "sb.lifecycle.duration")}
+        assert counts == {"initialize_session": 2, "end_session": 2}
+        assert all(total >= 0 for _, _, total in metric_points(reader, "sb.lifecycle.duration"))
+    finally:
+        pipeline.close()
+
+
+def metric_points(reader: InMemoryMetricReader, name: str) -> list[tuple[str, int, float]]:
+    """(operation, count, sum) of each point of histogram ``name`` the reader holds."""
+    data = reader.get_metrics_data()
+    found: list[tuple[str, int, float]] = []
+    for resource_metrics in data.resource_metrics if data is not None else ():
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                if metric.name == name:
+                    for point in metric.data.data_points:
+                        attributes = dict(point.attributes or {})
+                        found.append((str(attributes["sb.lifecycle.operation"]), point.count, point.sum))
+    return found

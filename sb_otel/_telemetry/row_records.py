@@ -91,6 +91,18 @@ def manager_span_parts(
     return attributes, Status(StatusCode.UNSET)
 
 
+def manager_measurement(manager: Mapping[str, Any]) -> tuple[float, dict[str, AttributeValue]]:
+    """``sb.lifecycle.duration``'s value and attributes for a lifecycle-manager call a row-mode call noted (as the
+    live wrapper measures it: the operation, and the failure's class)."""
+    began: int = manager["began"]
+    seconds = max(0, int(manager.get("ended") or began) - began) / 1e9
+    attributes: dict[str, AttributeValue] = {sc.LIFECYCLE_OPERATION: str(manager.get("name", ""))}
+    error_type = manager.get("error_type")
+    if isinstance(error_type, str):
+        attributes[sc.ERROR_TYPE] = error_type
+    return seconds, attributes
+
+
 def stored_call(record: SessionRecord, bit: int) -> Mapping[str, Any] | None:
     """What the handle call behind ``bit`` (start or end) stored about itself, if it ran on sb-otel's pipeline."""
     call = record.telemetry.get(START_CALL_KEY if bit & START else END_CALL_KEY)

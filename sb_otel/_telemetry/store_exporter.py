@@ -69,11 +69,12 @@ from sb_otel._telemetry.drain_report import SignalReport as SignalReport
 from sb_otel._telemetry.export_destination import resource_of, sdk_environment_hidden
 from sb_otel._telemetry.export_outcome import Outcome
 from sb_otel._telemetry.lease import LEASE_TTL_S, LeaseKeeper, LeaseLost, store_lock_path
+from sb_otel._telemetry.metrics import SessionMetrics
 from sb_otel._telemetry.otlp_wire import PACKED_PREFIX, WireRecord, assemble, encode_log, encode_span, unpack
 from sb_otel._telemetry.outbox import Outbox
 from sb_otel._telemetry.outbox_codec import LOGS, SPANS, decode_log, decode_span
 from sb_otel._telemetry.root_span import SessionTelemetry, root_span, stored_redaction
-from sb_otel._telemetry.row_records import SCOPE, RowRecords
+from sb_otel._telemetry.row_records import SCOPE, RowRecords, manager_measurement, stored_call
 from sb_otel._telemetry.store_metrics import StoreSessionMetrics
 from sb_otel._tracking import row_telemetry
 from sb_otel._tracking.destination import Destination
@@ -186,8 +187,11 @@ class StoreExporter:
         self._backoff = 0.0  # after a round that raised (store trouble); the signals back off on their own
         self._states = {signal: _SignalState() for signal in SIGNALS}
         self._budgets: dict[str, float] | None = None  # the final drain's time per signal
+        self._lifecycle_duration: Any = None
+        """``sb.lifecycle.duration``, recorded from the rows (the request path of sb-otel's pipeline records none)."""
         if meter_provider is not None:
             self._register_metrics(meter_provider)
+            self._lifecycle_duration = SessionMetrics(meter_provider).lifecycle_duration
         # The store-derived session series (sb.session.*): sent only from here, so only by the lease holder.
         self.session_metrics: StoreSessionMetrics | None = None
         if metric_exporter is not None and isinstance(store, SessionCountsStore):
@@ -358,6 +362,7 @@ class StoreExporter:
         cleared = [*done, *unsendable, *sent_spans, *dropped_spans, *sent_logs, *dropped_logs]
         if cleared:
             store.mark_row_records_sent(cleared)
+            self._measure_calls({record.session_id: record for record, _ in owed}, cleared)
         for signal, count in off.items():
             self.store.count_dropped("off", count)
             report.drop(signal, "off", count)
@@ -368,6 +373,19 @@ class StoreExporter:
         if sent_logs:
             report.signal("logs").sent += len(sent_logs)
         return len(cleared)
+
+    def _measure_calls(self, records: dict[str, SessionRecord], cleared: Sequence[tuple[str, int]]) -> None:
+        """``sb.lifecycle.duration`` of each lifecycle-manager call a row noted, once: when its call's span bit is
+        cleared (sent, dropped or off), as the live wrapper records it when the call returns."""
+        if self._lifecycle_duration is None:
+            return
+        for session_id, bits in dict.fromkeys(cleared):
+            for bit in (row_telemetry.START_SPAN, row_telemetry.END_SPAN):
+                record = records.get(session_id)
+                call = stored_call(record, bit) if bits & bit and record is not None else None
+                manager = call.get("manager") if call is not None else None
+                if isinstance(manager, dict) and isinstance(manager.get("began"), int):
+                    self._lifecycle_duration.record(*manager_measurement(manager))
 
     def _root_round(self, report: DrainReport) -> int:
         if "traces" in self.signals_off:
