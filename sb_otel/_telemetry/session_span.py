@@ -6,10 +6,13 @@ parent, links — and store that plan with the session. Children (``session.star
 parented on the planned span id. At end, any process rebuilds the span from the plan and exports it through
 the host's own pipeline (processors, exporters, resource, limits), with the original ids and start time.
 
-How the rebuild works: a shallow copy of our SDK ``Tracer`` with an id generator that returns the planned
-ids and a sampler that repeats the decision made at start. Everything else — span processors, resource,
-limits, scope — is shared with the real tracer. The SDK is pinned to a minor series (``pyproject.toml``) and
-``tests/test_session_span.py`` guards this on every upgrade.
+How the span is made. The store's exporter (sb-otel's own pipeline) writes it straight from the plan
+(:func:`planned_span`: the SDK's ``ReadableSpan`` under the SDK's limits; no tracer), proven byte-identical to
+the SDK tracer's own span with the planned ids by ``tests/test_session_span.py``. Only a host's pipeline (its
+providers: its processors must see the span start and end) still goes through a tracer, since the SDK makes
+spans only through one (``Span`` refuses direct construction) and a tracer takes its ids from its id
+generator: :func:`export_session_span` uses a shallow copy of the host's SDK ``Tracer`` whose id generator
+returns the planned ids and whose sampler repeats the start's decision (SDK pinned to a minor series).
 """
 
 from __future__ import annotations
