@@ -27,7 +27,7 @@ from opentelemetry import baggage
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import Decision, StaticSampler
 from opentelemetry.sdk.util import BoundedList
@@ -241,9 +241,7 @@ def planned_span(
     own tracer makes with the planned ids."""
     if not plan.sampled:
         return None
-    from sb_otel._telemetry.export_destination import fixed_span_limits
-
-    limits = fixed_span_limits()
+    limits = _limits()
     context = plan.span_context
     parent = None
     if plan.parent_span_id is not None:
@@ -269,14 +267,26 @@ def planned_span(
         attributes=BoundedAttributes(
             limits.max_span_attributes, attributes, immutable=True, max_value_len=limits.max_span_attribute_length
         ),
-        events=BoundedList.from_seq(limits.max_events, events),
-        links=BoundedList.from_seq(limits.max_links, links),
+        events=BoundedList.from_seq(limits.max_events, events) if events else (),
+        links=BoundedList.from_seq(limits.max_links, links) if links else (),
         kind=SpanKind.INTERNAL,
         status=status,
         start_time=start_ns,
         end_time=max(end_ns, start_ns),
         instrumentation_scope=scope,
     )
+
+
+_fixed_limits: list[SpanLimits] = []
+
+
+def _limits() -> SpanLimits:
+    """The fixed limits, made once (``SpanLimits`` reads defaults on every construction)."""
+    if not _fixed_limits:
+        from sb_otel._telemetry.export_destination import fixed_span_limits
+
+        _fixed_limits.append(fixed_span_limits())
+    return _fixed_limits[0]
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
