@@ -17,9 +17,6 @@ Each round:
 2. **Outbox.** Rows hold their records' OTLP messages (:mod:`sb_otel._telemetry.otlp_wire`); each request is
    assembled from those bytes, exported in batches oldest first, and the rows deleted after success; the next
    round resumes where this one stopped, also after a restart.
-
-Every record is encoded once, by the SDK's per-record encoder, and requests are assembled from bytes, also when a
-rejected batch is halved; they go out through the SDK's own exporters (:mod:`sb_otel._telemetry.wire_send`).
 3. **Each signal on its own.** Traces (root spans and outbox spans), logs and metrics (the store's session
    series) keep their own backoff (1 s, doubling to 60 s) and refusal state: one failing or refused never holds
    back another. Why a call failed is read from the SDK's exporters (:mod:`~sb_otel._telemetry.export_outcome`):
@@ -32,6 +29,9 @@ rejected batch is halved; they go out through the SDK's own exporters (:mod:`sb_
    same way. A signal off by configuration has its records deleted unsent (``off``).
 5. **Bounds.** Rows beyond ``SB_OTEL_OUTBOX_MAX_ROWS`` (rows, not ids) or older than ``SB_OTEL_OUTBOX_MAX_AGE``
    are dropped, oldest first, and counted. A corrupt outbox is set aside by the store (``corrupt``).
+
+Every record is encoded once, by the SDK's per-record encoder, and requests are assembled from bytes, also when a
+rejected batch is halved; they go out through the SDK's own exporters (:mod:`sb_otel._telemetry.wire_send`).
 
 :meth:`StoreExporter.stop` drains every signal once more, each within its own share of the time left, and sends
 the session series once more.
