@@ -1,7 +1,8 @@
 """Records as OTLP protobuf bytes, encoded once; export requests assembled from those bytes.
 
-Each span or log record is encoded once, by the SDK's own per-record encoder (``_encode_span``/``_encode_log`` of
-``opentelemetry-exporter-otlp-proto-common``, pinned with the SDK), into its ``Span``/``LogRecord`` message, and
+Each span or log record is encoded once into its ``Span``/``LogRecord`` message (by
+:mod:`sb_otel._telemetry.otlp_encoder`, proven byte-identical to the SDK's per-record encoder, which takes any
+record that encoder does not: ``_encode_span``/``_encode_log`` of ``opentelemetry-exporter-otlp-proto-common``), and
 kept as bytes with the bytes of its resource and scope (:class:`WireRecord`; an outbox row stores it packed,
 :func:`pack`). A request is then assembled without encoding anything again: protobuf's repeated message fields
 concatenate, so ``ExportTraceServiceRequest`` is the records' bytes grouped by resource and scope, each behind its
@@ -29,6 +30,8 @@ from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs, ScopeLogs
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from sb_otel._telemetry.otlp_encoder import log_message, span_message
 
 SPANS = "traces"
 LOGS = "logs"
@@ -64,13 +67,19 @@ class WireBatch:
 
 
 def encode_span(span: Any) -> WireRecord:
-    """A finished SDK span (``ReadableSpan``) as its OTLP ``Span`` message and origin."""
-    return WireRecord(_origin(SPANS, span.resource, span.instrumentation_scope), _encode_span(span).SerializeToString())
+    """A finished SDK span (``ReadableSpan``) as its OTLP ``Span`` message and origin. Raises what the SDK's
+    encoder raises for a record OTLP cannot carry (poison)."""
+    body = span_message(span)
+    if body is None:  # not only primitive values: the SDK's encoder decides
+        body = _encode_span(span).SerializeToString()
+    return WireRecord(_origin(SPANS, span.resource, span.instrumentation_scope), body)
 
 
 def encode_log(record: Any) -> WireRecord:
     """An emitted SDK log record (``ReadableLogRecord``/``ReadWriteLogRecord``) as its ``LogRecord`` message."""
-    body = _encode_log(record).SerializeToString()
+    body = log_message(record)
+    if body is None:
+        body = _encode_log(record).SerializeToString()
     return WireRecord(_origin(LOGS, record.resource, record.instrumentation_scope), body)
 
 
