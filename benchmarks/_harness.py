@@ -92,6 +92,12 @@ def start_bare_server(tmp: str, extra: list[str] | None = None) -> tuple[subproc
     return start_listening(argv, dict(os.environ), Path(tmp, "bare.log"))
 
 
+def start_floor_server(tmp: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """``benchmarks/bare_server.py --floor`` (the bare server plus event validation and 2 commits per lifecycle)."""
+    argv = [sys.executable, str(REPO / "benchmarks" / "bare_server.py"), "--port", "0", "--floor", f"{tmp}/floor.db"]
+    return start_listening(argv, dict(os.environ), Path(tmp, "floor.log"))
+
+
 def start_listening(argv: list[str], env: Mapping[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
     """Start a server process with stderr to ``log``; wait for its ``... server on <url>;`` line."""
     with log.open("w") as stderr:

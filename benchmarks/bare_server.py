@@ -16,7 +16,13 @@ taken from sb-otel itself, so it cannot drift from what ``serve`` runs:
 It prints ``bare MCP server on <url>; telemetry: none`` on stderr once it listens (the line the benchmark
 harness waits for).
 
-    python benchmarks/bare_server.py [--port 0] [--http-mode stateless]
+``--floor SQLITE_PATH`` makes it the *floor* server: the least a durable session tracker must do on top of the
+bare server. Each call validates its event with sb-otel's own models (``SessionStartEvent``/``SessionEndEvent``)
+and makes one SQLite commit (a start inserts its row, an end updates it; WAL, ``synchronous=NORMAL`` as sb-otel's
+store), so two commits per lifecycle, nothing else: no lifecycle manager, no telemetry. ``sb-otel serve`` cannot
+be cheaper than this; the issue's target is to come within 0.9 × of it.
+
+    python benchmarks/bare_server.py [--port 0] [--http-mode stateless] [--floor /tmp/floor.db]
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import contextlib
 import itertools
 import signal
 import socket
+import sqlite3
 import sys
 from collections.abc import Mapping
 from typing import Any, cast
@@ -41,7 +48,7 @@ from sb_otel._service.server import (
     configure_server_logging,
     http_server,
 )
-from sb_otel._tracking.models import SessionEndResult, SessionStartResult
+from sb_otel._tracking.models import SessionEndEvent, SessionEndResult, SessionStartEvent, SessionStartResult
 
 _TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 _START = SessionStartResult(
@@ -69,9 +76,44 @@ class NoopService:
         return {"server_status": "active", "overall_healthy": True, "service": f"bare {SERVER_NAME}"}
 
 
-async def serve_bare(host: str, port: int, path: str, http_mode: HttpMode) -> None:
-    """Serve the no-op tools over streamable HTTP until SIGTERM/SIGINT, as ``serve`` does."""
-    server = build_server(cast(SessionService, NoopService()))
+class FloorService(NoopService):
+    """The floor: each call validates its event and makes one SQLite commit, and answers as the bare server."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS sessions (session_id TEXT PRIMARY KEY, event TEXT, status TEXT, ended TEXT)"
+        )
+
+    async def track_session_start(
+        self, arguments: Mapping[str, Any], token: Any = None, meta: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        event = SessionStartEvent.model_validate(dict(arguments))
+        answer = await super().track_session_start(arguments, token, meta)
+        with self._db:  # one commit
+            self._db.execute(
+                "INSERT INTO sessions VALUES (?, ?, 'open', NULL)",
+                (answer["session_id"], event.model_dump_json()),
+            )
+        return answer
+
+    async def track_session_end(self, arguments: Mapping[str, Any], token: Any = None) -> dict[str, Any]:
+        event = SessionEndEvent.model_validate(dict(arguments))
+        with self._db:  # one commit
+            self._db.execute(
+                "UPDATE sessions SET status = 'ended', ended = ? WHERE session_id = ?",
+                (event.model_dump_json(), event.session_id),
+            )
+        return await super().track_session_end(arguments, token)
+
+
+async def serve_bare(host: str, port: int, path: str, http_mode: HttpMode, floor: str | None = None) -> None:
+    """Serve the no-op tools (or the floor's) over streamable HTTP until SIGTERM/SIGINT, as ``serve`` does."""
+    service = NoopService() if floor is None else FloorService(floor)
+    server = build_server(cast(SessionService, service))
     web = http_server(server, host=host, port=port, path=path, http_mode=http_mode)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # as serve: TCP_NODELAY on accept
@@ -81,7 +123,8 @@ async def serve_bare(host: str, port: int, path: str, http_mode: HttpMode) -> No
 
     async def announce() -> None:
         await web.listening.wait()
-        print(f"bare MCP server on {url}; telemetry: none", file=sys.stderr, flush=True)
+        kind = "bare" if floor is None else "floor"
+        print(f"{kind} MCP server on {url}; telemetry: none", file=sys.stderr, flush=True)
 
     announcer = asyncio.create_task(announce())
     with contextlib.suppress(KeyboardInterrupt):
@@ -95,12 +138,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--path", default=DEFAULT_PATH)
     parser.add_argument("--http-mode", choices=["stateless", "session"], default="stateless")
+    parser.add_argument("--floor", metavar="SQLITE_PATH", help="validate each event and commit it to this file")
     arguments = parser.parse_args()
     configure_server_logging("WARNING")
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     mode: HttpMode = "session" if arguments.http_mode == "session" else "stateless"
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_bare(arguments.host, arguments.port, arguments.path, mode))
+        asyncio.run(serve_bare(arguments.host, arguments.port, arguments.path, mode, arguments.floor))
 
 
 if __name__ == "__main__":

@@ -1,16 +1,17 @@
 """``sb-otel serve`` against the bare MCP server, same load, interleaved in one run; then where serve's CPU goes.
 
-Four processes: ``sb-otel serve --transport http`` (SQLite store, OTLP/gRPC export to the tests' real receiver,
+Five processes: ``sb-otel serve --transport http`` (SQLite store, OTLP/gRPC export to the tests' real receiver,
 a separate process), ``benchmarks/bare_server.py`` (serve's own tools and HTTP stack from the same ``mcp``
-SDK, with no-op tools of the same signatures), the receiver, and this script, the load client
-(``server_load.py``'s raw-socket shells, ``--shells`` of them). Both servers run for the whole run; the load
-alternates between them, ``--seconds`` at a time, for ``--rounds`` rounds (the order flips every round, so
-neither always follows the other). Per server, pooled over the rounds:
+SDK, with no-op tools of the same signatures), the *floor* server (``bare_server.py --floor``: the bare server
+plus event validation and 2 SQLite commits per lifecycle, the least a durable tracker does), the receiver, and
+this script, the load client (``server_load.py``'s raw-socket shells, ``--shells`` of them). All servers run for
+the whole run; the load goes to each in turn, ``--seconds`` at a time, for ``--rounds`` rounds (the order rotates
+every round, so none always follows another). Per server, pooled over the rounds:
 
 * lifecycles/s (start + end, both ``tracked`` / ``ended``), p50/p99 per tool call;
 * server CPU per lifecycle: the server process's utime + stime (``/proc/<pid>/stat``, all its threads,
   including the OTLP export threads) over each round, divided by the lifecycles of that round;
-* the ratios sb-otel / bare beside the targets (throughput ≥ 0.8 ×, p99 ≤ 2 ×).
+* the ratios beside the targets: sb-otel / bare throughput ≥ 0.8 ×, sb-otel / floor ≥ 0.9 ×, p99 ≤ 2 × bare.
 
 Then, unless ``--no-profile``: serve alone under ``py-spy record`` (attached after a warm-up, for
 ``--profile-seconds`` of the same load), its samples sorted into where they were spent (sb-otel's modules, the
@@ -46,10 +47,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from _harness import REPO, cpu_seconds, otlp_receiver, start_bare_server, start_server
+from _harness import REPO, cpu_seconds, otlp_receiver, start_bare_server, start_floor_server, start_server
 from server_load import Tally, pct, shell
 
 THROUGHPUT_TARGET = 0.8
+FLOOR_TARGET = 0.9
 P99_TARGET = 2.0
 
 
@@ -123,20 +125,23 @@ def compare(seconds: float, rounds: int, shells: int, server_args: list[str], cw
     with tempfile.TemporaryDirectory() as tmp, otlp_receiver() as receiver:
         otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
         bare_process, bare_url, _ = start_bare_server(tmp)
+        floor_process, floor_url, _ = start_floor_server(tmp)
         serve_process, serve_url, serve_log = start_server(tmp, otlp, server_args)
         bare = Server("bare", bare_process.pid, bare_url)
+        floor = Server("floor", floor_process.pid, floor_url)
         serve = Server("sb-otel", serve_process.pid, serve_url)
+        servers = [bare, floor, serve]
         try:
-            for server in (bare, serve):  # warm-up: first calls import and compile; not counted
+            for server in servers:  # warm-up: first calls import and compile; not counted
                 load_round(server, shells, min(1.0, seconds), cwd or tmp)
-            for number in range(rounds):
-                for server in (bare, serve) if number % 2 == 0 else (serve, bare):
+            for number in range(rounds):  # the order rotates: none always follows another
+                for server in servers[number % 3 :] + servers[: number % 3]:
                     server.rounds.append(load_round(server, shells, seconds, cwd or tmp))
                     print(f"round {number + 1} {server.name:>7}: {describe(server.rounds[-1])}", flush=True)
         finally:
-            for process in (serve_process, bare_process):
+            for process in (serve_process, floor_process, bare_process):
                 process.terminate()  # SIGTERM: serve flushes its telemetry (5 s cap)
-            for process in (serve_process, bare_process):
+            for process in (serve_process, floor_process, bare_process):
                 process.wait(30)
         names = receiver.arrived()["names"]
         log_lines = serve_log.read_text().splitlines()
@@ -153,10 +158,10 @@ def compare(seconds: float, rounds: int, shells: int, server_args: list[str], cw
     )
     print("|---|---:|---:|---:|---:|---:|")
     figures = {}
-    for server in (bare, serve):
+    for server in servers:
         rate, p50, p99, cpu, client = figures[server.name] = server.pooled()
         print(f"| {server.name} | {rate:,.0f} | {p50:.2f} ms | {p99:.2f} ms | {cpu:.2f} ms | {client:.2f} ms |")
-    b, s = figures["bare"], figures["sb-otel"]
+    b, f, s = figures["bare"], figures["floor"], figures["sb-otel"]
     throughput, p99_ratio = s[0] / b[0], s[2] / b[2]
     per_round = sorted(x.rate / y.rate for x, y in zip(serve.rounds, bare.rounds, strict=True))
     print()
@@ -165,6 +170,14 @@ def compare(seconds: float, rounds: int, shells: int, server_args: list[str], cw
         f"{'met' if throughput >= THROUGHPUT_TARGET else 'not met'}); per round: "
         + " ".join(f"{value:.2f}" for value in per_round)
     )
+    to_floor = s[0] / f[0]
+    per_round = sorted(x.rate / y.rate for x, y in zip(serve.rounds, floor.rounds, strict=True))
+    print(
+        f"throughput sb-otel/floor: {to_floor:.2f}x (target >= {FLOOR_TARGET}x: "
+        f"{'met' if to_floor >= FLOOR_TARGET else 'not met'}); per round: "
+        + " ".join(f"{value:.2f}" for value in per_round)
+    )
+    print(f"throughput floor/bare: {f[0] / b[0]:.2f}x; server CPU per lifecycle floor/bare: {f[3] / b[3]:.2f}x")
     verdict = "met" if p99_ratio <= P99_TARGET else "not met"
     print(f"p99 sb-otel/bare: {p99_ratio:.2f}x (target <= {P99_TARGET}x: {verdict})")
     print(f"p50 sb-otel/bare: {s[1] / b[1]:.2f}x; server CPU per lifecycle sb-otel/bare: {s[3] / b[3]:.2f}x")

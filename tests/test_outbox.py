@@ -1,20 +1,24 @@
-"""The outbox processors: sb-otel's spans and log records go into the store as they end, encoded so that the
-SDK's own OTLP encoder gets back exactly what was recorded."""
+"""The outbox processors: sb-otel's spans and log records go into the store as they end, each as its OTLP
+message, so that a request assembled from the rows is the SDK's own encoding of what was recorded."""
 
 from __future__ import annotations
 
 import contextvars
+from typing import Any
 
 import pytest
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from sb_otel import InMemorySessionStore
 from sb_otel._telemetry import otel_logs
+from sb_otel._telemetry.otlp_wire import assemble, encode_span, unpack
 from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSpanProcessor, one_write_per_call
-from sb_otel._telemetry.outbox_codec import decode_log, decode_span
+from sb_otel._telemetry.wire_objects import sdk_records
 
 
 def providers(store: InMemorySessionStore) -> tuple[TracerProvider, otel_logs.SdkLoggerProvider]:
@@ -26,39 +30,51 @@ def providers(store: InMemorySessionStore) -> tuple[TracerProvider, otel_logs.Sd
     return tracer_provider, logger_provider
 
 
+def stored(store: InMemorySessionStore, signal: str) -> list[Any]:
+    """The outbox's records of ``signal`` as SDK objects."""
+    return sdk_records(assemble(signal, [unpack(row.payload) for row in store.outbox_batch(signal, 10)]))
+
+
 def test_an_ended_span_and_an_emitted_log_record_are_rows_before_the_call_returns() -> None:
+    """Each record is in the store, as its OTLP message, when the call that made it returns: a request assembled
+    from the rows is byte for byte the SDK's own encoding of the live records."""
     store = InMemorySessionStore()
     tracer_provider, logger_provider = providers(store)
+    finished = InMemorySpanExporter()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(finished))
+    emitted = otel_logs.InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    logger_provider.add_log_record_processor(otel_logs.SimpleLogRecordProcessor(emitted))
     tracer = tracer_provider.get_tracer("scope", "1.2")
-    with tracer.start_as_current_span("outer", attributes={"list": [1, 2], "text": "v", "big": 2**70}) as outer:
+    with tracer.start_as_current_span("outer", attributes={"list": [1, 2], "text": "v"}) as outer:
         outer.add_event("happened", {"n": 1})
         with tracer.start_as_current_span("inner"):
             pass
-        assert next(row.payload for row in store.outbox_batch("traces", 10)).startswith('{"n":"inner"')
+        assert [unpack(row.payload) for row in store.outbox_batch("traces", 10)] == [
+            encode_span(finished.get_finished_spans()[0])
+        ]
         logger_provider.get_logger("scope").emit(
             body="hello", attributes={"k": "v"}, event_name="ev", severity_number=otel_logs.SeverityNumber.INFO
         )
         assert len(store.outbox_batch("logs", 10)) == 1
-    spans = [decode_span(row.payload) for row in store.outbox_batch("traces", 10)]
-    assert [span.name for span in spans] == ["inner", "outer"]
-    inner, decoded = spans
-    assert inner.parent is not None
-    assert inner.parent.span_id == outer.get_span_context().span_id
-    assert decoded.context.trace_id == outer.get_span_context().trace_id
-    assert dict(decoded.attributes or {}) == {"list": [1, 2], "text": "v", "big": 2**70}  # kept as given
-    assert decoded.events[0].name == "happened"
-    assert decoded.start_time == outer.start_time
-    assert decoded.end_time == outer.end_time
-    assert decoded.instrumentation_scope is not None
-    assert decoded.instrumentation_scope.version == "1.2"
-    assert decoded.resource.attributes == tracer_provider.resource.attributes
-    log = decode_log(store.outbox_batch("logs", 10)[0].payload)
-    assert (log.log_record.body, log.log_record.event_name) == ("hello", "ev")
-    assert log.log_record.trace_id == outer.get_span_context().trace_id
-    assert log.log_record.span_id == outer.get_span_context().span_id
-    # the SDK's OTLP encoder takes the decoded records; the uint64-overflowing attribute is its to refuse
-    assert encode_spans([inner]).resource_spans
-    assert encode_logs([log]).resource_logs
+    spans = assemble("traces", [unpack(row.payload) for row in store.outbox_batch("traces", 10)])
+    assert spans.data == encode_spans(finished.get_finished_spans()).SerializeToString()
+    logs = assemble("logs", [unpack(row.payload) for row in store.outbox_batch("logs", 10)])
+    assert logs.data == encode_logs(emitted.get_finished_logs()).SerializeToString()
+    (log,) = sdk_records(logs)
+    assert (log.log_record.trace_id, log.log_record.span_id) == (
+        outer.get_span_context().trace_id,
+        outer.get_span_context().span_id,
+    )
+
+
+def test_a_record_the_encoder_refuses_is_dropped_at_once_and_counted_as_poison() -> None:
+    """A value OTLP cannot carry (a time beyond 64-bit nanoseconds) makes the span poison when it is written: it
+    is dropped and counted, never stored to fail every export."""
+    store = InMemorySessionStore()
+    tracer_provider, _ = providers(store)
+    tracer_provider.get_tracer("x").start_span("bad").end(end_time=2**64 + 5)
+    assert store.outbox_batch("traces", 10) == []
+    assert store.export_backlog().dropped == {"poison": 1}
 
 
 def test_unsampled_spans_are_not_written_and_shutdown_stops_writing() -> None:
@@ -131,9 +147,9 @@ def test_inside_one_write_per_call_the_records_are_written_together_when_the_blo
         assert store.writes == []
         assert store.outbox_batch("traces", 10) == []
     assert store.writes == [["traces", "traces", "logs", "traces"]]
-    names = [decode_span(row.payload).name for row in store.outbox_batch("traces", 10)]
+    names = [span.name for span in stored(store, "traces")]
     assert names == ["inner", "outer", "nested"]
-    assert [decode_log(row.payload).log_record.body for row in store.outbox_batch("logs", 10)] == ["ended"]
+    assert [log.log_record.body for log in stored(store, "logs")] == ["ended"]
 
 
 def test_a_record_made_after_its_call_was_written_is_written_at_once() -> None:
@@ -145,7 +161,7 @@ def test_a_record_made_after_its_call_was_written_is_written_at_once() -> None:
         context = contextvars.copy_context()  # what a thread started by the call sees
     context.run(lambda: tracer.start_span("late").end())
     assert store.writes == [["traces"]]
-    assert [decode_span(row.payload).name for row in store.outbox_batch("traces", 10)] == ["late"]
+    assert [span.name for span in stored(store, "traces")] == ["late"]
 
 
 def test_a_failed_write_of_a_calls_records_costs_them_never_the_caller(caplog: pytest.LogCaptureFixture) -> None:

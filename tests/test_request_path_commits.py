@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from sb_otel import SessionEndEvent, SessionLifecycleManager, SessionTracker, SqliteSessionStore, configure
+from sb_otel._telemetry.otlp_wire import assemble, unpack
+from sb_otel._telemetry.wire_objects import sdk_records
 from tests.conftest import seed_start_event
 
 LIFECYCLES = 5
@@ -197,4 +200,7 @@ def test_serves_mcp_spans_when_asked_for_cost_one_more_commit_per_call(tmp_path:
     assert (counts["statements"], counts["commits"]) == (IN_PROCESS_STATEMENTS + 2, 4), counts["statements_text"]
     written = [sql for sql in counts["statements_text"] if sql.startswith("INSERT INTO telemetry_outbox")]
     assert len(written) == 2 * LIFECYCLES
-    assert all("tools/call track_session_" in sql for sql in written)
+    payloads = [payload for sql in written for payload in re.findall(r"'(otlp1:[^']+)'", sql)]  # OTLP messages
+    spans = sdk_records(assemble("traces", [unpack(payload) for payload in payloads]))
+    assert len(spans) == 2 * LIFECYCLES
+    assert all(span.name.startswith("tools/call track_session_") for span in spans)

@@ -25,14 +25,16 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sb_otel import InMemorySessionStore, SessionEndEvent, SessionTracker, SqliteSessionStore, instrument
 from sb_otel._cli import cli
 from sb_otel._telemetry import otel_logs
+from sb_otel._telemetry.otlp_wire import encode_span, pack
 from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSpanProcessor, mark_store_pipeline
-from sb_otel._telemetry.outbox_codec import encode_span
 from sb_otel._telemetry.store_exporter import StoreExporter
+from sb_otel._telemetry.store_metrics import mark_store_counted
 from sb_otel.testing import CapturedTelemetry
 from tests.conftest import AgreeingManager, seed_start_event
 from tests.lease_holder import HolderProcess
+from tests.old_outbox_rows import old_log_row, old_span_row
 from tests.otlp_receiver import Fault, OtlpReceiver
-from tests.test_export_outcome import exporters
+from tests.test_export_outcome import TRANSPORTS, exporters
 
 
 class Switchable(SpanExporter):
@@ -84,7 +86,7 @@ class Pipeline:
     """sb-otel's own pipeline into a SQLite store, as configure() builds it, with in-memory exporters; the sessions'
     records in the outbox (``from_row=True``: our own tracker, whose records the exporter builds from the row)."""
 
-    def __init__(self, path: Path, *, from_row: bool = False, **exporter: Any) -> None:
+    def __init__(self, path: Path, *, from_row: bool = False, meters: Any = None, **exporter: Any) -> None:
         self.store = SqliteSessionStore(path)
         self.outbox = Outbox(self.store)
         self.tracer_provider = TracerProvider(shutdown_on_exit=False)
@@ -94,13 +96,18 @@ class Pipeline:
         self.logger_provider.add_log_record_processor(OutboxLogRecordProcessor(self.outbox))
         self.spans = Switchable()
         self.logs = otel_logs.InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
-        self.exporter = StoreExporter(self.store, self.spans, self.logs, outbox=self.outbox, **exporter)
+        self.exporter = StoreExporter(
+            self.store, self.spans, self.logs, outbox=self.outbox, meter_provider=meters, **exporter
+        )
+        if meters is not None:  # as configure() marks its meter provider: the store counts the sessions
+            mark_store_counted(meters, self.store)
         self.tracker = instrument(
             SessionTracker(AgreeingManager(), store=self.store)
             if from_row
             else SeedApiTracker(path.with_suffix(".seed.db")),
             tracer_provider=self.tracer_provider,
             logger_provider=self.logger_provider,
+            meter_provider=meters,
             store=self.store,
         )
 
@@ -171,8 +178,8 @@ async def test_a_span_the_encoder_rejects_is_dropped_and_counted_and_the_rest_is
 ) -> None:
     for _ in range(10):
         await pipeline.session()
-    poison = make_span("poison", end_time=2**64 + 5)  # beyond OTLP's unsigned 64-bit nanoseconds
-    pipeline.store.outbox_append("traces", [encode_span(poison)], time.time())
+    # a row an older version stored, with a time beyond OTLP's unsigned 64-bit nanoseconds
+    pipeline.store.outbox_append("traces", [old_span_row("poison", end_time=2**64 + 5)], time.time())
     report = pipeline.exporter.drain()
     assert (report.root_spans, report.spans, report.poison, report.failed) == (10, 40, 1, False)
     assert "poison" not in {span.name for span in pipeline.spans.sent}
@@ -183,7 +190,7 @@ async def test_a_span_the_encoder_rejects_is_dropped_and_counted_and_the_rest_is
 async def test_a_failure_whose_cause_is_not_shown_is_retried_never_bisected_or_dropped(pipeline: Pipeline) -> None:
     """An exporter that only says FAILURE (no HTTP status, no gRPC code to read) may be down: nothing is
     dropped, nothing is halved, the signal backs off."""
-    pipeline.store.outbox_append("traces", [encode_span(make_span(f"s{n}")) for n in range(9)], time.time())
+    pipeline.store.outbox_append("traces", [pack(encode_span(make_span(f"s{n}"))) for n in range(9)], time.time())
     pipeline.spans.up = False
     report = pipeline.exporter.drain()
     assert report.failed
@@ -339,7 +346,7 @@ def wired(path: Path, transport: str, rx: OtlpReceiver, **options: Any) -> Pipel
 
 
 def spans_named(prefix: str, count: int) -> list[str]:
-    return [encode_span(make_span(f"{prefix} {number}")) for number in range(count)]
+    return [pack(encode_span(make_span(f"{prefix} {number}"))) for number in range(count)]
 
 
 @pytest.mark.parametrize("transport", ["grpc", "http"])
@@ -641,3 +648,65 @@ async def test_our_trackers_records_are_built_from_the_row_and_sent_by_one_drain
         assert pipeline.exporter.drain().exported == 0  # nothing twice
     finally:
         pipeline.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_rows_an_older_version_stored_as_json_are_still_sent_after_the_upgrade(
+    transport: str, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    """A store written before records were stored encoded: its JSON rows go out beside the new encoded ones,
+    with their own resource and scope, each encoded once as it is sent."""
+    path = tmp_path / "s.db"
+    older = SqliteSessionStore(path)
+    try:  # what the older version left behind
+        older.outbox_append("traces", [old_span_row("old span", span_id=n + 1) for n in range(3)], time.time())
+        older.outbox_append("logs", [old_log_row("old line")], time.time())
+    finally:
+        older.close()
+    pipeline = wired(path, transport, receiver)
+    try:
+        pipeline.store.outbox_append("traces", spans_named("new", 2), time.time())
+        report = pipeline.exporter.drain()
+        assert (report.spans, report.logs, report.poison, report.failed) == (5, 1, 0, False)
+        sent = {span["name"]: span for span in receiver.spans()}
+        names = sorted(span["name"] for span in receiver.spans())
+        assert names == ["new 0", "new 1", "old span", "old span", "old span"]
+        assert sent["old span"]["resource"]["service.name"] == "old-sb-otel"
+        assert [log["body"] for log in receiver.logs()] == ["old line"]
+        assert pipeline.store.export_backlog().outbox == {}
+    finally:
+        pipeline.close()
+
+
+async def test_on_sb_otels_pipeline_the_call_records_no_metric_and_the_exporter_measures_the_manager(
+    tmp_path: Path,
+) -> None:
+    """``sb.lifecycle.duration`` comes from the rows: nothing is recorded while the calls run, each manager call
+    is measured once by the drain that sends its span (with the noted times), and not again."""
+    reader = InMemoryMetricReader()
+    pipeline = Pipeline(tmp_path / "s.db", from_row=True, meters=MeterProvider(metric_readers=[reader]))
+    try:
+        await pipeline.session()
+        await pipeline.session()
+        assert reader.get_metrics_data() is None or not metric_points(reader, "sb.lifecycle.duration")
+        assert pipeline.exporter.drain().spans == 8
+        pipeline.exporter.drain()
+        counts = {operation: count for operation, count, _ in metric_points(reader, "sb.lifecycle.duration")}
+        assert counts == {"initialize_session": 2, "end_session": 2}
+        assert all(total >= 0 for _, _, total in metric_points(reader, "sb.lifecycle.duration"))
+    finally:
+        pipeline.close()
+
+
+def metric_points(reader: InMemoryMetricReader, name: str) -> list[tuple[str, int, float]]:
+    """(operation, count, sum) of each point of histogram ``name`` the reader holds."""
+    data = reader.get_metrics_data()
+    found: list[tuple[str, int, float]] = []
+    for resource_metrics in data.resource_metrics if data is not None else ():
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                if metric.name == name:
+                    for point in metric.data.data_points:
+                        attributes = dict(point.attributes or {})
+                        found.append((str(attributes["sb.lifecycle.operation"]), point.count, point.sum))
+    return found

@@ -25,18 +25,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.attributes import Redaction
-from sb_otel._telemetry.export_destination import fixed_span_limits, sdk_environment_hidden
+from sb_otel._telemetry.otlp_wire import encode_span
 from sb_otel._telemetry.root_span import SessionTelemetry, stored_redaction
-from sb_otel._telemetry.session_span import ATTRIBUTES_KEY, SessionSpanPlan, export_session_span
+from sb_otel._telemetry.row_records import SCOPE
+from sb_otel._telemetry.session_span import ATTRIBUTES_KEY, SessionSpanPlan, nanos, planned_span
 from sb_otel._tracking.command_redaction import redact_command_line
 from sb_otel._tracking.command_spool import (
     SpooledCommand,
@@ -45,7 +43,6 @@ from sb_otel._tracking.command_spool import (
     spooled_sessions,
 )
 from sb_otel._tracking.store import SessionRecord
-from sb_otel._version import __version__
 
 if TYPE_CHECKING:
     from sb_otel._telemetry.drain_report import DrainReport
@@ -79,26 +76,17 @@ class CommandSpoolStore(Protocol):
 
 
 class CommandSpans:
-    """Builds command spans through a private tracer provider (never the global one) into an in-memory exporter,
-    from which the store's exporter sends them."""
+    """Builds command spans straight from the session's plan (:func:`~sb_otel._telemetry.session_span.planned_span`,
+    as the store's other spans are), with the store's resource."""
 
     def __init__(self, resource: Resource | None = None) -> None:
-        self._spans = InMemorySpanExporter()
-        with sdk_environment_hidden():  # the spans are the store's, whichever process's environment builds them
-            provider = TracerProvider(
-                sampler=ALWAYS_ON,
-                resource=resource or Resource.create({}),
-                span_limits=fixed_span_limits(),
-                shutdown_on_exit=False,
-            )
-        provider.add_span_processor(SimpleSpanProcessor(self._spans))
-        self._tracer = provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
+        self._resource = resource or Resource.create({})
         self.read_up_to: dict[str, int] = {}
         """Each spool's size when it was last read to its end: a spool that has not grown costs a round one
         ``stat``, not a store query (a store keeps every ended session's spool)."""
 
-    def build(self, record: SessionRecord, commands: list[SpooledCommand], fallback: Redaction) -> list[Any]:
-        """One ``ReadableSpan`` per command (none for an unsampled session or one without a span plan)."""
+    def build(self, record: SessionRecord, commands: list[SpooledCommand], fallback: Redaction) -> list[ReadableSpan]:
+        """One span per command (none for an unsampled session or one without a span plan)."""
         planned = SessionTelemetry.of(record)
         if planned is None or not planned.plan.sampled:
             return []
@@ -106,26 +94,24 @@ class CommandSpans:
         described = {**planned.attributes, sc.SESSION_ID: record.session_id}
         scrubbing = redaction.for_values(described) if redaction else None
         plan = planned.plan
-        self._spans.clear()
-        try:
-            for command in commands:
-                attributes = command_attributes(command, record.session_id)
-                shown = scrubbing.apply(attributes) if scrubbing is not None else attributes
-                child = SessionSpanPlan(
-                    trace_id=plan.trace_id,
-                    span_id=command.span_id,
-                    sampled=True,
-                    trace_state=plan.trace_state,
-                    parent_span_id=plan.span_id,
-                    parent_remote=False,
-                )
-                status = Status(StatusCode.ERROR, f"exit status {command.status}") if command.status else Status()
-                start, end = _moment(command.start), _moment(command.end)
-                name = f"command {command.program}"
-                export_session_span(self._tracer, child, name, shown, start, end, status, record.session_id)
-            return list(self._spans.get_finished_spans())
-        finally:
-            self._spans.clear()
+        spans: list[ReadableSpan] = []
+        for command in commands:
+            attributes = command_attributes(command, record.session_id)
+            shown = scrubbing.apply(attributes) if scrubbing is not None else attributes
+            child = SessionSpanPlan(
+                trace_id=plan.trace_id,
+                span_id=command.span_id,
+                sampled=True,
+                trace_state=plan.trace_state,
+                parent_span_id=plan.span_id,
+                parent_remote=False,
+            )
+            status = Status(StatusCode.ERROR, f"exit status {command.status}") if command.status else Status()
+            start, end = nanos(_moment(command.start)), nanos(_moment(command.end))
+            span = planned_span(child, f"command {command.program}", shown, start, end, status, self._resource, SCOPE)
+            if span is not None:
+                spans.append(span)
+        return spans
 
 
 def command_attributes(command: SpooledCommand, session_id: str) -> dict[str, AttributeValue]:
@@ -158,7 +144,7 @@ def export_round(exporter: StoreExporter, report: DrainReport) -> int:
         return 0
     builder = _BUILDERS.get(exporter)
     if builder is None:
-        builder = _BUILDERS[exporter] = CommandSpans(getattr(exporter._tracer, "resource", None))
+        builder = _BUILDERS[exporter] = CommandSpans(exporter._resource)
     settled = 0
     for session_id, path in spooled_sessions(store.path):
         try:
@@ -183,12 +169,15 @@ def export_round(exporter: StoreExporter, report: DrainReport) -> int:
             store.count_dropped("off", len(spans))
             report.drop("traces", "off", len(spans))
         elif spans:
-            items = [(index, span) for index, span in enumerate(spans)]
-            from sb_otel._telemetry.store_exporter import _spans_encode
-
-            send = exporter._send
-            sent, dropped = send("traces", "command span", items, exporter.span_exporter, _spans_encode, report)
-            if len(sent) + len(dropped) < len(items):
+            items = []
+            for index, span in enumerate(spans):
+                try:
+                    items.append((index, encode_span(span)))
+                except Exception:  # the OTLP encoder refuses it: poison, counted, never sent
+                    store.count_dropped("poison", 1)
+                    report.drop("traces", "poison", 1)
+            sent, dropped = exporter._send("traces", "command span", items, exporter.span_exporter, report)
+            if items and len(sent) + len(dropped) < len(items):
                 return settled  # not accepted: the same lines (the same span ids) go again next round
             report.spans += len(sent)
             if sent:

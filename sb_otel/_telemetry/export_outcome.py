@@ -31,6 +31,9 @@ from typing import Any, Literal
 
 from opentelemetry.exporter.http.transport._base import BaseHTTPResult, BaseHTTPTransport
 
+from sb_otel._telemetry import wire_send
+from sb_otel._telemetry.otlp_wire import WireBatch
+
 _log = logging.getLogger("sb_otel.exporter")
 
 OutcomeKind = Literal["success", "partial", "refused", "bad_data", "retryable", "failed", "unsent"]
@@ -151,9 +154,10 @@ def _watch_grpc(exporter: Any) -> _Watch | None:
     return found
 
 
-def export(exporter: Any, records: Sequence[Any], deadline: float | None = None) -> Outcome:
+def export(exporter: Any, records: Sequence[Any] | WireBatch, deadline: float | None = None) -> Outcome:
     """One export call of ``records`` through ``exporter``, finished by the monotonic ``deadline`` (the SDK's
-    own timeout and retries are cut to it), and what it came to."""
+    own timeout and retries are cut to it), and what it came to. ``records`` are SDK objects, or a request
+    assembled from encoded records (:class:`~sb_otel._telemetry.otlp_wire.WireBatch`): sent as it is."""
     found = _watches.get(exporter) if watched(exporter) else None
     if deadline is not None and deadline - time.monotonic() <= 0:
         return Outcome("retryable", None, "no time left before the deadline")
@@ -161,7 +165,7 @@ def export(exporter: Any, records: Sequence[Any], deadline: float | None = None)
         found.seen.answer = None
     try:
         with _bounded(found, deadline):
-            result = exporter.export(records)
+            result = wire_send.send(exporter, records) if isinstance(records, WireBatch) else exporter.export(records)
     except Exception as error:  # the gRPC exporters' encoder raises out of export(), before any request
         _log.debug("sb-otel exporter raised", exc_info=True)
         kind: OutcomeKind = "unsent" if found is not None and found.seen.answer is None else "failed"

@@ -51,7 +51,7 @@ from sb_otel._telemetry.root_span import (
     root_attributes,
     span_times,
 )
-from sb_otel._telemetry.row_records import manager_span_parts
+from sb_otel._telemetry.row_records import manager_measurement, manager_span_parts
 from sb_otel._telemetry.session_span import (
     ATTRIBUTES_KEY,
     STATE_KEY,
@@ -332,6 +332,7 @@ class InstrumentedSessionTracker:
         )
         manager = call.get("manager")
         if isinstance(manager, Mapping) and isinstance(manager.get("began"), int):
+            self._metrics.lifecycle_duration.record(*manager_measurement(manager))  # no row: measured here
             shown, status = manager_span_parts(manager, redaction)
             below = self._tracer.start_span(
                 str(manager.get("name", "")),
@@ -633,9 +634,8 @@ class TracedLifecycleManager:
         if not isinstance(answer, Mapping):  # none cached (or not an answer at all): the tracker calls it
             return None
         noted = _row_call.get()
-        if noted is not None:  # from the row: noted for the exporter, no span made here
+        if noted is not None:  # from the row: noted for the exporter (its span and its duration), nothing made here
             _note_manager(noted, operation, started, answer, None)
-            self._metrics.lifecycle_duration.record(time.perf_counter() - began, _measured(operation, answer, None))
             return answer
         redaction = _active_redaction.get()
         with _scrubbed_span(self._tracer, operation, None, attributes, redaction, started) as span:
@@ -646,16 +646,14 @@ class TracedLifecycleManager:
     async def _traced(self, operation: str, working_directory: str | None, kwargs: dict[str, Any]) -> Any:
         call: Callable[..., Awaitable[Any]] = getattr(self.wrapped, operation)
         noted = _row_call.get()
-        if noted is not None:  # from the row: noted for the exporter, no span made here
-            began, started = time.perf_counter(), time.time_ns()
+        if noted is not None:  # from the row: noted for the exporter (its span and its duration), nothing made here
+            started = time.time_ns()
             try:
                 answer = await call(working_directory=working_directory, **kwargs)
             except Exception as exc:
                 _note_manager(noted, operation, started, None, exc)
-                self._metrics.lifecycle_duration.record(time.perf_counter() - began, _measured(operation, None, exc))
                 raise
             _note_manager(noted, operation, started, answer, None)
-            self._metrics.lifecycle_duration.record(time.perf_counter() - began, _measured(operation, answer, None))
             return answer
         attributes: dict[str, AttributeValue] = {sc.LIFECYCLE_OPERATION: operation}
         began = time.perf_counter()
@@ -687,16 +685,6 @@ class TracedLifecycleManager:
         elif isinstance(project := answer.get("project"), str):
             shown = {sc.PROJECT: project[:200]}
             span.set_attributes(redaction.apply(shown) if redaction is not None else shown)
-
-
-def _measured(operation: str, answer: Any, exc: BaseException | None) -> dict[str, AttributeValue]:
-    """``sb.lifecycle.duration``'s attributes for a call's outcome (as ``_traced`` sets them)."""
-    attributes: dict[str, AttributeValue] = {sc.LIFECYCLE_OPERATION: operation}
-    if exc is not None:
-        attributes[sc.ERROR_TYPE] = type(exc).__qualname__
-    elif not (isinstance(answer, Mapping) and answer.get("success")):
-        attributes[sc.ERROR_TYPE] = "lifecycle_failure"
-    return attributes
 
 
 def _note_manager(call: dict[str, Any], operation: str, started: int, answer: Any, exc: BaseException | None) -> None:

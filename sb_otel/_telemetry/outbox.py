@@ -7,7 +7,9 @@ through the SDK's own exporters. The nearest design in the ecosystem is OpenTele
 ``disk-buffering`` module (signals stored on disk, exported from there).
 
 Where the batch processors keep records in a memory queue until a thread exports them, these write each
-record into the store as it ends (one JSON document, one autocommit ``INSERT``: ~40 µs with SQLite's
+record into the store as it ends, encoded once as its OTLP protobuf message (:mod:`sb_otel._telemetry.otlp_wire`:
+the exporter assembles requests from these bytes; a record the encoder refuses is dropped here and counted as
+``poison``), one autocommit ``INSERT`` (~40 µs with SQLite's
 ``synchronous=normal``) — or, inside :func:`one_write_per_call` (the instrumentation's handle calls), when the
 call returns: the records of one call (its child spans and its log event) as one multi-row ``INSERT``, one
 commit instead of three. So a record is in the store before the call that made it answers: a process killed
@@ -35,7 +37,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from sb_otel._settings import SB_OTEL_OUTBOX_MAX_AGE, SB_OTEL_OUTBOX_MAX_ROWS, parse_duration
 from sb_otel._telemetry import otel_logs as otel_logs
-from sb_otel._telemetry.outbox_codec import LOGS, SPANS, encode_log, encode_span
+from sb_otel._telemetry.otlp_wire import LOGS, SPANS, encode_log, encode_span, pack
 from sb_otel._tracking.export_state import TelemetryStore
 
 DEFAULT_MAX_ROWS = 200_000
@@ -117,6 +119,15 @@ class Outbox:
             )
         return dropped
 
+    def poisoned(self, message: str, *args: object) -> None:
+        """A record the OTLP encoder refused as it was written: dropped, counted as ``poison`` (as the exporter
+        counts a stored record it cannot send), and logged at most once a minute."""
+        try:
+            self.store.count_dropped("poison", 1)
+        except Exception:
+            _log.debug("sb-otel could not count a poison record", exc_info=True)
+        self._warn(message, *args)
+
     def _warn(self, message: str, *args: object) -> None:
         now = time.monotonic()
         if now - self._warned_at >= _WARN_INTERVAL_S or self._warned_at == 0.0:
@@ -184,9 +195,9 @@ class OutboxSpanProcessor(SpanProcessor):
         if self._shutdown or not span.context.trace_flags.sampled:
             return
         try:
-            payload = encode_span(span)
-        except Exception:
-            self.outbox._warn("sb-otel could not encode span %r for the outbox; it is dropped", span.name)
+            payload = pack(encode_span(span))
+        except Exception:  # a value OTLP cannot carry (an integer beyond 64 bits): poison, counted as such
+            self.outbox.poisoned("sb-otel could not encode span %r for the outbox; it is dropped", span.name)
             return
         self.outbox.write(SPANS, payload)
 
@@ -210,9 +221,9 @@ class OutboxLogRecordProcessor(otel_logs.LogRecordProcessor):
         if self._shutdown:
             return
         try:
-            payload = encode_log(log_record)
+            payload = pack(encode_log(log_record))
         except Exception:
-            self.outbox._warn("sb-otel could not encode a log record for the outbox; it is dropped")
+            self.outbox.poisoned("sb-otel could not encode a log record for the outbox; it is dropped")
             return
         self.outbox.write(LOGS, payload)
 

@@ -1,16 +1,16 @@
-"""Spans and log records as outbox rows: one JSON document per record, decoded back into SDK objects.
+"""Outbox rows of the previous format: one JSON document per record, decoded into SDK objects to be encoded once.
 
-Why JSON and not OTLP protobuf: a row is written in the request path (see :mod:`sb_otel._telemetry.outbox`),
-and building OTLP protobuf for one span costs ~90 µs against ~20 µs for this document. The OTLP encoding then
-happens once, in the exporter, through the SDK's own exporters (which take SDK objects, not bytes). JSON keeps
-every value as it was given (an integer beyond uint64 included), so a record the OTLP encoder cannot carry
-fails there, where the exporter can isolate it, not here.
+Before issue 21 the outbox stored each record as a JSON document and the exporter decoded it into SDK objects for
+the SDK's exporters. Records are now stored as their OTLP messages (:mod:`sb_otel._telemetry.otlp_wire`); a store
+written by an older version may still hold JSON rows when it is upgraded, and the exporter sends them through
+:func:`decode_span`/:func:`decode_log`, then the SDK's encoder (a value it cannot carry, such as a time beyond
+uint64 nanoseconds, makes the row ``poison``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry.context import Context
@@ -35,29 +35,8 @@ SPANS = "traces"
 LOGS = "logs"
 
 
-def encode_span(span: ReadableSpan) -> str:
-    """One finished span as a JSON document."""
-    context = span.context
-    parent = span.parent
-    document = _dump(
-        {
-            "n": span.name,
-            "c": _context(context),
-            "p": None if parent is None else _context(parent),
-            "k": span.kind.value,
-            "t0": span.start_time,
-            "t1": span.end_time,
-            "s": [span.status.status_code.value, span.status.description],
-            "a": _attributes(span.attributes),
-            "e": [[event.name, event.timestamp, _attributes(event.attributes)] for event in span.events],
-            "l": [[_context(link.context), _attributes(link.attributes)] for link in span.links],
-        }
-    )
-    return document[:-1] + _origin(span.resource, span.instrumentation_scope)
-
-
 def decode_span(payload: str) -> ReadableSpan:
-    """The inverse of :func:`encode_span`."""
+    """A span row of the previous format as the SDK span it was written from."""
     data = json.loads(payload)
     return ReadableSpan(
         name=data["n"],
@@ -75,28 +54,8 @@ def decode_span(payload: str) -> ReadableSpan:
     )
 
 
-def encode_log(record: Any) -> str:
-    """One emitted log record (the SDK's ``ReadWriteLogRecord`` or ``ReadableLogRecord``) as a JSON document."""
-    log = record.log_record
-    document = _dump(
-        {
-            "t": log.timestamp,
-            "o": log.observed_timestamp,
-            "tr": log.trace_id or 0,
-            "sp": log.span_id or 0,
-            "f": int(log.trace_flags or 0),
-            "st": log.severity_text,
-            "sn": None if log.severity_number is None else log.severity_number.value,
-            "b": log.body,
-            "a": _attributes(log.attributes),
-            "ev": log.event_name,
-        }
-    )
-    return document[:-1] + _origin(record.resource, record.instrumentation_scope)
-
-
 def decode_log(payload: str) -> otel_logs.ReadableLogRecord:
-    """The inverse of :func:`encode_log`."""
+    """A log record row of the previous format as the SDK log record it was written from."""
     data = json.loads(payload)
     context = Context()
     if data["tr"] and data["sp"]:
@@ -119,61 +78,6 @@ def decode_log(payload: str) -> otel_logs.ReadableLogRecord:
     )
 
 
-def _dump(document: Any) -> str:
-    return json.dumps(document, separators=(",", ":"), default=_fallback)
-
-
-def _fallback(value: Any) -> Any:
-    """Values JSON has no form for (bytes, odd sequences): kept as text, so the row is written all the same."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
-    if isinstance(value, Sequence):
-        return list(value)
-    return str(value)
-
-
-def _attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
-    return dict(attributes) if attributes else {}
-
-
-def _context(context: SpanContext) -> list[Any]:
-    return [
-        context.trace_id,
-        context.span_id,
-        int(context.trace_flags),
-        context.is_remote,
-        context.trace_state.to_header() if context.trace_state else "",
-    ]
-
-
-def _span_context(data: Sequence[Any]) -> SpanContext:
-    trace_id, span_id, flags, remote, state = data
-    return SpanContext(
-        trace_id,
-        span_id,
-        is_remote=remote,
-        trace_flags=TraceFlags(flags),
-        trace_state=TraceState.from_header([state]) if state else TraceState(),
-    )
-
-
-_origins: dict[tuple[int, int], tuple[Resource, InstrumentationScope | None, str]] = {}
-"""The JSON tail (``,"r":…,"i":…}``) of each resource and scope pair seen (a provider has one resource, sb-otel
-a few scopes): encoded once, then appended to every record's document as text."""
-
-
-def _origin(resource: Resource, scope: InstrumentationScope | None) -> str:
-    key = (id(resource), id(scope))
-    cached = _origins.get(key)
-    if cached is not None and cached[0] is resource and cached[1] is scope:
-        return cached[2]
-    tail = f',"r":{_dump([dict(resource.attributes), resource.schema_url])},"i":{_dump(_scope(scope))}}}'
-    if len(_origins) > 64:
-        _origins.clear()
-    _origins[key] = (resource, scope, tail)
-    return tail
-
-
 _decoded_resources: dict[str, Resource] = {}
 
 
@@ -187,14 +91,19 @@ def _resource_from(data: Sequence[Any]) -> Resource:
     return resource
 
 
-def _scope(scope: InstrumentationScope | None) -> list[Any] | None:
-    if scope is None:
-        return None
-    return [scope.name, scope.version, scope.schema_url, _attributes(scope.attributes)]
-
-
 def _scope_from(data: Sequence[Any] | None) -> InstrumentationScope | None:
     if data is None:
         return None
     name, version, schema_url, attributes = data
     return InstrumentationScope(name, version, schema_url or None, attributes or None)
+
+
+def _span_context(data: Sequence[Any]) -> SpanContext:
+    trace_id, span_id, flags, remote, state = data
+    return SpanContext(
+        trace_id,
+        span_id,
+        is_remote=remote,
+        trace_flags=TraceFlags(flags),
+        trace_state=TraceState.from_header([state]) if state else TraceState(),
+    )

@@ -13,12 +13,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
 from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.attributes import Redaction, end_attributes, start_attributes
-from sb_otel._telemetry.session_span import ATTRIBUTES_KEY, STATE_KEY, SessionSpanPlan, export_session_span
+from sb_otel._telemetry.session_span import (
+    ATTRIBUTES_KEY,
+    STATE_KEY,
+    SessionSpanPlan,
+    export_session_span,
+    nanos,
+    planned_span,
+)
 from sb_otel._tracking.outcome import ABANDONED, Outcome, end_outcome
 from sb_otel._tracking.store import SessionRecord
 
@@ -97,6 +107,31 @@ def root_attributes(
     if skew is not None:
         attributes[sc.CLOCK_SKEW] = skew
     return attributes
+
+
+def root_span(
+    record: SessionRecord,
+    planned: SessionTelemetry,
+    redaction: Redaction,
+    resource: Resource,
+    scope: InstrumentationScope,
+) -> ReadableSpan | None:
+    """The ended session's root span written straight from its plan, as the store's exporter sends it (``None``:
+    unsampled). The same span :func:`export_root_span` hands to a host's tracer."""
+    outcome = record_outcome(record)
+    attributes = root_attributes(record, outcome, planned)
+    start, end, _ = span_times(record)
+    status = Status(StatusCode.UNSET) if outcome.status == "exited" else error_status(outcome)
+    return planned_span(
+        planned.plan,
+        f"session {record.component_name}",
+        redaction.for_values(attributes).apply(attributes),
+        nanos(start),
+        nanos(end),
+        status,
+        resource,
+        scope,
+    )
 
 
 def export_root_span(

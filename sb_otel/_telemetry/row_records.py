@@ -3,8 +3,9 @@
 ``sb-otel emit`` runs in a shell's start-up and imports no OpenTelemetry SDK, so it cannot make what an
 instrumented start makes at once: the ``session.start {component}`` span and the ``session.start`` log record (nor,
 at the end, ``session.end {component}`` and the ``session.end`` log record). It marks its row as owing them
-(:mod:`sb_otel._tracking.row_telemetry`) and the exporter builds them here, through the SDK's own tracer and
-logger (resource, limits, scope), the same as the tracker's: names, attributes, the seed's INFO lines as bodies,
+(:mod:`sb_otel._tracking.row_telemetry`) and the exporter builds them here, straight from the row as the SDK's
+records (the store's resource, our scope, the SDK's default limits; no tracer or logger provider), the same as the
+tracker's: names, attributes, the seed's INFO lines as bodies,
 the session's trace (the start's log record in the ``session.start`` span, the end's in the session span), and the
 redaction the session started under. What only the row cannot tell is left out: the lifecycle manager's spans
 beneath the children, and the children's duration (each is zero-length, at the session span's start or end).
@@ -30,25 +31,21 @@ shows with their age.
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags, set_span_in_context
 from opentelemetry.util.types import AttributeValue
 
 from sb_otel._telemetry import otel_logs as otel_logs
 from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.attributes import Redaction, event_attributes
-from sb_otel._telemetry.export_destination import fixed_span_limits
 from sb_otel._telemetry.root_span import SessionTelemetry, record_outcome, root_attributes, span_times, stored_redaction
-from sb_otel._telemetry.session_span import SessionSpanPlan, export_session_span
+from sb_otel._telemetry.session_span import SessionSpanPlan, planned_span
 from sb_otel._tracking.log_lines import ended_line, started_line
 from sb_otel._tracking.row_telemetry import (
     END_CALL_KEY,
@@ -94,6 +91,18 @@ def manager_span_parts(
     return attributes, Status(StatusCode.UNSET)
 
 
+def manager_measurement(manager: Mapping[str, Any]) -> tuple[float, dict[str, AttributeValue]]:
+    """``sb.lifecycle.duration``'s value and attributes for a lifecycle-manager call a row-mode call noted (as the
+    live wrapper measures it: the operation, and the failure's class)."""
+    began: int = manager["began"]
+    seconds = max(0, int(manager.get("ended") or began) - began) / 1e9
+    attributes: dict[str, AttributeValue] = {sc.LIFECYCLE_OPERATION: str(manager.get("name", ""))}
+    error_type = manager.get("error_type")
+    if isinstance(error_type, str):
+        attributes[sc.ERROR_TYPE] = error_type
+    return seconds, attributes
+
+
 def stored_call(record: SessionRecord, bit: int) -> Mapping[str, Any] | None:
     """What the handle call behind ``bit`` (start or end) stored about itself, if it ran on sb-otel's pipeline."""
     call = record.telemetry.get(START_CALL_KEY if bit & START else END_CALL_KEY)
@@ -108,23 +117,19 @@ def call_times(call: Mapping[str, Any]) -> tuple[int, int]:
     return began, max(began, ended) if isinstance(ended, int) else began
 
 
+SCOPE = InstrumentationScope(sc.INSTRUMENTATION_SCOPE, __version__)
+"""The scope of every record sb-otel writes (as ``get_tracer``/``get_logger`` with our name and version make it)."""
+_LOG_ATTRIBUTE_LIMIT = 128
+"""The SDK's default ``LogLimits`` attribute count, written out (no process's ``OTEL_*_LIMIT`` applies)."""
+
+
 class RowRecords:
-    """Builds the records a row owes through a private tracer and logger provider (never the global ones), each
-    into an in-memory exporter the caller empties: the records are then sent by the store's exporter."""
+    """Builds the records a row owes, straight from the row: SDK ``ReadableSpan``/``ReadableLogRecord`` objects
+    with the store's resource and our scope, made without a tracer or logger provider (the exporter encodes each
+    once and sends it)."""
 
     def __init__(self, resource: Resource | None = None) -> None:
-        resource = resource or Resource.create({})
-        self._spans = InMemorySpanExporter()
-        tracer_provider = TracerProvider(
-            sampler=ALWAYS_ON, resource=resource, span_limits=fixed_span_limits(), shutdown_on_exit=False
-        )
-        tracer_provider.add_span_processor(SimpleSpanProcessor(self._spans))
-        self._tracer = tracer_provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
-        self._logs = otel_logs.InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
-        logger_provider = otel_logs.SdkLoggerProvider(resource=resource, shutdown_on_exit=False)
-        logger_provider.add_log_record_processor(otel_logs.SimpleLogRecordProcessor(self._logs))
-        self._logger = logger_provider.get_logger(sc.INSTRUMENTATION_SCOPE, __version__)
-        self._lock = threading.Lock()
+        self._resource = resource or Resource.create({})
 
     def build(self, record: SessionRecord, due: int, fallback: Redaction) -> list[tuple[int, Any]]:
         """The records of ``due`` (bits of :mod:`~sb_otel._tracking.row_telemetry`) as ``(bit, SDK record)``: spans
@@ -141,21 +146,14 @@ class RowRecords:
         start_log = _moment(call_times(starting)[1]) if starting is not None else start
         end_log = _moment(call_times(ending)[1]) if ending is not None else end
         built: list[tuple[int, Any]] = []
-        with self._lock:
-            self._spans.clear()
-            self._logs.clear()
-            try:
-                if due & START_SPAN:
-                    built += self._child(record, planned, START_SPAN, described, redaction, start, starting)
-                if due & START_LOG:
-                    built.append((START_LOG, self._start_log(record, planned, described, redaction, start_log)))
-                if due & END_SPAN and not record.is_open:
-                    built += self._child(record, planned, END_SPAN, described, redaction, end, ending)
-                if due & END_LOG and not record.is_open:
-                    built.append((END_LOG, self._end_log(record, planned, redaction, end_log)))
-            finally:
-                self._spans.clear()
-                self._logs.clear()
+        if due & START_SPAN:
+            built += self._child(record, planned, START_SPAN, described, redaction, start, starting)
+        if due & START_LOG:
+            built.append((START_LOG, self._start_log(record, planned, described, redaction, start_log)))
+        if due & END_SPAN and not record.is_open:
+            built += self._child(record, planned, END_SPAN, described, redaction, end, ending)
+        if due & END_LOG and not record.is_open:
+            built.append((END_LOG, self._end_log(record, planned, redaction, end_log)))
         return built
 
     def _child(
@@ -187,8 +185,8 @@ class RowRecords:
         shown = redaction.for_values(described).apply(attributes) if redaction else attributes
         name = f"{_KINDS[bit]} {record.component_name}"
         status = Status(StatusCode.UNSET)
-        began, ended = (moment, moment) if call is None else tuple(_moment(ns) for ns in call_times(call))
-        self._spans.clear()
+        began, ended = (_nanos(moment),) * 2 if call is None else call_times(call)
+        made: list[tuple[int, Any]] = []
         manager = call.get("manager") if call is not None else None
         if isinstance(manager, Mapping) and isinstance(manager.get("began"), int):
             beneath = SessionSpanPlan(
@@ -201,21 +199,24 @@ class RowRecords:
             )
             scrubbing = redaction.for_values(described) if redaction else None
             shown_manager, manager_status = manager_span_parts(manager, scrubbing)
-            manager_began = _moment(manager["began"])
-            manager_ended = _moment(max(manager["began"], manager.get("ended") or manager["began"]))
-            export_session_span(
-                self._tracer,
+            manager_began = manager["began"]
+            manager_ended = max(manager_began, manager.get("ended") or manager_began)
+            below = planned_span(
                 beneath,
                 str(manager.get("name", "")),
                 shown_manager,
                 manager_began,
                 manager_ended,
                 manager_status,
-                record.session_id,
+                self._resource,
+                SCOPE,
             )
-        if not export_session_span(self._tracer, child, name, shown, began, ended, status, record.session_id):
+            if below is not None:
+                made.append((bit, below))
+        span = planned_span(child, name, shown, began, ended, status, self._resource, SCOPE)
+        if span is None:
             return []  # unsampled: the tracker's child is not recorded either
-        return [(bit, span) for span in self._spans.get_finished_spans()]
+        return [*made, (bit, span)]
 
     def _start_log(
         self,
@@ -263,20 +264,18 @@ class RowRecords:
         if redaction:
             scrubbing = redaction.for_values(attributes)
             line, exported = scrubbing.scrub(line), scrubbing.apply(exported)
-        self._logs.clear()
         nanos = _nanos(moment)
-        self._logger.emit(
-            event_name=name,
-            body=line,
-            attributes=exported,
-            severity_number=otel_logs.SeverityNumber.INFO,
-            severity_text="INFO",
-            context=context,
+        log = otel_logs.LogRecord(
             timestamp=nanos,
             observed_timestamp=nanos,
+            context=context,
+            severity_text="INFO",
+            severity_number=otel_logs.SeverityNumber.INFO,
+            body=line,
+            attributes=BoundedAttributes(_LOG_ATTRIBUTE_LIMIT, exported, immutable=False, max_value_len=None),
+            event_name=name,
         )
-        (made,) = self._logs.get_finished_logs()
-        return made
+        return otel_logs.ReadableLogRecord(log_record=log, resource=self._resource, instrumentation_scope=SCOPE)
 
 
 def _context(plan: SessionSpanPlan, span_id: int) -> Any:

@@ -6,10 +6,13 @@ parent, links — and store that plan with the session. Children (``session.star
 parented on the planned span id. At end, any process rebuilds the span from the plan and exports it through
 the host's own pipeline (processors, exporters, resource, limits), with the original ids and start time.
 
-How the rebuild works: a shallow copy of our SDK ``Tracer`` with an id generator that returns the planned
-ids and a sampler that repeats the decision made at start. Everything else — span processors, resource,
-limits, scope — is shared with the real tracer. The SDK is pinned to a minor series (``pyproject.toml``) and
-``tests/test_session_span.py`` guards this on every upgrade.
+How the span is made. The store's exporter (sb-otel's own pipeline) writes it straight from the plan
+(:func:`planned_span`: the SDK's ``ReadableSpan`` under the SDK's limits; no tracer), proven byte-identical to
+the SDK tracer's own span with the planned ids by ``tests/test_session_span.py``. Only a host's pipeline (its
+providers: its processors must see the span start and end) still goes through a tracer, since the SDK makes
+spans only through one (``Span`` refuses direct construction) and a tracer takes its ids from its id
+generator: :func:`export_session_span` uses a shallow copy of the host's SDK ``Tracer`` whose id generator
+returns the planned ids and whose sampler repeats the start's decision (SDK pinned to a minor series).
 """
 
 from __future__ import annotations
@@ -21,9 +24,14 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from opentelemetry import baggage
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import Decision, StaticSampler
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -208,16 +216,82 @@ def export_session_span(
         kind=SpanKind.INTERNAL,
         attributes=dict(attributes),
         links=links,
-        start_time=_nanos(start),
+        start_time=nanos(start),
     )
     span.set_status(status)
-    span.end(end_time=_nanos(end))
+    span.end(end_time=nanos(end))
     return True
+
+
+def planned_span(
+    plan: SessionSpanPlan,
+    name: str,
+    attributes: Mapping[str, AttributeValue],
+    start_ns: int,
+    end_ns: int,
+    status: Status,
+    resource: Resource,
+    scope: InstrumentationScope,
+    events: Sequence[Event] = (),
+) -> ReadableSpan | None:
+    """The span as planned, written straight from the plan: no tracer, no id generator, no sampler (``None`` for an
+    unsampled plan, as a tracer would record nothing). Limits as the SDK's span applies them, with the fixed
+    limits (:func:`~sb_otel._telemetry.export_destination.fixed_span_limits`): the span is the store's, the same
+    whichever process's environment builds it. ``tests/test_session_span.py`` proves it equal to what the SDK's
+    own tracer makes with the planned ids."""
+    if not plan.sampled:
+        return None
+    limits = _limits()
+    context = plan.span_context
+    parent = None
+    if plan.parent_span_id is not None:
+        parent = SpanContext(
+            plan.trace_id,
+            plan.parent_span_id,
+            is_remote=plan.parent_remote,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            trace_state=context.trace_state,
+        )
+    links = [
+        Link(
+            SpanContext(t, s, is_remote=True, trace_flags=TraceFlags(f)),
+            BoundedAttributes(limits.max_link_attributes, None, True, limits.max_attribute_length),
+        )
+        for t, s, f in plan.links
+    ]
+    return ReadableSpan(
+        name=name,
+        context=context,
+        parent=parent,
+        resource=resource,
+        attributes=BoundedAttributes(
+            limits.max_span_attributes, attributes, immutable=True, max_value_len=limits.max_span_attribute_length
+        ),
+        events=BoundedList.from_seq(limits.max_events, events) if events else (),
+        links=BoundedList.from_seq(limits.max_links, links) if links else (),
+        kind=SpanKind.INTERNAL,
+        status=status,
+        start_time=start_ns,
+        end_time=max(end_ns, start_ns),
+        instrumentation_scope=scope,
+    )
+
+
+_fixed_limits: list[SpanLimits] = []
+
+
+def _limits() -> SpanLimits:
+    """The fixed limits, made once (``SpanLimits`` reads defaults on every construction)."""
+    if not _fixed_limits:
+        from sb_otel._telemetry.export_destination import fixed_span_limits
+
+        _fixed_limits.append(fixed_span_limits())
+    return _fixed_limits[0]
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def _nanos(moment: datetime) -> int:
+def nanos(moment: datetime) -> int:
     """Exact nanoseconds since the epoch (``timestamp()`` goes through a float and can be off by 1 µs)."""
     return (moment - _EPOCH) // timedelta(microseconds=1) * 1_000

@@ -11,11 +11,12 @@ Each round:
 0. **Row records.** Sessions built from their row (``emit``'s) owe their start's span and log record as they
    start and their end's as they end (:mod:`sb_otel._telemetry.row_records`); each owed bit is cleared after its
    signal's success.
-1. **Root spans.** Ended sessions whose root span is pending are rebuilt from their records
-   (:mod:`sb_otel._telemetry.root_span`) through a private SDK tracer, exported, and marked exported only after
+1. **Root spans.** Ended sessions whose root span is pending are written straight from their plan
+   (:func:`sb_otel._telemetry.root_span.root_span`: no tracer), exported, and marked exported only after
    the exporter reported success — so a crash anywhere leaves them pending, to be sent again (same ids).
-2. **Outbox.** Rows are decoded into SDK spans / log records, exported in batches oldest first, and deleted
-   after success; the next round resumes where this one stopped, also after a restart.
+2. **Outbox.** Rows hold their records' OTLP messages (:mod:`sb_otel._telemetry.otlp_wire`); each request is
+   assembled from those bytes, exported in batches oldest first, and the rows deleted after success; the next
+   round resumes where this one stopped, also after a restart.
 3. **Each signal on its own.** Traces (root spans and outbox spans), logs and metrics (the store's session
    series) keep their own backoff (1 s, doubling to 60 s) and refusal state: one failing or refused never holds
    back another. Why a call failed is read from the SDK's exporters (:mod:`~sb_otel._telemetry.export_outcome`):
@@ -28,6 +29,9 @@ Each round:
    same way. A signal off by configuration has its records deleted unsent (``off``).
 5. **Bounds.** Rows beyond ``SB_OTEL_OUTBOX_MAX_ROWS`` (rows, not ids) or older than ``SB_OTEL_OUTBOX_MAX_AGE``
    are dropped, oldest first, and counted. A corrupt outbox is set aside by the store (``corrupt``).
+
+Every record is encoded once, by the SDK's per-record encoder, and requests are assembled from bytes, also when a
+rejected batch is halved; they go out through the SDK's own exporters (:mod:`sb_otel._telemetry.wire_send`).
 
 :meth:`StoreExporter.stop` drains every signal once more, each within its own share of the time left, and sends
 the session series once more.
@@ -51,14 +55,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.sdk.trace import ReadableSpan
 
 from sb_otel._exceptions import ConfigError
 from sb_otel._telemetry import command_spans, export_outcome
@@ -67,13 +66,15 @@ from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.attributes import Redaction
 from sb_otel._telemetry.drain_report import DrainReport as DrainReport  # re-exported: sb-otel export reads it
 from sb_otel._telemetry.drain_report import SignalReport as SignalReport
-from sb_otel._telemetry.export_destination import fixed_span_limits, resource_of, sdk_environment_hidden
+from sb_otel._telemetry.export_destination import resource_of, sdk_environment_hidden
 from sb_otel._telemetry.export_outcome import Outcome
 from sb_otel._telemetry.lease import LEASE_TTL_S, LeaseKeeper, LeaseLost, store_lock_path
+from sb_otel._telemetry.metrics import SessionMetrics
+from sb_otel._telemetry.otlp_wire import PACKED_PREFIX, WireRecord, assemble, encode_log, encode_span, unpack
 from sb_otel._telemetry.outbox import Outbox
 from sb_otel._telemetry.outbox_codec import LOGS, SPANS, decode_log, decode_span
-from sb_otel._telemetry.root_span import SessionTelemetry, export_root_span, record_outcome, stored_redaction
-from sb_otel._telemetry.row_records import RowRecords
+from sb_otel._telemetry.root_span import SessionTelemetry, root_span, stored_redaction
+from sb_otel._telemetry.row_records import SCOPE, RowRecords, manager_measurement, stored_call
 from sb_otel._telemetry.store_metrics import StoreSessionMetrics
 from sb_otel._tracking import row_telemetry
 from sb_otel._tracking.destination import Destination
@@ -178,30 +179,20 @@ class StoreExporter:
         self.lease_ttl_s = lease_ttl_s
         self.batch_size = batch_size
         self._redaction = Redaction.parse(redact)
-        # Root spans are built through the SDK's own tracer (ids replayed from the plan, see session_span.py)
-        # into an in-memory exporter, then sent with the others: a private provider, never the global one.
-        # Every setting explicit, and built with the SDK's variables out of sight (OTEL_SDK_DISABLED would make the
-        # tracer a no-op, OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT strip the attributes): the span is the store's, whichever
-        # process's environment exports it.
-        self._built = InMemorySpanExporter()
-        with sdk_environment_hidden():
-            provider = TracerProvider(
-                sampler=ALWAYS_ON,
-                resource=resource or resource_of(Destination()),
-                span_limits=fixed_span_limits(),
-                shutdown_on_exit=False,
-            )
-            provider.add_span_processor(SimpleSpanProcessor(self._built))
-            self._tracer = provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
+        # Root spans, children and log records are written straight from the rows (no tracer, no provider), with
+        # the store's resource and fixed limits: the same whichever process's environment exports them.
+        self._resource = resource or resource_of(Destination())
         self._stop = threading.Event()
-        self._building = threading.Lock()
         self._draining = threading.Lock()  # the thread and force_flush/stop in one process: one drain at a time
         self._thread: threading.Thread | None = None
         self._backoff = 0.0  # after a round that raised (store trouble); the signals back off on their own
         self._states = {signal: _SignalState() for signal in SIGNALS}
         self._budgets: dict[str, float] | None = None  # the final drain's time per signal
+        self._lifecycle_duration: Any = None
+        """``sb.lifecycle.duration``, recorded from the rows (the request path of sb-otel's pipeline records none)."""
         if meter_provider is not None:
             self._register_metrics(meter_provider)
+            self._lifecycle_duration = SessionMetrics(meter_provider).lifecycle_duration
         # The store-derived session series (sb.session.*): sent only from here, so only by the lease holder.
         self.session_metrics: StoreSessionMetrics | None = None
         if metric_exporter is not None and isinstance(store, SessionCountsStore):
@@ -212,8 +203,7 @@ class StoreExporter:
         self._metrics_due = 0.0
         for exporter in (span_exporter, log_exporter, metric_exporter):
             export_outcome.watch(exporter)  # so a failure says why: refused, bad data, or retry
-        with sdk_environment_hidden():  # the row's records, like the root span, read no variable of this process
-            self._row_records = RowRecords(resource or resource_of(Destination()))
+        self._row_records = RowRecords(self._resource)
         self._lease = LeaseKeeper(store, self.holder, lease_ttl_s, lock_file=store_lock_path(store))
         self.reap_interval_s: float | None = None
         """Seconds between reaper passes while following (``None``: this exporter does not reap)."""
@@ -333,8 +323,9 @@ class StoreExporter:
         owed = store.owed_row_records(self.batch_size, signals)
         if not owed:
             return 0
-        spans: list[tuple[tuple[str, int], Any]] = []
-        logs: list[tuple[tuple[str, int], Any]] = []
+        spans: list[tuple[tuple[str, int], WireRecord]] = []
+        logs: list[tuple[tuple[str, int], WireRecord]] = []
+        poison: dict[str, list[tuple[str, int]]] = {}
         done: list[tuple[str, int]] = []  # nothing to send (no plan, unsampled, off) or unbuildable: never will be
         off: dict[str, int] = {}  # records of a signal off by configuration: cleared unsent, counted as the outbox's
         for record, due in owed:
@@ -349,23 +340,32 @@ class StoreExporter:
                 if signal in self.signals_off:
                     off[signal] = off.get(signal, 0) + 1
                     continue
-                (spans if signal == "traces" else logs).append(((record.session_id, bit), item))
+                try:
+                    encoded = encode_span(item) if signal == "traces" else encode_log(item)
+                except Exception:  # the SDK's OTLP encoder refuses it: certain poison, found without the network
+                    poison.setdefault(signal, []).append((record.session_id, bit))
+                    continue
+                (spans if signal == "traces" else logs).append(((record.session_id, bit), encoded))
             made = 0  # a bit may come with several records (a child span and its lifecycle manager's span)
             for bit, _ in built:
                 if ("traces" if bit & row_telemetry.SPANS else "logs") not in self.signals_off:
                     made |= bit
             if due & ~made:
                 done.append((record.session_id, due & ~made))
+        for signal, keys in poison.items():
+            self._count_poison(signal, "span" if signal == "traces" else "log record", keys, report)
         sent_spans, dropped_spans = (
-            self._send("traces", "span", spans, self.span_exporter, _spans_encode, report) if spans else ([], [])
+            self._send("traces", "span", spans, self.span_exporter, report) if spans else ([], [])
         )
         # Logs are tried even when the spans failed: a destination refusing one signal holds back no other.
         sent_logs, dropped_logs = (
-            self._send("logs", "log record", logs, self.log_exporter, _logs_encode, report) if logs else ([], [])
+            self._send("logs", "log record", logs, self.log_exporter, report) if logs else ([], [])
         )
-        cleared = [*done, *sent_spans, *dropped_spans, *sent_logs, *dropped_logs]
+        unsendable = [key for keys in poison.values() for key in keys]
+        cleared = [*done, *unsendable, *sent_spans, *dropped_spans, *sent_logs, *dropped_logs]
         if cleared:
             store.mark_row_records_sent(cleared)
+            self._measure_calls({record.session_id: record for record, _ in owed}, cleared)
         for signal, count in off.items():
             self.store.count_dropped("off", count)
             report.drop(signal, "off", count)
@@ -377,6 +377,19 @@ class StoreExporter:
             report.signal("logs").sent += len(sent_logs)
         return len(cleared)
 
+    def _measure_calls(self, records: dict[str, SessionRecord], cleared: Sequence[tuple[str, int]]) -> None:
+        """``sb.lifecycle.duration`` of each lifecycle-manager call a row noted, once: when its call's span bit is
+        cleared (sent, dropped or off), as the live wrapper records it when the call returns."""
+        if self._lifecycle_duration is None:
+            return
+        for session_id, bits in dict.fromkeys(cleared):
+            for bit in (row_telemetry.START_SPAN, row_telemetry.END_SPAN):
+                record = records.get(session_id)
+                call = stored_call(record, bit) if bits & bit and record is not None else None
+                manager = call.get("manager") if call is not None else None
+                if isinstance(manager, dict) and isinstance(manager.get("began"), int):
+                    self._lifecycle_duration.record(*manager_measurement(manager))
+
     def _root_round(self, report: DrainReport) -> int:
         if "traces" in self.signals_off:
             return self._switched_off_roots(report)
@@ -385,25 +398,26 @@ class StoreExporter:
         records = self.store.pending_root_spans(self.batch_size)
         if not records:
             return 0
-        built: list[tuple[str, Any]] = []
+        built: list[tuple[str, WireRecord]] = []
         nothing_to_send: list[str] = []
         for record in records:
             try:
                 span = self.build_root_span(record)
+                encoded = encode_span(span) if span is not None else None
             except Exception:
                 _log.warning("sb-otel could not build the root span of %s; dropped", record.session_id, exc_info=True)
                 report.drop("traces", "poison", 1)
                 self.store.count_dropped("poison", 1)
-                span = None
-            if span is not None:
-                built.append((record.session_id, span))
+                encoded = None
+            if encoded is not None:
+                built.append((record.session_id, encoded))
             else:  # unsampled, no plan, or unbuildable: nothing will ever be sent for it
                 nothing_to_send.append(record.session_id)
         if nothing_to_send:
             self.store.mark_root_spans_exported(nothing_to_send)
         if not built:
             return len(nothing_to_send)
-        sent, dropped = self._send("traces", "root span", built, self.span_exporter, _spans_encode, report)
+        sent, dropped = self._send("traces", "root span", built, self.span_exporter, report)
         if sent or dropped:
             self.store.mark_root_spans_exported([*sent, *dropped])
         report.root_spans += len(sent)
@@ -425,15 +439,7 @@ class StoreExporter:
         planned = SessionTelemetry.of(record)
         if planned is None:
             return None
-        with self._building:
-            self._built.clear()
-            try:
-                redaction = stored_redaction(record, self._redaction)
-                export_root_span(self._tracer, record, record_outcome(record), planned, redaction)
-                spans = self._built.get_finished_spans()
-            finally:
-                self._built.clear()
-        return spans[0] if spans else None
+        return root_span(record, planned, stored_redaction(record, self._redaction), self._resource, SCOPE)
 
     def _outbox_round(self, signal: str, report: DrainReport) -> int:
         exporter = self.span_exporter if signal == SPANS else self.log_exporter
@@ -448,19 +454,17 @@ class StoreExporter:
             self.store.count_dropped("off", len(rows))
             report.drop(signal, "off", len(rows))
             return len(rows)
-        decode: Callable[[str], Any] = decode_span if signal == SPANS else decode_log
-        decoded: list[tuple[int, Any]] = []
+        decoded: list[tuple[int, WireRecord]] = []
         undecodable: list[int] = []
         for row in rows:
             try:
-                decoded.append((row.id, decode(row.payload)))
+                decoded.append((row.id, _stored_record(signal, row.payload)))
             except Exception:
                 undecodable.append(row.id)
         kind = "span" if signal == SPANS else "log record"
         if undecodable:
             self._count_poison(signal, kind, undecodable, report)
-        encodes = _spans_encode if signal == SPANS else _logs_encode
-        sent, dropped = self._send(signal, kind, decoded, exporter, encodes, report) if decoded else ([], [])
+        sent, dropped = self._send(signal, kind, decoded, exporter, report) if decoded else ([], [])
         if sent or dropped or undecodable:
             self._outbox_op(report, self.store.outbox_delete, [*sent, *dropped, *undecodable])
         if signal == SPANS:
@@ -516,31 +520,20 @@ class StoreExporter:
         self,
         signal: str,
         kind: str,
-        items: list[tuple[_T, Any]],
+        items: list[tuple[_T, WireRecord]],
         exporter: Any,
-        encodes: Callable[[Any], bool],
         report: DrainReport,
     ) -> tuple[list[_T], list[_T]]:
-        """Export ``items`` (key, SDK record); returns (keys sent, keys dropped). Only records the SDK's encoder
-        refuses (``poison``) or the receiver rejects as bad data (``rejected``: found by halving the batch while
-        the answer is bad data) are dropped; any other failure keeps everything and stops the signal's round."""
-        outcome = self._call(signal, exporter, [record for _, record in items])
+        """Export ``items`` (key, encoded record) as one request assembled from their bytes; returns (keys sent,
+        keys dropped). Only records the receiver rejects as bad data (``rejected``: found by halving the batch
+        while the answer is bad data) are dropped (those the encoder refuses never get here: ``poison`` when
+        encoded); any other failure keeps everything and stops the signal's round."""
+        outcome = self._call(signal, exporter, _request(signal, items))
         if outcome.accepted:
             if outcome.kind == "partial":  # which ones, the receiver does not say: all are done with
                 self._count_rejected(signal, kind, outcome.rejected, outcome, report)
             self._settle(signal, outcome, report)
             return [key for key, _ in items], []
-        if outcome.kind != "refused":
-            # First the records the SDK's own OTLP encoder refuses: certain poison, found without the network.
-            poison = [key for key, record in items if not encodes(record)]
-            if poison:
-                self._count_poison(signal, kind, poison, report)
-                unwanted = set(poison)
-                rest = [(key, record) for key, record in items if key not in unwanted]
-                if not rest:
-                    return [], poison
-                sent, dropped = self._send(signal, kind, rest, exporter, encodes, report)
-                return sent, poison + dropped
         if outcome.kind == "bad_data":
             return self._isolate(signal, kind, items, exporter, outcome, report)
         self._settle(signal, outcome, report)
@@ -550,13 +543,14 @@ class StoreExporter:
         self,
         signal: str,
         kind: str,
-        items: list[tuple[_T, Any]],
+        items: list[tuple[_T, WireRecord]],
         exporter: Any,
         outcome: Outcome,
         report: DrainReport,
     ) -> tuple[list[_T], list[_T]]:
         """``items`` were rejected as bad data: halve until each bad record is alone, and drop only those. A half
-        that meets any other answer (a 500, a timeout) stops it: the rest is kept for a later round."""
+        that meets any other answer (a 500, a timeout) stops it: the rest is kept for a later round. Each half is
+        re-assembled from the records' bytes, never encoded again."""
         if len(items) == 1:
             self._count_rejected(signal, kind, 1, outcome, report)
             return [], [items[0][0]]
@@ -564,7 +558,7 @@ class StoreExporter:
         dropped: list[_T] = []
         middle = len(items) // 2
         for half in (items[:middle], items[middle:]):
-            answer = self._call(signal, exporter, [record for _, record in half])
+            answer = self._call(signal, exporter, _request(signal, half))
             if answer.accepted:
                 if answer.kind == "partial":
                     self._count_rejected(signal, kind, answer.rejected, answer, report)
@@ -796,19 +790,17 @@ class StoreExporter:
         return [Observation(dropped.get(reason, 0), {"reason": reason}) for reason in DROP_REASONS]
 
 
-def _spans_encode(span: Any) -> bool:
-    """Whether the SDK's OTLP encoder accepts this span."""
-    try:
-        encode_spans([span]).SerializeToString()
-    except Exception:
-        return False
-    return True
+def _request(signal: str, items: list[tuple[_T, WireRecord]]) -> Any:
+    """The export request of ``items``, assembled from their encoded bytes."""
+    return assemble(signal, [record for _, record in items])
 
 
-def _logs_encode(record: otel_logs.ReadableLogRecord) -> bool:
-    """Whether the SDK's OTLP encoder accepts this log record."""
-    try:
-        encode_logs([record]).SerializeToString()
-    except Exception:
-        return False
-    return True
+def _stored_record(signal: str, payload: str) -> WireRecord:
+    """An outbox row's record: encoded when it was written (:func:`~sb_otel._telemetry.otlp_wire.pack`), or a
+    JSON document written before records were stored encoded, decoded and encoded now, once. Raises for a row
+    that is neither (poison)."""
+    if payload.startswith(PACKED_PREFIX):
+        return unpack(payload)
+    if signal == SPANS:
+        return encode_span(decode_span(payload))
+    return encode_log(decode_log(payload))

@@ -21,14 +21,12 @@ from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from sb_otel import SessionEndEvent, SessionTracker, SqliteSessionStore, instrument
 from sb_otel._telemetry import otel_logs
 from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSpanProcessor, mark_store_pipeline
-from sb_otel._telemetry.outbox_codec import encode_span
 from tests.conftest import AgreeingManager, seed_start_event
+from tests.old_outbox_rows import old_span_row
 from tests.otlp_receiver import OtlpReceiver
 
 REPOSITORY = str(Path(__file__).resolve().parents[2])
@@ -194,7 +192,7 @@ def test_one_poison_record_beside_ten_sessions(tmp_path: Path, receiver: OtlpRec
     acknowledged = write_sessions(store, 5, kill=False)
     writer = SqliteSessionStore(store)
     try:
-        writer.outbox_append("traces", [encode_span(poison_span())], time.time())
+        writer.outbox_append("traces", [old_span_row("poison", end_time=2**64 + 5)], time.time())
     finally:
         writer.close()
     acknowledged += write_sessions(store, 5, kill=False)
@@ -211,17 +209,6 @@ def test_one_poison_record_beside_ten_sessions(tmp_path: Path, receiver: OtlpRec
         assert counted.export_backlog().dropped == {"poison": 1}
     finally:
         counted.close()
-
-
-def poison_span() -> Any:
-    provider = TracerProvider(shutdown_on_exit=False)
-    captured = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(captured))
-    with provider.get_tracer("test").start_as_current_span("poison"):
-        pass
-    span = captured.get_finished_spans()[0]
-    span._end_time = 2**64 + 5
-    return span
 
 
 class Writer:

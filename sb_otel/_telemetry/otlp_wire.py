@@ -1,0 +1,247 @@
+"""Records as OTLP protobuf bytes, encoded once; export requests assembled from those bytes.
+
+Each span or log record is encoded once into its ``Span``/``LogRecord`` message (by
+:mod:`sb_otel._telemetry.otlp_encoder`, proven byte-identical to the SDK's per-record encoder, which takes any
+record that encoder does not: ``_encode_span``/``_encode_log`` of ``opentelemetry-exporter-otlp-proto-common``), and
+kept as bytes with the bytes of its resource and scope (:class:`WireRecord`; an outbox row stores it packed,
+:func:`pack`). A request is then assembled without encoding anything again: protobuf's repeated message fields
+concatenate, so ``ExportTraceServiceRequest`` is the records' bytes grouped by resource and scope, each behind its
+tag and length. The result is byte-identical to the SDK's ``encode_spans``/``encode_logs`` of the same records
+(``tests/test_otlp_wire.py``), and halving a batch the receiver rejects only re-assembles bytes.
+
+Why bytes and not SDK objects in between: decoding stored rows into SDK objects and encoding them again cost the
+exporter ~90 µs a row (issue 21's measurement); assembling costs a few.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
+from opentelemetry.exporter.otlp.proto.common._internal import _encode_instrumentation_scope, _encode_resource
+from opentelemetry.exporter.otlp.proto.common._internal._log_encoder import _encode_log
+from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import _encode_span
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs, ScopeLogs
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from sb_otel._telemetry.otlp_encoder import log_message, span_message
+
+SPANS = "traces"
+LOGS = "logs"
+_LEN = 2  # protobuf's wire type for length-delimited fields (messages, bytes, strings)
+
+
+@dataclass(frozen=True, slots=True)
+class WireRecord:
+    """One record's OTLP message and where it came from, as bytes: all a request needs of it."""
+
+    origin: bytes
+    """The resource and scope, framed (:func:`_origin`): records with equal origins share a group."""
+    body: bytes
+    """The ``Span`` or ``LogRecord`` message."""
+
+
+@dataclass(frozen=True, slots=True)
+class WireBatch:
+    """An assembled export request: what :func:`sb_otel._telemetry.export_outcome.export` sends as is."""
+
+    signal: str
+    data: bytes
+    """``ExportTraceServiceRequest`` or ``ExportLogsServiceRequest``, serialized."""
+    count: int
+    """How many records it holds (for the SDK exporters' own metrics)."""
+
+    def __len__(self) -> int:
+        return self.count
+
+    def message(self) -> Any:
+        """The request as a protobuf message (the gRPC stub serializes a message, not bytes)."""
+        return (ExportTraceServiceRequest if self.signal == SPANS else ExportLogsServiceRequest).FromString(self.data)
+
+
+def encode_span(span: Any) -> WireRecord:
+    """A finished SDK span (``ReadableSpan``) as its OTLP ``Span`` message and origin. Raises what the SDK's
+    encoder raises for a record OTLP cannot carry (poison)."""
+    body = span_message(span)
+    if body is None:  # not only primitive values: the SDK's encoder decides
+        body = _encode_span(span).SerializeToString()
+    return WireRecord(_origin(SPANS, span.resource, span.instrumentation_scope), body)
+
+
+def encode_log(record: Any) -> WireRecord:
+    """An emitted SDK log record (``ReadableLogRecord``/``ReadWriteLogRecord``) as its ``LogRecord`` message."""
+    body = log_message(record)
+    if body is None:
+        body = _encode_log(record).SerializeToString()
+    return WireRecord(_origin(LOGS, record.resource, record.instrumentation_scope), body)
+
+
+def assemble(signal: str, records: Sequence[WireRecord]) -> WireBatch:
+    """The export request of ``records``, grouped by resource then scope in order of first appearance (as the
+    SDK's encoder groups them), from their bytes alone."""
+    groups: dict[bytes, dict[bytes, list[bytes]]] = {}
+    for record in records:
+        resource, scope = _split(record.origin)
+        groups.setdefault(resource, {}).setdefault(scope, []).append(record.body)
+    out = bytearray()
+    for resource, scopes in groups.items():
+        resource_head, resource_tail = _parts(resource)
+        inner = bytearray(resource_head)
+        for scope, bodies in scopes.items():
+            scope_head, scope_tail = _parts(scope)
+            group = bytearray(scope_head)
+            for body in bodies:
+                _field(group, 2, body)
+            group += scope_tail
+            _field(inner, 2, group)
+        inner += resource_tail
+        _field(out, 1, inner)
+    return WireBatch(signal, bytes(out), len(records))
+
+
+PACKED_PREFIX = "otlp1:"
+"""How an outbox row holding an encoded record starts (rows of the JSON format before it start with ``{``)."""
+
+
+def pack(record: WireRecord) -> str:
+    """One record as an outbox row's payload: its framed bytes in base64 behind :data:`PACKED_PREFIX`. Text, so
+    the outbox's ``payload TEXT`` column (and any store backend's) takes it as it takes the older JSON rows."""
+    out = bytearray()
+    _varint(out, len(record.origin))
+    return PACKED_PREFIX + base64.b64encode(out + record.origin + record.body).decode("ascii")
+
+
+def unpack(payload: str) -> WireRecord:
+    """The inverse of :func:`pack`; raises :class:`ValueError` for anything else."""
+    if not payload.startswith(PACKED_PREFIX):
+        raise ValueError("not an encoded outbox record")
+    data = base64.b64decode(payload[len(PACKED_PREFIX) :], validate=True)
+    size, at = _read_varint(data, 0)
+    if at + size > len(data):
+        raise ValueError("truncated outbox record")
+    return WireRecord(data[at : at + size], data[at + size :])
+
+
+def otlp_json(batch: WireBatch) -> dict[str, Any] | None:
+    """The request as OTLP JSON (``None`` when empty): protobuf's JSON mapping with enums as numbers, and trace and
+    span ids as hex, as OTLP/JSON requires (the same document the SDK's JSON file exporters write)."""
+    document: dict[str, Any] = MessageToDict(batch.message(), use_integers_for_enums=True)
+    if not document:
+        return None
+    for resource in document.get("resourceSpans", ()) or document.get("resourceLogs", ()):
+        for scope in resource.get("scopeSpans", ()) or resource.get("scopeLogs", ()):
+            for item in scope.get("spans", ()) or scope.get("logRecords", ()):
+                _hex_ids(item)
+                for link in item.get("links", ()):
+                    _hex_ids(link)
+    return document
+
+
+# -- origins ----------------------------------------------------------------------------------------------
+
+_origins: dict[tuple[str, int, int], tuple[Resource, InstrumentationScope | None, bytes]] = {}
+"""The framed origin of each resource and scope pair seen (a provider has one resource, sb-otel a few scopes)."""
+_split_origins: dict[bytes, tuple[bytes, bytes]] = {}
+_split_parts: dict[bytes, tuple[bytes, bytes]] = {}
+
+
+def _origin(signal: str, resource: Resource, scope: Any) -> bytes:
+    """The resource's and the scope's group messages without their records, each cut where the records go: a
+    ``ResourceSpans``'s ``resource`` (field 1) before its ``scope_spans`` (2) and ``schema_url`` (3) after (and so
+    for a ``ScopeSpans``; logs alike). Framed as two length-prefixed halves, each of two length-prefixed parts."""
+    scope = scope or None
+    key = (signal, id(resource), id(scope))
+    cached = _origins.get(key)
+    if cached is not None and cached[0] is resource and cached[1] is scope:
+        return cached[2]
+    resource_type, scope_type = (ResourceSpans, ScopeSpans) if signal == SPANS else (ResourceLogs, ScopeLogs)
+    resource_part = _framed(
+        resource_type(resource=_encode_resource(resource)).SerializeToString(),
+        resource_type(schema_url=resource.schema_url).SerializeToString(),
+    )
+    scope_part = _framed(
+        scope_type(scope=_encode_instrumentation_scope(scope)).SerializeToString(),
+        scope_type(schema_url=scope.schema_url if scope else "").SerializeToString(),
+    )
+    origin = _framed(resource_part, scope_part)
+    if len(_origins) > 64:
+        _origins.clear()
+    _origins[key] = (resource, scope, origin)
+    return origin
+
+
+def _framed(first: bytes, second: bytes) -> bytes:
+    out = bytearray()
+    _varint(out, len(first))
+    out += first
+    _varint(out, len(second))
+    return bytes(out + second)
+
+
+def _unframed(data: bytes) -> tuple[bytes, bytes]:
+    size, at = _read_varint(data, 0)
+    first = data[at : at + size]
+    size, at = _read_varint(data, at + size)
+    return first, data[at : at + size]
+
+
+def _split(origin: bytes) -> tuple[bytes, bytes]:
+    found = _split_origins.get(origin)
+    if found is None:
+        if len(_split_origins) > 256:
+            _split_origins.clear()
+        found = _split_origins[origin] = _unframed(origin)
+    return found
+
+
+def _parts(part: bytes) -> tuple[bytes, bytes]:
+    found = _split_parts.get(part)
+    if found is None:
+        if len(_split_parts) > 256:
+            _split_parts.clear()
+        found = _split_parts[part] = _unframed(part)
+    return found
+
+
+# -- protobuf's wire format: tags and varints ---------------------------------------------------------------
+
+
+def _field(out: bytearray, number: int, value: bytes | bytearray) -> None:
+    """A length-delimited field (a message) ``number`` holding ``value``."""
+    _varint(out, number << 3 | _LEN)
+    _varint(out, len(value))
+    out += value
+
+
+def _varint(out: bytearray, value: int) -> None:
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if at >= len(data):
+            raise ValueError("truncated varint")
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, at
+        shift += 7
+
+
+def _hex_ids(item: dict[str, Any]) -> None:
+    for name in ("traceId", "spanId", "parentSpanId"):
+        value = item.get(name)
+        if value:
+            item[name] = base64.b64decode(value).hex()

@@ -1,0 +1,125 @@
+"""Records encoded once as OTLP messages; requests assembled from their bytes are the SDK's own encoding."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from typing import Any
+
+import pytest
+from opentelemetry.exporter.otlp.json.file import FileSpanExporter
+from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link, Status, StatusCode
+
+from sb_otel._telemetry import otel_logs
+from sb_otel._telemetry.otlp_wire import assemble, encode_log, encode_span, otlp_json, pack, unpack
+from sb_otel._telemetry.wire_objects import sdk_records
+
+RESOURCES = [Resource({"service.name": "a", "n": 1}, "https://schema/a"), Resource({"service.name": "b"})]
+SCOPES = [("scope.one", "1.0", "https://schema/scope"), ("scope.two", None, None)]
+
+
+def mixed_spans(per_scope: int = 3) -> list[ReadableSpan]:
+    """Spans of two resources and two scopes each, with events, links, a remote parent, statuses, shuffled."""
+    made: list[ReadableSpan] = []
+    for resource in RESOURCES:
+        captured = InMemorySpanExporter()
+        provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        provider.add_span_processor(SimpleSpanProcessor(captured))
+        for name, version, schema in SCOPES:
+            tracer = provider.get_tracer(name, version, schema)
+            for number in range(per_scope):
+                attributes: dict[str, Any] = {"n": number, "f": 0.5, "b": True, "s": "x", "l": ["a", "b"]}
+                with tracer.start_as_current_span(f"outer {number}", attributes=attributes) as outer:
+                    outer.add_event("happened", {"k": number})
+                    link = Link(outer.get_span_context(), {"why": "because"})
+                    with tracer.start_as_current_span("inner", links=[link]) as inner:
+                        inner.set_status(Status(StatusCode.ERROR, "bad"))
+        made += captured.get_finished_spans()
+    random.Random(7).shuffle(made)
+    return made
+
+
+def mixed_logs() -> list[Any]:
+    made: list[Any] = []
+    for resource in RESOURCES:
+        captured = otel_logs.InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+        provider = otel_logs.SdkLoggerProvider(resource=resource, shutdown_on_exit=False)
+        provider.add_log_record_processor(otel_logs.SimpleLogRecordProcessor(captured))
+        for name, version, schema in SCOPES:
+            logger = provider.get_logger(name, version, schema)
+            for number in range(3):
+                logger.emit(
+                    body=f"line {number}",
+                    attributes={"n": number},
+                    event_name="session.start",
+                    severity_number=otel_logs.SeverityNumber.INFO,
+                    severity_text="INFO",
+                )
+        made += captured.get_finished_logs()
+    random.Random(3).shuffle(made)
+    return made
+
+
+def test_a_request_assembled_from_stored_span_bytes_is_the_sdks_own_encoding() -> None:
+    """Grouped by resource and scope in order of first appearance, as the SDK groups them: byte-identical."""
+    spans = mixed_spans()
+    stored = [unpack(pack(encode_span(span))) for span in spans]
+    assert assemble("traces", stored).data == encode_spans(spans).SerializeToString()
+
+
+def test_a_request_assembled_from_stored_log_bytes_is_the_sdks_own_encoding() -> None:
+    logs = mixed_logs()
+    stored = [unpack(pack(encode_log(log))) for log in logs]
+    assert assemble("logs", stored).data == encode_logs(logs).SerializeToString()
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 12], ids=lambda size: f"{size}-records")
+def test_any_part_of_a_batch_assembles_to_the_sdks_encoding_of_that_part(size: int) -> None:
+    """Halving a rejected batch re-assembles parts of it: each part is the SDK's encoding of those records."""
+    spans = mixed_spans()[:size]
+    encoded = [encode_span(span) for span in spans]
+    middle = size // 2
+    for part, records in ((spans[:middle], encoded[:middle]), (spans[middle:], encoded[middle:])):
+        assert assemble("traces", records).data == encode_spans(part).SerializeToString()
+
+
+def test_an_assembled_request_as_otlp_json_is_what_the_sdks_file_exporter_writes() -> None:
+    """The JSON-lines default stays valid OTLP JSON: hex ids, numeric enums, the SDK file exporter's document."""
+    spans = mixed_spans(1)
+    stream = io.StringIO()
+    FileSpanExporter(stream=stream).export(spans)
+    document = otlp_json(assemble("traces", [encode_span(span) for span in spans]))
+    assert document == json.loads(stream.getvalue())
+    assert document is not None
+    first = document["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    assert len(first["traceId"]) == 32
+    assert int(first["traceId"], 16)
+
+
+def test_sdk_objects_made_from_a_request_encode_to_the_same_request() -> None:
+    """For exporters that take only SDK objects (a host's, the in-memory ones of tests): nothing is lost."""
+    spans, logs = mixed_spans(), mixed_logs()
+    span_batch = assemble("traces", [encode_span(span) for span in spans])
+    log_batch = assemble("logs", [encode_log(log) for log in logs])
+    assert encode_spans(sdk_records(span_batch)).SerializeToString() == span_batch.data
+    assert encode_logs(sdk_records(log_batch)).SerializeToString() == log_batch.data
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param('{"n":"a json row"}', id="json"),
+        pytest.param("otlp1:!!!", id="not-base64"),
+        pytest.param("otlp1:/w==", id="truncated"),
+    ],
+)
+def test_what_is_not_an_encoded_record_does_not_unpack(payload: str) -> None:
+    with pytest.raises(ValueError, match=r"encoded|varint|truncated|base64|Incorrect|Non-base64|Invalid"):
+        unpack(payload)

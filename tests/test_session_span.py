@@ -1,0 +1,106 @@
+"""A span written straight from its plan is the span the SDK's own tracer makes with the planned ids."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
+
+from sb_otel._telemetry.export_destination import fixed_span_limits
+from sb_otel._telemetry.session_span import SessionSpanPlan, planned_span
+
+RESOURCE = Resource({"service.name": "store"})
+SCOPE = InstrumentationScope("sb_otel", "1.0")
+
+
+class _Planned(IdGenerator):
+    """The SDK's public id-generator interface, handing out the planned ids (for the reference span only)."""
+
+    def __init__(self, plan: SessionSpanPlan) -> None:
+        self.plan = plan
+
+    def generate_trace_id(self) -> int:
+        return self.plan.trace_id
+
+    def generate_span_id(self) -> int:
+        return self.plan.span_id
+
+
+def sdk_span(plan: SessionSpanPlan, attributes: dict[str, Any], status: Status) -> ReadableSpan:
+    """What the SDK's tracer makes for this plan: its own limits (the fixed ones), its own attribute cleaning."""
+    captured = InMemorySpanExporter()
+    provider = TracerProvider(
+        sampler=ALWAYS_ON,
+        resource=RESOURCE,
+        id_generator=_Planned(plan),
+        span_limits=fixed_span_limits(),
+        shutdown_on_exit=False,
+    )
+    provider.add_span_processor(SimpleSpanProcessor(captured))
+    context = Context()
+    if plan.parent_span_id is not None:
+        state = TraceState.from_header([plan.trace_state]) if plan.trace_state else TraceState()
+        parent = SpanContext(plan.trace_id, plan.parent_span_id, plan.parent_remote, TraceFlags(1), state)
+        context = set_span_in_context(NonRecordingSpan(parent), context)
+    links = [Link(SpanContext(t, s, True, TraceFlags(f))) for t, s, f in plan.links]
+    tracer = provider.get_tracer(SCOPE.name, SCOPE.version)
+    span = tracer.start_span(
+        "session demo", context, SpanKind.INTERNAL, attributes, links, start_time=1_000, record_exception=False
+    )
+    span.set_status(status)
+    span.end(end_time=9_000)
+    (made,) = captured.get_finished_spans()
+    return made
+
+
+PLANS = [
+    pytest.param(SessionSpanPlan(0xA1, 0xB2, True), id="no-parent"),
+    pytest.param(
+        SessionSpanPlan(
+            0xA1, 0xB2, True, "vendor=x", parent_span_id=0xC3, parent_remote=True, links=((0xD4, 0xE5, 1),)
+        ),
+        id="remote-parent-state-link",
+    ),
+    pytest.param(SessionSpanPlan(0xA1, 0xB2, True, parent_span_id=0xC3, parent_remote=False), id="local-parent"),
+]
+
+
+@pytest.mark.parametrize("plan", PLANS)
+def test_a_span_from_the_plan_encodes_as_the_sdks_own(plan: SessionSpanPlan) -> None:
+    """Byte for byte, with more attributes than the limit (the oldest dropped and counted, as the SDK does),
+    a list value, and an error status."""
+    attributes: dict[str, Any] = {f"a{n}": n for n in range(140)}
+    attributes["list"] = ["x", "y"]
+    status = Status(StatusCode.ERROR, "session crashed: signal")
+    written = planned_span(plan, "session demo", attributes, 1_000, 9_000, status, RESOURCE, SCOPE)
+    assert written is not None
+    assert written.dropped_attributes == 13
+    assert (
+        encode_spans([written]).SerializeToString()
+        == encode_spans([sdk_span(plan, attributes, status)]).SerializeToString()
+    )
+
+
+def test_an_unsampled_plan_writes_no_span() -> None:
+    plan = SessionSpanPlan(0xA1, 0xB2, False)
+    assert planned_span(plan, "n", {}, 1, 2, Status(StatusCode.UNSET), RESOURCE, SCOPE) is None
