@@ -35,9 +35,14 @@ BATCH = 500
 EVERY_S = 3600.0
 """How often the exporter looks for expired sessions."""
 
+ENDED_SQL = "status IN ('exited', 'crashed', 'abnormal')"
+"""Ended sessions, written as the retention index's condition so that SQLite uses it."""
+
 RETENTION_MIGRATION: tuple[str, tuple[str, ...]] = (
     "0013_session_retention",
-    ("CREATE INDEX sessions_ended ON sessions (received_at) WHERE status != 'open'",),
+    # Written unlike the owed-records look-up's condition (``status != 'open'``), so that SQLite's planner never
+    # takes this index for that one (sb_otel/_tracking/row_telemetry.py).
+    (f"CREATE INDEX sessions_ended ON sessions (received_at) WHERE {ENDED_SQL}",),
 )
 """Ended sessions by arrival: a retention round reads the oldest few instead of scanning the table."""
 
@@ -67,7 +72,7 @@ class PruneFilter(Frozen):
 
     def where(self) -> tuple[str, list[Any]]:
         """The SQL condition on ``sessions`` and its parameters."""
-        clauses, params = ["status != 'open'"], []
+        clauses, params = [ENDED_SQL], []
         if self.received_before is not None:
             clauses.append("received_at < ?")
             params.append(self.received_before.astimezone(timezone.utc).isoformat(timespec="microseconds"))

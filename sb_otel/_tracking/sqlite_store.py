@@ -58,7 +58,7 @@ from sb_otel._tracking.export_state import (
 )
 from sb_otel._tracking.identity import numbered_session_id, session_id_base
 from sb_otel._tracking.private_files import private_dir, private_file
-from sb_otel._tracking.retention import RETENTION_MIGRATION, Pruned, PruneFilter
+from sb_otel._tracking.retention import ENDED_SQL, RETENTION_MIGRATION, Pruned, PruneFilter
 from sb_otel._tracking.row_telemetry import ALL, END_OWED_SQL, LIVE_MIGRATION, START_OWED_SQL, built_from_row, due
 from sb_otel._tracking.session_counts import (
     COUNTS_MIGRATION,
@@ -701,7 +701,7 @@ class SqliteSessionStore:
     def prune_sessions(self, which: PruneFilter, *, uncount: bool, dry_run: bool, limit: int | None) -> Pruned:
         where, params = which.where()
         bounded = f" ORDER BY received_at LIMIT {int(limit)}" if limit is not None else ""
-        opened = where.replace("status != 'open'", "status = 'open'", 1)
+        opened = where.replace(ENDED_SQL, "status = 'open'", 1)
         if dry_run:  # only reads: a read-only store answers too
             with self._lock, _translated(self.path):
                 open_kept = self._db.execute(f"SELECT COUNT(*) FROM sessions WHERE {opened}", params).fetchone()[0]
