@@ -1,26 +1,32 @@
-"""How the CLI shows sessions to people: summaries, tables, trace trees, Jaeger links."""
+"""How the CLI shows sessions to people: summaries, tables, trace trees, backend links.
+
+Imports rich and the store's records, never the OpenTelemetry SDK: ``sessions`` and ``show`` must answer fast.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from datetime import timedelta
-from typing import Any
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
-from opentelemetry.sdk.trace import ReadableSpan
+import click
 from rich import box
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from sb_otel._service.reaper import ReapedSession
-from sb_otel._settings import (
-    SB_OTEL_JAEGER_URL,
-)
-from sb_otel._telemetry.session_span import STATE_KEY
+from sb_otel._cli.session_fields import _jaeger_link as _jaeger_link  # demo and reap import these from here
+from sb_otel._cli.session_fields import _summary as _summary
+from sb_otel._cli.session_fields import _trace_id as _trace_id
+from sb_otel._cli.session_trace import LogView, SpanView
 from sb_otel._tracking.store import SessionRecord
 
-_DEFAULT_JAEGER = "http://localhost:16686"
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
+    from rich.console import RenderableType
+
+    from sb_otel._service.reaper import ReapedSession
 
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
 """Control characters (terminal escape sequences start with one), line breaks and invisible or bidi marks."""
@@ -34,77 +40,108 @@ def plain(value: object, style: str = "") -> Text:
     return Text(text, style=style)
 
 
-def _trace_id(record: SessionRecord) -> str | None:
-    state = record.telemetry.get(STATE_KEY)
-    trace_id = state.get("trace_id") if isinstance(state, Mapping) else None
-    return trace_id if isinstance(trace_id, str) else None
-
-
-def _duration(record: SessionRecord) -> timedelta | None:
-    return None if record.ended_at is None else record.ended_at - record.started_at
-
-
 def _human(delta: timedelta | None) -> str:
     if delta is None:
         return "open"
-    seconds = int(delta.total_seconds())
+    seconds = max(int(delta.total_seconds()), 0)
+    days, seconds = divmod(seconds, 86400)
     hours, rest = divmod(seconds, 3600)
+    if days:
+        return f"{days}d{hours:02d}h"
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-def _summary(record: SessionRecord) -> dict[str, Any]:
-    duration = _duration(record)
-    return {
-        "session_id": record.session_id,
-        "component_name": record.component_name,
-        "status": record.status,
-        "hostname": record.hostname,
-        "pid": record.pid,
-        "started_at": record.started_at.isoformat(),
-        "ended_at": record.ended_at.isoformat() if record.ended_at else None,
-        "duration_s": duration.total_seconds() if duration is not None else None,
-        "trace_id": _trace_id(record),
-    }
-
-
-def _detail(record: SessionRecord) -> dict[str, Any]:
-    detail = _summary(record)
-    state = record.telemetry.get(STATE_KEY)
-    detail["span_id"] = state.get("span_id") if isinstance(state, Mapping) else None
-    detail["event_id"] = record.event_id
-    detail["cwd"] = record.cwd
-    detail["received_at"] = record.received_at.isoformat()
-    detail["start_event"] = dict(record.start_event)
-    detail["end_event"] = dict(record.end_event) if record.end_event is not None else None
-    detail["lifecycle"] = dict(record.telemetry.get("lifecycle") or {})
-    trace_id = _trace_id(record)
-    detail["jaeger"] = _jaeger_link(trace_id) if trace_id else None
-    return detail
-
-
-def _jaeger_link(trace_id: str) -> str:
-    return f"{(SB_OTEL_JAEGER_URL.read() or _DEFAULT_JAEGER).rstrip('/')}/trace/{trace_id}"
+def _age(record: SessionRecord, now: datetime | None = None) -> str:
+    """How long the session ran, or for an open one how long it has been open (``open 3m05s``)."""
+    if record.ended_at is not None:
+        return _human(record.ended_at - record.started_at)
+    return f"open {_human((now or datetime.now(timezone.utc)) - record.started_at)}"
 
 
 _STATUS_STYLE = {"open": "cyan", "exited": "green", "crashed": "red", "abnormal": "yellow"}
 
+TRACE_ID_WIDTH = 104
+"""From this console width on, ``sessions`` adds the 32-digit trace id column; below, it would break the ids."""
 
-def _sessions_table(records: Sequence[SessionRecord]) -> Table:
+
+def _sessions_table(records: Sequence[SessionRecord], width: int = 200) -> Table:
+    """Newest first; ids never wrapped; the trace id column only when the console is wide enough for it."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("session", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("started (UTC)", no_wrap=True)
-    table.add_column("duration", justify="right")
-    table.add_column("trace id", overflow="fold")
+    table.add_column("duration", justify="right", no_wrap=True)
+    wide = width >= TRACE_ID_WIDTH
+    if wide:
+        table.add_column("trace id", no_wrap=True)
+    now = datetime.now(timezone.utc)
     for record in records:
         style = _STATUS_STYLE.get(record.status, "")
-        table.add_row(
+        cells = [
             plain(record.session_id),
             plain(record.status, style),
-            record.started_at.strftime("%m-%d %H:%M:%S"),
-            _human(_duration(record)),
-            plain(_trace_id(record) or "-"),
-        )
+            Text(record.started_at.strftime("%Y-%m-%d %H:%M:%S")),
+            Text(_age(record, now)),
+        ]
+        table.add_row(*cells, *([plain(_trace_id(record) or "-")] if wide else []))
+    return table
+
+
+def print_out(renderable: RenderableType) -> None:
+    """Print for people: as rich lays it out on a terminal; piped, the same lines without trailing padding."""
+    from sb_otel._cli.app import _console
+
+    console = _console()
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    with console.capture() as captured:
+        console.print(renderable)
+    click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
+
+
+def _took(started: datetime | None, ended: datetime | None) -> str:
+    if started is None or ended is None:
+        return ""
+    nanos = (ended - started) / timedelta(microseconds=1) * 1000
+    if nanos >= 60e9:
+        return _human(ended - started)
+    return f"{nanos / 1e9:.1f} s" if nanos >= 1e9 else f"{nanos / 1e6:.1f} ms"
+
+
+def span_tree(root: SpanView, trace_id: str | None, now: datetime | None = None) -> Tree:
+    """The session's trace: each span with its offset from the session's start, its duration and its status."""
+    base = root.started
+
+    def label(span: SpanView) -> Text:
+        parts: list[Text | str | tuple[str, str]] = [plain(span.name, "bold")]
+        if span.started is not None and base is not None and span is not root:
+            parts.append(f"  +{_took(base, span.started) or '0.0 ms'}")
+        if span.ended is None and span.started is not None:
+            parts.append(("  open", "cyan"))
+            parts.append(f" for {_human((now or datetime.now(timezone.utc)) - span.started)}")
+        elif span.started is not None:
+            parts.append(f"  {_took(span.started, span.ended)}")
+        parts.append(("  ERROR " + span.error, "red") if span.error else "")
+        if span.note:
+            parts.append(plain(f"  ({span.note})", "dim"))
+        return Text.assemble(*parts)
+
+    tree = Tree(f"trace {trace_id or '(none)'}")
+
+    def grow(node: Tree, span: SpanView) -> None:
+        branch = node.add(label(span))
+        for child in span.children:
+            grow(branch, child)
+
+    grow(tree, root)
+    return tree
+
+
+def log_table(logs: Sequence[LogView]) -> Table:
+    table = Table(show_header=False, box=None, padding=(0, 2), pad_edge=False)
+    for log in logs:
+        table.add_row(Text(log.time.strftime("%Y-%m-%d %H:%M:%S")), plain(log.event, "bold"), plain(log.body))
     return table
 
 
