@@ -65,12 +65,13 @@ TRACE_ID_WIDTH = 104
 
 
 def _sessions_table(records: Sequence[SessionRecord], width: int = 200) -> Table:
-    """Newest first; ids never wrapped; the trace id column only when the console is wide enough for it."""
+    """Newest first; ids never cut or wrapped (the date and the duration wrap first on a narrow console); the
+    trace id column only when the console is wide enough for it."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("session", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("started (UTC)", no_wrap=True)
-    table.add_column("duration", justify="right", no_wrap=True)
+    table.add_column("session", no_wrap=True, min_width=max(len(record.session_id) for record in records))
+    table.add_column("status", no_wrap=True, min_width=max(len(record.status) for record in records))
+    table.add_column("started (UTC)")
+    table.add_column("duration", justify="right")
     wide = width >= TRACE_ID_WIDTH
     if wide:
         table.add_column("trace id", no_wrap=True)
@@ -80,7 +81,7 @@ def _sessions_table(records: Sequence[SessionRecord], width: int = 200) -> Table
         cells = [
             plain(record.session_id),
             plain(record.status, style),
-            Text(record.started_at.strftime("%Y-%m-%d %H:%M:%S")),
+            Text(record.started_at.strftime("%Y-%m-%d %H:%M")),
             Text(_age(record, now)),
         ]
         table.add_row(*cells, *([plain(_trace_id(record) or "-")] if wide else []))
