@@ -24,7 +24,7 @@ from sb_otel._telemetry.quiet_shutdown import quiet_sdk
 from sb_otel._tracking.destination import SIGNALS, Destination
 from sb_otel._tracking.values import Frozen
 
-PROBE_BUDGET_S = 3.0
+PROBE_BUDGET_S = 2.5
 """How long the empty exports may take in all (they run at once): ``doctor`` answers within 5 s."""
 CONNECT_TIMEOUT_S = 1.0
 """A TCP connect that takes longer than this counts as nothing answering."""
@@ -51,15 +51,22 @@ class Probe(Frozen):
         self._set(signal=signal, ok=ok, verdict=verdict, advice=advice)
 
 
+def otlp_addresses(destination: Destination) -> list[tuple[str, int]]:
+    """The ``(host, port)`` each OTLP signal of ``destination`` connects to, once each."""
+    found: dict[tuple[str, int], None] = {}
+    for signal in SIGNALS:
+        target = destination.target(signal)
+        if target:
+            parsed = urlparse(target)
+            port = parsed.port or (4317 if destination.protocol == "grpc" else 4318)
+            found[(parsed.hostname or "localhost", port)] = None
+    return list(found)
+
+
 def unreachable(destination: Destination) -> dict[str, str]:
-    """Per OTLP target ``host:port`` that takes no TCP connection within :data:`CONNECT_TIMEOUT_S`, why."""
+    """Per OTLP ``host:port`` that takes no TCP connection within :data:`CONNECT_TIMEOUT_S`, why."""
     problems: dict[str, str] = {}
-    for target in sorted({destination.target(signal) or "" for signal in SIGNALS} - {""}):
-        parsed = urlparse(target)
-        host = parsed.hostname or "localhost"
-        port = parsed.port or (4317 if destination.protocol == "grpc" else 4318)
-        if f"{host}:{port}" in problems:
-            continue
+    for host, port in otlp_addresses(destination):
         try:
             with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
                 pass
