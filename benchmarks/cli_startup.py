@@ -8,6 +8,8 @@ of the same run (issue 26's bound: 10 ×), and CPU (user + system of the child) 
 sessions and 50 open shells'.
 
     .venv/bin/python benchmarks/cli_startup.py [--rounds 20]
+
+(Another checkout is measured by putting it first on ``PYTHONPATH``: ``PYTHONPATH=/tmp/main-copy …``.)
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from pathlib import Path
 
 SB_OTEL = str(Path(sys.executable).with_name("sb-otel"))
 WARM_UP = 2
-REPO = Path(__file__).resolve().parent.parent
 
 
 def make_store(path: Path, env: dict[str, str]) -> str:
@@ -64,7 +65,8 @@ def main() -> None:
         store = Path(folder) / "sessions.db"
         env = {**os.environ, "SB_OTEL_STORE": str(store), "SB_OTEL_DATA_DIR": folder}
         env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed package has its bytecode: so do these runs
-        subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "sb_otel")], env=env, check=True)
+        compile_all = "import compileall, sb_otel; compileall.compile_dir(sb_otel.__path__[0], quiet=1)"
+        subprocess.run([sys.executable, "-c", compile_all], env=env, check=True)
         session_id = make_store(store, env)
         complete = {**env, "_SB_OTEL_COMPLETE": "bash_complete", "COMP_WORDS": "sb-otel show bench", "COMP_CWORD": "2"}
         cases: dict[str, tuple[list[str], dict[str, str]]] = {
