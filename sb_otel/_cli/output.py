@@ -5,7 +5,6 @@ Imports rich and the store's records, never the OpenTelemetry SDK: ``sessions`` 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
@@ -16,9 +15,12 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from sb_otel._cli.session_fields import _age, _human, shown
 from sb_otel._cli.session_fields import _jaeger_link as _jaeger_link  # demo and reap import these from here
 from sb_otel._cli.session_fields import _summary as _summary
 from sb_otel._cli.session_fields import _trace_id as _trace_id
+from sb_otel._cli.session_list import STATUS_COLOURS as _STATUS_STYLE
+from sb_otel._cli.session_list import TRACE_ID_WIDTH
 from sb_otel._cli.session_trace import LogView, SpanView
 from sb_otel._tracking.store import SessionRecord
 
@@ -28,40 +30,12 @@ if TYPE_CHECKING:
 
     from sb_otel._service.reaper import ReapedSession
 
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
-"""Control characters (terminal escape sequences start with one), line breaks and invisible or bidi marks."""
-
 
 def plain(value: object, style: str = "") -> Text:
     """``value`` as text for a rich console: never read as markup (a hostname ``[/]`` or ``[link=…]`` prints
     as itself), and control or bidi characters shown as escapes, so stored client text cannot drive the
     terminal."""
-    text = _UNPRINTABLE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), str(value))
-    return Text(text, style=style)
-
-
-def _human(delta: timedelta | None) -> str:
-    if delta is None:
-        return "open"
-    seconds = max(int(delta.total_seconds()), 0)
-    days, seconds = divmod(seconds, 86400)
-    hours, rest = divmod(seconds, 3600)
-    if days:
-        return f"{days}d{hours:02d}h"
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
-
-
-def _age(record: SessionRecord, now: datetime | None = None) -> str:
-    """How long the session ran, or for an open one how long it has been open (``open 3m05s``)."""
-    if record.ended_at is not None:
-        return _human(record.ended_at - record.started_at)
-    return f"open {_human((now or datetime.now(timezone.utc)) - record.started_at)}"
-
-
-_STATUS_STYLE = {"open": "cyan", "exited": "green", "crashed": "red", "abnormal": "yellow"}
-
-TRACE_ID_WIDTH = 104
-"""From this console width on, ``sessions`` adds the 32-digit trace id column; below, it would break the ids."""
+    return Text(shown(value), style=style)
 
 
 def _sessions_table(records: Sequence[SessionRecord], width: int = 200) -> Table:

@@ -5,13 +5,16 @@ No rich here: ``--json`` prints without loading it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sb_otel._cli.session_trace import STATE_KEY
 from sb_otel._settings import SB_OTEL_JAEGER_URL
 from sb_otel._tracking.store import SessionRecord
+
+STATE_KEY = "span"
+"""Where a session's ``telemetry`` keeps its span plan (``session_span.STATE_KEY``, which imports the SDK)."""
 
 _DEFAULT_JAEGER = "http://localhost:16686"
 
@@ -65,3 +68,31 @@ def backend_link(trace_id: str) -> str | None:
     backend nothing is sent to would be a dead end."""
     url = SB_OTEL_JAEGER_URL.read()
     return f"{url.rstrip('/')}/trace/{trace_id}" if url else None
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+"""Control characters (terminal escape sequences start with one), line breaks and invisible or bidi marks."""
+
+
+def shown(value: object) -> str:
+    """``value`` as text for a terminal: control or bidi characters shown as escapes, so stored client text
+    cannot drive the terminal."""
+    return _UNPRINTABLE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), str(value))
+
+
+def _human(delta: timedelta | None) -> str:
+    if delta is None:
+        return "open"
+    seconds = max(int(delta.total_seconds()), 0)
+    days, seconds = divmod(seconds, 86400)
+    hours, rest = divmod(seconds, 3600)
+    if days:
+        return f"{days}d{hours:02d}h"
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _age(record: SessionRecord, now: datetime | None = None) -> str:
+    """How long the session ran, or for an open one how long it has been open (``open 3m05s``)."""
+    if record.ended_at is not None:
+        return _human(record.ended_at - record.started_at)
+    return f"open {_human((now or datetime.now(timezone.utc)) - record.started_at)}"

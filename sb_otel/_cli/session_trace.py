@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from sb_otel._cli.session_fields import STATE_KEY
 from sb_otel._tracking.export_state import ROOT_EXPORTED, ROOT_PENDING
 from sb_otel._tracking.log_lines import ended_line, started_line
 from sb_otel._tracking.outcome import end_outcome
@@ -27,9 +28,6 @@ from sb_otel._tracking.row_telemetry import (
 from sb_otel._tracking.session_export import SessionExport
 from sb_otel._tracking.store import SessionRecord
 from sb_otel._tracking.values import Frozen
-
-STATE_KEY = "span"
-"""Where a session's ``telemetry`` keeps its span plan (``session_span.STATE_KEY``, which imports the SDK)."""
 
 
 class SpanView(Frozen):
@@ -69,12 +67,6 @@ class SpanView(Frozen):
             "note": self.note or None,
             "children": [child.as_json() for child in self.children],
         }
-
-
-def trace_id(record: SessionRecord) -> str | None:
-    state = record.telemetry.get(STATE_KEY)
-    found = state.get("trace_id") if isinstance(state, Mapping) else None
-    return found if isinstance(found, str) else None
 
 
 def session_trace(record: SessionRecord) -> SpanView:

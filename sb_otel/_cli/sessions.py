@@ -104,10 +104,12 @@ def _matching(
 
 
 def _print_sessions(found: list[SessionRecord], matching: int) -> None:
-    from sb_otel._cli.app import _console
-    from sb_otel._cli.output import _sessions_table, print_out
+    import shutil
 
-    print_out(_sessions_table(found, _console().width))
+    from sb_otel._cli.session_list import sessions_lines
+
+    width = shutil.get_terminal_size((120, 24)).columns  # COLUMNS, else the terminal, else (piped) 120
+    click.echo("\n".join(sessions_lines(found, width)))
     left = matching - len(found)
     if left > 0:
         click.echo(f"{left} more not listed (--limit {matching} lists them all; --since or --component narrow it)")
