@@ -96,7 +96,7 @@ def test_show_prints_the_tree_logs_and_export_state_and_a_link_only_when_configu
     out = run(store[0], "show", session_id, columns=200).output
     assert re.search(r"session gamma\s+open for \d+m\d\ds", out)
     assert "└── session.start gamma" in out
-    assert "session.start    Session started: session_id=" + session_id in out
+    assert "session.start  Session started: session_id=" + session_id in out
     assert "waiting in the store: the session.start span, the start log record" in out
     assert "http" not in out
     linked = run(store[0], "show", session_id, env={"SB_OTEL_JAEGER_URL": "http://jaeger.example:16686"}).output

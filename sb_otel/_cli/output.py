@@ -15,13 +15,12 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from sb_otel._cli.plain_output import STATUS_COLOURS as _STATUS_STYLE
+from sb_otel._cli.plain_output import TRACE_ID_WIDTH
 from sb_otel._cli.session_fields import _age, _human, shown
 from sb_otel._cli.session_fields import _jaeger_link as _jaeger_link  # demo and reap import these from here
 from sb_otel._cli.session_fields import _summary as _summary
 from sb_otel._cli.session_fields import _trace_id as _trace_id
-from sb_otel._cli.session_list import STATUS_COLOURS as _STATUS_STYLE
-from sb_otel._cli.session_list import TRACE_ID_WIDTH
-from sb_otel._cli.session_trace import LogView, SpanView
 from sb_otel._tracking.store import SessionRecord
 
 if TYPE_CHECKING:
@@ -73,51 +72,6 @@ def print_out(renderable: RenderableType) -> None:
     with console.capture() as captured:
         console.print(renderable)
     click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
-
-
-def _took(started: datetime | None, ended: datetime | None) -> str:
-    if started is None or ended is None:
-        return ""
-    nanos = (ended - started) / timedelta(microseconds=1) * 1000
-    if nanos >= 60e9:
-        return _human(ended - started)
-    return f"{nanos / 1e9:.1f} s" if nanos >= 1e9 else f"{nanos / 1e6:.1f} ms"
-
-
-def span_tree(root: SpanView, trace_id: str | None, now: datetime | None = None) -> Tree:
-    """The session's trace: each span with its offset from the session's start, its duration and its status."""
-    base = root.started
-
-    def label(span: SpanView) -> Text:
-        parts: list[Text | str | tuple[str, str]] = [plain(span.name, "bold")]
-        if span.started is not None and base is not None and span is not root:
-            parts.append(f"  +{_took(base, span.started) or '0.0 ms'}")
-        if span.ended is None and span.started is not None:
-            parts.append(("  open", "cyan"))
-            parts.append(f" for {_human((now or datetime.now(timezone.utc)) - span.started)}")
-        elif span.started is not None:
-            parts.append(f"  {_took(span.started, span.ended)}")
-        parts.append(("  ERROR " + span.error, "red") if span.error else "")
-        if span.note:
-            parts.append(plain(f"  ({span.note})", "dim"))
-        return Text.assemble(*parts)
-
-    tree = Tree(f"trace {trace_id or '(none)'}")
-
-    def grow(node: Tree, span: SpanView) -> None:
-        branch = node.add(label(span))
-        for child in span.children:
-            grow(branch, child)
-
-    grow(tree, root)
-    return tree
-
-
-def log_table(logs: Sequence[LogView]) -> Table:
-    table = Table(show_header=False, box=None, padding=(0, 2), pad_edge=False)
-    for log in logs:
-        table.add_row(Text(log.time.strftime("%Y-%m-%d %H:%M:%S")), plain(log.event, "bold"), plain(log.body))
-    return table
 
 
 def _reaped_table(reaped: Sequence[ReapedSession]) -> Table:

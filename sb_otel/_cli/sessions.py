@@ -106,7 +106,7 @@ def _matching(
 def _print_sessions(found: list[SessionRecord], matching: int) -> None:
     import shutil
 
-    from sb_otel._cli.session_list import sessions_lines
+    from sb_otel._cli.plain_output import sessions_lines
 
     width = shutil.get_terminal_size((120, 24)).columns  # COLUMNS, else the terminal, else (piped) 120
     click.echo("\n".join(sessions_lines(found, width)))
@@ -209,24 +209,19 @@ def show(session_id: str, as_json: bool, store_location: str | None) -> int:
         detail["export"] = {"destination": where, "state": exported}
         click.echo(json.dumps(detail, indent=2, default=str))
         return 0
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
+    from sb_otel._cli.plain_output import facts_lines, log_lines, tree_lines
 
-    from sb_otel._cli.output import log_table, plain, print_out, span_tree
-
-    facts = Table(show_header=False, box=None, padding=(0, 2), pad_edge=False)
-    for key in ("session_id", "component_name", "status", "hostname", "pid", "cwd", "started_at", "ended_at"):
-        facts.add_row(plain(key, "bold"), plain(detail[key] if detail[key] is not None else "-"))
+    shown_facts = [(key, detail[key]) for key in _FACTS]
     trace_id = detail["trace_id"]
-    sent = [plain(f"  {line}") for line in [f"destination: {where}", *exported]]
     link = backend_link(trace_id) if trace_id else None
-    parts: list[Any] = [facts, Text(""), span_tree(trace, trace_id), Text(""), Text("log records", "bold")]
-    parts += [log_table(logs), Text(""), Text("telemetry", "bold"), *sent]
-    if link:
-        parts.append(plain(f"  open it: {link}"))
-    print_out(Group(*parts))
+    lines = [*facts_lines(shown_facts), "", *tree_lines(trace, trace_id), "", click.style("log records", bold=True)]
+    lines += [*log_lines(logs), "", click.style("telemetry", bold=True), f"  destination: {where}"]
+    lines += [f"  {line}" for line in exported] + ([f"  open it: {link}"] if link else [])
+    click.echo("\n".join(lines))
     return 0
+
+
+_FACTS = ("session_id", "component_name", "status", "hostname", "pid", "cwd", "started_at", "ended_at")
 
 
 def _destination(store: Any, location: str | None) -> str:
