@@ -86,8 +86,8 @@ def session_trace(record: SessionRecord) -> SpanView:
 
 
 def session_commands(record: SessionRecord) -> list[SpanView]:
-    """The shell's command spans between the start and the end child (none are recorded yet: this is their place
-    in the tree)."""
+    """The shell's command spans, between the start and the end child: the one place for the command lines
+    shells record (``sb_otel/_cli/session_commands.py``) to join the tree. None are recorded yet."""
     return []
 
 
