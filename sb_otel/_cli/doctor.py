@@ -402,9 +402,10 @@ def _reachability(destination: Any, store_path: Path | None) -> tuple[str | None
     folder not writable, or what one empty export per signal was answered: wrong protocol, a refused signal, an
     authentication or TLS failure), the advice for it, and what the destination answered."""
     from sb_otel._telemetry.destination_probe import probe, unreachable
+    from sb_otel._tracking.destination import SIGNALS
 
     problems, advice = [], []
-    if destination.files_folder(store_path) and any(destination.target(s) == "" for s in _SIGNALS):
+    if any(destination.target(signal) == "" for signal in SIGNALS):
         folder = destination.files_folder(store_path)
         if not os.access(_nearest_existing(folder), os.W_OK | os.X_OK):  # doctor creates nothing
             problems.append(f"{folder} is not writable ('sb-otel config set files.dir PATH')")
@@ -413,8 +414,8 @@ def _reachability(destination: Any, store_path: Path | None) -> tuple[str | None
     if down:
         problems += [f"nothing answers at {where} ({why})" for where, why in down.items()]
         advice.append(_REACH_ADVICE)
-    if down or not any(destination.target(s) for s in _SIGNALS):
-        return "; ".join(problems) or None, "; ".join(advice), ""
+    if down or not any(destination.target(signal) for signal in SIGNALS):
+        return "; ".join(problems) or None, "; ".join(dict.fromkeys(advice)), ""
     answers = probe(destination, store_path)
     failed = [answer for answer in answers if not answer.ok]
     problems += [f"{answer.signal}: {answer.verdict}" for answer in failed]
@@ -422,9 +423,6 @@ def _reachability(destination: Any, store_path: Path | None) -> tuple[str | None
     accepted = [answer.signal for answer in answers if answer.ok]
     answer = f"{', '.join(accepted)} accepted an empty export" if accepted else ""
     return "; ".join(problems) or None, "; ".join(advice), answer
-
-
-_SIGNALS = ("traces", "metrics", "logs")
 
 
 def _check_drainer(location: str | None) -> dict[str, Any]:
