@@ -5,6 +5,8 @@ tests' real OTLP receiver, and the answer named — accepted, wrong protocol, re
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,3 +102,19 @@ def test_tls_to_a_plaintext_collector_is_named(receiver: OtlpReceiver, protocol:
     assert code == 1
     assert all(f"{signal}: TLS failed" in check["detail"] for signal in ("traces", "metrics", "logs"))
     assert "use http:// for a plaintext collector" in check["advice"]
+
+
+def test_a_destination_that_never_answers_is_named(receiver: OtlpReceiver) -> None:
+    """Every signal hangs: each probe ends at the probes' deadline with 'no answer in time', and no SDK retry line
+    reaches stderr."""
+    for signal in ("traces", "metrics", "logs"):
+        receiver.set_fault(signal, Fault("hang", seconds=30))
+    for name, value in (("endpoint", f"http://127.0.0.1:{receiver.http_port}"), ("protocol", "http/protobuf")):
+        assert CliRunner().invoke(cli, ["config", "set", name, value]).exit_code == 0
+    # a process of its own, as a person runs it: the SDK's loggers print through logging's last resort there
+    done = subprocess.run([sys.executable, "-m", "sb_otel", "doctor", "--json"], capture_output=True, text=True)
+    check = {check["name"]: check for check in json.loads(done.stdout)}["destination"]
+    assert done.returncode == 1
+    assert all(f"{signal}: no answer in time" in check["detail"] for signal in ("traces", "metrics", "logs"))
+    assert "slow or hangs" in check["advice"]
+    assert done.stderr == ""

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 from sb_otel._telemetry import export_outcome
 from sb_otel._telemetry.export_destination import exporter_factories
-from sb_otel._telemetry.quiet_shutdown import quiet_sdk
+from sb_otel._telemetry.quiet_shutdown import left_behind, quiet_sdk
 from sb_otel._tracking.destination import SIGNALS, Destination
 from sb_otel._tracking.values import Frozen
 
@@ -78,25 +78,26 @@ def unreachable(destination: Destination) -> dict[str, str]:
 def probe(destination: Destination, store_path: Path | None, budget_s: float = PROBE_BUDGET_S) -> list[Probe]:
     """One empty export per OTLP signal of ``destination``, at once, answered within ``budget_s``; signals that
     are off or go to files are not probed (absent)."""
-    with quiet_sdk():  # each retry would print a line; the verdicts say it once
-        return _probe(destination, store_path, budget_s)
-
-
-def _probe(destination: Destination, store_path: Path | None, budget_s: float) -> list[Probe]:
     factories = exporter_factories(destination, store_path)
-    deadline = time.monotonic() + budget_s
     found: dict[str, Probe] = {}
-    threads = []
+    exporters: dict[str, Any] = {}
     for signal in SIGNALS:
-        if not destination.target(signal):
-            continue
-        thread = threading.Thread(
-            target=_probe_one, args=(signal, factories[signal], destination, deadline, found), daemon=True
-        )
-        thread.start()
-        threads.append(thread)
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
+        if destination.target(signal):
+            try:  # here, before the SDK is quieted: building imports its modules, which make their loggers
+                exporters[signal] = factories[signal](None)
+            except Exception as exc:  # a certificate file that is not there, a bad header
+                found[signal] = Probe(signal, False, f"cannot build the exporter: {exc}", _ADVICE["build"])
+    deadline = time.monotonic() + budget_s
+    with quiet_sdk():  # each retry would print a line; the verdicts say it once
+        threads = [
+            threading.Thread(target=_probe_one, args=(signal, exporter, destination, deadline, found), daemon=True)
+            for signal, exporter in exporters.items()
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
+        left_behind(threads)
     return [
         found.get(signal) or Probe(signal, False, f"no answer within {budget_s:.1f} s", _ADVICE["slow"])
         for signal in SIGNALS
@@ -104,12 +105,7 @@ def _probe(destination: Destination, store_path: Path | None, budget_s: float) -
     ]
 
 
-def _probe_one(signal: str, factory: Any, destination: Destination, deadline: float, found: dict[str, Probe]) -> None:
-    try:
-        exporter = factory(None)
-    except Exception as exc:  # a certificate file that is not there, a bad header
-        found[signal] = Probe(signal, False, f"cannot build the exporter: {exc}", "fix the store's destination")
-        return
+def _probe_one(signal: str, exporter: Any, destination: Destination, deadline: float, found: dict[str, Probe]) -> None:
     try:
         export_outcome.watch(exporter)
         outcome = export_outcome.export(exporter, _empty(signal), deadline)
@@ -136,6 +132,7 @@ _ADVICE = {
     "use http:// for a plaintext collector",
     "slow": "the destination is slow or hangs: check the collector's health and its load",
     "failed": "see the collector's log for why it failed the request",
+    "build": "fix the store's destination ('sb-otel config show')",
 }
 
 
