@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 
 import click
 
@@ -82,13 +83,15 @@ _WHEN_DOWN = (
 
 def _collector_down(store: TelemetryStore) -> str | None:
     """``nothing answers at host:port (why)`` when no OTLP target of the store's destination takes a TCP
-    connection (a second at most), else ``None``: a collector that is down fails at once, not after every signal's
-    retries ran out."""
+    connection (a second at most), else ``None``: for a person, a collector that is down fails at once, not after
+    every signal's retries ran out."""
     from sb_otel._telemetry.destination_probe import otlp_addresses, unreachable
     from sb_otel._tracking.destination import SIGNALS
     from sb_otel._tracking.destination_store import DestinationStore
 
-    if not isinstance(store, DestinationStore):
+    if sys.flags.isolated or not isinstance(store, DestinationStore):
+        # A shell's drainer (``python -I``, sb_otel/_cli/drainer.py) keeps retrying instead: holding the drainer
+        # lock for the retries' length is what spaces its restarts by the shells that end during an outage.
         return None
     destination = store.destination_state().destination
     if any(destination.target(signal) == "" for signal in SIGNALS):  # a signal to files is sent anyway
