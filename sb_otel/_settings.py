@@ -183,7 +183,8 @@ SB_OTEL_SHELL_COMMAND_LINES = Setting(
 SB_OTEL_JAEGER_URL = Setting(
     env="SB_OTEL_JAEGER_URL",
     default="`http://localhost:16686`",
-    description="Jaeger UI that `sb-otel demo` and `sb-otel show` link traces to when exporting over OTLP.",
+    description="Jaeger UI to link traces to: `sb-otel show` prints a link only when this is set (nothing says "
+    "the store's telemetry reaches a Jaeger otherwise); `sb-otel demo` links to the default.",
 )
 SB_OTEL_METRIC_LABEL_LIMIT = Setting(
     env="SB_OTEL_METRIC_LABEL_LIMIT",

@@ -260,3 +260,38 @@ def test_a_write_landing_before_the_release_is_drained_too(tmp_path: Path) -> No
         assert store.current_lease().expires_at == 0  # type: ignore[union-attr]
     finally:
         store.close()
+
+
+def test_export_with_the_collector_down_says_so_at_once_and_keeps_everything(tmp_path: Path) -> None:
+    """Nothing listens at the store's endpoint (its timeout 60 s, so retries would take minutes): one line that
+    names the address and what waits, exit 1 well before any retry ran out; the records still wait."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = tmp_path / "sessions.db"
+    env = {**os.environ, "SB_OTEL_STORE": str(store), "SB_OTEL_EMIT_DRAIN": "0"}
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+
+    def sb_otel(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "sb_otel", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+    for name, value in (("endpoint", f"http://127.0.0.1:{port}"), ("protocol", "grpc"), ("timeout", "60s")):
+        assert sb_otel("config", "set", name, value).returncode == 0
+    session_id = json.loads(sb_otel("emit", "start", "--pid", "1", "--json").stdout)["session_id"]
+    assert sb_otel("emit", "end", session_id).returncode == 0
+    done = sb_otel("export", timeout=30)  # three signals retrying for 60 s each would not finish in this
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.startswith(f"sb-otel: nothing answers at 127.0.0.1:{port} (Connection refused): 1 root span(s)")
+    assert "start the collector, then run 'sb-otel export' again" in done.stderr
+    assert done.stderr.count("\n") == 1
+    opened = SqliteSessionStore(store)
+    try:
+        marks = opened.session_export(session_id)
+    finally:
+        opened.close()
+    assert marks is not None
+    assert (marks.root_span, marks.owed) == ("pending", 15)

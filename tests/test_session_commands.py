@@ -64,7 +64,8 @@ def test_show_prints_a_commands_table(tmp_path: Path) -> None:
     store, session_id = shell_session(tmp_path)
     result = CliRunner().invoke(cli, ["show", session_id, "--store", str(store)], env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
-    rows = [line.split() for line in result.output.split("commands", 1)[1].splitlines() if "12:00" in line]
+    section = result.output.split("\ncommands\n", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split() for line in section.splitlines()]
     assert rows == [
         ["12:00:00.000", "42", "ms", "0", "ls"],
         ["12:00:01.000", "2.5", "s", "2", "make"],

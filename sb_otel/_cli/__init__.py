@@ -3,7 +3,8 @@
 Output is for people (rich tables and trees) unless ``--json`` asks for data. A user mistake — a bad option, an
 unusable store or setting, an unknown session — is one line on stderr that says what to do, with a non-zero exit
 code; never a traceback. Rich output stays in this package (one module per command group); the work happens in
-the layers below. Each command's module is imported only when that command runs (or ``--help`` lists it), and
+the layers below. Each command's module is imported only when that command runs or is completed (``--help``
+lists the commands from their summaries in :mod:`sb_otel._cli.app`), and
 ``emit start|end`` as a shell's profile runs them are answered before click is imported
 (:mod:`sb_otel._cli.emit_argv`), as is ``init bash|zsh|fish`` (:mod:`sb_otel._cli.shell_init`): a shell's
 start-up pays for neither. Likewise ``sb-otel export`` takes the store's

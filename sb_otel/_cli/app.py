@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -17,6 +16,7 @@ from sb_otel._exceptions import SbOtelError
 from sb_otel._version import __version__
 
 if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
     from rich.console import Console
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -35,7 +35,27 @@ COMMAND_MODULES = {
     "sessions": "sessions",
     "show": "sessions",
 }
-"""Which module of this package registers each command: imported when the command runs or help lists it."""
+"""Which module of this package registers each command: imported only when that command runs (or is completed)."""
+
+COMMAND_SUMMARIES = {
+    "config": "Where the store's telemetry goes: shown, set, adopted from this shell, or reset.",
+    "demo": "Run a realistic scenario through the real tracker and show what it produced.",
+    "doctor": "Check the configuration, the store and where its telemetry goes, with advice for each problem.",
+    "emit": "Report a shell's session start or end, without a server (the store is shared).",
+    "export": "Send the telemetry waiting in the session store (root spans of ended sessions, spans, log records).",
+    "init": "Start this shell's session and print SHELL's integration that ends it; evaluate it in the rc file.",
+    "prune": "Delete ended sessions matching every condition given (at least one), and take them out of the counts.",
+    "reap": "End abandoned sessions (open past the TTL, or whose pid is gone on this host) as abnormal.",
+    "serve": "Serve track_session_start / track_session_end over MCP (stdio or streamable HTTP).",
+    "sessions": "List sessions, newest first (or, with --summary, how they ended per component).",
+    "show": "Show one session: its trace as a tree, its log records, and whether its telemetry has left.",
+}
+"""Each listed command's first help paragraph, so ``sb-otel --help`` and completing a command name import no command
+module (``demo`` alone would load the OpenTelemetry SDK). A test holds them equal to the commands' own help; a
+command missing here is imported to list it (correct, only slower)."""
+
+HIDDEN_COMMANDS = frozenset({"example"})
+"""Commands that run but are not listed (old names)."""
 
 
 class _Cli(click.Group):
@@ -44,6 +64,39 @@ class _Cli(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*self.commands, *COMMAND_MODULES})
+
+    def _summaries(self, ctx: click.Context, limit: int) -> list[tuple[str, str]]:
+        """``(name, short help)`` of each visible command, from :data:`COMMAND_SUMMARIES` while it is not loaded."""
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in HIDDEN_COMMANDS:
+                continue
+            summary = COMMAND_SUMMARIES.get(name) if name not in self.commands else None
+            if summary is not None:
+                rows.append((name, click.Command(name, help=summary).get_short_help_str(limit)))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        return rows
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        rows = self._summaries(ctx, formatter.width - 6 - max(map(len, names)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
+        """Command names (with their help) without importing the commands; then the group's options."""
+        from click.shell_completion import CompletionItem
+
+        found = [
+            CompletionItem(name, help=summary)
+            for name, summary in self._summaries(ctx, 45)
+            if name.startswith(incomplete)
+        ]
+        return found + super(click.Group, self).shell_complete(ctx, incomplete)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         module = COMMAND_MODULES.get(cmd_name)
@@ -111,7 +164,7 @@ def _console() -> Console:
     row with its 32-digit trace id stays on one line."""
     from rich.console import Console  # only commands that print tables pay for rich
 
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True, emoji=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = max(console.width, 120)
     return console
@@ -130,6 +183,8 @@ def cli() -> None:
 @contextlib.contextmanager
 def _quiet_exporters() -> Iterator[None]:
     """Hold back the OpenTelemetry SDK's own log lines (export retries, failures) for a short CLI command."""
+    import logging  # only the commands that export pay for it
+
     sdk = logging.getLogger("opentelemetry")
     level = sdk.level
     sdk.setLevel(logging.CRITICAL)

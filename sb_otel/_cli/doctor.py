@@ -7,11 +7,9 @@ import json
 import os
 import shlex
 import shutil
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import click
 from rich.text import Text
@@ -375,12 +373,14 @@ def _check_destination(location: str | None) -> dict[str, Any]:
         )
     if disagreeing:
         lines.append("not used, these environments disagree: " + "; ".join(disagreeing))
-    problem = _reachability(destination, file)
+    problem, fix, answer = _reachability(destination, file)
+    if answer:
+        lines.insert(1, answer)
     check = {"name": "destination", "status": "ok", "detail": " | ".join(lines), "advice": ""}
     advice = []
     if problem is not None:
         check.update(status="fail", detail=f"{problem} | {check['detail']}")
-        advice.append(_REACH_ADVICE)
+        advice.append(fix)
     if disagreeing:
         variables = sorted({dest.KEYS[name].env or name for name in here} or {"OTEL_EXPORTER_OTLP_*"})
         check["status"] = "fail" if problem is not None else "warn"
@@ -398,38 +398,32 @@ _REACH_ADVICE = (
 )
 
 
-def _reachability(destination: Any, store_path: Path | None) -> str | None:
-    """What stops the destination from taking telemetry (nothing listening, a folder not writable), or ``None``."""
+def _reachability(destination: Any, store_path: Path | None) -> tuple[str | None, str, str]:
+    """``(problem, advice, answer)``: what stops the destination from taking telemetry (nothing listening, a
+    folder not writable, or what one empty export per signal was answered: wrong protocol, a refused signal, an
+    authentication or TLS failure), the advice for it, and what the destination answered."""
+    from sb_otel._telemetry.destination_probe import probe, unreachable
     from sb_otel._tracking.destination import SIGNALS
 
-    problems = []
-    checked: set[tuple[str, int]] = set()
-    for target in sorted({destination.target(signal) for signal in SIGNALS} - {None}):
-        if not target:
-            folder = destination.files_folder(store_path)
-            writable = os.access(_nearest_existing(folder), os.W_OK | os.X_OK)  # doctor creates nothing
-            if not writable:
-                problems.append(f"{folder} is not writable ('sb-otel config set files.dir PATH')")
-            continue
-        parsed = urlparse(target)
-        host = parsed.hostname or "localhost"
-        port = parsed.port or (4317 if destination.protocol == "grpc" else 4318)
-        if (host, port) in checked:
-            continue
-        checked.add((host, port))
-        try:
-            with socket.create_connection((host, port), timeout=2):
-                pass
-        except OSError as exc:
-            problems.append(f"nothing answers at {host}:{port} ({exc.strerror or exc})")
-            continue
-        if (destination.protocol == "grpc" and port == 4318) or (
-            destination.protocol == "http/protobuf" and port == 4317
-        ):
-            problems.append(
-                f"{target} is a {'http/protobuf' if port == 4318 else 'grpc'} port ('sb-otel config set protocol …')"
-            )
-    return "; ".join(problems) or None
+    problems, advice = [], []
+    if any(destination.target(signal) == "" for signal in SIGNALS):
+        folder = destination.files_folder(store_path)
+        if not os.access(_nearest_existing(folder), os.W_OK | os.X_OK):  # doctor creates nothing
+            problems.append(f"{folder} is not writable ('sb-otel config set files.dir PATH')")
+            advice.append(_REACH_ADVICE)
+    down = unreachable(destination)
+    if down:
+        problems += [f"nothing answers at {where} ({why})" for where, why in down.items()]
+        advice.append(_REACH_ADVICE)
+    if down or not any(destination.target(signal) for signal in SIGNALS):
+        return "; ".join(problems) or None, "; ".join(dict.fromkeys(advice)), ""
+    answers = probe(destination, store_path)
+    failed = [answer for answer in answers if not answer.ok]
+    problems += [f"{answer.signal}: {answer.verdict}" for answer in failed]
+    advice += list(dict.fromkeys(answer.advice for answer in failed if answer.advice))
+    accepted = [answer.signal for answer in answers if answer.ok]
+    answer = f"{', '.join(accepted)} accepted an empty export" if accepted else ""
+    return "; ".join(problems) or None, "; ".join(advice), answer
 
 
 def _check_drainer(location: str | None) -> dict[str, Any]:

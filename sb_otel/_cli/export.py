@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 
 import click
 
@@ -53,6 +54,9 @@ def export(follow: bool, lease_ttl: str, interval: str, store_location: str | No
         with _quiet_exporters():  # as the holder the gate took the lease as, before importing all this
             exporter, where, _ = standalone_exporter(store, lease_ttl_s=ttl, holder=export_gate.held(store_location))
             try:
+                down = _collector_down(store)
+                if down is not None:  # each signal would retry for its timeout first: say it now
+                    raise click.ClickException(f"{down}: {_waiting(store)} wait in the store; {_WHEN_DOWN}")
                 report = _drain_until_empty(exporter, store)
             finally:
                 exporter.release()
@@ -69,6 +73,42 @@ def export(follow: bool, lease_ttl: str, interval: str, store_location: str | No
         return 0
     finally:
         store.close()
+
+
+_WHEN_DOWN = (
+    "start the collector, then run 'sb-otel export' again (or 'sb-otel export --follow', which keeps trying); "
+    "'sb-otel doctor' checks the destination"
+)
+
+
+def _collector_down(store: TelemetryStore) -> str | None:
+    """``nothing answers at host:port (why)`` when no OTLP target of the store's destination takes a TCP
+    connection (a second at most), else ``None``: for a person, a collector that is down fails at once, not after
+    every signal's retries ran out."""
+    from sb_otel._telemetry.destination_probe import otlp_addresses, unreachable
+    from sb_otel._tracking.destination import SIGNALS
+    from sb_otel._tracking.destination_store import DestinationStore
+
+    if sys.flags.isolated or not isinstance(store, DestinationStore):
+        # A shell's drainer (``python -I``, sb_otel/_cli/drainer.py) keeps retrying instead: holding the drainer
+        # lock for the retries' length is what spaces its restarts by the shells that end during an outage.
+        return None
+    destination = store.destination_state().destination
+    if any(destination.target(signal) == "" for signal in SIGNALS):  # a signal to files is sent anyway
+        return None
+    down = unreachable(destination)
+    if not down or len(down) < len(otlp_addresses(destination)):  # one address answers: its signals go
+        return None
+    return "nothing answers at " + ", ".join(f"{where} ({why})" for where, why in down.items())
+
+
+def _waiting(store: TelemetryStore) -> str:
+    backlog = store.export_backlog()
+    records = sum(backlog.outbox.values())
+    parts = [f"{backlog.pending_root_spans} root span(s)", f"{records} span/log record(s)"]
+    if _owes_row_records(store):
+        parts.append("the records of sessions started by shells")
+    return ", ".join(parts)
 
 
 def _drain_until_empty(exporter: StoreExporter, store: TelemetryStore) -> DrainReport:

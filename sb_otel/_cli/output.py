@@ -1,111 +1,77 @@
-"""How the CLI shows sessions to people: summaries, tables, trace trees, Jaeger links."""
+"""How the CLI shows sessions to people: summaries, tables, trace trees, backend links.
+
+Imports rich and the store's records, never the OpenTelemetry SDK: ``sessions`` and ``show`` must answer fast.
+"""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
-from datetime import timedelta
-from typing import Any
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
-from opentelemetry.sdk.trace import ReadableSpan
+import click
 from rich import box
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from sb_otel._service.reaper import ReapedSession
-from sb_otel._settings import (
-    SB_OTEL_JAEGER_URL,
-)
-from sb_otel._telemetry.session_span import STATE_KEY
+from sb_otel._cli.plain_output import STATUS_COLOURS as _STATUS_STYLE
+from sb_otel._cli.plain_output import TRACE_ID_WIDTH
+from sb_otel._cli.session_fields import _age, _human, shown
+from sb_otel._cli.session_fields import _jaeger_link as _jaeger_link  # demo and reap import these from here
+from sb_otel._cli.session_fields import _summary as _summary
+from sb_otel._cli.session_fields import _trace_id as _trace_id
 from sb_otel._tracking.store import SessionRecord
 
-_DEFAULT_JAEGER = "http://localhost:16686"
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
+    from rich.console import RenderableType
 
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
-"""Control characters (terminal escape sequences start with one), line breaks and invisible or bidi marks."""
+    from sb_otel._service.reaper import ReapedSession
 
 
 def plain(value: object, style: str = "") -> Text:
     """``value`` as text for a rich console: never read as markup (a hostname ``[/]`` or ``[link=…]`` prints
     as itself), and control or bidi characters shown as escapes, so stored client text cannot drive the
     terminal."""
-    text = _UNPRINTABLE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), str(value))
-    return Text(text, style=style)
+    return Text(shown(value), style=style)
 
 
-def _trace_id(record: SessionRecord) -> str | None:
-    state = record.telemetry.get(STATE_KEY)
-    trace_id = state.get("trace_id") if isinstance(state, Mapping) else None
-    return trace_id if isinstance(trace_id, str) else None
-
-
-def _duration(record: SessionRecord) -> timedelta | None:
-    return None if record.ended_at is None else record.ended_at - record.started_at
-
-
-def _human(delta: timedelta | None) -> str:
-    if delta is None:
-        return "open"
-    seconds = int(delta.total_seconds())
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
-
-
-def _summary(record: SessionRecord) -> dict[str, Any]:
-    duration = _duration(record)
-    return {
-        "session_id": record.session_id,
-        "component_name": record.component_name,
-        "status": record.status,
-        "hostname": record.hostname,
-        "pid": record.pid,
-        "started_at": record.started_at.isoformat(),
-        "ended_at": record.ended_at.isoformat() if record.ended_at else None,
-        "duration_s": duration.total_seconds() if duration is not None else None,
-        "trace_id": _trace_id(record),
-    }
-
-
-def _detail(record: SessionRecord) -> dict[str, Any]:
-    detail = _summary(record)
-    state = record.telemetry.get(STATE_KEY)
-    detail["span_id"] = state.get("span_id") if isinstance(state, Mapping) else None
-    detail["event_id"] = record.event_id
-    detail["cwd"] = record.cwd
-    detail["received_at"] = record.received_at.isoformat()
-    detail["start_event"] = dict(record.start_event)
-    detail["end_event"] = dict(record.end_event) if record.end_event is not None else None
-    detail["lifecycle"] = dict(record.telemetry.get("lifecycle") or {})
-    trace_id = _trace_id(record)
-    detail["jaeger"] = _jaeger_link(trace_id) if trace_id else None
-    return detail
-
-
-def _jaeger_link(trace_id: str) -> str:
-    return f"{(SB_OTEL_JAEGER_URL.read() or _DEFAULT_JAEGER).rstrip('/')}/trace/{trace_id}"
-
-
-_STATUS_STYLE = {"open": "cyan", "exited": "green", "crashed": "red", "abnormal": "yellow"}
-
-
-def _sessions_table(records: Sequence[SessionRecord]) -> Table:
+def _sessions_table(records: Sequence[SessionRecord], width: int = 200) -> Table:
+    """Newest first; ids never cut or wrapped (the date and the duration wrap first on a narrow console); the
+    trace id column only when the console is wide enough for it."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("session", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("started (UTC)", no_wrap=True)
+    table.add_column("session", no_wrap=True, min_width=max(len(record.session_id) for record in records))
+    table.add_column("status", no_wrap=True, min_width=max(len(record.status) for record in records))
+    table.add_column("started (UTC)")
     table.add_column("duration", justify="right")
-    table.add_column("trace id", overflow="fold")
+    wide = width >= TRACE_ID_WIDTH
+    if wide:
+        table.add_column("trace id", no_wrap=True)
+    now = datetime.now(timezone.utc)
     for record in records:
         style = _STATUS_STYLE.get(record.status, "")
-        table.add_row(
+        cells = [
             plain(record.session_id),
             plain(record.status, style),
-            record.started_at.strftime("%m-%d %H:%M:%S"),
-            _human(_duration(record)),
-            plain(_trace_id(record) or "-"),
-        )
+            Text(record.started_at.strftime("%Y-%m-%d %H:%M")),
+            Text(_age(record, now)),
+        ]
+        table.add_row(*cells, *([plain(_trace_id(record) or "-")] if wide else []))
     return table
+
+
+def print_out(renderable: RenderableType) -> None:
+    """Print for people: as rich lays it out on a terminal; piped, the same lines without trailing padding."""
+    from sb_otel._cli.app import _console
+
+    console = _console()
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    with console.capture() as captured:
+        console.print(renderable)
+    click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
 
 
 def _reaped_table(reaped: Sequence[ReapedSession]) -> Table:

@@ -10,10 +10,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from rich import box
-from rich.table import Table
+import click
 
-from sb_otel._cli.output import plain
 from sb_otel._tracking.command_redaction import shown_command
 from sb_otel._tracking.command_spool import read_from, spool_path
 
@@ -39,22 +37,19 @@ def session_commands(store: Any, session_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def commands_table(commands: list[dict[str, Any]]) -> Table:
-    """One row per command; failures in red, so the one that broke the session stands out."""
-    table = Table(title="commands", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("time", no_wrap=True)
-    table.add_column("duration", justify="right", no_wrap=True)
-    table.add_column("status", justify="right")
-    table.add_column("command")
-    for command in commands:
-        code = command["exit_code"]
-        table.add_row(
-            command["started_at"][11:23],
-            _duration(command["duration_s"]),
-            plain(str(code), "red" if code else "green"),
-            plain(command["command"]),
-        )
-    return table
+def commands_lines(commands: list[dict[str, Any]]) -> list[str]:
+    """One line per command (time, duration, status, command); failures in red, so the one that broke the session
+    stands out. Plain lines, as the rest of ``show`` (no rich: ``show`` answers at a prompt's speed)."""
+    rows = [
+        (command["started_at"][11:23], _duration(command["duration_s"]), command["exit_code"], command["command"])
+        for command in commands
+    ]
+    width = max((len(duration) for _, duration, _, _ in rows), default=0)
+    lines = [click.style("commands", bold=True)]
+    for time, duration, code, text in rows:
+        status = click.style(str(code).rjust(3), fg="red" if code else "green")
+        lines.append(f"  {time}  {duration.rjust(width)}  {status}  {click.unstyle(text)}")
+    return lines
 
 
 def _duration(seconds: float) -> str:

@@ -54,6 +54,7 @@ from sb_otel._telemetry.export_destination import (
 )
 from sb_otel._telemetry.instrumentation import InstrumentedSessionTracker, instrument
 from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSpanProcessor, mark_store_pipeline
+from sb_otel._telemetry.quiet_shutdown import left_behind, quiet_sdk
 from sb_otel._telemetry.store_exporter import METRICS_INTERVAL_S, StoreExporter, series_interval_s
 from sb_otel._telemetry.store_metrics import mark_store_counted
 from sb_otel._tracking import destination as dest
@@ -151,6 +152,22 @@ class Telemetry:
         with _lock:
             if _configured is self:
                 _configured = None
+        with quiet_sdk():  # the SDK's retry lines would bury the one line below
+            flushed = self._stop(timeout_s)
+        if not flushed:
+            _log.warning(
+                "sb-otel: telemetry not flushed within %.1f s (%s unreachable?); the rest was dropped",
+                timeout_s,
+                masked(self.destination),
+            )
+        close = getattr(self.store, "close", None) if self.owns_store else None
+        if close is not None:  # the store configure() opened for its outbox; one passed in is its owner's to close
+            with contextlib.suppress(Exception):
+                close()
+        return flushed
+
+    def _stop(self, timeout_s: float) -> bool:
+        """The last rows out, then the providers stopped in parallel by the deadline; whether all flushed."""
         deadline = time.monotonic() + timeout_s
         if self.store_exporter is not None:  # the last rows out while the exporters still run
             self.store_exporter.stop(timeout_s * 0.8)
@@ -181,15 +198,7 @@ class Telemetry:
                     exporter.shutdown()
             for stop in stops:
                 stop.join(_ABANDON_GRACE_S)
-            _log.warning(
-                "sb-otel: telemetry not flushed within %.1f s (%s unreachable?); the rest was dropped",
-                timeout_s,
-                masked(self.destination),
-            )
-        close = getattr(self.store, "close", None) if self.owns_store else None
-        if close is not None:  # the store configure() opened for its outbox; one passed in is its owner's to close
-            with contextlib.suppress(Exception):
-                close()
+            left_behind(stops)
         return flushed
 
 

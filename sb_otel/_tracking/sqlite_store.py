@@ -70,6 +70,7 @@ from sb_otel._tracking.session_counts import (
     configured_label_limit,
     uncount_statements,
 )
+from sb_otel._tracking.session_export import SessionExport
 from sb_otel._tracking.store import NewSession, OpenSession, SessionEnding, SessionRecord, SessionStatus
 
 BUSY_TIMEOUT_MS = 10_000
@@ -761,6 +762,14 @@ class SqliteSessionStore:
     # The exporter's marks and deletes are one statement per batch, the batch passed as one JSON array: one
     # autocommit statement is one transaction, so the write lock is taken once per batch (not BEGIN, a statement
     # per row, COMMIT), and a tracker's commit waits for at most one short statement.
+
+    def session_export(self, session_id: str) -> SessionExport | None:
+        """:class:`~sb_otel._tracking.session_export.SessionExportStore`: one session's export marks."""
+        with self._lock, _translated(self.path):
+            row = self._db.execute(
+                "SELECT root_span, row_telemetry FROM sessions WHERE session_id = ?", (session_id,)
+            ).fetchone()
+        return None if row is None else SessionExport(row[0], row[1] or 0)
 
     def mark_row_records_sent(self, sent: Sequence[tuple[str, int]]) -> None:
         merged: dict[str, int] = {}
