@@ -22,6 +22,7 @@ from sb_otel._tracking.session_counts import (
 )
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from sb_otel._tracking.store import InMemorySessionStore, NewSession, SessionEnding, SessionStore
+from tests.store_backends import STORE_BACKENDS, open_backend
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 T0_US = T0.replace(microsecond=123456)
@@ -33,11 +34,9 @@ def _new(event_id: str, component: str = "web", shell: str | None = "bash", *, s
     )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORE_BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SessionStore]:
-    opened: SessionStore = (
-        InMemorySessionStore() if request.param == "memory" else SqliteSessionStore(tmp_path / "s.db")
-    )
+    opened: SessionStore = open_backend(request.param, request, tmp_path)
     yield opened
     opened.close()
 

@@ -26,6 +26,7 @@ from sb_otel import (
     open_store,
 )
 from sb_otel._tracking.sqlite_store import MIGRATIONS
+from tests.store_backends import STORE_BACKENDS, open_backend
 
 T0 = datetime(2026, 2, 6, 12, 34, 56, 789000, tzinfo=timezone.utc)
 
@@ -46,11 +47,9 @@ def new_session(component: str = "mahavishnu", started_at: datetime = T0, **over
     return NewSession(**fields)  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORE_BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SessionStore]:
-    opened: SessionStore = (
-        InMemorySessionStore() if request.param == "memory" else SqliteSessionStore(tmp_path / "s.db")
-    )
+    opened: SessionStore = open_backend(request.param, request, tmp_path)
     yield opened
     opened.close()
 
