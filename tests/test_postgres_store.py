@@ -17,7 +17,8 @@ import pytest
 
 from sb_otel import NewSession, SessionEnding, StoreError, open_store
 from sb_otel._tracking import postgres_schema, sqlite_store
-from sb_otel._tracking.postgres_store import PostgresSessionStore, is_postgres_url, redacted
+from sb_otel._tracking.postgres_pool import is_postgres_url, redacted
+from sb_otel._tracking.postgres_store import PostgresSessionStore
 
 T0 = datetime(2026, 2, 6, 12, 34, 56, tzinfo=timezone.utc)
 R = TypeVar("R")

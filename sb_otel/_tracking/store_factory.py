@@ -6,7 +6,8 @@ from pathlib import Path
 
 from sb_otel._exceptions import StoreError
 from sb_otel._settings import SB_OTEL_STORE, data_dir
-from sb_otel._tracking.postgres_store import PostgresSessionStore, is_postgres_url
+from sb_otel._tracking.postgres_pool import is_postgres_url
+from sb_otel._tracking.postgres_store import PostgresSessionStore
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from sb_otel._tracking.store import InMemorySessionStore, SessionStore
 
