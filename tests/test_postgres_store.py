@@ -7,6 +7,7 @@ memory, SQLite and PostgreSQL); here are the PostgreSQL-specific parts, against 
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -190,3 +191,25 @@ def test_replicas_racing_for_a_free_lease_get_one_holder_and_one_tenure(postgres
     finally:
         for store in stores:
             store.close()
+
+
+def test_doctor_shows_the_backend_its_version_and_the_lease_holder(postgres_url: str) -> None:
+    """``sb-otel doctor --store postgresql://…``: the store line names PostgreSQL and its version, the outbox line
+    the replica holding the exporter lease."""
+    import json
+    import time
+
+    from click.testing import CliRunner
+
+    from sb_otel._cli.app import cli
+
+    store = PostgresSessionStore(postgres_url)
+    store.create(new_session("e1"))
+    assert store.acquire_lease("replica-a:1:abc", 30.0, time.time()) is not None
+    store.close()
+    result = CliRunner().invoke(cli, ["doctor", "--json", "--store", postgres_url])
+    checks = {check["name"]: check for check in json.loads(result.stdout)}
+    assert checks["store"]["status"] == "ok"
+    assert re.match(r"PostgreSQL \d+\.\d+ at postgresql://", checks["store"]["detail"])
+    assert checks["store"]["detail"].endswith(": 1 session(s), 1 open")
+    assert "replica-a:1:abc (heartbeat 1" in checks["outbox"]["detail"]

@@ -144,6 +144,8 @@ def _check_store(location: str | None) -> dict[str, Any]:
         try:
             open_count = len(store.list_sessions(status="open"))
             total = len(store.list_sessions(limit=10_000))
+            describe = getattr(store, "describe", None)  # a database server: its backend, version and address
+            where = describe() if callable(describe) else getattr(store, "path", "memory")
         finally:
             store.close()
     except SbOtelError as exc:
@@ -154,7 +156,6 @@ def _check_store(location: str | None) -> dict[str, Any]:
             else ("point SB_OTEL_STORE (or --store) at a writable file, or SB_OTEL_DATA_DIR at a writable directory")
         )
         return {"name": "store", "status": "fail", "detail": str(exc), "advice": advice}
-    where = getattr(store, "path", "memory")
     detail = f"{where}: {total} session(s), {open_count} open"
     if isinstance(where, Path):
         free_mb = shutil.disk_usage(where.parent).free / 2**20
@@ -439,7 +440,9 @@ def _check_drainer(location: str | None) -> dict[str, Any]:
 
     store = export_gate.store_file(location)
     if store is None:
-        return {"name": "drainer", "status": "ok", "detail": "none for a memory store", "advice": ""}
+        spec = location if location is not None else SB_OTEL_STORE.read()
+        kind = "a PostgreSQL store (its serve replicas export it)" if spec and spec != "memory" else "a memory store"
+        return {"name": "drainer", "status": "ok", "detail": f"none for {kind}", "advice": ""}
     switch = SB_OTEL_EMIT_DRAIN.read()
     if switch is not None and switch.lower() not in (*DRAIN_OFF, *DRAIN_ON):
         detail = f"{SB_OTEL_EMIT_DRAIN.env}={switch!r} is not a switch; drainers stay on"

@@ -42,7 +42,7 @@ def redacted(url: str) -> str:
     from urllib.parse import urlsplit, urlunsplit  # here: ``sb-otel emit`` imports this module, rarely needs it
 
     parts = urlsplit(url)
-    if parts.password is None:
+    if not parts.password:
         return url
     user = parts.username or ""
     host = parts.netloc.rsplit("@", 1)[1]

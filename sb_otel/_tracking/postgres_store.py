@@ -164,11 +164,12 @@ class PostgresSessionStore(PostgresExportState, PostgresDestination):
         with self._conn() as conn:
             return [name for (name,) in conn.execute("SELECT name FROM schema_migrations ORDER BY id")]
 
-    def server_version(self) -> str:
-        """PostgreSQL's version, as ``doctor`` shows it."""
+    def describe(self) -> str:
+        """Backend, version and database (password masked), as ``doctor`` shows the store."""
         with self._conn() as conn:
             row = conn.execute("SHOW server_version").fetchone()
-        return "" if row is None else str(row[0])
+        version = "" if row is None else f" {str(row[0]).split()[0]}"
+        return f"PostgreSQL{version} at {self.location}"
 
     # -- SessionStore -------------------------------------------------------------------------------------
 
