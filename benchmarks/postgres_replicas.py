@@ -86,10 +86,11 @@ def run_round(setup: Setup, shells: int, seconds: float, cwd: str) -> None:
     setup.db_cpu += database
     setup.rates.append(tally.lifecycles / wall)
     errors = sum(tally.errors.values())
+    per = max(tally.lifecycles, 1)
     print(
         f"  {setup.name:<22} {tally.lifecycles / wall:7.1f} lifecycles/s  "
-        f"serve {serve / max(tally.lifecycles, 1) * 1000:5.2f} ms + db {database / max(tally.lifecycles, 1) * 1000:5.2f}"
-        f" ms CPU/lifecycle  errors {errors}  load {os.getloadavg()[0]:.1f}",
+        f"serve {serve / per * 1000:5.2f} ms + db {database / per * 1000:5.2f} ms CPU/lifecycle  "
+        f"errors {errors}  load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
 
