@@ -11,6 +11,8 @@ import time; psycopg is imported when a PostgreSQL store is opened.
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,10 @@ POOL_MAX_SIZE = 10
 """Connections one process keeps at most (a ``serve`` worker's concurrent calls share them)."""
 CONNECT_TIMEOUT_S = 5.0
 """How long a call waits for a connection (or for the database to answer a new one) before it fails."""
+CHECK_AFTER_IDLE_S = 0.5
+"""A pooled connection idle longer than this is checked (one round trip) before it is used: one that a database
+restart broke is replaced, not handed to a tracker call. One used more recently is used as it is (under load
+that is every call, and the check would cost as much as the statement)."""
 
 
 def is_postgres_url(location: str) -> bool:
@@ -86,6 +92,7 @@ class Database:
                 "pip install 'sb-otel[postgres]'"
             ) from exc
         self.url = url
+        self._used: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
         self.pool: ConnectionPool[Connection] = ConnectionPool(
             url,
             min_size=1,
@@ -93,7 +100,7 @@ class Database:
             timeout=CONNECT_TIMEOUT_S,
             kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT_S)},
             configure=_configure,
-            check=ConnectionPool.check_connection,  # a connection broken by a restart is replaced, not used
+            check=self._check_when_idle,
             open=False,
             name="sb-otel",
         )
@@ -111,7 +118,10 @@ class Database:
 
         try:
             with self.pool.connection() as conn:
-                yield conn
+                try:
+                    yield conn
+                finally:
+                    self._used[conn] = time.monotonic()
         except (psycopg.IntegrityError, psycopg.ProgrammingError):
             raise
         except (psycopg.Error, PoolTimeout) as exc:
@@ -125,6 +135,14 @@ class Database:
 
     def close(self) -> None:
         self.pool.close()
+
+    def _check_when_idle(self, conn: Connection) -> None:
+        """The pool's check before handing ``conn`` out (:data:`CHECK_AFTER_IDLE_S`)."""
+        from psycopg_pool import ConnectionPool
+
+        used = self._used.get(conn)
+        if used is None or time.monotonic() - used > CHECK_AFTER_IDLE_S:
+            ConnectionPool.check_connection(conn)
 
 
 class PostgresBase:
