@@ -159,3 +159,62 @@ async def test_three_replicas_one_killed_lose_nothing_acknowledged(tmp_path: Pat
         assert sum(counts.started.values()) == len(records)
         stored_ended = Counter(record.component_name for record in records if record.status == "exited")
         assert {component: n for (component, _), n in counts.ended.items()} == dict(stored_ended)
+
+
+async def test_a_database_restart_under_two_replicas_answers_errors_then_resumes(
+    tmp_path: Path, postgres_server: Any, postgres_url: str
+) -> None:
+    """PostgreSQL stopped under two running replicas: starts and ends answer ``status="error"`` naming the fix
+    (never a protocol error); once it is back the same replicas carry on, and every acknowledged start and end
+    is in the store."""
+    env = {
+        "SB_OTEL_STORE": postgres_url,
+        "SB_OTEL_DATA_DIR": str(tmp_path / "data"),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "",
+        "SB_OTEL_REAP_INTERVAL": "1h",
+    }
+    replicas = [start_server(tmp_path, env, name=f"replica-{n}") for n in range(2)]
+    links = [Link(replica.url) for replica in replicas]
+    acknowledged: dict[str, str] = {}  # session id -> its last acknowledged state
+
+    async def lifecycles(count: int) -> None:
+        for number in range(count):
+            started = await links[number % 2].call("track_session_start", start_arguments(str(tmp_path)))
+            assert started["status"] == "tracked", started
+            acknowledged[started["session_id"]] = "open"
+            end = {"session_id": started["session_id"], "timestamp": now()}
+            ended = await links[(number + 1) % 2].call("track_session_end", end)
+            assert ended["status"] == "ended", ended
+            acknowledged[started["session_id"]] = "exited"
+
+    try:
+        await lifecycles(10)
+        left_open = await links[0].call("track_session_start", start_arguments(str(tmp_path)))
+        acknowledged[left_open["session_id"]] = "open"
+        postgres_server.stop()
+        try:
+            down = [
+                await links[1].call("track_session_start", start_arguments(str(tmp_path))),
+                await links[1].call("track_session_end", {"session_id": left_open["session_id"], "timestamp": now()}),
+            ]
+        finally:
+            postgres_server.start()
+        for result in down:
+            assert result["status"] == "error", result
+            assert "is unreachable" in result["error"], result
+            assert "start it" in result["error"], result
+        ended = await links[1].call("track_session_end", {"session_id": left_open["session_id"], "timestamp": now()})
+        assert ended["status"] == "ended", ended
+        acknowledged[left_open["session_id"]] = "exited"
+        await lifecycles(10)
+    finally:
+        for link in links:
+            await link.close()
+        for replica in replicas:
+            assert replica.stop() == 0
+    store = PostgresSessionStore(postgres_url)
+    try:
+        stored = {record.session_id: record.status for record in store.list_sessions()}
+    finally:
+        store.close()
+    assert stored == acknowledged
