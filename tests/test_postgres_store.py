@@ -213,3 +213,18 @@ def test_doctor_shows_the_backend_its_version_and_the_lease_holder(postgres_url:
     assert re.match(r"PostgreSQL \d+\.\d+ at postgresql://", checks["store"]["detail"])
     assert checks["store"]["detail"].endswith(": 1 session(s), 1 open")
     assert "replica-a:1:abc (heartbeat 1" in checks["outbox"]["detail"]
+
+
+async def test_a_tracker_given_a_url_tracks_into_that_database(postgres_url: str) -> None:
+    """``SessionTracker(store="postgresql://…")``: the API selects the PostgreSQL store by its URL too."""
+    from sb_otel import SessionTracker
+    from tests.conftest import AgreeingManager, seed_start_event
+
+    tracker = SessionTracker(AgreeingManager(), store=postgres_url)
+    result = await tracker.handle_session_start(seed_start_event())
+    assert result.status == "tracked"
+    store = PostgresSessionStore(postgres_url)
+    try:
+        assert [record.session_id for record in store.list_sessions()] == [result.session_id]
+    finally:
+        store.close()
