@@ -193,3 +193,29 @@ def test_sqlite_counts_a_length_exactly_as_python_does(tmp_path: Path, start_us:
         store.close()
     assert series.total == length.total_seconds()
     assert series.buckets[bucket_index(length.total_seconds())] == 1
+
+
+def test_postgres_counts_every_length_exactly_as_python_does(postgres_url: str) -> None:
+    """The PostgreSQL trigger's length equals ``timedelta.total_seconds()`` to the last bit: the same starts and
+    lengths as the SQLite test above, each its own component (one database for all)."""
+    from sb_otel._tracking.postgres_store import PostgresSessionStore
+
+    cases = [
+        (start_us, length_us)
+        for start_us in (0, 1, 499_999, 500_000, 999_999)
+        for length_us in (0, 1, 999_999, 1_000_000, 5_000_000, 5_000_001, 86_399_999_999)
+    ]
+    store = PostgresSessionStore(postgres_url)
+    try:
+        for number, (start_us, length_us) in enumerate(cases):
+            started = T0.replace(microsecond=start_us)
+            record, _ = store.create(_new(f"e{number}", f"c{number}", started_at=started))
+            store.finish(record.session_id, SessionEnding("exited", started + timedelta(microseconds=length_us)))
+        durations = store.session_counts().durations
+    finally:
+        store.close()
+    for number, (_, length_us) in enumerate(cases):
+        length = timedelta(microseconds=length_us).total_seconds()
+        series = durations[(f"c{number}", "exited")]
+        assert series.total == length, (number, length_us)
+        assert series.buckets[bucket_index(length)] == 1, (number, length_us)
