@@ -228,3 +228,22 @@ async def test_a_tracker_given_a_url_tracks_into_that_database(postgres_url: str
         assert [record.session_id for record in store.list_sessions()] == [result.session_id]
     finally:
         store.close()
+
+
+def test_two_exporters_draining_at_once_never_read_the_same_outbox_rows(postgres_url: str) -> None:
+    """An exporter that lost its lease mid-round and its successor: each batch read claims its rows, so the
+    other gets the next ones; the claimant reads its own again (a failed export is retried), and rows whose
+    claimant went away are taken over after the claim's time."""
+    first, second = PostgresSessionStore(postgres_url), PostgresSessionStore(postgres_url)
+    try:
+        first.outbox_append("traces", [f"r{n}" for n in range(6)], 1000.0)
+        mine = [row.payload for row in first.outbox_batch("traces", 4)]
+        theirs = [row.payload for row in second.outbox_batch("traces", 4)]
+        assert (mine, theirs) == (["r0", "r1", "r2", "r3"], ["r4", "r5"])
+        assert [row.payload for row in first.outbox_batch("traces", 4)] == mine  # retried by its claimant
+        with psycopg.connect(postgres_url, autocommit=True) as conn:  # the first exporter's claims grow old
+            conn.execute("UPDATE telemetry_outbox SET claimed_at = now() - interval '1 hour' WHERE payload < 'r4'")
+        assert [row.payload for row in second.outbox_batch("traces", 10)] == ["r0", "r1", "r2", "r3", "r4", "r5"]
+    finally:
+        first.close()
+        second.close()

@@ -3,9 +3,9 @@
 The same contract as SQLite's (:mod:`sb_otel._tracking.export_state`); what differs is how it holds across hosts:
 the lease is a row read ``FOR UPDATE`` and written in one transaction (the compare-and-swap of
 :func:`~sb_otel._tracking.export_state.next_lease`, fencing token included), stamped with the database's clock
-(``renewed_at = now()``, shown by ``doctor``); outbox reads skip rows another transaction is deleting
-(``FOR UPDATE SKIP LOCKED``) instead of waiting for it; batch marks and deletes are one statement each
-(``= ANY(array)``, ``unnest``).
+(``renewed_at = now()``); an outbox read claims the rows it returns (``UPDATE … WHERE id IN (SELECT … FOR
+UPDATE SKIP LOCKED)``), so two exporters draining at once (one that lost its lease mid-round, and its successor)
+never send the same rows; batch marks and deletes are one statement each (``= ANY(array)``, ``unnest``).
 """
 
 from __future__ import annotations
@@ -34,12 +34,18 @@ if TYPE_CHECKING:
     from sb_otel._tracking.postgres_pool import Connection
     from sb_otel._tracking.store import SessionRecord
 
+OUTBOX_CLAIM_S = 60.0
+"""How long outbox rows an exporter read stay its own: longer than a lease (15 s), so only an exporter that lost
+its lease mid-export and kept going could still be sending them when another takes them."""
 _LEASE_COLUMNS = "holder, expires_at, heartbeat, fencing, ttl_s, released, lock_file"
 _NOTE_COLUMNS = "SELECT signal, state, since, last, count, detail FROM telemetry_signal_state"
 
 
 class PostgresExportState(PostgresBase):
     """:class:`~sb_otel._tracking.export_state.TelemetryStore` and row telemetry for the PostgreSQL store."""
+
+    _claimant: str
+    """This store object's name on the outbox rows it claims (random: a pid means nothing across hosts)."""
 
     def pending_root_spans(self, limit: int) -> list[SessionRecord]:
         with self._conn() as conn:
@@ -99,14 +105,19 @@ class PostgresExportState(PostgresBase):
                 )
 
     def outbox_batch(self, signal: str, limit: int) -> list[OutboxRow]:
-        # Rows another transaction is deleting (a trim, or a previous holder's delete) are skipped, not waited on.
+        # The oldest rows nobody else has claimed lately, claimed for this store object in the same statement:
+        # rows another exporter is claiming right now are skipped (SKIP LOCKED), not waited for, and rows it
+        # claimed are left to it for OUTBOX_CLAIM_S; rows this one claimed before (an export that failed) are
+        # read again, as SQLite's outbox gives them again.
         with self._conn() as conn:
             rows = conn.execute(
-                "SELECT id, signal, created_at, payload FROM telemetry_outbox WHERE signal = %s "
-                "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
-                (signal, limit),
+                "UPDATE telemetry_outbox SET claimed_by = %(me)s, claimed_at = now() WHERE id IN ("
+                "SELECT id FROM telemetry_outbox WHERE signal = %(signal)s AND (claimed_by IS NULL "
+                "OR claimed_by = %(me)s OR claimed_at < now() - make_interval(secs => %(claim)s)) "
+                "ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) RETURNING id, signal, created_at, payload",
+                {"me": self._claimant, "signal": signal, "claim": OUTBOX_CLAIM_S, "limit": limit},
             ).fetchall()
-        return [OutboxRow(*row) for row in rows]
+        return sorted((OutboxRow(*row) for row in rows), key=lambda row: row.id)
 
     def outbox_delete(self, ids: Sequence[int]) -> None:
         if ids:

@@ -141,7 +141,9 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
                 id         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
                 signal     TEXT NOT NULL,
                 created_at DOUBLE PRECISION NOT NULL,
-                payload    TEXT NOT NULL
+                payload    TEXT NOT NULL,
+                claimed_by TEXT,
+                claimed_at TIMESTAMPTZ
             )
             """,
             "CREATE INDEX telemetry_outbox_signal ON telemetry_outbox (signal, id)",

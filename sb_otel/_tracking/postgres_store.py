@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import threading
+import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +73,7 @@ class PostgresSessionStore(PostgresExportState, PostgresDestination):
         """``read_only`` applies no migration (commands that only read must not create a schema)."""
         self.url = url
         self.read_only = read_only
+        self._claimant = uuid.uuid4().hex
         self._hints_lock = threading.Lock()
         self._ordinal_hints: dict[str, int] = {}
         self._db = Database(url)
