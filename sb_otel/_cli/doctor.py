@@ -204,6 +204,8 @@ def _check_outbox(location: str | None) -> dict[str, Any]:
             backlog = store.export_backlog()  # type: ignore[attr-defined]
             lease = store.current_lease()  # type: ignore[attr-defined]
             lock = _holder_lock_state(store, lease)
+            lease_age = getattr(store, "lease_age_s", None)  # a database server's clock, shared by its hosts
+            age = lease_age() if callable(lease_age) else None
         finally:
             store.close()
     except (SbOtelError, AttributeError) as exc:
@@ -211,11 +213,13 @@ def _check_outbox(location: str | None) -> dict[str, Any]:
     waiting = sum(backlog.outbox.values())
     dropped = {reason: count for reason, count in backlog.dropped.items() if count}
     exporting = looks_alive(lease, time.time()) and lock != "free"
+    if age is not None and lease is not None:  # hosts' clocks may disagree; the database's is one
+        exporting = not lease.released and age <= lease.ttl_s
     detail = (
         f"{waiting} span/log record(s) and {backlog.pending_root_spans} root span(s) waiting; "
         f"dropped: {', '.join(f'{n} {reason}' for reason, n in dropped.items()) or 'none'}; "
         f"{_notes(getattr(backlog, 'notes', {}))}"
-        f"exporter: {_exporter_text(lease, exporting, lock)}"
+        f"exporter: {_exporter_text(lease, exporting, lock, age)}"
     )
     if dropped or (waiting + backlog.pending_root_spans and not exporting):
         advice = (
@@ -252,9 +256,9 @@ def _holder_lock_state(store: object, lease: Lease | None) -> str | None:
     return "free" if holder_lock.holder_gone(holder_lock.lock_path(path), lease.lock_file) else "held"
 
 
-def _exporter_text(lease: Lease | None, exporting: bool, lock: str | None) -> str:
-    """Who exports: the holder, its heartbeat's age as this process sees it (by the wall clocks: a hint), its
-    fencing token, and what its lock file says on this machine."""
+def _exporter_text(lease: Lease | None, exporting: bool, lock: str | None, db_age: float | None = None) -> str:
+    """Who exports: the holder, its heartbeat's age (by the database's clock where the store has one, else as
+    this process sees it by the wall clocks: a hint), its fencing token, and what its lock file says here."""
     import time
 
     if lease is None:
@@ -263,6 +267,8 @@ def _exporter_text(lease: Lease | None, exporting: bool, lock: str | None) -> st
         return f"none running (released by {lease.holder}; fencing token {lease.fencing})"
     age = time.time() - (lease.expires_at - lease.ttl_s)
     when = f"{age:.1f} s ago by the clocks" if age > -1 else f"its clock runs {-age:.0f} s ahead of ours"
+    if db_age is not None:
+        when = f"{db_age:.1f} s ago by the database's clock"
     parts = [f"heartbeat {lease.heartbeat}, {when}", f"fencing token {lease.fencing}"]
     if lock is not None:
         parts.append(f"lock file {'held: its process lives' if lock == 'held' else 'free: its process is gone'}")
