@@ -10,6 +10,7 @@ TEMPLATE`` copies files: milliseconds), or an empty one for the migration tests.
 from __future__ import annotations
 
 import itertools
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -86,3 +87,4 @@ class PostgresServer:
     def close(self) -> None:
         """Stop the server and delete its files."""
         self._server.cleanup()
+        shutil.rmtree(self._root, ignore_errors=True)

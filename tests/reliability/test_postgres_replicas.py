@@ -127,7 +127,13 @@ async def test_three_replicas_one_killed_lose_nothing_acknowledged(tmp_path: Pat
                 for link in links.values():
                     await link.close()
 
-        await asyncio.wait_for(asyncio.gather(*(shell(n) for n in range(SHELLS))), 600)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(shell(n) for n in range(SHELLS))), 600)
+        except BaseException:
+            for replica in replicas:  # a failed run leaves no server behind
+                if replica.process.poll() is None:
+                    replica.kill()
+            raise
         assert replicas[0].process.returncode == -9
 
         total = SHELLS * LIFECYCLES_PER_SHELL
@@ -141,9 +147,11 @@ async def test_three_replicas_one_killed_lose_nothing_acknowledged(tmp_path: Pat
                 if span["name"].startswith("session ") and "session.id" in span["attributes"]
             )
 
-        receiver.wait_for(lambda _: set(ended) <= set(roots()), timeout=120, message="every root span")
-        for replica in alive:
-            assert replica.stop() == 0
+        try:
+            receiver.wait_for(lambda _: set(ended) <= set(roots()), timeout=120, message="every root span")
+        finally:
+            stopped = [replica.stop() for replica in alive]
+        assert stopped == [0] * len(alive)
 
         store = PostgresSessionStore(postgres_url)
         try:
@@ -174,7 +182,7 @@ async def test_a_database_restart_under_two_replicas_answers_errors_then_resumes
         "SB_OTEL_REAP_INTERVAL": "1h",
     }
     replicas = [start_server(tmp_path, env, name=f"replica-{n}") for n in range(2)]
-    links = [Link(replica.url) for replica in replicas]
+    links: list[Link] = []
     acknowledged: dict[str, str] = {}  # session id -> its last acknowledged state
 
     async def lifecycles(count: int) -> None:
@@ -188,6 +196,7 @@ async def test_a_database_restart_under_two_replicas_answers_errors_then_resumes
             acknowledged[started["session_id"]] = "exited"
 
     try:
+        links.extend(Link(replica.url) for replica in replicas)
         await lifecycles(10)
         left_open = await links[0].call("track_session_start", start_arguments(str(tmp_path)))
         acknowledged[left_open["session_id"]] = "open"
@@ -210,8 +219,8 @@ async def test_a_database_restart_under_two_replicas_answers_errors_then_resumes
     finally:
         for link in links:
             await link.close()
-        for replica in replicas:
-            assert replica.stop() == 0
+        stopped = [replica.stop() for replica in replicas]
+    assert stopped == [0, 0]
     store = PostgresSessionStore(postgres_url)
     try:
         stored = {record.session_id: record.status for record in store.list_sessions()}
