@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 import threading
-import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +72,8 @@ class PostgresSessionStore(PostgresExportState, PostgresDestination):
         """``read_only`` applies no migration (commands that only read must not create a schema)."""
         self.url = url
         self.read_only = read_only
+        import uuid  # here, not at the top: ``sb-otel emit`` imports nothing it does not use
+
         self._claimant = uuid.uuid4().hex
         self._hints_lock = threading.Lock()
         self._ordinal_hints: dict[str, int] = {}

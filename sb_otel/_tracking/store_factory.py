@@ -7,7 +7,6 @@ from pathlib import Path
 from sb_otel._exceptions import StoreError
 from sb_otel._settings import SB_OTEL_STORE, data_dir
 from sb_otel._tracking.postgres_pool import is_postgres_url
-from sb_otel._tracking.postgres_store import PostgresSessionStore
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from sb_otel._tracking.store import InMemorySessionStore, SessionStore
 
@@ -22,6 +21,8 @@ def open_store(location: str | Path | None = None, *, read_only: bool = False) -
     """
     spec = str(location) if location is not None else SB_OTEL_STORE.read()
     if spec is not None and is_postgres_url(spec):
+        from sb_otel._tracking.postgres_store import PostgresSessionStore  # here: `emit` on SQLite never needs it
+
         return PostgresSessionStore(spec, read_only=read_only)
     path = store_path(location)
     if path is None:
