@@ -60,7 +60,8 @@ class Setting:
 SB_OTEL_STORE = Setting(
     env="SB_OTEL_STORE",
     default="`<data dir>/sessions.db`",
-    description="Session store: a SQLite file path, or `memory` for a process-local store (tests).",
+    description="Session store: a SQLite file path, a `postgresql://` URL (several hosts; the `postgres` extra), "
+    "or `memory` for a process-local store (tests).",
 )
 SB_OTEL_DATA_DIR = Setting(
     env="SB_OTEL_DATA_DIR",

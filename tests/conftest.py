@@ -101,3 +101,21 @@ def seed_start_event(**overrides: Any) -> SessionStartEvent:
 def make_start_event() -> Callable[..., SessionStartEvent]:
     """Factory for start events: the seed's example with any field overridden."""
     return seed_start_event
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One real PostgreSQL for the whole run (tests/postgres_server.py), started by the first test that needs it."""
+    from tests.postgres_server import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any) -> Iterator[str]:
+    """A fresh database with sb-otel's schema, dropped after the test."""
+    url: str = postgres_server.new_database()
+    yield url
+    postgres_server.drop_database(url)

@@ -17,16 +17,16 @@ from sb_otel._telemetry.store_exporter import StoreExporter
 from sb_otel._tracking import destination as dest
 from sb_otel._tracking import destination_store as stored
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
-from sb_otel._tracking.store import InMemorySessionStore
 from tests.otlp_receiver import OtlpReceiver
+from tests.store_backends import STORE_BACKENDS, open_backend
 
 ENDPOINT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORE_BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    """Both stores keep a destination alike."""
-    made = InMemorySessionStore() if request.param == "memory" else SqliteSessionStore(tmp_path / "sessions.db")
+    """Every store keeps a destination alike."""
+    made = open_backend(request.param, request, tmp_path)
     yield made
     made.close()
 

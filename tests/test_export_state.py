@@ -10,15 +10,16 @@ from typing import Any
 
 import pytest
 
-from sb_otel import InMemorySessionStore, NewSession, SessionEnding, SqliteSessionStore
+from sb_otel import NewSession, SessionEnding, SqliteSessionStore
 from sb_otel._tracking.export_state import TelemetryStore
+from tests.store_backends import STORE_BACKENDS, open_backend
 
 NOW = datetime(2026, 2, 6, 12, 0, tzinfo=timezone.utc)
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=STORE_BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    made = SqliteSessionStore(tmp_path / "s.db") if request.param == "sqlite" else InMemorySessionStore()
+    made = open_backend(request.param, request, tmp_path)
     assert isinstance(made, TelemetryStore)
     yield made
     made.close()

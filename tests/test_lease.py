@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
-from sb_otel import InMemorySessionStore, SqliteSessionStore
+from sb_otel import SqliteSessionStore
 from sb_otel._telemetry.lease import LeaseKeeper, LeaseLost, store_lock_path
 from sb_otel._tracking import holder_lock
 from sb_otel._tracking.sqlite_store import MIGRATIONS
 from tests.lease_holder import HolderProcess
+from tests.store_backends import STORE_BACKENDS, open_backend
 
 TTL = 15.0
 
@@ -36,9 +37,9 @@ class Clock:
         self.now += seconds
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=STORE_BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    made = SqliteSessionStore(tmp_path / "s.db") if request.param == "sqlite" else InMemorySessionStore()
+    made = open_backend(request.param, request, tmp_path)
     yield made
     made.close()
 

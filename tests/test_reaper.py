@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,6 @@ from opentelemetry.trace import StatusCode
 
 from sb_otel import (
     ConfigError,
-    InMemorySessionStore,
     InstrumentedSessionTracker,
     NewSession,
     SessionTracker,
@@ -30,6 +30,7 @@ from sb_otel._telemetry.store_exporter import StoreExporter
 from sb_otel._tracking.store import SessionEnding
 from sb_otel.testing import CapturedTelemetry
 from tests.conftest import AgreeingManager, start_payload
+from tests.store_backends import STORE_BACKENDS, open_backend
 
 HOST = "server01"
 STARTED = datetime(2026, 2, 6, 12, 34, 56, 789000, tzinfo=timezone.utc)
@@ -253,11 +254,17 @@ def test_pid_alive_on_real_processes() -> None:
 # -- batches, last sign of life, races (sb_otel/_tracking/reaping.py) -------------------------------------------
 
 
-def store_of(kind: str, tmp_path: Path) -> Any:
-    return InMemorySessionStore() if kind == "memory" else SqliteSessionStore(tmp_path / "sessions.db")
+@pytest.fixture
+def store_of(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str, Path], Any]:
+    """Opens a store of a kind (the test's ``kind`` parameter); PostgreSQL databases are made on demand."""
+
+    def opened(kind: str, _: Path) -> Any:
+        return open_backend(kind, request, tmp_path)
+
+    return opened
 
 
-STORES = [pytest.param("memory", id="memory"), pytest.param("sqlite", id="sqlite")]
+STORES = [pytest.param(kind, id=kind) for kind in STORE_BACKENDS]
 
 
 def open_session(store: Any, *, pid: int = 4242, hostname: str = HOST, started: datetime = STARTED) -> str:
@@ -291,7 +298,9 @@ def gone(_: int) -> bool:
 
 
 @pytest.mark.parametrize("kind", STORES)
-def test_a_pass_reads_and_ends_open_sessions_a_batch_at_a_time(kind: str, tmp_path: Path) -> None:
+def test_a_pass_reads_and_ends_open_sessions_a_batch_at_a_time(
+    kind: str, tmp_path: Path, store_of: Callable[[str, Path], Any]
+) -> None:
     """35 abandoned sessions, batches of 10: four pages asked for 10 each, ended in transactions of at most 10,
     and the store is never listed whole."""
     store = store_of(kind, tmp_path)
@@ -319,7 +328,9 @@ def test_a_pass_reads_and_ends_open_sessions_a_batch_at_a_time(kind: str, tmp_pa
 
 
 @pytest.mark.parametrize("kind", STORES)
-def test_an_abandoned_session_ends_when_a_pass_last_saw_it_alive(kind: str, tmp_path: Path) -> None:
+def test_an_abandoned_session_ends_when_a_pass_last_saw_it_alive(
+    kind: str, tmp_path: Path, store_of: Callable[[str, Path], Any]
+) -> None:
     """Each pass that finds the process alive records it; the pass that finds it gone ends the session at the
     last of those, not at the moment it noticed (a shell killed 31 minutes before was given 31 more minutes)."""
     store = store_of(kind, tmp_path)
@@ -338,7 +349,9 @@ def test_an_abandoned_session_ends_when_a_pass_last_saw_it_alive(kind: str, tmp_
 
 
 @pytest.mark.parametrize("kind", STORES)
-def test_a_session_never_seen_alive_ends_at_its_start(kind: str, tmp_path: Path) -> None:
+def test_a_session_never_seen_alive_ends_at_its_start(
+    kind: str, tmp_path: Path, store_of: Callable[[str, Path], Any]
+) -> None:
     """No pass saw the process: its start is its last sign of life (duration 0, never the time of detection)."""
     store = store_of(kind, tmp_path)
     session_id = open_session(store)
@@ -347,7 +360,7 @@ def test_a_session_never_seen_alive_ends_at_its_start(kind: str, tmp_path: Path)
 
 
 @pytest.mark.parametrize("kind", STORES)
-def test_the_end_never_precedes_the_start(kind: str, tmp_path: Path) -> None:
+def test_the_end_never_precedes_the_start(kind: str, tmp_path: Path, store_of: Callable[[str, Path], Any]) -> None:
     """A pass whose clock was behind the shell's saw it alive "before" it started: the end is still the start."""
     store = store_of(kind, tmp_path)
     session_id = open_session(store)
@@ -358,7 +371,9 @@ def test_the_end_never_precedes_the_start(kind: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", STORES)
-def test_ttl_expired_sessions_end_at_their_last_sign_of_life(kind: str, tmp_path: Path) -> None:
+def test_ttl_expired_sessions_end_at_their_last_sign_of_life(
+    kind: str, tmp_path: Path, store_of: Callable[[str, Path], Any]
+) -> None:
     """Past the TTL: one elsewhere that nothing ever saw ends at its start; one another pass saw ends there; one
     whose process still runs here was seen alive just now, so it ends now."""
     store = store_of(kind, tmp_path)
@@ -378,7 +393,7 @@ def test_ttl_expired_sessions_end_at_their_last_sign_of_life(kind: str, tmp_path
 
 
 @pytest.mark.parametrize("kind", STORES)
-def test_a_dry_run_records_nothing(kind: str, tmp_path: Path) -> None:
+def test_a_dry_run_records_nothing(kind: str, tmp_path: Path, store_of: Callable[[str, Path], Any]) -> None:
     """A dry run neither ends sessions nor records the processes it saw alive."""
     store = store_of(kind, tmp_path)
     seen, dead = open_session(store), open_session(store, pid=4343, started=STARTED + timedelta(seconds=1))
@@ -389,7 +404,9 @@ def test_a_dry_run_records_nothing(kind: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", STORES)
-def test_a_real_end_between_the_read_and_the_reap_wins(kind: str, tmp_path: Path) -> None:
+def test_a_real_end_between_the_read_and_the_reap_wins(
+    kind: str, tmp_path: Path, store_of: Callable[[str, Path], Any]
+) -> None:
     """The shell's end lands after the reaper read its page but before it ended the session: the real end stands
     (exited, at its own time), and the reaper reports nothing."""
     store = store_of(kind, tmp_path)
@@ -406,7 +423,9 @@ def test_a_real_end_between_the_read_and_the_reap_wins(kind: str, tmp_path: Path
 
 
 @pytest.mark.parametrize("kind", STORES)
-def test_an_end_in_progress_is_left_to_its_claimant(kind: str, tmp_path: Path) -> None:
+def test_an_end_in_progress_is_left_to_its_claimant(
+    kind: str, tmp_path: Path, store_of: Callable[[str, Path], Any]
+) -> None:
     """A session whose end another process has claimed (its manager call runs now) is not reaped; once that
     claim is given up without an end, the next pass reaps it."""
     store = store_of(kind, tmp_path)

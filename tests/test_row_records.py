@@ -34,6 +34,7 @@ from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from sb_otel._tracking.store import InMemorySessionStore, NewSession, SessionEnding, SessionRecord, SessionStore
 from sb_otel.testing import CapturedTelemetry, capture_telemetry
 from tests.conftest import start_payload
+from tests.store_backends import STORE_BACKENDS, open_backend
 
 # -- the records as dicts ---------------------------------------------------------------------------------------
 
@@ -220,9 +221,9 @@ def _nanos(moment: datetime) -> int:
 # -- what a row owes, in both stores --------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORE_BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    made: SessionStore = InMemorySessionStore() if request.param == "memory" else SqliteSessionStore(tmp_path / "s.db")
+    made: SessionStore = open_backend(request.param, request, tmp_path)
     yield made
     made.close()
 

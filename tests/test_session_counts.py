@@ -22,6 +22,7 @@ from sb_otel._tracking.session_counts import (
 )
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from sb_otel._tracking.store import InMemorySessionStore, NewSession, SessionEnding, SessionStore
+from tests.store_backends import STORE_BACKENDS, open_backend
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 T0_US = T0.replace(microsecond=123456)
@@ -33,11 +34,9 @@ def _new(event_id: str, component: str = "web", shell: str | None = "bash", *, s
     )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORE_BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SessionStore]:
-    opened: SessionStore = (
-        InMemorySessionStore() if request.param == "memory" else SqliteSessionStore(tmp_path / "s.db")
-    )
+    opened: SessionStore = open_backend(request.param, request, tmp_path)
     yield opened
     opened.close()
 
@@ -222,3 +221,29 @@ def test_sqlite_counts_a_length_exactly_as_python_does(tmp_path: Path, start_us:
         store.close()
     assert series.total == length.total_seconds()
     assert series.buckets[bucket_index(length.total_seconds())] == 1
+
+
+def test_postgres_counts_every_length_exactly_as_python_does(postgres_url: str) -> None:
+    """The PostgreSQL trigger's length equals ``timedelta.total_seconds()`` to the last bit: the same starts and
+    lengths as the SQLite test above, each its own component (one database for all)."""
+    from sb_otel._tracking.postgres_store import PostgresSessionStore
+
+    cases = [
+        (start_us, length_us)
+        for start_us in (0, 1, 499_999, 500_000, 999_999)
+        for length_us in (0, 1, 999_999, 1_000_000, 5_000_000, 5_000_001, 86_399_999_999)
+    ]
+    store = PostgresSessionStore(postgres_url)
+    try:
+        for number, (start_us, length_us) in enumerate(cases):
+            started = T0.replace(microsecond=start_us)
+            record, _ = store.create(_new(f"e{number}", f"c{number}", started_at=started))
+            store.finish(record.session_id, SessionEnding("exited", started + timedelta(microseconds=length_us)))
+        durations = store.session_counts().durations
+    finally:
+        store.close()
+    for number, (_, length_us) in enumerate(cases):
+        length = timedelta(microseconds=length_us).total_seconds()
+        series = durations[(f"c{number}", "exited")]
+        assert series.total == length, (number, length_us)
+        assert series.buckets[bucket_index(length)] == 1, (number, length_us)

@@ -42,8 +42,13 @@ DEPLOY = REPO / "deploy"
 UI_PORTS = {"grafana": 3000, "jaeger": 16686, "prometheus": 9090}
 """The published ports: the three UIs, plus sb-otel's MCP endpoint, which shells on the host call."""
 SB_OTEL_PORT = 8678
-SB_OTEL_SERVICES = {"sb-otel", "sb-otel-exporter"}
-"""The services built from this repository (deploy/sb-otel/Dockerfile): ``serve`` and ``export --follow``."""
+REPLICAS = {"sb-otel-replica-1": 8679, "sb-otel-replica-2": 8680}
+"""The ``postgres`` profile's two ``serve`` replicas on one PostgreSQL, each published on its own port."""
+SB_OTEL_SERVICES = {"sb-otel", "sb-otel-exporter", *REPLICAS}
+"""The services built from this repository (deploy/sb-otel/Dockerfile): ``serve``, ``export --follow`` and the
+``postgres`` profile's replicas."""
+LIBPQ_VARIABLES = {"PGPASSWORD"}
+"""What psycopg (libpq) reads besides the ``postgresql://`` URL: the replicas' database password."""
 ENV_EXAMPLE = DEPLOY / ".env.example"
 
 
@@ -70,6 +75,8 @@ IMAGES = {
     "loki": Image("grafana/loki", "3.6.15", "distroless", frozenset()),
     # Dockerfile: FROM alpine, apk add bash curl (busybox wget); the -ubuntu variant installs curl too.
     "grafana": Image("grafana/grafana", "12.3.1", "alpine", frozenset({"sh", "bash", "curl", "wget"})),
+    # The official image's Dockerfile (the -bookworm variant): FROM debian:bookworm-slim, PostgreSQL's clients.
+    "postgres": Image("postgres", "17.6-bookworm", "debian", frozenset({"sh", "bash", "pg_isready"})),
 }
 BUILT_IMAGE = Image("sb-otel:local", "local", "python", frozenset({"sh", "python"}))
 """deploy/sb-otel/Dockerfile: FROM python:<version>-slim (no wget, no curl)."""
@@ -283,7 +290,7 @@ def test_sb_otel_serves_mcp_over_http_on_its_published_port(services: dict[str, 
 
 def test_sb_otel_environment_holds_only_settings_it_reads(services: dict[str, dict[str, Any]]) -> None:
     """A misspelt variable would be ignored silently; each one is an sb-otel setting or the SDK's own."""
-    known = {setting.env for setting in SETTINGS} | {OTEL_METRIC_EXPORT_INTERVAL}
+    known = {setting.env for setting in SETTINGS} | {OTEL_METRIC_EXPORT_INTERVAL} | LIBPQ_VARIABLES
     for name in SB_OTEL_SERVICES:
         environment = set(services[name]["environment"])
         assert environment <= known, environment - known
@@ -362,7 +369,7 @@ def test_health_checks_run_only_what_each_image_contains(services: dict[str, dic
         assert ports, f"{name}: no port in {check['test']}"
         assert ports <= exposed(service), f"{name}: {check['test']}"
     checked = {name for name, service in services.items() if "healthcheck" in service}
-    assert checked == {"sb-otel", "jaeger", "prometheus", "grafana"}
+    assert checked == {"sb-otel", "jaeger", "prometheus", "grafana", "postgres", *REPLICAS}
 
 
 def test_compose_file_says_beside_each_pin_what_the_image_contains() -> None:
@@ -390,8 +397,10 @@ def test_depends_on_waits_on_conditions_that_exist(services: dict[str, dict[str,
             assert condition == {"condition": expected}, f"{name} → {dependency}"
     assert set(services["otel-collector"]["depends_on"]) == {"jaeger", "prometheus", "loki"}
     assert set(services["grafana"]["depends_on"]) == {"jaeger", "prometheus", "loki"}
-    for name in SB_OTEL_SERVICES:
+    for name in SB_OTEL_SERVICES - set(REPLICAS):
         assert set(services[name]["depends_on"]) == {"otel-collector"}, name
+    for name in REPLICAS:  # the replicas wait for their database to answer
+        assert set(services[name]["depends_on"]) == {"otel-collector", "postgres"}, name
 
 
 def test_loki_has_no_checker_so_the_collector_retries_it(collector: dict[str, Any]) -> None:
@@ -465,7 +474,8 @@ def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
     """Exact versions, never ``latest``, the ones whose contents IMAGES describes: Jaeger v2, Prometheus v3."""
     for name, image in IMAGES.items():
         assert services[name]["image"] == f"{image.repository}:{image.tag}", name
-        assert re.fullmatch(r"v?\d+\.\d+\.\d+", image.tag), f"{name}: {image.tag!r} is not an exact version"
+        exact = r"v?\d+\.\d+\.\d+|\d+\.\d+-[a-z]+"  # PostgreSQL's versions have two parts (17.6), plus the OS
+        assert re.fullmatch(exact, image.tag), f"{name}: {image.tag!r} is not an exact version"
     assert IMAGES["jaeger"].tag.startswith("2.")
     assert IMAGES["prometheus"].tag.startswith("v3.")
     built = {name for name, service in services.items() if "build" in service}
@@ -495,7 +505,9 @@ def test_sb_otel_image_is_built_from_this_repository(services: dict[str, dict[st
     assert (dockerfile.parent / f"{dockerfile.name}.dockerignore").is_file()
     (extra,) = re.findall(r"^ARG SB_OTEL_EXTRAS=(\S+)$", text, flags=re.MULTILINE)
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert any(requirement.startswith("mcp") for requirement in extras[extra]), "the image needs the MCP server"
+    wanted = [requirement for name in extra.split(",") for requirement in extras[name]]
+    assert any(requirement.startswith("mcp") for requirement in wanted), "the image needs the MCP server"
+    assert any(requirement.startswith("psycopg") for requirement in wanted), "the replicas need psycopg"
 
 
 def test_only_the_uis_and_sb_otel_are_published_on_loopback(services: dict[str, dict[str, Any]]) -> None:
@@ -506,7 +518,7 @@ def test_only_the_uis_and_sb_otel_are_published_on_loopback(services: dict[str, 
             assert host_ip == "127.0.0.1", f"{name} publishes on {host_ip}"
             assert host == container
             published_ports[name] = container
-    assert published_ports == {**UI_PORTS, "sb-otel": SB_OTEL_PORT}
+    assert published_ports == {**UI_PORTS, "sb-otel": SB_OTEL_PORT, **REPLICAS}
 
 
 def test_every_service_has_a_memory_limit(services: dict[str, dict[str, Any]]) -> None:
@@ -524,10 +536,13 @@ def test_the_secret_comes_from_dot_env_and_nothing_else_is_a_secret(services: di
     for name, service in services.items():
         for key, value in service.get("environment", {}).items():
             if re.search(r"PASSWORD|SECRET|TOKEN|API_KEY|CREDENTIAL", key):
-                assert (name, key) == ("sb-otel", "SB_OTEL_SECRET"), f"{name} sets {key}"
+                allowed = {("sb-otel", "SB_OTEL_SECRET"), ("postgres", "POSTGRES_PASSWORD")}
+                allowed |= {(replica, key) for replica in REPLICAS for key in ("SB_OTEL_SECRET", "PGPASSWORD")}
+                assert (name, key) in allowed, f"{name} sets {key}"
                 assert value.startswith("${"), f"{name}: {key} holds a value"
     text = COMPOSE.read_text()
-    assert not re.search(r"(?i)password\s*[:=]", text)
+    values = re.sub(r"\$\{[^}]*\}", "${}", text)  # what compose interpolates from .env: no value in the file
+    assert not re.search(r"(?i)password\s*[:=]\s*(?!\$\{)\S", values), "a password other than from .env"
     example = dict(
         line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines() if line and not line.startswith("#")
     )
@@ -567,7 +582,7 @@ def test_docker_compose_config_accepts_the_file(compose: dict[str, Any]) -> None
     """Compose's own parser and validator (``docker compose config``) accepts the file, with what we parsed."""
     version = subprocess.run([str(compose_binary()), "version"], capture_output=True, text=True, check=True)
     assert "v2." in version.stdout
-    result = docker_compose("config", "--format", "json", secret="a-test-secret")
+    result = docker_compose("--profile", "postgres", "config", "--format", "json", secret="a-test-secret")
     assert result.returncode == 0, result.stderr
     model = json.loads(result.stdout)
     assert set(model["services"]) == set(compose["services"])

@@ -26,6 +26,7 @@ from sb_otel import (
     open_store,
 )
 from sb_otel._tracking.sqlite_store import MIGRATIONS
+from tests.store_backends import STORE_BACKENDS, open_backend
 
 T0 = datetime(2026, 2, 6, 12, 34, 56, 789000, tzinfo=timezone.utc)
 
@@ -46,11 +47,9 @@ def new_session(component: str = "mahavishnu", started_at: datetime = T0, **over
     return NewSession(**fields)  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORE_BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SessionStore]:
-    opened: SessionStore = (
-        InMemorySessionStore() if request.param == "memory" else SqliteSessionStore(tmp_path / "s.db")
-    )
+    opened: SessionStore = open_backend(request.param, request, tmp_path)
     yield opened
     opened.close()
 
@@ -221,8 +220,8 @@ _WORKER = textwrap.dedent(
     """
     import sys, uuid
     from datetime import datetime, timezone
-    from sb_otel import NewSession, SqliteSessionStore
-    store = SqliteSessionStore(sys.argv[1])
+    from sb_otel import NewSession, open_store
+    store = open_store(sys.argv[1])
     t0 = datetime(2026, 2, 6, 12, 34, 56, tzinfo=timezone.utc)
     sys.stdin.readline()  # start together
     for _ in range(int(sys.argv[2])):
@@ -233,10 +232,14 @@ _WORKER = textwrap.dedent(
 )
 
 
-def test_two_processes_on_one_file_never_share_an_id(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_two_processes_on_one_store_never_share_an_id(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     """Two OS processes creating sessions in the same second: all ids distinct, numbered without gaps."""
-    path = str(tmp_path / "shared.db")
-    SqliteSessionStore(path).close()  # migrate once up front, like a deployed store
+    shared = open_backend(backend, request, tmp_path)  # migrated once up front, like a deployed store
+    path = str(getattr(shared, "url", None) or tmp_path / "s.db")
+    shared.close()
     workers = [
         subprocess.Popen(
             [sys.executable, "-c", _WORKER, path, "300"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -253,7 +256,7 @@ def test_two_processes_on_one_file_never_share_an_id(tmp_path: Path) -> None:
     base = "mahavishnu-20260206-123456"
     assert len(ids) == 600
     assert set(ids) == {base} | {f"{base}-{n}" for n in range(2, 601)}
-    store = SqliteSessionStore(path)
+    store = open_store(path)
     assert len(store.list_sessions()) == 600
     store.close()
 

@@ -9,7 +9,7 @@ import platform
 import socket
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from sb_otel import (
 )
 from sb_otel._tracking.tracker import ended_line, field_value, format_fields, parse_fields, started_line
 from tests.conftest import SEED_EVENT_ID, seed_start_event, start_payload
+from tests.store_backends import STORE_BACKENDS, open_backend
 
 OK = {"success": True, "project": "test"}
 
@@ -44,9 +45,12 @@ def make_manager(start: Any = OK, end: Any = OK) -> MagicMock:
     return manager
 
 
-@pytest.fixture
-def store() -> InMemorySessionStore:
-    return InMemorySessionStore()
+@pytest.fixture(params=STORE_BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """The tracker's contract holds on every bundled store."""
+    made = open_backend(request.param, request, tmp_path)
+    yield made
+    made.close()
 
 
 @pytest.fixture
@@ -313,12 +317,10 @@ async def test_concurrent_retries_of_one_start_make_one_session(
     assert tracker._locks == {}  # no lock left behind per event id
 
 
-@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
 async def test_thousand_shells_in_one_second_get_distinct_ids(
-    store_kind: str, tmp_path: Path, make_start_event: Callable[..., SessionStartEvent]
+    store: Any, make_start_event: Callable[..., SessionStartEvent]
 ) -> None:
     """1,000 concurrent starts of one component in the same second: 1,000 distinct seed-shaped ids."""
-    store = InMemorySessionStore() if store_kind == "memory" else SqliteSessionStore(tmp_path / "s.db")
     tracker = SessionTracker(make_manager(), store=store)
     events = [make_start_event(event_id=uuid.uuid4(), pid=1000 + i) for i in range(1000)]
     results = await asyncio.gather(*(tracker.handle_session_start(e) for e in events))
@@ -327,7 +329,6 @@ async def test_thousand_shells_in_one_second_get_distinct_ids(
     assert len(set(ids)) == 1000
     base = "mahavishnu-20260206-123456"
     assert set(ids) == {base} | {f"{base}-{n}" for n in range(2, 1001)}
-    store.close()
 
 
 async def test_unknown_session_end_is_not_found(

@@ -143,6 +143,8 @@ def _check_store(location: str | None) -> dict[str, Any]:
         try:
             open_count = len(store.list_sessions(status="open"))
             total = len(store.list_sessions(limit=10_000))
+            describe = getattr(store, "describe", None)  # a database server: its backend, version and address
+            where = describe() if callable(describe) else getattr(store, "path", "memory")
         finally:
             store.close()
     except SbOtelError as exc:
@@ -153,7 +155,6 @@ def _check_store(location: str | None) -> dict[str, Any]:
             else ("point SB_OTEL_STORE (or --store) at a writable file, or SB_OTEL_DATA_DIR at a writable directory")
         )
         return {"name": "store", "status": "fail", "detail": str(exc), "advice": advice}
-    where = getattr(store, "path", "memory")
     detail = f"{where}: {total} session(s), {open_count} open"
     if isinstance(where, Path):
         free_mb = shutil.disk_usage(where.parent).free / 2**20
@@ -202,6 +203,8 @@ def _check_outbox(location: str | None) -> dict[str, Any]:
             backlog = store.export_backlog()  # type: ignore[attr-defined]
             lease = store.current_lease()  # type: ignore[attr-defined]
             lock = _holder_lock_state(store, lease)
+            lease_age = getattr(store, "lease_age_s", None)  # a database server's clock, shared by its hosts
+            age = lease_age() if callable(lease_age) else None
         finally:
             store.close()
     except (SbOtelError, AttributeError) as exc:
@@ -209,11 +212,13 @@ def _check_outbox(location: str | None) -> dict[str, Any]:
     waiting = sum(backlog.outbox.values())
     dropped = {reason: count for reason, count in backlog.dropped.items() if count}
     exporting = looks_alive(lease, time.time()) and lock != "free"
+    if age is not None and lease is not None:  # hosts' clocks may disagree; the database's is one
+        exporting = not lease.released and age <= lease.ttl_s
     detail = (
         f"{waiting} span/log record(s) and {backlog.pending_root_spans} root span(s) waiting; "
         f"dropped: {', '.join(f'{n} {reason}' for reason, n in dropped.items()) or 'none'}; "
         f"{_notes(getattr(backlog, 'notes', {}))}"
-        f"exporter: {_exporter_text(lease, exporting, lock)}"
+        f"exporter: {_exporter_text(lease, exporting, lock, age)}"
     )
     if dropped or (waiting + backlog.pending_root_spans and not exporting):
         advice = (
@@ -250,9 +255,9 @@ def _holder_lock_state(store: object, lease: Lease | None) -> str | None:
     return "free" if holder_lock.holder_gone(holder_lock.lock_path(path), lease.lock_file) else "held"
 
 
-def _exporter_text(lease: Lease | None, exporting: bool, lock: str | None) -> str:
-    """Who exports: the holder, its heartbeat's age as this process sees it (by the wall clocks: a hint), its
-    fencing token, and what its lock file says on this machine."""
+def _exporter_text(lease: Lease | None, exporting: bool, lock: str | None, db_age: float | None = None) -> str:
+    """Who exports: the holder, its heartbeat's age (by the database's clock where the store has one, else as
+    this process sees it by the wall clocks: a hint), its fencing token, and what its lock file says here."""
     import time
 
     if lease is None:
@@ -261,6 +266,8 @@ def _exporter_text(lease: Lease | None, exporting: bool, lock: str | None) -> st
         return f"none running (released by {lease.holder}; fencing token {lease.fencing})"
     age = time.time() - (lease.expires_at - lease.ttl_s)
     when = f"{age:.1f} s ago by the clocks" if age > -1 else f"its clock runs {-age:.0f} s ahead of ours"
+    if db_age is not None:
+        when = f"{db_age:.1f} s ago by the database's clock"
     parts = [f"heartbeat {lease.heartbeat}, {when}", f"fencing token {lease.fencing}"]
     if lock is not None:
         parts.append(f"lock file {'held: its process lives' if lock == 'held' else 'free: its process is gone'}")
@@ -434,7 +441,9 @@ def _check_drainer(location: str | None) -> dict[str, Any]:
 
     store = export_gate.store_file(location)
     if store is None:
-        return {"name": "drainer", "status": "ok", "detail": "none for a memory store", "advice": ""}
+        spec = location if location is not None else SB_OTEL_STORE.read()
+        kind = "a PostgreSQL store (its serve replicas export it)" if spec and spec != "memory" else "a memory store"
+        return {"name": "drainer", "status": "ok", "detail": f"none for {kind}", "advice": ""}
     switch = SB_OTEL_EMIT_DRAIN.read()
     if switch is not None and switch.lower() not in (*DRAIN_OFF, *DRAIN_ON):
         detail = f"{SB_OTEL_EMIT_DRAIN.env}={switch!r} is not a switch; drainers stay on"

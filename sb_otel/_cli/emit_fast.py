@@ -55,6 +55,7 @@ from sb_otel._tracking import rules
 from sb_otel._tracking.destination_store import DestinationStore, reconcile
 from sb_otel._tracking.lifecycle import SessionLifecycleManager
 from sb_otel._tracking.outcome import end_outcome
+from sb_otel._tracking.postgres_pool import is_postgres_url
 from sb_otel._tracking.row_telemetry import FROM_ROW_KEY
 from sb_otel._tracking.store import NewSession, SessionEnding, SessionStore
 from sb_otel._tracking.store_factory import open_store
@@ -464,8 +465,8 @@ def drain_command(store_location: str | None) -> list[str] | None:
 
 def _drained_store(store_location: str | None) -> Path | None:
     spec = store_location if store_location is not None else SB_OTEL_STORE.read()
-    if spec == "memory":
-        return None
+    if spec == "memory" or (spec is not None and is_postgres_url(spec)):
+        return None  # a database shared by hosts is exported by its serve replicas (or `sb-otel export --follow`)
     path = Path(spec).expanduser() if spec else data_dir() / "sessions.db"
     return path.absolute()
 

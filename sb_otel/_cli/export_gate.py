@@ -153,11 +153,13 @@ def _note(lease: Lease) -> str:
 
 
 def store_file(location: str | None) -> Path | None:
-    """The SQLite file ``--store`` (else ``SB_OTEL_STORE``, else the default) names; ``None`` for ``memory``."""
+    """The SQLite file ``--store`` (else ``SB_OTEL_STORE``, else the default) names; ``None`` for ``memory`` and
+    PostgreSQL (no file: its exporters are the ``serve`` replicas or ``sb-otel export --follow``)."""
     from sb_otel._settings import SB_OTEL_STORE, data_dir
+    from sb_otel._tracking.postgres_pool import is_postgres_url
 
     spec = location if location is not None else SB_OTEL_STORE.read()
-    if spec == "memory":
+    if spec == "memory" or (spec is not None and is_postgres_url(spec)):
         return None
     try:
         return (Path(spec).expanduser() if spec else data_dir() / "sessions.db").absolute()

@@ -6,17 +6,24 @@ from pathlib import Path
 
 from sb_otel._exceptions import StoreError
 from sb_otel._settings import SB_OTEL_STORE, data_dir
+from sb_otel._tracking.postgres_pool import is_postgres_url
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from sb_otel._tracking.store import InMemorySessionStore, SessionStore
 
 
 def open_store(location: str | Path | None = None, *, read_only: bool = False) -> SessionStore:
-    """Open the store at ``location``: ``"memory"``, a SQLite file path, or ``None`` for ``SB_OTEL_STORE``.
+    """Open the store at ``location``: ``"memory"``, a SQLite file path, a ``postgresql://`` URL, or ``None`` for
+    ``SB_OTEL_STORE``.
 
     Without either, the SQLite file ``sessions.db`` in the platform data directory is used. ``read_only`` is for
     callers that only read: an existing file is opened without writing to it, and a missing one is an error
     naming the path (a mistyped ``--store`` must not become a new empty store that reports "0 sessions").
     """
+    spec = str(location) if location is not None else SB_OTEL_STORE.read()
+    if spec is not None and is_postgres_url(spec):
+        from sb_otel._tracking.postgres_store import PostgresSessionStore  # here: `emit` on SQLite never needs it
+
+        return PostgresSessionStore(spec, read_only=read_only)
     path = store_path(location)
     if path is None:
         return InMemorySessionStore()
@@ -26,9 +33,9 @@ def open_store(location: str | Path | None = None, *, read_only: bool = False) -
 
 
 def store_path(location: str | Path | None = None) -> Path | None:
-    """The SQLite file ``open_store(location)`` opens, or ``None`` for the memory store."""
+    """The SQLite file ``open_store(location)`` opens, or ``None`` for the memory store and PostgreSQL."""
     spec = str(location) if location is not None else SB_OTEL_STORE.read()
-    if spec == "memory":
+    if spec == "memory" or (spec is not None and is_postgres_url(spec)):
         return None
     return Path(spec).expanduser() if spec else data_dir() / "sessions.db"
 

@@ -96,8 +96,9 @@ class SessionTracker:
         logger: where the seed's INFO/ERROR lines go (default: the ``sb_otel`` logger).
         enable_metrics: keep in-process counts in :attr:`metrics` (session-buddy's ``SessionMetrics`` methods;
             sb-otel's exported metrics come from :func:`sb_otel.instrument`). ``False`` leaves ``metrics`` ``None``.
-        store: a :class:`SessionStore`, ``"memory"``, a SQLite path, or ``None`` for ``SB_OTEL_STORE``.
-            Opened on first use, so a broken store yields error results rather than a failing constructor.
+        store: a :class:`SessionStore`, ``"memory"``, a SQLite path, a ``postgresql://`` URL, or ``None`` for
+            ``SB_OTEL_STORE``. Opened on first use, so a broken store yields error results rather than a failing
+            constructor.
         clock: returns "now" as an aware datetime; injectable for tests.
         lifecycle_timeout: seconds each manager call may take (default ``SB_OTEL_LIFECYCLE_TIMEOUT``, 5 s).
     """

@@ -1,0 +1,251 @@
+"""What only the PostgreSQL store has to prove: its migrations, its locks across connections, its failures.
+
+The store protocol itself is tested on every backend by the store-level test files (their ``store`` fixture runs
+memory, SQLite and PostgreSQL); here are the PostgreSQL-specific parts, against a real server
+(tests/postgres_server.py).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+
+from sb_otel import NewSession, SessionEnding, StoreError, open_store
+from sb_otel._tracking import postgres_schema, sqlite_store
+from sb_otel._tracking.postgres_pool import is_postgres_url, redacted
+from sb_otel._tracking.postgres_store import PostgresSessionStore
+
+T0 = datetime(2026, 2, 6, 12, 34, 56, tzinfo=timezone.utc)
+R = TypeVar("R")
+
+
+def new_session(event_id: str, component: str = "mahavishnu") -> NewSession:
+    return NewSession(
+        event_id=event_id,
+        component_name=component,
+        hostname="h",
+        pid=1,
+        cwd="/",
+        started_at=T0,
+        received_at=T0,
+        start_event={"shell_type": "bash"},
+    )
+
+
+def together(count: int, work: Callable[[int], R]) -> list[R]:
+    """Run ``work(i)`` in ``count`` threads released at once by a barrier; their results in order."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            results[index] = work(index)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    return results
+
+
+def test_the_migrations_mirror_sqlites_one_for_one() -> None:
+    """Each SQLite migration has a PostgreSQL one of the same number and name (a later SQLite one needs its own)."""
+    sqlite_names = [name for name, _ in sqlite_store.MIGRATIONS]
+    postgres_names = [name for name, _ in postgres_schema.MIGRATIONS]
+    assert postgres_names == sqlite_names
+
+
+def test_replicas_starting_together_on_an_empty_database_migrate_it_once(postgres_server: Any) -> None:
+    """Six stores opened at the same instant on a database with no tables: one migrates, all open, each migration
+    is recorded once."""
+    url = postgres_server.new_database(empty=True)
+    try:
+        stores = together(6, lambda _: PostgresSessionStore(url))
+        names = stores[0].applied_migrations()
+        assert names == [name for name, _ in postgres_schema.MIGRATIONS]
+        record, created = stores[3].create(new_session("e1"))
+        assert created
+        assert stores[5].get(record.session_id) == record
+        for store in stores:
+            store.close()
+    finally:
+        postgres_server.drop_database(url)
+
+
+def test_a_database_from_a_newer_version_is_refused_with_sqlites_message(postgres_url: str) -> None:
+    """An unknown migration in the database: refused rather than misread, in the words SQLite's store uses."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_migrations (id, name) VALUES (99, '0099_from_the_future')")
+    with pytest.raises(StoreError, match=r"'0099_from_the_future'.*newer version\. Upgrade sb-otel"):
+        PostgresSessionStore(postgres_url)
+    with pytest.raises(StoreError, match="newer version"):
+        PostgresSessionStore(postgres_url, read_only=True)
+
+
+def test_read_only_opening_of_an_empty_database_creates_nothing_and_says_what_to_do(postgres_server: Any) -> None:
+    """``sessions``/``doctor`` open read-only: a database without sb-otel's schema is named, and left empty."""
+    url = postgres_server.new_database(empty=True)
+    try:
+        with pytest.raises(StoreError, match=r"no sb-otel session store in .* yet"):
+            open_store(url, read_only=True)
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,)
+    finally:
+        postgres_server.drop_database(url)
+
+
+def test_open_store_selects_postgres_by_url(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``SB_OTEL_STORE=postgresql://…`` (or the argument) opens the PostgreSQL store."""
+    monkeypatch.setenv("SB_OTEL_STORE", postgres_url)
+    store = open_store()
+    assert isinstance(store, PostgresSessionStore)
+    store.close()
+    assert is_postgres_url("postgres://u@h/db")
+    assert not is_postgres_url("/var/lib/sessions.db")
+
+
+def test_an_unreachable_database_is_a_store_error_naming_the_fix(tmp_path: Any) -> None:
+    """Nobody listening: the error says the database is unreachable and what to check, password masked."""
+    url = f"postgresql://sb:s3cret@/sessions?host={tmp_path}"
+    with pytest.raises(StoreError) as raised:
+        PostgresSessionStore(url)
+    message = str(raised.value)
+    assert "is unreachable" in message
+    assert "start it" in message
+    assert "SB_OTEL_STORE" in message
+    assert "s3cret" not in message
+    assert "sb:***@" in message
+    assert redacted("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_concurrent_starts_on_separate_pools_get_distinct_gapless_ids(postgres_url: str) -> None:
+    """Eight replicas (own pools) storing 40 sessions each in one component-second: 320 distinct ids, no gaps."""
+    stores = [PostgresSessionStore(postgres_url) for _ in range(8)]
+    try:
+        ids = together(8, lambda i: [stores[i].create(new_session(f"e{i}-{n}"))[0].session_id for n in range(40)])
+        flat = [session_id for batch in ids for session_id in batch]
+        base = "mahavishnu-20260206-123456"
+        assert set(flat) == {base} | {f"{base}-{n}" for n in range(2, 321)}
+        counts = stores[0].session_counts()
+        assert counts.started == {("mahavishnu", "bash", "tracked"): 320}
+        assert counts.open == {"mahavishnu": 320}
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_start_retried_on_another_replica_returns_the_first_session(postgres_url: str) -> None:
+    """The same start event through two replicas at once: one session, both answers name it."""
+    stores = [PostgresSessionStore(postgres_url) for _ in range(4)]
+    try:
+        answers = together(4, lambda i: stores[i].create(new_session("same-event")))
+        assert len({record.session_id for record, _ in answers}) == 1
+        assert sum(created for _, created in answers) == 1
+        assert stores[0].session_counts().started == {("mahavishnu", "bash", "tracked"): 1}
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_one_replica_wins_a_contested_end_and_it_is_counted_once(postgres_url: str) -> None:
+    """Six replicas claim and finish one session together: one claim, one end, one count."""
+    stores = [PostgresSessionStore(postgres_url) for _ in range(6)]
+    try:
+        record, _ = stores[0].create(new_session("e"))
+        now = datetime.now(timezone.utc)
+        claims = together(6, lambda i: stores[i].claim_end(record.session_id, f"replica-{i}", now, T0))
+        assert claims.count(True) == 1
+        ending = SessionEnding("exited", T0.replace(minute=40))
+        finished = together(6, lambda i: stores[i].finish(record.session_id, ending))
+        assert sum(1 for result in finished if result is not None and result[1]) == 1
+        assert stores[0].session_counts().ended == {("mahavishnu", "exited"): 1}
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_replicas_racing_for_a_free_lease_get_one_holder_and_one_tenure(postgres_url: str) -> None:
+    """Six replicas take the never-held lease at once: exactly one holds it, in tenure 1."""
+    stores = [PostgresSessionStore(postgres_url) for _ in range(6)]
+    try:
+        leases = together(6, lambda i: stores[i].acquire_lease(f"replica-{i}", 10.0, 1000.0))
+        won = [lease for lease in leases if lease is not None]
+        assert len(won) == 1
+        assert won[0].fencing == 1
+        assert stores[0].current_lease() == won[0]
+        age = stores[0].lease_age_s()
+        assert age is not None
+        assert 0 <= age < 60
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_doctor_shows_the_backend_its_version_and_the_lease_holder(postgres_url: str) -> None:
+    """``sb-otel doctor --store postgresql://…``: the store line names PostgreSQL and its version, the outbox line
+    the replica holding the exporter lease."""
+    import json
+    import time
+
+    from click.testing import CliRunner
+
+    from sb_otel._cli.app import cli
+
+    store = PostgresSessionStore(postgres_url)
+    store.create(new_session("e1"))
+    assert store.acquire_lease("replica-a:1:abc", 30.0, time.time()) is not None
+    store.close()
+    result = CliRunner().invoke(cli, ["doctor", "--json", "--store", postgres_url])
+    checks = {check["name"]: check for check in json.loads(result.stdout)}
+    assert checks["store"]["status"] == "ok"
+    assert re.match(r"PostgreSQL \d+\.\d+ at postgresql://", checks["store"]["detail"])
+    assert checks["store"]["detail"].endswith(": 1 session(s), 1 open")
+    assert re.search(
+        r"exporter: replica-a:1:abc \(heartbeat 1, [0-9.]+ s ago by the database's clock", checks["outbox"]["detail"]
+    )
+
+
+async def test_a_tracker_given_a_url_tracks_into_that_database(postgres_url: str) -> None:
+    """``SessionTracker(store="postgresql://…")``: the API selects the PostgreSQL store by its URL too."""
+    from sb_otel import SessionTracker
+    from tests.conftest import AgreeingManager, seed_start_event
+
+    tracker = SessionTracker(AgreeingManager(), store=postgres_url)
+    result = await tracker.handle_session_start(seed_start_event())
+    assert result.status == "tracked"
+    store = PostgresSessionStore(postgres_url)
+    try:
+        assert [record.session_id for record in store.list_sessions()] == [result.session_id]
+    finally:
+        store.close()
+
+
+def test_two_exporters_draining_at_once_never_read_the_same_outbox_rows(postgres_url: str) -> None:
+    """An exporter that lost its lease mid-round and its successor: each batch read claims its rows, so the
+    other gets the next ones; the claimant reads its own again (a failed export is retried), and rows whose
+    claimant went away are taken over after the claim's time."""
+    first, second = PostgresSessionStore(postgres_url), PostgresSessionStore(postgres_url)
+    try:
+        first.outbox_append("traces", [f"r{n}" for n in range(6)], 1000.0)
+        mine = [row.payload for row in first.outbox_batch("traces", 4)]
+        theirs = [row.payload for row in second.outbox_batch("traces", 4)]
+        assert (mine, theirs) == (["r0", "r1", "r2", "r3"], ["r4", "r5"])
+        assert [row.payload for row in first.outbox_batch("traces", 4)] == mine  # retried by its claimant
+        with psycopg.connect(postgres_url, autocommit=True) as conn:  # the first exporter's claims grow old
+            conn.execute("UPDATE telemetry_outbox SET claimed_at = now() - interval '1 hour' WHERE payload < 'r4'")
+        assert [row.payload for row in second.outbox_batch("traces", 10)] == ["r0", "r1", "r2", "r3", "r4", "r5"]
+    finally:
+        first.close()
+        second.close()
