@@ -123,13 +123,13 @@ def test_the_spool_is_owner_only_beside_the_store(tmp_path: Path) -> None:
 
 
 def test_the_store_keeps_each_spools_progress(tmp_path: Path) -> None:
-    """Migration 0012: how far a spool was read survives the store being opened again."""
+    """Migration 0011: how far a spool was read survives the store being opened again."""
     store = SqliteSessionStore(tmp_path / "sessions.db")
     try:
         assert store.spool_progress("s") == SpoolProgress()
         store.advance_spool("s", SpoolProgress(120, 3, 1))
         store.advance_spool("s", SpoolProgress(240, 6, 2))
-        assert "0012_command_spool_progress" in store.applied_migrations()
+        assert "0011_command_spool_progress" in store.applied_migrations()
     finally:
         store.close()
     again = SqliteSessionStore(tmp_path / "sessions.db")

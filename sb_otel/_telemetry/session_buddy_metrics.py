@@ -14,7 +14,7 @@ annotation adds nothing — by Prometheus's OTLP translation (``UnderscoreEscapi
 and ``active_sessions`` (up-down counter, ``{session}``) is ``active_sessions``.
 
 ``session_quality_score{component_name}`` is the latest ``quality_score`` a lifecycle manager reported at a start
-(kept by the store, migration 0015; session-buddy's own manager reports one, the default manager none).
+(kept by the store, migration 0014; session-buddy's own manager reports one, the default manager none).
 ``mcp_event_emit_success_total{component_name,event_type}`` counts the session events the store took: every start
 (``session_start``) and every end event that ended a session (``session_end``; a reaped session sent none).
 session-buddy's ``mcp_event_emit_failure_total`` and ``mcp_event_emit_duration_seconds`` count failed calls and call

@@ -94,7 +94,7 @@ class ChannelSessionResult(SeedModel):
 
 @runtime_checkable
 class ChannelSessions(Protocol):
-    """The store's binding of channel keys to their open sessions (migration 0014)."""
+    """The store's binding of channel keys to their open sessions (migration 0013)."""
 
     def start_channel_session(self, key: str, new: NewSession, session_id: str) -> tuple[SessionRecord, bool]:
         """In one transaction: the open session bound to ``key``, else ``new`` stored as ``session_id`` and

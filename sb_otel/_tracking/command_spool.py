@@ -33,7 +33,7 @@ from sb_otel._tracking.values import Frozen
 
 SUFFIX = ".spool"
 MIGRATION = (
-    "0012_command_spool_progress",
+    "0011_command_spool_progress",
     (
         """
         CREATE TABLE command_spool (

@@ -39,7 +39,7 @@ ENDED_SQL = "status IN ('exited', 'crashed', 'abnormal')"
 """Ended sessions, written as the retention index's condition so that SQLite uses it."""
 
 RETENTION_MIGRATION: tuple[str, tuple[str, ...]] = (
-    "0013_session_retention",
+    "0012_session_retention",
     # Written unlike the owed-records look-up's condition (``status != 'open'``), so that SQLite's planner never
     # takes this index for that one (sb_otel/_tracking/row_telemetry.py).
     (f"CREATE INDEX sessions_ended ON sessions (received_at) WHERE {ENDED_SQL}",),

@@ -429,7 +429,7 @@ def quality_score(telemetry: object) -> float | None:
 
 _QUALITY = "json_extract(NEW.telemetry, '$.lifecycle.quality_score')"
 QUALITY_MIGRATION: tuple[str, tuple[str, ...]] = (
-    "0015_session_quality_scores",
+    "0014_session_quality_scores",
     (
         "CREATE TABLE session_quality_scores (component TEXT PRIMARY KEY, score REAL NOT NULL)",
         # Kept by the statement that stores the start, as the counts are. The CASE reads the JSON only when it is
@@ -447,7 +447,7 @@ QUALITY_MIGRATION: tuple[str, tuple[str, ...]] = (
     ),
 )
 """session-buddy's ``session_quality_score``: the latest score a lifecycle manager reported at a start, per
-component label (store migration 0015)."""
+component label (store migration 0014)."""
 
 EXACT_LENGTHS_MIGRATION: tuple[str, tuple[str, ...]] = (
     "0005_session_counts_exact_lengths",

@@ -133,7 +133,7 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     COMMAND_SPOOL_MIGRATION,  # how far each session's command spool was read (sb_otel/_tracking/command_spool.py)
     RETENTION_MIGRATION,  # ended sessions by end time, for retention (sb_otel/_tracking/retention.py)
     (
-        "0014_channel_sessions",  # a channel's key to its open session (sb_otel/_tracking/channel.py)
+        "0013_channel_sessions",  # a channel's key to its open session (sb_otel/_tracking/channel.py)
         ("CREATE TABLE IF NOT EXISTS channel_sessions (channel_key TEXT PRIMARY KEY, session_id TEXT NOT NULL)",),
     ),
     QUALITY_MIGRATION,  # session-buddy's latest quality score per component (sb_otel/_tracking/session_counts.py)
