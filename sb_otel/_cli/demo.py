@@ -1,4 +1,4 @@
-"""``sb-otel demo``: the README's main job, a realistic scenario through the real tracker."""
+"""``sb-otel demo``: a realistic scenario through the real tracker, in its own store (the quick start's command)."""
 
 from __future__ import annotations
 
