@@ -44,5 +44,6 @@ def missing_store(path: Path) -> str:
     """What to say about a store file that is not there."""
     return (
         f"no session store at {path}: nothing was tracked there yet, or SB_OTEL_STORE (or --store) names the wrong "
-        "file; the first tracked session creates it ('sb-otel init', 'sb-otel emit start' or 'sb-otel demo')"
+        "file; the first tracked session creates it ('sb-otel init', 'sb-otel emit start', a tracker or 'sb-otel "
+        "serve'; 'sb-otel demo' keeps its own store)"
     )
