@@ -31,8 +31,8 @@ def closed_port() -> int:
 
 
 def test_shutdown_with_the_collector_down_prints_the_documented_line_only(tmp_path: Path) -> None:
-    """Nothing listening: stderr is the README's line, then the lines logged after it (the filter is gone for
-    every thread the shutdown did not leave behind), and nothing of the SDK's retries."""
+    """Nothing listening: stderr is the troubleshooting page's line, then the lines logged after it (the filter is
+    gone for every thread the shutdown did not leave behind), and nothing of the SDK's retries."""
     env = {**os.environ, "SB_OTEL_STORE": str(tmp_path / "sessions.db")}
     for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SDK_DISABLED", "OTEL_EXPORTER_OTLP_PROTOCOL"):
         env.pop(name, None)

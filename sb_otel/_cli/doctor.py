@@ -181,7 +181,10 @@ def _check_store_privacy(location: str | None) -> dict[str, Any]:
     names = " ".join(shlex.quote(str(f)) for f in exposed)
     detail = f"other local users can read {', '.join(str(f) for f in exposed)}: every session's directory, user, host"
     advice = f"chmod 600 {names} && chmod 700 {shlex.quote(str(path.parent))}"
-    advice += " (or 660/2770 with a group, to share it on purpose: see the README's Security section)"
+    advice += (
+        " (or 660/2770 with a group, to share it on purpose: see 'Security: who can read the store' in"
+        " docs/pages/concepts/store.md)"
+    )
     return {"name": "store privacy", "status": "warn", "detail": detail, "advice": advice}
 
 
@@ -400,8 +403,8 @@ def _check_destination(location: str | None) -> dict[str, Any]:
 
 
 _REACH_ADVICE = (
-    "start the collector (see 'Run the observability stack' in the README), or fix the store's destination: "
-    "'sb-otel config set endpoint URL' (see 'sb-otel config show')"
+    "start the collector (see the observability stack guide, docs/pages/guides/stack.md), or fix the store's "
+    "destination: 'sb-otel config set endpoint URL' (see 'sb-otel config show')"
 )
 
 

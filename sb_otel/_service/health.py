@@ -21,7 +21,7 @@ WITHHELD = "[not disclosed]"
 
 
 class HealthCheckOutput(BaseModel):
-    """The advertised output: session-buddy's ``result`` plus sb-otel's facts (documented in the README)."""
+    """The advertised output: session-buddy's ``result`` plus sb-otel's facts (docs/pages/guides/mcp-server.md)."""
 
     model_config = ConfigDict(extra="allow")
 

@@ -3,9 +3,9 @@
 With the collector down, stopping the exporters makes the SDK log a line per retry and per refused call
 ("Transient error … retrying", "Exporter already shutdown, ignoring call", "Shutdown in progress, aborting
 retry."), from the shutdown's threads and, after the deadline, from the ones it left behind. The shutdown then
-says what happened in one line (README: "telemetry not flushed within 5.0 s"); these would only bury it. Records
-of the ``opentelemetry`` loggers are dropped while a shutdown runs, and afterwards those from threads it left
-running; every other record passes.
+says what happened in one line (docs/pages/troubleshooting.md: "telemetry not flushed within 5.0 s"); these
+would only bury it. Records of the ``opentelemetry`` loggers are dropped while a shutdown runs, and afterwards
+those from threads it left running; every other record passes.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Code written against ``session_buddy.mcp`` works with ``session_buddy`` replaced by ``sb_otel``; the names are
 sb-otel's own (the same objects as ``sb_otel.SessionTracker`` etc.), not a copy of session-buddy's package.
 session-buddy's server object (``mcp``) and its FastMCP middleware hook are not here: ``sb-otel serve`` is the
-server (README, "Deliberate differences").
+server (docs/pages/guides/session-buddy.md: "Not offered: session-buddy's server object").
 """
 
 from __future__ import annotations
