@@ -309,3 +309,23 @@ def test_shell_command_spools_do_not_apply_to_a_postgresql_store(
         assert "0011_command_spool_progress" in store.applied_migrations()
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("score", [float("nan"), float("inf"), 10**400, 1e-300], ids=["nan", "inf", "1e400", "1e-300"])
+def test_an_odd_quality_score_never_fails_a_start_or_its_end(postgres_url: str, score: object) -> None:
+    """A manager answering NaN, infinity or a number no double holds: the session is stored, counted and ended
+    (jsonb refuses NaN; a double cannot hold 1e400), as on SQLite."""
+    store = PostgresSessionStore(postgres_url)
+    try:
+        new = NewSession(
+            "q", "web", "h", 1, "/", T0, T0, {"shell_type": "bash"}, {"lifecycle": {"quality_score": score}}
+        )
+        record, created = store.create(new)
+        assert created
+        assert store.finish(record.session_id, SessionEnding("exited", T0.replace(minute=40))) is not None
+        counts = store.session_counts()
+        assert counts.started == {("web", "bash", "tracked"): 1}
+        assert counts.ended == {("web", "exited"): 1}
+        assert set(counts.quality.values()) <= {1e-300}
+    finally:
+        store.close()

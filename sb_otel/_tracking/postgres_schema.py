@@ -113,6 +113,8 @@ BEGIN
             ON CONFLICT (component) DO UPDATE SET score = excluded.score;
     END IF;
     RETURN NULL;
+EXCEPTION WHEN numeric_value_out_of_range THEN
+    RETURN NULL;  -- a number no double holds (1e400) is no score: an odd answer never fails a start
 END
 $$
 """
