@@ -17,12 +17,12 @@ from sb_otel import (
     SessionRecord,
     SessionStore,
     SessionTracker,
-    SqliteSessionStore,
     StoreError,
     reap,
 )
 from sb_otel._tracking.channel import ChannelSessionEvent, ChannelSessions
 from tests.conftest import AgreeingManager
+from tests.store_backends import STORE_BACKENDS, open_backend
 
 NOW = datetime(2026, 5, 7, 12, 30, tzinfo=timezone.utc)
 
@@ -39,9 +39,9 @@ def event(event_type: str = "channel_session_start", **overrides: Any) -> dict[s
     }
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORE_BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SessionStore]:
-    made: SessionStore = InMemorySessionStore() if request.param == "memory" else SqliteSessionStore(tmp_path / "s.db")
+    made: SessionStore = open_backend(request.param, request, tmp_path)
     yield made
     made.close()
 
@@ -51,8 +51,8 @@ def tracker(store: SessionStore) -> SessionTracker:
     return SessionTracker(AgreeingManager(), store=store, clock=lambda: NOW)
 
 
-def test_both_stores_keep_channel_sessions(store: SessionStore) -> None:
-    """The SQLite and in-memory stores both bind channel keys to sessions."""
+def test_every_store_keeps_channel_sessions(store: SessionStore) -> None:
+    """Every bundled store binds channel keys to sessions."""
     assert isinstance(store, ChannelSessions)
 
 

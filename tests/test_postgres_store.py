@@ -249,3 +249,83 @@ def test_two_exporters_draining_at_once_never_read_the_same_outbox_rows(postgres
     finally:
         first.close()
         second.close()
+
+
+def test_replicas_starting_one_channel_together_open_one_session(postgres_url: str) -> None:
+    """Six replicas start the same channel at once (different start events, different proposed ids): one session
+    is stored and bound, and every answer names it."""
+    stores = [PostgresSessionStore(postgres_url) for _ in range(6)]
+    try:
+        answers = together(
+            6, lambda i: stores[i].start_channel_session("slack:D1:U1", new_session(f"c{i}"), f"channel-{i}")
+        )
+        assert len({record.session_id for record, _ in answers}) == 1
+        assert sum(created for _, created in answers) == 1
+        bound = stores[0].channel_session("slack:D1:U1")
+        assert bound is not None
+        assert bound.session_id == answers[0][0].session_id
+        assert stores[0].session_counts().started == {("mahavishnu", "bash", "tracked"): 1}
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_prunes_racing_on_two_replicas_take_each_session_out_of_the_counts_once(postgres_url: str) -> None:
+    """Four replicas prune one component at once: 30 sessions deleted in all, and the counts lose exactly 30."""
+    from sb_otel._tracking.retention import PruneFilter
+
+    stores = [PostgresSessionStore(postgres_url) for _ in range(4)]
+    try:
+        for n in range(30):
+            record, _ = stores[0].create(new_session(f"j{n}", "junk"))
+            stores[0].finish(record.session_id, SessionEnding("exited", T0.replace(minute=40)))
+        stores[0].create(new_session("keep", "junk"))  # open: kept, and keeps the label
+        which = PruneFilter(component=("junk",))
+        done = together(4, lambda i: stores[i].prune_sessions(which, uncount=True, dry_run=False, limit=None))
+        assert sum(result.sessions for result in done) == 30
+        counts = stores[0].session_counts()
+        assert counts.started == {("junk", "bash", "tracked"): 1}
+        assert counts.ended == {}
+        assert counts.open == {"junk": 1}
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_shell_command_spools_do_not_apply_to_a_postgresql_store(
+    postgres_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spools are files beside a SQLite store: a shell tracked into a database gets none (and makes no folder named
+    after the URL in its working directory), and the exporter finds no spool store to read."""
+    from sb_otel._cli.shell_init import _spool
+    from sb_otel._telemetry.command_spans import CommandSpoolStore
+
+    monkeypatch.chdir(tmp_path)
+    assert _spool(postgres_url, "mahavishnu-20260206-123456") == ""
+    assert list(tmp_path.iterdir()) == []
+    store = PostgresSessionStore(postgres_url)
+    try:
+        assert not isinstance(store, CommandSpoolStore)
+        assert "0011_command_spool_progress" in store.applied_migrations()
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("score", [float("nan"), float("inf"), 10**400, 1e-300], ids=["nan", "inf", "1e400", "1e-300"])
+def test_an_odd_quality_score_never_fails_a_start_or_its_end(postgres_url: str, score: object) -> None:
+    """A manager answering NaN, infinity or a number no double holds: the session is stored, counted and ended
+    (jsonb refuses NaN; a double cannot hold 1e400), as on SQLite."""
+    store = PostgresSessionStore(postgres_url)
+    try:
+        new = NewSession(
+            "q", "web", "h", 1, "/", T0, T0, {"shell_type": "bash"}, {"lifecycle": {"quality_score": score}}
+        )
+        record, created = store.create(new)
+        assert created
+        assert store.finish(record.session_id, SessionEnding("exited", T0.replace(minute=40))) is not None
+        counts = store.session_counts()
+        assert counts.started == {("web", "bash", "tracked"): 1}
+        assert counts.ended == {("web", "exited"): 1}
+        assert set(counts.quality.values()) <= {1e-300}
+    finally:
+        store.close()

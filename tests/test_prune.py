@@ -72,3 +72,29 @@ def test_prune_on_a_memory_store_is_one_line() -> None:
     result = run("prune", "--demo", "--store", "memory")
     assert result.exit_code == 1
     assert "a memory store keeps sessions only while its process runs" in result.stderr
+
+
+def test_prune_on_a_postgresql_store_takes_the_sessions_and_their_counts(postgres_url: str) -> None:
+    """``sb-otel prune --store postgresql://…``: the same command and answer as on SQLite, counts included."""
+    from datetime import datetime, timezone
+
+    from sb_otel._tracking.postgres_store import PostgresSessionStore
+    from sb_otel._tracking.store import NewSession, SessionEnding
+
+    at = datetime.now(timezone.utc)
+    store = PostgresSessionStore(postgres_url)
+    try:
+        for number, component in enumerate(("junk", "junk", "mine")):
+            new = NewSession(f"p{number}", component, "host", 1, "/", at, at, {"shell_type": "bash"})
+            record, _ = store.create(new)
+            store.finish(record.session_id, SessionEnding("exited", at))
+        dry = data(run("prune", "--component", "junk", "--dry-run", "--json", "--store", postgres_url))
+        assert dry == {"pruned": 2, "open_kept": 0, "uncounted": False, "dry_run": True}
+        done = run("prune", "--component", "junk", "--store", postgres_url)
+        assert done.exit_code == 0, done.output
+        assert "Pruned 2 ended session(s); they left the counts, and the session series restarted." in done.output
+        assert [record.component_name for record in store.list_sessions()] == ["mine"]
+        assert store.session_counts().ended == {("mine", "exited"): 1}
+        assert not store.metric_label_admitted("component", "junk")
+    finally:
+        store.close()

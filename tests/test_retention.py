@@ -19,6 +19,7 @@ from sb_otel._tracking import retention
 from sb_otel._tracking.retention import PruneFilter, prune_expired
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
 from sb_otel._tracking.store import NewSession, SessionEnding
+from tests.store_backends import open_backend
 
 NOW = datetime.now(timezone.utc)
 
@@ -44,9 +45,10 @@ def stored(
     return record.session_id
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Any:
-    made = SqliteSessionStore(tmp_path / "sessions.db")
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """Every store that prunes (a memory store lives only as long as its process)."""
+    made = open_backend(request.param, request, tmp_path)
     yield made
     made.close()
 

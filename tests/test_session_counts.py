@@ -164,12 +164,17 @@ def test_the_latest_quality_score_per_component_is_kept(store: SessionStore) -> 
     assert store.session_counts().quality == {"web": 80.5}
 
 
-def test_quality_scores_past_the_label_limit_are_other(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", STORE_BACKENDS)
+def test_quality_scores_past_the_label_limit_are_other(
+    backend: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     monkeypatch.setenv("SB_OTEL_METRIC_LABEL_LIMIT", "1")
-    for store in (InMemorySessionStore(), SqliteSessionStore(tmp_path / "s.db")):
+    store = open_backend(backend, request, tmp_path)
+    try:
         store.create(_scored("b1", "web", 10))
         store.create(_scored("b2", "api", 20))
         assert store.session_counts().quality == {"web": 10.0, "_other": 20.0}
+    finally:
         store.close()
 
 

@@ -291,3 +291,38 @@ def test_open_store_defaults_to_the_data_dir(tmp_path: Path, monkeypatch: pytest
     assert store.path == tmp_path / "data" / "sessions.db"
     assert store.path.exists()
     store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_sessions_export_marks_follow_its_root_span(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """What ``sb-otel show`` reads: nothing for an unknown session, no root span while open, ``pending`` once
+    ended, ``exported`` once the exporter marked it."""
+    from sb_otel._telemetry.shell_plan import STATE_KEY, plan_json
+    from sb_otel._tracking.session_export import SessionExportStore
+
+    store = open_backend(backend, request, tmp_path)
+    try:
+        assert isinstance(store, SessionExportStore)
+        record, _ = store.create(new_session(telemetry={STATE_KEY: plan_json(None, None)}))
+        assert store.session_export("nobody-20260101-000000") is None
+        assert store.session_export(record.session_id).root_span is None
+        store.finish(record.session_id, SessionEnding("exited", T0 + timedelta(seconds=5)))
+        assert store.session_export(record.session_id).root_span == "pending"
+        store.mark_root_spans_exported([record.session_id])
+        assert store.session_export(record.session_id).root_span == "exported"
+    finally:
+        store.close()
+
+
+def test_the_store_says_which_labels_it_admitted(store: SessionStore) -> None:
+    """A stored start admits its component and shell as labels; a value never stored is not admitted."""
+    from sb_otel._tracking.session_counts import LabelAdmissionStore
+
+    assert isinstance(store, LabelAdmissionStore)
+    store.create(new_session("web", start_event={"shell_type": "zsh"}))
+    assert store.metric_label_admitted("component", "web")
+    assert store.metric_label_admitted("shell", "zsh")
+    assert not store.metric_label_admitted("component", "api")
+    assert not store.metric_label_admitted("shell", "web")

@@ -25,6 +25,7 @@ from pathlib import Path
 from sb_otel._settings import SB_OTEL_SESSION_ID, SB_OTEL_SHELL_COMMAND_LINES, SB_OTEL_STORE, data_dir
 from sb_otel._telemetry.shell_plan import STATE_KEY, traceparent_of
 from sb_otel._tracking.command_spool import FULL_LINE, PROGRAM_ONLY, prepare
+from sb_otel._tracking.postgres_pool import is_postgres_url
 
 SHELLS = ("bash", "zsh", "fish")
 """The shells ``init`` knows, each with its script ``shells/init.<shell>`` beside this module."""
@@ -101,8 +102,9 @@ def integration(shell: str, component: str | None, store_location: str | None, p
 
 def _spool(store: str, session_id: str) -> str:
     """The folder of the store's command spools, once the session's own spool file is there (owner-only); empty
-    when it cannot be made (a memory store, an unwritable folder): the shell then records no commands."""
-    if store == "memory" or not session_id:
+    when it cannot be made (a memory store, a PostgreSQL one: no folder beside it, an unwritable folder): the shell
+    then records no commands."""
+    if store == "memory" or is_postgres_url(store) or not session_id:
         return ""
     path = prepare(store, session_id)
     return "" if path is None else str(path.parent)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -15,7 +16,22 @@ COLUMNS = (
 
 
 def json_text(value: Mapping[str, Any]) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    """``value`` as JSON text PostgreSQL reads: NaN and infinities (which Python writes, and ``jsonb`` refuses)
+    become ``null``, so an odd number in a manager's answer never fails a start or an end."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), separators=(",", ":"))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def record(row: tuple[Any, ...]) -> SessionRecord:

@@ -7,12 +7,14 @@ by PL/pgSQL triggers generated from the same declarations as SQLite's (:mod:`ses
 stores a start or an end counts it in its own transaction.
 
 Migrations that SQLite needed to repair its own history have nothing to repair here (``0005``: PostgreSQL counts
-exact lengths from the start): they are recorded, and change nothing. SQLite migrations appended later need a
+exact lengths from the start), and shell command spools (``0011``) are files beside a SQLite store that a database
+on another host has no beside to: they are recorded, and change nothing. SQLite migrations appended later need a
 PostgreSQL equivalent here under the same number.
 """
 
 from __future__ import annotations
 
+from sb_otel._tracking.retention import ENDED_SQL
 from sb_otel._tracking.row_telemetry import END, START
 from sb_otel._tracking.session_counts import (
     DEFAULT_LABEL_LIMIT,
@@ -25,7 +27,7 @@ from sb_otel._tracking.session_counts import (
 MIGRATION_LOCK = 0x5B07E1
 """The advisory lock key replicas take to migrate: the first one migrates, the others wait and find it done."""
 
-_BUCKET = " + ".join(f"(d > {boundary!r})::int" for boundary in SESSION_DURATION_BUCKETS)
+BUCKET_SQL = " + ".join(f"(d > {boundary!r})::int" for boundary in SESSION_DURATION_BUCKETS)
 """:func:`session_counts.bucket_index` in SQL: the number of boundaries below ``d``."""
 
 _ADMIT = f"""
@@ -82,7 +84,7 @@ BEGIN
     d := greatest(0.0, extract(epoch FROM NEW.ended_at - NEW.started_at)::DOUBLE PRECISION);
     INSERT INTO session_ended_counts (component, status, value) VALUES (c, NEW.status, 1)
         ON CONFLICT (component, status) DO UPDATE SET value = session_ended_counts.value + 1;
-    INSERT INTO session_duration_counts (component, status, bucket, value) VALUES (c, NEW.status, {_BUCKET}, 1)
+    INSERT INTO session_duration_counts (component, status, bucket, value) VALUES (c, NEW.status, {BUCKET_SQL}, 1)
         ON CONFLICT (component, status, bucket) DO UPDATE SET value = session_duration_counts.value + 1;
     INSERT INTO session_duration_sums (component, status, count, total, minimum, maximum)
         VALUES (c, NEW.status, 1, d, d, d)
@@ -92,6 +94,27 @@ BEGIN
             minimum = least(session_duration_sums.minimum, excluded.minimum),
             maximum = greatest(session_duration_sums.maximum, excluded.maximum);
     RETURN NULL;
+END
+$$
+"""
+
+_QUALITY_SCORE = "NEW.telemetry::jsonb #> '{lifecycle,quality_score}'"
+"""A start's ``lifecycle.quality_score`` (:func:`session_counts.quality_score`: counted when a JSON number)."""
+
+_COUNT_QUALITY = f"""
+CREATE FUNCTION sb_count_quality() RETURNS TRIGGER LANGUAGE plpgsql AS $$
+DECLARE
+    score JSONB;
+BEGIN
+    score := {_QUALITY_SCORE};
+    IF jsonb_typeof(score) = 'number' THEN
+        INSERT INTO session_quality_scores (component, score)
+            VALUES (sb_admit_label('component', NEW.component_name), score::TEXT::DOUBLE PRECISION)
+            ON CONFLICT (component) DO UPDATE SET score = excluded.score;
+    END IF;
+    RETURN NULL;
+EXCEPTION WHEN numeric_value_out_of_range THEN
+    RETURN NULL;  -- a number no double holds (1e400) is no score: an odd answer never fails a start
 END
 $$
 """
@@ -251,6 +274,28 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
                 detail  TEXT NOT NULL
             )
             """,
+        ),
+    ),
+    ("0011_command_spool_progress", ()),  # no spool files beside a database: the exporter reads none
+    (
+        "0012_session_retention",
+        # Ended sessions by arrival: a retention round reads the oldest few instead of scanning the table.
+        (f"CREATE INDEX sessions_ended ON sessions (received_at) WHERE {ENDED_SQL}",),
+    ),
+    (
+        "0013_channel_sessions",  # a channel's key to its open session (sb_otel/_tracking/channel.py)
+        ("CREATE TABLE channel_sessions (channel_key TEXT PRIMARY KEY, session_id TEXT NOT NULL)",),
+    ),
+    (
+        "0014_session_quality_scores",
+        (
+            "CREATE TABLE session_quality_scores (component TEXT PRIMARY KEY, score DOUBLE PRECISION NOT NULL)",
+            _COUNT_QUALITY,
+            # Named after session_counts_start, so it fires after it (PostgreSQL fires triggers by name): the start
+            # admitted the component label first, as SQLite's trigger order does. The LIKE spares the JSON parse
+            # for the starts (almost all) that carry no score.
+            "CREATE TRIGGER session_quality_start AFTER INSERT ON sessions FOR EACH ROW "
+            "WHEN (NEW.telemetry LIKE '%quality_score%') EXECUTE FUNCTION sb_count_quality()",
         ),
     ),
 )

@@ -30,6 +30,7 @@ from sb_otel._tracking.identity import numbered_session_id, session_id_base
 from sb_otel._tracking.postgres_destination import PostgresDestination
 from sb_otel._tracking.postgres_export import PostgresExportState
 from sb_otel._tracking.postgres_pool import Database, explain, redacted
+from sb_otel._tracking.postgres_retention import PostgresPruning
 from sb_otel._tracking.postgres_rows import COLUMNS as _COLUMNS
 from sb_otel._tracking.postgres_rows import json_text as _json
 from sb_otel._tracking.postgres_rows import record as _record
@@ -41,6 +42,7 @@ from sb_otel._tracking.session_counts import (
     SessionCounts,
     configured_label_limit,
 )
+from sb_otel._tracking.session_export import SessionExport
 from sb_otel._tracking.store import NewSession, OpenSession, SessionEnding, SessionRecord, SessionStatus
 
 if TYPE_CHECKING:
@@ -61,11 +63,13 @@ _FINISH = (
     f"root_span = CASE WHEN telemetry::jsonb ? 'span' THEN '{ROOT_PENDING}' END "
     "WHERE session_id = %s AND status = 'open'"
 )
+_CHANNEL_LOCK = 0x5B07E2
+"""The advisory lock class of channel starts (with the key's hash): :data:`postgres_schema.MIGRATION_LOCK` + 1."""
 _ID_ATTEMPTS = 1000
 """Inserts one start tries before giving up (each lost race means another host stored a session that second)."""
 
 
-class PostgresSessionStore(PostgresExportState, PostgresDestination):
+class PostgresSessionStore(PostgresExportState, PostgresDestination, PostgresPruning):
     """A :class:`~sb_otel._tracking.store.SessionStore` in a PostgreSQL database, shared by many hosts."""
 
     def __init__(self, url: str, *, read_only: bool = False) -> None:
@@ -296,6 +300,7 @@ class PostgresSessionStore(PostgresExportState, PostgresDestination):
             sum_rows = conn.execute(
                 "SELECT component, status, count, total, minimum, maximum FROM session_duration_sums"
             ).fetchall()
+            quality = conn.execute("SELECT component, score FROM session_quality_scores").fetchall()
         durations: dict[tuple[str, str], DurationCounts] = {}
         for component, status, count, total, minimum, maximum in sum_rows:
             durations[(component, status)] = DurationCounts(count=count, total=total, minimum=minimum, maximum=maximum)
@@ -310,10 +315,56 @@ class PostgresSessionStore(PostgresExportState, PostgresDestination):
             ended={(component, status): value for component, status, value in ended},
             open={component: count for component, count in opened},
             durations=durations,
+            quality=dict(quality),
         )
+
+    def metric_label_admitted(self, kind: str, value: str) -> bool:
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM session_metric_labels WHERE kind = %s AND value = %s", (kind, value)
+            ).fetchone()
+        return row is not None
+
+    def session_export(self, session_id: str) -> SessionExport | None:
+        """:class:`~sb_otel._tracking.session_export.SessionExportStore`: one session's export marks."""
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT root_span, row_telemetry FROM sessions WHERE session_id = %s", (session_id,)
+            ).fetchone()
+        return None if row is None else SessionExport(row[0], row[1] or 0)
 
     def close(self) -> None:
         self._db.close()
+
+    # -- ChannelSessions ----------------------------------------------------------------------------------
+
+    def start_channel_session(self, key: str, new: NewSession, session_id: str) -> tuple[SessionRecord, bool]:
+        with self._transaction() as conn:
+            # One channel's starts one at a time, on any host (two replicas must not both open it a session);
+            # other channels' starts do not wait.
+            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_CHANNEL_LOCK, key))
+            bound = _channel_row(conn, key)
+            if bound is not None:
+                return bound, False
+            known = self._one_on(conn, "event_id", new.event_id)
+            if known is not None:  # a retried start event: its session, whatever became of it
+                return known, False
+            if not conn.execute(_INSERT, (session_id, *_insert_values(new))).fetchall():
+                raise StoreError(f"session id {session_id} is taken: the channel's start was not stored")
+            conn.execute(
+                "INSERT INTO channel_sessions (channel_key, session_id) VALUES (%s, %s) "
+                "ON CONFLICT (channel_key) DO UPDATE SET session_id = excluded.session_id",
+                (key, session_id),
+            )
+        return _new_record(new, session_id), True
+
+    def channel_session(self, key: str) -> SessionRecord | None:
+        with self._conn() as conn:
+            return _channel_row(conn, key)
+
+    def unbind_channel(self, key: str, session_id: str) -> None:
+        with self._conn() as conn:
+            conn.execute("DELETE FROM channel_sessions WHERE channel_key = %s AND session_id = %s", (key, session_id))
 
     # -- SessionClaims ------------------------------------------------------------------------------------
 
@@ -382,6 +433,16 @@ class PostgresSessionStore(PostgresExportState, PostgresDestination):
                 ).fetchall()
                 ended.extend(_record(row) for row in rows)
         return ended
+
+
+def _channel_row(conn: Connection, key: str) -> SessionRecord | None:
+    """The channel's open session, if it has one."""
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM sessions WHERE status = 'open' AND session_id = "
+        "(SELECT session_id FROM channel_sessions WHERE channel_key = %s)",
+        (key,),
+    ).fetchone()
+    return None if row is None else _record(row)
 
 
 def _highest_ordinal(conn: Connection, base: str) -> int:
