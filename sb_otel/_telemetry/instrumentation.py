@@ -203,19 +203,16 @@ class InstrumentedSessionTracker:
             result: SessionStartResult = (await self._inner_start(event, None))[0]
             self._guard(self._metrics.started.add, 1, {sc.RESULT: "error"})
             return result
-        async with self._one_start_at_a_time(start.event_id):
-            return await self._start(start, event)
-
-    @contextlib.asynccontextmanager
-    async def _one_start_at_a_time(self, event_id: str) -> Any:
-        """Starts with one ``event_id`` run one after another in this process, so that a retry racing the first
-        start finds its stored span plan and parents its ``session.start`` on the session span that is exported,
-        not on a plan of its own that never is."""
+        # Starts with one ``event_id`` run one after another in this process, so that a retry racing the first
+        # start finds its stored span plan and parents its ``session.start`` on the session span that is exported,
+        # not on a plan of its own that never is. Written out rather than as an async context manager: this runs
+        # on every start, and the manager's generator machinery cost more than the lock.
+        event_id = start.event_id
         lock, users = self._starting.get(event_id) or (asyncio.Lock(), 0)
         self._starting[event_id] = (lock, users + 1)
         try:
             async with lock:
-                yield
+                return await self._start(start, event)
         finally:
             lock, users = self._starting[event_id]
             if users == 1:
@@ -496,7 +493,10 @@ class InstrumentedSessionTracker:
                 self._guard(_annotate_child, span, end.session_id, result.status, result.error)
         if ended is not None:
             outcome = end_outcome(end.metadata)
-            self._guard(self._finish_telemetry, ended, outcome, planned, end.timestamp)
+            # The row's from-row mark is set at create and never changed by an end: the read above says it, so
+            # the ended row's telemetry document is not parsed a second time to learn it.
+            from_row = record is not None and record.session_id == ended.session_id and built_from_row(record)
+            self._guard(self._finish_telemetry, ended, outcome, planned, end.timestamp, from_row or None)
         elif result.status in ("not_found", "error"):
             folded = None if record is None else self._metrics.component(record.component_name)
             component = {sc.COMPONENT_NAME: folded} if folded is not None else {}
@@ -524,9 +524,17 @@ class InstrumentedSessionTracker:
             self._finish_telemetry(record, outcome, SessionTelemetry.of(record), ended)
 
     def _finish_telemetry(
-        self, record: SessionRecord, outcome: Outcome, planned: SessionTelemetry | None, ended_text: str | None
+        self,
+        record: SessionRecord,
+        outcome: Outcome,
+        planned: SessionTelemetry | None,
+        ended_text: str | None,
+        from_row: bool | None = None,
     ) -> None:
-        """:meth:`finish_session_telemetry` with what the caller already read from the store."""
+        """:meth:`finish_session_telemetry` with what the caller already read from the store (``from_row``:
+        whether the session is built from its row, when the caller knows it already)."""
+        if from_row is None:
+            from_row = built_from_row(record)
         start, end, _ = span_times(record)
         if not self._guard(self._counted_by_store):
             component = {sc.COMPONENT_NAME: self._metrics.component(record.component_name)}
@@ -535,7 +543,7 @@ class InstrumentedSessionTracker:
             seconds = (end - start).total_seconds()
             self._metrics.duration.record(seconds, {**component, sc.SESSION_STATUS: outcome.status})
         from_store = self._roots_from_store()
-        if from_store and built_from_row(record):
+        if from_store and from_row:
             return  # the exporter builds the root span and the end's log record from the row: nothing to make
         attributes = root_attributes(record, outcome, planned)
         if planned is not None and not from_store:
@@ -544,7 +552,7 @@ class InstrumentedSessionTracker:
             export_root_span(self._tracer, record, outcome, planned, self._redaction, attributes)
             if isinstance(self.store, TelemetryStore):
                 self.store.mark_root_spans_exported([record.session_id])
-        if built_from_row(record):
+        if from_row:
             return  # its end's log record is built from the row by the exporter (emit's sessions): sent once
         line = ended_line(record.session_id, ended_text or end.isoformat())
         with _current(planned.plan.child_context()) if planned is not None else contextlib.nullcontext():
