@@ -11,7 +11,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import psycopg
@@ -379,3 +379,25 @@ def test_the_lease_goes_by_the_database_clock_whatever_a_replica_clock_says(post
     finally:
         holder.close()
         standby.close()
+
+
+def test_start_and_end_claims_go_by_the_database_clock_whatever_a_replica_clock_says(postgres_url: str) -> None:
+    """A claim taken by a replica whose clock runs hours behind is not stale to one whose clock runs hours
+    ahead (only the claim's TTL comes from the caller); once older than the TTL by the database's clock, it is."""
+    behind, ahead = PostgresSessionStore(postgres_url), PostgresSessionStore(postgres_url)
+    ttl = timedelta(seconds=15)
+    try:
+        record, _ = behind.create(new_session("claimed"))
+        past = datetime.now(timezone.utc) - timedelta(seconds=HOURS)
+        future = datetime.now(timezone.utc) + timedelta(seconds=HOURS)
+        assert behind.claim_start("e-claimed", "behind", past, past - ttl)
+        assert behind.claim_end(record.session_id, "behind", past, past - ttl)
+        assert not ahead.claim_start("e-claimed", "ahead", future, future - ttl)  # live: not taken
+        assert not ahead.claim_end(record.session_id, "ahead", future, future - ttl)
+        with ahead._conn() as conn:  # the database's clock has passed a 0 s TTL by the next statement
+            conn.execute("SELECT pg_sleep(0.01)")
+        assert ahead.claim_start("e-claimed", "ahead", past, past)  # stale by the database's clock: taken
+        assert ahead.claim_end(record.session_id, "ahead", past, past)
+    finally:
+        behind.close()
+        ahead.close()
