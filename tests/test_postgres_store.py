@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import psycopg
@@ -18,6 +19,7 @@ import pytest
 
 from sb_otel import NewSession, SessionEnding, StoreError, open_store
 from sb_otel._tracking import postgres_schema, sqlite_store
+from sb_otel._tracking.export_state import looks_alive
 from sb_otel._tracking.postgres_pool import is_postgres_url, redacted
 from sb_otel._tracking.postgres_store import PostgresSessionStore
 
@@ -329,3 +331,73 @@ def test_an_odd_quality_score_never_fails_a_start_or_its_end(postgres_url: str, 
         assert set(counts.quality.values()) <= {1e-300}
     finally:
         store.close()
+
+
+HOURS = 3 * 3600.0
+
+
+def db_expires_in(store: PostgresSessionStore) -> float:
+    """Seconds the stored lease row has left by the database's own clock."""
+    with store._conn() as conn:
+        row = conn.execute("SELECT expires_at - extract(epoch FROM now()) FROM telemetry_lease").fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+@pytest.mark.parametrize("skew_s", [pytest.param(HOURS, id="holder-ahead"), pytest.param(-HOURS, id="behind")])
+def test_the_lease_goes_by_the_database_clock_whatever_a_replica_clock_says(postgres_url: str, skew_s: float) -> None:
+    """Two replicas, the holder's clock hours off: its lease expires one TTL after its last renewal by the
+    database's clock, readers elsewhere see it alive meanwhile, a standby whose clock says hours have passed
+    cannot take it early, and once the database says it expired a standby takes it whatever its own clock says."""
+    ttl = 1.0
+    holder, standby = PostgresSessionStore(postgres_url), PostgresSessionStore(postgres_url)
+    try:
+        taken = holder.acquire_lease("skewed", ttl, now=time.time() + skew_s)
+        assert taken is not None
+        assert taken.fencing == 1
+        assert 0 < db_expires_in(holder) <= ttl  # now() + ttl, not the holder's clock
+        seen = standby.current_lease()
+        assert seen is not None
+        assert looks_alive(seen, time.time())
+        assert abs(seen.expires_at - (time.time() + ttl)) < ttl
+        assert standby.acquire_lease("standby", ttl, now=time.time() + 2 * HOURS) is None  # live: not stolen
+        assert standby.acquire_lease("standby", ttl, now=time.time() - 2 * HOURS) is None
+        deadline = time.monotonic() + 30
+        while db_expires_in(holder) >= 0:  # waits for the database's clock to pass the expiry
+            assert time.monotonic() < deadline, "the lease never expired by the database's clock"
+            time.sleep(0.05)
+        dead = standby.current_lease()
+        assert dead is not None
+        assert not looks_alive(dead, time.time())
+        after = standby.acquire_lease("standby", ttl, now=time.time() - skew_s)  # a dead lease is taken at once
+        assert after is not None
+        assert (after.holder, after.fencing) == ("standby", 2)
+        assert holder.acquire_lease("skewed", ttl, now=time.time() + skew_s, fencing=1) is None  # its tenure ended
+        renewed = standby.acquire_lease("standby", 60.0, now=0.0, fencing=2)
+        assert renewed is not None
+        assert 59 < db_expires_in(standby) <= 60
+    finally:
+        holder.close()
+        standby.close()
+
+
+def test_start_and_end_claims_go_by_the_database_clock_whatever_a_replica_clock_says(postgres_url: str) -> None:
+    """A claim taken by a replica whose clock runs hours behind is not stale to one whose clock runs hours
+    ahead (only the claim's TTL comes from the caller); once older than the TTL by the database's clock, it is."""
+    behind, ahead = PostgresSessionStore(postgres_url), PostgresSessionStore(postgres_url)
+    ttl = timedelta(seconds=15)
+    try:
+        record, _ = behind.create(new_session("claimed"))
+        past = datetime.now(timezone.utc) - timedelta(seconds=HOURS)
+        future = datetime.now(timezone.utc) + timedelta(seconds=HOURS)
+        assert behind.claim_start("e-claimed", "behind", past, past - ttl)
+        assert behind.claim_end(record.session_id, "behind", past, past - ttl)
+        assert not ahead.claim_start("e-claimed", "ahead", future, future - ttl)  # live: not taken
+        assert not ahead.claim_end(record.session_id, "ahead", future, future - ttl)
+        with ahead._conn() as conn:  # the database's clock has passed a 0 s TTL by the next statement
+            conn.execute("SELECT pg_sleep(0.01)")
+        assert ahead.claim_start("e-claimed", "ahead", past, past)  # stale by the database's clock: taken
+        assert ahead.claim_end(record.session_id, "ahead", past, past)
+    finally:
+        behind.close()
+        ahead.close()

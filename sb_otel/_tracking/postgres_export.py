@@ -2,8 +2,9 @@
 
 The same contract as SQLite's (:mod:`sb_otel._tracking.export_state`); what differs is how it holds across hosts:
 the lease is a row read ``FOR UPDATE`` and written in one transaction (the compare-and-swap of
-:func:`~sb_otel._tracking.export_state.next_lease`, fencing token included), stamped with the database's clock
-(``renewed_at = now()``); an outbox read claims the rows it returns (``UPDATE … WHERE id IN (SELECT … FOR
+:func:`~sb_otel._tracking.export_state.next_lease`, fencing token included), timed by the database's clock alone
+(``expires_at = now() + ttl``, ``renewed_at = now()``; expired means ``expires_at < now()``), since replicas'
+clocks disagree; an outbox read claims the rows it returns (``UPDATE … WHERE id IN (SELECT … FOR
 UPDATE SKIP LOCKED)``), so two exporters draining at once (one that lost its lease mid-round, and its successor)
 never send the same rows; batch marks and deletes are one statement each (``= ANY(array)``, ``unnest``).
 """
@@ -186,14 +187,25 @@ class PostgresExportState(PostgresBase):
         fencing: int | None = None,
         lock_file: str | None = None,
     ) -> Lease | None:
+        """The compare-and-swap of :func:`next_lease` by the database's clock: ``now`` (this host's wall clock) is
+        ignored, because replicas' clocks disagree and the database's is the one they share. ``expires_at`` is
+        written as ``now() + ttl`` and a lease whose ``expires_at`` is behind ``now()`` (its holder silent for a
+        whole TTL by that clock) is taken as if released, so a replica whose clock is off can neither take a
+        live lease early nor make a dead one look alive to readers (``doctor``, ``emit``: their clocks err by
+        their own skew only, never by the holder's). A renewal of an expired tenure nobody took succeeds:
+        nobody else sent meanwhile."""
         with self._transaction() as conn:
+            # now() is the transaction's start, before the row lock's wait: an expiry read by it errs toward
+            # "not yet", and one written by it ends no earlier than the holder's own monotonic freshness does.
+            clock = _db_now(conn)
             # The row lock makes the read and the write one compare-and-swap across every replica.
             row = conn.execute(
                 f"SELECT {_LEASE_COLUMNS} FROM telemetry_lease WHERE name = %s FOR UPDATE", (EXPORTER_LEASE,)
             ).fetchone()
-            after = next_lease(
-                _lease(row), holder, ttl_s, now, replacing=replacing, fencing=fencing, lock_file=lock_file
-            )
+            current = _lease(row)
+            if current is not None and fencing is None and current.holder != holder and _expired(current, clock):
+                current = current.replace(released=True)  # silent past its TTL by the database's clock: free
+            after = next_lease(current, holder, ttl_s, clock, replacing=replacing, fencing=fencing, lock_file=lock_file)
             if after is None:
                 return None
             if row is None:  # the first holder ever: two replicas inserting together, one wins
@@ -248,6 +260,18 @@ def _lease(row: tuple[Any, ...] | None) -> Lease | None:
         return None
     holder, expires_at, heartbeat, fencing, ttl_s, released, lock_file = row
     return Lease(holder, expires_at, heartbeat, fencing, ttl_s, bool(released), lock_file)
+
+
+def _db_now(conn: Connection) -> float:
+    """The database's clock (Unix seconds), the one every replica shares."""
+    row = conn.execute("SELECT extract(epoch FROM now())::DOUBLE PRECISION").fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+def _expired(lease: Lease, db_now: float) -> bool:
+    """Whether a held lease's holder has been silent past its TTL by the database's clock."""
+    return not lease.released and lease.expires_at < db_now
 
 
 def _lease_values(lease: Lease) -> tuple[Any, ...]:

@@ -369,12 +369,16 @@ class PostgresSessionStore(PostgresExportState, PostgresDestination, PostgresPru
     # -- SessionClaims ------------------------------------------------------------------------------------
 
     def claim_start(self, event_id: str, claimant: str, now: datetime, expires_before: datetime) -> bool:
+        """Claims are stamped and judged by the database's clock (``now()``): only the caller's TTL
+        (``now - expires_before``) is taken from its arguments, so a replica whose clock is off can neither take
+        a live claim nor keep a stale one."""
         with self._conn() as conn:
             row = conn.execute(
-                "INSERT INTO start_claims (event_id, claimant, claimed_at) VALUES (%s, %s, %s) "
+                "INSERT INTO start_claims (event_id, claimant, claimed_at) VALUES (%s, %s, now()) "
                 "ON CONFLICT (event_id) DO UPDATE SET claimant = excluded.claimant, claimed_at = excluded.claimed_at "
-                "WHERE start_claims.claimant = excluded.claimant OR start_claims.claimed_at < %s RETURNING 1",
-                (event_id, claimant, now, expires_before),
+                "WHERE start_claims.claimant = excluded.claimant "
+                "OR start_claims.claimed_at < now() - make_interval(secs => %s) RETURNING 1",
+                (event_id, claimant, _claim_ttl_s(now, expires_before)),
             ).fetchone()
         return row is not None
 
@@ -384,10 +388,11 @@ class PostgresSessionStore(PostgresExportState, PostgresDestination, PostgresPru
 
     def claim_end(self, session_id: str, claimant: str, now: datetime, expires_before: datetime) -> bool:
         with self._conn() as conn:
-            row = conn.execute(
-                "UPDATE sessions SET end_claim = %s, end_claimed_at = %s WHERE session_id = %s AND status = 'open' "
-                "AND (end_claim IS NULL OR end_claim = %s OR end_claimed_at < %s) RETURNING 1",
-                (claimant, now, session_id, claimant, expires_before),
+            row = conn.execute(  # by the database's clock, as claim_start
+                "UPDATE sessions SET end_claim = %s, end_claimed_at = now() WHERE session_id = %s AND status = 'open' "
+                "AND (end_claim IS NULL OR end_claim = %s OR end_claimed_at < now() - make_interval(secs => %s)) "
+                "RETURNING 1",
+                (claimant, session_id, claimant, _claim_ttl_s(now, expires_before)),
             ).fetchone()
         return row is not None
 
@@ -433,6 +438,11 @@ class PostgresSessionStore(PostgresExportState, PostgresDestination, PostgresPru
                 ).fetchall()
                 ended.extend(_record(row) for row in rows)
         return ended
+
+
+def _claim_ttl_s(now: datetime, expires_before: datetime) -> float:
+    """How long a claim lasts, as the caller's two times say (the one thing taken from its clock)."""
+    return max(0.0, (now - expires_before).total_seconds())
 
 
 def _channel_row(conn: Connection, key: str) -> SessionRecord | None:

@@ -3,28 +3,83 @@
 Shells start sessions through a random replica and end them through another; midway one replica is SIGKILLed
 (calls in flight to it fail, and the shell retries on another, as a load balancer would). Afterwards: no
 acknowledged start or end is lost, no session id is given twice, every root span is exported (twice at most: the
-batch in flight at the kill), and the store's counts equal its sessions table. Real processes, real PostgreSQL
-(tests/postgres_server.py), real OTLP (tests/otlp_receiver.py).
+batch in flight at the kill), and the store's counts equal its sessions table. Each replica runs with a host
+name of its own (a UTS namespace, ``unshare --uts``), as on three hosts: the lease holder, the reaper and
+``doctor``'s exporter line name one of the live ones. Real processes, real PostgreSQL (tests/postgres_server.py),
+real OTLP (tests/otlp_receiver.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
+import subprocess
+import sys
+import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from sb_otel._tracking.postgres_store import PostgresSessionStore
 from tests.otlp_receiver import OtlpReceiver
-from tests.reliability._mcp_helpers import ServerProcess, call_tool, mcp_session, start_arguments, start_server
+from tests.reliability._mcp_helpers import (
+    READY,
+    ServerProcess,
+    call_tool,
+    mcp_session,
+    start_arguments,
+    start_server,
+)
 
 REPLICAS = 3
 SHELLS = 3
 LIFECYCLES_PER_SHELL = 200
 KILL_AFTER = 250
 """Acknowledged lifecycles (of 600) after which replica 0 is SIGKILLed."""
+
+
+def host_name(number: int) -> str:
+    """Replica ``number``'s host name (``socket.gethostname()`` inside it)."""
+    return f"replica-host-{number}"
+
+
+def start_replica(tmp: Path, env: dict[str, str], number: int) -> ServerProcess:
+    """``sb-otel serve`` in a UTS namespace of its own named :func:`host_name` (same pid: ``sh`` execs the server,
+    so ``kill -9`` hits it); waits, with a deadline, for its ready line."""
+    log = tmp / f"replica-{number}.log"
+    as_root = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    command = [sys.executable, "-m", "sb_otel", "serve", "--transport", "http", "--port", "0"]
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            ["unshare", *as_root, "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host_name(number), *command],
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    deadline = time.monotonic() + 60  # a loaded 2-core machine can take that long to import the SDK and mcp
+    while not (found := READY.search(log.read_text())):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait(30)
+            raise AssertionError(f"replica {number} did not start: {log.read_text()}")
+        time.sleep(0.05)  # polls a real condition (the ready line) under a deadline
+    return ServerProcess(process, found.group(1), log)
+
+
+def doctor(env: dict[str, str], **extra: str) -> dict[str, str]:
+    """``sb-otel doctor --json`` as an SRE on another host runs it: each check's detail by name."""
+    done = subprocess.run(
+        [sys.executable, "-m", "sb_otel", "doctor", "--json"],
+        env={**os.environ, **env, **extra},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return {check["name"]: check["detail"] for check in json.loads(done.stdout)}
 
 
 class ReplicaGone(Exception):
@@ -85,7 +140,7 @@ async def test_three_replicas_one_killed_lose_nothing_acknowledged(tmp_path: Pat
             "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
             "SB_OTEL_REAP_INTERVAL": "1h",
         }
-        replicas = [start_server(tmp_path, env, name=f"replica-{n}") for n in range(REPLICAS)]
+        replicas = [start_replica(tmp_path, env, n) for n in range(REPLICAS)]
         alive: list[ServerProcess] = list(replicas)
         started: dict[str, str] = {}  # acknowledged starts: event id -> session id
         ended: set[str] = set()  # acknowledged ends
@@ -149,9 +204,11 @@ async def test_three_replicas_one_killed_lose_nothing_acknowledged(tmp_path: Pat
 
         try:
             receiver.wait_for(lambda _: set(ended) <= set(roots()), timeout=120, message="every root span")
+            holder = await who_exports_and_reaps(tmp_path, postgres_url, env, replicas[1])
         finally:
             stopped = [replica.stop() for replica in alive]
         assert stopped == [0] * len(alive)
+        assert holder.split(":")[0] in {host_name(1), host_name(2)}, holder  # a live replica, by its host name
 
         store = PostgresSessionStore(postgres_url)
         try:
@@ -167,6 +224,31 @@ async def test_three_replicas_one_killed_lose_nothing_acknowledged(tmp_path: Pat
         assert sum(counts.started.values()) == len(records)
         stored_ended = Counter(record.component_name for record in records if record.status == "exited")
         assert {component: n for (component, _), n in counts.ended.items()} == dict(stored_ended)
+
+
+async def who_exports_and_reaps(tmp: Path, url: str, env: dict[str, str], replica: ServerProcess) -> str:
+    """The lease holder after the run, checked where an SRE looks: ``doctor``'s exporter line names it, and its
+    reaper line names the same replica as the one that reaps (a session left open past the session TTL)."""
+    store = PostgresSessionStore(url)
+    try:
+        lease = store.current_lease()
+    finally:
+        store.close()
+    assert lease is not None
+    assert not lease.released
+    old = (datetime.now(timezone.utc) - timedelta(hours=2)).isoformat()
+    await call_on(replica, "track_session_start", start_arguments(str(tmp), timestamp=old))
+    checks = doctor(env, SB_OTEL_SESSION_TTL="1h")
+    assert f"exporter: {lease.holder} (" in checks["outbox"], checks["outbox"]
+    assert f"the exporter {lease.holder} reaps them" in checks["reaper"], checks["reaper"]
+    return lease.holder
+
+
+async def call_on(replica: ServerProcess, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    async with mcp_session(replica.url) as session:
+        result = await call_tool(session, tool, arguments)
+    assert result["status"] == "tracked", result
+    return result
 
 
 async def test_a_database_restart_under_two_replicas_answers_errors_then_resumes(
