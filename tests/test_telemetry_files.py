@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -58,6 +59,29 @@ def test_a_file_is_rotated_before_it_passes_its_size_and_only_keep_rotated_files
         assert lines_of(tmp_path / name)
     last = lines_of(path)[-1]["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["name"]  # type: ignore[index]
     assert last == "span 199"
+
+
+def test_a_named_pipe_takes_the_lines_and_is_never_rotated(tmp_path: Path) -> None:
+    """A reader streaming the lines elsewhere (a FIFO in the file's place): every span reaches it, past the size
+    limit, and nothing is renamed (a pipe cannot seek, so the size rule must not ask it)."""
+    path = tmp_path / "traces.jsonl"
+    os.mkfifo(path)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    taken = bytearray()
+    try:
+        exporter = SpanFile(RotatingLines(path, FileLimits(max_bytes=512, keep=2, max_age_s=DAY)))
+        for _ in range(10):
+            spans_into(exporter, 1)
+            taken.extend(os.read(reader, 1 << 16))
+        exporter.shutdown()
+        with contextlib.suppress(BlockingIOError):
+            taken.extend(os.read(reader, 1 << 16))
+    finally:
+        os.close(reader)
+    assert len(bytes(taken).decode().splitlines()) == 10
+    assert len(taken) > 512
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["traces.jsonl"]
+    assert stat.S_ISFIFO(path.stat().st_mode)
 
 
 def test_a_file_older_than_its_age_is_rotated_and_old_rotated_files_are_deleted(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ import json
 import logging
 import logging.handlers
 import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +104,8 @@ class RotatingLines(logging.handlers.RotatingFileHandler):
     def shouldRollover(self, record: logging.LogRecord) -> bool:  # the standard library's name
         if self.stream is None:
             self.stream = self._open()
+        if not stat.S_ISREG(os.fstat(self.stream.fileno()).st_mode):
+            return False  # a pipe or a device (a reader streaming the lines elsewhere): nothing to rotate, no seek
         self.stream.seek(0, os.SEEK_END)
         size = self.stream.tell()
         if size == 0:
@@ -140,10 +143,10 @@ class RotatingLines(logging.handlers.RotatingFileHandler):
     def identity(self) -> list[int] | None:
         """The live file's device and inode (``None`` if there is none yet): a new file starts a new snapshot."""
         try:
-            stat = os.stat(self.baseFilename)
+            info = os.stat(self.baseFilename)
         except FileNotFoundError:
             return None
-        return [stat.st_dev, stat.st_ino] if stat.st_size else None
+        return [info.st_dev, info.st_ino] if info.st_size else None
 
 
 def _line(text: str) -> logging.LogRecord:
