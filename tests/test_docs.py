@@ -187,8 +187,8 @@ async def once(url):
     now = datetime.datetime.now(datetime.timezone.utc).isoformat()
     event = {"event_version": "1.0", "event_id": str(uuid.uuid4()), "event_type": "session_start",
              "component_name": "mahavishnu", "shell_type": "MahavishnuShell", "timestamp": now, "pid": 12345,
-             "user": {"username": "john", "home": "/tmp"}, "hostname": "server01",
-             "environment": {"python_version": "3.13.0", "platform": "Linux", "cwd": "/tmp"}}
+             "user": {"username": "john", "home": sys.argv[2]}, "hostname": "server01",
+             "environment": {"python_version": "3.13.0", "platform": "Linux", "cwd": sys.argv[2]}}
     async with streamablehttp_client(url) as (read, write, _), ClientSession(read, write) as session:
         await session.initialize()
         tools = sorted(tool.name for tool in (await session.list_tools()).tools)
@@ -228,6 +228,8 @@ def test_the_session_buddy_server_command_serves_the_tracking_tools_traced(tmp_p
     assert str(port) in command
     assert str(python.parent) in command
     (tmp_path / "home").mkdir()
+    project = tmp_path / "project"
+    project.mkdir()
     with OtlpReceiver() as receiver:
         env = {name: os.environ[name] for name in ("PATH", "LANG", "LC_ALL", "TMPDIR") if name in os.environ}
         env.update(
@@ -247,7 +249,9 @@ def test_the_session_buddy_server_command_serves_the_tracking_tools_traced(tmp_p
         )
         try:
             done = subprocess.run(
-                [str(python), "-c", _CLIENT, f"http://127.0.0.1:{port}/mcp"],
+                # a small project directory: session-buddy's manager looks through it within the lifecycle
+                # timeout (a shared /tmp with thousands of files can take longer on a busy machine)
+                [str(python), "-c", _CLIENT, f"http://127.0.0.1:{port}/mcp", str(project)],
                 capture_output=True,
                 text=True,
                 timeout=300,
@@ -269,6 +273,6 @@ def test_the_session_buddy_server_command_serves_the_tracking_tools_traced(tmp_p
                 server.wait(timeout=30)
             log.close()
     assert {"track_session_start", "track_session_end"} <= set(answer["tools"])
-    assert answer["start"]["status"] == "tracked"
+    assert answer["start"]["status"] == "tracked", answer
     assert answer["end"]["status"] == "ended"
     assert [span["attributes"]["session.id"] for span in spans] == [answer["start"]["session_id"]]
