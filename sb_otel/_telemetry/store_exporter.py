@@ -271,7 +271,8 @@ class StoreExporter:
             for reason, count in trimmed.items():
                 report.dropped[reason] = report.dropped.get(reason, 0) + count
             self._metrics_round(report, force=final)
-            prune_expired(self.store)  # the store's sessions.retention, hourly (sb_otel/_tracking/retention.py)
+            if not final and not self._stop.is_set():  # housekeeping, never in a stopping exporter's last moments
+                prune_expired(self.store)  # the store's sessions.retention, hourly (sb_otel/_tracking/retention.py)
         except LeaseLost:
             report.lease_held = False
             _log.warning("sb-otel exporter %s lost its lease to another process; it stops exporting", self.holder)
