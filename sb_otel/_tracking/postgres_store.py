@@ -186,7 +186,7 @@ class PostgresSessionStore(PostgresExportState, PostgresDestination, PostgresPru
             with self._conn() as conn:
                 inserted = conn.execute(_INSERT, (session_id, *values)).fetchall()
             if inserted:
-                return _new_record(new, session_id), True
+                return new.opened(session_id), True
             existing = self.get(session_id) or self.get_by_event_id(new.event_id)
             if existing is None:
                 raise StoreError(f"session {session_id} could neither be stored nor found")
@@ -199,7 +199,7 @@ class PostgresSessionStore(PostgresExportState, PostgresDestination, PostgresPru
                 session_id = numbered_session_id(base, ordinal)
                 if conn.execute(_INSERT, (session_id, *values)).fetchall():
                     self._remember_ordinal(base, ordinal)
-                    return _new_record(new, session_id), True
+                    return new.opened(session_id), True
                 # Taken: by this start's event id (a retry) or by another session of this second (a lost race).
                 existing = self._one_on(conn, "event_id", new.event_id)
                 if existing is not None:
@@ -356,7 +356,7 @@ class PostgresSessionStore(PostgresExportState, PostgresDestination, PostgresPru
                 "ON CONFLICT (channel_key) DO UPDATE SET session_id = excluded.session_id",
                 (key, session_id),
             )
-        return _new_record(new, session_id), True
+        return new.opened(session_id), True
 
     def channel_session(self, key: str) -> SessionRecord | None:
         with self._conn() as conn:
@@ -490,20 +490,4 @@ def _insert_values(new: NewSession) -> tuple[Any, ...]:
         _json(new.start_event),
         _json(new.telemetry),
         ALL if built_from_row(new) else None,
-    )
-
-
-def _new_record(new: NewSession, session_id: str) -> SessionRecord:
-    return SessionRecord(
-        session_id=session_id,
-        event_id=new.event_id,
-        component_name=new.component_name,
-        hostname=new.hostname,
-        pid=new.pid,
-        cwd=new.cwd,
-        status="open",
-        started_at=new.started_at,
-        received_at=new.received_at,
-        start_event=dict(new.start_event),
-        telemetry=dict(new.telemetry),
     )

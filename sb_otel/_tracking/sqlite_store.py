@@ -441,7 +441,7 @@ class SqliteSessionStore:
             if existing is None:
                 raise
             return existing, False
-        return _new_record(new, session_id), True
+        return new.opened(session_id), True
 
     def _adopt(self, new: NewSession, session_id: str) -> tuple[SessionRecord, bool]:
         """Record a session under an id another tracker assigned; an id or event id seen before wins."""
@@ -451,7 +451,7 @@ class SqliteSessionStore:
         except sqlite3.IntegrityError:
             inserted = []
         if inserted:
-            return _new_record(new, session_id), True
+            return new.opened(session_id), True
         existing = self.get(session_id) or self.get_by_event_id(new.event_id)
         if existing is None:
             raise StoreError(f"session {session_id} could neither be stored nor found")
@@ -477,7 +477,7 @@ class SqliteSessionStore:
                 "ON CONFLICT (channel_key) DO UPDATE SET session_id = excluded.session_id",
                 (key, session_id),
             )
-        return _new_record(new, session_id), True
+        return new.opened(session_id), True
 
     def channel_session(self, key: str) -> SessionRecord | None:
         with self._lock, _translated(self.path):
@@ -1185,22 +1185,6 @@ def _insert_values(new: NewSession) -> tuple[Any, ...]:
         _json(new.start_event),
         _json(new.telemetry),
         ALL if built_from_row(new) else None,
-    )
-
-
-def _new_record(new: NewSession, session_id: str) -> SessionRecord:
-    return SessionRecord(
-        session_id=session_id,
-        event_id=new.event_id,
-        component_name=new.component_name,
-        hostname=new.hostname,
-        pid=new.pid,
-        cwd=new.cwd,
-        status="open",
-        started_at=new.started_at,
-        received_at=new.received_at,
-        start_event=dict(new.start_event),
-        telemetry=dict(new.telemetry),
     )
 
 

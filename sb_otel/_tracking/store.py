@@ -81,6 +81,22 @@ class NewSession(Frozen):
             telemetry={} if telemetry is None else telemetry,
         )
 
+    def opened(self, session_id: str) -> SessionRecord:
+        """The open record a store returns for this start once it has stored it as ``session_id``."""
+        return SessionRecord(
+            session_id=session_id,
+            event_id=self.event_id,
+            component_name=self.component_name,
+            hostname=self.hostname,
+            pid=self.pid,
+            cwd=self.cwd,
+            status="open",
+            started_at=self.started_at,
+            received_at=self.received_at,
+            start_event=dict(self.start_event),
+            telemetry=dict(self.telemetry),
+        )
+
 
 class SessionRecord(Frozen):
     """One session as stored."""
