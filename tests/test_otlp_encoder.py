@@ -129,3 +129,38 @@ def test_sb_otels_own_records_take_the_direct_path() -> None:
         end_time=2,
     )
     assert span_message(span) == _encode_span(span).SerializeToString()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "", "ünï"]), min_size=1, max_size=6), st.integers(1, 4))
+def test_recurring_attributes_are_written_as_the_sdk_encodes_them_every_time(values: list[str], times: int) -> None:
+    """Keys and text values framed once (cached) still give the SDK's bytes on every later record."""
+    for _ in range(times):
+        span = ReadableSpan(
+            name="session demo",
+            context=SpanContext(1, 2, False, TraceFlags(1)),
+            attributes={f"k{index % 3}": value for index, value in enumerate(values)},
+            start_time=1,
+            end_time=2,
+        )
+        assert span_message(span) == _encode_span(span).SerializeToString()
+
+
+def test_values_of_subclasses_are_written_as_the_sdk_encodes_them() -> None:
+    """An ``IntEnum`` or a ``str`` enum as a value is written as its int or text, as the SDK's encoder does."""
+    import enum
+
+    class Code(enum.IntEnum):
+        CRASH = 3
+
+    class Shell(str, enum.Enum):
+        BASH = "bash"
+
+    span = ReadableSpan(
+        name="session demo",
+        context=SpanContext(1, 2, False, TraceFlags(1)),
+        attributes={"code": Code.CRASH, "shell": Shell.BASH, "big": 2**40, "raw": b"\x00\x01", "neg": -1},
+        start_time=1,
+        end_time=2,
+    )
+    assert span_message(span) == _encode_span(span).SerializeToString()

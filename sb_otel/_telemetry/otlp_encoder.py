@@ -8,6 +8,11 @@ left out; fields in number order, as the SDK's serializer writes them). Anything
 integer beyond 64 bits, a time beyond uint64, text that is not UTF-8 — returns ``None`` and the caller uses the
 SDK's encoder, which decides (skips the attribute, or refuses the record as poison). ``tests/test_otlp_encoder.py``
 compares the bytes with the SDK's for generated records (hypothesis).
+
+Why it is written with constant tags, cached pairs and joins rather than a field at a time: the same few attribute
+keys and values (component name, shell, result, host …) recur in every record, and a call per tag, length and
+value was half the exporter's CPU per lifecycle (~55 calls a record). Each attribute's key is framed once per
+process, and a text-valued attribute (key and value) once while it recurs (a bounded cache).
 """
 
 from __future__ import annotations
@@ -20,8 +25,30 @@ _INT64 = (-(2**63), 2**63 - 1)
 _UINT64 = 2**64
 _CONTEXT_HAS_IS_REMOTE = 0x100
 _CONTEXT_IS_REMOTE = 0x200
-_KINDS = {0: 1, 1: 2, 2: 3, 3: 4, 4: 5}
-"""The API's ``SpanKind`` values (INTERNAL 0 … CONSUMER 4) as OTLP's ``SPAN_KIND_*`` (INTERNAL 1 … CONSUMER 5)."""
+_KINDS = {0: b"\x30\x01", 1: b"\x30\x02", 2: b"\x30\x03", 3: b"\x30\x04", 4: b"\x30\x05"}
+"""The API's ``SpanKind`` values (INTERNAL 0 … CONSUMER 4) as a ``Span``'s field 6, OTLP's ``SPAN_KIND_*``
+(INTERNAL 1 … CONSUMER 5)."""
+_SPAN_FLAGS = {
+    False: b"\x85\x01" + struct.pack("<I", _CONTEXT_HAS_IS_REMOTE),
+    True: b"\x85\x01" + struct.pack("<I", _CONTEXT_HAS_IS_REMOTE | _CONTEXT_IS_REMOTE),
+}
+"""A ``Span``'s field 16 (fixed32 flags): whether its parent is remote."""
+_LINK_FLAGS = {
+    False: b"\x35" + struct.pack("<I", _CONTEXT_HAS_IS_REMOTE),
+    True: b"\x35" + struct.pack("<I", _CONTEXT_HAS_IS_REMOTE | _CONTEXT_IS_REMOTE),
+}
+_SIZES = [bytes((size,)) for size in range(0x80)]
+"""Varints of 0…127, the length of almost every field sb-otel writes."""
+_fixed64_bytes = struct.Struct("<Q").pack
+_double_bytes = struct.Struct("<d").pack
+_fixed32_bytes = struct.Struct("<I").pack
+_PRIMITIVE = frozenset((str, bool, int, float))
+_CACHED_PAIRS = 4096
+"""Text-valued attributes kept framed (key and value) at most; the cache starts over beyond it."""
+_keys: dict[str, bytes] = {}
+"""A ``KeyValue``'s field 1 (the key), framed, per key seen (keys are few: sb-otel's names, a host's)."""
+_pairs: dict[tuple[str, str], bytes] = {}
+"""A text-valued attribute as its ``KeyValue`` message behind its length, per (key, value) seen recently."""
 
 
 class _Unsupported(Exception):
@@ -31,7 +58,7 @@ class _Unsupported(Exception):
 def span_message(span: Any) -> bytes | None:
     """A finished ``ReadableSpan`` as its OTLP ``Span`` message, or ``None`` for the SDK's encoder to decide."""
     try:
-        return bytes(_span(span))
+        return _span(span)
     except (_Unsupported, UnicodeEncodeError):
         return None
 
@@ -39,171 +66,192 @@ def span_message(span: Any) -> bytes | None:
 def log_message(record: Any) -> bytes | None:
     """An SDK log record (``ReadableLogRecord``) as its OTLP ``LogRecord`` message, or ``None`` (the SDK's)."""
     try:
-        return bytes(_log(record))
+        return _log(record)
     except (_Unsupported, UnicodeEncodeError):
         return None
 
 
-def _span(span: Any) -> bytearray:
+def _span(span: Any) -> bytes:
     context = span.context
     parent = span.parent
-    out = bytearray()
-    _bytes(out, 1, context.trace_id.to_bytes(16, "big"))
-    _bytes(out, 2, context.span_id.to_bytes(8, "big"))
+    parts = [b"\x0a\x10", context.trace_id.to_bytes(16, "big"), b"\x12\x08", context.span_id.to_bytes(8, "big")]
     state = context.trace_state
     if state:
-        _text(out, 3, ",".join(f"{key}={value}" for key, value in state.items()))
+        parts.append(_text(0x1A, ",".join(f"{key}={value}" for key, value in state.items())))
     if parent is not None:
-        _bytes(out, 4, parent.span_id.to_bytes(8, "big"))
+        parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
     if span.name:
-        _text(out, 5, span.name)
-    _varint_field(out, 6, _KINDS[span.kind.value])
-    _fixed64(out, 7, span.start_time)
-    _fixed64(out, 8, span.end_time)
-    _attributes(out, 9, span.attributes)
+        parts.append(_text(0x2A, span.name))
+    parts.append(_KINDS[span.kind.value])
+    _fixed64(parts, b"\x39", span.start_time)
+    _fixed64(parts, b"\x41", span.end_time)
+    attributes = span.attributes
+    if attributes:
+        _attributes(parts, b"\x4a", attributes)
     if span.dropped_attributes:
-        _varint_field(out, 10, span.dropped_attributes)
+        parts += (b"\x50", _size(span.dropped_attributes))
     for event in span.events:
-        _message(out, 11, _event(event))
+        parts.append(_framed(b"\x5a", _event(event)))
     if span.dropped_events:
-        _varint_field(out, 12, span.dropped_events)
+        parts += (b"\x60", _size(span.dropped_events))
     for link in span.links:
-        _message(out, 13, _link(link))
+        parts.append(_framed(b"\x6a", _link(link)))
     if span.dropped_links:
-        _varint_field(out, 14, span.dropped_links)
-    status = bytearray()
-    if span.status.description:
-        _text(status, 2, span.status.description)
-    if span.status.status_code.value:
-        _varint_field(status, 3, span.status.status_code.value)
-    _message(out, 15, status)
-    flags = _CONTEXT_HAS_IS_REMOTE | (_CONTEXT_IS_REMOTE if parent is not None and parent.is_remote else 0)
-    out += b"\x85\x01" + struct.pack("<I", flags)  # field 16, fixed32
-    return out
+        parts += (b"\x70", _size(span.dropped_links))
+    status = span.status
+    if status.description or status.status_code.value:
+        message = _text(0x12, status.description) if status.description else b""
+        if status.status_code.value:
+            message += b"\x18" + _size(status.status_code.value)
+        parts.append(_framed(b"\x7a", message))
+    else:
+        parts.append(b"\x7a\x00")
+    parts.append(_SPAN_FLAGS[parent is not None and parent.is_remote])
+    return b"".join(parts)
 
 
-def _event(event: Any) -> bytearray:
-    out = bytearray()
-    _fixed64(out, 1, event.timestamp)
+def _event(event: Any) -> bytes:
+    parts: list[bytes] = []
+    _fixed64(parts, b"\x09", event.timestamp)
     if event.name:
-        _text(out, 2, event.name)
-    _attributes(out, 3, event.attributes)
+        parts.append(_text(0x12, event.name))
+    if event.attributes:
+        _attributes(parts, b"\x1a", event.attributes)
     if event.dropped_attributes:
-        _varint_field(out, 4, event.dropped_attributes)
-    return out
+        parts += (b"\x20", _size(event.dropped_attributes))
+    return b"".join(parts)
 
 
-def _link(link: Any) -> bytearray:
-    out = bytearray()
-    _bytes(out, 1, link.context.trace_id.to_bytes(16, "big"))
-    _bytes(out, 2, link.context.span_id.to_bytes(8, "big"))
-    _attributes(out, 4, link.attributes)
+def _link(link: Any) -> bytes:
+    context = link.context
+    parts = [b"\x0a\x10", context.trace_id.to_bytes(16, "big"), b"\x12\x08", context.span_id.to_bytes(8, "big")]
+    if link.attributes:
+        _attributes(parts, b"\x22", link.attributes)
     if link.dropped_attributes:
-        _varint_field(out, 5, link.dropped_attributes)
-    flags = _CONTEXT_HAS_IS_REMOTE | (_CONTEXT_IS_REMOTE if link.context.is_remote else 0)
-    out += b"\x35" + struct.pack("<I", flags)  # field 6, fixed32
-    return out
+        parts += (b"\x28", _size(link.dropped_attributes))
+    parts.append(_LINK_FLAGS[bool(context.is_remote)])
+    return b"".join(parts)
 
 
-def _log(record: Any) -> bytearray:
+def _log(record: Any) -> bytes:
     log = record.log_record
-    out = bytearray()
-    _fixed64(out, 1, log.timestamp)
+    parts: list[bytes] = []
+    _fixed64(parts, b"\x09", log.timestamp)
     severity = getattr(log.severity_number, "value", None)
     if severity:
-        _varint_field(out, 2, severity)
+        parts += (b"\x10", _size(severity))
     if log.severity_text:
-        _text(out, 3, log.severity_text)
-    _message(out, 5, _value(log.body))
-    _attributes(out, 6, log.attributes)
+        parts.append(_text(0x1A, log.severity_text))
+    parts.append(_framed(b"\x2a", _value(log.body)))
+    if log.attributes:
+        _attributes(parts, b"\x32", log.attributes)
     if record.dropped_attributes:
-        _varint_field(out, 7, record.dropped_attributes)
+        parts += (b"\x38", _size(record.dropped_attributes))
     flags = int(log.trace_flags)
     if flags:
-        out += b"\x45" + struct.pack("<I", flags)  # field 8, fixed32
+        parts += (b"\x45", _fixed32_bytes(flags))
     if log.trace_id:
-        _bytes(out, 9, log.trace_id.to_bytes(16, "big"))
+        parts += (b"\x4a\x10", log.trace_id.to_bytes(16, "big"))
     if log.span_id:
-        _bytes(out, 10, log.span_id.to_bytes(8, "big"))
-    _fixed64(out, 11, log.observed_timestamp)
+        parts += (b"\x52\x08", log.span_id.to_bytes(8, "big"))
+    _fixed64(parts, b"\x59", log.observed_timestamp)
     if log.event_name:
-        _text(out, 12, log.event_name)
-    return out
+        parts.append(_text(0x62, log.event_name))
+    return b"".join(parts)
 
 
-def _attributes(out: bytearray, number: int, attributes: Mapping[str, Any] | None) -> None:
-    if not attributes:
-        return
+def _attributes(parts: list[bytes], tag: bytes, attributes: Mapping[str, Any]) -> None:
+    """Each attribute as a ``KeyValue`` message behind ``tag`` (the repeated field's tag byte)."""
     for key, value in attributes.items():
-        pair = bytearray()
-        if key:
-            _text(pair, 1, key)
-        _message(pair, 2, _value(value))
-        _message(out, number, pair)
+        if value.__class__ is str:
+            pair = _pairs.get((key, value))
+            if pair is None:
+                if len(_pairs) >= _CACHED_PAIRS:
+                    _pairs.clear()
+                pair = _pairs[(key, value)] = _sized(_key(key) + _framed(b"\x12", _text(0x0A, value)))
+        else:
+            pair = _sized(_key(key) + _framed(b"\x12", _value(value)))
+        parts += (tag, pair)
 
 
-def _value(value: Any) -> bytearray:
+def _key(key: str) -> bytes:
+    """A ``KeyValue``'s key field (none for an empty key, proto3's default)."""
+    framed = _keys.get(key)
+    if framed is None:
+        framed = _text(0x0A, key) if key else b""
+        if len(_keys) < _CACHED_PAIRS:
+            _keys[key] = framed
+    return framed
+
+
+def _value(value: Any) -> bytes:
     """An ``AnyValue``: its one field is always written (a oneof member has presence, even when zero)."""
-    out = bytearray()
     if value is None:
-        return out
-    if isinstance(value, bool):
-        out += b"\x10\x01" if value else b"\x10\x00"
-    elif isinstance(value, str):
-        _text(out, 1, value, always=True)
-    elif isinstance(value, int):
+        return b""
+    kind = value.__class__
+    if kind is str:
+        return _text(0x0A, value)
+    if kind is bool:
+        return b"\x10\x01" if value else b"\x10\x00"
+    if kind is int:
         if not _INT64[0] <= value <= _INT64[1]:
             raise _Unsupported
-        out.append(0x18)
-        _varint(out, value & 0xFFFFFFFFFFFFFFFF)
-    elif isinstance(value, float):
-        out += b"\x21" + struct.pack("<d", value)
-    elif isinstance(value, bytes):
-        _bytes(out, 7, value, always=True)
-    elif isinstance(value, Sequence):
-        values = bytearray()
-        for item in value:
-            _message(values, 1, _value(item))
-        _message(out, 5, values)
-    else:
-        raise _Unsupported  # a Mapping (kvlist) or anything else: the SDK's to encode or refuse
-    return out
+        return b"\x18" + _size(value & 0xFFFFFFFFFFFFFFFF)
+    if kind is float:
+        return b"\x21" + _double_bytes(value)
+    return _other_value(value)
 
 
-def _fixed64(out: bytearray, number: int, value: int | None) -> None:
+def _other_value(value: Any) -> bytes:
+    """A value of a subclass (an ``IntEnum``, a ``str`` enum), bytes or a sequence, as the SDK's encoder takes it."""
+    if isinstance(value, bool):
+        return b"\x10\x01" if value else b"\x10\x00"
+    if isinstance(value, str):
+        return _text(0x0A, value)
+    if isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise _Unsupported
+        return b"\x18" + _size(value & 0xFFFFFFFFFFFFFFFF)
+    if isinstance(value, float):
+        return b"\x21" + _double_bytes(value)
+    if isinstance(value, bytes):
+        return b"\x3a" + _size(len(value)) + value
+    if isinstance(value, Sequence):
+        return _framed(b"\x2a", b"".join(_framed(b"\x0a", _value(item)) for item in value))
+    raise _Unsupported  # a Mapping (kvlist) or anything else: the SDK's to encode or refuse
+
+
+def _fixed64(parts: list[bytes], tag: bytes, value: int | None) -> None:
+    """A time (fixed64) behind ``tag``; nothing for none or zero (proto3's default)."""
     if not value:
         return
     if not 0 < value < _UINT64:
         raise _Unsupported
-    _varint(out, number << 3 | 1)
-    out += struct.pack("<Q", value)
+    parts += (tag, _fixed64_bytes(value))
 
 
-def _varint_field(out: bytearray, number: int, value: int) -> None:
-    if value:
-        _varint(out, number << 3)
-        _varint(out, value)
+def _text(tag: int, value: str) -> bytes:
+    """A string field, its one-byte ``tag`` written as given (also when empty: the caller decides presence)."""
+    data = value.encode("utf-8")
+    return bytes((tag,)) + _size(len(data)) + data
 
 
-def _text(out: bytearray, number: int, value: str, *, always: bool = False) -> None:
-    _bytes(out, number, value.encode("utf-8"), always=always)
+def _framed(tag: bytes, message: bytes) -> bytes:
+    """A length-delimited field: ``tag``, the length, the message."""
+    return tag + _size(len(message)) + message
 
 
-def _bytes(out: bytearray, number: int, value: bytes, *, always: bool = False) -> None:
-    if value or always:
-        _varint(out, number << 3 | 2)
-        _varint(out, len(value))
-        out += value
+def _sized(message: bytes) -> bytes:
+    return _size(len(message)) + message
 
 
-def _message(out: bytearray, number: int, value: bytearray) -> None:
-    _varint(out, number << 3 | 2)
-    _varint(out, len(value))
-    out += value
-
-
-def _varint(out: bytearray, value: int) -> None:
+def _size(value: int) -> bytes:
+    """``value`` (non-negative, below 2**64) as a varint."""
+    if value < 0x80:
+        return _SIZES[value]
+    out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
         value >>= 7
     out.append(value)
+    return bytes(out)
