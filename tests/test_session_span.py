@@ -104,3 +104,27 @@ def test_a_span_from_the_plan_encodes_as_the_sdks_own(plan: SessionSpanPlan) -> 
 def test_an_unsampled_plan_writes_no_span() -> None:
     plan = SessionSpanPlan(0xA1, 0xB2, False)
     assert planned_span(plan, "n", {}, 1, 2, Status(StatusCode.UNSET), RESOURCE, SCOPE) is None
+
+
+ATTRIBUTE_SETS = [
+    pytest.param({"session.id": "s-1", "process.pid": 12, "sb.clock_skew_s": 1.5, "ok": True}, id="plain-values"),
+    pytest.param({f"a{n}": f"v{n}" for n in range(128)}, id="at-the-count-limit"),
+    pytest.param({f"a{n}": n for n in range(129)}, id="one-over-the-count-limit"),
+    pytest.param({"session.id": "s-1", "list": ["x", "y"], "raw": b"ab"}, id="a-list-and-bytes"),
+    pytest.param({"session.id": "s-1", "": "empty key"}, id="an-empty-key"),
+    pytest.param({}, id="none"),
+]
+
+
+@pytest.mark.parametrize("attributes", ATTRIBUTE_SETS)
+def test_attributes_within_the_limits_or_not_encode_as_the_sdks_own(attributes: dict[str, Any]) -> None:
+    """Attributes within the limits are kept as given (no ``BoundedAttributes``), the rest as the SDK keeps them:
+    the same bytes and the same dropped count as the SDK tracer's span either way."""
+    plan = SessionSpanPlan(0xA1, 0xB2, True, parent_span_id=0xC3)
+    status = Status(StatusCode.UNSET)
+    written = planned_span(plan, "session demo", attributes, 1_000, 9_000, status, RESOURCE, SCOPE)
+    reference = sdk_span(plan, attributes, status)
+    assert written is not None
+    assert written.dropped_attributes == reference.dropped_attributes
+    assert dict(written.attributes or {}) == dict(reference.attributes or {})
+    assert encode_spans([written]).SerializeToString() == encode_spans([reference]).SerializeToString()
