@@ -8,20 +8,27 @@ import random
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.json.file import FileSpanExporter
+from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import _encode_span
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, Status, StatusCode
 
 from sb_otel._telemetry import otel_logs
-from sb_otel._telemetry.otlp_wire import assemble, encode_log, encode_span, otlp_json, pack, unpack
+from sb_otel._telemetry.otlp_wire import assemble, encode_log, encode_span, otlp_json, pack, planned_record, unpack
+from sb_otel._telemetry.session_span import SessionSpanPlan, planned_span
 from sb_otel._telemetry.wire_objects import sdk_records
 
 RESOURCES = [Resource({"service.name": "a", "n": 1}, "https://schema/a"), Resource({"service.name": "b"})]
+PLAN_RESOURCE = Resource({"service.name": "store"})
+PLAN_SCOPE = InstrumentationScope("sb_otel", "1.0")
 SCOPES = [("scope.one", "1.0", "https://schema/scope"), ("scope.two", None, None)]
 
 
@@ -123,3 +130,66 @@ def test_sdk_objects_made_from_a_request_encode_to_the_same_request() -> None:
 def test_what_is_not_an_encoded_record_does_not_unpack(payload: str) -> None:
     with pytest.raises(ValueError, match=r"encoded|varint|truncated|base64|Incorrect|Non-base64|Invalid"):
         unpack(payload)
+
+
+plan_ids = st.integers(min_value=1, max_value=2**64 - 1)
+plan_values = st.one_of(
+    st.booleans(),
+    st.text(max_size=8),
+    st.integers(min_value=-(2**64), max_value=2**64),
+    st.floats(allow_nan=False),
+    st.lists(st.text(max_size=3), max_size=2),
+)
+
+
+@st.composite
+def plans(draw: Any) -> SessionSpanPlan:
+    parent = draw(st.one_of(st.none(), plan_ids))
+    return SessionSpanPlan(
+        trace_id=draw(st.integers(min_value=1, max_value=2**128 - 1)),
+        span_id=draw(plan_ids),
+        sampled=draw(st.booleans()),
+        trace_state=draw(st.sampled_from(["", "vendor=x", "a=1,b=2", " c = 3 ", "bad state"])),
+        parent_span_id=parent,
+        parent_remote=draw(st.booleans()),
+        links=tuple(
+            (draw(st.integers(1, 2**128 - 1)), draw(plan_ids), draw(st.sampled_from([0, 1])))
+            for _ in range(draw(st.integers(0, 2)))
+        ),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    plans(),
+    st.dictionaries(st.text(max_size=6), plan_values, max_size=6),
+    st.integers(min_value=0, max_value=2**64 + 5),
+    st.integers(min_value=0, max_value=2**64 + 5),
+    st.sampled_from(
+        [Status(StatusCode.UNSET), Status(StatusCode.OK), Status(StatusCode.ERROR, "session crashed: signal")]
+    ),
+)
+def test_a_span_written_from_its_plans_values_is_the_planned_spans_encoding(
+    plan: SessionSpanPlan, attributes: dict[str, Any], start: int, end: int, status: Status
+) -> None:
+    """A plan's span written from plain values (no ``ReadableSpan``) has the bytes and origin of ``planned_span``'s
+    span encoded by the SDK's encoder; what that encoder refuses (a time beyond uint64) is refused too."""
+    try:
+        written = planned_record(plan, "session demo", attributes, start, end, status, PLAN_RESOURCE, PLAN_SCOPE)
+    except Exception:
+        written = None
+        refused = True
+    else:
+        refused = False
+    span = planned_span(plan, "session demo", attributes, start, end, status, PLAN_RESOURCE, PLAN_SCOPE)
+    if span is None:
+        assert written is None
+        assert not refused
+        return
+    try:
+        expected = encode_span(span)
+    except Exception:
+        assert refused
+        return
+    assert written == expected
+    assert written.body == _encode_span(span).SerializeToString()

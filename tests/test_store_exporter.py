@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import _encode_span
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -710,3 +711,20 @@ def metric_points(reader: InMemoryMetricReader, name: str) -> list[tuple[str, in
                         attributes = dict(point.attributes or {})
                         found.append((str(attributes["sb.lifecycle.operation"]), point.count, point.sum))
     return found
+
+
+@pytest.mark.parametrize("end", [{}, {"exit_code": 3}, {"exit_reason": "signal"}], ids=["exited", "crashed", "signal"])
+async def test_the_root_span_is_written_from_its_plan_as_the_sdk_encodes_the_root_span(
+    pipeline: Pipeline, end: dict[str, Any]
+) -> None:
+    """What the exporter sends for a root span (written from the plan's values, no ``ReadableSpan``) is the SDK
+    encoder's message of the root span the exporter builds as an SDK object (what a host's tracer is handed)."""
+    session_id, _ = await pipeline.session(**end)
+    record = pipeline.store.get(session_id)
+    assert record is not None
+    span = pipeline.exporter.build_root_span(record)
+    written = pipeline.exporter.build_root_record(record)
+    assert span is not None
+    assert written is not None
+    assert written == encode_span(span)
+    assert written.body == _encode_span(span).SerializeToString()

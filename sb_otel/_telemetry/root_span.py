@@ -21,6 +21,7 @@ from opentelemetry.util.types import AttributeValue
 
 from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.attributes import Redaction, end_attributes, start_attributes
+from sb_otel._telemetry.otlp_wire import WireRecord, planned_record
 from sb_otel._telemetry.session_span import (
     ATTRIBUTES_KEY,
     STATE_KEY,
@@ -118,20 +119,31 @@ def root_span(
 ) -> ReadableSpan | None:
     """The ended session's root span written straight from its plan, as the store's exporter sends it (``None``:
     unsampled). The same span :func:`export_root_span` hands to a host's tracer."""
+    return planned_span(planned.plan, *_root_parts(record, planned, redaction), resource, scope)
+
+
+def root_record(
+    record: SessionRecord,
+    planned: SessionTelemetry,
+    redaction: Redaction,
+    resource: Resource,
+    scope: InstrumentationScope,
+) -> WireRecord | None:
+    """:func:`root_span` as its encoded OTLP message, written from the plan's values (no ``ReadableSpan`` in between:
+    :func:`~sb_otel._telemetry.otlp_wire.planned_record`); ``None``: unsampled."""
+    return planned_record(planned.plan, *_root_parts(record, planned, redaction), resource, scope)
+
+
+def _root_parts(
+    record: SessionRecord, planned: SessionTelemetry, redaction: Redaction
+) -> tuple[str, dict[str, AttributeValue], int, int, Status]:
+    """The root span's name, attributes (redacted), start, end and status."""
     outcome = record_outcome(record)
     attributes = root_attributes(record, outcome, planned)
     start, end, _ = span_times(record)
     status = Status(StatusCode.UNSET) if outcome.status == "exited" else error_status(outcome)
-    return planned_span(
-        planned.plan,
-        f"session {record.component_name}",
-        redaction.for_values(attributes).apply(attributes),
-        nanos(start),
-        nanos(end),
-        status,
-        resource,
-        scope,
-    )
+    shown = redaction.for_values(attributes).apply(attributes) if redaction else attributes
+    return f"session {record.component_name}", shown, nanos(start), nanos(end), status
 
 
 def export_root_span(

@@ -73,7 +73,7 @@ from sb_otel._telemetry.metrics import SessionMetrics
 from sb_otel._telemetry.otlp_wire import PACKED_PREFIX, WireRecord, assemble, encode_log, encode_span, unpack
 from sb_otel._telemetry.outbox import Outbox
 from sb_otel._telemetry.outbox_codec import LOGS, SPANS, decode_log, decode_span
-from sb_otel._telemetry.root_span import SessionTelemetry, root_span, stored_redaction
+from sb_otel._telemetry.root_span import SessionTelemetry, root_record, root_span, stored_redaction
 from sb_otel._telemetry.row_records import SCOPE, RowRecords, manager_measurement, stored_call
 from sb_otel._telemetry.store_metrics import StoreSessionMetrics
 from sb_otel._tracking import row_telemetry
@@ -407,8 +407,7 @@ class StoreExporter:
         nothing_to_send: list[str] = []
         for record in records:
             try:
-                span = self.build_root_span(record)
-                encoded = encode_span(span) if span is not None else None
+                encoded = self.build_root_record(record)
             except Exception:
                 _log.warning("sb-otel could not build the root span of %s; dropped", record.session_id, exc_info=True)
                 report.drop("traces", "poison", 1)
@@ -445,6 +444,13 @@ class StoreExporter:
         if planned is None:
             return None
         return root_span(record, planned, stored_redaction(record, self._redaction), self._resource, SCOPE)
+
+    def build_root_record(self, record: SessionRecord) -> WireRecord | None:
+        """:meth:`build_root_span` encoded, written from the plan without the ``ReadableSpan``."""
+        planned = SessionTelemetry.of(record)
+        if planned is None:
+            return None
+        return root_record(record, planned, stored_redaction(record, self._redaction), self._resource, SCOPE)
 
     def _outbox_round(self, signal: str, report: DrainReport) -> int:
         exporter = self.span_exporter if signal == SPANS else self.log_exporter
