@@ -193,3 +193,35 @@ def test_a_span_written_from_its_plans_values_is_the_planned_spans_encoding(
         return
     assert written == expected
     assert written.body == _encode_span(span).SerializeToString()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2**64 + 5),
+    st.text(max_size=12),
+    st.dictionaries(st.text(max_size=6), plan_values, max_size=6),
+    st.integers(min_value=1, max_value=2**128 - 1),
+    plan_ids,
+    st.booleans(),
+    st.sampled_from(["session.start", "session.end", ""]),
+)
+def test_a_log_record_written_from_plain_values_is_the_sdk_records_encoding(
+    timestamp: int, body: str, attributes: dict[str, Any], trace_id: int, span_id: int, sampled: bool, name: str
+) -> None:
+    """An INFO record in a span's context, written from plain values, has the bytes and origin of the SDK's
+    ``ReadableLogRecord`` of the same values encoded by the SDK's encoder; what that encoder refuses is refused."""
+    from opentelemetry.exporter.otlp.proto.common._internal._log_encoder import _encode_log
+
+    from sb_otel._telemetry.otlp_wire import _log_record, plain_log_record
+
+    record = _log_record(timestamp, body, attributes, trace_id, span_id, sampled, name, PLAN_RESOURCE, PLAN_SCOPE)
+    try:
+        expected = _encode_log(record).SerializeToString()
+    except Exception as error:
+        refused: type[Exception] = type(error)
+        with pytest.raises(refused):
+            plain_log_record(timestamp, body, attributes, trace_id, span_id, sampled, name, PLAN_RESOURCE, PLAN_SCOPE)
+        return
+    written = plain_log_record(timestamp, body, attributes, trace_id, span_id, sampled, name, PLAN_RESOURCE, PLAN_SCOPE)
+    assert written == encode_log(record)
+    assert written.body == expected

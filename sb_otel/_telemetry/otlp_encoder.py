@@ -113,6 +113,44 @@ def plain_span_message(
         return None
 
 
+def plain_log_message(
+    timestamp: int,
+    observed_timestamp: int,
+    severity_number: int,
+    severity_text: str,
+    body: Any,
+    attributes: Mapping[str, Any],
+    trace_id: int,
+    span_id: int,
+    trace_flags: int,
+    event_name: str,
+) -> bytes | None:
+    """A ``LogRecord`` message from plain values, as :func:`log_message` writes the SDK record of the same values
+    (``attributes`` as the record keeps them, nothing dropped). ``None``: a value the SDK's encoder must decide."""
+    try:
+        parts: list[bytes] = []
+        _fixed64(parts, b"\x09", timestamp)
+        if severity_number:
+            parts += (b"\x10", _size(severity_number))
+        if severity_text:
+            parts.append(_text(0x1A, severity_text))
+        parts.append(_framed(b"\x2a", _value(body)))
+        if attributes:
+            _attributes(parts, b"\x32", attributes)
+        if trace_flags:
+            parts += (b"\x45", _fixed32_bytes(trace_flags))
+        if trace_id:
+            parts += (b"\x4a\x10", trace_id.to_bytes(16, "big"))
+        if span_id:
+            parts += (b"\x52\x08", span_id.to_bytes(8, "big"))
+        _fixed64(parts, b"\x59", observed_timestamp)
+        if event_name:
+            parts.append(_text(0x62, event_name))
+        return b"".join(parts)
+    except (_Unsupported, UnicodeEncodeError, OverflowError):
+        return None
+
+
 def _span(span: Any) -> bytes:
     context = span.context
     parent = span.parent

@@ -33,7 +33,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Status
 from opentelemetry.util.types import AttributeValue
 
-from sb_otel._telemetry.otlp_encoder import log_message, plain_span_message, span_message
+from sb_otel._telemetry.otlp_encoder import log_message, plain_log_message, plain_span_message, span_message
 from sb_otel._telemetry.session_span import SessionSpanPlan, planned_span, trace_state_text, within_limits
 
 SPANS = "traces"
@@ -122,6 +122,74 @@ def planned_record(
         span = planned_span(plan, name, attributes, start_ns, end_ns, status, resource, scope)
         return None if span is None else encode_span(span)
     return WireRecord(_origin(SPANS, resource, scope), body)
+
+
+LOG_ATTRIBUTE_LIMIT = 128
+"""The SDK's default ``LogLimits`` attribute count, written out (no process's ``OTEL_*_LIMIT`` applies)."""
+
+
+def plain_log_record(
+    timestamp: int,
+    body: str,
+    attributes: Mapping[str, AttributeValue],
+    trace_id: int,
+    span_id: int,
+    sampled: bool,
+    event_name: str,
+    resource: Resource,
+    scope: InstrumentationScope,
+) -> WireRecord:
+    """An INFO log record in a span's context (observed when it happened), encoded from plain values: the message
+    of the SDK's ``ReadableLogRecord`` of the same values under the default limits, without making one when the
+    attributes are kept as given (few enough, text keys, plain values); otherwise through that record and
+    :func:`encode_log`. Raises what the SDK's encoder raises for what OTLP cannot carry (poison)."""
+    body_message = None
+    if len(attributes) <= LOG_ATTRIBUTE_LIMIT and all(
+        key.__class__ is str and key and value.__class__ in _PRIMITIVE for key, value in attributes.items()
+    ):
+        body_message = plain_log_message(
+            timestamp, timestamp, 9, "INFO", body, attributes, trace_id, span_id, 1 if sampled else 0, event_name
+        )
+    if body_message is None:
+        return encode_log(
+            _log_record(timestamp, body, attributes, trace_id, span_id, sampled, event_name, resource, scope)
+        )
+    return WireRecord(_origin(LOGS, resource, scope), body_message)
+
+
+def _log_record(
+    timestamp: int,
+    body: str,
+    attributes: Mapping[str, AttributeValue],
+    trace_id: int,
+    span_id: int,
+    sampled: bool,
+    event_name: str,
+    resource: Resource,
+    scope: InstrumentationScope,
+) -> Any:
+    """The SDK record :func:`plain_log_record` stands for."""
+    from opentelemetry.attributes import BoundedAttributes
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+
+    from sb_otel._telemetry import otel_logs
+
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    context = set_span_in_context(NonRecordingSpan(SpanContext(trace_id, span_id, False, flags)))
+    log = otel_logs.LogRecord(
+        timestamp=timestamp,
+        observed_timestamp=timestamp,
+        context=context,
+        severity_text="INFO",
+        severity_number=otel_logs.SeverityNumber.INFO,
+        body=body,
+        attributes=BoundedAttributes(LOG_ATTRIBUTE_LIMIT, attributes, immutable=False, max_value_len=None),
+        event_name=event_name,
+    )
+    return otel_logs.ReadableLogRecord(log_record=log, resource=resource, instrumentation_scope=scope)
+
+
+_PRIMITIVE = frozenset((str, bool, int, float))
 
 
 def assemble(signal: str, records: Sequence[WireRecord]) -> WireBatch:
