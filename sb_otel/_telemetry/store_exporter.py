@@ -345,8 +345,8 @@ class StoreExporter:
                 if signal in self.signals_off:
                     off[signal] = off.get(signal, 0) + 1
                     continue
-                try:
-                    encoded = encode_span(item) if signal == "traces" else encode_log(item)
+                try:  # a record built already encoded (from plain values) is taken as it is
+                    encoded = item if isinstance(item, WireRecord) else _encoded(signal, item)
                 except Exception:  # the SDK's OTLP encoder refuses it: certain poison, found without the network
                     poison.setdefault(signal, []).append((record.session_id, bit))
                     continue
@@ -804,6 +804,11 @@ class StoreExporter:
 def _request(signal: str, items: list[tuple[_T, WireRecord]]) -> Any:
     """The export request of ``items``, assembled from their encoded bytes."""
     return assemble(signal, [record for _, record in items])
+
+
+def _encoded(signal: str, item: Any) -> WireRecord:
+    """An SDK span or log record of ``signal``, encoded once."""
+    return encode_span(item) if signal == "traces" else encode_log(item)
 
 
 def _stored_record(signal: str, payload: str) -> WireRecord:
