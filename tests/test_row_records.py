@@ -25,6 +25,7 @@ from sb_otel import SessionLifecycleManager, SessionTracker, instrument
 from sb_otel._cli import emit_fast
 from sb_otel._telemetry import otel_logs
 from sb_otel._telemetry.attributes import Redaction
+from sb_otel._telemetry.otlp_wire import encode_log, encode_span
 from sb_otel._telemetry.outbox import mark_store_pipeline
 from sb_otel._telemetry.row_records import RowRecords, child_span_id
 from sb_otel._telemetry.session_span import SessionSpanPlan
@@ -567,3 +568,27 @@ def test_an_end_that_ends_nothing_makes_its_span_at_once_and_the_row_keeps_the_f
     record = store.get(started.session_id or "")
     assert record is not None
     assert record.telemetry[owed.END_CALL_KEY] == first
+
+
+@pytest.mark.parametrize(
+    ("end", "redact"),
+    [
+        pytest.param({}, "", id="exited"),
+        pytest.param({"exit_code": 2, "exit_reason": "error"}, "", id="crashed"),
+        pytest.param({}, "user.name,host.name:hash", id="redacted"),
+    ],
+)
+def test_records_built_encoded_are_the_sdk_records_encodings(
+    telemetry: CapturedTelemetry, tmp_path: Path, end: dict[str, Any], redact: str
+) -> None:
+    """The exporter's build (each record written as its OTLP message from plain values) gives, record for record,
+    the bytes and origin of the SDK objects the same row builds, encoded by the SDK's encoder."""
+    tracked = Tracked(telemetry, tmp_path, redact=redact)
+    tracked.end(**end)
+    fallback = Redaction.parse(redact)
+    as_objects = RowRecords().build(tracked.row, owed.ALL, fallback)
+    encoded = RowRecords(encoded=True).build(tracked.row, owed.ALL, fallback)
+    assert len(encoded) == len(as_objects) >= 4, as_objects
+    for (bit, written), (same_bit, made) in zip(encoded, as_objects, strict=True):
+        assert bit == same_bit
+        assert written == (encode_span(made) if bit & owed.SPANS else encode_log(made))

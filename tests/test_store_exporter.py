@@ -26,10 +26,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sb_otel import InMemorySessionStore, SessionEndEvent, SessionTracker, SqliteSessionStore, instrument
 from sb_otel._cli import cli
 from sb_otel._telemetry import otel_logs
-from sb_otel._telemetry.otlp_wire import encode_span, pack
+from sb_otel._telemetry.attributes import Redaction
+from sb_otel._telemetry.otlp_wire import encode_log, encode_span, pack
 from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSpanProcessor, mark_store_pipeline
+from sb_otel._telemetry.row_records import RowRecords
 from sb_otel._telemetry.store_exporter import StoreExporter
 from sb_otel._telemetry.store_metrics import mark_store_counted
+from sb_otel._tracking import row_telemetry
 from sb_otel.testing import CapturedTelemetry
 from tests.conftest import AgreeingManager, seed_start_event
 from tests.lease_holder import HolderProcess
@@ -728,3 +731,22 @@ async def test_the_root_span_is_written_from_its_plan_as_the_sdk_encodes_the_roo
     assert written is not None
     assert written == encode_span(span)
     assert written.body == _encode_span(span).SerializeToString()
+
+
+async def test_a_rows_records_with_the_managers_spans_are_sent_as_the_sdk_encodes_them(tmp_path: Path) -> None:
+    """Built from a row of our own tracker (children, the lifecycle manager's spans, log records), each record the
+    exporter writes from plain values is the SDK encoder's message of the SDK object the same row builds."""
+    pipeline = Pipeline(tmp_path / "s.db", from_row=True)
+    try:
+        session_id, _ = await pipeline.session(exit_code=3)
+        record = pipeline.store.get(session_id)
+        assert record is not None
+        fallback = Redaction.parse("")
+        as_objects = RowRecords().build(record, row_telemetry.ALL, fallback)
+        encoded = RowRecords(encoded=True).build(record, row_telemetry.ALL, fallback)
+        assert [bit for bit, _ in encoded] == [bit for bit, _ in as_objects]
+        assert len(encoded) == 6  # two children, the manager's span beneath each, two log records
+        for (bit, written), (_, made) in zip(encoded, as_objects, strict=True):
+            assert written == (encode_span(made) if bit & row_telemetry.SPANS else encode_log(made))
+    finally:
+        pipeline.close()

@@ -44,6 +44,7 @@ from opentelemetry.util.types import AttributeValue
 from sb_otel._telemetry import otel_logs as otel_logs
 from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.attributes import Redaction, event_attributes
+from sb_otel._telemetry.otlp_wire import plain_log_record, planned_record
 from sb_otel._telemetry.root_span import SessionTelemetry, record_outcome, root_attributes, span_times, stored_redaction
 from sb_otel._telemetry.session_span import SessionSpanPlan, planned_span
 from sb_otel._tracking.log_lines import ended_line, started_line
@@ -128,8 +129,11 @@ class RowRecords:
     with the store's resource and our scope, made without a tracer or logger provider (the exporter encodes each
     once and sends it)."""
 
-    def __init__(self, resource: Resource | None = None) -> None:
+    def __init__(self, resource: Resource | None = None, *, encoded: bool = False) -> None:
         self._resource = resource or Resource.create({})
+        self._encoded = encoded
+        """Build each record as its encoded OTLP message from plain values (the exporter's choice: no SDK object
+        made only to be encoded; the same bytes, ``tests/test_row_records.py``) instead of the SDK's object."""
 
     def build(self, record: SessionRecord, due: int, fallback: Redaction) -> list[tuple[int, Any]]:
         """The records of ``due`` (bits of :mod:`~sb_otel._tracking.row_telemetry`) as ``(bit, SDK record)``: spans
@@ -201,7 +205,7 @@ class RowRecords:
             shown_manager, manager_status = manager_span_parts(manager, scrubbing)
             manager_began = manager["began"]
             manager_ended = max(manager_began, manager.get("ended") or manager_began)
-            below = planned_span(
+            below = (planned_record if self._encoded else planned_span)(
                 beneath,
                 str(manager.get("name", "")),
                 shown_manager,
@@ -213,7 +217,9 @@ class RowRecords:
             )
             if below is not None:
                 made.append((bit, below))
-        span = planned_span(child, name, shown, began, ended, status, self._resource, SCOPE)
+        span = (planned_record if self._encoded else planned_span)(
+            child, name, shown, began, ended, status, self._resource, SCOPE
+        )
         if span is None:
             return []  # unsampled: the tracker's child is not recorded either
         return [*made, (bit, span)]
@@ -239,16 +245,17 @@ class RowRecords:
             str((event.get("environment") or {}).get("cwd", record.cwd)),
         )
         plan = planned.plan
-        context = _context(plan, child_span_id(plan, START_SPAN))
-        return self._emit(sc.EVENT_SESSION_START, line, described, redaction, context, moment)
+        return self._emit(
+            sc.EVENT_SESSION_START, line, described, redaction, plan, child_span_id(plan, START_SPAN), moment
+        )
 
     def _end_log(self, record: SessionRecord, planned: SessionTelemetry, redaction: Redaction, moment: datetime) -> Any:
         """The ``session.end`` log record, in the session span's context (as the tracker emits it)."""
         attributes = root_attributes(record, record_outcome(record), planned)
         stamp = (record.end_event or {}).get("timestamp")
         line = ended_line(record.session_id, stamp if isinstance(stamp, str) and stamp else moment.isoformat())
-        context = _context(planned.plan, planned.plan.span_id)
-        return self._emit(sc.EVENT_SESSION_END, line, attributes, redaction, context, moment)
+        plan = planned.plan
+        return self._emit(sc.EVENT_SESSION_END, line, attributes, redaction, plan, plan.span_id, moment)
 
     def _emit(
         self,
@@ -256,19 +263,25 @@ class RowRecords:
         line: str,
         attributes: Mapping[str, AttributeValue],
         redaction: Redaction,
-        context: Any,
+        plan: SessionSpanPlan,
+        span_id: int,
         moment: datetime,
     ) -> Any:
-        """One log record as the tracker's ``_emit_event`` makes it, stamped with the session's time."""
+        """One log record as the tracker's ``_emit_event`` makes it, stamped with the session's time, in the
+        context of ``span_id`` in the plan's trace."""
         exported = event_attributes(attributes)
         if redaction:
             scrubbing = redaction.for_values(attributes)
             line, exported = scrubbing.scrub(line), scrubbing.apply(exported)
         nanos = _nanos(moment)
+        if self._encoded:
+            return plain_log_record(
+                nanos, line, exported, plan.trace_id, span_id, plan.sampled, name, self._resource, SCOPE
+            )
         log = otel_logs.LogRecord(
             timestamp=nanos,
             observed_timestamp=nanos,
-            context=context,
+            context=_context(plan, span_id),
             severity_text="INFO",
             severity_number=otel_logs.SeverityNumber.INFO,
             body=line,

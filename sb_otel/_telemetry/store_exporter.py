@@ -203,7 +203,7 @@ class StoreExporter:
         self._metrics_due = 0.0
         for exporter in (span_exporter, log_exporter, metric_exporter):
             export_outcome.watch(exporter)  # so a failure says why: refused, bad data, or retry
-        self._row_records = RowRecords(self._resource)
+        self._row_records = RowRecords(self._resource, encoded=True)  # each record written as its message at once
         self._lease = LeaseKeeper(store, self.holder, lease_ttl_s, lock_file=store_lock_path(store))
         self.reap_interval_s: float | None = None
         """Seconds between reaper passes while following (``None``: this exporter does not reap)."""
