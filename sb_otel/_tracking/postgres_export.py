@@ -67,6 +67,7 @@ class PostgresExportState(PostgresBase):
 
     def owed_row_records(self, limit: int, signals: int = ALL) -> list[tuple[SessionRecord, int]]:
         found: dict[str, tuple[SessionRecord, int]] = {}
+        seen: dict[str, tuple[Any, ...]] = {}
         with self._conn() as conn:
             for condition, order in ((START_OWED_SQL, "started_at"), (END_OWED_SQL, "ended_at")):
                 rows = conn.execute(
@@ -77,6 +78,9 @@ class PostgresExportState(PostgresBase):
                     (signals, limit),
                 ).fetchall()
                 for row in rows:
+                    if seen.get(row[0]) == row:
+                        continue  # the same row both look-ups found (an ended session owing both): built once
+                    seen[row[0]] = row
                     record = _record(row[:-1])
                     found[record.session_id] = (record, due(row[-1], record.is_open) & signals)
         return [pair for pair in found.values() if pair[1]][:limit]

@@ -747,6 +747,7 @@ class SqliteSessionStore:
     def owed_row_records(self, limit: int, signals: int = ALL) -> list[tuple[SessionRecord, int]]:
         # Two look-ups, each on its partial index: what starts owe, then what ends owe.
         found: dict[str, tuple[SessionRecord, int]] = {}
+        seen: dict[str, tuple[Any, ...]] = {}
         with self._lock, _translated(self.path):
             for condition, order in ((START_OWED_SQL, "started_at"), (END_OWED_SQL, "ended_at")):
                 rows = self._db.execute(
@@ -755,6 +756,9 @@ class SqliteSessionStore:
                     (signals, limit),
                 ).fetchall()
                 for row in rows:
+                    if seen.get(row[0]) == row:
+                        continue  # the same row both look-ups found (an ended session owing both): built once
+                    seen[row[0]] = row
                     record = _record(row[:-1])
                     found[record.session_id] = (record, due(row[-1], record.is_open) & signals)
         return [pair for pair in found.values() if pair[1]][:limit]
