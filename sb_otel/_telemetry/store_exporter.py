@@ -30,8 +30,9 @@ Each round:
 5. **Bounds.** Rows beyond ``SB_OTEL_OUTBOX_MAX_ROWS`` (rows, not ids) or older than ``SB_OTEL_OUTBOX_MAX_AGE``
    are dropped, oldest first, and counted. A corrupt outbox is set aside by the store (``corrupt``).
 
-Every record is encoded once, by the SDK's per-record encoder, and requests are assembled from bytes, also when a
-rejected batch is halved; they go out through the SDK's own exporters (:mod:`sb_otel._telemetry.wire_send`).
+Every record is encoded once (:mod:`sb_otel._telemetry.otlp_encoder`, byte-identical to the SDK's per-record
+encoder; the records built from rows straight from their plain values), and requests are assembled from bytes, also
+when a rejected batch is halved; they go out through the SDK's own exporters (:mod:`sb_otel._telemetry.wire_send`).
 
 :meth:`StoreExporter.stop` drains every signal once more, each within its own share of the time left, and sends
 the session series once more.
