@@ -164,3 +164,34 @@ def test_values_of_subclasses_are_written_as_the_sdk_encodes_them() -> None:
         end_time=2,
     )
     assert span_message(span) == _encode_span(span).SerializeToString()
+
+
+def test_long_text_values_are_written_as_the_sdk_encodes_them_and_not_kept() -> None:
+    """A long value (a command line, a host's SQL statement) gives the SDK's bytes and stays out of the cache."""
+    from sb_otel._telemetry import otlp_encoder
+
+    long_value = "x" * 5_000
+    span = ReadableSpan(
+        name="command make",
+        context=SpanContext(1, 2, False, TraceFlags(1)),
+        attributes={"process.command_line": long_value, "k" * 300: "v"},
+        start_time=1,
+        end_time=2,
+    )
+    assert span_message(span) == _encode_span(span).SerializeToString()
+    assert all(len(key) <= 256 >= len(value) for key, value in otlp_encoder._pairs)
+    assert "k" * 300 not in otlp_encoder._keys
+
+
+def test_a_key_that_is_not_text_is_left_to_the_sdks_encoder() -> None:
+    """The SDK's encoder skips an attribute whose key is not text (and logs it); this encoder leaves such a record
+    to it rather than refusing the record."""
+    span = ReadableSpan(
+        name="session demo",
+        context=SpanContext(1, 2, False, TraceFlags(1)),
+        attributes={"ok": "yes", 7: "seven"},  # type: ignore[dict-item]
+        start_time=1,
+        end_time=2,
+    )
+    assert span_message(span) is None
+    assert encode_span(span).body == _encode_span(span).SerializeToString()

@@ -45,6 +45,8 @@ _fixed32_bytes = struct.Struct("<I").pack
 _PRIMITIVE = frozenset((str, bool, int, float))
 _CACHED_PAIRS = 4096
 """Text-valued attributes kept framed (key and value) at most; the cache starts over beyond it."""
+_CACHED_TEXT = 256
+"""Longer keys and text values (a command line, a host's SQL statement) are framed each time: the caches stay small."""
 _keys: dict[str, bytes] = {}
 """A ``KeyValue``'s field 1 (the key), framed, per key seen (keys are few: sb-otel's names, a host's)."""
 _pairs: dict[tuple[str, str], bytes] = {}
@@ -55,11 +57,16 @@ class _Unsupported(Exception):
     """A value this encoder leaves to the SDK's."""
 
 
+_LEFT_TO_THE_SDK = (_Unsupported, UnicodeEncodeError, OverflowError, AttributeError, TypeError)
+"""What makes a record the SDK's encoder's to decide: a value beyond this encoder, text that is not UTF-8, an id
+beyond its width, a key that is not text (the SDK's encoder skips that attribute and logs it)."""
+
+
 def span_message(span: Any) -> bytes | None:
     """A finished ``ReadableSpan`` as its OTLP ``Span`` message, or ``None`` for the SDK's encoder to decide."""
     try:
         return _span(span)
-    except (_Unsupported, UnicodeEncodeError):
+    except _LEFT_TO_THE_SDK:
         return None
 
 
@@ -67,7 +74,7 @@ def log_message(record: Any) -> bytes | None:
     """An SDK log record (``ReadableLogRecord``) as its OTLP ``LogRecord`` message, or ``None`` (the SDK's)."""
     try:
         return _log(record)
-    except (_Unsupported, UnicodeEncodeError):
+    except _LEFT_TO_THE_SDK:
         return None
 
 
@@ -109,7 +116,7 @@ def plain_span_message(
         parts.append(_status(status))
         parts.append(_SPAN_FLAGS[parent_span_id is not None and parent_remote])
         return b"".join(parts)
-    except (_Unsupported, UnicodeEncodeError):
+    except _LEFT_TO_THE_SDK:
         return None
 
 
@@ -147,7 +154,7 @@ def plain_log_message(
         if event_name:
             parts.append(_text(0x62, event_name))
         return b"".join(parts)
-    except (_Unsupported, UnicodeEncodeError, OverflowError):
+    except _LEFT_TO_THE_SDK:
         return None
 
 
@@ -246,7 +253,7 @@ def _log(record: Any) -> bytes:
 def _attributes(parts: list[bytes], tag: bytes, attributes: Mapping[str, Any]) -> None:
     """Each attribute as a ``KeyValue`` message behind ``tag`` (the repeated field's tag byte)."""
     for key, value in attributes.items():
-        if value.__class__ is str:
+        if value.__class__ is str and len(value) <= _CACHED_TEXT and len(key) <= _CACHED_TEXT:
             pair = _pairs.get((key, value))
             if pair is None:
                 if len(_pairs) >= _CACHED_PAIRS:
@@ -262,7 +269,7 @@ def _key(key: str) -> bytes:
     framed = _keys.get(key)
     if framed is None:
         framed = _text(0x0A, key) if key else b""
-        if len(_keys) < _CACHED_PAIRS:
+        if len(_keys) < _CACHED_PAIRS and len(key) <= _CACHED_TEXT:
             _keys[key] = framed
     return framed
 
