@@ -92,8 +92,9 @@ def plain_span_message(
     remote_links: Sequence[tuple[int, int]] = (),
 ) -> bytes | None:
     """An INTERNAL span's ``Span`` message from plain values, as :func:`span_message` writes the ``ReadableSpan`` of
-    the same values (``trace_state``: the state as OTLP text; ``attributes`` as the span keeps them, nothing
-    dropped; links to remote spans without attributes; no events). ``None``: a value the SDK's encoder must decide.
+    the same values (``trace_state``: the state as OTLP text; ``attributes`` few enough for the limits; links to
+    remote spans without attributes; no events). ``None``: attributes the span would not keep as given (a key that
+    is not text or empty, a value that is not plain), or a value the SDK's encoder must decide.
 
     Why: the exporter writes sb-otel's spans from stored plans, and a ``ReadableSpan`` (its contexts, state, link
     objects) was made only to be read back here."""
@@ -109,7 +110,7 @@ def plain_span_message(
         _fixed64(parts, b"\x39", start_time)
         _fixed64(parts, b"\x41", end_time)
         if attributes:
-            _attributes(parts, b"\x4a", attributes)
+            _plain_attributes(parts, b"\x4a", attributes)
         for linked_trace, linked_span in remote_links:
             link = b"\x0a\x10" + linked_trace.to_bytes(16, "big") + b"\x12\x08" + linked_span.to_bytes(8, "big")
             parts.append(_framed(b"\x6a", link + _LINK_FLAGS[True]))
@@ -133,7 +134,8 @@ def plain_log_message(
     event_name: str,
 ) -> bytes | None:
     """A ``LogRecord`` message from plain values, as :func:`log_message` writes the SDK record of the same values
-    (``attributes`` as the record keeps them, nothing dropped). ``None``: a value the SDK's encoder must decide."""
+    (``attributes`` few enough for the limits). ``None``: attributes the record would not keep as given, or a value
+    the SDK's encoder must decide."""
     try:
         parts: list[bytes] = []
         _fixed64(parts, b"\x09", timestamp)
@@ -143,7 +145,7 @@ def plain_log_message(
             parts.append(_text(0x1A, severity_text))
         parts.append(_framed(b"\x2a", _value(body)))
         if attributes:
-            _attributes(parts, b"\x32", attributes)
+            _plain_attributes(parts, b"\x32", attributes)
         if trace_flags:
             parts += (b"\x45", _fixed32_bytes(trace_flags))
         if trace_id:
@@ -261,6 +263,27 @@ def _attributes(parts: list[bytes], tag: bytes, attributes: Mapping[str, Any]) -
                 pair = _pairs[(key, value)] = _sized(_key(key) + _framed(b"\x12", _text(0x0A, value)))
         else:
             pair = _sized(_key(key) + _framed(b"\x12", _value(value)))
+        parts += (tag, pair)
+
+
+def _plain_attributes(parts: list[bytes], tag: bytes, attributes: Mapping[str, Any]) -> None:
+    """:func:`_attributes` of attributes a span or log record keeps exactly as given (text keys, plain values: what
+    the SDK's ``BoundedAttributes`` would neither clean nor drop); anything else raises :class:`_Unsupported`, for
+    the caller to go through the SDK's objects. One pass both checks and writes."""
+    for key, value in attributes.items():
+        if key.__class__ is not str or not key:
+            raise _Unsupported
+        kind = value.__class__
+        if kind is str and len(value) <= _CACHED_TEXT and len(key) <= _CACHED_TEXT:
+            pair = _pairs.get((key, value))
+            if pair is None:
+                if len(_pairs) >= _CACHED_PAIRS:
+                    _pairs.clear()
+                pair = _pairs[(key, value)] = _sized(_key(key) + _framed(b"\x12", _text(0x0A, value)))
+        elif kind in _PRIMITIVE:
+            pair = _sized(_key(key) + _framed(b"\x12", _value(value)))
+        else:
+            raise _Unsupported
         parts += (tag, pair)
 
 

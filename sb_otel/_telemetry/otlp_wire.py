@@ -34,7 +34,7 @@ from opentelemetry.trace import Status
 from opentelemetry.util.types import AttributeValue
 
 from sb_otel._telemetry.otlp_encoder import log_message, plain_log_message, plain_span_message, span_message
-from sb_otel._telemetry.session_span import SessionSpanPlan, planned_span, trace_state_text, within_limits
+from sb_otel._telemetry.session_span import SessionSpanPlan, counts_within_limits, planned_span, trace_state_text
 
 SPANS = "traces"
 LOGS = "logs"
@@ -104,7 +104,7 @@ def planned_record(
     if not plan.sampled:
         return None
     body = None
-    if within_limits(attributes, len(plan.links)):
+    if counts_within_limits(len(attributes), len(plan.links)):  # keys and values: checked as they are written
         body = plain_span_message(
             plan.trace_id,
             plan.span_id,
@@ -144,9 +144,7 @@ def plain_log_record(
     attributes are kept as given (few enough, text keys, plain values); otherwise through that record and
     :func:`encode_log`. Raises what the SDK's encoder raises for what OTLP cannot carry (poison)."""
     body_message = None
-    if len(attributes) <= LOG_ATTRIBUTE_LIMIT and all(
-        key.__class__ is str and key and value.__class__ in _PRIMITIVE for key, value in attributes.items()
-    ):
+    if len(attributes) <= LOG_ATTRIBUTE_LIMIT:  # keys and values: checked as they are written
         body_message = plain_log_message(
             timestamp, timestamp, 9, "INFO", body, attributes, trace_id, span_id, 1 if sampled else 0, event_name
         )
@@ -187,9 +185,6 @@ def _log_record(
         event_name=event_name,
     )
     return otel_logs.ReadableLogRecord(log_record=log, resource=resource, instrumentation_scope=scope)
-
-
-_PRIMITIVE = frozenset((str, bool, int, float))
 
 
 def assemble(signal: str, records: Sequence[WireRecord]) -> WireBatch:

@@ -283,13 +283,20 @@ def within_limits(attributes: Mapping[str, AttributeValue], links: int = 0) -> b
     """Whether a span from a plan keeps ``attributes`` (and ``links`` links) exactly as given under the fixed limits:
     few enough, text keys, plain values, no length limit. Then the SDK's ``BoundedAttributes`` would keep them as
     given and drop none, and the span can be written without it."""
+    return counts_within_limits(len(attributes), links) and all(
+        key.__class__ is str and key and value.__class__ in _PRIMITIVE for key, value in attributes.items()
+    )
+
+
+def counts_within_limits(attributes: int, links: int = 0) -> bool:
+    """The count and length part of :func:`within_limits` (for an encoder that checks the keys and values itself
+    as it writes them)."""
     limits = _limits()
     maximum = limits.max_span_attributes
     return (
         limits.max_span_attribute_length is None
-        and (maximum is None or len(attributes) <= maximum)
+        and (maximum is None or attributes <= maximum)
         and (limits.max_links is None or links <= limits.max_links)
-        and all(key.__class__ is str and key and value.__class__ in _PRIMITIVE for key, value in attributes.items())
     )
 
 
