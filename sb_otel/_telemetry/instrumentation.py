@@ -53,7 +53,6 @@ from sb_otel._telemetry.root_span import (
 )
 from sb_otel._telemetry.row_records import manager_measurement, manager_span_parts
 from sb_otel._telemetry.session_span import (
-    ATTRIBUTES_KEY,
     STATE_KEY,
     SessionSpanPlan,
     export_session_span,
@@ -233,7 +232,9 @@ class InstrumentedSessionTracker:
         if read is None or plan is None:  # telemetry could not even plan (a store it cannot read): track without it
             return (await self._inner_start(given, None))[0]
         span_attributes = {sc.COMPONENT_NAME: start.component_name, sc.SHELL_TYPE: start.shell_type}
-        telemetry: dict[str, Any] = {STATE_KEY: plan.to_json(), ATTRIBUTES_KEY: described}
+        # The start attributes are not stored: the row holds the start event they are derived from (issue 21's
+        # third round; the exporter derives them when it builds the records, SessionTelemetry.of).
+        telemetry: dict[str, Any] = {STATE_KEY: plan.to_json()}
         if self._redaction:  # so the exporter that sends the root span later redacts it the same way
             telemetry[REDACT_KEY] = redaction_spec(self._redaction)
         if not retry and self._from_row():

@@ -22,6 +22,7 @@ from opentelemetry.util.types import AttributeValue
 from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.attributes import Redaction, end_attributes, start_attributes
 from sb_otel._telemetry.session_span import (
+    ATTRIBUTE_OVERRIDES_KEY,
     ATTRIBUTES_KEY,
     STATE_KEY,
     SessionSpanPlan,
@@ -42,7 +43,8 @@ CLOCK_SKEW_TOLERANCE = timedelta(seconds=1)
 
 @dataclass(frozen=True)
 class SessionTelemetry:
-    """What a session record keeps for its span: the plan made at start and the start attributes."""
+    """What a session record keeps for its span: the plan made at start, and the start attributes (stored, or
+    derived from the start event) with what was learnt later laid over them."""
 
     plan: SessionSpanPlan
     attributes: Mapping[str, AttributeValue]
@@ -55,8 +57,11 @@ class SessionTelemetry:
         if state is None:
             return None
         attributes = telemetry.get(ATTRIBUTES_KEY)
-        if attributes is None:  # stored before start attributes were kept with the plan
+        if attributes is None:  # an instrumented start's: derived from the start event, as it was at start
             attributes = start_attributes(record.start_event, "")
+        overrides = telemetry.get(ATTRIBUTE_OVERRIDES_KEY)
+        if isinstance(overrides, Mapping) and overrides:
+            attributes = {**attributes, **overrides}
         return cls(SessionSpanPlan.from_json(state), attributes)
 
 

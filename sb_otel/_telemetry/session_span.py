@@ -52,8 +52,13 @@ from sb_otel._telemetry import semconv as sc
 STATE_KEY = "span"
 """Where the plan lives in a session record's ``telemetry`` mapping."""
 ATTRIBUTES_KEY = "attributes"
-"""Where the session span's start attributes live in ``telemetry``: computed once at start, so the process that
-exports the span at end neither re-reads the start event nor depends on how this version derives them."""
+"""Where start attributes that the start event cannot tell live in ``telemetry`` (``sb-otel emit``'s: the shell's
+executable, read from ``/proc`` at start). An instrumented start stores none since issue 21's third round: its
+attributes are derived from the stored start event when the span is built (``root_span.SessionTelemetry``), which
+keeps ~600 bytes out of the row; rows written before that still carry theirs, and those are used as stored."""
+ATTRIBUTE_OVERRIDES_KEY = "attribute_overrides"
+"""What was learnt about the session after its start, laid over its start attributes (a shell's command counts and
+its version, :mod:`sb_otel._telemetry.command_spans`): a small field of its own, so nothing rewrites the rest."""
 
 
 @dataclass(frozen=True)
