@@ -477,7 +477,7 @@ class InstrumentedSessionTracker:
             # From the row: the end's call is noted into the row by the write that ends it; the exporter builds
             # its records. A call that ends nothing (an error, a retried end) makes its spans now.
             call: dict[str, Any] = {"began": time.time_ns()}
-            with self._row_mode(call, planned.attributes):
+            with self._row_mode(call, planned.attributes if self._redaction else {}):
                 tracked = await self.wrapped.track_end(given, known=known, telemetry={END_CALL_KEY: call})
             result, ended = tracked.result, tracked.ended
             if ended is None:
