@@ -504,11 +504,12 @@ class InstrumentedSessionTracker:
                 result, ended = await self._inner_end(given, known)
                 self._guard(_annotate_child, span, end.session_id, result.status, result.error)
         if ended is not None:
-            outcome = end_outcome(end.metadata)
             # The row's from-row mark is set at create and never changed by an end: the read above says it, so
             # the ended row's telemetry document is not parsed a second time to learn it.
             from_row = record is not None and record.session_id == ended.session_id and built_from_row(record)
-            self._guard(self._finish_telemetry, ended, outcome, planned, end.timestamp, from_row or None)
+            if not (from_row and self._guard(self._left_to_the_store)):
+                outcome = end_outcome(end.metadata)
+                self._guard(self._finish_telemetry, ended, outcome, planned, end.timestamp, from_row or None)
         elif result.status in ("not_found", "error"):
             folded = None if record is None else self._metrics.component(record.component_name)
             component = {sc.COMPONENT_NAME: folded} if folded is not None else {}
@@ -534,6 +535,12 @@ class InstrumentedSessionTracker:
         ended = (record.end_event or {}).get("timestamp") or None
         with one_write_per_call():
             self._finish_telemetry(record, outcome, SessionTelemetry.of(record), ended)
+
+    def _left_to_the_store(self) -> bool:
+        """Whether an ended session built from its row owes this process nothing: the store counts its metrics
+        and its exporter builds the root span and the end's log record (:meth:`_finish_telemetry` would do
+        nothing, so the end skips even the outcome and the times it would compute)."""
+        return self._counted_by_store() and self._roots_from_store()
 
     def _finish_telemetry(
         self,
