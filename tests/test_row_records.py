@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from opentelemetry.sdk._logs.export import LogRecordExportResult
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -24,11 +25,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sb_otel import SessionLifecycleManager, SessionTracker, instrument
 from sb_otel._cli import emit_fast
 from sb_otel._telemetry import otel_logs
-from sb_otel._telemetry.attributes import Redaction
+from sb_otel._telemetry.attributes import Redaction, start_attributes
 from sb_otel._telemetry.otlp_wire import encode_log, encode_span
 from sb_otel._telemetry.outbox import mark_store_pipeline
-from sb_otel._telemetry.row_records import RowRecords, child_span_id
-from sb_otel._telemetry.session_span import SessionSpanPlan
+from sb_otel._telemetry.root_span import SessionTelemetry, root_span, stored_redaction
+from sb_otel._telemetry.row_records import SCOPE, RowRecords, child_span_id
+from sb_otel._telemetry.session_span import ATTRIBUTE_OVERRIDES_KEY, ATTRIBUTES_KEY, SessionSpanPlan
 from sb_otel._telemetry.store_exporter import StoreExporter
 from sb_otel._tracking import row_telemetry as owed
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
@@ -592,3 +594,79 @@ def test_records_built_encoded_are_the_sdk_records_encodings(
     for (bit, written), (same_bit, made) in zip(encoded, as_objects, strict=True):
         assert bit == same_bit
         assert written == (encode_span(made) if bit & owed.SPANS else encode_log(made))
+
+
+# -- the row's format: start attributes derived from the start event ----------------------------------------------
+
+
+def _own_pipeline_session(tmp_path: Path, **metadata: Any) -> SessionRecord:
+    """One session started and ended by our tracker on sb-otel's own pipeline (row mode), as stored."""
+    store = InMemorySessionStore()
+    providers, _ = own_pipeline(store)
+    tracker = instrument(SessionTracker(SessionLifecycleManager(), store=store), **providers, redact="user.name")
+    payload = start_payload(environment={"python_version": "3.13.0", "platform": "Linux", "cwd": str(tmp_path)})
+    payload["metadata"] = {"ticket": "OPS-1", "nested": {"b": 1, "a": [1, 2]}, **metadata}
+    started = asyncio.run(tracker.handle_session_start(payload))
+    assert started.session_id is not None
+    end = {"session_id": started.session_id, "timestamp": "2026-02-06T13:00:00Z", "metadata": {"exit_code": 1}}
+    assert asyncio.run(tracker.handle_session_end(end)).status == "ended"
+    record = store.get(started.session_id)
+    assert record is not None
+    return record
+
+
+def _wire(record: SessionRecord) -> list[bytes]:
+    """Every record the exporter builds from ``record`` (children, manager spans, log records, root), encoded as
+    the exporter sends them."""
+    made = RowRecords().build(record, owed.ALL, Redaction.parse(""))
+    encoded = [(encode_span if bit & owed.SPANS else encode_log)(item).body for bit, item in made]
+    planned = SessionTelemetry.of(record)
+    assert planned is not None
+    root = root_span(record, planned, stored_redaction(record, Redaction.parse("")), Resource.create({}), SCOPE)
+    assert root is not None
+    return [*encoded, encode_span(root).body]
+
+
+def test_an_instrumented_row_stores_no_start_attributes(tmp_path: Path) -> None:
+    """The start attributes are derived from the stored start event: the row carries the plan and the calls."""
+    record = _own_pipeline_session(tmp_path)
+    assert ATTRIBUTES_KEY not in record.telemetry
+    planned = SessionTelemetry.of(record)
+    assert planned is not None
+    assert planned.attributes == start_attributes(record.start_event, "")
+    assert planned.attributes["sb.session.metadata.ticket"] == "OPS-1"
+
+
+def test_a_row_in_the_previous_format_exports_identically(tmp_path: Path) -> None:
+    """A row written before (the start attributes stored beside the plan, as the previous format did) builds
+    byte for byte the records the same row builds without them."""
+    record = _own_pipeline_session(tmp_path)
+    previous = record.replace(telemetry={**record.telemetry, ATTRIBUTES_KEY: start_attributes(record.start_event, "")})
+    assert len(_wire(record)) == 7  # two children, two manager spans, two log records and the root
+    assert _wire(previous) == _wire(record)
+
+
+def test_stored_start_attributes_are_used_as_stored(tmp_path: Path) -> None:
+    """Attributes a row stores (an older version's, or emit's shell facts) win over what the event would give."""
+    record = _own_pipeline_session(tmp_path)
+    stored = {**start_attributes(record.start_event, ""), "process.executable.name": "bash"}
+    older = record.replace(telemetry={**record.telemetry, ATTRIBUTES_KEY: stored})
+    planned = SessionTelemetry.of(older)
+    assert planned is not None
+    assert planned.attributes["process.executable.name"] == "bash"
+
+
+@pytest.mark.parametrize("previous_format", [pytest.param(False, id="derived"), pytest.param(True, id="stored")])
+def test_overrides_lie_over_the_start_attributes_in_either_format(tmp_path: Path, previous_format: bool) -> None:
+    """What was learnt later (a shell's command counts) is laid over the start attributes, stored or derived,
+    keeping their order; a count stored in place by an older version is overridden."""
+    record = _own_pipeline_session(tmp_path)
+    described = start_attributes(record.start_event, "")
+    telemetry = dict(record.telemetry)
+    if previous_format:
+        telemetry[ATTRIBUTES_KEY] = {**described, "sb.shell.commands": 1}
+    telemetry[ATTRIBUTE_OVERRIDES_KEY] = {"sb.shell.commands": 7, "process.runtime.name": "bash"}
+    planned = SessionTelemetry.of(record.replace(telemetry=telemetry))
+    assert planned is not None
+    assert dict(planned.attributes) == {**described, "sb.shell.commands": 7, "process.runtime.name": "bash"}
+    assert list(planned.attributes)[: len(described)] == list(described)

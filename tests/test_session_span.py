@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, DEFAULT_ON, ParentBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     Link,
@@ -27,7 +27,12 @@ from opentelemetry.trace import (
 )
 
 from sb_otel._telemetry.export_destination import fixed_span_limits
-from sb_otel._telemetry.session_span import SessionSpanPlan, planned_span
+from sb_otel._telemetry.session_span import (
+    SessionSpanPlan,
+    plan_session_span,
+    planned_span,
+    plans_without_attributes,
+)
 
 RESOURCE = Resource({"service.name": "store"})
 SCOPE = InstrumentationScope("sb_otel", "1.0")
@@ -128,3 +133,48 @@ def test_attributes_within_the_limits_or_not_encode_as_the_sdks_own(attributes: 
     assert written.dropped_attributes == reference.dropped_attributes
     assert dict(written.attributes or {}) == dict(reference.attributes or {})
     assert encode_spans([written]).SerializeToString() == encode_spans([reference]).SerializeToString()
+
+
+class _Counting(IdGenerator):
+    """Ids 1, 2, 3…: two providers given one each hand out the same ids."""
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def generate_trace_id(self) -> int:
+        self.last += 1
+        return self.last
+
+    def generate_span_id(self) -> int:
+        self.last += 1
+        return self.last
+
+
+_STATE = TraceState([("vendor", "a"), ("other", "b")])
+
+
+@pytest.mark.parametrize(
+    "parent",
+    [
+        pytest.param(None, id="root"),
+        pytest.param(SpanContext(7, 8, True, TraceFlags(TraceFlags.SAMPLED), _STATE), id="remote-sampled"),
+        pytest.param(SpanContext(7, 8, True, TraceFlags(TraceFlags.DEFAULT), _STATE), id="remote-unsampled"),
+        pytest.param(SpanContext(7, 8, False, TraceFlags(TraceFlags.SAMPLED)), id="local-sampled"),
+        pytest.param(SpanContext(7, 8, False, TraceFlags(TraceFlags.DEFAULT), _STATE), id="local-unsampled"),
+    ],
+)
+def test_the_default_samplers_plan_is_the_sdks_decision(parent: SpanContext | None) -> None:
+    """With the SDK's default sampler the plan is decided without calling it: the same plan as a sampler of the
+    same kind that the SDK runs, and the same sampling and trace state as a span the SDK's tracer starts."""
+    context = Context() if parent is None else set_span_in_context(NonRecordingSpan(parent), Context())
+    default = TracerProvider(id_generator=_Counting())
+    assert default.sampler is DEFAULT_ON
+    assert plans_without_attributes(default.get_tracer("t"))
+    ran = TracerProvider(sampler=ParentBased(ALWAYS_ON), id_generator=_Counting())
+    assert not plans_without_attributes(ran.get_tracer("t"))
+    ours = plan_session_span(default.get_tracer("t"), "session x", context, {"a": 1})
+    assert ours == plan_session_span(ran.get_tracer("t"), "session x", context, {"a": 1})
+    live = TracerProvider().get_tracer("t").start_span("session x", context=context)
+    assert ours.sampled == live.get_span_context().trace_flags.sampled
+    assert ours.trace_state == live.get_span_context().trace_state.to_header()
+    assert ours.parent_span_id == (None if parent is None else 8)

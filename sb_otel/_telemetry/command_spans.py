@@ -12,7 +12,7 @@ Attributes follow the semantic conventions for processes: ``process.executable.n
 redacted, :mod:`sb_otel._tracking.command_redaction`). A command that exits non-zero is an ERROR span with
 ``error.type`` set to its exit status. The session's own counts (``sb.shell.commands``,
 ``sb.shell.commands.failed``) and the shell's version (``process.runtime.name``/``.version``: the spool's first
-line) are written into its start attributes, so its span carries them when it is built at
+line) are written beside its start attributes (their overrides), so its span carries them when it is built at
 the end. The session's ``SB_OTEL_REDACT`` applies to every command span as to the session's.
 """
 
@@ -34,7 +34,13 @@ from sb_otel._telemetry.attributes import Redaction
 from sb_otel._telemetry.otlp_wire import encode_span
 from sb_otel._telemetry.root_span import SessionTelemetry, stored_redaction
 from sb_otel._telemetry.row_records import SCOPE
-from sb_otel._telemetry.session_span import ATTRIBUTES_KEY, SessionSpanPlan, nanos, planned_span
+from sb_otel._telemetry.session_span import (
+    ATTRIBUTE_OVERRIDES_KEY,
+    STATE_KEY,
+    SessionSpanPlan,
+    nanos,
+    planned_span,
+)
 from sb_otel._tracking.command_redaction import redact_command_line
 from sb_otel._tracking.command_spool import (
     SpooledCommand,
@@ -197,13 +203,14 @@ def _count_on_session(
 ) -> None:
     """The session's command counts (and the shell's version, as the shell told it), among the attributes its
     span is built with."""
-    attributes = record.telemetry.get(ATTRIBUTES_KEY)
-    if not isinstance(attributes, Mapping):
+    if STATE_KEY not in record.telemetry:
         return
-    counted = {**attributes, COMMANDS: progress.commands, COMMANDS_FAILED: progress.failed}
+    earlier = record.telemetry.get(ATTRIBUTE_OVERRIDES_KEY)
+    counted = {**(earlier if isinstance(earlier, Mapping) else {})}
+    counted.update({COMMANDS: progress.commands, COMMANDS_FAILED: progress.failed})
     if shell is not None:
         counted[RUNTIME_NAME], counted[RUNTIME_VERSION] = shell
-    store.update_telemetry(record.session_id, {ATTRIBUTES_KEY: counted})
+    store.update_telemetry(record.session_id, {ATTRIBUTE_OVERRIDES_KEY: counted})
 
 
 def _moment(seconds: float) -> datetime:

@@ -53,11 +53,11 @@ from sb_otel._telemetry.root_span import (
 )
 from sb_otel._telemetry.row_records import manager_measurement, manager_span_parts
 from sb_otel._telemetry.session_span import (
-    ATTRIBUTES_KEY,
     STATE_KEY,
     SessionSpanPlan,
     export_session_span,
     plan_session_span,
+    plans_without_attributes,
 )
 from sb_otel._telemetry.store_metrics import store_counted
 from sb_otel._tracking.export_state import TelemetryStore
@@ -225,19 +225,28 @@ class InstrumentedSessionTracker:
         it is not ours (session-buddy's own model), ours gets our model."""
         given = event if self._foreign else start
         raw = start.model_dump(mode="json")
-        described = self._guard(start_attributes, raw, "") or {}
         shell_context = self._guard(extract, start.metadata) or Context()
         read = self._guard(self._known_start, start.event_id)
-        planned = self._guard(self._plan_start, start, read[0], described, shell_context) if read else None
+        known = read[0] if read else None
+        row = not (isinstance(known, SessionRecord) and STATE_KEY in known.telemetry) and self._from_row()
+        # The start attributes feed a sampler that reads them, the redaction and live spans. A start from the row
+        # under the SDK's default sampler and no redaction needs none of them: its exporter derives them from the
+        # stored start event. (Computed later if the call turns out to need its spans now.)
+        lean = row and not self._redaction and bool(self._guard(plans_without_attributes, self._tracer))
+        described = None if lean else self._guard(start_attributes, raw, "") or {}
+        planned = self._guard(self._plan_start, start, known, described or {}, shell_context) if read else None
         plan, retry = planned or (None, False)
         if read is None or plan is None:  # telemetry could not even plan (a store it cannot read): track without it
             return (await self._inner_start(given, None))[0]
         span_attributes = {sc.COMPONENT_NAME: start.component_name, sc.SHELL_TYPE: start.shell_type}
-        telemetry: dict[str, Any] = {STATE_KEY: plan.to_json(), ATTRIBUTES_KEY: described}
+        # The start attributes are not stored: the row holds the start event they are derived from (issue 21's
+        # third round; the exporter derives them when it builds the records, SessionTelemetry.of).
+        telemetry: dict[str, Any] = {STATE_KEY: plan.to_json()}
         if self._redaction:  # so the exporter that sends the root span later redacts it the same way
             telemetry[REDACT_KEY] = redaction_spec(self._redaction)
-        if not retry and self._from_row():
+        if row and not retry:
             return await self._start_from_row(start, given, raw, read[0], plan, telemetry, described, shell_context)
+        described = described or {}
         with self._child_span(f"session.start {start.component_name}", plan, span_attributes, described) as span:
             result, record = await self._inner_start(given, telemetry, read[0], raw)
             self._guard(_annotate_child, span, result.session_id, result.status, result.error)
@@ -268,14 +277,15 @@ class InstrumentedSessionTracker:
         known: Known,
         plan: SessionSpanPlan,
         telemetry: dict[str, Any],
-        described: Mapping[str, AttributeValue],
+        described: Mapping[str, AttributeValue] | None,
         shell_context: Context,
     ) -> SessionStartResult:
-        """:meth:`_start` from the row: the row carries the call (marked, so the store owes its records)."""
+        """:meth:`_start` from the row: the row carries the call (marked, so the store owes its records).
+        ``described``: the start attributes, ``None`` if not computed (no redaction: the row mode needs none)."""
         call: dict[str, Any] = {"began": time.time_ns()}
         telemetry[FROM_ROW_KEY] = True
         telemetry[START_CALL_KEY] = call
-        with self._row_mode(call, described):
+        with self._row_mode(call, described or {}):
             result, record = await self._inner_start(given, telemetry, known, raw)
         stored = self._guard(_stored_plan, record, telemetry[STATE_KEY]) if record is not None else None
         if result.status == "tracked" and result.session_id is not None and record is not None and stored is None:
@@ -286,6 +296,8 @@ class InstrumentedSessionTracker:
             }
             return result.model_copy(update=context)
         # Not our row (a failure, or a start that raced us to the store): this call's spans are made now.
+        if described is None:
+            described = self._guard(start_attributes, raw, "") or {}
         span_plan = stored or plan
         span_attributes = {sc.COMPONENT_NAME: start.component_name, sc.SHELL_TYPE: start.shell_type}
         name = f"session.start {start.component_name}"
@@ -476,7 +488,7 @@ class InstrumentedSessionTracker:
             # From the row: the end's call is noted into the row by the write that ends it; the exporter builds
             # its records. A call that ends nothing (an error, a retried end) makes its spans now.
             call: dict[str, Any] = {"began": time.time_ns()}
-            with self._row_mode(call, planned.attributes):
+            with self._row_mode(call, planned.attributes if self._redaction else {}):
                 tracked = await self.wrapped.track_end(given, known=known, telemetry={END_CALL_KEY: call})
             result, ended = tracked.result, tracked.ended
             if ended is None:
@@ -492,11 +504,12 @@ class InstrumentedSessionTracker:
                 result, ended = await self._inner_end(given, known)
                 self._guard(_annotate_child, span, end.session_id, result.status, result.error)
         if ended is not None:
-            outcome = end_outcome(end.metadata)
             # The row's from-row mark is set at create and never changed by an end: the read above says it, so
             # the ended row's telemetry document is not parsed a second time to learn it.
             from_row = record is not None and record.session_id == ended.session_id and built_from_row(record)
-            self._guard(self._finish_telemetry, ended, outcome, planned, end.timestamp, from_row or None)
+            if not (from_row and self._guard(self._left_to_the_store)):
+                outcome = end_outcome(end.metadata)
+                self._guard(self._finish_telemetry, ended, outcome, planned, end.timestamp, from_row or None)
         elif result.status in ("not_found", "error"):
             folded = None if record is None else self._metrics.component(record.component_name)
             component = {sc.COMPONENT_NAME: folded} if folded is not None else {}
@@ -522,6 +535,12 @@ class InstrumentedSessionTracker:
         ended = (record.end_event or {}).get("timestamp") or None
         with one_write_per_call():
             self._finish_telemetry(record, outcome, SessionTelemetry.of(record), ended)
+
+    def _left_to_the_store(self) -> bool:
+        """Whether an ended session built from its row owes this process nothing: the store counts its metrics
+        and its exporter builds the root span and the end's log record (:meth:`_finish_telemetry` would do
+        nothing, so the end skips even the outcome and the times it would compute)."""
+        return self._counted_by_store() and self._roots_from_store()
 
     def _finish_telemetry(
         self,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
@@ -23,6 +24,7 @@ from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.attributes import Redaction, end_attributes, start_attributes
 from sb_otel._telemetry.otlp_wire import WireRecord, planned_record
 from sb_otel._telemetry.session_span import (
+    ATTRIBUTE_OVERRIDES_KEY,
     ATTRIBUTES_KEY,
     STATE_KEY,
     SessionSpanPlan,
@@ -43,22 +45,31 @@ CLOCK_SKEW_TOLERANCE = timedelta(seconds=1)
 
 @dataclass(frozen=True)
 class SessionTelemetry:
-    """What a session record keeps for its span: the plan made at start and the start attributes."""
+    """What a session record keeps for its span: the plan made at start, and the start attributes (stored, or
+    derived from the start event) with what was learnt later laid over them. Each is read from the record when
+    first asked for: an end on sb-otel's own pipeline needs neither, and deriving costs a few µs per call."""
 
-    plan: SessionSpanPlan
-    attributes: Mapping[str, AttributeValue]
+    record: SessionRecord
 
     @classmethod
     def of(cls, record: SessionRecord) -> SessionTelemetry | None:
         """``None`` for a session started without telemetry (nothing to export for it)."""
-        telemetry = record.telemetry
-        state = telemetry.get(STATE_KEY)
-        if state is None:
-            return None
-        attributes = telemetry.get(ATTRIBUTES_KEY)
-        if attributes is None:  # stored before start attributes were kept with the plan
-            attributes = start_attributes(record.start_event, "")
-        return cls(SessionSpanPlan.from_json(state), attributes)
+        return None if record.telemetry.get(STATE_KEY) is None else cls(record)
+
+    @cached_property
+    def plan(self) -> SessionSpanPlan:
+        return SessionSpanPlan.from_json(self.record.telemetry[STATE_KEY])
+
+    @cached_property
+    def attributes(self) -> Mapping[str, AttributeValue]:
+        telemetry = self.record.telemetry
+        attributes: Mapping[str, AttributeValue] | None = telemetry.get(ATTRIBUTES_KEY)
+        if attributes is None:  # an instrumented start's: derived from the start event, as it was at start
+            attributes = start_attributes(self.record.start_event, "")
+        overrides = telemetry.get(ATTRIBUTE_OVERRIDES_KEY)
+        if isinstance(overrides, Mapping) and overrides:
+            attributes = {**attributes, **overrides}
+        return attributes
 
 
 def redaction_spec(redaction: Redaction) -> list[str]:

@@ -30,7 +30,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import Decision, StaticSampler
+from opentelemetry.sdk.trace.sampling import DEFAULT_ON, Decision, StaticSampler
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
@@ -53,8 +53,13 @@ from sb_otel._telemetry import semconv as sc
 STATE_KEY = "span"
 """Where the plan lives in a session record's ``telemetry`` mapping."""
 ATTRIBUTES_KEY = "attributes"
-"""Where the session span's start attributes live in ``telemetry``: computed once at start, so the process that
-exports the span at end neither re-reads the start event nor depends on how this version derives them."""
+"""Where start attributes that the start event cannot tell live in ``telemetry`` (``sb-otel emit``'s: the shell's
+executable, read from ``/proc`` at start). An instrumented start stores none since issue 21's third round: its
+attributes are derived from the stored start event when the span is built (``root_span.SessionTelemetry``), which
+keeps ~600 bytes out of the row; rows written before that still carry theirs, and those are used as stored."""
+ATTRIBUTE_OVERRIDES_KEY = "attribute_overrides"
+"""What was learnt about the session after its start, laid over its start attributes (a shell's command counts and
+its version, :mod:`sb_otel._telemetry.command_spans`): a small field of its own, so nothing rewrites the rest."""
 
 
 @dataclass(frozen=True)
@@ -141,10 +146,15 @@ def plan_session_span(
     parent_context = get_current_span(parent).get_span_context()
     has_parent = parent_context.is_valid
     trace_id = parent_context.trace_id if has_parent else id_generator.generate_trace_id()
-    span_links = [Link(context) for context in links if context.is_valid]
     sampled = False
     trace_state = parent_context.trace_state if has_parent else TraceState()
-    if sampler is not None:
+    if sampler is DEFAULT_ON:
+        # The SDK's default, ParentBased(ALWAYS_ON), decided without its calls: a parent's sampled flag, else
+        # sampled; the trace state is the parent's (what its StaticSampler returns). tests/test_session_span.py
+        # compares it with the SDK's own decision for every kind of parent.
+        sampled = parent_context.trace_flags.sampled if has_parent else True
+    elif sampler is not None:
+        span_links = [Link(context) for context in links if context.is_valid]
         decision = sampler.should_sample(parent, trace_id, name, SpanKind.INTERNAL, dict(attributes), span_links)
         sampled = decision.decision.is_sampled()
         trace_state = decision.trace_state or trace_state
@@ -157,6 +167,12 @@ def plan_session_span(
         parent_remote=parent_context.is_remote if has_parent else True,
         links=tuple((c.trace_id, c.span_id, int(c.trace_flags)) for c in links if c.is_valid),
     )
+
+
+def plans_without_attributes(tracer: Tracer) -> bool:
+    """Whether :func:`plan_session_span` decides without the span's attributes for ``tracer``: its sampler is the
+    SDK's default (which never reads them), so a caller need not compute them for the plan."""
+    return getattr(_resolved(tracer), "sampler", None) is DEFAULT_ON
 
 
 def _resolved(tracer: Tracer) -> Tracer:
