@@ -71,6 +71,15 @@ from sb_otel._version import __version__
     help="Also serve the store's session metrics for Prometheus to scrape, on --host at this port "
     "(session-buddy's was 9090; 0: any) and at /metrics on the MCP port. Needs the prometheus extra.",
 )
+@click.option(
+    "--exporter",
+    type=click.Choice(["thread", "none"]),
+    default="thread",
+    show_default=True,
+    help="thread: this process exports the store's telemetry (a thread, while it holds the store's exporter "
+    "lease); none: it only writes it to the store, for 'sb-otel export --follow' on the same store to send "
+    "(a second process, which keeps export work off the server's core).",
+)
 @_store_option
 def serve(
     transport: str,
@@ -83,6 +92,7 @@ def serve(
     allow_unauthenticated: bool,
     workers: int,
     metrics_port: int | None,
+    exporter: str,
     store_location: str | None,
 ) -> int:
     """Serve track_session_start / track_session_end over MCP (stdio or streamable HTTP).
@@ -128,7 +138,8 @@ def serve(
 
     def run(index: int) -> int:
         store = open_store(store_location)
-        telemetry = configure(store=store)  # global: the mcp SDK's request spans go to the same pipeline
+        # global: the mcp SDK's request spans go to the same pipeline
+        telemetry = configure(store=store, export=exporter == "thread")
 
         endpoint = None
         scrape = None  # the store's scrape for get_prometheus_metrics, and /metrics on the MCP port with metrics on
@@ -154,9 +165,9 @@ def serve(
                 click.echo(line, err=True)
 
         tracker = telemetry.instrument(SessionTracker(SessionLifecycleManager(), store=store))
-        exporter = telemetry.store_exporter
-        if exporter is not None:  # the lease holder reaps, on the exporter's thread: at once, then every interval
-            exporter.schedule_reaping(interval.total_seconds())
+        store_exporter = telemetry.store_exporter
+        if store_exporter is not None:  # the lease holder reaps, on the exporter's thread: at once, then every interval
+            store_exporter.schedule_reaping(interval.total_seconds())
         try:
             asyncio.run(
                 serve_mcp(
@@ -171,7 +182,7 @@ def serve(
                     telemetry=telemetry.destination,
                     allow_unauthenticated=allow,
                     listener=listener,
-                    reaper=exporter is None and index == 0,  # no exporter (telemetry off): a worker thread reaps
+                    reaper=store_exporter is None and index == 0,  # no exporter here: a worker thread reaps
                     metrics_app=scrape.app if scrape is not None and metrics_socket is not None else None,
                     prometheus_text=scrape.text if scrape is not None else None,
                 )
