@@ -110,6 +110,7 @@ def serve(
         configure_server_logging,
         http_limits_setting,
         reap_interval_setting,
+        telemetry_store,
         token_max_age_setting,
     )
     from sb_otel._service.server import serve as serve_mcp
@@ -138,8 +139,9 @@ def serve(
 
     def run(index: int) -> int:
         store = open_store(store_location)
-        # global: the mcp SDK's request spans go to the same pipeline
-        telemetry = configure(store=store, export=exporter == "thread")
+        # the exporter thread gets a connection of its own; configure is global: the mcp SDK's spans use it too
+        exported = telemetry_store(store, store_location) if exporter == "thread" else store
+        telemetry = configure(store=exported, export=exporter == "thread")
 
         endpoint = None
         scrape = None  # the store's scrape for get_prometheus_metrics, and /metrics on the MCP port with metrics on
@@ -195,6 +197,8 @@ def serve(
             elif scrape is not None:
                 scrape.shutdown()
             telemetry.shutdown()
+            if exported is not store:
+                exported.close()
             store.close()
         return 0
 
