@@ -21,9 +21,18 @@ instrumented one on a SQLite store (SQL statements via ``sqlite3``'s trace callb
 of JSON and model dumps), single steps' costs, and what the default lifecycle manager's answer costs (file
 system calls, µs) for the load's directory and for a git work tree.
 
+Variants join the rotation, each with its ratios to bare and floor beside the targets: ``--variant NAME=SPEC``
+(another ``serve``: SPEC's words are ``VARIABLE=value``, serve arguments, or ``+export`` for an ``sb-otel export
+--follow`` on its store, whose CPU is shown beside serve's), and ``--tracking-alone`` (serve's service over the
+plain tracker, no telemetry at all: ``bare_server.py --tracker``, the ceiling of any telemetry cut). Server CPU
+counts serve's whole process tree (``--workers``); "whole run" adds what a server and its helper spent between
+their rounds (an exporter catching up).
+
 The machine is shared: the load average is printed beside every round; compare figures from one run.
 
     python benchmarks/server_vs_bare.py [--seconds 5] [--rounds 4] [--shells 8] [--server-args '...']
+    python benchmarks/server_vs_bare.py --no-profile --no-ledger --tracking-alone \
+        --variant 'external=--exporter none +export' --variant 'off=OTEL_SDK_DISABLED=true'
 """
 
 from __future__ import annotations
