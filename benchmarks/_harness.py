@@ -98,6 +98,12 @@ def start_floor_server(tmp: str) -> tuple[subprocess.Popen[bytes], str, Path]:
     return start_listening(argv, dict(os.environ), Path(tmp, "floor.log"))
 
 
+def start_tracking_alone(tmp: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """``benchmarks/bare_server.py --tracker`` (serve's service over the plain tracker, no telemetry at all)."""
+    argv = [sys.executable, str(REPO / "benchmarks" / "bare_server.py"), "--port", "0", "--tracker", f"{tmp}/t.db"]
+    return start_listening(argv, dict(os.environ), Path(tmp, "tracking.log"))
+
+
 def start_listening(argv: list[str], env: Mapping[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
     """Start a server process with stderr to ``log``; wait for its ``... server on <url>;`` line."""
     with log.open("w") as stderr:
@@ -119,3 +125,41 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state is field 3, utime 14, stime 15
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """:func:`cpu_seconds` of a process and of all its live descendants (``serve --workers``' worker processes):
+    ``/proc/<pid>/task/*/children`` walked down. A descendant that exited meanwhile is left out."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += cpu_seconds(current)
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(child) for child in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def start_exporter(tmp: str, environment: Mapping[str, str | None] = {}) -> subprocess.Popen[bytes]:
+    """``sb-otel export --follow`` on :func:`start_server`'s store in ``tmp`` (a serve with ``--exporter none``
+    beside it); stderr to ``export.log`` there. Returns once it said it is exporting."""
+    env = {**os.environ, "SB_OTEL_DATA_DIR": tmp, "SB_OTEL_STORE": f"{tmp}/server.db"}
+    for name, value in environment.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    log = Path(tmp, "export.log")
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sb_otel", "export", "--follow"], env=env, stdin=subprocess.DEVNULL, stderr=stderr
+        )
+    deadline = time.monotonic() + 30
+    while "sb-otel: exporting" not in log.read_text():
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise SystemExit(f"exporter did not start: {log.read_text()}")
+        time.sleep(0.05)  # a benchmark script waiting for a subprocess's ready line, not a test
+    return process

@@ -22,7 +22,12 @@ and makes one SQLite commit (a start inserts its row, an end updates it; WAL, ``
 store), so two commits per lifecycle, nothing else: no lifecycle manager, no telemetry. ``sb-otel serve`` cannot
 be cheaper than this; the issue's target is to come within 0.9 × of it.
 
-    python benchmarks/bare_server.py [--port 0] [--http-mode stateless] [--floor /tmp/floor.db]
+``--tracker SQLITE_PATH`` makes it *tracking alone*: serve's own ``SessionService`` over sb-otel's plain
+``SessionTracker`` (the default lifecycle manager, the SQLite store at that path), never instrumented and with no
+OpenTelemetry providers: what serve would cost with telemetry taken out entirely, the ceiling of any telemetry
+cut.
+
+    python benchmarks/bare_server.py [--port 0] [--http-mode stateless] [--floor /tmp/floor.db | --tracker /tmp/t.db]
 """
 
 from __future__ import annotations
@@ -110,10 +115,23 @@ class FloorService(NoopService):
         return await super().track_session_end(arguments, token)
 
 
-async def serve_bare(host: str, port: int, path: str, http_mode: HttpMode, floor: str | None = None) -> None:
-    """Serve the no-op tools (or the floor's) over streamable HTTP until SIGTERM/SIGINT, as ``serve`` does."""
-    service = NoopService() if floor is None else FloorService(floor)
-    server = build_server(cast(SessionService, service))
+def tracking_alone(path: str) -> SessionService:
+    """serve's service over the plain tracker on a SQLite store at ``path``: no instrumentation, no providers."""
+    from sb_otel import SessionLifecycleManager, SessionTracker
+
+    return SessionService(SessionTracker(SessionLifecycleManager(), store=path), telemetry="none")
+
+
+async def serve_bare(
+    host: str, port: int, path: str, http_mode: HttpMode, floor: str | None = None, tracker: str | None = None
+) -> None:
+    """Serve the no-op tools (or the floor's, or the plain tracker's) over streamable HTTP until SIGTERM/SIGINT,
+    as ``serve`` does."""
+    if tracker is not None:
+        service = tracking_alone(tracker)
+    else:
+        service = cast(SessionService, NoopService() if floor is None else FloorService(floor))
+    server = build_server(service)
     web = http_server(server, host=host, port=port, path=path, http_mode=http_mode)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # as serve: TCP_NODELAY on accept
@@ -123,7 +141,7 @@ async def serve_bare(host: str, port: int, path: str, http_mode: HttpMode, floor
 
     async def announce() -> None:
         await web.listening.wait()
-        kind = "bare" if floor is None else "floor"
+        kind = "tracking-alone" if tracker is not None else "bare" if floor is None else "floor"
         print(f"{kind} MCP server on {url}; telemetry: none", file=sys.stderr, flush=True)
 
     announcer = asyncio.create_task(announce())
@@ -139,12 +157,15 @@ def main() -> None:
     parser.add_argument("--path", default=DEFAULT_PATH)
     parser.add_argument("--http-mode", choices=["stateless", "session"], default="stateless")
     parser.add_argument("--floor", metavar="SQLITE_PATH", help="validate each event and commit it to this file")
+    parser.add_argument("--tracker", metavar="SQLITE_PATH", help="serve's service over the plain tracker here")
     arguments = parser.parse_args()
     configure_server_logging("WARNING")
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     mode: HttpMode = "session" if arguments.http_mode == "session" else "stateless"
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_bare(arguments.host, arguments.port, arguments.path, mode, arguments.floor))
+        asyncio.run(
+            serve_bare(arguments.host, arguments.port, arguments.path, mode, arguments.floor, arguments.tracker)
+        )
 
 
 if __name__ == "__main__":

@@ -21,9 +21,18 @@ instrumented one on a SQLite store (SQL statements via ``sqlite3``'s trace callb
 of JSON and model dumps), single steps' costs, and what the default lifecycle manager's answer costs (file
 system calls, µs) for the load's directory and for a git work tree.
 
+Variants join the rotation, each with its ratios to bare and floor beside the targets: ``--variant NAME=SPEC``
+(another ``serve``: SPEC's words are ``VARIABLE=value``, serve arguments, or ``+export`` for an ``sb-otel export
+--follow`` on its store, whose CPU is shown beside serve's), and ``--tracking-alone`` (serve's service over the
+plain tracker, no telemetry at all: ``bare_server.py --tracker``, the ceiling of any telemetry cut). Server CPU
+counts serve's whole process tree (``--workers``); "whole run" adds what a server and its helper spent between
+their rounds (an exporter catching up).
+
 The machine is shared: the load average is printed beside every round; compare figures from one run.
 
     python benchmarks/server_vs_bare.py [--seconds 5] [--rounds 4] [--shells 8] [--server-args '...']
+    python benchmarks/server_vs_bare.py --no-profile --no-ledger --tracking-alone \
+        --variant 'external=--exporter none +export' --variant 'off=OTEL_SDK_DISABLED=true'
 """
 
 from __future__ import annotations
@@ -41,13 +50,23 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from _harness import REPO, cpu_seconds, otlp_receiver, start_bare_server, start_floor_server, start_server
+from _harness import (
+    REPO,
+    cpu_seconds,
+    otlp_receiver,
+    start_bare_server,
+    start_exporter,
+    start_floor_server,
+    start_server,
+    start_tracking_alone,
+    tree_cpu_seconds,
+)
 from server_load import Tally, pct, shell
 
 THROUGHPUT_TARGET = 0.8
@@ -67,6 +86,8 @@ class Round:
     latencies: list[float]
     errors: Counter[str]
     load: float
+    helper_cpu: float = 0.0
+    """CPU of the server's helper process over the round (a variant's ``sb-otel export --follow``)."""
 
     @property
     def rate(self) -> float:
@@ -79,6 +100,16 @@ class Server:
     pid: int
     url: str
     rounds: list[Round] = field(default_factory=list)
+    helper: int | None = None
+    """A process that works for this server (``sb-otel export --follow`` beside ``serve --exporter none``)."""
+    began_cpu: float = 0.0
+    """Server + helper CPU when the measured rounds began: the whole run's CPU counts the catching up between
+    rounds (an exporter drains its backlog while the load is on another server)."""
+    whole_cpu: float = 0.0
+
+    def cpu_now(self) -> tuple[float, float]:
+        """CPU so far of the server (its process tree: ``--workers``) and of its helper."""
+        return tree_cpu_seconds(self.pid), (0.0 if self.helper is None else cpu_seconds(self.helper))
 
     def pooled(self) -> tuple[float, float, float, float, float]:
         """lifecycles/s, p50 ms, p99 ms, server CPU ms per lifecycle, client CPU ms per lifecycle."""
@@ -92,6 +123,13 @@ class Server:
             1000 * sum(r.client_cpu for r in self.rounds) / max(1, lifecycles),
         )
 
+    def helper_ms(self) -> float:
+        lifecycles = sum(r.lifecycles for r in self.rounds)
+        return 1000 * sum(r.helper_cpu for r in self.rounds) / max(1, lifecycles)
+
+    def whole_ms(self) -> float:
+        return 1000 * self.whole_cpu / max(1, sum(r.lifecycles for r in self.rounds))
+
 
 def load_round(server: Server, shells: int, seconds: float, cwd: str) -> Round:
     """``shells`` shells against one server for ``seconds``; its CPU measured over exactly that time."""
@@ -103,96 +141,180 @@ def load_round(server: Server, shells: int, seconds: float, cwd: str) -> Round:
         await asyncio.gather(*(shell(server.url, stop_at, tally, i, cwd) for i in range(shells)))
         return time.perf_counter() - began
 
-    cpu_before, client_before = cpu_seconds(server.pid), time.process_time()
+    (cpu_before, helper_before), client_before = server.cpu_now(), time.process_time()
     wall = asyncio.run(run())
-    cpu, client = cpu_seconds(server.pid) - cpu_before, time.process_time() - client_before
+    (cpu_after, helper_after), client = server.cpu_now(), time.process_time() - client_before
     load = os.getloadavg()[0]
-    return Round(tally.lifecycles, tally.calls, wall, cpu, client, tally.latencies, tally.errors, load)
+    return Round(
+        tally.lifecycles,
+        tally.calls,
+        wall,
+        cpu_after - cpu_before,
+        client,
+        tally.latencies,
+        tally.errors,
+        load,
+        helper_after - helper_before,
+    )
 
 
 def describe(round_: Round) -> str:
     per = 1000 * round_.cpu / max(1, round_.lifecycles)
+    helper = f" + helper {1000 * round_.helper_cpu / max(1, round_.lifecycles):4.2f}" if round_.helper_cpu else ""
     errors = f", errors {dict(round_.errors)}" if round_.errors else ""
     return (
         f"{round_.rate:6,.0f} lifecycles/s, p50 {pct(round_.latencies, 0.5):6.2f} ms, "
-        f"p99 {pct(round_.latencies, 0.99):6.2f} ms, server CPU {per:5.2f} ms/lifecycle "
+        f"p99 {pct(round_.latencies, 0.99):6.2f} ms, server CPU {per:5.2f}{helper} ms/lifecycle "
         f"({100 * round_.cpu / round_.wall:3.0f} % of a core), load avg {round_.load:.2f}{errors}"
     )
 
 
-def compare(seconds: float, rounds: int, shells: int, server_args: list[str], cwd: str | None) -> None:
+@dataclass(frozen=True)
+class Variant:
+    """One way of running ``sb-otel serve``: extra arguments, environment, and whether an ``sb-otel export
+    --follow`` runs beside it (on its store) as its exporter."""
+
+    name: str
+    arguments: tuple[str, ...] = ()
+    environment: tuple[tuple[str, str], ...] = ()
+    exporter_process: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        """``NAME=SPEC``: SPEC's words are ``VARIABLE=value`` (environment), ``+export`` (an ``sb-otel export
+        --follow`` beside it) or ``serve`` arguments, e.g. ``external=--exporter none +export``."""
+        name, _, spec = text.partition("=")
+        arguments, environment, exporter = [], [], False
+        for word in shlex.split(spec):
+            key, equals, value = word.partition("=")
+            if word == "+export":
+                exporter = True
+            elif equals and key.isupper() and not key.startswith("-"):
+                environment.append((key, value))
+            else:
+                arguments.append(word)
+        return cls(name, tuple(arguments), tuple(environment), exporter)
+
+
+def compare(
+    seconds: float,
+    rounds: int,
+    shells: int,
+    server_args: list[str],
+    cwd: str | None,
+    variants: Sequence[Variant] = (),
+    tracking_alone: bool = False,
+) -> None:
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} (1/5/15 min), {os.cpu_count()} cores")
+    variants = [Variant("sb-otel", tuple(server_args)), *variants]
+    processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp, otlp_receiver() as receiver:
         otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
         bare_process, bare_url, _ = start_bare_server(tmp)
         floor_process, floor_url, _ = start_floor_server(tmp)
-        serve_process, serve_url, serve_log = start_server(tmp, otlp, server_args)
-        bare = Server("bare", bare_process.pid, bare_url)
-        floor = Server("floor", floor_process.pid, floor_url)
-        serve = Server("sb-otel", serve_process.pid, serve_url)
-        servers = [bare, floor, serve]
+        processes += [bare_process, floor_process]
+        servers = [Server("bare", bare_process.pid, bare_url), Server("floor", floor_process.pid, floor_url)]
+        if tracking_alone:  # serve's service over the plain tracker: telemetry's ceiling
+            alone_process, alone_url, _ = start_tracking_alone(tmp)
+            processes.append(alone_process)
+            servers.append(Server("tracking alone", alone_process.pid, alone_url))
+        logs = []
+        for variant in variants:
+            home = Path(tmp, variant.name)
+            home.mkdir()
+            environment = {**otlp, **dict(variant.environment)}
+            process, url, log = start_server(str(home), environment, list(variant.arguments))
+            processes.insert(0, process)  # servers stop first: serve flushes its telemetry (5 s cap)
+            logs.append(log)
+            helper = start_exporter(str(home), environment) if variant.exporter_process else None
+            if helper is not None:
+                processes.insert(0, helper)
+            servers.append(Server(variant.name, process.pid, url, helper=None if helper is None else helper.pid))
         try:
             for server in servers:  # warm-up: first calls import and compile; not counted
                 load_round(server, shells, min(1.0, seconds), cwd or tmp)
+            for server in servers:
+                server.began_cpu = sum(server.cpu_now())
             for number in range(rounds):  # the order rotates: none always follows another
-                for server in servers[number % 3 :] + servers[: number % 3]:
+                shift = number % len(servers)
+                for server in servers[shift:] + servers[:shift]:
                     server.rounds.append(load_round(server, shells, seconds, cwd or tmp))
-                    print(f"round {number + 1} {server.name:>7}: {describe(server.rounds[-1])}", flush=True)
+                    print(f"round {number + 1} {server.name:>14}: {describe(server.rounds[-1])}", flush=True)
+            for server in servers:
+                server.whole_cpu = sum(server.cpu_now()) - server.began_cpu
         finally:
-            for process in (serve_process, floor_process, bare_process):
-                process.terminate()  # SIGTERM: serve flushes its telemetry (5 s cap)
-            for process in (serve_process, floor_process, bare_process):
+            for process in processes:
+                process.terminate()  # SIGTERM: serve and export flush their telemetry (5 s cap)
+            for process in processes:
                 process.wait(30)
         names = receiver.arrived()["names"]
-        log_lines = serve_log.read_text().splitlines()
-        if len(log_lines) > 1:
-            print("serve's stderr:\n" + "\n".join(log_lines[-20:]))
+        for log in logs:
+            log_lines = log.read_text().splitlines()
+            if len(log_lines) > 1:
+                print(f"{log.parent.name}'s stderr:\n" + "\n".join(log_lines[-20:]))
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     roots = sum(count for name, count in names.items() if name.startswith("session "))
-    measured = sum(r.lifecycles for r in serve.rounds)
-    print(f"sb-otel session spans received: {roots:,} (lifecycles measured: {measured:,}, plus the warm-up's)")
+    measured = sum(r.lifecycles for server in servers[2:] if server.name != "tracking alone" for r in server.rounds)
+    print(f"sb-otel session spans received: {roots:,} (lifecycles measured: {measured:,}, plus the warm-ups')")
     print()
     print(f"{shells} shells, {rounds} rounds × {seconds:g} s per server, interleaved; pooled over the rounds:")
     print(
-        "| server | lifecycles/s | p50 per call | p99 per call | server CPU per lifecycle | client CPU per lifecycle |"
+        "| server | lifecycles/s | p50 per call | p99 per call | server CPU per lifecycle | + helper process "
+        "| whole run, all processes | client CPU per lifecycle |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     figures = {}
     for server in servers:
         rate, p50, p99, cpu, client = figures[server.name] = server.pooled()
-        print(f"| {server.name} | {rate:,.0f} | {p50:.2f} ms | {p99:.2f} ms | {cpu:.2f} ms | {client:.2f} ms |")
-    b, f, s = figures["bare"], figures["floor"], figures["sb-otel"]
-    throughput, p99_ratio = s[0] / b[0], s[2] / b[2]
-    per_round = sorted(x.rate / y.rate for x, y in zip(serve.rounds, bare.rounds, strict=True))
-    print()
+        helped = f"{server.helper_ms():.2f} ms" if server.helper is not None else ""
+        print(
+            f"| {server.name} | {rate:,.0f} | {p50:.2f} ms | {p99:.2f} ms | {cpu:.2f} ms | {helped} "
+            f"| {server.whole_ms():.2f} ms | {client:.2f} ms |"
+        )
+    b, f = figures["bare"], figures["floor"]
+    bare, floor = servers[0], servers[1]
+    print(f"\nthroughput floor/bare: {f[0] / b[0]:.2f}x; server CPU per lifecycle floor/bare: {f[3] / b[3]:.2f}x")
     print(
-        f"throughput sb-otel/bare: {throughput:.2f}x (target >= {THROUGHPUT_TARGET}x: "
-        f"{'met' if throughput >= THROUGHPUT_TARGET else 'not met'}); per round: "
-        + " ".join(f"{value:.2f}" for value in per_round)
+        f"\ntargets: lifecycles/s >= {THROUGHPUT_TARGET} x bare and >= {FLOOR_TARGET} x floor, "
+        f"p99 <= {P99_TARGET} x bare"
     )
-    to_floor = s[0] / f[0]
-    per_round = sorted(x.rate / y.rate for x, y in zip(serve.rounds, floor.rounds, strict=True))
     print(
-        f"throughput sb-otel/floor: {to_floor:.2f}x (target >= {FLOOR_TARGET}x: "
-        f"{'met' if to_floor >= FLOOR_TARGET else 'not met'}); per round: "
-        + " ".join(f"{value:.2f}" for value in per_round)
+        "| variant | / bare (per round) | / floor (per round) | p99 / bare | server CPU / bare | "
+        "all processes' CPU / bare | sb-otel's share | targets |"
     )
-    print(f"throughput floor/bare: {f[0] / b[0]:.2f}x; server CPU per lifecycle floor/bare: {f[3] / b[3]:.2f}x")
-    verdict = "met" if p99_ratio <= P99_TARGET else "not met"
-    print(f"p99 sb-otel/bare: {p99_ratio:.2f}x (target <= {P99_TARGET}x: {verdict})")
-    print(f"p50 sb-otel/bare: {s[1] / b[1]:.2f}x; server CPU per lifecycle sb-otel/bare: {s[3] / b[3]:.2f}x")
+    print("|---|---|---|---:|---:|---:|---:|---|")
+    for server in servers[2:]:
+        s = figures[server.name]
+        to_bare, to_floor, p99_ratio = s[0] / b[0], s[0] / f[0], s[2] / b[2]
+        per_bare = "/".join(f"{x.rate / y.rate:.2f}" for x, y in zip(server.rounds, bare.rounds, strict=True))
+        per_floor = "/".join(f"{x.rate / y.rate:.2f}" for x, y in zip(server.rounds, floor.rounds, strict=True))
+        total = s[3] + server.helper_ms()
+        met = [
+            name
+            for name, ok in (
+                ("bare", to_bare >= THROUGHPUT_TARGET),
+                ("floor", to_floor >= FLOOR_TARGET),
+                ("p99", p99_ratio <= P99_TARGET),
+            )
+            if ok
+        ]
+        print(
+            f"| {server.name} | {to_bare:.2f} x ({per_bare}) | {to_floor:.2f} x ({per_floor}) | {p99_ratio:.2f} x "
+            f"| {s[3] / b[3]:.2f} x | {total / b[3]:.2f} x | {total - b[3]:.2f} ms | "
+            f"{', '.join(met) + ' met' if met else 'none met'} |"
+        )
     print(
-        f"sb-otel's own share of server CPU: {s[3] - b[3]:.2f} ms per lifecycle "
-        f"({100 * (s[3] - b[3]) / s[3]:.0f} % of serve's {s[3]:.2f} ms)"
+        "\n(server CPU: the serving process tree in its own rounds; + helper: its export --follow in the same rounds;"
+        " whole run: server and helper over all rounds, catching up between them included, per own lifecycle)"
     )
 
 
 # -- where serve's CPU goes: py-spy ----------------------------------------------------------------------------
 
 
-TRANSPARENT = ("sb_otel/__main__.py", "sb_otel/_cli/", "sb_otel/_service/http_guard.py")
-"""sb-otel frames that wrap the whole server (the CLI, the HTTP guard, which the bare server runs too): they own
-no samples themselves."""
+TRANSPARENT = ("sb_otel/__main__.py", "sb_otel/_cli/", "sb_otel/_service/http_guard.py", "sb_otel/_service/probes.py")
+"""sb-otel frames that wrap the whole server (the CLI, the HTTP guard and the probe paths, which the bare server
+runs too): they own no samples themselves."""
 
 
 def _owning(frame: str) -> bool:
@@ -533,6 +655,19 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--shells", type=int, default=8)
     parser.add_argument("--server-args", default="", help="extra arguments for sb-otel serve, one string")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=SPEC",
+        help="another serve in the rotation: SPEC's words are VARIABLE=value, serve arguments, or +export (an "
+        "'sb-otel export --follow' beside it), e.g. 'off=OTEL_SDK_DISABLED=true', 'external=--exporter none +export'",
+    )
+    parser.add_argument(
+        "--tracking-alone",
+        action="store_true",
+        help="also serve's service over the plain tracker, no telemetry (bare_server.py --tracker): the ceiling",
+    )
     parser.add_argument("--cwd", default=None, help="the shells' working directory (default: a fresh temp dir)")
     parser.add_argument("--no-compare", action="store_true", help="skip the interleaved comparison")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
@@ -547,7 +682,16 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     extra = shlex.split(arguments.server_args)
     if not arguments.no_compare:
-        compare(arguments.seconds, arguments.rounds, arguments.shells, extra, arguments.cwd)
+        variants = [Variant.parse(text) for text in arguments.variant]
+        compare(
+            arguments.seconds,
+            arguments.rounds,
+            arguments.shells,
+            extra,
+            arguments.cwd,
+            variants,
+            arguments.tracking_alone,
+        )
     if not arguments.no_profile:
         profile(
             arguments.profile_seconds,

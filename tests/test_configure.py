@@ -592,3 +592,43 @@ def test_a_signal_the_store_turns_off_gets_no_exporter_and_no_reader(made: list[
     telemetry.meter_provider.get_meter("t").create_counter("c").add(1)
     telemetry.shutdown(timeout_s=1.0)  # a reader would flush the counter into metrics.jsonl now
     assert not (tmp_path / "files" / "metrics.jsonl").exists()
+
+
+async def test_without_export_the_store_keeps_the_telemetry_for_another_exporter(
+    made: list[Telemetry], tmp_path: Path
+) -> None:
+    """configure(export=False) (``serve --exporter none``): no exporter thread and no span or log exporter; the
+    session's records wait in the store, and the store series are not counted here (another exporter sends
+    them); an exporter of the same store then sends them all."""
+    from sb_otel._telemetry.configure import standalone_exporter
+    from sb_otel._telemetry.store_metrics import store_counted
+
+    store = SqliteSessionStore(tmp_path / "sessions.db")
+    with OtlpReceiver() as rx:
+        store.record_destination({"endpoint": rx.grpc_endpoint, "protocol": "grpc"}, "test", 0.0)
+        telemetry = configure(made, store=store, export=False)
+        assert telemetry.store_exporter is None
+        assert telemetry.destination == f"OTLP grpc → {rx.grpc_endpoint}, sent by another process's exporter " \
+            "(sb-otel export --follow)"  # fmt: skip
+        assert not any(thread.name == "sb-otel-exporter" for thread in threading.enumerate())
+        assert store_counted(telemetry.meter_provider) is store
+        tracker = telemetry.instrument(SessionTracker(OkManager(), store=store))
+        start = await tracker.handle_session_start(seed_start_event())
+        await tracker.handle_session_end(
+            SessionEndEvent(session_id=start.session_id, timestamp="2026-02-06T13:45:07.890Z")
+        )
+        tracker.uninstrument()
+        telemetry.shutdown(timeout_s=1.0)
+        assert rx.spans() == []
+        assert rx.logs() == []
+        exporter, _, _ = standalone_exporter(store)
+        try:
+            report = exporter.drain()
+        finally:
+            exporter.release()
+            for sdk_exporter in (exporter.span_exporter, exporter.log_exporter, exporter.metric_exporter):
+                sdk_exporter.shutdown()
+        assert report.root_spans == 1
+        root = rx.wait_for(lambda r: [s for s in r.spans() if s["name"] == "session mahavishnu"], timeout=10)[0]
+        assert root["attributes"]["session.id"] == start.session_id
+    store.close()

@@ -477,3 +477,26 @@ def test_default_port_and_path_are_session_buddys() -> None:
     shown = CliRunner().invoke(cli, ["serve", "--help"]).output
     assert "default: 8678" in shown.replace("\n", " ").replace("  ", " ")
     assert "default: /mcp" in shown
+
+
+def test_the_exporter_gets_a_connection_of_its_own_to_a_sqlite_store(tmp_path: Path) -> None:
+    """serve's exporter thread reads and writes through its own connection to the store's file (so the calls never
+    wait on its store lock); a store with no file is shared as it is (another object would hold other sessions)."""
+    from sb_otel._service.server import telemetry_store
+    from sb_otel._telemetry.outbox import same_store
+    from sb_otel._tracking.store import InMemorySessionStore
+
+    store = SqliteSessionStore(tmp_path / "sessions.db")
+    exported = telemetry_store(store, str(tmp_path / "sessions.db"))
+    assert exported is not store
+    assert same_store(exported, store)
+    assert isinstance(exported, SqliteSessionStore)
+    assert exported._db is not store._db
+    store.record_destination({"endpoint": "http://127.0.0.1:4317"}, "test", 0.0)
+    recorded = exported.destination_state().recorded  # the one file, seen through either connection
+    assert recorded["endpoint"].value == "http://127.0.0.1:4317"
+    exported.close()
+    store.close()
+
+    memory = InMemorySessionStore()
+    assert telemetry_store(memory, "memory") is memory

@@ -71,6 +71,15 @@ from sb_otel._version import __version__
     help="Also serve the store's session metrics for Prometheus to scrape, on --host at this port "
     "(session-buddy's was 9090; 0: any) and at /metrics on the MCP port. Needs the prometheus extra.",
 )
+@click.option(
+    "--exporter",
+    type=click.Choice(["thread", "none"]),
+    default="thread",
+    show_default=True,
+    help="thread: this process exports the store's telemetry (a thread, while it holds the store's exporter "
+    "lease); none: it only writes it to the store, for 'sb-otel export --follow' on the same store to send "
+    "(a second process, which keeps export work off the server's core).",
+)
 @_store_option
 def serve(
     transport: str,
@@ -83,6 +92,7 @@ def serve(
     allow_unauthenticated: bool,
     workers: int,
     metrics_port: int | None,
+    exporter: str,
     store_location: str | None,
 ) -> int:
     """Serve track_session_start / track_session_end over MCP (stdio or streamable HTTP).
@@ -100,6 +110,7 @@ def serve(
         configure_server_logging,
         http_limits_setting,
         reap_interval_setting,
+        telemetry_store,
         token_max_age_setting,
     )
     from sb_otel._service.server import serve as serve_mcp
@@ -128,7 +139,9 @@ def serve(
 
     def run(index: int) -> int:
         store = open_store(store_location)
-        telemetry = configure(store=store)  # global: the mcp SDK's request spans go to the same pipeline
+        # the exporter thread gets a connection of its own; configure is global: the mcp SDK's spans use it too
+        exported = telemetry_store(store, store_location) if exporter == "thread" else store
+        telemetry = configure(store=exported, export=exporter == "thread")
 
         endpoint = None
         scrape = None  # the store's scrape for get_prometheus_metrics, and /metrics on the MCP port with metrics on
@@ -154,9 +167,9 @@ def serve(
                 click.echo(line, err=True)
 
         tracker = telemetry.instrument(SessionTracker(SessionLifecycleManager(), store=store))
-        exporter = telemetry.store_exporter
-        if exporter is not None:  # the lease holder reaps, on the exporter's thread: at once, then every interval
-            exporter.schedule_reaping(interval.total_seconds())
+        store_exporter = telemetry.store_exporter
+        if store_exporter is not None:  # the lease holder reaps, on the exporter's thread: at once, then every interval
+            store_exporter.schedule_reaping(interval.total_seconds())
         try:
             asyncio.run(
                 serve_mcp(
@@ -171,7 +184,7 @@ def serve(
                     telemetry=telemetry.destination,
                     allow_unauthenticated=allow,
                     listener=listener,
-                    reaper=exporter is None and index == 0,  # no exporter (telemetry off): a worker thread reaps
+                    reaper=store_exporter is None and index == 0,  # no exporter here: a worker thread reaps
                     metrics_app=scrape.app if scrape is not None and metrics_socket is not None else None,
                     prometheus_text=scrape.text if scrape is not None else None,
                 )
@@ -184,6 +197,8 @@ def serve(
             elif scrape is not None:
                 scrape.shutdown()
             telemetry.shutdown()
+            if exported is not store:
+                exported.close()
             store.close()
         return 0
 

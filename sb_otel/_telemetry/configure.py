@@ -214,6 +214,7 @@ def configure(
     disabled: bool | None = None,
     set_global: bool = True,
     store: SessionStore | None = None,
+    export: bool = True,
 ) -> Telemetry:
     """Set up traces, metrics and logs for sb-otel, sending where the session store's destination says.
 
@@ -236,6 +237,9 @@ def configure(
             the global ones for the other signals. ``False`` leaves global state alone: a private pipeline.
         store: the session store whose outbox, root spans and destination this pipeline uses (default
             ``SB_OTEL_STORE``); pass the tracker's store so the exporter sends its root spans from the store.
+        export: run the store's exporter as a thread of this process (the default). ``False``: this process
+            only writes its spans and log records to the store, and another process sends them (``sb-otel
+            export --follow`` on the same store), so no export work competes with the host's own.
 
     Returns the :class:`Telemetry` in use. With ``set_global``, a second call returns the first call's unchanged.
     """
@@ -263,6 +267,7 @@ def configure(
             redact=redact,
             host=host,
             store=store,
+            export=export,
         )
         if set_global:
             if "traces" not in host:
@@ -296,9 +301,12 @@ def _build(
     redact: str | None,
     host: Mapping[str, Any],
     store: SessionStore | None = None,
+    export: bool = True,
 ) -> Telemetry:
     """Providers for the signals ``host`` lacks: metrics through the SDK's periodic reader, spans and logs
-    through the store's outbox and the exporter thread; all of them sending to the store's destination."""
+    through the store's outbox and the exporter thread; all of them sending to the store's destination.
+    Without ``export``, no exporter thread: the outbox, root spans and session series wait for another process's
+    exporter, and this process neither counts nor sends them itself."""
     needed = [signal for signal in _SIGNALS if signal not in host]
     if not needed:
         return Telemetry(
@@ -344,17 +352,23 @@ def _build(
         meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
     tracer_provider = host.get("traces")
     if tracer_provider is None and outbox is not None:
-        exporters["traces"] = factories["traces"](meter_provider)
+        if export:
+            exporters["traces"] = factories["traces"](meter_provider)
         tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         tracer_provider.add_span_processor(OutboxSpanProcessor(outbox))
         mark_store_pipeline(tracer_provider, outbox.store)
     logger_provider = host.get("logs")
     if logger_provider is None and outbox is not None:
-        exporters["logs"] = factories["logs"](meter_provider)
+        if export:
+            exporters["logs"] = factories["logs"](meter_provider)
         logger_provider = otel_logs.SdkLoggerProvider(resource=resource, shutdown_on_exit=False)
         logger_provider.add_log_record_processor(OutboxLogRecordProcessor(outbox))
     store_exporter = None
-    if outbox is not None:
+    if outbox is not None and not export:
+        if "metrics" in needed:  # the other process's exporter sends the store's series: not counted here too
+            mark_store_counted(meter_provider, outbox.store)
+        where = f"{where}, sent by another process's exporter (sb-otel export --follow)"
+    elif outbox is not None:
         store_exporter = StoreExporter(
             outbox.store,
             exporters.get("traces"),
