@@ -11,12 +11,12 @@ protocol by :class:`~sb_otel._tracking.foreign.ForeignTracker`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
-from sb_otel._tracking.models import SessionEndResult, SessionStartResult
+from sb_otel._tracking.models import SessionEndResult, SessionStartEvent, SessionStartResult
 from sb_otel._tracking.store import SessionRecord, SessionStore
 
 
@@ -30,6 +30,11 @@ UNREAD = Unread.UNREAD
 """``known=UNREAD``: the caller read nothing, the tracker reads the store itself."""
 Known: TypeAlias = SessionRecord | Unread | None
 """A record the caller read from the store (``None``: there was none), or :data:`UNREAD`."""
+
+
+RowPlanner: TypeAlias = Callable[[SessionStartEvent, SessionRecord | None], Mapping[str, Any] | None]
+"""A start from the row's telemetry (:meth:`~sb_otel._tracking.tracker.SessionTracker.track_row_start`): called
+with the valid event and the tracker's read by its id, it returns what to store with a new session."""
 
 
 @dataclass(frozen=True)
