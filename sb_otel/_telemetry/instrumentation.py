@@ -237,11 +237,10 @@ class InstrumentedSessionTracker:
             if plan is None:  # telemetry could not plan: tracked without it
                 return result
             state = None if record is None else record.telemetry.get(STATE_KEY)
-            ours = not planner.retry and state is not None and state.get("span_id") == plan.to_json()["span_id"]
-            if result.status == "tracked" and result.session_id is not None and ours:
+            ours = state is not None and planner.made(state)  # not a retry, not a start that raced us
+            if ours and result.status == "tracked" and result.traceparent is not None:  # the planner's answer
                 self._count_start(start)
-                baggage = session_baggage(result.session_id, planner.shell_context)
-                return result.model_copy(update={"traceparent": plan.traceparent, "baggage": baggage})
+                return result
             stored = None if ours or state is None else SessionSpanPlan.from_json(state)
             with one_write_per_call():
                 return self._not_from_this_row(start, plan, stored, planner.call, result, planner.shell_context)
@@ -533,12 +532,48 @@ class InstrumentedSessionTracker:
         """The wrapped tracker's end, as a child of the session span; then the session span itself, once.
 
         As at start, the call's spans and log records reach sb-otel's outbox in one write, before it answers."""
-        if self._folded:  # an end from the row writes nothing but the row; what else it writes, it batches
-            return await self._handle_end(event, folded=True)
+        if self._folded:
+            return await self._folded_end(event)
         with one_write_per_call():
             return await self._handle_end(event)
 
-    async def _handle_end(self, event: SessionEndEvent | Mapping[str, Any], folded: bool = False) -> SessionEndResult:
+    async def _folded_end(self, event: Any) -> SessionEndResult:
+        """An end from the row in one pass (:meth:`_folded_start`'s counterpart): the tracker takes this read of
+        the session, notes the lifecycle manager's call into the write that ends it, and nothing else is made
+        (the store counts, its exporter builds the records). A session not built from its row, an unknown one or
+        an invalid event takes the general path."""
+        try:
+            end = as_event(SessionEndEvent, event)
+            record = self._stored(end.session_id)
+            planned = None if record is None or not built_from_row(record) else SessionTelemetry.of(record)
+        except Exception:  # the general path answers it (and logs what telemetry could not do)
+            planned = None
+        if planned is None:
+            with one_write_per_call():
+                return await self._handle_end(event)
+        call: dict[str, Any] = {"began": time.time_ns()}
+        manager = _unwrapped(self.wrapped.session_manager)
+        tracked = await self.wrapped.track_end(
+            end, known=planned.record, telemetry={END_CALL_KEY: call}, manager=manager
+        )
+        result: SessionEndResult = tracked.result
+        try:
+            if tracked.ended is None:  # ended nothing (an error, a retried end): its spans are made now
+                component = planned.record.component_name
+                with one_write_per_call():
+                    name, attributes = f"session.end {component}", {sc.COMPONENT_NAME: component}
+                    self._replay_call(name, planned.plan, attributes, planned.attributes, call, result)
+                    if result.status in ("not_found", "error"):
+                        label = {sc.COMPONENT_NAME: self._metrics.component(component)}
+                        self._metrics.ended.add(1, {**label, sc.SESSION_STATUS: result.status})
+            elif not self._counted_by_store():  # the end's metrics, where the store does not count them
+                outcome = end_outcome(end.metadata)
+                self._finish_telemetry(tracked.ended, outcome, planned, end.timestamp, True)
+        except Exception:
+            _log.warning("sb-otel telemetry for an end failed; tracking is unaffected", exc_info=True)
+        return result
+
+    async def _handle_end(self, event: SessionEndEvent | Mapping[str, Any]) -> SessionEndResult:
         try:
             end = as_event(SessionEndEvent, event)
         except Exception:
@@ -558,23 +593,13 @@ class InstrumentedSessionTracker:
             # From the row: the end's call is noted into the row by the write that ends it; the exporter builds
             # its records. A call that ends nothing (an error, a retried end) makes its spans now.
             call: dict[str, Any] = {"began": time.time_ns()}
-            if folded:  # the tracker notes the manager's call itself (no redaction: nothing to scrub)
-                manager = _unwrapped(self.wrapped.session_manager)
-                tracked = await self.wrapped.track_end(
-                    given, known=known, telemetry={END_CALL_KEY: call}, manager=manager
-                )
-            else:
-                with self._row_mode(call, planned.attributes if self._redaction else {}):
-                    tracked = await self.wrapped.track_end(given, known=known, telemetry={END_CALL_KEY: call})
+            with self._row_mode(call, planned.attributes if self._redaction else {}):
+                tracked = await self.wrapped.track_end(given, known=known, telemetry={END_CALL_KEY: call})
             result, ended = tracked.result, tracked.ended
             if ended is None:
                 name = f"session.end {record.component_name}"
                 attributes = {sc.COMPONENT_NAME: record.component_name}
-                with one_write_per_call():
-                    self._guard(self._replay_call, name, planned.plan, attributes, planned.attributes, call, result)
-        elif folded:  # not a row's session after all: the general path, as one write
-            with one_write_per_call():
-                return await self._handle_end(event)
+                self._guard(self._replay_call, name, planned.plan, attributes, planned.attributes, call, result)
         elif record is None or planned is None or built_from_row(record):  # the exporter builds its end from the row
             result, ended = await self._inner_end(given, known)
         else:
@@ -809,17 +834,33 @@ class _RowStart:
     under its lock after its read: plans the session span (or takes a retry's stored plan) and keeps what the
     caller needs afterwards. The row stores no start attributes: under the default sampler the plan needs none."""
 
-    __slots__ = ("call", "owner", "plan", "retry", "shell_context", "start")
+    __slots__ = ("call", "owner", "plan", "retry", "shell_context", "start", "state")
 
     def __init__(self, owner: InstrumentedSessionTracker, call: dict[str, Any]) -> None:
         self.owner = owner
         self.call = call
         self.start: SessionStartEvent | None = None
         self.plan: SessionSpanPlan | None = None
+        self.state: Mapping[str, Any] | None = None
+        """The plan as stored (its JSON form): the stored record holds this very object when it is ours."""
         self.retry = False
         self.shell_context = Context()
 
-    def __call__(self, start: SessionStartEvent, known: SessionRecord | None) -> Mapping[str, Any] | None:
+    def made(self, state: Any) -> bool:
+        """Whether ``state`` (a stored plan) is this plan: the very object the store kept, or its copy."""
+        return self.state is not None and (state is self.state or state == self.state)
+
+    def answer(self, record: SessionRecord) -> Mapping[str, Any]:
+        """The session's trace context for its result, when the record is the one this plan made."""
+        plan = self.plan
+        if plan is None or not self.made(record.telemetry.get(STATE_KEY)):
+            return {}
+        return {
+            "traceparent": plan.traceparent,
+            "baggage": session_baggage(record.session_id, self.shell_context),
+        }
+
+    def telemetry(self, start: SessionStartEvent, known: SessionRecord | None) -> Mapping[str, Any] | None:
         self.start = start
         self.shell_context = extract(start.metadata)
         if known is not None and STATE_KEY in known.telemetry:  # a retry: same session, same span
@@ -833,9 +874,9 @@ class _RowStart:
             {},
             links=[ambient] if ambient.is_valid else [],
         )
-        telemetry = {STATE_KEY: plan.to_json(), FROM_ROW_KEY: True, START_CALL_KEY: self.call}
-        self.plan = plan
-        return telemetry
+        state = plan.to_json()
+        self.plan, self.state = plan, state
+        return {STATE_KEY: state, FROM_ROW_KEY: True, START_CALL_KEY: self.call}
 
 
 def _unwrapped(manager: Any) -> Any:

@@ -11,7 +11,7 @@ protocol by :class:`~sb_otel._tracking.foreign.ForeignTracker`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol, TypeAlias, runtime_checkable
@@ -32,9 +32,17 @@ Known: TypeAlias = SessionRecord | Unread | None
 """A record the caller read from the store (``None``: there was none), or :data:`UNREAD`."""
 
 
-RowPlanner: TypeAlias = Callable[[SessionStartEvent, SessionRecord | None], Mapping[str, Any] | None]
-"""A start from the row's telemetry (:meth:`~sb_otel._tracking.tracker.SessionTracker.track_row_start`): called
-with the valid event and the tracker's read by its id, it returns what to store with a new session."""
+class RowPlanner(Protocol):
+    """The telemetry of a start from the row (:meth:`~sb_otel._tracking.tracker.SessionTracker.track_row_start`),
+    asked by the tracker at the points where only it knows the answer."""
+
+    def telemetry(self, start: SessionStartEvent, known: SessionRecord | None) -> Mapping[str, Any] | None:
+        """What to store with a new session, given the valid event and the tracker's read by its id."""
+        ...
+
+    def answer(self, record: SessionRecord) -> Mapping[str, Any]:
+        """Fields to add to the ``tracked`` result for ``record`` (none: the caller adds them itself later)."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -174,11 +174,12 @@ class SessionTracker:
         """A start from the row (:mod:`sb_otel._tracking.row_telemetry`), in one pass: the event validated and
         dumped once, one lock, one read by its id.
 
-        ``planner(start, known)`` is called once, under the event id's lock right after that read (so a start
-        racing a retry finds the stored plan), and returns the telemetry to store with a new session; a
+        ``planner.telemetry(start, known)`` is called once, under the event id's lock right after that read (so
+        a start racing a retry finds the stored plan), and returns the telemetry to store with a new session; a
         ``START_CALL_KEY`` dict in it gets the lifecycle manager's call noted by this tracker, which calls
-        ``manager`` (the manager unwrapped: its span is built from the note). A planner that raises costs the
-        session its telemetry, never its tracking."""
+        ``manager`` (the manager unwrapped: its span is built from the note). ``planner.answer(record)`` adds its
+        fields (the trace context) to the tracked result. A planner that raises costs the session its telemetry,
+        never its tracking."""
         began = time.monotonic()
         try:
             return await self._track_start(event, None, began, UNREAD, None, planner, manager)
@@ -204,6 +205,12 @@ class SessionTracker:
         try:
             async with self._exclusive(f"start:{start.event_id}"):
                 record = await self._start(start, telemetry or {}, began, known, dumped, planner, manager)
+                if planner is not None:  # the row's start: the planner's fields (traceparent) on its own session
+                    fields = _answered(planner, record)
+                    if fields:
+                        return TrackedStart(
+                            SessionStartResult(session_id=record.session_id, status="tracked", **fields), record
+                        )
                 return TrackedStart(SessionStartResult(session_id=record.session_id, status="tracked"), record)
         except _Refused as exc:
             return TrackedStart(self._start_failed(start, str(exc)), None)
@@ -239,7 +246,7 @@ class SessionTracker:
         manager: Any = None,
     ) -> SessionRecord:
         store = self.store
-        claims = self._claims_for(store)
+        claims = self._claims_for(store, manager)
         start_event = dict(dumped) if dumped is not None else event.model_dump(mode="json")
         waited = _Backoff()
         while True:
@@ -413,7 +420,7 @@ class SessionTracker:
         manager: Any = None,
     ) -> TrackedEnd:
         store = self.store
-        claims = self._claims_for(store)
+        claims = self._claims_for(store, manager)
         ended_already = TrackedEnd(SessionEndResult(session_id=event.session_id, status="ended"), None)
         waited = _Backoff()
         while True:
@@ -485,14 +492,15 @@ class SessionTracker:
 
     # -- helpers ------------------------------------------------------------------------------------------
 
-    def _claims_for(self, store: SessionStore) -> SessionClaims | None:
+    def _claims_for(self, store: SessionStore, manager: Any = None) -> SessionClaims | None:
         """The store's claims, when this tracker's manager needs them.
 
         A claim makes one process call the manager per start and per end, at the price of its own commits (take,
         release) around the call. A manager that declares itself ``side_effect_free`` (the default one only
         reads) may be called twice for one event without harm; then the write that stores the outcome decides
         alone (a start's event id is unique, an end updates only an open row), and a handle call commits once."""
-        if getattr(self.session_manager, "side_effect_free", False) is True or not isinstance(store, SessionClaims):
+        manager = self.session_manager if manager is None else manager  # (a call from the row: the one it calls)
+        if getattr(manager, "side_effect_free", False) is True or not isinstance(store, SessionClaims):
             return None  # (the flag first: a Protocol isinstance walks the protocol's members, twice a lifecycle)
         return store
 
@@ -516,10 +524,10 @@ class SessionTracker:
             raise _LifecycleFailure(error, error) from None
         except Exception as exc:
             if noted is not None:
-                _quietly(note_manager_call, noted, operation, started, None, exc)
+                _note(noted, operation, started, None, exc)
             raise
         if noted is not None:
-            _quietly(note_manager_call, noted, operation, started, answer, None)
+            _note(noted, operation, started, answer, None)
         if not isinstance(answer, Mapping):
             error = f"lifecycle manager's {operation} returned {type(answer).__name__}, expected a dict with 'success'"
             raise _LifecycleFailure(error, error)
@@ -584,10 +592,32 @@ class _Backoff:
         self._delay = min(self._delay * 2, _POLL_MAX)
 
 
+def _note(noted: dict[str, Any], operation: str, started: int, answer: Any, exc: BaseException | None) -> None:
+    """:func:`note_manager_call`; a note that cannot be made (an exception whose text cannot be read) costs the
+    manager's span, never the call."""
+    try:
+        note_manager_call(noted, operation, started, answer, exc)
+    except Exception:
+        logging.getLogger("sb_otel.instrumentation").warning(
+            "sb-otel could not note the lifecycle manager's %s call; its span is left out", operation
+        )
+
+
+def _answered(planner: RowPlanner, record: SessionRecord) -> Mapping[str, Any]:
+    """What the planner adds to a tracked result (``answer``): nothing if it fails."""
+    try:
+        return planner.answer(record)
+    except Exception:
+        logging.getLogger("sb_otel.instrumentation").warning(
+            "sb-otel could not add the session's trace context to its result; tracking is unaffected", exc_info=True
+        )
+        return {}
+
+
 def _planned(planner: RowPlanner, event: SessionStartEvent, known: SessionRecord | None) -> Mapping[str, Any]:
     """The planner's telemetry for a new session; ``{}`` (tracked without telemetry) if it fails."""
     try:
-        return planner(event, known) or {}
+        return planner.telemetry(event, known) or {}
     except Exception:
         logging.getLogger("sb_otel.instrumentation").warning(
             "sb-otel could not plan the session's telemetry; tracking is unaffected", exc_info=True
