@@ -545,7 +545,9 @@ class InstrumentedSessionTracker:
         try:
             end = as_event(SessionEndEvent, event)
             record = self._stored(end.session_id)
-            planned = None if record is None or not built_from_row(record) else SessionTelemetry.of(record)
+            # Built from its row: planned by construction (an instrumented start stores the plan with the mark,
+            # emit writes both), so the telemetry document is not parsed here (the store may say it unparsed).
+            planned = SessionTelemetry(record) if record is not None and built_from_row(record) else None
         except Exception:  # the general path answers it (and logs what telemetry could not do)
             planned = None
         if planned is None:

@@ -68,8 +68,12 @@ END_OWED_SQL = f"row_telemetry & {END} != 0 AND status != 'open'"
 
 
 def built_from_row(record: SessionRecord | NewSession) -> bool:
-    """Whether the exporter builds this session's start and end records from its row."""
-    return record.telemetry.get(FROM_ROW_KEY) is True
+    """Whether the exporter builds this session's start and end records from its row.
+
+    A store that read the owed bits with the record says so on its telemetry (``row_owed``, set only when some
+    are owed: only a row built from its row has any), so the document need not be parsed for it."""
+    telemetry = record.telemetry
+    return bool(getattr(telemetry, "row_owed", None)) or telemetry.get(FROM_ROW_KEY) is True
 
 
 def note_manager_call(
