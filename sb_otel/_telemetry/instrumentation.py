@@ -200,30 +200,14 @@ class InstrumentedSessionTracker:
 
         Adds the session's ``traceparent`` and ``baggage`` (with ``session.id``) to the result. The call's spans
         and log records reach sb-otel's outbox in one write, before it answers."""
-        if self._folded or (self._folded is None and self._fold()):
-            return await self._folded_start(event)
-        with one_write_per_call():
-            return await self._handle_start(event)
-
-    def _fold(self) -> bool:
-        """Whether handle calls take the folded row path (:meth:`_folded_start`, :meth:`_handle_end`'s
-        ``folded``): our own tracker, no ``SB_OTEL_REDACT``, on sb-otel's own pipeline into its store, under the
-        SDK's default sampler. Decided once, at the first call that can tell (a tracker instrumented before
-        ``configure()`` set the global provider asks again until it is set); every other case keeps the general
-        path, unchanged."""
-        if not self._guard(self._roots_from_store):
-            if self._store_sends_roots is False:
-                self._folded = False
-            return False
-        self._folded = bool(self._guard(plans_without_attributes, self._tracer))
-        return self._folded
-
-    async def _folded_start(self, event: Any) -> SessionStartResult:
-        """A start from the row in one pass through the tracker (issue 21, fourth round): the tracker validates
-        and dumps the event, takes its lock, reads by event id, asks :class:`_RowStart` for the plan and notes
-        the lifecycle manager's call itself; this call builds no span or log record and adds no write. Anything
-        but a fresh tracked session (an invalid event, a retry, a failure, a race) makes its spans afterwards,
-        as the general path does."""
+        if not (self._folded or (self._folded is None and self._fold())):
+            with one_write_per_call():
+                return await self._handle_start(event)
+        # Folded (issue 21, fourth round), written here rather than in a method of its own (one coroutine less
+        # on every start): one pass through the tracker, which validates and dumps the event, takes its lock,
+        # reads by event id, asks _RowStart for the plan under that lock and notes the lifecycle manager's call
+        # itself. This call builds no span or log record and adds no write. Anything but a fresh tracked session
+        # (an invalid event, a retry, a failure, a race) makes its spans afterwards, as the general path does.
         planner = _RowStart(self, {"began": time.time_ns()})
         tracked: TrackedStart = await self.wrapped.track_row_start(
             event, planner, _unwrapped(self.wrapped.session_manager)
@@ -247,6 +231,18 @@ class InstrumentedSessionTracker:
         except Exception:
             _log.warning("sb-otel telemetry for a start failed; tracking is unaffected", exc_info=True)
             return result
+
+    def _fold(self) -> bool:
+        """Whether handle calls take the folded row path (see :meth:`handle_session_start`): our own tracker,
+        no ``SB_OTEL_REDACT``, on sb-otel's own pipeline into its store, under the SDK's default sampler. Decided
+        once, at the first call that can tell (a tracker instrumented before ``configure()`` set the global
+        provider asks again until it is set); every other case keeps the general path, unchanged."""
+        if not self._guard(self._roots_from_store):
+            if self._store_sends_roots is False:
+                self._folded = False
+            return False
+        self._folded = bool(self._guard(plans_without_attributes, self._tracer))
+        return self._folded
 
     async def _handle_start(self, event: SessionStartEvent | Mapping[str, Any]) -> SessionStartResult:
         try:
@@ -532,16 +528,12 @@ class InstrumentedSessionTracker:
         """The wrapped tracker's end, as a child of the session span; then the session span itself, once.
 
         As at start, the call's spans and log records reach sb-otel's outbox in one write, before it answers."""
-        if self._folded:
-            return await self._folded_end(event)
-        with one_write_per_call():
-            return await self._handle_end(event)
-
-    async def _folded_end(self, event: Any) -> SessionEndResult:
-        """An end from the row in one pass (:meth:`_folded_start`'s counterpart): the tracker takes this read of
-        the session, notes the lifecycle manager's call into the write that ends it, and nothing else is made
-        (the store counts, its exporter builds the records). A session not built from its row, an unknown one or
-        an invalid event takes the general path."""
+        if not self._folded:
+            with one_write_per_call():
+                return await self._handle_end(event)
+        # Folded, as at start: the tracker takes this read of the session and notes the lifecycle manager's call
+        # into the write that ends it; nothing else is made (the store counts, its exporter builds the records).
+        # A session not built from its row, an unknown one or an invalid event takes the general path.
         try:
             end = as_event(SessionEndEvent, event)
             record = self._stored(end.session_id)
@@ -832,7 +824,7 @@ def _note_manager(call: dict[str, Any], operation: str, started: int, answer: An
 
 
 class _RowStart:
-    """The planner of a folded start (:meth:`InstrumentedSessionTracker._folded_start`), called by the tracker
+    """The planner of a folded start (:meth:`InstrumentedSessionTracker.handle_session_start`), called by the tracker
     under its lock after its read: plans the session span (or takes a retry's stored plan) and keeps what the
     caller needs afterwards. The row stores no start attributes: under the default sampler the plan needs none."""
 
