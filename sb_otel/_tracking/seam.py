@@ -7,6 +7,11 @@ does (for the span plan); it hands that read over (``known``), with the start ev
 a lifecycle costs no more store statements or dumps than the plain tracker's. :class:`SessionTracker` offers all
 this through ``track_start`` and ``track_end``; a tracker that is not ours (session-buddy's) is adapted to the same
 protocol by :class:`~sb_otel._tracking.foreign.ForeignTracker`.
+
+On sb-otel's own pipeline a call from the row goes further (issue 21, fourth round): ``track_row_start`` takes a
+:class:`RowPlanner` that the tracker asks for the plan under its own lock and read, and the lifecycle manager to
+call, whose call the tracker notes for the exporter; the instrumentation then adds no read, lock or context of
+its own.
 """
 
 from __future__ import annotations
