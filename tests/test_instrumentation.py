@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 from unittest.mock import AsyncMock, MagicMock
 
@@ -519,3 +520,182 @@ async def test_concurrent_starts_with_one_event_id_all_parent_on_the_exported_se
         (root.context.trace_id, root.context.span_id)
     }
     assert len([span for span in telemetry.spans() if span.name == "initialize_session"]) == 1
+
+
+# -- the folded row path (issue 21, fourth round) --------------------------------------------------------------
+
+
+def _own_pipeline(store: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """Our tracker instrumented on providers marked as sb-otel's own pipeline into ``store`` (spans into memory,
+    to see what a call makes at once)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from sb_otel._telemetry.outbox import mark_store_pipeline
+
+    spans = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    mark_store_pipeline(provider, store)
+    manager = kwargs.pop("manager", None) or SessionLifecycleManager()
+    return instrument(SessionTracker(manager, store=store), tracer_provider=provider, **kwargs), spans
+
+
+def _payload(tmp_path: Path) -> dict[str, Any]:
+    return start_payload(environment={"python_version": "3.13.0", "platform": "Linux", "cwd": str(tmp_path)})
+
+
+class _CountingManager:
+    """A side-effect-free manager counting its calls, with an ``answer_cached`` that answers nothing."""
+
+    side_effect_free = True
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def answer_cached(self, operation: str, working_directory: str | None) -> None:
+        return None
+
+    async def initialize_session(self, working_directory: str | None = None) -> dict[str, Any]:
+        self.calls.append("initialize_session")
+        await asyncio.sleep(0)  # let a racing start in
+        return {"success": True, "project": "p"}
+
+    async def end_session(self, working_directory: str | None = None) -> dict[str, Any]:
+        self.calls.append("end_session")
+        return {"success": True}
+
+
+def test_the_folded_path_is_chosen_once_on_our_own_pipeline_only(tmp_path: Path) -> None:
+    """On sb-otel's own pipeline our tracker's calls take the folded row path, decided at the first call; under
+    ``SB_OTEL_REDACT`` (whose scrubbing lives in the general path) or a host's pipeline they never do."""
+    from sb_otel._tracking.store import InMemorySessionStore
+
+    folded, _ = _own_pipeline(InMemorySessionStore())
+    redacted, _ = _own_pipeline(InMemorySessionStore(), redact="user.name")
+    with capture_telemetry() as captured:
+        host = instrument(SessionTracker(SessionLifecycleManager(), store="memory"), **captured.providers)
+        for tracker in (folded, redacted, host):
+            assert asyncio.run(tracker.handle_session_start(_payload(tmp_path))).status == "tracked"
+    assert (folded._folded, redacted._folded, host._folded) == (True, False, False)
+
+
+def test_a_folded_start_stores_the_managers_call_noted_by_the_tracker_and_answers_as_the_general_path(
+    tmp_path: Path,
+) -> None:
+    """The folded start makes no span, stores the plan, the from-row mark and the call with the manager's note
+    (its name, times and project), and answers with the stored plan's ``traceparent`` and the session's baggage,
+    field for field what the general (redacting) row path answers."""
+    from sb_otel._tracking.row_telemetry import FROM_ROW_KEY, START_CALL_KEY
+    from sb_otel._tracking.store import InMemorySessionStore
+
+    store = InMemorySessionStore()
+    tracker, spans = _own_pipeline(store)
+    general, _ = _own_pipeline(InMemorySessionStore(), redact="user.name")
+    result = asyncio.run(tracker.handle_session_start(_payload(tmp_path)))
+    other = asyncio.run(general.handle_session_start(_payload(tmp_path)))
+    assert spans.get_finished_spans() == ()
+    record = store.get(result.session_id or "")
+    assert record is not None
+    assert record.telemetry[FROM_ROW_KEY] is True
+    call = record.telemetry[START_CALL_KEY]
+    manager = call["manager"]
+    assert manager["name"] == "initialize_session"
+    assert call["began"] <= manager["began"] <= manager["ended"]
+    assert result.traceparent == f"00-{record.telemetry['span']['trace_id']}-{record.telemetry['span']['span_id']}-01"
+    assert result.baggage == f"session.id={result.session_id}"
+    assert result.model_fields_set == other.model_fields_set
+    assert result.model_dump().keys() == other.model_dump().keys()
+
+
+def test_a_retry_racing_a_folded_start_calls_the_manager_once_and_gets_the_same_session_and_span(
+    tmp_path: Path,
+) -> None:
+    """Two starts of one event at once: the tracker's one lock and read make the second a retry (the manager is
+    called once), answered with the first's session and ``traceparent``; the retry's ``session.start`` child is
+    made at once beneath the stored session span."""
+    from sb_otel._tracking.store import InMemorySessionStore
+
+    manager = _CountingManager()
+    tracker, spans = _own_pipeline(InMemorySessionStore(), manager=manager)
+
+    async def both() -> list[Any]:
+        return list(await asyncio.gather(*(tracker.handle_session_start(_payload(tmp_path)) for _ in range(2))))
+
+    first, second = asyncio.run(both())
+    assert manager.calls == ["initialize_session"]
+    assert (first.status, second.status) == ("tracked", "tracked")
+    assert first.session_id == second.session_id
+    assert first.traceparent == second.traceparent
+    (retried,) = spans.get_finished_spans()
+    assert retried.name == "session.start mahavishnu"
+    assert f"{retried.parent.span_id:016x}" == (first.traceparent or "").split("-")[2]
+
+
+def test_a_folded_start_whose_planner_fails_is_tracked_without_telemetry(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """Telemetry trouble never changes a tracking result: a plan that cannot be made leaves the session tracked,
+    without a plan or a trace context, and says so in a warning."""
+    from sb_otel._telemetry import instrumentation
+    from sb_otel._tracking.store import InMemorySessionStore
+
+    store = InMemorySessionStore()
+    tracker, _ = _own_pipeline(store)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("no ids today")
+
+    original = instrumentation.plan_session_span
+    instrumentation.plan_session_span = broken  # type: ignore[assignment]
+    try:
+        with caplog.at_level(logging.WARNING):
+            result = asyncio.run(tracker.handle_session_start(_payload(tmp_path)))
+    finally:
+        instrumentation.plan_session_span = original  # type: ignore[assignment]
+    assert result.status == "tracked"
+    assert result.traceparent is None
+    record = store.get(result.session_id or "")
+    assert record is not None
+    assert "span" not in record.telemetry
+    assert "could not plan the session's telemetry" in caplog.text
+    end = {"session_id": result.session_id, "timestamp": "2026-02-06T13:00:00Z"}
+    assert asyncio.run(tracker.handle_session_end(end)).status == "ended"
+
+
+@pytest.mark.parametrize(
+    ("end", "status"),
+    [
+        pytest.param({"session_id": "nobody-20260206-123456", "timestamp": "2026-02-06T13:00:00Z"}, "not_found"),
+        pytest.param({"session_id": 7}, "error", id="invalid"),
+    ],
+)
+def test_a_folded_end_of_no_row_session_answers_as_the_tracker(
+    end: dict[str, Any], status: str, tmp_path: Path
+) -> None:
+    """An end for an unknown session or an invalid end event takes the general path: the tracker's answer."""
+    from sb_otel._tracking.store import InMemorySessionStore
+
+    tracker, _ = _own_pipeline(InMemorySessionStore())
+    assert asyncio.run(tracker.handle_session_start(_payload(tmp_path))).status == "tracked"
+    assert asyncio.run(tracker.handle_session_end(end)).status == status
+
+
+def test_a_folded_manager_exception_is_noted_and_the_start_fails_as_the_seed_says(tmp_path: Path) -> None:
+    """A manager raising in a folded start: the seed's error result, and the call's spans made at once (no row
+    carries them) with the manager's exception event."""
+    from sb_otel._tracking.store import InMemorySessionStore
+
+    class Raising(_CountingManager):
+        async def initialize_session(self, working_directory: str | None = None) -> dict[str, Any]:
+            raise RuntimeError("disk on fire")
+
+    tracker, spans = _own_pipeline(InMemorySessionStore(), manager=Raising())
+    result = asyncio.run(tracker.handle_session_start(_payload(tmp_path)))
+    assert result.status == "error"
+    assert result.error is not None
+    assert "disk on fire" in result.error
+    made = {span.name: span for span in spans.get_finished_spans()}
+    assert sorted(made) == ["initialize_session", "session mahavishnu", "session.start mahavishnu"]
+    assert [event.name for event in made["initialize_session"].events] == ["exception"]

@@ -670,3 +670,24 @@ def test_overrides_lie_over_the_start_attributes_in_either_format(tmp_path: Path
     assert planned is not None
     assert dict(planned.attributes) == {**described, "sb.shell.commands": 7, "process.runtime.name": "bash"}
     assert list(planned.attributes)[: len(described)] == list(described)
+
+
+def test_sqlite_says_a_row_is_built_from_its_row_without_parsing_its_telemetry(tmp_path: Path) -> None:
+    """SQLite's look-ups by id read the owed bits with the row: ``built_from_row`` answers from them and leaves the
+    telemetry document unparsed (an end from the row reads nothing else of it); once nothing is owed, the
+    document answers, and either record equals the stored telemetry as a mapping."""
+    store = SqliteSessionStore(tmp_path / "s.db")
+    now = datetime.now(timezone.utc)
+    telemetry = {"span": {"trace_id": "1" * 32, "span_id": "2" * 16, "sampled": True}, owed.FROM_ROW_KEY: True}
+    new = NewSession("e1", "c", "h", 1, "/", now, now, {"event_id": "e1"}, telemetry)
+    record, _ = store.create(new)
+    read = store.get(record.session_id)
+    assert read is not None
+    assert owed.built_from_row(read)
+    assert getattr(read.telemetry, "_value", "parsed") is None  # not parsed to answer
+    assert dict(read.telemetry) == telemetry
+    store.mark_row_records_sent([(record.session_id, owed.ALL)])
+    done = store.get(record.session_id)
+    assert done is not None
+    assert getattr(done.telemetry, "row_owed", None) is None
+    assert owed.built_from_row(done)

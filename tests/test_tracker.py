@@ -624,3 +624,63 @@ async def test_a_side_effect_free_manager_needs_no_claims_and_racing_trackers_st
     ends = await asyncio.gather(first.track_end(end), second.track_end(end))
     assert sorted(tracked.ended is not None for tracked in ends) == [False, True]  # one call ended it
     assert store._db.execute("SELECT end_claim FROM sessions").fetchall() == [(None,)]
+
+
+class _Planner:
+    """A row planner recording what the tracker asked it."""
+
+    def __init__(self) -> None:
+        self.asked: list[Any] = []
+
+    def telemetry(self, start: Any, known: Any) -> dict[str, Any]:
+        self.asked.append(known)
+        return {"span": {"span_id": "ab"}, "from_row": True, "start_call": {"began": 1}}
+
+    def answer(self, record: Any) -> dict[str, Any]:
+        return {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
+
+
+class _Noted:
+    side_effect_free = True
+
+    async def initialize_session(self, working_directory: str | None = None) -> dict[str, Any]:
+        return {"success": True, "project": "noted"}
+
+    async def end_session(self, working_directory: str | None = None) -> dict[str, Any]:
+        return {"success": False, "error": "gone"}
+
+
+def test_a_row_start_asks_its_planner_once_and_notes_the_manager_it_is_given(tmp_path: Path) -> None:
+    """``track_row_start`` asks the planner after its one read (nothing there: ``None``), stores its telemetry
+    with the manager's call noted into the call dict, calls the manager it is given (not ``session_manager``) and
+    answers with the planner's fields; a retry asks again with the stored record and gets no fields."""
+    unused = MagicMock()
+    tracker = SessionTracker(unused, store="memory")
+    planner = _Planner()
+    payload = start_payload(environment={"python_version": "3.13.0", "platform": "Linux", "cwd": str(tmp_path)})
+    tracked = asyncio.run(tracker.track_row_start(payload, planner, _Noted()))
+    assert tracked.result.status == "tracked"
+    assert tracked.result.traceparent == "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+    assert planner.asked == [None]
+    assert not unused.method_calls
+    record = tracker.store.get(tracked.result.session_id or "")
+    assert record is not None
+    noted = record.telemetry["start_call"]["manager"]
+    assert (noted["name"], noted["project"]) == ("initialize_session", "noted")
+    again = asyncio.run(tracker.track_row_start(payload, planner, _Noted()))
+    assert again.result.session_id == tracked.result.session_id
+    assert planner.asked[1] is not None
+    assert planner.asked[1].session_id == record.session_id
+
+
+def test_a_row_end_notes_a_failing_manager_and_answers_with_its_error(tmp_path: Path) -> None:
+    """An end from the row notes the manager's failing answer (error text and class) in the call it was handed;
+    the result is the seed's error, as without telemetry."""
+    tracker = SessionTracker(MagicMock(), store="memory")
+    payload = start_payload(environment={"python_version": "3.13.0", "platform": "Linux", "cwd": str(tmp_path)})
+    started = asyncio.run(tracker.track_row_start(payload, _Planner(), _Noted())).result
+    call: dict[str, Any] = {"began": 1}
+    end = {"session_id": started.session_id, "timestamp": "2026-02-06T13:00:00Z"}
+    ended = asyncio.run(tracker.track_end(end, telemetry={"end_call": call}, manager=_Noted()))
+    assert (ended.result.status, ended.result.error) == ("error", "gone")
+    assert (call["manager"]["error_type"], call["manager"]["error"]) == ("lifecycle_failure", "gone")

@@ -65,8 +65,14 @@ from sb_otel._tracking.foreign import ForeignTracker, as_event
 from sb_otel._tracking.log_lines import CONTEXT_ATTRIBUTE, ended_line, started_line
 from sb_otel._tracking.models import SessionEndEvent, SessionEndResult, SessionStartEvent, SessionStartResult
 from sb_otel._tracking.outcome import Outcome, end_outcome
-from sb_otel._tracking.row_telemetry import END_CALL_KEY, FROM_ROW_KEY, START_CALL_KEY, built_from_row
-from sb_otel._tracking.seam import UNREAD, Known, TrackingSeam, offers_seam
+from sb_otel._tracking.row_telemetry import (
+    END_CALL_KEY,
+    FROM_ROW_KEY,
+    START_CALL_KEY,
+    built_from_row,
+    note_manager_call,
+)
+from sb_otel._tracking.seam import UNREAD, Known, TrackedStart, TrackingSeam, offers_seam
 from sb_otel._tracking.session_counts import LabelAdmissionStore
 from sb_otel._tracking.store import SessionRecord, SessionStore
 from sb_otel._tracking.tracker import EVENT_LINE_MARKER, SESSION_ENDED_LINE, SESSION_STARTED_LINE, SessionTracker
@@ -127,6 +133,7 @@ class InstrumentedSessionTracker:
         self._starting: dict[str, tuple[asyncio.Lock, int]] = {}
         self._store_sends_roots: bool | None = None
         self._store_counts: tuple[Any, bool] | None = None
+        self._folded: bool | None = None if isinstance(tracker, SessionTracker) and not self._redaction else False
 
     def _label_admitted(self, kind: str, value: str) -> bool | None:
         """The store's say on a metric label (:mod:`sb_otel._telemetry.metrics`); ``None`` if it has none."""
@@ -193,8 +200,49 @@ class InstrumentedSessionTracker:
 
         Adds the session's ``traceparent`` and ``baggage`` (with ``session.id``) to the result. The call's spans
         and log records reach sb-otel's outbox in one write, before it answers."""
-        with one_write_per_call():
-            return await self._handle_start(event)
+        if not (self._folded or (self._folded is None and self._fold())):
+            with one_write_per_call():
+                return await self._handle_start(event)
+        # Folded (issue 21, fourth round), written here rather than in a method of its own (one coroutine less
+        # on every start): one pass through the tracker, which validates and dumps the event, takes its lock,
+        # reads by event id, asks _RowStart for the plan under that lock and notes the lifecycle manager's call
+        # itself. This call builds no span or log record and adds no write. Anything but a fresh tracked session
+        # (an invalid event, a retry, a failure, a race) makes its spans afterwards, as the general path does.
+        planner = _RowStart(self, {"began": time.time_ns()})
+        tracked: TrackedStart = await self.wrapped.track_row_start(
+            event, planner, _unwrapped(self.wrapped.session_manager)
+        )
+        result, record, start, plan = tracked.result, tracked.record, planner.start, planner.plan
+        try:
+            if start is None:  # invalid (or the store unreadable before the plan): the tracker's error stands
+                if result.status == "error":
+                    self._metrics.started.add(1, {sc.RESULT: "error"})
+                return result
+            if plan is None:  # telemetry could not plan: tracked without it
+                return result
+            state = None if record is None else record.telemetry.get(STATE_KEY)
+            ours = state is not None and planner.made(state)  # not a retry, not a start that raced us
+            if ours and result.status == "tracked" and result.traceparent is not None:  # the planner's answer
+                self._count_start(start)
+                return result
+            stored = None if ours or state is None else SessionSpanPlan.from_json(state)
+            with one_write_per_call():
+                return self._not_from_this_row(start, plan, stored, planner.call, result, planner.shell_context)
+        except Exception:
+            _log.warning("sb-otel telemetry for a start failed; tracking is unaffected", exc_info=True)
+            return result
+
+    def _fold(self) -> bool:
+        """Whether handle calls take the folded row path (see :meth:`handle_session_start`): our own tracker,
+        no ``SB_OTEL_REDACT``, on sb-otel's own pipeline into its store, under the SDK's default sampler. Decided
+        once, at the first call that can tell (a tracker instrumented before ``configure()`` set the global
+        provider asks again until it is set); every other case keeps the general path, unchanged."""
+        if not self._guard(self._roots_from_store):
+            if self._store_sends_roots is False:
+                self._folded = False
+            return False
+        self._folded = bool(self._guard(plans_without_attributes, self._tracer))
+        return self._folded
 
     async def _handle_start(self, event: SessionStartEvent | Mapping[str, Any]) -> SessionStartResult:
         try:
@@ -295,9 +343,24 @@ class InstrumentedSessionTracker:
                 "baggage": self._guard(session_baggage, result.session_id, shell_context),
             }
             return result.model_copy(update=context)
-        # Not our row (a failure, or a start that raced us to the store): this call's spans are made now.
+        return self._not_from_this_row(start, plan, stored, call, result, shell_context, raw, described)
+
+    def _not_from_this_row(
+        self,
+        start: SessionStartEvent,
+        plan: SessionSpanPlan,
+        stored: SessionSpanPlan | None,
+        call: Mapping[str, Any],
+        result: SessionStartResult,
+        shell_context: Context,
+        raw: Mapping[str, Any] | None = None,
+        described: Mapping[str, AttributeValue] | None = None,
+    ) -> SessionStartResult:
+        """A start from the row whose row does not carry its call (a failure, a retry, a start that raced us to
+        the store): this call's spans are made now, under the ``stored`` plan when another start's won."""
         if described is None:
-            described = self._guard(start_attributes, raw, "") or {}
+            dumped = raw if raw is not None else start.model_dump(mode="json")
+            described = self._guard(start_attributes, dumped, "") or {}
         span_plan = stored or plan
         span_attributes = {sc.COMPONENT_NAME: start.component_name, sc.SHELL_TYPE: start.shell_type}
         name = f"session.start {start.component_name}"
@@ -465,8 +528,44 @@ class InstrumentedSessionTracker:
         """The wrapped tracker's end, as a child of the session span; then the session span itself, once.
 
         As at start, the call's spans and log records reach sb-otel's outbox in one write, before it answers."""
-        with one_write_per_call():
-            return await self._handle_end(event)
+        if not self._folded:
+            with one_write_per_call():
+                return await self._handle_end(event)
+        # Folded, as at start: the tracker takes this read of the session and notes the lifecycle manager's call
+        # into the write that ends it; nothing else is made (the store counts, its exporter builds the records).
+        # A session not built from its row, an unknown one or an invalid event takes the general path.
+        try:
+            end = as_event(SessionEndEvent, event)
+            record = self._stored(end.session_id)
+            # Built from its row: planned by construction (an instrumented start stores the plan with the mark,
+            # emit writes both), so the telemetry document is not parsed here (the store may say it unparsed).
+            planned = SessionTelemetry(record) if record is not None and built_from_row(record) else None
+        except Exception:  # the general path answers it (and logs what telemetry could not do)
+            planned = None
+        if planned is None:
+            with one_write_per_call():
+                return await self._handle_end(event)
+        call: dict[str, Any] = {"began": time.time_ns()}
+        manager = _unwrapped(self.wrapped.session_manager)
+        tracked = await self.wrapped.track_end(
+            end, known=planned.record, telemetry={END_CALL_KEY: call}, manager=manager
+        )
+        result: SessionEndResult = tracked.result
+        try:
+            if tracked.ended is None:  # ended nothing (an error, a retried end): its spans are made now
+                component = planned.record.component_name
+                with one_write_per_call():
+                    name, attributes = f"session.end {component}", {sc.COMPONENT_NAME: component}
+                    self._replay_call(name, planned.plan, attributes, planned.attributes, call, result)
+                    if result.status in ("not_found", "error"):
+                        label = {sc.COMPONENT_NAME: self._metrics.component(component)}
+                        self._metrics.ended.add(1, {**label, sc.SESSION_STATUS: result.status})
+            elif not self._counted_by_store():  # the end's metrics, where the store does not count them
+                outcome = end_outcome(end.metadata)
+                self._finish_telemetry(tracked.ended, outcome, planned, end.timestamp, True)
+        except Exception:
+            _log.warning("sb-otel telemetry for an end failed; tracking is unaffected", exc_info=True)
+        return result
 
     async def _handle_end(self, event: SessionEndEvent | Mapping[str, Any]) -> SessionEndResult:
         try:
@@ -511,8 +610,8 @@ class InstrumentedSessionTracker:
                 outcome = end_outcome(end.metadata)
                 self._guard(self._finish_telemetry, ended, outcome, planned, end.timestamp, from_row or None)
         elif result.status in ("not_found", "error"):
-            folded = None if record is None else self._metrics.component(record.component_name)
-            component = {sc.COMPONENT_NAME: folded} if folded is not None else {}
+            label = None if record is None else self._metrics.component(record.component_name)
+            component = {sc.COMPONENT_NAME: label} if label is not None else {}
             self._guard(self._metrics.ended.add, 1, {**component, sc.SESSION_STATUS: result.status})
         return result
 
@@ -724,27 +823,64 @@ def _note_manager(call: dict[str, Any], operation: str, started: int, answer: An
         _log.warning("sb-otel could not note the lifecycle manager's %s call; its span is left out", operation)
 
 
-def _noted(call: dict[str, Any], operation: str, started: int, answer: Any, exc: BaseException | None) -> None:
-    noted: dict[str, Any] = {"name": operation, "began": started, "ended": time.time_ns()}
-    redaction = _active_redaction.get()
-    if exc is not None:
-        scrub = redaction.scrub if redaction is not None else str
-        message = scrub(str(exc))
-        stacktrace = scrub("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-        noted["error_type"] = type(exc).__qualname__
-        noted["error"] = f"{type(exc).__qualname__}: {message}"
-        noted["exception"] = {
-            "exception.type": type(exc).__qualname__,
-            "exception.message": message,
-            "exception.stacktrace": stacktrace,
+class _RowStart:
+    """The planner of a folded start (:meth:`InstrumentedSessionTracker.handle_session_start`), called by the tracker
+    under its lock after its read: plans the session span (or takes a retry's stored plan) and keeps what the
+    caller needs afterwards. The row stores no start attributes: under the default sampler the plan needs none."""
+
+    __slots__ = ("call", "owner", "plan", "retry", "shell_context", "start", "state")
+
+    def __init__(self, owner: InstrumentedSessionTracker, call: dict[str, Any]) -> None:
+        self.owner = owner
+        self.call = call
+        self.start: SessionStartEvent | None = None
+        self.plan: SessionSpanPlan | None = None
+        self.state: Mapping[str, Any] | None = None
+        """The plan as stored (its JSON form): the stored record holds this very object when it is ours."""
+        self.retry = False
+        self.shell_context = Context()
+
+    def made(self, state: Any) -> bool:
+        """Whether ``state`` (a stored plan) is this plan: the very object the store kept, or its copy."""
+        return self.state is not None and (state is self.state or state == self.state)
+
+    def answer(self, record: SessionRecord) -> Mapping[str, Any]:
+        """The session's trace context for its result, when the record is the one this plan made."""
+        plan = self.plan
+        if plan is None or not self.made(record.telemetry.get(STATE_KEY)):
+            return {}
+        return {
+            "traceparent": plan.traceparent,
+            "baggage": session_baggage(record.session_id, self.shell_context),
         }
-    elif not (isinstance(answer, Mapping) and answer.get("success")):
-        noted["error_type"] = "lifecycle_failure"
-        error = (answer.get("error") if isinstance(answer, Mapping) else None) or ""
-        noted["error"] = str(error)
-    elif isinstance(project := answer.get("project"), str):
-        noted["project"] = project
-    call["manager"] = noted
+
+    def telemetry(self, start: SessionStartEvent, known: SessionRecord | None) -> Mapping[str, Any] | None:
+        self.start = start
+        self.shell_context = extract(start.metadata)
+        if known is not None and STATE_KEY in known.telemetry:  # a retry: same session, same span
+            self.plan, self.retry = SessionSpanPlan.from_json(known.telemetry[STATE_KEY]), True
+            return None
+        ambient = trace.get_current_span().get_span_context()
+        plan = plan_session_span(
+            self.owner._tracer,
+            f"session {start.component_name}",
+            self.shell_context,
+            {},
+            links=[ambient] if ambient.is_valid else [],
+        )
+        state = plan.to_json()
+        self.plan, self.state = plan, state
+        return {STATE_KEY: state, FROM_ROW_KEY: True, START_CALL_KEY: self.call}
+
+
+def _unwrapped(manager: Any) -> Any:
+    """The lifecycle manager behind the tracing wrapper: a call from the row is noted, not traced."""
+    return manager.wrapped if isinstance(manager, TracedLifecycleManager) else manager
+
+
+def _noted(call: dict[str, Any], operation: str, started: int, answer: Any, exc: BaseException | None) -> None:
+    redaction = _active_redaction.get()
+    note_manager_call(call, operation, started, answer, exc, redaction.scrub if redaction is not None else str)
 
 
 def instrument(

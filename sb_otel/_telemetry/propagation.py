@@ -8,6 +8,7 @@ We build our own W3C propagator instead of using the global one, which a host ma
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,11 +39,19 @@ def extract(carrier: Mapping[str, Any] | None) -> Context:
 
 
 _BAGGAGE = W3CBaggagePropagator()
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._-]+")
+_MAX_PLAIN_ID = 4000
+"""Well within the propagator's 4,096-character limit on one pair."""
 
 
 def session_baggage(session_id: str, shell_context: Context) -> str:
     """The W3C ``baggage`` header a shell should carry: what it sent (``shell_context``, from :func:`extract`)
-    plus ``session.id``."""
+    plus ``session.id``.
+
+    A shell that sent nothing (an empty context) with a session id of letters, digits and ``._-`` (which URL
+    encoding leaves as they are) gets the one pair written at once: what the propagator writes for it."""
+    if not shell_context and _PLAIN_ID.fullmatch(session_id) and len(session_id) < _MAX_PLAIN_ID:
+        return f"{SESSION_ID}={session_id}"
     headers: dict[str, str] = {}
     _BAGGAGE.inject(headers, context=baggage.set_baggage(SESSION_ID, session_id, shell_context))
     return headers["baggage"]

@@ -143,6 +143,13 @@ def plan_session_span(
     tracer = _resolved(tracer)
     id_generator: IdGenerator = getattr(tracer, "id_generator", None) or RandomIdGenerator()
     sampler = getattr(tracer, "sampler", None)
+    if not parent and sampler is DEFAULT_ON:  # no parent (an empty context), the SDK's default sampler: sampled
+        return SessionSpanPlan(
+            trace_id=id_generator.generate_trace_id(),
+            span_id=id_generator.generate_span_id(),
+            sampled=True,
+            links=tuple((c.trace_id, c.span_id, int(c.trace_flags)) for c in links if c.is_valid),
+        )
     parent_context = get_current_span(parent).get_span_context()
     has_parent = parent_context.is_valid
     trace_id = parent_context.trace_id if has_parent else id_generator.generate_trace_id()

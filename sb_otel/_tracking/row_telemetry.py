@@ -20,8 +20,10 @@ what is owed, not to the open sessions.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from sb_otel._tracking.store import NewSession, SessionRecord
@@ -66,8 +68,43 @@ END_OWED_SQL = f"row_telemetry & {END} != 0 AND status != 'open'"
 
 
 def built_from_row(record: SessionRecord | NewSession) -> bool:
-    """Whether the exporter builds this session's start and end records from its row."""
-    return record.telemetry.get(FROM_ROW_KEY) is True
+    """Whether the exporter builds this session's start and end records from its row.
+
+    A store that read the owed bits with the record says so on its telemetry (``row_owed``, set only when some
+    are owed: only a row built from its row has any), so the document need not be parsed for it."""
+    telemetry = record.telemetry
+    return bool(getattr(telemetry, "row_owed", None)) or telemetry.get(FROM_ROW_KEY) is True
+
+
+def note_manager_call(
+    call: dict[str, Any],
+    operation: str,
+    started: int,
+    answer: Any,
+    exc: BaseException | None,
+    scrub: Callable[[str], str] = str,
+) -> None:
+    """Note in ``call`` (as ``"manager"``) what the lifecycle manager's span would say, for the exporter to build
+    it from the row. JSON values only, never ``None`` (the store merges an end's notes as a JSON merge patch,
+    where ``null`` deletes); ``scrub`` hides the session's redacted values in an error's text."""
+    noted: dict[str, Any] = {"name": operation, "began": started, "ended": time.time_ns()}
+    if exc is not None:
+        message = scrub(str(exc))
+        stacktrace = scrub("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        noted["error_type"] = type(exc).__qualname__
+        noted["error"] = f"{type(exc).__qualname__}: {message}"
+        noted["exception"] = {
+            "exception.type": type(exc).__qualname__,
+            "exception.message": message,
+            "exception.stacktrace": stacktrace,
+        }
+    elif not (isinstance(answer, Mapping) and answer.get("success")):
+        noted["error_type"] = "lifecycle_failure"
+        error = (answer.get("error") if isinstance(answer, Mapping) else None) or ""
+        noted["error"] = str(error)
+    elif isinstance(project := answer.get("project"), str):
+        noted["project"] = project
+    call["manager"] = noted
 
 
 def due(bits: int, is_open: bool) -> int:

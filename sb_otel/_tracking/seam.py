@@ -7,6 +7,11 @@ does (for the span plan); it hands that read over (``known``), with the start ev
 a lifecycle costs no more store statements or dumps than the plain tracker's. :class:`SessionTracker` offers all
 this through ``track_start`` and ``track_end``; a tracker that is not ours (session-buddy's) is adapted to the same
 protocol by :class:`~sb_otel._tracking.foreign.ForeignTracker`.
+
+On sb-otel's own pipeline a call from the row goes further (issue 21, fourth round): ``track_row_start`` takes a
+:class:`RowPlanner` that the tracker asks for the plan under its own lock and read, and the lifecycle manager to
+call, whose call the tracker notes for the exporter; the instrumentation then adds no read, lock or context of
+its own.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
-from sb_otel._tracking.models import SessionEndResult, SessionStartResult
+from sb_otel._tracking.models import SessionEndResult, SessionStartEvent, SessionStartResult
 from sb_otel._tracking.store import SessionRecord, SessionStore
 
 
@@ -30,6 +35,19 @@ UNREAD = Unread.UNREAD
 """``known=UNREAD``: the caller read nothing, the tracker reads the store itself."""
 Known: TypeAlias = SessionRecord | Unread | None
 """A record the caller read from the store (``None``: there was none), or :data:`UNREAD`."""
+
+
+class RowPlanner(Protocol):
+    """The telemetry of a start from the row (:meth:`~sb_otel._tracking.tracker.SessionTracker.track_row_start`),
+    asked by the tracker at the points where only it knows the answer."""
+
+    def telemetry(self, start: SessionStartEvent, known: SessionRecord | None) -> Mapping[str, Any] | None:
+        """What to store with a new session, given the valid event and the tracker's read by its id."""
+        ...
+
+    def answer(self, record: SessionRecord) -> Mapping[str, Any]:
+        """Fields to add to the ``tracked`` result for ``record`` (none: the caller adds them itself later)."""
+        ...
 
 
 @dataclass(frozen=True)

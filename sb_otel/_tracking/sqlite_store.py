@@ -535,8 +535,10 @@ class SqliteSessionStore:
 
     def _one(self, column: str, value: str) -> SessionRecord | None:
         with self._lock, _translated(self.path):
-            row = self._db.execute(f"SELECT {_COLUMNS} FROM sessions WHERE {column} = ?", (value,)).fetchone()
-        return None if row is None else _record(row)
+            row = self._db.execute(
+                f"SELECT {_COLUMNS}, row_telemetry FROM sessions WHERE {column} = ?", (value,)
+            ).fetchone()
+        return None if row is None else _record(row[:-1], row[-1])
 
     def finish(self, session_id: str, ending: SessionEnding) -> tuple[SessionRecord, bool] | None:
         # One statement is one atomic transaction in autocommit mode: no explicit BEGIN needed.
@@ -1234,7 +1236,19 @@ class _JsonObject(Mapping[str, Any]):
         return repr(self._parsed())
 
 
-def _record(row: tuple[Any, ...]) -> SessionRecord:
+class _RowTelemetryObject(_JsonObject):
+    """The telemetry document of a session that still owes records built from its row, read with those bits
+    (:attr:`row_owed`): :func:`~sb_otel._tracking.row_telemetry.built_from_row` answers from them without parsing
+    the document (an end from the row reads nothing else of it). Equal to the document, like its base."""
+
+    __slots__ = ("row_owed",)
+
+    def __init__(self, text: str, row_owed: int) -> None:
+        super().__init__(text)
+        self.row_owed = row_owed
+
+
+def _record(row: tuple[Any, ...], row_owed: int | None = None) -> SessionRecord:
     (session_id, event_id, component, hostname, pid, cwd, status, started, received, ended, start, end, tel) = row
     return SessionRecord(
         session_id=session_id,
@@ -1249,5 +1263,5 @@ def _record(row: tuple[Any, ...]) -> SessionRecord:
         ended_at=None if ended is None else datetime.fromisoformat(ended),
         start_event=_JsonObject(start),
         end_event=None if end is None else _JsonObject(end),
-        telemetry=_JsonObject(tel),
+        telemetry=_JsonObject(tel) if row_owed is None else _RowTelemetryObject(tel, row_owed),
     )

@@ -59,7 +59,8 @@ from sb_otel._tracking.models import (
     SessionStartResult,
 )
 from sb_otel._tracking.outcome import end_outcome
-from sb_otel._tracking.seam import UNREAD, Known, TrackedEnd, TrackedStart
+from sb_otel._tracking.row_telemetry import END_CALL_KEY, START_CALL_KEY, note_manager_call
+from sb_otel._tracking.seam import UNREAD, Known, RowPlanner, TrackedEnd, TrackedStart
 from sb_otel._tracking.session_metrics import SessionMetrics
 from sb_otel._tracking.store import NewSession, SessionClaims, SessionEnding, SessionRecord, SessionStore
 from sb_otel._tracking.store_factory import open_store
@@ -169,6 +170,24 @@ class SessionTracker:
             _quietly(self.logger.error, start_failed_line("?", "?", "?", error))
             return TrackedStart(SessionStartResult(session_id=None, status="error", error=error), None)
 
+    async def track_row_start(self, event: object, planner: RowPlanner, manager: Any) -> TrackedStart:
+        """A start from the row (:mod:`sb_otel._tracking.row_telemetry`), in one pass: the event validated and
+        dumped once, one lock, one read by its id.
+
+        ``planner.telemetry(start, known)`` is called once, under the event id's lock right after that read (so
+        a start racing a retry finds the stored plan), and returns the telemetry to store with a new session; a
+        ``START_CALL_KEY`` dict in it gets the lifecycle manager's call noted by this tracker, which calls
+        ``manager`` (the manager unwrapped: its span is built from the note). ``planner.answer(record)`` adds its
+        fields (the trace context) to the tracked result. A planner that raises costs the session its telemetry,
+        never its tracking."""
+        began = time.monotonic()
+        try:
+            return await self._track_start(event, None, began, UNREAD, None, planner, manager)
+        except Exception as exc:  # last resort, as in track_start
+            error = f"Session start failed: {_exception_text(exc)}"
+            _quietly(self.logger.error, start_failed_line("?", "?", "?", error))
+            return TrackedStart(SessionStartResult(session_id=None, status="error", error=error), None)
+
     async def _track_start(
         self,
         event: object,
@@ -176,6 +195,8 @@ class SessionTracker:
         began: float,
         known: Known,
         dumped: Mapping[str, Any] | None,
+        planner: RowPlanner | None = None,
+        manager: Any = None,
     ) -> TrackedStart:
         try:
             start = _as_event(SessionStartEvent, event)
@@ -183,7 +204,13 @@ class SessionTracker:
             return TrackedStart(self._start_failed(event, f"invalid session start event: {_describe(exc)}"), None)
         try:
             async with self._exclusive(f"start:{start.event_id}"):
-                record = await self._start(start, telemetry or {}, began, known, dumped)
+                record = await self._start(start, telemetry or {}, began, known, dumped, planner, manager)
+                if planner is not None:  # the row's start: the planner's fields (traceparent) on its own session
+                    fields = _answered(planner, record)
+                    if fields:
+                        return TrackedStart(
+                            SessionStartResult(session_id=record.session_id, status="tracked", **fields), record
+                        )
                 return TrackedStart(SessionStartResult(session_id=record.session_id, status="tracked"), record)
         except _Refused as exc:
             return TrackedStart(self._start_failed(start, str(exc)), None)
@@ -215,9 +242,11 @@ class SessionTracker:
         began: float,
         known: Known,
         dumped: Mapping[str, Any] | None,
+        planner: RowPlanner | None = None,
+        manager: Any = None,
     ) -> SessionRecord:
         store = self.store
-        claims = self._claims_for(store)
+        claims = self._claims_for(store, manager)
         start_event = dict(dumped) if dumped is not None else event.model_dump(mode="json")
         waited = _Backoff()
         while True:
@@ -225,6 +254,9 @@ class SessionTracker:
             # (held, so this loop reads again) or by create (not created: the retry path below).
             if known is UNREAD:
                 known = store.get_by_event_id(event.event_id)
+            if planner is not None:  # once, after the first read
+                telemetry = _planned(planner, event, known)
+                planner = None
             if known is not None:
                 return _retried(known, event, start_event)
             known = UNREAD
@@ -241,7 +273,8 @@ class SessionTracker:
             await waited.pause()  # another process is starting this very event: wait for its outcome
         try:
             cwd = event.environment.cwd
-            answer = await self._call_manager("initialize_session", cwd)
+            noted = telemetry.get(START_CALL_KEY) if manager is not None else None
+            answer = await self._call_manager("initialize_session", cwd, noted, manager)
             record, created = store.create(
                 NewSession(
                     event_id=event.event_id,
@@ -335,23 +368,26 @@ class SessionTracker:
         *,
         known: Known = UNREAD,
         telemetry: Mapping[str, Any] | None = None,
+        manager: Any = None,
     ) -> TrackedEnd:
         """The tracking seam's end (:mod:`sb_otel._tracking.seam`): also returns the ended record, but only to
         the one call that actually ended the session (so its span is exported exactly once).
 
         ``known`` (the caller's read of the session) stands in for the tracker's first read; an open record is
         re-checked by the end claim (it takes only an open session), a missing one is read again. ``telemetry``
-        is merged into the session's telemetry by the write that ends it (read when that write is made)."""
+        is merged into the session's telemetry by the write that ends it (read when that write is made).
+        ``manager``: for an end from the row, the lifecycle manager unwrapped, called instead of
+        :attr:`session_manager` with its call noted into ``telemetry``'s ``END_CALL_KEY`` dict."""
         began = time.monotonic()
         try:
-            return await self._track_end(event, began, known, telemetry)
+            return await self._track_end(event, began, known, telemetry, manager)
         except Exception as exc:  # last resort, as at start
             error = f"Session end failed: {_exception_text(exc)}"
             _quietly(self.logger.error, end_failed_line("?", error))
             return TrackedEnd(SessionEndResult(session_id="", status="error", error=error), None)
 
     async def _track_end(
-        self, event: object, began: float, known: Known, telemetry: Mapping[str, Any] | None
+        self, event: object, began: float, known: Known, telemetry: Mapping[str, Any] | None, manager: Any = None
     ) -> TrackedEnd:
         try:
             end = _as_event(SessionEndEvent, event)
@@ -360,7 +396,7 @@ class SessionTracker:
             return TrackedEnd(failed, None)
         try:
             async with self._exclusive(f"end:{end.session_id}"):
-                return await self._end(end, began, known, telemetry)
+                return await self._end(end, began, known, telemetry, manager)
         except _LifecycleFailure as exc:
             return TrackedEnd(self._end_failed(end.session_id, str(exc), exc.context), None)
         except Exception as exc:
@@ -376,10 +412,15 @@ class SessionTracker:
             return TrackedEnd(SessionEndResult(session_id=end.session_id, status="error", error=error), None)
 
     async def _end(
-        self, event: SessionEndEvent, began: float, known: Known, telemetry: Mapping[str, Any] | None
+        self,
+        event: SessionEndEvent,
+        began: float,
+        known: Known,
+        telemetry: Mapping[str, Any] | None,
+        manager: Any = None,
     ) -> TrackedEnd:
         store = self.store
-        claims = self._claims_for(store)
+        claims = self._claims_for(store, manager)
         ended_already = TrackedEnd(SessionEndResult(session_id=event.session_id, status="ended"), None)
         waited = _Backoff()
         while True:
@@ -403,7 +444,8 @@ class SessionTracker:
             await waited.pause()  # another process is ending it: wait for its outcome
         try:
             try:
-                answer = await self._call_manager("end_session", record.cwd)
+                noted = telemetry.get(END_CALL_KEY) if manager is not None and telemetry is not None else None
+                answer = await self._call_manager("end_session", record.cwd, noted, manager)
             except _LifecycleFailure:
                 self._count("record_session_end", component_name=record.component_name, status="error")
                 raise
@@ -450,27 +492,42 @@ class SessionTracker:
 
     # -- helpers ------------------------------------------------------------------------------------------
 
-    def _claims_for(self, store: SessionStore) -> SessionClaims | None:
+    def _claims_for(self, store: SessionStore, manager: Any = None) -> SessionClaims | None:
         """The store's claims, when this tracker's manager needs them.
 
         A claim makes one process call the manager per start and per end, at the price of its own commits (take,
         release) around the call. A manager that declares itself ``side_effect_free`` (the default one only
         reads) may be called twice for one event without harm; then the write that stores the outcome decides
         alone (a start's event id is unique, an end updates only an open row), and a handle call commits once."""
-        if getattr(self.session_manager, "side_effect_free", False) is True or not isinstance(store, SessionClaims):
+        manager = self.session_manager if manager is None else manager  # (a call from the row: the one it calls)
+        if getattr(manager, "side_effect_free", False) is True or not isinstance(store, SessionClaims):
             return None  # (the flag first: a Protocol isinstance walks the protocol's members, twice a lifecycle)
         return store
 
-    async def _call_manager(self, operation: str, working_directory: str) -> Mapping[str, Any]:
-        """Call the lifecycle manager within the timeout; a non-success answer raises :class:`_LifecycleFailure`."""
-        answer = _cached_answer(self.session_manager, operation, working_directory)
+    async def _call_manager(
+        self, operation: str, working_directory: str, noted: Any = None, manager: Any = None
+    ) -> Mapping[str, Any]:
+        """Call the lifecycle manager within the timeout; a non-success answer raises :class:`_LifecycleFailure`.
+
+        ``noted`` (a dict) gets the call noted for its span built from the row (:func:`note_manager_call`),
+        ``manager`` being the manager to call then; a call that timed out is not noted (it has no answer)."""
+        if manager is None or not isinstance(noted, dict):
+            manager, noted = self.session_manager, None
+        started = time.time_ns()
+        answer = _cached_answer(manager, operation, working_directory)
         try:
             if answer is None:
-                call: Awaitable[Any] = getattr(self.session_manager, operation)(working_directory=working_directory)
+                call: Awaitable[Any] = getattr(manager, operation)(working_directory=working_directory)
                 answer = await asyncio.wait_for(call, timeout=self.lifecycle_timeout)
         except asyncio.TimeoutError:
             error = timeout_error(operation, self.lifecycle_timeout)
             raise _LifecycleFailure(error, error) from None
+        except Exception as exc:
+            if noted is not None:
+                _note(noted, operation, started, None, exc)
+            raise
+        if noted is not None:
+            _note(noted, operation, started, answer, None)
         if not isinstance(answer, Mapping):
             error = f"lifecycle manager's {operation} returned {type(answer).__name__}, expected a dict with 'success'"
             raise _LifecycleFailure(error, error)
@@ -533,6 +590,39 @@ class _Backoff:
     async def pause(self) -> None:
         await asyncio.sleep(self._delay)
         self._delay = min(self._delay * 2, _POLL_MAX)
+
+
+def _note(noted: dict[str, Any], operation: str, started: int, answer: Any, exc: BaseException | None) -> None:
+    """:func:`note_manager_call`; a note that cannot be made (an exception whose text cannot be read) costs the
+    manager's span, never the call."""
+    try:
+        note_manager_call(noted, operation, started, answer, exc)
+    except Exception:
+        logging.getLogger("sb_otel.instrumentation").warning(
+            "sb-otel could not note the lifecycle manager's %s call; its span is left out", operation
+        )
+
+
+def _answered(planner: RowPlanner, record: SessionRecord) -> Mapping[str, Any]:
+    """What the planner adds to a tracked result (``answer``): nothing if it fails."""
+    try:
+        return planner.answer(record)
+    except Exception:
+        logging.getLogger("sb_otel.instrumentation").warning(
+            "sb-otel could not add the session's trace context to its result; tracking is unaffected", exc_info=True
+        )
+        return {}
+
+
+def _planned(planner: RowPlanner, event: SessionStartEvent, known: SessionRecord | None) -> Mapping[str, Any]:
+    """The planner's telemetry for a new session; ``{}`` (tracked without telemetry) if it fails."""
+    try:
+        return planner.telemetry(event, known) or {}
+    except Exception:
+        logging.getLogger("sb_otel.instrumentation").warning(
+            "sb-otel could not plan the session's telemetry; tracking is unaffected", exc_info=True
+        )
+        return {}
 
 
 def _retried(known: SessionRecord, event: SessionStartEvent, dumped: Mapping[str, Any]) -> SessionRecord:
