@@ -10,8 +10,9 @@ Each round:
 
 0. **Row records.** Sessions built from their row (``emit``'s) owe their start's span and log record as they
    start and their end's as they end (:mod:`sb_otel._telemetry.row_records`); each owed bit is cleared after its
-   signal's success.
-1. **Root spans.** Ended sessions whose root span is pending are written straight from their plan
+   signal's success. An ended session's root span is built from the same read (its row's JSON parsed once for
+   its end's records and its root) and marked like the root round's.
+1. **Root spans.** Ended sessions whose root span is pending (the others') are written straight from their plan
    (:func:`sb_otel._telemetry.root_span.root_span`: no tracer), exported, and marked exported only after
    the exporter reported success — so a crash anywhere leaves them pending, to be sent again (same ids).
 2. **Outbox.** Rows hold their records' OTLP messages (:mod:`sb_otel._telemetry.otlp_wire`); each request is
