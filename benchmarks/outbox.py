@@ -205,6 +205,56 @@ def measure_row_drain(sessions: int, tmp: Path, endpoint: str) -> dict[str, floa
     }
 
 
+def measure_steady(sessions: int, tmp: Path, endpoint: str, per_round: int = 64) -> dict[str, float]:
+    """The exporter as ``serve``'s thread runs it under steady load: sessions start ``per_round`` at a time and a
+    round (``drain(retry_now=False)``) sends their start's records while they are open, then they end and the
+    next round sends their end's records and root spans; each row is read twice. Returns the exporter's CPU per
+    lifecycle in those rounds only (``thread_time``; the handle calls between them are not counted), with a
+    meter provider as ``serve`` has (the lifecycle manager's durations are recorded from the rows)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    store = SqliteSessionStore(tmp / "steady.db")
+    tracer_provider = TracerProvider(resource=RESOURCE, shutdown_on_exit=False)
+    mark_store_pipeline(tracer_provider, store)
+    logger_provider = otel_logs.SdkLoggerProvider(resource=RESOURCE, shutdown_on_exit=False)
+    meters = MeterProvider(metric_readers=[InMemoryMetricReader()], shutdown_on_exit=False)
+    tracker = instrument(
+        SessionTracker(NoOpLifecycle(), store=store),
+        tracer_provider=tracer_provider,
+        logger_provider=logger_provider,
+        store=store,
+    )
+    span_exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=10)
+    log_exporter = otel_logs.GrpcLogExporter(endpoint=endpoint, insecure=True, timeout=10)
+    exporter = StoreExporter(store, span_exporter, log_exporter, resource=RESOURCE, meter_provider=meters)
+    cpu = [0.0]
+    records = [0]
+
+    def exported() -> None:
+        began = time.thread_time()
+        report = exporter.drain(retry_now=False)
+        cpu[0] += time.thread_time() - began
+        if report.failed:
+            raise SystemExit(f"drain failed: {report}")
+        records[0] += report.root_spans + report.spans + report.logs
+
+    async def run() -> None:
+        for first in range(0, sessions, per_round):
+            started = [await tracker.handle_session_start(_start_event(i)) for i in range(first, first + per_round)]
+            exported()
+            for i, start in enumerate(started, first):
+                await tracker.handle_session_end(_end_event(start.session_id or "", i))
+            exported()
+
+    asyncio.run(run())
+    exporter.release()
+    span_exporter.shutdown()
+    log_exporter.shutdown()
+    store.close()
+    return {"cpu_ms_per_lifecycle": 1000 * cpu[0] / sessions, "records_per_lifecycle": records[0] / sessions}
+
+
 @contextlib.contextmanager
 def export_calls_timed() -> Iterator[list[float]]:
     """The wall time spent inside the exporter's export calls (sending, and waiting for the receiver's answer)."""
@@ -299,6 +349,10 @@ def main() -> None:
         default="python",
         help="the tests' Python receiver (default), or rotel's collector (pip install rotel) discarding what it takes",
     )
+    parser.add_argument(
+        "--steady", type=int, default=0, help="also this many lifecycles in steady rounds, as serve's exporter thread"
+    )
+    parser.add_argument("--per-round", type=int, default=64, help="lifecycles per steady round (default 64)")
     args = parser.parse_args()
     if args.receiver == "rotel":
         with tempfile.TemporaryDirectory() as name, rotel_receiver() as endpoint:
@@ -323,6 +377,14 @@ def main() -> None:
             f"{size['bytes_per_session']:,.0f} bytes/session; {size['rows']:,} outbox rows, "
             f"{size['pending_roots']:,} pending root spans; {size['lifecycles_per_s']:,.0f} lifecycles/s"
         )
+        if args.steady:
+            steady = measure_steady(args.steady, tmp, receiver.endpoint, args.per_round)
+            print(
+                f"steady rounds as serve's exporter thread runs them ({args.steady:,} lifecycles, "
+                f"{args.per_round} per round, "
+                f"each row read twice): exporter CPU {steady['cpu_ms_per_lifecycle']:.3f} ms per lifecycle "
+                f"({steady['records_per_lifecycle']:.0f} records each)"
+            )
         receiver.arrived(clear=True)
         drained = measure_row_drain(args.sessions, tmp, receiver.endpoint)
         arrived = receiver.arrived(clear=True)
