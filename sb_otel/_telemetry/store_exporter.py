@@ -341,14 +341,15 @@ class StoreExporter:
         no_root: list[str] = []  # ended sessions whose root span is nothing to send (unsampled, no plan, poison)
         for record, owed_bits in owed:
             due = owed_bits & row_telemetry.ALL
+            planned = SessionTelemetry.of(record)  # one for the records and the root: attributes derived once
             if owed_bits & row_telemetry.ROOT:
-                root = self._root_of(record, report)
+                root = self._root_of(record, report, planned)
                 if root is None:
                     no_root.append(record.session_id)
                 else:
                     spans.append(((record.session_id, row_telemetry.ROOT), root))
             try:
-                built = self._row_records.build(record, due, self._redaction)
+                built = self._row_records.build(record, due, self._redaction, planned)
             except Exception:
                 _log.warning("sb-otel could not build the records of %s; dropped", record.session_id, exc_info=True)
                 self._count_poison("traces", "session record", [record.session_id], report)
@@ -405,11 +406,13 @@ class StoreExporter:
         """Whether the row round builds the roots of the sessions it reads (else the root round finds them all)."""
         return self.span_exporter is not None and "traces" not in self.signals_off
 
-    def _root_of(self, record: SessionRecord, report: DrainReport) -> WireRecord | None:
+    def _root_of(
+        self, record: SessionRecord, report: DrainReport, planned: SessionTelemetry | None = None
+    ) -> WireRecord | None:
         """An ended session's root span, encoded (``None``: nothing to send; one that cannot be built is counted
         as poison and never tried again)."""
         try:
-            return self.build_root_record(record)
+            return self.build_root_record(record, planned)
         except Exception:
             _log.warning("sb-otel could not build the root span of %s; dropped", record.session_id, exc_info=True)
             report.drop("traces", "poison", 1)
@@ -475,9 +478,11 @@ class StoreExporter:
             return None
         return root_span(record, planned, stored_redaction(record, self._redaction), self._resource, SCOPE)
 
-    def build_root_record(self, record: SessionRecord) -> WireRecord | None:
-        """:meth:`build_root_span` encoded, written from the plan without the ``ReadableSpan``."""
-        planned = SessionTelemetry.of(record)
+    def build_root_record(self, record: SessionRecord, planned: SessionTelemetry | None = None) -> WireRecord | None:
+        """:meth:`build_root_span` encoded, written from the plan without the ``ReadableSpan`` (``planned``: the
+        record's :class:`SessionTelemetry`, if the caller has it)."""
+        if planned is None:
+            planned = SessionTelemetry.of(record)
         if planned is None:
             return None
         return root_record(record, planned, stored_redaction(record, self._redaction), self._resource, SCOPE)
@@ -618,8 +623,8 @@ class StoreExporter:
         return sent, dropped
 
     def _call(self, signal: str, exporter: Any, records: Any) -> Outcome:
-        """One export call, under a freshly renewed lease, within the final drain's share for ``signal``."""
-        self._renew()
+        """One export call, under a freshly renewed lease (renewed by :meth:`LeaseKeeper.sending` on entry: one
+        statement, not a second one before it), within the final drain's share for ``signal``."""
         deadline = None
         began = time.monotonic()
         if self._budgets is not None:
