@@ -243,7 +243,7 @@ class _Heartbeat:
         with self._lock:
             self._calls += 1
             self._call, self._began, self._retiring = self._calls, self.keeper._monotonic(), False
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():  # not alive: a forked child's copy
                 self._thread = threading.Thread(target=self._run, name="sb-otel-lease-heartbeat", daemon=True)
                 self._thread.start()
             self._lock.notify()
