@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from sb_otel import NewSession, SessionEnding, SqliteSessionStore
+from sb_otel._tracking import row_telemetry
 from sb_otel._tracking.export_state import TelemetryStore
 from sb_otel._tracking.postgres_store import PostgresSessionStore
 from tests.store_backends import STORE_BACKENDS, open_backend
@@ -43,6 +44,30 @@ def test_ending_a_session_with_a_span_plan_marks_its_root_span_pending(store: An
     store.mark_root_spans_exported([planned.session_id])
     assert store.pending_root_spans(10) == []
     assert store.export_backlog().pending_root_spans == 0
+
+
+def test_the_row_round_learns_which_roots_are_pending_and_the_root_round_leaves_those(store: Any) -> None:
+    """Asked with ``roots``, the owed-rows read flags an ended session whose root span is pending (one read builds
+    its end's records and its root); ``after_rows`` leaves exactly those roots out of the root round's read, and
+    a store that flags none (the memory store) leaves none out, so every root is found once either way."""
+    telemetry = {"span": {"trace_id": "1" * 32}, row_telemetry.FROM_ROW_KEY: True}
+    ended, _ = store.create(new("r1", telemetry))
+    still_open, _ = store.create(new("r2", telemetry))
+    store.finish(ended.session_id, SessionEnding("exited", NOW + timedelta(minutes=1)))
+    flagged = isinstance(store, (SqliteSessionStore, PostgresSessionStore))
+    owed = dict((r.session_id, bits) for r, bits in store.owed_row_records(10, roots=True))
+    root_bit = row_telemetry.ROOT if flagged else 0
+    assert owed == {ended.session_id: row_telemetry.ALL | root_bit, still_open.session_id: row_telemetry.START}
+    assert all(not bits & row_telemetry.ROOT for _, bits in store.owed_row_records(10))  # not asked: never set
+    pending = [r.session_id for r in store.pending_root_spans(10, after_rows=True)]
+    assert pending == ([] if flagged else [ended.session_id])
+    store.mark_row_records_sent([(ended.session_id, row_telemetry.SPANS)])  # its logs still owed, spans not
+    assert [r.session_id for r in store.pending_root_spans(10, after_rows=True)] == [ended.session_id]
+    owed = dict((r.session_id, bits) for r, bits in store.owed_row_records(10, roots=True))
+    assert owed[ended.session_id] == row_telemetry.LOGS | root_bit  # flagged beside whatever it still owes
+    store.mark_root_spans_exported([ended.session_id])
+    owed = dict((r.session_id, bits) for r, bits in store.owed_row_records(10, roots=True))
+    assert owed == {ended.session_id: row_telemetry.LOGS, still_open.session_id: row_telemetry.START}
 
 
 def test_the_outbox_keeps_rows_per_signal_oldest_first_until_deleted(store: Any) -> None:

@@ -312,9 +312,24 @@ def test_the_gate_holder_name_is_adopted_with_its_tenure(store: Any) -> None:
     assert store.current_lease().heartbeat == 2
 
 
-def test_the_heartbeat_thread_never_outlives_the_call(store: Any) -> None:
+def test_one_heartbeat_thread_serves_every_call_renews_only_inside_them_and_ends_with_the_lease(store: Any) -> None:
+    """The heartbeat is one thread per holder, parked between calls (not a thread started and joined per call);
+    it renews while a call runs, never after the call returned, and ends once the lease is released."""
     holder = LeaseKeeper(store, "holder", 0.4)
     assert holder.acquire()
-    with holder.sending():
-        pass
-    assert not [t for t in threading.enumerate() if t.name == "sb-otel-lease-heartbeat"]
+    threads = []
+    for _ in range(3):
+        with holder.sending():
+            entered = store.current_lease().heartbeat
+            deadline = time.monotonic() + 10
+            while store.current_lease().heartbeat == entered:  # a renewal by the heartbeat, mid-call
+                assert time.monotonic() < deadline, "the heartbeat did not renew during the call"
+                threading.Event().wait(0.01)
+        threads.append(holder._heartbeat._thread)
+        after_call = store.current_lease().heartbeat
+    assert threads[0] is not None
+    assert threads == [threads[0]] * 3  # the same thread for every call
+    holder.release()
+    threads[0].join(10)
+    assert not threads[0].is_alive()
+    assert store.current_lease().heartbeat == after_call  # nothing renewed after the last call returned

@@ -654,6 +654,42 @@ async def test_our_trackers_records_are_built_from_the_row_and_sent_by_one_drain
         pipeline.close()
 
 
+async def test_a_rows_root_span_is_built_from_the_row_rounds_read_and_kept_pending_until_accepted(
+    tmp_path: Path,
+) -> None:
+    """An ended session's root span goes out with its end's records, built from the same read of its row: the
+    root round reads no row of it. Traces failing leave the root pending (and the span bits owed) while logs go;
+    the next drain sends it once, with the same ids."""
+    pipeline = Pipeline(tmp_path / "s.db", from_row=True)
+    roots_read: list[str] = []
+    pending_root_spans = pipeline.store.pending_root_spans
+
+    def recorded(limit: int, **options: Any) -> list[Any]:
+        found = pending_root_spans(limit, **options)
+        roots_read.extend(record.session_id for record in found)
+        return found
+
+    pipeline.store.pending_root_spans = recorded  # type: ignore[method-assign]
+    try:
+        session_id, traceparent = await pipeline.session()
+        pipeline.spans.up = False
+        report = pipeline.exporter.drain()
+        assert (report.root_spans, report.spans, report.logs, report.failed) == (0, 0, 2, True)
+        assert pipeline.store.export_backlog().pending_root_spans == 1
+        pipeline.spans.up = True
+        report = pipeline.exporter.drain()
+        assert (report.root_spans, report.spans, report.logs, report.failed) == (1, 4, 0, False)
+        assert roots_read == []  # the root round found nothing left to read: the row round built the root
+        (root,) = [span for span in pipeline.spans.sent if span.name == "session mahavishnu"]
+        assert f"{root.context.span_id:016x}" == traceparent.split("-")[2]
+        assert root.attributes is not None
+        assert root.attributes["session.id"] == session_id
+        assert pipeline.store.export_backlog().pending_root_spans == 0
+        assert pipeline.exporter.drain().exported == 0  # nothing twice
+    finally:
+        pipeline.close()
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_rows_an_older_version_stored_as_json_are_still_sent_after_the_upgrade(
     transport: str, receiver: OtlpReceiver, tmp_path: Path

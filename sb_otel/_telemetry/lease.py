@@ -12,7 +12,8 @@ renewal and a fencing token that changes at every take-over. Why not an expiry t
   (:mod:`sb_otel._tracking.holder_lock`), which dies with it, so a standby that can lock it takes over at once
   (kill -9). A holder the lock shows alive but silent (SIGSTOP, a stalled VM) is replaced after one TTL.
 * **Slow calls.** An export call may take longer than the TTL (a collector answering in 20 s with a 60 s
-  timeout). While a call is in flight a heartbeat thread renews every quarter TTL, so a slow but alive
+  timeout). While a call is in flight a heartbeat thread (one per holder, parked between calls) renews every
+  quarter TTL, so a slow but alive
   collector never loses the lease and never gets a batch twice. A call running beyond ``max_call_s`` counts as
   stuck: renewals stop and a standby takes over one TTL later.
 * **Pauses.** Before every send the holder renews (the compare-and-swap fails if a standby took over while it
@@ -89,6 +90,7 @@ class LeaseKeeper:
         """The row as this keeper last read it standing by (another holder's), or ``None``."""
         self._observed_at = 0.0
         """Our monotonic time when that holder's heartbeat was first seen at its current value."""
+        self._heartbeat = _Heartbeat(self)
 
     @property
     def held(self) -> bool:
@@ -147,6 +149,7 @@ class LeaseKeeper:
     def release(self) -> None:
         """Give the lease up, so another exporter takes it at once (a no-op for a lease not ours)."""
         self._fencing = None
+        self._heartbeat.retire()
         try:
             self.store.release_lease(self.holder)
         finally:
@@ -196,45 +199,98 @@ class _Call:
 
     def __init__(self, keeper: LeaseKeeper) -> None:
         self.keeper = keeper
-        self._done = threading.Event()
-        self._beat: threading.Thread | None = None
 
     def __enter__(self) -> None:
         keeper = self.keeper
         keeper.renew()
         if not keeper.fresh():  # paused inside the renewal itself: make sure once more (the swap decides)
             keeper.renew()
-        self._beat = threading.Thread(target=self._heartbeat, name="sb-otel-lease-heartbeat", daemon=True)
-        self._beat.start()
+        keeper._heartbeat.begin()
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        self._done.set()
-        if self._beat is not None:
-            self._beat.join()
         keeper = self.keeper
+        keeper._heartbeat.end()  # returns once no renewal of this call's is under way: none comes after it
         if keeper.held:  # the call's result counts only under a lease still ours (a pause, a stuck call)
             with contextlib.suppress(LeaseLost):  # lost: said just below
                 keeper.renew()
         if not keeper.held:
             raise LeaseLost(keeper.holder) from error
 
-    def _heartbeat(self) -> None:
+
+HEARTBEAT_IDLE_S = 30.0
+"""How long the heartbeat thread waits for the next call before it ends (the next call starts it again)."""
+
+
+class _Heartbeat:
+    """Renews the lease every quarter TTL while an export call is in flight, for every call of one keeper: one
+    thread parked between calls instead of a thread started and joined per call (a steady exporter makes a few
+    calls a second; each start and join cost more than the call's own renewals). It renews under its lock, so
+    :meth:`end` returns only once no renewal is under way, and none starts after it."""
+
+    def __init__(self, keeper: LeaseKeeper) -> None:
+        self.keeper = keeper
+        self._lock = threading.Condition()
+        self._call: int | None = None
+        """The number of the call in flight (``None``: none)."""
+        self._calls = 0
+        self._began = 0.0
+        self._thread: threading.Thread | None = None
+        self._retiring = False
+
+    def begin(self) -> None:
+        with self._lock:
+            self._calls += 1
+            self._call, self._began, self._retiring = self._calls, self.keeper._monotonic(), False
+            if self._thread is None or not self._thread.is_alive():  # not alive: a forked child's copy
+                self._thread = threading.Thread(target=self._run, name="sb-otel-lease-heartbeat", daemon=True)
+                self._thread.start()
+            self._lock.notify()
+
+    def end(self) -> None:
+        with self._lock:
+            self._call = None
+            self._lock.notify()
+
+    def retire(self) -> None:
+        """End the thread once no call is in flight (the keeper let the lease go)."""
+        with self._lock:
+            self._retiring = True
+            self._lock.notify()
+
+    def _run(self) -> None:
         keeper = self.keeper
-        started = keeper._monotonic()
-        while not self._done.wait(keeper.ttl_s / 4):
-            if keeper._monotonic() - started > keeper.max_call_s:
-                _log.warning(
-                    "sb-otel exporter %s: an export call has run for over %.0f s; it no longer renews the lease, "
-                    "so a standby takes over",
-                    keeper.holder,
-                    keeper.max_call_s,
-                )
-                return
-            try:
-                keeper.renew()
-            except LeaseLost:
-                return
-            except Exception:  # a busy store: the next beat tries again, the call's end checks the clock
-                _log.debug("sb-otel could not renew the exporter lease during a call", exc_info=True)
+        with self._lock:
+            while True:
+                if self._call is None:
+                    if not self._retiring:
+                        self._lock.wait(HEARTBEAT_IDLE_S)
+                    if self._call is None:  # retiring, or no call for a while
+                        self._thread = None  # under the lock: the next begin() starts a new one
+                        return
+                    continue
+                call = self._call
+                self._lock.wait(keeper.ttl_s / 4)
+                if self._call != call:
+                    continue  # that call ended (another may have begun: its quarter TTL starts now)
+                if keeper._monotonic() - self._began > keeper.max_call_s:
+                    _log.warning(
+                        "sb-otel exporter %s: an export call has run for over %.0f s; it no longer renews the lease, "
+                        "so a standby takes over",
+                        keeper.holder,
+                        keeper.max_call_s,
+                    )
+                    self._wait_out(call)
+                    continue
+                try:
+                    keeper.renew()
+                except LeaseLost:
+                    self._wait_out(call)
+                except Exception:  # a busy store: the next beat tries again, the call's end checks the clock
+                    _log.debug("sb-otel could not renew the exporter lease during a call", exc_info=True)
+
+    def _wait_out(self, call: int) -> None:
+        """No more renewals for ``call`` (stuck, or the lease is lost): wait until it ends."""
+        while self._call == call:
+            self._lock.wait()

@@ -135,11 +135,16 @@ class RowRecords:
         """Build each record as its encoded OTLP message from plain values (the exporter's choice: no SDK object
         made only to be encoded; the same bytes, ``tests/test_row_records.py``) instead of the SDK's object."""
 
-    def build(self, record: SessionRecord, due: int, fallback: Redaction) -> list[tuple[int, Any]]:
+    def build(
+        self, record: SessionRecord, due: int, fallback: Redaction, planned: SessionTelemetry | None = None
+    ) -> list[tuple[int, Any]]:
         """The records of ``due`` (bits of :mod:`~sb_otel._tracking.row_telemetry`) as ``(bit, SDK record)``: spans
         are ``ReadableSpan``, log records ``ReadableLogRecord``. A bit with nothing to send (no span plan, an
-        unsampled span) is absent; ``fallback`` redacts a session that stored no redaction of its own."""
-        planned = SessionTelemetry.of(record)
+        unsampled span) is absent; ``fallback`` redacts a session that stored no redaction of its own. ``planned``:
+        the record's :class:`SessionTelemetry` if the caller has it (the exporter, building the root span from the
+        same read: its start attributes derived once)."""
+        if planned is None:
+            planned = SessionTelemetry.of(record)
         if planned is None:
             return []
         redaction = stored_redaction(record, fallback)

@@ -10,8 +10,9 @@ Each round:
 
 0. **Row records.** Sessions built from their row (``emit``'s) owe their start's span and log record as they
    start and their end's as they end (:mod:`sb_otel._telemetry.row_records`); each owed bit is cleared after its
-   signal's success.
-1. **Root spans.** Ended sessions whose root span is pending are written straight from their plan
+   signal's success. An ended session's root span is built from the same read (its row's JSON parsed once for
+   its end's records and its root) and marked like the root round's.
+1. **Root spans.** Ended sessions whose root span is pending (the others') are written straight from their plan
    (:func:`sb_otel._telemetry.root_span.root_span`: no tracer), exported, and marked exported only after
    the exporter reported success — so a crash anywhere leaves them pending, to be sent again (same ids).
 2. **Outbox.** Rows hold their records' OTLP messages (:mod:`sb_otel._telemetry.otlp_wire`); each request is
@@ -326,7 +327,10 @@ class StoreExporter:
                 signals |= bits
         if not signals:
             return 0
-        owed = store.owed_row_records(self.batch_size, signals)
+        # An ended session's root span is built from the same read as its end's records (its row's JSON parsed
+        # once, not again by the root round), when the spans go out now.
+        roots = bool(signals & row_telemetry.SPANS) and self._roots_from_rows()
+        owed = store.owed_row_records(self.batch_size, signals, roots=roots)
         if not owed:
             return 0
         spans: list[tuple[tuple[str, int], WireRecord]] = []
@@ -334,9 +338,18 @@ class StoreExporter:
         poison: dict[str, list[tuple[str, int]]] = {}
         done: list[tuple[str, int]] = []  # nothing to send (no plan, unsampled, off) or unbuildable: never will be
         off: dict[str, int] = {}  # records of a signal off by configuration: cleared unsent, counted as the outbox's
-        for record, due in owed:
+        no_root: list[str] = []  # ended sessions whose root span is nothing to send (unsampled, no plan, poison)
+        for record, owed_bits in owed:
+            due = owed_bits & row_telemetry.ALL
+            planned = SessionTelemetry.of(record)  # one for the records and the root: attributes derived once
+            if owed_bits & row_telemetry.ROOT:
+                root = self._root_of(record, report, planned)
+                if root is None:
+                    no_root.append(record.session_id)
+                else:
+                    spans.append(((record.session_id, row_telemetry.ROOT), root))
             try:
-                built = self._row_records.build(record, due, self._redaction)
+                built = self._row_records.build(record, due, self._redaction, planned)
             except Exception:
                 _log.warning("sb-otel could not build the records of %s; dropped", record.session_id, exc_info=True)
                 self._count_poison("traces", "session record", [record.session_id], report)
@@ -369,19 +382,42 @@ class StoreExporter:
         )
         unsendable = [key for keys in poison.values() for key in keys]
         cleared = [*done, *unsendable, *sent_spans, *dropped_spans, *sent_logs, *dropped_logs]
+        roots_done = [*no_root, *(sid for sid, bit in cleared if bit == row_telemetry.ROOT)]
+        if roots_done:  # marked like the root round's: only after the exporter's answer
+            self.store.mark_root_spans_exported(roots_done)
+        cleared = [key for key in cleared if key[1] != row_telemetry.ROOT]
         if cleared:
             store.mark_row_records_sent(cleared)
             self._measure_calls({record.session_id: record for record, _ in owed}, cleared)
         for signal, count in off.items():
             self.store.count_dropped("off", count)
             report.drop(signal, "off", count)
-        report.spans += len(sent_spans)
+        roots_sent = sum(1 for _, bit in sent_spans if bit == row_telemetry.ROOT)
+        report.root_spans += roots_sent
+        report.spans += len(sent_spans) - roots_sent
         report.logs += len(sent_logs)
         if sent_spans:
             report.signal("traces").sent += len(sent_spans)
         if sent_logs:
             report.signal("logs").sent += len(sent_logs)
-        return len(cleared)
+        return len(cleared) + len(roots_done)
+
+    def _roots_from_rows(self) -> bool:
+        """Whether the row round builds the roots of the sessions it reads (else the root round finds them all)."""
+        return self.span_exporter is not None and "traces" not in self.signals_off
+
+    def _root_of(
+        self, record: SessionRecord, report: DrainReport, planned: SessionTelemetry | None = None
+    ) -> WireRecord | None:
+        """An ended session's root span, encoded (``None``: nothing to send; one that cannot be built is counted
+        as poison and never tried again)."""
+        try:
+            return self.build_root_record(record, planned)
+        except Exception:
+            _log.warning("sb-otel could not build the root span of %s; dropped", record.session_id, exc_info=True)
+            report.drop("traces", "poison", 1)
+            self.store.count_dropped("poison", 1)
+            return None
 
     def _measure_calls(self, records: dict[str, SessionRecord], cleared: Sequence[tuple[str, int]]) -> None:
         """``sb.lifecycle.duration`` of each lifecycle-manager call a row noted, once: when its call's span bit is
@@ -401,19 +437,15 @@ class StoreExporter:
             return self._switched_off_roots(report)
         if self.span_exporter is None or not self._due("traces", report):
             return 0  # no exporter: the host's own tracing, root spans are not ours to send
-        records = self.store.pending_root_spans(self.batch_size)
+        # Roots of rows that still owe spans are the row round's (built from its read), in a store that says so.
+        after_rows = isinstance(self.store, row_telemetry.RowTelemetryStore) and self._roots_from_rows()
+        records = self.store.pending_root_spans(self.batch_size, after_rows=after_rows)
         if not records:
             return 0
         built: list[tuple[str, WireRecord]] = []
         nothing_to_send: list[str] = []
         for record in records:
-            try:
-                encoded = self.build_root_record(record)
-            except Exception:
-                _log.warning("sb-otel could not build the root span of %s; dropped", record.session_id, exc_info=True)
-                report.drop("traces", "poison", 1)
-                self.store.count_dropped("poison", 1)
-                encoded = None
+            encoded = self._root_of(record, report)
             if encoded is not None:
                 built.append((record.session_id, encoded))
             else:  # unsampled, no plan, or unbuildable: nothing will ever be sent for it
@@ -446,9 +478,11 @@ class StoreExporter:
             return None
         return root_span(record, planned, stored_redaction(record, self._redaction), self._resource, SCOPE)
 
-    def build_root_record(self, record: SessionRecord) -> WireRecord | None:
-        """:meth:`build_root_span` encoded, written from the plan without the ``ReadableSpan``."""
-        planned = SessionTelemetry.of(record)
+    def build_root_record(self, record: SessionRecord, planned: SessionTelemetry | None = None) -> WireRecord | None:
+        """:meth:`build_root_span` encoded, written from the plan without the ``ReadableSpan`` (``planned``: the
+        record's :class:`SessionTelemetry`, if the caller has it)."""
+        if planned is None:
+            planned = SessionTelemetry.of(record)
         if planned is None:
             return None
         return root_record(record, planned, stored_redaction(record, self._redaction), self._resource, SCOPE)
@@ -589,8 +623,8 @@ class StoreExporter:
         return sent, dropped
 
     def _call(self, signal: str, exporter: Any, records: Any) -> Outcome:
-        """One export call, under a freshly renewed lease, within the final drain's share for ``signal``."""
-        self._renew()
+        """One export call, under a freshly renewed lease (renewed by :meth:`LeaseKeeper.sending` on entry: one
+        statement, not a second one before it), within the final drain's share for ``signal``."""
         deadline = None
         began = time.monotonic()
         if self._budgets is not None:

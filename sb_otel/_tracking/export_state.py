@@ -292,8 +292,10 @@ class ExportBacklog(Frozen):
 class TelemetryStore(Protocol):
     """The part of a session store the telemetry exporter uses. Every method is atomic."""
 
-    def pending_root_spans(self, limit: int) -> list[SessionRecord]:
-        """Ended sessions whose root span is not exported yet, oldest end first."""
+    def pending_root_spans(self, limit: int, *, after_rows: bool = False) -> list[SessionRecord]:
+        """Ended sessions whose root span is not exported yet, oldest end first. ``after_rows``: none whose row
+        still owes spans (the exporter's row round, asking ``owed_row_records(…, roots=True)``, builds those roots
+        from the same read), in a store whose row round reports roots."""
         ...
 
     def mark_root_spans_exported(self, session_ids: Sequence[str]) -> None:
@@ -381,7 +383,8 @@ class InMemoryExportState:
         if "span" in record.telemetry:
             self._export_state().root[record.session_id] = ROOT_PENDING
 
-    def pending_root_spans(self, limit: int) -> list[SessionRecord]:
+    def pending_root_spans(self, limit: int, *, after_rows: bool = False) -> list[SessionRecord]:
+        # The memory store's row round reports no roots: every pending root is found here.
         with self._lock:
             state = self._export_state()
             found = [self._sessions[sid] for sid, mark in state.root.items() if mark == ROOT_PENDING]

@@ -29,7 +29,7 @@ from sb_otel._tracking.export_state import (
 from sb_otel._tracking.postgres_pool import PostgresBase
 from sb_otel._tracking.postgres_rows import COLUMNS as _COLUMNS
 from sb_otel._tracking.postgres_rows import record as _record
-from sb_otel._tracking.row_telemetry import ALL, END_OWED_SQL, START_OWED_SQL, due
+from sb_otel._tracking.row_telemetry import ALL, END_OWED_SQL, ROOT, SPANS_OWED_SQL, START_OWED_SQL, due
 
 if TYPE_CHECKING:
     from sb_otel._tracking.postgres_pool import Connection
@@ -48,10 +48,11 @@ class PostgresExportState(PostgresBase):
     _claimant: str
     """This store object's name on the outbox rows it claims (random: a pid means nothing across hosts)."""
 
-    def pending_root_spans(self, limit: int) -> list[SessionRecord]:
+    def pending_root_spans(self, limit: int, *, after_rows: bool = False) -> list[SessionRecord]:
+        owing = f" AND {SPANS_OWED_SQL}" if after_rows else ""
         with self._conn() as conn:
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM sessions WHERE root_span = '{ROOT_PENDING}' "
+                f"SELECT {_COLUMNS} FROM sessions WHERE root_span = '{ROOT_PENDING}'{owing} "
                 "ORDER BY ended_at, session_id LIMIT %s",
                 (limit,),
             ).fetchall()
@@ -65,14 +66,17 @@ class PostgresExportState(PostgresBase):
                     (list(session_ids),),
                 )
 
-    def owed_row_records(self, limit: int, signals: int = ALL) -> list[tuple[SessionRecord, int]]:
+    def owed_row_records(
+        self, limit: int, signals: int = ALL, *, roots: bool = False
+    ) -> list[tuple[SessionRecord, int]]:
         found: dict[str, tuple[SessionRecord, int]] = {}
         seen: dict[str, tuple[Any, ...]] = {}
+        root = f"root_span = '{ROOT_PENDING}'" if roots else "FALSE"
         with self._conn() as conn:
             for condition, order in ((START_OWED_SQL, "started_at"), (END_OWED_SQL, "ended_at")):
                 rows = conn.execute(
                     (
-                        f"SELECT {_COLUMNS}, row_telemetry FROM sessions WHERE {condition} "
+                        f"SELECT {_COLUMNS}, row_telemetry, {root} FROM sessions WHERE {condition} "
                         f"AND row_telemetry & %s != 0 ORDER BY {order}, session_id LIMIT %s"
                     ).encode(),
                     (signals, limit),
@@ -81,8 +85,9 @@ class PostgresExportState(PostgresBase):
                     if seen.get(row[0]) == row:
                         continue  # the same row both look-ups found (an ended session owing both): built once
                     seen[row[0]] = row
-                    record = _record(row[:-1])
-                    found[record.session_id] = (record, due(row[-1], record.is_open) & signals)
+                    record = _record(row[:-2])
+                    owed = due(row[-2], record.is_open) & signals
+                    found[record.session_id] = (record, owed | ROOT if owed and row[-1] else owed)
         return [pair for pair in found.values() if pair[1]][:limit]
 
     def mark_row_records_sent(self, sent: Sequence[tuple[str, int]]) -> None:

@@ -50,6 +50,12 @@ ALL = START | END
 """What a session built from its row is owed when it is created."""
 SPANS = START_SPAN | END_SPAN
 LOGS = START_LOG | END_LOG
+ROOT = 16
+"""Not a stored bit: set in what :meth:`RowTelemetryStore.owed_row_records` returns (asked with ``roots``) for an
+ended session whose root span is pending, so the exporter builds it from the same read (a row's JSON parsed once
+for its end's records and its root). Cleared by ``mark_root_spans_exported``, not here."""
+SPANS_OWED_SQL = f"(row_telemetry IS NULL OR row_telemetry & {SPANS} = 0)"
+"""A row that owes no span: ``pending_root_spans(…, after_rows=True)`` leaves the others' roots to the row round."""
 
 LIVE_MIGRATION = (
     "0008_live_session_telemetry",
@@ -116,8 +122,12 @@ def due(bits: int, is_open: bool) -> int:
 class RowTelemetryStore(Protocol):
     """The part of a session store that keeps which row-built records are still owed. Every method is atomic."""
 
-    def owed_row_records(self, limit: int, signals: int = ALL) -> list[tuple[SessionRecord, int]]:
-        """Up to ``limit`` sessions owing records now, each with the bits due (only those in ``signals``)."""
+    def owed_row_records(
+        self, limit: int, signals: int = ALL, *, roots: bool = False
+    ) -> list[tuple[SessionRecord, int]]:
+        """Up to ``limit`` sessions owing records now, each with the bits due (only those in ``signals``); with
+        ``roots``, :data:`ROOT` too where the session's root span is pending. A store that never sets it (the
+        memory store) ignores ``after_rows`` in ``pending_root_spans``, so every root is still found once."""
         ...
 
     def mark_row_records_sent(self, sent: Sequence[tuple[str, int]]) -> None:
@@ -142,7 +152,9 @@ class InMemoryRowTelemetry:
         """Called by ``create`` under the store's lock, for a session built from its row."""
         self._row_bits()[session_id] = ALL
 
-    def owed_row_records(self, limit: int, signals: int = ALL) -> list[tuple[SessionRecord, int]]:
+    def owed_row_records(
+        self, limit: int, signals: int = ALL, *, roots: bool = False
+    ) -> list[tuple[SessionRecord, int]]:
         with self._lock:
             owed = [
                 (record, due(bits, record.is_open) & signals)

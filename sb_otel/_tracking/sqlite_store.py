@@ -59,7 +59,16 @@ from sb_otel._tracking.export_state import (
 from sb_otel._tracking.identity import numbered_session_id, session_id_base
 from sb_otel._tracking.private_files import private_dir, private_file
 from sb_otel._tracking.retention import ENDED_SQL, RETENTION_MIGRATION, Pruned, PruneFilter
-from sb_otel._tracking.row_telemetry import ALL, END_OWED_SQL, LIVE_MIGRATION, START_OWED_SQL, built_from_row, due
+from sb_otel._tracking.row_telemetry import (
+    ALL,
+    END_OWED_SQL,
+    LIVE_MIGRATION,
+    ROOT,
+    SPANS_OWED_SQL,
+    START_OWED_SQL,
+    built_from_row,
+    due,
+)
 from sb_otel._tracking.session_counts import (
     COUNTS_MIGRATION,
     EXACT_LENGTHS_MIGRATION,
@@ -737,32 +746,38 @@ class SqliteSessionStore:
 
     # -- TelemetryStore (sb_otel/_tracking/export_state.py) ---------------------------------------------------
 
-    def pending_root_spans(self, limit: int) -> list[SessionRecord]:
+    def pending_root_spans(self, limit: int, *, after_rows: bool = False) -> list[SessionRecord]:
+        owing = f" AND {SPANS_OWED_SQL}" if after_rows else ""
         with self._lock, _translated(self.path):
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM sessions WHERE root_span = '{ROOT_PENDING}' "
+                f"SELECT {_COLUMNS} FROM sessions WHERE root_span = '{ROOT_PENDING}'{owing} "
                 "ORDER BY ended_at, session_id LIMIT ?",
                 (limit,),
             ).fetchall()
         return [_record(row) for row in rows]
 
-    def owed_row_records(self, limit: int, signals: int = ALL) -> list[tuple[SessionRecord, int]]:
-        # Two look-ups, each on its partial index: what starts owe, then what ends owe.
+    def owed_row_records(
+        self, limit: int, signals: int = ALL, *, roots: bool = False
+    ) -> list[tuple[SessionRecord, int]]:
+        # Two look-ups, each on its partial index: what starts owe, then what ends owe (with ``roots``, whether
+        # the root span is pending, read in the same statement).
         found: dict[str, tuple[SessionRecord, int]] = {}
         seen: dict[str, tuple[Any, ...]] = {}
+        root = f"root_span = '{ROOT_PENDING}'" if roots else "0"
         with self._lock, _translated(self.path):
             for condition, order in ((START_OWED_SQL, "started_at"), (END_OWED_SQL, "ended_at")):
                 rows = self._db.execute(
-                    f"SELECT {_COLUMNS}, row_telemetry FROM sessions WHERE {condition} AND row_telemetry & ? != 0 "
-                    f"ORDER BY {order}, session_id LIMIT ?",
+                    f"SELECT {_COLUMNS}, row_telemetry, {root} FROM sessions WHERE {condition} "
+                    f"AND row_telemetry & ? != 0 ORDER BY {order}, session_id LIMIT ?",
                     (signals, limit),
                 ).fetchall()
                 for row in rows:
                     if seen.get(row[0]) == row:
                         continue  # the same row both look-ups found (an ended session owing both): built once
                     seen[row[0]] = row
-                    record = _record(row[:-1])
-                    found[record.session_id] = (record, due(row[-1], record.is_open) & signals)
+                    record = _record(row[:-2])
+                    owed = due(row[-2], record.is_open) & signals
+                    found[record.session_id] = (record, owed | ROOT if owed and row[-1] else owed)
         return [pair for pair in found.values() if pair[1]][:limit]
 
     # The exporter's marks and deletes are one statement per batch, the batch passed as one JSON array: one

@@ -376,7 +376,7 @@ async def test_kill_9_mid_export_sends_at_most_the_batch_in_flight_twice(
     path = tmp_path / "sessions.db"
     writer = Writer(path)
     try:
-        ids = await writer.sessions(150)  # more than one 512-record batch of spans
+        ids = await writer.sessions(150)  # 750 spans: each session's root and children go in one round's call
         receiver.set_fault("traces", Fault("delay", seconds=3))
         first = Follower(path, receiver, "first", ttl_s=15)
         followers.append(first)
@@ -384,7 +384,7 @@ async def test_kill_9_mid_export_sends_at_most_the_batch_in_flight_twice(
         second = Follower(path, receiver, "second", ttl_s=15)
         followers.append(second)
         wait_until(lambda: "exporting" in second.log(), "the standby to start")
-        receiver.wait_for(lambda rx: rx.faulted("traces", "delay") >= 2, timeout=60, message="a call in flight")
+        receiver.wait_for(lambda rx: rx.faulted("traces", "delay") >= 1, timeout=60, message="a call in flight")
         killed_at = time.monotonic()
         first.process.send_signal(signal.SIGKILL)
         first.process.wait(30)
@@ -393,9 +393,9 @@ async def test_kill_9_mid_export_sends_at_most_the_batch_in_flight_twice(
         receiver.set_fault("traces", None)
         wait_until(lambda: all_arrived(receiver, writer.store), "everything", timeout=120)
         receiver.wait_for(
-            lambda rx: sum(signal_ == "traces" and sender == "first" for signal_, sender, _ in rx.batches) >= 2,
+            lambda rx: sum(signal_ == "traces" and sender == "first" for signal_, sender, _ in rx.batches) >= 1,
             timeout=30,
-            message="the killed holder's call in flight to land (its root spans' call was the first)",
+            message="the killed holder's call in flight to land",
         )
     finally:
         writer.store.close()
@@ -403,6 +403,6 @@ async def test_kill_9_mid_export_sends_at_most_the_batch_in_flight_twice(
     assert max(twice.values(), default=1) <= 2
     in_flight = [batch for signal_, sender, batch in receiver.batches if sender == "first"][-1]
     assert set(twice) == set(in_flight), "more (or other) than the batch in flight arrived twice"
-    assert len(in_flight) <= 512
+    assert len(in_flight) <= 5 * 512  # one round: at most a batch of sessions, a root and 4 children each
     roots = {span["attributes"]["session.id"] for span in receiver.spans() if span["name"].startswith("session ")}
     assert roots == set(ids)
