@@ -75,7 +75,13 @@ from sb_otel._telemetry.metrics import SessionMetrics
 from sb_otel._telemetry.otlp_wire import PACKED_PREFIX, WireRecord, assemble, encode_log, encode_span, unpack
 from sb_otel._telemetry.outbox import Outbox
 from sb_otel._telemetry.outbox_codec import LOGS, SPANS, decode_log, decode_span
-from sb_otel._telemetry.root_span import SessionTelemetry, root_record, root_span, stored_redaction
+from sb_otel._telemetry.root_span import (
+    DerivedStartAttributes,
+    SessionTelemetry,
+    root_record,
+    root_span,
+    stored_redaction,
+)
 from sb_otel._telemetry.row_records import SCOPE, RowRecords, manager_measurement, stored_call
 from sb_otel._telemetry.store_metrics import StoreSessionMetrics
 from sb_otel._tracking import row_telemetry
@@ -206,6 +212,8 @@ class StoreExporter:
         for exporter in (span_exporter, log_exporter, metric_exporter):
             export_outcome.watch(exporter)  # so a failure says why: refused, bad data, or retry
         self._row_records = RowRecords(self._resource, encoded=True)  # each record written as its message at once
+        self._derived = DerivedStartAttributes()
+        """A session's start attributes derived once for its start round and kept for its end round and root."""
         self._lease = LeaseKeeper(store, self.holder, lease_ttl_s, lock_file=store_lock_path(store))
         self.reap_interval_s: float | None = None
         """Seconds between reaper passes while following (``None``: this exporter does not reap)."""
@@ -341,7 +349,7 @@ class StoreExporter:
         no_root: list[str] = []  # ended sessions whose root span is nothing to send (unsampled, no plan, poison)
         for record, owed_bits in owed:
             due = owed_bits & row_telemetry.ALL
-            planned = SessionTelemetry.of(record)  # one for the records and the root: attributes derived once
+            planned = SessionTelemetry.of(record, self._derived)  # start attributes derived once a session
             if owed_bits & row_telemetry.ROOT:
                 root = self._root_of(record, report, planned)
                 if root is None:
@@ -482,10 +490,13 @@ class StoreExporter:
         """:meth:`build_root_span` encoded, written from the plan without the ``ReadableSpan`` (``planned``: the
         record's :class:`SessionTelemetry`, if the caller has it)."""
         if planned is None:
-            planned = SessionTelemetry.of(record)
+            planned = SessionTelemetry.of(record, self._derived)
         if planned is None:
             return None
-        return root_record(record, planned, stored_redaction(record, self._redaction), self._resource, SCOPE)
+        try:
+            return root_record(record, planned, stored_redaction(record, self._redaction), self._resource, SCOPE)
+        finally:
+            self._derived.forget(record.session_id)  # the session's last build: its entry is needed no more
 
     def _outbox_round(self, signal: str, report: DrainReport) -> int:
         exporter = self.span_exporter if signal == SPANS else self.log_exporter
