@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import _encode_span
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -27,9 +27,10 @@ from sb_otel import InMemorySessionStore, SessionEndEvent, SessionTracker, Sqlit
 from sb_otel._cli import cli
 from sb_otel._telemetry import otel_logs
 from sb_otel._telemetry.attributes import Redaction
+from sb_otel._telemetry.metrics import SessionMetrics
 from sb_otel._telemetry.otlp_wire import encode_log, encode_span, pack
 from sb_otel._telemetry.outbox import Outbox, OutboxLogRecordProcessor, OutboxSpanProcessor, mark_store_pipeline
-from sb_otel._telemetry.row_records import RowRecords
+from sb_otel._telemetry.row_records import RowRecords, manager_measurement, stored_call
 from sb_otel._telemetry.store_exporter import StoreExporter
 from sb_otel._telemetry.store_metrics import mark_store_counted
 from sb_otel._tracking import row_telemetry
@@ -734,6 +735,59 @@ async def test_on_sb_otels_pipeline_the_call_records_no_metric_and_the_exporter_
         counts = {operation: count for operation, count, _ in metric_points(reader, "sb.lifecycle.duration")}
         assert counts == {"initialize_session": 2, "end_session": 2}
         assert all(total >= 0 for _, _, total in metric_points(reader, "sb.lifecycle.duration"))
+    finally:
+        pipeline.close()
+
+
+async def test_the_lifecycle_histogram_from_the_rows_is_the_sdks_of_the_stored_calls_and_has_no_callers_exemplar(
+    tmp_path: Path,
+) -> None:
+    """The drain's ``sb.lifecycle.duration`` is what the SDK's histogram aggregates from the stored calls' values
+    recorded one by one (points, counts, sums, buckets, min/max), however the drain hands them over; a drain called
+    inside a host's sampled span attaches no exemplar of that unrelated span."""
+    reader = InMemoryMetricReader()
+    pipeline = Pipeline(tmp_path / "s.db", from_row=True, meters=MeterProvider(metric_readers=[reader]))
+    try:
+        ids = [(await pipeline.session(exit_code=code))[0] for code in (0, 3, 0)]
+        host = TracerProvider(shutdown_on_exit=False).get_tracer("host")
+        with host.start_as_current_span("host work"):
+            while pipeline.exporter.drain().spans:
+                pass
+        expected_reader = InMemoryMetricReader()
+        expected = SessionMetrics(MeterProvider(metric_readers=[expected_reader])).lifecycle_duration
+        for session_id in ids:
+            record = pipeline.store.get(session_id)
+            assert record is not None
+            for bit in (row_telemetry.START_SPAN, row_telemetry.END_SPAN):
+                call = stored_call(record, bit)
+                assert call is not None
+                expected.record(*manager_measurement(call["manager"]))
+
+        def histogram(source: InMemoryMetricReader) -> list[tuple[Any, ...]]:
+            data = source.get_metrics_data()
+            assert data is not None
+            return sorted(
+                (
+                    tuple(sorted(dict(point.attributes or {}).items())),
+                    point.count,
+                    point.sum,
+                    tuple(point.bucket_counts),
+                    point.min,
+                    point.max,
+                    len(point.exemplars),
+                )
+                for resource_metrics in data.resource_metrics
+                for scope_metrics in resource_metrics.scope_metrics
+                for metric in scope_metrics.metrics
+                if metric.name == "sb.lifecycle.duration"
+                for point in metric.data.data_points
+                if isinstance(point, HistogramDataPoint)
+            )
+
+        made = histogram(reader)
+        assert [point[1] for point in made] == [3, 3]  # initialize_session and end_session, three calls each
+        assert made == histogram(expected_reader)
+        assert all(point[-1] == 0 for point in made)
     finally:
         pipeline.close()
 

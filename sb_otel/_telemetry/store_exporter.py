@@ -57,9 +57,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import INVALID_SPAN, set_span_in_context
 
 from sb_otel._exceptions import ConfigError
 from sb_otel._telemetry import command_spans, export_outcome
@@ -130,6 +132,9 @@ SIGNALS = ("traces", "logs", "metrics")
 """Each with its own progress, backoff and refusal: traces (root spans and outbox spans), logs (outbox log
 records), metrics (the store-derived session series)."""
 _log = logging.getLogger("sb_otel.exporter")
+_NO_TRACE = set_span_in_context(INVALID_SPAN, Context())
+"""The context ``sb.lifecycle.duration`` is recorded in: no span, whatever the caller's (an empty ``Context`` would
+not do: the SDK takes it for "none given" and looks up the current one)."""
 _T = TypeVar("_T")
 
 
@@ -429,16 +434,28 @@ class StoreExporter:
 
     def _measure_calls(self, records: dict[str, SessionRecord], cleared: Sequence[tuple[str, int]]) -> None:
         """``sb.lifecycle.duration`` of each lifecycle-manager call a row noted, once: when its call's span bit is
-        cleared (sent, dropped or off), as the live wrapper records it when the call returns."""
+        cleared (sent, dropped or off), as the live wrapper records it when the call returns. The cleared keys
+        are folded per session first (a row clears several bits a round; only its two span bits can hold a call),
+        and each value goes to the SDK's histogram in a context with no span (:data:`_NO_TRACE`): it belongs to no
+        trace of the caller's (a drain called inside a host's span would attach an exemplar of that unrelated
+        span), and the current context is not looked up per value."""
         if self._lifecycle_duration is None:
             return
-        for session_id, bits in dict.fromkeys(cleared):
+        calls = row_telemetry.START_SPAN | row_telemetry.END_SPAN
+        folded: dict[str, int] = {}
+        for session_id, bits in cleared:
+            if bits & calls:
+                folded[session_id] = folded.get(session_id, 0) | bits
+        record_value = self._lifecycle_duration.record
+        for session_id, bits in folded.items():
+            record = records.get(session_id)
+            if record is None:
+                continue
             for bit in (row_telemetry.START_SPAN, row_telemetry.END_SPAN):
-                record = records.get(session_id)
-                call = stored_call(record, bit) if bits & bit and record is not None else None
+                call = stored_call(record, bit) if bits & bit else None
                 manager = call.get("manager") if call is not None else None
                 if isinstance(manager, dict) and isinstance(manager.get("began"), int):
-                    self._lifecycle_duration.record(*manager_measurement(manager))
+                    record_value(*manager_measurement(manager), _NO_TRACE)
 
     def _root_round(self, report: DrainReport) -> int:
         if "traces" in self.signals_off:
