@@ -152,7 +152,7 @@ def plan_session_span(
             trace_id=id_generator.generate_trace_id(),
             span_id=id_generator.generate_span_id(),
             sampled=True,
-            links=tuple((c.trace_id, c.span_id, int(c.trace_flags)) for c in links if c.is_valid),
+            links=tuple((c.trace_id, c.span_id, int(c.trace_flags)) for c in links if c.is_valid) if links else (),
         )
     parent_context = get_current_span(parent).get_span_context()
     has_parent = parent_context.is_valid
