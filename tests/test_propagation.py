@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from opentelemetry import baggage
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
+from opentelemetry.trace import get_current_span
 
 from sb_otel._telemetry.propagation import extract, session_baggage
 
@@ -32,3 +33,16 @@ def test_a_shells_own_baggage_is_kept_beside_the_session_id() -> None:
     header = session_baggage("c-20260206-123456", shell)
     assert header == _propagators_header("c-20260206-123456", shell)
     assert set(header.split(",")) == {"team=core", "user.id=42", "session.id=c-20260206-123456"}
+
+
+def test_metadata_without_trace_context_gives_an_empty_context_and_with_it_the_shells_span() -> None:
+    assert extract({"term": "xterm-256color"}) == Context()
+    assert extract(None) == Context()
+    traceparent = f"00-{'ab' * 16}-{'cd' * 8}-01"
+    context = extract({"term": "xterm-256color", "traceparent": traceparent})
+    span_context = get_current_span(context).get_span_context()
+    assert (span_context.trace_id, span_context.span_id, span_context.is_remote) == (
+        int("ab" * 16, 16),
+        int("cd" * 8, 16),
+        True,
+    )

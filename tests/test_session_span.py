@@ -178,3 +178,24 @@ def test_the_default_samplers_plan_is_the_sdks_decision(parent: SpanContext | No
     assert ours.sampled == live.get_span_context().trace_flags.sampled
     assert ours.trace_state == live.get_span_context().trace_state.to_header()
     assert ours.parent_span_id == (None if parent is None else 8)
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        SessionSpanPlan(trace_id=0xAB, span_id=0xCD, sampled=True),
+        SessionSpanPlan(trace_id=0xAB, span_id=0xCD, sampled=False, parent_remote=False),
+        SessionSpanPlan(trace_id=0xAB, span_id=0xCD, sampled=True, trace_state="k=v"),
+        SessionSpanPlan(trace_id=0xAB, span_id=0xCD, sampled=True, parent_span_id=0xEF),
+        SessionSpanPlan(trace_id=0xAB, span_id=0xCD, sampled=True, links=((1, 2, 1),)),
+    ],
+)
+def test_the_compact_plan_reads_back_as_the_same_plan(plan: SessionSpanPlan) -> None:
+    compact = plan.to_json(compact=True)
+    assert SessionSpanPlan.from_json(compact) == plan == SessionSpanPlan.from_json(plan.to_json())
+    at_defaults = not (plan.trace_state or plan.links) and plan.parent_span_id is None and plan.parent_remote
+    assert compact == (
+        {"trace_id": f"{0xAB:032x}", "span_id": f"{0xCD:016x}", "sampled": plan.sampled}
+        if at_defaults
+        else plan.to_json()
+    )

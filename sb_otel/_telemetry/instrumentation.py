@@ -828,7 +828,7 @@ class _RowStart:
     under its lock after its read: plans the session span (or takes a retry's stored plan) and keeps what the
     caller needs afterwards. The row stores no start attributes: under the default sampler the plan needs none."""
 
-    __slots__ = ("call", "owner", "plan", "retry", "shell_context", "start", "state")
+    __slots__ = ("call", "owner", "plan", "retry", "shell_context", "start", "state", "traceparent")
 
     def __init__(self, owner: InstrumentedSessionTracker, call: dict[str, Any]) -> None:
         self.owner = owner
@@ -839,6 +839,8 @@ class _RowStart:
         """The plan as stored (its JSON form): the stored record holds this very object when it is ours."""
         self.retry = False
         self.shell_context = Context()
+        self.traceparent = ""
+        """The plan's ``traceparent``, written from its stored hex ids (not formatted from the ints again)."""
 
     def made(self, state: Any) -> bool:
         """Whether ``state`` (a stored plan) is this plan: the very object the store kept, or its copy."""
@@ -850,7 +852,7 @@ class _RowStart:
         if plan is None or not self.made(record.telemetry.get(STATE_KEY)):
             return {}
         return {
-            "traceparent": plan.traceparent,
+            "traceparent": self.traceparent or plan.traceparent,
             "baggage": session_baggage(record.session_id, self.shell_context),
         }
 
@@ -868,8 +870,9 @@ class _RowStart:
             {},
             links=[ambient] if ambient.is_valid else [],
         )
-        state = plan.to_json()
+        state = plan.to_json(compact=True)
         self.plan, self.state = plan, state
+        self.traceparent = f"00-{state['trace_id']}-{state['span_id']}-{'01' if plan.sampled else '00'}"
         return {STATE_KEY: state, FROM_ROW_KEY: True, START_CALL_KEY: self.call}
 
 

@@ -30,10 +30,12 @@ _MAX_HEADER = MAX_CONTEXT_HEADER
 
 def extract(carrier: Mapping[str, Any] | None) -> Context:
     """The trace context carried in ``carrier`` (event metadata or MCP ``_meta``), on an empty base context."""
+    if not carrier or carrier.keys().isdisjoint(TRACE_CONTEXT_KEYS):  # most shells send none: no work per start
+        return Context()
     headers = {
         key: value
         for key in TRACE_CONTEXT_KEYS
-        if isinstance(value := (carrier or {}).get(key), str) and len(value) <= _MAX_HEADER[key]
+        if isinstance(value := carrier.get(key), str) and len(value) <= _MAX_HEADER[key]
     }
     return _PROPAGATOR.extract(headers, context=Context()) if headers else Context()
 

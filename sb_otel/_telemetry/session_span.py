@@ -96,8 +96,12 @@ class SessionSpanPlan:
         """A context whose current span is the (not yet exported) session span."""
         return set_span_in_context(NonRecordingSpan(self.span_context), Context())
 
-    def to_json(self) -> dict[str, Any]:
-        """Hex ids and plain values, for the session store."""
+    def to_json(self, *, compact: bool = False) -> dict[str, Any]:
+        """Hex ids and plain values, for the session store. ``compact`` leaves out the fields at their defaults
+        (no trace state, no parent, no links): the row's document is encoded, stored and parsed by SQLite's JSON
+        functions on every start and end, and :meth:`from_json` reads either form (emit writes the full one)."""
+        if compact and not (self.trace_state or self.links) and self.parent_span_id is None and self.parent_remote:
+            return {"trace_id": f"{self.trace_id:032x}", "span_id": f"{self.span_id:016x}", "sampled": self.sampled}
         return {
             "trace_id": f"{self.trace_id:032x}",
             "span_id": f"{self.span_id:016x}",
@@ -148,7 +152,7 @@ def plan_session_span(
             trace_id=id_generator.generate_trace_id(),
             span_id=id_generator.generate_span_id(),
             sampled=True,
-            links=tuple((c.trace_id, c.span_id, int(c.trace_flags)) for c in links if c.is_valid),
+            links=tuple((c.trace_id, c.span_id, int(c.trace_flags)) for c in links if c.is_valid) if links else (),
         )
     parent_context = get_current_span(parent).get_span_context()
     has_parent = parent_context.is_valid

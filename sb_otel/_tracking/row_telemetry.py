@@ -104,7 +104,7 @@ def note_manager_call(
             "exception.message": message,
             "exception.stacktrace": stacktrace,
         }
-    elif not (isinstance(answer, Mapping) and answer.get("success")):
+    elif not ((type(answer) is dict or isinstance(answer, Mapping)) and answer.get("success")):  # (dict: no ABC)
         noted["error_type"] = "lifecycle_failure"
         error = (answer.get("error") if isinstance(answer, Mapping) else None) or ""
         noted["error"] = str(error)
