@@ -76,12 +76,7 @@ def start_server(
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
     """``sb-otel serve --transport http --port 0`` on a fresh SQLite store in ``tmp``; returns the process, its
     URL and its log file. ``environment`` overrides variables (``None`` removes one)."""
-    env = {**os.environ, "SB_OTEL_DATA_DIR": tmp, "SB_OTEL_STORE": f"{tmp}/server.db"}
-    for name, value in environment.items():
-        if value is None:
-            env.pop(name, None)
-        else:
-            env[name] = value
+    env = _store_environment(tmp, environment)
     argv = [sys.executable, "-m", "sb_otel", "serve", "--transport", "http", "--port", "0", *(extra or [])]
     return start_listening(argv, env, Path(tmp, "serve.log"))
 
@@ -142,15 +137,21 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-def start_exporter(tmp: str, environment: Mapping[str, str | None] = {}) -> subprocess.Popen[bytes]:
-    """``sb-otel export --follow`` on :func:`start_server`'s store in ``tmp`` (a serve with ``--exporter none``
-    beside it); stderr to ``export.log`` there. Returns once it said it is exporting."""
+def _store_environment(tmp: str, environment: Mapping[str, str | None]) -> dict[str, str]:
+    """This process's environment on ``tmp``'s store, with ``environment``'s overrides (``None`` removes one)."""
     env = {**os.environ, "SB_OTEL_DATA_DIR": tmp, "SB_OTEL_STORE": f"{tmp}/server.db"}
     for name, value in environment.items():
         if value is None:
             env.pop(name, None)
         else:
             env[name] = value
+    return env
+
+
+def start_exporter(tmp: str, environment: Mapping[str, str | None] = {}) -> subprocess.Popen[bytes]:
+    """``sb-otel export --follow`` on :func:`start_server`'s store in ``tmp`` (a serve with ``--exporter none``
+    beside it); stderr to ``export.log`` there. Returns once it said it is exporting."""
+    env = _store_environment(tmp, environment)
     log = Path(tmp, "export.log")
     with log.open("w") as stderr:
         process = subprocess.Popen(

@@ -29,7 +29,7 @@ from sb_otel._tracking.export_state import (
 from sb_otel._tracking.postgres_pool import PostgresBase
 from sb_otel._tracking.postgres_rows import COLUMNS as _COLUMNS
 from sb_otel._tracking.postgres_rows import record as _record
-from sb_otel._tracking.row_telemetry import ALL, END_OWED_SQL, ROOT, SPANS_OWED_SQL, START_OWED_SQL, due
+from sb_otel._tracking.row_telemetry import ALL, END_OWED_SQL, SPANS_OWED_SQL, START_OWED_SQL, owed_pairs
 
 if TYPE_CHECKING:
     from sb_otel._tracking.postgres_pool import Connection
@@ -69,8 +69,7 @@ class PostgresExportState(PostgresBase):
     def owed_row_records(
         self, limit: int, signals: int = ALL, *, roots: bool = False
     ) -> list[tuple[SessionRecord, int]]:
-        found: dict[str, tuple[SessionRecord, int]] = {}
-        seen: dict[str, tuple[Any, ...]] = {}
+        lookups: list[list[tuple[Any, ...]]] = []
         root = f"root_span = '{ROOT_PENDING}'" if roots else "FALSE"
         with self._conn() as conn:
             for condition, order in ((START_OWED_SQL, "started_at"), (END_OWED_SQL, "ended_at")):
@@ -81,14 +80,8 @@ class PostgresExportState(PostgresBase):
                     ).encode(),
                     (signals, limit),
                 ).fetchall()
-                for row in rows:
-                    if seen.get(row[0]) == row:
-                        continue  # the same row both look-ups found (an ended session owing both): built once
-                    seen[row[0]] = row
-                    record = _record(row[:-2])
-                    owed = due(row[-2], record.is_open) & signals
-                    found[record.session_id] = (record, owed | ROOT if owed and row[-1] else owed)
-        return [pair for pair in found.values() if pair[1]][:limit]
+                lookups.append(rows)
+        return owed_pairs(lookups, _record, signals, limit)
 
     def mark_row_records_sent(self, sent: Sequence[tuple[str, int]]) -> None:
         merged: dict[str, int] = {}

@@ -118,6 +118,28 @@ def due(bits: int, is_open: bool) -> int:
     return bits & (START if is_open else ALL)
 
 
+def owed_pairs(
+    lookups: Sequence[Sequence[tuple[Any, ...]]],
+    record_of: Callable[[tuple[Any, ...]], SessionRecord],
+    signals: int,
+    limit: int,
+) -> list[tuple[SessionRecord, int]]:
+    """A store's owed-rows look-ups (each row: the session's columns, its owed bits, whether its root is pending) as
+    ``(record, bits due)`` pairs: a row both look-ups return unchanged (an ended session owing both) is built once;
+    one that changed between them is taken from the later read."""
+    found: dict[str, tuple[SessionRecord, int]] = {}
+    seen: dict[Any, tuple[Any, ...]] = {}
+    for rows in lookups:
+        for row in rows:
+            if seen.get(row[0]) == row:
+                continue
+            seen[row[0]] = row
+            record = record_of(row[:-2])
+            owed = due(row[-2], record.is_open) & signals
+            found[record.session_id] = (record, owed | ROOT if owed and row[-1] else owed)
+    return [pair for pair in found.values() if pair[1]][:limit]
+
+
 @runtime_checkable
 class RowTelemetryStore(Protocol):
     """The part of a session store that keeps which row-built records are still owed. Every method is atomic."""

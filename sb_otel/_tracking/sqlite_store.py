@@ -63,11 +63,10 @@ from sb_otel._tracking.row_telemetry import (
     ALL,
     END_OWED_SQL,
     LIVE_MIGRATION,
-    ROOT,
     SPANS_OWED_SQL,
     START_OWED_SQL,
     built_from_row,
-    due,
+    owed_pairs,
 )
 from sb_otel._tracking.session_counts import (
     COUNTS_MIGRATION,
@@ -761,8 +760,7 @@ class SqliteSessionStore:
     ) -> list[tuple[SessionRecord, int]]:
         # Two look-ups, each on its partial index: what starts owe, then what ends owe (with ``roots``, whether
         # the root span is pending, read in the same statement).
-        found: dict[str, tuple[SessionRecord, int]] = {}
-        seen: dict[str, tuple[Any, ...]] = {}
+        lookups: list[list[tuple[Any, ...]]] = []
         root = f"root_span = '{ROOT_PENDING}'" if roots else "0"
         with self._lock, _translated(self.path):
             for condition, order in ((START_OWED_SQL, "started_at"), (END_OWED_SQL, "ended_at")):
@@ -771,14 +769,8 @@ class SqliteSessionStore:
                     f"AND row_telemetry & ? != 0 ORDER BY {order}, session_id LIMIT ?",
                     (signals, limit),
                 ).fetchall()
-                for row in rows:
-                    if seen.get(row[0]) == row:
-                        continue  # the same row both look-ups found (an ended session owing both): built once
-                    seen[row[0]] = row
-                    record = _record(row[:-2])
-                    owed = due(row[-2], record.is_open) & signals
-                    found[record.session_id] = (record, owed | ROOT if owed and row[-1] else owed)
-        return [pair for pair in found.values() if pair[1]][:limit]
+                lookups.append(rows)
+        return owed_pairs(lookups, _record, signals, limit)
 
     # The exporter's marks and deletes are one statement per batch, the batch passed as one JSON array: one
     # autocommit statement is one transaction, so the write lock is taken once per batch (not BEGIN, a statement
