@@ -116,11 +116,48 @@ def planned_record(
             start_ns,
             max(end_ns, start_ns),
             status,
-            [(trace_id, span_id) for trace_id, span_id, _ in plan.links],
+            [(trace_id, span_id) for trace_id, span_id, _ in plan.links] if plan.links else (),
         )
     if body is None:
         span = planned_span(plan, name, attributes, start_ns, end_ns, status, resource, scope)
         return None if span is None else encode_span(span)
+    return WireRecord(_origin(SPANS, resource, scope), body)
+
+
+def child_record(
+    plan: SessionSpanPlan,
+    span_id: int,
+    parent_span_id: int,
+    name: str,
+    attributes: Mapping[str, AttributeValue],
+    start_ns: int,
+    end_ns: int,
+    status: Status,
+    resource: Resource,
+    scope: InstrumentationScope,
+) -> WireRecord | None:
+    """:func:`planned_record` of a local child in ``plan``'s trace (its sampling and trace state, no links): the
+    child's own plan is made only when the SDK's objects must decide (a record built from a row makes four such
+    children a session, and a frozen plan each cost more than writing its message)."""
+    if not plan.sampled:
+        return None
+    body = None
+    if counts_within_limits(len(attributes)):
+        body = plain_span_message(
+            plan.trace_id,
+            span_id,
+            trace_state_text(plan.trace_state),
+            parent_span_id,
+            False,
+            name,
+            attributes,
+            start_ns,
+            max(end_ns, start_ns),
+            status,
+        )
+    if body is None:
+        child = SessionSpanPlan(plan.trace_id, span_id, plan.sampled, plan.trace_state, parent_span_id, False)
+        return planned_record(child, name, attributes, start_ns, end_ns, status, resource, scope)
     return WireRecord(_origin(SPANS, resource, scope), body)
 
 

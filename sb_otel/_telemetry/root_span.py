@@ -110,6 +110,22 @@ class SessionTelemetry:
             attributes = {**attributes, **overrides}
         return attributes
 
+    @cached_property
+    def times(self) -> tuple[datetime, datetime, float | None]:
+        """:func:`span_times` of the record (its children, log records and root span each ask)."""
+        return span_times(self.record)
+
+    @cached_property
+    def outcome(self) -> Outcome:
+        """:func:`record_outcome` of an ended record."""
+        return record_outcome(self.record)
+
+    @cached_property
+    def ended_attributes(self) -> dict[str, AttributeValue]:
+        """:func:`root_attributes` of an ended record, made once for both its ``session.end`` log record and its root
+        span (the exporter builds them from the same read). Shared: callers copy before changing it."""
+        return root_attributes(self.record, self.outcome, self)
+
 
 def redaction_spec(redaction: Redaction) -> list[str]:
     """``redaction`` in ``SB_OTEL_REDACT`` syntax, one item per name, to store with the session."""
@@ -148,13 +164,16 @@ def error_status(outcome: Outcome) -> Status:
     return Status(StatusCode.ERROR, f"session {outcome.status}: {detail}")
 
 
+_UNSET = Status(StatusCode.UNSET)
+
+
 def root_attributes(
     record: SessionRecord, outcome: Outcome, planned: SessionTelemetry | None
 ) -> dict[str, AttributeValue]:
     """The root span's attributes before redaction: start attributes, the session id, the end, clock skew."""
     described = planned.attributes if planned is not None else start_attributes(record.start_event, "")
     attributes = {**described, sc.SESSION_ID: record.session_id, **end_attributes(outcome)}
-    skew = span_times(record)[2]
+    skew = (planned.times if planned is not None else span_times(record))[2]
     if skew is not None:
         attributes[sc.CLOCK_SKEW] = skew
     return attributes
@@ -188,10 +207,10 @@ def _root_parts(
     record: SessionRecord, planned: SessionTelemetry, redaction: Redaction
 ) -> tuple[str, dict[str, AttributeValue], int, int, Status]:
     """The root span's name, attributes (redacted), start, end and status."""
-    outcome = record_outcome(record)
-    attributes = root_attributes(record, outcome, planned)
-    start, end, _ = span_times(record)
-    status = Status(StatusCode.UNSET) if outcome.status == "exited" else error_status(outcome)
+    outcome = planned.outcome
+    attributes = planned.ended_attributes
+    start, end, _ = planned.times
+    status = _UNSET if outcome.status == "exited" else error_status(outcome)
     shown = redaction.for_values(attributes).apply(attributes) if redaction else attributes
     return f"session {record.component_name}", shown, nanos(start), nanos(end), status
 

@@ -44,8 +44,8 @@ from opentelemetry.util.types import AttributeValue
 from sb_otel._telemetry import otel_logs as otel_logs
 from sb_otel._telemetry import semconv as sc
 from sb_otel._telemetry.attributes import Redaction, event_attributes
-from sb_otel._telemetry.otlp_wire import plain_log_record, planned_record
-from sb_otel._telemetry.root_span import SessionTelemetry, record_outcome, root_attributes, span_times, stored_redaction
+from sb_otel._telemetry.otlp_wire import child_record, plain_log_record
+from sb_otel._telemetry.root_span import SessionTelemetry, stored_redaction
 from sb_otel._telemetry.session_span import SessionSpanPlan, planned_span
 from sb_otel._tracking.log_lines import ended_line, started_line
 from sb_otel._tracking.row_telemetry import (
@@ -61,6 +61,7 @@ from sb_otel._tracking.store import SessionRecord
 from sb_otel._version import __version__
 
 _KINDS = {START_SPAN: "session.start", END_SPAN: "session.end"}
+_UNSET = Status(StatusCode.UNSET)
 
 
 def child_span_id(plan: SessionSpanPlan, bit: int, below: str = "") -> int:
@@ -89,7 +90,7 @@ def manager_span_parts(
     if isinstance(project, str):
         shown = {sc.PROJECT: project[:200]}
         attributes.update(redaction.apply(shown) if redaction is not None else shown)
-    return attributes, Status(StatusCode.UNSET)
+    return attributes, _UNSET
 
 
 def manager_measurement(manager: Mapping[str, Any]) -> tuple[float, dict[str, AttributeValue]]:
@@ -149,7 +150,7 @@ class RowRecords:
             return []
         redaction = stored_redaction(record, fallback)
         described = {**planned.attributes, sc.SESSION_ID: record.session_id}
-        start, end, _ = span_times(record)
+        start, end, _ = planned.times
         starting, ending = stored_call(record, START_SPAN), stored_call(record, END_SPAN)
         # A call's log record is emitted as its call ends; emit's rows stamp theirs with the session's times.
         start_log = _moment(call_times(starting)[1]) if starting is not None else start
@@ -178,56 +179,57 @@ class RowRecords:
         """``session.start``/``session.end {component}`` as the tracker makes it, a child of the session span; with
         the ``call`` its handle call stored, timed as the call and with the lifecycle manager's span beneath."""
         plan = planned.plan
-        child = SessionSpanPlan(
-            trace_id=plan.trace_id,
-            span_id=child_span_id(plan, bit),
-            sampled=plan.sampled,
-            trace_state=plan.trace_state,
-            parent_span_id=plan.span_id,
-            parent_remote=False,
-        )
+        span_id = child_span_id(plan, bit)
         attributes: dict[str, AttributeValue] = {sc.COMPONENT_NAME: record.component_name}
         if bit == START_SPAN:
             attributes[sc.SHELL_TYPE] = str(record.start_event.get("shell_type", ""))
         attributes[sc.SESSION_ID] = record.session_id
         attributes[sc.RESULT] = "tracked" if bit == START_SPAN else "ended"
         shown = redaction.for_values(described).apply(attributes) if redaction else attributes
-        name = f"{_KINDS[bit]} {record.component_name}"
-        status = Status(StatusCode.UNSET)
         began, ended = (_nanos(moment),) * 2 if call is None else call_times(call)
         made: list[tuple[int, Any]] = []
         manager = call.get("manager") if call is not None else None
         if isinstance(manager, Mapping) and isinstance(manager.get("began"), int):
-            beneath = SessionSpanPlan(
-                trace_id=plan.trace_id,
-                span_id=child_span_id(plan, bit, "/manager"),
-                sampled=plan.sampled,
-                trace_state=plan.trace_state,
-                parent_span_id=child.span_id,
-                parent_remote=False,
-            )
             scrubbing = redaction.for_values(described) if redaction else None
             shown_manager, manager_status = manager_span_parts(manager, scrubbing)
             manager_began = manager["began"]
             manager_ended = max(manager_began, manager.get("ended") or manager_began)
-            below = (planned_record if self._encoded else planned_span)(
-                beneath,
+            below = self._span(
+                plan,
+                child_span_id(plan, bit, "/manager"),
+                span_id,
                 str(manager.get("name", "")),
                 shown_manager,
                 manager_began,
                 manager_ended,
                 manager_status,
-                self._resource,
-                SCOPE,
             )
             if below is not None:
                 made.append((bit, below))
-        span = (planned_record if self._encoded else planned_span)(
-            child, name, shown, began, ended, status, self._resource, SCOPE
-        )
+        span = self._span(plan, span_id, plan.span_id, f"{_KINDS[bit]} {record.component_name}", shown, began, ended)
         if span is None:
             return []  # unsampled: the tracker's child is not recorded either
         return [*made, (bit, span)]
+
+    def _span(
+        self,
+        plan: SessionSpanPlan,
+        span_id: int,
+        parent_span_id: int,
+        name: str,
+        attributes: Mapping[str, AttributeValue],
+        began: int,
+        ended: int,
+        status: Status = _UNSET,
+    ) -> Any:
+        """A local child span in ``plan``'s trace: encoded (:func:`~sb_otel._telemetry.otlp_wire.child_record`), or
+        the SDK's ``ReadableSpan`` of its plan (``None``: unsampled)."""
+        if self._encoded:
+            return child_record(
+                plan, span_id, parent_span_id, name, attributes, began, ended, status, self._resource, SCOPE
+            )
+        child = SessionSpanPlan(plan.trace_id, span_id, plan.sampled, plan.trace_state, parent_span_id, False)
+        return planned_span(child, name, attributes, began, ended, status, self._resource, SCOPE)
 
     def _start_log(
         self,
@@ -256,7 +258,7 @@ class RowRecords:
 
     def _end_log(self, record: SessionRecord, planned: SessionTelemetry, redaction: Redaction, moment: datetime) -> Any:
         """The ``session.end`` log record, in the session span's context (as the tracker emits it)."""
-        attributes = root_attributes(record, record_outcome(record), planned)
+        attributes = planned.ended_attributes
         stamp = (record.end_event or {}).get("timestamp")
         line = ended_line(record.session_id, stamp if isinstance(stamp, str) and stamp else moment.isoformat())
         plan = planned.plan

@@ -753,7 +753,7 @@ class SqliteSessionStore:
                 "ORDER BY ended_at, session_id LIMIT ?",
                 (limit,),
             ).fetchall()
-        return [_record(row) for row in rows]
+        return [_exported_record(row) for row in rows]
 
     def owed_row_records(
         self, limit: int, signals: int = ALL, *, roots: bool = False
@@ -770,7 +770,7 @@ class SqliteSessionStore:
                     (signals, limit),
                 ).fetchall()
                 lookups.append(rows)
-        return owed_pairs(lookups, _record, signals, limit)
+        return owed_pairs(lookups, _exported_record, signals, limit)
 
     # The exporter's marks and deletes are one statement per batch, the batch passed as one JSON array: one
     # autocommit statement is one transaction, so the write lock is taken once per batch (not BEGIN, a statement
@@ -1261,6 +1261,28 @@ class _RowTelemetryObject(_JsonObject):
     def __init__(self, text: str, row_owed: int) -> None:
         super().__init__(text)
         self.row_owed = row_owed
+
+
+def _exported_record(row: tuple[Any, ...]) -> SessionRecord:
+    """A session as the exporter reads it: its telemetry and end documents parsed at once into plain dicts (it reads
+    both of every row, a dozen keys each: a lazy document's ``Mapping.get`` costs more than the parse), its start
+    event lazy (an ended session's start attributes are usually kept from its start round, keyed by that text)."""
+    (session_id, event_id, component, hostname, pid, cwd, status, started, received, ended, start, end, tel) = row
+    return SessionRecord(
+        session_id=session_id,
+        event_id=event_id,
+        component_name=component,
+        hostname=hostname,
+        pid=pid,
+        cwd=cwd,
+        status=cast(SessionStatus, status),
+        started_at=datetime.fromisoformat(started),
+        received_at=datetime.fromisoformat(received),
+        ended_at=None if ended is None else datetime.fromisoformat(ended),
+        start_event=_JsonObject(start),
+        end_event=None if end is None else json.loads(end),
+        telemetry=json.loads(tel),
+    )
 
 
 def _record(row: tuple[Any, ...], row_owed: int | None = None) -> SessionRecord:
