@@ -9,6 +9,7 @@ success.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -266,6 +267,14 @@ def test_cleared_bits_stay_cleared_and_signals_filter(store: Any) -> None:
     assert [(r.session_id, bits) for r, bits in store.owed_row_records(10)] == [(second.session_id, owed.END)]
 
 
+def test_a_look_up_leaves_out_the_sessions_in_flight(store: Any) -> None:
+    """The exporter reads its next batch while one is being sent: the sessions in flight are not offered again."""
+    made = [store.create(_new(name, from_row=True, minutes=i))[0] for i, name in enumerate("abc")]
+    left = [r.session_id for r, _ in store.owed_row_records(10, leaving_out=[made[0].session_id, "gone"])]
+    assert left == [made[1].session_id, made[2].session_id]
+    assert len(store.owed_row_records(10, leaving_out=[])) == 3
+
+
 def test_the_sqlite_look_ups_use_their_partial_indexes(tmp_path: Path) -> None:
     """Both look-ups cost what is owed, not what is open: SQLite answers them from the partial indexes."""
     store = SqliteSessionStore(tmp_path / "s.db")
@@ -355,6 +364,83 @@ def test_a_failed_span_export_keeps_the_records_owed(tmp_path: Path) -> None:
         (sent,) = spans.get_finished_spans()
         assert sent.context.span_id == first[0][1].context.span_id
         assert store.owed_row_records(10) == []
+    finally:
+        store.close()
+
+
+def _ended_shells(path: Path, count: int) -> list[str]:
+    ids = []
+    for pid in range(count):
+        started = emit_fast.track_start("mahavishnu", "bash", 4000 + pid, str(path.parent), {}, str(path))
+        assert started.session_id is not None
+        assert emit_fast.track_end(started.session_id, 0, None, str(path)).status == "ended"
+        ids.append(started.session_id)
+    return ids
+
+
+def test_a_backlog_drain_reads_the_next_batch_while_one_is_sent(tmp_path: Path) -> None:
+    """While a full batch's export call waits for the receiver, the next batch is read (leaving the sessions in
+    flight out) and built; every record still goes out once, and nothing stays owed."""
+    path = tmp_path / "sessions.db"
+    ids = _ended_shells(path, 7)
+    store = SqliteSessionStore(path)
+    read_ahead = threading.Event()
+    look_up = store.owed_row_records
+
+    def spied(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("leaving_out"):
+            read_ahead.set()
+        return look_up(*args, **kwargs)
+
+    store.owed_row_records = spied  # type: ignore[method-assign]
+
+    overlapped: list[bool] = []
+
+    class Slow(InMemorySpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            if not overlapped:  # the first call waits (a slow receiver) until the next batch is read
+                overlapped.append(read_ahead.wait(10))
+            return super().export(spans)
+
+    spans, logs = Slow(), otel_logs.InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    exporter = StoreExporter(store, spans, logs, batch_size=3)
+    try:
+        report = exporter.drain()
+        assert overlapped == [True]
+        assert (report.root_spans, report.spans, report.logs, report.failed) == (7, 14, 14, False)
+        sent = [span.context.span_id for span in spans.get_finished_spans()]
+        assert len(sent) == len(set(sent)) == 21
+        assert sorted(str(s.attributes["session.id"]) for s in spans.get_finished_spans() if s.parent is None) == (
+            sorted(ids)
+        )
+        assert store.owed_row_records(10) == []
+        assert store.pending_root_spans(10) == []
+    finally:
+        store.close()
+
+
+def test_a_failing_batch_stops_the_read_ahead_and_loses_nothing(tmp_path: Path) -> None:
+    """When a batch's spans fail, the batch read ahead is not sent: its rows stay owed, nothing is counted
+    twice or dropped, and the log records (another signal) all go out once."""
+    path = tmp_path / "sessions.db"
+    _ended_shells(path, 7)
+    store = SqliteSessionStore(path)
+
+    class Failing(InMemorySpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.FAILURE
+
+    logs = otel_logs.InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    exporter = StoreExporter(store, Failing(), logs, batch_size=3)
+    try:
+        report = exporter.drain()
+        assert report.failed
+        assert (report.root_spans, report.spans, report.poison) == (0, 0, 0)
+        assert not any(report.dropped.values())
+        assert not report.signal("traces").dropped
+        assert report.logs == len(logs.get_finished_logs()) == 14
+        assert sorted(bits for _, bits in store.owed_row_records(10)) == [owed.SPANS] * 7
+        assert len(store.pending_root_spans(10)) == 7
     finally:
         store.close()
 

@@ -11,7 +11,9 @@ Each round:
 0. **Row records.** Sessions built from their row (``emit``'s) owe their start's span and log record as they
    start and their end's as they end (:mod:`sb_otel._telemetry.row_records`); each owed bit is cleared after its
    signal's success. An ended session's root span is built from the same read (its row's JSON parsed once for
-   its end's records and its root) and marked like the root round's.
+   its end's records and its root) and marked like the root round's. Draining a backlog, the next batch is read
+   and built while a full batch's export calls wait for the receiver (on a helper thread), leaving the sessions
+   in flight out: the receiver's time and the exporter's overlap.
 1. **Root spans.** Ended sessions whose root span is pending (the others') are written straight from their plan
    (:func:`sb_otel._telemetry.root_span.root_span`: no tracer), exported, and marked exported only after
    the exporter reported success — so a crash anywhere leaves them pending, to be sent again (same ids).
@@ -52,10 +54,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -274,7 +276,8 @@ class StoreExporter:
                     break  # stop() is waiting to drain once more itself, every signal within its bound
                 rounds += 1
                 sent = command_spans.export_round(self, report)  # before the roots: a session span counts them
-                sent += self._row_round(report) + self._root_round(report)
+                ahead = max_rounds is None and not final and self._budgets is None  # a backlog drain
+                sent += self._row_round(report, ahead=ahead, deadline=deadline) + self._root_round(report)
                 sent += self._outbox_round(SPANS, report) + self._outbox_round(LOGS, report)
                 if sent == 0 or (not report.retry_now and sent < self.batch_size):
                     # The background thread (no retry_now) takes one more round only after a full one: under
@@ -322,14 +325,39 @@ class StoreExporter:
         self._settle("metrics", outcome, report)
         report.metrics_exported = outcome.accepted
 
-    def _row_round(self, report: DrainReport) -> int:
+    def _row_round(self, report: DrainReport, *, ahead: bool = False, deadline: float | None = None) -> int:
         """The records sessions built from their row still owe (``emit``'s: :mod:`sb_otel._telemetry.row_records`):
         their start's span and log record as they start, their end's as they end. Each owed bit is cleared only
         after its signal's success (or the record was dropped), so at least once, with the same ids. A signal off
-        by configuration clears its bits unsent; one that is not due (backing off, refused) leaves them owed."""
+        by configuration clears its bits unsent; one that is not due (backing off, refused) leaves them owed.
+
+        ``ahead`` (a backlog drain, not the final one): while a full batch's export calls wait for the receiver (on
+        a helper thread: the calls release the GIL), the next batch is read and built here, leaving out the
+        sessions in flight; the next is sent only after this one's answer, and is simply dropped unsent (its rows
+        still owed, nothing counted) if that answer stopped a signal, the drain is stopping or ``deadline`` passed.
+        Rows are marked in the order they were sent, after their answers, as without it."""
+        batch = self._read_rows(report, ())
+        total = 0
+        while batch is not None:
+            if not (ahead and batch.full):
+                return total + self._settle_rows(batch, self._send_rows(batch, report), report)
+            answer = _in_background(self._send_rows, batch, report)
+            following = self._read_rows(report, batch.session_ids) if self._go_on(deadline) else None
+            total += self._settle_rows(batch, answer(), report)
+            if following is None or not following.due_still(report, self) or not self._go_on(deadline):
+                return total
+            batch = following
+        return total
+
+    def _go_on(self, deadline: float | None) -> bool:
+        return not self._stop.is_set() and (deadline is None or time.monotonic() <= deadline)
+
+    def _read_rows(self, report: DrainReport, in_flight: Collection[str]) -> _RowBatch | None:
+        """Read up to a batch of rows owing records now (``in_flight``: sessions being sent, left out) and build
+        their records; nothing is counted or marked yet (:meth:`_settle_rows` does, after the answers)."""
         store = self.store
         if not isinstance(store, row_telemetry.RowTelemetryStore):
-            return 0
+            return None
         wanted = {
             row_telemetry.SPANS: ("traces", self.span_exporter),
             row_telemetry.LOGS: ("logs", self.log_exporter),
@@ -339,70 +367,78 @@ class StoreExporter:
             if signal in self.signals_off or (exporter is not None and self._due(signal, report)):
                 signals |= bits
         if not signals:
-            return 0
+            return None
         # An ended session's root span is built from the same read as its end's records (its row's JSON parsed
         # once, not again by the root round), when the spans go out now.
         roots = bool(signals & row_telemetry.SPANS) and self._roots_from_rows()
-        owed = store.owed_row_records(self.batch_size, signals, roots=roots)
+        if in_flight:
+            owed = store.owed_row_records(self.batch_size, signals, roots=roots, leaving_out=in_flight)
+        else:
+            owed = store.owed_row_records(self.batch_size, signals, roots=roots)
         if not owed:
-            return 0
-        spans: list[tuple[tuple[str, int], WireRecord]] = []
-        logs: list[tuple[tuple[str, int], WireRecord]] = []
-        poison: dict[str, list[tuple[str, int]]] = {}
-        done: list[tuple[str, int]] = []  # nothing to send (no plan, unsampled, off) or unbuildable: never will be
-        off: dict[str, int] = {}  # records of a signal off by configuration: cleared unsent, counted as the outbox's
-        no_root: list[str] = []  # ended sessions whose root span is nothing to send (unsampled, no plan, poison)
+            return None
+        batch = _RowBatch(owed, signals, full=len(owed) >= self.batch_size)
+        spans, logs, poison, off = batch.spans, batch.logs, batch.poison, batch.off
         for record, owed_bits in owed:
             due = owed_bits & row_telemetry.ALL
             planned = SessionTelemetry.of(record, self._derived)  # start attributes derived once a session
             if owed_bits & row_telemetry.ROOT:
-                root = self._root_of(record, report, planned)
+                root = self._root_of(record, batch, planned)
                 if root is None:
-                    no_root.append(record.session_id)
+                    batch.no_root.append(record.session_id)
                 else:
                     spans.append(((record.session_id, row_telemetry.ROOT), root))
             try:
                 built = self._row_records.build(record, due, self._redaction, planned)
             except Exception:
                 _log.warning("sb-otel could not build the records of %s; dropped", record.session_id, exc_info=True)
-                self._count_poison("traces", "session record", [record.session_id], report)
+                batch.unbuildable.append(record.session_id)
                 built = []
+            made = 0  # a bit may come with several records (a child span and its lifecycle manager's span)
             for bit, item in built:
                 signal = "traces" if bit & row_telemetry.SPANS else "logs"
                 if signal in self.signals_off:
                     off[signal] = off.get(signal, 0) + 1
                     continue
+                made |= bit
                 try:  # a record built already encoded (from plain values) is taken as it is
                     encoded = item if isinstance(item, WireRecord) else _encoded(signal, item)
                 except Exception:  # the SDK's OTLP encoder refuses it: certain poison, found without the network
                     poison.setdefault(signal, []).append((record.session_id, bit))
                     continue
                 (spans if signal == "traces" else logs).append(((record.session_id, bit), encoded))
-            made = 0  # a bit may come with several records (a child span and its lifecycle manager's span)
-            for bit, _ in built:
-                if ("traces" if bit & row_telemetry.SPANS else "logs") not in self.signals_off:
-                    made |= bit
-            if due & ~made:
-                done.append((record.session_id, due & ~made))
-        for signal, keys in poison.items():
+            if due & ~made:  # nothing to send (no plan, unsampled, off) or unbuildable: never will be
+                batch.done.append((record.session_id, due & ~made))
+        return batch
+
+    def _send_rows(self, batch: _RowBatch, report: DrainReport) -> _RowAnswers:
+        """Send a batch's spans, then its logs (tried even when the spans failed: a destination refusing one
+        signal holds back no other); the keys sent and dropped of each."""
+        for signal, keys in batch.poison.items():
             self._count_poison(signal, "span" if signal == "traces" else "log record", keys, report)
-        sent_spans, dropped_spans = (
-            self._send("traces", "span", spans, self.span_exporter, report) if spans else ([], [])
-        )
-        # Logs are tried even when the spans failed: a destination refusing one signal holds back no other.
-        sent_logs, dropped_logs = (
-            self._send("logs", "log record", logs, self.log_exporter, report) if logs else ([], [])
-        )
-        unsendable = [key for keys in poison.values() for key in keys]
-        cleared = [*done, *unsendable, *sent_spans, *dropped_spans, *sent_logs, *dropped_logs]
-        roots_done = [*no_root, *(sid for sid, bit in cleared if bit == row_telemetry.ROOT)]
-        if roots_done:  # marked like the root round's: only after the exporter's answer
+        if batch.unbuildable:
+            self._count_poison("traces", "session record", batch.unbuildable, report)
+        if batch.root_poison:
+            report.drop("traces", "poison", batch.root_poison)
+            self.store.count_dropped("poison", batch.root_poison)
+        spans = self._send("traces", "span", batch.spans, self.span_exporter, report) if batch.spans else ([], [])
+        logs = self._send("logs", "log record", batch.logs, self.log_exporter, report) if batch.logs else ([], [])
+        return spans, logs
+
+    def _settle_rows(self, batch: _RowBatch, answers: _RowAnswers, report: DrainReport) -> int:
+        """Mark what a batch's answers settled (roots like the root round's: only after the exporter's answer) and
+        count it; how many records and roots are done with."""
+        (sent_spans, dropped_spans), (sent_logs, dropped_logs) = answers
+        unsendable = [key for keys in batch.poison.values() for key in keys]
+        cleared = [*batch.done, *unsendable, *sent_spans, *dropped_spans, *sent_logs, *dropped_logs]
+        roots_done = [*batch.no_root, *(sid for sid, bit in cleared if bit == row_telemetry.ROOT)]
+        if roots_done:
             self.store.mark_root_spans_exported(roots_done)
         cleared = [key for key in cleared if key[1] != row_telemetry.ROOT]
         if cleared:
-            store.mark_row_records_sent(cleared)
-            self._measure_calls({record.session_id: record for record, _ in owed}, cleared)
-        for signal, count in off.items():
+            cast(row_telemetry.RowTelemetryStore, self.store).mark_row_records_sent(cleared)
+            self._measure_calls({record.session_id: record for record, _ in batch.owed}, cleared)
+        for signal, count in batch.off.items():
             self.store.count_dropped("off", count)
             report.drop(signal, "off", count)
         roots_sent = sum(1 for _, bit in sent_spans if bit == row_telemetry.ROOT)
@@ -420,16 +456,19 @@ class StoreExporter:
         return self.span_exporter is not None and "traces" not in self.signals_off
 
     def _root_of(
-        self, record: SessionRecord, report: DrainReport, planned: SessionTelemetry | None = None
+        self, record: SessionRecord, report: DrainReport | _RowBatch, planned: SessionTelemetry | None = None
     ) -> WireRecord | None:
         """An ended session's root span, encoded (``None``: nothing to send; one that cannot be built is counted
-        as poison and never tried again)."""
+        as poison, in the report or, for a row batch, when the batch is sent, and never tried again)."""
         try:
             return self.build_root_record(record, planned)
         except Exception:
             _log.warning("sb-otel could not build the root span of %s; dropped", record.session_id, exc_info=True)
-            report.drop("traces", "poison", 1)
-            self.store.count_dropped("poison", 1)
+            if isinstance(report, _RowBatch):
+                report.root_poison += 1
+            else:
+                report.drop("traces", "poison", 1)
+                self.store.count_dropped("poison", 1)
             return None
 
     def _measure_calls(self, records: dict[str, SessionRecord], cleared: Sequence[tuple[str, int]]) -> None:
@@ -883,3 +922,66 @@ def _stored_record(signal: str, payload: str) -> WireRecord:
     if signal == SPANS:
         return encode_span(decode_span(payload))
     return encode_log(decode_log(payload))
+
+
+_RowAnswers = tuple[
+    tuple[list[tuple[str, int]], list[tuple[str, int]]], tuple[list[tuple[str, int]], list[tuple[str, int]]]
+]
+"""The keys (session id, bit) sent and dropped of a row batch's spans, then of its log records."""
+
+
+@dataclass
+class _RowBatch:
+    """Rows read for one row round and the records built from them, before anything is sent, counted or marked."""
+
+    owed: list[tuple[SessionRecord, int]]
+    signals: int
+    """The row-telemetry bits that were due when it was read."""
+    full: bool
+    spans: list[tuple[tuple[str, int], WireRecord]] = field(default_factory=list)
+    logs: list[tuple[tuple[str, int], WireRecord]] = field(default_factory=list)
+    poison: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    """Records the SDK's encoder refuses, per signal."""
+    unbuildable: list[str] = field(default_factory=list)
+    root_poison: int = 0
+    done: list[tuple[str, int]] = field(default_factory=list)
+    """Bits with nothing to send (no plan, unsampled, off) or unbuildable: never will be."""
+    off: dict[str, int] = field(default_factory=dict)
+    """Records of a signal off by configuration: cleared unsent, counted as the outbox's."""
+    no_root: list[str] = field(default_factory=list)
+    """Ended sessions whose root span is nothing to send (unsampled, no plan, poison)."""
+
+    @property
+    def session_ids(self) -> list[str]:
+        return [record.session_id for record, _ in self.owed]
+
+    def due_still(self, report: DrainReport, exporter: StoreExporter) -> bool:
+        """Whether every signal it was built for is still due (no answer stopped one meanwhile)."""
+        for bits, signal in ((row_telemetry.SPANS, "traces"), (row_telemetry.LOGS, "logs")):
+            if self.signals & bits and signal not in exporter.signals_off and not exporter._due(signal, report):
+                return False
+        return True
+
+
+def _in_background(call: Callable[..., _T], *args: Any) -> Callable[[], _T]:
+    """Run ``call(*args)`` on a daemon thread (an export call stuck past its timeout must not hold the process at
+    exit, as the exporter's own thread does not); returns the wait for its result (raising what it raised)."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call(*args)))
+        except BaseException as error:
+            outcome.append((False, error))
+
+    thread = threading.Thread(target=run, name="sb-otel-export-call", daemon=True)
+    thread.start()
+
+    def wait() -> _T:
+        thread.join()
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return cast(_T, value)
+
+    return wait

@@ -11,7 +11,7 @@ never send the same rows; batch marks and deletes are one statement each (``= AN
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sb_otel._tracking.export_state import (
@@ -67,18 +67,23 @@ class PostgresExportState(PostgresBase):
                 )
 
     def owed_row_records(
-        self, limit: int, signals: int = ALL, *, roots: bool = False
+        self, limit: int, signals: int = ALL, *, roots: bool = False, leaving_out: Collection[str] = ()
     ) -> list[tuple[SessionRecord, int]]:
         lookups: list[list[tuple[Any, ...]]] = []
         root = f"root_span = '{ROOT_PENDING}'" if roots else "FALSE"
+        besides = ""
+        values: tuple[Any, ...] = (signals, limit)
+        if leaving_out:
+            besides = " AND NOT (session_id = ANY(%s))"
+            values = (signals, list(leaving_out), limit)
         with self._conn() as conn:
             for condition, order in ((START_OWED_SQL, "started_at"), (END_OWED_SQL, "ended_at")):
                 rows = conn.execute(
                     (
                         f"SELECT {_COLUMNS}, row_telemetry, {root} FROM sessions WHERE {condition} "
-                        f"AND row_telemetry & %s != 0 ORDER BY {order}, session_id LIMIT %s"
+                        f"AND row_telemetry & %s != 0{besides} ORDER BY {order}, session_id LIMIT %s"
                     ).encode(),
-                    (signals, limit),
+                    values,
                 ).fetchall()
                 lookups.append(rows)
         return owed_pairs(lookups, _record, signals, limit)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -145,11 +145,12 @@ class RowTelemetryStore(Protocol):
     """The part of a session store that keeps which row-built records are still owed. Every method is atomic."""
 
     def owed_row_records(
-        self, limit: int, signals: int = ALL, *, roots: bool = False
+        self, limit: int, signals: int = ALL, *, roots: bool = False, leaving_out: Collection[str] = ()
     ) -> list[tuple[SessionRecord, int]]:
         """Up to ``limit`` sessions owing records now, each with the bits due (only those in ``signals``); with
         ``roots``, :data:`ROOT` too where the session's root span is pending. A store that never sets it (the
-        memory store) ignores ``after_rows`` in ``pending_root_spans``, so every root is still found once."""
+        memory store) ignores ``after_rows`` in ``pending_root_spans``, so every root is still found once.
+        ``leaving_out``: sessions not to return (a batch the exporter is sending while it reads the next)."""
         ...
 
     def mark_row_records_sent(self, sent: Sequence[tuple[str, int]]) -> None:
@@ -175,12 +176,14 @@ class InMemoryRowTelemetry:
         self._row_bits()[session_id] = ALL
 
     def owed_row_records(
-        self, limit: int, signals: int = ALL, *, roots: bool = False
+        self, limit: int, signals: int = ALL, *, roots: bool = False, leaving_out: Collection[str] = ()
     ) -> list[tuple[SessionRecord, int]]:
+        left_out = frozenset(leaving_out)
         with self._lock:
             owed = [
                 (record, due(bits, record.is_open) & signals)
                 for record, bits in ((self._sessions[sid], bits) for sid, bits in self._row_bits().items())
+                if record.session_id not in left_out
             ]
         owed = [(record, bits) for record, bits in owed if bits]
         owed.sort(key=lambda pair: (pair[0].started_at, pair[0].session_id))

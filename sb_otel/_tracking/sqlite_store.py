@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -756,18 +756,23 @@ class SqliteSessionStore:
         return [_exported_record(row) for row in rows]
 
     def owed_row_records(
-        self, limit: int, signals: int = ALL, *, roots: bool = False
+        self, limit: int, signals: int = ALL, *, roots: bool = False, leaving_out: Collection[str] = ()
     ) -> list[tuple[SessionRecord, int]]:
         # Two look-ups, each on its partial index: what starts owe, then what ends owe (with ``roots``, whether
         # the root span is pending, read in the same statement).
         lookups: list[list[tuple[Any, ...]]] = []
         root = f"root_span = '{ROOT_PENDING}'" if roots else "0"
+        besides = ""
+        values: tuple[Any, ...] = (signals, limit)
+        if leaving_out:
+            besides = " AND session_id NOT IN (SELECT value FROM json_each(?))"
+            values = (signals, json.dumps(list(leaving_out)), limit)
         with self._lock, _translated(self.path):
             for condition, order in ((START_OWED_SQL, "started_at"), (END_OWED_SQL, "ended_at")):
                 rows = self._db.execute(
                     f"SELECT {_COLUMNS}, row_telemetry, {root} FROM sessions WHERE {condition} "
-                    f"AND row_telemetry & ? != 0 ORDER BY {order}, session_id LIMIT ?",
-                    (signals, limit),
+                    f"AND row_telemetry & ? != 0{besides} ORDER BY {order}, session_id LIMIT ?",
+                    values,
                 ).fetchall()
                 lookups.append(rows)
         return owed_pairs(lookups, _exported_record, signals, limit)
