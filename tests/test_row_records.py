@@ -275,6 +275,37 @@ def test_a_look_up_leaves_out_the_sessions_in_flight(store: Any) -> None:
     assert len(store.owed_row_records(10, leaving_out=[])) == 3
 
 
+def test_a_first_look_up_full_of_nothing_due_still_finds_the_ends(store: Any) -> None:
+    """Open sessions whose only owed start record is of a signal not asked for fill the first look-up with nothing
+    due: the ended sessions behind them are still found (the second look-up runs)."""
+    opened = [store.create(_new(name, from_row=True, minutes=i))[0] for i, name in enumerate("ab")]
+    ended, _ = store.create(_new("c", from_row=True, minutes=5))
+    store.finish(ended.session_id, SessionEnding("exited", ended.started_at + timedelta(minutes=1)))
+    store.mark_row_records_sent([*((r.session_id, owed.START_LOG) for r in opened), (ended.session_id, owed.START)])
+    found = [(r.session_id, bits) for r, bits in store.owed_row_records(2, owed.LOGS)]
+    assert found == [(ended.session_id, owed.END_LOG)]
+
+
+def test_a_full_first_sqlite_look_up_answers_alone(tmp_path: Path) -> None:
+    """Draining a backlog, ended sessions owe both their start's and their end's records: when the first look-up
+    fills the batch, the second (the same rows again) is not run; a batch it does not fill runs both."""
+    store = SqliteSessionStore(tmp_path / "s.db")
+    try:
+        for i, name in enumerate("abc"):
+            made, _ = store.create(_new(name, from_row=True, minutes=i))
+            store.finish(made.session_id, SessionEnding("exited", made.started_at))
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)
+        assert [bits for _, bits in store.owed_row_records(2)] == [owed.ALL, owed.ALL]
+        assert len([s for s in statements if s.startswith("SELECT")]) == 1
+        statements.clear()
+        assert len(store.owed_row_records(10)) == 3
+        assert len([s for s in statements if s.startswith("SELECT")]) == 2
+    finally:
+        store._db.set_trace_callback(None)
+        store.close()
+
+
 def test_the_sqlite_look_ups_use_their_partial_indexes(tmp_path: Path) -> None:
     """Both look-ups cost what is owed, not what is open: SQLite answers them from the partial indexes."""
     store = SqliteSessionStore(tmp_path / "s.db")

@@ -29,7 +29,14 @@ from sb_otel._tracking.export_state import (
 from sb_otel._tracking.postgres_pool import PostgresBase
 from sb_otel._tracking.postgres_rows import COLUMNS as _COLUMNS
 from sb_otel._tracking.postgres_rows import record as _record
-from sb_otel._tracking.row_telemetry import ALL, END_OWED_SQL, SPANS_OWED_SQL, START_OWED_SQL, owed_pairs
+from sb_otel._tracking.row_telemetry import (
+    ALL,
+    END_OWED_SQL,
+    SPANS_OWED_SQL,
+    START_OWED_SQL,
+    answers_alone,
+    owed_pairs,
+)
 
 if TYPE_CHECKING:
     from sb_otel._tracking.postgres_pool import Connection
@@ -86,6 +93,8 @@ class PostgresExportState(PostgresBase):
                     values,
                 ).fetchall()
                 lookups.append(rows)
+                if answers_alone(rows, signals, limit):
+                    break
         return owed_pairs(lookups, _record, signals, limit)
 
     def mark_row_records_sent(self, sent: Sequence[tuple[str, int]]) -> None:

@@ -118,6 +118,19 @@ def due(bits: int, is_open: bool) -> int:
     return bits & (START if is_open else ALL)
 
 
+STATUS_COLUMN = 6
+"""Where a look-up row holds the session's status (both stores read the session columns in the same order)."""
+
+
+def answers_alone(rows: Sequence[tuple[Any, ...]], signals: int, limit: int) -> bool:
+    """Whether a store's first owed-rows look-up (what starts owe) already holds ``limit`` rows with something due:
+    :func:`owed_pairs` would keep only those, so the second look-up need not run (a backlog's ended sessions owe
+    both, and were read twice). Counted from the bits and the status alone, no record built."""
+    if len(rows) < limit:
+        return False
+    return sum(1 for row in rows if due(row[-2], row[STATUS_COLUMN] == "open") & signals) >= limit
+
+
 def owed_pairs(
     lookups: Sequence[Sequence[tuple[Any, ...]]],
     record_of: Callable[[tuple[Any, ...]], SessionRecord],

@@ -65,6 +65,7 @@ from sb_otel._tracking.row_telemetry import (
     LIVE_MIGRATION,
     SPANS_OWED_SQL,
     START_OWED_SQL,
+    answers_alone,
     built_from_row,
     owed_pairs,
 )
@@ -759,7 +760,8 @@ class SqliteSessionStore:
         self, limit: int, signals: int = ALL, *, roots: bool = False, leaving_out: Collection[str] = ()
     ) -> list[tuple[SessionRecord, int]]:
         # Two look-ups, each on its partial index: what starts owe, then what ends owe (with ``roots``, whether
-        # the root span is pending, read in the same statement).
+        # the root span is pending, read in the same statement); the second only when the first did not fill the
+        # batch (:func:`~sb_otel._tracking.row_telemetry.answers_alone`).
         lookups: list[list[tuple[Any, ...]]] = []
         root = f"root_span = '{ROOT_PENDING}'" if roots else "0"
         besides = ""
@@ -775,6 +777,8 @@ class SqliteSessionStore:
                     values,
                 ).fetchall()
                 lookups.append(rows)
+                if answers_alone(rows, signals, limit):
+                    break
         return owed_pairs(lookups, _exported_record, signals, limit)
 
     # The exporter's marks and deletes are one statement per batch, the batch passed as one JSON array: one
