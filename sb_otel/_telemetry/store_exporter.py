@@ -190,6 +190,8 @@ class StoreExporter:
         self.log_exporter = log_exporter
         self.signals_off = frozenset(signals_off)
         self.outbox = outbox or Outbox(store)
+        self._row_store = store if isinstance(store, row_telemetry.RowTelemetryStore) else None
+        """The store's row telemetry, if it keeps any (a runtime protocol check costs µs: made once, not per round)."""
         self.holder = holder or new_holder()
         self.lease_ttl_s = lease_ttl_s
         self.batch_size = batch_size
@@ -355,8 +357,8 @@ class StoreExporter:
     def _read_rows(self, report: DrainReport, in_flight: Collection[str]) -> _RowBatch | None:
         """Read up to a batch of rows owing records now (``in_flight``: sessions being sent, left out) and build
         their records; nothing is counted or marked yet (:meth:`_settle_rows` does, after the answers)."""
-        store = self.store
-        if not isinstance(store, row_telemetry.RowTelemetryStore):
+        store = self._row_store
+        if store is None:
             return None
         wanted = {
             row_telemetry.SPANS: ("traces", self.span_exporter),
@@ -436,7 +438,7 @@ class StoreExporter:
             self.store.mark_root_spans_exported(roots_done)
         cleared = [key for key in cleared if key[1] != row_telemetry.ROOT]
         if cleared:
-            cast(row_telemetry.RowTelemetryStore, self.store).mark_row_records_sent(cleared)
+            cast(row_telemetry.RowTelemetryStore, self._row_store).mark_row_records_sent(cleared)
             self._measure_calls({record.session_id: record for record, _ in batch.owed}, cleared)
         for signal, count in batch.off.items():
             self.store.count_dropped("off", count)
@@ -502,7 +504,7 @@ class StoreExporter:
         if self.span_exporter is None or not self._due("traces", report):
             return 0  # no exporter: the host's own tracing, root spans are not ours to send
         # Roots of rows that still owe spans are the row round's (built from its read), in a store that says so.
-        after_rows = isinstance(self.store, row_telemetry.RowTelemetryStore) and self._roots_from_rows()
+        after_rows = self._row_store is not None and self._roots_from_rows()
         records = self.store.pending_root_spans(self.batch_size, after_rows=after_rows)
         if not records:
             return 0
