@@ -10,8 +10,9 @@ per 10,000 ended sessions whose telemetry waits (collector down).
   the SQLite file (after a WAL checkpoint) per session: the session rows (which carry the telemetry: the plan,
   the calls' timings) and the marks of what they owe.
 * **row drain**: those sessions' records built from their rows and drained to the receiver (records/s, the
-  exporter's CPU per lifecycle and per record, and the share of the drain's wall time spent waiting in the export
-  calls, i.e. on the receiver: records/s is the exporter's CPU plus that wait, one after the other).
+  exporter's CPU per lifecycle and per record, and the share of the drain's wall time spent in the export calls,
+  i.e. waiting on the receiver; since the exporter builds the next batch while a full one is being sent, that
+  wait overlaps the building, and the whole process's CPU counts the helper thread making the calls).
 
     python benchmarks/outbox.py [--rows 20000] [--sessions 10000]
 """
@@ -175,9 +176,9 @@ def measure_row_drain(sessions: int, tmp: Path, endpoint: str) -> dict[str, floa
     """Drain the ``measure_store_size`` store (``sessions`` ended sessions of sb-otel's own pipeline, whose records
     are built from their rows: root span, 2 children, 2 lifecycle-manager spans, 2 log records each) to the
     receiver over OTLP/gRPC, as the exporter thread would: records/s, and the exporter's CPU per lifecycle
-    (``thread_time`` of the draining thread: reading rows, building records from them, encoding once, sending,
-    marking; and the whole process's CPU, which also counts a helper thread building the next batch ahead and
-    gRPC's own threads)."""
+    (``thread_time`` of the draining thread: reading rows, building records from them, encoding once, marking;
+    and the whole process's CPU, which also counts the helper thread making a full batch's export calls while the
+    next batch is built, and gRPC's own threads: compare that one across versions)."""
     store = SqliteSessionStore(tmp / "pending.db")
     span_exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=10)
     log_exporter = otel_logs.GrpcLogExporter(endpoint=endpoint, insecure=True, timeout=10)
