@@ -146,3 +146,27 @@ def test_the_kept_entries_are_bounded_and_forgotten(tmp_path: Path) -> None:
     derived.forget("c")
     derived.forget("missing")
     assert len(derived) == 1
+
+
+def test_the_end_round_reuses_the_start_rounds_plan_while_its_stored_form_is_the_same(tmp_path: Path) -> None:
+    """The plan parsed in the start round serves the end round (a plan never changes after the start); a row whose
+    stored plan differs gets its own, and a forgotten session's plan is parsed again."""
+    store, session_id = _session(tmp_path)
+    derived = DerivedStartAttributes()
+    opened = SessionTelemetry.of(_read(store, session_id), derived)
+    assert opened is not None
+    _end(store, session_id)
+    ended = _read(store, session_id)
+    again = SessionTelemetry.of(ended, derived)
+    assert again is not None
+    assert again.plan is opened.plan
+    moved = {**ended.telemetry["span"], "span_id": "3" * 16}
+    other = SessionTelemetry.of(ended.replace(telemetry={**ended.telemetry, "span": moved}), derived)
+    assert other is not None
+    assert other.plan.span_id == int("3" * 16, 16)
+    assert other.plan.trace_id == opened.plan.trace_id
+    derived.forget(session_id)
+    fresh = SessionTelemetry.of(ended, derived)
+    assert fresh is not None
+    assert fresh.plan == opened.plan
+    assert fresh.plan is not opened.plan

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
+from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
@@ -44,9 +45,10 @@ CLOCK_SKEW_TOLERANCE = timedelta(seconds=1)
 
 
 class DerivedStartAttributes:
-    """The start attributes last derived for each of a bounded number of sessions, kept by one exporter between a
-    session's rounds: serve builds an open session's start records, then its end's records and root after it ends,
-    and deriving from the start event (its JSON parsed, the metadata flattened) cost ~30 µs each time.
+    """The start attributes last derived (and the span plan last parsed) for each of a bounded number of sessions,
+    kept by one exporter between a session's rounds: serve builds an open session's start records, then its end's
+    records and root after it ends, and deriving from the start event (its JSON parsed, the metadata flattened)
+    cost ~30 µs each time.
 
     An entry is used only for the same session whose stored start event has the same text (the row's own JSON, as a
     store that reads its documents lazily keeps it): what the attributes are derived from, so a hit is what deriving
@@ -56,6 +58,7 @@ class DerivedStartAttributes:
     def __init__(self, size: int = 1024) -> None:
         self._size = size
         self._entries: dict[str, tuple[str, dict[str, AttributeValue]]] = {}
+        self._plans: dict[str, tuple[Mapping[str, Any], SessionSpanPlan]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -74,9 +77,22 @@ class DerivedStartAttributes:
         self._entries[record.session_id] = (text, derived)
         return derived
 
+    def plan(self, session_id: str, state: Mapping[str, Any]) -> SessionSpanPlan:
+        """The span plan stored as ``state``: the one read for the same session before when its stored form is
+        equal (a plan never changes after the start; comparing the small document costs less than parsing it)."""
+        kept = self._plans.get(session_id)
+        if kept is not None and kept[0] == state:
+            return kept[1]
+        plan = SessionSpanPlan.from_json(state)
+        if len(self._plans) >= self._size:
+            del self._plans[next(iter(self._plans))]
+        self._plans[session_id] = (state, plan)
+        return plan
+
     def forget(self, session_id: str) -> None:
-        """Drop a session's entry (its root is built: its records are done)."""
+        """Drop a session's entries (its root is built: its records are done)."""
         self._entries.pop(session_id, None)
+        self._plans.pop(session_id, None)
 
 
 @dataclass(frozen=True)
@@ -96,7 +112,9 @@ class SessionTelemetry:
 
     @cached_property
     def plan(self) -> SessionSpanPlan:
-        return SessionSpanPlan.from_json(self.record.telemetry[STATE_KEY])
+        state = self.record.telemetry[STATE_KEY]
+        derived = self.derived
+        return SessionSpanPlan.from_json(state) if derived is None else derived.plan(self.record.session_id, state)
 
     @cached_property
     def attributes(self) -> Mapping[str, AttributeValue]:

@@ -49,6 +49,7 @@ from sb_otel._telemetry.root_span import SessionTelemetry, stored_redaction
 from sb_otel._telemetry.session_span import SessionSpanPlan, planned_span
 from sb_otel._tracking.log_lines import ended_line, started_line
 from sb_otel._tracking.row_telemetry import (
+    END,
     END_CALL_KEY,
     END_LOG,
     END_SPAN,
@@ -149,21 +150,25 @@ class RowRecords:
         if planned is None:
             return []
         redaction = stored_redaction(record, fallback)
-        described = {**planned.attributes, sc.SESSION_ID: record.session_id}
         start, end, _ = planned.times
-        starting, ending = stored_call(record, START_SPAN), stored_call(record, END_SPAN)
-        # A call's log record is emitted as its call ends; emit's rows stamp theirs with the session's times.
-        start_log = _moment(call_times(starting)[1]) if starting is not None else start
-        end_log = _moment(call_times(ending)[1]) if ending is not None else end
+        # The start's records carry the start attributes; the end's child needs them only to scrub redacted values.
+        described = {**planned.attributes, sc.SESSION_ID: record.session_id} if due & START or redaction else {}
         built: list[tuple[int, Any]] = []
-        if due & START_SPAN:
-            built += self._child(record, planned, START_SPAN, described, redaction, start, starting)
-        if due & START_LOG:
-            built.append((START_LOG, self._start_log(record, planned, described, redaction, start_log)))
-        if due & END_SPAN and not record.is_open:
-            built += self._child(record, planned, END_SPAN, described, redaction, end, ending)
-        if due & END_LOG and not record.is_open:
-            built.append((END_LOG, self._end_log(record, planned, redaction, end_log)))
+        # A call's log record is emitted as its call ends; emit's rows stamp theirs with the session's times.
+        if due & START:
+            starting = stored_call(record, START_SPAN)
+            if due & START_SPAN:
+                built += self._child(record, planned, START_SPAN, described, redaction, start, starting)
+            if due & START_LOG:
+                moment = _moment(call_times(starting)[1]) if starting is not None else start
+                built.append((START_LOG, self._start_log(record, planned, described, redaction, moment)))
+        if due & END and not record.is_open:
+            ending = stored_call(record, END_SPAN)
+            if due & END_SPAN:
+                built += self._child(record, planned, END_SPAN, described, redaction, end, ending)
+            if due & END_LOG:
+                moment = _moment(call_times(ending)[1]) if ending is not None else end
+                built.append((END_LOG, self._end_log(record, planned, redaction, moment)))
         return built
 
     def _child(
