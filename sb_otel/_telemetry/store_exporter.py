@@ -335,30 +335,20 @@ class StoreExporter:
 
         ``ahead`` (a backlog drain, not the final one): while a full batch's export calls wait for the receiver (on
         a helper thread: the calls release the GIL), the next batch is read and built here, leaving out the
-        sessions in flight, and the batch answered is marked while the next one's calls wait. The next is sent
-        only after this one's answer, and is simply dropped unsent (its rows still owed, nothing counted) if that
-        answer stopped a signal, the drain is stopping or ``deadline`` passed."""
+        sessions in flight; the next is sent only after this one's answer, and is simply dropped unsent (its rows
+        still owed, nothing counted) if that answer stopped a signal, the drain is stopping or ``deadline`` passed.
+        Rows are marked in the order they were sent, after their answers, as without it."""
         batch = self._read_rows(report, ())
-        if batch is None:
-            return 0
-        if not (ahead and batch.full):
-            return self._settle_rows(batch, self._send_rows(batch, report), report)
         total = 0
-        sending: tuple[_RowBatch, Callable[[], _RowAnswers]] | None = (
-            batch,
-            _in_background(self._send_rows, batch, report),
-        )
-        while sending is not None:
-            current, answer = sending
-            following = self._read_rows(report, current.session_ids) if self._go_on(deadline) else None
-            answers = answer()
-            sending = None
-            if following is not None and following.due_still(report, self) and self._go_on(deadline):
-                if not following.full:  # the last of the backlog: sent here, after this one is marked
-                    total += self._settle_rows(current, answers, report)
-                    return total + self._settle_rows(following, self._send_rows(following, report), report)
-                sending = following, _in_background(self._send_rows, following, report)
-            total += self._settle_rows(current, answers, report)
+        while batch is not None:
+            if not (ahead and batch.full):
+                return total + self._settle_rows(batch, self._send_rows(batch, report), report)
+            answer = _in_background(self._send_rows, batch, report)
+            following = self._read_rows(report, batch.session_ids) if self._go_on(deadline) else None
+            total += self._settle_rows(batch, answer(), report)
+            if following is None or not following.due_still(report, self) or not self._go_on(deadline):
+                return total
+            batch = following
         return total
 
     def _go_on(self, deadline: float | None) -> bool:
