@@ -9,6 +9,7 @@ success.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 import uuid
@@ -446,6 +447,32 @@ def test_a_backlog_drain_reads_the_next_batch_while_one_is_sent(tmp_path: Path) 
         )
         assert store.owed_row_records(10) == []
         assert store.pending_root_spans(10) == []
+    finally:
+        store.close()
+
+
+def test_a_failing_read_ahead_still_marks_the_batch_in_flight(tmp_path: Path) -> None:
+    """Store trouble while the next batch is read fails the drain only after the batch in flight was answered and
+    marked: no export call outlives the round, and what was sent is not sent again."""
+    path = tmp_path / "sessions.db"
+    _ended_shells(path, 5)
+    store = SqliteSessionStore(path)
+    look_up = store.owed_row_records
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("leaving_out"):
+            raise sqlite3.OperationalError("disk I/O error")
+        return look_up(*args, **kwargs)
+
+    store.owed_row_records = failing  # type: ignore[method-assign]
+    spans, logs = InMemorySpanExporter(), otel_logs.InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    exporter = StoreExporter(store, spans, logs, batch_size=3)
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            exporter.drain()
+        assert len(spans.get_finished_spans()) == 9  # the first three sessions: two children and the root each
+        assert len(logs.get_finished_logs()) == 6
+        assert len(look_up(10)) == 2  # those three are marked; the two others still owe everything
     finally:
         store.close()
 

@@ -344,8 +344,10 @@ class StoreExporter:
             if not (ahead and batch.full):
                 return total + self._settle_rows(batch, self._send_rows(batch, report), report)
             answer = _in_background(self._send_rows, batch, report)
-            following = self._read_rows(report, batch.session_ids) if self._go_on(deadline) else None
-            total += self._settle_rows(batch, answer(), report)
+            try:  # a read that fails still waits for the batch in flight and marks it: no call outlives the round
+                following = self._read_rows(report, batch.session_ids) if self._go_on(deadline) else None
+            finally:
+                total += self._settle_rows(batch, answer(), report)
             if following is None or not following.due_still(report, self) or not self._go_on(deadline):
                 return total
             batch = following
