@@ -69,7 +69,10 @@ from sb_otel._tracking.row_telemetry import (
     owed_pairs,
 )
 from sb_otel._tracking.session_counts import (
+    CHEAPER_COUNTS_MIGRATION,
     COUNTS_MIGRATION,
+    ENDING_COLUMNS,
+    ENDING_COUNTS,
     EXACT_LENGTHS_MIGRATION,
     QUALITY_MIGRATION,
     SESSION_DURATION_BUCKETS,
@@ -145,6 +148,7 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("CREATE TABLE IF NOT EXISTS channel_sessions (channel_key TEXT PRIMARY KEY, session_id TEXT NOT NULL)",),
     ),
     QUALITY_MIGRATION,  # session-buddy's latest quality score per component (sb_otel/_tracking/session_counts.py)
+    CHEAPER_COUNTS_MIGRATION,  # the same counts for less work per start and end (sb_otel/_tracking/session_counts.py)
 )
 """Named schema migrations, applied in order, each in its own transaction. Append; never edit."""
 
@@ -677,37 +681,40 @@ class SqliteSessionStore:
                 meta = dict(self._db.execute("SELECT key, value FROM session_metric_meta").fetchall())
                 started = self._db.execute("SELECT component, shell_type, result, value FROM session_started_counts")
                 started_counts = {(c, s, r): v for c, s, r, v in started.fetchall()}
-                ended = self._db.execute("SELECT component, status, value FROM session_ended_counts").fetchall()
                 opened = self._db.execute(
                     "SELECT COALESCE(l.value, '_other'), COUNT(*) FROM sessions AS s "
                     "LEFT JOIN session_metric_labels AS l ON l.kind = 'component' AND l.value = s.component_name "
                     "WHERE s.status = 'open' GROUP BY 1"
                 ).fetchall()
-                buckets = self._db.execute("SELECT component, status, bucket, value FROM session_duration_counts")
-                bucket_rows = buckets.fetchall()
-                sums = self._db.execute(
-                    "SELECT component, status, count, total, minimum, maximum FROM session_duration_sums"
-                )
-                sum_rows = sums.fetchall()
+                endings = self._endings()
                 quality = self._db.execute("SELECT component, score FROM session_quality_scores").fetchall()
             finally:
                 self._db.execute("COMMIT")
-        durations: dict[tuple[str, str], DurationCounts] = {}
-        for component, status, count, total, minimum, maximum in sum_rows:
-            durations[(component, status)] = DurationCounts(count=count, total=total, minimum=minimum, maximum=maximum)
-        for component, status, bucket, value in bucket_rows:
-            series = durations.setdefault((component, status), DurationCounts())
-            if 0 <= bucket <= len(SESSION_DURATION_BUCKETS):
-                series.buckets[bucket] = value
         return SessionCounts(
             store_id=meta["store_id"],
             start_time_unix_nano=int(meta["start_time_unix_nano"]),
             started=started_counts,
-            ended={(component, status): value for component, status, value in ended},
+            ended={key: series.count for key, series in endings.items()},
             open={component: count for component, count in opened},
-            durations=durations,
+            durations=endings,
             quality=dict(quality),
         )
+
+    def _endings(self) -> dict[tuple[str, str], DurationCounts]:
+        """Each ended series (its count is the ended count too), from the one table 0015 keeps them in; a file
+        opened read-only before it was migrated has them in the three tables before it."""
+        if (
+            self.read_only
+            and not self._db.execute(
+                "SELECT 1 FROM schema_migrations WHERE name = ?", (CHEAPER_COUNTS_MIGRATION[0],)
+            ).fetchone()
+        ):
+            return _endings_before_0015(self._db)
+        rows = self._db.execute(f"SELECT component, status, {', '.join(ENDING_COLUMNS)} FROM {ENDING_COUNTS}")
+        return {
+            (component, status): DurationCounts(list(buckets), count, total, minimum, maximum)
+            for component, status, count, total, minimum, maximum, *buckets in rows
+        }
 
     def prune_sessions(self, which: PruneFilter, *, uncount: bool, dry_run: bool, limit: int | None) -> Pruned:
         where, params = which.where()
@@ -1045,6 +1052,23 @@ class SqliteSessionStore:
     def clear_override(self, holder: str) -> None:
         with self._lock, _translated(self.path):
             self._db.execute("DELETE FROM export_overrides WHERE holder = ?", (holder,))
+
+
+def _endings_before_0015(db: sqlite3.Connection) -> dict[tuple[str, str], DurationCounts]:
+    """The ended series as migrations 0004 to 0014 kept them: counts, bucket counts and length sums apart."""
+    ended = db.execute("SELECT component, status, value FROM session_ended_counts").fetchall()
+    bucket_rows = db.execute("SELECT component, status, bucket, value FROM session_duration_counts").fetchall()
+    sums = db.execute("SELECT component, status, count, total, minimum, maximum FROM session_duration_sums")
+    durations: dict[tuple[str, str], DurationCounts] = {}
+    for component, status, count, total, minimum, maximum in sums.fetchall():
+        durations[(component, status)] = DurationCounts(count=count, total=total, minimum=minimum, maximum=maximum)
+    for component, status, bucket, value in bucket_rows:
+        series = durations.setdefault((component, status), DurationCounts())
+        if 0 <= bucket <= len(SESSION_DURATION_BUCKETS):
+            series.buckets[bucket] = value
+    for component, status, value in ended:  # the same keys and counts as the sums (each ending wrote all three)
+        durations.setdefault((component, status), DurationCounts()).count = value
+    return durations
 
 
 def _close_when_idle(lock: threading.Lock, db: sqlite3.Connection) -> None:
