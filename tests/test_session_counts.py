@@ -14,6 +14,7 @@ import pytest
 from sb_otel._tracking import sqlite_store
 from sb_otel._tracking.retention import PruneFilter
 from sb_otel._tracking.session_counts import (
+    CHEAPER_COUNTS_MIGRATION,
     COUNTS_MIGRATION,
     OTHER,
     SESSION_DURATION_BUCKETS,
@@ -274,12 +275,34 @@ def _comparable(counts: SessionCounts) -> tuple[object, ...]:
     return counts.started, counts.ended, counts.open, durations, counts.quality
 
 
-def test_the_0015_triggers_count_exactly_as_the_ones_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _fire_in_reverse(path: Path) -> None:
+    """Make the start triggers of 0015 again in the other order: SQLite fires triggers in an order of its own, so
+    the counts must not depend on which of them runs first."""
+    import sqlite3
+    from contextlib import closing
+
+    made = {text.split()[2]: text for text in CHEAPER_COUNTS_MIGRATION[1] if "CREATE TRIGGER" in text}
+    names = ["session_labels_admit", "session_counts_start", "session_quality_start"]
+    with closing(sqlite3.connect(path)) as db, db:
+        for name in names:
+            db.execute(f"DROP TRIGGER {name}")
+        for name in reversed(names):
+            db.execute(made[name])
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["as-made", "reversed"])
+def test_the_0015_triggers_count_exactly_as_the_ones_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reverse: bool
+) -> None:
     """One random workload (components and shells past the label limit, every bucket, quality scores of every
     type, retries, repeated and batched ends) on a store with the triggers before 0015 and on one with 0015's gives
-    the same counts; upgrading the first copies them exactly, and both then keep counting and uncounting alike."""
+    the same counts, whichever start trigger fires first; upgrading the first copies them exactly, and both then
+    keep counting and uncounting alike."""
     monkeypatch.setenv("SB_OTEL_METRIC_LABEL_LIMIT", "4")
     before = _store_at(tmp_path / "before.db", 14, monkeypatch)
+    if reverse:
+        SqliteSessionStore(tmp_path / "after.db").close()
+        _fire_in_reverse(tmp_path / "after.db")
     after = SqliteSessionStore(tmp_path / "after.db")
     memory = InMemorySessionStore()
     try:

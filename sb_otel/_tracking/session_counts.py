@@ -470,45 +470,52 @@ every ending added one to both), in the order the store reads them."""
 _ENDING_TYPES = ("INTEGER", "REAL", "REAL", "REAL", *(["INTEGER"] * len(_BUCKET_COLUMNS)))
 
 
-def _once(source: str, name: str) -> str:
-    """``source`` as a one-row subquery SQLite computes once: without the OFFSET the flattener would copy the
-    expression into every place that reads ``name`` (a length into each of fifteen bucket columns)."""
-    return f"(SELECT {source} AS {name} LIMIT 1 OFFSET 0)"
+def _once(columns: str, source: str = "") -> str:
+    """A one-row subquery of ``columns`` (``expression AS name, …``) that SQLite computes once: without the OFFSET
+    its flattener would copy each expression into every place that reads its name (a length into each of fifteen
+    bucket columns)."""
+    return f"(SELECT {columns}{f' FROM {source}' if source else ''} LIMIT 1 OFFSET 0)"
 
 
-def _admit_once(kind: str, value: str) -> str:
-    """:func:`_admit` that looks for the value first: an admitted value (every start but a new component's or
-    shell's) costs one index probe instead of counting every admitted label of its kind."""
-    return (
-        f"INSERT OR IGNORE INTO session_metric_labels (kind, value) SELECT '{kind}', v FROM {_once(value, 'v')} "
-        f"WHERE NOT EXISTS (SELECT 1 FROM session_metric_labels WHERE kind = '{kind}' AND value = v) "
-        f"AND (SELECT COUNT(*) FROM session_metric_labels WHERE kind = '{kind}') < {_LIMIT};"
-    )
+def _admitted(kind: str, value: str) -> str:
+    return f"(SELECT value FROM session_metric_labels WHERE kind = '{kind}' AND value = {value})"
 
 
-def _start_trigger() -> str:
-    """``session_counts_start`` as 0004 made it, each label admitted only when new and the shell type read out of
-    the start event once per statement."""
+def _label_either_order(label: Label, value: str) -> str:
+    """The label :func:`_label` gives after admission, whether the admitting trigger ran before this statement or
+    runs after it (SQLite's trigger order is its own): an admitted value is itself; a new one is itself if there is
+    room for it (the admitting trigger sees the same count and admits it), else :data:`OTHER`."""
+    if label.admitted_as is None:
+        return value
+    kind = label.admitted_as
+    room = f"(SELECT COUNT(*) FROM session_metric_labels WHERE kind = '{kind}') < {_LIMIT}"
+    return f"COALESCE({_admitted(kind, value)}, CASE WHEN {room} THEN {value} ELSE '{OTHER}' END)"
+
+
+def _start_triggers() -> tuple[str, str]:
+    """0004's ``session_counts_start`` split in two: one admitting new labels, whose condition (a label not admitted
+    yet: a new component or shell) spares every other start its statements, and the count, folding its labels
+    alike in either order (:func:`_label_either_order`), the shell type read out of the start event once."""
     present = tuple(_present(label, source) for label, source in zip(STARTED_KEY, _STARTED_SOURCES, strict=True))
+    admitted = [(label, value) for label, value in zip(STARTED_KEY, present, strict=True) if label.admitted_as]
+    new = " OR ".join(f"{_admitted(label.admitted_as or '', value)} IS NULL" for label, value in admitted)
     names = tuple(f"x_{label.column}" for label in STARTED_KEY)
-    admits = "\n            ".join(
-        _admit_once(label.admitted_as, value)
-        for label, value in zip(STARTED_KEY, present, strict=True)
-        if label.admitted_as is not None
-    )
-    key = ", ".join(
-        name if label.admitted_as is None else _label(Label(label.column, admitted_as=label.admitted_as), name)
-        for label, name in zip(STARTED_KEY, names, strict=True)
-    )
+    key = ", ".join(_label_either_order(label, name) for label, name in zip(STARTED_KEY, names, strict=True))
     values = ", ".join(f"{value} AS {name}" for value, name in zip(present, names, strict=True))
-    return f"""
+    return (
+        f"""
+        CREATE TRIGGER session_labels_admit AFTER INSERT ON sessions WHEN {new} BEGIN
+            {_admits(STARTED_KEY, _STARTED_SOURCES)}
+        END
+        """,
+        f"""
         CREATE TRIGGER session_counts_start AFTER INSERT ON sessions BEGIN
-            {admits}
             INSERT INTO session_started_counts ({_columns(STARTED_KEY)}, value)
-                SELECT {key}, 1 FROM (SELECT {values} LIMIT 1 OFFSET 0) WHERE true
+                SELECT {key}, 1 FROM {_once(values)} WHERE true
                 ON CONFLICT ({_columns(STARTED_KEY)}) DO UPDATE SET value = value + 1;
         END
-        """
+        """,
+    )
 
 
 def _ending_trigger() -> str:
@@ -516,8 +523,8 @@ def _ending_trigger() -> str:
     computed once (:data:`_EXACT_SECONDS`), its bucket a 1 in one of the bucket columns."""
     buckets = ", ".join(f"(b = {index})" for index in range(len(_BUCKET_COLUMNS)))
     added = ", ".join(f"{column} = {column} + excluded.{column}" for column in _BUCKET_COLUMNS)
-    length = _once(f"{_label(COMPONENT, _ENDED_SOURCES[0])} AS c, {_EXACT_SECONDS}", "d")
-    row = _once(f"c, d, {_BUCKET}", "b").replace("LIMIT 1", f"FROM {length} LIMIT 1")
+    length = _once(f"{_label(COMPONENT, _ENDED_SOURCES[0])} AS c, {_EXACT_SECONDS} AS d")
+    row = _once(f"c, d, {_BUCKET} AS b", length)
     return f"""
         CREATE TRIGGER session_counts_end AFTER UPDATE OF status ON sessions
         WHEN OLD.status = 'open' AND NEW.status != 'open' BEGIN
@@ -538,7 +545,7 @@ def _quality_trigger() -> str:
         WHEN (instr(NEW.telemetry, '"quality_score"') OR instr(NEW.telemetry, '\\'))
             AND (CASE WHEN json_valid(NEW.telemetry) THEN json_type(NEW.telemetry, '$.lifecycle.quality_score') END)
             IN ('integer', 'real') BEGIN
-            {_admit_once(COMPONENT.admitted_as or "", "NEW.component_name")}
+            {_admits((COMPONENT,), ("NEW.component_name",))}
             INSERT INTO session_quality_scores (component, score)
                 SELECT {_label(COMPONENT, "NEW.component_name")}, {_QUALITY} WHERE true
                 ON CONFLICT (component) DO UPDATE SET score = excluded.score;
@@ -580,7 +587,7 @@ CHEAPER_COUNTS_MIGRATION: tuple[str, tuple[str, ...]] = (
         "DROP TABLE session_ended_counts",
         "DROP TABLE session_duration_counts",
         "DROP TABLE session_duration_sums",
-        _start_trigger(),
+        *_start_triggers(),
         _ending_trigger(),
         _quality_trigger(),
     ),
