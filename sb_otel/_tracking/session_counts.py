@@ -2,10 +2,11 @@
 
 A session starts in one process (``sb-otel emit start``) and ends in another, so per-process counters cannot say
 how many sessions are open. The store counts instead, in the same statement that stores each start and end:
-SQLite triggers on ``sessions`` (migration ``0004_session_counts``), the memory store under its lock. Every path
-that stores a session (the tracker, ``ForeignTracker``, the reaper, ``emit``'s fast path) is counted, once. Both
-stores fold values into labels and keys by one declaration (:class:`Label`, :data:`STARTED_KEY`,
-:data:`ENDED_KEY`, :data:`SESSION_DURATION_BUCKETS`): the triggers are generated from it.
+SQLite triggers on ``sessions`` (migration ``0004_session_counts``; ``0015`` does the same for less work), the
+memory store under its lock. Every path that stores a session (the tracker, ``ForeignTracker``, the reaper,
+``emit``'s fast path) is counted, once. Both stores fold values into labels and keys by one declaration
+(:class:`Label`, :data:`STARTED_KEY`, :data:`ENDED_KEY`, :data:`SESSION_DURATION_BUCKETS`): the triggers are
+generated from it.
 
 Counts are cumulative from the moment the counting began (``start_time_unix_nano``, saved in the store with a
 random ``store_id``): an exporter that restarts, or another process that takes the exporter lease over, reports
