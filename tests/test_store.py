@@ -343,3 +343,16 @@ def test_the_sqlite_store_reads_the_id_base_off_the_stored_start(started: dateti
     """The SQLite store takes a session id's base from the start's stored text; it is the seed-shaped base
     ``session_id_base`` makes from the time itself, whatever the year's width or the time zone."""
     assert _id_base("my-app", _iso(started)) == session_id_base("my-app", started)
+
+
+def test_a_sqlite_store_numbers_after_an_id_another_process_took(tmp_path: Path) -> None:
+    """Two stores on one file (two processes) starting sessions in the same second: the second finds the bare id
+    taken (its insert changes no row) and numbers after the highest stored one, burning none."""
+    first, second = SqliteSessionStore(tmp_path / "s.db"), SqliteSessionStore(tmp_path / "s.db")
+    try:
+        ids = [store.create(new_session())[0].session_id for store in (first, second, first, second)]
+    finally:
+        first.close()
+        second.close()
+    base = "mahavishnu-20260206-123456"
+    assert ids == [base, f"{base}-2", f"{base}-3", f"{base}-4"]
