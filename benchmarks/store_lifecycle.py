@@ -10,7 +10,13 @@ per call (and the median), in many short interleaved batches, so a neighbour's b
 ``--baseline DIR`` runs the same batches in a second process importing the package from ``DIR`` (a ``git archive``
 of another commit), the processes taking turns, so a change is compared with what it changed in the same minutes.
 
+``--statements`` times the store's two writing statements alone instead (the start's INSERT, the finishing
+UPDATE, same rows), interleaved on four stores of this checkout: made with the migrations before 0015 (the session
+counts' triggers as 0004, 0005 and 0014 made them) or with all, each with 1 or 100 admitted labels of each kind;
+and the WAL frames (pages written) per commit of each.
+
     python benchmarks/store_lifecycle.py [--batches 40] [--batch 200] [--processes 3] [--baseline /tmp/main]
+    python benchmarks/store_lifecycle.py --statements [--batches 40] [--batch 200]
 """
 
 from __future__ import annotations
@@ -135,6 +141,73 @@ def _child(batches: int, batch: int) -> dict[str, Any]:
     return {"package": str(Path(sb_otel.__file__).parent), "cpu_us": cpu}
 
 
+def _statements(batches: int, batch: int) -> None:
+    """The INSERT and the finishing UPDATE alone, before and after migration 0015, in interleaved batches."""
+    from sb_otel._tracking import sqlite_store as ss
+    from sb_otel._tracking.store import NewSession, SessionEnding
+
+    tmp = Path(tempfile.mkdtemp())
+    event = _start_event(str(tmp))
+    telemetry = {"lifecycle": {"success": True, "project": "bench", "working_directory": str(tmp)}}
+    every = ss.MIGRATIONS
+
+    def made(name: str, migrations: int, labels: int) -> Any:
+        ss.MIGRATIONS = every[:migrations]
+        try:
+            store = ss.SqliteSessionStore(tmp / f"{name}.db")
+        finally:
+            ss.MIGRATIONS = every
+        for n in range(labels - 1):  # the component and shell of the runs make the last one
+            store._db.execute("INSERT INTO session_metric_labels VALUES ('component', ?), ('shell', ?)", (n, n))
+        return store
+
+    stores = {
+        "before 0015, 1 label": made("a", len(every) - 1, 1),
+        "0015, 1 label": made("b", len(every), 1),
+        "before 0015, 100 labels": made("c", len(every) - 1, 100),
+        "0015, 100 labels": made("d", len(every), 100),
+    }
+    finishing = f"{ss._FINISH} RETURNING {ss._COLUMNS}"
+    spent: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in stores}
+    frames: dict[str, list[float]] = {name: [0.0, 0.0] for name in stores}
+    clock = time.thread_time
+    for round_ in range(batches + 1):  # the first round warms up and counts the WAL frames (before a checkpoint)
+        for name, store in stores.items():
+            db, wal = store._db, Path(f"{store.path}-wal")
+            frame = db.execute("PRAGMA page_size").fetchone()[0] + 24
+            now = datetime.now(timezone.utc)
+            inserting = updating = 0.0
+            for n in range(batch):
+                session_id = f"bench-{uuid.uuid4().hex}"
+                new = NewSession(str(uuid.uuid4()), "bench", "h", 1, str(tmp), now, now, event, telemetry)
+                values = (session_id, *ss._insert_values(new))
+                ending = SessionEnding("exited", now + timedelta(seconds=(n % 50) * 37.3), {"end": 1})
+                finished = ss._finish_values(session_id, ending)
+                size = wal.stat().st_size if round_ == 0 else 0
+                began = clock()
+                db.execute(ss._INSERT, values).fetchall()
+                inserted = clock()
+                grown = wal.stat().st_size if round_ == 0 else 0
+                resumed = clock()
+                db.execute(finishing, finished).fetchall()
+                ended = clock()
+                if round_ == 0:
+                    frames[name][0] += (grown - size) / frame / batch
+                    frames[name][1] += (wal.stat().st_size - grown) / frame / batch
+                inserting += inserted - began
+                updating += ended - resumed
+            if round_:
+                spent[name][0].append(inserting / batch * 1e6)
+                spent[name][1].append(updating / batch * 1e6)
+    print(f"main-thread CPU per statement (µs), {batches} batches of {batch}: minimum / median; WAL frames per commit")
+    for name, (inserts, updates) in spent.items():
+        insert = f"{min(inserts):5.1f} / {statistics.median(inserts):5.1f} ({frames[name][0]:.2f} frames)"
+        update = f"{min(updates):5.1f} / {statistics.median(updates):5.1f} ({frames[name][1]:.2f} frames)"
+        print(f"  {name:24} INSERT {insert}   finishing UPDATE {update}")
+    for store in stores.values():
+        store.close()
+
+
 def _spawn(package_root: str | None, batches: int, batch: int) -> dict[str, Any]:
     """One child process; ``package_root`` puts another checkout's ``sb_otel`` ahead of this one's."""
     prelude = ""
@@ -161,7 +234,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=200, help="lifecycles per batch (default 200)")
     parser.add_argument("--processes", type=int, default=3, help="processes per package, taking turns (default 3)")
     parser.add_argument("--baseline", help="a directory holding another version's sb_otel/ package")
+    parser.add_argument("--statements", action="store_true", help="time the INSERT and UPDATE alone, before/after 0015")
     args = parser.parse_args()
+    if args.statements:
+        _statements(args.batches, args.batch)
+        return
     versions: dict[str, str | None] = {"this checkout": None}
     if args.baseline:
         versions = {"baseline": args.baseline, **versions}
