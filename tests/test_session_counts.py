@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from sb_otel._tracking import sqlite_store
+from sb_otel._tracking.retention import PruneFilter
 from sb_otel._tracking.session_counts import (
+    CHEAPER_COUNTS_MIGRATION,
     COUNTS_MIGRATION,
-    EXACT_LENGTHS_MIGRATION,
     OTHER,
     SESSION_DURATION_BUCKETS,
     UNKNOWN_SHELL,
@@ -21,7 +24,7 @@ from sb_otel._tracking.session_counts import (
     bucket_index,
 )
 from sb_otel._tracking.sqlite_store import SqliteSessionStore
-from sb_otel._tracking.store import InMemorySessionStore, NewSession, SessionEnding, SessionStore
+from sb_otel._tracking.store import InMemorySessionStore, NewSession, ReapableStore, SessionEnding, SessionStore
 from tests.store_backends import STORE_BACKENDS, open_backend
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -187,18 +190,21 @@ def test_the_applied_counts_migration_is_unchanged() -> None:
     )
 
 
-def test_a_store_counting_since_0004_counts_boundary_lengths_exactly_after_upgrading(tmp_path: Path) -> None:
+def _store_at(path: Path, migrations: int, monkeypatch: pytest.MonkeyPatch) -> SqliteSessionStore:
+    """A store made by an sb-otel that knew only the first ``migrations`` migrations."""
+    with monkeypatch.context() as patched:
+        patched.setattr(sqlite_store, "MIGRATIONS", sqlite_store.MIGRATIONS[:migrations])
+        return SqliteSessionStore(path)
+
+
+def test_a_store_counting_since_0004_counts_boundary_lengths_exactly_after_upgrading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A store created before ``0005`` (triggers with julianday lengths) gets the exact trigger on opening: a 5 s
     session from a start with microseconds lands in the bucket that ends at 5, as in the memory store."""
-    import sqlite3
-    from contextlib import closing
-
     path = tmp_path / "s.db"
-    SqliteSessionStore(path).close()
-    with closing(sqlite3.connect(path)) as db, db:  # back to 0004's trigger, as a store made before 0005 has it
-        db.execute("DROP TRIGGER session_counts_end")
-        db.execute(COUNTS_MIGRATION[1][-1])
-        db.execute("DELETE FROM schema_migrations WHERE name = ?", (EXACT_LENGTHS_MIGRATION[0],))
+    _store_at(path, 4, monkeypatch).close()  # 0004's trigger, as a store made before 0005 has it
+    assert COUNTS_MIGRATION[0] == sqlite_store.MIGRATIONS[3][0]
     store = SqliteSessionStore(path)
     try:
         record, _ = store.create(_new("e1", started_at=T0_US))
@@ -209,6 +215,126 @@ def test_a_store_counting_since_0004_counts_boundary_lengths_exactly_after_upgra
     assert SESSION_DURATION_BUCKETS[bucket_index(5.0)] == 5.0
     assert series.buckets[bucket_index(5.0)] == 1
     assert series.total == 5.0
+
+
+_BOUNDARY_LENGTHS = [
+    length
+    for boundary in SESSION_DURATION_BUCKETS
+    for length in (timedelta(seconds=boundary), timedelta(seconds=boundary, microseconds=1))
+] + [timedelta(0), timedelta(microseconds=1), timedelta(seconds=-5), timedelta(days=3)]
+"""Every bucket reached, each boundary from both sides, a zero length, an end before its start, a very long one."""
+_SCORES: list[object] = [None, 3, 7.5, True, "9", 0, -1.25]
+_SHELLS: list[str | None] = ["bash", "zsh", "fish", None, "", "tcsh", "sh"]
+
+
+def _workload(stores: list[SessionStore], seed: int, first: int, count: int) -> None:
+    """``count`` random starts (some retried, some scored) and ends (some twice, some reaped in a batch), applied
+    alike to each store."""
+    rng = random.Random(seed)
+    ids: list[list[str]] = [[] for _ in stores]
+    for n in range(first, first + count):
+        component = f"c{rng.randrange(7)}"
+        shell = rng.choice(_SHELLS)
+        started = T0 + timedelta(seconds=rng.randrange(100_000), microseconds=rng.randrange(1_000_000))
+        score = rng.choice(_SCORES)
+        telemetry = {} if score is None else {"lifecycle": {"quality_score": score}, "other": "x"}
+        new = NewSession(
+            f"e{n}",
+            component,
+            "host",
+            1,
+            "/",
+            started,
+            started,
+            {} if shell is None else {"shell_type": shell},
+            telemetry,
+        )
+        retried = rng.random() < 0.1
+        ending = SessionEnding(rng.choice(["exited", "crashed", "abnormal"]), started + rng.choice(_BOUNDARY_LENGTHS))
+        how = rng.choice(["finish", "finish", "twice", "reaped", "open"])
+        for store, made in zip(stores, ids, strict=True):
+            record, _ = store.create(new)
+            if retried:
+                store.create(new)
+            made.append(record.session_id)
+            if how in ("finish", "twice"):
+                store.finish(record.session_id, ending)
+            if how == "twice":
+                store.finish(record.session_id, ending.replace(status="crashed"))
+            if how == "reaped":
+                assert isinstance(store, ReapableStore)
+                store.finish_many([(record.session_id, ending)])
+    assert all(made == ids[0] for made in ids)  # every store gave each start the same id
+
+
+def _comparable(counts: SessionCounts) -> tuple[object, ...]:
+    durations = {
+        key: (series.buckets, series.count, series.total, series.minimum, series.maximum)
+        for key, series in counts.durations.items()
+    }
+    return counts.started, counts.ended, counts.open, durations, counts.quality
+
+
+def _fire_in_reverse(path: Path) -> None:
+    """Make the start triggers of 0015 again in the other order: SQLite fires triggers in an order of its own, so
+    the counts must not depend on which of them runs first."""
+    import sqlite3
+    from contextlib import closing
+
+    made = {text.split()[2]: text for text in CHEAPER_COUNTS_MIGRATION[1] if "CREATE TRIGGER" in text}
+    names = ["session_labels_admit", "session_counts_start", "session_quality_start"]
+    with closing(sqlite3.connect(path)) as db, db:
+        for name in names:
+            db.execute(f"DROP TRIGGER {name}")
+        for name in reversed(names):
+            db.execute(made[name])
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["as-made", "reversed"])
+def test_the_0015_triggers_count_exactly_as_the_ones_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reverse: bool
+) -> None:
+    """One random workload (components and shells past the label limit, every bucket, quality scores of every
+    type, retries, repeated and batched ends) on a store with the triggers before 0015 and on one with 0015's gives
+    the same counts, whichever start trigger fires first; upgrading the first copies them exactly, and both then
+    keep counting and uncounting alike."""
+    monkeypatch.setenv("SB_OTEL_METRIC_LABEL_LIMIT", "4")
+    before = _store_at(tmp_path / "before.db", 14, monkeypatch)
+    if reverse:
+        SqliteSessionStore(tmp_path / "after.db").close()
+        _fire_in_reverse(tmp_path / "after.db")
+    after = SqliteSessionStore(tmp_path / "after.db")
+    memory = InMemorySessionStore()
+    try:
+        _workload([before, after, memory], seed=15, first=0, count=400)
+        before.close()
+        old = SqliteSessionStore(tmp_path / "before.db", read_only=True)  # read as the tables before 0015 hold it
+        try:
+            counted_before = old.session_counts()
+        finally:
+            old.close()
+        counted_after = after.session_counts()
+        assert _comparable(counted_before) == _comparable(counted_after) == _comparable(memory.session_counts())
+        assert counted_after.started.keys() >= {("_other", "_other", "tracked")}
+        assert len(counted_after.quality) >= 2
+        filled = [sum(column) for column in zip(*(s.buckets for s in counted_after.durations.values()), strict=True)]
+        assert all(filled), filled
+
+        upgraded = SqliteSessionStore(tmp_path / "before.db")
+        try:
+            assert upgraded.applied_migrations()[-1] == "0015_session_counts_cheaper_triggers"
+            assert _comparable(upgraded.session_counts()) == _comparable(counted_after)
+            _workload([upgraded, after], seed=16, first=400, count=200)
+            assert _comparable(upgraded.session_counts()) == _comparable(after.session_counts())
+            for store in (upgraded, after):
+                store.prune_sessions(
+                    PruneFilter(received_before=T0 + timedelta(hours=12)), uncount=True, dry_run=False, limit=None
+                )
+            assert _comparable(upgraded.session_counts()) == _comparable(after.session_counts())
+        finally:
+            upgraded.close()
+    finally:
+        after.close()
 
 
 @pytest.mark.parametrize("start_us", [0, 1, 499_999, 500_000, 999_999])

@@ -25,7 +25,8 @@ from sb_otel import (
     StoreError,
     open_store,
 )
-from sb_otel._tracking.sqlite_store import MIGRATIONS
+from sb_otel._tracking.identity import session_id_base
+from sb_otel._tracking.sqlite_store import MIGRATIONS, _id_base, _iso
 from tests.store_backends import STORE_BACKENDS, open_backend
 
 T0 = datetime(2026, 2, 6, 12, 34, 56, 789000, tzinfo=timezone.utc)
@@ -326,3 +327,32 @@ def test_the_store_says_which_labels_it_admitted(store: SessionStore) -> None:
     assert store.metric_label_admitted("shell", "zsh")
     assert not store.metric_label_admitted("component", "api")
     assert not store.metric_label_admitted("shell", "web")
+
+
+@pytest.mark.parametrize(
+    "started",
+    [
+        datetime(2026, 2, 6, 12, 34, 56, 789012, tzinfo=timezone.utc),
+        datetime(1, 1, 1, 0, 0, 0, tzinfo=timezone.utc),
+        datetime(999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc),
+        datetime(2026, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=5, minutes=30))),  # the day before in UTC
+        datetime(2026, 7, 1, 9, 0, 0, 1, tzinfo=timezone(timedelta(hours=-7))),
+    ],
+)
+def test_the_sqlite_store_reads_the_id_base_off_the_stored_start(started: datetime) -> None:
+    """The SQLite store takes a session id's base from the start's stored text; it is the seed-shaped base
+    ``session_id_base`` makes from the time itself, whatever the year's width or the time zone."""
+    assert _id_base("my-app", _iso(started)) == session_id_base("my-app", started)
+
+
+def test_a_sqlite_store_numbers_after_an_id_another_process_took(tmp_path: Path) -> None:
+    """Two stores on one file (two processes) starting sessions in the same second: the second finds the bare id
+    taken (its insert changes no row) and numbers after the highest stored one, burning none."""
+    first, second = SqliteSessionStore(tmp_path / "s.db"), SqliteSessionStore(tmp_path / "s.db")
+    try:
+        ids = [store.create(new_session())[0].session_id for store in (first, second, first, second)]
+    finally:
+        first.close()
+        second.close()
+    base = "mahavishnu-20260206-123456"
+    assert ids == [base, f"{base}-2", f"{base}-3", f"{base}-4"]

@@ -7,8 +7,9 @@ by PL/pgSQL triggers generated from the same declarations as SQLite's (:mod:`ses
 stores a start or an end counts it in its own transaction.
 
 Migrations that SQLite needed to repair its own history have nothing to repair here (``0005``: PostgreSQL counts
-exact lengths from the start), and shell command spools (``0011``) are files beside a SQLite store that a database
-on another host has no beside to: they are recorded, and change nothing. SQLite migrations appended later need a
+exact lengths from the start; ``0015``: its trigger functions admit labels only when new already), and shell
+command spools (``0011``) are files beside a SQLite store that a database on another host has no beside to: they
+are recorded, and change nothing. SQLite migrations appended later need a
 PostgreSQL equivalent here under the same number.
 """
 
@@ -298,5 +299,8 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "WHEN (NEW.telemetry LIKE '%quality_score%') EXECUTE FUNCTION sb_count_quality()",
         ),
     ),
+    # SQLite's triggers made cheaper (labels admitted only when new, one row per ending); PostgreSQL's functions
+    # probe for an admitted label first and skip the quality parse already: the same counts, nothing to change.
+    ("0015_session_counts_cheaper_triggers", ()),
 )
 """Named schema migrations, applied in order, in one transaction per store opening. Append; never edit."""

@@ -2,10 +2,11 @@
 
 A session starts in one process (``sb-otel emit start``) and ends in another, so per-process counters cannot say
 how many sessions are open. The store counts instead, in the same statement that stores each start and end:
-SQLite triggers on ``sessions`` (migration ``0004_session_counts``), the memory store under its lock. Every path
-that stores a session (the tracker, ``ForeignTracker``, the reaper, ``emit``'s fast path) is counted, once. Both
-stores fold values into labels and keys by one declaration (:class:`Label`, :data:`STARTED_KEY`,
-:data:`ENDED_KEY`, :data:`SESSION_DURATION_BUCKETS`): the triggers are generated from it.
+SQLite triggers on ``sessions`` (migration ``0004_session_counts``; ``0015`` does the same for less work), the
+memory store under its lock. Every path that stores a session (the tracker, ``ForeignTracker``, the reaper,
+``emit``'s fast path) is counted, once. Both stores fold values into labels and keys by one declaration
+(:class:`Label`, :data:`STARTED_KEY`, :data:`ENDED_KEY`, :data:`SESSION_DURATION_BUCKETS`): the triggers are
+generated from it.
 
 Counts are cumulative from the moment the counting began (``start_time_unix_nano``, saved in the store with a
 random ``store_id``): an exporter that restarts, or another process that takes the exporter lease over, reports
@@ -457,6 +458,146 @@ EXACT_LENGTHS_MIGRATION: tuple[str, tuple[str, ...]] = (
 lands in the same bucket as in the memory store. Endings counted before it keep the bucket they got."""
 
 
+# -- Migration 0015: the same counts for less work per start and end ----------------------------------------------
+
+ENDING_COUNTS = "session_ending_counts"
+"""One row per ``(component, status)`` series: its ended count, length count, sum, extremes and every bucket.
+Migration 0015 folds the three tables each ending used to update (ended counts, bucket counts, length sums) into
+it: one statement and one page per end instead of three of each, the length computed once."""
+_BUCKET_COLUMNS = tuple(f"bucket_{index}" for index in range(len(SESSION_DURATION_BUCKETS) + 1))
+ENDING_COLUMNS = ("count", "total", "minimum", "maximum", *_BUCKET_COLUMNS)
+"""The columns of :data:`ENDING_COUNTS` after the series key (``count`` is the ended count and the length count:
+every ending added one to both), in the order the store reads them."""
+_ENDING_TYPES = ("INTEGER", "REAL", "REAL", "REAL", *(["INTEGER"] * len(_BUCKET_COLUMNS)))
+
+
+def _once(columns: str, source: str = "") -> str:
+    """A one-row subquery of ``columns`` (``expression AS name, …``) that SQLite computes once: without the OFFSET
+    its flattener would copy each expression into every place that reads its name (a length into each of fifteen
+    bucket columns)."""
+    return f"(SELECT {columns}{f' FROM {source}' if source else ''} LIMIT 1 OFFSET 0)"
+
+
+def _admitted(kind: str, value: str) -> str:
+    return f"(SELECT value FROM session_metric_labels WHERE kind = '{kind}' AND value = {value})"
+
+
+def _label_either_order(label: Label, value: str) -> str:
+    """The label :func:`_label` gives after admission, whether the admitting trigger ran before this statement or
+    runs after it (SQLite's trigger order is its own): an admitted value is itself; a new one is itself if there is
+    room for it (the admitting trigger sees the same count and admits it), else :data:`OTHER`."""
+    if label.admitted_as is None:
+        return value
+    kind = label.admitted_as
+    room = f"(SELECT COUNT(*) FROM session_metric_labels WHERE kind = '{kind}') < {_LIMIT}"
+    return f"COALESCE({_admitted(kind, value)}, CASE WHEN {room} THEN {value} ELSE '{OTHER}' END)"
+
+
+def _start_triggers() -> tuple[str, str]:
+    """0004's ``session_counts_start`` split in two: one admitting new labels, whose condition (a label not admitted
+    yet: a new component or shell) spares every other start its statements, and the count, folding its labels
+    alike in either order (:func:`_label_either_order`), the shell type read out of the start event once."""
+    present = tuple(_present(label, source) for label, source in zip(STARTED_KEY, _STARTED_SOURCES, strict=True))
+    admitted = [(label, value) for label, value in zip(STARTED_KEY, present, strict=True) if label.admitted_as]
+    new = " OR ".join(f"{_admitted(label.admitted_as or '', value)} IS NULL" for label, value in admitted)
+    names = tuple(f"x_{label.column}" for label in STARTED_KEY)
+    key = ", ".join(_label_either_order(label, name) for label, name in zip(STARTED_KEY, names, strict=True))
+    values = ", ".join(f"{value} AS {name}" for value, name in zip(present, names, strict=True))
+    return (
+        f"""
+        CREATE TRIGGER session_labels_admit AFTER INSERT ON sessions WHEN {new} BEGIN
+            {_admits(STARTED_KEY, _STARTED_SOURCES)}
+        END
+        """,
+        f"""
+        CREATE TRIGGER session_counts_start AFTER INSERT ON sessions BEGIN
+            INSERT INTO session_started_counts ({_columns(STARTED_KEY)}, value)
+                SELECT {key}, 1 FROM {_once(values)} WHERE true
+                ON CONFLICT ({_columns(STARTED_KEY)}) DO UPDATE SET value = value + 1;
+        END
+        """,
+    )
+
+
+def _ending_trigger() -> str:
+    """``session_counts_end`` writing one row of :data:`ENDING_COUNTS`: the label looked up once, the length
+    computed once (:data:`_EXACT_SECONDS`), its bucket a 1 in one of the bucket columns."""
+    buckets = ", ".join(f"(b = {index})" for index in range(len(_BUCKET_COLUMNS)))
+    added = ", ".join(f"{column} = {column} + excluded.{column}" for column in _BUCKET_COLUMNS)
+    length = _once(f"{_label(COMPONENT, _ENDED_SOURCES[0])} AS c, {_EXACT_SECONDS} AS d")
+    row = _once(f"c, d, {_BUCKET} AS b", length)
+    return f"""
+        CREATE TRIGGER session_counts_end AFTER UPDATE OF status ON sessions
+        WHEN OLD.status = 'open' AND NEW.status != 'open' BEGIN
+            INSERT INTO {ENDING_COUNTS} ({_ENDED}, {", ".join(ENDING_COLUMNS)})
+                SELECT c, NEW.status, 1, d, d, d, {buckets} FROM {row} WHERE true
+                ON CONFLICT ({_ENDED}) DO UPDATE SET count = count + 1, total = total + excluded.total,
+                    minimum = min(minimum, excluded.minimum), maximum = max(maximum, excluded.maximum), {added};
+        END
+        """
+
+
+def _quality_trigger() -> str:
+    """``session_quality_start`` as 0014 made it, its condition first looking for the key's text: a document
+    without ``"quality_score"`` (and without a backslash, which an escaped key would need) cannot hold the score,
+    so the usual start parses no JSON for it."""
+    return f"""
+        CREATE TRIGGER session_quality_start AFTER INSERT ON sessions
+        WHEN (instr(NEW.telemetry, '"quality_score"') OR instr(NEW.telemetry, '\\'))
+            AND (CASE WHEN json_valid(NEW.telemetry) THEN json_type(NEW.telemetry, '$.lifecycle.quality_score') END)
+            IN ('integer', 'real') BEGIN
+            {_admits((COMPONENT,), ("NEW.component_name",))}
+            INSERT INTO session_quality_scores (component, score)
+                SELECT {_label(COMPONENT, "NEW.component_name")}, {_QUALITY} WHERE true
+                ON CONFLICT (component) DO UPDATE SET score = excluded.score;
+        END
+        """
+
+
+def _pivoted(index: int) -> str:
+    return (
+        f"COALESCE((SELECT b.value FROM session_duration_counts AS b WHERE b.component = k.component "
+        f"AND b.status = k.status AND b.bucket = {index}), 0)"
+    )
+
+
+CHEAPER_COUNTS_MIGRATION: tuple[str, tuple[str, ...]] = (
+    "0015_session_counts_cheaper_triggers",
+    (
+        _table(
+            ENDING_COUNTS,
+            ENDED_KEY,
+            *(f"{column} {kind} NOT NULL" for column, kind in zip(ENDING_COLUMNS, _ENDING_TYPES, strict=True)),
+        ),
+        # Every series so far, from the three tables (each ending wrote all three, so they hold the same keys).
+        f"""
+        INSERT INTO {ENDING_COUNTS} ({_ENDED}, {", ".join(ENDING_COLUMNS)})
+        SELECT k.component, k.status,
+            COALESCE(s.count, e.value, 0), COALESCE(s.total, 0.0), COALESCE(s.minimum, 0.0), COALESCE(s.maximum, 0.0),
+            {", ".join(_pivoted(index) for index in range(len(_BUCKET_COLUMNS)))}
+        FROM (
+            SELECT {_ENDED} FROM session_ended_counts UNION SELECT {_ENDED} FROM session_duration_sums
+            UNION SELECT {_ENDED} FROM session_duration_counts
+        ) AS k
+        LEFT JOIN session_duration_sums AS s ON s.component = k.component AND s.status = k.status
+        LEFT JOIN session_ended_counts AS e ON e.component = k.component AND e.status = k.status
+        """,
+        "DROP TRIGGER session_counts_end",
+        "DROP TRIGGER session_counts_start",
+        "DROP TRIGGER session_quality_start",
+        "DROP TABLE session_ended_counts",
+        "DROP TABLE session_duration_counts",
+        "DROP TABLE session_duration_sums",
+        *_start_triggers(),
+        _ending_trigger(),
+        _quality_trigger(),
+    ),
+)
+"""The same counts as 0004, 0005 and 0014 kept, for less work: labels admitted only when new, the quality score
+looked for only where its key is, every ending one row (:data:`ENDING_COUNTS`). ``tests/test_session_counts.py``
+runs one random workload on a store with the old triggers and one with these and compares the counts."""
+
+
 def _aliased(labels: tuple[Label, ...], sources: tuple[str, ...]) -> str:
     """:func:`_key` with each label named after its column (a subquery's result columns)."""
     return ", ".join(
@@ -475,24 +616,20 @@ def uncount_statements(pruned: str) -> tuple[str, ...]:
     a reset, not a counter going down). Minimum and maximum lengths keep the extremes they had (the store keeps no
     list of lengths to find the next one)."""
     ended = f"FROM {pruned} AS NEW WHERE NEW.status != 'open'"
+    # A bucket stops at zero, as the rows of the bucket table before 0015 did (emptied ones were deleted).
+    unbucketed = ", ".join(f"{column} = max(0, c.{column} - x.{column})" for column in _BUCKET_COLUMNS)
+    per_bucket = ", ".join(f"SUM(b = {index}) AS {column}" for index, column in enumerate(_BUCKET_COLUMNS))
     lengths = f"SELECT {_aliased(ENDED_KEY, _ENDED_SOURCES)}, {_EXACT_SECONDS} AS d {ended}"
     return (
         f"""UPDATE session_started_counts AS c SET value = c.value - x.n FROM (
             SELECT {_aliased(STARTED_KEY, _STARTED_SOURCES)}, COUNT(*) AS n FROM {pruned} AS NEW GROUP BY 1, 2, 3
         ) AS x WHERE {_matches(STARTED_KEY)}""",
-        f"""UPDATE session_ended_counts AS c SET value = c.value - x.n FROM (
-            SELECT {_aliased(ENDED_KEY, _ENDED_SOURCES)}, COUNT(*) AS n {ended} GROUP BY 1, 2
-        ) AS x WHERE {_matches(ENDED_KEY)}""",
-        f"""UPDATE session_duration_counts AS c SET value = c.value - x.n FROM (
-            SELECT {_ENDED}, {_BUCKET} AS bucket, COUNT(*) AS n FROM ({lengths}) GROUP BY 1, 2, 3
-        ) AS x WHERE {_matches(ENDED_KEY)} AND c.bucket = x.bucket""",
-        f"""UPDATE session_duration_sums AS c SET count = c.count - x.n, total = c.total - x.total FROM (
-            SELECT {_ENDED}, COUNT(*) AS n, SUM(d) AS total FROM ({lengths}) GROUP BY 1, 2
+        f"""UPDATE {ENDING_COUNTS} AS c SET count = c.count - x.n, total = c.total - x.total, {unbucketed} FROM (
+            SELECT {_ENDED}, COUNT(*) AS n, SUM(d) AS total, {per_bucket}
+            FROM (SELECT {_ENDED}, d, {_BUCKET} AS b FROM ({lengths})) GROUP BY 1, 2
         ) AS x WHERE {_matches(ENDED_KEY)}""",
         "DELETE FROM session_started_counts WHERE value <= 0",
-        "DELETE FROM session_ended_counts WHERE value <= 0",
-        "DELETE FROM session_duration_counts WHERE value <= 0",
-        "DELETE FROM session_duration_sums WHERE count <= 0",
+        f"DELETE FROM {ENDING_COUNTS} WHERE count <= 0",
         f"""DELETE FROM session_metric_labels WHERE kind = '{COMPONENT.admitted_as}'
             AND value NOT IN (SELECT {COMPONENT.column} FROM session_started_counts)
             AND value NOT IN (SELECT component_name FROM sessions)""",
