@@ -831,3 +831,26 @@ async def test_a_start_cancelled_while_waiting_for_its_event_ids_lock_leaves_no_
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert tracker._locks == {}
+
+
+async def test_a_plain_sqlite_lifecycle_runs_one_write_per_call_and_one_read(tmp_path: Path) -> None:
+    """Counted by SQLite itself: with the default manager a plain lifecycle is the start's INSERT, the end's read
+    of its session (its directory, whether it is open) and the end's UPDATE; nothing reads by event id."""
+    tracker = SessionTracker(SessionLifecycleManager(), store=tmp_path / "s.db")
+    store = tracker.store
+    assert isinstance(store, SqliteSessionStore)
+    event = seed_start_event(
+        event_id=str(uuid.uuid4()),
+        environment=EnvironmentInfo(python_version="3.13.0", platform="Linux", cwd=str(tmp_path)),
+    )
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    try:
+        start = await tracker.handle_session_start(event)
+        end = await tracker.handle_session_end(end_event(start.session_id or ""))
+    finally:
+        store._db.set_trace_callback(None)
+    assert (start.status, end.status) == ("tracked", "ended")
+    ran = [sql.split()[0] for index, sql in enumerate(statements) if index == 0 or statements[index - 1] != sql]
+    assert ran == ["INSERT", "SELECT", "UPDATE"], statements
+    assert not [sql for sql in statements if "WHERE event_id" in sql]
