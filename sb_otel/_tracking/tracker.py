@@ -7,10 +7,10 @@ went wrong, and are logged with session-buddy's ERROR lines, in its wording (``S
 ``Session end exception`` with the full traceback for exceptions). A manager's own error text is the result's
 ``error`` and the line's, as in session-buddy; sb-otel's context goes into the record's ``sb.error.context``.
 
-A start is a retry (same session, no second manager call) only while its session is open and the event is the
-same; an ``event_id`` reused for another event or after its session ended is an error. Across processes
-sharing a store, claims (:class:`~sb_otel._tracking.store.SessionClaims`) make one process call the manager
-per start and per end.
+A start is a retry (same session; no second manager call, unless the manager is ``side_effect_free`` and the
+store's write decides) only while its session is open and the event is the same; an ``event_id`` reused for
+another event or after its session ended is an error. Across processes sharing a store, claims
+(:class:`~sb_otel._tracking.store.SessionClaims`) make one process call the manager per start and per end.
 
 Log lines keep the seed's ``key=value, key=value`` shape; a value that could be misread (separators, quotes,
 control, format or bidi characters, surrounding spaces) is written as a JSON string with such characters
