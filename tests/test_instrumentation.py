@@ -609,28 +609,141 @@ def test_a_folded_start_stores_the_managers_call_noted_by_the_tracker_and_answer
     assert result.model_dump().keys() == other.model_dump().keys()
 
 
-def test_a_retry_racing_a_folded_start_calls_the_manager_once_and_gets_the_same_session_and_span(
-    tmp_path: Path,
-) -> None:
-    """Two starts of one event at once: the tracker's one lock and read make the second a retry (the manager is
-    called once), answered with the first's session and ``traceparent``; the retry's ``session.start`` child is
-    made at once beneath the stored session span."""
-    from sb_otel._tracking.store import InMemorySessionStore
+class _ReadingFirst(_CountingManager):
+    """The same manager without the ``side_effect_free`` flag: the tracker reads by event id before calling it."""
 
-    manager = _CountingManager()
-    tracker, spans = _own_pipeline(InMemorySessionStore(), manager=manager)
+    side_effect_free = False
+
+
+def _folded_with_metrics(manager: Any, path: Path) -> tuple[Any, Any, Any, Any]:
+    """A folded tracker on a SQLite store (spans and metrics into memory): tracker, store, spans, metric reader."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from sb_otel._tracking.sqlite_store import SqliteSessionStore
+
+    reader = InMemoryMetricReader()
+    store = SqliteSessionStore(path)
+    tracker, spans = _own_pipeline(store, manager=manager, meter_provider=MeterProvider(metric_readers=[reader]))
+    return tracker, store, spans, reader
+
+
+def _started_count(reader: Any) -> int:
+    """The sum of ``sb.session.started`` (result ``tracked``) collected now."""
+    data = reader.get_metrics_data()
+    return sum(
+        int(point.value)
+        for resource in (data.resource_metrics if data is not None else [])
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "sb.session.started"
+        for point in metric.data.data_points
+        if (point.attributes or {}).get("sb.result") == "tracked"
+    )
+
+
+def _assert_one_session_one_span(first: Any, second: Any, store: Any, spans: Any, reader: Any) -> None:
+    """The retry answers the first start's session, ``traceparent`` and baggage; the store holds one session
+    whose stored plan is that ``traceparent``; the only span made at once is the retry's ``session.start``
+    beneath the stored session span (no manager span: the retry's own plan and call leave no trace); the
+    started metric counts once."""
+    assert (first.status, second.status) == ("tracked", "tracked")
+    assert second.session_id == first.session_id
+    assert (second.traceparent, second.baggage) == (first.traceparent, first.baggage)
+    (record,) = store.list_sessions()
+    state = record.telemetry["span"]
+    assert first.traceparent == f"00-{state['trace_id']}-{state['span_id']}-01"
+    (retried,) = spans.get_finished_spans()
+    assert retried.name == "session.start mahavishnu"
+    assert f"{retried.parent.span_id:016x}" == state["span_id"]
+    assert f"{retried.context.trace_id:032x}" == state["trace_id"]
+    assert _started_count(reader) == 1
+
+
+@pytest.mark.parametrize(
+    ("manager", "calls"),
+    [
+        pytest.param(_CountingManager, 2, id="side-effect-free: the write decides, the manager may be asked again"),
+        pytest.param(_ReadingFirst, 1, id="side effects: read first, the manager is called once"),
+    ],
+)
+def test_a_retry_racing_a_folded_start_gets_the_same_session_and_span(
+    tmp_path: Path, manager: type[_CountingManager], calls: int
+) -> None:
+    """Two starts of one event at once in one process: the tracker's lock makes the second a retry, answered with
+    the first's session, ``traceparent`` and baggage, one session and one session span. A side-effect-free
+    manager lets the write decide (the retry calls it again, as on the plain path); a manager with side effects
+    is read around and called once."""
+    counting = manager()
+    tracker, store, spans, reader = _folded_with_metrics(counting, tmp_path / "s.db")
 
     async def both() -> list[Any]:
         return list(await asyncio.gather(*(tracker.handle_session_start(_payload(tmp_path)) for _ in range(2))))
 
     first, second = asyncio.run(both())
-    assert manager.calls == ["initialize_session"]
-    assert (first.status, second.status) == ("tracked", "tracked")
-    assert first.session_id == second.session_id
-    assert first.traceparent == second.traceparent
-    (retried,) = spans.get_finished_spans()
-    assert retried.name == "session.start mahavishnu"
-    assert f"{retried.parent.span_id:016x}" == (first.traceparent or "").split("-")[2]
+    assert counting.calls == ["initialize_session"] * calls
+    _assert_one_session_one_span(first, second, store, spans, reader)
+
+
+def test_a_sequential_folded_retry_answers_the_stored_session(tmp_path: Path) -> None:
+    """A folded start sent again after its answer (the write finds the event's session) answers the stored
+    session's ``traceparent`` and baggage, as a read-first retry does, with one session, one span and one count;
+    the stored row keeps the first call's noted manager call."""
+    counting = _CountingManager()
+    tracker, store, spans, reader = _folded_with_metrics(counting, tmp_path / "s.db")
+    first = asyncio.run(tracker.handle_session_start(_payload(tmp_path)))
+    stored = store.get(first.session_id or "")
+    assert stored is not None
+    noted = stored.telemetry["start_call"]
+    second = asyncio.run(tracker.handle_session_start(_payload(tmp_path)))
+    assert counting.calls == ["initialize_session"] * 2
+    _assert_one_session_one_span(first, second, store, spans, reader)
+    again = store.get(first.session_id or "")
+    assert again is not None
+    assert again.telemetry["start_call"] == noted
+
+
+class _FailingAfterFirst(_CountingManager):
+    """A side-effect-free manager whose answers after the first are failures."""
+
+    async def initialize_session(self, working_directory: str | None = None) -> dict[str, Any]:
+        answer = await super().initialize_session(working_directory)
+        return answer if len(self.calls) == 1 else {"success": False, "error": "gone"}
+
+
+def test_a_folded_retry_whose_second_manager_call_fails_still_gets_its_session(tmp_path: Path) -> None:
+    """A retry asks the side-effect-free manager again; that answer failing still gets the stored session (read
+    then), its trace context and no span or metric of the failed call: the same answer as a read-first retry."""
+    manager = _FailingAfterFirst()
+    tracker, store, spans, reader = _folded_with_metrics(manager, tmp_path / "s.db")
+    first = asyncio.run(tracker.handle_session_start(_payload(tmp_path)))
+    second = asyncio.run(tracker.handle_session_start(_payload(tmp_path)))
+    assert manager.calls == ["initialize_session"] * 2
+    _assert_one_session_one_span(first, second, store, spans, reader)
+
+
+def test_a_folded_start_reusing_an_event_id_is_refused_as_when_read_first(tmp_path: Path) -> None:
+    """Another start event under a stored event id is found by the write and refused with the tracker's words;
+    its spans (the ``session.start`` child and the rejected start's ERROR session span) carry the stored
+    session's plan, as when the refusal was read first (the planner is asked again with the stored record), and
+    only the first start is counted as tracked."""
+    tracker, store, spans, reader = _folded_with_metrics(_CountingManager(), tmp_path / "s.db")
+    first = asyncio.run(tracker.handle_session_start(_payload(tmp_path)))
+    payload = _payload(tmp_path)
+    other = asyncio.run(tracker.handle_session_start({**payload, "pid": 4242}))
+    assert other.status == "error"
+    assert other.error == (
+        f"event_id {payload['event_id']} is already used by session {first.session_id} for a different start event: "
+        "a retry must resend the same event, a new session needs a new event_id"
+    )
+    assert other.traceparent is None
+    (record,) = store.list_sessions()
+    state = record.telemetry["span"]
+    child, root = spans.get_finished_spans()
+    assert (child.name, root.name) == ("session.start mahavishnu", "session mahavishnu")
+    assert f"{child.parent.span_id:016x}" == f"{root.context.span_id:016x}" == state["span_id"]
+    assert {f"{child.context.trace_id:032x}", f"{root.context.trace_id:032x}"} == {state["trace_id"]}
+    assert _started_count(reader) == 1
 
 
 def test_a_folded_start_whose_planner_fails_is_tracked_without_telemetry(

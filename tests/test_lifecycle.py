@@ -424,3 +424,66 @@ async def test_answer_cached_is_none_for_what_the_cache_cannot_answer(repo: Path
     assert manager.answer_cached("end_session", str(repo)) is None
     assert manager.answer_cached("initialize_session", None) is None
     assert SessionLifecycleManager.side_effect_free is True
+
+
+def test_files_made_in_the_directory_and_in_git_keep_the_cached_answer(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory is stamped by its identity, not its listing: a file the user creates in the working directory
+    and git's own writes in ``.git`` (``git status`` refreshing the index, a lock file) leave the answer cached
+    (no file opened), while what the answer reads (a new ``pyproject.toml``, a new commit) still shows."""
+    from sb_otel._tracking import lifecycle
+
+    opened: list[Path] = []
+    real = lifecycle.read_regular_file
+    monkeypatch.setattr(lifecycle, "read_regular_file", lambda path, limit: opened.append(path) or real(path, limit))
+    manager = SessionLifecycleManager()
+    first = manager.describe_start(str(repo))
+    before = (repo.stat().st_mtime_ns, (repo / ".git").stat().st_mtime_ns)
+    (repo / "notes.txt").write_text("scratch\n", encoding="utf-8")
+    (repo / ".git" / "sb-otel-test.lock").write_text("", encoding="utf-8")
+    git(repo, "status", "--short")
+    assert (repo.stat().st_mtime_ns, (repo / ".git").stat().st_mtime_ns) != before  # both listings changed
+    opened.clear()
+    assert manager.describe_start(str(repo)) == first
+    assert opened == []
+    newer = commit(repo, "b.txt", "second")
+    assert manager.describe_start(str(repo))["git"]["commit"] == newer
+    (repo / "pyproject.toml").write_text('[project]\nname = "seen"\n', encoding="utf-8")
+    assert manager.describe_start(str(repo))["project"] == "seen"
+
+
+def test_a_repository_made_in_a_cached_plain_directory_is_seen(tmp_path: Path) -> None:
+    """A plain directory's answer holds while its ``.git`` is missing; ``git init`` there shows at the next call,
+    and a directory replaced by a file is no longer answered from the cache."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    manager = SessionLifecycleManager()
+    assert "git" not in manager.describe_start(str(plain))
+    git(plain, "init", "-q", "-b", "trunk")
+    assert manager.describe_start(str(plain))["git"] == {"branch": "trunk", "commit": None}
+    replaced = tmp_path / "replaced"
+    replaced.mkdir()
+    assert manager.describe_start(str(replaced))["success"] is True
+    replaced.rmdir()
+    replaced.write_text("now a file\n", encoding="utf-8")
+    assert manager.describe_start(str(replaced)) == {
+        "success": False,
+        "error": f"working directory is not a directory: {replaced}",
+    }
+
+
+def test_a_packed_branch_is_stamped_once(repo: Path) -> None:
+    """With the branch only in ``packed-refs`` (after ``git gc``), the missing loose ref is one stamp, not two:
+    a cached answer costs one ``stat`` per path it was read from, and still sees the branch move."""
+    from sb_otel._tracking.lifecycle import DescribeCache
+
+    git(repo, "pack-refs", "--all")
+    cache = DescribeCache()
+    first = cache.describe(str(repo), required=True)
+    paths = [path for path, _ in cache._answers[str(repo)][1].stamps]
+    assert len(paths) == len(set(paths))
+    assert str(repo / ".git" / "refs" / "heads" / "main") in paths
+    newer = commit(repo, "b.txt", "second")
+    assert first["git"]["commit"] != newer
+    assert cache.describe(str(repo), required=True)["git"]["commit"] == newer

@@ -25,7 +25,17 @@ from opentelemetry.trace import StatusCode
 
 from sb_otel import InstrumentedSessionTracker, NewSession, SessionTracker, SqliteSessionStore, instrument
 from sb_otel._service.auth import session_token
-from sb_otel._service.server import DEFAULT_PATH, DEFAULT_PORT, HttpMode, SessionService, build_server, http_server
+from sb_otel._service.server import (
+    DEFAULT_PATH,
+    DEFAULT_PORT,
+    HttpMode,
+    SessionService,
+    build_server,
+    http_server,
+    result_dict,
+    with_trace_context,
+)
+from sb_otel._tracking.models import SessionEndResult, SessionStartResult
 from sb_otel._version import __version__
 from sb_otel.testing import CapturedTelemetry
 from tests.conftest import AgreeingManager, start_payload
@@ -225,6 +235,49 @@ async def test_with_a_secret_calls_need_a_valid_token(tracker: InstrumentedSessi
     assert good["status"] == "tracked"
     assert ended["status"] == "ended"
     assert tracker.store.get(good["session_id"]) is not None
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        pytest.param(SessionStartResult(session_id="a-20260206-123456", status="tracked"), id="tracked"),
+        pytest.param(SessionStartResult(session_id=None, status="error", error="bad"), id="start-error"),
+        pytest.param(
+            SessionStartResult(
+                session_id="a-20260206-123456", status="tracked", traceparent=SHELL_TRACEPARENT, baggage="session.id=a"
+            ),
+            id="with-trace-context",
+        ),
+        pytest.param(SessionStartResult(session_id="a-1-2", status="tracked", baggage="k=v"), id="baggage-only"),
+        pytest.param(SessionEndResult(session_id="a-20260206-123456", status="ended"), id="ended"),
+        pytest.param(SessionEndResult(session_id="x", status="not_found"), id="not-found"),
+        pytest.param(SessionEndResult(session_id="x", status="error", error="gone"), id="end-error"),
+    ],
+)
+def test_a_result_dict_is_the_results_json_dump(result: Any) -> None:
+    """The tools' answer, written out for sb-otel's result models, is exactly ``model_dump(mode="json")``: same
+    keys in the same order, extras only when set."""
+    answer = result_dict(result)
+    assert answer == result.model_dump(mode="json")
+    assert list(answer) == list(result.model_dump(mode="json"))
+
+
+def test_another_trackers_result_model_is_dumped_by_its_own_model() -> None:
+    """A foreign tracker's result (another model class) keeps its own ``model_dump``."""
+
+    class Foreign(SessionStartResult):
+        note: str = "theirs"
+
+    assert result_dict(Foreign(session_id="a-1-2", status="tracked"))["note"] == "theirs"
+
+
+@pytest.mark.parametrize("meta", [None, {}, {"progressToken": 3}], ids=["none", "empty", "no-trace-context"])
+def test_metadata_without_a_request_trace_context_is_passed_on_as_it_came(meta: Any) -> None:
+    """No ``_meta`` trace context: the start's metadata is the very object sent (``None`` stays ``None``)."""
+    metadata = {"key": "value"}
+    assert with_trace_context(metadata, meta) is metadata
+    assert with_trace_context(None, meta) is None
+    assert with_trace_context(None, {"traceparent": SHELL_TRACEPARENT}) == {"traceparent": SHELL_TRACEPARENT}
 
 
 # -- stdio, against `sb-otel serve` in a subprocess ---------------------------------------------------------

@@ -650,10 +650,11 @@ class _Noted:
         return {"success": False, "error": "gone"}
 
 
-def test_a_row_start_asks_its_planner_once_and_notes_the_manager_it_is_given(tmp_path: Path) -> None:
-    """``track_row_start`` asks the planner after its one read (nothing there: ``None``), stores its telemetry
-    with the manager's call noted into the call dict, calls the manager it is given (not ``session_manager``) and
-    answers with the planner's fields; a retry asks again with the stored record and gets no fields."""
+def test_a_row_start_asks_its_planner_for_a_new_plan_and_notes_the_manager_it_is_given(tmp_path: Path) -> None:
+    """``track_row_start`` with a side-effect-free manager asks the planner for a new session (``None``), stores
+    its telemetry with the manager's call noted into the call dict, calls the manager it is given (not
+    ``session_manager``) and answers with the planner's fields; a retry is found by its write, and the planner
+    is asked again with the stored record (as a read-first retry asks it once)."""
     unused = MagicMock()
     tracker = SessionTracker(unused, store="memory")
     planner = _Planner()
@@ -669,8 +670,27 @@ def test_a_row_start_asks_its_planner_once_and_notes_the_manager_it_is_given(tmp
     assert (noted["name"], noted["project"]) == ("initialize_session", "noted")
     again = asyncio.run(tracker.track_row_start(payload, planner, _Noted()))
     assert again.result.session_id == tracked.result.session_id
-    assert planner.asked[1] is not None
-    assert planner.asked[1].session_id == record.session_id
+    assert planner.asked[1:2] == [None]
+    assert [known.session_id for known in planner.asked[2:]] == [record.session_id]
+
+
+class _WithSideEffects(_Noted):
+    side_effect_free = False
+
+
+def test_a_row_start_reads_first_for_a_manager_with_side_effects(tmp_path: Path) -> None:
+    """A manager that does not declare itself side-effect-free keeps the read before the call: the planner is
+    asked once per start, with that read, and a retry never reaches the manager."""
+    tracker = SessionTracker(MagicMock(), store="memory")
+    planner = _Planner()
+    payload = start_payload(environment={"python_version": "3.13.0", "platform": "Linux", "cwd": str(tmp_path)})
+    tracked = asyncio.run(tracker.track_row_start(payload, planner, _WithSideEffects()))
+    failing = _WithSideEffects()
+    failing.initialize_session = MagicMock(side_effect=AssertionError("a retry called the manager"))  # type: ignore[method-assign]
+    again = asyncio.run(tracker.track_row_start(payload, planner, failing))
+    assert again.result.session_id == tracked.result.session_id
+    assert planner.asked[0] is None
+    assert [known.session_id for known in planner.asked[1:]] == [tracked.result.session_id]
 
 
 def test_a_row_end_notes_a_failing_manager_and_answers_with_its_error(tmp_path: Path) -> None:
@@ -684,3 +704,173 @@ def test_a_row_end_notes_a_failing_manager_and_answers_with_its_error(tmp_path: 
     ended = asyncio.run(tracker.track_end(end, telemetry={"end_call": call}, manager=_Noted()))
     assert (ended.result.status, ended.result.error) == ("error", "gone")
     assert (call["manager"]["error_type"], call["manager"]["error"]) == ("lifecycle_failure", "gone")
+
+
+# -- cost per lifecycle (issue 21, sixth round): the same answers with less work ------------------------------
+
+
+class _SideEffectFree:
+    """A manager that only reads (as the default one): its start answer can be switched to a failure."""
+
+    side_effect_free = True
+
+    def __init__(self) -> None:
+        self.starts = 0
+        self.start_answer: dict[str, Any] = {"success": True, "project": "free"}
+
+    async def initialize_session(self, working_directory: str | None = None) -> dict[str, Any]:
+        self.starts += 1
+        return self.start_answer
+
+    async def end_session(self, working_directory: str | None = None) -> dict[str, Any]:
+        return {"success": True}
+
+
+class _CountingReads:
+    """Wraps a store, counting its reads by event id."""
+
+    def __init__(self, store: Any) -> None:
+        self.store, self.reads = store, 0
+        original = store.get_by_event_id
+
+        def counted(event_id: str) -> Any:
+            self.reads += 1
+            return original(event_id)
+
+        store.get_by_event_id = counted
+
+
+async def test_a_plain_start_with_a_side_effect_free_manager_is_decided_by_its_write(store: Any) -> None:
+    """No read by event id before the write (create's unique event id decides): a fresh start reads nothing, and
+    a retry still answers with the stored session and stores nothing new."""
+    reads = _CountingReads(store)
+    tracker = SessionTracker(_SideEffectFree(), store=store)
+    first = await tracker.handle_session_start(seed_start_event())
+    assert (first.status, reads.reads) == ("tracked", 0)
+    again = await tracker.handle_session_start(seed_start_event())
+    assert again == first
+    assert [record.session_id for record in store.list_sessions()] == [first.session_id]
+
+
+async def test_a_retry_whose_side_effect_free_manager_now_fails_still_gets_its_session(store: Any) -> None:
+    """A retried start is answered with its stored session even when the manager, called again, fails (the
+    directory went away since): as if it had been read first. A new start with that failure is an error."""
+    manager = _SideEffectFree()
+    tracker = SessionTracker(manager, store=store)
+    first = await tracker.handle_session_start(seed_start_event())
+    manager.start_answer = {"success": False, "error": "working directory does not exist: /home/john/projects"}
+    again = await tracker.handle_session_start(seed_start_event())
+    assert (again.status, again.session_id) == ("tracked", first.session_id)
+    fresh = await tracker.handle_session_start(seed_start_event(event_id=str(uuid.uuid4())))
+    assert (fresh.status, fresh.error) == ("error", "working directory does not exist: /home/john/projects")
+    assert len(store.list_sessions()) == 1
+
+
+async def test_event_id_reuse_is_refused_the_same_way_when_the_write_decides(store: Any) -> None:
+    """With a side-effect-free manager (no read first), reusing an event id for another event or after its
+    session ended is refused with the same errors as before."""
+    tracker = SessionTracker(_SideEffectFree(), store=store)
+    first = await tracker.handle_session_start(seed_start_event())
+    other = await tracker.handle_session_start(seed_start_event(pid=999))
+    assert other.error == (
+        f"event_id {SEED_EVENT_ID} is already used by session {first.session_id} for a different start event: "
+        "a retry must resend the same event, a new session needs a new event_id"
+    )
+    await tracker.handle_session_end(end_event(first.session_id or ""))
+    reused = await tracker.handle_session_start(seed_start_event())
+    assert reused.error == (
+        f"event_id {SEED_EVENT_ID} was already used by session {first.session_id}, which has ended: "
+        "a new session needs a new event_id"
+    )
+
+
+class _NoClaims(InMemorySessionStore):
+    """A store without claims (a user's own store may offer none)."""
+
+    claim_start = None
+    claim_end = None
+
+
+async def test_a_manager_with_side_effects_is_not_called_again_for_a_retry_on_a_store_without_claims() -> None:
+    """Without ``side_effect_free`` the start still reads first, so a retry never calls the manager twice, even
+    when no claim guards the call."""
+    manager = make_manager()
+    store = _NoClaims()
+    reads = _CountingReads(store)
+    tracker = SessionTracker(manager, store=store)
+    first = await tracker.handle_session_start(seed_start_event())
+    again = await tracker.handle_session_start(seed_start_event())
+    assert again == first
+    assert manager.initialize_session.await_count == 1
+    assert reads.reads == 2
+
+
+async def test_the_info_lines_are_not_made_when_info_is_off(
+    store: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The INFO lines are formatted only when the logger would handle them (``isEnabledFor``, as ``logger.info``
+    decides): with INFO off, a lifecycle makes neither line; the ERROR lines are unaffected."""
+
+    def unwanted(*args: Any) -> str:
+        raise AssertionError("an INFO line was made although INFO is off")
+
+    monkeypatch.setattr("sb_otel._tracking.tracker.started_line", unwanted)
+    monkeypatch.setattr("sb_otel._tracking.tracker.ended_line", unwanted)
+    logger = logging.getLogger("sb_otel.tests.quiet")
+    tracker = SessionTracker(_SideEffectFree(), logger=logger, store=store)
+    with caplog.at_level(logging.WARNING, logger="sb_otel.tests.quiet"):
+        start = await tracker.handle_session_start(seed_start_event())
+        end = await tracker.handle_session_end(end_event(start.session_id or ""))
+        missing = await tracker.handle_session_end(end_event("mahavishnu-20260206-000000"))
+    assert (start.status, end.status, missing.status) == ("tracked", "ended", "not_found")
+    assert [record.levelname for record in caplog.records] == ["WARNING"]  # the unknown session's line
+
+
+async def test_a_start_cancelled_while_waiting_for_its_event_ids_lock_leaves_no_lock_behind(
+    tracker: SessionTracker, make_start_event: Callable[..., Any]
+) -> None:
+    """A start waiting behind another of the same event id and then cancelled gives up its place: once the first
+    is done no lock is left for that event id."""
+    release = asyncio.Event()
+
+    async def slow(working_directory: str | None = None) -> dict[str, Any]:
+        await release.wait()
+        return OK
+
+    tracker.session_manager.initialize_session = slow  # type: ignore[method-assign]
+    first = asyncio.ensure_future(tracker.handle_session_start(make_start_event()))
+    waiting = asyncio.ensure_future(tracker.handle_session_start(make_start_event()))
+    for _ in range(100):  # both in: the first holds the lock, the second waits for it
+        if tracker._locks and next(iter(tracker._locks.values()))[1] == 2:
+            break
+        await asyncio.sleep(0)
+    assert next(iter(tracker._locks.values()))[1] == 2
+    waiting.cancel()
+    release.set()
+    assert (await first).status == "tracked"
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert tracker._locks == {}
+
+
+async def test_a_plain_sqlite_lifecycle_runs_one_write_per_call_and_one_read(tmp_path: Path) -> None:
+    """Counted by SQLite itself: with the default manager a plain lifecycle is the start's INSERT, the end's read
+    of its session (its directory, whether it is open) and the end's UPDATE; nothing reads by event id."""
+    tracker = SessionTracker(SessionLifecycleManager(), store=tmp_path / "s.db")
+    store = tracker.store
+    assert isinstance(store, SqliteSessionStore)
+    event = seed_start_event(
+        event_id=str(uuid.uuid4()),
+        environment=EnvironmentInfo(python_version="3.13.0", platform="Linux", cwd=str(tmp_path)),
+    )
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    try:
+        start = await tracker.handle_session_start(event)
+        end = await tracker.handle_session_end(end_event(start.session_id or ""))
+    finally:
+        store._db.set_trace_callback(None)
+    assert (start.status, end.status) == ("tracked", "ended")
+    ran = [sql.split()[0] for index, sql in enumerate(statements) if index == 0 or statements[index - 1] != sql]
+    assert ran == ["INSERT", "SELECT", "UPDATE"], statements
+    assert not [sql for sql in statements if "WHERE event_id" in sql]

@@ -70,3 +70,22 @@ def test_slots_must_name_the_annotated_fields() -> None:
 
             left: int
             right: int
+
+
+class Triple(Pair):
+    __slots__ = ("middle",)
+
+    middle: str
+
+    def __init__(self, left: int, middle: str, right: list[int] | None = None) -> None:
+        self._set(left=left, middle=middle, right=right)
+
+
+def test_a_subclass_sets_its_own_and_its_bases_fields_and_an_unknown_name_still_fails() -> None:
+    """Fields are set through each slot's own setter, a base class's slots included; a name that is no slot
+    fails as ``object.__setattr__`` would."""
+    triple = Triple(1, "m", [3])
+    assert (triple.left, triple.middle, triple.right) == (1, "m", [3])
+    assert Triple._fields == ("middle",)
+    with pytest.raises(AttributeError):
+        triple._set(unknown=1)

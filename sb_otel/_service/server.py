@@ -177,8 +177,7 @@ class SessionService:
             payload["metadata"] = with_trace_context(payload.get("metadata"), meta)
             if payload["metadata"] is None:
                 del payload["metadata"]
-            result = await self.tracker.handle_session_start(payload)
-            return dict(result.model_dump(mode="json"))
+            return result_dict(await self.tracker.handle_session_start(payload))
         except Exception as exc:  # the tracker never raises; this guards the glue around it
             _log.exception("track_session_start failed")
             error = f"internal error: {type(exc).__name__}"
@@ -194,8 +193,7 @@ class SessionService:
                 return SessionEndResult(session_id=session_id[:128], status="error", error=problem).model_dump(
                     mode="json"
                 )
-            result = await self.tracker.handle_session_end(dict(arguments))
-            return dict(result.model_dump(mode="json"))
+            return result_dict(await self.tracker.handle_session_end(dict(arguments)))
         except Exception as exc:
             _log.exception("track_session_end failed")
             error = f"internal error: {type(exc).__name__}"
@@ -253,13 +251,33 @@ class SessionService:
             return {"error": f"session store: {type(exc).__name__}", **EMPTY_SUMMARY}
 
 
+def result_dict(result: Any) -> dict[str, Any]:
+    """A tracker's result as the tool's dict: ``model_dump(mode="json")``, written out for sb-otel's own result
+    models (plain strings and ``None``, so the JSON form is the values themselves; ``traceparent`` and ``baggage``
+    only when set, as their fields' ``exclude_if`` says). Serialising through pydantic cost more than the rest of
+    this service's glue; any other model (a foreign tracker's) goes through its own ``model_dump``."""
+    kind = type(result)
+    if kind is SessionStartResult:
+        answer = {"session_id": result.session_id, "status": result.status, "error": result.error}
+        if result.traceparent is not None:
+            answer["traceparent"] = result.traceparent
+        if result.baggage is not None:
+            answer["baggage"] = result.baggage
+        return answer
+    if kind is SessionEndResult:
+        return {"session_id": result.session_id, "status": result.status, "error": result.error}
+    return dict(result.model_dump(mode="json"))
+
+
 def with_trace_context(metadata: Any, meta: Mapping[str, Any] | None) -> Any:
     """The start metadata, with the request's ``_meta`` trace context added when the metadata has none.
 
     Metadata the shell filled in wins: it names the shell's own span, while an MCP client library may inject its
     request span into ``_meta`` on its own.
     """
-    carried = {key: value for key in TRACE_CONTEXT_KEYS if isinstance(value := (meta or {}).get(key), str)}
+    if not meta:  # no ``_meta`` (or an empty one): nothing to add
+        return metadata
+    carried = {key: value for key in TRACE_CONTEXT_KEYS if isinstance(value := meta.get(key), str)}
     if "traceparent" not in carried:
         return metadata
     if metadata is None:

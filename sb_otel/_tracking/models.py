@@ -101,21 +101,23 @@ def parse_timestamp(value: str) -> datetime:
                 "Invalid ISO 8601 timestamp (missing time component), expected e.g. 2026-02-06T12:34:56.789Z"
             )
         raise ValueError("Invalid ISO 8601 timestamp, expected e.g. 2026-02-06T12:34:56.789Z")
-    parts = match.groupdict()
-    fraction = (parts["fraction"] or "0")[:6].ljust(6, "0")
-    second = int(parts["second"] or 0)
+    year, month, day, hour, minute, second_text, fraction, offset = match.groups()  # (by position: runs per event)
+    second = int(second_text) if second_text else 0
     leap = second == 60
     try:
+        zone = timezone.utc if offset is None or offset in "Zz" else _offset(offset)
         parsed = datetime(
-            int(parts["year"]),
-            int(parts["month"]),
-            int(parts["day"]),
-            int(parts["hour"]),
-            int(parts["minute"]),
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            int(minute),
             59 if leap else second,
-            999_999 if leap else int(fraction),
-            tzinfo=_offset(parts["offset"]),
-        ).astimezone(timezone.utc)
+            999_999 if leap else int(fraction[:6].ljust(6, "0")) if fraction else 0,
+            tzinfo=zone,
+        )
+        if zone is not timezone.utc:
+            parsed = parsed.astimezone(timezone.utc)
     except (ValueError, OverflowError) as exc:
         raise ValueError(f"is not a real date-time ({exc})") from None
     if leap and (parsed.hour, parsed.minute) != (23, 59):
@@ -129,6 +131,7 @@ def parse_timestamp(value: str) -> datetime:
     return parsed
 
 
+@lru_cache(maxsize=64)
 def _offset(text: str | None) -> timezone:
     if text is None or text in "Zz":
         return timezone.utc

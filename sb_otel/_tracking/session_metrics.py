@@ -69,7 +69,9 @@ class SessionMetrics:
             component = self._key(self.active_sessions, component_name)
             self.active_sessions[component] -= 1
             if duration_seconds is not None:
-                stats = self.session_duration_seconds.setdefault(component, DurationStats())
+                stats = self.session_duration_seconds.get(component)
+                if stats is None:  # (not setdefault: that would build a DurationStats every call)
+                    stats = self.session_duration_seconds[component] = DurationStats()
                 stats.count += 1
                 stats.total_seconds += duration_seconds
 

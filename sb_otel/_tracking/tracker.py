@@ -7,10 +7,10 @@ went wrong, and are logged with session-buddy's ERROR lines, in its wording (``S
 ``Session end exception`` with the full traceback for exceptions). A manager's own error text is the result's
 ``error`` and the line's, as in session-buddy; sb-otel's context goes into the record's ``sb.error.context``.
 
-A start is a retry (same session, no second manager call) only while its session is open and the event is the
-same; an ``event_id`` reused for another event or after its session ended is an error. Across processes
-sharing a store, claims (:class:`~sb_otel._tracking.store.SessionClaims`) make one process call the manager
-per start and per end.
+A start is a retry (same session; no second manager call, unless the manager is ``side_effect_free`` and the
+store's write decides) only while its session is open and the event is the same; an ``event_id`` reused for
+another event or after its session ended is an error. Across processes sharing a store, claims
+(:class:`~sb_otel._tracking.store.SessionClaims`) make one process call the manager per start and per end.
 
 Log lines keep the seed's ``key=value, key=value`` shape; a value that could be misread (separators, quotes,
 control, format or bidi characters, surrounding spaces) is written as a JSON string with such characters
@@ -26,8 +26,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -172,10 +172,12 @@ class SessionTracker:
 
     async def track_row_start(self, event: object, planner: RowPlanner, manager: Any) -> TrackedStart:
         """A start from the row (:mod:`sb_otel._tracking.row_telemetry`), in one pass: the event validated and
-        dumped once, one lock, one read by its id.
+        dumped once, one lock, one write (and a read by its id first only for a manager with side effects).
 
-        ``planner.telemetry(start, known)`` is called once, under the event id's lock right after that read (so
-        a start racing a retry finds the stored plan), and returns the telemetry to store with a new session; a
+        ``planner.telemetry(start, known)`` is called under the event id's lock (so a start racing a retry finds
+        the stored plan): with ``None`` before the write and, when the write finds the event's session stored,
+        again with that record (a read-first start asks once, with its read). It returns the telemetry to store
+        with a new session; a
         ``START_CALL_KEY`` dict in it gets the lifecycle manager's call noted by this tracker, which calls
         ``manager`` (the manager unwrapped: its span is built from the note). ``planner.answer(record)`` adds its
         fields (the trace context) to the tracked result. A planner that raises costs the session its telemetry,
@@ -248,21 +250,35 @@ class SessionTracker:
         store = self.store
         claims = self._claims_for(store, manager)
         start_event = dict(dumped) if dumped is not None else event.model_dump(mode="json")
+        # Unread: a manager free of side effects (so no claim). Then the write decides (create's unique event id
+        # answers a retry with the stored session), and calling the manager for a retry changes nothing; a retry
+        # whose manager call fails still gets its stored session (read then). A planner plans a new session first
+        # and is asked again with the stored record when there is one (_restored), as a read-first retry asks it.
+        unread = (
+            known is UNREAD
+            and claims is None
+            and _side_effect_free(self.session_manager if manager is None else manager)
+        )
+        replan: RowPlanner | None = None  # a planner asked after the first read below
+        if planner is not None and unread:
+            telemetry = _planned(planner, event, None)
+        elif planner is not None:
+            replan, planner = planner, None
         waited = _Backoff()
-        while True:
+        while not unread:
             # The caller's read stands in for the first one: a session created since is found by the claim
             # (held, so this loop reads again) or by create (not created: the retry path below).
             if known is UNREAD:
                 known = store.get_by_event_id(event.event_id)
-            if planner is not None:  # once, after the first read
-                telemetry = _planned(planner, event, known)
-                planner = None
+            if replan is not None:  # once, after the first read
+                telemetry = _planned(replan, event, known)
+                replan = None
             if known is not None:
                 return _retried(known, event, start_event)
             known = UNREAD
-            now = self._clock()
             if claims is None:
                 break
+            now = self._clock()
             if claims.claim_start(event.event_id, self._claimant, now, now - self._claim_ttl):
                 # The claimant before us may have stored the session and released its claim after our read.
                 found = store.get_by_event_id(event.event_id)
@@ -274,7 +290,13 @@ class SessionTracker:
         try:
             cwd = event.environment.cwd
             noted = telemetry.get(START_CALL_KEY) if manager is not None else None
-            answer = await self._call_manager("initialize_session", cwd, noted, manager)
+            try:
+                answer = await self._call_manager("initialize_session", cwd, noted, manager)
+            except Exception:
+                stored = store.get_by_event_id(event.event_id) if unread else None
+                if stored is None:  # not a retry (or read first): the manager's failure is the answer
+                    raise
+                return _restored(stored, event, start_event, planner)  # a retry answers as if read first
             record, created = store.create(
                 NewSession(
                     event_id=event.event_id,
@@ -291,28 +313,29 @@ class SessionTracker:
         finally:
             if claims is not None:
                 _quietly(claims.release_start, event.event_id, self._claimant)
-        if not created:  # raced by another process (a store without claims, or a stale read by the caller)
-            return _retried(record, event, start_event)
+        if not created:  # a retry unread, or raced by another start (a store without claims, or a stale read)
+            return _restored(record, event, start_event, planner)
         self._count("record_session_start", component_name=event.component_name, shell_type=event.shell_type)
         score = _number(answer.get("quality_score"))
         if score is not None:
             self._count("set_session_quality_score", component_name=event.component_name, quality_score=score)
-        self.logger.info(
-            started_line(
-                record.session_id,
-                event.component_name,
-                event.shell_type,
-                event.pid,
-                event.user.username,
-                event.hostname,
-                cwd,
-            ),
-            extra={
-                "session.id": record.session_id,
-                "sb.component.name": event.component_name,
-                EVENT_LINE_MARKER: "session.start",
-            },
-        )
+        if self.logger.isEnabledFor(logging.INFO):  # what logger.info checks first: the line made only if wanted
+            self.logger.info(
+                started_line(
+                    record.session_id,
+                    event.component_name,
+                    event.shell_type,
+                    event.pid,
+                    event.user.username,
+                    event.hostname,
+                    cwd,
+                ),
+                extra={
+                    "session.id": record.session_id,
+                    "sb.component.name": event.component_name,
+                    EVENT_LINE_MARKER: "session.start",
+                },
+            )
         return record
 
     def _start_failed(self, event: object, error: str, context: str | None = None) -> SessionStartResult:
@@ -421,7 +444,6 @@ class SessionTracker:
     ) -> TrackedEnd:
         store = self.store
         claims = self._claims_for(store, manager)
-        ended_already = TrackedEnd(SessionEndResult(session_id=event.session_id, status="ended"), None)
         waited = _Backoff()
         while True:
             # The caller's read stands in for the first one when it found the session: an open record that has
@@ -437,9 +459,11 @@ class SessionTracker:
                 )
                 return TrackedEnd(SessionEndResult(session_id=event.session_id, status="not_found"), None)
             if not record.is_open:  # a retried end (or another process's): already done, nothing ends twice
-                return ended_already
+                return _ended_already(event.session_id)
+            if claims is None:
+                break
             now = self._clock()
-            if claims is None or claims.claim_end(record.session_id, self._claimant, now, now - self._claim_ttl):
+            if claims.claim_end(record.session_id, self._claimant, now, now - self._claim_ttl):
                 break
             await waited.pause()  # another process is ending it: wait for its outcome
         try:
@@ -463,7 +487,7 @@ class SessionTracker:
             if claims is not None:
                 _quietly(claims.release_end, record.session_id, self._claimant)
         if finished is None or not finished[1]:  # ended meanwhile by a store without claims, or the reaper
-            return ended_already
+            return _ended_already(event.session_id)
         ended = finished[0]
         duration = ((ended.ended_at or ended.started_at) - ended.started_at).total_seconds()
         self._count(
@@ -473,14 +497,15 @@ class SessionTracker:
         score = _number(summary.get("final_quality_score")) if isinstance(summary, Mapping) else None
         if score is not None:
             self._count("set_session_quality_score", component_name=ended.component_name, quality_score=score)
-        self.logger.info(
-            ended_line(event.session_id, event.timestamp),
-            extra={
-                "session.id": event.session_id,
-                "sb.session.status": outcome.status,
-                EVENT_LINE_MARKER: "session.end",
-            },
-        )
+        if self.logger.isEnabledFor(logging.INFO):
+            self.logger.info(
+                ended_line(event.session_id, event.timestamp),
+                extra={
+                    "session.id": event.session_id,
+                    "sb.session.status": outcome.status,
+                    EVENT_LINE_MARKER: "session.end",
+                },
+            )
         return TrackedEnd(SessionEndResult(session_id=event.session_id, status="ended"), ended)
 
     def _end_failed(self, session_id: str, error: str, context: str | None = None) -> SessionEndResult:
@@ -500,7 +525,7 @@ class SessionTracker:
         reads) may be called twice for one event without harm; then the write that stores the outcome decides
         alone (a start's event id is unique, an end updates only an open row), and a handle call commits once."""
         manager = self.session_manager if manager is None else manager  # (a call from the row: the one it calls)
-        if getattr(manager, "side_effect_free", False) is True or not isinstance(store, SessionClaims):
+        if _side_effect_free(manager) or not isinstance(store, SessionClaims):
             return None  # (the flag first: a Protocol isinstance walks the protocol's members, twice a lifecycle)
         return store
 
@@ -550,22 +575,19 @@ class SessionTracker:
         except Exception:
             self.logger.warning("Recording session metrics failed (%s)", method, exc_info=True)
 
-    @asynccontextmanager
-    async def _exclusive(self, key: str) -> AsyncIterator[None]:
+    def _exclusive(self, key: str) -> _Exclusive:
         """Serialise work on one event or session id in this process (concurrent retries wait, then re-read)."""
-        lock, users = self._locks.get(key, (None, 0))
-        if lock is None:
-            lock = asyncio.Lock()
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+        return _Exclusive(self._locks, key)
+
+
+def _side_effect_free(manager: Any) -> bool:
+    """Whether ``manager`` says calling it twice for one event changes nothing (the default manager only reads)."""
+    return getattr(manager, "side_effect_free", False) is True
+
+
+def _ended_already(session_id: str) -> TrackedEnd:
+    """The answer to an end that found its session ended (a retry, or another process's end): ``ended``."""
+    return TrackedEnd(SessionEndResult(session_id=session_id, status="ended"), None)
 
 
 def _cached_answer(manager: Any, operation: str, working_directory: str) -> Mapping[str, Any] | None:
@@ -579,6 +601,38 @@ def _cached_answer(manager: Any, operation: str, working_directory: str) -> Mapp
     except Exception:
         return None
     return answer if isinstance(answer, Mapping) else None
+
+
+class _Exclusive:
+    """``async with``: one holder per key at a time, the key's lock dropped with its last user. A class rather
+    than an ``asynccontextmanager``: it runs twice a lifecycle, and the generator machinery cost more than the
+    lock."""
+
+    __slots__ = ("_key", "_lock", "_locks")
+
+    def __init__(self, locks: dict[str, tuple[asyncio.Lock, int]], key: str) -> None:
+        self._locks, self._key = locks, key
+        lock, users = locks.get(key) or (asyncio.Lock(), 0)
+        locks[key] = (lock, users + 1)
+        self._lock = lock
+
+    async def __aenter__(self) -> None:
+        try:
+            await self._lock.acquire()
+        except BaseException:  # cancelled while waiting: no longer a user
+            self._leave()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        lock, users = self._locks[self._key]
+        if users == 1:
+            del self._locks[self._key]
+        else:
+            self._locks[self._key] = (lock, users - 1)
 
 
 class _Backoff:
@@ -623,6 +677,16 @@ def _planned(planner: RowPlanner, event: SessionStartEvent, known: SessionRecord
             "sb-otel could not plan the session's telemetry; tracking is unaffected", exc_info=True
         )
         return {}
+
+
+def _restored(
+    known: SessionRecord, event: SessionStartEvent, dumped: Mapping[str, Any], planner: RowPlanner | None
+) -> SessionRecord:
+    """:func:`_retried` for a start that found ``known`` stored only by writing (or by failing): a planner that
+    planned a new session is asked again with ``known``, so its plan is the one a read-first retry would get."""
+    if planner is not None:
+        _planned(planner, event, known)
+    return _retried(known, event, dumped)
 
 
 def _retried(known: SessionRecord, event: SessionStartEvent, dumped: Mapping[str, Any]) -> SessionRecord:

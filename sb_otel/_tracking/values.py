@@ -26,6 +26,9 @@ class Frozen:
 
     __slots__ = ()
     _fields: ClassVar[tuple[str, ...]] = ()
+    _setters: ClassVar[dict[str, Any]] = {}
+    """Each slot's own setter, by field name (its class's and its bases'): what ``object.__setattr__`` finds after
+    a look-up per field, taken directly (records are built several times a lifecycle)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -33,11 +36,22 @@ class Frozen:
         cls._fields = tuple(cls.__dict__.get("__annotations__", {}))  # noqa: RUF063
         if set(cls._fields) != set(cls.__dict__.get("__slots__", ())):
             raise TypeError(f"{cls.__name__}: __slots__ must name exactly its annotated fields {cls._fields}")
+        cls._setters = {
+            name: klass.__dict__[name].__set__
+            for klass in reversed(cls.__mro__)
+            for name in klass.__dict__.get("__slots__", ())
+            if hasattr(klass.__dict__.get(name), "__set__")
+        }
 
     def _set(self, **fields: Any) -> None:
         """Set fields from ``__init__`` (plain assignment is refused)."""
+        setters = self._setters
         for name, value in fields.items():
-            object.__setattr__(self, name, value)
+            setter = setters.get(name)
+            if setter is None:  # not a slot of this class: as before, object's own rules (and error)
+                object.__setattr__(self, name, value)
+            else:
+                setter(self, value)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"cannot assign to field {name!r} of {type(self).__name__}: it is immutable")
