@@ -722,28 +722,105 @@ def test_a_folded_retry_whose_second_manager_call_fails_still_gets_its_session(t
     _assert_one_session_one_span(first, second, store, spans, reader)
 
 
-def test_a_folded_start_reusing_an_event_id_is_refused_as_when_read_first(tmp_path: Path) -> None:
-    """Another start event under a stored event id is found by the write and refused with the tracker's words;
-    its spans (the ``session.start`` child and the rejected start's ERROR session span) carry the stored
-    session's plan, as when the refusal was read first (the planner is asked again with the stored record), and
-    only the first start is counted as tracked."""
-    tracker, store, spans, reader = _folded_with_metrics(_CountingManager(), tmp_path / "s.db")
-    first = asyncio.run(tracker.handle_session_start(_payload(tmp_path)))
-    payload = _payload(tmp_path)
-    other = asyncio.run(tracker.handle_session_start({**payload, "pid": 4242}))
-    assert other.status == "error"
-    assert other.error == (
-        f"event_id {payload['event_id']} is already used by session {first.session_id} for a different start event: "
-        "a retry must resend the same event, a new session needs a new event_id"
+def _error_started_count(reader: Any) -> int:
+    """The sum of ``sb.session.started`` with result ``error`` collected now."""
+    data = reader.get_metrics_data()
+    return sum(
+        int(point.value)
+        for resource in (data.resource_metrics if data is not None else [])
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "sb.session.started"
+        for point in metric.data.data_points
+        if (point.attributes or {}).get("sb.result") == "error"
     )
-    assert other.traceparent is None
+
+
+def _assert_refused_span_is_its_own(
+    spans: list[ReadableSpan], stored: dict[str, Any], error: str, event_id: str
+) -> None:
+    """Among all spans exported: the stored session's span (its planned id) exactly once, with no ERROR; the
+    refused start's ERROR session span with an id of its own, the refusal as its status, ``error.type``, the
+    event's attributes and a link to the stored session's span; the refused call's ``session.start`` beneath
+    that span, not beneath the stored session's; every span id once."""
+    ids = [f"{span.context.span_id:016x}" for span in spans]
+    assert len(ids) == len(set(ids)), "two spans share one span id"
+    sessions = [span for span in spans if span.name == "session mahavishnu"]
+    (owner,) = [span for span in sessions if f"{span.context.span_id:016x}" == stored["span_id"]]
+    assert owner.status.status_code is not StatusCode.ERROR
+    (refused,) = [span for span in sessions if span is not owner]
+    assert refused.status.status_code is StatusCode.ERROR
+    assert refused.status.description == error[:200]
+    attributes = dict(refused.attributes or {})
+    assert (attributes["error.type"], attributes["sb.session.status"]) == ("start_failed", "error")
+    assert (attributes["process.pid"], attributes["sb.event.id"]) == (4242, event_id)  # the refused event's
+    assert [(f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}") for link in refused.links] == [
+        (stored["trace_id"], stored["span_id"])
+    ]
+    children = [span for span in spans if span.name == "session.start mahavishnu"]
+    below_refused = [span for span in children if span.parent and span.parent.span_id == refused.context.span_id]
+    (child,) = below_refused
+    assert child.status.status_code is StatusCode.ERROR
+    assert child.context.trace_id == refused.context.trace_id
+    assert all(
+        f"{span.parent.span_id:016x}" == stored["span_id"] for span in children if span is not child and span.parent
+    )
+
+
+@pytest.mark.parametrize(
+    "manager",
+    [
+        pytest.param(_CountingManager, id="side-effect-free: the write finds the stored session"),
+        pytest.param(_ReadingFirst, id="side effects: read first"),
+    ],
+)
+@pytest.mark.parametrize("reuse", ["another start event", "after the session ended"])
+def test_a_folded_start_reusing_an_event_id_is_refused_with_a_span_of_its_own(
+    tmp_path: Path, manager: type[_CountingManager], reuse: str
+) -> None:
+    """A start whose event id a stored session holds (another start event, or the session ended) is refused with
+    the tracker's words and is a failed start of its own: a fresh ERROR session span linked to the stored
+    session's span, never that span's id. The stored session's span, built by the store's exporter from the owed
+    rows, is exported once; the refusal counts as ``result=error``."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from sb_otel._telemetry import otel_logs
+    from sb_otel._telemetry.store_exporter import StoreExporter
+
+    tracker, store, spans, reader = _folded_with_metrics(manager(), tmp_path / "s.db")
+    payload = _payload(tmp_path)
+    first = asyncio.run(tracker.handle_session_start(payload))
+    end = {"session_id": first.session_id, "timestamp": "2026-02-06T13:00:00Z"}
+    if reuse == "after the session ended":
+        assert asyncio.run(tracker.handle_session_end(end)).status == "ended"
+        other = asyncio.run(tracker.handle_session_start({**payload, "pid": 4242}))
+        error = (
+            f"event_id {payload['event_id']} was already used by session {first.session_id}, which has ended: "
+            "a new session needs a new event_id"
+        )
+    else:
+        other = asyncio.run(tracker.handle_session_start({**payload, "pid": 4242}))
+        assert asyncio.run(tracker.handle_session_end(end)).status == "ended"
+        error = (
+            f"event_id {payload['event_id']} is already used by session {first.session_id} for a different start "
+            "event: a retry must resend the same event, a new session needs a new event_id"
+        )
+    assert (other.status, other.error, other.traceparent) == ("error", error, None)
     (record,) = store.list_sessions()
-    state = record.telemetry["span"]
-    child, root = spans.get_finished_spans()
-    assert (child.name, root.name) == ("session.start mahavishnu", "session mahavishnu")
-    assert f"{child.parent.span_id:016x}" == f"{root.context.span_id:016x}" == state["span_id"]
-    assert {f"{child.context.trace_id:032x}", f"{root.context.trace_id:032x}"} == {state["trace_id"]}
-    assert _started_count(reader) == 1
+    drained = InMemorySpanExporter()
+    exporter = StoreExporter(store, drained, otel_logs.InMemoryLogRecordExporter())  # type: ignore[no-untyped-call]
+    try:
+        assert exporter.drain().root_spans == 1
+        assert exporter.drain().exported == 0
+    finally:
+        store.close()
+    _assert_refused_span_is_its_own(
+        [*spans.get_finished_spans(), *drained.get_finished_spans()],
+        record.telemetry["span"],
+        error,
+        payload["event_id"],
+    )
+    assert (_started_count(reader), _error_started_count(reader)) == (1, 1)
 
 
 def test_a_folded_start_whose_planner_fails_is_tracked_without_telemetry(
@@ -812,3 +889,42 @@ def test_a_folded_manager_exception_is_noted_and_the_start_fails_as_the_seed_say
     made = {span.name: span for span in spans.get_finished_spans()}
     assert sorted(made) == ["initialize_session", "session mahavishnu", "session.start mahavishnu"]
     assert [event.name for event in made["initialize_session"].events] == ["exception"]
+
+
+@pytest.mark.parametrize("redact", ["", "user.name"])
+@pytest.mark.parametrize("reuse", ["another start event", "after the session ended"])
+async def test_a_start_reusing_an_event_id_is_refused_with_a_span_of_its_own_on_the_general_path(
+    telemetry: CapturedTelemetry, redact: str, reuse: str
+) -> None:
+    """The general path (a host's pipeline; with or without ``SB_OTEL_REDACT``) reads the stored session first and
+    plans with its plan; a refused reuse of its event id still gets a fresh ERROR span linked to the stored
+    session's span, its ``session.start`` beneath it, and the stored session's span is exported once. A same-event
+    retry of the open session keeps answering the stored ``traceparent``."""
+    store = InMemorySessionStore()
+    tracker = instrument(SessionTracker(manager(), store=store), redact=redact, **telemetry.providers)
+    first = await tracker.handle_session_start(seed_start_event())
+    retried = await tracker.handle_session_start(seed_start_event())
+    assert (retried.session_id, retried.traceparent) == (first.session_id, first.traceparent)
+    end = SessionEndEvent(session_id=first.session_id, timestamp="2026-02-06T13:00:00Z")
+    event_id = seed_start_event().event_id
+    if reuse == "after the session ended":
+        assert (await tracker.handle_session_end(end)).status == "ended"
+        other = await tracker.handle_session_start(seed_start_event(pid=4242))
+        error = (
+            f"event_id {event_id} was already used by session {first.session_id}, which has ended: "
+            "a new session needs a new event_id"
+        )
+    else:
+        other = await tracker.handle_session_start(seed_start_event(pid=4242))
+        assert (await tracker.handle_session_end(end)).status == "ended"
+        error = (
+            f"event_id {event_id} is already used by session {first.session_id} for a different start event: "
+            "a retry must resend the same event, a new session needs a new event_id"
+        )
+    assert (other.status, other.error, other.traceparent) == ("error", error, None)
+    record = store.get(first.session_id or "")
+    assert record is not None
+    _assert_refused_span_is_its_own(telemetry.spans(), record.telemetry["span"], error, event_id)
+    started = {"sb.component.name": "mahavishnu", "sb.shell.type": "MahavishnuShell"}
+    assert telemetry.metric_value("sb.session.started", {**started, "sb.result": "error"}) == 1
+    assert telemetry.metric_value("sb.session.started", {**started, "sb.result": "tracked"}) == 1

@@ -226,9 +226,14 @@ class InstrumentedSessionTracker:
             if ours and result.status == "tracked" and result.traceparent is not None:  # the planner's answer
                 self._count_start(start)
                 return result
-            stored = None if ours or state is None else SessionSpanPlan.from_json(state)
+            own: SessionSpanPlan | None = plan
+            stored: SessionSpanPlan | None = None
+            if planner.retry:  # the planner took the stored session's plan: that span is the stored session's
+                own, stored = None, plan
+            elif not ours and state is not None:
+                stored = SessionSpanPlan.from_json(state)
             with one_write_per_call():
-                return self._not_from_this_row(start, plan, stored, planner.call, result, planner.shell_context)
+                return self._not_from_this_row(start, own, stored, planner.call, result, planner.shell_context)
         except Exception:
             _log.warning("sb-otel telemetry for a start failed; tracking is unaffected", exc_info=True)
             return result
@@ -296,6 +301,11 @@ class InstrumentedSessionTracker:
         if row and not retry:
             return await self._start_from_row(start, given, raw, read[0], plan, telemetry, described, shell_context)
         described = described or {}
+        if retry:  # the stored session's plan: the call's spans wait for its answer (a refusal is not that session)
+            call: dict[str, Any] = {"began": time.time_ns()}
+            with self._row_mode(call, described):
+                result = (await self._inner_start(given, telemetry, read[0], raw))[0]
+            return self._not_from_this_row(start, None, plan, call, result, shell_context, raw, described)
         with self._child_span(f"session.start {start.component_name}", plan, span_attributes, described) as span:
             result, record = await self._inner_start(given, telemetry, read[0], raw)
             self._guard(_annotate_child, span, result.session_id, result.status, result.error)
@@ -349,7 +359,7 @@ class InstrumentedSessionTracker:
     def _not_from_this_row(
         self,
         start: SessionStartEvent,
-        plan: SessionSpanPlan,
+        plan: SessionSpanPlan | None,
         stored: SessionSpanPlan | None,
         call: Mapping[str, Any],
         result: SessionStartResult,
@@ -357,23 +367,49 @@ class InstrumentedSessionTracker:
         raw: Mapping[str, Any] | None = None,
         described: Mapping[str, AttributeValue] | None = None,
     ) -> SessionStartResult:
-        """A start from the row whose row does not carry its call (a failure, a retry, a start that raced us to
-        the store): this call's spans are made now, under the ``stored`` plan when another start's won."""
+        """A start whose row does not carry its call (a failure, a retry, a start that raced us to the store):
+        this call's spans are made now. ``plan``: this call's own plan, never stored (``None`` for a retry read
+        first); ``stored``: the plan of the session that holds the event id, if known. A tracked call's spans go
+        under the ``stored`` plan when another start's won; a failed one's never do: that span id is the stored
+        session's, exported as its own span (a refused reuse of the event id gets a fresh span linked to it)."""
         if described is None:
             dumped = raw if raw is not None else start.model_dump(mode="json")
             described = self._guard(start_attributes, dumped, "") or {}
-        span_plan = stored or plan
+        tracked = result.status == "tracked" and result.session_id is not None
+        if tracked:
+            span_plan = stored or plan
+        elif stored is not None:
+            span_plan = self._guard(self._refused_plan, start, described, stored, shell_context)
+        else:
+            span_plan = plan
         span_attributes = {sc.COMPONENT_NAME: start.component_name, sc.SHELL_TYPE: start.shell_type}
         name = f"session.start {start.component_name}"
-        self._guard(self._replay_call, name, span_plan, span_attributes, described, call, result)
-        if result.status == "tracked" and result.session_id is not None:
+        if span_plan is not None:
+            self._guard(self._replay_call, name, span_plan, span_attributes, described, call, result)
+        if tracked and span_plan is not None and result.session_id is not None:
             context = {
                 "traceparent": span_plan.traceparent,
                 "baggage": self._guard(session_baggage, result.session_id, shell_context),
             }
             return result.model_copy(update=context)
-        self._guard(self._record_failed_start, start, described, plan, result.error or "start failed")
+        if not tracked:
+            self._guard(self._record_failed_start, start, described, span_plan, result.error or "start failed")
         return result
+
+    def _refused_plan(
+        self,
+        start: SessionStartEvent,
+        described: Mapping[str, AttributeValue],
+        stored: SessionSpanPlan,
+        shell_context: Context,
+    ) -> SessionSpanPlan:
+        """The own plan of a failed start whose event id a stored session holds (the tracker refused the reuse):
+        fresh ids, planned as any start's, with a link to the stored session's span, so the failed retry leads to
+        the session that owns the event id without taking its span id (one id, one span, in any backend)."""
+        ambient = trace.get_current_span().get_span_context()
+        owner = stored.span_context
+        links = [ambient, owner] if ambient.is_valid else [owner]
+        return plan_session_span(self._tracer, f"session {start.component_name}", shell_context, described, links)
 
     @contextlib.contextmanager
     def _row_mode(self, call: dict[str, Any], described: Mapping[str, AttributeValue]) -> Iterator[None]:
@@ -496,9 +532,14 @@ class InstrumentedSessionTracker:
         self._emit_event(sc.EVENT_SESSION_START, line, attributes, span)
 
     def _record_failed_start(
-        self, start: SessionStartEvent, described: Mapping[str, AttributeValue], plan: SessionSpanPlan, error: str
+        self,
+        start: SessionStartEvent,
+        described: Mapping[str, AttributeValue],
+        plan: SessionSpanPlan | None,
+        error: str,
     ) -> None:
-        """A rejected start still gets its (short, ERROR) session span, so its child is not an orphan."""
+        """A rejected start still gets its (short, ERROR) session span, so its child is not an orphan (none when
+        its plan could not be made: the count stands)."""
         self._metrics.started.add(
             1,
             {
@@ -507,6 +548,8 @@ class InstrumentedSessionTracker:
                 sc.RESULT: "error",
             },
         )
+        if plan is None:
+            return
         attributes = self._redaction.for_values(described).apply(described)
         attributes.pop(sc.SESSION_ID, None)
         attributes[sc.SESSION_STATUS] = "error"
