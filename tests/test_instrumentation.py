@@ -905,7 +905,7 @@ async def test_a_start_reusing_an_event_id_is_refused_with_a_span_of_its_own_on_
     first = await tracker.handle_session_start(seed_start_event())
     retried = await tracker.handle_session_start(seed_start_event())
     assert (retried.session_id, retried.traceparent) == (first.session_id, first.traceparent)
-    end = SessionEndEvent(session_id=first.session_id, timestamp="2026-02-06T13:00:00Z")
+    end = SessionEndEvent(session_id=first.session_id or "", timestamp="2026-02-06T13:00:00Z")
     event_id = seed_start_event().event_id
     if reuse == "after the session ended":
         assert (await tracker.handle_session_end(end)).status == "ended"
