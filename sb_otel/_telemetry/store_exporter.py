@@ -694,14 +694,15 @@ class StoreExporter:
         return sent, dropped
 
     def _call(self, signal: str, exporter: Any, records: Any) -> Outcome:
-        """One export call, under a freshly renewed lease (renewed by :meth:`LeaseKeeper.sending` on entry: one
-        statement, not a second one before it), within the final drain's share for ``signal``."""
+        """One export call, under a freshly renewed lease (:meth:`LeaseKeeper.sending` renews on entry unless the
+        last renewal is under a quarter TTL old, as after the previous call's: one statement per call, not two),
+        within the final drain's share for ``signal``."""
         deadline = None
         began = time.monotonic()
         if self._budgets is not None:
             deadline = began + max(0.0, self._budgets.get(signal, 0.0))
         try:
-            with self._lease.sending():  # renewed on entry and exit, and by a heartbeat while the call runs
+            with self._lease.sending():  # renewed on exit (on entry when not recent), by a heartbeat in the call
                 return export_outcome.export(exporter, records, deadline)
         finally:
             if self._budgets is not None:
