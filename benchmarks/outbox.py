@@ -270,7 +270,7 @@ def measure_steady(sessions: int, tmp: Path, endpoint: str, per_round: int = 64)
         "cpu_ms_per_lifecycle": 1000 * cpu[0] / sessions,
         "process_cpu_ms_per_lifecycle": 1000 * cpu[1] / sessions,
         "records_per_lifecycle": records[0] / sessions,
-        "lease_statements_per_round": leases[0] / max(1, leases[1]),
+        "lease_statements_per_drain": leases[0] / max(1, leases[1]),
     }
 
 
@@ -434,7 +434,7 @@ def main() -> None:
                 f"each row read twice): exporter CPU {steady['cpu_ms_per_lifecycle']:.3f} ms per lifecycle "
                 f"(all its threads {steady['process_cpu_ms_per_lifecycle']:.3f} ms) "
                 f"({steady['records_per_lifecycle']:.0f} records each; "
-                f"{steady['lease_statements_per_round']:.1f} lease statements per round)"
+                f"{steady['lease_statements_per_drain']:.1f} lease statements per drain)"
             )
         if args.calls:
             called = measure_calls(args.calls, receiver.endpoint)
