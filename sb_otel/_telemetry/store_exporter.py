@@ -315,10 +315,11 @@ class StoreExporter:
             return
         if not force and time.monotonic() < self._metrics_due:
             return
-        self._renew()
         data = self.session_metrics.collect()
-        # Renewed again after the reading: a holder paused in it (SIGSTOP, a stalled VM) past its lease finds the
-        # standby holding it, and sends nothing; what is sent was read under a lease still ours.
+        # Renewed after the reading (the call's own renewal before sending is left out when this one is recent): a
+        # holder paused in it (SIGSTOP, a stalled VM) past its lease finds the standby holding it, and sends
+        # nothing; what is sent was read under a lease still ours.
+        self._renew()
         outcome = self._call("metrics", self.session_metrics.exporter, data)
         self._metrics_due = time.monotonic() + self.metrics_interval_s
         if outcome.kind == "partial":
