@@ -14,7 +14,9 @@ per 10,000 ended sessions whose telemetry waits (collector down).
   i.e. waiting on the receiver; since the exporter builds the next batch while a full one is being sent, that
   wait overlaps the building, and the whole process's CPU counts the helper thread making the calls).
 
-    python benchmarks/outbox.py [--rows 20000] [--sessions 10000]
+* **calls** (``--calls``): one export call's own CPU for an assembled request of 320 spans.
+
+    python benchmarks/outbox.py [--rows 20000] [--sessions 10000] [--steady 3000] [--calls 400]
 """
 
 from __future__ import annotations
@@ -232,6 +234,14 @@ def measure_steady(sessions: int, tmp: Path, endpoint: str, per_round: int = 64)
     exporter = StoreExporter(store, span_exporter, log_exporter, resource=RESOURCE, meter_provider=meters)
     cpu = [0.0, 0.0]
     records = [0]
+    leases = [0, 0]  # lease statements (take or renew), drains
+    acquire_lease = store.acquire_lease
+
+    def counted_lease(*args: Any, **kwargs: Any) -> Any:
+        leases[0] += 1
+        return acquire_lease(*args, **kwargs)
+
+    store.acquire_lease = counted_lease  # type: ignore[method-assign]
 
     def exported() -> None:  # nothing else runs meanwhile: the process's CPU is the exporter's, all its threads
         began, process_began = time.thread_time(), time.process_time()
@@ -241,6 +251,7 @@ def measure_steady(sessions: int, tmp: Path, endpoint: str, per_round: int = 64)
         if report.failed:
             raise SystemExit(f"drain failed: {report}")
         records[0] += report.root_spans + report.spans + report.logs
+        leases[1] += 1
 
     async def run() -> None:
         for first in range(0, sessions, per_round):
@@ -259,6 +270,34 @@ def measure_steady(sessions: int, tmp: Path, endpoint: str, per_round: int = 64)
         "cpu_ms_per_lifecycle": 1000 * cpu[0] / sessions,
         "process_cpu_ms_per_lifecycle": 1000 * cpu[1] / sessions,
         "records_per_lifecycle": records[0] / sessions,
+        "lease_statements_per_drain": leases[0] / max(1, leases[1]),
+    }
+
+
+def measure_calls(calls: int, endpoint: str, spans: int = 320) -> dict[str, float]:
+    """One export call's own CPU (``thread_time`` of the calling thread, and of the whole process: gRPC's threads)
+    for an assembled request of ``spans`` spans (a steady round's size), sent ``calls`` times over OTLP/gRPC:
+    what :mod:`sb_otel._telemetry.wire_send` does with the stored bytes, the channel and the answer."""
+    from sb_otel._telemetry import export_outcome
+    from sb_otel._telemetry.otlp_wire import assemble, encode_span
+
+    batch = assemble("traces", [encode_span(span) for span in made_spans(spans)])
+    exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=10)
+    export_outcome.watch(exporter)  # as the store exporter's
+    thread, process = [], []
+    for _ in range(calls + 5):  # the first few connect
+        began, process_began = time.thread_time(), time.process_time()
+        if not export_outcome.export(exporter, batch).accepted:
+            raise SystemExit("an export call failed")
+        thread.append(time.thread_time() - began)
+        process.append(time.process_time() - process_began)
+    exporter.shutdown()
+    thread, process = sorted(thread[5:]), sorted(process[5:])
+    return {
+        "bytes": len(batch.data),
+        "thread_us_median": 1e6 * thread[len(thread) // 2],
+        "process_us_median": 1e6 * process[len(process) // 2],
+        "thread_us_p10": 1e6 * thread[len(thread) // 10],
     }
 
 
@@ -360,6 +399,9 @@ def main() -> None:
         "--steady", type=int, default=0, help="also this many lifecycles in steady rounds, as serve's exporter thread"
     )
     parser.add_argument("--per-round", type=int, default=64, help="lifecycles per steady round (default 64)")
+    parser.add_argument(
+        "--calls", type=int, default=0, help="also this many export calls of a 320-span request, their own CPU"
+    )
     args = parser.parse_args()
     if args.receiver == "rotel":
         with tempfile.TemporaryDirectory() as name, rotel_receiver() as endpoint:
@@ -391,7 +433,16 @@ def main() -> None:
                 f"{args.per_round} per round, "
                 f"each row read twice): exporter CPU {steady['cpu_ms_per_lifecycle']:.3f} ms per lifecycle "
                 f"(all its threads {steady['process_cpu_ms_per_lifecycle']:.3f} ms) "
-                f"({steady['records_per_lifecycle']:.0f} records each)"
+                f"({steady['records_per_lifecycle']:.0f} records each; "
+                f"{steady['lease_statements_per_drain']:.1f} lease statements per drain)"
+            )
+        if args.calls:
+            called = measure_calls(args.calls, receiver.endpoint)
+            print(
+                f"export calls of an assembled 320-span request ({called['bytes']:,} bytes, {args.calls} calls): "
+                f"CPU per call median {called['thread_us_median']:,.0f} µs in the calling thread "
+                f"(10th percentile {called['thread_us_p10']:,.0f}), {called['process_us_median']:,.0f} µs the whole "
+                "process"
             )
         receiver.arrived(clear=True)
         drained = measure_row_drain(args.sessions, tmp, receiver.endpoint)

@@ -39,9 +39,9 @@ from typing import Any, Literal, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, status_pb2
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
 
@@ -311,28 +311,28 @@ class _Refused(Exception):
 # --------------------------------------------------------------------------------------------------------------
 
 
-class _TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, receiver: OtlpReceiver) -> None:
-        self._receiver = receiver
-
-    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._receiver._grpc_export("traces", request, context)
-
-
-class _MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
-    def __init__(self, receiver: OtlpReceiver) -> None:
-        self._receiver = receiver
-
-    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._receiver._grpc_export("metrics", request, context)
+_GRPC_SERVICES: dict[Signal, str] = {
+    "traces": "opentelemetry.proto.collector.trace.v1.TraceService",
+    "metrics": "opentelemetry.proto.collector.metrics.v1.MetricsService",
+    "logs": "opentelemetry.proto.collector.logs.v1.LogsService",
+}
 
 
-class _LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):
-    def __init__(self, receiver: OtlpReceiver) -> None:
-        self._receiver = receiver
+def _grpc_handler(receiver: OtlpReceiver, signal: Signal) -> grpc.GenericRpcHandler:
+    """The OTLP ``Export`` method of ``signal``'s service, parsing each request itself so that it keeps the
+    request's bytes as they arrived (what the generated servicers would parse and drop)."""
+    request_type = _REQUEST_TYPES[signal]
 
-    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._receiver._grpc_export("logs", request, context)
+    def parse(body: bytes) -> tuple[Any, bytes]:
+        return request_type.FromString(body), body
+
+    def export(arrived: tuple[Any, bytes], context: grpc.ServicerContext) -> Any:
+        return receiver._grpc_export(signal, arrived, context)
+
+    method = grpc.unary_unary_rpc_method_handler(
+        export, request_deserializer=parse, response_serializer=_RESPONSE_TYPES[signal].SerializeToString
+    )
+    return grpc.method_handlers_generic_handler(_GRPC_SERVICES[signal], {"Export": method})
 
 
 def _grpc_headers(context: grpc.ServicerContext) -> dict[str, str]:
@@ -419,7 +419,7 @@ class _OtlpHttpHandler(http.server.BaseHTTPRequestHandler):
         headers = {key.lower(): value for key, value in self.headers.items()}
         headers[":peer"] = str(self.client_address[1])  # which process sent it: tests/peer_process.py
         try:
-            response = self.server.receiver._faulted("http", signal, request, headers)
+            response = self.server.receiver._faulted("http", signal, request, headers, body)
         except _Refused as refused:
             if refused.kind == "hang":
                 self.close_connection = True  # no answer at all: the client times out
@@ -502,6 +502,7 @@ class OtlpReceiver:
         self._metrics: list[dict[str, Any]] = []
         self._logs: list[dict[str, Any]] = []
         self._requests: list[dict[str, Any]] = []
+        self._bodies: list[tuple[Transport, Signal, bytes]] = []
         self._counts: dict[tuple[Transport, Signal], int] = {}
         self._faults: dict[Signal, Fault] = {}
         self.named: dict[int, str] = {}
@@ -561,9 +562,7 @@ class OtlpReceiver:
         # so_reuseport off: a restart must really own the port, not silently share it with a stranger.
         self._grpc_executor = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="otlp-rx-grpc")
         server = grpc.server(self._grpc_executor, options=[("grpc.so_reuseport", 0)])
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceServicer(self), server)  # type: ignore[no-untyped-call]
-        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsServicer(self), server)  # type: ignore[no-untyped-call]
-        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_LogsServicer(self), server)  # type: ignore[no-untyped-call]
+        server.add_generic_rpc_handlers(tuple(_grpc_handler(self, signal) for signal in _GRPC_SERVICES))
         try:
             port = server.add_insecure_port(f"{self._host}:{self._grpc_port}")
         except RuntimeError as exc:  # grpc raises rather than returning 0 on bind failure in newer releases
@@ -673,8 +672,13 @@ class OtlpReceiver:
             self._cond.notify_all()
             return fault
 
-    def _faulted(self, transport: Transport, signal: Signal, request: Any, headers: Mapping[str, str]) -> Message:
-        """Record the request unless its signal's fault says otherwise (raises :class:`_Refused`)."""
+    def _faulted(
+        self, transport: Transport, signal: Signal, request: Any, headers: Mapping[str, str], body: bytes
+    ) -> Message:
+        """Record the request unless its signal's fault says otherwise (raises :class:`_Refused`); its serialized
+        bytes as they arrived (decompressed) in any case."""
+        with self._cond:
+            self._bodies.append((transport, signal, body))
         if self.named:  # on arrival, while the sender's connection is surely open
             from tests.peer_process import sender
 
@@ -699,9 +703,10 @@ class OtlpReceiver:
         status = fault.status if fault.kind == "fail" else _HTTP_FAULT_STATUS[fault.kind]
         raise _Refused(fault.kind, status, fault.message)
 
-    def _grpc_export(self, signal: Signal, request: Any, context: grpc.ServicerContext) -> Any:
+    def _grpc_export(self, signal: Signal, arrived: tuple[Any, bytes], context: grpc.ServicerContext) -> Any:
+        request, body = arrived
         try:
-            return self._faulted("grpc", signal, request, _grpc_headers(context))
+            return self._faulted("grpc", signal, request, _grpc_headers(context), body)
         except _Refused as refused:
             if refused.kind == "hang":
                 context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no answer")
@@ -728,6 +733,7 @@ class OtlpReceiver:
             self._metrics.clear()
             self._logs.clear()
             self._requests.clear()
+            self._bodies.clear()
             self._counts.clear()
             self._attempts.clear()
             self._faulted_counts.clear()
@@ -754,6 +760,11 @@ class OtlpReceiver:
         """One entry per export request: transport, signal, lowercased headers/metadata, item count."""
         with self._cond:
             return [dict(r, headers=dict(r["headers"])) for r in self._requests]
+
+    def bodies(self, signal: Signal | None = None) -> list[tuple[Transport, bytes]]:
+        """Every request's serialized bytes as they arrived (after decompression), faulted ones too."""
+        with self._cond:
+            return [(transport, body) for transport, kind, body in self._bodies if signal in (None, kind)]
 
     def request_count(self, signal: Signal | None = None, transport: Transport | None = None) -> int:
         """Number of export requests received, optionally filtered by signal and/or transport."""

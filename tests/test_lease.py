@@ -333,3 +333,54 @@ def test_one_heartbeat_thread_serves_every_call_renews_only_inside_them_and_ends
     threads[0].join(10)
     assert not threads[0].is_alive()
     assert store.current_lease().heartbeat == after_call  # nothing renewed after the last call returned
+
+
+class CountingStore:
+    """A store that counts the lease statements (renewals and take-overs) made through it."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.renewals = 0
+
+    def acquire_lease(self, *args: Any, **kwargs: Any) -> Any:
+        self.renewals += 1
+        return self.store.acquire_lease(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_calls_in_a_row_renew_once_each_and_a_call_after_a_quarter_ttl_before_it_too(store: Any) -> None:
+    """A steady round's calls (four in a row) cost one renewal each, at their end: the renewal before a send is
+    left out while the last one is under a quarter TTL old. Past that, on the holder's own clock, it renews
+    before the send as well."""
+    clock = Clock()
+    counting = CountingStore(store)
+    holder = keeper(counting, "holder", clock)
+    assert holder.acquire()
+    counting.renewals = 0
+    for _ in range(4):
+        with holder.sending():
+            clock.advance(0.01)
+    assert counting.renewals == 4
+    clock.advance(TTL / 4)
+    with holder.sending():
+        pass
+    assert counting.renewals == 6
+    assert holder.held
+    assert store.current_lease().heartbeat == 1 + 6  # each renewal a heartbeat a standby sees
+
+
+def test_a_standby_that_took_over_between_two_calls_stops_the_holder_at_the_next_calls_end(store: Any) -> None:
+    """A take-over not by silence (a swap while the holder is alive) right after a call: the next call's send
+    is not preceded by a renewal (it is a moment later), but its end's renewal fails, so its result counts for
+    nothing and nothing more is sent."""
+    holder = LeaseKeeper(store, "holder", 60.0)
+    assert holder.acquire()
+    with holder.sending():
+        pass
+    assert store.acquire_lease("standby", 60, time.time(), replacing=store.current_lease())
+    with pytest.raises(LeaseLost), holder.sending():
+        pass
+    with pytest.raises(LeaseLost), holder.sending():
+        pytest.fail("sent after the lease was lost")

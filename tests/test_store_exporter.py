@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from sb_otel import InMemorySessionStore, SessionEndEvent, SessionTracker, SqliteSessionStore, instrument
 from sb_otel._cli import cli
-from sb_otel._telemetry import otel_logs
+from sb_otel._telemetry import export_outcome, otel_logs
 from sb_otel._telemetry.attributes import Redaction
 from sb_otel._telemetry.metrics import SessionMetrics
 from sb_otel._telemetry.otlp_wire import encode_log, encode_span, pack
@@ -838,5 +838,50 @@ async def test_a_rows_records_with_the_managers_spans_are_sent_as_the_sdk_encode
         assert len(encoded) == 6  # two children, the manager's span beneath each, two log records
         for (bit, written), (_, made) in zip(encoded, as_objects, strict=True):
             assert written == (encode_span(made) if bit & row_telemetry.SPANS else encode_log(made))
+    finally:
+        pipeline.close()
+
+
+class RenewalCounter:
+    """A store that notes the fencing token of each lease statement made through it."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.fencings: list[int | None] = []
+
+    def acquire_lease(self, *args: Any, **kwargs: Any) -> Any:
+        self.fencings.append(kwargs.get("fencing"))
+        return self.store.acquire_lease(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+async def test_a_steady_drain_renews_the_lease_once_per_export_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drain takes (renews) the lease once, then each export call renews it once, at its end: the renewal
+    before a send is left out while the last one is a moment old (four calls per steady round were eight)."""
+    pipeline = Pipeline(tmp_path / "s.db", from_row=True)
+    try:
+        for _ in range(3):
+            await pipeline.session()
+        calls = []
+        export = export_outcome.export
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            calls.append(args[1])
+            return export(*args, **kwargs)
+
+        keeper = pipeline.exporter._lease
+        assert keeper.acquire()  # taken: what follows renews it
+        renewals = RenewalCounter(keeper.store)
+        monkeypatch.setattr(keeper, "store", renewals)
+        monkeypatch.setattr(export_outcome, "export", counted)
+        report = pipeline.exporter.drain()
+        assert (report.root_spans, report.spans, report.logs) == (3, 12, 6)
+        assert len(calls) >= 2  # the spans and the log records
+        assert len(renewals.fencings) == len(calls) + 1  # the drain's start, then one per call
+        assert set(renewals.fencings) == {keeper.fencing}  # every one a renewal of our tenure
     finally:
         pipeline.close()

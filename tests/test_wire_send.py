@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,3 +107,54 @@ def test_a_shut_down_http_exporter_sends_nothing(receiver: OtlpReceiver) -> None
     outcome = export_outcome.export(exporter, assemble("traces", [encode_span(span) for span in mixed_spans(1)]))
     assert not outcome.accepted
     assert receiver.requests() == []
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+@pytest.mark.parametrize("signal", ["traces", "logs"])
+def test_the_assembled_bytes_arrive_as_they_are(transport: str, signal: str, receiver: OtlpReceiver) -> None:
+    """No parse and second serialization on the way: the receiver gets the stored request byte for byte (gzip
+    on the wire, with the destination's headers), for both signals and both transports."""
+    if signal == "traces":
+        batch = assemble("traces", [encode_span(span) for span in mixed_spans(3)])
+        exporter = span_exporter(transport, receiver)
+    elif transport == "grpc":
+        batch = assemble("logs", [encode_log(log) for log in mixed_logs()])
+        exporter = otel_logs.GrpcLogExporter(endpoint=receiver.grpc_endpoint, insecure=True, timeout=3)
+    else:
+        batch = assemble("logs", [encode_log(log) for log in mixed_logs()])
+        exporter = otel_logs.HttpLogExporter(endpoint=receiver.http_url("logs"), timeout=3)
+    # The request's first tag (field 1, length-delimited: 0x0a) written as a two-byte varint: valid protobuf that
+    # any parse and second serialization would turn back into the one-byte form, so only bytes sent as they are
+    # arrive as they were stored.
+    assert batch.data[0] == 0x0A
+    stored = dataclasses.replace(batch, data=b"\x8a\x00" + batch.data[1:])
+    for _ in range(2):  # the second through the stub kept from the first
+        assert export_outcome.export(exporter, stored).accepted
+    assert receiver.bodies(signal) == [(transport, stored.data)] * 2
+    received = receiver.spans() if signal == "traces" else receiver.logs()
+    assert len(received) == 2 * batch.count
+
+
+def test_a_grpc_exporter_still_sends_sdk_objects_through_its_own_stub(receiver: OtlpReceiver) -> None:
+    """The same exporter keeps exporting the SDK's objects (as a host's pipeline would) after sending bytes."""
+    exporter = span_exporter("grpc", receiver)
+    spans = mixed_spans(1)
+    assert export_outcome.export(exporter, assemble("traces", [encode_span(span) for span in spans])).accepted
+    assert exporter.export(spans).name == "SUCCESS"
+    assert sorted(span["name"] for span in receiver.spans()) == sorted([span.name for span in spans] * 2)
+
+
+def test_a_reconnected_grpc_exporter_still_sends_the_bytes_as_they_are(receiver: OtlpReceiver) -> None:
+    """UNAVAILABLE makes the SDK's exporter open a new channel and stub, then retry: the retry, on the new
+    channel, still sends the stored bytes, and they arrive as they are."""
+    exporter = span_exporter("grpc", receiver)
+    batch = assemble("traces", [encode_span(span) for span in mixed_spans(2)])
+    assert export_outcome.export(exporter, batch).accepted
+    first_channel = exporter._channel
+    from tests.otlp_receiver import Fault
+
+    receiver.set_fault("traces", Fault("fail", every=2))  # the next attempt: UNAVAILABLE
+    assert export_outcome.export(exporter, batch).accepted
+    assert exporter._channel is not first_channel  # reconnected
+    assert receiver.faulted("traces") == 1
+    assert [body for _, body in receiver.bodies("traces")] == [batch.data] * 3

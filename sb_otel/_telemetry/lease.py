@@ -16,10 +16,12 @@ renewal and a fencing token that changes at every take-over. Why not an expiry t
   quarter TTL, so a slow but alive
   collector never loses the lease and never gets a batch twice. A call running beyond ``max_call_s`` counts as
   stuck: renewals stop and a standby takes over one TTL later.
-* **Pauses.** Before every send the holder renews (the compare-and-swap fails if a standby took over while it
-  was paused) and checks its own monotonic time since that renewal. After every call it renews again, and
-  stops (:class:`LeaseLost`: the call's result is not acted on) if it cannot: at most the one batch in flight
-  when it was paused or killed is sent twice (at least once, never more).
+* **Pauses.** Before a send the holder renews (the compare-and-swap fails if a standby took over while it was
+  paused) and checks its own monotonic time since that renewal, unless its last renewal is under a quarter TTL
+  old on its own clock: a standby takes over only after a whole TTL without a heartbeat, so none can have yet
+  (calls in a row renew once each, not twice). After every call it renews, and stops (:class:`LeaseLost`: the
+  call's result is not acted on) if it cannot: at most the one batch in flight when it was paused or killed is
+  sent twice (at least once, never more).
 
 Standard library only, so ``sb-otel export``'s gate takes the lease with it before the SDK is imported.
 """
@@ -157,9 +159,15 @@ class LeaseKeeper:
                 holder_lock.drop(self.lock_file, self.holder)
 
     def sending(self) -> _Call:
-        """Around each export call: renews first (and sends nothing if the lease is gone), keeps renewing while
-        the call runs, and after it raises :class:`LeaseLost` if the lease was lost meanwhile."""
+        """Around each export call: renews first unless the last renewal is recent (and sends nothing if the
+        lease is gone), keeps renewing while the call runs, and after it renews, raising :class:`LeaseLost` if
+        the lease was lost meanwhile."""
         return _Call(self)
+
+    def recent(self) -> bool:
+        """Whether our last renewal is under a quarter TTL old on our own clock: a send needs no renewal before it
+        (no standby can take over before a whole TTL of silence; the heartbeat renews a quarter TTL into a call)."""
+        return self._fencing is not None and self._monotonic() - self._renewed_at < self.ttl_s / 4
 
     def fresh(self) -> bool:
         """Whether our own clock says our last renewal is recent enough that no standby can have taken over."""
@@ -202,9 +210,10 @@ class _Call:
 
     def __enter__(self) -> None:
         keeper = self.keeper
-        keeper.renew()
-        if not keeper.fresh():  # paused inside the renewal itself: make sure once more (the swap decides)
+        if not keeper.recent():  # else renewed a moment ago (the last call's end, the drain's start)
             keeper.renew()
+            if not keeper.fresh():  # paused inside the renewal itself: make sure once more (the swap decides)
+                keeper.renew()
         keeper._heartbeat.begin()
 
     def __exit__(

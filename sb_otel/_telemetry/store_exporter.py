@@ -315,10 +315,11 @@ class StoreExporter:
             return
         if not force and time.monotonic() < self._metrics_due:
             return
-        self._renew()
         data = self.session_metrics.collect()
-        # Renewed again after the reading: a holder paused in it (SIGSTOP, a stalled VM) past its lease finds the
-        # standby holding it, and sends nothing; what is sent was read under a lease still ours.
+        # Renewed after the reading (the call's own renewal before sending is left out when this one is recent): a
+        # holder paused in it (SIGSTOP, a stalled VM) past its lease finds the standby holding it, and sends
+        # nothing; what is sent was read under a lease still ours.
+        self._renew()
         outcome = self._call("metrics", self.session_metrics.exporter, data)
         self._metrics_due = time.monotonic() + self.metrics_interval_s
         if outcome.kind == "partial":
@@ -694,14 +695,15 @@ class StoreExporter:
         return sent, dropped
 
     def _call(self, signal: str, exporter: Any, records: Any) -> Outcome:
-        """One export call, under a freshly renewed lease (renewed by :meth:`LeaseKeeper.sending` on entry: one
-        statement, not a second one before it), within the final drain's share for ``signal``."""
+        """One export call, under a freshly renewed lease (:meth:`LeaseKeeper.sending` renews on entry unless the
+        last renewal is under a quarter TTL old, as after the previous call's: one statement per call, not two),
+        within the final drain's share for ``signal``."""
         deadline = None
         began = time.monotonic()
         if self._budgets is not None:
             deadline = began + max(0.0, self._budgets.get(signal, 0.0))
         try:
-            with self._lease.sending():  # renewed on entry and exit, and by a heartbeat while the call runs
+            with self._lease.sending():  # renewed on exit (on entry when not recent), by a heartbeat in the call
                 return export_outcome.export(exporter, records, deadline)
         finally:
             if self._budgets is not None:

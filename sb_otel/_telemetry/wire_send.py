@@ -7,9 +7,11 @@ timeout, compression, certificates, retries, the exporter's own metrics) is appl
 * **HTTP** (``opentelemetry-exporter-otlp-proto-http``): the exporter's ``_OTLPHTTPClient.export(bytes)``
   compresses, sets headers, retries within the timeout; around it, what ``export()`` does after encoding (the
   request size bound, the exporter's metrics) is done here the same way.
-* **gRPC**: ``OTLPExporterMixin._export(data)`` calls ``self._translate_data(data)`` for the request message; the
-  exporter is given (once) a ``_translate_data`` that passes an assembled request through (parsed into the
-  request message the stub serializes again: a C parse, no SDK objects) and leaves SDK objects to its own.
+* **gRPC**: ``OTLPExporterMixin._export(data)`` sends ``self._translate_data(data)`` through ``self._client``, the
+  stub it makes from its channel (again after a reconnect), inside its retry loop (same status codes, backoff,
+  deadline, metadata, metrics). The exporter is given (once) a stub whose ``Export`` sends an assembled request's
+  bytes as they are, through the same channel (credentials, compression), with an identity request serializer,
+  and leaves messages made from SDK objects to the exporter's own stub: no parse and second serialization.
 * **OTLP JSON files**: the exporter's own ``_FileExporter`` writes the line (lock, append, flush), with the
   request as OTLP JSON (:func:`~sb_otel._telemetry.otlp_wire.otlp_json`: hex ids).
 * **Any other exporter** (a host's, a test's in-memory one) gets SDK objects decoded from the request.
@@ -85,13 +87,50 @@ def _status_attributes(status_code: int | None) -> Mapping[str, Any] | None:
 
 
 def _pass_wire(exporter: Any) -> None:
-    """Give a gRPC exporter (once) a ``_translate_data`` that passes an assembled request through."""
+    """Give a gRPC exporter (once) a ``_translate_data`` that passes an assembled request's bytes through, and a
+    stub made on a channel whose methods send bytes as they are (and messages as the SDK's stub does): kept across
+    the exporter's reconnects, and under any wrapper of the stub (:func:`~sb_otel._telemetry.export_outcome.watch`
+    sees every answer)."""
     if getattr(exporter, _PASSING, False):
         return
-    translate = exporter._translate_data
+    translate, stub = exporter._translate_data, exporter._stub
 
     def _translate(data: Any) -> Any:
-        return data.message() if isinstance(data, WireBatch) else translate(data)
+        return data.data if isinstance(data, WireBatch) else translate(data)
+
+    def _stub(channel: Any) -> Any:
+        return stub(_WireChannel(channel))
 
     exporter._translate_data = _translate
+    exporter._stub = _stub
+    if exporter._client is not None:
+        exporter._client = _stub(exporter._channel)
     setattr(exporter, _PASSING, True)
+
+
+class _WireChannel:
+    """A gRPC channel as a generated stub sees it: each unary method it asks for is made twice on the real channel,
+    with the stub's request serializer and with none (bytes go as they are); a call picks by its request."""
+
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
+
+    def unary_unary(self, method: str, request_serializer: Any = None, **options: Any) -> _EitherCall:
+        typed = self._channel.unary_unary(method, request_serializer=request_serializer, **options)
+        return _EitherCall(typed, self._channel.unary_unary(method, **options))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
+
+
+class _EitherCall:
+    """One method of the stub: stored request bytes through the identity-serialized call, messages the usual way."""
+
+    def __init__(self, typed: Any, raw: Any) -> None:
+        self._typed, self._raw = typed, raw
+
+    def __call__(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        return (self._raw if isinstance(request, bytes) else self._typed)(request, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # with_call, future: the typed call's
+        return getattr(self._typed, name)
