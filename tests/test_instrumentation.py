@@ -663,7 +663,7 @@ def _assert_one_session_one_span(first: Any, second: Any, store: Any, spans: Any
 @pytest.mark.parametrize(
     ("manager", "calls"),
     [
-        pytest.param(_CountingManager, 2, id="side-effect-free: the write decides, the manager may be asked again"),
+        pytest.param(_CountingManager, 1, id="side-effect-free: read first on the folded path, called once"),
         pytest.param(_ReadingFirst, 1, id="side effects: read first, the manager is called once"),
     ],
 )
@@ -672,8 +672,8 @@ def test_a_retry_racing_a_folded_start_gets_the_same_session_and_span(
 ) -> None:
     """Two starts of one event at once in one process: the tracker's lock makes the second a retry, answered with
     the first's session, ``traceparent`` and baggage, one session and one session span. A side-effect-free
-    manager lets the write decide (the retry calls it again, as on the plain path); a manager with side effects
-    is read around and called once."""
+    manager is read around on the folded path as one with side effects is (the plain path lets the write decide):
+    the manager is called once."""
     counting = manager()
     tracker, store, spans, reader = _folded_with_metrics(counting, tmp_path / "s.db")
 
@@ -686,7 +686,7 @@ def test_a_retry_racing_a_folded_start_gets_the_same_session_and_span(
 
 
 def test_a_sequential_folded_retry_answers_the_stored_session(tmp_path: Path) -> None:
-    """A folded start sent again after its answer (the write finds the event's session) answers the stored
+    """A folded start sent again after its answer (its read finds the event's session) answers the stored
     session's ``traceparent`` and baggage, as a read-first retry does, with one session, one span and one count;
     the stored row keeps the first call's noted manager call."""
     counting = _CountingManager()
@@ -696,7 +696,7 @@ def test_a_sequential_folded_retry_answers_the_stored_session(tmp_path: Path) ->
     assert stored is not None
     noted = stored.telemetry["start_call"]
     second = asyncio.run(tracker.handle_session_start(_payload(tmp_path)))
-    assert counting.calls == ["initialize_session"] * 2
+    assert counting.calls == ["initialize_session"]
     _assert_one_session_one_span(first, second, store, spans, reader)
     again = store.get(first.session_id or "")
     assert again is not None
@@ -711,14 +711,14 @@ class _FailingAfterFirst(_CountingManager):
         return answer if len(self.calls) == 1 else {"success": False, "error": "gone"}
 
 
-def test_a_folded_retry_whose_second_manager_call_fails_still_gets_its_session(tmp_path: Path) -> None:
-    """A retry asks the side-effect-free manager again; that answer failing still gets the stored session (read
-    then), its trace context and no span or metric of the failed call: the same answer as a read-first retry."""
+def test_a_folded_retry_is_answered_from_its_read_without_asking_the_manager_again(tmp_path: Path) -> None:
+    """A folded retry reads first: the manager (whose later answers would fail) is not asked again, and the retry
+    gets the stored session, its trace context and no span or metric of a second call."""
     manager = _FailingAfterFirst()
     tracker, store, spans, reader = _folded_with_metrics(manager, tmp_path / "s.db")
     first = asyncio.run(tracker.handle_session_start(_payload(tmp_path)))
     second = asyncio.run(tracker.handle_session_start(_payload(tmp_path)))
-    assert manager.calls == ["initialize_session"] * 2
+    assert manager.calls == ["initialize_session"]
     _assert_one_session_one_span(first, second, store, spans, reader)
 
 

@@ -95,8 +95,7 @@ def test_the_ledger_counts_autocommit_writes_and_transactions_not_reads(tmp_path
 
 async def test_an_in_process_lifecycle_commits_once_per_handle_call(tmp_path: Path, monkeypatch: Any) -> None:
     """``configure()`` + ``instrument()`` with the default lifecycle manager: one commit per handle call (the
-    session row with the call's records), two per lifecycle; the start only writes (its event id decides a
-    retry), the end reads the row."""
+    session row with the call's records), two per lifecycle; the start reads the event id once, the end the row."""
     monkeypatch.setenv("SB_OTEL_DATA_DIR", str(tmp_path))
     store = SqliteSessionStore(tmp_path / "sessions.db")
     telemetry = configure(set_global=False, store=store, telemetry_dir=tmp_path / "telemetry")
@@ -113,9 +112,8 @@ async def test_an_in_process_lifecycle_commits_once_per_handle_call(tmp_path: Pa
     assert ledger.counts(LIFECYCLES) == {"statements": IN_PROCESS_STATEMENTS, "commits": 2}
 
 
-IN_PROCESS_STATEMENTS = 3
-"""Per lifecycle: the start's INSERT (with the default manager, side-effect-free, the write decides: no read by
-event id first); the end's read and its UPDATE."""
+IN_PROCESS_STATEMENTS = 4
+"""Per lifecycle: the start's read by event id and its INSERT; the end's read and its UPDATE."""
 
 
 async def _one_lifecycle(tracker: Any, cwd: Path) -> None:

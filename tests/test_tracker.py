@@ -650,11 +650,10 @@ class _Noted:
         return {"success": False, "error": "gone"}
 
 
-def test_a_row_start_asks_its_planner_for_a_new_plan_and_notes_the_manager_it_is_given(tmp_path: Path) -> None:
-    """``track_row_start`` with a side-effect-free manager asks the planner for a new session (``None``), stores
-    its telemetry with the manager's call noted into the call dict, calls the manager it is given (not
-    ``session_manager``) and answers with the planner's fields; a retry is found by its write, and the planner
-    is asked again with the stored record (as a read-first retry asks it once)."""
+def test_a_row_start_asks_its_planner_once_and_notes_the_manager_it_is_given(tmp_path: Path) -> None:
+    """``track_row_start`` asks the planner after its one read (nothing there: ``None``), stores its telemetry
+    with the manager's call noted into the call dict, calls the manager it is given (not ``session_manager``) and
+    answers with the planner's fields; a retry asks again with the stored record and gets no fields."""
     unused = MagicMock()
     tracker = SessionTracker(unused, store="memory")
     planner = _Planner()
@@ -670,27 +669,8 @@ def test_a_row_start_asks_its_planner_for_a_new_plan_and_notes_the_manager_it_is
     assert (noted["name"], noted["project"]) == ("initialize_session", "noted")
     again = asyncio.run(tracker.track_row_start(payload, planner, _Noted()))
     assert again.result.session_id == tracked.result.session_id
-    assert planner.asked[1:2] == [None]
-    assert [known.session_id for known in planner.asked[2:]] == [record.session_id]
-
-
-class _WithSideEffects(_Noted):
-    side_effect_free = False
-
-
-def test_a_row_start_reads_first_for_a_manager_with_side_effects(tmp_path: Path) -> None:
-    """A manager that does not declare itself side-effect-free keeps the read before the call: the planner is
-    asked once per start, with that read, and a retry never reaches the manager."""
-    tracker = SessionTracker(MagicMock(), store="memory")
-    planner = _Planner()
-    payload = start_payload(environment={"python_version": "3.13.0", "platform": "Linux", "cwd": str(tmp_path)})
-    tracked = asyncio.run(tracker.track_row_start(payload, planner, _WithSideEffects()))
-    failing = _WithSideEffects()
-    failing.initialize_session = MagicMock(side_effect=AssertionError("a retry called the manager"))  # type: ignore[method-assign]
-    again = asyncio.run(tracker.track_row_start(payload, planner, failing))
-    assert again.result.session_id == tracked.result.session_id
-    assert planner.asked[0] is None
-    assert [known.session_id for known in planner.asked[1:]] == [tracked.result.session_id]
+    assert planner.asked[1] is not None
+    assert planner.asked[1].session_id == record.session_id
 
 
 def test_a_row_end_notes_a_failing_manager_and_answers_with_its_error(tmp_path: Path) -> None:

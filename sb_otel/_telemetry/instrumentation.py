@@ -205,8 +205,7 @@ class InstrumentedSessionTracker:
                 return await self._handle_start(event)
         # Folded (issue 21, fourth round), written here rather than in a method of its own (one coroutine less
         # on every start): one pass through the tracker, which validates and dumps the event, takes its lock,
-        # asks _RowStart for the plan under that lock (again with the stored record for a retry, found by its
-        # write or, for a manager with side effects, by a read first) and notes the lifecycle manager's call
+        # reads by event id, asks _RowStart for the plan under that lock and notes the lifecycle manager's call
         # itself. This call builds no span or log record and adds no write. Anything but a fresh tracked session
         # (an invalid event, a retry, a failure, a race) makes its spans afterwards, as the general path does.
         planner = _RowStart(self, {"began": time.time_ns()})
@@ -869,9 +868,8 @@ def _note_manager(call: dict[str, Any], operation: str, started: int, answer: An
 
 class _RowStart:
     """The planner of a folded start (:meth:`InstrumentedSessionTracker.handle_session_start`), called by the tracker
-    under its lock: plans the session span (or takes a retry's stored plan) and keeps what the caller needs
-    afterwards. Asked a second time (a write that found the event's session stored), it forgets its first plan.
-    The row stores no start attributes: under the default sampler the plan needs none."""
+    under its lock after its read: plans the session span (or takes a retry's stored plan) and keeps what the
+    caller needs afterwards. The row stores no start attributes: under the default sampler the plan needs none."""
 
     __slots__ = ("call", "owner", "plan", "retry", "shell_context", "start", "state", "traceparent")
 
@@ -902,10 +900,6 @@ class _RowStart:
         }
 
     def telemetry(self, start: SessionStartEvent, known: SessionRecord | None) -> Mapping[str, Any] | None:
-        if self.start is not None:  # asked again: the write found the event's session stored, so the plan made
-            # first (and the manager's call noted for it) must leave no trace: no span, metric or answer field
-            self.plan, self.state, self.retry, self.traceparent = None, None, False, ""
-            self.call = {"began": self.call["began"]}
         self.start = start
         self.shell_context = extract(start.metadata)
         if known is not None and STATE_KEY in known.telemetry:  # a retry: same session, same span

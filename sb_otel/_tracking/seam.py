@@ -9,8 +9,9 @@ this through ``track_start`` and ``track_end``; a tracker that is not ours (sess
 protocol by :class:`~sb_otel._tracking.foreign.ForeignTracker`.
 
 On sb-otel's own pipeline a call from the row goes further (issue 21, fourth round): ``track_row_start`` takes a
-:class:`RowPlanner` that the tracker asks for the plan under its own lock, and the lifecycle manager to call,
-whose call the tracker notes for the exporter; the instrumentation then adds no read, lock or context of its own.
+:class:`RowPlanner` that the tracker asks for the plan under its own lock and read, and the lifecycle manager to
+call, whose call the tracker notes for the exporter; the instrumentation then adds no read, lock or context of
+its own.
 """
 
 from __future__ import annotations
@@ -41,12 +42,7 @@ class RowPlanner(Protocol):
     asked by the tracker at the points where only it knows the answer."""
 
     def telemetry(self, start: SessionStartEvent, known: SessionRecord | None) -> Mapping[str, Any] | None:
-        """What to store with a new session, given the valid event and the event's stored record, if any.
-
-        Asked once after a read by the event's id, or, where the tracker lets its write decide (a side-effect-free
-        manager, no claims), first with ``known=None`` and then, if the write finds the event's session stored,
-        again with that record: the second answer replaces the first, whose plan (and the manager's call noted
-        in it) must leave no trace, so a retry ends as a read-first retry does."""
+        """What to store with a new session, given the valid event and the tracker's read by its id."""
         ...
 
     def answer(self, record: SessionRecord) -> Mapping[str, Any]:

@@ -172,12 +172,10 @@ class SessionTracker:
 
     async def track_row_start(self, event: object, planner: RowPlanner, manager: Any) -> TrackedStart:
         """A start from the row (:mod:`sb_otel._tracking.row_telemetry`), in one pass: the event validated and
-        dumped once, one lock, one write (and a read by its id first only for a manager with side effects).
+        dumped once, one lock, one read by its id.
 
-        ``planner.telemetry(start, known)`` is called under the event id's lock (so a start racing a retry finds
-        the stored plan): with ``None`` before the write and, when the write finds the event's session stored,
-        again with that record (a read-first start asks once, with its read). It returns the telemetry to store
-        with a new session; a
+        ``planner.telemetry(start, known)`` is called once, under the event id's lock right after that read (so
+        a start racing a retry finds the stored plan), and returns the telemetry to store with a new session; a
         ``START_CALL_KEY`` dict in it gets the lifecycle manager's call noted by this tracker, which calls
         ``manager`` (the manager unwrapped: its span is built from the note). ``planner.answer(record)`` adds its
         fields (the trace context) to the tracked result. A planner that raises costs the session its telemetry,
@@ -250,29 +248,19 @@ class SessionTracker:
         store = self.store
         claims = self._claims_for(store, manager)
         start_event = dict(dumped) if dumped is not None else event.model_dump(mode="json")
-        # Unread: a manager free of side effects (so no claim). Then the write decides (create's unique event id
-        # answers a retry with the stored session), and calling the manager for a retry changes nothing; a retry
-        # whose manager call fails still gets its stored session (read then). A planner plans a new session first
-        # and is asked again with the stored record when there is one (_restored), as a read-first retry asks it.
-        unread = (
-            known is UNREAD
-            and claims is None
-            and _side_effect_free(self.session_manager if manager is None else manager)
-        )
-        replan: RowPlanner | None = None  # a planner asked after the first read below
-        if planner is not None and unread:
-            telemetry = _planned(planner, event, None)
-        elif planner is not None:
-            replan, planner = planner, None
+        # Unread: a manager free of side effects (so no claim) and no planner to show the read. Then the write
+        # decides (create's unique event id answers a retry with the stored session), and calling the manager for
+        # a retry changes nothing; a retry whose manager call fails still gets its stored session (read then).
+        unread = known is UNREAD and planner is None and claims is None and _side_effect_free(self.session_manager)
         waited = _Backoff()
         while not unread:
             # The caller's read stands in for the first one: a session created since is found by the claim
             # (held, so this loop reads again) or by create (not created: the retry path below).
             if known is UNREAD:
                 known = store.get_by_event_id(event.event_id)
-            if replan is not None:  # once, after the first read
-                telemetry = _planned(replan, event, known)
-                replan = None
+            if planner is not None:  # once, after the first read
+                telemetry = _planned(planner, event, known)
+                planner = None
             if known is not None:
                 return _retried(known, event, start_event)
             known = UNREAD
@@ -296,7 +284,7 @@ class SessionTracker:
                 stored = store.get_by_event_id(event.event_id) if unread else None
                 if stored is None:  # not a retry (or read first): the manager's failure is the answer
                     raise
-                return _restored(stored, event, start_event, planner)  # a retry answers as if read first
+                return _retried(stored, event, start_event)  # a retry answers as if read first
             record, created = store.create(
                 NewSession(
                     event_id=event.event_id,
@@ -313,8 +301,8 @@ class SessionTracker:
         finally:
             if claims is not None:
                 _quietly(claims.release_start, event.event_id, self._claimant)
-        if not created:  # a retry unread, or raced by another start (a store without claims, or a stale read)
-            return _restored(record, event, start_event, planner)
+        if not created:  # raced by another process (a store without claims, or a stale read by the caller)
+            return _retried(record, event, start_event)
         self._count("record_session_start", component_name=event.component_name, shell_type=event.shell_type)
         score = _number(answer.get("quality_score"))
         if score is not None:
@@ -677,16 +665,6 @@ def _planned(planner: RowPlanner, event: SessionStartEvent, known: SessionRecord
             "sb-otel could not plan the session's telemetry; tracking is unaffected", exc_info=True
         )
         return {}
-
-
-def _restored(
-    known: SessionRecord, event: SessionStartEvent, dumped: Mapping[str, Any], planner: RowPlanner | None
-) -> SessionRecord:
-    """:func:`_retried` for a start that found ``known`` stored only by writing (or by failing): a planner that
-    planned a new session is asked again with ``known``, so its plan is the one a read-first retry would get."""
-    if planner is not None:
-        _planned(planner, event, known)
-    return _retried(known, event, dumped)
 
 
 def _retried(known: SessionRecord, event: SessionStartEvent, dumped: Mapping[str, Any]) -> SessionRecord:
